@@ -1,0 +1,421 @@
+//! Service configuration, read once at start from the environment.
+//!
+//! Variable names follow the Python service (SPEC §11) so operators can keep their deployment files.
+//! Every value is parsed here; an invalid value fails start-up with an error that names the variable.
+//! Secrets are wrapped in [`Secret`], whose `Debug` never prints the value.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration value that must never appear in logs or error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself. Call only where the value is used, never to format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where metadata lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Postgres,
+    Sqlite,
+}
+
+/// Where binary objects live.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    /// The embedded default: a local directory with the bucket's key layout.
+    Local { dir: PathBuf },
+    /// Any S3-compatible endpoint.
+    S3(S3Config),
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub endpoint_url: String,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub bucket: String,
+    pub region: String,
+    /// How long one S3 request may take before it counts as the store being unavailable.
+    pub request_timeout: Duration,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: Secret,
+    pub database_kind: DatabaseKind,
+    pub storage: StorageConfig,
+    pub host: IpAddr,
+    pub port: u16,
+    pub admin_token: Option<Secret>,
+    pub allow_unauthenticated: bool,
+    pub iot_device_key_auth: bool,
+    pub max_coredumps: u32,
+    pub max_firmwares: u32,
+    pub max_firmware_bytes: u64,
+    pub max_coredump_bytes: u64,
+    pub parse_sidecar_url: Option<String>,
+    pub parse_sidecar_xfer_dir: Option<PathBuf>,
+    pub assets_dir: Option<PathBuf>,
+    pub coredumps_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Whether `serve` applies pending migrations before it starts (default: only on SQLite).
+    pub migrate_on_start: bool,
+    /// A claimed job whose worker has not sent a heartbeat for this long is taken over by another worker.
+    pub job_lease: Duration,
+    /// How often idle workers look for new jobs and due object deletions.
+    pub worker_poll_interval: Duration,
+    pub job_concurrency: usize,
+}
+
+/// Why the configuration could not be read. Always names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn invalid(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+/// A view of the environment, so tests can read a configuration without touching the process env.
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Env(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect())
+    }
+
+    /// The value of a variable; an empty value counts as unset (as in the Python service).
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e| invalid(name, format!("cannot parse {raw:?}: {e}"))),
+        }
+    }
+
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some("0" | "false" | "no" | "off") => Ok(false),
+            Some(other) => Err(invalid(
+                name,
+                format!("expected true or false, got {other:?}"),
+            )),
+        }
+    }
+
+    fn positive<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Default + Copy,
+        T::Err: fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        if value <= T::default() {
+            return Err(invalid(name, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+
+    fn seconds(&self, name: &'static str, default: f64) -> Result<Duration, ConfigError> {
+        let secs: f64 = self.parse(name, default)?;
+        Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| invalid(name, "must be a positive number of seconds"))
+    }
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/iotsupport.db";
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&Env::from_process())
+    }
+
+    pub fn from(env: &Env) -> Result<Self, ConfigError> {
+        let database_url = env
+            .get("DATABASE_URL")
+            .unwrap_or(DEFAULT_DATABASE_URL)
+            .to_string();
+        let database_kind = if database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+        {
+            DatabaseKind::Postgres
+        } else if database_url.starts_with("sqlite:") {
+            DatabaseKind::Sqlite
+        } else {
+            return Err(invalid(
+                "DATABASE_URL",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        };
+
+        let storage = match env.get("S3_ENDPOINT_URL") {
+            None => StorageConfig::Local {
+                dir: PathBuf::from(env.get("STORAGE_DIR").unwrap_or("./data/objects")),
+            },
+            Some(endpoint) => {
+                let use_ssl = env.flag("S3_USE_SSL", true)?;
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(invalid(
+                        "S3_ENDPOINT_URL",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                if use_ssl && endpoint.starts_with("http://") && !is_loopback_url(endpoint) {
+                    return Err(invalid(
+                        "S3_USE_SSL",
+                        "is true but S3_ENDPOINT_URL is plain http://; set S3_USE_SSL=false to allow it",
+                    ));
+                }
+                let bucket = env
+                    .get("S3_BUCKET_NAME")
+                    .unwrap_or("iot-support-attachments")
+                    .to_string();
+                validate_bucket_name(&bucket)?;
+                StorageConfig::S3(S3Config {
+                    endpoint_url: endpoint.trim_end_matches('/').to_string(),
+                    access_key_id: env.get("S3_ACCESS_KEY_ID").map(Secret::new),
+                    secret_access_key: env.get("S3_SECRET_ACCESS_KEY").map(Secret::new),
+                    bucket,
+                    region: env.get("S3_REGION").unwrap_or("us-east-1").to_string(),
+                    request_timeout: env.seconds("S3_TIMEOUT_SECONDS", 30.0)?,
+                })
+            }
+        };
+
+        if env.flag("OIDC_ENABLED", false)? {
+            return Err(invalid(
+                "OIDC_ENABLED",
+                "OIDC is not available in this build yet; use ADMIN_TOKEN",
+            ));
+        }
+
+        let log_format = match env.get("LOG_FORMAT").unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "LOG_FORMAT",
+                    format!("expected json or text, got {other:?}"),
+                ))
+            }
+        };
+
+        let admin_token = env.get("ADMIN_TOKEN").map(Secret::new);
+        if let Some(token) = &admin_token {
+            if token.expose().len() < 16 {
+                return Err(invalid(
+                    "ADMIN_TOKEN",
+                    "must be at least 16 characters long",
+                ));
+            }
+        }
+
+        Ok(Config {
+            migrate_on_start: env.flag(
+                "MIGRATE_ON_START",
+                database_kind == DatabaseKind::Sqlite,
+            )?,
+            database_url: Secret::new(database_url),
+            database_kind,
+            storage,
+            host: env.parse("HOST", IpAddr::from([127, 0, 0, 1]))?,
+            port: env.parse("PORT", 3101)?,
+            admin_token,
+            allow_unauthenticated: env.flag("ALLOW_UNAUTHENTICATED", false)?,
+            iot_device_key_auth: env.flag("IOT_DEVICE_KEY_AUTH", false)?,
+            max_coredumps: env.positive("MAX_COREDUMPS", 20)?,
+            max_firmwares: env.positive("MAX_FIRMWARES", 5)?,
+            max_firmware_bytes: env.positive("MAX_FIRMWARE_BYTES", 64 * 1024 * 1024)?,
+            max_coredump_bytes: env.positive("MAX_COREDUMP_BYTES", 1024 * 1024)?,
+            parse_sidecar_url: env.get("PARSE_SIDECAR_URL").map(str::to_string),
+            parse_sidecar_xfer_dir: env.get("PARSE_SIDECAR_XFER_DIR").map(PathBuf::from),
+            assets_dir: env.get("ASSETS_DIR").map(PathBuf::from),
+            coredumps_dir: env.get("COREDUMPS_DIR").map(PathBuf::from),
+            log_format,
+            job_lease: env.seconds("JOB_LEASE_SECONDS", 60.0)?,
+            worker_poll_interval: env.seconds("WORKER_POLL_SECONDS", 1.0)?,
+            job_concurrency: env.positive("JOB_CONCURRENCY", 2)?,
+        })
+    }
+
+    /// Whether admin routes require any credential at all.
+    pub fn admin_auth_enabled(&self) -> bool {
+        self.admin_token.is_some()
+    }
+
+    /// `serve` refuses to expose an open admin API beyond loopback unless explicitly allowed.
+    pub fn check_safe_to_serve(&self) -> Result<(), ConfigError> {
+        if !self.host.is_loopback() && !self.admin_auth_enabled() && !self.allow_unauthenticated {
+            return Err(invalid(
+                "HOST",
+                format!(
+                    "{} is not a loopback address and no admin authentication is configured; \
+                     set ADMIN_TOKEN (or ALLOW_UNAUTHENTICATED=true to serve an open admin API)",
+                    self.host
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn validate_bucket_name(bucket: &str) -> Result<(), ConfigError> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "S3_BUCKET_NAME",
+            "must be 3-63 characters of a-z, 0-9, '-' and '.'",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_give_the_embedded_shape_on_loopback() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_kind, DatabaseKind::Sqlite);
+        assert!(matches!(c.storage, StorageConfig::Local { .. }));
+        assert_eq!(c.port, 3101);
+        assert_eq!(c.max_coredumps, 20);
+        assert_eq!(c.max_firmwares, 5);
+        assert!(c.migrate_on_start);
+        assert!(c.check_safe_to_serve().is_ok());
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("MAX_FIRMWARES", "0"),
+            ("MAX_COREDUMPS", "-3"),
+            ("HOST", "not-an-ip"),
+            ("DATABASE_URL", "mysql://x"),
+            ("ALLOW_UNAUTHENTICATED", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("ADMIN_TOKEN", "short"),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var, "{err}");
+            assert!(err.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let c = config(&[
+            ("ADMIN_TOKEN", "super-secret-admin-token"),
+            ("DATABASE_URL", "postgres://app:hunter2@127.0.0.1/db"),
+            ("S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("S3_SECRET_ACCESS_KEY", "s3-secret-value"),
+        ])
+        .unwrap();
+        let printed = format!("{c:?}");
+        for secret in ["super-secret-admin-token", "hunter2", "s3-secret-value"] {
+            assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+        }
+    }
+
+    #[test]
+    fn an_open_admin_api_is_refused_beyond_loopback() {
+        let c = config(&[("HOST", "0.0.0.0")]).unwrap();
+        assert_eq!(c.check_safe_to_serve().unwrap_err().variable, "HOST");
+        let c = config(&[("HOST", "0.0.0.0"), ("ALLOW_UNAUTHENTICATED", "true")]).unwrap();
+        assert!(c.check_safe_to_serve().is_ok());
+        let c = config(&[("HOST", "0.0.0.0"), ("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
+        assert!(c.check_safe_to_serve().is_ok());
+    }
+
+    #[test]
+    fn plain_http_s3_needs_ssl_off_unless_loopback() {
+        let err = config(&[("S3_ENDPOINT_URL", "http://s3.example.net")]).unwrap_err();
+        assert_eq!(err.variable, "S3_USE_SSL");
+        assert!(config(&[
+            ("S3_ENDPOINT_URL", "http://s3.example.net"),
+            ("S3_USE_SSL", "false")
+        ])
+        .is_ok());
+        assert!(config(&[("S3_ENDPOINT_URL", "http://127.0.0.1:5055")]).is_ok());
+    }
+}

@@ -1,0 +1,230 @@
+//! The metadata database: PostgreSQL in production, SQLite for the embedded default.
+//!
+//! Both backends run the same SQL text (`$N` placeholders, `RETURNING`, `ON CONFLICT` work on both;
+//! see `../shared/docs/stack-notes.md`). [`Db`] and [`Tx`] are enums over the two concrete sqlx
+//! types, and the [`on_conn!`](crate::on_conn) macro expands one query body into both arms so each
+//! arm is type-checked against its own driver. Queries that must differ (row locking) match on the
+//! variant explicitly.
+//!
+//! Transactions: every request that writes opens one [`Tx`] and commits it only on success; dropping
+//! a `Tx` rolls it back. On SQLite, write transactions start with `BEGIN IMMEDIATE` so two writers
+//! queue on the busy timeout instead of failing when one upgrades a read lock.
+
+pub mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+use crate::config::{Config, DatabaseKind};
+
+/// A pool of connections to one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// An open transaction. Dropped without [`Tx::commit`], it rolls back.
+pub enum Tx {
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+/// Runs the same query body on whichever connection a [`Tx`] (or `&mut Tx`) holds.
+///
+/// `on_conn!(tx, |c| sqlx::query("…").bind(x).fetch_one(c).await)` expands the body once per
+/// backend; `c` is `&mut PgConnection` or `&mut SqliteConnection`. Both arms must produce the same
+/// type, so map driver-specific results (e.g. `.map(|r| r.rows_affected())` after `execute`).
+#[macro_export]
+macro_rules! on_conn {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            $crate::db::Tx::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+/// Like [`on_conn!`] but runs the body directly on a [`Db`] pool (one statement, autocommit).
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($p) => $body,
+            $crate::db::Db::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// Database failures, classified so callers and the HTTP layer can branch on them.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached or gave up on us: the request may succeed later (HTTP 503).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A unique constraint was violated; `constraint` is its name where the backend reports one.
+    #[error("unique constraint violated ({constraint:?})")]
+    UniqueViolation {
+        constraint: Option<String>,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A foreign key constraint was violated.
+    #[error("foreign key constraint violated ({constraint:?})")]
+    ForeignKeyViolation {
+        constraint: Option<String>,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl DbError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, DbError::UniqueViolation { .. })
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => DbError::Unavailable(e),
+            sqlx::Error::Database(db) => {
+                let constraint = db.constraint().map(str::to_string);
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                if db.is_unique_violation() {
+                    DbError::UniqueViolation {
+                        constraint,
+                        source: e,
+                    }
+                } else if db.is_foreign_key_violation() {
+                    DbError::ForeignKeyViolation {
+                        constraint,
+                        source: e,
+                    }
+                } else if is_unavailable_code(&code) {
+                    DbError::Unavailable(e)
+                } else {
+                    DbError::Other(e)
+                }
+            }
+            _ => DbError::Other(e),
+        }
+    }
+}
+
+/// SQLSTATE classes that mean "try again later": connection exceptions (08), insufficient
+/// resources (53), operator intervention such as shutdown (57P0x); SQLite's BUSY (5) and LOCKED (6).
+fn is_unavailable_code(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P0")
+        || code == "5"
+        || code == "6"
+}
+
+impl Db {
+    /// Opens a pool for the configured database. SQLite files (and their directory) are created.
+    pub async fn connect(config: &Config) -> Result<Db, DbError> {
+        let url = config.database_url.expose();
+        match config.database_kind {
+            DatabaseKind::Postgres => {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy_with(options);
+                Ok(Db::Postgres(pool))
+            }
+            DatabaseKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                if let Some(dir) = options.get_filename().parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| DbError::Unavailable(sqlx::Error::Io(e)))?;
+                    }
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
+                Ok(Db::Sqlite(pool))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            Db::Postgres(_) => DatabaseKind::Postgres,
+            Db::Sqlite(_) => DatabaseKind::Sqlite,
+        }
+    }
+
+    /// Starts a transaction meant to write.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Cheap liveness probe used by `/health/readyz`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        on_pool!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(t) => t.rollback().await?,
+            Tx::Sqlite(t) => t.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The current time at the precision both databases store (microseconds), so a value written and
+/// read back compares equal.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DurationRound, TimeDelta};
+    let now = chrono::Utc::now();
+    now.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(now)
+}

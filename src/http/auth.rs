@@ -1,0 +1,243 @@
+//! Who is calling: extractors for the admin and device identities (SPEC §11).
+//!
+//! Every route states what it requires by taking one of these as an argument: [`AdminReader`]
+//! (any authenticated admin), [`AdminEditor`] (may write), [`PipelineCaller`] (the CI upload
+//! routes) or [`DeviceCaller`] (a device acting as itself). Each extractor either yields the
+//! capability or rejects with the error envelope: 401 for missing or wrong credentials, 403 for a
+//! valid credential without the needed role.
+//!
+//! Admin credentials: `ADMIN_TOKEN` (compared in constant time) grants every role; with no admin
+//! authentication configured the admin API is open (and `serve` binds only to loopback unless
+//! `ALLOW_UNAUTHENTICATED=true`). Device credentials: `Authorization: Bearer <key>.<secret>`, the
+//! secret checked against its stored SHA-256; `?device_key=` only when `IOT_DEVICE_KEY_AUTH=true`.
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+pub const ROLE_EDITOR: &str = "editor";
+pub const ROLE_PIPELINE: &str = "pipeline";
+
+/// How an admin proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAuthMethod {
+    AdminToken,
+    /// No admin authentication is configured.
+    Open,
+}
+
+/// An authenticated admin caller.
+#[derive(Debug, Clone)]
+pub struct AdminIdentity {
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub method: AdminAuthMethod,
+}
+
+impl AdminIdentity {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Any authenticated admin: may read.
+#[derive(Debug, Clone)]
+pub struct AdminReader(pub AdminIdentity);
+/// An admin with the `editor` role: may write.
+#[derive(Debug, Clone)]
+pub struct AdminEditor(pub AdminIdentity);
+/// A caller with the `pipeline` role: may use `/api/pipeline/…`.
+#[derive(Debug, Clone)]
+pub struct PipelineCaller(pub AdminIdentity);
+
+/// A device authenticated as itself.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceCaller {
+    pub id: i64,
+    pub key: String,
+    pub device_model_id: i64,
+}
+
+fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::AuthenticationRequired("Malformed Authorization header".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::AuthenticationRequired(
+            "Authorization header must be 'Bearer <token>'".into(),
+        )),
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Compares two secrets in constant time (hashing first hides their lengths too).
+fn secrets_equal(a: &str, b: &str) -> bool {
+    sha256(a.as_bytes()).ct_eq(&sha256(b.as_bytes())).into()
+}
+
+/// What a device secret is stored as: the hex SHA-256 of the secret. Secrets are 32 random bytes,
+/// so a fast hash is enough (there is nothing to brute-force).
+pub fn hash_device_secret(secret: &str) -> String {
+    hex::encode(sha256(secret.as_bytes()))
+}
+
+pub async fn authenticate_admin(parts: &Parts, state: &AppState) -> Result<AdminIdentity, ApiError> {
+    let Some(expected) = &state.config.admin_token else {
+        return Ok(AdminIdentity {
+            subject: "anonymous".into(),
+            roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
+            method: AdminAuthMethod::Open,
+        });
+    };
+    let token = bearer(parts)?
+        .ok_or_else(|| ApiError::AuthenticationRequired("Authentication required".into()))?;
+    if secrets_equal(token, expected.expose()) {
+        Ok(AdminIdentity {
+            subject: "admin-token".into(),
+            roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
+            method: AdminAuthMethod::AdminToken,
+        })
+    } else {
+        Err(ApiError::AuthenticationRequired("Invalid credentials".into()))
+    }
+}
+
+fn require(identity: AdminIdentity, role: &str) -> Result<AdminIdentity, ApiError> {
+    if identity.has_role(role) {
+        Ok(identity)
+    } else {
+        Err(ApiError::AuthorizationFailed(format!(
+            "The '{role}' role is required"
+        )))
+    }
+}
+
+impl FromRequestParts<AppState> for AdminReader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate_admin(parts, state).await.map(AdminReader)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminEditor {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        require(authenticate_admin(parts, state).await?, ROLE_EDITOR).map(AdminEditor)
+    }
+}
+
+impl FromRequestParts<AppState> for PipelineCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        require(authenticate_admin(parts, state).await?, ROLE_PIPELINE).map(PipelineCaller)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceCredential {
+    id: i64,
+    key: String,
+    device_model_id: i64,
+    secret_hash: Option<String>,
+}
+
+async fn find_device(state: &AppState, key: &str) -> Result<Option<DeviceCredential>, ApiError> {
+    Ok(crate::on_pool!(&state.db, |p| sqlx::query_as::<_, DeviceCredential>(
+        "SELECT id, key, device_model_id, secret_hash FROM devices WHERE key = $1"
+    )
+    .bind(key)
+    .fetch_optional(p)
+    .await)
+    .map_err(crate::db::DbError::from)?)
+}
+
+fn invalid_device_credentials() -> ApiError {
+    ApiError::AuthenticationRequired("Invalid device credentials".into())
+}
+
+impl FromRequestParts<AppState> for DeviceCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = bearer(parts)? {
+            let (key, secret) = token.split_once('.').ok_or_else(invalid_device_credentials)?;
+            if key.len() != 8 {
+                return Err(invalid_device_credentials());
+            }
+            let device = find_device(state, key).await?.ok_or_else(invalid_device_credentials)?;
+            let stored = device.secret_hash.as_deref().unwrap_or("");
+            let given = hash_device_secret(secret);
+            let matches: bool = stored.len() == given.len()
+                && bool::from(stored.as_bytes().ct_eq(given.as_bytes()));
+            if !matches {
+                return Err(invalid_device_credentials());
+            }
+            return Ok(DeviceCaller {
+                id: device.id,
+                key: device.key,
+                device_model_id: device.device_model_id,
+            });
+        }
+        if state.config.iot_device_key_auth {
+            let query = parts.uri.query().unwrap_or("");
+            let key = url_query_value(query, "device_key");
+            if let Some(key) = key.filter(|k| k.len() == 8) {
+                if let Some(device) = find_device(state, &key).await? {
+                    return Ok(DeviceCaller {
+                        id: device.id,
+                        key: device.key,
+                        device_model_id: device.device_model_id,
+                    });
+                }
+            }
+            return Err(invalid_device_credentials());
+        }
+        Err(ApiError::AuthenticationRequired(
+            "Device authentication required".into(),
+        ))
+    }
+}
+
+fn url_query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "abcd"));
+    }
+
+    #[test]
+    fn device_secret_hashes_are_hex_sha256() {
+        let h = hash_device_secret("s3cret");
+        assert_eq!(h.len(), 64);
+        assert_ne!(h, hash_device_secret("s3cres"));
+    }
+
+    #[test]
+    fn query_values_are_found_by_exact_name() {
+        assert_eq!(url_query_value("a=1&device_key=abcd2345", "device_key").as_deref(), Some("abcd2345"));
+        assert_eq!(url_query_value("xdevice_key=1", "device_key"), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! The API's one error type and its envelope (SPEC §5):
+//! `{"error": "<message>", "code": "<STABLE_CODE>", "details": {...}, "correlationId": "<id>"}`.
+//!
+//! Internal failures (database, storage) are logged once here with their cause chain and answered
+//! with a generic message; "the store or the database is down" is always 503, never 400 or 404.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::db::DbError;
+use crate::storage::StorageError;
+
+use super::request_context;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Validation {
+        message: String,
+        details: Option<Value>,
+    },
+    #[error("{0}")]
+    AuthenticationRequired(String),
+    #[error("{0}")]
+    AuthorizationFailed(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    RecordExists(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        details: Option<Value>,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::Unavailable {
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Attaches machine-readable details (only kept by variants that carry them).
+    pub fn with_details(self, details: Value) -> Self {
+        match self {
+            ApiError::Validation { message, .. } => ApiError::Validation {
+                message,
+                details: Some(details),
+            },
+            ApiError::Unavailable { message, .. } => ApiError::Unavailable {
+                message,
+                details: Some(details),
+            },
+            other => other,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation { .. } => StatusCode::BAD_REQUEST,
+            ApiError::AuthenticationRequired(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RecordExists(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation { .. } => "VALIDATION_FAILED",
+            ApiError::AuthenticationRequired(_) => "AUTHENTICATION_REQUIRED",
+            ApiError::AuthorizationFailed(_) => "AUTHORIZATION_FAILED",
+            ApiError::NotFound(_) => "RECORD_NOT_FOUND",
+            ApiError::RecordExists(_) => "RECORD_EXISTS",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::RangeNotSatisfiable(_) => "RANGE_NOT_SATISFIABLE",
+            ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::Unavailable { .. } => "SERVICE_UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A message for humans that names the thing, e.g. "DeviceModel 7 was not found".
+    pub error: String,
+    /// A stable code: VALIDATION_FAILED, AUTHENTICATION_REQUIRED, AUTHORIZATION_FAILED,
+    /// RECORD_NOT_FOUND, RECORD_EXISTS, CONFLICT, PAYLOAD_TOO_LARGE, SERVICE_UNAVAILABLE, INTERNAL.
+    pub code: String,
+    #[schema(value_type = Object)]
+    pub details: Value,
+    /// The request's X-Request-ID, or the id generated for it.
+    #[serde(rename = "correlationId")]
+    pub correlation_id: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let details = match &self {
+            ApiError::Validation {
+                details: Some(d), ..
+            }
+            | ApiError::Unavailable {
+                details: Some(d), ..
+            } => d.clone(),
+            _ => Value::Object(Default::default()),
+        };
+        let body = ErrorBody {
+            error: self.to_string(),
+            code: self.code().to_string(),
+            details,
+            correlation_id: request_context::correlation_id(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Logs an internal failure with its whole cause chain.
+fn log_internal(what: &str, error: &dyn std::error::Error) {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::error!(error = %chain, "{what}");
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            log_internal("database_unavailable", &e);
+            ApiError::unavailable("The database is unavailable; try again later")
+        } else {
+            log_internal("database_error", &e);
+            ApiError::Internal("Internal error".into())
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match &e {
+            StorageError::Unavailable { .. } => {
+                log_internal("object_store_unavailable", &e);
+                ApiError::unavailable("The object store is unavailable; try again later")
+            }
+            StorageError::InvalidKey(k) => ApiError::validation(k.to_string()),
+            StorageError::RangeNotSatisfiable { .. } => {
+                ApiError::RangeNotSatisfiable("Requested range not satisfiable".into())
+            }
+            // A missing object behind an existing row breaks golden rule 3: not the caller's fault.
+            StorageError::NotFound { .. } => {
+                log_internal("object_missing", &e);
+                ApiError::Internal("Internal error: a stored object is missing".into())
+            }
+        }
+    }
+}
+
+/// A JSON body extractor whose rejections use our envelope (400 with the parser's reason).
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge("Request body is too large".into());
+        }
+        ApiError::validation(format!("Invalid JSON body: {}", rejection.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::validation(format!("Invalid path parameter: {}", rejection.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::validation(format!("Invalid query: {}", rejection.body_text()))
+    }
+}

@@ -1,0 +1,80 @@
+//! Liveness and readiness probes.
+//!
+//! `/health/healthz` answers 200 while the process serves HTTP. `/health/readyz` answers 200 only
+//! when the database answers, has no pending migrations, and the object store answers; otherwise
+//! 503 with the error envelope whose `details` say which check failed. Each check has its own
+//! timeout, so a hanging dependency makes the probe fail rather than hang.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::{ApiError, Json};
+use crate::db::migrate;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health/healthz", get(healthz))
+        .route("/health/readyz", get(readyz))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthStatus {
+    /// `alive` or `ready`.
+    pub status: String,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/health/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = HealthStatus)))]
+pub async fn healthz() -> Json<HealthStatus> {
+    Json(HealthStatus {
+        status: "alive".into(),
+    })
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The service can serve requests: database reachable and migrated, object store reachable.
+#[utoipa::path(get, path = "/health/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = HealthStatus),
+        (status = 503, description = "A dependency is not ready; `details` says which",
+            body = super::error::ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
+    let database = async {
+        state.db.ping().await.map_err(|e| e.to_string())?;
+        match migrate::pending_count(&state.db).await {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("{n} pending migration(s); run `iotsupport migrate`")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let storage = async { state.storage.check().await.map_err(|e| e.to_string()) };
+    let (database, storage) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, database),
+        tokio::time::timeout(CHECK_TIMEOUT, storage)
+    );
+    let describe = |r: Result<Result<(), String>, _>| match r {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => e,
+        Err(_) => "timed out".to_string(),
+    };
+    let database = describe(database);
+    let storage = describe(storage);
+    if database == "ok" && storage == "ok" {
+        return Ok(Json(HealthStatus {
+            status: "ready".into(),
+        }));
+    }
+    tracing::warn!(database = %database, object_store = %storage, "not_ready");
+    Err(ApiError::unavailable("Service is not ready").with_details(json!({
+        "database": database,
+        "object_store": storage,
+    })))
+}

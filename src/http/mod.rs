@@ -1,0 +1,91 @@
+//! The HTTP API: one router assembled from per-feature modules, each owning its `router()`, and the
+//! layers every request passes through (outermost first):
+//!
+//! 1. `X-Request-ID` taken from the request or generated, and echoed on the response;
+//! 2. a tracing span per request with its id, method and matched route, and a log line per response;
+//! 3. request counting and timing by route template ([`ops::record`]);
+//! 4. the request id made available to error envelopes ([`request_context::scope`]);
+//! 5. panics turned into a 500 envelope.
+//!
+//! Unknown routes and methods answer with the same envelope as everything else.
+
+pub mod auth;
+pub mod docs;
+pub mod error;
+pub mod health;
+pub mod ops;
+pub mod request_context;
+
+use axum::extract::Request;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::HeaderName;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::state::AppState;
+use error::ApiError;
+
+/// The whole API, with `extra` routes merged in (the seam tests use to mount probe routes).
+pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
+    let mut routes = Router::new()
+        .merge(health::router())
+        .merge(ops::router())
+        .merge(docs::router());
+    if let Some(extra) = extra {
+        routes = routes.merge(extra);
+    }
+    let request_id = HeaderName::from_static(request_context::REQUEST_ID_HEADER);
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request| {
+                            let route = request
+                                .extensions()
+                                .get::<axum::extract::MatchedPath>()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_default();
+                            tracing::info_span!(
+                                "request",
+                                request_id = %request_context::request_id_of(request),
+                                method = %request.method(),
+                                route = %route,
+                                path = %request.uri().path(),
+                            )
+                        })
+                        .on_request(())
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(middleware::from_fn(ops::record))
+                .layer(middleware::from_fn(request_context::scope))
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("No route for {}", request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "Method {} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler_panicked");
+    ApiError::Internal("Internal error".into()).into_response()
+}

@@ -1,0 +1,230 @@
+//! The durable job queue (SPEC §4, §8): a `jobs` table that every `serve` process shares.
+//!
+//! A job is enqueued inside the transaction that creates the data it works on, so it can never be
+//! claimed before that data is committed and it survives restarts. Workers claim one job at a time
+//! (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers), keep a heartbeat while
+//! they work, and finish with one of the outcomes of [`JobOutcome`]. A job whose worker stopped
+//! heartbeating for longer than the lease (the process died) is claimed again by another worker.
+//!
+//! Architecture invariant: no job state lives in process memory; everything another process needs
+//! is in the table.
+
+pub mod worker;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::db::{self, Db, DbError, Tx};
+use crate::on_conn;
+
+/// A claimed job, as a handler sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+    /// Including the current attempt.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+impl Job {
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.payload)
+    }
+}
+
+/// How one run of a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Done: the job row is deleted.
+    Completed,
+    /// A transient failure: run again after the delay (until attempts are exhausted).
+    Retry { after: Duration, error: String },
+    /// A permanent failure: the job is marked failed and kept for inspection.
+    Abort { error: String },
+}
+
+/// A job row as stored, for inspection by tests and operators.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRecord {
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Adds a job in the caller's transaction; it becomes claimable when that transaction commits.
+pub async fn enqueue<T: Serialize>(
+    tx: &mut Tx,
+    kind: &str,
+    payload: &T,
+    max_attempts: i32,
+) -> Result<i64, DbError> {
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
+    let now = db::now();
+    let id: i64 = on_conn!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO jobs (kind, payload, max_attempts, run_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $4, $4) RETURNING id"
+    )
+    .bind(kind)
+    .bind(&payload)
+    .bind(max_attempts)
+    .bind(now)
+    .fetch_one(c)
+    .await)?;
+    Ok(id)
+}
+
+const CLAIM_POSTGRES: &str = "
+UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
+                heartbeat_at = $2, updated_at = $2
+WHERE id = (
+    SELECT id FROM jobs
+    WHERE kind = ANY($3)
+      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
+    ORDER BY run_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, kind, payload, attempts, max_attempts";
+
+// SQLite has no row locks; its single writer makes this UPDATE … WHERE id = (SELECT …) atomic.
+const CLAIM_SQLITE: &str = "
+UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
+                heartbeat_at = $2, updated_at = $2
+WHERE id = (
+    SELECT id FROM jobs
+    WHERE kind IN (SELECT value FROM json_each($3))
+      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
+    ORDER BY run_at, id
+    LIMIT 1)
+RETURNING id, kind, payload, attempts, max_attempts";
+
+/// Claims the next due job of one of `kinds` for `worker`, including jobs whose previous worker
+/// stopped heartbeating more than `lease` ago.
+pub async fn claim(
+    db: &Db,
+    worker: &str,
+    kinds: &[&str],
+    lease: Duration,
+) -> Result<Option<Job>, DbError> {
+    let now = db::now();
+    let stale_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let job = match db {
+        Db::Postgres(p) => {
+            let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+            sqlx::query_as::<_, Job>(CLAIM_POSTGRES)
+                .bind(worker)
+                .bind(now)
+                .bind(kinds)
+                .bind(stale_before)
+                .fetch_optional(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            let kinds = serde_json::to_string(kinds).unwrap_or_else(|_| "[]".into());
+            sqlx::query_as::<_, Job>(CLAIM_SQLITE)
+                .bind(worker)
+                .bind(now)
+                .bind(kinds)
+                .bind(stale_before)
+                .fetch_optional(p)
+                .await?
+        }
+    };
+    Ok(job)
+}
+
+/// Tells other workers the job is still being worked on. Returns false when the claim was lost
+/// (another worker took the job over), in which case the caller should stop.
+pub async fn heartbeat(db: &Db, job_id: i64, worker: &str) -> Result<bool, DbError> {
+    let now = db::now();
+    let rows = crate::on_pool!(db, |p| sqlx::query(
+        "UPDATE jobs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running' AND claimed_by = $3"
+    )
+    .bind(now)
+    .bind(job_id)
+    .bind(worker)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows == 1)
+}
+
+/// Records the outcome of a run. Only the worker that holds the claim can finish the job.
+pub async fn finish(
+    db: &Db,
+    job: &Job,
+    worker: &str,
+    outcome: &JobOutcome,
+) -> Result<(), DbError> {
+    let now = db::now();
+    match outcome {
+        JobOutcome::Completed => {
+            crate::on_pool!(db, |p| sqlx::query(
+                "DELETE FROM jobs WHERE id = $1 AND claimed_by = $2"
+            )
+            .bind(job.id)
+            .bind(worker)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        JobOutcome::Retry { after, error } if job.attempts < job.max_attempts => {
+            let run_at = now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX);
+            crate::on_pool!(db, |p| sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_at = $1, last_error = $2, claimed_by = NULL,
+                        heartbeat_at = NULL, updated_at = $3
+                 WHERE id = $4 AND claimed_by = $5"
+            )
+            .bind(run_at)
+            .bind(error)
+            .bind(now)
+            .bind(job.id)
+            .bind(worker)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        JobOutcome::Retry { error, .. } | JobOutcome::Abort { error } => {
+            crate::on_pool!(db, |p| sqlx::query(
+                "UPDATE jobs SET status = 'failed', last_error = $1, claimed_by = NULL,
+                        heartbeat_at = NULL, updated_at = $2
+                 WHERE id = $3 AND claimed_by = $4"
+            )
+            .bind(error)
+            .bind(now)
+            .bind(job.id)
+            .bind(worker)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+    }
+    Ok(())
+}
+
+/// All job rows, oldest first (for tests and operators).
+pub async fn list(db: &Db) -> Result<Vec<JobRecord>, DbError> {
+    Ok(crate::on_pool!(db, |p| sqlx::query_as::<_, JobRecord>(
+        "SELECT id, kind, payload, status, attempts, max_attempts, run_at, claimed_by, last_error
+         FROM jobs ORDER BY id"
+    )
+    .fetch_all(p)
+    .await)?)
+}
+
+/// Exponential backoff for retries: 2 s, 4 s, 8 s … capped at 5 minutes.
+pub fn backoff(attempt: i32) -> Duration {
+    let exp = attempt.clamp(1, 20) as u32;
+    Duration::from_secs(2u64.saturating_pow(exp)).min(Duration::from_secs(300))
+}

@@ -1,0 +1,12 @@
+//! iotsupport: the backend for fleets of ESP32 devices. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod jobs;
+pub mod outbox;
+pub mod startup;
+pub mod state;
+pub mod storage;
+pub mod telemetry;

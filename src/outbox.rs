@@ -1,0 +1,206 @@
+//! The outbox of object deletions (golden rule 2, SPEC §4).
+//!
+//! A request that deletes rows calls [`schedule_deletion`] in the same transaction, commits, and is
+//! done: it never waits for or fails on the object store. The outbox worker then deletes the
+//! objects in batches, retrying with backoff, so a crash or an S3 outage only delays cleanup.
+//!
+//! Architecture invariant: a request that (re)creates an object calls [`cancel_deletions`] for its
+//! keys inside its transaction *before* uploading. On PostgreSQL the worker holds row locks on the
+//! entries it is processing until it has deleted the objects, so the cancel waits for an in-flight
+//! deletion to finish and the new upload always lands after it; on SQLite writers are serialised.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, Db, DbError, Tx};
+use crate::on_conn;
+use crate::storage::{ObjectKey, Storage};
+
+/// One pending deletion, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingDeletion {
+    pub id: i64,
+    pub object_key: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// Records that these objects must be deleted once the caller's transaction commits.
+pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), DbError> {
+    let now = db::now();
+    for key in keys {
+        on_conn!(tx, |c| sqlx::query(
+            "INSERT INTO object_deletions (object_key, next_attempt_at, created_at) VALUES ($1, $2, $2)"
+        )
+        .bind(key.as_str())
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
+    Ok(())
+}
+
+/// Withdraws pending deletions of keys that the caller is about to write again.
+pub async fn cancel_deletions(tx: &mut Tx, keys: &[ObjectKey]) -> Result<u64, DbError> {
+    let mut cancelled = 0;
+    for key in keys {
+        cancelled += on_conn!(tx, |c| sqlx::query(
+            "DELETE FROM object_deletions WHERE object_key = $1"
+        )
+        .bind(key.as_str())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
+    Ok(cancelled)
+}
+
+/// Every pending deletion, oldest first.
+pub async fn pending(db: &Db) -> Result<Vec<PendingDeletion>, DbError> {
+    Ok(crate::on_pool!(db, |p| sqlx::query_as::<_, PendingDeletion>(
+        "SELECT id, object_key, attempts, next_attempt_at, last_error FROM object_deletions ORDER BY id"
+    )
+    .fetch_all(p)
+    .await)?)
+}
+
+/// What one pass of the worker did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxPass {
+    pub deleted: usize,
+    pub failed: usize,
+}
+
+const BATCH: i64 = 100;
+
+const DUE_POSTGRES: &str = "SELECT id, object_key, attempts, next_attempt_at, last_error
+     FROM object_deletions WHERE next_attempt_at <= $1 ORDER BY id LIMIT $2
+     FOR UPDATE SKIP LOCKED";
+const DUE_SQLITE: &str = "SELECT id, object_key, attempts, next_attempt_at, last_error
+     FROM object_deletions WHERE next_attempt_at <= $1 ORDER BY id LIMIT $2";
+
+/// Carries out one batch of due deletions. Callable from tests; the worker loops over it.
+pub async fn process_due(db: &Db, storage: &Storage) -> Result<OutboxPass, DbError> {
+    let now = db::now();
+    // Look before taking a write transaction, so an idle worker never holds SQLite's write lock.
+    let any_due: bool = crate::on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM object_deletions WHERE next_attempt_at <= $1)"
+    )
+    .bind(now)
+    .fetch_one(p)
+    .await)?;
+    if !any_due {
+        return Ok(OutboxPass::default());
+    }
+    let mut tx = db.begin().await?;
+    let due: Vec<PendingDeletion> = match &mut tx {
+        Tx::Postgres(t) => {
+            sqlx::query_as(DUE_POSTGRES)
+                .bind(now)
+                .bind(BATCH)
+                .fetch_all(&mut **t)
+                .await?
+        }
+        Tx::Sqlite(t) => {
+            sqlx::query_as(DUE_SQLITE)
+                .bind(now)
+                .bind(BATCH)
+                .fetch_all(&mut **t)
+                .await?
+        }
+    };
+    if due.is_empty() {
+        return Ok(OutboxPass::default());
+    }
+
+    let mut pass = OutboxPass::default();
+    let mut keys = Vec::with_capacity(due.len());
+    let mut entries = Vec::with_capacity(due.len());
+    for entry in due {
+        match ObjectKey::parse(entry.object_key.clone()) {
+            Ok(key) => {
+                keys.push(key);
+                entries.push(entry);
+            }
+            // A key that is not valid cannot name an object we wrote: drop the entry.
+            Err(e) => {
+                tracing::error!(object_key = %entry.object_key, error = %e, "outbox_invalid_key");
+                delete_entry(&mut tx, entry.id).await?;
+            }
+        }
+    }
+    let results = storage.delete_many(&keys).await;
+    for (entry, result) in entries.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                delete_entry(&mut tx, entry.id).await?;
+                pass.deleted += 1;
+            }
+            Err(e) => {
+                let attempts = entry.attempts + 1;
+                let next = now
+                    + chrono::Duration::from_std(retry_delay(attempts))
+                        .unwrap_or(chrono::Duration::MAX);
+                tracing::warn!(object_key = %entry.object_key, attempts, error = %e, "outbox_delete_failed");
+                on_conn!(&mut tx, |c| sqlx::query(
+                    "UPDATE object_deletions SET attempts = $1, next_attempt_at = $2, last_error = $3
+                     WHERE id = $4"
+                )
+                .bind(attempts)
+                .bind(next)
+                .bind(e.to_string())
+                .bind(entry.id)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
+                pass.failed += 1;
+            }
+        }
+    }
+    tx.commit().await?;
+    metrics::counter!(crate::telemetry::OUTBOX_DELETED).increment(pass.deleted as u64);
+    metrics::counter!(crate::telemetry::OUTBOX_FAILED).increment(pass.failed as u64);
+    if pass.deleted > 0 {
+        tracing::info!(deleted = pass.deleted, failed = pass.failed, "outbox_pass");
+    }
+    Ok(pass)
+}
+
+async fn delete_entry(tx: &mut Tx, id: i64) -> Result<(), DbError> {
+    on_conn!(tx, |c| sqlx::query("DELETE FROM object_deletions WHERE id = $1")
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Backoff between attempts at one deletion: 5 s, 10 s, 20 s … capped at 10 minutes.
+pub fn retry_delay(attempts: i32) -> Duration {
+    let exp = attempts.clamp(1, 20) as u32 - 1;
+    Duration::from_secs(5u64.saturating_mul(2u64.saturating_pow(exp))).min(Duration::from_secs(600))
+}
+
+/// Processes due deletions until `shutdown` fires.
+pub async fn run_worker(db: Db, storage: Storage, poll: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let more = match process_due(&db, &storage).await {
+            Ok(pass) => pass.deleted + pass.failed >= BATCH as usize,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox_pass_failed");
+                false
+            }
+        };
+        if more {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}

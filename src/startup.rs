@@ -1,0 +1,197 @@
+//! Building and running the service: the seam that `serve`, the integration tests and the
+//! benchmarks all use.
+//!
+//! [`Application::build`] connects to the database and the object store (creating the bucket if
+//! missing), binds the listener (port 0 in tests) and returns; [`Application::run_until_stopped`]
+//! serves HTTP and runs the background workers until the shutdown token fires, then lets in-flight
+//! requests and jobs finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StorageConfig};
+use crate::db::{migrate, Db};
+use crate::jobs::worker::{JobHandler, JobRunner};
+use crate::outbox;
+use crate::state::AppState;
+use crate::storage::backend::ObjectStoreBackend;
+use crate::storage::{bucket, Storage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the database: {0}")]
+    Database(#[from] crate::db::DbError),
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("object store: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the configured object store, creating the S3 bucket if it is missing.
+pub async fn open_storage(config: &Config) -> Result<Storage, crate::storage::StorageError> {
+    Ok(match &config.storage {
+        StorageConfig::Local { dir } => Arc::new(ObjectStoreBackend::local(dir)?),
+        StorageConfig::S3(s3) => {
+            if bucket::ensure_bucket(s3).await? {
+                tracing::info!(bucket = %s3.bucket, "bucket_created");
+            }
+            Arc::new(ObjectStoreBackend::s3(s3)?)
+        }
+    })
+}
+
+/// Options beyond the configuration, for tests and embedding.
+#[derive(Default)]
+pub struct BuildOptions {
+    /// Use this store instead of opening the configured one (e.g. a [`FaultyStorage`] wrapper).
+    ///
+    /// [`FaultyStorage`]: crate::storage::faulty::FaultyStorage
+    pub storage: Option<Storage>,
+    /// Extra routes merged into the API.
+    pub extra_routes: Option<Router<AppState>>,
+    /// Extra job handlers run by this process's workers.
+    pub job_handlers: Vec<Arc<dyn JobHandler>>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: CancellationToken,
+    job_handlers: Vec<Arc<dyn JobHandler>>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with(config, BuildOptions::default()).await
+    }
+
+    pub async fn build_with(config: Config, options: BuildOptions) -> Result<Self, StartupError> {
+        let db = Db::connect(&config).await?;
+        if config.migrate_on_start {
+            migrate::run(&db).await?;
+        }
+        let storage = match options.storage {
+            Some(storage) => storage,
+            None => open_storage(&config).await?,
+        };
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            storage,
+            metrics: crate::telemetry::metrics_handle(),
+        };
+        let router = crate::http::router(state.clone(), options.extra_routes);
+        Ok(Application {
+            listener,
+            router,
+            state,
+            shutdown: CancellationToken::new(),
+            job_handlers: options.job_handlers,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling this token stops the server and every worker gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application {
+            listener,
+            router,
+            state,
+            shutdown,
+            job_handlers,
+        } = self;
+        let config = state.config.clone();
+        let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(outbox::run_worker(
+            state.db.clone(),
+            state.storage.clone(),
+            config.worker_poll_interval,
+            shutdown.clone(),
+        ));
+        if !job_handlers.is_empty() {
+            let runner = JobRunner::new(state.db.clone(), job_handlers, config.job_lease);
+            workers.spawn(runner.run(
+                config.job_concurrency,
+                config.worker_poll_interval,
+                shutdown.clone(),
+            ));
+        }
+
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, database = ?state.db.kind(), "listening");
+        let stop = shutdown.clone();
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        // The server has stopped (or failed): make sure the workers stop too, then wait for them.
+        shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(30), async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("workers did not stop within 30 s");
+        }
+        state.db.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown_requested");
+        token.cancel();
+    });
+}

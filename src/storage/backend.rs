@@ -1,0 +1,273 @@
+//! [`ObjectStorage`] over the `object_store` crate: S3 for production, a local directory for the
+//! embedded default (same key layout; puts go to a temporary file and are renamed into place, so
+//! they are atomic like S3's).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+    WriteMultipart,
+};
+
+use super::{
+    ByteRange, ObjectInfo, ObjectKey, ObjectRead, ObjectStorage, Operation, StorageError,
+};
+use crate::config::S3Config;
+
+/// The configured store, S3 or local.
+pub struct ObjectStoreBackend {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Multipart part size for streamed puts (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+impl ObjectStoreBackend {
+    /// A store over a local directory, created if missing.
+    pub fn local(dir: &std::path::Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| unavailable(Operation::Check, "", e))?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| unavailable(Operation::Check, "", e))?
+            .with_automatic_cleanup(true);
+        Ok(ObjectStoreBackend {
+            store: Arc::new(store),
+        })
+    }
+
+    /// A store over an S3 bucket. Requests time out and are retried only briefly, so an outage
+    /// surfaces as [`StorageError::Unavailable`] within seconds instead of hanging requests.
+    pub fn s3(config: &S3Config) -> Result<Self, StorageError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_endpoint(&config.endpoint_url)
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(client_options(config))
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(1),
+                    base: 2.0,
+                },
+                max_retries: 2,
+                retry_timeout: config.request_timeout,
+            });
+        builder = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => builder
+                .with_access_key_id(id.expose())
+                .with_secret_access_key(secret.expose()),
+            _ => builder.with_skip_signature(true),
+        };
+        let store = builder
+            .build()
+            .map_err(|e| unavailable(Operation::Check, "", e))?;
+        Ok(ObjectStoreBackend {
+            store: Arc::new(store),
+        })
+    }
+}
+
+pub(crate) fn client_options(config: &S3Config) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(config.endpoint_url.starts_with("http://"))
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(config.request_timeout)
+}
+
+fn unavailable(operation: Operation, key: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable {
+        operation,
+        key: key.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn map_err(operation: Operation, key: &str, e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound {
+            key: key.to_string(),
+        },
+        other => unavailable(operation, key, display_chain(&other)),
+    }
+}
+
+/// The error with its sources, so a log line says *why* (e.g. "connection refused").
+fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn path(key: &ObjectKey) -> Path {
+    Path::from(key.as_str())
+}
+
+fn info(meta: &object_store::ObjectMeta) -> ObjectInfo {
+    ObjectInfo {
+        key: meta.location.to_string(),
+        size: meta.size,
+        last_modified: meta.last_modified,
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStorage for ObjectStoreBackend {
+    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&path(key), body.into())
+            .await
+            .map_err(|e| map_err(Operation::Put, key.as_str(), e))?;
+        Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        mut body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<u64, StorageError> {
+        let err = |e| map_err(Operation::Put, key.as_str(), e);
+        let upload = self.store.put_multipart(&path(key)).await.map_err(err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut written = 0u64;
+        loop {
+            let chunk = match body.next().await {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    // Abort so no partial object (or dangling multipart upload) is left behind.
+                    let _ = writer.abort().await;
+                    return Err(unavailable(Operation::Put, key.as_str(), e));
+                }
+            };
+            written += chunk.len() as u64;
+            writer.wait_for_capacity(4).await.map_err(err)?;
+            writer.put(chunk);
+        }
+        writer.finish().await.map_err(err)?;
+        Ok(written)
+    }
+
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectRead, StorageError> {
+        let options = GetOptions {
+            range: range.map(|r| match r {
+                ByteRange::Bounded { start, end } => GetRange::Bounded(start..end),
+                ByteRange::From { start } => GetRange::Offset(start),
+                ByteRange::Suffix { len } => GetRange::Suffix(len),
+            }),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&path(key), options).await {
+            Ok(result) => result,
+            // object_store reports an unsatisfiable range as a generic error; tell it apart by a
+            // HEAD so callers can answer 416 instead of 503.
+            Err(e @ object_store::Error::Generic { .. }) if range.is_some() => {
+                let meta = self.head(key).await?;
+                if range_is_unsatisfiable(range, meta.size) {
+                    return Err(StorageError::RangeNotSatisfiable {
+                        key: key.to_string(),
+                        size: meta.size,
+                    });
+                }
+                return Err(map_err(Operation::Get, key.as_str(), e));
+            }
+            Err(e) => return Err(map_err(Operation::Get, key.as_str(), e)),
+        };
+        let owned_key = key.to_string();
+        Ok(ObjectRead {
+            info: info(&result.meta),
+            range: result.range.clone(),
+            body: result
+                .into_stream()
+                .map_err(move |e| map_err(Operation::Get, &owned_key, e))
+                .boxed(),
+        })
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError> {
+        let meta = self
+            .store
+            .head(&path(key))
+            .await
+            .map_err(|e| map_err(Operation::Head, key.as_str(), e))?;
+        Ok(info(&meta))
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self.store.delete(&path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(Operation::Delete, key.as_str(), e)),
+        }
+    }
+
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<Result<(), StorageError>> {
+        let paths: Vec<object_store::Result<Path>> = keys.iter().map(|k| Ok(path(k))).collect();
+        let results: Vec<object_store::Result<Path>> = self
+            .store
+            .delete_stream(futures::stream::iter(paths).boxed())
+            .collect()
+            .await;
+        // delete_stream yields one result per input in order; be defensive if a store yields fewer.
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| match results.get(i) {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(object_store::Error::NotFound { .. })) => Ok(()),
+                Some(Err(e)) => Err(unavailable(
+                    Operation::Delete,
+                    key.as_str(),
+                    display_chain(e),
+                )),
+                None => Err(unavailable(
+                    Operation::Delete,
+                    key.as_str(),
+                    "no result for this key from batch delete",
+                )),
+            })
+            .collect()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let prefix_path = Path::from(prefix);
+        self.store
+            .list(Some(&prefix_path))
+            .map_ok(|meta| info(&meta))
+            .map_err(|e| map_err(Operation::List, prefix, e))
+            .try_collect()
+            .await
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        // Listing a prefix that holds nothing is cheap and fails when the bucket is missing.
+        let probe = Path::from(".readyz-probe");
+        let mut listing = self.store.list(Some(&probe));
+        match listing.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(map_err(Operation::Check, "", e)),
+        }
+    }
+}
+
+fn range_is_unsatisfiable(range: Option<ByteRange>, size: u64) -> bool {
+    match range {
+        Some(ByteRange::Bounded { start, end }) => start >= size || start >= end,
+        Some(ByteRange::From { start }) => start >= size,
+        Some(ByteRange::Suffix { len }) => len == 0 || size == 0,
+        None => false,
+    }
+}

@@ -1,0 +1,71 @@
+//! Creating the bucket at start when it is missing.
+//!
+//! `object_store` has no CreateBucket, so this sends one signed `PUT /{bucket}` with the crate's
+//! own SigV4 signer and HTTP client (path-style, as every S3-compatible server accepts). A bucket
+//! that already exists is fine; a server that refuses creation (Garage keys without
+//! `--create-bucket`) is fine too as long as the bucket answers afterwards.
+
+use object_store::aws::{AwsAuthorizer, AwsCredential};
+use object_store::client::{HttpConnector, HttpRequestBody, ReqwestConnector};
+
+use super::{Operation, StorageError};
+use crate::config::S3Config;
+
+fn unavailable(bucket: &str, message: impl Into<String>) -> StorageError {
+    StorageError::Unavailable {
+        operation: Operation::Check,
+        key: bucket.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Creates `config.bucket` unless it exists. Returns whether it was created.
+pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
+    let bucket = config.bucket.as_str();
+    let mut request = http::Request::builder()
+        .method("PUT")
+        .uri(format!("{}/{}", config.endpoint_url, bucket))
+        .body(HttpRequestBody::empty())
+        .map_err(|e| unavailable(bucket, format!("cannot build CreateBucket request: {e}")))?;
+    if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        let credential = AwsCredential {
+            key_id: id.expose().to_string(),
+            secret_key: secret.expose().to_string(),
+            token: None,
+        };
+        AwsAuthorizer::new(&credential, "s3", &config.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| unavailable(bucket, format!("cannot sign CreateBucket: {e}")))?;
+    }
+    let client = ReqwestConnector::default()
+        .connect(&super::backend::client_options(config))
+        .map_err(|e| unavailable(bucket, e.to_string()))?;
+    let response = client
+        .execute(request)
+        .await
+        .map_err(|e| unavailable(bucket, format!("CreateBucket failed: {e}")))?;
+    let status = response.status();
+    let body = response.into_body().bytes().await.unwrap_or_default();
+    let body = String::from_utf8_lossy(&body);
+    if status.is_success() {
+        return Ok(true);
+    }
+    if status.as_u16() == 409 && body.contains("BucketAlreadyOwnedByYou") {
+        return Ok(false);
+    }
+    if status.as_u16() == 409 || status.as_u16() == 403 {
+        // Exists but owned elsewhere, or we may not create buckets: usable if we can list it.
+        let store = super::backend::ObjectStoreBackend::s3(config)?;
+        use super::ObjectStorage;
+        return store.check().await.map(|()| false).map_err(|e| {
+            unavailable(
+                bucket,
+                format!("bucket cannot be created ({status}: {body}) and is not usable: {e}"),
+            )
+        });
+    }
+    Err(unavailable(
+        bucket,
+        format!("CreateBucket answered {status}: {body}"),
+    ))
+}

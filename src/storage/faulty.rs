@@ -1,0 +1,218 @@
+//! A failure-injecting [`ObjectStorage`] wrapper for tests of the failure paths.
+//!
+//! Wrap the real store, then make chosen operations fail — always, a number of times, only for
+//! keys containing some text, or (for reads) after some bytes of the body — and count the calls
+//! each operation received. Used by integration tests to show that an S3 outage or a half-done
+//! upload never leaves the database and the bucket disagreeing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::{ByteRange, ObjectInfo, ObjectKey, ObjectRead, ObjectStorage, Operation, StorageError};
+
+/// One injected failure.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub operation: Operation,
+    /// Only keys containing this text fail (all keys when `None`).
+    pub key_contains: Option<String>,
+    /// How many more calls fail (forever when `None`).
+    pub remaining: Option<usize>,
+    /// For `Get`: fail the body stream after this many bytes instead of failing the call.
+    pub after_bytes: Option<u64>,
+}
+
+impl Fault {
+    pub fn always(operation: Operation) -> Self {
+        Fault {
+            operation,
+            key_contains: None,
+            remaining: None,
+            after_bytes: None,
+        }
+    }
+    pub fn times(mut self, n: usize) -> Self {
+        self.remaining = Some(n);
+        self
+    }
+    pub fn for_keys_containing(mut self, text: impl Into<String>) -> Self {
+        self.key_contains = Some(text.into());
+        self
+    }
+    pub fn after_bytes(mut self, n: u64) -> Self {
+        self.after_bytes = Some(n);
+        self
+    }
+}
+
+#[derive(Default)]
+struct State {
+    faults: Vec<Fault>,
+    calls: HashMap<Operation, usize>,
+    gets: Vec<(String, Option<ByteRange>)>,
+}
+
+/// The wrapper. Cheap to clone; clones share faults and counters.
+#[derive(Clone)]
+pub struct FaultyStorage {
+    inner: Arc<dyn ObjectStorage>,
+    state: Arc<Mutex<State>>,
+}
+
+impl FaultyStorage {
+    pub fn new(inner: Arc<dyn ObjectStorage>) -> Self {
+        FaultyStorage {
+            inner,
+            state: Arc::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock can only come from a test assertion; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state().faults.push(fault);
+    }
+
+    /// Removes every injected fault: the store works again.
+    pub fn heal(&self) {
+        self.state().faults.clear();
+    }
+
+    pub fn calls(&self, operation: Operation) -> usize {
+        self.state().calls.get(&operation).copied().unwrap_or(0)
+    }
+
+    /// Every `get` received, with its key and range.
+    pub fn gets(&self) -> Vec<(String, Option<ByteRange>)> {
+        self.state().gets.clone()
+    }
+
+    /// Counts the call and returns the fault that applies to it, consuming one use of it.
+    fn hit(&self, operation: Operation, key: &str) -> Option<Fault> {
+        let mut state = self.state();
+        *state.calls.entry(operation).or_default() += 1;
+        let index = state.faults.iter().position(|f| {
+            f.operation == operation
+                && f.remaining != Some(0)
+                && f.key_contains.as_deref().is_none_or(|t| key.contains(t))
+        })?;
+        let fault = &mut state.faults[index];
+        if let Some(n) = fault.remaining.as_mut() {
+            *n -= 1;
+        }
+        Some(fault.clone())
+    }
+
+    fn guard(&self, operation: Operation, key: &str) -> Result<(), StorageError> {
+        match self.hit(operation, key) {
+            Some(_) => Err(injected(operation, key)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn injected(operation: Operation, key: &str) -> StorageError {
+    StorageError::Unavailable {
+        operation,
+        key: key.to_string(),
+        message: "injected fault".to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStorage for FaultyStorage {
+    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StorageError> {
+        self.guard(Operation::Put, key.as_str())?;
+        self.inner.put(key, body).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<u64, StorageError> {
+        self.guard(Operation::Put, key.as_str())?;
+        self.inner.put_stream(key, body).await
+    }
+
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectRead, StorageError> {
+        self.state().gets.push((key.to_string(), range));
+        let fault = self.hit(Operation::Get, key.as_str());
+        let limit = match fault {
+            Some(Fault {
+                after_bytes: Some(n),
+                ..
+            }) => n,
+            Some(_) => return Err(injected(Operation::Get, key.as_str())),
+            None => return self.inner.get(key, range).await,
+        };
+        let mut read = self.inner.get(key, range).await?;
+        let owned_key = key.to_string();
+        let mut sent = 0u64;
+        read.body = read
+            .body
+            .map(move |chunk| {
+                let chunk = chunk?;
+                if sent + chunk.len() as u64 > limit {
+                    return Err(injected(Operation::Get, &owned_key));
+                }
+                sent += chunk.len() as u64;
+                Ok(chunk)
+            })
+            .boxed();
+        Ok(read)
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError> {
+        self.guard(Operation::Head, key.as_str())?;
+        self.inner.head(key).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.guard(Operation::Delete, key.as_str())?;
+        self.inner.delete(key).await
+    }
+
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<Result<(), StorageError>> {
+        // Faults apply per key, so a test can make a batch fail half-way.
+        let allowed: Vec<Result<(), StorageError>> = keys
+            .iter()
+            .map(|k| self.guard(Operation::Delete, k.as_str()))
+            .collect();
+        let to_delete: Vec<ObjectKey> = keys
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, ok)| ok.is_ok())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut deleted = self.inner.delete_many(&to_delete).await.into_iter();
+        allowed
+            .into_iter()
+            .map(|ok| match ok {
+                Ok(()) => deleted.next().unwrap_or(Ok(())),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.guard(Operation::List, prefix)?;
+        self.inner.list(prefix).await
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.guard(Operation::Check, "")?;
+        self.inner.check().await
+    }
+}

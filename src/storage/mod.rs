@@ -1,0 +1,146 @@
+//! Object storage: the one narrow interface the rest of the service uses for binary data.
+//!
+//! [`ObjectStorage`] has the handful of operations the golden rules need (streaming put and get,
+//! ranged get, head, delete, list by prefix, batch delete, a reachability check). It is implemented
+//! once over the `object_store` crate ([`backend::ObjectStoreBackend`]) for both S3 and the local
+//! directory of the embedded default, and wrapped by [`faulty::FaultyStorage`] in tests to make any
+//! operation fail.
+//!
+//! Architecture invariant: callers see exactly two kinds of failure that matter to them,
+//! [`StorageError::NotFound`] and [`StorageError::Unavailable`] (HTTP 503); correctness never
+//! depends on conditional writes, which some S3 servers (Garage) ignore.
+
+pub mod backend;
+pub mod bucket;
+pub mod faulty;
+mod key;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+pub use key::{InvalidKey, ObjectKey};
+
+/// Shared handle to the configured store.
+pub type Storage = Arc<dyn ObjectStorage>;
+
+/// What a store knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// Which bytes of an object to read, as HTTP `Range` expresses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `start..end` (end exclusive).
+    Bounded { start: u64, end: u64 },
+    /// From `start` to the end of the object.
+    From { start: u64 },
+    /// The last `len` bytes.
+    Suffix { len: u64 },
+}
+
+/// An object being read: its metadata, the byte range served, and the body as a stream.
+pub struct ObjectRead {
+    pub info: ObjectInfo,
+    /// The range of the object that `body` yields (the whole object for an unranged get).
+    pub range: std::ops::Range<u64>,
+    pub body: BoxStream<'static, Result<Bytes, StorageError>>,
+}
+
+impl std::fmt::Debug for ObjectRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRead")
+            .field("info", &self.info)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectRead {
+    /// Collects the body. Only for small objects and tests: downloads stream instead.
+    pub async fn bytes(self) -> Result<Bytes, StorageError> {
+        use futures::TryStreamExt;
+        let chunks: Vec<Bytes> = self.body.try_collect().await?;
+        Ok(chunks.concat().into())
+    }
+}
+
+/// The operations of [`ObjectStorage`], named for fault injection and call counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Put,
+    Get,
+    Head,
+    Delete,
+    List,
+    Check,
+}
+
+/// Storage failures, classified so callers can branch on them.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    /// The store could not be reached or failed; the operation may succeed later (HTTP 503).
+    #[error("object store unavailable during {operation:?} of {key:?}: {message}")]
+    Unavailable {
+        operation: Operation,
+        key: String,
+        message: String,
+    },
+    /// A ranged read asked for bytes the object does not have (HTTP 416).
+    #[error("range not satisfiable for object {key}")]
+    RangeNotSatisfiable { key: String, size: u64 },
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidKey),
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+    /// Whether retrying later may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+}
+
+/// The object store as the service uses it.
+#[async_trait::async_trait]
+pub trait ObjectStorage: Send + Sync + 'static {
+    /// Writes a whole object atomically: readers see the old object or the new one, never a part.
+    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StorageError>;
+
+    /// Writes an object from a stream (multipart on S3) without holding it in memory; returns
+    /// the number of bytes written. The object appears only when the stream has ended.
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<u64, StorageError>;
+
+    /// Reads an object, or the given range of it, as a stream.
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>)
+        -> Result<ObjectRead, StorageError>;
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError>;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// Deletes many objects (a batch request where the server supports it). Returns one result per
+    /// key, in the order given; missing objects count as deleted.
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<Result<(), StorageError>>;
+
+    /// Every object whose key starts with `prefix` followed by `/` (path-segment semantics).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Succeeds when the store (and its bucket) answers.
+    async fn check(&self) -> Result<(), StorageError>;
+}

@@ -1,0 +1,86 @@
+//! Logs and metrics, set up in one place.
+//!
+//! Logs: `tracing` events, JSON lines by default (`LOG_FORMAT=text` for humans), each request in a
+//! span carrying its `request_id`, method and matched route. Metrics: every name is declared here
+//! once with its description and rendered in Prometheus text at `GET /metrics`. Labels are route
+//! templates and outcomes, never ids or keys, so their number stays bounded.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const JOBS_FINISHED: &str = "jobs_finished_total";
+pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
+pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
+
+/// Installs the global log subscriber. Safe to call more than once (later calls do nothing).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide metrics recorder once and returns the handle that renders it.
+/// `None` if another recorder was installed first (metrics then go there, not to `/metrics`).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(HTTP_REQUEST_DURATION.to_string()),
+                    &[
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request, by method, route template and status"
+    );
+    describe_counter!(
+        JOBS_FINISHED,
+        "Background job runs, by job kind and outcome (completed, retry, failed)"
+    );
+    describe_counter!(
+        OUTBOX_DELETED,
+        "Objects deleted by the outbox worker after their rows were deleted"
+    );
+    describe_counter!(
+        OUTBOX_FAILED,
+        "Object deletions that failed and will be retried"
+    );
+}
