@@ -10,10 +10,14 @@ use crate::db::{migrate, Db};
 use crate::startup::{cancel_on_signal, Application};
 
 #[derive(Debug, Parser)]
-#[command(name = "iotsupport", version, about = "Firmware, OTA and crash core dumps for ESP32 fleets",
+#[command(
+    name = "iotsupport",
+    version,
+    about = "Firmware, OTA and crash core dumps for ESP32 fleets",
     long_about = "Firmware, OTA and crash core dumps for ESP32 fleets.\n\n\
     Configuration comes from environment variables (see the README). With none set, the service \
-    runs on a SQLite file and a local object directory under ./data/.")]
+    runs on a SQLite file and a local object directory under ./data/."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -129,17 +129,10 @@ impl Env {
 
     /// The value of a variable; an empty value counts as unset (as in the Python service).
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 
-    fn parse<T: std::str::FromStr>(
-        &self,
-        name: &'static str,
-        default: T,
-    ) -> Result<T, ConfigError>
+    fn parse<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
     where
         T::Err: fmt::Display,
     {
@@ -273,10 +266,8 @@ impl Config {
         }
 
         Ok(Config {
-            migrate_on_start: env.flag(
-                "MIGRATE_ON_START",
-                database_kind == DatabaseKind::Sqlite,
-            )?,
+            migrate_on_start: env
+                .flag("MIGRATE_ON_START", database_kind == DatabaseKind::Sqlite)?,
             database_url: Secret::new(database_url),
             database_kind,
             storage,

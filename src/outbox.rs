@@ -32,14 +32,16 @@ pub struct PendingDeletion {
 pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), DbError> {
     let now = db::now();
     for key in keys {
-        on_conn!(tx, |c| sqlx::query(
+        on_conn!(tx, |c| {
+            sqlx::query(
             "INSERT INTO object_deletions (object_key, next_attempt_at, created_at) VALUES ($1, $2, $2)"
         )
         .bind(key.as_str())
         .bind(now)
         .execute(c)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
     }
     Ok(())
 }
@@ -61,11 +63,13 @@ pub async fn cancel_deletions(tx: &mut Tx, keys: &[ObjectKey]) -> Result<u64, Db
 
 /// Every pending deletion, oldest first.
 pub async fn pending(db: &Db) -> Result<Vec<PendingDeletion>, DbError> {
-    Ok(crate::on_pool!(db, |p| sqlx::query_as::<_, PendingDeletion>(
+    Ok(crate::on_pool!(db, |p| {
+        sqlx::query_as::<_, PendingDeletion>(
         "SELECT id, object_key, attempts, next_attempt_at, last_error FROM object_deletions ORDER BY id"
     )
     .fetch_all(p)
-    .await)?)
+    .await
+    })?)
 }
 
 /// What one pass of the worker did.
@@ -146,7 +150,8 @@ pub async fn process_due(db: &Db, storage: &Storage) -> Result<OutboxPass, DbErr
                     + chrono::Duration::from_std(retry_delay(attempts))
                         .unwrap_or(chrono::Duration::MAX);
                 tracing::warn!(object_key = %entry.object_key, attempts, error = %e, "outbox_delete_failed");
-                on_conn!(&mut tx, |c| sqlx::query(
+                on_conn!(&mut tx, |c| {
+                    sqlx::query(
                     "UPDATE object_deletions SET attempts = $1, next_attempt_at = $2, last_error = $3
                      WHERE id = $4"
                 )
@@ -156,7 +161,8 @@ pub async fn process_due(db: &Db, storage: &Storage) -> Result<OutboxPass, DbErr
                 .bind(entry.id)
                 .execute(c)
                 .await
-                .map(|r| r.rows_affected()))?;
+                .map(|r| r.rows_affected())
+                })?;
                 pass.failed += 1;
             }
         }
@@ -171,11 +177,13 @@ pub async fn process_due(db: &Db, storage: &Storage) -> Result<OutboxPass, DbErr
 }
 
 async fn delete_entry(tx: &mut Tx, id: i64) -> Result<(), DbError> {
-    on_conn!(tx, |c| sqlx::query("DELETE FROM object_deletions WHERE id = $1")
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+    on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM object_deletions WHERE id = $1"
+    )
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 

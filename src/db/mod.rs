@@ -194,7 +194,10 @@ impl Db {
 
     /// Cheap liveness probe used by `/health/readyz`.
     pub async fn ping(&self) -> Result<(), DbError> {
-        on_pool!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected()))?;
+        on_pool!(self, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -226,5 +229,6 @@ impl Tx {
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::{DurationRound, TimeDelta};
     let now = chrono::Utc::now();
-    now.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(now)
+    now.duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or(now)
 }

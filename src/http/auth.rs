@@ -70,7 +70,9 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
         .to_str()
         .map_err(|_| ApiError::AuthenticationRequired("Malformed Authorization header".into()))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Some(token.trim()))
         }
         _ => Err(ApiError::AuthenticationRequired(
@@ -94,7 +96,10 @@ pub fn hash_device_secret(secret: &str) -> String {
     hex::encode(sha256(secret.as_bytes()))
 }
 
-pub async fn authenticate_admin(parts: &Parts, state: &AppState) -> Result<AdminIdentity, ApiError> {
+pub async fn authenticate_admin(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<AdminIdentity, ApiError> {
     let Some(expected) = &state.config.admin_token else {
         return Ok(AdminIdentity {
             subject: "anonymous".into(),
@@ -111,7 +116,9 @@ pub async fn authenticate_admin(parts: &Parts, state: &AppState) -> Result<Admin
             method: AdminAuthMethod::AdminToken,
         })
     } else {
-        Err(ApiError::AuthenticationRequired("Invalid credentials".into()))
+        Err(ApiError::AuthenticationRequired(
+            "Invalid credentials".into(),
+        ))
     }
 }
 
@@ -155,13 +162,15 @@ struct DeviceCredential {
 }
 
 async fn find_device(state: &AppState, key: &str) -> Result<Option<DeviceCredential>, ApiError> {
-    Ok(crate::on_pool!(&state.db, |p| sqlx::query_as::<_, DeviceCredential>(
-        "SELECT id, key, device_model_id, secret_hash FROM devices WHERE key = $1"
+    Ok(
+        crate::on_pool!(&state.db, |p| sqlx::query_as::<_, DeviceCredential>(
+            "SELECT id, key, device_model_id, secret_hash FROM devices WHERE key = $1"
+        )
+        .bind(key)
+        .fetch_optional(p)
+        .await)
+        .map_err(crate::db::DbError::from)?,
     )
-    .bind(key)
-    .fetch_optional(p)
-    .await)
-    .map_err(crate::db::DbError::from)?)
 }
 
 fn invalid_device_credentials() -> ApiError {
@@ -172,11 +181,15 @@ impl FromRequestParts<AppState> for DeviceCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(parts)? {
-            let (key, secret) = token.split_once('.').ok_or_else(invalid_device_credentials)?;
+            let (key, secret) = token
+                .split_once('.')
+                .ok_or_else(invalid_device_credentials)?;
             if key.len() != 8 {
                 return Err(invalid_device_credentials());
             }
-            let device = find_device(state, key).await?.ok_or_else(invalid_device_credentials)?;
+            let device = find_device(state, key)
+                .await?
+                .ok_or_else(invalid_device_credentials)?;
             let stored = device.secret_hash.as_deref().unwrap_or("");
             let given = hash_device_secret(secret);
             let matches: bool = stored.len() == given.len()
@@ -237,7 +250,10 @@ mod tests {
 
     #[test]
     fn query_values_are_found_by_exact_name() {
-        assert_eq!(url_query_value("a=1&device_key=abcd2345", "device_key").as_deref(), Some("abcd2345"));
+        assert_eq!(
+            url_query_value("a=1&device_key=abcd2345", "device_key").as_deref(),
+            Some("abcd2345")
+        );
         assert_eq!(url_query_value("xdevice_key=1", "device_key"), None);
     }
 }

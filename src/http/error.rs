@@ -228,3 +228,9 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
         ApiError::validation(format!("Invalid query: {}", rejection.body_text()))
     }
 }
+
+impl From<crate::storage::InvalidKey> for ApiError {
+    fn from(e: crate::storage::InvalidKey) -> Self {
+        ApiError::validation(e.to_string())
+    }
+}

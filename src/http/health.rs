@@ -51,7 +51,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
         state.db.ping().await.map_err(|e| e.to_string())?;
         match migrate::pending_count(&state.db).await {
             Ok(0) => Ok(()),
-            Ok(n) => Err(format!("{n} pending migration(s); run `iotsupport migrate`")),
+            Ok(n) => Err(format!(
+                "{n} pending migration(s); run `iotsupport migrate`"
+            )),
             Err(e) => Err(e.to_string()),
         }
     };
@@ -73,8 +75,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
         }));
     }
     tracing::warn!(database = %database, object_store = %storage, "not_ready");
-    Err(ApiError::unavailable("Service is not ready").with_details(json!({
-        "database": database,
-        "object_store": storage,
-    })))
+    Err(
+        ApiError::unavailable("Service is not ready").with_details(json!({
+            "database": database,
+            "object_store": storage,
+        })),
+    )
 }

@@ -148,7 +148,8 @@ pub async fn claim(
 /// (another worker took the job over), in which case the caller should stop.
 pub async fn heartbeat(db: &Db, job_id: i64, worker: &str) -> Result<bool, DbError> {
     let now = db::now();
-    let rows = crate::on_pool!(db, |p| sqlx::query(
+    let rows = crate::on_pool!(db, |p| {
+        sqlx::query(
         "UPDATE jobs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running' AND claimed_by = $3"
     )
     .bind(now)
@@ -156,17 +157,13 @@ pub async fn heartbeat(db: &Db, job_id: i64, worker: &str) -> Result<bool, DbErr
     .bind(worker)
     .execute(p)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected())
+    })?;
     Ok(rows == 1)
 }
 
 /// Records the outcome of a run. Only the worker that holds the claim can finish the job.
-pub async fn finish(
-    db: &Db,
-    job: &Job,
-    worker: &str,
-    outcome: &JobOutcome,
-) -> Result<(), DbError> {
+pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> Result<(), DbError> {
     let now = db::now();
     match outcome {
         JobOutcome::Completed => {
@@ -181,7 +178,8 @@ pub async fn finish(
         }
         JobOutcome::Retry { after, error } if job.attempts < job.max_attempts => {
             let run_at = now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX);
-            crate::on_pool!(db, |p| sqlx::query(
+            crate::on_pool!(db, |p| {
+                sqlx::query(
                 "UPDATE jobs SET status = 'queued', run_at = $1, last_error = $2, claimed_by = NULL,
                         heartbeat_at = NULL, updated_at = $3
                  WHERE id = $4 AND claimed_by = $5"
@@ -193,7 +191,8 @@ pub async fn finish(
             .bind(worker)
             .execute(p)
             .await
-            .map(|r| r.rows_affected()))?;
+            .map(|r| r.rows_affected())
+            })?;
         }
         JobOutcome::Retry { error, .. } | JobOutcome::Abort { error } => {
             crate::on_pool!(db, |p| sqlx::query(

@@ -73,7 +73,9 @@ impl JobRunner {
             }
         };
         match &outcome {
-            JobOutcome::Completed => tracing::info!(job_id = job.id, kind = %job.kind, "job_completed"),
+            JobOutcome::Completed => {
+                tracing::info!(job_id = job.id, kind = %job.kind, "job_completed")
+            }
             JobOutcome::Retry { after, error } => tracing::warn!(
                 job_id = job.id, kind = %job.kind, attempt = job.attempts,
                 retry_in_secs = after.as_secs_f64(), error = %error, "job_retry"

@@ -16,9 +16,7 @@ use object_store::{
     WriteMultipart,
 };
 
-use super::{
-    ByteRange, ObjectInfo, ObjectKey, ObjectRead, ObjectStorage, Operation, StorageError,
-};
+use super::{ByteRange, ObjectInfo, ObjectKey, ObjectRead, ObjectStorage, Operation, StorageError};
 use crate::config::S3Config;
 
 /// The configured store, S3 or local.

@@ -19,14 +19,17 @@ fn unavailable(bucket: &str, message: impl Into<String>) -> StorageError {
     }
 }
 
-/// Creates `config.bucket` unless it exists. Returns whether it was created.
-pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
+/// Sends one signed request for the bucket itself; returns its status and body text.
+async fn bucket_request(
+    config: &S3Config,
+    method: &str,
+) -> Result<(http::StatusCode, String), StorageError> {
     let bucket = config.bucket.as_str();
     let mut request = http::Request::builder()
-        .method("PUT")
+        .method(method)
         .uri(format!("{}/{}", config.endpoint_url, bucket))
         .body(HttpRequestBody::empty())
-        .map_err(|e| unavailable(bucket, format!("cannot build CreateBucket request: {e}")))?;
+        .map_err(|e| unavailable(bucket, format!("cannot build {method} request: {e}")))?;
     if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
         let credential = AwsCredential {
             key_id: id.expose().to_string(),
@@ -35,7 +38,7 @@ pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
         };
         AwsAuthorizer::new(&credential, "s3", &config.region)
             .try_authorize(&mut request, None)
-            .map_err(|e| unavailable(bucket, format!("cannot sign CreateBucket: {e}")))?;
+            .map_err(|e| unavailable(bucket, format!("cannot sign {method} request: {e}")))?;
     }
     let client = ReqwestConnector::default()
         .connect(&super::backend::client_options(config))
@@ -43,10 +46,24 @@ pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
     let response = client
         .execute(request)
         .await
-        .map_err(|e| unavailable(bucket, format!("CreateBucket failed: {e}")))?;
+        .map_err(|e| unavailable(bucket, format!("{method} bucket failed: {e}")))?;
     let status = response.status();
     let body = response.into_body().bytes().await.unwrap_or_default();
-    let body = String::from_utf8_lossy(&body);
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Creates `config.bucket` unless it exists. Returns whether it was created.
+pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
+    let bucket = config.bucket.as_str();
+    let (status, _) = bucket_request(config, "HEAD").await?;
+    if status.is_success() {
+        return Ok(false);
+    }
+    if status != http::StatusCode::NOT_FOUND {
+        // 403 and friends: we may not look at the bucket this way; see whether it works anyway.
+        return usable(config, status, "").await;
+    }
+    let (status, body) = bucket_request(config, "PUT").await?;
     if status.is_success() {
         return Ok(true);
     }
@@ -54,18 +71,26 @@ pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
         return Ok(false);
     }
     if status.as_u16() == 409 || status.as_u16() == 403 {
-        // Exists but owned elsewhere, or we may not create buckets: usable if we can list it.
-        let store = super::backend::ObjectStoreBackend::s3(config)?;
-        use super::ObjectStorage;
-        return store.check().await.map(|()| false).map_err(|e| {
-            unavailable(
-                bucket,
-                format!("bucket cannot be created ({status}: {body}) and is not usable: {e}"),
-            )
-        });
+        // Created concurrently elsewhere, or we may not create buckets: fine if we can use it.
+        return usable(config, status, &body).await;
     }
     Err(unavailable(
         bucket,
         format!("CreateBucket answered {status}: {body}"),
     ))
+}
+
+async fn usable(
+    config: &S3Config,
+    status: http::StatusCode,
+    body: &str,
+) -> Result<bool, StorageError> {
+    use super::ObjectStorage;
+    let store = super::backend::ObjectStoreBackend::s3(config)?;
+    store.check().await.map(|()| false).map_err(|e| {
+        unavailable(
+            &config.bucket,
+            format!("bucket cannot be created ({status} {body}) and is not usable: {e}"),
+        )
+    })
 }

@@ -126,8 +126,11 @@ pub trait ObjectStorage: Send + Sync + 'static {
     ) -> Result<u64, StorageError>;
 
     /// Reads an object, or the given range of it, as a stream.
-    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>)
-        -> Result<ObjectRead, StorageError>;
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectRead, StorageError>;
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError>;
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real PostgreSQL and a real S3 server (moto).
+#
+# On a fresh Debian machine with Rust it installs what is missing (PostgreSQL from Debian's
+# packages, moto's S3 server from PyPI into a private virtualenv), starts both on free 127.0.0.1
+# ports, runs `cargo test` for the whole workspace against them, and stops them again.
+# Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh storage`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/iotsupport-test
+WORK=$(mktemp -d /tmp/iotsupport-test.XXXXXX)
+PIDS=()
+PGBIN=""
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [ -n "$PGBIN" ] && [ -d "$WORK/pg/data" ]; then
+        as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { echo "[test.sh] $*" >&2; }
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# initdb refuses to run as root, so as root the cluster belongs to the postgres user.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() {  # wait_http URL SECONDS
+    python3 - "$1" "$2" <<'PY'
+import sys, time, urllib.request, urllib.error
+url, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+while time.time() < deadline:
+    try:
+        urllib.request.urlopen(url, timeout=1); sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)          # it answers: good enough
+    except Exception:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
+apt_updated=""
+apt_install() {
+    [ -n "$apt_updated" ] || { sudo_if_needed apt-get update -qq; apt_updated=1; }
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+find_pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+PGBIN=$(find_pgbin)
+if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
+    log "installing PostgreSQL from Debian's packages"
+    apt_install postgresql
+    PGBIN=$(find_pgbin)
+fi
+PGPORT=$(free_port)
+mkdir -p "$WORK/pg"
+echo -n 'testpass' > "$WORK/pg/pw"
+if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$WORK/pg"; chmod 755 "$WORK"; fi
+as_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U app --pwfile="$WORK/pg/pw" --auth-host=scram-sha-256 \
+    --auth-local=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w -t 30 -o \
+    "-c listen_addresses=127.0.0.1 -p $PGPORT -k $WORK/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    start >/dev/null
+export IOTSUPPORT_TEST_DATABASE_URL="postgres://app:testpass@127.0.0.1:$PGPORT/postgres"
+log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT"
+
+# --- moto (S3) --------------------------------------------------------------------------------
+MOTO=$(command -v moto_server || true)
+if [ -z "$MOTO" ]; then
+    if [ ! -x "$CACHE/venv/bin/moto_server" ]; then
+        log "installing moto's S3 server from PyPI into $CACHE/venv"
+        python3 -m venv "$CACHE/venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$CACHE/venv"; }
+        "$CACHE/venv/bin/pip" install -q 'moto[server]==5.2.1'
+    fi
+    MOTO="$CACHE/venv/bin/moto_server"
+fi
+S3_PORT=$(free_port)
+"$MOTO" -H 127.0.0.1 -p "$S3_PORT" > "$WORK/moto.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$S3_PORT/" 60 || { cat "$WORK/moto.log"; log "moto did not start"; exit 1; }
+export IOTSUPPORT_TEST_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+export IOTSUPPORT_TEST_MOTO_SERVER="$MOTO"
+log "moto S3 on 127.0.0.1:$S3_PORT"
+
+# --- Garage (optional second S3 implementation) -----------------------------------------------
+if command -v garage >/dev/null 2>&1; then
+    GDIR="$WORK/garage"; mkdir -p "$GDIR"
+    G_S3=$(free_port); G_RPC=$(free_port); G_ADMIN=$(free_port)
+    cat > "$GDIR/garage.toml" <<TOML
+metadata_dir = "$GDIR/meta"
+data_dir = "$GDIR/data"
+db_engine = "sqlite"
+replication_factor = 1
+metadata_fsync = false
+data_fsync = false
+rpc_bind_addr = "127.0.0.1:$G_RPC"
+rpc_public_addr = "127.0.0.1:$G_RPC"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$G_S3"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$G_ADMIN"
+admin_token = "$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+TOML
+    export GARAGE_CONFIG_FILE="$GDIR/garage.toml"
+    garage server > "$GDIR/server.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do garage status >/dev/null 2>&1 && break; sleep 0.1; done
+    NODE_ID=$(garage node id -q | cut -d@ -f1)
+    garage layout assign -z dc1 -c 1G "$NODE_ID" >/dev/null
+    garage layout apply --version 1 >/dev/null
+    garage key create test-key > "$GDIR/key.txt"
+    garage key allow --create-bucket test-key >/dev/null
+    export IOTSUPPORT_TEST_GARAGE_ENDPOINT="http://127.0.0.1:$G_S3"
+    export IOTSUPPORT_TEST_GARAGE_KEY_ID=$(awk -F': *' '/Key ID/ {print $2}' "$GDIR/key.txt")
+    export IOTSUPPORT_TEST_GARAGE_SECRET=$(awk -F': *' '/Secret key/ {print $2}' "$GDIR/key.txt")
+    log "Garage S3 on 127.0.0.1:$G_S3 (storage tests also run against it)"
+else
+    log "no garage binary on PATH: storage tests run against moto and the local backend only"
+fi
+
+# Tests fail (instead of skipping) when a service they need is missing.
+export IOTSUPPORT_TEST_REQUIRE_SERVICES=1
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,177 @@
+//! The admin and device identity extractors, through probe routes that require them.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use iotsupport::http::auth::{
+    hash_device_secret, AdminEditor, AdminReader, DeviceCaller, PipelineCaller,
+};
+use iotsupport::startup::BuildOptions;
+use iotsupport::state::AppState;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const TOKEN: &str = "admin-token-for-tests-0123456789";
+
+fn probe_routes() -> Router<AppState> {
+    Router::new()
+        .route("/test/read", get(|AdminReader(who): AdminReader| async move { Json(json!({ "subject": who.subject })) }))
+        .route("/test/write", get(|_: AdminEditor| async { "ok" }))
+        .route("/test/pipeline", get(|_: PipelineCaller| async { "ok" }))
+        .route(
+            "/test/device",
+            get(|device: DeviceCaller, State(_): State<AppState>| async move { Json(json!({ "key": device.key, "id": device.id })) }),
+        )
+}
+
+async fn spawn(stack: Stack, test: &str, overrides: &[(&str, &str)]) -> Option<TestApp> {
+    let options = BuildOptions {
+        extra_routes: Some(probe_routes()),
+        ..Default::default()
+    };
+    spawn_app_with(stack, test, overrides, options).await
+}
+
+async fn status(app: &TestApp, path: &str, auth: Option<&str>) -> (u16, Value) {
+    let mut request = app.client.get(app.url(path));
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn admin_routes_require_the_admin_token_when_one_is_set() {
+    let Some(app) = spawn(Stack::Embedded, "admin_token", &[("ADMIN_TOKEN", TOKEN)]).await else {
+        return;
+    };
+    let (code, body) = status(&app, "/test/read", None).await;
+    assert_eq!(code, 401);
+    assert_eq!(body["code"], "AUTHENTICATION_REQUIRED");
+    let (code, body) = status(&app, "/test/write", Some("Bearer wrong-token-wrong-token")).await;
+    assert_eq!(code, 401);
+    assert_eq!(body["error"], "Invalid credentials");
+    let (code, _) = status(&app, "/test/read", Some("Basic Zm9vOmJhcg==")).await;
+    assert_eq!(code, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let (code, body) = status(&app, "/test/read", Some(&bearer)).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["subject"], "admin-token");
+    assert_eq!(status(&app, "/test/write", Some(&bearer)).await.0, 200);
+    assert_eq!(status(&app, "/test/pipeline", Some(&bearer)).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_admin_authentication_the_admin_api_is_open() {
+    let Some(app) = spawn(Stack::Embedded, "admin_open", &[]).await else {
+        return;
+    };
+    assert_eq!(status(&app, "/test/write", None).await.0, 200);
+    assert_eq!(
+        status(&app, "/test/read", None).await.1["subject"],
+        "anonymous"
+    );
+    app.stop().await;
+}
+
+async fn insert_device(app: &TestApp, model: &str, key: &str, secret: &str) -> i64 {
+    let now = iotsupport::db::now();
+    let mut tx = app.db().begin().await.unwrap();
+    let model_id: i64 = iotsupport::on_conn!(&mut tx, |c| sqlx::query_scalar(
+        "INSERT INTO device_models (code, name, created_at, updated_at) VALUES ($1, $1, $2, $2)
+         ON CONFLICT (code) DO UPDATE SET name = excluded.name RETURNING id"
+    )
+    .bind(model)
+    .bind(now)
+    .fetch_one(c)
+    .await)
+    .unwrap();
+    let id: i64 =
+        iotsupport::on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
+        "INSERT INTO devices (key, device_model_id, config, secret_hash, created_at, updated_at)
+         VALUES ($1, $2, '{}', $3, $4, $4) RETURNING id"
+    )
+    .bind(key)
+    .bind(model_id)
+    .bind(hash_device_secret(secret))
+    .bind(now)
+    .fetch_one(c)
+    .await
+        })
+        .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn devices_authenticate_as_themselves_with_key_and_secret() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn(stack, "device_auth", &[("ADMIN_TOKEN", TOKEN)]).await else {
+            continue;
+        };
+        let id = insert_device(&app, "sensor", "abcd2345", "secret-one").await;
+        insert_device(&app, "sensor", "zzzz7777", "secret-two").await;
+
+        let (code, body) = status(&app, "/test/device", Some("Bearer abcd2345.secret-one")).await;
+        assert_eq!(code, 200, "{stack:?}: {body}");
+        assert_eq!(body["key"], "abcd2345");
+        assert_eq!(body["id"], id);
+
+        for bad in [
+            "Bearer abcd2345.secret-two", // another device's secret
+            "Bearer abcd2345.",
+            "Bearer abcd2345",
+            "Bearer nope0000.secret-one",
+            "Bearer abcd2345x.secret-one",
+        ] {
+            let (code, body) = status(&app, "/test/device", Some(bad)).await;
+            assert_eq!(code, 401, "{bad}");
+            assert_eq!(body["code"], "AUTHENTICATION_REQUIRED");
+        }
+        assert_eq!(status(&app, "/test/device", None).await.0, 401);
+        // The admin token is not a device credential, and ?device_key= is off by default.
+        assert_eq!(
+            status(&app, "/test/device", Some(&format!("Bearer {TOKEN}")))
+                .await
+                .0,
+            401
+        );
+        assert_eq!(
+            status(&app, "/test/device?device_key=abcd2345", None)
+                .await
+                .0,
+            401
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_development_device_key_mode_works_only_when_enabled() {
+    let Some(app) = spawn(
+        Stack::Embedded,
+        "device_key_mode",
+        &[("IOT_DEVICE_KEY_AUTH", "true")],
+    )
+    .await
+    else {
+        return;
+    };
+    insert_device(&app, "sensor", "abcd2345", "secret-one").await;
+    let (code, body) = status(&app, "/test/device?device_key=abcd2345", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["key"], "abcd2345");
+    assert_eq!(
+        status(&app, "/test/device?device_key=unknown1", None)
+            .await
+            .0,
+        401
+    );
+    app.stop().await;
+}

@@ -1,0 +1,186 @@
+//! The `iotsupport` binary as operators and scripts use it: exit codes, messages, `serve` on the
+//! embedded default with graceful shutdown, and `migrate` / `migrate status`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iotsupport");
+
+/// Runs the binary in `dir` with only the given environment (plus PATH).
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run iotsupport")
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_becomes_ready_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port().to_string();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", &port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/health/readyz");
+    let ready = eventually(Duration::from_secs(30), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    assert!(ready, "serve did not become ready");
+    assert!(dir.path().join("data/iotsupport.db").exists());
+    assert!(dir.path().join("data/objects").is_dir());
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.contains("\"message\":\"listening\""),
+        "JSON logs expected: {logs}"
+    );
+    assert!(logs.contains("stopped"), "{logs}");
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_variable() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let output = run(dir.path(), &["serve"], &[("MAX_FIRMWARES", "lots")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("MAX_FIRMWARES"), "{stderr}");
+
+    let output = run(dir.path(), &["serve"], &[("HOST", "0.0.0.0")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("HOST") && stderr.contains("ADMIN_TOKEN"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing created on a configuration error"
+    );
+}
+
+#[test]
+fn secrets_do_not_appear_in_error_output() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let output = run(
+        dir.path(),
+        &["migrate"],
+        &[(
+            "DATABASE_URL",
+            &format!("postgres://app:hunter2-secret@127.0.0.1:{port}/db"),
+        )],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!all.contains("hunter2-secret"), "{all}");
+}
+
+#[test]
+fn unknown_commands_exit_2() {
+    let dir = tempfile::TempDir::new().unwrap();
+    assert_eq!(run(dir.path(), &["frobnicate"], &[]).status.code(), Some(2));
+}
+
+async fn migrate_cycle(url: &str, dir: &Path) {
+    let env = [("DATABASE_URL", url)];
+    let status = run(dir, &["migrate", "status"], &env);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        text.contains("pending  20261129000001 core tables"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("0 applied, 2 pending"), "{text}");
+
+    let up = run(dir, &["migrate"], &env);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(String::from_utf8_lossy(&up.stdout).contains("applied 2 migration(s)"));
+
+    let status = run(dir, &["migrate", "status"], &env);
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        text.contains("applied  20261129000002 jobs and outbox"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("2 applied, 0 pending"), "{text}");
+
+    // Idempotent.
+    let again = run(dir, &["migrate"], &env);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("applied 0 migration(s)"));
+}
+
+#[tokio::test]
+async fn migrate_and_migrate_status_on_sqlite() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    migrate_cycle(&url, dir.path()).await;
+}
+
+#[tokio::test]
+async fn migrate_and_migrate_status_on_postgres() {
+    let Some((admin, _)) = production_services("migrate_postgres") else {
+        return;
+    };
+    let url = fresh_postgres_database(&admin).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    migrate_cycle(&url, dir.path()).await;
+}
+
+#[test]
+fn an_unreachable_database_exits_1() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!("postgres://app:x@127.0.0.1:{}/db", free_port());
+    let output = run(
+        dir.path(),
+        &["migrate", "status"],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("error:"));
+}

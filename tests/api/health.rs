@@ -1,0 +1,222 @@
+//! Health, readiness, metrics, docs and the error envelope of unknown routes.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use iotsupport::startup::BuildOptions;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn readyz_is_ok_on_both_stacks() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "readyz_is_ok_on_both_stacks").await else {
+            continue;
+        };
+        let response = app.get("/health/readyz").await;
+        assert_eq!(response.status(), 200, "{stack:?}");
+        assert_eq!(response.json::<Value>().await.unwrap()["status"], "ready");
+        assert_eq!(app.get("/health/healthz").await.status(), 200);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_migrations_are_pending_and_200_after_migrate() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app_with(
+            stack,
+            "readyz_pending_migrations",
+            &[("MIGRATE_ON_START", "false")],
+            BuildOptions::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let response = app.get("/health/readyz").await;
+        assert_eq!(response.status(), 503, "{stack:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+        assert!(
+            body["details"]["database"]
+                .as_str()
+                .unwrap()
+                .contains("pending migration"),
+            "{body}"
+        );
+        assert_eq!(body["details"]["object_store"], "ok");
+
+        iotsupport::db::migrate::run(app.db()).await.unwrap();
+        assert_eq!(app.get("/health/readyz").await.status(), 200);
+        app.stop().await;
+    }
+}
+
+struct Moto(Child);
+
+impl Moto {
+    fn start(binary: &str, port: u16) -> Moto {
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        Moto(child)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_until_answers(port: u16) {
+    let client = reqwest::Client::new();
+    let up = eventually(Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert!(up, "moto on port {port} did not start");
+}
+
+#[tokio::test]
+async fn readyz_turns_503_when_the_s3_server_stops_and_200_when_it_returns() {
+    let Some(_) = production_services("readyz_follows_s3") else {
+        return;
+    };
+    let moto = std::env::var("IOTSUPPORT_TEST_MOTO_SERVER").expect("moto binary from test.sh");
+    let port = free_port();
+    let server = Moto::start(&moto, port);
+    wait_until_answers(port).await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let app = spawn_app_with(
+        Stack::Production,
+        "readyz_follows_s3",
+        &[("S3_ENDPOINT_URL", &endpoint), ("S3_TIMEOUT_SECONDS", "2")],
+        BuildOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.get("/health/readyz").await.status(), 200);
+
+    drop(server);
+    let response = app.get("/health/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["details"]["database"], "ok", "{body}");
+    assert_ne!(body["details"]["object_store"], "ok", "{body}");
+
+    // The S3 server comes back (moto keeps no data across restarts, so the bucket is restored
+    // as a real server would still have it); the same service becomes ready without a restart.
+    let _server = Moto::start(&moto, port);
+    wait_until_answers(port).await;
+    let iotsupport::config::StorageConfig::S3(s3) = &app.state.config.storage else {
+        panic!("production stack uses S3");
+    };
+    iotsupport::storage::bucket::ensure_bucket(s3)
+        .await
+        .unwrap();
+    assert_eq!(app.get("/health/readyz").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_answer_with_the_envelope_and_the_callers_request_id() {
+    let Some(app) = spawn_app(Stack::Embedded, "unknown_routes").await else {
+        return;
+    };
+    let response = app
+        .client
+        .get(app.url("/api/nothing-here"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "RECORD_NOT_FOUND");
+    assert_eq!(body["correlationId"], "req-123");
+    assert_eq!(body["error"], "No route for /api/nothing-here");
+    assert!(body["details"].is_object());
+
+    // Without X-Request-ID one is generated and used for both the header and the envelope.
+    let response = app
+        .client
+        .post(app.url("/health/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let header = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
+    assert_eq!(body["correlationId"], header.as_str());
+    assert!(uuid::Uuid::parse_str(&header).is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status() {
+    let Some(app) = spawn_app(Stack::Embedded, "metrics").await else {
+        return;
+    };
+    app.get("/health/healthz").await;
+    app.get("/no/such/7").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="GET",route="/health/healthz",status="200"}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/no/such/7"),
+        "raw paths must not become labels"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_its_page_are_served() {
+    let Some(app) = spawn_app(Stack::Embedded, "openapi").await else {
+        return;
+    };
+    let doc: Value = app
+        .get("/api/docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/health/healthz", "/health/readyz", "/metrics"] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    let page = app.get("/api/docs").await;
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("/api/docs/openapi.json"));
+    app.stop().await;
+}

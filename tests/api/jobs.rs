@@ -1,0 +1,325 @@
+//! The durable job queue on both databases: claims only after commit, takeover of jobs whose
+//! worker died, heartbeats, retry and abort outcomes, and no job run twice by concurrent workers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iotsupport::db::Db;
+use iotsupport::jobs::worker::{JobHandler, JobRunner};
+use iotsupport::jobs::{self, Job, JobOutcome};
+
+use crate::helpers::*;
+
+/// A handler that records the jobs it ran and answers with a scripted outcome.
+struct Recorder {
+    kind: &'static str,
+    ran: Mutex<Vec<(i64, i32)>>,
+    outcome: Box<dyn Fn(&Job) -> JobOutcome + Send + Sync>,
+    delay: Duration,
+}
+
+impl Recorder {
+    fn new(
+        kind: &'static str,
+        outcome: impl Fn(&Job) -> JobOutcome + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Recorder {
+            kind,
+            ran: Mutex::default(),
+            outcome: Box::new(outcome),
+            delay: Duration::ZERO,
+        })
+    }
+    fn slow(kind: &'static str, delay: Duration) -> Arc<Self> {
+        Arc::new(Recorder {
+            kind,
+            ran: Mutex::default(),
+            outcome: Box::new(|_| JobOutcome::Completed),
+            delay,
+        })
+    }
+    fn ran(&self) -> Vec<(i64, i32)> {
+        self.ran.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl JobHandler for Recorder {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    async fn run(&self, job: &Job) -> JobOutcome {
+        tokio::time::sleep(self.delay).await;
+        self.ran.lock().unwrap().push((job.id, job.attempts));
+        (self.outcome)(job)
+    }
+}
+
+async fn enqueue_committed(db: &Db, kind: &str, n: usize) -> Vec<i64> {
+    let mut tx = db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            jobs::enqueue(&mut tx, kind, &serde_json::json!({ "n": i }), 3)
+                .await
+                .unwrap(),
+        );
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+/// Pretends `lease` has passed since the last heartbeat of every running job.
+async fn age_heartbeats(db: &Db, by: Duration) {
+    let past = iotsupport::db::now() - chrono::Duration::from_std(by).unwrap();
+    iotsupport::on_pool!(db, |p| sqlx::query(
+        "UPDATE jobs SET heartbeat_at = $1 WHERE status = 'running'"
+    )
+    .bind(past)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_job_is_invisible_to_workers_until_its_transaction_commits() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "job_after_commit").await else {
+            continue;
+        };
+        let db = app.db().clone();
+        let handler = Recorder::new("probe", |_| JobOutcome::Completed);
+        let runner = JobRunner::new(db.clone(), vec![handler.clone()], Duration::from_secs(30));
+
+        let mut tx = db.begin().await.unwrap();
+        jobs::enqueue(&mut tx, "probe", &"payload", 3)
+            .await
+            .unwrap();
+        // On SQLite the open write transaction blocks the claim; on PostgreSQL it runs and sees no job.
+        if stack == Stack::Production {
+            assert!(
+                runner.run_one().await.unwrap().is_none(),
+                "claimed before commit"
+            );
+        }
+        tx.rollback().await.unwrap();
+        assert!(
+            runner.run_one().await.unwrap().is_none(),
+            "rolled-back job ran"
+        );
+
+        enqueue_committed(&db, "probe", 1).await;
+        let (job, outcome) = runner
+            .run_one()
+            .await
+            .unwrap()
+            .expect("committed job is claimed");
+        assert_eq!(outcome, JobOutcome::Completed);
+        assert_eq!(job.payload::<serde_json::Value>().unwrap()["n"], 0);
+        assert!(
+            jobs::list(&db).await.unwrap().is_empty(),
+            "completed jobs are deleted"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_claimed_by_a_worker_that_died_is_picked_up_again() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "job_takeover").await else {
+            continue;
+        };
+        let db = app.db().clone();
+        let lease = Duration::from_secs(30);
+        let ids = enqueue_committed(&db, "probe", 1).await;
+
+        // A worker claims the job and then dies: no heartbeat, no outcome.
+        let claimed = jobs::claim(&db, "dead-worker", &["probe"], lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.id, ids[0]);
+
+        let handler = Recorder::new("probe", |_| JobOutcome::Completed);
+        let survivor = JobRunner::new(db.clone(), vec![handler.clone()], lease);
+        assert!(
+            survivor.run_one().await.unwrap().is_none(),
+            "a fresh claim is respected"
+        );
+
+        age_heartbeats(&db, lease + Duration::from_secs(1)).await;
+        let (job, outcome) = survivor
+            .run_one()
+            .await
+            .unwrap()
+            .expect("stale claim taken over");
+        assert_eq!(job.id, ids[0]);
+        assert_eq!(job.attempts, 2);
+        assert_eq!(outcome, JobOutcome::Completed);
+        assert_eq!(handler.ran(), vec![(ids[0], 2)]);
+        // The dead worker cannot finish what it no longer owns.
+        jobs::finish(
+            &db,
+            &claimed,
+            "dead-worker",
+            &JobOutcome::Abort {
+                error: "late".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(jobs::list(&db).await.unwrap().is_empty());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_live_workers_heartbeat_keeps_its_claim() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "job_heartbeat").await else {
+            continue;
+        };
+        let db = app.db().clone();
+        let lease = Duration::from_millis(600);
+        enqueue_committed(&db, "probe", 1).await;
+        let slow = Recorder::slow("probe", Duration::from_millis(2_000));
+        let busy = JobRunner::new(db.clone(), vec![slow.clone()], lease);
+        let work = tokio::spawn(async move { busy.run_one().await });
+
+        let other = Recorder::new("probe", |_| JobOutcome::Completed);
+        let thief = JobRunner::new(db.clone(), vec![other.clone()], lease);
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                thief.run_one().await.unwrap().is_none(),
+                "{stack:?}: claim stolen from a live worker"
+            );
+        }
+        let (_, outcome) = work.await.unwrap().unwrap().unwrap();
+        assert_eq!(outcome, JobOutcome::Completed);
+        assert_eq!(slow.ran().len(), 1);
+        assert!(other.ran().is_empty());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_later_and_permanent_ones_are_kept_as_failed() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "job_outcomes").await else {
+            continue;
+        };
+        let db = app.db().clone();
+        let flaky = Recorder::new("flaky", |job| {
+            if job.attempts < 3 {
+                JobOutcome::Retry {
+                    after: Duration::ZERO,
+                    error: format!("attempt {} failed", job.attempts),
+                }
+            } else {
+                JobOutcome::Completed
+            }
+        });
+        let broken = Recorder::new("broken", |_| JobOutcome::Abort {
+            error: "the dump is malformed".into(),
+        });
+        let later = Recorder::new("later", |_| JobOutcome::Retry {
+            after: Duration::from_secs(3600),
+            error: "S3 down".into(),
+        });
+        let runner = JobRunner::new(
+            db.clone(),
+            vec![flaky.clone(), broken.clone(), later.clone()],
+            Duration::from_secs(30),
+        );
+        let flaky_id = enqueue_committed(&db, "flaky", 1).await[0];
+        let broken_id = enqueue_committed(&db, "broken", 1).await[0];
+        let later_id = enqueue_committed(&db, "later", 1).await[0];
+
+        while runner.run_one().await.unwrap().is_some() {}
+
+        assert_eq!(
+            flaky.ran(),
+            vec![(flaky_id, 1), (flaky_id, 2), (flaky_id, 3)]
+        );
+        let rows = jobs::list(&db).await.unwrap();
+        let broken_row = rows.iter().find(|j| j.id == broken_id).unwrap();
+        assert_eq!(broken_row.status, "failed");
+        assert_eq!(
+            broken_row.last_error.as_deref(),
+            Some("the dump is malformed")
+        );
+        let later_row = rows.iter().find(|j| j.id == later_id).unwrap();
+        assert_eq!(later_row.status, "queued", "waits for its backoff");
+        assert_eq!(later_row.last_error.as_deref(), Some("S3 down"));
+        assert!(later_row.run_at > iotsupport::db::now() + chrono::Duration::minutes(59));
+        assert!(
+            rows.iter().all(|j| j.id != flaky_id),
+            "completed job deleted"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn retries_stop_when_attempts_are_exhausted() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "job_exhausted").await else {
+            continue;
+        };
+        let db = app.db().clone();
+        let always = Recorder::new("always", |_| JobOutcome::Retry {
+            after: Duration::ZERO,
+            error: "still down".into(),
+        });
+        let runner = JobRunner::new(db.clone(), vec![always.clone()], Duration::from_secs(30));
+        enqueue_committed(&db, "always", 1).await;
+        while runner.run_one().await.unwrap().is_some() {}
+        assert_eq!(always.ran().len(), 3, "max_attempts is 3");
+        let rows = jobs::list(&db).await.unwrap();
+        assert_eq!(rows[0].status, "failed");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_workers_never_run_a_job_twice() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "job_concurrency").await else {
+            continue;
+        };
+        let db = app.db().clone();
+        let ids = enqueue_committed(&db, "probe", 40).await;
+        let handler = Recorder::new("probe", |_| JobOutcome::Completed);
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let runner = JobRunner::new(db.clone(), vec![handler.clone()], Duration::from_secs(30));
+            workers.push(tokio::spawn(async move {
+                while runner.run_one().await.unwrap().is_some() {}
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let mut ran: Vec<i64> = handler.ran().into_iter().map(|(id, _)| id).collect();
+        ran.sort();
+        assert_eq!(ran, ids, "{stack:?}: every job exactly once");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn jobs_without_a_handler_wait_for_a_process_that_has_one() {
+    let Some(app) = spawn_app(Stack::Embedded, "job_no_handler").await else {
+        return;
+    };
+    let db = app.db().clone();
+    enqueue_committed(&db, "parse_coredump", 1).await;
+    let other = Recorder::new("probe", |_| JobOutcome::Completed);
+    let runner = JobRunner::new(db.clone(), vec![other], Duration::from_secs(30));
+    assert!(runner.run_one().await.unwrap().is_none());
+    assert_eq!(jobs::list(&db).await.unwrap()[0].status, "queued");
+    app.stop().await;
+}

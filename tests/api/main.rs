@@ -1,0 +1,11 @@
+//! Black-box tests of the service through HTTP and the CLI, against real PostgreSQL and a real S3
+//! server when run by `scripts/test.sh` (and the embedded SQLite + directory default always).
+
+mod auth;
+mod cli;
+mod health;
+mod helpers;
+mod jobs;
+mod outbox;
+mod storage;
+mod transactions;
