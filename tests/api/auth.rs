@@ -91,9 +91,8 @@ async fn insert_device(app: &TestApp, model: &str, key: &str, secret: &str) -> i
     .fetch_one(c)
     .await)
     .unwrap();
-    let id: i64 =
-        iotsupport::on_conn!(&mut tx, |c| {
-            sqlx::query_scalar(
+    let id: i64 = iotsupport::on_conn!(&mut tx, |c| {
+        sqlx::query_scalar(
         "INSERT INTO devices (key, device_model_id, config, secret_hash, created_at, updated_at)
          VALUES ($1, $2, '{}', $3, $4, $4) RETURNING id"
     )
@@ -103,8 +102,8 @@ async fn insert_device(app: &TestApp, model: &str, key: &str, secret: &str) -> i
     .bind(now)
     .fetch_one(c)
     .await
-        })
-        .unwrap();
+    })
+    .unwrap();
     tx.commit().await.unwrap();
     id
 }
