@@ -10,6 +10,8 @@
 //! a `Tx` rolls it back. On SQLite, write transactions start with `BEGIN IMMEDIATE` so two writers
 //! queue on the busy timeout instead of failing when one upgrades a read lock.
 
+pub mod device_models;
+pub mod devices;
 pub mod migrate;
 
 use std::str::FromStr;
@@ -96,6 +98,31 @@ impl DbError {
     }
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, DbError::UniqueViolation { .. })
+    }
+
+    /// Whether this is a violation of one named constraint. PostgreSQL reports the constraint's
+    /// name; SQLite reports the columns instead (`UNIQUE constraint failed: devices.key`), which
+    /// the caller gives as `sqlite_columns`. Used to turn a constraint into a client error
+    /// without a racy SELECT beforehand.
+    pub fn violates(&self, constraint: &str, sqlite_columns: &str) -> bool {
+        match self {
+            DbError::UniqueViolation {
+                constraint: name,
+                source,
+            }
+            | DbError::ForeignKeyViolation {
+                constraint: name,
+                source,
+            } => {
+                name.as_deref() == Some(constraint)
+                    || (!sqlite_columns.is_empty() && source.to_string().contains(sqlite_columns))
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_foreign_key_violation(&self) -> bool {
+        matches!(self, DbError::ForeignKeyViolation { .. })
     }
 }
 

@@ -1,0 +1,109 @@
+//! Queries on `device_models`.
+
+use chrono::{DateTime, Utc};
+
+use super::{now, DbError, Tx};
+use crate::on_conn;
+
+/// A model row with its device count.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceModelRow {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub firmware_version: Option<String>,
+    pub config_schema: Option<String>,
+    pub device_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const SELECT: &str = "SELECT m.id, m.code, m.name, m.firmware_version, m.config_schema,
+        (SELECT COUNT(*) FROM devices d WHERE d.device_model_id = m.id) AS device_count,
+        m.created_at, m.updated_at
+    FROM device_models m";
+
+pub const CODE_UNIQUE: (&str, &str) = ("device_models_code_key", "device_models.code");
+
+pub async fn list(tx: &mut Tx) -> Result<Vec<DeviceModelRow>, DbError> {
+    let sql = format!("{SELECT} ORDER BY m.code");
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(sqlx::AssertSqlSafe(sql.clone()))
+        .fetch_all(c)
+        .await)?)
+}
+
+pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceModelRow>, DbError> {
+    let sql = format!("{SELECT} WHERE m.id = $1");
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(id)
+        .fetch_optional(c)
+        .await)?)
+}
+
+pub async fn get_by_code(tx: &mut Tx, code: &str) -> Result<Option<DeviceModelRow>, DbError> {
+    let sql = format!("{SELECT} WHERE m.code = $1");
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(code)
+        .fetch_optional(c)
+        .await)?)
+}
+
+/// Inserts a model; a duplicate code is a `UniqueViolation` on [`CODE_UNIQUE`].
+pub async fn insert(
+    tx: &mut Tx,
+    code: &str,
+    name: &str,
+    config_schema: Option<&str>,
+) -> Result<i64, DbError> {
+    let now = now();
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO device_models (code, name, config_schema, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $4) RETURNING id"
+    )
+    .bind(code)
+    .bind(name)
+    .bind(config_schema)
+    .bind(now)
+    .fetch_one(c)
+    .await)?)
+}
+
+pub async fn update(
+    tx: &mut Tx,
+    id: i64,
+    name: &str,
+    config_schema: Option<&str>,
+) -> Result<(), DbError> {
+    let now = now();
+    on_conn!(tx, |c| sqlx::query(
+        "UPDATE device_models SET name = $1, config_schema = $2, updated_at = $3 WHERE id = $4"
+    )
+    .bind(name)
+    .bind(config_schema)
+    .bind(now)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// The versions stored for a model (their objects must go when the model goes).
+pub async fn firmware_versions(tx: &mut Tx, id: i64) -> Result<Vec<String>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT version FROM firmware_versions WHERE device_model_id = $1 ORDER BY version"
+    )
+    .bind(id)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// Deletes a model and (by cascade) its firmware rows. Devices block it: `ForeignKeyViolation`.
+pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
+    let rows = on_conn!(tx, |c| sqlx::query("DELETE FROM device_models WHERE id = $1")
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(rows == 1)
+}

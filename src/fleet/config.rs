@@ -1,0 +1,162 @@
+//! Device configurations and the model's optional JSON Schema for them (SPEC §6).
+//!
+//! A config is JSON text stored verbatim. When it is an object, `deviceName`, `deviceEntityId`
+//! and `enableOTA` are copied into columns. When the model has a schema, the parsed config must
+//! validate against it; the first violation is reported in the Python service's words
+//! (`Config validation failed: 'deviceName' is a required property`).
+
+use serde_json::Value;
+
+/// Why a config or a schema was refused; the message is meant for the API caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+/// A compiled JSON Schema for device configs, with the text it came from.
+pub struct ConfigSchema {
+    text: String,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for ConfigSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSchema").field("text", &self.text).finish_non_exhaustive()
+    }
+}
+
+impl ConfigSchema {
+    /// Parses and compiles a schema; refuses text that is not JSON or not a valid JSON Schema.
+    pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| InvalidConfig(format!("config_schema must be valid JSON: {e}")))?;
+        if !value.is_object() && !value.is_boolean() {
+            return Err(InvalidConfig(
+                "config_schema must be a JSON Schema (an object)".into(),
+            ));
+        }
+        let validator = jsonschema::validator_for(&value).map_err(|e| {
+            InvalidConfig(format!("config_schema is not a valid JSON Schema: {e}"))
+        })?;
+        Ok(ConfigSchema {
+            text: text.to_string(),
+            validator,
+        })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The first violation of `config`, if any, as the API reports it.
+    pub fn check(&self, config: &Value) -> Result<(), InvalidConfig> {
+        let Some(error) = self.validator.iter_errors(config).next() else {
+            return Ok(());
+        };
+        let reason = match error.kind() {
+            jsonschema::error::ValidationErrorKind::Required { property } => {
+                let name = property.as_str().map(str::to_string).unwrap_or_else(|| property.to_string());
+                format!("'{name}' is a required property")
+            }
+            _ => {
+                let path = error.instance_path().to_string();
+                if path.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{error} (at {path})")
+                }
+            }
+        };
+        Err(InvalidConfig(format!("Config validation failed: {reason}")))
+    }
+}
+
+/// A parsed device config and the fields copied out of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    /// The text exactly as submitted.
+    pub text: String,
+    pub value: Value,
+    pub device_name: Option<String>,
+    pub device_entity_id: Option<String>,
+    pub enable_ota: Option<bool>,
+}
+
+/// Longest `deviceName` / `deviceEntityId` we store (their columns are VARCHAR(255)).
+const MAX_EXTRACTED_LEN: usize = 255;
+
+impl DeviceConfig {
+    pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| InvalidConfig(format!("config must be valid JSON: {e}")))?;
+        let string_field = |name: &str| -> Result<Option<String>, InvalidConfig> {
+            match value.get(name) {
+                Some(Value::String(s)) if s.chars().count() > MAX_EXTRACTED_LEN => Err(
+                    InvalidConfig(format!("config field {name} is longer than 255 characters")),
+                ),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                _ => Ok(None),
+            }
+        };
+        Ok(DeviceConfig {
+            device_name: string_field("deviceName")?,
+            device_entity_id: string_field("deviceEntityId")?,
+            enable_ota: value.get("enableOTA").and_then(Value::as_bool),
+            text: text.to_string(),
+            value,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"{
+        "type": "object",
+        "required": ["deviceName"],
+        "properties": {"deviceName": {"type": "string"}, "interval": {"type": "integer", "minimum": 1}}
+    }"#;
+
+    #[test]
+    fn the_first_violation_is_reported_like_the_python_service() {
+        let schema = ConfigSchema::parse(SCHEMA).unwrap();
+        let err = schema.check(&serde_json::json!({"interval": 5})).unwrap_err();
+        assert_eq!(err.0, "Config validation failed: 'deviceName' is a required property");
+        let err = schema
+            .check(&serde_json::json!({"deviceName": "x", "interval": 0}))
+            .unwrap_err();
+        assert!(err.0.starts_with("Config validation failed:"), "{err}");
+        assert!(err.0.contains("/interval"), "{err}");
+        assert!(schema.check(&serde_json::json!({"deviceName": "x"})).is_ok());
+    }
+
+    #[test]
+    fn schemas_must_be_json_and_valid_json_schema() {
+        assert!(ConfigSchema::parse("{not json").unwrap_err().0.contains("valid JSON"));
+        assert!(ConfigSchema::parse("[1]").is_err());
+        let err = ConfigSchema::parse(r#"{"type": "no-such-type"}"#).unwrap_err();
+        assert!(err.0.contains("not a valid JSON Schema"), "{err}");
+    }
+
+    #[test]
+    fn object_configs_fill_the_extracted_columns() {
+        let c = DeviceConfig::parse(
+            r#"{"deviceName": "Kitchen", "deviceEntityId": "sensor.kitchen", "enableOTA": true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.device_name.as_deref(), Some("Kitchen"));
+        assert_eq!(c.device_entity_id.as_deref(), Some("sensor.kitchen"));
+        assert_eq!(c.enable_ota, Some(true));
+        let c = DeviceConfig::parse("[1, 2]").unwrap();
+        assert_eq!((c.device_name, c.enable_ota), (None, None));
+        assert!(DeviceConfig::parse("{").is_err());
+        let long = format!(r#"{{"deviceName": "{}"}}"#, "x".repeat(256));
+        assert!(DeviceConfig::parse(&long).is_err());
+    }
+
+    #[test]
+    fn config_text_is_kept_verbatim() {
+        let text = "{ \"b\": 1,\n  \"a\": 2 }";
+        assert_eq!(DeviceConfig::parse(text).unwrap().text, text);
+    }
+}

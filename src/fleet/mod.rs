@@ -1,0 +1,9 @@
+//! Device models and devices: the domain types parsed at the edge, and the rules about configs.
+
+mod config;
+mod device_key;
+mod model_code;
+
+pub use config::{ConfigSchema, DeviceConfig, InvalidConfig};
+pub use device_key::{DeviceKey, DeviceSecret};
+pub use model_code::ModelCode;
