@@ -3,11 +3,12 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fleet;
 pub mod http;
 pub mod jobs;
+pub mod oidc;
 pub mod outbox;
 pub mod startup;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
-pub mod fleet;

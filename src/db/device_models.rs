@@ -27,25 +27,31 @@ pub const CODE_UNIQUE: (&str, &str) = ("device_models_code_key", "device_models.
 
 pub async fn list(tx: &mut Tx) -> Result<Vec<DeviceModelRow>, DbError> {
     let sql = format!("{SELECT} ORDER BY m.code");
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(sqlx::AssertSqlSafe(sql.clone()))
-        .fetch_all(c)
-        .await)?)
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .fetch_all(c)
+    .await)?)
 }
 
 pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceModelRow>, DbError> {
     let sql = format!("{SELECT} WHERE m.id = $1");
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(id)
-        .fetch_optional(c)
-        .await)?)
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?)
 }
 
 pub async fn get_by_code(tx: &mut Tx, code: &str) -> Result<Option<DeviceModelRow>, DbError> {
     let sql = format!("{SELECT} WHERE m.code = $1");
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(code)
-        .fetch_optional(c)
-        .await)?)
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(code)
+    .fetch_optional(c)
+    .await)?)
 }
 
 /// Inserts a model; a duplicate code is a `UniqueViolation` on [`CODE_UNIQUE`].
@@ -100,10 +106,12 @@ pub async fn firmware_versions(tx: &mut Tx, id: i64) -> Result<Vec<String>, DbEr
 
 /// Deletes a model and (by cascade) its firmware rows. Devices block it: `ForeignKeyViolation`.
 pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
-    let rows = on_conn!(tx, |c| sqlx::query("DELETE FROM device_models WHERE id = $1")
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+    let rows = on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM device_models WHERE id = $1"
+    )
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(rows == 1)
 }

@@ -32,18 +32,22 @@ pub const KEY_UNIQUE: (&str, &str) = ("devices_key_key", "devices.key");
 
 pub async fn list(tx: &mut Tx, model_id: Option<i64>) -> Result<Vec<DeviceRow>, DbError> {
     let sql = format!("{SELECT} WHERE ($1 IS NULL OR d.device_model_id = $1) ORDER BY d.key");
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(model_id)
-        .fetch_all(c)
-        .await)?)
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(model_id)
+    .fetch_all(c)
+    .await)?)
 }
 
 pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceRow>, DbError> {
     let sql = format!("{SELECT} WHERE d.id = $1");
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(id)
-        .fetch_optional(c)
-        .await)?)
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?)
 }
 
 /// Inserts a device; a key collision is a `UniqueViolation` on [`KEY_UNIQUE`].
@@ -133,8 +137,10 @@ pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
 
 /// The raw config text of one device (for `GET /api/iot/config`).
 pub async fn config_text(tx: &mut Tx, id: i64) -> Result<Option<String>, DbError> {
-    Ok(on_conn!(tx, |c| sqlx::query_scalar("SELECT config FROM devices WHERE id = $1")
-        .bind(id)
-        .fetch_optional(c)
-        .await)?)
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT config FROM devices WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?)
 }

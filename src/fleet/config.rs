@@ -20,7 +20,9 @@ pub struct ConfigSchema {
 
 impl std::fmt::Debug for ConfigSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfigSchema").field("text", &self.text).finish_non_exhaustive()
+        f.debug_struct("ConfigSchema")
+            .field("text", &self.text)
+            .finish_non_exhaustive()
     }
 }
 
@@ -34,9 +36,8 @@ impl ConfigSchema {
                 "config_schema must be a JSON Schema (an object)".into(),
             ));
         }
-        let validator = jsonschema::validator_for(&value).map_err(|e| {
-            InvalidConfig(format!("config_schema is not a valid JSON Schema: {e}"))
-        })?;
+        let validator = jsonschema::validator_for(&value)
+            .map_err(|e| InvalidConfig(format!("config_schema is not a valid JSON Schema: {e}")))?;
         Ok(ConfigSchema {
             text: text.to_string(),
             validator,
@@ -54,7 +55,10 @@ impl ConfigSchema {
         };
         let reason = match error.kind() {
             jsonschema::error::ValidationErrorKind::Required { property } => {
-                let name = property.as_str().map(str::to_string).unwrap_or_else(|| property.to_string());
+                let name = property
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| property.to_string());
                 format!("'{name}' is a required property")
             }
             _ => {
@@ -120,19 +124,29 @@ mod tests {
     #[test]
     fn the_first_violation_is_reported_like_the_python_service() {
         let schema = ConfigSchema::parse(SCHEMA).unwrap();
-        let err = schema.check(&serde_json::json!({"interval": 5})).unwrap_err();
-        assert_eq!(err.0, "Config validation failed: 'deviceName' is a required property");
+        let err = schema
+            .check(&serde_json::json!({"interval": 5}))
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            "Config validation failed: 'deviceName' is a required property"
+        );
         let err = schema
             .check(&serde_json::json!({"deviceName": "x", "interval": 0}))
             .unwrap_err();
         assert!(err.0.starts_with("Config validation failed:"), "{err}");
         assert!(err.0.contains("/interval"), "{err}");
-        assert!(schema.check(&serde_json::json!({"deviceName": "x"})).is_ok());
+        assert!(schema
+            .check(&serde_json::json!({"deviceName": "x"}))
+            .is_ok());
     }
 
     #[test]
     fn schemas_must_be_json_and_valid_json_schema() {
-        assert!(ConfigSchema::parse("{not json").unwrap_err().0.contains("valid JSON"));
+        assert!(ConfigSchema::parse("{not json")
+            .unwrap_err()
+            .0
+            .contains("valid JSON"));
         assert!(ConfigSchema::parse("[1]").is_err());
         let err = ConfigSchema::parse(r#"{"type": "no-such-type"}"#).unwrap_err();
         assert!(err.0.contains("not a valid JSON Schema"), "{err}");

@@ -24,7 +24,9 @@ impl DeviceKey {
         if valid {
             Ok(DeviceKey(key.to_string()))
         } else {
-            Err(format!("invalid device key {key:?}: expected 8 characters of a-z and 2-7"))
+            Err(format!(
+                "invalid device key {key:?}: expected 8 characters of a-z and 2-7"
+            ))
         }
     }
 
@@ -81,7 +83,14 @@ mod tests {
 
     #[test]
     fn keys_outside_the_alphabet_are_rejected() {
-        for bad in ["abcd234", "abcd23456", "ABCD2345", "abcd2341", "abcd/345", "abcd8345"] {
+        for bad in [
+            "abcd234",
+            "abcd23456",
+            "ABCD2345",
+            "abcd2341",
+            "abcd/345",
+            "abcd8345",
+        ] {
             assert!(DeviceKey::parse(bad).is_err(), "{bad}");
         }
     }

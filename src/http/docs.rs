@@ -15,11 +15,21 @@ use crate::state::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "iotsupport", description = "Firmware, OTA and crash core dumps for ESP32 fleets"),
-    paths(super::health::healthz, super::health::readyz, super::ops::metrics),
+    paths(
+        super::health::healthz, super::health::readyz, super::ops::metrics,
+        super::device_models::list, super::device_models::create, super::device_models::fetch,
+        super::device_models::update, super::device_models::remove,
+        super::devices::list, super::devices::create, super::devices::fetch,
+        super::devices::update, super::devices::remove, super::devices::replace_secret,
+        super::iot::config,
+    ),
     components(schemas(super::error::ErrorBody, super::health::HealthStatus)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "device models", description = "Admin: device models (read: any admin; write: editor)"),
+        (name = "devices", description = "Admin: devices and their credentials (read: any admin; write: editor)"),
+        (name = "device api", description = "Devices: Authorization: Bearer <device_key>.<device_secret>"),
     )
 )]
 pub struct ApiDoc;

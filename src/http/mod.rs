@@ -10,9 +10,12 @@
 //! Unknown routes and methods answer with the same envelope as everything else.
 
 pub mod auth;
+pub mod device_models;
+pub mod devices;
 pub mod docs;
 pub mod error;
 pub mod health;
+pub mod iot;
 pub mod ops;
 pub mod request_context;
 
@@ -35,7 +38,10 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
     let mut routes = Router::new()
         .merge(health::router())
         .merge(ops::router())
-        .merge(docs::router());
+        .merge(docs::router())
+        .merge(device_models::router())
+        .merge(devices::router())
+        .merge(iot::router());
     if let Some(extra) = extra {
         routes = routes.merge(extra);
     }

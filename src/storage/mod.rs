@@ -23,6 +23,20 @@ use futures::stream::BoxStream;
 
 pub use key::{InvalidKey, ObjectKey};
 
+/// The five objects of one firmware build, under `firmware/{model_code}/{version}/` (SPEC §3).
+pub const FIRMWARE_ARTIFACTS: [&str; 5] = [
+    "firmware.bin",
+    "firmware.elf",
+    "firmware.map",
+    "sdkconfig",
+    "version.json",
+];
+
+/// The key of a stored core dump: `coredumps/{device_key}/{coredump_id}.dmp`.
+pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, InvalidKey> {
+    ObjectKey::from_segments(&["coredumps", device_key, &format!("{coredump_id}.dmp")])
+}
+
 /// Shared handle to the configured store.
 pub type Storage = Arc<dyn ObjectStorage>;
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod fleet;
 mod health;
 mod helpers;
 mod jobs;

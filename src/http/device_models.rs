@@ -1,0 +1,300 @@
+//! `/api/device-models`: list, create, get, update and delete device models (SPEC §5, §6).
+//!
+//! Field names follow the Python service so its web UI keeps working: `config_schema` is sent as
+//! JSON *text* and returned parsed; `has_config_schema` and `device_count` are derived.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::auth::{AdminEditor, AdminReader};
+use super::error::{ApiError, Json};
+use crate::db::device_models::{self as models, DeviceModelRow, CODE_UNIQUE};
+use crate::fleet::{ConfigSchema, ModelCode};
+use crate::outbox;
+use crate::state::AppState;
+use crate::storage::ObjectKey;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/device-models", get(list).post(create))
+        .route(
+            "/api/device-models/{id}",
+            get(fetch).put(update).delete(remove),
+        )
+}
+
+/// One entry of the model list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceModelSummary {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    /// The version served to devices, if any firmware was uploaded.
+    pub firmware_version: Option<String>,
+    pub has_config_schema: bool,
+    pub device_count: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceModelList {
+    pub device_models: Vec<DeviceModelSummary>,
+    pub count: usize,
+}
+
+/// A model with everything about it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceModelResponse {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub firmware_version: Option<String>,
+    /// The JSON Schema device configs must satisfy (parsed), or null.
+    #[schema(value_type = Option<Object>)]
+    pub config_schema: Option<Value>,
+    pub has_config_schema: bool,
+    pub device_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeviceModelCreate {
+    /// `^[a-z0-9_]{1,50}$`; cannot be changed later.
+    pub code: String,
+    /// 1-255 characters.
+    pub name: String,
+    /// JSON Schema for device configs, as JSON text.
+    #[serde(default)]
+    pub config_schema: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeviceModelUpdate {
+    /// New name; absent or null leaves it unchanged.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New schema as JSON text; absent or null leaves it unchanged (as in the Python service),
+    /// an empty string removes it.
+    #[serde(default)]
+    pub config_schema: Option<String>,
+}
+
+fn summary(row: DeviceModelRow) -> DeviceModelSummary {
+    DeviceModelSummary {
+        id: row.id,
+        has_config_schema: row.config_schema.is_some(),
+        code: row.code,
+        name: row.name,
+        firmware_version: row.firmware_version,
+        device_count: row.device_count,
+    }
+}
+
+fn full(row: DeviceModelRow) -> DeviceModelResponse {
+    DeviceModelResponse {
+        id: row.id,
+        has_config_schema: row.config_schema.is_some(),
+        // Stored schemas were validated on the way in; a legacy row with broken text shows as null.
+        config_schema: row
+            .config_schema
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok()),
+        code: row.code,
+        name: row.name,
+        firmware_version: row.firmware_version,
+        device_count: row.device_count,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+pub fn not_found(id: i64) -> ApiError {
+    ApiError::NotFound(format!("DeviceModel {id} was not found"))
+}
+
+fn parse_name(name: &str) -> Result<&str, ApiError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || name.chars().count() > 255 {
+        return Err(ApiError::validation("name must be 1-255 characters"));
+    }
+    Ok(name)
+}
+
+fn parse_schema(text: &str) -> Result<ConfigSchema, ApiError> {
+    ConfigSchema::parse(text).map_err(|e| ApiError::validation(e.0))
+}
+
+/// List device models, ordered by code.
+#[utoipa::path(get, path = "/api/device-models", tag = "device models",
+    security(("admin" = [])),
+    responses((status = 200, body = DeviceModelList),
+        (status = 401, body = super::error::ErrorBody)))]
+pub async fn list(
+    _: AdminReader,
+    State(state): State<AppState>,
+) -> Result<Json<DeviceModelList>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let rows = models::list(&mut tx).await?;
+    tx.commit().await?;
+    let device_models: Vec<_> = rows.into_iter().map(summary).collect();
+    Ok(Json(DeviceModelList {
+        count: device_models.len(),
+        device_models,
+    }))
+}
+
+/// Create a device model. Requires the `editor` role.
+#[utoipa::path(post, path = "/api/device-models", tag = "device models",
+    security(("admin" = ["editor"])),
+    request_body = DeviceModelCreate,
+    responses((status = 201, body = DeviceModelResponse),
+        (status = 400, body = super::error::ErrorBody),
+        (status = 409, description = "A model with this code exists", body = super::error::ErrorBody)))]
+pub async fn create(
+    _: AdminEditor,
+    State(state): State<AppState>,
+    Json(body): Json<DeviceModelCreate>,
+) -> Result<(StatusCode, Json<DeviceModelResponse>), ApiError> {
+    let code = ModelCode::parse(&body.code).map_err(ApiError::validation)?;
+    let name = parse_name(&body.name)?;
+    let schema = body
+        .config_schema
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(parse_schema)
+        .transpose()?;
+    let mut tx = state.db.begin().await?;
+    // The unique constraint decides, so two concurrent creates cannot both succeed.
+    let id = models::insert(
+        &mut tx,
+        code.as_str(),
+        name,
+        schema.as_ref().map(|s| s.text()),
+    )
+    .await
+    .map_err(|e| {
+        if e.violates(CODE_UNIQUE.0, CODE_UNIQUE.1) {
+            ApiError::RecordExists(format!("DeviceModel for {code} already exists"))
+        } else {
+            e.into()
+        }
+    })?;
+    let row = models::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    tx.commit().await?;
+    tracing::info!(model_code = %code, model_id = id, "device_model_created");
+    Ok((StatusCode::CREATED, Json(full(row))))
+}
+
+/// Get one device model.
+#[utoipa::path(get, path = "/api/device-models/{id}", tag = "device models",
+    security(("admin" = [])),
+    params(("id" = i64, Path, description = "Device model id")),
+    responses((status = 200, body = DeviceModelResponse),
+        (status = 404, body = super::error::ErrorBody)))]
+pub async fn fetch(
+    _: AdminReader,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<DeviceModelResponse>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let row = models::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    tx.commit().await?;
+    Ok(Json(full(row)))
+}
+
+/// Update a model's name and config schema (the code is immutable). Requires `editor`.
+#[utoipa::path(put, path = "/api/device-models/{id}", tag = "device models",
+    security(("admin" = ["editor"])),
+    params(("id" = i64, Path, description = "Device model id")),
+    request_body = DeviceModelUpdate,
+    responses((status = 200, body = DeviceModelResponse),
+        (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)))]
+pub async fn update(
+    _: AdminEditor,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<DeviceModelUpdate>,
+) -> Result<Json<DeviceModelResponse>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let current = models::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let name = match &body.name {
+        Some(name) => parse_name(name)?.to_string(),
+        None => current.name.clone(),
+    };
+    let schema: Option<String> = match body.config_schema.as_deref() {
+        None => current.config_schema.clone(),
+        Some(text) if text.trim().is_empty() => None,
+        Some(text) => Some(parse_schema(text)?.text().to_string()),
+    };
+    models::update(&mut tx, id, &name, schema.as_deref()).await?;
+    let row = models::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    tx.commit().await?;
+    Ok(Json(full(row)))
+}
+
+/// Delete a model, its firmware rows and (via the outbox) its firmware objects. Refused with 409
+/// while devices use the model. Requires `editor`.
+#[utoipa::path(delete, path = "/api/device-models/{id}", tag = "device models",
+    security(("admin" = ["editor"])),
+    params(("id" = i64, Path, description = "Device model id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, body = super::error::ErrorBody),
+        (status = 409, description = "The model still has devices", body = super::error::ErrorBody)))]
+pub async fn remove(
+    _: AdminEditor,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let model = models::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if model.device_count > 0 {
+        return Err(ApiError::Conflict(format!(
+            "DeviceModel {} has {} device(s); delete them first",
+            model.code, model.device_count
+        )));
+    }
+    let versions = models::firmware_versions(&mut tx, id).await?;
+    // The foreign key (ON DELETE RESTRICT) still guards a device created concurrently.
+    models::delete(&mut tx, id).await.map_err(|e| {
+        if e.is_foreign_key_violation() {
+            ApiError::Conflict(format!(
+                "DeviceModel {} has devices; delete them first",
+                model.code
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    let mut keys = Vec::new();
+    for version in &versions {
+        for artifact in crate::storage::FIRMWARE_ARTIFACTS {
+            keys.push(ObjectKey::from_segments(&[
+                "firmware",
+                &model.code,
+                version,
+                artifact,
+            ])?);
+        }
+    }
+    outbox::schedule_deletion(&mut tx, &keys).await?;
+    tx.commit().await?;
+    tracing::info!(model_code = %model.code, model_id = id, firmware_versions = versions.len(), "device_model_deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

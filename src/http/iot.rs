@@ -1,0 +1,40 @@
+//! The device API (`/api/iot/…`): what a device may ask about itself (SPEC §5). Every route
+//! takes a [`DeviceCaller`], so a device only ever sees its own data.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::auth::DeviceCaller;
+use super::error::ApiError;
+use crate::db::devices;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/iot/config", get(config))
+}
+
+/// The calling device's configuration, exactly as stored.
+#[utoipa::path(get, path = "/api/iot/config", tag = "device api",
+    security(("device" = [])),
+    responses((status = 200, description = "The config text verbatim", content_type = "application/json"),
+        (status = 401, body = super::error::ErrorBody)))]
+pub async fn config(
+    device: DeviceCaller,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let text = devices::config_text(&mut tx, device.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Device {} was not found", device.key)))?;
+    tx.commit().await?;
+    Ok((
+        [
+            (http::header::CONTENT_TYPE, "application/json"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response())
+}
