@@ -72,6 +72,12 @@ pub struct Config {
     pub host: IpAddr,
     pub port: u16,
     pub admin_token: Option<Secret>,
+    /// Admin (and device) JWT validation against an OIDC issuer, when `OIDC_ENABLED=true`.
+    pub oidc: Option<crate::oidc::OidcSettings>,
+    /// Who `GET /api/auth/self` says an `ADMIN_TOKEN` caller (or anyone, in open mode) is.
+    pub local_admin: LocalAdmin,
+    /// Where `GET /api/auth/login` sends the browser (`AUTH_LOGIN_URL`), if anywhere.
+    pub auth_login_url: Option<String>,
     pub allow_unauthenticated: bool,
     pub iot_device_key_auth: bool,
     pub max_coredumps: u32,
@@ -90,6 +96,15 @@ pub struct Config {
     /// How often idle workers look for new jobs and due object deletions.
     pub worker_poll_interval: Duration,
     pub job_concurrency: usize,
+}
+
+/// The identity reported for callers that are not OIDC users (`LOCAL_ADMIN_SUBJECT`, default
+/// `admin`; `LOCAL_ADMIN_NAME`; `LOCAL_ADMIN_EMAIL`).
+#[derive(Clone, Debug)]
+pub struct LocalAdmin {
+    pub subject: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
 }
 
 /// Why the configuration could not be read. Always names the variable.
@@ -237,12 +252,26 @@ impl Config {
             }
         };
 
-        if env.flag("OIDC_ENABLED", false)? {
-            return Err(invalid(
-                "OIDC_ENABLED",
-                "OIDC is not available in this build yet; use ADMIN_TOKEN",
-            ));
-        }
+        let oidc = if env.flag("OIDC_ENABLED", false)? {
+            let issuer_url = env
+                .get("OIDC_ISSUER_URL")
+                .ok_or_else(|| invalid("OIDC_ISSUER_URL", "is required when OIDC_ENABLED=true"))?;
+            if !(issuer_url.starts_with("https://") || issuer_url.starts_with("http://")) {
+                return Err(invalid(
+                    "OIDC_ISSUER_URL",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            let audience = env
+                .get("OIDC_AUDIENCE")
+                .ok_or_else(|| invalid("OIDC_AUDIENCE", "is required when OIDC_ENABLED=true"))?;
+            let mut settings = crate::oidc::OidcSettings::new(issuer_url, audience);
+            let skew: u64 = env.parse("OIDC_CLOCK_SKEW_SECONDS", settings.clock_skew.as_secs())?;
+            settings.clock_skew = Duration::from_secs(skew);
+            Some(settings)
+        } else {
+            None
+        };
 
         let log_format = match env.get("LOG_FORMAT").unwrap_or("json") {
             "json" => LogFormat::Json,
@@ -274,6 +303,16 @@ impl Config {
             host: env.parse("HOST", IpAddr::from([127, 0, 0, 1]))?,
             port: env.parse("PORT", 3101)?,
             admin_token,
+            oidc,
+            local_admin: LocalAdmin {
+                subject: env
+                    .get("LOCAL_ADMIN_SUBJECT")
+                    .unwrap_or("admin")
+                    .to_string(),
+                name: env.get("LOCAL_ADMIN_NAME").map(str::to_string),
+                email: env.get("LOCAL_ADMIN_EMAIL").map(str::to_string),
+            },
+            auth_login_url: env.get("AUTH_LOGIN_URL").map(str::to_string),
             allow_unauthenticated: env.flag("ALLOW_UNAUTHENTICATED", false)?,
             iot_device_key_auth: env.flag("IOT_DEVICE_KEY_AUTH", false)?,
             max_coredumps: env.positive("MAX_COREDUMPS", 20)?,
@@ -293,7 +332,7 @@ impl Config {
 
     /// Whether admin routes require any credential at all.
     pub fn admin_auth_enabled(&self) -> bool {
-        self.admin_token.is_some()
+        self.admin_token.is_some() || self.oidc.is_some()
     }
 
     /// `serve` refuses to expose an open admin API beyond loopback unless explicitly allowed.
@@ -396,6 +435,33 @@ mod tests {
         assert!(c.check_safe_to_serve().is_ok());
         let c = config(&[("HOST", "0.0.0.0"), ("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
         assert!(c.check_safe_to_serve().is_ok());
+    }
+
+    #[test]
+    fn oidc_needs_an_issuer_and_an_audience() {
+        assert_eq!(
+            config(&[("OIDC_ENABLED", "true")]).unwrap_err().variable,
+            "OIDC_ISSUER_URL"
+        );
+        let err = config(&[
+            ("OIDC_ENABLED", "true"),
+            ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "OIDC_AUDIENCE");
+        let c = config(&[
+            ("OIDC_ENABLED", "true"),
+            ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+            ("OIDC_AUDIENCE", "iotsupport"),
+            ("OIDC_CLOCK_SKEW_SECONDS", "5"),
+            ("HOST", "0.0.0.0"),
+        ])
+        .unwrap();
+        assert_eq!(c.oidc.as_ref().unwrap().clock_skew, Duration::from_secs(5));
+        assert!(
+            c.check_safe_to_serve().is_ok(),
+            "OIDC counts as admin authentication"
+        );
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let oidc = config.oidc.clone().map(crate::oidc::OidcVerifier::new);
         let state = AppState {
+            oidc,
             config: Arc::new(config),
             db,
             storage,

@@ -14,4 +14,5 @@ pub struct AppState {
     pub db: Db,
     pub storage: Storage,
     pub metrics: Option<PrometheusHandle>,
+    pub oidc: Option<crate::oidc::OidcVerifier>,
 }

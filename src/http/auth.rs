@@ -6,10 +6,15 @@
 //! capability or rejects with the error envelope: 401 for missing or wrong credentials, 403 for a
 //! valid credential without the needed role.
 //!
-//! Admin credentials: `ADMIN_TOKEN` (compared in constant time) grants every role; with no admin
-//! authentication configured the admin API is open (and `serve` binds only to loopback unless
-//! `ALLOW_UNAUTHENTICATED=true`). Device credentials: `Authorization: Bearer <key>.<secret>`, the
-//! secret checked against its stored SHA-256; `?device_key=` only when `IOT_DEVICE_KEY_AUTH=true`.
+//! Admin credentials: `ADMIN_TOKEN` (compared in constant time) grants every role; with OIDC on, a
+//! JWT from the issuer carries its roles (`editor` writes, `pipeline` uploads from CI, any valid
+//! user reads). Both may be on at once. With neither configured the admin API is open (and `serve`
+//! binds only to loopback unless `ALLOW_UNAUTHENTICATED=true`).
+//!
+//! Device credentials: `Authorization: Bearer <key>.<secret>` (one dot), the secret checked
+//! against its stored SHA-256; or, with OIDC on, a JWT (two dots) whose `azp` is
+//! `iotdevice-{model_code}-{device_key}` with the model code matching the device's model;
+//! `?device_key=` only when `IOT_DEVICE_KEY_AUTH=true`. An unreachable issuer is a 503, not a 401.
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -26,6 +31,7 @@ pub const ROLE_PIPELINE: &str = "pipeline";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminAuthMethod {
     AdminToken,
+    Oidc,
     /// No admin authentication is configured.
     Open,
 }
@@ -34,6 +40,8 @@ pub enum AdminAuthMethod {
 #[derive(Debug, Clone)]
 pub struct AdminIdentity {
     pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
     pub roles: Vec<String>,
     pub method: AdminAuthMethod,
 }
@@ -96,30 +104,64 @@ pub fn hash_device_secret(secret: &str) -> String {
     hex::encode(sha256(secret.as_bytes()))
 }
 
+/// The configured local identity (`ADMIN_TOKEN` callers, open mode), with every role.
+fn local_admin(state: &AppState, method: AdminAuthMethod) -> AdminIdentity {
+    let local = &state.config.local_admin;
+    AdminIdentity {
+        subject: local.subject.clone(),
+        email: local.email.clone(),
+        name: local.name.clone(),
+        roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
+        method,
+    }
+}
+
+/// A bearer value shaped like a JWT (`header.payload.signature`); device secrets have one dot.
+fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+fn oidc_failure(error: crate::oidc::OidcError) -> ApiError {
+    if error.is_unavailable() {
+        tracing::warn!(error = %error, "oidc_unavailable");
+        ApiError::unavailable("The identity provider is unavailable; try again later")
+    } else {
+        ApiError::AuthenticationRequired(format!("Invalid credentials: {error}"))
+    }
+}
+
 pub async fn authenticate_admin(
     parts: &Parts,
     state: &AppState,
 ) -> Result<AdminIdentity, ApiError> {
-    let Some(expected) = &state.config.admin_token else {
-        return Ok(AdminIdentity {
-            subject: "anonymous".into(),
-            roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
-            method: AdminAuthMethod::Open,
-        });
-    };
+    if !state.config.admin_auth_enabled() {
+        return Ok(local_admin(state, AdminAuthMethod::Open));
+    }
     let token = bearer(parts)?
         .ok_or_else(|| ApiError::AuthenticationRequired("Authentication required".into()))?;
-    if secrets_equal(token, expected.expose()) {
-        Ok(AdminIdentity {
-            subject: "admin-token".into(),
-            roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
-            method: AdminAuthMethod::AdminToken,
-        })
-    } else {
-        Err(ApiError::AuthenticationRequired(
-            "Invalid credentials".into(),
-        ))
+    if let Some(expected) = &state.config.admin_token {
+        if secrets_equal(token, expected.expose()) {
+            return Ok(local_admin(state, AdminAuthMethod::AdminToken));
+        }
     }
+    if let (Some(oidc), true) = (&state.oidc, looks_like_jwt(token)) {
+        let verified = oidc.verify(token).await.map_err(oidc_failure)?;
+        if verified.device().is_some() {
+            return Err(ApiError::AuthorizationFailed(
+                "Device tokens cannot use the admin API".into(),
+            ));
+        }
+        return Ok(AdminIdentity {
+            subject: verified.subject,
+            email: verified.email,
+            name: verified.name,
+            roles: verified.roles,
+            method: AdminAuthMethod::Oidc,
+        });
+    }
+    Err(ApiError::AuthenticationRequired(
+        "Invalid credentials".into(),
+    ))
 }
 
 fn require(identity: AdminIdentity, role: &str) -> Result<AdminIdentity, ApiError> {
@@ -177,10 +219,48 @@ fn invalid_device_credentials() -> ApiError {
     ApiError::AuthenticationRequired("Invalid device credentials".into())
 }
 
+#[derive(sqlx::FromRow)]
+struct DeviceWithModel {
+    id: i64,
+    key: String,
+    device_model_id: i64,
+    model_code: String,
+}
+
+/// A device JWT: `azp` names the device and its model, and both must match the database.
+async fn device_from_jwt(
+    state: &AppState,
+    oidc: &crate::oidc::OidcVerifier,
+    token: &str,
+) -> Result<DeviceCaller, ApiError> {
+    let verified = oidc.verify(token).await.map_err(oidc_failure)?;
+    let (model_code, key) = verified.device().ok_or_else(|| {
+        ApiError::AuthenticationRequired("Token does not identify a device".into())
+    })?;
+    let device = crate::on_pool!(&state.db, |p| sqlx::query_as::<_, DeviceWithModel>(
+        "SELECT d.id, d.key, d.device_model_id, m.code AS model_code
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id WHERE d.key = $1"
+    )
+    .bind(&key)
+    .fetch_optional(p)
+    .await)
+    .map_err(crate::db::DbError::from)?
+    .filter(|d| d.model_code == model_code)
+    .ok_or_else(invalid_device_credentials)?;
+    Ok(DeviceCaller {
+        id: device.id,
+        key: device.key,
+        device_model_id: device.device_model_id,
+    })
+}
+
 impl FromRequestParts<AppState> for DeviceCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(parts)? {
+            if let (Some(oidc), true) = (&state.oidc, looks_like_jwt(token)) {
+                return device_from_jwt(state, oidc, token).await;
+            }
             let (key, secret) = token
                 .split_once('.')
                 .ok_or_else(invalid_device_credentials)?;

@@ -21,7 +21,7 @@ use crate::state::AppState;
         super::device_models::update, super::device_models::remove,
         super::devices::list, super::devices::create, super::devices::fetch,
         super::devices::update, super::devices::remove, super::devices::replace_secret,
-        super::iot::config,
+        super::iot::config, super::identity::whoami, super::identity::login,
     ),
     components(schemas(super::error::ErrorBody, super::health::HealthStatus)),
     modifiers(&SecuritySchemes),
@@ -29,6 +29,7 @@ use crate::state::AppState;
         (name = "operations", description = "Health, readiness and metrics"),
         (name = "device models", description = "Admin: device models (read: any admin; write: editor)"),
         (name = "devices", description = "Admin: devices and their credentials (read: any admin; write: editor)"),
+        (name = "auth", description = "Who the admin caller is; where to sign in"),
         (name = "device api", description = "Devices: Authorization: Bearer <device_key>.<device_secret>"),
     )
 )]

@@ -15,6 +15,7 @@ pub mod devices;
 pub mod docs;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod iot;
 pub mod ops;
 pub mod request_context;
@@ -41,7 +42,8 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(docs::router())
         .merge(device_models::router())
         .merge(devices::router())
-        .merge(iot::router());
+        .merge(iot::router())
+        .merge(identity::router());
     if let Some(extra) = extra {
         routes = routes.merge(extra);
     }

@@ -60,7 +60,7 @@ async fn admin_routes_require_the_admin_token_when_one_is_set() {
     let bearer = format!("Bearer {TOKEN}");
     let (code, body) = status(&app, "/test/read", Some(&bearer)).await;
     assert_eq!(code, 200);
-    assert_eq!(body["subject"], "admin-token");
+    assert_eq!(body["subject"], "admin");
     assert_eq!(status(&app, "/test/write", Some(&bearer)).await.0, 200);
     assert_eq!(status(&app, "/test/pipeline", Some(&bearer)).await.0, 200);
     app.stop().await;
@@ -74,7 +74,7 @@ async fn without_admin_authentication_the_admin_api_is_open() {
     assert_eq!(status(&app, "/test/write", None).await.0, 200);
     assert_eq!(
         status(&app, "/test/read", None).await.1["subject"],
-        "anonymous"
+        "admin"
     );
     app.stop().await;
 }

@@ -6,7 +6,10 @@ mod cli;
 mod fleet;
 mod health;
 mod helpers;
+#[path = "../support/issuer.rs"]
+mod issuer;
 mod jobs;
+mod oidc_auth;
 mod outbox;
 mod storage;
 mod transactions;
