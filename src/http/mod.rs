@@ -13,6 +13,7 @@ pub mod auth;
 pub mod device_models;
 pub mod devices;
 pub mod docs;
+pub mod download;
 pub mod error;
 pub mod health;
 pub mod identity;

@@ -72,10 +72,7 @@ async fn without_admin_authentication_the_admin_api_is_open() {
         return;
     };
     assert_eq!(status(&app, "/test/write", None).await.0, 200);
-    assert_eq!(
-        status(&app, "/test/read", None).await.1["subject"],
-        "admin"
-    );
+    assert_eq!(status(&app, "/test/read", None).await.1["subject"], "admin");
     app.stop().await;
 }
 

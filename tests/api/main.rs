@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod downloads;
 mod fleet;
 mod health;
 mod helpers;
