@@ -32,6 +32,31 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<MigrateAction>,
     },
+    /// Print the crash report of a core dump file, symbolised with the firmware ELF (built-in
+    /// parser; needs no database, object store or network).
+    ParseCoredump {
+        /// The dump: raw flash bytes, base64 as printed over UART, or an ELF core file.
+        dump: std::path::PathBuf,
+        /// The firmware ELF of the build that crashed.
+        elf: std::path::PathBuf,
+        /// Print the structured report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the bucket with the database: orphaned objects, rows whose objects are missing,
+    /// and each model's current version. Changes nothing unless --repair is given.
+    Reconcile {
+        /// Delete orphans, mark dumps without their object ERROR, remove non-current firmware
+        /// versions missing objects.
+        #[arg(long)]
+        repair: bool,
+        /// Objects younger than this many seconds are never treated as orphans (uploads in flight).
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +75,12 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
         Command::Migrate {
             action: Some(MigrateAction::Status),
         } => migrate_status(config).await,
+        Command::ParseCoredump { dump, elf, json } => parse_coredump(&dump, &elf, json),
+        Command::Reconcile {
+            repair,
+            grace,
+            json,
+        } => reconcile(config, repair, std::time::Duration::from_secs(grace), json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +130,105 @@ async fn migrate_status(config: Config) -> anyhow::Result<()> {
     }
     let pending = status.iter().filter(|m| !m.applied).count();
     println!("{} applied, {pending} pending", status.len() - pending);
+    db.close().await;
+    Ok(())
+}
+
+/// `parse-coredump`: reads two local files and prints the built-in parser's report.
+fn parse_coredump(dump: &std::path::Path, elf: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dump_bytes =
+        std::fs::read(dump).with_context(|| format!("cannot read {}", dump.display()))?;
+    let elf_bytes = std::fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    let core = esp_coredump::parse_dump(&dump_bytes)
+        .with_context(|| format!("{} is not a usable core dump", dump.display()))?;
+    let report = esp_coredump::analyse(&core, &elf_bytes)
+        .with_context(|| format!("cannot analyse {} with {}", dump.display(), elf.display()))?;
+    let output = if json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        report.to_text()
+    };
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(output.as_bytes()) {
+        // `iotsupport parse-coredump … | head` is fine.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other.context("cannot write the report")?),
+    }
+}
+
+async fn reconcile(
+    config: Config,
+    repair: bool,
+    grace: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::reconcile;
+    let db = Db::connect(&config).await?;
+    db.ping().await?;
+    let storage = crate::startup::open_storage(&config).await?;
+    let report = reconcile::scan(&db, &storage, grace).await?;
+    let summary = if repair {
+        Some(reconcile::repair(&db, &storage, &report).await?)
+    } else {
+        None
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "report": report, "repair": summary })
+        );
+    } else {
+        println!("scanned {} object(s)", report.objects_scanned);
+        for o in &report.orphans {
+            println!(
+                "orphan   {} ({} bytes, {})",
+                o.key,
+                o.size,
+                o.last_modified.to_rfc3339()
+            );
+        }
+        for f in &report.dangling_firmware {
+            let current = if f.is_current {
+                " (current version)"
+            } else {
+                ""
+            };
+            println!(
+                "dangling firmware {}/{}{current}: missing {}",
+                f.model_code,
+                f.version,
+                f.missing.join(", ")
+            );
+        }
+        for d in &report.dangling_coredumps {
+            println!(
+                "dangling coredump {} (device {}): missing {}",
+                d.coredump_id, d.device_key, d.object_key
+            );
+        }
+        for c in &report.current_versions {
+            let state = if c.stored { "ok" } else { "NOT STORED" };
+            println!(
+                "current  {} -> {} [{state}]",
+                c.model_code,
+                c.firmware_version.as_deref().unwrap_or("(none)")
+            );
+        }
+        println!(
+            "{} orphan(s), {} dangling firmware version(s), {} dangling core dump(s), {} recent object(s) within the grace period",
+            report.orphans.len(),
+            report.dangling_firmware.len(),
+            report.dangling_coredumps.len(),
+            report.recent_unclaimed
+        );
+        if let Some(s) = &summary {
+            println!(
+                "repaired: deleted {} orphan(s) ({} failed), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload",
+                s.orphans_deleted, s.orphans_failed, s.coredumps_marked_error, s.firmware_versions_removed, s.current_versions_left
+            );
+        }
+    }
     db.close().await;
     Ok(())
 }

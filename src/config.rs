@@ -96,6 +96,10 @@ pub struct Config {
     /// How often idle workers look for new jobs and due object deletions.
     pub worker_poll_interval: Duration,
     pub job_concurrency: usize,
+    /// When set, `serve` runs a reconcile scan (report and metrics only, no repair) this often.
+    pub reconcile_interval: Option<Duration>,
+    /// Objects younger than this are never orphans (uploads in flight).
+    pub reconcile_grace: Duration,
 }
 
 /// The identity reported for callers that are not OIDC users (`LOCAL_ADMIN_SUBJECT`, default
@@ -327,6 +331,11 @@ impl Config {
             job_lease: env.seconds("JOB_LEASE_SECONDS", 60.0)?,
             worker_poll_interval: env.seconds("WORKER_POLL_SECONDS", 1.0)?,
             job_concurrency: env.positive("JOB_CONCURRENCY", 2)?,
+            reconcile_interval: match env.get("RECONCILE_INTERVAL_SECONDS") {
+                None => None,
+                Some(_) => Some(env.seconds("RECONCILE_INTERVAL_SECONDS", 0.0)?),
+            },
+            reconcile_grace: env.seconds("RECONCILE_GRACE_SECONDS", 3600.0)?,
         })
     }
 

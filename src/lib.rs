@@ -2,12 +2,16 @@
 
 pub mod cli;
 pub mod config;
+pub mod coredumps;
 pub mod db;
+pub mod events;
+pub mod firmware;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
 pub mod oidc;
 pub mod outbox;
+pub mod reconcile;
 pub mod startup;
 pub mod state;
 pub mod storage;

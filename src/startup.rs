@@ -62,8 +62,11 @@ pub struct BuildOptions {
     pub storage: Option<Storage>,
     /// Extra routes merged into the API.
     pub extra_routes: Option<Router<AppState>>,
-    /// Extra job handlers run by this process's workers.
+    /// Extra job handlers run by this process's workers (a kind given here replaces the default
+    /// handler of that kind).
     pub job_handlers: Vec<Arc<dyn JobHandler>>,
+    /// Do not run the default job handlers (core dump parsing), e.g. to leave jobs queued.
+    pub without_default_job_handlers: bool,
 }
 
 pub struct Application {
@@ -93,20 +96,34 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let oidc = config.oidc.clone().map(crate::oidc::OidcVerifier::new);
+        let shutdown = CancellationToken::new();
+        let events = crate::events::EventHub::start(
+            db.clone(),
+            config.worker_poll_interval,
+            shutdown.clone(),
+        );
         let state = AppState {
             oidc,
+            events,
+            shutdown: shutdown.clone(),
             config: Arc::new(config),
             db,
             storage,
             metrics: crate::telemetry::metrics_handle(),
         };
         let router = crate::http::router(state.clone(), options.extra_routes);
+        let mut job_handlers = if options.without_default_job_handlers {
+            Vec::new()
+        } else {
+            crate::coredumps::default_job_handlers(&state)
+        };
+        job_handlers.extend(options.job_handlers);
         Ok(Application {
             listener,
             router,
             state,
-            shutdown: CancellationToken::new(),
-            job_handlers: options.job_handlers,
+            shutdown,
+            job_handlers,
         })
     }
 
@@ -144,6 +161,16 @@ impl Application {
             workers.spawn(runner.run(
                 config.job_concurrency,
                 config.worker_poll_interval,
+                shutdown.clone(),
+            ));
+        }
+
+        if let Some(interval) = config.reconcile_interval {
+            workers.spawn(crate::reconcile::run_periodic(
+                state.db.clone(),
+                state.storage.clone(),
+                interval,
+                config.reconcile_grace,
                 shutdown.clone(),
             ));
         }

@@ -15,4 +15,7 @@ pub struct AppState {
     pub storage: Storage,
     pub metrics: Option<PrometheusHandle>,
     pub oidc: Option<crate::oidc::OidcVerifier>,
+    pub events: crate::events::EventHub,
+    /// Fires when the process stops; long-lived responses (the event stream) end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }

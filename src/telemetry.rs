@@ -17,6 +17,8 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const JOBS_FINISHED: &str = "jobs_finished_total";
 pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
 pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
+pub const RECONCILE_ORPHANS: &str = "reconcile_orphan_objects";
+pub const RECONCILE_DANGLING: &str = "reconcile_dangling_rows";
 
 /// Installs the global log subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
@@ -78,6 +80,14 @@ fn describe() {
     describe_counter!(
         OUTBOX_DELETED,
         "Objects deleted by the outbox worker after their rows were deleted"
+    );
+    metrics::describe_gauge!(
+        RECONCILE_ORPHANS,
+        "Objects with no row, older than the grace period, at the last reconcile scan"
+    );
+    metrics::describe_gauge!(
+        RECONCILE_DANGLING,
+        "Rows whose objects are missing at the last reconcile scan, by kind (firmware, coredump)"
     );
     describe_counter!(
         OUTBOX_FAILED,

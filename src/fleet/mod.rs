@@ -2,8 +2,10 @@
 
 mod config;
 mod device_key;
+mod firmware_version;
 mod model_code;
 
 pub use config::{ConfigSchema, DeviceConfig, InvalidConfig};
 pub use device_key::{DeviceKey, DeviceSecret};
+pub use firmware_version::{FirmwareVersion, MAX_VERSION_LEN};
 pub use model_code::ModelCode;

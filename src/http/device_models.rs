@@ -9,16 +9,16 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader};
 use super::error::{ApiError, Json};
 use crate::db::device_models::{self as models, DeviceModelRow, CODE_UNIQUE};
 use crate::fleet::{ConfigSchema, ModelCode};
-use crate::outbox;
 use crate::state::AppState;
 use crate::storage::ObjectKey;
+use crate::{events, outbox};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -188,6 +188,12 @@ pub async fn create(
     let row = models::get(&mut tx, id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    events::record(
+        &mut tx,
+        "device_model_created",
+        &json!({"id": id, "code": row.code}),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(model_code = %code, model_id = id, "device_model_created");
     Ok((StatusCode::CREATED, Json(full(row))))
@@ -243,6 +249,12 @@ pub async fn update(
     let row = models::get(&mut tx, id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    events::record(
+        &mut tx,
+        "device_model_updated",
+        &json!({"id": id, "code": row.code}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(full(row)))
 }
@@ -261,6 +273,11 @@ pub async fn remove(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.db.begin().await?;
+    // Lock the model row first, as firmware uploads do: a version committed between reading the
+    // versions and deleting the model would otherwise lose its objects to the cascade.
+    crate::db::firmware_versions::lock_model(&mut tx, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let model = models::get(&mut tx, id)
         .await?
         .ok_or_else(|| not_found(id))?;
@@ -294,6 +311,12 @@ pub async fn remove(
         }
     }
     outbox::schedule_deletion(&mut tx, &keys).await?;
+    events::record(
+        &mut tx,
+        "device_model_deleted",
+        &json!({"id": id, "code": model.code}),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(model_code = %model.code, model_id = id, firmware_versions = versions.len(), "device_model_deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -20,9 +20,9 @@ use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
 use crate::db::Tx;
 use crate::fleet::{ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
-use crate::outbox;
 use crate::state::AppState;
 use crate::storage::coredump_key;
+use crate::{events, outbox};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -115,6 +115,10 @@ pub struct ListQuery {
 
 pub fn not_found(id: i64) -> ApiError {
     ApiError::NotFound(format!("Device {id} was not found"))
+}
+
+fn event_payload(row: &DeviceRow) -> Value {
+    serde_json::json!({"id": row.id, "key": row.key, "device_model_id": row.device_model_id})
 }
 
 fn summary(row: DeviceRow) -> DeviceSummary {
@@ -239,6 +243,7 @@ pub async fn create(
                 Err(e) => return Err(e.into()),
             };
         let (row, model) = load(&mut tx, id).await?;
+        events::record(&mut tx, "device_created", &event_payload(&row)).await?;
         tx.commit().await?;
         tracing::info!(device_key = %key, device_id = id, model_code = %model.code, "device_created");
         return Ok((StatusCode::CREATED, Json(full(row, model, Some(secret)))));
@@ -283,6 +288,7 @@ pub async fn update(
     };
     devices::update(&mut tx, id, &config, body.active.unwrap_or(row.active)).await?;
     let (row, model) = load(&mut tx, id).await?;
+    events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
     tx.commit().await?;
     Ok(Json(full(row, model, None)))
 }
@@ -305,6 +311,7 @@ pub async fn remove(
         .map(|dump| coredump_key(&row.key, *dump))
         .collect::<Result<Vec<_>, _>>()?;
     outbox::schedule_deletion(&mut tx, &keys).await?;
+    events::record(&mut tx, "device_deleted", &event_payload(&row)).await?;
     tx.commit().await?;
     tracing::info!(device_key = %row.key, device_id = id, coredumps = keys.len(), "device_deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -12,7 +12,13 @@ use crate::db::devices;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/iot/config", get(config))
+    Router::new()
+        .route("/api/iot/config", get(config))
+        .route("/api/iot/firmware", get(super::firmware::device_firmware))
+        .route(
+            "/api/iot/firmware-version",
+            get(super::firmware::device_firmware_version),
+        )
 }
 
 /// The calling device's configuration, exactly as stored.

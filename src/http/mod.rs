@@ -10,11 +10,14 @@
 //! Unknown routes and methods answer with the same envelope as everything else.
 
 pub mod auth;
+pub mod coredumps;
 pub mod device_models;
 pub mod devices;
 pub mod docs;
 pub mod download;
 pub mod error;
+pub mod events;
+pub mod firmware;
 pub mod health;
 pub mod identity;
 pub mod iot;
@@ -43,8 +46,11 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(docs::router())
         .merge(device_models::router())
         .merge(devices::router())
+        .merge(firmware::router())
+        .merge(coredumps::router())
         .merge(iot::router())
-        .merge(identity::router());
+        .merge(identity::router())
+        .merge(events::router());
     if let Some(extra) = extra {
         routes = routes.merge(extra);
     }

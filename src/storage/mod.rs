@@ -41,7 +41,7 @@ pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, Inv
 pub type Storage = Arc<dyn ObjectStorage>;
 
 /// What a store knows about one object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,

@@ -182,16 +182,18 @@ async fn a_live_workers_heartbeat_keeps_its_claim() {
             continue;
         };
         let db = app.db().clone();
-        let lease = Duration::from_millis(600);
+        // The job runs for more than two leases; only heartbeats keep it claimed. The lease is
+        // generous (heartbeats every lease/3) so a loaded machine cannot make it look dead.
+        let lease = Duration::from_millis(2_000);
         enqueue_committed(&db, "probe", 1).await;
-        let slow = Recorder::slow("probe", Duration::from_millis(2_000));
+        let slow = Recorder::slow("probe", Duration::from_millis(5_000));
         let busy = JobRunner::new(db.clone(), vec![slow.clone()], lease);
         let work = tokio::spawn(async move { busy.run_one().await });
 
         let other = Recorder::new("probe", |_| JobOutcome::Completed);
         let thief = JobRunner::new(db.clone(), vec![other.clone()], lease);
-        for _ in 0..15 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..18 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
             assert!(
                 thief.run_one().await.unwrap().is_none(),
                 "{stack:?}: claim stolen from a live worker"

@@ -3,7 +3,14 @@
 
 mod auth;
 mod cli;
+mod coredump_parse;
+mod coredump_sidecar;
+mod coredumps;
 mod downloads;
+mod events;
+mod firmware;
+mod firmware_support;
+mod firmware_versions;
 mod fleet;
 mod health;
 mod helpers;
@@ -12,5 +19,7 @@ mod issuer;
 mod jobs;
 mod oidc_auth;
 mod outbox;
+mod parse_cli;
+mod reconcile;
 mod storage;
 mod transactions;

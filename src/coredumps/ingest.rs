@@ -1,0 +1,241 @@
+//! Accepting a dump from a device (SPEC §8): the checks, in the Python service's order and with
+//! its messages, and the store sequence of golden rule 1.
+//!
+//! Checks: `chip` present, `firmware_version` present, both within their columns (50), the
+//! version safe as an object key component; the body within `MAX_COREDUMP_BYTES` (413, decided
+//! from `Content-Length` before reading, or as soon as the streamed body passes the limit — never
+//! by reading it all); the body not empty.
+//!
+//! Store: insert the `PENDING` row (flushed: the id is final), upload
+//! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit.
+//! Any failure rolls the transaction back; an object that may already have been written is
+//! deleted best-effort while the transaction is still open (on SQLite a rolled-back id can be
+//! handed out again, so a late cleanup could hit the next dump's object).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use crate::db::coredumps;
+use crate::db::Tx;
+use crate::http::error::ApiError;
+use crate::outbox;
+use crate::state::AppState;
+use crate::storage::{coredump_key, ObjectKey, Storage};
+
+/// Column width of `coredumps.chip` (and `firmware_version`, checked by `FirmwareVersion`).
+pub const MAX_FIELD_LEN: usize = 50;
+/// How long a failed upload's cleanup may hold the request.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The validated query of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpMeta {
+    pub chip: String,
+    pub firmware_version: String,
+}
+
+impl DumpMeta {
+    /// Checks the query in the Python service's order; empty counts as missing.
+    pub fn parse(chip: Option<&str>, firmware_version: Option<&str>) -> Result<Self, ApiError> {
+        let chip = chip
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ApiError::validation("Missing required query parameter: chip"))?;
+        let version = firmware_version.filter(|v| !v.is_empty()).ok_or_else(|| {
+            ApiError::validation("Missing required query parameter: firmware_version")
+        })?;
+        if chip.chars().count() > MAX_FIELD_LEN {
+            return Err(ApiError::validation(format!(
+                "chip must be at most {MAX_FIELD_LEN} characters"
+            )));
+        }
+        if chip.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                "chip must not contain control characters",
+            ));
+        }
+        check_version(version)?;
+        Ok(DumpMeta {
+            chip: chip.to_string(),
+            firmware_version: version.to_string(),
+        })
+    }
+}
+
+/// The reported version later names `firmware/{model}/{version}/firmware.elf`, so it must be a
+/// safe key component (SPEC §3): rejected, never escaped. Same rules as stored firmware versions.
+fn check_version(version: &str) -> Result<(), ApiError> {
+    crate::fleet::FirmwareVersion::parse(version)
+        .map(|_| ())
+        .map_err(ApiError::validation)
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "Coredump exceeds the maximum size of {limit} bytes"
+    ))
+}
+
+/// Reads the body up to `limit` bytes: 413 from `Content-Length` alone, or as soon as the stream
+/// passes the limit, without reading further.
+pub async fn read_body(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let capacity = declared.unwrap_or(0).min(limit) as usize;
+    let mut buffer = BytesMut::with_capacity(capacity);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::validation(format!("Could not read the request body: {e}")))?;
+        if (buffer.len() + chunk.len()) as u64 > limit {
+            return Err(too_large(limit));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    if buffer.is_empty() {
+        return Err(ApiError::validation("No coredump content provided"));
+    }
+    Ok(buffer.freeze())
+}
+
+/// The device a dump is uploaded for.
+#[derive(Debug, Clone)]
+pub struct Uploader<'a> {
+    pub device_id: i64,
+    pub device_key: &'a str,
+}
+
+/// Stores a validated dump (golden rule 1) and returns its id.
+pub async fn store(
+    state: &AppState,
+    device: Uploader<'_>,
+    meta: &DumpMeta,
+    content: Bytes,
+) -> Result<i64, ApiError> {
+    let size = content.len() as i64;
+    let mut tx = state.db.begin().await?;
+    let id = match coredumps::insert(
+        &mut tx,
+        device.device_id,
+        &meta.chip,
+        &meta.firmware_version,
+        size,
+    )
+    .await
+    {
+        Ok(id) => id,
+        // The device was deleted after it authenticated.
+        Err(e) if e.is_foreign_key_violation() => {
+            return Err(ApiError::NotFound(format!(
+                "Device {} was not found",
+                device.device_key
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let key = coredump_key(device.device_key, id)?;
+    // Ids are not reused on PostgreSQL, but a rolled-back SQLite id can be: make sure no old
+    // deletion of this key is still pending (the outbox invariant for re-created keys).
+    outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
+    if let Err(e) = state.storage.put(&key, content).await {
+        cleanup(&state.storage, &key).await;
+        drop(tx);
+        return Err(e.into());
+    }
+    if let Err(e) = finish(state, &mut tx, device.clone(), id).await {
+        cleanup(&state.storage, &key).await;
+        drop(tx);
+        return Err(e);
+    }
+    if let Err(e) = tx.commit().await {
+        // The commit may have succeeded even so (the answer was lost): leave the object, because
+        // an orphan is tolerated (reconcile finds it) and a row without its object is not.
+        tracing::warn!(coredump_id = id, s3_key = %key, error = %e, "coredump_commit_failed");
+        return Err(e.into());
+    }
+    tracing::info!(
+        device_key = %device.device_key,
+        coredump_id = id,
+        s3_key = %key,
+        size,
+        "coredump_s3_upload"
+    );
+    Ok(id)
+}
+
+/// What follows the upload inside the transaction: retention, then the parse job.
+async fn finish(
+    state: &AppState,
+    tx: &mut Tx,
+    device: Uploader<'_>,
+    id: i64,
+) -> Result<(), ApiError> {
+    super::retention::enforce(
+        tx,
+        device.device_id,
+        device.device_key,
+        state.config.max_coredumps,
+    )
+    .await?;
+    super::job::enqueue(tx, id).await?;
+    Ok(())
+}
+
+/// Best-effort removal of an object whose row will not be committed.
+async fn cleanup(storage: &Storage, key: &ObjectKey) {
+    match tokio::time::timeout(CLEANUP_TIMEOUT, storage.delete(key)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(s3_key = %key, error = %e, "coredump_cleanup_failed"),
+        Err(_) => tracing::warn!(s3_key = %key, "coredump_cleanup_timed_out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<DumpMeta, ApiError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn query_checks_come_in_the_python_services_order() {
+        assert_eq!(
+            message(DumpMeta::parse(None, None)),
+            "Missing required query parameter: chip"
+        );
+        assert_eq!(
+            message(DumpMeta::parse(Some(""), Some("1.0"))),
+            "Missing required query parameter: chip"
+        );
+        assert_eq!(
+            message(DumpMeta::parse(Some("esp32"), None)),
+            "Missing required query parameter: firmware_version"
+        );
+        assert!(message(DumpMeta::parse(Some(&"x".repeat(51)), Some("1"))).contains("chip"));
+        assert!(DumpMeta::parse(Some(&"x".repeat(50)), Some(&"1".repeat(50))).is_ok());
+    }
+
+    #[test]
+    fn versions_that_could_escape_their_key_are_rejected() {
+        for bad in ["../x", "1/2", "..", ".", "a\nb", "a\\b", &"9".repeat(51)] {
+            assert!(
+                DumpMeta::parse(Some("esp32"), Some(bad)).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        for ok in ["1.0.0", "v2.3.4-rc.1+build.7", "2024.11.29"] {
+            assert!(DumpMeta::parse(Some("esp32"), Some(ok)).is_ok(), "{ok}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The `parse_coredump` job: turns one stored dump into a crash report.
+//!
+//! A job carries only the dump's id. It loads the row (gone → nothing to do), fetches the dump
+//! and `firmware/{model_code}/{firmware_version}/firmware.elf` of the device's model, runs the
+//! configured parser and records the outcome on the row:
+//! - `PARSED` with the text report in `parsed_output` (and the structured report from the
+//!   built-in parser in `report`);
+//! - `ERROR` with the reason in `parsed_output` when retrying cannot help (dump object missing,
+//!   ELF missing for that model and version, malformed dump, sidecar rejected it) or when the
+//!   transient failures outlasted the job's attempts;
+//! - otherwise (object store or sidecar unavailable) the job is retried with [`jobs::backoff`].
+//!
+//! `parsed_at` is set for `PARSED` and `ERROR`, as the Python service did.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::parser::{self, CoredumpParser, ParseFailure, ParseRequest};
+use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
+use crate::db::{Db, DbError, Tx};
+use crate::jobs::worker::JobHandler;
+use crate::jobs::{self, Job, JobOutcome};
+use crate::state::AppState;
+use crate::storage::{coredump_key, ObjectKey, Storage, StorageError};
+
+pub const PARSE_JOB: &str = "parse_coredump";
+/// Attempts before transient failures turn into `ERROR` (with the default backoff: about 8 min).
+pub const PARSE_MAX_ATTEMPTS: i32 = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParsePayload {
+    pub coredump_id: i64,
+}
+
+/// Queues a parse of `coredump_id` in the caller's transaction.
+pub async fn enqueue(tx: &mut Tx, coredump_id: i64) -> Result<i64, DbError> {
+    jobs::enqueue(
+        tx,
+        PARSE_JOB,
+        &ParsePayload { coredump_id },
+        PARSE_MAX_ATTEMPTS,
+    )
+    .await
+}
+
+/// The key of a model's firmware ELF for one version.
+pub fn elf_key(model_code: &str, version: &str) -> Result<ObjectKey, crate::storage::InvalidKey> {
+    ObjectKey::from_segments(&["firmware", model_code, version, "firmware.elf"])
+}
+
+pub struct ParseCoredumpHandler {
+    db: Db,
+    storage: Storage,
+    parser: Arc<dyn CoredumpParser>,
+}
+
+/// Why an attempt did not produce a report.
+enum Failure {
+    /// The row was deleted: nothing to do.
+    Gone,
+    Permanent(String),
+    Transient(String),
+}
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        Failure::Transient(format!("database: {e}"))
+    }
+}
+
+impl From<ParseFailure> for Failure {
+    fn from(f: ParseFailure) -> Self {
+        match f {
+            ParseFailure::Transient(m) => Failure::Transient(m),
+            ParseFailure::Permanent(m) => Failure::Permanent(m),
+        }
+    }
+}
+
+fn storage_failure(e: StorageError, missing: impl FnOnce() -> String) -> Failure {
+    match e {
+        StorageError::NotFound { .. } => Failure::Permanent(missing()),
+        StorageError::InvalidKey(k) => Failure::Permanent(k.to_string()),
+        other => Failure::Transient(format!("object store: {other}")),
+    }
+}
+
+impl ParseCoredumpHandler {
+    pub fn new(db: Db, storage: Storage, parser: Arc<dyn CoredumpParser>) -> Self {
+        ParseCoredumpHandler {
+            db,
+            storage,
+            parser,
+        }
+    }
+
+    /// The handler with the parser the configuration selects.
+    pub fn from_state(state: &AppState) -> Self {
+        Self::new(
+            state.db.clone(),
+            state.storage.clone(),
+            parser::from_config(&state.config),
+        )
+    }
+
+    async fn fetch(&self, key: &ObjectKey) -> Result<bytes::Bytes, StorageError> {
+        self.storage.get(key, None).await?.bytes().await
+    }
+
+    async fn attempt(&self, job: &Job, target: &ParseTarget) -> Result<(), Failure> {
+        let dump_key = coredump_key(&target.device_key, target.id)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let dump = self.fetch(&dump_key).await.map_err(|e| {
+            storage_failure(e, || {
+                format!("The core dump object {dump_key} is missing from the object store")
+            })
+        })?;
+        let elf_key = elf_key(&target.model_code, &target.firmware_version).map_err(|_| {
+            Failure::Permanent(format!(
+                "Firmware version {:?} cannot name a stored firmware",
+                target.firmware_version
+            ))
+        })?;
+        let elf = self.fetch(&elf_key).await.map_err(|e| {
+            storage_failure(e, || {
+                format!(
+                    "No firmware ELF for model {} version {}: {elf_key} does not exist",
+                    target.model_code, target.firmware_version
+                )
+            })
+        })?;
+        let started = std::time::Instant::now();
+        let parsed = self
+            .parser
+            .parse(ParseRequest {
+                job_id: job.id,
+                coredump_id: target.id,
+                chip: target.chip.clone(),
+                model_code: target.model_code.clone(),
+                firmware_version: target.firmware_version.clone(),
+                dump,
+                elf,
+            })
+            .await?;
+        let recorded = coredumps::record_result(
+            &self.db,
+            target.id,
+            STATUS_PARSED,
+            &parsed.text,
+            parsed.report_json.as_deref(),
+        )
+        .await?;
+        if !recorded {
+            return Err(Failure::Gone);
+        }
+        tracing::info!(
+            coredump_id = target.id,
+            device_key = %target.device_key,
+            parser = self.parser.name(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "coredump_parsed"
+        );
+        Ok(())
+    }
+
+    async fn record_error(&self, id: i64, message: &str) -> JobOutcome {
+        match coredumps::record_result(&self.db, id, STATUS_ERROR, message, None).await {
+            Ok(_) => JobOutcome::Completed,
+            Err(e) => JobOutcome::Retry {
+                after: jobs::backoff(1),
+                error: format!("cannot record the parse error: {e}"),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobHandler for ParseCoredumpHandler {
+    fn kind(&self) -> &'static str {
+        PARSE_JOB
+    }
+
+    async fn run(&self, job: &Job) -> JobOutcome {
+        let payload: ParsePayload = match job.payload() {
+            Ok(p) => p,
+            Err(e) => {
+                return JobOutcome::Abort {
+                    error: format!("invalid payload: {e}"),
+                }
+            }
+        };
+        let id = payload.coredump_id;
+        let target = match coredumps::parse_target(&self.db, id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted");
+                return JobOutcome::Completed;
+            }
+            Err(e) => {
+                return JobOutcome::Retry {
+                    after: jobs::backoff(job.attempts),
+                    error: format!("database: {e}"),
+                }
+            }
+        };
+        match self.attempt(job, &target).await {
+            Ok(()) => JobOutcome::Completed,
+            Err(Failure::Gone) => {
+                tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted");
+                JobOutcome::Completed
+            }
+            Err(Failure::Permanent(message)) => {
+                tracing::warn!(coredump_id = id, device_key = %target.device_key,
+                    parser = self.parser.name(), error = %message, "coredump_parse_failed");
+                self.record_error(id, &message).await
+            }
+            Err(Failure::Transient(message)) if job.attempts >= job.max_attempts => {
+                let message = format!(
+                    "Gave up after {} attempts; last error: {message}",
+                    job.attempts
+                );
+                tracing::warn!(coredump_id = id, device_key = %target.device_key,
+                    parser = self.parser.name(), error = %message, "coredump_parse_failed");
+                self.record_error(id, &message).await
+            }
+            Err(Failure::Transient(message)) => JobOutcome::Retry {
+                after: jobs::backoff(job.attempts),
+                error: message,
+            },
+        }
+    }
+}

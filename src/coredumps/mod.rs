@@ -1,0 +1,30 @@
+//! Core dumps (SPEC §8): devices upload crash dumps, we keep the newest `MAX_COREDUMPS` per device
+//! and turn each into a crash report in the background.
+//!
+//! - [`ingest`]: validate an upload, then golden rule 1 — insert the `PENDING` row, flush, upload
+//!   `coredumps/{device_key}/{id}.dmp`, apply retention, enqueue the parse job, commit.
+//! - [`retention`]: per-device pruning; rows go in the upload's transaction, objects via the outbox.
+//! - [`job`]: the `parse_coredump` job handler: fetch the dump and the model's `firmware.elf` for the
+//!   reported version, run a [`parser`], record `PARSED` or `ERROR`; retry transient failures.
+//! - [`parser`]: the [`parser::CoredumpParser`] trait and its two backends, [`builtin`] (the
+//!   `esp-coredump` crate, default) and [`sidecar`] (the Python service's HTTP parser).
+//!
+//! Architecture invariant: a dump is never parsed before its row is committed — the job is
+//! enqueued in the upload's transaction, and the queue only hands out committed jobs.
+
+pub mod builtin;
+pub mod ingest;
+pub mod job;
+pub mod parser;
+pub mod retention;
+pub mod sidecar;
+
+use std::sync::Arc;
+
+use crate::jobs::worker::JobHandler;
+use crate::state::AppState;
+
+/// The job handlers every `serve` process runs by default.
+pub fn default_job_handlers(state: &AppState) -> Vec<Arc<dyn JobHandler>> {
+    vec![Arc::new(job::ParseCoredumpHandler::from_state(state))]
+}

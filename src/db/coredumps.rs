@@ -1,0 +1,215 @@
+//! Queries on `coredumps` (SPEC §2, §8).
+//!
+//! Every admin query is scoped by `device_id` as well as the dump's id, so a dump of another
+//! device under this device's URL is simply not found.
+
+use chrono::{DateTime, Utc};
+
+use super::{now, Db, DbError, Tx};
+use crate::{on_conn, on_pool};
+
+pub const STATUS_PENDING: &str = "PENDING";
+pub const STATUS_PARSED: &str = "PARSED";
+pub const STATUS_ERROR: &str = "ERROR";
+
+/// A core dump row with everything the admin API shows.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CoredumpRow {
+    pub id: i64,
+    pub device_id: i64,
+    pub chip: String,
+    pub firmware_version: String,
+    pub size: i64,
+    pub parse_status: String,
+    /// The text report when `PARSED`, the reason when `ERROR`.
+    pub parsed_output: Option<String>,
+    /// The built-in parser's structured report (JSON text).
+    pub report: Option<String>,
+    pub uploaded_at: DateTime<Utc>,
+    pub parsed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const SELECT: &str = "SELECT id, device_id, chip, firmware_version, size, parse_status,
+        parsed_output, report, uploaded_at, parsed_at, created_at, updated_at
+    FROM coredumps";
+
+/// The key of a device (its dumps' object keys are built from it), or `None` if it does not exist.
+pub async fn device_key(tx: &mut Tx, device_id: i64) -> Result<Option<String>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT key FROM devices WHERE id = $1"
+    )
+    .bind(device_id)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// Inserts a `PENDING` dump and returns its id (the transaction is flushed: the id is final).
+pub async fn insert(
+    tx: &mut Tx,
+    device_id: i64,
+    chip: &str,
+    firmware_version: &str,
+    size: i64,
+) -> Result<i64, DbError> {
+    let now = now();
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
+                                uploaded_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
+    )
+    .bind(device_id)
+    .bind(chip)
+    .bind(firmware_version)
+    .bind(size)
+    .bind(now)
+    .fetch_one(c)
+    .await)?)
+}
+
+/// Serialises retention between concurrent uploads of one device. On PostgreSQL two uploads would
+/// otherwise each delete "everything beyond the newest N" from their own snapshot and could lock
+/// the same old rows in different orders; `FOR NO KEY UPDATE` does not conflict with the key-share
+/// lock the coredumps foreign key already took, so it cannot deadlock with it. SQLite serialises
+/// writers anyway.
+pub async fn lock_device_for_retention(tx: &mut Tx, device_id: i64) -> Result<(), DbError> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(device_id)
+            .execute(&mut **t)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the device's dumps beyond the newest `keep` (by `uploaded_at`, then id) and returns
+/// the ids deleted, whose objects the caller schedules for deletion.
+pub async fn delete_beyond(tx: &mut Tx, device_id: i64, keep: i64) -> Result<Vec<i64>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "DELETE FROM coredumps WHERE device_id = $1 AND id NOT IN (
+             SELECT id FROM coredumps WHERE device_id = $1
+             ORDER BY uploaded_at DESC, id DESC LIMIT $2)
+         RETURNING id"
+    )
+    .bind(device_id)
+    .bind(keep)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// A device's dumps, newest first.
+pub async fn list(tx: &mut Tx, device_id: i64) -> Result<Vec<CoredumpRow>, DbError> {
+    let sql = format!("{SELECT} WHERE device_id = $1 ORDER BY uploaded_at DESC, id DESC");
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, CoredumpRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(device_id)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// One dump of one device.
+pub async fn get(tx: &mut Tx, device_id: i64, id: i64) -> Result<Option<CoredumpRow>, DbError> {
+    let sql = format!("{SELECT} WHERE id = $1 AND device_id = $2");
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, CoredumpRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(id)
+    .bind(device_id)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// Deletes one dump of one device; false if there was none.
+pub async fn delete(tx: &mut Tx, device_id: i64, id: i64) -> Result<bool, DbError> {
+    let rows = on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM coredumps WHERE id = $1 AND device_id = $2"
+    )
+    .bind(id)
+    .bind(device_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows == 1)
+}
+
+/// Deletes all dumps of a device and returns their ids.
+pub async fn delete_all(tx: &mut Tx, device_id: i64) -> Result<Vec<i64>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "DELETE FROM coredumps WHERE device_id = $1 RETURNING id"
+    )
+    .bind(device_id)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// Puts a dump back to `PENDING` (for a reparse), clearing the previous result.
+pub async fn reset_to_pending(tx: &mut Tx, device_id: i64, id: i64) -> Result<bool, DbError> {
+    let now = now();
+    let rows = on_conn!(tx, |c| sqlx::query(
+        "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, report = NULL,
+                              parsed_at = NULL, updated_at = $1
+         WHERE id = $2 AND device_id = $3"
+    )
+    .bind(now)
+    .bind(id)
+    .bind(device_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows == 1)
+}
+
+/// What a parse job needs to know about its dump.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ParseTarget {
+    pub id: i64,
+    pub chip: String,
+    pub firmware_version: String,
+    pub device_key: String,
+    pub model_code: String,
+}
+
+/// The dump a parse job works on, with its device's key and model code; `None` if it was deleted.
+pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, ParseTarget>(
+        "SELECT c.id, c.chip, c.firmware_version, d.key AS device_key, m.code AS model_code
+         FROM coredumps c
+         JOIN devices d ON d.id = c.device_id
+         JOIN device_models m ON m.id = d.device_model_id
+         WHERE c.id = $1"
+    )
+    .bind(id)
+    .fetch_optional(p)
+    .await)?)
+}
+
+/// Records a finished parse: `PARSED` (with the text and, from the built-in parser, the
+/// structured report) or `ERROR` (with the reason in `parsed_output`). Returns false when the
+/// row is gone (deleted while the job ran).
+pub async fn record_result(
+    db: &Db,
+    id: i64,
+    status: &str,
+    output: &str,
+    report: Option<&str>,
+) -> Result<bool, DbError> {
+    let now = now();
+    let rows = on_pool!(db, |p| {
+        sqlx::query(
+        "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
+                              updated_at = $4
+         WHERE id = $5"
+    )
+    .bind(status)
+    .bind(output)
+    .bind(report)
+    .bind(now)
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(rows == 1)
+}

@@ -1,0 +1,300 @@
+//! Queries on `firmware_versions` (and the `device_models.firmware_version` pointer they back).
+//!
+//! Writes take a [`Tx`]; the read paths devices poll (`/api/iot/firmware-version`, downloads) take
+//! the [`Db`] pool directly so they never queue behind SQLite's write lock.
+
+use chrono::{DateTime, Utc};
+
+use super::{now, Db, DbError, Tx};
+use crate::{on_conn, on_pool};
+
+/// Size and SHA-256 (hex) of one stored artifact; `None` for legacy rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactFacts {
+    pub size: Option<i64>,
+    pub sha256: Option<String>,
+}
+
+/// A `firmware_versions` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FirmwareVersionRow {
+    pub id: i64,
+    pub device_model_id: i64,
+    pub version: String,
+    pub uploaded_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub firmware_bin_size: Option<i64>,
+    pub firmware_bin_sha256: Option<String>,
+    pub firmware_elf_size: Option<i64>,
+    pub firmware_elf_sha256: Option<String>,
+    pub firmware_map_size: Option<i64>,
+    pub firmware_map_sha256: Option<String>,
+    pub sdkconfig_size: Option<i64>,
+    pub sdkconfig_sha256: Option<String>,
+    pub version_json_size: Option<i64>,
+    pub version_json_sha256: Option<String>,
+    pub project_name: Option<String>,
+    pub idf_version: Option<String>,
+    pub build_date: Option<String>,
+    pub build_time: Option<String>,
+    pub app_elf_sha256: Option<String>,
+    pub secure_version: Option<i64>,
+    pub chip: Option<String>,
+}
+
+impl FirmwareVersionRow {
+    /// The facts of one artifact by its object name (`firmware.bin`, …, see
+    /// [`crate::storage::FIRMWARE_ARTIFACTS`]); `None` for an unknown name.
+    pub fn artifact(&self, name: &str) -> Option<ArtifactFacts> {
+        let (size, sha256) = match name {
+            "firmware.bin" => (self.firmware_bin_size, &self.firmware_bin_sha256),
+            "firmware.elf" => (self.firmware_elf_size, &self.firmware_elf_sha256),
+            "firmware.map" => (self.firmware_map_size, &self.firmware_map_sha256),
+            "sdkconfig" => (self.sdkconfig_size, &self.sdkconfig_sha256),
+            "version.json" => (self.version_json_size, &self.version_json_sha256),
+            _ => return None,
+        };
+        Some(ArtifactFacts {
+            size,
+            sha256: sha256.clone(),
+        })
+    }
+}
+
+/// What an upload writes: the five artifacts in [`crate::storage::FIRMWARE_ARTIFACTS`] order
+/// (size, SHA-256 hex) and the app descriptor facts.
+#[derive(Debug, Clone)]
+pub struct NewFirmwareVersion<'a> {
+    pub version: &'a str,
+    pub artifacts: [(i64, &'a str); 5],
+    pub project_name: &'a str,
+    pub idf_version: &'a str,
+    pub build_date: &'a str,
+    pub build_time: &'a str,
+    pub app_elf_sha256: &'a str,
+    pub secure_version: i64,
+    pub chip: &'a str,
+}
+
+const COLUMNS: &str = "id, device_model_id, version, uploaded_at, created_at,
+    firmware_bin_size, firmware_bin_sha256, firmware_elf_size, firmware_elf_sha256,
+    firmware_map_size, firmware_map_sha256, sdkconfig_size, sdkconfig_sha256,
+    version_json_size, version_json_sha256, project_name, idf_version, build_date, build_time,
+    app_elf_sha256, secure_version, chip";
+
+pub const MODEL_VERSION_UNIQUE: (&str, &str) = (
+    "uq_firmware_versions_model_version",
+    "firmware_versions.device_model_id, firmware_versions.version",
+);
+
+/// The model a firmware request is about: its id, code and current version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ModelFirmware {
+    pub id: i64,
+    pub code: String,
+    pub firmware_version: Option<String>,
+}
+
+/// The model by id, read from the pool.
+pub async fn model_by_id(db: &Db, id: i64) -> Result<Option<ModelFirmware>, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, ModelFirmware>(
+        "SELECT id, code, firmware_version FROM device_models WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(p)
+    .await)?)
+}
+
+/// The model by code, read from the pool.
+pub async fn model_by_code(db: &Db, code: &str) -> Result<Option<ModelFirmware>, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, ModelFirmware>(
+        "SELECT id, code, firmware_version FROM device_models WHERE code = $1"
+    )
+    .bind(code)
+    .fetch_optional(p)
+    .await)?)
+}
+
+/// Locks the model row for the rest of the transaction (PostgreSQL `FOR UPDATE`; SQLite write
+/// transactions are already serialised) and returns it. Every request that changes a model's
+/// firmware takes this lock first, so uploads, retention, rollbacks and deletes of one model never
+/// interleave.
+pub async fn lock_model(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
+    Ok(match tx {
+        Tx::Postgres(t) => {
+            sqlx::query_as::<_, ModelFirmware>(
+                "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR UPDATE",
+            )
+            .bind(id)
+            .fetch_optional(&mut **t)
+            .await?
+        }
+        Tx::Sqlite(t) => {
+            sqlx::query_as::<_, ModelFirmware>(
+                "SELECT id, code, firmware_version FROM device_models WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut **t)
+            .await?
+        }
+    })
+}
+
+/// One stored version of a model, inside a transaction.
+pub async fn get(
+    tx: &mut Tx,
+    model_id: i64,
+    version: &str,
+) -> Result<Option<FirmwareVersionRow>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM firmware_versions WHERE device_model_id = $1 AND version = $2"
+    );
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, FirmwareVersionRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(model_id)
+    .bind(version)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// One stored version of a model, read from the pool.
+pub async fn find(
+    db: &Db,
+    model_id: i64,
+    version: &str,
+) -> Result<Option<FirmwareVersionRow>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM firmware_versions WHERE device_model_id = $1 AND version = $2"
+    );
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, FirmwareVersionRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(model_id)
+    .bind(version)
+    .fetch_optional(p)
+    .await)?)
+}
+
+/// Every stored version of a model, newest upload first.
+pub async fn list(db: &Db, model_id: i64) -> Result<Vec<FirmwareVersionRow>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM firmware_versions WHERE device_model_id = $1
+         ORDER BY uploaded_at DESC, id DESC"
+    );
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, FirmwareVersionRow>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(model_id)
+    .fetch_all(p)
+    .await)?)
+}
+
+/// Inserts a version row (uploaded now); a duplicate is a `UniqueViolation` on
+/// [`MODEL_VERSION_UNIQUE`]. Returns the new id.
+pub async fn insert(
+    tx: &mut Tx,
+    model_id: i64,
+    new: &NewFirmwareVersion<'_>,
+) -> Result<i64, DbError> {
+    let now = now();
+    let [bin, elf, map, sdkconfig, version_json] = new.artifacts;
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO firmware_versions (device_model_id, version, uploaded_at, created_at,
+            firmware_bin_size, firmware_bin_sha256, firmware_elf_size, firmware_elf_sha256,
+            firmware_map_size, firmware_map_sha256, sdkconfig_size, sdkconfig_sha256,
+            version_json_size, version_json_sha256, project_name, idf_version, build_date,
+            build_time, app_elf_sha256, secure_version, chip)
+         VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+            $18, $19, $20)
+         RETURNING id"
+    )
+    .bind(model_id)
+    .bind(new.version)
+    .bind(now)
+    .bind(bin.0)
+    .bind(bin.1)
+    .bind(elf.0)
+    .bind(elf.1)
+    .bind(map.0)
+    .bind(map.1)
+    .bind(sdkconfig.0)
+    .bind(sdkconfig.1)
+    .bind(version_json.0)
+    .bind(version_json.1)
+    .bind(new.project_name)
+    .bind(new.idf_version)
+    .bind(new.build_date)
+    .bind(new.build_time)
+    .bind(new.app_elf_sha256)
+    .bind(new.secure_version)
+    .bind(new.chip)
+    .fetch_one(c)
+    .await)?)
+}
+
+/// Marks a stored version as uploaded again now (an identical re-upload).
+pub async fn touch(tx: &mut Tx, id: i64) -> Result<(), DbError> {
+    let now = now();
+    on_conn!(tx, |c| sqlx::query(
+        "UPDATE firmware_versions SET uploaded_at = $1 WHERE id = $2"
+    )
+    .bind(now)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Points `device_models.firmware_version` at `version` (which must be stored).
+pub async fn set_current(tx: &mut Tx, model_id: i64, version: &str) -> Result<(), DbError> {
+    let now = now();
+    on_conn!(tx, |c| sqlx::query(
+        "UPDATE device_models SET firmware_version = $1, updated_at = $2 WHERE id = $3"
+    )
+    .bind(version)
+    .bind(now)
+    .bind(model_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Deletes one version row; true when it existed.
+pub async fn delete(tx: &mut Tx, model_id: i64, version: &str) -> Result<bool, DbError> {
+    let rows = on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version = $2"
+    )
+    .bind(model_id)
+    .bind(version)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows == 1)
+}
+
+/// A model's versions, newest upload first (what retention ranks).
+pub async fn versions_newest_first(tx: &mut Tx, model_id: i64) -> Result<Vec<String>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT version FROM firmware_versions WHERE device_model_id = $1
+         ORDER BY uploaded_at DESC, id DESC"
+    )
+    .bind(model_id)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// The firmware versions that `PENDING` core dumps of devices of this model report: their ELFs
+/// are still needed to parse those dumps.
+pub async fn pending_coredump_versions(tx: &mut Tx, model_id: i64) -> Result<Vec<String>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT DISTINCT c.firmware_version FROM coredumps c
+         JOIN devices d ON d.id = c.device_id
+         WHERE d.device_model_id = $1 AND c.parse_status = 'PENDING'"
+    )
+    .bind(model_id)
+    .fetch_all(c)
+    .await)?)
+}

@@ -1,0 +1,167 @@
+//! Change events for admins watching the fleet (the web UI's live stream, SPEC §5).
+//!
+//! [`record`] writes an event row inside the transaction of the change it describes: a rolled-back
+//! change leaves no event, and a committed one is visible to every `serve` process sharing the
+//! database. The [`EventHub`] of each process notices new rows — woken by PostgreSQL
+//! `LISTEN/NOTIFY` (the `NOTIFY` is sent by the same transaction, so it arrives only on commit),
+//! or by polling on SQLite and as a fallback — and publishes the newest id on a `watch` channel.
+//! Each subscriber reads rows after the last id it sent, at its own pace: a slow or dead
+//! subscriber never blocks a request and holds no queue in memory.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, Db, DbError, Tx};
+use crate::on_conn;
+
+const CHANNEL: &str = "iotsupport_events";
+/// How long events are kept; a subscriber that falls further behind misses them.
+const RETENTION: Duration = Duration::from_secs(3600);
+
+/// One event as subscribers receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub id: i64,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub payload: String,
+}
+
+/// Records an event in the caller's transaction.
+pub async fn record<T: Serialize>(tx: &mut Tx, kind: &str, payload: &T) -> Result<(), DbError> {
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
+    let now = db::now();
+    on_conn!(tx, |c| sqlx::query(
+        "INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)"
+    )
+    .bind(kind)
+    .bind(&payload)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if let Tx::Postgres(t) = tx {
+        // Delivered to listeners only when (and if) this transaction commits.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&mut **t)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Events after `after`, oldest first, at most `limit`.
+pub async fn after(db: &Db, after: i64, limit: i64) -> Result<Vec<StoredEvent>, DbError> {
+    Ok(crate::on_pool!(db, |p| sqlx::query_as::<_, StoredEvent>(
+        "SELECT id, type, payload FROM events WHERE id > $1 ORDER BY id LIMIT $2"
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(p)
+    .await)?)
+}
+
+/// The newest event id (0 when there is none).
+pub async fn newest_id(db: &Db) -> Result<i64, DbError> {
+    let id: Option<i64> =
+        crate::on_pool!(db, |p| sqlx::query_scalar("SELECT MAX(id) FROM events")
+            .fetch_one(p)
+            .await)?;
+    Ok(id.unwrap_or(0))
+}
+
+/// The per-process watcher of the events table.
+#[derive(Clone)]
+pub struct EventHub {
+    newest: watch::Receiver<i64>,
+}
+
+impl EventHub {
+    /// Starts watching; the task ends when `shutdown` fires.
+    pub fn start(db: Db, poll: Duration, shutdown: CancellationToken) -> EventHub {
+        let (sender, newest) = watch::channel(0);
+        tokio::spawn(watch_events(db, poll, sender, shutdown));
+        EventHub { newest }
+    }
+
+    /// A receiver that changes whenever newer events may exist.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.newest.clone()
+    }
+}
+
+async fn watch_events(
+    db: Db,
+    poll: Duration,
+    sender: watch::Sender<i64>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = match &db {
+        Db::Postgres(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
+            Ok(mut l) => match l.listen(CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "events_listen_failed; polling instead");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "events_listen_failed; polling instead");
+                None
+            }
+        },
+        Db::Sqlite(_) => None,
+    };
+    let mut last_cleanup = tokio::time::Instant::now();
+    loop {
+        match newest_id(&db).await {
+            Ok(id) => {
+                sender.send_if_modified(|current| {
+                    let changed = *current != id;
+                    *current = id;
+                    changed
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "events_poll_failed"),
+        }
+        if last_cleanup.elapsed() > Duration::from_secs(60) {
+            last_cleanup = tokio::time::Instant::now();
+            let cutoff = db::now() - chrono::Duration::from_std(RETENTION).unwrap_or_default();
+            let _ = crate::on_pool!(&db, |p| sqlx::query(
+                "DELETE FROM events WHERE created_at < $1"
+            )
+            .bind(cutoff)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()));
+        }
+        let wake = async {
+            match listener.as_mut() {
+                // A notification (or a dropped connection, which PgListener re-establishes)
+                // means "look again"; the poll below bounds the wait either way.
+                Some(l) => {
+                    if let Ok(Err(e)) = tokio::time::timeout(poll * 10, l.recv()).await {
+                        // The database went away; don't spin while PgListener reconnects.
+                        tracing::debug!(error = %e, "events_listen_interrupted");
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                None => tokio::time::sleep(poll).await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = wake => {}
+        }
+    }
+}
+
+/// Parses a stored payload back into JSON for the wire.
+pub fn payload_json(event: &StoredEvent) -> Value {
+    serde_json::from_str(&event.payload).unwrap_or(Value::Null)
+}

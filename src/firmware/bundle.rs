@@ -1,0 +1,464 @@
+//! Validating a firmware bundle (SPEC §7): a ZIP with exactly `{code}.bin`, `{code}.elf`,
+//! `{code}.map`, `sdkconfig` and `version.json` at its root.
+//!
+//! [`validate`] runs the checks in the order SPEC §7 lists them, each failing with its exact
+//! message, then the coherence checks (the ELF's SHA-256 is the one embedded in the image, and
+//! `version.json` names the image's version). It is blocking code (the `zip` crate reads through
+//! `std::io`); callers run it on a blocking thread.
+//!
+//! Hostile archives: duplicate names, names with a path (`../x`, `dir/x`), encrypted entries and
+//! overlapping entries are refused before anything is decompressed. Every entry's declared size is
+//! checked against the limit first (413), and while decompressing no entry may produce more bytes
+//! than it declared, so a ZIP bomb stops at the limit instead of filling memory or disk. Entries
+//! larger than [`MEMORY_THRESHOLD`] are spooled to an anonymous temporary file.
+
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+
+use bytes::Bytes;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::fleet::FirmwareVersion;
+
+/// Entries up to this size are kept in memory; larger ones go to a temporary file.
+pub const MEMORY_THRESHOLD: u64 = 8 * 1024 * 1024;
+
+/// `version.json` is read into memory to be parsed; it is never more than a few hundred bytes.
+const MAX_VERSION_JSON: u64 = 1024 * 1024;
+
+/// How many names an error message lists before it says "and N more".
+const MAX_LISTED_NAMES: usize = 20;
+
+/// Fields `version.json` must have (SPEC §7 check 7), sorted.
+const REQUIRED_VERSION_FIELDS: [&str; 3] = ["firmware_version", "git_commit", "idf_version"];
+
+/// Why a bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// A 400 with this message.
+    #[error("{0}")]
+    Invalid(String),
+    /// A 413 with this message (an entry larger than the limit).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Reading the spooled body or writing a temporary file failed: our problem, not the client's.
+    #[error("firmware bundle I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn invalid(message: impl Into<String>) -> BundleError {
+    BundleError::Invalid(message.into())
+}
+
+fn invalid_zip(reason: impl std::fmt::Display) -> BundleError {
+    BundleError::Invalid(format!("Invalid firmware ZIP: {reason}"))
+}
+
+/// The bytes of one extracted entry.
+#[derive(Debug)]
+pub enum Content {
+    Memory(Bytes),
+    /// An anonymous temporary file (deleted when dropped), positioned anywhere.
+    File(std::fs::File),
+}
+
+/// One of the five artifacts, under its object name.
+#[derive(Debug)]
+pub struct Artifact {
+    /// The object name: one of [`crate::storage::FIRMWARE_ARTIFACTS`].
+    pub name: &'static str,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    pub content: Content,
+}
+
+/// What the image says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppFacts {
+    pub project_name: String,
+    pub idf_version: String,
+    pub build_date: String,
+    pub build_time: String,
+    pub app_elf_sha256: String,
+    pub secure_version: u32,
+    pub chip: String,
+}
+
+/// A bundle that passed every check.
+#[derive(Debug)]
+pub struct Bundle {
+    pub version: FirmwareVersion,
+    /// In [`crate::storage::FIRMWARE_ARTIFACTS`] order.
+    pub artifacts: Vec<Artifact>,
+    pub app: AppFacts,
+}
+
+/// The entry names of a bundle for model `code`, with the object name each becomes.
+fn expected_entries(code: &str) -> [(String, &'static str); 5] {
+    [
+        (format!("{code}.bin"), "firmware.bin"),
+        (format!("{code}.elf"), "firmware.elf"),
+        (format!("{code}.map"), "firmware.map"),
+        ("sdkconfig".to_string(), "sdkconfig"),
+        ("version.json".to_string(), "version.json"),
+    ]
+}
+
+fn list_names(mut names: Vec<String>) -> String {
+    names.sort();
+    let more = names.len().saturating_sub(MAX_LISTED_NAMES);
+    names.truncate(MAX_LISTED_NAMES);
+    let mut text = names.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+/// A name as shown in a message: printable, bounded.
+fn shown(name: &str) -> String {
+    let short: String = name.chars().take(100).collect();
+    if short.chars().any(char::is_control) {
+        format!("{short:?}")
+    } else {
+        short
+    }
+}
+
+/// Validates the bundle in `spool` (the whole request body) for the model `code`. Entries may
+/// be at most `max_entry_bytes` uncompressed.
+pub fn validate(
+    mut spool: std::fs::File,
+    code: &str,
+    max_entry_bytes: u64,
+) -> Result<Bundle, BundleError> {
+    // 1. empty body
+    let len = spool.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Err(invalid("No firmware content provided"));
+    }
+    // 2. not a ZIP
+    spool.seek(SeekFrom::Start(0))?;
+    let mut magic = [0u8; 4];
+    let got = read_up_to(&mut spool, &mut magic)?;
+    if got < 4 || magic != *b"PK\x03\x04" {
+        return Err(invalid("Firmware must be uploaded as a ZIP bundle"));
+    }
+    spool.seek(SeekFrom::Start(0))?;
+
+    // 3. unreadable ZIP, and archives we refuse to open further.
+    let mut archive = zip::ZipArchive::new(BufReader::new(spool)).map_err(invalid_zip)?;
+    if archive.has_duplicate_names() {
+        return Err(invalid_zip("duplicate entry names"));
+    }
+    let mut names = Vec::with_capacity(archive.len());
+    for index in 0..archive.len() {
+        let entry = archive.by_index_data(index).map_err(invalid_zip)?;
+        let name = entry.name().map_err(invalid_zip)?.into_owned();
+        if name.contains('/') || name.contains('\\') || name.contains("..") {
+            return Err(invalid_zip(format!(
+                "entry names must not contain a path: {}",
+                shown(&name)
+            )));
+        }
+        if entry.encrypted() {
+            return Err(invalid_zip(format!(
+                "{} is encrypted; encrypted entries are not accepted",
+                shown(&name)
+            )));
+        }
+        names.push((name, entry.size()));
+    }
+    if archive.has_overlapping_entries().map_err(invalid_zip)? {
+        return Err(invalid_zip("entries overlap (not a well-formed archive)"));
+    }
+
+    // 4. missing entries, 5. unexpected entries.
+    let expected = expected_entries(code);
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(name, _)| !names.iter().any(|(n, _)| n == name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid_zip(format!("missing {}", list_names(missing))));
+    }
+    let unexpected: Vec<String> = names
+        .iter()
+        .filter(|(n, _)| !expected.iter().any(|(name, _)| name == n))
+        .map(|(n, _)| shown(n))
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(invalid_zip(format!(
+            "unexpected files: {}",
+            list_names(unexpected)
+        )));
+    }
+    // The limit on each entry, by its declared size, before anything is decompressed.
+    for (name, size) in &names {
+        if *size > max_entry_bytes {
+            return Err(BundleError::TooLarge(format!(
+                "Invalid firmware ZIP: {name} is {size} bytes uncompressed, more than the limit of {max_entry_bytes} bytes"
+            )));
+        }
+    }
+
+    let mut extract = |entry: &str, object: &'static str, limit: u64| {
+        extract_entry(&mut archive, entry, object, limit)
+    };
+
+    // 6. version.json is a JSON object, 7. with the required fields.
+    let version_json = extract("version.json", "version.json", MAX_VERSION_JSON)?;
+    let manifest = parse_version_json(memory_bytes(&version_json))?;
+
+    // 8. the .bin is an ESP application image.
+    let bin = extract(&expected[0].0, "firmware.bin", max_entry_bytes)?;
+    let image_bytes = match &bin.content {
+        Content::Memory(bytes) => bytes.clone(),
+        Content::File(_) => read_all(&bin)?,
+    };
+    let image = esp_image::parse_app_image(&image_bytes).map_err(|e| invalid(e.to_string()))?;
+    if !image.checksum_valid {
+        return Err(invalid(format!(
+            "Invalid firmware: checksum mismatch (stored 0x{:02X}, calculated 0x{:02X})",
+            image.checksum.stored, image.checksum.calculated
+        )));
+    }
+    if image.sha256_valid == Some(false) {
+        return Err(invalid(
+            "Invalid firmware: the appended SHA-256 does not match the image",
+        ));
+    }
+    let desc = &image.app_desc;
+
+    // 9. the version is a safe key component.
+    let version = FirmwareVersion::parse(&desc.version).map_err(invalid)?;
+
+    // Coherence: the ELF is the one the image was made from, version.json describes this image.
+    let elf = extract(&expected[1].0, "firmware.elf", max_entry_bytes)?;
+    let embedded = desc.app_elf_sha256_hex();
+    if elf.sha256 != embedded {
+        return Err(invalid_zip(format!(
+            "{code}.elf does not belong to {code}.bin: its SHA-256 is {} but the image was built from an ELF with SHA-256 {embedded}",
+            elf.sha256
+        )));
+    }
+    let declared = manifest
+        .get("firmware_version")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| manifest["firmware_version"].to_string());
+    if declared != desc.version {
+        return Err(invalid_zip(format!(
+            "version.json firmware_version {declared:?} does not match the image version {:?}",
+            desc.version
+        )));
+    }
+
+    let map = extract(&expected[2].0, "firmware.map", max_entry_bytes)?;
+    let sdkconfig = extract("sdkconfig", "sdkconfig", max_entry_bytes)?;
+
+    let app = AppFacts {
+        project_name: desc.project_name.clone(),
+        idf_version: desc.idf_ver.clone(),
+        build_date: desc.date.clone(),
+        build_time: desc.time.clone(),
+        app_elf_sha256: embedded,
+        secure_version: desc.secure_version,
+        chip: image
+            .chip()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default(),
+    };
+    Ok(Bundle {
+        version,
+        artifacts: vec![bin, elf, map, sdkconfig, version_json],
+        app,
+    })
+}
+
+fn memory_bytes(artifact: &Artifact) -> &[u8] {
+    match &artifact.content {
+        Content::Memory(bytes) => bytes,
+        Content::File(_) => &[],
+    }
+}
+
+fn parse_version_json(bytes: &[u8]) -> Result<Value, BundleError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| invalid_zip(format!("version.json is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(invalid_zip(
+            "version.json is not valid JSON: expected a JSON object",
+        ));
+    }
+    let missing: Vec<String> = REQUIRED_VERSION_FIELDS
+        .iter()
+        .filter(|field| value.get(**field).is_none_or(Value::is_null))
+        .map(|field| field.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid_zip(format!(
+            "version.json missing fields: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(value)
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn read_all(artifact: &Artifact) -> Result<Bytes, BundleError> {
+    match &artifact.content {
+        Content::Memory(bytes) => Ok(bytes.clone()),
+        Content::File(file) => {
+            let mut file = file.try_clone()?;
+            file.seek(SeekFrom::Start(0))?;
+            let mut out = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
+            file.read_to_end(&mut out)?;
+            Ok(out.into())
+        }
+    }
+}
+
+enum Sink {
+    Memory(Vec<u8>),
+    File(std::io::BufWriter<std::fs::File>),
+}
+
+/// Decompresses one entry, hashing it, into memory or a temporary file. The entry may not yield
+/// more bytes than it declared (nor more than `limit`), and must yield exactly as many.
+fn extract_entry<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    entry_name: &str,
+    object: &'static str,
+    limit: u64,
+) -> Result<Artifact, BundleError> {
+    let mut entry = archive.by_name(entry_name).map_err(invalid_zip)?;
+    let declared = entry.size();
+    if declared > limit {
+        return Err(BundleError::TooLarge(format!(
+            "Invalid firmware ZIP: {entry_name} is {declared} bytes uncompressed, more than the limit of {limit} bytes"
+        )));
+    }
+    let mut sink = if declared <= MEMORY_THRESHOLD {
+        Sink::Memory(Vec::with_capacity(usize::try_from(declared).unwrap_or(0)))
+    } else {
+        Sink::File(std::io::BufWriter::new(tempfile::tempfile()?))
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(invalid_zip(format!("cannot read {entry_name}: {e}"))),
+        };
+        total += n as u64;
+        if total > declared {
+            return Err(invalid_zip(format!(
+                "{entry_name} is larger than its declared size of {declared} bytes"
+            )));
+        }
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        match &mut sink {
+            Sink::Memory(v) => v.extend_from_slice(chunk),
+            Sink::File(w) => w.write_all(chunk)?,
+        }
+    }
+    if total != declared {
+        return Err(invalid_zip(format!(
+            "{entry_name} is {total} bytes, not the declared {declared}"
+        )));
+    }
+    let content = match sink {
+        Sink::Memory(v) => Content::Memory(v.into()),
+        Sink::File(w) => Content::File(w.into_inner().map_err(|e| e.into_error())?),
+    };
+    Ok(Artifact {
+        name: object,
+        size: total,
+        sha256: hex::encode(hasher.finalize()),
+        content,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn spool(bytes: &[u8]) -> std::fs::File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    fn message(result: Result<Bundle, BundleError>) -> String {
+        match result {
+            Err(BundleError::Invalid(m)) => m,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_checks_need_no_zip_reader() {
+        assert_eq!(
+            message(validate(spool(b""), "m", 1024)),
+            "No firmware content provided"
+        );
+        for not_zip in [&b"\xE9\x03"[..], b"PK", b"{\"a\": 1}"] {
+            assert_eq!(
+                message(validate(spool(not_zip), "m", 1024)),
+                "Firmware must be uploaded as a ZIP bundle"
+            );
+        }
+        assert!(message(validate(spool(b"PK\x03\x04junk"), "m", 1024))
+            .starts_with("Invalid firmware ZIP: "));
+    }
+
+    #[test]
+    fn name_lists_are_sorted_and_bounded() {
+        assert_eq!(list_names(vec!["b".into(), "a".into()]), "a, b");
+        let many: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
+        let text = list_names(many);
+        assert!(text.starts_with("f00, f01"), "{text}");
+        assert!(text.ends_with("f19 and 5 more"), "{text}");
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn version_json_must_be_an_object_with_the_three_fields() {
+        let err = |bytes: &[u8]| match parse_version_json(bytes) {
+            Err(BundleError::Invalid(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(b"nope").starts_with("Invalid firmware ZIP: version.json is not valid JSON: "));
+        assert_eq!(
+            err(b"\"text\""),
+            "Invalid firmware ZIP: version.json is not valid JSON: expected a JSON object"
+        );
+        assert_eq!(
+            err(br#"{"idf_version": "v5", "git_commit": null}"#),
+            "Invalid firmware ZIP: version.json missing fields: firmware_version, git_commit"
+        );
+        assert!(parse_version_json(
+            br#"{"idf_version": "v5", "git_commit": "abc", "firmware_version": "1"}"#
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,67 @@
+//! Firmware retention (SPEC §7): after an upload keep the newest `MAX_FIRMWARES` versions of the
+//! model by `uploaded_at`, never the current version, and never a version that a `PENDING` core
+//! dump of a device *of this model* reports (its ELF is still needed to parse the dump).
+//!
+//! Runs inside the upload's transaction (after the model row is locked): the rows go with that
+//! transaction and the objects through the outbox, so a failed upload prunes nothing.
+
+use crate::db::{firmware_versions as fw, DbError, Tx};
+use crate::outbox;
+use crate::storage::{InvalidKey, ObjectKey};
+
+use super::artifact_keys;
+
+/// What one retention pass did (or will have done once the transaction commits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub versions: Vec<String>,
+    /// Versions beyond the newest `keep` that were kept because a PENDING core dump needs them.
+    pub skipped_pending: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Key(#[from] InvalidKey),
+}
+
+/// Prunes the model's versions beyond the newest `keep`, sparing `current` and versions that
+/// pending core dumps report. The model row must be locked by the caller.
+pub async fn enforce(
+    tx: &mut Tx,
+    model_id: i64,
+    model_code: &str,
+    current: &str,
+    keep: u32,
+) -> Result<Pruned, RetentionError> {
+    let versions = fw::versions_newest_first(tx, model_id).await?;
+    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+    if versions.len() <= keep {
+        return Ok(Pruned::default());
+    }
+    let pending = fw::pending_coredump_versions(tx, model_id).await?;
+    let mut pruned = Pruned::default();
+    let mut keys: Vec<ObjectKey> = Vec::new();
+    for version in versions.into_iter().skip(keep) {
+        if version == current {
+            continue;
+        }
+        if pending.contains(&version) {
+            pruned.skipped_pending += 1;
+            continue;
+        }
+        fw::delete(tx, model_id, &version).await?;
+        // A legacy version string that is not a safe key component never had objects we wrote.
+        match artifact_keys(model_code, &version) {
+            Ok(version_keys) => keys.extend(version_keys),
+            Err(e) => {
+                tracing::warn!(model_code, version = %version, error = %e, "firmware_retention_unsafe_key")
+            }
+        }
+        pruned.versions.push(version);
+    }
+    outbox::schedule_deletion(tx, &keys).await?;
+    Ok(pruned)
+}

@@ -1,0 +1,310 @@
+//! Storing a validated bundle (golden rule 1) and changing which versions a model has.
+//!
+//! Every operation locks the model row first ([`fw::lock_model`]), so uploads, retention,
+//! rollbacks and deletes of one model are serialised by the database (also across processes);
+//! nothing relies on conditional writes to the object store.
+//!
+//! An upload of a new version: insert the row, point the model at it, prune (rows now, objects via
+//! the outbox), cancel pending deletions of its five keys, upload the five artifacts concurrently,
+//! commit. If any upload fails, the artifacts that did get written are deleted best-effort *while
+//! the transaction still holds the model lock* — so a concurrent upload of the same version cannot
+//! have written them — and the transaction rolls back. A version already stored is never
+//! re-uploaded: identical content (same five SHA-256s) makes it current again and bumps
+//! `uploaded_at`; different content is a conflict.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::artifact_keys;
+use super::bundle::{Artifact, Bundle, Content};
+use super::retention::{self, Pruned, RetentionError};
+use crate::db::firmware_versions::{self as fw, NewFirmwareVersion, MODEL_VERSION_UNIQUE};
+use crate::db::{Db, DbError, Tx};
+use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
+use crate::{events, outbox};
+use serde_json::json;
+
+/// Why a firmware operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DeviceModel {0} was not found")]
+    ModelNotFound(i64),
+    #[error("{0}")]
+    VersionNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Key(#[from] InvalidKey),
+    #[error("reading a spooled artifact failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<RetentionError> for StoreError {
+    fn from(e: RetentionError) -> Self {
+        match e {
+            RetentionError::Db(e) => StoreError::Db(e),
+            RetentionError::Key(e) => StoreError::Key(e),
+        }
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub model_id: i64,
+    pub model_code: String,
+    pub version: String,
+    /// False when the version was already stored with identical content.
+    pub created: bool,
+    pub pruned: Pruned,
+}
+
+/// Stores `bundle` as a version of model `model_id` and makes it current. `keep` is
+/// `MAX_FIRMWARES`.
+pub async fn store_bundle(
+    db: &Db,
+    storage: &Storage,
+    model_id: i64,
+    bundle: Bundle,
+    keep: u32,
+) -> Result<Stored, StoreError> {
+    let version = bundle.version.as_str().to_string();
+    let mut tx = db.begin().await?;
+    let model = fw::lock_model(&mut tx, model_id)
+        .await?
+        .ok_or(StoreError::ModelNotFound(model_id))?;
+    let keys = artifact_keys(&model.code, &version)?;
+
+    let created = match fw::get(&mut tx, model_id, &version).await? {
+        Some(existing) => {
+            let identical = bundle.artifacts.iter().all(|a| {
+                existing
+                    .artifact(a.name)
+                    .and_then(|facts| facts.sha256)
+                    .is_some_and(|sha| sha == a.sha256)
+            });
+            if !identical {
+                return Err(StoreError::Conflict(format!(
+                    "Firmware version {version} of DeviceModel {} is already stored with different content; \
+                     give the new build its own version",
+                    model.code
+                )));
+            }
+            fw::touch(&mut tx, existing.id).await?;
+            false
+        }
+        None => {
+            let hashes: Vec<(i64, &str)> = bundle
+                .artifacts
+                .iter()
+                .map(|a| (i64::try_from(a.size).unwrap_or(i64::MAX), a.sha256.as_str()))
+                .collect();
+            let artifacts: [(i64, &str); 5] = hashes
+                .try_into()
+                .map_err(|_| StoreError::Conflict("a bundle has exactly five artifacts".into()))?;
+            let app = &bundle.app;
+            let new = NewFirmwareVersion {
+                version: &version,
+                artifacts,
+                project_name: &app.project_name,
+                idf_version: &app.idf_version,
+                build_date: &app.build_date,
+                build_time: &app.build_time,
+                app_elf_sha256: &app.app_elf_sha256,
+                secure_version: i64::from(app.secure_version),
+                chip: &app.chip,
+            };
+            fw::insert(&mut tx, model_id, &new).await.map_err(|e| {
+                if e.violates(MODEL_VERSION_UNIQUE.0, MODEL_VERSION_UNIQUE.1) {
+                    StoreError::Conflict(format!(
+                        "Firmware version {version} of DeviceModel {} was stored concurrently; retry",
+                        model.code
+                    ))
+                } else {
+                    e.into()
+                }
+            })?;
+            true
+        }
+    };
+    fw::set_current(&mut tx, model_id, &version).await?;
+    let pruned = retention::enforce(&mut tx, model_id, &model.code, &version, keep).await?;
+
+    if created {
+        // Architecture invariant (src/outbox.rs): withdraw pending deletions of these keys (a
+        // version deleted earlier and uploaded again) before writing them.
+        outbox::cancel_deletions(&mut tx, &keys).await?;
+        upload_all(storage, &keys, bundle.artifacts, &mut tx).await?;
+    }
+    events::record(
+        &mut tx,
+        "firmware_uploaded",
+        &json!({"device_model_id": model_id, "code": model.code, "version": version,
+                "created": created, "pruned": pruned.versions}),
+    )
+    .await?;
+    tx.commit().await?;
+
+    if !pruned.versions.is_empty() || pruned.skipped_pending > 0 {
+        tracing::info!(
+            model_code = %model.code,
+            pruned_count = pruned.versions.len(),
+            skipped_pending_count = pruned.skipped_pending,
+            pruned_versions = ?pruned.versions,
+            "firmware_retention_pruned"
+        );
+    }
+    tracing::info!(model_code = %model.code, version = %version, created, "firmware_uploaded");
+    Ok(Stored {
+        model_id,
+        model_code: model.code,
+        version,
+        created,
+        pruned,
+    })
+}
+
+/// Uploads the artifacts concurrently. On any failure, deletes (best-effort) what was written
+/// and returns the first error. `_tx` is borrowed so that the caller still holds the transaction
+/// (and with it the model lock and the new row's unique slot) during the cleanup: no concurrent
+/// upload of the same version can have written these keys in the meantime.
+async fn upload_all(
+    storage: &Storage,
+    keys: &[ObjectKey],
+    artifacts: Vec<Artifact>,
+    _tx: &mut Tx,
+) -> Result<(), StoreError> {
+    let uploads = keys
+        .iter()
+        .zip(artifacts)
+        .map(|(key, artifact)| upload_one(storage, key, artifact));
+    let results = futures::future::join_all(uploads).await;
+    let mut first_error = None;
+    let mut written = Vec::new();
+    for (key, result) in keys.iter().zip(results) {
+        match result {
+            Ok(()) => written.push(key.clone()),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some(error) = first_error else {
+        return Ok(());
+    };
+    for (key, result) in written.iter().zip(storage.delete_many(&written).await) {
+        if let Err(e) = result {
+            // Left for `reconcile`: an orphan with no row is tolerated transiently (SPEC §4).
+            tracing::warn!(object_key = %key, error = %e, "firmware_upload_cleanup_failed");
+        }
+    }
+    tracing::warn!(error = %error, cleaned_up = written.len(), "firmware_upload_failed");
+    Err(error)
+}
+
+async fn upload_one(
+    storage: &Storage,
+    key: &ObjectKey,
+    artifact: Artifact,
+) -> Result<(), StoreError> {
+    match artifact.content {
+        Content::Memory(bytes) => storage.put(key, bytes).await?,
+        Content::File(file) => {
+            storage.put_stream(key, file_stream(file)?).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Streams a spooled file from its start in 1 MiB chunks, on the blocking pool.
+fn file_stream(
+    mut file: std::fs::File,
+) -> Result<BoxStream<'static, std::io::Result<Bytes>>, std::io::Error> {
+    file.seek(SeekFrom::Start(0))?;
+    const CHUNK: usize = 1024 * 1024;
+    Ok(futures::stream::try_unfold(Some(file), |file| async move {
+        let Some(mut file) = file else {
+            return Ok(None);
+        };
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(CHUNK);
+            (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some((Bytes::from(chunk), Some(file))))
+        }
+    })
+    .boxed())
+}
+
+/// Makes a stored version current (rollback). Returns the model code.
+pub async fn set_current(db: &Db, model_id: i64, version: &str) -> Result<String, StoreError> {
+    let mut tx = db.begin().await?;
+    let model = fw::lock_model(&mut tx, model_id)
+        .await?
+        .ok_or(StoreError::ModelNotFound(model_id))?;
+    if fw::get(&mut tx, model_id, version).await?.is_none() {
+        return Err(version_not_found(&model.code, version));
+    }
+    fw::set_current(&mut tx, model_id, version).await?;
+    events::record(
+        &mut tx,
+        "firmware_current_set",
+        &json!({"device_model_id": model_id, "code": model.code, "version": version}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(model_code = %model.code, version, previous = ?model.firmware_version, "firmware_current_set");
+    Ok(model.code)
+}
+
+/// Deletes a stored version that is not current: the row now, the objects via the outbox.
+pub async fn delete_version(db: &Db, model_id: i64, version: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    let model = fw::lock_model(&mut tx, model_id)
+        .await?
+        .ok_or(StoreError::ModelNotFound(model_id))?;
+    if model.firmware_version.as_deref() == Some(version) {
+        return Err(StoreError::Conflict(format!(
+            "Firmware version {version} is the current version of DeviceModel {}; make another version current first",
+            model.code
+        )));
+    }
+    if !fw::delete(&mut tx, model_id, version).await? {
+        return Err(version_not_found(&model.code, version));
+    }
+    match artifact_keys(&model.code, version) {
+        Ok(keys) => outbox::schedule_deletion(&mut tx, &keys).await?,
+        // A legacy version that is not a safe key component never had objects we wrote.
+        Err(e) => {
+            tracing::warn!(model_code = %model.code, version, error = %e, "firmware_delete_unsafe_key")
+        }
+    }
+    events::record(
+        &mut tx,
+        "firmware_version_deleted",
+        &json!({"device_model_id": model_id, "code": model.code, "version": version}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(model_code = %model.code, version, "firmware_version_deleted");
+    Ok(())
+}
+
+pub fn version_not_found(model_code: &str, version: &str) -> StoreError {
+    StoreError::VersionNotFound(format!(
+        "FirmwareVersion {version} of DeviceModel {model_code} was not found"
+    ))
+}

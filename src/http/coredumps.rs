@@ -1,0 +1,320 @@
+//! Core dumps over HTTP (SPEC §5, §8): the device upload `POST /api/iot/coredump` and the admin
+//! routes under `/api/devices/{id}/coredumps`.
+//!
+//! Every admin route is scoped to the device in the URL: a dump of another device is a 404, as is
+//! an unknown device. No response has a `filename` field (that column is legacy-only).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{AdminEditor, AdminReader, DeviceCaller};
+use super::download::{self, Download};
+use super::error::{ApiError, Json};
+use crate::coredumps::ingest::{self, DumpMeta, Uploader};
+use crate::coredumps::job;
+use crate::db::coredumps::{self, CoredumpRow};
+use crate::db::Tx;
+use crate::outbox;
+use crate::state::AppState;
+use crate::storage::coredump_key;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/iot/coredump", post(upload))
+        .route("/api/devices/{id}/coredumps", get(list).delete(remove_all))
+        .route(
+            "/api/devices/{id}/coredumps/{cid}",
+            get(fetch).delete(remove),
+        )
+        .route("/api/devices/{id}/coredumps/{cid}/download", get(download))
+        .route("/api/devices/{id}/coredumps/{cid}/reparse", post(reparse))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CoredumpUploadQuery {
+    /// The chip the dump comes from, e.g. `esp32s3` (at most 50 characters).
+    pub chip: Option<String>,
+    /// The firmware version the device runs (at most 50 characters, no `/`, `..` or control
+    /// characters); the parser uses this version's `firmware.elf`.
+    pub firmware_version: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CoredumpUploadResponse {
+    /// Always `ok`.
+    pub status: &'static str,
+    pub coredump_id: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CoredumpSummary {
+    pub id: i64,
+    pub device_id: i64,
+    pub chip: String,
+    pub firmware_version: String,
+    /// Bytes.
+    pub size: i64,
+    /// `PENDING`, `PARSED` or `ERROR`.
+    pub parse_status: String,
+    pub uploaded_at: DateTime<Utc>,
+    /// When parsing finished (`PARSED` or `ERROR`).
+    pub parsed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CoredumpList {
+    pub coredumps: Vec<CoredumpSummary>,
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CoredumpDetail {
+    pub id: i64,
+    pub device_id: i64,
+    pub chip: String,
+    pub firmware_version: String,
+    pub size: i64,
+    pub parse_status: String,
+    /// The readable crash report when `PARSED`; why parsing failed when `ERROR`.
+    pub parsed_output: Option<String>,
+    /// The structured crash report (chip, exception, crashed task, every task's registers and
+    /// symbolised backtrace) when the built-in parser produced it; `null` otherwise.
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<Value>,
+    pub uploaded_at: DateTime<Utc>,
+    pub parsed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn summary(row: CoredumpRow) -> CoredumpSummary {
+    CoredumpSummary {
+        id: row.id,
+        device_id: row.device_id,
+        chip: row.chip,
+        firmware_version: row.firmware_version,
+        size: row.size,
+        parse_status: row.parse_status,
+        uploaded_at: row.uploaded_at,
+        parsed_at: row.parsed_at,
+        created_at: row.created_at,
+    }
+}
+
+fn detail(row: CoredumpRow) -> CoredumpDetail {
+    CoredumpDetail {
+        report: row
+            .report
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        id: row.id,
+        device_id: row.device_id,
+        chip: row.chip,
+        firmware_version: row.firmware_version,
+        size: row.size,
+        parse_status: row.parse_status,
+        parsed_output: row.parsed_output,
+        uploaded_at: row.uploaded_at,
+        parsed_at: row.parsed_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+pub fn not_found(id: i64) -> ApiError {
+    ApiError::NotFound(format!("Coredump {id} was not found"))
+}
+
+/// The device's key, or 404 naming the device.
+async fn device_key(tx: &mut Tx, device_id: i64) -> Result<String, ApiError> {
+    coredumps::device_key(tx, device_id)
+        .await?
+        .ok_or_else(|| super::devices::not_found(device_id))
+}
+
+/// The dump `cid` of device `id` (after checking the device), or 404.
+async fn load(tx: &mut Tx, id: i64, cid: i64) -> Result<(String, CoredumpRow), ApiError> {
+    let key = device_key(tx, id).await?;
+    let row = coredumps::get(tx, id, cid)
+        .await?
+        .ok_or_else(|| not_found(cid))?;
+    Ok((key, row))
+}
+
+/// Upload a crash dump (the raw body, at most `MAX_COREDUMP_BYTES`) for parsing.
+#[utoipa::path(post, path = "/api/iot/coredump", tag = "device api",
+    security(("device" = [])), params(CoredumpUploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The dump as read from flash (raw, base64 UART text or ELF core)"),
+    responses((status = 201, body = CoredumpUploadResponse),
+        (status = 400, description = "Missing or invalid query parameter, or an empty body", body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody),
+        (status = 413, description = "Body larger than MAX_COREDUMP_BYTES", body = super::error::ErrorBody),
+        (status = 503, description = "Object store or database unavailable; nothing was stored", body = super::error::ErrorBody)))]
+pub async fn upload(
+    device: DeviceCaller,
+    State(state): State<AppState>,
+    Query(query): Query<CoredumpUploadQuery>,
+    headers: http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<CoredumpUploadResponse>), ApiError> {
+    let meta = DumpMeta::parse(query.chip.as_deref(), query.firmware_version.as_deref())?;
+    let content = ingest::read_body(&headers, body, state.config.max_coredump_bytes).await?;
+    let id = ingest::store(
+        &state,
+        Uploader {
+            device_id: device.id,
+            device_key: &device.key,
+        },
+        &meta,
+        content,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CoredumpUploadResponse {
+            status: "ok",
+            coredump_id: id,
+        }),
+    ))
+}
+
+/// A device's core dumps, newest first.
+#[utoipa::path(get, path = "/api/devices/{id}/coredumps", tag = "coredumps",
+    security(("admin" = [])), params(("id" = i64, Path, description = "Device id")),
+    responses((status = 200, body = CoredumpList), (status = 404, body = super::error::ErrorBody)))]
+pub async fn list(
+    _: AdminReader,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<CoredumpList>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    device_key(&mut tx, id).await?;
+    let rows = coredumps::list(&mut tx, id).await?;
+    tx.commit().await?;
+    let coredumps: Vec<_> = rows.into_iter().map(summary).collect();
+    Ok(Json(CoredumpList {
+        count: coredumps.len(),
+        coredumps,
+    }))
+}
+
+/// One core dump with its crash report.
+#[utoipa::path(get, path = "/api/devices/{id}/coredumps/{cid}", tag = "coredumps",
+    security(("admin" = [])),
+    params(("id" = i64, Path, description = "Device id"), ("cid" = i64, Path, description = "Core dump id")),
+    responses((status = 200, body = CoredumpDetail), (status = 404, body = super::error::ErrorBody)))]
+pub async fn fetch(
+    _: AdminReader,
+    State(state): State<AppState>,
+    Path((id, cid)): Path<(i64, i64)>,
+) -> Result<Json<CoredumpDetail>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (_, row) = load(&mut tx, id, cid).await?;
+    tx.commit().await?;
+    Ok(Json(detail(row)))
+}
+
+/// Download the raw dump (streamed; `HEAD` and `Range` supported).
+#[utoipa::path(get, path = "/api/devices/{id}/coredumps/{cid}/download", tag = "coredumps",
+    security(("admin" = [])),
+    params(("id" = i64, Path, description = "Device id"), ("cid" = i64, Path, description = "Core dump id")),
+    responses((status = 200, description = "The dump, as `coredump_{cid}.dmp`", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range"),
+        (status = 404, body = super::error::ErrorBody),
+        (status = 416, body = super::error::ErrorBody),
+        (status = 503, body = super::error::ErrorBody)))]
+pub async fn download(
+    _: AdminReader,
+    State(state): State<AppState>,
+    Path((id, cid)): Path<(i64, i64)>,
+    method: http::Method,
+    headers: http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (key, row) = load(&mut tx, id, cid).await?;
+    tx.commit().await?;
+    let download = Download {
+        key: coredump_key(&key, row.id)?,
+        etag: None,
+        content_type: "application/octet-stream",
+        filename: format!("coredump_{}.dmp", row.id),
+    };
+    download::respond(&state.storage, download, &method, &headers).await
+}
+
+/// Delete one core dump (its object goes via the outbox). Requires `editor`.
+#[utoipa::path(delete, path = "/api/devices/{id}/coredumps/{cid}", tag = "coredumps",
+    security(("admin" = ["editor"])),
+    params(("id" = i64, Path, description = "Device id"), ("cid" = i64, Path, description = "Core dump id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = super::error::ErrorBody)))]
+pub async fn remove(
+    _: AdminEditor,
+    State(state): State<AppState>,
+    Path((id, cid)): Path<(i64, i64)>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let key = device_key(&mut tx, id).await?;
+    if !coredumps::delete(&mut tx, id, cid).await? {
+        return Err(not_found(cid));
+    }
+    outbox::schedule_deletion(&mut tx, &[coredump_key(&key, cid)?]).await?;
+    tx.commit().await?;
+    tracing::info!(device_key = %key, coredump_id = cid, "coredump_deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete all core dumps of a device (their objects go via the outbox). Requires `editor`.
+#[utoipa::path(delete, path = "/api/devices/{id}/coredumps", tag = "coredumps",
+    security(("admin" = ["editor"])), params(("id" = i64, Path, description = "Device id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = super::error::ErrorBody)))]
+pub async fn remove_all(
+    _: AdminEditor,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let key = device_key(&mut tx, id).await?;
+    let ids = coredumps::delete_all(&mut tx, id).await?;
+    let keys = ids
+        .iter()
+        .map(|cid| coredump_key(&key, *cid))
+        .collect::<Result<Vec<_>, _>>()?;
+    outbox::schedule_deletion(&mut tx, &keys).await?;
+    tx.commit().await?;
+    tracing::info!(device_key = %key, count = keys.len(), "coredumps_deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queue a core dump for parsing again (e.g. after its firmware ELF was uploaded): it becomes
+/// `PENDING` with its previous result cleared. Requires `editor`.
+#[utoipa::path(post, path = "/api/devices/{id}/coredumps/{cid}/reparse", tag = "coredumps",
+    security(("admin" = ["editor"])),
+    params(("id" = i64, Path, description = "Device id"), ("cid" = i64, Path, description = "Core dump id")),
+    responses((status = 202, description = "Queued; the dump as it is now (PENDING)", body = CoredumpDetail),
+        (status = 404, body = super::error::ErrorBody)))]
+pub async fn reparse(
+    _: AdminEditor,
+    State(state): State<AppState>,
+    Path((id, cid)): Path<(i64, i64)>,
+) -> Result<(StatusCode, Json<CoredumpDetail>), ApiError> {
+    let mut tx = state.db.begin().await?;
+    let key = device_key(&mut tx, id).await?;
+    if !coredumps::reset_to_pending(&mut tx, id, cid).await? {
+        return Err(not_found(cid));
+    }
+    job::enqueue(&mut tx, cid).await?;
+    let (_, row) = load(&mut tx, id, cid).await?;
+    tx.commit().await?;
+    tracing::info!(device_key = %key, coredump_id = cid, "coredump_reparse_queued");
+    Ok((StatusCode::ACCEPTED, Json(detail(row))))
+}

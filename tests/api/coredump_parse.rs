@@ -1,0 +1,336 @@
+//! Parsing uploaded dumps in the background with the built-in parser (issue #5, #6): real dumps
+//! and ELFs from `../shared/testdata/esp/coredump`, the `ERROR` reasons, retries after a transient
+//! object store failure, reparse, deleted rows, and jobs that outlive a restart.
+
+use std::time::Duration;
+
+use iotsupport::jobs::JobOutcome;
+use iotsupport::startup::{open_storage, Application, BuildOptions};
+use iotsupport::storage::faulty::Fault;
+use iotsupport::storage::{coredump_key, Operation};
+use serde_json::Value;
+
+use crate::coredumps::*;
+use crate::helpers::*;
+
+const CASE: &str = "esp32_elf_crc32_abort";
+
+fn esp32_case() -> Option<(Vec<u8>, Vec<u8>)> {
+    testdata_case(CASE, "coredump.bin", "esp32.elf")
+}
+
+#[tokio::test]
+async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_structured_report() {
+    let Some((dump_bytes, elf)) = esp32_case() else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "coredump_parse_builtin").await else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        put_elf(&app, "sensor", "1.0.0", elf.clone()).await;
+        let id = upload_ok(&app, &device, "1.0.0", &dump_bytes).await;
+
+        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        let text = body["parsed_output"].as_str().unwrap();
+        assert!(text.contains("name: 'main'"), "crashed task named: {text}");
+        assert!(text.contains("abort() was called"), "{text}");
+        assert!(body["parsed_at"].as_str().unwrap().ends_with('Z'));
+        let report = &body["report"];
+        assert_eq!(report["chip"], "esp32", "{report}");
+        assert_eq!(report["crashed_task_name"], "main");
+        assert_eq!(report["build_check"], "match");
+        assert!(report["tasks"].as_array().is_some_and(|t| !t.is_empty()));
+        // The list shows the status too, and the finished job is gone.
+        let (_, list) = get_json(&app, &format!("/api/devices/{}/coredumps", device.id)).await;
+        assert_eq!(list["coredumps"][0]["parse_status"], "PARSED");
+        assert!(list["coredumps"][0]["parsed_at"].is_string());
+        assert!(list["coredumps"][0].get("report").is_none());
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                count(&app, "jobs").await == 0
+            })
+            .await
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_missing_elf_is_an_error_naming_the_model_and_version_until_a_reparse_finds_it() {
+    let Some((dump_bytes, elf)) = esp32_case() else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "coredump_parse_no_elf").await else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        let id = upload_ok(&app, &device, "2.0.1", &dump_bytes).await;
+        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "ERROR", "{stack:?}: {body}");
+        let message = body["parsed_output"].as_str().unwrap();
+        assert!(
+            message.contains("model sensor version 2.0.1")
+                && message.contains("firmware/sensor/2.0.1/firmware.elf"),
+            "{message}"
+        );
+        assert!(body["parsed_at"].is_string());
+        assert_eq!(body["report"], Value::Null);
+
+        // The build is uploaded later; a reparse picks it up.
+        put_elf(&app, "sensor", "2.0.1", elf.clone()).await;
+        let (status, queued) = send(
+            &app,
+            reqwest::Method::POST,
+            &format!("/api/devices/{}/coredumps/{id}/reparse", device.id),
+        )
+        .await;
+        assert_eq!(status, 202, "{queued}");
+        assert_eq!(queued["id"], id);
+        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        assert!(body["report"].is_object());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reparse_resets_the_dump_to_pending_and_queues_a_job() {
+    let Some(app) = spawn_app_without_parsing(Stack::Production, "coredump_reparse", &[]).await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "sensor").await;
+    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    let body = dump(&app, &device, id).await;
+    assert_eq!(body["parse_status"], "ERROR");
+    assert_eq!(count(&app, "jobs").await, 0);
+
+    let (status, body) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/devices/{}/coredumps/{id}/reparse", device.id),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(body["parse_status"], "PENDING");
+    assert_eq!(body["parsed_output"], Value::Null);
+    assert_eq!(body["parsed_at"], Value::Null);
+    let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].kind, "parse_coredump");
+    let (status, body) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/devices/{}/coredumps/{}/reparse", device.id, id + 100),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body["error"],
+        format!("Coredump {} was not found", id + 100)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_dump_and_a_missing_dump_object_are_errors_that_say_so() {
+    let Some((_, elf)) = esp32_case() else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app_without_parsing(stack, "coredump_parse_errors", &[]).await else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        put_elf(&app, "sensor", "1.0", elf.clone()).await;
+
+        let malformed = upload_ok(&app, &device, "1.0", b"this is not a core dump").await;
+        assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+        let body = dump(&app, &device, malformed).await;
+        assert_eq!(body["parse_status"], "ERROR", "{body}");
+        let message = body["parsed_output"].as_str().unwrap();
+        assert!(message.starts_with("Malformed core dump"), "{message}");
+
+        let vanished = upload_ok(&app, &device, "1.0", b"whatever").await;
+        let key = coredump_key(&device.key, vanished).unwrap();
+        app.state.storage.delete(&key).await.unwrap();
+        assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+        let body = dump(&app, &device, vanished).await;
+        assert_eq!(body["parse_status"], "ERROR", "{body}");
+        let message = body["parsed_output"].as_str().unwrap();
+        assert!(
+            message.contains(key.as_str()) && message.contains("missing"),
+            "{message}"
+        );
+        assert_eq!(count(&app, "jobs").await, 0);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_transient_object_store_failure_during_parsing_is_retried_until_it_succeeds() {
+    let Some((dump_bytes, elf)) = esp32_case() else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "coredump_parse_retry").await else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        put_elf(&app, "sensor", "1.0", elf.clone()).await;
+        // The first read of the ELF fails as if S3 were down.
+        app.faults.inject(
+            Fault::always(Operation::Get)
+                .for_keys_containing("firmware.elf")
+                .times(1),
+        );
+        let id = upload_ok(&app, &device, "1.0", &dump_bytes).await;
+        let retried = eventually(Duration::from_secs(10), || async {
+            iotsupport::jobs::list(app.db())
+                .await
+                .unwrap()
+                .iter()
+                .any(|j| j.attempts == 1 && j.last_error.is_some())
+        })
+        .await;
+        assert!(retried, "{stack:?}: no retry recorded");
+        assert_eq!(dump(&app, &device, id).await["parse_status"], "PENDING");
+        // The backoff is 2 s; then it succeeds.
+        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                count(&app, "jobs").await == 0
+            })
+            .await
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_dump_was_deleted_meanwhile_completes_quietly() {
+    let Some(app) =
+        spawn_app_without_parsing(Stack::Production, "coredump_parse_deleted", &[]).await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "sensor").await;
+    let id = upload_ok(&app, &device, "1.0", b"dump").await;
+    let path = format!("/api/devices/{}/coredumps/{id}", device.id);
+    assert_eq!(send(&app, reqwest::Method::DELETE, &path).await.0, 204);
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    assert_eq!(count(&app, "jobs").await, 0);
+    assert_eq!(count(&app, "coredumps").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_parse_survives_a_restart_and_runs_in_the_next_process() {
+    let Some((dump_bytes, elf)) = esp32_case() else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let Some(TestConfig { config, dir: _dir }) =
+            test_config(stack, "coredump_parse_restart", &[]).await
+        else {
+            continue;
+        };
+        // First process: accepts the upload but stops before any worker parses it.
+        let first = Application::build_with(
+            config.clone(),
+            BuildOptions {
+                without_default_job_handlers: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let address = format!("http://127.0.0.1:{}", first.port());
+        let state = first.state().clone();
+        let shutdown = first.shutdown_token();
+        let server = tokio::spawn(first.run_until_stopped());
+        let client = reqwest::Client::new();
+        let model: Value = client
+            .post(format!("{address}/api/device-models"))
+            .json(&serde_json::json!({"code": "sensor", "name": "S"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let device: Value = client
+            .post(format!("{address}/api/devices"))
+            .json(&serde_json::json!({"device_model_id": model["id"], "config": "{}"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let credential = format!(
+            "{}.{}",
+            device["key"].as_str().unwrap(),
+            device["device_secret"].as_str().unwrap()
+        );
+        let elf_key =
+            iotsupport::storage::ObjectKey::parse("firmware/sensor/1.0/firmware.elf").unwrap();
+        state
+            .storage
+            .put(&elf_key, bytes::Bytes::from(elf.clone()))
+            .await
+            .unwrap();
+        let response = client
+            .post(format!(
+                "{address}/api/iot/coredump?chip=esp32&firmware_version=1.0"
+            ))
+            .bearer_auth(&credential)
+            .body(dump_bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let id = response.json::<Value>().await.unwrap()["coredump_id"]
+            .as_i64()
+            .unwrap();
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+
+        // Second process on the same database and bucket, with the default handlers.
+        let storage = open_storage(&config).await.unwrap();
+        let second = Application::build_with(
+            config.clone(),
+            BuildOptions {
+                storage: Some(storage),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let address = format!("http://127.0.0.1:{}", second.port());
+        let shutdown = second.shutdown_token();
+        let server = tokio::spawn(second.run_until_stopped());
+        let path = format!("{address}/api/devices/{}/coredumps/{id}", device["id"]);
+        let parsed = eventually(Duration::from_secs(30), || async {
+            let body: Value = client
+                .get(&path)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["parse_status"] == "PARSED"
+        })
+        .await;
+        assert!(parsed, "{stack:?}: not parsed after the restart");
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

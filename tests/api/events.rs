@@ -1,0 +1,207 @@
+//! The admin UI's live stream: first the version, then committed changes only, from every
+//! `serve` process sharing the database.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use iotsupport::http::error::ApiError;
+use iotsupport::startup::BuildOptions;
+use iotsupport::state::AppState;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Reads `data:` messages from a `text/event-stream` response.
+struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(app: &TestApp) -> SseReader {
+        let response = app
+            .client
+            .get(app.url("/api/sse/stream?request_id=01TEST"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        SseReader {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `data:` payload, or `None` if nothing arrives within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let message: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = message
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if !data.is_empty() {
+                    return Some(serde_json::from_str(&data.join("\n")).expect("data is JSON"));
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+        }
+    }
+}
+
+async fn record_then_fail(State(state): State<AppState>) -> Result<(), ApiError> {
+    let mut tx = state.db.begin().await?;
+    iotsupport::events::record(
+        &mut tx,
+        "device_model_created",
+        &json!({"id": -1, "code": "ghost"}),
+    )
+    .await?;
+    Err(ApiError::validation(
+        "deliberate failure after recording an event",
+    ))
+}
+
+#[tokio::test]
+async fn the_stream_starts_with_the_version_and_carries_committed_changes_only() {
+    for stack in ALL_STACKS {
+        let routes = Router::new().route("/test/ghost", post(record_then_fail));
+        let options = BuildOptions {
+            extra_routes: Some(routes),
+            ..Default::default()
+        };
+        let Some(app) = spawn_app_with(stack, "sse_committed", &[], options).await else {
+            continue;
+        };
+        let mut stream = SseReader::open(&app).await;
+        let first = stream
+            .next(Duration::from_secs(5))
+            .await
+            .expect("version event");
+        assert_eq!(first["type"], "version");
+        assert_eq!(first["payload"]["version"], env!("CARGO_PKG_VERSION"));
+
+        assert_eq!(
+            app.client
+                .post(app.url("/test/ghost"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+        let created = app
+            .client
+            .post(app.url("/api/device-models"))
+            .json(&json!({"code": "live", "name": "Live"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+
+        let event = stream
+            .next(Duration::from_secs(10))
+            .await
+            .expect("model event");
+        assert_eq!(event["type"], "device_model_created", "{stack:?}: {event}");
+        assert_eq!(
+            event["payload"]["code"], "live",
+            "{stack:?}: the rolled-back event leaked: {event}"
+        );
+
+        let device = app
+            .client
+            .post(app.url("/api/devices"))
+            .json(&json!({"device_model_id": event["payload"]["id"], "config": "{}"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(device.status(), 201);
+        let event = stream
+            .next(Duration::from_secs(10))
+            .await
+            .expect("device event");
+        assert_eq!(event["type"], "device_created");
+        assert!(event["payload"]["key"].is_string());
+        assert!(
+            event["payload"].get("device_secret").is_none(),
+            "secrets never go on the stream"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn events_reach_subscribers_of_another_serve_process() {
+    let Some(a) = spawn_app(Stack::Production, "sse_two_processes").await else {
+        return;
+    };
+    let iotsupport::config::StorageConfig::S3(s3) = &a.state.config.storage else {
+        panic!("S3 expected")
+    };
+    let url = a.state.config.database_url.expose().to_string();
+    let bucket = s3.bucket.clone();
+    let b = spawn_app_with(
+        Stack::Production,
+        "sse_two_processes",
+        &[("DATABASE_URL", &url), ("S3_BUCKET_NAME", &bucket)],
+        BuildOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut stream = SseReader::open(&b).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    let created = a
+        .client
+        .post(a.url("/api/device-models"))
+        .json(&json!({"code": "elsewhere", "name": "E"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let started = std::time::Instant::now();
+    let event = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("event from process A");
+    assert_eq!(event["payload"]["code"], "elsewhere");
+    eprintln!("cross-process event latency: {:?}", started.elapsed());
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn the_stream_ends_when_the_server_shuts_down() {
+    let Some(app) = spawn_app(Stack::Embedded, "sse_shutdown").await else {
+        return;
+    };
+    let mut stream = SseReader::open(&app).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    app.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while stream.body.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream still open after shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(10), app.server).await;
+}

@@ -1,0 +1,267 @@
+//! `iotsupport reconcile` against real PostgreSQL and S3: what it reports, that a plain run
+//! changes nothing, what --repair fixes, and the grace period that protects uploads in flight.
+
+use std::process::Command;
+
+use bytes::Bytes;
+use iotsupport::config::StorageConfig;
+use iotsupport::storage::{ObjectKey, FIRMWARE_ARTIFACTS};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iotsupport");
+
+fn cli_env(app: &TestApp) -> Vec<(String, String)> {
+    let StorageConfig::S3(s3) = &app.state.config.storage else {
+        panic!("S3 expected")
+    };
+    vec![
+        (
+            "DATABASE_URL".into(),
+            app.state.config.database_url.expose().into(),
+        ),
+        ("S3_ENDPOINT_URL".into(), s3.endpoint_url.clone()),
+        ("S3_BUCKET_NAME".into(), s3.bucket.clone()),
+        ("S3_ACCESS_KEY_ID".into(), "test".into()),
+        ("S3_SECRET_ACCESS_KEY".into(), "test".into()),
+        ("LOG_FORMAT".into(), "text".into()),
+    ]
+}
+
+fn reconcile(app: &TestApp, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("reconcile")
+        .args(args)
+        .env_clear()
+        .envs(cli_env(app))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn exec(app: &TestApp, sql: &'static str, binds: &[&str]) {
+    let now = iotsupport::db::now();
+    iotsupport::on_pool!(app.db(), |p| {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.bind(now).execute(p).await.map(|r| r.rows_affected())
+    })
+    .unwrap();
+}
+
+async fn put(app: &TestApp, key: &str) {
+    app.state
+        .storage
+        .put(&ObjectKey::parse(key).unwrap(), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+}
+
+async fn exists(app: &TestApp, key: &str) -> bool {
+    app.state
+        .storage
+        .head(&ObjectKey::parse(key).unwrap())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
+    let Some(app) = spawn_app_with(
+        Stack::Production,
+        "reconcile",
+        &[("WORKER_POLL_SECONDS", "3600")],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let model: Value = app
+        .client
+        .post(app.url("/api/device-models"))
+        .json(&json!({"code": "sensor", "name": "S"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    app.client
+        .post(app.url("/api/device-models"))
+        .json(&json!({"code": "lamp", "name": "L"}))
+        .send()
+        .await
+        .unwrap();
+    let device: Value = app
+        .client
+        .post(app.url("/api/devices"))
+        .json(&json!({"device_model_id": model["id"], "config": "{}"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = device["key"].as_str().unwrap().to_string();
+
+    // sensor: 1.0.0 complete and current, 0.9.0 missing its ELF; lamp: current 2.0.0 with no objects.
+    for version in ["1.0.0", "0.9.0"] {
+        exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, $1, $2 FROM device_models WHERE code = 'sensor'", &[version]).await;
+        for artifact in FIRMWARE_ARTIFACTS {
+            if !(version == "0.9.0" && artifact == "firmware.elf") {
+                put(&app, &format!("firmware/sensor/{version}/{artifact}")).await;
+            }
+        }
+    }
+    exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, '2.0.0', $1 FROM device_models WHERE code = 'lamp'", &[]).await;
+    exec(&app, "UPDATE device_models SET firmware_version = '1.0.0', updated_at = $1 WHERE code = 'sensor'", &[]).await;
+    exec(
+        &app,
+        "UPDATE device_models SET firmware_version = '2.0.0', updated_at = $1 WHERE code = 'lamp'",
+        &[],
+    )
+    .await;
+    // Two dumps, the second without its object.
+    for _ in 0..2 {
+        exec(&app, "INSERT INTO coredumps (device_id, chip, firmware_version, size, uploaded_at) SELECT id, 'esp32', '1.0.0', 1, $1 FROM devices", &[]).await;
+    }
+    let ids: Vec<i64> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT id FROM coredumps ORDER BY id"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    put(&app, &format!("coredumps/{key}/{}.dmp", ids[0])).await;
+    // Orphans.
+    put(&app, "firmware/ghost/1/firmware.bin").await;
+    put(&app, "coredumps/zzzz2222/99.dmp").await;
+
+    let text = reconcile(&app, &["--grace", "0"]);
+    assert!(
+        text.contains("orphan   coredumps/zzzz2222/99.dmp"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orphan   firmware/ghost/1/firmware.bin"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dangling firmware sensor/0.9.0: missing firmware.elf"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dangling firmware lamp/2.0.0 (current version)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("dangling coredump {} (device {key})", ids[1])),
+        "{text}"
+    );
+    assert!(text.contains("current  sensor -> 1.0.0 [ok]"), "{text}");
+    assert!(
+        text.contains("2 orphan(s), 2 dangling firmware version(s), 1 dangling core dump(s)"),
+        "{text}"
+    );
+    assert!(
+        exists(&app, "firmware/ghost/1/firmware.bin").await,
+        "a plain run must change nothing"
+    );
+
+    // Within the grace period nothing counts as an orphan.
+    let text = reconcile(&app, &["--grace", "3600"]);
+    assert!(
+        text.contains("0 orphan(s)") && text.contains("2 recent object(s)"),
+        "{text}"
+    );
+
+    let report: Value =
+        serde_json::from_str(&reconcile(&app, &["--repair", "--grace", "0", "--json"])).unwrap();
+    assert_eq!(report["repair"]["orphans_deleted"], 2, "{report}");
+    assert_eq!(report["repair"]["coredumps_marked_error"], 1);
+    assert_eq!(report["repair"]["firmware_versions_removed"], 1);
+    assert_eq!(report["repair"]["current_versions_left"], 1);
+    assert!(!exists(&app, "firmware/ghost/1/firmware.bin").await);
+    assert!(!exists(&app, "coredumps/zzzz2222/99.dmp").await);
+    assert!(
+        exists(&app, "firmware/sensor/1.0.0/firmware.bin").await,
+        "stored versions untouched"
+    );
+    let status: String = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT parse_status FROM coredumps WHERE id = $1"
+    )
+    .bind(ids[1])
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(status, "ERROR");
+    let versions: Vec<String> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT version FROM firmware_versions ORDER BY version"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    assert_eq!(
+        versions,
+        ["1.0.0", "2.0.0"],
+        "the dangling current version stays for an operator"
+    );
+    let pending: Vec<String> = iotsupport::outbox::pending(app.db())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.object_key)
+        .collect();
+    assert!(
+        pending.contains(&"firmware/sensor/0.9.0/firmware.bin".to_string()),
+        "{pending:?}"
+    );
+
+    // What repair queued is not reported as orphaned. Left: the current version for an operator,
+    // and the dump (now ERROR, still without its object) until someone deletes it.
+    let text = reconcile(&app, &["--grace", "0"]);
+    assert!(
+        text.contains("0 orphan(s), 1 dangling firmware version(s), 1 dangling core dump(s)"),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_optional_sweep_in_serve_exports_counts_as_metrics() {
+    let overrides = [
+        ("RECONCILE_INTERVAL_SECONDS", "0.2"),
+        ("RECONCILE_GRACE_SECONDS", "0.001"),
+    ];
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "reconcile_sweep",
+        &overrides,
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    put(&app, "firmware/ghost/1/firmware.bin").await;
+    put(&app, "firmware/ghost/1/firmware.elf").await;
+    let seen = eventually(std::time::Duration::from_secs(10), || async {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        text.lines().any(|l| l == "reconcile_orphan_objects 2")
+    })
+    .await;
+    assert!(seen, "{}", app.get("/metrics").await.text().await.unwrap());
+    assert!(
+        exists(&app, "firmware/ghost/1/firmware.bin").await,
+        "the sweep never repairs"
+    );
+    app.stop().await;
+}
