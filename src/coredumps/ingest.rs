@@ -188,6 +188,12 @@ async fn finish(
     )
     .await?;
     super::job::enqueue(tx, id).await?;
+    crate::events::record(
+        tx,
+        "coredump_stored",
+        &serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key}),
+    )
+    .await?;
     Ok(())
 }
 

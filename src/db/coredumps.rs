@@ -196,20 +196,30 @@ pub async fn record_result(
     report: Option<&str>,
 ) -> Result<bool, DbError> {
     let now = now();
-    let rows = on_pool!(db, |p| {
+    let mut tx = db.begin().await?;
+    let rows = on_conn!(&mut tx, |c| {
         sqlx::query(
-        "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
-                              updated_at = $4
-         WHERE id = $5"
-    )
-    .bind(status)
-    .bind(output)
-    .bind(report)
-    .bind(now)
-    .bind(id)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected())
+            "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
+                                  updated_at = $4
+             WHERE id = $5",
+        )
+        .bind(status)
+        .bind(output)
+        .bind(report)
+        .bind(now)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
     })?;
+    if rows == 1 {
+        crate::events::record(
+            &mut tx,
+            "coredump_parsed",
+            &serde_json::json!({"id": id, "parse_status": status}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
     Ok(rows == 1)
 }

@@ -268,6 +268,12 @@ pub async fn remove(
         return Err(not_found(cid));
     }
     outbox::schedule_deletion(&mut tx, &[coredump_key(&key, cid)?]).await?;
+    crate::events::record(
+        &mut tx,
+        "coredump_deleted",
+        &serde_json::json!({"ids": [cid], "device_id": id}),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(device_key = %key, coredump_id = cid, "coredump_deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -290,6 +296,14 @@ pub async fn remove_all(
         .map(|cid| coredump_key(&key, *cid))
         .collect::<Result<Vec<_>, _>>()?;
     outbox::schedule_deletion(&mut tx, &keys).await?;
+    if !ids.is_empty() {
+        crate::events::record(
+            &mut tx,
+            "coredump_deleted",
+            &serde_json::json!({"ids": ids, "device_id": id}),
+        )
+        .await?;
+    }
     tx.commit().await?;
     tracing::info!(device_key = %key, count = keys.len(), "coredumps_deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -205,3 +205,82 @@ async fn the_stream_ends_when_the_server_shuts_down() {
     assert!(ended.is_ok(), "stream still open after shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(10), app.server).await;
 }
+
+#[tokio::test]
+async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
+    let Some(app) = spawn_app(Stack::Production, "sse_coredumps").await else {
+        return;
+    };
+    let model: Value = app
+        .client
+        .post(app.url("/api/device-models"))
+        .json(&json!({"code": "m", "name": "M"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device: Value = app
+        .client
+        .post(app.url("/api/devices"))
+        .json(&json!({"device_model_id": model["id"], "config": "{}"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let credential = format!(
+        "{}.{}",
+        device["key"].as_str().unwrap(),
+        device["device_secret"].as_str().unwrap()
+    );
+    let mut stream = SseReader::open(&app).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+
+    let uploaded = app
+        .client
+        .post(app.url("/api/iot/coredump?chip=esp32&firmware_version=1.0.0"))
+        .bearer_auth(&credential)
+        .body("not a core dump")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let stored = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("stored event");
+    assert_eq!(stored["type"], "coredump_stored", "{stored}");
+    let id = stored["payload"]["id"].as_i64().unwrap();
+    // No firmware ELF was uploaded for 1.0.0: the parse ends in ERROR, and says so on the stream.
+    let parsed = stream
+        .next(Duration::from_secs(20))
+        .await
+        .expect("parsed event");
+    assert_eq!(parsed["type"], "coredump_parsed", "{parsed}");
+    assert_eq!(parsed["payload"]["id"], id);
+    assert_eq!(parsed["payload"]["parse_status"], "ERROR");
+
+    let path = format!("/api/devices/{}/coredumps/{id}", device["id"]);
+    assert_eq!(
+        app.client
+            .delete(app.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let deleted = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("deleted event");
+    assert_eq!(deleted["type"], "coredump_deleted");
+    assert_eq!(deleted["payload"]["ids"][0], id);
+    app.stop().await;
+}
