@@ -17,6 +17,9 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const JOBS_FINISHED: &str = "jobs_finished_total";
 pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
 pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
+pub const COREDUMP_PARSE_DURATION: &str = "coredump_parse_duration_seconds";
+pub const JOBS_QUEUED: &str = "jobs_queued";
+pub const JOBS_OLDEST_AGE: &str = "jobs_oldest_queued_age_seconds";
 pub const RECONCILE_ORPHANS: &str = "reconcile_orphan_objects";
 pub const RECONCILE_DANGLING: &str = "reconcile_dangling_rows";
 
@@ -47,6 +50,13 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
+                    Matcher::Full(COREDUMP_PARSE_DURATION.to_string()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+                    ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
                     Matcher::Full(HTTP_REQUEST_DURATION.to_string()),
                     &[
                         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -76,6 +86,21 @@ fn describe() {
     describe_counter!(
         JOBS_FINISHED,
         "Background job runs, by job kind and outcome (completed, retry, failed)"
+    );
+    describe_histogram!(
+        COREDUMP_PARSE_DURATION,
+        Unit::Seconds,
+        "Time to parse one core dump (fetching dump and ELF included), by parser and outcome \
+         (parsed, error, transient, gone)"
+    );
+    metrics::describe_gauge!(
+        JOBS_QUEUED,
+        "Jobs waiting to run, by kind (measured when /metrics is scraped)"
+    );
+    metrics::describe_gauge!(
+        JOBS_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest due job has been waiting, by kind (measured when /metrics is scraped)"
     );
     describe_counter!(
         OUTBOX_DELETED,

@@ -204,7 +204,18 @@ impl JobHandler for ParseCoredumpHandler {
                 }
             }
         };
-        match self.attempt(job, &target).await {
+        let started = std::time::Instant::now();
+        let attempt = self.attempt(job, &target).await;
+        let outcome = match &attempt {
+            Ok(()) => "parsed",
+            Err(Failure::Gone) => "gone",
+            Err(Failure::Permanent(_)) => "error",
+            Err(Failure::Transient(_)) => "transient",
+        };
+        metrics::histogram!(crate::telemetry::COREDUMP_PARSE_DURATION,
+            "parser" => self.parser.name(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+        match attempt {
             Ok(()) => JobOutcome::Completed,
             Err(Failure::Gone) => {
                 tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted");

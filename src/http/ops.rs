@@ -20,6 +20,22 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Queue gauges are measured now, so every process reports the shared queue consistently.
+    match crate::jobs::queue_stats(&state.db).await {
+        Ok(stats) => {
+            let now = crate::db::now();
+            for s in stats {
+                let age = s
+                    .oldest_run_at
+                    .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                metrics::gauge!(crate::telemetry::JOBS_QUEUED, "kind" => s.kind.clone())
+                    .set(s.queued as f64);
+                metrics::gauge!(crate::telemetry::JOBS_OLDEST_AGE, "kind" => s.kind).set(age);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "queue_stats_failed"),
+    }
     match &state.metrics {
         Some(handle) => (
             [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -227,3 +227,24 @@ pub fn backoff(attempt: i32) -> Duration {
     let exp = attempt.clamp(1, 20) as u32;
     Duration::from_secs(2u64.saturating_pow(exp)).min(Duration::from_secs(300))
 }
+
+/// Queue depth and the age of the oldest due job, per kind (for the metrics endpoint).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueueStats {
+    pub kind: String,
+    pub queued: i64,
+    pub oldest_run_at: Option<DateTime<Utc>>,
+}
+
+pub async fn queue_stats(db: &Db) -> Result<Vec<QueueStats>, DbError> {
+    let now = db::now();
+    Ok(crate::on_pool!(db, |p| {
+        sqlx::query_as::<_, QueueStats>(
+        "SELECT kind, COUNT(*) AS queued, MIN(CASE WHEN run_at <= $1 THEN run_at END) AS oldest_run_at
+         FROM jobs WHERE status = 'queued' GROUP BY kind"
+    )
+    .bind(now)
+    .fetch_all(p)
+    .await
+    })?)
+}

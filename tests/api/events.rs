@@ -265,6 +265,13 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
     assert_eq!(parsed["type"], "coredump_parsed", "{parsed}");
     assert_eq!(parsed["payload"]["id"], id);
     assert_eq!(parsed["payload"]["parse_status"], "ERROR");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            "coredump_parse_duration_seconds_count{parser=\"builtin\",outcome=\"error\"}"
+        ),
+        "{metrics}"
+    );
 
     let path = format!("/api/devices/{}/coredumps/{id}", device["id"]);
     assert_eq!(

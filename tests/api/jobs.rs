@@ -325,3 +325,25 @@ async fn jobs_without_a_handler_wait_for_a_process_that_has_one() {
     assert_eq!(jobs::list(&db).await.unwrap()[0].status, "queued");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queue_depth_and_the_oldest_jobs_age_are_exported() {
+    let Some(app) = spawn_app(Stack::Production, "job_metrics").await else {
+        return;
+    };
+    enqueue_committed(app.db(), "metrics_probe", 3).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("jobs_queued{kind=\"metrics_probe\"} 3"),
+        "{text}"
+    );
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("jobs_oldest_queued_age_seconds{kind=\"metrics_probe\"} "))
+        .expect("age gauge")
+        .parse()
+        .unwrap();
+    assert!((1.0..120.0).contains(&age), "{age}");
+    app.stop().await;
+}
