@@ -11,39 +11,19 @@ use crate::helpers::*;
 const SCHEMA: &str = r#"{"type": "object", "required": ["deviceName"], "properties": {"deviceName": {"type": "string"}}}"#;
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    let r = app
-        .client
-        .post(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call(app, http::Method::POST, path, Some(body)).await
 }
 
 async fn put(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    let r = app
-        .client
-        .put(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call(app, http::Method::PUT, path, Some(body)).await
 }
 
 async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
-    let r = app.get(path).await;
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call(app, http::Method::GET, path, None).await
 }
 
 async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
-    let r = app.client.delete(app.url(path)).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call(app, http::Method::DELETE, path, None).await
 }
 
 pub async fn create_model(app: &TestApp, code: &str, schema: Option<&str>) -> i64 {
