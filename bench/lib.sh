@@ -1,0 +1,164 @@
+# Shared by bench/ingest.sh and bench/ota.sh (sourced, not run): builds the release binary and
+# the load generator, starts PostgreSQL, the s3s-fs S3 server and `iotsupport serve` on free
+# 127.0.0.1 ports in a temporary directory, and stops everything on exit.
+#
+# After `bench_start_stack`: $SERVICE_URL, $SERVICE_PID, $ADMIN_TOKEN, $S3_ENDPOINT, $S3_BUCKET,
+# $S3_ACCESS_KEY, $S3_SECRET_KEY, $LOADGEN, $WORK. Honours CARGO_TARGET_DIR.
+set -euo pipefail
+
+BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_TARGET=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}
+BENCH_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/iotsupport-bench
+WORK=$(mktemp -d /tmp/iotsupport-bench.XXXXXX)
+BENCH_PIDS=()
+SERVICE_PID=""
+PGBIN=""
+ADMIN_TOKEN="bench-admin-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+S3_ACCESS_KEY=AKBENCH
+S3_SECRET_KEY=SKBENCH
+S3_BUCKET=iotsupport-bench
+
+blog() { echo "[bench] $*" >&2; }
+
+# initdb refuses to run as root, so as root the cluster belongs to the postgres user.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# wait_http URL SECONDS: until anything answers on URL (any status).
+wait_http() {
+    local deadline=$((SECONDS + $2))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1" || true)" != 000 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+bench_stop_service() {
+    [ -n "$SERVICE_PID" ] || return 0
+    kill -TERM "$SERVICE_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SERVICE_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVICE_PID" 2>/dev/null || true
+    wait "$SERVICE_PID" 2>/dev/null || true
+    SERVICE_PID=""
+}
+
+bench_cleanup() {
+    bench_stop_service
+    for pid in "${BENCH_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${BENCH_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$PGBIN" ] && [ -d "$WORK/pg/data" ]; then
+        as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap bench_cleanup EXIT
+
+bench_build() {
+    blog "building the release binary and examples/loadgen (CARGO_TARGET_DIR=$BENCH_TARGET)"
+    (cd "$BENCH_ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build --release --quiet \
+        --bin iotsupport --example loadgen)
+    SERVICE_BIN=$BENCH_TARGET/release/iotsupport
+    LOADGEN=$BENCH_TARGET/release/examples/loadgen
+}
+
+bench_start_postgres() {
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
+        blog "PostgreSQL not found: install it (apt-get install postgresql) or run scripts/test.sh once"
+        exit 1
+    fi
+    PGPORT=$(free_port)
+    mkdir -p "$WORK/pg"
+    echo -n 'benchpass' > "$WORK/pg/pw"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$WORK/pg"; chmod 755 "$WORK"; fi
+    as_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U app --pwfile="$WORK/pg/pw" \
+        --auth-host=scram-sha-256 --auth-local=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w -t 30 -o \
+        "-c listen_addresses=127.0.0.1 -p $PGPORT -k $WORK/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        start >/dev/null
+    DATABASE_URL="postgres://app:benchpass@127.0.0.1:$PGPORT/postgres"
+    blog "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT (fsync off)"
+}
+
+# psql_query SQL: prints the result unaligned, tab-separated, without headers.
+psql_query() {
+    PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d postgres -XAtq -F $'\t' -c "$1"
+}
+
+bench_find_s3s_fs() {
+    S3S_FS=$(command -v s3s-fs || true)
+    [ -n "$S3S_FS" ] || { [ -x /work/tools/bin/s3s-fs ] && S3S_FS=/work/tools/bin/s3s-fs; } || true
+    [ -n "$S3S_FS" ] || { [ -x "$BENCH_CACHE/bin/s3s-fs" ] && S3S_FS=$BENCH_CACHE/bin/s3s-fs; } || true
+    if [ -z "$S3S_FS" ]; then
+        blog "installing s3s-fs 0.14.1 into $BENCH_CACHE (about 5 minutes)"
+        cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$BENCH_CACHE" >&2
+        S3S_FS=$BENCH_CACHE/bin/s3s-fs
+    fi
+}
+
+bench_start_s3() {
+    bench_find_s3s_fs
+    S3_PORT=$(free_port)
+    mkdir -p "$WORK/s3"
+    RUST_LOG=warn "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+        --secret-key "$S3_SECRET_KEY" "$WORK/s3" > "$WORK/s3s-fs.log" 2>&1 &
+    BENCH_PIDS+=($!)
+    S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+    wait_http "$S3_ENDPOINT/" 30 || { cat "$WORK/s3s-fs.log" >&2; blog "s3s-fs did not start"; exit 1; }
+    blog "s3s-fs ($S3S_FS) on 127.0.0.1:$S3_PORT"
+}
+
+bench_start_service() {
+    SERVICE_PORT=$(free_port)
+    SERVICE_URL="http://127.0.0.1:$SERVICE_PORT"
+    DATABASE_URL=$DATABASE_URL MIGRATE_ON_START=true ADMIN_TOKEN=$ADMIN_TOKEN \
+        HOST=127.0.0.1 PORT=$SERVICE_PORT LOG_FORMAT=text RUST_LOG=warn \
+        S3_ENDPOINT_URL=$S3_ENDPOINT S3_ACCESS_KEY_ID=$S3_ACCESS_KEY \
+        S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY S3_BUCKET_NAME=$S3_BUCKET S3_REGION=us-east-1 \
+        "$SERVICE_BIN" serve > "$WORK/service.log" 2>&1 &
+    SERVICE_PID=$!
+    local deadline=$((SECONDS + 60))
+    until curl -sf -o /dev/null --max-time 1 "$SERVICE_URL/health/readyz"; do
+        if ! kill -0 "$SERVICE_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            cat "$WORK/service.log" >&2; blog "the service did not become ready"; exit 1
+        fi
+        sleep 0.1
+    done
+    blog "iotsupport serve (pid $SERVICE_PID) on $SERVICE_URL"
+}
+
+bench_start_stack() {
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    bench_build
+    bench_start_postgres
+    bench_start_s3
+    bench_start_service
+}
+
+# api METHOD PATH [JSON]: an admin request; prints the body, fails on a non-2xx answer.
+api() {
+    local args=(-sS --fail-with-body --max-time 60 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN")
+    [ $# -ge 3 ] && args+=(-H 'Content-Type: application/json' --data "$3")
+    curl "${args[@]}" "$SERVICE_URL$2"
+}
+
+# json_field FIELD: reads a JSON object on stdin, prints one top-level field.
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+# bench_model_and_device CODE: creates a model and a device; sets MODEL_ID and CREDENTIAL.
+bench_model_and_device() {
+    MODEL_ID=$(api POST /api/device-models "{\"code\": \"$1\", \"name\": \"Benchmark $1\"}" | json_field id)
+    local device
+    device=$(api POST /api/devices "{\"device_model_id\": $MODEL_ID, \"config\": \"{}\"}")
+    CREDENTIAL="$(json_field key <<<"$device").$(json_field device_secret <<<"$device")"
+}
+
+# kv LINE KEY: the value of KEY=value in a loadgen result line.
+kv() { grep -o "\b$2=[^ ]*" <<<"$1" | head -n 1 | cut -d= -f2; }
+
+# ratio A B: A/B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# Peak resident memory of the service so far, in KiB (VmHWM).
+service_peak_rss_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVICE_PID/status"; }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# OTA download throughput: devices fetching the current firmware image through the service
+# (GET /api/iot/firmware, 256 at once), whole and as random 4 KiB ranges, against the same reads
+# directly from the S3 server (s3s-fs), plus the service's peak RSS. The firmware is a synthesised
+# but valid bundle (about 1.5 MiB image) uploaded through POST /api/device-models/{id}/firmware.
+# PostgreSQL, s3s-fs and `iotsupport serve` (release build) run on free 127.0.0.1 ports.
+#   bench/ota.sh
+# Tuning: BENCH_WHOLE_COUNT (default 1200), BENCH_RANGE_COUNT (15000), BENCH_CONCURRENCY (256),
+# BENCH_RANGE_SIZE (4096), BENCH_IMAGE_SIZE (1572864 bytes), BENCH_MAX_SECONDS per run (30).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+WHOLE_COUNT=${BENCH_WHOLE_COUNT:-1200}
+RANGE_COUNT=${BENCH_RANGE_COUNT:-15000}
+CONCURRENCY=${BENCH_CONCURRENCY:-256}
+RANGE_SIZE=${BENCH_RANGE_SIZE:-4096}
+IMAGE_SIZE=${BENCH_IMAGE_SIZE:-1572864}
+MAX_SECONDS=${BENCH_MAX_SECONDS:-30}
+CODE=bench
+VERSION=1.0.0
+
+bench_start_stack
+bench_model_and_device "$CODE"
+"$LOADGEN" make-bundle --code "$CODE" --version "$VERSION" --image-size "$IMAGE_SIZE" \
+    --out "$WORK/bundle.zip"
+curl -sS --fail-with-body --max-time 120 -o /dev/null -X POST \
+    -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/zip' \
+    --data-binary "@$WORK/bundle.zip" "$SERVICE_URL/api/device-models/$MODEL_ID/firmware"
+KEY="firmware/$CODE/$VERSION/firmware.bin"
+blog "firmware $VERSION uploaded through the API; device credential ready"
+
+S3=(--endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" --access-key "$S3_ACCESS_KEY"
+    --secret-key "$S3_SECRET_KEY" --key "$KEY")
+SVC=(--url "$SERVICE_URL" --credential "$CREDENTIAL")
+run_pair() {  # run_pair COUNT [--range-size N]: sets SVC_OUT and S3_OUT
+    local load=(--concurrency "$CONCURRENCY" --count "$1" --max-seconds "$MAX_SECONDS")
+    shift
+    blog "service: download ${*:-(whole images)} x ${load[3]}"
+    SVC_OUT=$("$LOADGEN" download "${SVC[@]}" "${load[@]}" "$@") \
+        || { echo "$SVC_OUT"; tail -n 20 "$WORK/service.log" >&2; exit 1; }
+    echo "$SVC_OUT"
+    blog "direct: s3get ${*:-(whole images)} x ${load[3]}"
+    S3_OUT=$("$LOADGEN" s3get "${S3[@]}" "${load[@]}" "$@")
+    echo "$S3_OUT"
+}
+run_pair "$WHOLE_COUNT"
+WHOLE_SVC=$SVC_OUT WHOLE_S3=$S3_OUT
+run_pair "$RANGE_COUNT" --range-size "$RANGE_SIZE"
+RANGE_SVC=$SVC_OUT RANGE_S3=$S3_OUT
+RSS=$(service_peak_rss_kib)
+
+line() {  # line LABEL RESULT
+    printf '%-24s %9s req/s  %8s MiB/s  p50 %7s ms  p99 %7s ms  requests %6s  failed %s\n' "$1" \
+        "$(kv "$2" req_per_s)" "$(kv "$2" mib_per_s)" "$(kv "$2" p50_ms)" "$(kv "$2" p99_ms)" \
+        "$(kv "$2" requests)" "$(( $(kv "$2" requests) - $(kv "$2" ok) ))"
+}
+echo
+echo "== OTA downloads: $(stat -c %s "$WORK/bundle.zip") byte bundle, image $KEY, $CONCURRENCY concurrent =="
+line "service whole image" "$WHOLE_SVC"
+line "direct S3 whole image" "$WHOLE_S3"
+line "service ${RANGE_SIZE} B ranges" "$RANGE_SVC"
+line "direct S3 ${RANGE_SIZE} B ranges" "$RANGE_S3"
+echo "service / direct, whole images (MiB/s): $(ratio "$(kv "$WHOLE_SVC" mib_per_s)" "$(kv "$WHOLE_S3" mib_per_s)")x"
+echo "service / direct, ranges (req/s):       $(ratio "$(kv "$RANGE_SVC" req_per_s)" "$(kv "$RANGE_S3" req_per_s)")x"
+echo "non-2xx answers from the service: whole $(kv "$WHOLE_SVC" bad_status), ranges $(kv "$RANGE_SVC" bad_status)"
+echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)   goal: >= 0.9x direct, RSS < 100 MB"
+echo "for comparison: the Python service reached ~22 MiB/s for whole images vs 139-265 MiB/s from S3 directly"
