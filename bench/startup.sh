@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 cargo build --release --quiet
-BIN=$PWD/target/release/iotsupport
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/iotsupport
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ready_ms=(); rss_kb=()
 for i in $(seq 1 "$RUNS"); do
