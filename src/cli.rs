@@ -32,6 +32,17 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<MigrateAction>,
     },
+    /// Copy the Python service's files (ASSETS_DIR firmware bundles, COREDUMPS_DIR core dumps)
+    /// into the bucket and record them. Safe to re-run; never changes the source files. Run
+    /// `iotsupport migrate` first.
+    MigrateToS3 {
+        /// Report what would be migrated; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Core dumps uploaded at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Print the crash report of a core dump file, symbolised with the firmware ELF (built-in
     /// parser; needs no database, object store or network).
     ParseCoredump {
@@ -75,6 +86,10 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
         Command::Migrate {
             action: Some(MigrateAction::Status),
         } => migrate_status(config).await,
+        Command::MigrateToS3 {
+            dry_run,
+            concurrency,
+        } => migrate_to_s3(config, dry_run, concurrency).await,
         Command::ParseCoredump { dump, elf, json } => parse_coredump(&dump, &elf, json),
         Command::Reconcile {
             repair,
@@ -113,16 +128,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate_up(config: Config) -> anyhow::Result<()> {
+    use crate::db::adopt::LegacyFilenames;
     let db = Db::connect(&config).await?;
-    let before = migrate::pending_count(&db).await?;
-    migrate::run(&db).await?;
-    println!("applied {before} migration(s); database is up to date");
+    let before = match migrate::legacy_revision(&db).await? {
+        // Adoption records the first migration as applied without running it.
+        Some(_) => migrate::pending_count(&db).await?.saturating_sub(1),
+        None => migrate::pending_count(&db).await?,
+    };
+    let outcome = migrate::run(&db).await;
     db.close().await;
+    let outcome = outcome?;
+    if let Some(revision) = &outcome.adopted {
+        println!("adopted the Python service's database at Alembic revision {revision}");
+    }
+    println!("applied {before} migration(s); database is up to date");
+    match outcome.legacy_filenames {
+        LegacyFilenames::Absent => {}
+        LegacyFilenames::Dropped => {
+            println!("dropped coredumps.filename: no legacy core dump needs it any more")
+        }
+        LegacyFilenames::Remaining(rows) => println!(
+            "kept coredumps.filename: {rows} legacy core dump(s) still to move with `iotsupport migrate-to-s3`"
+        ),
+    }
     Ok(())
 }
 
 async fn migrate_status(config: Config) -> anyhow::Result<()> {
     let db = Db::connect(&config).await?;
+    if let Some(revision) = migrate::legacy_revision(&db).await? {
+        println!(
+            "legacy   the Python service's database at Alembic revision {revision:?}; `iotsupport migrate` adopts it"
+        );
+    }
     let status = migrate::status(&db).await?;
     for m in &status {
         let state = if m.applied { "applied" } else { "pending" };
@@ -131,6 +169,76 @@ async fn migrate_status(config: Config) -> anyhow::Result<()> {
     let pending = status.iter().filter(|m| !m.applied).count();
     println!("{} applied, {pending} pending", status.len() - pending);
     db.close().await;
+    Ok(())
+}
+
+/// `migrate-to-s3`: checks that the database (migrated) and the bucket are reachable before
+/// anything is written, then runs both phases and prints the summary.
+async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> anyhow::Result<()> {
+    use crate::migrate_to_s3::{self, Options};
+    use anyhow::Context;
+    for (variable, dir) in [
+        ("ASSETS_DIR", &config.assets_dir),
+        ("COREDUMPS_DIR", &config.coredumps_dir),
+    ] {
+        if let Some(dir) = dir {
+            if !dir.is_dir() {
+                return Err(crate::config::ConfigError {
+                    variable,
+                    reason: format!("{} is not a directory", dir.display()),
+                }
+                .into());
+            }
+        }
+    }
+    let db = Db::connect(&config)
+        .await
+        .context("Cannot connect to database")?;
+    db.ping().await.context("Cannot connect to database")?;
+    if migrate::legacy_revision(&db).await?.is_some() || migrate::pending_count(&db).await? > 0 {
+        anyhow::bail!("the database schema is not up to date: run `iotsupport migrate` first");
+    }
+    let storage = if dry_run {
+        // A dry run writes nothing, not even the bucket; it reads no objects either.
+        if let crate::config::StorageConfig::S3(s3) = &config.storage {
+            if !crate::storage::bucket::bucket_exists(s3)
+                .await
+                .context("S3 is not reachable")?
+            {
+                println!(
+                    "bucket {} does not exist yet; a real run creates it",
+                    s3.bucket
+                );
+            }
+        }
+        crate::startup::open_storage_without_creating(&config)?
+    } else {
+        let storage = crate::startup::open_storage(&config)
+            .await
+            .context("S3 is not reachable")?;
+        storage.check().await.context("S3 is not reachable")?;
+        storage
+    };
+    let options = Options {
+        assets_dir: config.assets_dir.clone(),
+        coredumps_dir: config.coredumps_dir.clone(),
+        dry_run,
+        max_entry_bytes: config.max_firmware_bytes,
+        concurrency,
+    };
+    let started = std::time::Instant::now();
+    let result = migrate_to_s3::run(&db, &storage, &options).await;
+    db.close().await;
+    let summary = result?;
+    print!("{}", summary.render(dry_run));
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        firmware_migrated = summary.firmware_migrated,
+        coredumps_migrated = summary.coredumps_migrated,
+        warnings = summary.warnings.len(),
+        dry_run,
+        "migrate_to_s3_finished"
+    );
     Ok(())
 }
 
@@ -222,6 +330,12 @@ async fn reconcile(
             report.dangling_coredumps.len(),
             report.recent_unclaimed
         );
+        if report.legacy_coredumps > 0 {
+            println!(
+                "{} legacy core dump(s) still wait in COREDUMPS_DIR: run `iotsupport migrate-to-s3`",
+                report.legacy_coredumps
+            );
+        }
         if let Some(s) = &summary {
             println!(
                 "repaired: deleted {} orphan(s) ({} failed), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload",

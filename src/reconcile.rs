@@ -61,6 +61,10 @@ pub struct ReconcileReport {
     pub dangling_firmware: Vec<DanglingFirmware>,
     pub dangling_coredumps: Vec<DanglingCoredump>,
     pub current_versions: Vec<CurrentVersion>,
+    /// Rows of an adopted database whose dump is still a file in the Python service's
+    /// `COREDUMPS_DIR` (`coredumps.filename` set): neither dangling nor repaired; `migrate-to-s3`
+    /// moves them.
+    pub legacy_coredumps: usize,
 }
 
 /// What a repair did.
@@ -84,6 +88,9 @@ struct FirmwareRow {
 struct CoredumpRow {
     id: i64,
     key: String,
+    /// The row still names a file of the Python service's `COREDUMPS_DIR` (adopted database,
+    /// `migrate-to-s3` not run yet): its object is not expected in the bucket yet.
+    legacy: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -107,12 +114,23 @@ pub async fn scan(
     .fetch_all(p)
     .await)
     .map_err(DbError::from)?;
-    let dumps: Vec<CoredumpRow> = crate::on_pool!(db, |p| sqlx::query_as::<_, CoredumpRow>(
-        "SELECT c.id, d.key FROM coredumps c JOIN devices d ON d.id = c.device_id"
-    )
-    .fetch_all(p)
-    .await)
-    .map_err(DbError::from)?;
+    let legacy_column = match db {
+        Db::Postgres(p) => db::adopt::has_filename_column(p)
+            .await
+            .map_err(DbError::from)?,
+        Db::Sqlite(_) => false,
+    };
+    let dumps_sql = if legacy_column {
+        "SELECT c.id, d.key, c.filename IS NOT NULL AS legacy
+         FROM coredumps c JOIN devices d ON d.id = c.device_id"
+    } else {
+        "SELECT c.id, d.key, FALSE AS legacy FROM coredumps c JOIN devices d ON d.id = c.device_id"
+    };
+    let dumps: Vec<CoredumpRow> =
+        crate::on_pool!(db, |p| sqlx::query_as::<_, CoredumpRow>(dumps_sql)
+            .fetch_all(p)
+            .await)
+        .map_err(DbError::from)?;
     let models: Vec<ModelRow> = crate::on_pool!(db, |p| sqlx::query_as::<_, ModelRow>(
         "SELECT code, firmware_version FROM device_models ORDER BY code"
     )
@@ -159,7 +177,9 @@ pub async fn scan(
     }
     for row in &dumps {
         let key = format!("coredumps/{}/{}.dmp", row.key, row.id);
-        if !present.contains(key.as_str()) {
+        if row.legacy {
+            report.legacy_coredumps += 1;
+        } else if !present.contains(key.as_str()) {
             report.dangling_coredumps.push(DanglingCoredump {
                 coredump_id: row.id,
                 device_key: row.key.clone(),

@@ -29,7 +29,7 @@ pub enum StartupError {
     #[error("cannot open the database: {0}")]
     Database(#[from] crate::db::DbError),
     #[error("cannot migrate the database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] crate::db::migrate::MigrationError),
     #[error("object store: {0}")]
     Storage(#[from] crate::storage::StorageError),
     #[error("cannot listen on {addr}: {source}")]
@@ -50,6 +50,17 @@ pub async fn open_storage(config: &Config) -> Result<Storage, crate::storage::St
             }
             Arc::new(ObjectStoreBackend::s3(s3)?)
         }
+    })
+}
+
+/// Opens the configured object store as it is: a missing bucket stays missing (and fails
+/// [`crate::storage::ObjectStorage::check`]).
+pub fn open_storage_without_creating(
+    config: &Config,
+) -> Result<Storage, crate::storage::StorageError> {
+    Ok(match &config.storage {
+        StorageConfig::Local { dir } => Arc::new(ObjectStoreBackend::local(dir)?),
+        StorageConfig::S3(s3) => Arc::new(ObjectStoreBackend::s3(s3)?),
     })
 }
 

@@ -5,7 +5,7 @@
 //! once with its description and rendered in Prometheus text at `GET /metrics`. Labels are route
 //! templates and outcomes, never ids or keys, so their number stays bounded.
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -29,7 +29,7 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| StderrBesideBar);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -39,6 +39,33 @@ pub fn init_logging(format: LogFormat) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The progress bar a command shows on stderr, if any; log lines are written around it.
+static PROGRESS_BAR: RwLock<Option<indicatif::ProgressBar>> = RwLock::new(None);
+
+/// Registers (or with `None` removes) the progress bar log lines must not tear.
+pub fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
+    if let Ok(mut slot) = PROGRESS_BAR.write() {
+        *slot = bar;
+    }
+}
+
+/// stderr, but with the registered progress bar hidden while a log line is written.
+struct StderrBesideBar;
+
+impl std::io::Write for StderrBesideBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = PROGRESS_BAR.read().ok().and_then(|slot| slot.clone());
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -197,7 +197,18 @@ pub async fn insert(
     model_id: i64,
     new: &NewFirmwareVersion<'_>,
 ) -> Result<i64, DbError> {
-    let now = now();
+    insert_uploaded_at(tx, model_id, new, now()).await
+}
+
+/// [`insert`] with a given `uploaded_at` (`migrate-to-s3` keeps the legacy file's time, so
+/// retention orders imported builds by when they were built, not by import order).
+pub async fn insert_uploaded_at(
+    tx: &mut Tx,
+    model_id: i64,
+    new: &NewFirmwareVersion<'_>,
+    uploaded_at: DateTime<Utc>,
+) -> Result<i64, DbError> {
+    let created_at = now();
     let [bin, elf, map, sdkconfig, version_json] = new.artifacts;
     Ok(on_conn!(tx, |c| sqlx::query_scalar(
         "INSERT INTO firmware_versions (device_model_id, version, uploaded_at, created_at,
@@ -205,13 +216,13 @@ pub async fn insert(
             firmware_map_size, firmware_map_sha256, sdkconfig_size, sdkconfig_sha256,
             version_json_size, version_json_sha256, project_name, idf_version, build_date,
             build_time, app_elf_sha256, secure_version, chip)
-         VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+         VALUES ($1, $2, $3, $21, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
             $18, $19, $20)
          RETURNING id"
     )
     .bind(model_id)
     .bind(new.version)
-    .bind(now)
+    .bind(uploaded_at)
     .bind(bin.0)
     .bind(bin.1)
     .bind(elf.0)
@@ -229,8 +240,50 @@ pub async fn insert(
     .bind(new.app_elf_sha256)
     .bind(new.secure_version)
     .bind(new.chip)
+    .bind(created_at)
     .fetch_one(c)
     .await)?)
+}
+
+/// Records the facts of a row that has none (adopted from the Python service, whose rows lack
+/// them) after its artifacts were uploaded again. Leaves `uploaded_at` alone.
+pub async fn fill_legacy_facts(
+    tx: &mut Tx,
+    id: i64,
+    new: &NewFirmwareVersion<'_>,
+) -> Result<(), DbError> {
+    let [bin, elf, map, sdkconfig, version_json] = new.artifacts;
+    on_conn!(tx, |c| sqlx::query(
+        "UPDATE firmware_versions SET
+            firmware_bin_size = $1, firmware_bin_sha256 = $2, firmware_elf_size = $3,
+            firmware_elf_sha256 = $4, firmware_map_size = $5, firmware_map_sha256 = $6,
+            sdkconfig_size = $7, sdkconfig_sha256 = $8, version_json_size = $9,
+            version_json_sha256 = $10, project_name = $11, idf_version = $12, build_date = $13,
+            build_time = $14, app_elf_sha256 = $15, secure_version = $16, chip = $17
+         WHERE id = $18"
+    )
+    .bind(bin.0)
+    .bind(bin.1)
+    .bind(elf.0)
+    .bind(elf.1)
+    .bind(map.0)
+    .bind(map.1)
+    .bind(sdkconfig.0)
+    .bind(sdkconfig.1)
+    .bind(version_json.0)
+    .bind(version_json.1)
+    .bind(new.project_name)
+    .bind(new.idf_version)
+    .bind(new.build_date)
+    .bind(new.build_time)
+    .bind(new.app_elf_sha256)
+    .bind(new.secure_version)
+    .bind(new.chip)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 /// Marks a stored version as uploaded again now (an identical re-upload).

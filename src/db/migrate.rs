@@ -4,6 +4,7 @@
 
 use sqlx::migrate::{MigrateError, Migrator};
 
+use super::adopt::{self, AdoptError, LegacyFilenames};
 use super::Db;
 
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
@@ -24,11 +25,64 @@ fn migrator(db: &Db) -> &'static Migrator {
     }
 }
 
-/// Applies every pending migration. Safe to run concurrently: sqlx takes an advisory lock.
-pub async fn run(db: &Db) -> Result<(), MigrateError> {
+/// Why `migrate` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(transparent)]
+    Adopt(#[from] AdoptError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("database error while migrating: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// What a [`run`] did beyond applying migrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationOutcome {
+    /// The Python service's Alembic revision, when this run adopted its database.
+    pub adopted: Option<String>,
+    /// The state of the legacy `coredumps.filename` column after the run.
+    pub legacy_filenames: LegacyFilenames,
+}
+
+/// Adopts a database of the Python service (see [`super::adopt`]), applies every pending
+/// migration, then drops `coredumps.filename` if no legacy dump still needs it. Safe to run
+/// concurrently: adoption and sqlx's migrator each take an advisory lock.
+pub async fn run(db: &Db) -> Result<MigrationOutcome, MigrationError> {
     match db {
-        Db::Postgres(p) => POSTGRES.run(p).await,
-        Db::Sqlite(p) => SQLITE.run(p).await,
+        Db::Postgres(p) => {
+            let adopted = adopt::adopt_if_legacy(p, &POSTGRES).await?;
+            POSTGRES.run(p).await?;
+            let legacy_filenames = adopt::drop_filename_if_unused(p).await?;
+            if let LegacyFilenames::Remaining(rows) = legacy_filenames {
+                tracing::warn!(
+                    rows,
+                    "coredumps.filename kept: legacy core dumps still wait for `iotsupport migrate-to-s3`"
+                );
+            }
+            Ok(MigrationOutcome {
+                adopted,
+                legacy_filenames,
+            })
+        }
+        Db::Sqlite(p) => {
+            if adopt::is_legacy_sqlite(p).await? {
+                return Err(AdoptError::Sqlite.into());
+            }
+            SQLITE.run(p).await?;
+            Ok(MigrationOutcome {
+                adopted: None,
+                legacy_filenames: LegacyFilenames::Absent,
+            })
+        }
+    }
+}
+
+/// The Alembic revision of a Python-service database not adopted yet; `None` otherwise.
+pub async fn legacy_revision(db: &Db) -> Result<Option<String>, sqlx::Error> {
+    match db {
+        Db::Postgres(p) => adopt::legacy_revision_pg(p).await,
+        Db::Sqlite(_) => Ok(None),
     }
 }
 

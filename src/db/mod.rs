@@ -10,10 +10,12 @@
 //! a `Tx` rolls it back. On SQLite, write transactions start with `BEGIN IMMEDIATE` so two writers
 //! queue on the busy timeout instead of failing when one upgrades a read lock.
 
+pub mod adopt;
 pub mod coredumps;
 pub mod device_models;
 pub mod devices;
 pub mod firmware_versions;
+pub mod legacy;
 pub mod migrate;
 
 use std::str::FromStr;

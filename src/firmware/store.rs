@@ -12,12 +12,6 @@
 //! re-uploaded: identical content (same five SHA-256s) makes it current again and bumps
 //! `uploaded_at`; different content is a conflict.
 
-use std::io::{Read, Seek, SeekFrom};
-
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use futures::StreamExt;
-
 use super::artifact_keys;
 use super::bundle::{Artifact, Bundle, Content};
 use super::retention::{self, Pruned, RetentionError};
@@ -84,13 +78,7 @@ pub async fn store_bundle(
 
     let created = match fw::get(&mut tx, model_id, &version).await? {
         Some(existing) => {
-            let identical = bundle.artifacts.iter().all(|a| {
-                existing
-                    .artifact(a.name)
-                    .and_then(|facts| facts.sha256)
-                    .is_some_and(|sha| sha == a.sha256)
-            });
-            if !identical {
+            if !is_identical(&existing, &bundle) {
                 return Err(StoreError::Conflict(format!(
                     "Firmware version {version} of DeviceModel {} is already stored with different content; \
                      give the new build its own version",
@@ -101,36 +89,9 @@ pub async fn store_bundle(
             false
         }
         None => {
-            let hashes: Vec<(i64, &str)> = bundle
-                .artifacts
-                .iter()
-                .map(|a| (i64::try_from(a.size).unwrap_or(i64::MAX), a.sha256.as_str()))
-                .collect();
-            let artifacts: [(i64, &str); 5] = hashes
-                .try_into()
-                .map_err(|_| StoreError::Conflict("a bundle has exactly five artifacts".into()))?;
-            let app = &bundle.app;
-            let new = NewFirmwareVersion {
-                version: &version,
-                artifacts,
-                project_name: &app.project_name,
-                idf_version: &app.idf_version,
-                build_date: &app.build_date,
-                build_time: &app.build_time,
-                app_elf_sha256: &app.app_elf_sha256,
-                secure_version: i64::from(app.secure_version),
-                chip: &app.chip,
-            };
-            fw::insert(&mut tx, model_id, &new).await.map_err(|e| {
-                if e.violates(MODEL_VERSION_UNIQUE.0, MODEL_VERSION_UNIQUE.1) {
-                    StoreError::Conflict(format!(
-                        "Firmware version {version} of DeviceModel {} was stored concurrently; retry",
-                        model.code
-                    ))
-                } else {
-                    e.into()
-                }
-            })?;
+            fw::insert(&mut tx, model_id, &new_row(&bundle)?)
+                .await
+                .map_err(|e| concurrent_conflict(e, &version, &model.code))?;
             true
         }
     };
@@ -141,7 +102,14 @@ pub async fn store_bundle(
         // Architecture invariant (src/outbox.rs): withdraw pending deletions of these keys (a
         // version deleted earlier and uploaded again) before writing them.
         outbox::cancel_deletions(&mut tx, &keys).await?;
-        upload_all(storage, &keys, bundle.artifacts, &mut tx).await?;
+        upload_all(
+            storage,
+            &keys,
+            bundle.artifacts,
+            &mut tx,
+            Cleanup::DeleteWritten,
+        )
+        .await?;
     }
     events::record(
         &mut tx,
@@ -171,15 +139,129 @@ pub async fn store_bundle(
     })
 }
 
-/// Uploads the artifacts concurrently. On any failure, deletes (best-effort) what was written
-/// and returns the first error. `_tx` is borrowed so that the caller still holds the transaction
-/// (and with it the model lock and the new row's unique slot) during the cleanup: no concurrent
-/// upload of the same version can have written these keys in the meantime.
+/// Whether a stored version has exactly the bundle's five artifacts.
+fn is_identical(existing: &fw::FirmwareVersionRow, bundle: &Bundle) -> bool {
+    bundle.artifacts.iter().all(|a| {
+        existing
+            .artifact(a.name)
+            .and_then(|facts| facts.sha256)
+            .is_some_and(|sha| sha == a.sha256)
+    })
+}
+
+/// The row a bundle is recorded as.
+fn new_row(bundle: &Bundle) -> Result<NewFirmwareVersion<'_>, StoreError> {
+    let hashes: Vec<(i64, &str)> = bundle
+        .artifacts
+        .iter()
+        .map(|a| (i64::try_from(a.size).unwrap_or(i64::MAX), a.sha256.as_str()))
+        .collect();
+    let artifacts: [(i64, &str); 5] = hashes
+        .try_into()
+        .map_err(|_| StoreError::Conflict("a bundle has exactly five artifacts".into()))?;
+    let app = &bundle.app;
+    Ok(NewFirmwareVersion {
+        version: bundle.version.as_str(),
+        artifacts,
+        project_name: &app.project_name,
+        idf_version: &app.idf_version,
+        build_date: &app.build_date,
+        build_time: &app.build_time,
+        app_elf_sha256: &app.app_elf_sha256,
+        secure_version: i64::from(app.secure_version),
+        chip: &app.chip,
+    })
+}
+
+fn concurrent_conflict(e: DbError, version: &str, model_code: &str) -> StoreError {
+    if e.violates(MODEL_VERSION_UNIQUE.0, MODEL_VERSION_UNIQUE.1) {
+        StoreError::Conflict(format!(
+            "Firmware version {version} of DeviceModel {model_code} was stored concurrently; retry"
+        ))
+    } else {
+        e.into()
+    }
+}
+
+/// What [`import_bundle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// A new version row and its five objects.
+    Created,
+    /// A row adopted from the Python service (no sizes or hashes) got its objects written again
+    /// from the bundle and its facts recorded.
+    FilledLegacyRow,
+    /// The version was already stored with identical content: nothing written.
+    Unchanged,
+}
+
+/// Stores a legacy bundle for `migrate-to-s3`: like [`store_bundle`] (validated bundle, model
+/// lock, golden rule 1) but the model's current version is left alone, retention is not applied
+/// (migration never deletes builds; the next upload prunes), the row keeps `uploaded_at`, and
+/// re-running is a no-op. Different content under a stored version is a [`StoreError::Conflict`].
+pub async fn import_bundle(
+    db: &Db,
+    storage: &Storage,
+    model_id: i64,
+    bundle: Bundle,
+    uploaded_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Imported, StoreError> {
+    let version = bundle.version.as_str().to_string();
+    let mut tx = db.begin().await?;
+    let model = fw::lock_model(&mut tx, model_id)
+        .await?
+        .ok_or(StoreError::ModelNotFound(model_id))?;
+    let keys = artifact_keys(&model.code, &version)?;
+    let (imported, cleanup) = match fw::get(&mut tx, model_id, &version).await? {
+        Some(existing) if is_identical(&existing, &bundle) => return Ok(Imported::Unchanged),
+        Some(existing) if existing.firmware_bin_sha256.is_none() => {
+            fw::fill_legacy_facts(&mut tx, existing.id, &new_row(&bundle)?).await?;
+            // The keys held the legacy objects before: never delete them on failure.
+            (Imported::FilledLegacyRow, Cleanup::KeepWritten)
+        }
+        Some(_) => {
+            return Err(StoreError::Conflict(format!(
+            "Firmware version {version} of DeviceModel {} is already stored with different content",
+            model.code
+        )))
+        }
+        None => {
+            fw::insert_uploaded_at(&mut tx, model_id, &new_row(&bundle)?, uploaded_at)
+                .await
+                .map_err(|e| concurrent_conflict(e, &version, &model.code))?;
+            (Imported::Created, Cleanup::DeleteWritten)
+        }
+    };
+    outbox::cancel_deletions(&mut tx, &keys).await?;
+    upload_all(storage, &keys, bundle.artifacts, &mut tx, cleanup).await?;
+    events::record(
+        &mut tx,
+        "firmware_uploaded",
+        &json!({"device_model_id": model_id, "code": model.code, "version": version,
+                "created": imported == Imported::Created, "pruned": []}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(imported)
+}
+
+/// What [`upload_all`] does with the artifacts it wrote when another one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cleanup {
+    DeleteWritten,
+    KeepWritten,
+}
+
+/// Uploads the artifacts concurrently. On any failure, deletes (best-effort, unless told to
+/// keep them) what was written and returns the first error. `_tx` is borrowed so that the caller
+/// still holds the transaction (and with it the model lock and the new row's unique slot) during
+/// the cleanup: no concurrent upload of the same version can have written these keys meanwhile.
 async fn upload_all(
     storage: &Storage,
     keys: &[ObjectKey],
     artifacts: Vec<Artifact>,
     _tx: &mut Tx,
+    cleanup: Cleanup,
 ) -> Result<(), StoreError> {
     let uploads = keys
         .iter()
@@ -199,6 +281,10 @@ async fn upload_all(
     let Some(error) = first_error else {
         return Ok(());
     };
+    if cleanup == Cleanup::KeepWritten {
+        tracing::warn!(error = %error, "firmware_upload_failed");
+        return Err(error);
+    }
     for (key, result) in written.iter().zip(storage.delete_many(&written).await) {
         if let Err(e) = result {
             // Left for `reconcile`: an orphan with no row is tolerated transiently (SPEC §4).
@@ -217,36 +303,12 @@ async fn upload_one(
     match artifact.content {
         Content::Memory(bytes) => storage.put(key, bytes).await?,
         Content::File(file) => {
-            storage.put_stream(key, file_stream(file)?).await?;
+            storage
+                .put_stream(key, crate::storage::file_stream(file)?)
+                .await?;
         }
     }
     Ok(())
-}
-
-/// Streams a spooled file from its start in 1 MiB chunks, on the blocking pool.
-fn file_stream(
-    mut file: std::fs::File,
-) -> Result<BoxStream<'static, std::io::Result<Bytes>>, std::io::Error> {
-    file.seek(SeekFrom::Start(0))?;
-    const CHUNK: usize = 1024 * 1024;
-    Ok(futures::stream::try_unfold(Some(file), |file| async move {
-        let Some(mut file) = file else {
-            return Ok(None);
-        };
-        let (file, chunk) = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(CHUNK);
-            (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
-            Ok::<_, std::io::Error>((file, buf))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if chunk.is_empty() {
-            Ok(None)
-        } else {
-            Ok(Some((Bytes::from(chunk), Some(file))))
-        }
-    })
-    .boxed())
 }
 
 /// Makes a stored version current (rollback). Returns the model code.

@@ -52,6 +52,19 @@ async fn bucket_request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Whether `config.bucket` exists (and is usable), without creating it. An unreachable server is
+/// an error.
+pub async fn bucket_exists(config: &S3Config) -> Result<bool, StorageError> {
+    let (status, _) = bucket_request(config, "HEAD").await?;
+    if status.is_success() {
+        return Ok(true);
+    }
+    if status == http::StatusCode::NOT_FOUND {
+        return Ok(false);
+    }
+    usable(config, status, "").await.map(|_| true)
+}
+
 /// Creates `config.bucket` unless it exists. Returns whether it was created.
 pub async fn ensure_bucket(config: &S3Config) -> Result<bool, StorageError> {
     let bucket = config.bucket.as_str();

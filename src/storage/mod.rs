@@ -161,3 +161,32 @@ pub trait ObjectStorage: Send + Sync + 'static {
     /// Succeeds when the store (and its bucket) answers.
     async fn check(&self) -> Result<(), StorageError>;
 }
+
+/// Streams a file from its start in 1 MiB chunks, read on the blocking pool (spooled uploads,
+/// legacy files of `migrate-to-s3`).
+pub fn file_stream(
+    mut file: std::fs::File,
+) -> Result<BoxStream<'static, std::io::Result<Bytes>>, std::io::Error> {
+    use futures::StreamExt;
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))?;
+    const CHUNK: usize = 1024 * 1024;
+    Ok(futures::stream::try_unfold(Some(file), |file| async move {
+        let Some(mut file) = file else {
+            return Ok(None);
+        };
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(CHUNK);
+            (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some((Bytes::from(chunk), Some(file))))
+        }
+    })
+    .boxed())
+}

@@ -214,8 +214,18 @@ impl Captured {
     }
 }
 
+/// `tracing` caches each callsite's interest process-wide. While only one scoped subscriber
+/// exists it asks just the *current thread's* subscriber, so an event first reached by another
+/// test's thread (which has none) is cached as "never" and a test's own subscriber misses it. A
+/// second, permanent scoped dispatcher makes `tracing` ask every registered subscriber instead.
+fn make_tracing_ask_every_subscriber() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 #[tokio::test]
 async fn a_device_uploads_a_dump_that_is_stored_queued_for_parsing_and_logged() {
+    make_tracing_ask_every_subscriber();
     for stack in ALL_STACKS {
         // The test runtime is single-threaded, so the server's events reach this subscriber.
         let logs = Captured::default();

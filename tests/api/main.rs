@@ -17,6 +17,7 @@ mod helpers;
 #[path = "../support/issuer.rs"]
 mod issuer;
 mod jobs;
+mod legacy;
 mod oidc_auth;
 mod outbox;
 mod parse_cli;

@@ -1,0 +1,132 @@
+//! Queries `migrate-to-s3` needs on an adopted database (SPEC §10): legacy core-dump rows by file
+//! name, and the record of files already moved (`legacy_coredump_files`).
+//!
+//! `coredumps.filename` exists only on adopted PostgreSQL databases until every legacy dump is
+//! moved; callers check [`super::adopt::has_filename_column`] first.
+
+use super::{now, DbError, Tx};
+use crate::on_conn;
+
+/// A legacy dump row that still names its file.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LegacyDump {
+    pub id: i64,
+    pub size: i64,
+    pub parse_status: String,
+}
+
+/// The row of `device_id` whose `filename` is `filename`, if it has not been moved yet.
+pub async fn dump_by_filename(
+    tx: &mut Tx,
+    device_id: i64,
+    filename: &str,
+) -> Result<Option<LegacyDump>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, LegacyDump>(
+        "SELECT id, size, parse_status FROM coredumps WHERE device_id = $1 AND filename = $2
+         ORDER BY id LIMIT 1"
+    )
+    .bind(device_id)
+    .bind(filename)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// The dump a file became in an earlier run, if it was moved already.
+pub async fn migrated_file(
+    tx: &mut Tx,
+    device_id: i64,
+    filename: &str,
+) -> Result<Option<i64>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT coredump_id FROM legacy_coredump_files WHERE device_id = $1 AND filename = $2"
+    )
+    .bind(device_id)
+    .bind(filename)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// Marks a legacy dump as moved: clears its `filename` (only if it still has this one), corrects
+/// `size` to the file's length, and records the file. False when the row changed meanwhile
+/// (deleted, or moved by a concurrent run): nothing is written then.
+pub async fn mark_migrated(
+    tx: &mut Tx,
+    device_id: i64,
+    coredump_id: i64,
+    filename: &str,
+    size: i64,
+) -> Result<bool, DbError> {
+    let now = now();
+    let updated = on_conn!(tx, |c| sqlx::query(
+        "UPDATE coredumps SET filename = NULL, size = $1, updated_at = $2
+         WHERE id = $3 AND device_id = $4 AND filename = $5"
+    )
+    .bind(size)
+    .bind(now)
+    .bind(coredump_id)
+    .bind(device_id)
+    .bind(filename)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if updated != 1 {
+        return Ok(false);
+    }
+    on_conn!(tx, |c| sqlx::query(
+        "INSERT INTO legacy_coredump_files (device_id, filename, coredump_id, migrated_at)
+         VALUES ($1, $2, $3, $4)"
+    )
+    .bind(device_id)
+    .bind(filename)
+    .bind(coredump_id)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(true)
+}
+
+/// Models whose current version is not a stored version (golden rule 3 broken), e.g. a model of
+/// an adopted revision-005 database whose current build was a flat `firmware-{code}.bin`.
+pub async fn unstored_current_versions(tx: &mut Tx) -> Result<Vec<(String, String)>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, (String, String)>(
+        "SELECT m.code, m.firmware_version FROM device_models m
+         WHERE m.firmware_version IS NOT NULL AND NOT EXISTS (
+             SELECT 1 FROM firmware_versions f
+             WHERE f.device_model_id = m.id AND f.version = m.firmware_version)
+         ORDER BY m.code"
+    )
+    .fetch_all(c)
+    .await)?)
+}
+
+/// The id of the device with this key.
+pub async fn device_id_by_key(tx: &mut Tx, key: &str) -> Result<Option<i64>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM devices WHERE key = $1"
+    )
+    .bind(key)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// Up to `limit` legacy rows that still name a file, as `(device key, filename)`, and how many
+/// there are in all.
+pub async fn remaining_files(
+    tx: &mut Tx,
+    limit: i64,
+) -> Result<(i64, Vec<(String, String)>), DbError> {
+    let total: i64 = on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT count(*) FROM coredumps WHERE filename IS NOT NULL"
+    )
+    .fetch_one(c)
+    .await)?;
+    let sample = on_conn!(tx, |c| sqlx::query_as::<_, (String, String)>(
+        "SELECT d.key, c.filename FROM coredumps c JOIN devices d ON d.id = c.device_id
+         WHERE c.filename IS NOT NULL ORDER BY d.key, c.filename LIMIT $1"
+    )
+    .bind(limit)
+    .fetch_all(c)
+    .await)?;
+    Ok((total, sample))
+}

@@ -1,0 +1,200 @@
+//! The core-dump phase: `COREDUMPS_DIR/{device_key}/{filename}` → `coredumps/{key}/{id}.dmp`.
+//!
+//! Per file: find the row of that device still naming the file (none: an orphan, or moved by an
+//! earlier run according to `legacy_coredump_files`), upload the file, then in one transaction
+//! clear the row's `filename`, record the file, and queue a parse unless the row is `PARSED` (a
+//! report from the Python service's parser is kept; the reparse endpoint replaces it on request).
+//! A crash between the upload and the commit leaves the row naming its file: the rerun uploads it
+//! again over the same key.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+
+use super::report::{Kind, Outcome, Reporter};
+use super::{sorted_entries, MigrateToS3Error, Options};
+use crate::coredumps::job as parse_job;
+use crate::db::coredumps::{self as dumps, STATUS_PARSED};
+use crate::db::{adopt, legacy, Db};
+use crate::storage::{coredump_key, file_stream, Storage};
+
+struct DumpFile {
+    device_id: i64,
+    device_key: String,
+    filename: String,
+    path: PathBuf,
+}
+
+impl DumpFile {
+    fn item(&self) -> String {
+        format!("{}/{}", self.device_key, self.filename)
+    }
+}
+
+pub(super) async fn migrate(
+    db: &Db,
+    storage: &Storage,
+    coredumps_dir: &Path,
+    options: &Options,
+    reporter: &Reporter,
+) -> Result<(), MigrateToS3Error> {
+    let legacy_column = match db {
+        Db::Postgres(pool) => adopt::has_filename_column(pool).await?,
+        Db::Sqlite(_) => false,
+    };
+    if !legacy_column {
+        reporter.note(
+            "Coredump migration already complete (no legacy core dumps in the database: \
+             coredumps.filename is absent), skipping COREDUMPS_DIR"
+                .to_string(),
+        );
+        return Ok(());
+    }
+    let Some(entries) = sorted_entries(coredumps_dir)? else {
+        reporter.warn(format!(
+            "COREDUMPS_DIR {} does not exist: no core dumps migrated",
+            coredumps_dir.display()
+        ));
+        return Ok(());
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let key = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let dmp_files: Vec<_> = sorted_entries(&path)?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".dmp") && e.path().is_file())
+            .collect();
+        let mut tx = db.begin().await?;
+        let device_id = legacy::device_id_by_key(&mut tx, &key).await?;
+        drop(tx);
+        let Some(device_id) = device_id else {
+            let reason = format!("Device directory '{key}' has no matching DB record, skipping");
+            for file in &dmp_files {
+                let item = format!("{key}/{}", file.file_name().to_string_lossy());
+                reporter.item(
+                    Kind::Coredump,
+                    &item,
+                    Outcome::Skipped,
+                    Some(&reason),
+                    false,
+                );
+            }
+            reporter.warn(reason);
+            continue;
+        };
+        files.extend(dmp_files.into_iter().map(|e| DumpFile {
+            device_id,
+            device_key: key.clone(),
+            filename: e.file_name().to_string_lossy().into_owned(),
+            path: e.path(),
+        }));
+    }
+    reporter.phase(Kind::Coredump, files.len());
+    let mut results = futures::stream::iter(files)
+        .map(|file| migrate_one(db, storage, file, reporter))
+        .buffer_unordered(options.concurrency.max(1));
+    let mut first_error = None;
+    while let Some(result) = results.next().await {
+        if let Err(e) = result {
+            // Let the uploads in flight finish, then stop.
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn migrate_one(
+    db: &Db,
+    storage: &Storage,
+    file: DumpFile,
+    reporter: &Reporter,
+) -> Result<(), MigrateToS3Error> {
+    let item = file.item();
+    let mut tx = db.begin().await?;
+    let row = legacy::dump_by_filename(&mut tx, file.device_id, &file.filename).await?;
+    let Some(row) = row else {
+        if legacy::migrated_file(&mut tx, file.device_id, &file.filename)
+            .await?
+            .is_some()
+        {
+            reporter.item(Kind::Coredump, &item, Outcome::Unchanged, None, false);
+        } else {
+            let reason = format!("Orphaned coredump file {item}: no matching DB record");
+            reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
+        }
+        return Ok(());
+    };
+    drop(tx);
+    let key = match coredump_key(&file.device_key, row.id) {
+        Ok(key) => key,
+        Err(e) => {
+            let reason = format!("Cannot migrate coredump {item}: {e}");
+            reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
+            return Ok(());
+        }
+    };
+    if reporter.dry_run() {
+        reporter.item(
+            Kind::Coredump,
+            &format!("{item} -> {key}"),
+            Outcome::Migrated,
+            None,
+            false,
+        );
+        return Ok(());
+    }
+    let source = std::fs::File::open(&file.path).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (len, source) = match source {
+        Ok(opened) => opened,
+        Err(e) => {
+            let reason = format!("Cannot read coredump file {item}: {e}");
+            reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
+            return Ok(());
+        }
+    };
+    let stream = file_stream(source).map_err(|source| MigrateToS3Error::Io {
+        path: file.path.clone(),
+        source,
+    })?;
+    storage.put_stream(&key, stream).await?;
+
+    let size = i64::try_from(len).unwrap_or(i64::MAX);
+    let mut tx = db.begin().await?;
+    if !legacy::mark_migrated(&mut tx, file.device_id, row.id, &file.filename, size).await? {
+        if legacy::migrated_file(&mut tx, file.device_id, &file.filename)
+            .await?
+            .is_some()
+        {
+            // A concurrent run moved it first (to the same key): nothing left to do.
+            reporter.item(Kind::Coredump, &item, Outcome::Unchanged, None, false);
+            return Ok(());
+        }
+        drop(tx);
+        // The row went away (deleted, pruned) or another run moved it while we uploaded: the
+        // object we wrote belongs to nobody.
+        if let Err(e) = storage.delete(&key).await {
+            tracing::warn!(object_key = %key, error = %e, "migrate_to_s3_cleanup_failed");
+        }
+        let reason = format!("Coredump {item} changed while it was migrated; skipped");
+        reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
+        return Ok(());
+    }
+    if row.parse_status != STATUS_PARSED {
+        dumps::reset_to_pending(&mut tx, file.device_id, row.id).await?;
+        parse_job::enqueue(&mut tx, row.id).await?;
+    }
+    tx.commit().await?;
+    if row.size != size {
+        reporter.warn(format!(
+            "Coredump {item}: the database said {} bytes, the file has {size}; the size was corrected",
+            row.size
+        ));
+    }
+    reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
+    Ok(())
+}
