@@ -53,14 +53,14 @@ PY
 mkdir -p "$WORK/legacy/assets/bench"
 for i in $(seq 1 "$BUNDLES"); do
     "$LOADGEN" make-bundle --code bench --version "1.0.$i" --image-size 1048576 \
-        --out "$WORK/legacy/assets/bench/firmware-1.0.$i.zip" >/dev/null
+        --out "$WORK/legacy/assets/bench/firmware-1.0.$i.zip" >/dev/null 2>&1
 done
 
 ENV=(DATABASE_URL="$DATABASE_URL" S3_ENDPOINT_URL="$S3_ENDPOINT" S3_ACCESS_KEY_ID="$S3_ACCESS_KEY"
      S3_SECRET_ACCESS_KEY="$S3_SECRET_KEY" S3_BUCKET_NAME="$S3_BUCKET" S3_REGION=us-east-1
      ASSETS_DIR="$WORK/legacy/assets" COREDUMPS_DIR="$WORK/legacy/coredumps"
      LOG_FORMAT=text RUST_LOG=warn)
-env "${ENV[@]}" "$SERVICE_BIN" migrate >/dev/null
+env "${ENV[@]}" "$SERVICE_BIN" migrate >/dev/null 2>&1
 
 timed() {  # timed LABEL ARGS...: runs migrate-to-s3, prints its summary and wall time
     local label=$1; shift

@@ -130,3 +130,12 @@ pub async fn remaining_files(
     .await)?;
     Ok((total, sample))
 }
+
+/// Whether `migrate-to-s3` has moved any file before.
+pub async fn any_migrated_file(tx: &mut Tx) -> Result<bool, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM legacy_coredump_files)"
+    )
+    .fetch_one(c)
+    .await)?)
+}

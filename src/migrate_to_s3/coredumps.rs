@@ -42,13 +42,23 @@ pub(super) async fn migrate(
         Db::Postgres(pool) => adopt::has_filename_column(pool).await?,
         Db::Sqlite(_) => false,
     };
-    if !legacy_column {
+    let mut tx = db.begin().await?;
+    let moved_before = legacy::any_migrated_file(&mut tx).await?;
+    drop(tx);
+    if !legacy_column && !moved_before {
         reporter.note(
-            "Coredump migration already complete (no legacy core dumps in the database: \
-             coredumps.filename is absent), skipping COREDUMPS_DIR"
+            "No legacy core dumps in the database (coredumps.filename is absent), skipping \
+             COREDUMPS_DIR"
                 .to_string(),
         );
         return Ok(());
+    }
+    if !legacy_column {
+        reporter.note(
+            "Coredump migration already complete (coredumps.filename was dropped); checking \
+             COREDUMPS_DIR against the files moved earlier"
+                .to_string(),
+        );
     }
     let Some(entries) = sorted_entries(coredumps_dir)? else {
         reporter.warn(format!(
@@ -96,7 +106,7 @@ pub(super) async fn migrate(
     }
     reporter.phase(Kind::Coredump, files.len());
     let mut results = futures::stream::iter(files)
-        .map(|file| migrate_one(db, storage, file, reporter))
+        .map(|file| migrate_one(db, storage, file, legacy_column, reporter))
         .buffer_unordered(options.concurrency.max(1));
     let mut first_error = None;
     while let Some(result) = results.next().await {
@@ -112,11 +122,16 @@ async fn migrate_one(
     db: &Db,
     storage: &Storage,
     file: DumpFile,
+    legacy_column: bool,
     reporter: &Reporter,
 ) -> Result<(), MigrateToS3Error> {
     let item = file.item();
     let mut tx = db.begin().await?;
-    let row = legacy::dump_by_filename(&mut tx, file.device_id, &file.filename).await?;
+    let row = if legacy_column {
+        legacy::dump_by_filename(&mut tx, file.device_id, &file.filename).await?
+    } else {
+        None
+    };
     let Some(row) = row else {
         if legacy::migrated_file(&mut tx, file.device_id, &file.filename)
             .await?

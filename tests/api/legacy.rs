@@ -767,6 +767,8 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
     // And a run after that still knows every file.
     let out = assert_success(&run(&env, &["migrate-to-s3"]));
     assert!(out.contains("Coredumps migrated:     0"), "{out}");
+    assert!(out.contains("Coredumps already migrated: 3"), "{out}");
+    assert!(out.contains("Nothing to migrate"), "{out}");
     assert!(out.contains("Coredump migration already complete"), "{out}");
 
     // The API serves the migrated data.
