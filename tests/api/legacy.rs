@@ -886,3 +886,53 @@ async fn migrate_to_s3_stopped_by_s3_half_way_leaves_nothing_half_written_and_a_
     );
     assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
 }
+
+#[tokio::test]
+async fn migrate_to_s3_on_revision_008_fills_in_versions_the_python_service_already_moved() {
+    let Some(legacy) = legacy_database("migrate_to_s3_008", "008").await else {
+        return;
+    };
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    // The Python service's own migrate-to-s3 uploaded 0.9.0 (no hashes in its row); its bundle
+    // is still in ASSETS_DIR, next to a newer one.
+    let tree = legacy_tree();
+    let old = Build::new("0.9.0", "o");
+    write(
+        &tree.assets.join("sensor/firmware-0.9.0.zip"),
+        &old.zip("sensor"),
+    );
+    let out = assert_success(&run(&tree_env(&legacy, &tree), &["migrate-to-s3"]));
+    assert!(out.contains("Firmware ZIPs migrated: 3"), "{out}");
+    assert!(
+        out.contains("No legacy core dumps in the database"),
+        "COREDUMPS_DIR is left alone at 008: {out}"
+    );
+    assert!(out.contains("Coredumps migrated:     0"), "{out}");
+
+    let mut conn = legacy.conn().await;
+    let (sha, uploaded_at): (Option<String>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT firmware_bin_sha256, uploaded_at FROM firmware_versions WHERE version = '0.9.0'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(sha.as_deref(), Some(sha256_hex(&old.bin).as_str()));
+    assert_eq!(
+        uploaded_at,
+        Utc.with_ymd_and_hms(2024, 12, 1, 0, 0, 0).unwrap(),
+        "a filled-in row keeps its place in the retention order"
+    );
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) FROM firmware_versions").await,
+        3
+    );
+    let objects = legacy.objects().await;
+    for (name, content) in old.artifacts() {
+        assert_eq!(objects[&format!("firmware/sensor/0.9.0/{name}")].0, content);
+    }
+    let again = assert_success(&run(&tree_env(&legacy, &tree), &["migrate-to-s3"]));
+    assert!(
+        again.contains("Firmware ZIPs already migrated: 3"),
+        "{again}"
+    );
+}
