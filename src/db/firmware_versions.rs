@@ -209,50 +209,28 @@ pub async fn insert_uploaded_at(
     uploaded_at: DateTime<Utc>,
 ) -> Result<i64, DbError> {
     let created_at = now();
-    let [bin, elf, map, sdkconfig, version_json] = new.artifacts;
-    Ok(on_conn!(tx, |c| sqlx::query_scalar(
-        "INSERT INTO firmware_versions (device_model_id, version, uploaded_at, created_at,
-            firmware_bin_size, firmware_bin_sha256, firmware_elf_size, firmware_elf_sha256,
-            firmware_map_size, firmware_map_sha256, sdkconfig_size, sdkconfig_sha256,
-            version_json_size, version_json_sha256, project_name, idf_version, build_date,
-            build_time, app_elf_sha256, secure_version, chip)
-         VALUES ($1, $2, $3, $21, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-            $18, $19, $20)
-         RETURNING id"
+    let id = on_conn!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO firmware_versions (device_model_id, version, uploaded_at, created_at)
+         VALUES ($1, $2, $3, $4) RETURNING id"
     )
     .bind(model_id)
     .bind(new.version)
     .bind(uploaded_at)
-    .bind(bin.0)
-    .bind(bin.1)
-    .bind(elf.0)
-    .bind(elf.1)
-    .bind(map.0)
-    .bind(map.1)
-    .bind(sdkconfig.0)
-    .bind(sdkconfig.1)
-    .bind(version_json.0)
-    .bind(version_json.1)
-    .bind(new.project_name)
-    .bind(new.idf_version)
-    .bind(new.build_date)
-    .bind(new.build_time)
-    .bind(new.app_elf_sha256)
-    .bind(new.secure_version)
-    .bind(new.chip)
     .bind(created_at)
     .fetch_one(c)
-    .await)?)
+    .await)?;
+    record_facts(tx, id, new).await?;
+    Ok(id)
 }
 
-/// Records the facts of a row that has none (adopted from the Python service, whose rows lack
-/// them) after its artifacts were uploaded again. Leaves `uploaded_at` alone.
-pub async fn fill_legacy_facts(
+/// Records the artifact and descriptor facts of a row: right after `insert`, or for a row adopted
+/// from the Python service (which lacks them) once its artifacts were written again. Leaves
+/// `uploaded_at` alone.
+pub async fn record_facts(
     tx: &mut Tx,
     id: i64,
     new: &NewFirmwareVersion<'_>,
 ) -> Result<(), DbError> {
-    let [bin, elf, map, sdkconfig, version_json] = new.artifacts;
     on_conn!(tx, |c| sqlx::query(
         "UPDATE firmware_versions SET
             firmware_bin_size = $1, firmware_bin_sha256 = $2, firmware_elf_size = $3,
@@ -262,16 +240,16 @@ pub async fn fill_legacy_facts(
             build_time = $14, app_elf_sha256 = $15, secure_version = $16, chip = $17
          WHERE id = $18"
     )
-    .bind(bin.0)
-    .bind(bin.1)
-    .bind(elf.0)
-    .bind(elf.1)
-    .bind(map.0)
-    .bind(map.1)
-    .bind(sdkconfig.0)
-    .bind(sdkconfig.1)
-    .bind(version_json.0)
-    .bind(version_json.1)
+    .bind(new.artifacts[0].0)
+    .bind(new.artifacts[0].1)
+    .bind(new.artifacts[1].0)
+    .bind(new.artifacts[1].1)
+    .bind(new.artifacts[2].0)
+    .bind(new.artifacts[2].1)
+    .bind(new.artifacts[3].0)
+    .bind(new.artifacts[3].1)
+    .bind(new.artifacts[4].0)
+    .bind(new.artifacts[4].1)
     .bind(new.project_name)
     .bind(new.idf_version)
     .bind(new.build_date)

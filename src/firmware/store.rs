@@ -70,10 +70,7 @@ pub async fn store_bundle(
     keep: u32,
 ) -> Result<Stored, StoreError> {
     let version = bundle.version.as_str().to_string();
-    let mut tx = db.begin().await?;
-    let model = fw::lock_model(&mut tx, model_id)
-        .await?
-        .ok_or(StoreError::ModelNotFound(model_id))?;
+    let (mut tx, model) = begin_locked(db, model_id).await?;
     let keys = artifact_keys(&model.code, &version)?;
 
     let created = match fw::get(&mut tx, model_id, &version).await? {
@@ -137,6 +134,15 @@ pub async fn store_bundle(
         created,
         pruned,
     })
+}
+
+/// Opens a transaction and locks the model row in it (see the module comment).
+async fn begin_locked(db: &Db, model_id: i64) -> Result<(Tx, fw::ModelFirmware), StoreError> {
+    let mut tx = db.begin().await?;
+    let model = fw::lock_model(&mut tx, model_id)
+        .await?
+        .ok_or(StoreError::ModelNotFound(model_id))?;
+    Ok((tx, model))
 }
 
 /// Whether a stored version has exactly the bundle's five artifacts.
@@ -207,15 +213,12 @@ pub async fn import_bundle(
     uploaded_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Imported, StoreError> {
     let version = bundle.version.as_str().to_string();
-    let mut tx = db.begin().await?;
-    let model = fw::lock_model(&mut tx, model_id)
-        .await?
-        .ok_or(StoreError::ModelNotFound(model_id))?;
+    let (mut tx, model) = begin_locked(db, model_id).await?;
     let keys = artifact_keys(&model.code, &version)?;
     let (imported, cleanup) = match fw::get(&mut tx, model_id, &version).await? {
         Some(existing) if is_identical(&existing, &bundle) => return Ok(Imported::Unchanged),
         Some(existing) if existing.firmware_bin_sha256.is_none() => {
-            fw::fill_legacy_facts(&mut tx, existing.id, &new_row(&bundle)?).await?;
+            fw::record_facts(&mut tx, existing.id, &new_row(&bundle)?).await?;
             // The keys held the legacy objects before: never delete them on failure.
             (Imported::FilledLegacyRow, Cleanup::KeepWritten)
         }
@@ -313,10 +316,7 @@ async fn upload_one(
 
 /// Makes a stored version current (rollback). Returns the model code.
 pub async fn set_current(db: &Db, model_id: i64, version: &str) -> Result<String, StoreError> {
-    let mut tx = db.begin().await?;
-    let model = fw::lock_model(&mut tx, model_id)
-        .await?
-        .ok_or(StoreError::ModelNotFound(model_id))?;
+    let (mut tx, model) = begin_locked(db, model_id).await?;
     if fw::get(&mut tx, model_id, version).await?.is_none() {
         return Err(version_not_found(&model.code, version));
     }
@@ -334,10 +334,7 @@ pub async fn set_current(db: &Db, model_id: i64, version: &str) -> Result<String
 
 /// Deletes a stored version that is not current: the row now, the objects via the outbox.
 pub async fn delete_version(db: &Db, model_id: i64, version: &str) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    let model = fw::lock_model(&mut tx, model_id)
-        .await?
-        .ok_or(StoreError::ModelNotFound(model_id))?;
+    let (mut tx, model) = begin_locked(db, model_id).await?;
     if model.firmware_version.as_deref() == Some(version) {
         return Err(StoreError::Conflict(format!(
             "Firmware version {version} is the current version of DeviceModel {}; make another version current first",
