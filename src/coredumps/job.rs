@@ -44,6 +44,16 @@ pub async fn enqueue(tx: &mut Tx, coredump_id: i64) -> Result<i64, DbError> {
     .await
 }
 
+/// Withdraws the queued parses of dumps being deleted in the caller's transaction (retention),
+/// so a backlog never spends work on dumps that are gone.
+pub async fn cancel(tx: &mut Tx, coredump_ids: &[i64]) -> Result<u64, DbError> {
+    let payloads: Vec<ParsePayload> = coredump_ids
+        .iter()
+        .map(|&coredump_id| ParsePayload { coredump_id })
+        .collect();
+    jobs::cancel_queued(tx, PARSE_JOB, &payloads).await
+}
+
 /// The key of a model's firmware ELF for one version.
 pub fn elf_key(model_code: &str, version: &str) -> Result<ObjectKey, crate::storage::InvalidKey> {
     ObjectKey::from_segments(&["firmware", model_code, version, "firmware.elf"])

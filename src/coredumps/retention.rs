@@ -1,7 +1,7 @@
 //! Per-device retention (SPEC §8): after an upload, keep the newest `MAX_COREDUMPS` dumps of the
 //! device by `uploaded_at`. The rows go in the upload's transaction; their objects are recorded in
 //! the outbox in that same transaction (golden rule 2), so they disappear once it commits and
-//! never before.
+//! never before. Their parse jobs still queued are withdrawn in the same transaction.
 
 use crate::db::coredumps;
 use crate::db::{DbError, Tx};
@@ -34,9 +34,11 @@ pub async fn enforce(
         })
         .collect();
     outbox::schedule_deletion(tx, &keys).await?;
+    let cancelled_parses = super::job::cancel(tx, &pruned).await?;
     tracing::info!(
         device_key,
         pruned_count = pruned.len(),
+        cancelled_parses,
         "coredump_retention_pruned"
     );
     Ok(pruned.len())

@@ -85,6 +85,32 @@ pub async fn enqueue<T: Serialize>(
     Ok(id)
 }
 
+/// Withdraws queued (not running, not failed) jobs of `kind` whose payload is one of `payloads`,
+/// in the caller's transaction, e.g. the parse jobs of dumps that are being deleted. Returns how
+/// many were withdrawn. A job already running is left to find its data gone.
+pub async fn cancel_queued<T: Serialize>(
+    tx: &mut Tx,
+    kind: &str,
+    payloads: &[T],
+) -> Result<u64, DbError> {
+    let mut cancelled = 0;
+    for payload in payloads {
+        // Payloads are written by `enqueue` with the same serialisation, so equal values are
+        // equal texts.
+        let payload = serde_json::to_string(payload)
+            .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
+        cancelled += on_conn!(tx, |c| sqlx::query(
+            "DELETE FROM jobs WHERE kind = $1 AND payload = $2 AND status = 'queued'"
+        )
+        .bind(kind)
+        .bind(&payload)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
+    Ok(cancelled)
+}
+
 const CLAIM_POSTGRES: &str = "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2

@@ -503,6 +503,21 @@ async fn retention_keeps_the_newest_dumps_of_each_device_and_deletes_the_rest_vi
             .collect();
         assert_eq!(listed, [ids[2], ids[1]], "{stack:?}: newest first");
         assert_eq!(list["count"], 2);
+        // Its parse, still queued, was withdrawn with it; the others wait.
+        let mut queued: Vec<i64> = iotsupport::jobs::list(app.db())
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| {
+                serde_json::from_str::<Value>(&j.payload).unwrap()["coredump_id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        queued.sort();
+        let mut expected = vec![other, ids[1], ids[2]];
+        expected.sort();
+        assert_eq!(queued, expected, "{stack:?}");
         // Its object follows through the outbox.
         let oldest = coredump_key(&a.key, ids[0]).unwrap();
         let gone = eventually(Duration::from_secs(10), || async {
