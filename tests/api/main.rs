@@ -23,3 +23,4 @@ mod parse_cli;
 mod reconcile;
 mod storage;
 mod transactions;
+mod ui_compat;
