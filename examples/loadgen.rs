@@ -13,7 +13,9 @@
 //! - `download`: firmware downloads through the service, whole or random ranges.
 //! - `s3get`: the same reads directly from the S3 server (the ceiling for `download`).
 //! - `make-bundle`: writes a valid firmware bundle ZIP (synthesised ESP32 image of a given size
-//!   whose app descriptor carries the ELF's SHA-256, as `tests/api/firmware_support.rs` does).
+//!   whose app descriptor carries the ELF's SHA-256, as `tests/api/firmware_support.rs` does);
+//!   `--elf` puts a real firmware ELF in it, so dumps of that build can be parsed
+//!   (`scripts/ui-check.sh` uses it).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -128,6 +130,9 @@ enum Command {
         /// Approximate size of the app image in bytes.
         #[arg(long, default_value_t = 1536 * 1024)]
         image_size: usize,
+        /// Put this ELF in the bundle instead of a placeholder (the image then carries its SHA-256).
+        #[arg(long)]
+        elf: Option<std::path::PathBuf>,
         #[arg(long)]
         out: std::path::PathBuf,
     },
@@ -505,10 +510,15 @@ fn make_bundle(
     code: &str,
     version: &str,
     image_size: usize,
+    elf: Option<&std::path::Path>,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(version.len() <= 31, "version longer than 31 bytes");
-    let elf = format!("\x7fELF benchmark firmware ELF of {code} {version}").into_bytes();
+    let elf = match elf {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        None => format!("\x7fELF benchmark firmware ELF of {code} {version}").into_bytes(),
+    };
     let bin = esp32_image(version, &sha256(&elf), image_size);
     let version_json = serde_json::json!({
         "git_commit": "0000000", "idf_version": "v5.2.2", "firmware_version": version,
@@ -575,9 +585,10 @@ async fn main() -> anyhow::Result<()> {
             code,
             version,
             image_size,
+            elf,
             out,
         } => {
-            make_bundle(&code, &version, image_size, &out)?;
+            make_bundle(&code, &version, image_size, elf.as_deref(), &out)?;
             true
         }
     };

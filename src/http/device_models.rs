@@ -1,7 +1,8 @@
 //! `/api/device-models`: list, create, get, update and delete device models (SPEC §5, §6).
 //!
-//! Field names follow the Python service so its web UI keeps working: `config_schema` is sent as
-//! JSON *text* and returned parsed; `has_config_schema` and `device_count` are derived.
+//! Field names follow the Python service so its web UI keeps working: `config_schema` is sent and
+//! returned as JSON *text* (the stored text, verbatim — the UI puts it in a text editor and
+//! `JSON.parse`s it); `has_config_schema` and `device_count` are derived.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader};
@@ -54,9 +55,8 @@ pub struct DeviceModelResponse {
     pub code: String,
     pub name: String,
     pub firmware_version: Option<String>,
-    /// The JSON Schema device configs must satisfy (parsed), or null.
-    #[schema(value_type = Option<Object>)]
-    pub config_schema: Option<Value>,
+    /// The JSON Schema device configs must satisfy, as the JSON text it was sent as, or null.
+    pub config_schema: Option<String>,
     pub has_config_schema: bool,
     pub device_count: i64,
     pub created_at: DateTime<Utc>,
@@ -100,11 +100,7 @@ fn full(row: DeviceModelRow) -> DeviceModelResponse {
     DeviceModelResponse {
         id: row.id,
         has_config_schema: row.config_schema.is_some(),
-        // Stored schemas were validated on the way in; a legacy row with broken text shows as null.
-        config_schema: row
-            .config_schema
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok()),
+        config_schema: row.config_schema,
         code: row.code,
         name: row.name,
         firmware_version: row.firmware_version,

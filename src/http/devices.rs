@@ -2,7 +2,8 @@
 //! (SPEC §5, §6, §11).
 //!
 //! `config` is sent as JSON text (a JSON object is accepted too and stored as its serialisation)
-//! and returned parsed; `GET /api/iot/config` returns the stored text verbatim. The device secret
+//! and returned as the stored text, verbatim, in admin responses as in `GET /api/iot/config`
+//! (the Python service's UI edits it as text). The device secret
 //! is returned once, by create and by `POST /api/devices/{id}/secret`; only its hash is stored.
 
 use axum::extract::{Path, Query, State};
@@ -66,9 +67,8 @@ pub struct DeviceResponse {
     pub device_model_id: i64,
     pub device_model: DeviceModelInfo,
     pub active: bool,
-    /// The device's configuration, parsed.
-    #[schema(value_type = Object)]
-    pub config: Value,
+    /// The device's configuration: the JSON text as stored, byte for byte.
+    pub config: String,
     pub device_name: Option<String>,
     pub device_entity_id: Option<String>,
     pub enable_ota: Option<bool>,
@@ -137,7 +137,7 @@ fn summary(row: DeviceRow) -> DeviceSummary {
 fn full(row: DeviceRow, model: DeviceModelRow, secret: Option<DeviceSecret>) -> DeviceResponse {
     DeviceResponse {
         id: row.id,
-        config: serde_json::from_str(&row.config).unwrap_or(Value::String(row.config.clone())),
+        config: row.config,
         key: row.key,
         device_model_id: row.device_model_id,
         device_model: DeviceModelInfo {

@@ -24,3 +24,4 @@ mod parse_cli;
 mod reconcile;
 mod storage;
 mod transactions;
+mod ui_compat;
