@@ -29,7 +29,6 @@ use iotsupport::config::{S3Config, Secret};
 use iotsupport::storage::backend::ObjectStoreBackend;
 use iotsupport::storage::{ByteRange, ObjectKey, ObjectStorage};
 use rand::{Rng, RngCore};
-use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
 #[command(about = "Load generator for the iotsupport benchmarks (loopback only)")]
@@ -447,63 +446,25 @@ async fn s3get(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Firmware bundle synthesis (the layout of `tests/api/firmware_support.rs`, with a large DROM
-// segment so the image has a realistic size).
+// Firmware bundle synthesis (`tests/support/esp_image_synth.rs`, with a large DROM segment so the
+// image has a realistic size).
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
+#[path = "../tests/support/esp_image_synth.rs"]
+mod esp_image_synth;
+use esp_image_synth::{sha256, Desc};
 
-/// A 256-byte `esp_app_desc_t`.
-fn app_desc(version: &str, elf_sha256: &[u8; 32]) -> Vec<u8> {
-    let mut out = vec![0u8; 256];
-    out[0..4].copy_from_slice(&0xABCD_5432u32.to_le_bytes());
-    out[4..8].copy_from_slice(&3u32.to_le_bytes()); // secure_version
-    out[16..16 + version.len()].copy_from_slice(version.as_bytes());
-    out[48..59].copy_from_slice(b"bench_image");
-    out[80..88].copy_from_slice(b"16:23:40");
-    out[96..107].copy_from_slice(b"Jul 25 2024");
-    out[112..118].copy_from_slice(b"v5.2.2");
-    out[144..176].copy_from_slice(elf_sha256);
-    out
-}
-
-/// An ESP32 app image of about `size` bytes: DROM (app descriptor + filler), DRAM and IRAM
-/// segments, checksum, SHA-256 appended.
+/// An ESP32 app image of about `size` bytes (random DROM filler).
 fn esp32_image(version: &str, elf_sha256: &[u8; 32], size: usize) -> Vec<u8> {
-    let mut drom = app_desc(version, elf_sha256);
-    let filler = (size.saturating_sub(512) / 4 * 4).max(64);
-    let mut pad = vec![0u8; filler];
-    rand::rng().fill_bytes(&mut pad);
-    drom.extend_from_slice(&pad);
-    let segments: [(u32, Vec<u8>); 3] = [
-        (0x3F40_0020, drom),
-        (0x3FFB_0000, vec![0x50; 16]),
-        (0x4008_0000, vec![0xA5; 8]),
-    ];
-    let mut out = vec![0xE9, 3, 2, 0x10];
-    out.extend_from_slice(&0x4008_0af0u32.to_le_bytes());
-    out.extend_from_slice(&[0xEE, 0, 0, 0]);
-    out.extend_from_slice(&0u16.to_le_bytes()); // chip id: ESP32
-    out.push(0);
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&399u16.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(1); // hash appended
-    let mut checksum = 0xEFu8;
-    for (addr, data) in &segments {
-        out.extend_from_slice(&addr.to_le_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
-        checksum = data.iter().fold(checksum, |a, b| a ^ b);
-    }
-    while out.len() % 16 != 15 {
-        out.push(0);
-    }
-    out.push(checksum);
-    let digest = sha256(&out);
-    out.extend_from_slice(&digest);
-    out
+    let desc = Desc {
+        magic: 0xABCD_5432,
+        version: version.as_bytes().to_vec(),
+        project: b"bench_image",
+        idf: b"v5.2.2",
+        elf_sha256: *elf_sha256,
+    };
+    let mut tail = vec![0u8; (size.saturating_sub(512) / 4 * 4).max(64)];
+    rand::rng().fill_bytes(&mut tail);
+    esp_image_synth::esp32_image(&desc, &tail, 0x50)
 }
 
 fn make_bundle(

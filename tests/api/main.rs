@@ -7,6 +7,8 @@ mod coredump_parse;
 mod coredump_sidecar;
 mod coredumps;
 mod downloads;
+#[path = "../support/esp_image_synth.rs"]
+mod esp_image_synth;
 mod events;
 mod firmware;
 mod firmware_support;
