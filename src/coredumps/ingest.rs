@@ -2,9 +2,9 @@
 //! its messages, and the store sequence of golden rule 1.
 //!
 //! Checks: `chip` present, `firmware_version` present, both within their columns (50), the
-//! version safe as an object key component; the body within `MAX_COREDUMP_BYTES` (413, decided
-//! from `Content-Length` before reading, or as soon as the streamed body passes the limit — never
-//! by reading it all); the body not empty.
+//! version safe as an object key component; then (in `src/http/coredumps.rs`, which reads the
+//! body) the body within `MAX_COREDUMP_BYTES` (413, decided from `Content-Length` before reading,
+//! or as soon as the streamed body passes the limit — never by reading it all) and not empty.
 //!
 //! Store: insert the `PENDING` row (flushed: the id is final), upload
 //! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit.
@@ -14,20 +14,42 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 
-use crate::db::coredumps;
-use crate::db::Tx;
-use crate::http::error::ApiError;
+use crate::db::{coredumps, DbError, Tx};
 use crate::outbox;
 use crate::state::AppState;
-use crate::storage::{coredump_key, ObjectKey, Storage};
+use crate::storage::{coredump_key, InvalidKey, ObjectKey, Storage, StorageError};
 
 /// Column width of `coredumps.chip` (and `firmware_version`, checked by `FirmwareVersion`).
 pub const MAX_FIELD_LEN: usize = 50;
 /// How long a failed upload's cleanup may hold the request.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a dump was not stored. The HTTP layer maps these to 400, 413, 404 and (for the database
+/// or the object store) 503.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The query or the body is not acceptable (400) with this message.
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is larger than `MAX_COREDUMP_BYTES` (413).
+    #[error("Coredump exceeds the maximum size of {0} bytes")]
+    TooLarge(u64),
+    /// The device was deleted after it authenticated.
+    #[error("Device {0} was not found")]
+    DeviceGone(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Key(#[from] InvalidKey),
+}
+
+fn invalid(message: impl Into<String>) -> IngestError {
+    IngestError::Invalid(message.into())
+}
 
 /// The validated query of an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,22 +60,20 @@ pub struct DumpMeta {
 
 impl DumpMeta {
     /// Checks the query in the Python service's order; empty counts as missing.
-    pub fn parse(chip: Option<&str>, firmware_version: Option<&str>) -> Result<Self, ApiError> {
+    pub fn parse(chip: Option<&str>, firmware_version: Option<&str>) -> Result<Self, IngestError> {
         let chip = chip
             .filter(|c| !c.is_empty())
-            .ok_or_else(|| ApiError::validation("Missing required query parameter: chip"))?;
-        let version = firmware_version.filter(|v| !v.is_empty()).ok_or_else(|| {
-            ApiError::validation("Missing required query parameter: firmware_version")
-        })?;
+            .ok_or_else(|| invalid("Missing required query parameter: chip"))?;
+        let version = firmware_version
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid("Missing required query parameter: firmware_version"))?;
         if chip.chars().count() > MAX_FIELD_LEN {
-            return Err(ApiError::validation(format!(
+            return Err(invalid(format!(
                 "chip must be at most {MAX_FIELD_LEN} characters"
             )));
         }
         if chip.chars().any(char::is_control) {
-            return Err(ApiError::validation(
-                "chip must not contain control characters",
-            ));
+            return Err(invalid("chip must not contain control characters"));
         }
         check_version(version)?;
         Ok(DumpMeta {
@@ -65,47 +85,10 @@ impl DumpMeta {
 
 /// The reported version later names `firmware/{model}/{version}/firmware.elf`, so it must be a
 /// safe key component (SPEC §3): rejected, never escaped. Same rules as stored firmware versions.
-fn check_version(version: &str) -> Result<(), ApiError> {
+fn check_version(version: &str) -> Result<(), IngestError> {
     crate::fleet::FirmwareVersion::parse(version)
         .map(|_| ())
-        .map_err(ApiError::validation)
-}
-
-fn too_large(limit: u64) -> ApiError {
-    ApiError::PayloadTooLarge(format!(
-        "Coredump exceeds the maximum size of {limit} bytes"
-    ))
-}
-
-/// Reads the body up to `limit` bytes: 413 from `Content-Length` alone, or as soon as the stream
-/// passes the limit, without reading further.
-pub async fn read_body(
-    headers: &http::HeaderMap,
-    body: axum::body::Body,
-    limit: u64,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(limit));
-    }
-    let capacity = declared.unwrap_or(0).min(limit) as usize;
-    let mut buffer = BytesMut::with_capacity(capacity);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::validation(format!("Could not read the request body: {e}")))?;
-        if (buffer.len() + chunk.len()) as u64 > limit {
-            return Err(too_large(limit));
-        }
-        buffer.extend_from_slice(&chunk);
-    }
-    if buffer.is_empty() {
-        return Err(ApiError::validation("No coredump content provided"));
-    }
-    Ok(buffer.freeze())
+        .map_err(invalid)
 }
 
 /// The device a dump is uploaded for.
@@ -121,7 +104,7 @@ pub async fn store(
     device: Uploader<'_>,
     meta: &DumpMeta,
     content: Bytes,
-) -> Result<i64, ApiError> {
+) -> Result<i64, IngestError> {
     let size = content.len() as i64;
     let mut tx = state.db.begin().await?;
     let id = match coredumps::insert(
@@ -136,10 +119,7 @@ pub async fn store(
         Ok(id) => id,
         // The device was deleted after it authenticated.
         Err(e) if e.is_foreign_key_violation() => {
-            return Err(ApiError::NotFound(format!(
-                "Device {} was not found",
-                device.device_key
-            )))
+            return Err(IngestError::DeviceGone(device.device_key.to_string()))
         }
         Err(e) => return Err(e.into()),
     };
@@ -179,7 +159,7 @@ async fn finish(
     tx: &mut Tx,
     device: Uploader<'_>,
     id: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), IngestError> {
     super::retention::enforce(
         tx,
         device.device_id,
@@ -210,7 +190,7 @@ async fn cleanup(storage: &Storage, key: &ObjectKey) {
 mod tests {
     use super::*;
 
-    fn message(r: Result<DumpMeta, ApiError>) -> String {
+    fn message(r: Result<DumpMeta, IngestError>) -> String {
         r.unwrap_err().to_string()
     }
 

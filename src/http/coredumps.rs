@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AdminEditor, AdminReader, DeviceCaller};
 use super::download::{self, Download};
 use super::error::{ApiError, Json};
-use crate::coredumps::ingest::{self, DumpMeta, Uploader};
+use crate::coredumps::ingest::{self, DumpMeta, IngestError, Uploader};
 use crate::coredumps::job;
 use crate::db::coredumps::{self, CoredumpRow};
 use crate::db::Tx;
@@ -168,7 +168,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<CoredumpUploadResponse>), ApiError> {
     let meta = DumpMeta::parse(query.chip.as_deref(), query.firmware_version.as_deref())?;
-    let content = ingest::read_body(&headers, body, state.config.max_coredump_bytes).await?;
+    let content = read_body(&headers, body, state.config.max_coredump_bytes).await?;
     let id = ingest::store(
         &state,
         Uploader {
@@ -186,6 +186,51 @@ pub async fn upload(
             coredump_id: id,
         }),
     ))
+}
+
+/// Reads the body up to `limit` bytes: 413 from `Content-Length` alone, or as soon as the stream
+/// passes the limit, without reading further.
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<bytes::Bytes, IngestError> {
+    use futures::StreamExt;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(IngestError::TooLarge(limit));
+    }
+    let capacity = declared.unwrap_or(0).min(limit) as usize;
+    let mut buffer = bytes::BytesMut::with_capacity(capacity);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| IngestError::Invalid(format!("Could not read the request body: {e}")))?;
+        if (buffer.len() + chunk.len()) as u64 > limit {
+            return Err(IngestError::TooLarge(limit));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    if buffer.is_empty() {
+        return Err(IngestError::Invalid("No coredump content provided".into()));
+    }
+    Ok(buffer.freeze())
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Invalid(message) => ApiError::validation(message),
+            e @ IngestError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
+            e @ IngestError::DeviceGone(_) => ApiError::NotFound(e.to_string()),
+            IngestError::Db(e) => e.into(),
+            IngestError::Storage(e) => e.into(),
+            IngestError::Key(e) => e.into(),
+        }
+    }
 }
 
 /// A device's core dumps, newest first.
