@@ -9,6 +9,7 @@ mod coredumps;
 mod downloads;
 mod events;
 mod firmware;
+mod firmware_cache;
 mod firmware_support;
 mod firmware_versions;
 mod fleet;
