@@ -100,6 +100,13 @@ pub struct Config {
     pub reconcile_interval: Option<Duration>,
     /// Objects younger than this are never orphans (uploads in flight).
     pub reconcile_grace: Duration,
+    /// How long a device credential check and a model's current firmware may be reused on the
+    /// device API (`DEVICE_LOOKUP_CACHE_SECONDS`, default 2, at most 30; 0 turns it off). See
+    /// `crate::lookup_cache` for what this means for changes made through other processes.
+    pub device_lookup_cache_ttl: Duration,
+    /// Byte budget of the in-memory firmware image cache (`FIRMWARE_CACHE_BYTES`, default 32 MiB;
+    /// 0 turns it off). See `crate::firmware::cache`.
+    pub firmware_cache_bytes: u64,
 }
 
 /// The identity reported for callers that are not OIDC users (`LOCAL_ADMIN_SUBJECT`, default
@@ -194,7 +201,28 @@ impl Env {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| invalid(name, "must be a positive number of seconds"))
     }
+
+    /// A duration in seconds from 0 (off) to `max`.
+    fn seconds_or_zero(
+        &self,
+        name: &'static str,
+        default: f64,
+        max: f64,
+    ) -> Result<Duration, ConfigError> {
+        let secs: f64 = self.parse(name, default)?;
+        if !(0.0..=max).contains(&secs) {
+            return Err(invalid(
+                name,
+                format!("must be between 0 (off) and {max} seconds"),
+            ));
+        }
+        Duration::try_from_secs_f64(secs).map_err(|_| invalid(name, "must be a number of seconds"))
+    }
 }
+
+/// A longer reuse of device lookups would make a replaced secret or a rollback take effect too
+/// late on the other processes of a deployment.
+pub const MAX_DEVICE_LOOKUP_CACHE_SECONDS: f64 = 30.0;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/iotsupport.db";
 
@@ -336,6 +364,15 @@ impl Config {
                 Some(_) => Some(env.seconds("RECONCILE_INTERVAL_SECONDS", 0.0)?),
             },
             reconcile_grace: env.seconds("RECONCILE_GRACE_SECONDS", 3600.0)?,
+            device_lookup_cache_ttl: env.seconds_or_zero(
+                "DEVICE_LOOKUP_CACHE_SECONDS",
+                2.0,
+                MAX_DEVICE_LOOKUP_CACHE_SECONDS,
+            )?,
+            firmware_cache_bytes: env.parse(
+                "FIRMWARE_CACHE_BYTES",
+                crate::firmware::cache::DEFAULT_BUDGET_BYTES,
+            )?,
         })
     }
 
@@ -401,6 +438,19 @@ mod tests {
         assert_eq!(c.max_firmwares, 5);
         assert!(c.migrate_on_start);
         assert!(c.check_safe_to_serve().is_ok());
+        assert_eq!(c.device_lookup_cache_ttl, Duration::from_secs(2));
+        assert_eq!(c.firmware_cache_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn zero_turns_the_device_caches_off() {
+        let c = config(&[
+            ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),
+            ("FIRMWARE_CACHE_BYTES", "0"),
+        ])
+        .unwrap();
+        assert!(c.device_lookup_cache_ttl.is_zero());
+        assert_eq!(c.firmware_cache_bytes, 0);
     }
 
     #[test]
@@ -414,6 +464,9 @@ mod tests {
             ("ALLOW_UNAUTHENTICATED", "maybe"),
             ("LOG_FORMAT", "xml"),
             ("ADMIN_TOKEN", "short"),
+            ("DEVICE_LOOKUP_CACHE_SECONDS", "31"),
+            ("DEVICE_LOOKUP_CACHE_SECONDS", "-1"),
+            ("FIRMWARE_CACHE_BYTES", "-5"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var, "{err}");

@@ -114,6 +114,7 @@ impl Application {
             shutdown.clone(),
         );
         let state = AppState {
+            caches: Arc::new(crate::state::Caches::new(&config)),
             oidc,
             events,
             shutdown: shutdown.clone(),

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::db::devices::DeviceCredential;
+use crate::db::firmware_versions::CurrentImage;
 use crate::db::Db;
+use crate::firmware::cache::FirmwareCache;
+use crate::lookup_cache::{LookupCache, DEFAULT_CAPACITY};
 use crate::storage::Storage;
 
 #[derive(Clone)]
@@ -18,4 +22,40 @@ pub struct AppState {
     pub events: crate::events::EventHub,
     /// Fires when the process stops; long-lived responses (the event stream) end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub caches: Arc<Caches>,
+}
+
+/// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them
+/// is needed by another process: each process fills its own, and a change made anywhere reaches
+/// every process within `DEVICE_LOOKUP_CACHE_SECONDS` (at once on the process that made it).
+pub struct Caches {
+    /// Device key → credential, for `Authorization: Bearer key.secret` (see `crate::http::auth`).
+    pub device_credentials: LookupCache<String, DeviceCredential>,
+    /// Model id → its current firmware image (version, size, SHA-256).
+    pub current_images: LookupCache<i64, CurrentImage>,
+    /// Firmware images by SHA-256.
+    pub firmware: Arc<FirmwareCache>,
+}
+
+impl Caches {
+    pub fn new(config: &Config) -> Self {
+        let ttl = config.device_lookup_cache_ttl;
+        Caches {
+            device_credentials: LookupCache::new("device_credential", ttl, DEFAULT_CAPACITY),
+            current_images: LookupCache::new("current_firmware", ttl, DEFAULT_CAPACITY),
+            firmware: FirmwareCache::new(config.firmware_cache_bytes),
+        }
+    }
+
+    /// Call after a device's secret was replaced or the device deleted (after the commit).
+    pub fn device_changed(&self, key: &str) {
+        self.device_credentials.invalidate(&key.to_string());
+    }
+
+    /// Call after anything that may change which image a model serves: an upload (with its
+    /// retention), a rollback, a version or model deletion (after the commit). Cached images need
+    /// no invalidation: they are keyed by content hash.
+    pub fn model_firmware_changed(&self, model_id: i64) {
+        self.current_images.invalidate(&model_id);
+    }
 }

@@ -22,6 +22,14 @@ pub const JOBS_QUEUED: &str = "jobs_queued";
 pub const JOBS_OLDEST_AGE: &str = "jobs_oldest_queued_age_seconds";
 pub const RECONCILE_ORPHANS: &str = "reconcile_orphan_objects";
 pub const RECONCILE_DANGLING: &str = "reconcile_dangling_rows";
+pub const FIRMWARE_CACHE_HITS: &str = "firmware_cache_hits_total";
+pub const FIRMWARE_CACHE_MISSES: &str = "firmware_cache_misses_total";
+pub const FIRMWARE_CACHE_FILLS: &str = "firmware_cache_fills_total";
+pub const FIRMWARE_CACHE_EVICTIONS: &str = "firmware_cache_evictions_total";
+pub const FIRMWARE_CACHE_BYTES: &str = "firmware_cache_bytes";
+pub const FIRMWARE_CACHE_ENTRIES: &str = "firmware_cache_entries";
+pub const LOOKUP_CACHE_HITS: &str = "lookup_cache_hits_total";
+pub const LOOKUP_CACHE_MISSES: &str = "lookup_cache_misses_total";
 
 /// Installs the global log subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
@@ -144,5 +152,41 @@ fn describe() {
     describe_counter!(
         OUTBOX_FAILED,
         "Object deletions that failed and will be retried"
+    );
+    describe_counter!(
+        FIRMWARE_CACHE_HITS,
+        "Firmware image downloads served from the in-memory cache"
+    );
+    describe_counter!(
+        FIRMWARE_CACHE_MISSES,
+        "Cacheable firmware image downloads streamed from the store instead, by reason \
+         (absent: not cached yet or evicted; too_large: larger than FIRMWARE_CACHE_BYTES)"
+    );
+    describe_counter!(
+        FIRMWARE_CACHE_FILLS,
+        "Background reads of a whole image into the firmware cache, by outcome (stored, failed, \
+         mismatch: size or SHA-256 differed from the row)"
+    );
+    describe_counter!(
+        FIRMWARE_CACHE_EVICTIONS,
+        "Images dropped from the firmware cache to make room (least recently used first)"
+    );
+    metrics::describe_gauge!(
+        FIRMWARE_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of firmware images held in the in-memory cache"
+    );
+    metrics::describe_gauge!(
+        FIRMWARE_CACHE_ENTRIES,
+        "Firmware images held in the in-memory cache"
+    );
+    describe_counter!(
+        LOOKUP_CACHE_HITS,
+        "Device-path database lookups answered from the short-lived cache, by cache \
+         (device_credential, current_firmware)"
+    );
+    describe_counter!(
+        LOOKUP_CACHE_MISSES,
+        "Device-path database lookups that went to the database, by cache"
     );
 }

@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{now, DbError, Tx};
+use super::{now, Db, DbError, Tx};
 use crate::fleet::DeviceConfig;
-use crate::on_conn;
+use crate::{on_conn, on_pool};
 
 /// A device row with what list and detail views show.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -27,6 +27,27 @@ const SELECT: &str = "SELECT d.id, d.key, d.device_model_id, d.config, d.device_
         (SELECT MAX(c.uploaded_at) FROM coredumps c WHERE c.device_id = d.id) AS last_coredump_at,
         d.created_at, d.updated_at
     FROM devices d";
+
+/// What checking a device's `key.secret` credential needs (cached briefly, see
+/// `crate::lookup_cache`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceCredential {
+    pub id: i64,
+    pub key: String,
+    pub device_model_id: i64,
+    /// Hex SHA-256 of the secret; `None` for a device that never had one.
+    pub secret_hash: Option<String>,
+}
+
+/// The credential of the device with this key, read from the pool.
+pub async fn find_credential(db: &Db, key: &str) -> Result<Option<DeviceCredential>, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, DeviceCredential>(
+        "SELECT id, key, device_model_id, secret_hash FROM devices WHERE key = $1"
+    )
+    .bind(key)
+    .fetch_optional(p)
+    .await)?)
+}
 
 pub const KEY_UNIQUE: (&str, &str) = ("devices_key_key", "devices.key");
 

@@ -95,6 +95,32 @@ pub struct ModelFirmware {
     pub firmware_version: Option<String>,
 }
 
+/// A model's current firmware image as the device API needs it: the model's code, its current
+/// version, and that version's `firmware.bin` size and SHA-256 (`None` for legacy rows).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CurrentImage {
+    pub model_id: i64,
+    pub code: String,
+    pub version: Option<String>,
+    pub image_size: Option<i64>,
+    pub image_sha256: Option<String>,
+}
+
+/// The current image of a model, in one query, read from the pool.
+pub async fn current_image(db: &Db, model_id: i64) -> Result<Option<CurrentImage>, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, CurrentImage>(
+        "SELECT m.id AS model_id, m.code, m.firmware_version AS version,
+                f.firmware_bin_size AS image_size, f.firmware_bin_sha256 AS image_sha256
+         FROM device_models m
+         LEFT JOIN firmware_versions f
+           ON f.device_model_id = m.id AND f.version = m.firmware_version
+         WHERE m.id = $1"
+    )
+    .bind(model_id)
+    .fetch_optional(p)
+    .await)?)
+}
+
 /// The model by id, read from the pool.
 pub async fn model_by_id(db: &Db, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, ModelFirmware>(

@@ -1,9 +1,10 @@
 //! Firmware builds (SPEC §3, §4, §7): validating uploaded bundles ([`bundle`]), storing them under
-//! golden rule 1 and managing stored versions ([`store`]), and per-model retention
-//! ([`retention`]). HTTP lives in `src/http/firmware.rs`; nothing here depends on it, so the
+//! golden rule 1 and managing stored versions ([`store`]), per-model retention ([`retention`]),
+//! and the in-memory cache of images that downloads are served from ([`cache`]). HTTP lives in `src/http/firmware.rs`; nothing here depends on it, so the
 //! `migrate-to-s3` command can store legacy bundles through the same code.
 
 pub mod bundle;
+pub mod cache;
 pub mod retention;
 pub mod store;
 

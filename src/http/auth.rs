@@ -15,6 +15,10 @@
 //! against its stored SHA-256; or, with OIDC on, a JWT (two dots) whose `azp` is
 //! `iotdevice-{model_code}-{device_key}` with the model code matching the device's model;
 //! `?device_key=` only when `IOT_DEVICE_KEY_AUTH=true`. An unreachable issuer is a 503, not a 401.
+//! The stored `key.secret` credential is reused for up to `DEVICE_LOOKUP_CACHE_SECONDS` (see
+//! `crate::lookup_cache`): a secret replaced or a device deleted through this process is refused
+//! at once, through another process sharing the database within that time. JWT and `?device_key=`
+//! callers are looked up every time.
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -22,6 +26,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::db::devices::{self, DeviceCredential};
 use crate::state::AppState;
 
 pub const ROLE_EDITOR: &str = "editor";
@@ -195,24 +200,28 @@ impl FromRequestParts<AppState> for PipelineCaller {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct DeviceCredential {
-    id: i64,
-    key: String,
-    device_model_id: i64,
-    secret_hash: Option<String>,
+async fn find_device(state: &AppState, key: &str) -> Result<Option<DeviceCredential>, ApiError> {
+    Ok(devices::find_credential(&state.db, key).await?)
 }
 
-async fn find_device(state: &AppState, key: &str) -> Result<Option<DeviceCredential>, ApiError> {
-    Ok(
-        crate::on_pool!(&state.db, |p| sqlx::query_as::<_, DeviceCredential>(
-            "SELECT id, key, device_model_id, secret_hash FROM devices WHERE key = $1"
-        )
-        .bind(key)
-        .fetch_optional(p)
-        .await)
-        .map_err(crate::db::DbError::from)?,
-    )
+/// The credential for `key`, from the short-lived cache when possible (see
+/// `crate::lookup_cache`): a device downloading an image in many ranges is checked against the
+/// database at most once per `DEVICE_LOOKUP_CACHE_SECONDS`. Unknown keys are never cached.
+async fn cached_credential(
+    state: &AppState,
+    key: &str,
+) -> Result<Option<DeviceCredential>, ApiError> {
+    let cache = &state.caches.device_credentials;
+    let key = key.to_string();
+    if let Some(found) = cache.get(&key) {
+        return Ok(Some(found));
+    }
+    let ticket = cache.ticket();
+    let found = find_device(state, &key).await?;
+    if let Some(credential) = &found {
+        cache.insert(key, credential.clone(), ticket);
+    }
+    Ok(found)
 }
 
 fn invalid_device_credentials() -> ApiError {
@@ -267,7 +276,7 @@ impl FromRequestParts<AppState> for DeviceCaller {
             if key.len() != 8 {
                 return Err(invalid_device_credentials());
             }
-            let device = find_device(state, key)
+            let device = cached_credential(state, key)
                 .await?
                 .ok_or_else(invalid_device_credentials)?;
             let stored = device.secret_hash.as_deref().unwrap_or("");

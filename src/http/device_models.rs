@@ -313,7 +313,9 @@ pub async fn remove(
         &json!({"id": id, "code": model.code}),
     )
     .await?;
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    state.caches.model_firmware_changed(id);
+    committed?;
     tracing::info!(model_code = %model.code, model_id = id, firmware_versions = versions.len(), "device_model_deleted");
     Ok(StatusCode::NO_CONTENT)
 }

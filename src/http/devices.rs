@@ -312,12 +312,16 @@ pub async fn remove(
         .collect::<Result<Vec<_>, _>>()?;
     outbox::schedule_deletion(&mut tx, &keys).await?;
     events::record(&mut tx, "device_deleted", &event_payload(&row)).await?;
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    // Even after a failed commit: it may have happened, and forgetting costs one query.
+    state.caches.device_changed(&row.key);
+    committed?;
     tracing::info!(device_key = %row.key, device_id = id, coredumps = keys.len(), "device_deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Issue a new secret for a device; the old one stops working at once. Requires `editor`.
+/// Issue a new secret for a device; the old one stops working at once on this process, and within
+/// `DEVICE_LOOKUP_CACHE_SECONDS` on other processes sharing the database. Requires `editor`.
 #[utoipa::path(post, path = "/api/devices/{id}/secret", tag = "devices",
     security(("admin" = ["editor"])), params(("id" = i64, Path, description = "Device id")),
     responses((status = 200, body = DeviceSecretResponse), (status = 404, body = super::error::ErrorBody)))]
@@ -330,7 +334,9 @@ pub async fn replace_secret(
     let (row, _) = load(&mut tx, id).await?;
     let secret = DeviceSecret::generate();
     devices::set_secret_hash(&mut tx, id, &secret.hash()).await?;
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    state.caches.device_changed(&row.key);
+    committed?;
     tracing::info!(device_key = %row.key, device_id = id, "device_secret_replaced");
     Ok(Json(DeviceSecretResponse {
         id,

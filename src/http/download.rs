@@ -9,9 +9,15 @@
 //! `etag` (the artifact's SHA-256), `If-None-Match` can answer 304 without touching the store and
 //! `If-Range` only honours `Range` while the ETag still matches — ESP-IDF's OTA client resumes
 //! interrupted downloads this way.
+//!
+//! Firmware images may instead come from memory ([`Source::Cache`], see `crate::firmware::cache`):
+//! the same headers and statuses, computed from the cached bytes, and no store request at all.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
     IF_NONE_MATCH, IF_RANGE, RANGE,
@@ -19,6 +25,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::error::ApiError;
+use crate::firmware::cache::{FirmwareCache, Lookup};
 use crate::storage::{ByteRange, ObjectKey, Storage, StorageError};
 
 /// What to send and how to describe it.
@@ -99,19 +106,142 @@ fn set_length(response: &mut Response, length: u64) {
         .insert(CONTENT_LENGTH, HeaderValue::from(length));
 }
 
-/// Answers a GET or HEAD for `download` according to the request's conditional and range headers.
+/// Where the bytes of a download come from.
+pub enum Source<'a> {
+    /// Streamed from the object store.
+    Store,
+    /// The whole object, already in memory (a firmware cache hit).
+    Memory(Bytes),
+    /// The firmware cache, looked up by the artifact's SHA-256 and size (from its row): a hit is
+    /// served from memory; a miss is streamed from the store exactly as [`Source::Store`] (a
+    /// `Range` stays a ranged GET) and, for a GET, starts filling the cache in the background.
+    Cache {
+        cache: &'a Arc<FirmwareCache>,
+        sha256: Option<&'a str>,
+        size: Option<u64>,
+    },
+}
+
+/// The 304 answer, when `If-None-Match` names the download's ETag.
+pub fn not_modified(download: &Download, headers: &HeaderMap) -> Option<Response> {
+    let (Some(etag), Some(value)) = (&download.etag, header(headers, IF_NONE_MATCH)) else {
+        return None;
+    };
+    if !matches_etag(value, etag) {
+        return None;
+    }
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    describe(&mut response, download);
+    Some(response)
+}
+
+/// The single range to serve: `Range` if present, parseable, and allowed by `If-Range`.
+fn requested_range(download: &Download, headers: &HeaderMap) -> Option<ByteRange> {
+    let range_allowed = match (header(headers, IF_RANGE), &download.etag) {
+        (None, _) => true,
+        (Some(value), Some(etag)) => value.trim() == quoted(etag),
+        // No validator to compare with: a conditional range cannot be honoured safely.
+        (Some(_), None) => false,
+    };
+    header(headers, RANGE)
+        .filter(|_| range_allowed)
+        .and_then(parse_range)
+}
+
+fn range_not_satisfiable(size: u64) -> Response {
+    let mut response =
+        ApiError::RangeNotSatisfiable("Requested range not satisfiable".into()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        response.headers_mut().insert(CONTENT_RANGE, v);
+    }
+    response
+}
+
+/// Which bytes of an object of `size` bytes a range selects, as the store would serve them;
+/// `None` when it is unsatisfiable.
+fn resolve_range(range: ByteRange, size: u64) -> Option<std::ops::Range<u64>> {
+    match range {
+        ByteRange::Bounded { start, end } if start < size && start < end => {
+            Some(start..end.min(size))
+        }
+        ByteRange::From { start } if start < size => Some(start..size),
+        ByteRange::Suffix { len } if len > 0 && size > 0 => Some(size.saturating_sub(len)..size),
+        _ => None,
+    }
+}
+
+/// The response headers and status for `served` bytes out of `total`.
+fn body_response(
+    body: Body,
+    download: &Download,
+    ranged: bool,
+    served: std::ops::Range<u64>,
+    total: u64,
+) -> Response {
+    let mut response = body.into_response();
+    describe(&mut response, download);
+    set_length(&mut response, served.end.saturating_sub(served.start));
+    if ranged {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let last = served.end.saturating_sub(1);
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{last}/{total}", served.start)) {
+            response.headers_mut().insert(CONTENT_RANGE, v);
+        }
+    }
+    response
+}
+
+/// Answers a GET or HEAD for `download` from the store, according to the request's conditional
+/// and range headers.
 pub async fn respond(
     storage: &Storage,
     download: Download,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let (Some(etag), Some(value)) = (&download.etag, header(headers, IF_NONE_MATCH)) {
-        if matches_etag(value, etag) {
-            let mut response = StatusCode::NOT_MODIFIED.into_response();
-            describe(&mut response, &download);
-            return Ok(response);
-        }
+    respond_from(storage, Source::Store, download, method, headers).await
+}
+
+/// As [`respond`], with the bytes taken from `source`. With [`Source::Cache`], a GET for the whole
+/// object that misses waits for the cache's single read of it (see `crate::firmware::cache`); a
+/// ranged GET that misses reads only its range.
+pub async fn respond_from(
+    storage: &Storage,
+    source: Source<'_>,
+    download: Download,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(response) = not_modified(&download, headers) {
+        return Ok(response);
+    }
+    let range = requested_range(&download, headers);
+    let memory = match source {
+        Source::Store => None,
+        Source::Memory(bytes) => Some(bytes),
+        Source::Cache {
+            cache,
+            sha256,
+            size,
+        } => match (cache.lookup(sha256, size), sha256, size) {
+            (Lookup::Hit(bytes), _, _) => Some(bytes),
+            (Lookup::Miss, Some(sha256), Some(size)) if method == Method::GET => {
+                let key = download.key.clone();
+                if range.is_some() {
+                    // Never more than the range for this request; the fill runs on its own.
+                    cache.start_fill(storage.clone(), key, sha256, size);
+                    None
+                } else {
+                    cache
+                        .fill_and_wait(storage.clone(), key, sha256, size)
+                        .await
+                }
+            }
+            _ => None,
+        },
+    };
+    if let Some(bytes) = memory {
+        return Ok(from_memory(bytes, download, method, headers));
     }
 
     if method == Method::HEAD {
@@ -122,42 +252,49 @@ pub async fn respond(
         return Ok(response);
     }
 
-    let range_allowed = match (header(headers, IF_RANGE), &download.etag) {
-        (None, _) => true,
-        (Some(value), Some(etag)) => value.trim() == quoted(etag),
-        // No validator to compare with: a conditional range cannot be honoured safely.
-        (Some(_), None) => false,
-    };
-    let range = header(headers, RANGE)
-        .filter(|_| range_allowed)
-        .and_then(parse_range);
-
     let read = match storage.get(&download.key, range).await {
         Ok(read) => read,
         Err(StorageError::RangeNotSatisfiable { size, .. }) => {
-            let mut response =
-                ApiError::RangeNotSatisfiable("Requested range not satisfiable".into())
-                    .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                response.headers_mut().insert(CONTENT_RANGE, v);
-            }
-            return Ok(response);
+            return Ok(range_not_satisfiable(size));
         }
         Err(e) => return Err(e.into()),
     };
     let served = read.range.clone();
     let total = read.info.size;
-    let mut response = Body::from_stream(read.body).into_response();
-    describe(&mut response, &download);
-    set_length(&mut response, served.end.saturating_sub(served.start));
-    if range.is_some() {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let last = served.end.saturating_sub(1);
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{last}/{total}", served.start)) {
-            response.headers_mut().insert(CONTENT_RANGE, v);
-        }
+    Ok(body_response(
+        Body::from_stream(read.body),
+        &download,
+        range.is_some(),
+        served,
+        total,
+    ))
+}
+
+/// Serves an object held in memory: no store request at all. The body shares the cached buffer
+/// (a reference, not a copy), so hundreds of concurrent downloads of one image cost no more memory
+/// than the image.
+fn from_memory(bytes: Bytes, download: Download, method: &Method, headers: &HeaderMap) -> Response {
+    let total = bytes.len() as u64;
+    if method == Method::HEAD {
+        let mut response = StatusCode::OK.into_response();
+        describe(&mut response, &download);
+        set_length(&mut response, total);
+        return response;
     }
-    Ok(response)
+    let range = requested_range(&download, headers);
+    let served = match range {
+        None => 0..total,
+        Some(range) => match resolve_range(range, total) {
+            Some(served) => served,
+            None => return range_not_satisfiable(total),
+        },
+    };
+    // Both ends are within `bytes` (resolve_range clamps to the length), so slicing cannot panic.
+    let body = match (usize::try_from(served.start), usize::try_from(served.end)) {
+        (Ok(start), Ok(end)) => bytes.slice(start..end),
+        _ => Bytes::new(),
+    };
+    body_response(Body::from(body), &download, range.is_some(), served, total)
 }
 
 #[cfg(test)]
@@ -196,6 +333,36 @@ mod tests {
         ] {
             assert_eq!(parse_range(value), None, "{value}");
         }
+    }
+
+    #[test]
+    fn ranges_resolve_against_an_in_memory_object_as_the_store_would() {
+        let size = 100;
+        let resolve = |r| resolve_range(r, size);
+        assert_eq!(
+            resolve(ByteRange::Bounded { start: 10, end: 20 }),
+            Some(10..20)
+        );
+        assert_eq!(
+            resolve(ByteRange::Bounded {
+                start: 90,
+                end: 200
+            }),
+            Some(90..100)
+        );
+        assert_eq!(
+            resolve(ByteRange::Bounded {
+                start: 100,
+                end: 200
+            }),
+            None
+        );
+        assert_eq!(resolve(ByteRange::From { start: 99 }), Some(99..100));
+        assert_eq!(resolve(ByteRange::From { start: 100 }), None);
+        assert_eq!(resolve(ByteRange::Suffix { len: 10 }), Some(90..100));
+        assert_eq!(resolve(ByteRange::Suffix { len: 500 }), Some(0..100));
+        assert_eq!(resolve(ByteRange::Suffix { len: 0 }), None);
+        assert_eq!(resolve_range(ByteRange::Suffix { len: 5 }, 0), None);
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! (`crate::firmware::bundle`) runs on a blocking thread, storing follows golden rule 1
 //! (`crate::firmware::store`).
 //!
-//! Downloads go through [`super::download::respond`]: streamed, `HEAD`, single ranges fetched as
-//! ranged GETs from the store, the artifact's SHA-256 as `ETag`.
+//! Downloads go through [`super::download::respond_from`]: streamed, `HEAD`, single ranges fetched
+//! as ranged GETs from the store, the artifact's SHA-256 as `ETag`. `firmware.bin` is served from
+//! the in-memory firmware cache when it holds it (`crate::firmware::cache`). The device routes
+//! reuse the model's current image for up to `DEVICE_LOOKUP_CACHE_SECONDS`
+//! (`crate::lookup_cache`), but only when no store read is needed; admin routes always ask the
+//! database.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,9 +32,9 @@ use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader, DeviceCaller, PipelineCaller};
-use super::download::{self, Download};
+use super::download::{self, Download, Source};
 use super::error::{ApiError, Json};
-use crate::db::firmware_versions::{self as fw, FirmwareVersionRow, ModelFirmware};
+use crate::db::firmware_versions::{self as fw, CurrentImage, FirmwareVersionRow, ModelFirmware};
 use crate::firmware::bundle::{self, BundleError};
 use crate::firmware::store::{self, StoreError};
 use crate::firmware::{artifact_key, content_type};
@@ -279,7 +283,10 @@ async fn receive_and_store(
         bundle,
         state.config.max_firmwares,
     )
-    .await?;
+    .await;
+    // Also after a failure: the commit may have happened.
+    state.caches.model_firmware_changed(model.id);
+    let stored = stored?;
     Ok(Json(FirmwareUploadResponse {
         id: stored.model_id,
         code: stored.model_code,
@@ -449,7 +456,9 @@ pub async fn set_current(
     Path(id): Path<i64>,
     Json(body): Json<SetCurrentFirmware>,
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
-    let code = store::set_current(&state.db, id, &body.version).await?;
+    let code = store::set_current(&state.db, id, &body.version).await;
+    state.caches.model_firmware_changed(id);
+    let code = code?;
     Ok(Json(FirmwareUploadResponse {
         id,
         code,
@@ -471,7 +480,9 @@ pub async fn remove_version(
     State(state): State<AppState>,
     Path((id, version)): Path<(i64, String)>,
 ) -> Result<http::StatusCode, ApiError> {
-    store::delete_version(&state.db, id, &version).await?;
+    let deleted = store::delete_version(&state.db, id, &version).await;
+    state.caches.model_firmware_changed(id);
+    deleted?;
     Ok(http::StatusCode::NO_CONTENT)
 }
 
@@ -529,28 +540,59 @@ fn safe_filename(name: &str) -> String {
         .collect()
 }
 
-/// Serves `firmware.bin` of the model's current version as `firmware-{code}.bin`.
-async fn current_firmware(
+/// A model's current image, from the short-lived lookup cache when possible (see
+/// `crate::lookup_cache`); `true` when the answer came from the cache.
+async fn current_image(state: &AppState, model_id: i64) -> Result<(CurrentImage, bool), ApiError> {
+    if let Some(image) = state.caches.current_images.get(&model_id) {
+        return Ok((image, true));
+    }
+    Ok((fresh_current_image(state, model_id).await?, false))
+}
+
+/// A model's current image read from the database (and remembered for the device API).
+async fn fresh_current_image(state: &AppState, model_id: i64) -> Result<CurrentImage, ApiError> {
+    let cache = &state.caches.current_images;
+    let ticket = cache.ticket();
+    let image = fw::current_image(&state.db, model_id)
+        .await?
+        .ok_or_else(|| model_not_found(model_id))?;
+    cache.insert(model_id, image.clone(), ticket);
+    Ok(image)
+}
+
+/// `firmware.bin` of the model's current version, offered as `firmware-{code}.bin`.
+fn image_download(image: &CurrentImage) -> Result<Download, ApiError> {
+    let version = image
+        .version
+        .as_deref()
+        .ok_or_else(|| ApiError::NotFound(format!("DeviceModel {} has no firmware", image.code)))?;
+    Ok(Download {
+        key: artifact_key(&image.code, version, "firmware.bin")?,
+        etag: image.image_sha256.clone(),
+        content_type: content_type("firmware.bin"),
+        filename: safe_filename(&format!("firmware-{}.bin", image.code)),
+    })
+}
+
+fn stored_size(size: Option<i64>) -> Option<u64> {
+    size.and_then(|s| u64::try_from(s).ok())
+}
+
+/// Serves the current image, from the firmware cache when it holds it (filling it on a GET that
+/// misses), else from the store.
+async fn serve_image(
     state: &AppState,
-    model: ModelFirmware,
+    image: &CurrentImage,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let version = model
-        .firmware_version
-        .clone()
-        .ok_or_else(|| ApiError::NotFound(format!("DeviceModel {} has no firmware", model.code)))?;
-    let etag = fw::find(&state.db, model.id, &version)
-        .await?
-        .and_then(|row| row.artifact("firmware.bin"))
-        .and_then(|facts| facts.sha256);
-    let download = Download {
-        key: artifact_key(&model.code, &version, "firmware.bin")?,
-        etag,
-        content_type: content_type("firmware.bin"),
-        filename: safe_filename(&format!("firmware-{}.bin", model.code)),
+    let download = image_download(image)?;
+    let source = Source::Cache {
+        cache: &state.caches.firmware,
+        sha256: image.image_sha256.as_deref(),
+        size: stored_size(image.image_size),
     };
-    download::respond(&state.storage, download, method, headers).await
+    download::respond_from(&state.storage, source, download, method, headers).await
 }
 
 /// Download the model's current `firmware.bin` (`GET` or `HEAD`; `Range`, `If-None-Match` and
@@ -571,8 +613,8 @@ pub async fn download_current(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let model = model(&state, id).await?;
-    current_firmware(&state, model, &method, &headers).await
+    let image = fresh_current_image(&state, id).await?;
+    serve_image(&state, &image, &method, &headers).await
 }
 
 /// Download one artifact of a stored version: `firmware.bin`, `firmware.elf`, `firmware.map`,
@@ -607,13 +649,24 @@ pub async fn download_artifact(
         .await?
         .ok_or_else(|| store::version_not_found(&model.code, &version))
         .map_err(ApiError::from)?;
+    let facts = row.artifact(artifact);
     let download = Download {
         key: artifact_key(&model.code, &version, artifact)?,
-        etag: row.artifact(artifact).and_then(|facts| facts.sha256),
+        etag: facts.as_ref().and_then(|f| f.sha256.clone()),
         content_type: content_type(artifact),
         filename: safe_filename(&format!("{}-{}-{}", model.code, version, artifact)),
     };
-    download::respond(&state.storage, download, &method, &headers).await
+    // Only the image devices fetch is cached: an ELF or map of tens of MiB, read now and then by
+    // a person or the parser, would push the images out.
+    let source = match (*artifact, &facts) {
+        ("firmware.bin", Some(facts)) => Source::Cache {
+            cache: &state.caches.firmware,
+            sha256: facts.sha256.as_deref(),
+            size: stored_size(facts.size),
+        },
+        _ => Source::Store,
+    };
+    download::respond_from(&state.storage, source, download, &method, &headers).await
 }
 
 /// The current firmware of the calling device's model (OTA): `firmware-{code}.bin`, with `HEAD`,
@@ -633,8 +686,29 @@ pub async fn device_firmware(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let model = model(&state, device.device_model_id).await?;
-    current_firmware(&state, model, &method, &headers).await
+    let model_id = device.device_model_id;
+    let (image, cached) = current_image(&state, model_id).await?;
+    if !cached {
+        return serve_image(&state, &image, &method, &headers).await;
+    }
+    // A cached answer (at most DEVICE_LOOKUP_CACHE_SECONDS old) is used only when it needs no
+    // store read: a 304, or the image in memory, whose bytes are by construction the ones its
+    // SHA-256 (the ETag) names. Otherwise the database is asked again before reading the store, so
+    // streamed bytes and ETag always belong to the same row.
+    let download = image_download(&image)?;
+    if let Some(response) = download::not_modified(&download, &headers) {
+        return Ok(response);
+    }
+    if let Some(bytes) = image
+        .image_sha256
+        .as_deref()
+        .and_then(|sha256| state.caches.firmware.get_if_present(sha256))
+    {
+        let source = Source::Memory(bytes);
+        return download::respond_from(&state.storage, source, download, &method, &headers).await;
+    }
+    let image = fresh_current_image(&state, model_id).await?;
+    serve_image(&state, &image, &method, &headers).await
 }
 
 /// The version the calling device should run (cheap: devices poll it).
@@ -646,11 +720,11 @@ pub async fn device_firmware_version(
     device: DeviceCaller,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
-    let model = model(&state, device.device_model_id).await?;
+    let (image, _) = current_image(&state, device.device_model_id).await?;
     Ok((
         [(http::header::CACHE_CONTROL, "no-cache")],
         Json(DeviceFirmwareVersion {
-            firmware_version: model.firmware_version,
+            firmware_version: image.version,
         }),
     )
         .into_response())

@@ -155,9 +155,27 @@ pub async fn spawn_app_with(
     stack: Stack,
     test: &str,
     overrides: &[(&str, &str)],
-    mut options: BuildOptions,
+    options: BuildOptions,
 ) -> Option<TestApp> {
     let TestConfig { config, dir } = test_config(stack, test, overrides).await?;
+    Some(start_app(config, dir, options).await)
+}
+
+/// Two service processes sharing one database and one object store, as in a scaled-out
+/// deployment; each has its own in-process caches and fault injector. `None` when skipped.
+pub async fn spawn_twins(
+    stack: Stack,
+    test: &str,
+    overrides: &[(&str, &str)],
+) -> Option<(TestApp, TestApp)> {
+    let TestConfig { config, dir } = test_config(stack, test, overrides).await?;
+    let first = start_app(config.clone(), dir, BuildOptions::default()).await;
+    let second_dir = TempDir::new().expect("temp dir");
+    let second = start_app(config, second_dir, BuildOptions::default()).await;
+    Some((first, second))
+}
+
+async fn start_app(config: Config, dir: TempDir, mut options: BuildOptions) -> TestApp {
     let real: Storage = match options.storage.take() {
         Some(s) => s,
         None => open_storage(&config).await.expect("open object store"),
@@ -171,7 +189,7 @@ pub async fn spawn_app_with(
     let state = app.state().clone();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
-    Some(TestApp {
+    TestApp {
         address,
         client: reqwest::Client::new(),
         state,
@@ -179,7 +197,7 @@ pub async fn spawn_app_with(
         shutdown,
         server,
         _dir: dir,
-    })
+    }
 }
 
 /// Both stacks, for tests that must hold on each database backend.

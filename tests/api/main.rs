@@ -11,6 +11,7 @@ mod downloads;
 mod esp_image_synth;
 mod events;
 mod firmware;
+mod firmware_cache;
 mod firmware_support;
 mod firmware_versions;
 mod fleet;

@@ -1,0 +1,423 @@
+//! A bounded in-memory cache of firmware images, keyed by their SHA-256.
+//!
+//! Devices of one model all fetch the same `firmware.bin`, often in hundreds of small ranges
+//! (ESP-IDF's OTA client). Serving those from memory saves one S3 request per range, which is most
+//! of the cost of a ranged download.
+//!
+//! Why it cannot serve stale content: an entry is keyed by the SHA-256 the `firmware_versions` row
+//! records for the artifact, and the bytes are checked against that hash when the entry is filled.
+//! A version deleted and uploaded again with different content has a different hash, so it can
+//! only ever match its own bytes. Rows without a stored SHA-256 (legacy data) are never cached.
+//!
+//! How it fills: one whole GET per image (never two at once for the same hash) reads the image in
+//! a background task, verifies its size and hash, and stores it. A *ranged* request that misses is
+//! answered from the store exactly as without the cache (a ranged GET, never more) and only starts
+//! the fill; it never waits for it. A request for the *whole* image that misses waits for that one
+//! read instead of making its own, so a fleet starting to download a new image at once causes one
+//! read of it; if the image cannot be cached or the read fails, it is streamed from the store.
+//!
+//! Memory: stored entries plus fills in flight never exceed the byte budget
+//! (`FIRMWARE_CACHE_BYTES`): space is reserved before a fill starts, evicting the least recently
+//! used entries; an image larger than the budget is never cached (it is always streamed). An
+//! evicted entry's memory is released when the last response still sending it finishes. Budget 0
+//! turns the cache off.
+//!
+//! Metrics: [`FIRMWARE_CACHE_HITS`], [`FIRMWARE_CACHE_MISSES`] (by reason), [`FIRMWARE_CACHE_FILLS`]
+//! (by outcome), [`FIRMWARE_CACHE_EVICTIONS`], and the gauges [`FIRMWARE_CACHE_BYTES`] and
+//! [`FIRMWARE_CACHE_ENTRIES`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::storage::{ObjectKey, Storage, StorageError};
+use crate::telemetry::{
+    FIRMWARE_CACHE_BYTES, FIRMWARE_CACHE_ENTRIES, FIRMWARE_CACHE_EVICTIONS, FIRMWARE_CACHE_FILLS,
+    FIRMWARE_CACHE_HITS, FIRMWARE_CACHE_MISSES,
+};
+
+/// The default byte budget: some twenty typical ESP32 images (1–2 MiB), while the whole process
+/// stays well below 100 MB with hundreds of downloads running.
+pub const DEFAULT_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+
+pub struct FirmwareCache {
+    budget: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// Hashes being filled.
+    filling: HashMap<String, Fill>,
+    /// Bytes held by `entries`.
+    stored: u64,
+    /// Bytes reserved by `filling`.
+    reserved: u64,
+    /// A logical clock for least-recently-used eviction.
+    clock: u64,
+}
+
+struct Entry {
+    bytes: Bytes,
+    last_used: u64,
+}
+
+/// A fill in flight: the bytes it reserved, and a channel whose sender is dropped when it ends.
+struct Fill {
+    reserved: u64,
+    done: watch::Receiver<()>,
+}
+
+enum Begin {
+    Ready(Bytes),
+    Filling(watch::Receiver<()>),
+    Refused,
+}
+
+/// What a download should do with an image, decided by [`FirmwareCache::lookup`].
+pub enum Lookup {
+    /// The image is in memory.
+    Hit(Bytes),
+    /// Not in memory: stream it from the store. For a GET, call [`FirmwareCache::start_fill`] too.
+    Miss,
+    /// Never cached (too large for the budget, no SHA-256, or the cache is off): stream it.
+    Bypass,
+}
+
+/// The hash of an image as the cache keys it: lowercase hex.
+fn cache_key(sha256: &str) -> String {
+    sha256.to_ascii_lowercase()
+}
+
+impl FirmwareCache {
+    pub fn new(budget: u64) -> Arc<Self> {
+        Arc::new(FirmwareCache {
+            budget,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // No critical section can panic halfway through an update.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an image of `size` bytes may be cached at all.
+    pub fn accepts(&self, size: u64) -> bool {
+        self.budget > 0 && size <= self.budget
+    }
+
+    /// Looks an image up by its SHA-256 and size (as the `firmware_versions` row records them),
+    /// counting a hit or a miss.
+    pub fn lookup(&self, sha256: Option<&str>, size: Option<u64>) -> Lookup {
+        let (Some(sha256), Some(size)) = (sha256, size) else {
+            return Lookup::Bypass;
+        };
+        if self.budget == 0 {
+            return Lookup::Bypass;
+        }
+        if !self.accepts(size) {
+            metrics::counter!(FIRMWARE_CACHE_MISSES, "reason" => "too_large").increment(1);
+            return Lookup::Bypass;
+        }
+        match self.touch(&cache_key(sha256)) {
+            Some(bytes) => {
+                metrics::counter!(FIRMWARE_CACHE_HITS).increment(1);
+                Lookup::Hit(bytes)
+            }
+            None => {
+                metrics::counter!(FIRMWARE_CACHE_MISSES, "reason" => "absent").increment(1);
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// The image if it is in memory; counts a hit when it is, nothing when it is not (the caller
+    /// will [`Self::lookup`] again with fresher facts).
+    pub fn get_if_present(&self, sha256: &str) -> Option<Bytes> {
+        if self.budget == 0 {
+            return None;
+        }
+        let found = self.touch(&cache_key(sha256));
+        if found.is_some() {
+            metrics::counter!(FIRMWARE_CACHE_HITS).increment(1);
+        }
+        found
+    }
+
+    fn touch(&self, key: &str) -> Option<Bytes> {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        inner.entries.get_mut(key).map(|entry| {
+            entry.last_used = now;
+            entry.bytes.clone()
+        })
+    }
+
+    /// Whether the image is in memory (no metrics, no recency update). For tests and diagnostics.
+    pub fn contains(&self, sha256: &str) -> bool {
+        self.lock().entries.contains_key(&cache_key(sha256))
+    }
+
+    /// Entries and bytes held (fills in flight not included).
+    pub fn usage(&self) -> (usize, u64) {
+        let inner = self.lock();
+        (inner.entries.len(), inner.stored)
+    }
+
+    /// Starts reading the image at `key` into the cache in the background, unless it is cached,
+    /// being filled, too large, or the budget is taken by fills in flight. For a ranged GET that
+    /// missed: the request itself goes on with its ranged read.
+    pub fn start_fill(self: &Arc<Self>, storage: Storage, key: ObjectKey, sha256: &str, size: u64) {
+        let _ = self.begin_fill(storage, key, sha256, size);
+    }
+
+    /// For a whole-image GET that missed: waits for the image's fill (starting it if none is in
+    /// flight) and returns the image once stored, so any number of devices asking for a new image at
+    /// once cause one read of it. `None` when it cannot be cached (too large, budget taken by other
+    /// fills) or the fill failed: the caller streams from the store as without the cache.
+    pub async fn fill_and_wait(
+        self: &Arc<Self>,
+        storage: Storage,
+        key: ObjectKey,
+        sha256: &str,
+        size: u64,
+    ) -> Option<Bytes> {
+        match self.begin_fill(storage, key, sha256, size) {
+            Begin::Ready(bytes) => Some(bytes),
+            Begin::Refused => None,
+            Begin::Filling(mut done) => {
+                // The fill never sends; it drops its sender when it has finished either way.
+                let _ = done.changed().await;
+                self.touch(&cache_key(sha256))
+            }
+        }
+    }
+
+    fn begin_fill(
+        self: &Arc<Self>,
+        storage: Storage,
+        key: ObjectKey,
+        sha256: &str,
+        size: u64,
+    ) -> Begin {
+        if !self.accepts(size) {
+            return Begin::Refused;
+        }
+        let hash = cache_key(sha256);
+        let done = {
+            let mut inner = self.lock();
+            if let Some(entry) = inner.entries.get(&hash) {
+                return Begin::Ready(entry.bytes.clone());
+            }
+            if let Some(fill) = inner.filling.get(&hash) {
+                return Begin::Filling(fill.done.clone());
+            }
+            if !self.reserve(&mut inner, size) {
+                return Begin::Refused;
+            }
+            let (finished, done) = watch::channel(());
+            inner.filling.insert(
+                hash.clone(),
+                Fill {
+                    reserved: size,
+                    done: done.clone(),
+                },
+            );
+            Self::publish(&inner);
+            (finished, done)
+        };
+        let (finished, done) = done;
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = read_verified(&storage, &key, &hash, size).await;
+            cache.finish_fill(&hash, outcome, &key);
+            drop(finished);
+        });
+        Begin::Filling(done)
+    }
+
+    /// Makes room for `size` more bytes, evicting least recently used entries; `false` when fills
+    /// in flight hold too much of the budget.
+    fn reserve(&self, inner: &mut Inner, size: u64) -> bool {
+        while inner.stored + inner.reserved + size > self.budget {
+            let oldest = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            let Some(oldest) = oldest else {
+                return false;
+            };
+            if let Some(evicted) = inner.entries.remove(&oldest) {
+                inner.stored -= evicted.bytes.len() as u64;
+                metrics::counter!(FIRMWARE_CACHE_EVICTIONS).increment(1);
+            }
+        }
+        inner.reserved += size;
+        true
+    }
+
+    fn finish_fill(&self, hash: &str, outcome: Result<Bytes, FillError>, key: &ObjectKey) {
+        let mut inner = self.lock();
+        if let Some(fill) = inner.filling.remove(hash) {
+            inner.reserved -= fill.reserved;
+        }
+        let label = match outcome {
+            Ok(bytes) => {
+                inner.clock += 1;
+                let last_used = inner.clock;
+                inner.stored += bytes.len() as u64;
+                inner
+                    .entries
+                    .insert(hash.to_string(), Entry { bytes, last_used });
+                "stored"
+            }
+            Err(FillError::Store(e)) => {
+                tracing::warn!(key = %key, error = %e, "firmware_cache_fill_failed");
+                "failed"
+            }
+            Err(FillError::Mismatch(what)) => {
+                // The object no longer matches its row (e.g. replaced since the row was read):
+                // never cache it; downloads keep streaming from the store.
+                tracing::warn!(key = %key, mismatch = what, "firmware_cache_fill_mismatch");
+                "mismatch"
+            }
+        };
+        Self::publish(&inner);
+        drop(inner);
+        metrics::counter!(FIRMWARE_CACHE_FILLS, "outcome" => label).increment(1);
+    }
+
+    fn publish(inner: &Inner) {
+        metrics::gauge!(FIRMWARE_CACHE_BYTES).set(inner.stored as f64);
+        metrics::gauge!(FIRMWARE_CACHE_ENTRIES).set(inner.entries.len() as f64);
+    }
+}
+
+enum FillError {
+    Store(StorageError),
+    Mismatch(&'static str),
+}
+
+/// Reads the whole object, refusing it unless it has exactly `size` bytes hashing to `sha256`.
+async fn read_verified(
+    storage: &Storage,
+    key: &ObjectKey,
+    sha256: &str,
+    size: u64,
+) -> Result<Bytes, FillError> {
+    let read = storage.get(key, None).await.map_err(FillError::Store)?;
+    if read.info.size != size {
+        return Err(FillError::Mismatch("size"));
+    }
+    let capacity = usize::try_from(size).map_err(|_| FillError::Mismatch("size"))?;
+    let mut buffer = BytesMut::with_capacity(capacity);
+    let mut body = read.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(FillError::Store)?;
+        if buffer.len() + chunk.len() > capacity {
+            return Err(FillError::Mismatch("size"));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    if buffer.len() != capacity {
+        return Err(FillError::Mismatch("size"));
+    }
+    let bytes = buffer.freeze();
+    let to_hash = bytes.clone();
+    let digest = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&to_hash)))
+        .await
+        .map_err(|_| FillError::Mismatch("hash"))?;
+    if digest != sha256 {
+        return Err(FillError::Mismatch("sha256"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reserves room as a fill would; `false` when the fill would be refused.
+    fn reserve(cache: &FirmwareCache, hash: &str, len: u64) -> bool {
+        let mut inner = cache.lock();
+        if inner.entries.contains_key(hash) || inner.filling.contains_key(hash) {
+            return false;
+        }
+        if !cache.reserve(&mut inner, len) {
+            return false;
+        }
+        let (_, done) = watch::channel(());
+        inner.filling.insert(
+            hash.to_string(),
+            Fill {
+                reserved: len,
+                done,
+            },
+        );
+        true
+    }
+
+    fn entry(cache: &FirmwareCache, hash: &str, len: usize) {
+        assert!(reserve(cache, hash, len as u64), "reserve {hash}");
+        let key = ObjectKey::parse("firmware/m/1/firmware.bin").expect("key");
+        cache.finish_fill(hash, Ok(Bytes::from(vec![0u8; len])), &key);
+    }
+
+    #[test]
+    fn the_budget_bounds_stored_and_reserved_bytes() {
+        let cache = FirmwareCache::new(100);
+        entry(&cache, "a", 40);
+        entry(&cache, "b", 40);
+        assert_eq!(cache.usage(), (2, 80));
+        // "a" is used, so "b" is the least recently used and goes.
+        assert!(matches!(cache.lookup(Some("a"), Some(40)), Lookup::Hit(_)));
+        entry(&cache, "c", 40);
+        assert!(cache.contains("a") && cache.contains("c") && !cache.contains("b"));
+        assert_eq!(cache.usage(), (2, 80));
+    }
+
+    #[test]
+    fn images_larger_than_the_budget_are_never_cached() {
+        let cache = FirmwareCache::new(100);
+        assert!(matches!(cache.lookup(Some("a"), Some(101)), Lookup::Bypass));
+        assert!(!cache.accepts(101));
+        assert!(!reserve(&cache, "a", 101));
+    }
+
+    #[test]
+    fn one_fill_per_hash_and_fills_in_flight_count_against_the_budget() {
+        let cache = FirmwareCache::new(100);
+        assert!(reserve(&cache, "a", 60));
+        assert!(!reserve(&cache, "a", 60), "second fill of the same hash");
+        assert!(
+            !reserve(&cache, "b", 60),
+            "over budget while a is in flight"
+        );
+        assert!(reserve(&cache, "c", 40));
+    }
+
+    #[test]
+    fn hashes_compare_case_insensitively_and_missing_facts_bypass() {
+        let cache = FirmwareCache::new(100);
+        entry(&cache, "ab", 10);
+        assert!(matches!(cache.lookup(Some("AB"), Some(10)), Lookup::Hit(_)));
+        assert!(matches!(cache.lookup(None, Some(10)), Lookup::Bypass));
+        assert!(matches!(cache.lookup(Some("ab"), None), Lookup::Bypass));
+        assert!(matches!(
+            FirmwareCache::new(0).lookup(Some("ab"), Some(10)),
+            Lookup::Bypass
+        ));
+    }
+}
