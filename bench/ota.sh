@@ -5,8 +5,11 @@
 # but valid bundle (about 1.5 MiB image) uploaded through POST /api/device-models/{id}/firmware.
 # PostgreSQL, s3s-fs and `iotsupport serve` (release build) run on free 127.0.0.1 ports.
 #   bench/ota.sh
+# Then (b): the time to upload a bundle through the service (validation, five PUTs, commit), one
+# at a time, against the time of one direct PUT of its largest artifact (the image).
 # Tuning: BENCH_WHOLE_COUNT (default 1200), BENCH_RANGE_COUNT (15000), BENCH_CONCURRENCY (256),
-# BENCH_RANGE_SIZE (4096), BENCH_IMAGE_SIZE (1572864 bytes), BENCH_MAX_SECONDS per run (30).
+# BENCH_RANGE_SIZE (4096), BENCH_IMAGE_SIZE (1572864 bytes), BENCH_MAX_SECONDS per run (30),
+# BENCH_UPLOADS (9).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -16,6 +19,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-256}
 RANGE_SIZE=${BENCH_RANGE_SIZE:-4096}
 IMAGE_SIZE=${BENCH_IMAGE_SIZE:-1572864}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-30}
+UPLOADS=${BENCH_UPLOADS:-9}
 CODE=bench
 VERSION=1.0.0
 
@@ -49,6 +53,23 @@ run_pair "$RANGE_COUNT" --range-size "$RANGE_SIZE"
 RANGE_SVC=$SVC_OUT RANGE_S3=$S3_OUT
 RSS=$(service_peak_rss_kib)
 
+# (b) Upload time of a bundle vs its largest single PUT, one request at a time.
+UPLOAD_TIMES=()
+for i in $(seq 1 "$UPLOADS"); do
+    "$LOADGEN" make-bundle --code "$CODE" --version "2.0.$i" --image-size "$IMAGE_SIZE" \
+        --out "$WORK/upload.zip" 2>/dev/null
+    UPLOAD_TIMES+=("$(curl -sS --fail-with-body --max-time 120 -o /dev/null -w '%{time_total}' \
+        -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/zip' \
+        --data-binary "@$WORK/upload.zip" "$SERVICE_URL/api/device-models/$MODEL_ID/firmware")")
+done
+UPLOAD_MS=$(printf '%s\n' "${UPLOAD_TIMES[@]}" | sort -g | awk '{ t[NR] = $1 } END { printf "%.1f", t[int((NR + 1) / 2)] * 1000 }')
+BIN_SIZE=$(python3 -c 'import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).getinfo(sys.argv[2]).file_size)' \
+    "$WORK/upload.zip" "$CODE.bin")
+PUT_OUT=$("$LOADGEN" s3put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
+    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" --size "$BIN_SIZE" \
+    --concurrency 1 --count "$UPLOADS" --max-seconds "$MAX_SECONDS")
+echo "$PUT_OUT"
+
 line() {  # line LABEL RESULT
     printf '%-24s %9s req/s  %8s MiB/s  p50 %7s ms  p99 %7s ms  requests %6s  failed %s\n' "$1" \
         "$(kv "$2" req_per_s)" "$(kv "$2" mib_per_s)" "$(kv "$2" p50_ms)" "$(kv "$2" p99_ms)" \
@@ -64,4 +85,5 @@ echo "service / direct, whole images (MiB/s): $(ratio "$(kv "$WHOLE_SVC" mib_per
 echo "service / direct, ranges (req/s):       $(ratio "$(kv "$RANGE_SVC" req_per_s)" "$(kv "$RANGE_S3" req_per_s)")x"
 echo "non-2xx answers from the service: whole $(kv "$WHOLE_SVC" bad_status), ranges $(kv "$RANGE_SVC" bad_status)"
 echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)   goal: >= 0.9x direct, RSS < 100 MB"
+echo "bundle upload through the service, median of $UPLOADS: $UPLOAD_MS ms; one direct PUT of its $BIN_SIZE byte image: p50 $(kv "$PUT_OUT" p50_ms) ms ($(ratio "$UPLOAD_MS" "$(kv "$PUT_OUT" p50_ms)")x)"
 echo "for comparison: the Python service reached ~22 MiB/s for whole images vs 139-265 MiB/s from S3 directly"
