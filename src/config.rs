@@ -107,6 +107,10 @@ pub struct Config {
     /// Byte budget of the in-memory firmware image cache (`FIRMWARE_CACHE_BYTES`, default 32 MiB;
     /// 0 turns it off). See `crate::firmware::cache`.
     pub firmware_cache_bytes: u64,
+    /// How many core-dump uploads may be in progress at once in this process
+    /// (`MAX_CONCURRENT_COREDUMP_UPLOADS`, default 64); more are refused with 503 before their body
+    /// is read, so buffered dumps never take more than this × `MAX_COREDUMP_BYTES` of memory.
+    pub max_concurrent_coredump_uploads: usize,
 }
 
 /// The identity reported for callers that are not OIDC users (`LOCAL_ADMIN_SUBJECT`, default
@@ -373,6 +377,7 @@ impl Config {
                 "FIRMWARE_CACHE_BYTES",
                 crate::firmware::cache::DEFAULT_BUDGET_BYTES,
             )?,
+            max_concurrent_coredump_uploads: env.positive("MAX_CONCURRENT_COREDUMP_UPLOADS", 64)?,
         })
     }
 
@@ -440,6 +445,7 @@ mod tests {
         assert!(c.check_safe_to_serve().is_ok());
         assert_eq!(c.device_lookup_cache_ttl, Duration::from_secs(2));
         assert_eq!(c.firmware_cache_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.max_concurrent_coredump_uploads, 64);
     }
 
     #[test]

@@ -115,6 +115,9 @@ impl Application {
         );
         let state = AppState {
             caches: Arc::new(crate::state::Caches::new(&config)),
+            coredump_uploads: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_coredump_uploads,
+            )),
             oidc,
             events,
             shutdown: shutdown.clone(),

@@ -23,6 +23,8 @@ pub struct AppState {
     /// Fires when the process stops; long-lived responses (the event stream) end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub caches: Arc<Caches>,
+    /// Permits for core-dump uploads in progress (`MAX_CONCURRENT_COREDUMP_UPLOADS`).
+    pub coredump_uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

@@ -18,6 +18,7 @@ pub const JOBS_FINISHED: &str = "jobs_finished_total";
 pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
 pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
 pub const COREDUMP_PARSE_DURATION: &str = "coredump_parse_duration_seconds";
+pub const COREDUMP_UPLOADS_REFUSED: &str = "coredump_uploads_refused_total";
 pub const JOBS_QUEUED: &str = "jobs_queued";
 pub const JOBS_OLDEST_AGE: &str = "jobs_oldest_queued_age_seconds";
 pub const RECONCILE_ORPHANS: &str = "reconcile_orphan_objects";
@@ -127,6 +128,10 @@ fn describe() {
         Unit::Seconds,
         "Time to parse one core dump (fetching dump and ELF included), by parser and outcome \
          (parsed, error, transient, gone)"
+    );
+    describe_counter!(
+        COREDUMP_UPLOADS_REFUSED,
+        "Core-dump uploads refused with 503 because MAX_CONCURRENT_COREDUMP_UPLOADS were in progress"
     );
     metrics::describe_gauge!(
         JOBS_QUEUED,

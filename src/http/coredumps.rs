@@ -159,7 +159,7 @@ async fn load(tx: &mut Tx, id: i64, cid: i64) -> Result<(String, CoredumpRow), A
         (status = 400, description = "Missing or invalid query parameter, or an empty body", body = super::error::ErrorBody),
         (status = 401, body = super::error::ErrorBody),
         (status = 413, description = "Body larger than MAX_COREDUMP_BYTES", body = super::error::ErrorBody),
-        (status = 503, description = "Object store or database unavailable; nothing was stored", body = super::error::ErrorBody)))]
+        (status = 503, description = "Object store or database unavailable, or MAX_CONCURRENT_COREDUMP_UPLOADS uploads already in progress; nothing was stored", body = super::error::ErrorBody)))]
 pub async fn upload(
     device: DeviceCaller,
     State(state): State<AppState>,
@@ -168,6 +168,16 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<CoredumpUploadResponse>), ApiError> {
     let meta = DumpMeta::parse(query.chip.as_deref(), query.firmware_version.as_deref())?;
+    // Held until the dump is stored or refused: bounds the memory of buffered bodies.
+    let _permit = state
+        .coredump_uploads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            metrics::counter!(crate::telemetry::COREDUMP_UPLOADS_REFUSED).increment(1);
+            tracing::warn!(device_key = %device.key, "coredump_upload_refused_busy");
+            ApiError::unavailable("Too many core dump uploads are in progress; retry later")
+        })?;
     let content = read_body(&headers, body, state.config.max_coredump_bytes).await?;
     let id = ingest::store(
         &state,

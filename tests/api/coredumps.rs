@@ -413,10 +413,12 @@ async fn an_oversized_dump_is_refused_with_413_without_reading_past_the_limit() 
 
         // Chunked, with no Content-Length: refused once the stream passes the limit. The stream
         // would go on for 64 MiB; the server must answer long before it ends.
-        let chunks = futures::stream::iter(
-            (0..1024).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![7u8; 64 * 1024]))),
-        );
-        let started = std::time::Instant::now();
+        let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let chunks = futures::stream::iter((0..1024).map(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Bytes::from(vec![7u8; 64 * 1024]))
+        }));
         let response = app
             .client
             .post(app.url(&format!("/api/iot/coredump?{query}")))
@@ -432,7 +434,11 @@ async fn an_oversized_dump_is_refused_with_413_without_reading_past_the_limit() 
                 "{stack:?}: unexpected error {e}"
             ),
         }
-        assert!(started.elapsed() < Duration::from_secs(20));
+        let pulled = pulled.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            pulled < 1024,
+            "{stack:?}: the whole 64 MiB body was sent ({pulled} chunks)"
+        );
 
         // Exactly at the limit is fine.
         let (status, body) = upload(&app, &device, query, vec![7u8; 1024]).await;
@@ -440,6 +446,81 @@ async fn an_oversized_dump_is_refused_with_413_without_reading_past_the_limit() 
         assert_eq!(count(&app, "coredumps").await, 1);
         assert_eq!(count(&app, "jobs").await, 1);
         assert_eq!(objects(&app, "coredumps").await.len(), 1);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_concurrency_limit_are_refused_with_503_and_write_nothing() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app_without_parsing(
+            stack,
+            "coredump_busy",
+            &[("MAX_CONCURRENT_COREDUMP_UPLOADS", "1")],
+        )
+        .await
+        else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        let query = "chip=esp32&firmware_version=1.0";
+
+        // A slow device holds the only permit: the rest of its body comes when the test says so.
+        let (more, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        more.send(Ok(Bytes::from_static(b"first half, ")))
+            .await
+            .unwrap();
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let slow = tokio::spawn(
+            app.client
+                .post(app.url(&format!("/api/iot/coredump?{query}")))
+                .bearer_auth(&device.credential)
+                .body(reqwest::Body::wrap_stream(body))
+                .send(),
+        );
+
+        // Once the server holds its permit (and waits for the rest of the body), the next upload
+        // is refused before its body is read.
+        let held = eventually(Duration::from_secs(20), || async {
+            app.state.coredump_uploads.available_permits() == 0
+        })
+        .await;
+        assert!(held, "{stack:?}: the slow upload never started");
+        let (status, body) = upload(&app, &device, query, b"quick".to_vec()).await;
+        assert_eq!(status, 503, "{stack:?}: {body}");
+        assert_eq!(
+            body["error"],
+            "Too many core dump uploads are in progress; retry later"
+        );
+        assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+
+        // The slow one finishes and is stored; the permit is free again.
+        more.send(Ok(Bytes::from_static(b"second half")))
+            .await
+            .unwrap();
+        drop(more);
+        let response = slow.await.unwrap().unwrap();
+        assert_eq!(response.status(), 201, "{stack:?}");
+        let slow_id = response.json::<Value>().await.unwrap()["coredump_id"].clone();
+        upload_ok(&app, &device, "1.0", b"after").await;
+
+        // The refused upload wrote nothing: two rows, two jobs, two objects.
+        assert_eq!(count(&app, "coredumps").await, 2, "{stack:?}");
+        assert_eq!(count(&app, "jobs").await, 2, "{stack:?}");
+        assert_eq!(objects(&app, "coredumps").await.len(), 2);
+        let (_, dump) = get_json(
+            &app,
+            &format!("/api/devices/{}/coredumps/{slow_id}", device.id),
+        )
+        .await;
+        assert_eq!(dump["size"], b"first half, second half".len(), "{dump}");
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains("coredump_uploads_refused_total"),
+            "{stack:?}: refusals are counted"
+        );
         app.stop().await;
     }
 }
