@@ -17,6 +17,7 @@ impl CoredumpParser for BuiltinParser {
             elf,
             model_code,
             firmware_version,
+            chip,
             ..
         } = request;
         let result = tokio::task::spawn_blocking(move || {
@@ -26,7 +27,10 @@ impl CoredumpParser for BuiltinParser {
         .await
         .map_err(|e| ParseFailure::Permanent(format!("The core dump parser failed: {e}")))?;
         match result {
-            Ok(report) => {
+            Ok(mut report) => {
+                if let Some(warning) = chip_mismatch(&chip, &report.chip) {
+                    report.warnings.push(warning);
+                }
                 let report_json = serde_json::to_string(&report).map_err(|e| {
                     ParseFailure::Permanent(format!("Cannot serialise the crash report: {e}"))
                 })?;
@@ -42,5 +46,36 @@ impl CoredumpParser for BuiltinParser {
                 "The firmware ELF of {model_code} version {firmware_version} cannot be used: {e}"
             ))),
         }
+    }
+}
+
+/// A warning when the chip the device reported with its upload is not the chip the dump comes
+/// from (a misconfigured device, or a dump uploaded under another device's name). Spelling is
+/// ignored: `ESP32-S3` and `esp32s3` are the same chip.
+fn chip_mismatch(reported: &str, from_dump: &str) -> Option<String> {
+    let normal = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    (normal(reported) != normal(from_dump)).then(|| {
+        format!("the device reported chip {reported:?} with its upload, but the dump is from an {from_dump}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chip_mismatch;
+
+    #[test]
+    fn a_different_chip_is_a_warning_and_spelling_is_not() {
+        assert_eq!(chip_mismatch("esp32", "esp32"), None);
+        assert_eq!(chip_mismatch("ESP32-S3", "esp32s3"), None);
+        let warning = chip_mismatch("esp32c3", "esp32").unwrap();
+        assert!(
+            warning.contains("\"esp32c3\"") && warning.ends_with("an esp32"),
+            "{warning}"
+        );
     }
 }

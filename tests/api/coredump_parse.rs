@@ -43,6 +43,8 @@ async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_struct
         assert_eq!(report["crashed_task_name"], "main");
         assert_eq!(report["build_check"], "match");
         assert!(report["tasks"].as_array().is_some_and(|t| !t.is_empty()));
+        let warnings = report["warnings"].to_string();
+        assert!(!warnings.contains("reported chip"), "{warnings}");
         // The list shows the status too, and the finished job is gone.
         let (_, list) = get_json(&app, &format!("/api/devices/{}/coredumps", device.id)).await;
         assert_eq!(list["coredumps"][0]["parse_status"], "PARSED");
@@ -54,6 +56,29 @@ async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_struct
             })
             .await
         );
+
+        // The same dump reported as another chip: parsed all the same, with a warning.
+        let (status, body) = upload(
+            &app,
+            &device,
+            "chip=esp32c3&firmware_version=1.0.0",
+            dump_bytes.clone(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["coredump_id"].as_i64().unwrap();
+        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        let expected =
+            "the device reported chip \"esp32c3\" with its upload, but the dump is from an esp32";
+        assert!(
+            body["report"]["warnings"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w == expected)),
+            "{}",
+            body["report"]
+        );
+        assert!(body["parsed_output"].as_str().unwrap().contains(expected));
         app.stop().await;
     }
 }
