@@ -189,6 +189,13 @@ async fn a_live_workers_heartbeat_keeps_its_claim() {
         let slow = Recorder::slow("probe", Duration::from_millis(5_000));
         let busy = JobRunner::new(db.clone(), vec![slow.clone()], lease);
         let work = tokio::spawn(async move { busy.run_one().await });
+        // The busy worker must hold the claim before the other one looks: otherwise the other
+        // would take a job that is still queued, which is no theft (seen once on a loaded CI run).
+        let claimed = eventually(Duration::from_secs(20), || async {
+            jobs::list(&db).await.unwrap()[0].status == "running"
+        })
+        .await;
+        assert!(claimed, "{stack:?}: the busy worker never claimed the job");
 
         let other = Recorder::new("probe", |_| JobOutcome::Completed);
         let thief = JobRunner::new(db.clone(), vec![other.clone()], lease);
