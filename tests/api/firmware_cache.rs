@@ -422,11 +422,7 @@ async fn replace_secret(app: &TestApp, device_id: i64) -> String {
         .unwrap();
     let (status, body) = response_json(r).await;
     assert_eq!(status, 200, "{body}");
-    format!(
-        "Bearer {}.{}",
-        body["key"].as_str().unwrap(),
-        body["device_secret"].as_str().unwrap()
-    )
+    device_auth(&body)
 }
 
 #[tokio::test]
