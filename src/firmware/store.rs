@@ -201,6 +201,30 @@ pub enum Imported {
     Unchanged,
 }
 
+/// What [`import_bundle`] will do with a bundle, given the stored row of its version (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportPlan {
+    /// No row: insert one and write the five objects.
+    Create,
+    /// A row without facts (adopted from the Python service), by id: rewrite its objects from the
+    /// bundle and record the facts.
+    FillLegacyRow(i64),
+    /// Stored with identical content: nothing to do.
+    Unchanged,
+    /// Stored with different content: refused.
+    Conflict,
+}
+
+/// Decides an import; `migrate-to-s3 --dry-run` asks the same question without writing.
+pub fn import_plan(existing: Option<&fw::FirmwareVersionRow>, bundle: &Bundle) -> ImportPlan {
+    match existing {
+        None => ImportPlan::Create,
+        Some(row) if is_identical(row, bundle) => ImportPlan::Unchanged,
+        Some(row) if row.firmware_bin_sha256.is_none() => ImportPlan::FillLegacyRow(row.id),
+        Some(_) => ImportPlan::Conflict,
+    }
+}
+
 /// Stores a legacy bundle for `migrate-to-s3`: like [`store_bundle`] (validated bundle, model
 /// lock, golden rule 1) but the model's current version is left alone, retention is not applied
 /// (migration never deletes builds; the next upload prunes), the row keeps `uploaded_at`, and
@@ -215,20 +239,21 @@ pub async fn import_bundle(
     let version = bundle.version.as_str().to_string();
     let (mut tx, model) = begin_locked(db, model_id).await?;
     let keys = artifact_keys(&model.code, &version)?;
-    let (imported, cleanup) = match fw::get(&mut tx, model_id, &version).await? {
-        Some(existing) if is_identical(&existing, &bundle) => return Ok(Imported::Unchanged),
-        Some(existing) if existing.firmware_bin_sha256.is_none() => {
-            fw::record_facts(&mut tx, existing.id, &new_row(&bundle)?).await?;
+    let existing = fw::get(&mut tx, model_id, &version).await?;
+    let (imported, cleanup) = match import_plan(existing.as_ref(), &bundle) {
+        ImportPlan::Unchanged => return Ok(Imported::Unchanged),
+        ImportPlan::FillLegacyRow(id) => {
+            fw::record_facts(&mut tx, id, &new_row(&bundle)?).await?;
             // The keys held the legacy objects before: never delete them on failure.
             (Imported::FilledLegacyRow, Cleanup::KeepWritten)
         }
-        Some(_) => {
+        ImportPlan::Conflict => {
             return Err(StoreError::Conflict(format!(
             "Firmware version {version} of DeviceModel {} is already stored with different content",
             model.code
         )))
         }
-        None => {
+        ImportPlan::Create => {
             fw::insert_uploaded_at(&mut tx, model_id, &new_row(&bundle)?, uploaded_at)
                 .await
                 .map_err(|e| concurrent_conflict(e, &version, &model.code))?;

@@ -9,7 +9,7 @@ use super::{sorted_entries, MigrateToS3Error, Options};
 use crate::db::firmware_versions as fw;
 use crate::db::Db;
 use crate::firmware::bundle::{self, BundleError};
-use crate::firmware::store::{self, Imported, StoreError};
+use crate::firmware::store::{self, ImportPlan, Imported, StoreError};
 use crate::storage::Storage;
 
 /// One bundle file found under a model directory.
@@ -125,18 +125,14 @@ async fn migrate_one(
         return Ok(());
     }
     if reporter.dry_run() {
-        let outcome = match fw::find(db, file.model_id, &file.version).await? {
-            Some(row) if row.firmware_bin_sha256.is_some() => {
-                let same = bundle.artifacts.iter().all(|a| {
-                    row.artifact(a.name).and_then(|f| f.sha256).as_deref() == Some(&a.sha256)
-                });
-                if !same {
-                    skip(conflict(&item));
-                    return Ok(());
-                }
-                Outcome::Unchanged
+        let existing = fw::find(db, file.model_id, &file.version).await?;
+        let outcome = match store::import_plan(existing.as_ref(), &bundle) {
+            ImportPlan::Create | ImportPlan::FillLegacyRow(_) => Outcome::Migrated,
+            ImportPlan::Unchanged => Outcome::Unchanged,
+            ImportPlan::Conflict => {
+                skip(conflict(&item));
+                return Ok(());
             }
-            _ => Outcome::Migrated,
         };
         reporter.item(Kind::Firmware, &item, outcome, None, false);
         return Ok(());
