@@ -114,12 +114,9 @@ pub async fn scan(
     .fetch_all(p)
     .await)
     .map_err(DbError::from)?;
-    let legacy_column = match db {
-        Db::Postgres(p) => db::adopt::has_filename_column(p)
-            .await
-            .map_err(DbError::from)?,
-        Db::Sqlite(_) => false,
-    };
+    let legacy_column = db::adopt::has_filename_column(db)
+        .await
+        .map_err(DbError::from)?;
     let dumps_sql = if legacy_column {
         "SELECT c.id, d.key, c.filename IS NOT NULL AS legacy
          FROM coredumps c JOIN devices d ON d.id = c.device_id"

@@ -17,6 +17,8 @@
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use super::Db;
+
 /// The Python service's revisions we can adopt.
 pub const ADOPTABLE_REVISIONS: [&str; 4] = ["005", "006", "007", "008"];
 
@@ -103,6 +105,10 @@ pub async fn adopt_if_legacy(
     migrator: &Migrator,
 ) -> Result<Option<String>, AdoptError> {
     let mut conn = pool.acquire().await?;
+    // The common case (our own database) needs no transaction and no lock.
+    if legacy_revision(&mut conn).await?.is_none() {
+        return Ok(None);
+    }
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(ADOPTION_LOCK)
@@ -148,14 +154,6 @@ fn check_revision(revision: &str) -> Result<(), AdoptError> {
 /// The few schema facts that tell the revisions apart; a database whose `alembic_version` lies
 /// (hand-edited, half-migrated) is refused rather than guessed at.
 async fn check_schema(conn: &mut PgConnection, revision: &str) -> Result<(), AdoptError> {
-    let has_column = |table: &'static str, column: &'static str| {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
-              WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2)",
-        )
-        .bind(table)
-        .bind(column)
-    };
     let expected = [
         ("device_models", "config_schema", true),
         ("coredumps", "id", true),
@@ -164,7 +162,7 @@ async fn check_schema(conn: &mut PgConnection, revision: &str) -> Result<(), Ado
         ("devices", "active", revision >= "008"),
     ];
     for (table, column, present) in expected {
-        let found = has_column(table, column).fetch_one(&mut *conn).await?;
+        let found = column_exists(&mut *conn, table, column).await?;
         if found != present {
             let state = if found { "present" } else { "missing" };
             return Err(AdoptError::Mismatch {
@@ -322,22 +320,36 @@ pub enum LegacyFilenames {
     Remaining(i64),
 }
 
-/// Whether `coredumps.filename` exists (PostgreSQL; SQLite databases never have it).
-pub async fn has_filename_column(pool: &PgPool) -> Result<bool, sqlx::Error> {
+/// Whether `table.column` exists in the current schema.
+async fn column_exists<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    table: &str,
+    column: &str,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM information_schema.columns
-          WHERE table_schema = current_schema() AND table_name = 'coredumps'
-            AND column_name = 'filename')",
+          WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2)",
     )
-    .fetch_one(pool)
+    .bind(table)
+    .bind(column)
+    .fetch_one(executor)
     .await
+}
+
+/// Whether `coredumps.filename` exists: only on an adopted PostgreSQL database while legacy dumps
+/// remain (SQLite databases are never adopted).
+pub async fn has_filename_column(db: &Db) -> Result<bool, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => column_exists(pool, "coredumps", "filename").await,
+        Db::Sqlite(_) => Ok(false),
+    }
 }
 
 /// Drops `coredumps.filename` once no row has a legacy file name left. The count and the drop
 /// run in one transaction under an exclusive lock on `coredumps`, so no row can gain a file name
 /// in between (only `migrate-to-s3` ever clears them; nothing sets them).
 pub async fn drop_filename_if_unused(pool: &PgPool) -> Result<LegacyFilenames, sqlx::Error> {
-    if !has_filename_column(pool).await? {
+    if !column_exists(pool, "coredumps", "filename").await? {
         return Ok(LegacyFilenames::Absent);
     }
     let mut tx = pool.begin().await?;

@@ -38,10 +38,7 @@ pub(super) async fn migrate(
     options: &Options,
     reporter: &Reporter,
 ) -> Result<(), MigrateToS3Error> {
-    let legacy_column = match db {
-        Db::Postgres(pool) => adopt::has_filename_column(pool).await?,
-        Db::Sqlite(_) => false,
-    };
+    let legacy_column = adopt::has_filename_column(db).await?;
     let mut tx = db.begin().await?;
     let moved_before = legacy::any_migrated_file(&mut tx).await?;
     drop(tx);

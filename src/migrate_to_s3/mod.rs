@@ -100,7 +100,7 @@ async fn finish_legacy_column(db: &Db, reporter: &Reporter) -> Result<(), Migrat
         return Ok(());
     };
     if reporter.dry_run() {
-        if adopt::has_filename_column(pool).await? {
+        if adopt::has_filename_column(db).await? {
             reporter.note(
                 "coredumps.filename would be dropped if every legacy core dump was migrated"
                     .to_string(),
