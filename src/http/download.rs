@@ -157,19 +157,6 @@ fn range_not_satisfiable(size: u64) -> Response {
     response
 }
 
-/// Which bytes of an object of `size` bytes a range selects, as the store would serve them;
-/// `None` when it is unsatisfiable.
-fn resolve_range(range: ByteRange, size: u64) -> Option<std::ops::Range<u64>> {
-    match range {
-        ByteRange::Bounded { start, end } if start < size && start < end => {
-            Some(start..end.min(size))
-        }
-        ByteRange::From { start } if start < size => Some(start..size),
-        ByteRange::Suffix { len } if len > 0 && size > 0 => Some(size.saturating_sub(len)..size),
-        _ => None,
-    }
-}
-
 /// The response headers and status for `served` bytes out of `total`.
 fn body_response(
     body: Body,
@@ -241,7 +228,7 @@ pub async fn respond_from(
         },
     };
     if let Some(bytes) = memory {
-        return Ok(from_memory(bytes, download, method, headers));
+        return Ok(from_memory(bytes, download, method, range));
     }
 
     if method == Method::HEAD {
@@ -273,7 +260,12 @@ pub async fn respond_from(
 /// Serves an object held in memory: no store request at all. The body shares the cached buffer
 /// (a reference, not a copy), so hundreds of concurrent downloads of one image cost no more memory
 /// than the image.
-fn from_memory(bytes: Bytes, download: Download, method: &Method, headers: &HeaderMap) -> Response {
+fn from_memory(
+    bytes: Bytes,
+    download: Download,
+    method: &Method,
+    range: Option<ByteRange>,
+) -> Response {
     let total = bytes.len() as u64;
     if method == Method::HEAD {
         let mut response = StatusCode::OK.into_response();
@@ -281,15 +273,14 @@ fn from_memory(bytes: Bytes, download: Download, method: &Method, headers: &Head
         set_length(&mut response, total);
         return response;
     }
-    let range = requested_range(&download, headers);
     let served = match range {
         None => 0..total,
-        Some(range) => match resolve_range(range, total) {
+        Some(range) => match range.resolve(total) {
             Some(served) => served,
             None => return range_not_satisfiable(total),
         },
     };
-    // Both ends are within `bytes` (resolve_range clamps to the length), so slicing cannot panic.
+    // Both ends are within `bytes` (`resolve` clamps to the length), so slicing cannot panic.
     let body = match (usize::try_from(served.start), usize::try_from(served.end)) {
         (Ok(start), Ok(end)) => bytes.slice(start..end),
         _ => Bytes::new(),
@@ -338,7 +329,7 @@ mod tests {
     #[test]
     fn ranges_resolve_against_an_in_memory_object_as_the_store_would() {
         let size = 100;
-        let resolve = |r| resolve_range(r, size);
+        let resolve = |r: ByteRange| r.resolve(size);
         assert_eq!(
             resolve(ByteRange::Bounded { start: 10, end: 20 }),
             Some(10..20)
@@ -362,7 +353,7 @@ mod tests {
         assert_eq!(resolve(ByteRange::Suffix { len: 10 }), Some(90..100));
         assert_eq!(resolve(ByteRange::Suffix { len: 500 }), Some(0..100));
         assert_eq!(resolve(ByteRange::Suffix { len: 0 }), None);
-        assert_eq!(resolve_range(ByteRange::Suffix { len: 5 }, 0), None);
+        assert_eq!(ByteRange::Suffix { len: 5 }.resolve(0), None);
     }
 
     #[test]

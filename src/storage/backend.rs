@@ -262,10 +262,5 @@ impl ObjectStorage for ObjectStoreBackend {
 }
 
 fn range_is_unsatisfiable(range: Option<ByteRange>, size: u64) -> bool {
-    match range {
-        Some(ByteRange::Bounded { start, end }) => start >= size || start >= end,
-        Some(ByteRange::From { start }) => start >= size,
-        Some(ByteRange::Suffix { len }) => len == 0 || size == 0,
-        None => false,
-    }
+    range.is_some_and(|range| range.resolve(size).is_none())
 }

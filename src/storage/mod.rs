@@ -59,6 +59,23 @@ pub enum ByteRange {
     Suffix { len: u64 },
 }
 
+impl ByteRange {
+    /// The bytes this range selects from an object of `size` bytes (clamped to its end), as the
+    /// store serves them; `None` when it is unsatisfiable (HTTP 416).
+    pub fn resolve(self, size: u64) -> Option<std::ops::Range<u64>> {
+        match self {
+            ByteRange::Bounded { start, end } if start < size && start < end => {
+                Some(start..end.min(size))
+            }
+            ByteRange::From { start } if start < size => Some(start..size),
+            ByteRange::Suffix { len } if len > 0 && size > 0 => {
+                Some(size.saturating_sub(len)..size)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// An object being read: its metadata, the byte range served, and the body as a stream.
 pub struct ObjectRead {
     pub info: ObjectInfo,
