@@ -133,6 +133,20 @@ impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
         );
     }
 
+    /// Runs `load` (a database lookup) and remembers a found value, taking the [`Ticket`] before
+    /// the lookup starts so an invalidation during it keeps its answer out.
+    pub async fn load<E, Fut>(&self, key: K, load: impl FnOnce() -> Fut) -> Result<Option<V>, E>
+    where
+        Fut: std::future::Future<Output = Result<Option<V>, E>>,
+    {
+        let ticket = self.ticket();
+        let found = load().await?;
+        if let Some(value) = &found {
+            self.insert(key, value.clone(), ticket);
+        }
+        Ok(found)
+    }
+
     /// Forgets `key` and makes lookups still in flight not store their (possibly old) answers.
     /// Call after the change is committed (or after a commit whose outcome is unknown).
     pub fn invalidate(&self, key: &K) {

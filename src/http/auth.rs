@@ -216,12 +216,7 @@ async fn cached_credential(
     if let Some(found) = cache.get(&key) {
         return Ok(Some(found));
     }
-    let ticket = cache.ticket();
-    let found = find_device(state, &key).await?;
-    if let Some(credential) = &found {
-        cache.insert(key, credential.clone(), ticket);
-    }
-    Ok(found)
+    cache.load(key.clone(), || find_device(state, &key)).await
 }
 
 fn invalid_device_credentials() -> ApiError {

@@ -551,13 +551,12 @@ async fn current_image(state: &AppState, model_id: i64) -> Result<(CurrentImage,
 
 /// A model's current image read from the database (and remembered for the device API).
 async fn fresh_current_image(state: &AppState, model_id: i64) -> Result<CurrentImage, ApiError> {
-    let cache = &state.caches.current_images;
-    let ticket = cache.ticket();
-    let image = fw::current_image(&state.db, model_id)
+    state
+        .caches
+        .current_images
+        .load(model_id, || fw::current_image(&state.db, model_id))
         .await?
-        .ok_or_else(|| model_not_found(model_id))?;
-    cache.insert(model_id, image.clone(), ticket);
-    Ok(image)
+        .ok_or_else(|| model_not_found(model_id))
 }
 
 /// `firmware.bin` of the model's current version, offered as `firmware-{code}.bin`.
