@@ -111,6 +111,32 @@ pub struct Config {
     /// (`MAX_CONCURRENT_COREDUMP_UPLOADS`, default 64); more are refused with 503 before their body
     /// is read, so buffered dumps never take more than this × `MAX_COREDUMP_BYTES` of memory.
     pub max_concurrent_coredump_uploads: usize,
+    /// Core-dump uploads one device may have in progress at once in this process
+    /// (`MAX_COREDUMP_UPLOADS_PER_DEVICE`, default 2), so one device cannot take every slot.
+    pub max_coredump_uploads_per_device: usize,
+    /// The whole body of a core-dump upload must arrive within this (`COREDUMP_UPLOAD_TIMEOUT_SECONDS`).
+    pub coredump_upload_timeout: Duration,
+    /// The whole body of a firmware upload must arrive within this (`FIRMWARE_UPLOAD_TIMEOUT_SECONDS`).
+    pub firmware_upload_timeout: Duration,
+    /// Connection deadlines and limits of the HTTP server.
+    pub http: HttpLimits,
+}
+
+/// What the HTTP server enforces on every connection (see `crate::http::server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The request head must arrive within this after the connection opened or its previous
+    /// response was sent (`HTTP_HEADER_READ_TIMEOUT_SECONDS`, default 10).
+    pub header_read_timeout: Duration,
+    /// A request whose client sends no body bytes, or reads no response bytes, for this long is
+    /// ended (`HTTP_IDLE_TIMEOUT_SECONDS`, default 30).
+    pub idle_timeout: Duration,
+    /// Open connections at most (`HTTP_MAX_CONNECTIONS`, default 1024; lowered to fit the open
+    /// file limit).
+    pub max_connections: usize,
+    /// How long requests in progress may finish after shutdown was requested
+    /// (`SHUTDOWN_GRACE_SECONDS`, default 10).
+    pub shutdown_grace: Duration,
 }
 
 /// The identity reported for callers that are not OIDC users (`LOCAL_ADMIN_SUBJECT`, default
@@ -378,6 +404,15 @@ impl Config {
                 crate::firmware::cache::DEFAULT_BUDGET_BYTES,
             )?,
             max_concurrent_coredump_uploads: env.positive("MAX_CONCURRENT_COREDUMP_UPLOADS", 64)?,
+            max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
+            coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
+            firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
+            http: HttpLimits {
+                header_read_timeout: env.seconds("HTTP_HEADER_READ_TIMEOUT_SECONDS", 10.0)?,
+                idle_timeout: env.seconds("HTTP_IDLE_TIMEOUT_SECONDS", 30.0)?,
+                max_connections: env.positive("HTTP_MAX_CONNECTIONS", 1024)?,
+                shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            },
         })
     }
 

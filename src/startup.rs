@@ -118,6 +118,9 @@ impl Application {
             coredump_uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_coredump_uploads,
             )),
+            coredump_uploads_by_device: crate::http::admission::KeyedLimiter::new(
+                config.max_coredump_uploads_per_device,
+            ),
             oidc,
             events,
             shutdown: shutdown.clone(),
@@ -192,10 +195,7 @@ impl Application {
 
         let addr = listener.local_addr()?;
         tracing::info!(%addr, database = ?state.db.kind(), "listening");
-        let stop = shutdown.clone();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        crate::http::server::serve(listener, router, config.http, shutdown.clone()).await;
         // The server has stopped (or failed): make sure the workers stop too, then wait for them.
         shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(30), async {
@@ -208,7 +208,7 @@ impl Application {
         }
         state.db.close().await;
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }
 

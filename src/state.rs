@@ -25,6 +25,8 @@ pub struct AppState {
     pub caches: Arc<Caches>,
     /// Permits for core-dump uploads in progress (`MAX_CONCURRENT_COREDUMP_UPLOADS`).
     pub coredump_uploads: Arc<tokio::sync::Semaphore>,
+    /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
+    pub coredump_uploads_by_device: Arc<crate::http::admission::KeyedLimiter>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

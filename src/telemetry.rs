@@ -31,6 +31,11 @@ pub const FIRMWARE_CACHE_BYTES: &str = "firmware_cache_bytes";
 pub const FIRMWARE_CACHE_ENTRIES: &str = "firmware_cache_entries";
 pub const LOOKUP_CACHE_HITS: &str = "lookup_cache_hits_total";
 pub const LOOKUP_CACHE_MISSES: &str = "lookup_cache_misses_total";
+pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
+pub const HTTP_CONNECTIONS_EVICTED: &str = "http_connections_evicted_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
+pub const HTTP_CONNECTION_TIMEOUTS: &str = "http_connection_timeouts_total";
+pub const HTTP_ACCEPT_ERRORS: &str = "http_accept_errors_total";
 
 /// Installs the global log subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
@@ -193,5 +198,23 @@ fn describe() {
     describe_counter!(
         LOOKUP_CACHE_MISSES,
         "Device-path database lookups that went to the database, by cache"
+    );
+    metrics::describe_gauge!(HTTP_CONNECTIONS_OPEN, "Open HTTP connections");
+    describe_counter!(
+        HTTP_CONNECTIONS_EVICTED,
+        "Idle HTTP connections closed to make room under HTTP_MAX_CONNECTIONS"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "New HTTP connections closed at once because HTTP_MAX_CONNECTIONS were open and all busy"
+    );
+    describe_counter!(
+        HTTP_CONNECTION_TIMEOUTS,
+        "HTTP connections closed because the request head did not arrive within \
+         HTTP_HEADER_READ_TIMEOUT_SECONDS"
+    );
+    describe_counter!(
+        HTTP_ACCEPT_ERRORS,
+        "Failed accept() calls on the listener (e.g. out of file descriptors)"
     );
 }

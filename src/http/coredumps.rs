@@ -168,17 +168,43 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<CoredumpUploadResponse>), ApiError> {
     let meta = DumpMeta::parse(query.chip.as_deref(), query.firmware_version.as_deref())?;
+    // Held until the dump is stored or refused: one device cannot take every upload slot.
+    let _device_permit = state
+        .coredump_uploads_by_device
+        .try_acquire(&device.key)
+        .ok_or_else(|| {
+            metrics::counter!(crate::telemetry::COREDUMP_UPLOADS_REFUSED, "reason" => "device_busy")
+                .increment(1);
+            tracing::warn!(device_key = %device.key, "coredump_upload_refused_device_busy");
+            ApiError::unavailable(
+                "This device already has core dump uploads in progress; retry later",
+            )
+        })?;
     // Held until the dump is stored or refused: bounds the memory of buffered bodies.
     let _permit = state
         .coredump_uploads
         .clone()
         .try_acquire_owned()
         .map_err(|_| {
-            metrics::counter!(crate::telemetry::COREDUMP_UPLOADS_REFUSED).increment(1);
+            metrics::counter!(crate::telemetry::COREDUMP_UPLOADS_REFUSED, "reason" => "busy")
+                .increment(1);
             tracing::warn!(device_key = %device.key, "coredump_upload_refused_busy");
             ApiError::unavailable("Too many core dump uploads are in progress; retry later")
         })?;
-    let content = read_body(&headers, body, state.config.max_coredump_bytes).await?;
+    let content = super::body::read_to_bytes(
+        &headers,
+        body,
+        state.config.max_coredump_bytes,
+        state.config.coredump_upload_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        super::body::BodyError::TooLarge(limit) => IngestError::TooLarge(limit).into(),
+        e => ApiError::from(e),
+    })?;
+    if content.is_empty() {
+        return Err(IngestError::Invalid("No coredump content provided".into()).into());
+    }
     let id = ingest::store(
         &state,
         Uploader {
@@ -196,38 +222,6 @@ pub async fn upload(
             coredump_id: id,
         }),
     ))
-}
-
-/// Reads the body up to `limit` bytes: 413 from `Content-Length` alone, or as soon as the stream
-/// passes the limit, without reading further.
-async fn read_body(
-    headers: &http::HeaderMap,
-    body: Body,
-    limit: u64,
-) -> Result<bytes::Bytes, IngestError> {
-    use futures::StreamExt;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(IngestError::TooLarge(limit));
-    }
-    let capacity = declared.unwrap_or(0).min(limit) as usize;
-    let mut buffer = bytes::BytesMut::with_capacity(capacity);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| IngestError::Invalid(format!("Could not read the request body: {e}")))?;
-        if (buffer.len() + chunk.len()) as u64 > limit {
-            return Err(IngestError::TooLarge(limit));
-        }
-        buffer.extend_from_slice(&chunk);
-    }
-    if buffer.is_empty() {
-        return Err(IngestError::Invalid("No coredump content provided".into()));
-    }
-    Ok(buffer.freeze())
 }
 
 impl From<IngestError> for ApiError {

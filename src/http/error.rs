@@ -34,6 +34,8 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     RangeNotSatisfiable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -84,6 +86,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RecordExists(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::RecordExists(_) => "RECORD_EXISTS",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
             ApiError::RangeNotSatisfiable(_) => "RANGE_NOT_SATISFIABLE",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             ApiError::Unavailable { .. } => "SERVICE_UNAVAILABLE",
@@ -115,7 +119,8 @@ pub struct ErrorBody {
     /// A message for humans that names the thing, e.g. "DeviceModel 7 was not found".
     pub error: String,
     /// A stable code: VALIDATION_FAILED, AUTHENTICATION_REQUIRED, AUTHORIZATION_FAILED,
-    /// RECORD_NOT_FOUND, RECORD_EXISTS, CONFLICT, PAYLOAD_TOO_LARGE, SERVICE_UNAVAILABLE, INTERNAL.
+    /// RECORD_NOT_FOUND, RECORD_EXISTS, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT,
+    /// SERVICE_UNAVAILABLE, INTERNAL.
     pub code: String,
     #[schema(value_type = Object)]
     pub details: Value,

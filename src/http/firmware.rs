@@ -15,7 +15,7 @@
 //! (`crate::lookup_cache`), but only when no store read is needed; admin routes always ask the
 //! database.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader, DeviceCaller, PipelineCaller};
+use super::body::{BodyError, LimitedBody};
 use super::download::{self, Download, Source};
 use super::error::{ApiError, Json};
 use crate::db::firmware_versions::{self as fw, CurrentImage, FirmwareVersionRow, ModelFirmware};
@@ -41,8 +42,10 @@ use crate::firmware::{artifact_key, content_type};
 use crate::state::AppState;
 use crate::storage::FIRMWARE_ARTIFACTS;
 
-/// Firmware uploads received at once by one process; further uploads wait for a slot.
+/// Firmware uploads received at once by one process; further uploads wait for a slot, at most
+/// [`UPLOAD_SLOT_WAIT`], then get 503.
 pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+const UPLOAD_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 static UPLOAD_SLOTS: Semaphore = Semaphore::const_new(MAX_CONCURRENT_UPLOADS);
 
@@ -256,11 +259,12 @@ async fn receive_and_store(
     body: Body,
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
     let limit = state.config.max_firmware_bytes;
-    let _slot = UPLOAD_SLOTS
-        .acquire()
+    let busy = || ApiError::unavailable("Too many firmware uploads are in progress; retry later");
+    let _slot = tokio::time::timeout(UPLOAD_SLOT_WAIT, UPLOAD_SLOTS.acquire())
         .await
-        .map_err(|_| ApiError::unavailable("Uploads are not accepted right now"))?;
-    let spool = receive_body(headers, body, limit).await?;
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    let spool = receive_body(headers, body, limit, state.config.firmware_upload_timeout).await?;
     let code = model.code.clone();
     let bundle = tokio::task::spawn_blocking(move || bundle::validate(spool, &code, limit))
         .await
@@ -294,50 +298,30 @@ async fn receive_and_store(
     }))
 }
 
-fn too_large(limit: u64) -> ApiError {
-    ApiError::PayloadTooLarge(format!(
-        "Firmware bundle is larger than the limit of {limit} bytes"
-    ))
-}
+/// How far the multipart parser may read ahead of the part data it has handed out (boundaries,
+/// part headers, a preamble). A body without a findable boundary would otherwise be buffered
+/// whole by the parser while it searches.
+const MAX_MULTIPART_LOOKAHEAD: u64 = 1024 * 1024;
 
 /// Streams the body (or its multipart part `file`) into an anonymous temporary file, stopping with
-/// 413 as soon as more than `limit` bytes have arrived.
+/// 413 as soon as more than `limit` bytes have arrived, and with 408 past `deadline`.
 async fn receive_body(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
+    deadline: std::time::Duration,
 ) -> Result<std::fs::File, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(too_large(limit));
-    }
+    let stream = LimitedBody::new(headers, body, limit, deadline)?;
+    let failure = stream.failure_handle();
     let spool_failed = |e: std::io::Error| {
         tracing::error!(error = %e, "firmware_spool_failed");
         ApiError::Internal("Internal error".into())
     };
     let mut spool = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_failed)?);
-
-    let over = Arc::new(AtomicBool::new(false));
-    let flag = over.clone();
-    let mut received = 0u64;
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        received += chunk.len() as u64;
-        if received > limit {
-            flag.store(true, Ordering::SeqCst);
-            return Err(std::io::Error::other("firmware bundle over the size limit"));
-        }
-        Ok(chunk)
-    });
-    let read_failed = |what: &str, e: &dyn std::fmt::Display| {
-        if over.load(Ordering::SeqCst) {
-            too_large(limit)
-        } else {
-            ApiError::validation(format!("{what}: {e}"))
-        }
+    // A body failure surfaces wrapped in the parser's error: report the body's own reason.
+    let read_failed = |what: &str, e: &dyn std::fmt::Display| match failure.get() {
+        Some(cause) => ApiError::from(cause),
+        None => ApiError::validation(format!("{what}: {e}")),
     };
 
     let content_type = headers
@@ -350,6 +334,19 @@ async fn receive_body(
     {
         let boundary = multer::parse_boundary(content_type)
             .map_err(|e| ApiError::validation(format!("Invalid multipart body: {e}")))?;
+        let pulled = Arc::new(AtomicU64::new(0));
+        let handed_out = Arc::new(AtomicU64::new(0));
+        let (p, h) = (pulled.clone(), handed_out.clone());
+        let stream = stream.map(move |chunk| {
+            let chunk = chunk?;
+            let total = p.fetch_add(chunk.len() as u64, Ordering::AcqRel) + chunk.len() as u64;
+            if total.saturating_sub(h.load(Ordering::Acquire)) > MAX_MULTIPART_LOOKAHEAD {
+                return Err(BodyError::Read(
+                    "no multipart part boundary found where one was expected".into(),
+                ));
+            }
+            Ok(chunk)
+        });
         let mut multipart = multer::Multipart::new(stream, boundary);
         let mut found = false;
         while let Some(mut field) = multipart
@@ -364,6 +361,7 @@ async fn receive_body(
                 .await
                 .map_err(|e| read_failed("Invalid multipart body", &e))?
             {
+                handed_out.fetch_add(chunk.len() as u64, Ordering::AcqRel);
                 if is_file {
                     spool.write_all(&chunk).await.map_err(spool_failed)?;
                 }
@@ -372,8 +370,7 @@ async fn receive_body(
     } else {
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| read_failed("Failed to read the request body", &e))?;
-            spool.write_all(&chunk).await.map_err(spool_failed)?;
+            spool.write_all(&chunk?).await.map_err(spool_failed)?;
         }
     }
     spool.flush().await.map_err(spool_failed)?;

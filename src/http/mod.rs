@@ -9,7 +9,9 @@
 //!
 //! Unknown routes and methods answer with the same envelope as everything else.
 
+pub mod admission;
 pub mod auth;
+pub mod body;
 pub mod coredumps;
 pub mod device_models;
 pub mod devices;
@@ -23,6 +25,7 @@ pub mod identity;
 pub mod iot;
 pub mod ops;
 pub mod request_context;
+pub mod server;
 
 use axum::extract::Request;
 use axum::middleware;

@@ -1,0 +1,436 @@
+//! The HTTP/1 server loop: `axum::serve` without its blind spots.
+//!
+//! `axum::serve` runs hyper without a timer, so a client that sends half a request head and then
+//! nothing holds its connection (and a file descriptor) forever; a few hundred of those took the
+//! whole service down, health checks included. This loop serves the same router with:
+//!
+//! - a **header-read timeout** (`HTTP_HEADER_READ_TIMEOUT_SECONDS`): the request head must arrive
+//!   within it, counted from when the connection opened or its previous response was sent (so it
+//!   also bounds how long an idle keep-alive connection is kept);
+//! - an **idle timeout** (`HTTP_IDLE_TIMEOUT_SECONDS`) for requests in progress: a request body
+//!   that sends nothing for that long fails (408), and a response the client stops reading for
+//!   that long is abandoned ([`WriteDeadlineIo`]);
+//! - a **cap on open connections** (`HTTP_MAX_CONNECTIONS`, lowered to what the process's file
+//!   descriptor limit allows): when it is reached, the oldest connection that has no request in
+//!   progress is closed to make room, so stalled clients can never lock out a health check or a
+//!   device; only when every connection is busy is the new one turned away;
+//! - a **shutdown grace period** (`SHUTDOWN_GRACE_SECONDS`): on shutdown idle connections close at
+//!   once, requests in progress get the grace period, then whatever is left is dropped.
+//!
+//! HTTP/2 is not offered (nothing here needs it; `axum::serve` did not offer it either without its
+//! `http2` feature).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::HttpLimits;
+use crate::telemetry;
+
+/// `limits.max_connections` lowered so that open connections can never use up the file
+/// descriptors the process needs for its database pool, the object store and temporary files.
+fn fitted_to_fd_limit(mut limits: HttpLimits) -> HttpLimits {
+    if let Some(fds) = open_file_limit() {
+        let usable = fds.saturating_sub(RESERVED_FDS).max(MIN_CONNECTIONS) as usize;
+        if usable < limits.max_connections {
+            tracing::warn!(
+                configured = limits.max_connections,
+                usable,
+                open_file_limit = fds,
+                "http_max_connections_lowered_to_fd_limit"
+            );
+            limits.max_connections = usable;
+        }
+    }
+    limits
+}
+
+/// The process's soft limit on open files, after raising it to the hard limit (as Go's runtime
+/// does): the default soft limit of 1024 is a poor fit for a server.
+#[cfg(unix)]
+pub fn open_file_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    limit.current
+}
+
+#[cfg(not(unix))]
+pub fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// File descriptors kept for everything that is not an HTTP connection.
+const RESERVED_FDS: u64 = 128;
+const MIN_CONNECTIONS: u64 = 16;
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains as described above.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let limits = fitted_to_fd_limit(limits);
+    let registry = Registry::new(limits.max_connections);
+    let tracker = TaskTracker::new();
+    // Fires when the grace period after `shutdown` is over: every connection left is dropped.
+    let hard_stop = CancellationToken::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_BUF_SIZE);
+
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning; connections
+                    // closing (or being evicted) free descriptors again.
+                    tracing::warn!(error = %e, "http_accept_failed");
+                    metrics::counter!(telemetry::HTTP_ACCEPT_ERRORS).increment(1);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(conn) = registry.admit() else {
+            metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED).increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(WriteDeadlineIo::new(stream, limits.idle_timeout));
+        let active = conn.active.clone();
+        let router = router.clone();
+        let idle = limits.idle_timeout;
+        let service = tower::service_fn(move |req: http::Request<Incoming>| {
+            let guard = ActiveGuard::enter(active.clone());
+            let req = req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
+            let response = router.clone().oneshot(req);
+            async move {
+                // The request stays "in progress" until its response body is done or dropped.
+                response.await.map(|r| {
+                    r.map(|body| {
+                        Body::new(GuardedBody {
+                            body,
+                            _guard: guard,
+                        })
+                    })
+                })
+            }
+        });
+        let serving = http.serve_connection(io, TowerToHyperService::new(service));
+        let shutdown = shutdown.clone();
+        let hard_stop = hard_stop.clone();
+        let registry = registry.clone();
+        tracker.spawn(async move {
+            let mut serving = std::pin::pin!(serving);
+            tokio::select! {
+                result = serving.as_mut() => log_connection_end(result),
+                () = conn.evict.cancelled() => {
+                    metrics::counter!(telemetry::HTTP_CONNECTIONS_EVICTED).increment(1);
+                }
+                () = shutdown.cancelled() => {
+                    serving.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        result = serving.as_mut() => log_connection_end(result),
+                        () = hard_stop.cancelled() => {}
+                    }
+                }
+            }
+            registry.release(conn.id);
+        });
+    }
+
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(limits.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = registry.len(),
+            "http_connections_dropped_after_grace_period"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+}
+
+/// hyper's read buffer per connection (its default is ~400 KB); request heads are small and bodies
+/// are streamed, so a smaller cap bounds memory per stalled connection.
+const MAX_BUF_SIZE: usize = 64 * 1024;
+
+fn log_connection_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics::counter!(telemetry::HTTP_CONNECTION_TIMEOUTS).increment(1);
+        }
+        tracing::debug!(error = %e, "http_connection_ended");
+    }
+}
+
+/// The open connections, oldest first, and which of them have a request in progress.
+#[derive(Clone)]
+struct Registry {
+    inner: Arc<Mutex<RegistryInner>>,
+    max: usize,
+}
+
+struct RegistryInner {
+    next_id: u64,
+    open: BTreeMap<u64, Arc<ConnState>>,
+}
+
+struct ConnState {
+    id: u64,
+    /// Requests in progress (from the head being read to the response body being done).
+    active: Arc<AtomicUsize>,
+    evict: CancellationToken,
+}
+
+impl Registry {
+    fn new(max: usize) -> Self {
+        Registry {
+            inner: Arc::new(Mutex::new(RegistryInner {
+                next_id: 0,
+                open: BTreeMap::new(),
+            })),
+            max: max.max(1),
+        }
+    }
+
+    /// Registers a new connection, first closing the oldest idle one if the cap is reached.
+    /// `None`: every open connection is busy, so the new one is turned away.
+    fn admit(&self) -> Option<Arc<ConnState>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.open.len() >= self.max {
+            let idle = inner
+                .open
+                .values()
+                .find(|c| c.active.load(Ordering::Acquire) == 0)
+                .map(|c| c.id)?;
+            if let Some(evicted) = inner.open.remove(&idle) {
+                evicted.evict.cancel();
+            }
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let conn = Arc::new(ConnState {
+            id,
+            active: Arc::new(AtomicUsize::new(0)),
+            evict: CancellationToken::new(),
+        });
+        inner.open.insert(id, conn.clone());
+        metrics::gauge!(telemetry::HTTP_CONNECTIONS_OPEN).set(inner.open.len() as f64);
+        Some(conn)
+    }
+
+    fn release(&self, id: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.open.remove(&id);
+        metrics::gauge!(telemetry::HTTP_CONNECTIONS_OPEN).set(inner.open.len() as f64);
+    }
+
+    fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .len()
+    }
+}
+
+/// Counts a request as in progress for as long as it lives.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn enter(active: Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(active)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is done or dropped.
+struct GuardedBody {
+    body: Body,
+    _guard: ActiveGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A TCP stream whose writes fail once they have made no progress for `timeout`: a client that
+/// stops reading a response (or vanished without a FIN) cannot hold its connection for the
+/// kernel's retransmission timeout of a quarter of an hour.
+pub struct WriteDeadlineIo {
+    stream: TcpStream,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadlineIo {
+    pub fn new(stream: TcpStream, timeout: Duration) -> Self {
+        WriteDeadlineIo {
+            stream,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Called when a write could not proceed: arms the deadline (once) and reports whether it passed.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    fn on_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                if self.deadline_passed(cx) {
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read nothing within the idle timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadlineIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadlineIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.on_write(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.on_write(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.on_write(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_idle_connection_makes_room() {
+        let registry = Registry::new(2);
+        let first = registry.admit().unwrap();
+        let second = registry.admit().unwrap();
+        let _busy = ActiveGuard::enter(first.active.clone());
+        let third = registry.admit().unwrap();
+        assert!(!first.evict.is_cancelled(), "a busy connection was evicted");
+        assert!(second.evict.is_cancelled(), "the idle connection stayed");
+        assert_eq!(registry.len(), 2);
+        registry.release(second.id); // its task ends later: releasing twice is harmless
+        assert_eq!(registry.len(), 2);
+        drop(third);
+    }
+
+    #[test]
+    fn a_new_connection_is_turned_away_only_when_all_are_busy() {
+        let registry = Registry::new(1);
+        let only = registry.admit().unwrap();
+        let _busy = ActiveGuard::enter(only.active.clone());
+        assert!(registry.admit().is_none());
+        drop(_busy);
+        assert!(registry.admit().is_some());
+        assert!(only.evict.is_cancelled());
+    }
+}

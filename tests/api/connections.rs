@@ -1,0 +1,417 @@
+//! Hostile and broken clients at the connection level (hardening issue, item 1 and 4): half-sent
+//! request heads, stalled bodies, clients that stop reading, one device hogging upload slots,
+//! and shutdown with all of that going on.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::coredumps::{count, model_with_device, objects, upload, TestDevice};
+use crate::helpers::*;
+
+const HALF_HEAD: &[u8] = b"GET /health/healthz HTTP/1.1\r\nHost: x\r\nX-a: a";
+
+fn host_port(app: &TestApp) -> String {
+    app.address.trim_start_matches("http://").to_string()
+}
+
+/// Opens `n` connections that each send half a request head and then nothing.
+async fn half_open(addr: &str, n: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(HALF_HEAD).await.expect("write half a head");
+        streams.push(s);
+    }
+    streams
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `within`.
+async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // e.g. a 408 the server wrote before closing
+        }
+    }
+}
+
+async fn health_ok(client: &reqwest::Client, base: &str) -> bool {
+    client
+        .get(format!("{base}/health/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// Sends a raw request (head plus the given body bytes) and returns the open stream.
+async fn raw_request(addr: &str, head: &str, body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    s
+}
+
+/// Reads one HTTP response from `stream`: status and JSON body (Null when not JSON).
+async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<(u16, Value)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+        }
+        if let Some(parsed) = parse_response(&raw) {
+            return Some(parsed);
+        }
+    }
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Option<(u16, Value)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if body.len() < length {
+        return None;
+    }
+    Some((
+        status,
+        serde_json::from_str(&body[..length]).unwrap_or(Value::Null),
+    ))
+}
+
+fn coredump_head(addr: &str, device: &TestDevice, length: usize) -> String {
+    format!(
+        "POST /api/iot/coredump?chip=esp32&firmware_version=1.0 HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {length}\r\n\r\n",
+        device.credential
+    )
+}
+
+#[tokio::test]
+async fn half_sent_heads_are_closed_after_the_header_timeout_and_never_lock_out_health() {
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "half_open",
+        &[
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "1"),
+            ("HTTP_MAX_CONNECTIONS", "32"),
+        ],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = host_port(&app);
+    // Four times the connection cap: without eviction the cap itself would lock everyone out.
+    let mut stalled = half_open(&addr, 128).await;
+    for _ in 0..5 {
+        assert!(
+            health_ok(&reqwest::Client::new(), &app.address).await,
+            "health did not answer beside stalled connections"
+        );
+    }
+    // The newest stalled connection is closed by the header-read timeout.
+    let last = stalled.last_mut().unwrap();
+    assert!(
+        closed_by_server(last, Duration::from_secs(10)).await,
+        "a half-sent head was kept open past the header timeout"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("http_connections_evicted_total"),
+        "evictions are counted"
+    );
+    app.stop().await;
+}
+
+/// Raises this process's open-file limit so the test itself can hold `n` sockets; the child
+/// `serve` inherits it.
+fn raise_fd_limit(n: u64) -> bool {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < n {
+        return false;
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(n.max(limit.current.unwrap_or(0))),
+            maximum: limit.maximum,
+        },
+    )
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_thousand_half_open_connections_leave_health_answering_and_sigterm_stops_within_the_grace_period(
+) {
+    if !raise_fd_limit(8192) {
+        eprintln!("SKIP: the hard open-file limit is below 8192");
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotsupport"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", &port)
+        .env("LOG_FORMAT", "text")
+        // Long enough that none of them times out during the test: only eviction and the grace
+        // period can help.
+        .env("HTTP_HEADER_READ_TIMEOUT_SECONDS", "120")
+        .env("SHUTDOWN_GRACE_SECONDS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || {
+        let (client, base) = (client.clone(), base.clone());
+        async move { health_ok(&client, &base).await }
+    })
+    .await;
+    assert!(ready, "serve did not start");
+
+    let addr = format!("127.0.0.1:{port}");
+    let stalled = half_open(&addr, 1000).await;
+    for _ in 0..5 {
+        assert!(
+            health_ok(&reqwest::Client::new(), &base).await,
+            "health did not answer beside 1000 half-open connections"
+        );
+    }
+
+    let pid = child.id().to_string();
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = tokio::task::spawn_blocking(move || loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if sent.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    })
+    .await
+    .unwrap();
+    let status = exited.expect("serve still running 20 s after SIGTERM with a 2 s grace period");
+    assert!(status.success(), "exit status {status:?}");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn a_stalled_upload_body_is_408_and_nothing_is_stored() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app_with(
+            stack,
+            "stalled_body",
+            &[
+                ("HTTP_IDLE_TIMEOUT_SECONDS", "1"),
+                ("COREDUMP_UPLOAD_TIMEOUT_SECONDS", "2"),
+            ],
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let device = model_with_device(&app, "stall").await;
+        let addr = host_port(&app);
+
+        // Ten bytes of a thousand, then silence: the idle timeout ends it.
+        let mut quiet = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 10]).await;
+        let (status, body) = read_response(&mut quiet, Duration::from_secs(10))
+            .await
+            .expect("an answer to a stalled upload");
+        assert_eq!(status, 408, "{body}");
+        assert_eq!(body["code"], "REQUEST_TIMEOUT");
+
+        // A byte every 300 ms never trips the idle timeout, but the whole-body deadline ends it.
+        let trickle = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 1]).await;
+        let (mut reader, mut writer) = trickle.into_split();
+        let dripping = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if writer.write_all(&[7]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let answer = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return parse_response(&raw),
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+                if let Some(parsed) = parse_response(&raw) {
+                    return Some(parsed);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        dripping.abort();
+        let (status, body) = answer.expect("an answer to a trickled upload");
+        assert_eq!(status, 408, "{body}");
+
+        assert_eq!(count(&app, "coredumps").await, 0);
+        assert_eq!(count(&app, "jobs").await, 0);
+        assert!(objects(&app, "coredumps").await.is_empty());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn one_device_cannot_take_every_coredump_upload_slot() {
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "device_slots",
+        &[
+            ("MAX_CONCURRENT_COREDUMP_UPLOADS", "4"),
+            ("MAX_COREDUMP_UPLOADS_PER_DEVICE", "2"),
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "30"),
+        ],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let hog = model_with_device(&app, "hog").await;
+    let other = crate::coredumps::device_of(&app, hog.model_id).await;
+    let addr = host_port(&app);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(raw_request(&addr, &coredump_head(&addr, &hog, 1000), &[1; 10]).await);
+    }
+    // The two stalled uploads have their slots once the server has read their heads.
+    let refused = eventually(Duration::from_secs(10), || async {
+        upload(
+            &app,
+            &hog,
+            "chip=esp32&firmware_version=1.0",
+            vec![1u8; 100],
+        )
+        .await
+        .0 == 503
+    })
+    .await;
+    assert!(refused, "a third upload of the same device was not refused");
+    let (status, body) = upload(
+        &app,
+        &hog,
+        "chip=esp32&firmware_version=1.0",
+        vec![1u8; 100],
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("This device already has"),
+        "{body}"
+    );
+    let (status, body) = upload(
+        &app,
+        &other,
+        "chip=esp32&firmware_version=1.0",
+        vec![1u8; 100],
+    )
+    .await;
+    assert_eq!(status, 201, "another device was locked out: {body}");
+    drop(held);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_download_is_dropped_after_the_idle_timeout() {
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "slow_reader",
+        &[
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "1"),
+            ("MAX_COREDUMP_BYTES", "33554432"),
+            ("COREDUMP_UPLOAD_TIMEOUT_SECONDS", "60"),
+        ],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "reader").await;
+    // Larger than what loopback socket buffers hold, so the server's writes block.
+    let size = 24 * 1024 * 1024;
+    let (status, body) = upload(
+        &app,
+        &device,
+        "chip=esp32&firmware_version=1.0",
+        vec![5u8; size],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let cid = body["coredump_id"].as_i64().unwrap();
+
+    let addr = host_port(&app);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let head = format!(
+        "GET /api/devices/{}/coredumps/{cid}/download HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+        device.id
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 1024];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // Stop reading well past the idle timeout, then drain what was sent before the server gave up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = n;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection was neither finished nor closed"),
+        }
+    }
+    assert!(
+        received < size,
+        "the whole {size}-byte body arrived ({received} bytes): the server never gave up"
+    );
+    app.stop().await;
+}
