@@ -124,6 +124,15 @@ else
     log "no garage binary on PATH: storage tests run against moto and the local backend only"
 fi
 
+# --- Espressif's NVS partition generator (crates/esp-nvs-image compares its images with it) ----
+NVS_GEN_PYTHON="$CACHE/venv/bin/python"
+if ! "$NVS_GEN_PYTHON" -c 'import importlib.metadata as m, sys; sys.exit(m.version("esp-idf-nvs-partition-gen") != "0.2.0")' 2>/dev/null; then
+    log "installing esp-idf-nvs-partition-gen 0.2.0 from PyPI into $CACHE/venv"
+    [ -x "$NVS_GEN_PYTHON" ] || python3 -m venv "$CACHE/venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$CACHE/venv"; }
+    "$CACHE/venv/bin/pip" install -q 'esp-idf-nvs-partition-gen==0.2.0'
+fi
+export IOTSUPPORT_NVS_GEN_PYTHON="$NVS_GEN_PYTHON"
+
 # Tests fail (instead of skipping) when a service they need is missing.
 export IOTSUPPORT_TEST_REQUIRE_SERVICES=1
 cargo test --workspace --all-targets "$@"
