@@ -6,7 +6,9 @@
 //! task's stack (Xtensa windowed ABI or RISC-V DWARF CFI), symbolises the
 //! frames with the firmware ELF's DWARF and produces a [`CrashReport`],
 //! which serialises with serde and renders as text with
-//! [`CrashReport::to_text`]. No I/O, no unsafe code, no panics on input data.
+//! [`CrashReport::to_text`]. [`crash_signature`] reduces a report to a stable
+//! key for grouping crashes (the reason plus the first application functions
+//! of the crashed task). No I/O, no unsafe code, no panics on input data.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod header;
 pub mod input;
 pub mod report;
 pub mod riscv;
+pub mod signature;
 pub mod symbols;
 pub mod tcb;
 pub mod unwind;
@@ -34,6 +37,7 @@ pub use error::DumpError;
 pub use header::{ChecksumKind, DataFormat, DumpHeader, DumpKind, DumpVersion};
 pub use input::InputFormat;
 pub use report::{BuildCheck, CrashReport, ExceptionInfo, Frame, RegisterValue, TaskReport};
+pub use signature::{crash_signature, CrashSignature, SIGNATURE_FRAMES, SIGNATURE_VERSION};
 pub use symbols::{Firmware, SymbolInfo};
 
 /// Decode a core dump, auto-detecting raw bytes, base64 text or an ELF core.

@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine;
-use esp_coredump::{analyse_with, parse_dump, DumpError, Firmware, InputFormat};
+use esp_coredump::{analyse_with, crash_signature, parse_dump, DumpError, Firmware, InputFormat};
 
 /// A minimal binary V2.1 dump (esp32, no tasks) with a valid CRC32.
 fn tiny_bin_dump() -> Vec<u8> {
@@ -175,7 +175,7 @@ fn no_panic_on_truncations_and_flips() {
             for _ in 0..12 {
                 let cut = rng.below(input.len());
                 if let Ok(d) = parse_dump(&input[..cut]) {
-                    let _ = analyse_with(&d, &fw).map(|r| r.to_text());
+                    let _ = analyse_with(&d, &fw).map(|r| (r.to_text(), crash_signature(&r)));
                 }
             }
             for round in 0..30 {
@@ -191,7 +191,7 @@ fn no_panic_on_truncations_and_flips() {
                 if let Ok(d) = parse_dump(&m) {
                     // Analysis is the slow part in debug builds: sample it.
                     if round % 3 == 0 {
-                        let _ = analyse_with(&d, &fw).map(|r| r.to_text());
+                        let _ = analyse_with(&d, &fw).map(|r| (r.to_text(), crash_signature(&r)));
                     }
                 }
             }
