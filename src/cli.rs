@@ -276,15 +276,31 @@ async fn reconcile(
     db.ping().await?;
     let storage = crate::startup::open_storage(&config).await?;
     let report = reconcile::scan(&db, &storage, grace).await?;
-    let summary = if repair {
-        Some(reconcile::repair(&db, &storage, &report).await?)
+    let (summary, deleted) = if repair {
+        let summary = reconcile::repair(&db, &storage, &report).await?;
+        // Carry out the deletions repair queued (and any others due) now, as the worker would.
+        let mut deleted = crate::outbox::OutboxPass::default();
+        loop {
+            let pass = crate::outbox::process_due(&db, &storage).await?;
+            deleted.deleted += pass.deleted;
+            deleted.failed += pass.failed;
+            if pass.deleted == 0 {
+                break;
+            }
+        }
+        (Some(summary), Some(deleted))
     } else {
-        None
+        (None, None)
     };
     if json {
         println!(
             "{}",
-            serde_json::json!({ "report": report, "repair": summary })
+            serde_json::json!({
+                "report": report,
+                "repair": summary,
+                "objects_deleted": deleted.as_ref().map(|d| d.deleted),
+                "object_deletions_failed": deleted.as_ref().map(|d| d.failed),
+            })
         );
     } else {
         println!("scanned {} object(s)", report.objects_scanned);
@@ -294,6 +310,18 @@ async fn reconcile(
                 o.key,
                 o.size,
                 o.last_modified.to_rfc3339()
+            );
+        }
+        for m in &report.misplaced {
+            println!("misplaced {} (belongs at {})", m.key, m.belongs_at);
+        }
+        for key in &report.unrecognised {
+            println!("unrecognised {key} (not in the key layout; left alone)");
+        }
+        for v in &report.unsupported_versions {
+            println!(
+                "unsupported version {}/{:?}: {} (left alone)",
+                v.model_code, v.version, v.reason
             );
         }
         for f in &report.dangling_firmware {
@@ -336,10 +364,14 @@ async fn reconcile(
                 report.legacy_coredumps
             );
         }
-        if let Some(s) = &summary {
+        if let (Some(s), Some(d)) = (&summary, &deleted) {
             println!(
-                "repaired: deleted {} orphan(s) ({} failed), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload",
-                s.orphans_deleted, s.orphans_failed, s.coredumps_marked_error, s.firmware_versions_removed, s.current_versions_left
+                "repaired: moved {} misplaced object(s), queued {} orphan(s) for deletion ({} claimed by a row since the scan), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload",
+                s.misplaced_moved, s.orphans_queued, s.orphans_claimed_since, s.coredumps_marked_error, s.firmware_versions_removed, s.current_versions_left
+            );
+            println!(
+                "deleted {} object(s) from the store ({} failed, left queued for retry)",
+                d.deleted, d.failed
             );
         }
     }

@@ -9,6 +9,7 @@ pub mod firmware;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
+pub mod layout;
 pub mod lookup_cache;
 pub mod migrate_to_s3;
 pub mod oidc;

@@ -1,22 +1,44 @@
 //! Keeping the bucket honest (SPEC §4 rule 4): list `firmware/` and `coredumps/` against the
 //! database and report — and with `repair`, fix — what disagrees.
 //!
-//! - **Orphans**: objects no row accounts for (a crash between upload and commit, a failed
-//!   best-effort cleanup). Only objects older than the grace period count, so an upload in flight
-//!   is never mistaken for one. Repair deletes them.
-//! - **Dangling rows**: firmware versions missing any of their five objects, core dumps missing
-//!   their `.dmp`. Repair marks such dumps `ERROR` and removes such firmware versions — unless the
-//!   version is the model's current one, which is reported for an operator to re-upload.
+//! Every listed key is read back through [`crate::layout::map_key`]; only keys that map back to a
+//! model and version, or a device and dump id, are ever acted on.
+//!
+//! - **Orphans**: mapped objects no row accounts for (a crash between upload and commit, a failed
+//!   best-effort cleanup), older than the grace period and not already queued for deletion.
+//!   Repair queues them in the outbox, in a transaction that re-checks, under the model's lock,
+//!   that still no row claims them (an upload of the same version cancels the deletion or waits
+//!   for it, `crate::outbox`), so a scan that went stale can never delete a new upload's objects.
+//! - **Misplaced objects**: firmware objects under the percent-encoded key an earlier release
+//!   wrote (`2.1%7Erc1` for `2.1~rc1`). Repair copies each to its key and queues the old one for
+//!   deletion; the version is never reported dangling for it.
+//! - **Dangling rows**: firmware versions missing any of their five objects (at their key and at
+//!   any earlier release's key), core dumps missing their `.dmp`. Repair re-checks with the store,
+//!   then marks such dumps `ERROR` and removes such firmware versions, unless the version is the
+//!   model's current one, which is reported for an operator to re-upload.
+//! - **Unrecognised keys and unsupported versions**: keys that do not map back, and rows whose
+//!   version is not a valid key component today (a `%` from an earlier release): reported, never
+//!   acted on.
 //! - **Current versions**: each model's `firmware_version` and whether it names a stored version.
+//!
+//! Repair is idempotent: a second run finds nothing left to do.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::db::{self, Db, DbError};
-use crate::storage::{ObjectInfo, ObjectKey, Storage, StorageError, FIRMWARE_ARTIFACTS};
+use crate::fleet::FirmwareVersion;
+use crate::layout::{self, Artifact, MappedKey};
+use crate::storage::{ObjectInfo, ObjectKey, Storage, StorageError};
+
+mod rekey_job;
+mod repair;
+
+pub use rekey_job::{RekeyFirmwareObjects, REKEY_JOB};
+pub use repair::{rekey_legacy_encoded, repair, RepairSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -24,6 +46,8 @@ pub enum ReconcileError {
     Db(#[from] DbError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Key(#[from] crate::storage::InvalidKey),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -49,6 +73,25 @@ pub struct CurrentVersion {
     pub stored: bool,
 }
 
+/// A firmware object stored under an earlier release's percent-encoded key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MisplacedObject {
+    /// Where it is.
+    pub key: String,
+    /// Where it belongs.
+    pub belongs_at: String,
+    pub model_code: String,
+    pub version: String,
+}
+
+/// A version row whose version cannot be a key component today.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnsupportedVersion {
+    pub model_code: String,
+    pub version: String,
+    pub reason: String,
+}
+
 /// What a scan found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReconcileReport {
@@ -58,23 +101,17 @@ pub struct ReconcileReport {
     pub recent_unclaimed: usize,
     /// Objects without a row whose deletion is already queued in the outbox.
     pub queued_for_deletion: usize,
+    pub misplaced: Vec<MisplacedObject>,
     pub dangling_firmware: Vec<DanglingFirmware>,
     pub dangling_coredumps: Vec<DanglingCoredump>,
+    /// Keys under `firmware/` or `coredumps/` that are not in the layout.
+    pub unrecognised: Vec<String>,
+    pub unsupported_versions: Vec<UnsupportedVersion>,
     pub current_versions: Vec<CurrentVersion>,
     /// Rows of an adopted database whose dump is still a file in the Python service's
     /// `COREDUMPS_DIR` (`coredumps.filename` set): neither dangling nor repaired; `migrate-to-s3`
     /// moves them.
     pub legacy_coredumps: usize,
-}
-
-/// What a repair did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct RepairSummary {
-    pub orphans_deleted: usize,
-    pub orphans_failed: usize,
-    pub coredumps_marked_error: usize,
-    pub firmware_versions_removed: usize,
-    pub current_versions_left: usize,
 }
 
 #[derive(sqlx::FromRow)]
@@ -134,35 +171,97 @@ pub async fn scan(
     .fetch_all(p)
     .await)
     .map_err(DbError::from)?;
-
     // Objects already queued in the outbox are on their way out: not orphans.
-    let queued: Vec<String> = crate::on_pool!(db, |p| sqlx::query_scalar(
+    let queued: HashSet<String> = crate::on_pool!(db, |p| sqlx::query_scalar(
         "SELECT object_key FROM object_deletions"
     )
     .fetch_all(p)
     .await)
-    .map_err(DbError::from)?;
+    .map_err(DbError::from)?
+    .into_iter()
+    .collect();
 
-    let mut objects = storage.list("firmware").await?;
-    objects.extend(storage.list("coredumps").await?);
-    let present: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-
-    let mut expected: HashSet<String> = HashSet::new();
-    let queued: HashSet<String> = queued.into_iter().collect();
+    let mut objects = storage.list(layout::FIRMWARE_PREFIX).await?;
+    objects.extend(storage.list(layout::COREDUMP_PREFIX).await?);
     let mut report = ReconcileReport {
         objects_scanned: objects.len(),
         ..Default::default()
     };
+
+    let versions: HashSet<(&str, &str)> = firmware
+        .iter()
+        .map(|f| (f.code.as_str(), f.version.as_str()))
+        .collect();
+    let dump_owners: HashMap<i64, &str> = dumps.iter().map(|d| (d.id, d.key.as_str())).collect();
+    let present: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let cutoff: DateTime<Utc> = db::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+
+    for object in &objects {
+        let claimed = match layout::map_key(&object.key) {
+            MappedKey::Firmware {
+                model_code,
+                version,
+                ..
+            } => versions.contains(&(model_code.as_str(), version.as_str())),
+            MappedKey::Coredump {
+                device_key,
+                coredump_id,
+            } => dump_owners.get(&coredump_id) == Some(&device_key.as_str()),
+            MappedKey::LegacyEncoded {
+                model_code,
+                version,
+                artifact,
+            } => {
+                let claimed = versions.contains(&(model_code.as_str(), version.as_str()));
+                if claimed {
+                    report.misplaced.push(MisplacedObject {
+                        key: object.key.clone(),
+                        belongs_at: layout::firmware_key(&model_code, &version, artifact)?
+                            .to_string(),
+                        model_code,
+                        version,
+                    });
+                }
+                claimed
+            }
+            MappedKey::Unknown => {
+                report.unrecognised.push(object.key.clone());
+                continue;
+            }
+        };
+        if claimed {
+            continue;
+        }
+        if queued.contains(&object.key) {
+            report.queued_for_deletion += 1;
+        } else if object.last_modified > cutoff {
+            report.recent_unclaimed += 1;
+        } else {
+            report.orphans.push(object.clone());
+        }
+    }
+
     for row in &firmware {
-        let missing: Vec<String> = FIRMWARE_ARTIFACTS
-            .iter()
-            .map(|a| format!("firmware/{}/{}/{a}", row.code, row.version))
-            .inspect(|k| {
-                expected.insert(k.clone());
-            })
-            .filter(|k| !present.contains(k.as_str()))
-            .map(|k| k.rsplit('/').next().unwrap_or_default().to_string())
-            .collect();
+        if let Err(reason) = FirmwareVersion::parse(&row.version) {
+            report.unsupported_versions.push(UnsupportedVersion {
+                model_code: row.code.clone(),
+                version: row.version.clone(),
+                reason,
+            });
+            continue;
+        }
+        let mut missing = Vec::new();
+        for artifact in Artifact::ALL {
+            let key = layout::firmware_key(&row.code, &row.version, artifact)?;
+            let misplaced = layout::legacy_encoded_version(&row.version)
+                .map(|encoded| layout::firmware_key(&row.code, &encoded, artifact))
+                .transpose()?;
+            let found = present.contains(key.as_str())
+                || misplaced.is_some_and(|k| present.contains(k.as_str()));
+            if !found {
+                missing.push(artifact.file_name().to_string());
+            }
+        }
         if !missing.is_empty() {
             report.dangling_firmware.push(DanglingFirmware {
                 model_code: row.code.clone(),
@@ -173,38 +272,22 @@ pub async fn scan(
         }
     }
     for row in &dumps {
-        let key = format!("coredumps/{}/{}.dmp", row.key, row.id);
         if row.legacy {
             report.legacy_coredumps += 1;
-        } else if !present.contains(key.as_str()) {
+            continue;
+        }
+        let key = layout::coredump_key(&row.key, row.id)?;
+        if !present.contains(key.as_str()) {
             report.dangling_coredumps.push(DanglingCoredump {
                 coredump_id: row.id,
                 device_key: row.key.clone(),
-                object_key: key.clone(),
+                object_key: key.to_string(),
             });
-        }
-        expected.insert(key);
-    }
-    let cutoff: DateTime<Utc> = db::now() - chrono::Duration::from_std(grace).unwrap_or_default();
-    for object in objects {
-        if expected.contains(&object.key) {
-            continue;
-        }
-        if queued.contains(&object.key) {
-            report.queued_for_deletion += 1;
-            continue;
-        }
-        if object.last_modified > cutoff {
-            report.recent_unclaimed += 1;
-        } else {
-            report.orphans.push(object);
         }
     }
     report.orphans.sort_by(|a, b| a.key.cmp(&b.key));
-    let stored: HashSet<(&str, &str)> = firmware
-        .iter()
-        .map(|f| (f.code.as_str(), f.version.as_str()))
-        .collect();
+    report.unrecognised.sort();
+    report.misplaced.sort_by(|a, b| a.key.cmp(&b.key));
     report.current_versions = models
         .iter()
         .map(|m| CurrentVersion {
@@ -213,11 +296,33 @@ pub async fn scan(
             stored: m
                 .firmware_version
                 .as_deref()
-                .is_none_or(|v| stored.contains(&(m.code.as_str(), v))),
+                .is_none_or(|v| versions.contains(&(m.code.as_str(), v))),
         })
         .collect();
     publish_metrics(&report);
     Ok(report)
+}
+
+/// The orphans grouped for repair: firmware objects by model code, core dumps apart.
+fn orphans_by_model(
+    report: &ReconcileReport,
+) -> (BTreeMap<String, Vec<ObjectKey>>, Vec<ObjectKey>) {
+    let mut firmware: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+    let mut coredumps = Vec::new();
+    for orphan in &report.orphans {
+        let Ok(key) = ObjectKey::parse(orphan.key.clone()) else {
+            continue;
+        };
+        match layout::map_key(key.as_str()) {
+            MappedKey::Firmware { model_code, .. }
+            | MappedKey::LegacyEncoded { model_code, .. } => {
+                firmware.entry(model_code).or_default().push(key)
+            }
+            MappedKey::Coredump { .. } => coredumps.push(key),
+            MappedKey::Unknown => {}
+        }
+    }
+    (firmware, coredumps)
 }
 
 fn publish_metrics(report: &ReconcileReport) {
@@ -226,92 +331,8 @@ fn publish_metrics(report: &ReconcileReport) {
         .set(report.dangling_firmware.len() as f64);
     metrics::gauge!(crate::telemetry::RECONCILE_DANGLING, "kind" => "coredump")
         .set(report.dangling_coredumps.len() as f64);
-}
-
-/// Fixes what `report` found: deletes orphans, marks dangling dumps `ERROR`, removes dangling
-/// non-current firmware versions (their remaining objects go through the outbox).
-pub async fn repair(
-    db: &Db,
-    storage: &Storage,
-    report: &ReconcileReport,
-) -> Result<RepairSummary, ReconcileError> {
-    let mut summary = RepairSummary::default();
-    let keys: Vec<ObjectKey> = report
-        .orphans
-        .iter()
-        .filter_map(|o| ObjectKey::parse(o.key.clone()).ok())
-        .collect();
-    for result in storage.delete_many(&keys).await {
-        match result {
-            Ok(()) => summary.orphans_deleted += 1,
-            Err(e) => {
-                tracing::warn!(error = %e, "reconcile_orphan_delete_failed");
-                summary.orphans_failed += 1;
-            }
-        }
-    }
-
-    let mut tx = db.begin().await?;
-    let now = db::now();
-    for dump in &report.dangling_coredumps {
-        let message = format!(
-            "The core dump object {} is missing from the object store (found by reconcile)",
-            dump.object_key
-        );
-        summary.coredumps_marked_error += crate::on_conn!(&mut tx, |c| sqlx::query(
-            "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = $1, parsed_at = $2, updated_at = $2
-             WHERE id = $3"
-        )
-        .bind(&message)
-        .bind(now)
-        .bind(dump.coredump_id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(DbError::from)? as usize;
-    }
-    let mut by_model: HashMap<&str, Vec<&DanglingFirmware>> = HashMap::new();
-    for f in &report.dangling_firmware {
-        by_model.entry(f.model_code.as_str()).or_default().push(f);
-    }
-    for (code, versions) in by_model {
-        for f in versions {
-            if f.is_current {
-                summary.current_versions_left += 1;
-                continue;
-            }
-            // Re-check "not current" in the statement itself: the pointer may have moved.
-            let removed = crate::on_conn!(&mut tx, |c| sqlx::query(
-                "DELETE FROM firmware_versions WHERE version = $1 AND device_model_id =
-                    (SELECT id FROM device_models WHERE code = $2
-                     AND (firmware_version IS NULL OR firmware_version <> $1))"
-            )
-            .bind(&f.version)
-            .bind(code)
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected()))
-            .map_err(DbError::from)?;
-            if removed == 1 {
-                let keys: Vec<ObjectKey> = FIRMWARE_ARTIFACTS
-                    .iter()
-                    .filter_map(|a| {
-                        ObjectKey::from_segments(&["firmware", code, &f.version, a]).ok()
-                    })
-                    .collect();
-                crate::outbox::schedule_deletion(&mut tx, &keys).await?;
-                summary.firmware_versions_removed += 1;
-            }
-        }
-    }
-    tx.commit().await?;
-    tracing::info!(
-        orphans_deleted = summary.orphans_deleted,
-        coredumps_marked_error = summary.coredumps_marked_error,
-        firmware_versions_removed = summary.firmware_versions_removed,
-        "reconcile_repaired"
-    );
-    Ok(summary)
+    metrics::gauge!(crate::telemetry::RECONCILE_MISPLACED).set(report.misplaced.len() as f64);
+    metrics::gauge!(crate::telemetry::RECONCILE_UNRECOGNISED).set(report.unrecognised.len() as f64);
 }
 
 /// The optional periodic sweep inside `serve`: scans (never repairs), logs a summary and updates
@@ -331,8 +352,10 @@ pub async fn run_periodic(
         match scan(&db, &storage, grace).await {
             Ok(report) => tracing::info!(
                 orphans = report.orphans.len(),
+                misplaced = report.misplaced.len(),
                 dangling_firmware = report.dangling_firmware.len(),
                 dangling_coredumps = report.dangling_coredumps.len(),
+                unrecognised = report.unrecognised.len(),
                 "reconcile_scan"
             ),
             Err(e) => tracing::warn!(error = %e, "reconcile_scan_failed"),

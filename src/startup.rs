@@ -133,7 +133,12 @@ impl Application {
         let mut job_handlers = if options.without_default_job_handlers {
             Vec::new()
         } else {
-            crate::coredumps::default_job_handlers(&state)
+            let mut handlers = crate::coredumps::default_job_handlers(&state);
+            handlers.push(Arc::new(crate::reconcile::RekeyFirmwareObjects {
+                db: state.db.clone(),
+                storage: state.storage.clone(),
+            }));
+            handlers
         };
         job_handlers.extend(options.job_handlers);
         Ok(Application {

@@ -23,6 +23,8 @@ pub const JOBS_QUEUED: &str = "jobs_queued";
 pub const JOBS_OLDEST_AGE: &str = "jobs_oldest_queued_age_seconds";
 pub const RECONCILE_ORPHANS: &str = "reconcile_orphan_objects";
 pub const RECONCILE_DANGLING: &str = "reconcile_dangling_rows";
+pub const RECONCILE_MISPLACED: &str = "reconcile_misplaced_objects";
+pub const RECONCILE_UNRECOGNISED: &str = "reconcile_unrecognised_keys";
 pub const FIRMWARE_CACHE_HITS: &str = "firmware_cache_hits_total";
 pub const FIRMWARE_CACHE_MISSES: &str = "firmware_cache_misses_total";
 pub const FIRMWARE_CACHE_FILLS: &str = "firmware_cache_fills_total";
@@ -158,6 +160,14 @@ fn describe() {
     metrics::describe_gauge!(
         RECONCILE_DANGLING,
         "Rows whose objects are missing at the last reconcile scan, by kind (firmware, coredump)"
+    );
+    metrics::describe_gauge!(
+        RECONCILE_MISPLACED,
+        "Firmware objects under an earlier release's percent-encoded key at the last reconcile scan"
+    );
+    metrics::describe_gauge!(
+        RECONCILE_UNRECOGNISED,
+        "Keys under firmware/ or coredumps/ that do not map back to the layout (never acted on)"
     );
     describe_counter!(
         OUTBOX_FAILED,

@@ -17,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::db::{coredumps, DbError, Tx};
+use crate::layout::coredump_key;
 use crate::outbox;
 use crate::state::AppState;
-use crate::storage::{coredump_key, InvalidKey, ObjectKey, Storage, StorageError};
+use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
 
 /// Column width of `coredumps.chip` (and `firmware_version`, checked by `FirmwareVersion`).
 pub const MAX_FIELD_LEN: usize = 50;

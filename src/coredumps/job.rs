@@ -21,8 +21,9 @@ use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
 use crate::db::{Db, DbError, Tx};
 use crate::jobs::worker::JobHandler;
 use crate::jobs::{self, Job, JobOutcome};
+use crate::layout::coredump_key;
 use crate::state::AppState;
-use crate::storage::{coredump_key, ObjectKey, Storage, StorageError};
+use crate::storage::{ObjectKey, Storage, StorageError};
 
 pub const PARSE_JOB: &str = "parse_coredump";
 /// Attempts before transient failures turn into `ERROR` (with the default backoff: about 8 min).
@@ -56,7 +57,7 @@ pub async fn cancel(tx: &mut Tx, coredump_ids: &[i64]) -> Result<u64, DbError> {
 
 /// The key of a model's firmware ELF for one version.
 pub fn elf_key(model_code: &str, version: &str) -> Result<ObjectKey, crate::storage::InvalidKey> {
-    ObjectKey::from_segments(&["firmware", model_code, version, "firmware.elf"])
+    crate::layout::firmware_key(model_code, version, crate::layout::Artifact::Elf)
 }
 
 pub struct ParseCoredumpHandler {

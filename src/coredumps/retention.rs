@@ -5,8 +5,8 @@
 
 use crate::db::coredumps;
 use crate::db::{DbError, Tx};
+use crate::layout::coredump_key;
 use crate::outbox;
-use crate::storage::coredump_key;
 
 /// Deletes the device's dumps beyond the newest `max_coredumps` and schedules their objects for
 /// deletion. Returns how many were pruned.

@@ -3,6 +3,7 @@
 //! Writes take a [`Tx`]; the read paths devices poll (`/api/iot/firmware-version`, downloads) take
 //! the [`Db`] pool directly so they never queue behind SQLite's write lock.
 
+use crate::layout::Artifact;
 use chrono::{DateTime, Utc};
 
 use super::{now, Db, DbError, Tx};
@@ -43,25 +44,23 @@ pub struct FirmwareVersionRow {
 }
 
 impl FirmwareVersionRow {
-    /// The facts of one artifact by its object name (`firmware.bin`, …, see
-    /// [`crate::storage::FIRMWARE_ARTIFACTS`]); `None` for an unknown name.
-    pub fn artifact(&self, name: &str) -> Option<ArtifactFacts> {
-        let (size, sha256) = match name {
-            "firmware.bin" => (self.firmware_bin_size, &self.firmware_bin_sha256),
-            "firmware.elf" => (self.firmware_elf_size, &self.firmware_elf_sha256),
-            "firmware.map" => (self.firmware_map_size, &self.firmware_map_sha256),
-            "sdkconfig" => (self.sdkconfig_size, &self.sdkconfig_sha256),
-            "version.json" => (self.version_json_size, &self.version_json_sha256),
-            _ => return None,
+    /// The recorded size and SHA-256 of one artifact (`None`s for legacy rows).
+    pub fn artifact(&self, artifact: Artifact) -> ArtifactFacts {
+        let (size, sha256) = match artifact {
+            Artifact::Bin => (self.firmware_bin_size, &self.firmware_bin_sha256),
+            Artifact::Elf => (self.firmware_elf_size, &self.firmware_elf_sha256),
+            Artifact::Map => (self.firmware_map_size, &self.firmware_map_sha256),
+            Artifact::Sdkconfig => (self.sdkconfig_size, &self.sdkconfig_sha256),
+            Artifact::VersionJson => (self.version_json_size, &self.version_json_sha256),
         };
-        Some(ArtifactFacts {
+        ArtifactFacts {
             size,
             sha256: sha256.clone(),
-        })
+        }
     }
 }
 
-/// What an upload writes: the five artifacts in [`crate::storage::FIRMWARE_ARTIFACTS`] order
+/// What an upload writes: the five artifacts in [`Artifact::ALL`] order
 /// (size, SHA-256 hex) and the app descriptor facts.
 #[derive(Debug, Clone)]
 pub struct NewFirmwareVersion<'a> {

@@ -17,6 +17,7 @@ pub mod devices;
 pub mod firmware_versions;
 pub mod legacy;
 pub mod migrate;
+pub mod reconcile;
 
 use std::str::FromStr;
 use std::time::Duration;

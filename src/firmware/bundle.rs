@@ -19,6 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::fleet::FirmwareVersion;
+use crate::layout::Artifact;
 
 /// Entries up to this size are kept in memory; larger ones go to a temporary file.
 pub const MEMORY_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -62,11 +63,10 @@ pub enum Content {
     File(std::fs::File),
 }
 
-/// One of the five artifacts, under its object name.
+/// One of the five artifacts, extracted.
 #[derive(Debug)]
-pub struct Artifact {
-    /// The object name: one of [`crate::storage::FIRMWARE_ARTIFACTS`].
-    pub name: &'static str,
+pub struct Entry {
+    pub artifact: Artifact,
     pub size: u64,
     /// Lower-case hex SHA-256 of the content.
     pub sha256: String,
@@ -89,20 +89,14 @@ pub struct AppFacts {
 #[derive(Debug)]
 pub struct Bundle {
     pub version: FirmwareVersion,
-    /// In [`crate::storage::FIRMWARE_ARTIFACTS`] order.
-    pub artifacts: Vec<Artifact>,
+    /// In [`Artifact::ALL`] order.
+    pub artifacts: Vec<Entry>,
     pub app: AppFacts,
 }
 
-/// The entry names of a bundle for model `code`, with the object name each becomes.
-fn expected_entries(code: &str) -> [(String, &'static str); 5] {
-    [
-        (format!("{code}.bin"), "firmware.bin"),
-        (format!("{code}.elf"), "firmware.elf"),
-        (format!("{code}.map"), "firmware.map"),
-        ("sdkconfig".to_string(), "sdkconfig"),
-        ("version.json".to_string(), "version.json"),
-    ]
+/// The entry names of a bundle for model `code`, with the artifact each becomes.
+fn expected_entries(code: &str) -> [(String, Artifact); 5] {
+    Artifact::ALL.map(|artifact| (artifact.bundle_entry(code), artifact))
 }
 
 fn list_names(mut names: Vec<String>) -> String {
@@ -204,16 +198,16 @@ pub fn validate(
         }
     }
 
-    let mut extract = |entry: &str, object: &'static str, limit: u64| {
+    let mut extract = |entry: &str, object: Artifact, limit: u64| {
         extract_entry(&mut archive, entry, object, limit)
     };
 
     // 6. version.json is a JSON object, 7. with the required fields.
-    let version_json = extract("version.json", "version.json", MAX_VERSION_JSON)?;
+    let version_json = extract(&expected[4].0, Artifact::VersionJson, MAX_VERSION_JSON)?;
     let manifest = parse_version_json(memory_bytes(&version_json))?;
 
     // 8. the .bin is an ESP application image.
-    let bin = extract(&expected[0].0, "firmware.bin", max_entry_bytes)?;
+    let bin = extract(&expected[0].0, Artifact::Bin, max_entry_bytes)?;
     let image_bytes = match &bin.content {
         Content::Memory(bytes) => bytes.clone(),
         Content::File(_) => read_all(&bin)?,
@@ -236,7 +230,7 @@ pub fn validate(
     let version = FirmwareVersion::parse(&desc.version).map_err(invalid)?;
 
     // Coherence: the ELF is the one the image was made from, version.json describes this image.
-    let elf = extract(&expected[1].0, "firmware.elf", max_entry_bytes)?;
+    let elf = extract(&expected[1].0, Artifact::Elf, max_entry_bytes)?;
     let embedded = desc.app_elf_sha256_hex();
     if elf.sha256 != embedded {
         return Err(invalid_zip(format!(
@@ -256,8 +250,8 @@ pub fn validate(
         )));
     }
 
-    let map = extract(&expected[2].0, "firmware.map", max_entry_bytes)?;
-    let sdkconfig = extract("sdkconfig", "sdkconfig", max_entry_bytes)?;
+    let map = extract(&expected[2].0, Artifact::Map, max_entry_bytes)?;
+    let sdkconfig = extract(&expected[3].0, Artifact::Sdkconfig, max_entry_bytes)?;
 
     let app = AppFacts {
         project_name: desc.project_name.clone(),
@@ -278,7 +272,7 @@ pub fn validate(
     })
 }
 
-fn memory_bytes(artifact: &Artifact) -> &[u8] {
+fn memory_bytes(artifact: &Entry) -> &[u8] {
     match &artifact.content {
         Content::Memory(bytes) => bytes,
         Content::File(_) => &[],
@@ -318,7 +312,7 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> 
     Ok(filled)
 }
 
-fn read_all(artifact: &Artifact) -> Result<Bytes, BundleError> {
+fn read_all(artifact: &Entry) -> Result<Bytes, BundleError> {
     match &artifact.content {
         Content::Memory(bytes) => Ok(bytes.clone()),
         Content::File(file) => {
@@ -341,9 +335,9 @@ enum Sink {
 fn extract_entry<R: Read + Seek>(
     archive: &mut zip::ZipArchive<R>,
     entry_name: &str,
-    object: &'static str,
+    artifact: Artifact,
     limit: u64,
-) -> Result<Artifact, BundleError> {
+) -> Result<Entry, BundleError> {
     let mut entry = archive.by_name(entry_name).map_err(invalid_zip)?;
     let declared = entry.size();
     if declared > limit {
@@ -388,8 +382,8 @@ fn extract_entry<R: Read + Seek>(
         Sink::Memory(v) => Content::Memory(v.into()),
         Sink::File(w) => Content::File(w.into_inner().map_err(|e| e.into_error())?),
     };
-    Ok(Artifact {
-        name: object,
+    Ok(Entry {
+        artifact,
         size: total,
         sha256: hex::encode(hasher.finalize()),
         content,

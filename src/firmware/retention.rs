@@ -9,7 +9,7 @@ use crate::db::{firmware_versions as fw, DbError, Tx};
 use crate::outbox;
 use crate::storage::{InvalidKey, ObjectKey};
 
-use super::artifact_keys;
+use crate::layout::firmware_keys;
 
 /// What one retention pass did (or will have done once the transaction commits).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub async fn enforce(
         }
         fw::delete(tx, model_id, &version).await?;
         // A legacy version string that is not a safe key component never had objects we wrote.
-        match artifact_keys(model_code, &version) {
+        match firmware_keys(model_code, &version) {
             Ok(version_keys) => keys.extend(version_keys),
             Err(e) => {
                 tracing::warn!(model_code, version = %version, error = %e, "firmware_retention_unsafe_key")

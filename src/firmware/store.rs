@@ -12,11 +12,11 @@
 //! re-uploaded: identical content (same five SHA-256s) makes it current again and bumps
 //! `uploaded_at`; different content is a conflict.
 
-use super::artifact_keys;
-use super::bundle::{Artifact, Bundle, Content};
+use super::bundle::{Bundle, Content, Entry};
 use super::retention::{self, Pruned, RetentionError};
 use crate::db::firmware_versions::{self as fw, NewFirmwareVersion, MODEL_VERSION_UNIQUE};
 use crate::db::{Db, DbError, Tx};
+use crate::layout::firmware_keys;
 use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
 use crate::{events, outbox};
 use serde_json::json;
@@ -71,7 +71,7 @@ pub async fn store_bundle(
 ) -> Result<Stored, StoreError> {
     let version = bundle.version.as_str().to_string();
     let (mut tx, model) = begin_locked(db, model_id).await?;
-    let keys = artifact_keys(&model.code, &version)?;
+    let keys = firmware_keys(&model.code, &version)?;
 
     let created = match fw::get(&mut tx, model_id, &version).await? {
         Some(existing) => {
@@ -149,8 +149,8 @@ async fn begin_locked(db: &Db, model_id: i64) -> Result<(Tx, fw::ModelFirmware),
 fn is_identical(existing: &fw::FirmwareVersionRow, bundle: &Bundle) -> bool {
     bundle.artifacts.iter().all(|a| {
         existing
-            .artifact(a.name)
-            .and_then(|facts| facts.sha256)
+            .artifact(a.artifact)
+            .sha256
             .is_some_and(|sha| sha == a.sha256)
     })
 }
@@ -238,7 +238,7 @@ pub async fn import_bundle(
 ) -> Result<Imported, StoreError> {
     let version = bundle.version.as_str().to_string();
     let (mut tx, model) = begin_locked(db, model_id).await?;
-    let keys = artifact_keys(&model.code, &version)?;
+    let keys = firmware_keys(&model.code, &version)?;
     let existing = fw::get(&mut tx, model_id, &version).await?;
     let (imported, cleanup) = match import_plan(existing.as_ref(), &bundle) {
         ImportPlan::Unchanged => return Ok(Imported::Unchanged),
@@ -287,7 +287,7 @@ enum Cleanup {
 async fn upload_all(
     storage: &Storage,
     keys: &[ObjectKey],
-    artifacts: Vec<Artifact>,
+    artifacts: Vec<Entry>,
     _tx: &mut Tx,
     cleanup: Cleanup,
 ) -> Result<(), StoreError> {
@@ -323,11 +323,7 @@ async fn upload_all(
     Err(error)
 }
 
-async fn upload_one(
-    storage: &Storage,
-    key: &ObjectKey,
-    artifact: Artifact,
-) -> Result<(), StoreError> {
+async fn upload_one(storage: &Storage, key: &ObjectKey, artifact: Entry) -> Result<(), StoreError> {
     match artifact.content {
         Content::Memory(bytes) => storage.put(key, bytes).await?,
         Content::File(file) => {
@@ -369,7 +365,7 @@ pub async fn delete_version(db: &Db, model_id: i64, version: &str) -> Result<(),
     if !fw::delete(&mut tx, model_id, version).await? {
         return Err(version_not_found(&model.code, version));
     }
-    match artifact_keys(&model.code, version) {
+    match firmware_keys(&model.code, version) {
         Ok(keys) => outbox::schedule_deletion(&mut tx, &keys).await?,
         // A legacy version that is not a safe key component never had objects we wrote.
         Err(e) => {

@@ -8,8 +8,10 @@ use std::fmt;
 /// The longest version we store (`firmware_versions.version` is `VARCHAR(50)`).
 pub const MAX_VERSION_LEN: usize = 50;
 
-/// A non-empty version of at most 50 characters with no `/`, `\`, `..`, control characters, or
-/// leading/trailing whitespace, and not `.`.
+/// A non-empty version of at most 50 characters with no `/`, `\`, `%`, `..`, control characters,
+/// or leading/trailing whitespace, and not `.`. Every other character (`~`, `+`, `#`, spaces,
+/// non-ASCII letters, …) is kept verbatim in object keys; `%` is refused because a key holding
+/// `%XX` could also be the percent-encoded key of another version (`crate::layout`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FirmwareVersion(String);
 
@@ -20,8 +22,8 @@ impl FirmwareVersion {
             Some("must not be empty")
         } else if version.chars().count() > MAX_VERSION_LEN {
             Some("must be at most 50 characters")
-        } else if version.contains('/') || version.contains('\\') {
-            Some("must not contain '/' or '\\'")
+        } else if version.contains('/') || version.contains('\\') || version.contains('%') {
+            Some("must not contain '/', '\\' or '%'")
         } else if version.contains("..") || version == "." {
             Some("must not contain '..' or be '.'")
         } else if version.chars().any(char::is_control) {
@@ -77,6 +79,9 @@ mod tests {
             "qa test 3",
             &"x".repeat(50),
             "é1",
+            "2.1~rc1",
+            "v1 [qa] #3?*",
+            "a{b}^c|\"d\"`e`<f>",
         ] {
             assert_eq!(FirmwareVersion::parse(ok).unwrap().as_str(), ok);
         }
@@ -90,6 +95,8 @@ mod tests {
             ("1.0/../../x", "'/'"),
             ("a/b", "'/'"),
             ("a\\b", "'\\'"),
+            ("100%", "'%'"),
+            ("2.1%7Erc1", "'%'"),
             ("..", "'..'"),
             ("1..2", "'..'"),
             (".", "'..' or be '.'"),

@@ -22,9 +22,9 @@ use crate::coredumps::ingest::{self, DumpMeta, IngestError, Uploader};
 use crate::coredumps::job;
 use crate::db::coredumps::{self, CoredumpRow};
 use crate::db::Tx;
+use crate::layout::coredump_key;
 use crate::outbox;
 use crate::state::AppState;
-use crate::storage::coredump_key;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -18,7 +18,6 @@ use super::error::{ApiError, Json};
 use crate::db::device_models::{self as models, DeviceModelRow, CODE_UNIQUE};
 use crate::fleet::{ConfigSchema, ModelCode};
 use crate::state::AppState;
-use crate::storage::ObjectKey;
 use crate::{events, outbox};
 
 pub fn router() -> Router<AppState> {
@@ -297,14 +296,7 @@ pub async fn remove(
     })?;
     let mut keys = Vec::new();
     for version in &versions {
-        for artifact in crate::storage::FIRMWARE_ARTIFACTS {
-            keys.push(ObjectKey::from_segments(&[
-                "firmware",
-                &model.code,
-                version,
-                artifact,
-            ])?);
-        }
+        keys.extend(crate::layout::firmware_keys(&model.code, version)?);
     }
     outbox::schedule_deletion(&mut tx, &keys).await?;
     events::record(

@@ -21,8 +21,8 @@ use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
 use crate::db::Tx;
 use crate::fleet::{ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
+use crate::layout::coredump_key;
 use crate::state::AppState;
-use crate::storage::coredump_key;
 use crate::{events, outbox};
 
 pub fn router() -> Router<AppState> {

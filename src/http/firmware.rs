@@ -38,9 +38,8 @@ use super::error::{ApiError, Json};
 use crate::db::firmware_versions::{self as fw, CurrentImage, FirmwareVersionRow, ModelFirmware};
 use crate::firmware::bundle::{self, BundleError};
 use crate::firmware::store::{self, StoreError};
-use crate::firmware::{artifact_key, content_type};
+use crate::layout::{firmware_key, Artifact};
 use crate::state::AppState;
-use crate::storage::FIRMWARE_ARTIFACTS;
 
 /// Firmware uploads received at once by one process; further uploads wait for a slot, at most
 /// [`UPLOAD_SLOT_WAIT`], then get 503.
@@ -381,15 +380,12 @@ async fn receive_body(
 // Versions
 
 fn version_info(row: FirmwareVersionRow, current: Option<&str>) -> FirmwareVersionInfo {
-    let artifacts = FIRMWARE_ARTIFACTS
-        .iter()
-        .map(|name| {
-            let facts = row.artifact(name).unwrap_or(fw::ArtifactFacts {
-                size: None,
-                sha256: None,
-            });
+    let artifacts = Artifact::ALL
+        .into_iter()
+        .map(|artifact| {
+            let facts = row.artifact(artifact);
             FirmwareArtifactInfo {
-                name: (*name).to_string(),
+                name: artifact.file_name().to_string(),
                 size: facts.size,
                 sha256: facts.sha256,
             }
@@ -563,9 +559,9 @@ fn image_download(image: &CurrentImage) -> Result<Download, ApiError> {
         .as_deref()
         .ok_or_else(|| ApiError::NotFound(format!("DeviceModel {} has no firmware", image.code)))?;
     Ok(Download {
-        key: artifact_key(&image.code, version, "firmware.bin")?,
+        key: firmware_key(&image.code, version, Artifact::Bin)?,
         etag: image.image_sha256.clone(),
-        content_type: content_type("firmware.bin"),
+        content_type: Artifact::Bin.content_type(),
         filename: safe_filename(&format!("firmware-{}.bin", image.code)),
     })
 }
@@ -634,11 +630,11 @@ pub async fn download_artifact(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let model = model(&state, id).await?;
-    let Some(artifact) = FIRMWARE_ARTIFACTS.iter().find(|a| **a == artifact) else {
+    let Some(artifact) = Artifact::from_file_name(&artifact) else {
         return Err(ApiError::NotFound(format!(
             "Firmware artifact {} does not exist; artifacts are {}",
             safe_filename(&artifact),
-            FIRMWARE_ARTIFACTS.join(", ")
+            Artifact::file_names()
         )));
     };
     let row = fw::find(&state.db, id, &version)
@@ -647,15 +643,20 @@ pub async fn download_artifact(
         .map_err(ApiError::from)?;
     let facts = row.artifact(artifact);
     let download = Download {
-        key: artifact_key(&model.code, &version, artifact)?,
-        etag: facts.as_ref().and_then(|f| f.sha256.clone()),
-        content_type: content_type(artifact),
-        filename: safe_filename(&format!("{}-{}-{}", model.code, version, artifact)),
+        key: firmware_key(&model.code, &version, artifact)?,
+        etag: facts.sha256.clone(),
+        content_type: artifact.content_type(),
+        filename: safe_filename(&format!(
+            "{}-{}-{}",
+            model.code,
+            version,
+            artifact.file_name()
+        )),
     };
     // Only the image devices fetch is cached: an ELF or map of tens of MiB, read now and then by
     // a person or the parser, would push the images out.
-    let source = match (*artifact, &facts) {
-        ("firmware.bin", Some(facts)) => Source::Cache {
+    let source = match artifact {
+        Artifact::Bin => Source::Cache {
             cache: &state.caches.firmware,
             sha256: facts.sha256.as_deref(),
             size: stored_size(facts.size),

@@ -16,7 +16,8 @@ use super::{sorted_entries, MigrateToS3Error, Options};
 use crate::coredumps::job as parse_job;
 use crate::db::coredumps::{self as dumps, STATUS_PARSED};
 use crate::db::{adopt, legacy, Db};
-use crate::storage::{coredump_key, file_stream, Storage};
+use crate::layout::coredump_key;
+use crate::storage::{file_stream, Storage};
 
 struct DumpFile {
     device_id: i64,

@@ -108,8 +108,11 @@ fn display_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The key verbatim: `Path::parse` keeps every character as it is, where `Path::from` would
+/// percent-encode some (`~`, `#`, …) and so store an object under another key than its row names
+/// (SPEC §3). A valid [`ObjectKey`] always parses; the fallback only guards against drift.
 fn path(key: &ObjectKey) -> Path {
-    Path::from(key.as_str())
+    Path::parse(key.as_str()).unwrap_or_else(|_| Path::from(key.as_str()))
 }
 
 fn info(meta: &object_store::ObjectMeta) -> ObjectInfo {
@@ -206,6 +209,13 @@ impl ObjectStorage for ObjectStoreBackend {
         Ok(info(&meta))
     }
 
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<(), StorageError> {
+        self.store
+            .copy(&path(from), &path(to))
+            .await
+            .map_err(|e| map_err(Operation::Copy, from.as_str(), e))
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         match self.store.delete(&path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -241,7 +251,8 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let prefix_path = Path::from(prefix);
+        let prefix_path =
+            Path::parse(prefix).map_err(|e| map_err(Operation::List, prefix, e.into()))?;
         self.store
             .list(Some(&prefix_path))
             .map_ok(|meta| info(&meta))

@@ -179,6 +179,11 @@ impl ObjectStorage for FaultyStorage {
         self.inner.head(key).await
     }
 
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<(), StorageError> {
+        self.guard(Operation::Copy, from.as_str())?;
+        self.inner.copy(from, to).await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.guard(Operation::Delete, key.as_str())?;
         self.inner.delete(key).await

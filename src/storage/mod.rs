@@ -23,20 +23,6 @@ use futures::stream::BoxStream;
 
 pub use key::{InvalidKey, ObjectKey};
 
-/// The five objects of one firmware build, under `firmware/{model_code}/{version}/` (SPEC §3).
-pub const FIRMWARE_ARTIFACTS: [&str; 5] = [
-    "firmware.bin",
-    "firmware.elf",
-    "firmware.map",
-    "sdkconfig",
-    "version.json",
-];
-
-/// The key of a stored core dump: `coredumps/{device_key}/{coredump_id}.dmp`.
-pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, InvalidKey> {
-    ObjectKey::from_segments(&["coredumps", device_key, &format!("{coredump_id}.dmp")])
-}
-
 /// Shared handle to the configured store.
 pub type Storage = Arc<dyn ObjectStorage>;
 
@@ -108,6 +94,7 @@ pub enum Operation {
     Put,
     Get,
     Head,
+    Copy,
     Delete,
     List,
     Check,
@@ -164,6 +151,9 @@ pub trait ObjectStorage: Send + Sync + 'static {
     ) -> Result<ObjectRead, StorageError>;
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError>;
+
+    /// Copies an object within the bucket (server-side where the store can), replacing `to`.
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<(), StorageError>;
 
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;

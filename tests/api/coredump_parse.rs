@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use iotsupport::jobs::JobOutcome;
+use iotsupport::layout::coredump_key;
 use iotsupport::startup::{open_storage, Application, BuildOptions};
 use iotsupport::storage::faulty::Fault;
-use iotsupport::storage::{coredump_key, Operation};
+use iotsupport::storage::Operation;
 use serde_json::Value;
 
 use crate::coredumps::*;

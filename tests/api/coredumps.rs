@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iotsupport::jobs::worker::JobRunner;
+use iotsupport::layout::coredump_key;
 use iotsupport::storage::faulty::Fault;
-use iotsupport::storage::{coredump_key, ObjectKey, Operation};
+use iotsupport::storage::{ObjectKey, Operation};
 use serde_json::{json, Value};
 
 use crate::fleet::{create_device, create_model};

@@ -122,7 +122,7 @@ fn refused_bundles() -> Vec<(&'static str, Vec<u8>, String)> {
                 &bin,
                 esp32_image(&desc(b"../../etc", &good.elf), 0),
             )),
-            "Invalid firmware version \"../../etc\": must not contain '/' or '\\'".into(),
+            "Invalid firmware version \"../../etc\": must not contain '/', '\\' or '%'".into(),
         ),
         (
             "bad checksum",

@@ -211,10 +211,7 @@ async fn a_model_with_devices_cannot_be_deleted_and_a_deleted_model_takes_its_fi
         let now = iotsupport::db::now();
         iotsupport::on_pool!(app.db(), |p| sqlx::query("INSERT INTO firmware_versions (device_model_id, version, uploaded_at, created_at) VALUES ($1, '1.0.0', $2, $2)")
             .bind(model_id).bind(now).execute(p).await.map(|r| r.rows_affected())).unwrap();
-        let keys: Vec<ObjectKey> = iotsupport::storage::FIRMWARE_ARTIFACTS
-            .iter()
-            .map(|a| ObjectKey::parse(format!("firmware/sensor/1.0.0/{a}")).unwrap())
-            .collect();
+        let keys: Vec<ObjectKey> = iotsupport::layout::firmware_keys("sensor", "1.0.0").unwrap();
         for k in &keys {
             app.state
                 .storage
@@ -435,7 +432,7 @@ async fn deleting_a_device_deletes_its_dump_objects_through_the_outbox() {
             "INSERT INTO coredumps (device_id, chip, firmware_version, size, uploaded_at, created_at, updated_at)
              VALUES ($1, 'esp32', '1.0.0', 4, $2, $2, $2) RETURNING id")
             .bind(id).bind(now).fetch_one(p).await).unwrap();
-        let object = iotsupport::storage::coredump_key(&key, dump_id).unwrap();
+        let object = iotsupport::layout::coredump_key(&key, dump_id).unwrap();
         app.state
             .storage
             .put(&object, Bytes::from_static(b"dump"))

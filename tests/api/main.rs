@@ -26,6 +26,7 @@ mod oidc_auth;
 mod outbox;
 mod parse_cli;
 mod reconcile;
+mod reconcile_keys;
 mod storage;
 mod transactions;
 mod ui_compat;

@@ -5,7 +5,8 @@ use std::process::Command;
 
 use bytes::Bytes;
 use iotsupport::config::StorageConfig;
-use iotsupport::storage::{ObjectKey, FIRMWARE_ARTIFACTS};
+use iotsupport::layout::Artifact;
+use iotsupport::storage::ObjectKey;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -116,7 +117,7 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     // sensor: 1.0.0 complete and current, 0.9.0 missing its ELF; lamp: current 2.0.0 with no objects.
     for version in ["1.0.0", "0.9.0"] {
         exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, $1, $2 FROM device_models WHERE code = 'sensor'", &[version]).await;
-        for artifact in FIRMWARE_ARTIFACTS {
+        for artifact in Artifact::ALL.map(Artifact::file_name) {
             if !(version == "0.9.0" && artifact == "firmware.elf") {
                 put(&app, &format!("firmware/sensor/{version}/{artifact}")).await;
             }
@@ -185,7 +186,9 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
 
     let report: Value =
         serde_json::from_str(&reconcile(&app, &["--repair", "--grace", "0", "--json"])).unwrap();
-    assert_eq!(report["repair"]["orphans_deleted"], 2, "{report}");
+    assert_eq!(report["repair"]["orphans_queued"], 2, "{report}");
+    // The two orphans and the five keys of the removed version (one of them already missing).
+    assert_eq!(report["objects_deleted"], 7, "{report}");
     assert_eq!(report["repair"]["coredumps_marked_error"], 1);
     assert_eq!(report["repair"]["firmware_versions_removed"], 1);
     assert_eq!(report["repair"]["current_versions_left"], 1);
@@ -214,16 +217,14 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
         ["1.0.0", "2.0.0"],
         "the dangling current version stays for an operator"
     );
-    let pending: Vec<String> = iotsupport::outbox::pending(app.db())
+    assert!(
+        !exists(&app, "firmware/sensor/0.9.0/firmware.bin").await,
+        "the removed version's objects went through the outbox"
+    );
+    assert!(iotsupport::outbox::pending(app.db())
         .await
         .unwrap()
-        .into_iter()
-        .map(|p| p.object_key)
-        .collect();
-    assert!(
-        pending.contains(&"firmware/sensor/0.9.0/firmware.bin".to_string()),
-        "{pending:?}"
-    );
+        .is_empty());
 
     // What repair queued is not reported as orphaned. Left: the current version for an operator,
     // and the dump (now ERROR, still without its object) until someone deletes it.

@@ -1,0 +1,317 @@
+//! The bucket's key layout (SPEC §3), in one place, both ways: from rows to keys, and from listed
+//! keys back to the rows they belong to.
+//!
+//! - `firmware/{model_code}/{version}/{artifact}`, the five [`Artifact`]s of one build;
+//! - `coredumps/{device_key}/{coredump_id}.dmp`.
+//!
+//! Keys hold their components **verbatim**: `2.1~rc1` is stored under `firmware/m/2.1~rc1/`, not
+//! percent-encoded. The storage layer passes keys through unchanged (`object_store::Path::parse`,
+//! never `Path::from`, which percent-encodes `~ # ? * " < > [ ] { } ^ | \` %`). A version may hold
+//! any printable character but `/`, `\` and `%` (see `crate::fleet::FirmwareVersion`): without `%`,
+//! a listed key maps back to exactly one version, and a key that does contain `%XX` can only be one
+//! written by iotsupport releases that percent-encoded versions ([`MappedKey::LegacyEncoded`]).
+//!
+//! **Architecture invariant:** every key is built here, and [`map_key`] inverts [`firmware_key`]
+//! and [`coredump_key`] exactly; code that acts on listed keys (reconcile) acts only on keys that
+//! map back.
+
+use crate::storage::{InvalidKey, ObjectKey};
+
+/// The prefix of every firmware object.
+pub const FIRMWARE_PREFIX: &str = "firmware";
+/// The prefix of every core-dump object.
+pub const COREDUMP_PREFIX: &str = "coredumps";
+
+/// One of the five objects of a firmware build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Artifact {
+    Bin,
+    Elf,
+    Map,
+    Sdkconfig,
+    VersionJson,
+}
+
+impl Artifact {
+    /// All five, in the order bundles, rows and listings use.
+    pub const ALL: [Artifact; 5] = [
+        Artifact::Bin,
+        Artifact::Elf,
+        Artifact::Map,
+        Artifact::Sdkconfig,
+        Artifact::VersionJson,
+    ];
+
+    /// The object's name under the version's prefix (and in download URLs).
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Artifact::Bin => "firmware.bin",
+            Artifact::Elf => "firmware.elf",
+            Artifact::Map => "firmware.map",
+            Artifact::Sdkconfig => "sdkconfig",
+            Artifact::VersionJson => "version.json",
+        }
+    }
+
+    /// The entry's name in an uploaded bundle for model `code` (SPEC §7).
+    pub fn bundle_entry(self, code: &str) -> String {
+        match self {
+            Artifact::Bin => format!("{code}.bin"),
+            Artifact::Elf => format!("{code}.elf"),
+            Artifact::Map => format!("{code}.map"),
+            Artifact::Sdkconfig => "sdkconfig".to_string(),
+            Artifact::VersionJson => "version.json".to_string(),
+        }
+    }
+
+    /// The `Content-Type` it is served with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Artifact::Sdkconfig | Artifact::Map => "text/plain; charset=utf-8",
+            Artifact::VersionJson => "application/json",
+            Artifact::Bin | Artifact::Elf => "application/octet-stream",
+        }
+    }
+
+    /// The artifact named `name` (its [`Artifact::file_name`]).
+    pub fn from_file_name(name: &str) -> Option<Artifact> {
+        Artifact::ALL.into_iter().find(|a| a.file_name() == name)
+    }
+
+    /// The five file names joined for a message.
+    pub fn file_names() -> String {
+        Artifact::ALL.map(Artifact::file_name).join(", ")
+    }
+}
+
+/// `firmware/{model_code}/{version}/{artifact}`.
+pub fn firmware_key(
+    model_code: &str,
+    version: &str,
+    artifact: Artifact,
+) -> Result<ObjectKey, InvalidKey> {
+    ObjectKey::from_segments(&[FIRMWARE_PREFIX, model_code, version, artifact.file_name()])
+}
+
+/// The five keys of one stored version, in [`Artifact::ALL`] order.
+pub fn firmware_keys(model_code: &str, version: &str) -> Result<Vec<ObjectKey>, InvalidKey> {
+    Artifact::ALL
+        .into_iter()
+        .map(|artifact| firmware_key(model_code, version, artifact))
+        .collect()
+}
+
+/// `coredumps/{device_key}/{coredump_id}.dmp`.
+pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, InvalidKey> {
+    ObjectKey::from_segments(&[COREDUMP_PREFIX, device_key, &format!("{coredump_id}.dmp")])
+}
+
+/// What a listed key is, read back through the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappedKey {
+    Firmware {
+        model_code: String,
+        version: String,
+        artifact: Artifact,
+    },
+    Coredump {
+        device_key: String,
+        coredump_id: i64,
+    },
+    /// A firmware object written by a release that percent-encoded versions
+    /// (`firmware/m/2.1%7Erc1/firmware.bin` for version `2.1~rc1`): it belongs under the decoded
+    /// version's key.
+    LegacyEncoded {
+        model_code: String,
+        version: String,
+        artifact: Artifact,
+    },
+    /// Anything else: never acted upon.
+    Unknown,
+}
+
+/// Reads `key` back through the layout.
+pub fn map_key(key: &str) -> MappedKey {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        [FIRMWARE_PREFIX, code, version, file] => {
+            let Some(artifact) = Artifact::from_file_name(file) else {
+                return MappedKey::Unknown;
+            };
+            if !is_model_code(code) {
+                return MappedKey::Unknown;
+            }
+            if crate::fleet::FirmwareVersion::parse(version).is_ok() {
+                return MappedKey::Firmware {
+                    model_code: code.to_string(),
+                    version: version.to_string(),
+                    artifact,
+                };
+            }
+            match decode_legacy_version(version) {
+                Some(decoded) => MappedKey::LegacyEncoded {
+                    model_code: code.to_string(),
+                    version: decoded,
+                    artifact,
+                },
+                None => MappedKey::Unknown,
+            }
+        }
+        [COREDUMP_PREFIX, device_key, file] => {
+            let id = file
+                .strip_suffix(".dmp")
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|id| id.parse::<i64>().ok());
+            match id {
+                Some(coredump_id) if is_device_key(device_key) => MappedKey::Coredump {
+                    device_key: device_key.to_string(),
+                    coredump_id,
+                },
+                _ => MappedKey::Unknown,
+            }
+        }
+        _ => MappedKey::Unknown,
+    }
+}
+
+fn is_model_code(code: &str) -> bool {
+    crate::fleet::ModelCode::parse(code).is_ok()
+}
+
+fn is_device_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 16
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+}
+
+/// The characters `object_store::path::Path::from` percent-encodes in a segment: what releases
+/// before this layout wrote encoded.
+const LEGACY_ENCODED: &[u8] = b"\\{^}%`]\">[~<#|\r\n*?";
+
+/// How a release that used `Path::from` wrote `version` as a key segment, if differently.
+pub fn legacy_encoded_version(version: &str) -> Option<String> {
+    if !version.bytes().any(|b| LEGACY_ENCODED.contains(&b)) {
+        return None;
+    }
+    let mut out = String::with_capacity(version.len() * 3);
+    for c in version.chars() {
+        if c.is_ascii() && LEGACY_ENCODED.contains(&(c as u8)) {
+            out.push_str(&format!("%{:02X}", c as u8));
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// The version a legacy percent-encoded segment names, when it is exactly what
+/// [`legacy_encoded_version`] writes for a version that is valid today.
+fn decode_legacy_version(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return None;
+    }
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let version = String::from_utf8(decoded).ok()?;
+    crate::fleet::FirmwareVersion::parse(&version).ok()?;
+    (legacy_encoded_version(&version).as_deref() == Some(segment)).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hold_their_components_verbatim_and_map_back() {
+        for version in [
+            "1.2.0",
+            "2.1~rc1",
+            "1.0.0-rc.1+build.5",
+            "v1 [qa] #3?*",
+            "é1",
+            "a{b}^c|\"d\"`e`<f>",
+        ] {
+            for artifact in Artifact::ALL {
+                let key = firmware_key("sensor_v2", version, artifact).unwrap();
+                assert_eq!(
+                    key.as_str(),
+                    format!("firmware/sensor_v2/{version}/{}", artifact.file_name())
+                );
+                assert_eq!(
+                    map_key(key.as_str()),
+                    MappedKey::Firmware {
+                        model_code: "sensor_v2".into(),
+                        version: version.into(),
+                        artifact
+                    }
+                );
+            }
+        }
+        let key = coredump_key("abcd2345", 17).unwrap();
+        assert_eq!(key.as_str(), "coredumps/abcd2345/17.dmp");
+        assert_eq!(
+            map_key(key.as_str()),
+            MappedKey::Coredump {
+                device_key: "abcd2345".into(),
+                coredump_id: 17
+            }
+        );
+    }
+
+    #[test]
+    fn percent_encoded_keys_of_earlier_releases_map_to_their_version() {
+        assert_eq!(
+            legacy_encoded_version("2.1~rc1").as_deref(),
+            Some("2.1%7Erc1")
+        );
+        assert_eq!(legacy_encoded_version("1.2.0"), None);
+        assert_eq!(
+            map_key("firmware/m/2.1%7Erc1/firmware.elf"),
+            MappedKey::LegacyEncoded {
+                model_code: "m".into(),
+                version: "2.1~rc1".into(),
+                artifact: Artifact::Elf
+            }
+        );
+        // What no release wrote is not guessed at.
+        for key in [
+            "firmware/m/2.1%7erc1/firmware.elf", // lower-case hex: not Path::from's output
+            "firmware/m/50%25/firmware.bin",     // decodes to a version with '%', refused today
+            "firmware/m/%zz/firmware.bin",
+            "firmware/m/1.0/firmware.exe",
+            "firmware/Bad-Code/1.0/firmware.bin",
+            "firmware/m/firmware.bin",
+            "coredumps/abcd2345/x.dmp",
+            "coredumps/ABCD/1.dmp",
+            "coredumps/abcd2345/1.dmp/extra",
+            "other/thing",
+        ] {
+            assert_eq!(map_key(key), MappedKey::Unknown, "{key}");
+        }
+    }
+
+    #[test]
+    fn artifacts_know_their_names_and_types() {
+        assert_eq!(
+            Artifact::from_file_name("version.json"),
+            Some(Artifact::VersionJson)
+        );
+        assert_eq!(Artifact::from_file_name("firmware.zip"), None);
+        assert_eq!(Artifact::Bin.bundle_entry("tempsensor"), "tempsensor.bin");
+        assert_eq!(Artifact::Sdkconfig.bundle_entry("tempsensor"), "sdkconfig");
+        assert_eq!(Artifact::Map.content_type(), "text/plain; charset=utf-8");
+    }
+}

@@ -1,0 +1,296 @@
+//! `reconcile --repair`: fixes what a scan found, re-checking each finding inside the transaction
+//! that acts on it (see the module above for what each kind means).
+//!
+//! Objects are never deleted here: they are queued in the outbox in a transaction that holds the
+//! model's lock (the lock every firmware change takes first) and re-checks that no row claims
+//! them. An upload that starts later cancels the queued deletion of the keys it writes
+//! (`crate::outbox::cancel_deletions`); one that committed earlier is seen by the re-check. Either
+//! way an object a row names is never deleted, however stale the scan.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{orphans_by_model, ReconcileError, ReconcileReport};
+use crate::db::{self, reconcile as queries, Db, Tx};
+use crate::layout::{self, Artifact, MappedKey};
+use crate::outbox;
+use crate::storage::{ObjectKey, Storage};
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RepairSummary {
+    /// Misplaced objects copied to their key (their old key queued for deletion).
+    pub misplaced_moved: usize,
+    /// Orphans queued for deletion in the outbox.
+    pub orphans_queued: usize,
+    /// Orphans a row claimed by the time of the repair (left alone).
+    pub orphans_claimed_since: usize,
+    pub coredumps_marked_error: usize,
+    pub firmware_versions_removed: usize,
+    pub current_versions_left: usize,
+}
+
+/// Fixes what `report` found.
+pub async fn repair(
+    db: &Db,
+    storage: &Storage,
+    report: &ReconcileReport,
+) -> Result<RepairSummary, ReconcileError> {
+    let mut summary = RepairSummary::default();
+    move_misplaced(db, storage, report, &mut summary).await?;
+    queue_orphans(db, report, &mut summary).await?;
+    mark_dangling_dumps(db, storage, report, &mut summary).await?;
+    remove_dangling_versions(db, storage, report, &mut summary).await?;
+    tracing::info!(
+        misplaced_moved = summary.misplaced_moved,
+        orphans_queued = summary.orphans_queued,
+        coredumps_marked_error = summary.coredumps_marked_error,
+        firmware_versions_removed = summary.firmware_versions_removed,
+        "reconcile_repaired"
+    );
+    Ok(summary)
+}
+
+/// Copies each misplaced object of a still-stored version to its key (unless something is there
+/// already), then queues the old key for deletion, all under the model's lock.
+async fn move_misplaced(
+    db: &Db,
+    storage: &Storage,
+    report: &ReconcileReport,
+    summary: &mut RepairSummary,
+) -> Result<(), ReconcileError> {
+    let mut by_version: BTreeMap<(&str, &str), Vec<(ObjectKey, ObjectKey)>> = BTreeMap::new();
+    for m in &report.misplaced {
+        by_version
+            .entry((m.model_code.as_str(), m.version.as_str()))
+            .or_default()
+            .push((
+                ObjectKey::parse(m.key.clone())?,
+                ObjectKey::parse(m.belongs_at.clone())?,
+            ));
+    }
+    for ((code, version), moves) in by_version {
+        let mut tx = db.begin().await?;
+        if queries::lock_model_by_code(&mut tx, code).await?.is_none()
+            || !queries::firmware_version_exists(&mut tx, code, version).await?
+        {
+            continue; // deleted since the scan: the next scan calls these orphans
+        }
+        summary.misplaced_moved += rekey(&mut tx, storage, &moves).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Copies `from` → `to` where `to` is missing, and queues every `from` for deletion. The caller
+/// holds the model's lock. Returns how many objects were copied.
+async fn rekey(
+    tx: &mut Tx,
+    storage: &Storage,
+    moves: &[(ObjectKey, ObjectKey)],
+) -> Result<usize, ReconcileError> {
+    let mut copied = 0;
+    for (from, to) in moves {
+        match storage.head(to).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                storage.copy(from, to).await?;
+                copied += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let old: Vec<ObjectKey> = moves.iter().map(|(from, _)| from.clone()).collect();
+    outbox::schedule_deletion(tx, &old).await?;
+    Ok(copied)
+}
+
+/// Moves every object of stored versions that an earlier release wrote under a percent-encoded
+/// key (`2.1%7Erc1` for `2.1~rc1`) to its key. Run once after upgrading (a job queued by a
+/// migration) and by `reconcile --repair`; finds nothing to do the second time.
+pub async fn rekey_legacy_encoded(db: &Db, storage: &Storage) -> Result<usize, ReconcileError> {
+    let mut tx = db.begin().await?;
+    let versions = queries::all_firmware_versions(&mut tx).await?;
+    tx.rollback().await?;
+    let mut moved = 0;
+    for (code, version) in versions {
+        let Some(encoded) = layout::legacy_encoded_version(&version) else {
+            continue;
+        };
+        if crate::fleet::FirmwareVersion::parse(&version).is_err() {
+            continue; // not a key component today: reconcile reports it, nothing acts on it
+        }
+        let mut moves = Vec::new();
+        for artifact in Artifact::ALL {
+            let from = layout::firmware_key(&code, &encoded, artifact)?;
+            match storage.head(&from).await {
+                Ok(_) => moves.push((from, layout::firmware_key(&code, &version, artifact)?)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if moves.is_empty() {
+            continue;
+        }
+        let mut tx = db.begin().await?;
+        if queries::lock_model_by_code(&mut tx, &code).await?.is_none()
+            || !queries::firmware_version_exists(&mut tx, &code, &version).await?
+        {
+            continue;
+        }
+        moved += rekey(&mut tx, storage, &moves).await?;
+        tx.commit().await?;
+        tracing::info!(model_code = %code, version = %version, "firmware_objects_rekeyed");
+    }
+    Ok(moved)
+}
+
+/// Queues orphans for deletion, per model under its lock, after re-checking that no row claims
+/// them now.
+async fn queue_orphans(
+    db: &Db,
+    report: &ReconcileReport,
+    summary: &mut RepairSummary,
+) -> Result<(), ReconcileError> {
+    let (firmware, coredumps) = orphans_by_model(report);
+    for (code, keys) in firmware {
+        let mut tx = db.begin().await?;
+        if queries::lock_model_by_code(&mut tx, &code).await?.is_none() {
+            // No model to lock: hold off model creation for this short transaction instead, so
+            // no upload of these keys can start before the deletions are visible to it.
+            lock_model_creation(&mut tx).await?;
+        }
+        let mut doomed = Vec::new();
+        for key in keys {
+            let claimed = match layout::map_key(key.as_str()) {
+                MappedKey::Firmware { version, .. } => {
+                    queries::firmware_version_exists(&mut tx, &code, &version).await?
+                }
+                // A misplaced copy with no row left: nothing will ever read it.
+                MappedKey::LegacyEncoded { .. } => false,
+                _ => true,
+            };
+            if claimed {
+                summary.orphans_claimed_since += 1;
+            } else {
+                doomed.push(key);
+            }
+        }
+        outbox::schedule_deletion(&mut tx, &doomed).await?;
+        tx.commit().await?;
+        summary.orphans_queued += doomed.len();
+    }
+    // Dump ids are never handed out again on PostgreSQL (a sequence), and SQLite serialises
+    // writers, so the re-check in the transaction is enough.
+    let mut tx = db.begin().await?;
+    let mut doomed = Vec::new();
+    for key in coredumps {
+        let MappedKey::Coredump { coredump_id, .. } = layout::map_key(key.as_str()) else {
+            continue;
+        };
+        if queries::coredump_exists(&mut tx, coredump_id).await? {
+            summary.orphans_claimed_since += 1;
+        } else {
+            doomed.push(key);
+        }
+    }
+    outbox::schedule_deletion(&mut tx, &doomed).await?;
+    tx.commit().await?;
+    summary.orphans_queued += doomed.len();
+    Ok(())
+}
+
+/// PostgreSQL: blocks inserts into `device_models` until the transaction ends. SQLite: the write
+/// transaction already excludes every other writer.
+async fn lock_model_creation(tx: &mut Tx) -> Result<(), ReconcileError> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query("LOCK TABLE device_models IN SHARE MODE")
+            .execute(&mut **t)
+            .await
+            .map_err(db::DbError::from)?;
+    }
+    Ok(())
+}
+
+/// Marks dumps whose object is still missing `ERROR`.
+async fn mark_dangling_dumps(
+    db: &Db,
+    storage: &Storage,
+    report: &ReconcileReport,
+    summary: &mut RepairSummary,
+) -> Result<(), ReconcileError> {
+    for dump in &report.dangling_coredumps {
+        let key = ObjectKey::parse(dump.object_key.clone())?;
+        if is_present(storage, &key).await? {
+            continue;
+        }
+        let message = format!(
+            "The core dump object {} is missing from the object store (found by reconcile)",
+            dump.object_key
+        );
+        let mut tx = db.begin().await?;
+        if queries::mark_coredump_missing(&mut tx, dump.coredump_id, &message).await? {
+            summary.coredumps_marked_error += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Removes non-current versions that still miss an object, under the model's lock; what is left
+/// of their objects goes through the outbox.
+async fn remove_dangling_versions(
+    db: &Db,
+    storage: &Storage,
+    report: &ReconcileReport,
+    summary: &mut RepairSummary,
+) -> Result<(), ReconcileError> {
+    for f in &report.dangling_firmware {
+        if f.is_current {
+            summary.current_versions_left += 1;
+            continue;
+        }
+        let mut tx = db.begin().await?;
+        if queries::lock_model_by_code(&mut tx, &f.model_code)
+            .await?
+            .is_none()
+        {
+            continue;
+        }
+        let mut keys = layout::firmware_keys(&f.model_code, &f.version)?;
+        if let Some(encoded) = layout::legacy_encoded_version(&f.version) {
+            keys.extend(layout::firmware_keys(&f.model_code, &encoded)?);
+        }
+        let mut complete = true;
+        for artifact in Artifact::ALL {
+            let mut found = false;
+            for key in keys
+                .iter()
+                .filter(|k| k.as_str().ends_with(artifact.file_name()))
+            {
+                found |= is_present(storage, key).await?;
+            }
+            complete &= found;
+        }
+        if complete {
+            continue; // whole again (re-uploaded since the scan)
+        }
+        if queries::delete_version_unless_current(&mut tx, &f.model_code, &f.version).await? {
+            outbox::schedule_deletion(&mut tx, &keys).await?;
+            summary.firmware_versions_removed += 1;
+        } else {
+            summary.current_versions_left += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn is_present(storage: &Storage, key: &ObjectKey) -> Result<bool, ReconcileError> {
+    match storage.head(key).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,302 @@
+//! Versions with every kind of character, kept verbatim in keys, and a `reconcile --repair` that
+//! never loses data (hardening issue, item 5): it maps every key back before acting, moves objects
+//! an earlier release stored under percent-encoded keys, re-checks a stale scan, and is idempotent.
+
+use std::time::Duration;
+
+use iotsupport::layout::{self, Artifact};
+use iotsupport::reconcile::{self, RepairSummary};
+use iotsupport::storage::ObjectKey;
+
+use crate::firmware_support::*;
+use crate::fleet::create_model;
+use crate::helpers::*;
+
+/// One version per character class a version may hold.
+const VERSIONS: [&str; 10] = [
+    "1.0.0-rc.1+build.5", // SemVer pre-release and build metadata
+    "2.1~rc1",            // Debian-style tilde
+    "v1 [qa]",            // space and brackets
+    "a{b}^c",             // braces, caret
+    "x|y\"z",             // pipe, double quote
+    "h#1",                // hash
+    "q?*",                // question mark, star
+    "`t`<u>",             // backtick, angle brackets
+    "é1",                 // non-ASCII
+    "v5.0-beta1-427-g4532e6e0b2-dirt",
+];
+
+async fn repair_and_drain(
+    app: &TestApp,
+    grace: Duration,
+) -> (reconcile::ReconcileReport, RepairSummary) {
+    let storage = app.state.storage.clone();
+    let report = reconcile::scan(app.db(), &storage, grace).await.unwrap();
+    let summary = reconcile::repair(app.db(), &storage, &report)
+        .await
+        .unwrap();
+    while iotsupport::outbox::process_due(app.db(), &storage)
+        .await
+        .unwrap()
+        .deleted
+        > 0
+    {}
+    (report, summary)
+}
+
+async fn download(
+    app: &TestApp,
+    model_id: i64,
+    version: &str,
+    artifact: Artifact,
+) -> (u16, Vec<u8>) {
+    let mut url = reqwest::Url::parse(&app.address).unwrap();
+    url.path_segments_mut().unwrap().clear().extend([
+        "api",
+        "device-models",
+        &model_id.to_string(),
+        "firmware",
+        version,
+        artifact.file_name(),
+    ]);
+    let response = app.client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+fn clean(report: &reconcile::ReconcileReport) -> bool {
+    report.orphans.is_empty()
+        && report.dangling_firmware.is_empty()
+        && report.dangling_coredumps.is_empty()
+        && report.misplaced.is_empty()
+        && report.unrecognised.is_empty()
+        && report.unsupported_versions.is_empty()
+}
+
+#[tokio::test]
+async fn every_version_character_class_is_stored_verbatim_served_and_left_alone_by_repair() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app_with(
+            stack,
+            "version_chars",
+            &[("MAX_FIRMWARES", "20")],
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "chars", None).await;
+        let builds: Vec<Build> = VERSIONS.iter().map(|v| Build::new(v, "salt")).collect();
+        for build in &builds {
+            upload_ok(&app, model_id, "chars", build).await;
+        }
+        for build in &builds {
+            assert_build_stored(&app, "chars", build).await;
+            for (artifact, (_, bytes)) in Artifact::ALL.into_iter().zip(build.artifacts()) {
+                let (status, body) = download(&app, model_id, &build.version, artifact).await;
+                assert_eq!(status, 200, "{stack:?} {} {artifact:?}", build.version);
+                assert_eq!(body, bytes, "{stack:?} {} {artifact:?}", build.version);
+            }
+        }
+
+        // Every key maps back; nothing is orphaned, dangling or misplaced, and repair (twice)
+        // changes nothing, with no grace period at all.
+        for _ in 0..2 {
+            let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+            assert!(clean(&report), "{stack:?}: {report:#?}");
+            assert_eq!(report.objects_scanned, 5 * VERSIONS.len());
+            assert_eq!(summary, RepairSummary::default(), "{stack:?}");
+        }
+        assert_eq!(stored_versions(&app, model_id).await.len(), VERSIONS.len());
+        for build in &builds {
+            assert_build_stored(&app, "chars", build).await;
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_percent_in_a_version_is_refused_with_400() {
+    let Some(app) = spawn_app(Stack::Embedded, "version_percent").await else {
+        return;
+    };
+    let model_id = create_model(&app, "pct", None).await;
+    let (status, body) = upload(&app, model_id, Build::new("100%", "s").zip("pct")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("must not contain '/', '\\' or '%'"),
+        "{body}"
+    );
+    assert!(objects_under(&app, "firmware").await.is_empty());
+    app.stop().await;
+}
+
+/// Moves a stored version's objects to where a release that percent-encoded keys put them.
+async fn store_the_old_way(app: &TestApp, code: &str, version: &str) -> Vec<String> {
+    let encoded = layout::legacy_encoded_version(version).expect("a character that was encoded");
+    let mut old = Vec::new();
+    for artifact in Artifact::ALL {
+        let from = layout::firmware_key(code, version, artifact).unwrap();
+        let to = layout::firmware_key(code, &encoded, artifact).unwrap();
+        app.state.storage.copy(&from, &to).await.unwrap();
+        app.state.storage.delete(&from).await.unwrap();
+        old.push(to.to_string());
+    }
+    old
+}
+
+#[tokio::test]
+async fn objects_under_an_earlier_releases_percent_encoded_key_are_moved_not_lost() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "legacy_encoded").await else {
+            continue;
+        };
+        let model_id = create_model(&app, "tilde", None).await;
+        let old = Build::new("2.1~rc1", "old");
+        let current = Build::new("2.2", "new");
+        upload_ok(&app, model_id, "tilde", &old).await;
+        upload_ok(&app, model_id, "tilde", &current).await;
+        let encoded_keys = store_the_old_way(&app, "tilde", "2.1~rc1").await;
+
+        // The scan calls them misplaced: not orphans, and the version is not dangling.
+        let report = reconcile::scan(app.db(), &app.state.storage, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(report.misplaced.len(), 5, "{report:#?}");
+        assert!(report.orphans.is_empty(), "{report:#?}");
+        assert!(report.dangling_firmware.is_empty(), "{report:#?}");
+
+        // The one-off job moves them (as after an upgrade), and a second run finds nothing.
+        let moved = reconcile::rekey_legacy_encoded(app.db(), &app.state.storage)
+            .await
+            .unwrap();
+        assert_eq!(moved, 5);
+        while iotsupport::outbox::process_due(app.db(), &app.state.storage)
+            .await
+            .unwrap()
+            .deleted
+            > 0
+        {}
+        assert_eq!(
+            reconcile::rekey_legacy_encoded(app.db(), &app.state.storage)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_build_stored(&app, "tilde", &old).await;
+        for key in &encoded_keys {
+            let gone = app
+                .state
+                .storage
+                .head(&ObjectKey::parse(key.clone()).unwrap())
+                .await
+                .is_err_and(|e| e.is_not_found());
+            assert!(gone, "{key} left behind");
+        }
+        let (status, body) = download(&app, model_id, "2.1~rc1", Artifact::Elf).await;
+        assert_eq!((status, body), (200, old.elf.clone()));
+        let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+        assert!(clean(&report), "{report:#?}");
+        assert_eq!(summary, RepairSummary::default());
+
+        // Repair moves them too, when the job has not run.
+        store_the_old_way(&app, "tilde", "2.1~rc1").await;
+        let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+        assert_eq!(report.misplaced.len(), 5);
+        assert_eq!(summary.misplaced_moved, 5);
+        assert_eq!(
+            summary.firmware_versions_removed, 0,
+            "a valid version was removed"
+        );
+        assert_build_stored(&app, "tilde", &old).await;
+        let (report, _) = repair_and_drain(&app, Duration::ZERO).await;
+        assert!(clean(&report), "{report:#?}");
+        assert_eq!(stored_versions(&app, model_id).await.len(), 2);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn keys_that_do_not_map_back_are_reported_and_never_touched() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "unmapped_keys").await else {
+            continue;
+        };
+        let strange = [
+            "firmware/m/50%25/firmware.bin",
+            "firmware/m/1.0/firmware.zip",
+            "firmware/Not-A-Code/1.0/firmware.bin",
+            "coredumps/abcd2345/notes.txt",
+        ];
+        for key in strange {
+            app.state
+                .storage
+                .put(
+                    &ObjectKey::parse(key).unwrap(),
+                    bytes::Bytes::from_static(b"x"),
+                )
+                .await
+                .unwrap();
+        }
+        let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+        let mut expected: Vec<String> = strange.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(report.unrecognised, expected, "{stack:?}");
+        assert!(report.orphans.is_empty());
+        assert_eq!(summary, RepairSummary::default());
+        for key in strange {
+            assert!(
+                app.state
+                    .storage
+                    .head(&ObjectKey::parse(key).unwrap())
+                    .await
+                    .is_ok(),
+                "{stack:?}: {key} was touched"
+            );
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
+    for stack in ALL_STACKS {
+        let Some(app) = spawn_app(stack, "stale_scan").await else {
+            continue;
+        };
+        let model_id = create_model(&app, "stale", None).await;
+        // Objects of 3.0 with no row: orphans at the time of the scan.
+        let build = Build::new("3.0", "late");
+        for (artifact, (_, bytes)) in Artifact::ALL.into_iter().zip(build.artifacts()) {
+            let key = layout::firmware_key("stale", "3.0", artifact).unwrap();
+            app.state
+                .storage
+                .put(&key, bytes::Bytes::copy_from_slice(bytes))
+                .await
+                .unwrap();
+        }
+        let stale = reconcile::scan(app.db(), &app.state.storage, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(stale.orphans.len(), 5);
+        // Then the pipeline uploads 3.0, and the operator repairs with the old report.
+        upload_ok(&app, model_id, "stale", &build).await;
+        let summary = reconcile::repair(app.db(), &app.state.storage, &stale)
+            .await
+            .unwrap();
+        assert_eq!(summary.orphans_queued, 0, "{summary:?}");
+        assert_eq!(summary.orphans_claimed_since, 5);
+        while iotsupport::outbox::process_due(app.db(), &app.state.storage)
+            .await
+            .unwrap()
+            .deleted
+            > 0
+        {}
+        assert_build_stored(&app, "stale", &build).await;
+        app.stop().await;
+    }
+}
