@@ -68,6 +68,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One run of fleet credential rotation, for deployments that schedule it as a CronJob:
+    /// queue the fleet when ROTATION_CRON is due, time out the PENDING device, start the next.
+    /// `serve` does the same continuously; running both is safe.
+    RotationJob,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +100,7 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
             grace,
             json,
         } => reconcile(config, repair, std::time::Duration::from_secs(grace), json).await,
+        Command::RotationJob => rotation_job(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +129,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     cancel_on_signal(app.shutdown_token());
     app.run_until_stopped().await?;
+    Ok(())
+}
+
+/// The Python service's `rotation-job`, with its output lines.
+async fn rotation_job(config: Config) -> anyhow::Result<()> {
+    let db = Db::connect(&config).await?;
+    if db.ping().await.is_err() {
+        anyhow::bail!("Cannot connect to database");
+    }
+    let report = crate::credentials::rotation::run_job(&db, &config.rotation).await;
+    db.close().await;
+    let report = report.map_err(|e| anyhow::anyhow!("Error during rotation job: {e}"))?;
+    let python_bool = |b: bool| if b { "True" } else { "False" };
+    println!("Rotation job completed");
+    println!("  Timeouts processed: {}", report.timeouts_processed);
+    println!(
+        "  Device rotated: {}",
+        report.device_rotated.as_deref().unwrap_or("none")
+    );
+    println!(
+        "  Scheduled triggered: {}",
+        python_bool(report.scheduled_triggered)
+    );
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod coredumps;
+pub mod credentials;
 pub mod db;
 pub mod events;
 pub mod firmware;

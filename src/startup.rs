@@ -107,6 +107,12 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let oidc = config.oidc.clone().map(crate::oidc::OidcVerifier::new);
+        let tokens =
+            crate::credentials::tokens::Tokens::new(db.clone(), config.credentials.clone());
+        if let Err(e) = tokens.issuer().await {
+            // Pending migrations, say: tried again when a token is first needed.
+            tracing::warn!(error = %e, "device_token_key_not_loaded");
+        }
         let shutdown = CancellationToken::new();
         let events = crate::events::EventHub::start(
             db.clone(),
@@ -118,6 +124,8 @@ impl Application {
             coredump_uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_coredump_uploads,
             )),
+            tokens,
+            token_failures: Arc::default(),
             coredump_uploads_by_device: crate::http::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
@@ -188,6 +196,13 @@ impl Application {
             ));
         }
 
+        workers.spawn(crate::credentials::rotation::run_worker(
+            state.db.clone(),
+            config.rotation.clone(),
+            rotation_poll(config.worker_poll_interval),
+            shutdown.clone(),
+        ));
+
         if let Some(interval) = config.reconcile_interval {
             workers.spawn(crate::reconcile::run_periodic(
                 state.db.clone(),
@@ -215,6 +230,12 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How often `serve` looks for rotation timeouts, schedule ticks and stalled chains: the worker
+/// poll interval, at most 5 s (a timeout is noticed that much after it passed).
+fn rotation_poll(worker_poll: Duration) -> Duration {
+    worker_poll.min(Duration::from_secs(5))
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.

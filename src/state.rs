@@ -5,7 +5,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
-use crate::db::devices::DeviceCredential;
+use crate::db::credentials::DeviceCredential;
 use crate::db::firmware_versions::CurrentImage;
 use crate::db::Db;
 use crate::firmware::cache::FirmwareCache;
@@ -25,6 +25,10 @@ pub struct AppState {
     pub caches: Arc<Caches>,
     /// Permits for core-dump uploads in progress (`MAX_CONCURRENT_COREDUMP_UPLOADS`).
     pub coredump_uploads: Arc<tokio::sync::Semaphore>,
+    /// Mints and verifies the device tokens iotsupport issues.
+    pub tokens: Arc<crate::credentials::tokens::Tokens>,
+    /// Slows down repeated token-endpoint failures per client id.
+    pub token_failures: Arc<crate::credentials::throttle::FailureThrottle>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
     pub coredump_uploads_by_device: Arc<crate::http::admission::KeyedLimiter>,
 }

@@ -33,6 +33,8 @@ pub const FIRMWARE_CACHE_BYTES: &str = "firmware_cache_bytes";
 pub const FIRMWARE_CACHE_ENTRIES: &str = "firmware_cache_entries";
 pub const LOOKUP_CACHE_HITS: &str = "lookup_cache_hits_total";
 pub const LOOKUP_CACHE_MISSES: &str = "lookup_cache_misses_total";
+pub const DEVICE_TOKENS_ISSUED: &str = "device_tokens_issued_total";
+pub const DEVICE_TOKENS_REFUSED: &str = "device_tokens_refused_total";
 pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
 pub const HTTP_CONNECTIONS_EVICTED: &str = "http_connections_evicted_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
@@ -210,6 +212,14 @@ fn describe() {
         "Device-path database lookups that went to the database, by cache"
     );
     metrics::describe_gauge!(HTTP_CONNECTIONS_OPEN, "Open HTTP connections");
+    describe_counter!(
+        DEVICE_TOKENS_ISSUED,
+        "Device tokens issued by POST /api/iot/token"
+    );
+    describe_counter!(
+        DEVICE_TOKENS_REFUSED,
+        "Token requests refused with invalid_client (unknown client or wrong secret)"
+    );
     describe_counter!(
         HTTP_CONNECTIONS_EVICTED,
         "Idle HTTP connections closed to make room under HTTP_MAX_CONNECTIONS"

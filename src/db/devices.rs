@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{now, Db, DbError, Tx};
+use super::{now, DbError, Tx};
 use crate::fleet::DeviceConfig;
-use crate::{on_conn, on_pool};
+use crate::on_conn;
 
 /// A device row with what list and detail views show.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -20,43 +20,36 @@ pub struct DeviceRow {
     pub last_coredump_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub model_code: String,
+    pub rotation_state: String,
+    pub secret_created_at: Option<DateTime<Utc>>,
+    pub last_rotation_attempt_at: Option<DateTime<Utc>>,
+    pub last_rotation_completed_at: Option<DateTime<Utc>>,
 }
 
 const SELECT: &str = "SELECT d.id, d.key, d.device_model_id, d.config, d.device_name,
         d.device_entity_id, d.enable_ota, d.active,
         (SELECT MAX(c.uploaded_at) FROM coredumps c WHERE c.device_id = d.id) AS last_coredump_at,
-        d.created_at, d.updated_at
-    FROM devices d";
-
-/// What checking a device's `key.secret` credential needs (cached briefly, see
-/// `crate::lookup_cache`).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DeviceCredential {
-    pub id: i64,
-    pub key: String,
-    pub device_model_id: i64,
-    /// Hex SHA-256 of the secret; `None` for a device that never had one.
-    pub secret_hash: Option<String>,
-}
-
-/// The credential of the device with this key, read from the pool.
-pub async fn find_credential(db: &Db, key: &str) -> Result<Option<DeviceCredential>, DbError> {
-    Ok(on_pool!(db, |p| sqlx::query_as::<_, DeviceCredential>(
-        "SELECT id, key, device_model_id, secret_hash FROM devices WHERE key = $1"
-    )
-    .bind(key)
-    .fetch_optional(p)
-    .await)?)
-}
+        d.created_at, d.updated_at, m.code AS model_code, d.rotation_state, d.secret_created_at,
+        d.last_rotation_attempt_at, d.last_rotation_completed_at
+    FROM devices d JOIN device_models m ON m.id = d.device_model_id";
 
 pub const KEY_UNIQUE: (&str, &str) = ("devices_key_key", "devices.key");
 
-pub async fn list(tx: &mut Tx, model_id: Option<i64>) -> Result<Vec<DeviceRow>, DbError> {
-    let sql = format!("{SELECT} WHERE ($1 IS NULL OR d.device_model_id = $1) ORDER BY d.key");
+pub async fn list(
+    tx: &mut Tx,
+    model_id: Option<i64>,
+    rotation_state: Option<&str>,
+) -> Result<Vec<DeviceRow>, DbError> {
+    let sql = format!(
+        "{SELECT} WHERE ($1 IS NULL OR d.device_model_id = $1)
+           AND ($2 IS NULL OR d.rotation_state = $2) ORDER BY d.key"
+    );
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(model_id)
+    .bind(rotation_state)
     .fetch_all(c)
     .await)?)
 }
@@ -82,8 +75,9 @@ pub async fn insert(
     let now = now();
     Ok(on_conn!(tx, |c| sqlx::query_scalar(
         "INSERT INTO devices (key, device_model_id, config, device_name, device_entity_id,
-                              enable_ota, active, secret_hash, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $8) RETURNING id"
+                              enable_ota, active, secret_hash, secret_created_at, created_at,
+                              updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $8, $8) RETURNING id"
     )
     .bind(key)
     .bind(model_id)
@@ -120,20 +114,6 @@ pub async fn update(
     .await
     .map(|r| r.rows_affected()))?;
     Ok(())
-}
-
-pub async fn set_secret_hash(tx: &mut Tx, id: i64, secret_hash: &str) -> Result<bool, DbError> {
-    let now = now();
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "UPDATE devices SET secret_hash = $1, updated_at = $2 WHERE id = $3"
-    )
-    .bind(secret_hash)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
-    Ok(rows == 1)
 }
 
 /// The ids of a device's core dumps (their objects must go when the device goes).

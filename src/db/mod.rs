@@ -12,12 +12,14 @@
 
 pub mod adopt;
 pub mod coredumps;
+pub mod credentials;
 pub mod device_models;
 pub mod devices;
 pub mod firmware_versions;
 pub mod legacy;
 pub mod migrate;
 pub mod reconcile;
+pub mod rotation;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,11 +1,13 @@
 //! Device models and devices: the domain types parsed at the edge, and the rules about configs.
 
+mod client_id;
 mod config;
 mod device_key;
 mod firmware_version;
 mod model_code;
 
+pub use client_id::ClientId;
 pub use config::{ConfigSchema, DeviceConfig, InvalidConfig};
-pub use device_key::{DeviceKey, DeviceSecret};
+pub use device_key::{hash_device_secret, DeviceKey, DeviceSecret};
 pub use firmware_version::{FirmwareVersion, MAX_VERSION_LEN};
 pub use model_code::ModelCode;

@@ -12,13 +12,15 @@
 //! binds only to loopback unless `ALLOW_UNAUTHENTICATED=true`).
 //!
 //! Device credentials: `Authorization: Bearer <key>.<secret>` (one dot), the secret checked
-//! against its stored SHA-256; or, with OIDC on, a JWT (two dots) whose `azp` is
-//! `iotdevice-{model_code}-{device_key}` with the model code matching the device's model;
-//! `?device_key=` only when `IOT_DEVICE_KEY_AUTH=true`. An unreachable issuer is a 503, not a 401.
-//! The stored `key.secret` credential is reused for up to `DEVICE_LOOKUP_CACHE_SECONDS` (see
-//! `crate::lookup_cache`): a secret replaced or a device deleted through this process is refused
-//! at once, through another process sharing the database within that time. JWT and `?device_key=`
-//! callers are looked up every time.
+//! against the stored SHA-256 of the device's current or pending secret; a token iotsupport
+//! issued (`POST /api/iot/token`, a JWT whose `kid` is one of ours); or, with OIDC on, a JWT of the
+//! issuer whose `azp` is `iotdevice-{model_code}-{device_key}` with the model code matching the
+//! device's model; `?device_key=` only when `IOT_DEVICE_KEY_AUTH=true`. An unreachable issuer is a
+//! 503, not a 401. Using the pending secret (directly or through a token minted with it) promotes
+//! it before the request goes on (`crate::credentials::rotation::complete`). The stored credential
+//! is reused for up to `DEVICE_LOOKUP_CACHE_SECONDS` (see `crate::lookup_cache`): a secret replaced
+//! or a device deleted through this process is refused at once, through another process sharing
+//! the database within that time.
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -26,7 +28,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::db::devices::{self, DeviceCredential};
+use crate::credentials::tokens::{TokenError, TokenIssuer};
+use crate::credentials::{self, rotation, DeviceCredential, SecretMatch};
+use crate::db::credentials as credentials_db;
+use crate::fleet::ClientId;
 use crate::state::AppState;
 
 pub const ROLE_EDITOR: &str = "editor";
@@ -101,12 +106,6 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// Compares two secrets in constant time (hashing first hides their lengths too).
 fn secrets_equal(a: &str, b: &str) -> bool {
     sha256(a.as_bytes()).ct_eq(&sha256(b.as_bytes())).into()
-}
-
-/// What a device secret is stored as: the hex SHA-256 of the secret. Secrets are 32 random bytes,
-/// so a fast hash is enough (there is nothing to brute-force).
-pub fn hash_device_secret(secret: &str) -> String {
-    hex::encode(sha256(secret.as_bytes()))
 }
 
 /// The configured local identity (`ADMIN_TOKEN` callers, open mode), with every role.
@@ -200,14 +199,10 @@ impl FromRequestParts<AppState> for PipelineCaller {
     }
 }
 
-async fn find_device(state: &AppState, key: &str) -> Result<Option<DeviceCredential>, ApiError> {
-    Ok(devices::find_credential(&state.db, key).await?)
-}
-
 /// The credential for `key`, from the short-lived cache when possible (see
 /// `crate::lookup_cache`): a device downloading an image in many ranges is checked against the
 /// database at most once per `DEVICE_LOOKUP_CACHE_SECONDS`. Unknown keys are never cached.
-async fn cached_credential(
+pub async fn cached_credential(
     state: &AppState,
     key: &str,
 ) -> Result<Option<DeviceCredential>, ApiError> {
@@ -216,23 +211,96 @@ async fn cached_credential(
     if let Some(found) = cache.get(&key) {
         return Ok(Some(found));
     }
-    cache.load(key.clone(), || find_device(state, &key)).await
+    Ok(cache
+        .load(key.clone(), || {
+            credentials_db::find_credential(&state.db, &key)
+        })
+        .await?)
+}
+
+/// The process's token issuer (loaded on first use).
+pub async fn token_issuer(state: &AppState) -> Result<std::sync::Arc<TokenIssuer>, ApiError> {
+    state.tokens.issuer().await.map_err(|e| match e {
+        TokenError::Db(e) => ApiError::from(e),
+        TokenError::Key(message) => {
+            tracing::error!(error = %message, "device_token_key_unusable");
+            ApiError::Internal("Internal error: the token signing key is unusable".into())
+        }
+    })
 }
 
 fn invalid_device_credentials() -> ApiError {
     ApiError::AuthenticationRequired("Invalid device credentials".into())
 }
 
-#[derive(sqlx::FromRow)]
-struct DeviceWithModel {
-    id: i64,
-    key: String,
-    device_model_id: i64,
-    model_code: String,
+/// The credential for `key` and which of its secrets `proves` accepts. A cached credential that
+/// proves nothing is read again before giving up: a secret minted a moment ago (by this or
+/// another process) is always accepted at once. Only failures cost that extra read.
+pub async fn prove(
+    state: &AppState,
+    key: &str,
+    proves: impl Fn(&DeviceCredential) -> Option<SecretMatch>,
+) -> Result<Option<(DeviceCredential, SecretMatch)>, ApiError> {
+    let Some(credential) = cached_credential(state, key).await? else {
+        return Ok(None);
+    };
+    if let Some(proved) = proves(&credential) {
+        return Ok(Some((credential, proved)));
+    }
+    state.caches.device_changed(key);
+    Ok(cached_credential(state, key)
+        .await?
+        .and_then(|fresh| proves(&fresh).map(|proved| (fresh, proved))))
 }
 
-/// A device JWT: `azp` names the device and its model, and both must match the database.
-async fn device_from_jwt(
+/// Accepts a proved secret: using the pending one promotes it (completing a rotation) before the
+/// request goes on. Either way the request is authenticated.
+pub async fn accept(
+    state: &AppState,
+    credential: DeviceCredential,
+    proved: SecretMatch,
+) -> Result<DeviceCaller, ApiError> {
+    if let SecretMatch::Pending(hash) = &proved {
+        let promoted =
+            rotation::complete(&state.db, &state.config.rotation, credential.id, hash).await;
+        // Whatever happened, the cached credential may be stale now.
+        state.caches.device_changed(&credential.key);
+        promoted?;
+    }
+    Ok(DeviceCaller {
+        id: credential.id,
+        key: credential.key,
+        device_model_id: credential.device_model_id,
+    })
+}
+
+/// A token iotsupport issued: valid signature and lifetime, `azp` naming an existing device of
+/// that model, and minted with the device's current or pending secret.
+async fn device_from_own_token(
+    state: &AppState,
+    issuer: &TokenIssuer,
+    token: &str,
+) -> Result<DeviceCaller, ApiError> {
+    let claims = issuer
+        .verify(token)
+        .map_err(|e| ApiError::AuthenticationRequired(format!("Invalid credentials: {e}")))?;
+    let client = ClientId::parse(&claims.azp).ok_or_else(invalid_device_credentials)?;
+    let (credential, proved) = prove(state, client.device_key.as_str(), |c| {
+        (c.model_code == client.model_code.as_str())
+            .then(|| credentials::match_sid(c, &claims.sid))
+            .flatten()
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::AuthenticationRequired(
+            "Invalid credentials: the secret this token was minted with was replaced".into(),
+        )
+    })?;
+    accept(state, credential, proved).await
+}
+
+/// A device JWT of the OIDC issuer: `azp` names the device and its model, and both must match.
+async fn device_from_oidc(
     state: &AppState,
     oidc: &crate::oidc::OidcVerifier,
     token: &str,
@@ -241,20 +309,14 @@ async fn device_from_jwt(
     let (model_code, key) = verified.device().ok_or_else(|| {
         ApiError::AuthenticationRequired("Token does not identify a device".into())
     })?;
-    let device = crate::on_pool!(&state.db, |p| sqlx::query_as::<_, DeviceWithModel>(
-        "SELECT d.id, d.key, d.device_model_id, m.code AS model_code
-         FROM devices d JOIN device_models m ON m.id = d.device_model_id WHERE d.key = $1"
-    )
-    .bind(&key)
-    .fetch_optional(p)
-    .await)
-    .map_err(crate::db::DbError::from)?
-    .filter(|d| d.model_code == model_code)
-    .ok_or_else(invalid_device_credentials)?;
+    let credential = cached_credential(state, &key)
+        .await?
+        .filter(|c| c.model_code == model_code)
+        .ok_or_else(invalid_device_credentials)?;
     Ok(DeviceCaller {
-        id: device.id,
-        key: device.key,
-        device_model_id: device.device_model_id,
+        id: credential.id,
+        key: credential.key,
+        device_model_id: credential.device_model_id,
     })
 }
 
@@ -262,8 +324,17 @@ impl FromRequestParts<AppState> for DeviceCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(parts)? {
-            if let (Some(oidc), true) = (&state.oidc, looks_like_jwt(token)) {
-                return device_from_jwt(state, oidc, token).await;
+            if looks_like_jwt(token) {
+                let issuer = token_issuer(state).await?;
+                if issuer.is_ours(token) {
+                    return device_from_own_token(state, &issuer, token).await;
+                }
+                if let Some(oidc) = &state.oidc {
+                    return device_from_oidc(state, oidc, token).await;
+                }
+                return Err(ApiError::AuthenticationRequired(
+                    "Invalid credentials: token signed with an unknown key".into(),
+                ));
             }
             let (key, secret) = token
                 .split_once('.')
@@ -271,27 +342,16 @@ impl FromRequestParts<AppState> for DeviceCaller {
             if key.len() != 8 {
                 return Err(invalid_device_credentials());
             }
-            let device = cached_credential(state, key)
+            let (credential, proved) = prove(state, key, |c| credentials::match_secret(c, secret))
                 .await?
                 .ok_or_else(invalid_device_credentials)?;
-            let stored = device.secret_hash.as_deref().unwrap_or("");
-            let given = hash_device_secret(secret);
-            let matches: bool = stored.len() == given.len()
-                && bool::from(stored.as_bytes().ct_eq(given.as_bytes()));
-            if !matches {
-                return Err(invalid_device_credentials());
-            }
-            return Ok(DeviceCaller {
-                id: device.id,
-                key: device.key,
-                device_model_id: device.device_model_id,
-            });
+            return accept(state, credential, proved).await;
         }
         if state.config.iot_device_key_auth {
             let query = parts.uri.query().unwrap_or("");
             let key = url_query_value(query, "device_key");
             if let Some(key) = key.filter(|k| k.len() == 8) {
-                if let Some(device) = find_device(state, &key).await? {
+                if let Some(device) = credentials_db::find_credential(&state.db, &key).await? {
                     return Ok(DeviceCaller {
                         id: device.id,
                         key: device.key,
@@ -323,13 +383,6 @@ mod tests {
         assert!(secrets_equal("abc", "abc"));
         assert!(!secrets_equal("abc", "abd"));
         assert!(!secrets_equal("abc", "abcd"));
-    }
-
-    #[test]
-    fn device_secret_hashes_are_hex_sha256() {
-        let h = hash_device_secret("s3cret");
-        assert_eq!(h.len(), 64);
-        assert_ne!(h, hash_device_secret("s3cres"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::error::{ApiError, Json};
 use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
 use crate::db::Tx;
-use crate::fleet::{ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
+use crate::fleet::{ClientId, ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
 use crate::layout::coredump_key;
 use crate::state::AppState;
 use crate::{events, outbox};
@@ -43,6 +43,31 @@ pub struct DeviceSummary {
     pub enable_ota: Option<bool>,
     /// When the newest core dump of this device was uploaded.
     pub last_coredump_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub credentials: CredentialFields,
+}
+
+/// Credential and rotation facts on every device response (SPEC §13).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialFields {
+    /// `iotdevice-{model_code}-{key}`: what the device sends to `POST /api/iot/token`.
+    pub client_id: String,
+    /// `OK`, `QUEUED`, `PENDING` or `TIMEOUT`.
+    pub rotation_state: String,
+    /// When the current secret was minted.
+    pub secret_created_at: Option<DateTime<Utc>>,
+    pub last_rotation_attempt_at: Option<DateTime<Utc>>,
+    pub last_rotation_completed_at: Option<DateTime<Utc>>,
+}
+
+fn credential_fields(row: &DeviceRow) -> CredentialFields {
+    CredentialFields {
+        client_id: ClientId::format(&row.model_code, &row.key),
+        rotation_state: row.rotation_state.clone(),
+        secret_created_at: row.secret_created_at,
+        last_rotation_attempt_at: row.last_rotation_attempt_at,
+        last_rotation_completed_at: row.last_rotation_completed_at,
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -75,6 +100,8 @@ pub struct DeviceResponse {
     pub last_coredump_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub credentials: CredentialFields,
     /// Only in the response that created the device: the credential it authenticates with
     /// (`Authorization: Bearer <key>.<device_secret>`). It cannot be read again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +138,8 @@ pub struct DeviceSecretResponse {
 pub struct ListQuery {
     /// Only devices of this model.
     pub model_id: Option<i64>,
+    /// Only devices in this rotation state (`OK`, `QUEUED`, `PENDING`, `TIMEOUT`).
+    pub rotation_state: Option<String>,
 }
 
 pub fn not_found(id: i64) -> ApiError {
@@ -123,6 +152,7 @@ fn event_payload(row: &DeviceRow) -> Value {
 
 fn summary(row: DeviceRow) -> DeviceSummary {
     DeviceSummary {
+        credentials: credential_fields(&row),
         id: row.id,
         key: row.key,
         device_model_id: row.device_model_id,
@@ -136,6 +166,7 @@ fn summary(row: DeviceRow) -> DeviceSummary {
 
 fn full(row: DeviceRow, model: DeviceModelRow, secret: Option<DeviceSecret>) -> DeviceResponse {
     DeviceResponse {
+        credentials: credential_fields(&row),
         id: row.id,
         config: row.config,
         key: row.key,
@@ -195,8 +226,17 @@ pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<DeviceList>, ApiError> {
+    let rotation_state = query.rotation_state.as_deref().filter(|s| !s.is_empty());
+    if let Some(wanted) = rotation_state {
+        if !crate::credentials::rotation::STATES.contains(&wanted) {
+            return Err(ApiError::validation(format!(
+                "rotation_state must be one of {}",
+                crate::credentials::rotation::STATES.join(", ")
+            )));
+        }
+    }
     let mut tx = state.db.begin().await?;
-    let rows = devices::list(&mut tx, query.model_id).await?;
+    let rows = devices::list(&mut tx, query.model_id, rotation_state).await?;
     tx.commit().await?;
     let devices: Vec<_> = rows.into_iter().map(summary).collect();
     Ok(Json(DeviceList {
@@ -320,8 +360,9 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Issue a new secret for a device; the old one stops working at once on this process, and within
-/// `DEVICE_LOOKUP_CACHE_SECONDS` on other processes sharing the database. Requires `editor`.
+/// Issue a new secret for a device; the old one (and any pending one, and tokens minted with them)
+/// stops working at once on this process, and within `DEVICE_LOOKUP_CACHE_SECONDS` on other
+/// processes sharing the database. A rotation in progress ends as completed. Requires `editor`.
 #[utoipa::path(post, path = "/api/devices/{id}/secret", tag = "devices",
     security(("admin" = ["editor"])), params(("id" = i64, Path, description = "Device id")),
     responses((status = 200, body = DeviceSecretResponse), (status = 404, body = super::error::ErrorBody)))]
@@ -332,11 +373,19 @@ pub async fn replace_secret(
 ) -> Result<Json<DeviceSecretResponse>, ApiError> {
     let mut tx = state.db.begin().await?;
     let (row, _) = load(&mut tx, id).await?;
+    tx.commit().await?;
     let secret = DeviceSecret::generate();
-    devices::set_secret_hash(&mut tx, id, &secret.hash()).await?;
-    let committed = tx.commit().await;
+    let replaced = crate::credentials::rotation::replace_secret(
+        &state.db,
+        &state.config.rotation,
+        id,
+        &secret.hash(),
+    )
+    .await;
     state.caches.device_changed(&row.key);
-    committed?;
+    if !replaced? {
+        return Err(not_found(id));
+    }
     tracing::info!(device_key = %row.key, device_id = id, "device_secret_replaced");
     Ok(Json(DeviceSecretResponse {
         id,

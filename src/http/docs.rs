@@ -29,6 +29,10 @@ use crate::state::AppState;
         super::firmware::set_current, super::firmware::remove_version, super::firmware::pipeline_version,
         super::firmware::download_current, super::firmware::download_artifact,
         super::firmware::device_firmware, super::firmware::device_firmware_version,
+        super::iot::token::token, super::iot::token::jwks, super::iot::provisioning::package,
+        super::provisioning::nvs_package,
+        super::rotation::status, super::rotation::trigger, super::rotation::dashboard_view,
+        super::rotation::rotate_device,
     ),
     components(schemas(super::error::ErrorBody, super::health::HealthStatus)),
     modifiers(&SecuritySchemes),
@@ -40,7 +44,8 @@ use crate::state::AppState;
         (name = "firmware", description = "Admin: firmware bundles, stored versions, rollback and downloads (read: any admin; write: editor)"),
         (name = "pipeline", description = "CI pipelines: firmware uploads by model code (role: pipeline)"),
         (name = "auth", description = "Who the admin caller is; where to sign in"),
-        (name = "device api", description = "Devices: Authorization: Bearer <device_key>.<device_secret>"),
+        (name = "device api", description = "Devices: Authorization: Bearer <device_key>.<device_secret>, or a token from POST /api/iot/token"),
+        (name = "rotation", description = "Admin: fleet credential rotation (read: any admin; write: editor)"),
     )
 )]
 pub struct ApiDoc;
@@ -64,7 +69,9 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("<device_key>.<device_secret>"))
+                    .description(Some(
+                        "<device_key>.<device_secret> (current or pending secret), or a token from POST /api/iot/token",
+                    ))
                     .build(),
             ),
         );

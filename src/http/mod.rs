@@ -24,7 +24,9 @@ pub mod health;
 pub mod identity;
 pub mod iot;
 pub mod ops;
+pub mod provisioning;
 pub mod request_context;
+pub mod rotation;
 pub mod server;
 
 use axum::extract::Request;
@@ -52,6 +54,8 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(firmware::router())
         .merge(coredumps::router())
         .merge(iot::router())
+        .merge(rotation::router())
+        .merge(provisioning::router())
         .merge(identity::router())
         .merge(events::router());
     if let Some(extra) = extra {

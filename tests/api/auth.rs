@@ -3,9 +3,8 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use iotsupport::http::auth::{
-    hash_device_secret, AdminEditor, AdminReader, DeviceCaller, PipelineCaller,
-};
+use iotsupport::fleet::hash_device_secret;
+use iotsupport::http::auth::{AdminEditor, AdminReader, DeviceCaller, PipelineCaller};
 use iotsupport::startup::BuildOptions;
 use iotsupport::state::AppState;
 use serde_json::{json, Value};

@@ -15,13 +15,13 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 /// Reads `data:` messages from a `text/event-stream` response.
-struct SseReader {
+pub struct SseReader {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
 }
 
 impl SseReader {
-    async fn open(app: &TestApp) -> SseReader {
+    pub async fn open(app: &TestApp) -> SseReader {
         let response = app
             .client
             .get(app.url("/api/sse/stream?request_id=01TEST"))
@@ -40,7 +40,7 @@ impl SseReader {
     }
 
     /// The next `data:` payload, or `None` if nothing arrives within `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<Value> {
+    pub async fn next(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             while let Some(end) = self.buffer.find("\n\n") {

@@ -136,10 +136,11 @@ async fn seed(conn: &mut PgConnection, revision: &str) {
             ('sensor', 'Sensor', '1.0.0', '2025-01-02 03:04:05', '2025-01-02 03:04:05'),
             ('lamp', 'Lamp', NULL, '2025-01-02 03:04:05', '2025-01-02 03:04:05');
          INSERT INTO devices (key, device_model_id, config, device_name, rotation_state,
-                              cached_secret, created_at, updated_at) VALUES
+                              cached_secret, secret_created_at, last_rotation_completed_at,
+                              created_at, updated_at) VALUES
             ('abcdefgh', 1, '{\"deviceName\": \"kitchen\"}', 'kitchen', 'QUEUED', 'gAAAAAB-legacy',
-             '2025-01-02 03:04:05', '2025-01-02 03:04:05'),
-            ('bcdefghi', 1, '{}', NULL, 'OK', NULL, '2025-01-02 03:04:05', '2025-01-02 03:04:05');
+             '2025-01-02 03:04:05', '2025-01-03 04:05:06', '2025-01-02 03:04:05', '2025-01-02 03:04:05'),
+            ('bcdefghi', 1, '{}', NULL, 'OK', NULL, NULL, NULL, '2025-01-02 03:04:05', '2025-01-02 03:04:05');
          INSERT INTO settings (key, value) VALUES ('LAST_SCHEDULED_AT', '2025-01-01T00:00:00');",
     )
     .await;
@@ -340,10 +341,21 @@ async fn migrate_adopts_every_known_revision_keeping_rows_ids_and_times() {
         assert_eq!(device["key"], "abcdefgh");
         assert_eq!(device["device_name"], "kitchen");
         assert_eq!(device["active"], true);
+        // The Python service's rotation columns keep their values (naive UTC → TIMESTAMPTZ).
+        // QUEUED as adopted; serve's rotation worker may already have started it (PENDING).
         assert!(
-            device.get("rotation_state").is_none(),
-            "legacy rotation state must not be shown: {device}"
+            ["QUEUED", "PENDING"].contains(&device["rotation_state"].as_str().unwrap_or("")),
+            "{device}"
         );
+        assert_eq!(
+            device["secret_created_at"], "2025-01-02T03:04:05Z",
+            "{device}"
+        );
+        assert_eq!(
+            device["last_rotation_completed_at"], "2025-01-03T04:05:06Z",
+            "{device}"
+        );
+        assert_eq!(device["client_id"], "iotdevice-sensor-abcdefgh");
         let (status, dumps) = call(&app, http::Method::GET, "/api/devices/1/coredumps", None).await;
         assert_eq!(status, 200, "{dumps}");
         assert_eq!(dumps["count"], 2, "{dumps}");

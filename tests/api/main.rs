@@ -7,6 +7,9 @@ mod connections;
 mod coredump_parse;
 mod coredump_sidecar;
 mod coredumps;
+mod credentials_support;
+mod device_flow;
+mod device_tokens;
 mod downloads;
 #[path = "../support/esp_image_synth.rs"]
 mod esp_image_synth;
@@ -22,11 +25,15 @@ mod helpers;
 mod issuer;
 mod jobs;
 mod legacy;
+#[path = "../support/nvs_reader.rs"]
+mod nvs_reader;
 mod oidc_auth;
 mod outbox;
 mod parse_cli;
+mod provisioning;
 mod reconcile;
 mod reconcile_keys;
+mod rotation;
 mod storage;
 mod transactions;
 mod ui_compat;

@@ -4,7 +4,15 @@
 //! Every value is parsed here; an invalid value fails start-up with an error that names the variable.
 //! Secrets are wrapped in [`Secret`], whose `Debug` never prints the value.
 
-use std::collections::HashMap;
+mod credentials;
+mod env;
+#[cfg(test)]
+mod tests;
+
+pub use credentials::{CredentialSettings, RotationSettings};
+use env::invalid;
+pub use env::{ConfigError, Env};
+
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -120,6 +128,10 @@ pub struct Config {
     pub firmware_upload_timeout: Duration,
     /// Connection deadlines and limits of the HTTP server.
     pub http: HttpLimits,
+    /// Device tokens and provisioning packages.
+    pub credentials: CredentialSettings,
+    /// Fleet credential rotation.
+    pub rotation: RotationSettings,
 }
 
 /// What the HTTP server enforces on every connection (see `crate::http::server`).
@@ -146,108 +158,6 @@ pub struct LocalAdmin {
     pub subject: String,
     pub name: Option<String>,
     pub email: Option<String>,
-}
-
-/// Why the configuration could not be read. Always names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {variable}: {reason}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub reason: String,
-}
-
-fn invalid(variable: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable,
-        reason: reason.into(),
-    }
-}
-
-/// A view of the environment, so tests can read a configuration without touching the process env.
-pub struct Env(HashMap<String, String>);
-
-impl Env {
-    pub fn from_process() -> Self {
-        Env(std::env::vars().collect())
-    }
-
-    pub fn from_pairs<I, K, V>(pairs: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        Env(pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect())
-    }
-
-    /// The value of a variable; an empty value counts as unset (as in the Python service).
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
-    }
-
-    fn parse<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
-    where
-        T::Err: fmt::Display,
-    {
-        match self.get(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e| invalid(name, format!("cannot parse {raw:?}: {e}"))),
-        }
-    }
-
-    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
-            None => Ok(default),
-            Some("1" | "true" | "yes" | "on") => Ok(true),
-            Some("0" | "false" | "no" | "off") => Ok(false),
-            Some(other) => Err(invalid(
-                name,
-                format!("expected true or false, got {other:?}"),
-            )),
-        }
-    }
-
-    fn positive<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
-    where
-        T: std::str::FromStr + PartialOrd + Default + Copy,
-        T::Err: fmt::Display,
-    {
-        let value = self.parse(name, default)?;
-        if value <= T::default() {
-            return Err(invalid(name, "must be greater than zero"));
-        }
-        Ok(value)
-    }
-
-    fn seconds(&self, name: &'static str, default: f64) -> Result<Duration, ConfigError> {
-        let secs: f64 = self.parse(name, default)?;
-        Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| invalid(name, "must be a positive number of seconds"))
-    }
-
-    /// A duration in seconds from 0 (off) to `max`.
-    fn seconds_or_zero(
-        &self,
-        name: &'static str,
-        default: f64,
-        max: f64,
-    ) -> Result<Duration, ConfigError> {
-        let secs: f64 = self.parse(name, default)?;
-        if !(0.0..=max).contains(&secs) {
-            return Err(invalid(
-                name,
-                format!("must be between 0 (off) and {max} seconds"),
-            ));
-        }
-        Duration::try_from_secs_f64(secs).map_err(|_| invalid(name, "must be a number of seconds"))
-    }
 }
 
 /// A longer reuse of device lookups would make a replaced secret or a rollback take effect too
@@ -407,6 +317,8 @@ impl Config {
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
             firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
+            credentials: credentials::credentials(env)?,
+            rotation: credentials::rotation(env)?,
             http: HttpLimits {
                 header_read_timeout: env.seconds("HTTP_HEADER_READ_TIMEOUT_SECONDS", 10.0)?,
                 idle_timeout: env.seconds("HTTP_IDLE_TIMEOUT_SECONDS", 30.0)?,
@@ -437,6 +349,13 @@ impl Config {
     }
 }
 
+/// A `ROTATION_CRON` pattern: five fields (minute to weekday), evaluated in UTC, with croniter's
+/// extensions the original used (`6#1`: the first Saturday; `L`: last).
+pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
+    use std::str::FromStr;
+    croner::Cron::from_str(pattern).map_err(|e| format!("{pattern:?} is not a cron pattern: {e}"))
+}
+
 fn is_loopback_url(url: &str) -> bool {
     let rest = url
         .trim_start_matches("http://")
@@ -457,125 +376,5 @@ fn validate_bucket_name(bucket: &str) -> Result<(), ConfigError> {
             "S3_BUCKET_NAME",
             "must be 3-63 characters of a-z, 0-9, '-' and '.'",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::from(&Env::from_pairs(pairs.iter().copied()))
-    }
-
-    #[test]
-    fn defaults_give_the_embedded_shape_on_loopback() {
-        let c = config(&[]).unwrap();
-        assert_eq!(c.database_kind, DatabaseKind::Sqlite);
-        assert!(matches!(c.storage, StorageConfig::Local { .. }));
-        assert_eq!(c.port, 3101);
-        assert_eq!(c.max_coredumps, 20);
-        assert_eq!(c.max_firmwares, 5);
-        assert!(c.migrate_on_start);
-        assert!(c.check_safe_to_serve().is_ok());
-        assert_eq!(c.device_lookup_cache_ttl, Duration::from_secs(2));
-        assert_eq!(c.firmware_cache_bytes, 32 * 1024 * 1024);
-        assert_eq!(c.max_concurrent_coredump_uploads, 64);
-    }
-
-    #[test]
-    fn zero_turns_the_device_caches_off() {
-        let c = config(&[
-            ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),
-            ("FIRMWARE_CACHE_BYTES", "0"),
-        ])
-        .unwrap();
-        assert!(c.device_lookup_cache_ttl.is_zero());
-        assert_eq!(c.firmware_cache_bytes, 0);
-    }
-
-    #[test]
-    fn invalid_values_name_their_variable() {
-        for (var, value) in [
-            ("PORT", "eighty"),
-            ("MAX_FIRMWARES", "0"),
-            ("MAX_COREDUMPS", "-3"),
-            ("HOST", "not-an-ip"),
-            ("DATABASE_URL", "mysql://x"),
-            ("ALLOW_UNAUTHENTICATED", "maybe"),
-            ("LOG_FORMAT", "xml"),
-            ("ADMIN_TOKEN", "short"),
-            ("DEVICE_LOOKUP_CACHE_SECONDS", "31"),
-            ("DEVICE_LOOKUP_CACHE_SECONDS", "-1"),
-            ("FIRMWARE_CACHE_BYTES", "-5"),
-        ] {
-            let err = config(&[(var, value)]).unwrap_err();
-            assert_eq!(err.variable, var, "{err}");
-            assert!(err.to_string().contains(var));
-        }
-    }
-
-    #[test]
-    fn secrets_never_appear_in_debug_output() {
-        let c = config(&[
-            ("ADMIN_TOKEN", "super-secret-admin-token"),
-            ("DATABASE_URL", "postgres://app:hunter2@127.0.0.1/db"),
-            ("S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
-            ("S3_SECRET_ACCESS_KEY", "s3-secret-value"),
-        ])
-        .unwrap();
-        let printed = format!("{c:?}");
-        for secret in ["super-secret-admin-token", "hunter2", "s3-secret-value"] {
-            assert!(!printed.contains(secret), "{secret} leaked in {printed}");
-        }
-    }
-
-    #[test]
-    fn an_open_admin_api_is_refused_beyond_loopback() {
-        let c = config(&[("HOST", "0.0.0.0")]).unwrap();
-        assert_eq!(c.check_safe_to_serve().unwrap_err().variable, "HOST");
-        let c = config(&[("HOST", "0.0.0.0"), ("ALLOW_UNAUTHENTICATED", "true")]).unwrap();
-        assert!(c.check_safe_to_serve().is_ok());
-        let c = config(&[("HOST", "0.0.0.0"), ("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
-        assert!(c.check_safe_to_serve().is_ok());
-    }
-
-    #[test]
-    fn oidc_needs_an_issuer_and_an_audience() {
-        assert_eq!(
-            config(&[("OIDC_ENABLED", "true")]).unwrap_err().variable,
-            "OIDC_ISSUER_URL"
-        );
-        let err = config(&[
-            ("OIDC_ENABLED", "true"),
-            ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
-        ])
-        .unwrap_err();
-        assert_eq!(err.variable, "OIDC_AUDIENCE");
-        let c = config(&[
-            ("OIDC_ENABLED", "true"),
-            ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
-            ("OIDC_AUDIENCE", "iotsupport"),
-            ("OIDC_CLOCK_SKEW_SECONDS", "5"),
-            ("HOST", "0.0.0.0"),
-        ])
-        .unwrap();
-        assert_eq!(c.oidc.as_ref().unwrap().clock_skew, Duration::from_secs(5));
-        assert!(
-            c.check_safe_to_serve().is_ok(),
-            "OIDC counts as admin authentication"
-        );
-    }
-
-    #[test]
-    fn plain_http_s3_needs_ssl_off_unless_loopback() {
-        let err = config(&[("S3_ENDPOINT_URL", "http://s3.example.net")]).unwrap_err();
-        assert_eq!(err.variable, "S3_USE_SSL");
-        assert!(config(&[
-            ("S3_ENDPOINT_URL", "http://s3.example.net"),
-            ("S3_USE_SSL", "false")
-        ])
-        .is_ok());
-        assert!(config(&[("S3_ENDPOINT_URL", "http://127.0.0.1:5055")]).is_ok());
     }
 }

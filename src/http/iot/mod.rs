@@ -1,5 +1,9 @@
-//! The device API (`/api/iot/…`): what a device may ask about itself (SPEC §5). Every route
-//! takes a [`DeviceCaller`], so a device only ever sees its own data.
+//! The device API (`/api/iot/…`): what a device may ask about itself (SPEC §5, §13). Every route
+//! but the token endpoint and the JWKS takes a [`DeviceCaller`], so a device only ever sees its
+//! own data.
+
+pub mod provisioning;
+pub mod token;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -10,6 +14,7 @@ use super::auth::DeviceCaller;
 use super::error::ApiError;
 use crate::db::devices;
 use crate::state::AppState;
+use axum::routing::post;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -19,6 +24,9 @@ pub fn router() -> Router<AppState> {
             "/api/iot/firmware-version",
             get(super::firmware::device_firmware_version),
         )
+        .route("/api/iot/provisioning", get(provisioning::package))
+        .route("/api/iot/token", post(token::token))
+        .route("/api/iot/jwks.json", get(token::jwks))
 }
 
 /// The calling device's configuration, exactly as stored.

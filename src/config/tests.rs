@@ -1,0 +1,118 @@
+//! Unit tests of configuration parsing.
+
+use super::*;
+
+fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from(&Env::from_pairs(pairs.iter().copied()))
+}
+
+#[test]
+fn defaults_give_the_embedded_shape_on_loopback() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.database_kind, DatabaseKind::Sqlite);
+    assert!(matches!(c.storage, StorageConfig::Local { .. }));
+    assert_eq!(c.port, 3101);
+    assert_eq!(c.max_coredumps, 20);
+    assert_eq!(c.max_firmwares, 5);
+    assert!(c.migrate_on_start);
+    assert!(c.check_safe_to_serve().is_ok());
+    assert_eq!(c.device_lookup_cache_ttl, Duration::from_secs(2));
+    assert_eq!(c.firmware_cache_bytes, 32 * 1024 * 1024);
+    assert_eq!(c.max_concurrent_coredump_uploads, 64);
+}
+
+#[test]
+fn zero_turns_the_device_caches_off() {
+    let c = config(&[
+        ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),
+        ("FIRMWARE_CACHE_BYTES", "0"),
+    ])
+    .unwrap();
+    assert!(c.device_lookup_cache_ttl.is_zero());
+    assert_eq!(c.firmware_cache_bytes, 0);
+}
+
+#[test]
+fn invalid_values_name_their_variable() {
+    for (var, value) in [
+        ("PORT", "eighty"),
+        ("MAX_FIRMWARES", "0"),
+        ("MAX_COREDUMPS", "-3"),
+        ("HOST", "not-an-ip"),
+        ("DATABASE_URL", "mysql://x"),
+        ("ALLOW_UNAUTHENTICATED", "maybe"),
+        ("LOG_FORMAT", "xml"),
+        ("ADMIN_TOKEN", "short"),
+        ("DEVICE_LOOKUP_CACHE_SECONDS", "31"),
+        ("DEVICE_LOOKUP_CACHE_SECONDS", "-1"),
+        ("FIRMWARE_CACHE_BYTES", "-5"),
+    ] {
+        let err = config(&[(var, value)]).unwrap_err();
+        assert_eq!(err.variable, var, "{err}");
+        assert!(err.to_string().contains(var));
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let c = config(&[
+        ("ADMIN_TOKEN", "super-secret-admin-token"),
+        ("DATABASE_URL", "postgres://app:hunter2@127.0.0.1/db"),
+        ("S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        ("S3_SECRET_ACCESS_KEY", "s3-secret-value"),
+    ])
+    .unwrap();
+    let printed = format!("{c:?}");
+    for secret in ["super-secret-admin-token", "hunter2", "s3-secret-value"] {
+        assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+    }
+}
+
+#[test]
+fn an_open_admin_api_is_refused_beyond_loopback() {
+    let c = config(&[("HOST", "0.0.0.0")]).unwrap();
+    assert_eq!(c.check_safe_to_serve().unwrap_err().variable, "HOST");
+    let c = config(&[("HOST", "0.0.0.0"), ("ALLOW_UNAUTHENTICATED", "true")]).unwrap();
+    assert!(c.check_safe_to_serve().is_ok());
+    let c = config(&[("HOST", "0.0.0.0"), ("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
+    assert!(c.check_safe_to_serve().is_ok());
+}
+
+#[test]
+fn oidc_needs_an_issuer_and_an_audience() {
+    assert_eq!(
+        config(&[("OIDC_ENABLED", "true")]).unwrap_err().variable,
+        "OIDC_ISSUER_URL"
+    );
+    let err = config(&[
+        ("OIDC_ENABLED", "true"),
+        ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.variable, "OIDC_AUDIENCE");
+    let c = config(&[
+        ("OIDC_ENABLED", "true"),
+        ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+        ("OIDC_AUDIENCE", "iotsupport"),
+        ("OIDC_CLOCK_SKEW_SECONDS", "5"),
+        ("HOST", "0.0.0.0"),
+    ])
+    .unwrap();
+    assert_eq!(c.oidc.as_ref().unwrap().clock_skew, Duration::from_secs(5));
+    assert!(
+        c.check_safe_to_serve().is_ok(),
+        "OIDC counts as admin authentication"
+    );
+}
+
+#[test]
+fn plain_http_s3_needs_ssl_off_unless_loopback() {
+    let err = config(&[("S3_ENDPOINT_URL", "http://s3.example.net")]).unwrap_err();
+    assert_eq!(err.variable, "S3_USE_SSL");
+    assert!(config(&[
+        ("S3_ENDPOINT_URL", "http://s3.example.net"),
+        ("S3_USE_SSL", "false")
+    ])
+    .is_ok());
+    assert!(config(&[("S3_ENDPOINT_URL", "http://127.0.0.1:5055")]).is_ok());
+}

@@ -1,0 +1,122 @@
+//! Slowing down repeated failures for one client id at the token endpoint.
+//!
+//! The first [`FREE_FAILURES`] failures cost nothing (a device with a stale secret retries a few
+//! times). After that each failure closes the client id for an exponentially growing time (1 s,
+//! 2 s, 4 s … at most [`MAX_BLOCK`]); while closed, requests for it are answered 429 without the
+//! secret being checked, so guessing gets no faster with more requests. A success resets it; a
+//! quiet quarter of an hour forgets it. State is per process and bounded ([`CAPACITY`] client
+//! ids, the stalest forgotten first), so requests for made-up client ids cannot grow it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const FREE_FAILURES: u32 = 5;
+pub const MAX_BLOCK: Duration = Duration::from_secs(60);
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+const CAPACITY: usize = 10_000;
+
+struct Entry {
+    failures: u32,
+    blocked_until: Option<Instant>,
+    last_failure: Instant,
+}
+
+#[derive(Default)]
+pub struct FailureThrottle {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl FailureThrottle {
+    /// `Err(retry_after)` while `client_id` is closed.
+    pub fn check(&self, client_id: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(client_id).and_then(|e| e.blocked_until) {
+            Some(until) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn failed(&self, client_id: &str) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if !entries.contains_key(client_id) && entries.len() >= CAPACITY {
+            entries.retain(|_, e| now.duration_since(e.last_failure) < FORGET_AFTER);
+            if entries.len() >= CAPACITY {
+                if let Some(stalest) = entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_failure)
+                    .map(|(k, _)| k.clone())
+                {
+                    entries.remove(&stalest);
+                }
+            }
+        }
+        let entry = entries.entry(client_id.to_string()).or_insert(Entry {
+            failures: 0,
+            blocked_until: None,
+            last_failure: now,
+        });
+        if now.duration_since(entry.last_failure) >= FORGET_AFTER {
+            entry.failures = 0;
+        }
+        entry.failures += 1;
+        entry.last_failure = now;
+        if entry.failures > FREE_FAILURES {
+            let exponent = (entry.failures - FREE_FAILURES - 1).min(16);
+            let block = Duration::from_secs(1u64 << exponent).min(MAX_BLOCK);
+            entry.blocked_until = Some(now + block);
+        }
+    }
+
+    pub fn succeeded(&self, client_id: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_failures_are_free_then_the_client_id_closes() {
+        let t = FailureThrottle::default();
+        for _ in 0..FREE_FAILURES {
+            assert!(t.check("a").is_ok());
+            t.failed("a");
+        }
+        assert!(t.check("a").is_ok());
+        t.failed("a");
+        let wait = t.check("a").unwrap_err();
+        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
+        assert!(t.check("b").is_ok(), "other client ids are not affected");
+        t.succeeded("a");
+        assert!(t.check("a").is_ok());
+    }
+
+    #[test]
+    fn the_block_grows_and_is_capped() {
+        let t = FailureThrottle::default();
+        for _ in 0..(FREE_FAILURES + 20) {
+            t.failed("a");
+        }
+        let wait = t.check("a").unwrap_err();
+        assert!(
+            wait > Duration::from_secs(59) && wait <= MAX_BLOCK,
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn made_up_client_ids_cannot_grow_it_without_bound() {
+        let t = FailureThrottle::default();
+        for i in 0..(CAPACITY + 50) {
+            t.failed(&format!("c{i}"));
+        }
+        assert!(t.entries.lock().unwrap().len() <= CAPACITY);
+    }
+}

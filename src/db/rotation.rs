@@ -1,0 +1,222 @@
+//! Queries of fleet credential rotation (the state machine is in `crate::credentials::rotation`).
+
+use chrono::{DateTime, Utc};
+
+use super::{DbError, Tx};
+use crate::on_conn;
+
+/// Arbitrary but fixed: the advisory lock that serialises starting a rotation (PostgreSQL).
+const ROTATION_LOCK: i64 = 0x0069_6f74_726f_7401;
+
+/// Serialises the "is anyone PENDING? then start the next one" step across processes for the rest
+/// of the transaction. SQLite write transactions are serialised already.
+pub async fn lock(tx: &mut Tx) -> Result<(), DbError> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ROTATION_LOCK)
+            .execute(&mut **t)
+            .await?;
+    }
+    Ok(())
+}
+
+/// T1: every active `OK` device becomes `QUEUED`; returns how many.
+pub async fn queue_fleet(tx: &mut Tx) -> Result<u64, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query(
+        "UPDATE devices SET rotation_state = 'QUEUED' WHERE rotation_state = 'OK' AND active"
+    )
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?)
+}
+
+/// T2: an `OK` or `TIMEOUT` device becomes `QUEUED`; returns whether it did.
+pub async fn queue_device(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
+    let rows = on_conn!(tx, |c| sqlx::query(
+        "UPDATE devices SET rotation_state = 'QUEUED'
+         WHERE id = $1 AND rotation_state IN ('OK', 'TIMEOUT')"
+    )
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(rows == 1)
+}
+
+/// The device that is `PENDING`, if any.
+pub async fn pending_device(tx: &mut Tx) -> Result<Option<i64>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM devices WHERE rotation_state = 'PENDING' ORDER BY id LIMIT 1"
+    )
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// A device about to be rotated.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RotationTarget {
+    pub id: i64,
+    pub key: String,
+    pub model_code: String,
+}
+
+/// T3's choice: the `QUEUED` device with the oldest secret (never-set first), else the `TIMEOUT`
+/// device whose last attempt is oldest among those that timed out at or before `retry_before`.
+pub async fn next_to_rotate(
+    tx: &mut Tx,
+    retry_before: DateTime<Utc>,
+) -> Result<Option<RotationTarget>, DbError> {
+    let queued: Option<RotationTarget> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT d.id, d.key, m.code AS model_code
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id
+         WHERE d.rotation_state = 'QUEUED'
+         ORDER BY d.secret_created_at ASC NULLS FIRST, d.id LIMIT 1"
+    )
+    .fetch_optional(c)
+    .await)?;
+    if queued.is_some() {
+        return Ok(queued);
+    }
+    Ok(on_conn!(tx, |c| sqlx::query_as(
+        "SELECT d.id, d.key, m.code AS model_code
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id
+         WHERE d.rotation_state = 'TIMEOUT'
+           AND (d.rotation_timed_out_at IS NULL OR d.rotation_timed_out_at <= $1)
+         ORDER BY d.last_rotation_attempt_at ASC NULLS FIRST, d.id LIMIT 1"
+    )
+    .bind(retry_before)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// T3's effect: the device is `PENDING` from `now`.
+pub async fn mark_pending(tx: &mut Tx, id: i64, now: DateTime<Utc>) -> Result<(), DbError> {
+    on_conn!(tx, |c| {
+        sqlx::query(
+        "UPDATE devices SET rotation_state = 'PENDING', last_rotation_attempt_at = $1 WHERE id = $2"
+    )
+    .bind(now)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+/// T5: every `PENDING` device whose attempt started before `cutoff` becomes `TIMEOUT`; returns
+/// their keys. One statement, so of several processes exactly one times a device out.
+pub async fn time_out(
+    tx: &mut Tx,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "UPDATE devices SET rotation_state = 'TIMEOUT', rotation_timed_out_at = $2
+         WHERE rotation_state = 'PENDING' AND last_rotation_attempt_at < $1
+         RETURNING key"
+    )
+    .bind(cutoff)
+    .bind(now)
+    .fetch_all(c)
+    .await)?)
+}
+
+/// What `GET /api/rotation/status` counts.
+#[derive(Debug, Clone, Default)]
+pub struct StatusCounts {
+    pub by_state: Vec<(String, i64)>,
+    pub inactive: i64,
+    pub pending_device_id: Option<i64>,
+    pub last_completed: Option<DateTime<Utc>>,
+}
+
+pub async fn status(tx: &mut Tx) -> Result<StatusCounts, DbError> {
+    let by_state: Vec<(String, i64)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT rotation_state, COUNT(*) FROM devices GROUP BY rotation_state"
+    )
+    .fetch_all(c)
+    .await)?;
+    let inactive: i64 = on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM devices WHERE NOT active"
+    )
+    .fetch_one(c)
+    .await)?;
+    let last_completed: Option<DateTime<Utc>> = on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT MAX(last_rotation_completed_at) FROM devices"
+    )
+    .fetch_one(c)
+    .await)?;
+    Ok(StatusCounts {
+        by_state,
+        inactive,
+        pending_device_id: pending_device(tx).await?,
+        last_completed,
+    })
+}
+
+/// One device as the rotation dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DashboardRow {
+    pub id: i64,
+    pub key: String,
+    pub device_name: Option<String>,
+    pub device_model_code: String,
+    pub active: bool,
+    pub rotation_state: String,
+    pub last_rotation_completed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn dashboard(tx: &mut Tx) -> Result<Vec<DashboardRow>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as(
+        "SELECT d.id, d.key, d.device_name, m.code AS device_model_code, d.active,
+                d.rotation_state, d.last_rotation_completed_at
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id ORDER BY d.key"
+    )
+    .fetch_all(c)
+    .await)?)
+}
+
+/// A value of the `settings` table.
+pub async fn setting(tx: &mut Tx, key: &str) -> Result<Option<String>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT value FROM settings WHERE key = $1"
+    )
+    .bind(key)
+    .fetch_optional(c)
+    .await)?)
+}
+
+/// Sets a value of the `settings` table if it is still `expected` (`None`: absent); returns
+/// whether it did, so of several processes only one acts on one schedule tick.
+pub async fn compare_and_set_setting(
+    tx: &mut Tx,
+    key: &str,
+    expected: Option<&str>,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let rows = match expected {
+        Some(expected) => on_conn!(tx, |c| sqlx::query(
+            "UPDATE settings SET value = $1, updated_at = $2 WHERE key = $3 AND value = $4"
+        )
+        .bind(value)
+        .bind(now)
+        .bind(key)
+        .bind(expected)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?,
+        None => on_conn!(tx, |c| sqlx::query(
+            "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO NOTHING"
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?,
+    };
+    Ok(rows == 1)
+}
