@@ -21,8 +21,6 @@
 #   UI_CHECK_AUTH            open (default: no admin auth, loopback only) or token (ADMIN_TOKEN set,
 #                            the proxy adds it to admin requests as an auth proxy would)
 #   UI_CHECK_DATABASE_URL    default: a SQLite file in the temp dir
-#   UI_CHECK_SHIM_ROTATION_STATE=1   diagnostic only: the proxy adds `rotation_state`, which
-#                            iotsupport does not model, to device responses (see README)
 #   IOTSUPPORT_TESTDATA      the ESP test data (default ../shared/testdata/esp)
 #   CHROMIUM                 browser binary (default /usr/bin/chromium; Debian: apt-get install chromium)
 #   CARGO_TARGET_DIR         honoured for the iotsupport build
@@ -130,6 +128,8 @@ mkdir -p "$WORK/data"
 env -u ADMIN_TOKEN -u OIDC_ENABLED -u S3_ENDPOINT_URL \
     DATABASE_URL="${UI_CHECK_DATABASE_URL:-sqlite://$WORK/data/iotsupport.db}" \
     MIGRATE_ON_START=true STORAGE_DIR="$WORK/data/objects" HOST=127.0.0.1 PORT="$PORT" \
+    DEVICE_BASEURL="http://127.0.0.1:$PORT" DEVICE_MQTT_URL="mqtt://127.0.0.1:1883" \
+    WIFI_SSID=ui-check WIFI_PASSWORD=ui-check-password \
     LOG_FORMAT=text RUST_LOG="${RUST_LOG:-warn}" ${ADMIN_TOKEN:+ADMIN_TOKEN=$ADMIN_TOKEN} \
     "$TARGET/debug/iotsupport" serve >"$WORK/iotsupport.log" 2>&1 &
 SERVICE_PID=$!

@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { startServer, SHIM_VALUE } from './server.mjs';
+import { startServer } from './server.mjs';
 import { loadOpenApi, checkResponse, excludedReason } from './shapes.mjs';
 
 const env = (name, fallback) => {
@@ -29,7 +29,6 @@ const FW_VERSION = env('UI_CHECK_FIRMWARE_VERSION');
 const DUMP = env('UI_CHECK_DUMP');
 const CHIP = env('UI_CHECK_CHIP');
 const ADMIN_TOKEN = process.env.UI_CHECK_ADMIN_TOKEN || '';
-const SHIM = process.env.UI_CHECK_SHIM_ROTATION_STATE === '1';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = Number(process.env.UI_CHECK_TIMEOUT_MS || 20000);
 
@@ -61,7 +60,6 @@ const server = await startServer({
   dist: path.join(UI_SRC, 'dist'),
   backend: BACKEND,
   adminToken: ADMIN_TOKEN,
-  shimRotationState: SHIM,
 });
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 const context = await browser.newContext({ baseURL: server.url, viewport: { width: 1440, height: 900 } });
@@ -132,7 +130,7 @@ async function check(name, fn) {
   await page.screenshot({ path: file, fullPage: true }).catch(() => {});
   const newErrors = pageErrors.slice(errorsBefore).map((e) => e.message);
   results.push({ name, ok: !error, error, pageErrors: newErrors, screenshot: file });
-  const suffix = SHIM ? ' [shim: rotation_state]' : '';
+  const suffix = '';
   if (!error) {
     console.log(`PASS  ${name}${suffix}`);
   } else {
@@ -295,6 +293,87 @@ await check('device configuration tab shows the stored config', async () => {
   await waitForMonacoText(byTestId('devices.editor.json-editor'), DEVICE_NAME);
 });
 
+await check('devices list shows the rotation badge', async () => {
+  if (!device) fail('no device was created');
+  await page.goto('/devices');
+  const row = byTestId('devices.list.row').filter({ hasText: device.key });
+  await row.waitFor({ timeout: WAIT });
+  const state = await row.getAttribute('data-rotation-state');
+  if (state !== 'OK') fail(`data-rotation-state is ${JSON.stringify(state)}, expected "OK"`);
+  const badge = (await row.locator('[data-testid="devices.list.row.rotation-state"]').innerText()).trim();
+  if (badge !== 'OK') fail(`the badge says ${JSON.stringify(badge)}`);
+});
+
+await check('device page shows the rotation badge', async () => {
+  if (!device) fail('no device was created');
+  await page.goto(`/devices/${device.id}/edit`);
+  const badge = byTestId('devices.detail.header.rotation-badge');
+  await badge.waitFor({ timeout: WAIT });
+  const text = (await badge.innerText()).trim();
+  if (!text.includes('OK')) fail(`the header badge says ${JSON.stringify(text)}`);
+});
+
+/** The dashboard row of `id`, opening its panel if it is collapsed. */
+async function dashboardRow(id) {
+  const row = page.locator(`[data-testid="rotation.dashboard.row"][data-device-id="${id}"]`);
+  if (!(await row.count())) {
+    const header = byTestId('rotation.dashboard.panel.healthy.header');
+    if (await header.count()) await header.click();
+  }
+  await row.waitFor({ timeout: WAIT });
+  return row;
+}
+
+async function waitForRowState(id, want) {
+  const deadline = Date.now() + WAIT;
+  let state = null;
+  while (Date.now() < deadline) {
+    const row = page.locator(`[data-testid="rotation.dashboard.row"][data-device-id="${id}"]`);
+    state = (await row.count()) ? await row.getAttribute('data-rotation-state') : null;
+    if (state === want) return;
+    await page.waitForTimeout(200);
+  }
+  fail(`the dashboard row of device ${id} shows ${JSON.stringify(state)}, not ${want}`);
+}
+
+await check('rotation dashboard renders', async () => {
+  if (!device) fail('no device was created');
+  await page.goto('/rotation');
+  await byTestId('rotation.dashboard').waitFor({ timeout: WAIT });
+  await byTestId('rotation.dashboard.panels').waitFor({ timeout: WAIT });
+  if (await byTestId('rotation.dashboard.error').count()) fail(await byTestId('rotation.dashboard.error').innerText());
+  const count = (await byTestId('rotation.dashboard.panel.healthy.count').innerText()).trim();
+  if (count !== '1') fail(`the healthy panel counts ${JSON.stringify(count)} devices`);
+  const row = await dashboardRow(device.id);
+  if ((await row.getAttribute('data-rotation-state')) !== 'OK') fail('the row is not OK');
+});
+
+await check('dashboard triggers a fleet rotation: the device goes PENDING, then OK when it completes', async () => {
+  if (!device) fail('no device was created');
+  if (!(await byTestId('rotation.dashboard').count())) await page.goto('/rotation');
+  await dashboardRow(device.id);
+  await byTestId('rotation.dashboard.trigger-button').click();
+  const dialog = byTestId('rotation.dashboard.confirm-dialog');
+  await dialog.waitFor({ timeout: WAIT });
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/api/rotation/trigger') && r.request().method() === 'POST', { timeout: WAIT }),
+    dialog.getByRole('button', { name: 'Trigger Rotation' }).click(),
+  ]);
+  if (resp.status() !== 200) fail(`POST /api/rotation/trigger answered ${resp.status()}`);
+  await waitForRowState(device.id, 'PENDING');
+  // The device does its part through the API, as its firmware would after the nudge: fetch a
+  // package with its current secret, then authenticate with the new one.
+  const current = `${device.key}.${device.device_secret}`;
+  const pkg = await backend('GET', '/api/iot/provisioning', { admin: false, headers: { authorization: `Bearer ${current}` } });
+  if (pkg.status !== 200) fail(`GET /api/iot/provisioning answered ${pkg.status}: ${JSON.stringify(pkg.json)}`);
+  const fresh = `${device.key}.${pkg.json.client_secret}`;
+  const cfg = await backend('GET', '/api/iot/config', { admin: false, headers: { authorization: `Bearer ${fresh}` } });
+  if (cfg.status !== 200) fail(`GET /api/iot/config with the new secret answered ${cfg.status}`);
+  device.device_secret = pkg.json.client_secret;
+  // No reload: the UI learns of it from the rotation-updated event on its live stream.
+  await waitForRowState(device.id, 'OK');
+});
+
 // Firmware for the model and a real core dump from the device, through the API: the UI has no
 // form for either (CI pipelines upload firmware, devices upload dumps).
 if (device) {
@@ -369,9 +448,8 @@ for (const e of server.log) {
   const pathname = new URL(e.path, 'http://x').pathname;
   const route = api.routes.find((r) => r.re.test(pathname));
   const key = `${e.method} ${route?.template ?? pathname} ${e.status}`;
-  const g = groups.get(key) ?? { method: e.method, pathname, template: route?.template ?? pathname, status: e.status, count: 0, results: [], shimmed: false };
+  const g = groups.get(key) ?? { method: e.method, pathname, template: route?.template ?? pathname, status: e.status, count: 0, results: [] };
   g.count += 1;
-  g.shimmed ||= !!e.shimmed;
   const rec = bodies.find((b) => b.method === e.method && b.path === e.path && b.status === e.status && !b.used);
   if (rec) {
     rec.used = true;
@@ -397,7 +475,7 @@ for (const g of groups.values()) {
   } else {
     verdict = g.results.length ? 'shape ok' : 'ok';
   }
-  console.log(`  ${g.method.padEnd(6)} ${g.template} -> ${g.status} x${g.count}  [${verdict}]${g.shimmed ? ' (rotation_state added by the shim)' : ''}`);
+  console.log(`  ${g.method.padEnd(6)} ${g.template} -> ${g.status} x${g.count}  [${verdict}]`);
   for (const p of problems) console.log(`           problem: ${p}`);
   for (const u of unmodelled) console.log(`           absent, not modelled: ${u}`);
   if (extra.length) console.log(`           extra fields (unknown to the UI): ${extra.join(', ')}`);
@@ -413,7 +491,6 @@ if (blocked.size) {
 
 const failedChecks = results.filter((r) => !r.ok).length;
 console.log('');
-if (SHIM) console.log(`DIAGNOSTIC RUN: device responses carried rotation_state="${SHIM_VALUE}" added by the harness, not by iotsupport.`);
 console.log(
   `ui-check: ${results.length - failedChecks}/${results.length} checks passed; ` +
     `${unexpected} API call group(s) failed or mismatched; ${excludedCalls} call(s) to endpoints SPEC leaves out; ` +

@@ -5,13 +5,9 @@
 // Every proxied request is logged, because the browser's own request events miss the UI's
 // SharedWorker (it holds the `/api/sse/stream` connection). Bodies are streamed both ways.
 //
-// Two options exist only to answer questions, never to make a run pass:
-// - `adminToken`: add `Authorization: Bearer <token>` to admin requests, as an authenticating
-//   reverse proxy would (the UI itself never sends a token).
-// - `shimRotationState`: add `rotation_state` to device responses. iotsupport does not model
-//   credential rotation (SPEC), but the UI dereferences this field unconditionally; with the shim
-//   a run shows whether anything *else* stands between the UI and iotsupport. The run says so
-//   on every line it affects.
+// One option: `adminToken` adds `Authorization: Bearer <token>` to admin requests, as an
+// authenticating reverse proxy would (the UI itself never sends a token). Responses are passed
+// through untouched.
 
 import http from 'node:http';
 import fs from 'node:fs';
@@ -32,24 +28,6 @@ const TYPES = {
   '.wasm': 'application/wasm',
   '.txt': 'text/plain; charset=utf-8',
 };
-
-export const SHIM_VALUE = 'n/a (ui-check shim)';
-
-/** Paths whose JSON responses carry devices, for the diagnostic shim. */
-function deviceResponse(method, pathname) {
-  return /^\/api\/devices(\/\d+)?$/.test(pathname) && ['GET', 'POST', 'PUT'].includes(method);
-}
-
-function shimDevices(body) {
-  const add = (d) => {
-    if (d && typeof d === 'object' && 'key' in d && !('rotation_state' in d)) {
-      d.rotation_state = SHIM_VALUE;
-    }
-  };
-  if (Array.isArray(body?.devices)) body.devices.forEach(add);
-  else add(body);
-  return body;
-}
 
 function serveStatic(dist, req, res) {
   const url = new URL(req.url, 'http://x');
@@ -80,30 +58,9 @@ function proxy(backend, options, log, req, res) {
   const upstream = http.request(target, { method: req.method, headers }, (up) => {
     entry.status = up.statusCode;
     entry.contentType = up.headers['content-type'] ?? '';
-    const shim =
-      options.shimRotationState &&
-      deviceResponse(req.method, target.pathname) &&
-      entry.contentType.startsWith('application/json');
-    if (!shim) {
-      res.writeHead(up.statusCode, up.headers);
-      up.pipe(res);
-      up.on('end', () => (entry.ms = Date.now() - started));
-      return;
-    }
-    const chunks = [];
-    up.on('data', (c) => chunks.push(c));
-    up.on('end', () => {
-      entry.ms = Date.now() - started;
-      let text = Buffer.concat(chunks).toString('utf8');
-      if (up.statusCode < 300) {
-        text = JSON.stringify(shimDevices(JSON.parse(text)));
-        entry.shimmed = true;
-      }
-      const out = { ...up.headers, 'content-length': Buffer.byteLength(text) };
-      delete out['transfer-encoding'];
-      res.writeHead(up.statusCode, out);
-      res.end(text);
-    });
+    res.writeHead(up.statusCode, up.headers);
+    up.pipe(res);
+    up.on('end', () => (entry.ms = Date.now() - started));
   });
   upstream.on('error', (e) => {
     entry.status = 502;
@@ -117,15 +74,15 @@ function proxy(backend, options, log, req, res) {
 
 /**
  * Starts the server on 127.0.0.1 (a free port) and returns `{ url, log, close }`.
- * `log` collects `{method, path, status, ms, contentType, shimmed?, error?}` per proxied request.
+ * `log` collects `{method, path, status, ms, contentType, error?}` per proxied request.
  */
-export async function startServer({ dist, backend, adminToken, shimRotationState }) {
+export async function startServer({ dist, backend, adminToken }) {
   const log = [];
   const root = path.resolve(dist);
   const server = http.createServer((req, res) => {
     const pathname = new URL(req.url, 'http://x').pathname;
     if (pathname.startsWith('/api/') || pathname === '/api' || pathname.startsWith('/health/')) {
-      proxy(backend, { adminToken, shimRotationState }, log, req, res);
+      proxy(backend, { adminToken }, log, req, res);
     } else {
       serveStatic(root, req, res);
     }

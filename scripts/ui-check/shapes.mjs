@@ -10,20 +10,13 @@
 import fs from 'node:fs';
 
 /** Fields of the Python service that iotsupport deliberately does not model (SPEC, README). */
-export const UNMODELLED = new Map([
-  ['rotation_state', 'credential rotation is not part of SPEC'],
-  ['client_id', 'Keycloak client ids are not part of SPEC'],
-  ['secret_created_at', 'credential rotation is not part of SPEC'],
-  ['last_rotation_attempt_at', 'credential rotation is not part of SPEC'],
-  ['last_rotation_completed_at', 'credential rotation is not part of SPEC'],
-]);
+export const UNMODELLED = new Map([]);
 
 /** Endpoints of the Python service that SPEC does not include, with the reason. */
 export const EXCLUDED_ENDPOINTS = [
   [/^\/api\/devices\/\d+\/keycloak-(status|sync)$/, 'Keycloak client management is not part of SPEC'],
-  [/^\/api\/devices\/\d+\/(logs|provisioning|rotate)$/, 'device logs, NVS provisioning and rotation are not part of SPEC'],
-  [/^\/api\/device-logs\//, 'device logs are not part of SPEC'],
-  [/^\/api\/rotation\//, 'credential rotation is not part of SPEC'],
+  [/^\/api\/devices\/\d+\/logs$/, 'device logs arrive with MQTT (SPEC §14)'],
+  [/^\/api\/device-logs\//, 'device logs arrive with MQTT (SPEC §14)'],
   [/^\/api\/(images|cas|tasks|testing)\//, 'not part of SPEC'],
 ];
 

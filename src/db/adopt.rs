@@ -6,12 +6,12 @@
 //! (`20261129000001_core_tables`) creates — BIGINT ids, TIMESTAMPTZ (legacy values are UTC),
 //! our constraint names, devices' model FK `ON DELETE RESTRICT`, a `secret_hash` column — and
 //! records that migration as applied without running it. The ordinary migrator then applies the
-//! rest. Every row is kept, with its id.
+//! rest; migration 8 takes over the rotation columns of `devices` and the `settings` table, values
+//! included. Every row is kept, with its id.
 //!
 //! What is kept although iotsupport does not use it (dropping it would lose data an operator may
-//! want if they go back): the rotation columns of `devices`, the `settings` table, and the Alembic
-//! bookkeeping, renamed to `alembic_version_adopted` so the Python service no longer mistakes the
-//! database for its own. `coredumps.filename` (revisions 005 and 006) stays, nullable, until
+//! want if they go back): `devices.cached_secret` and the Alembic bookkeeping, renamed to
+//! `alembic_version_adopted` so the Python service no longer mistakes the database for its own. `coredumps.filename` (revisions 005 and 006) stays, nullable, until
 //! `migrate-to-s3` has moved every legacy dump; [`drop_filename_if_unused`] then removes it.
 
 use sqlx::migrate::{Migrate, Migrator};
