@@ -120,6 +120,28 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
+    /// Token requests (`POST /api/iot/token`, client credentials in the form body).
+    Token {
+        #[arg(long)]
+        url: String,
+        /// `iotdevice-{model}-{key}`.
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        client_secret: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Version polls (`GET /api/iot/firmware-version`) with `Authorization: Bearer <credential>`
+    /// (a `KEY.SECRET` or a token).
+    Poll {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        load: Load,
+    },
     /// Writes a valid firmware bundle ZIP for model `code`.
     MakeBundle {
         #[arg(long)]
@@ -513,6 +535,37 @@ fn make_bundle(
     Ok(())
 }
 
+/// One small request per iteration, expecting 200; used by `token` and `poll`.
+async fn small_requests(
+    name: &str,
+    load: Load,
+    build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> anyhow::Result<bool> {
+    let client = http_client(load.concurrency)?;
+    let (client, build) = (&client, &build);
+    run(name, load, |_| async move {
+        let start = Instant::now();
+        let (ok, bad_status, bytes) = match build(client).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let n = r.bytes().await.map(|b| b.len() as u64).unwrap_or(0);
+                (status == 200, status != 200, n)
+            }
+            Err(e) => {
+                eprintln!("{name}: request failed: {e}");
+                (false, false, 0)
+            }
+        };
+        Outcome {
+            latency: start.elapsed(),
+            bytes,
+            ok,
+            bad_status,
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -542,6 +595,34 @@ async fn main() -> anyhow::Result<()> {
             range_size,
             load,
         } => s3get(&s3, &key, range_size, load).await?,
+        Command::Token {
+            url,
+            client_id,
+            client_secret,
+            load,
+        } => {
+            ensure_loopback(&url)?;
+            let target = format!("{}/api/iot/token", url.trim_end_matches('/'));
+            let form = format!(
+                "grant_type=client_credentials&client_id={client_id}&client_secret={client_secret}"
+            );
+            small_requests("token", load, |c| {
+                c.post(&target)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form.clone())
+            })
+            .await?
+        }
+        Command::Poll {
+            url,
+            credential,
+            load,
+        } => {
+            ensure_loopback(&url)?;
+            let target = format!("{}/api/iot/firmware-version", url.trim_end_matches('/'));
+            let auth = format!("Bearer {credential}");
+            small_requests("poll", load, |c| c.get(&target).header("authorization", &auth)).await?
+        }
         Command::MakeBundle {
             code,
             version,

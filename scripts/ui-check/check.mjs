@@ -343,7 +343,7 @@ await check('rotation dashboard renders', async () => {
   await byTestId('rotation.dashboard.panels').waitFor({ timeout: WAIT });
   if (await byTestId('rotation.dashboard.error').count()) fail(await byTestId('rotation.dashboard.error').innerText());
   const count = (await byTestId('rotation.dashboard.panel.healthy.count').innerText()).trim();
-  if (count !== '1') fail(`the healthy panel counts ${JSON.stringify(count)} devices`);
+  if (parseInt(count, 10) !== 1) fail(`the healthy panel counts ${JSON.stringify(count)}`);
   const row = await dashboardRow(device.id);
   if ((await row.getAttribute('data-rotation-state')) !== 'OK') fail('the row is not OK');
 });

@@ -41,6 +41,9 @@ pub struct RotationStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotationTriggerResponse {
     pub queued_count: u64,
+    /// The same number under the name the Python service's UI reads (its toast would otherwise
+    /// always say "0 devices").
+    pub devices_queued: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -111,7 +114,10 @@ pub async fn trigger(
     State(state): State<AppState>,
 ) -> Result<Json<RotationTriggerResponse>, ApiError> {
     let queued_count = rotation::trigger_fleet(&state.db, &state.config.rotation).await?;
-    Ok(Json(RotationTriggerResponse { queued_count }))
+    Ok(Json(RotationTriggerResponse {
+        queued_count,
+        devices_queued: queued_count,
+    }))
 }
 
 fn device(entry: DashboardEntry) -> DashboardDevice {
