@@ -621,7 +621,10 @@ async fn main() -> anyhow::Result<()> {
             ensure_loopback(&url)?;
             let target = format!("{}/api/iot/firmware-version", url.trim_end_matches('/'));
             let auth = format!("Bearer {credential}");
-            small_requests("poll", load, |c| c.get(&target).header("authorization", &auth)).await?
+            small_requests("poll", load, |c| {
+                c.get(&target).header("authorization", &auth)
+            })
+            .await?
         }
         Command::MakeBundle {
             code,

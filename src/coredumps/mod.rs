@@ -15,6 +15,7 @@
 pub mod builtin;
 pub mod ingest;
 pub mod job;
+pub mod manage;
 pub mod parser;
 pub mod retention;
 pub mod sidecar;

@@ -19,11 +19,9 @@ use super::auth::{AdminEditor, AdminReader, DeviceCaller};
 use super::download::{self, Download};
 use super::error::{ApiError, Json};
 use crate::coredumps::ingest::{self, DumpMeta, IngestError, Uploader};
-use crate::coredumps::job;
+use crate::coredumps::manage::{self, ManageError};
 use crate::db::coredumps::{self, CoredumpRow};
-use crate::db::Tx;
 use crate::layout::coredump_key;
-use crate::outbox;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -134,20 +132,15 @@ pub fn not_found(id: i64) -> ApiError {
     ApiError::NotFound(format!("Coredump {id} was not found"))
 }
 
-/// The device's key, or 404 naming the device.
-async fn device_key(tx: &mut Tx, device_id: i64) -> Result<String, ApiError> {
-    coredumps::device_key(tx, device_id)
-        .await?
-        .ok_or_else(|| super::devices::not_found(device_id))
-}
-
-/// The dump `cid` of device `id` (after checking the device), or 404.
-async fn load(tx: &mut Tx, id: i64, cid: i64) -> Result<(String, CoredumpRow), ApiError> {
-    let key = device_key(tx, id).await?;
-    let row = coredumps::get(tx, id, cid)
-        .await?
-        .ok_or_else(|| not_found(cid))?;
-    Ok((key, row))
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::DeviceNotFound(id) => super::devices::not_found(id),
+            ManageError::CoredumpNotFound(id) => not_found(id),
+            ManageError::Db(e) => e.into(),
+            ManageError::Key(e) => e.into(),
+        }
+    }
 }
 
 /// Upload a crash dump (the raw body, at most `MAX_COREDUMP_BYTES`) for parsing.
@@ -247,7 +240,7 @@ pub async fn list(
     Path(id): Path<i64>,
 ) -> Result<Json<CoredumpList>, ApiError> {
     let mut tx = state.db.begin().await?;
-    device_key(&mut tx, id).await?;
+    manage::device_key(&mut tx, id).await?;
     let rows = coredumps::list(&mut tx, id).await?;
     tx.commit().await?;
     let coredumps: Vec<_> = rows.into_iter().map(summary).collect();
@@ -268,7 +261,7 @@ pub async fn fetch(
     Path((id, cid)): Path<(i64, i64)>,
 ) -> Result<Json<CoredumpDetail>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let (_, row) = load(&mut tx, id, cid).await?;
+    let (_, row) = manage::load(&mut tx, id, cid).await?;
     tx.commit().await?;
     Ok(Json(detail(row)))
 }
@@ -290,7 +283,7 @@ pub async fn download(
     headers: http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut tx = state.db.begin().await?;
-    let (key, row) = load(&mut tx, id, cid).await?;
+    let (key, row) = manage::load(&mut tx, id, cid).await?;
     tx.commit().await?;
     let download = Download {
         key: coredump_key(&key, row.id)?,
@@ -311,20 +304,7 @@ pub async fn remove(
     State(state): State<AppState>,
     Path((id, cid)): Path<(i64, i64)>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let key = device_key(&mut tx, id).await?;
-    if !coredumps::delete(&mut tx, id, cid).await? {
-        return Err(not_found(cid));
-    }
-    outbox::schedule_deletion(&mut tx, &[coredump_key(&key, cid)?]).await?;
-    crate::events::record(
-        &mut tx,
-        "coredump_deleted",
-        &serde_json::json!({"ids": [cid], "device_id": id}),
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(device_key = %key, coredump_id = cid, "coredump_deleted");
+    manage::delete(&state.db, id, cid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -337,24 +317,7 @@ pub async fn remove_all(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let key = device_key(&mut tx, id).await?;
-    let ids = coredumps::delete_all(&mut tx, id).await?;
-    let keys = ids
-        .iter()
-        .map(|cid| coredump_key(&key, *cid))
-        .collect::<Result<Vec<_>, _>>()?;
-    outbox::schedule_deletion(&mut tx, &keys).await?;
-    if !ids.is_empty() {
-        crate::events::record(
-            &mut tx,
-            "coredump_deleted",
-            &serde_json::json!({"ids": ids, "device_id": id}),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    tracing::info!(device_key = %key, count = keys.len(), "coredumps_deleted");
+    manage::delete_all(&state.db, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -370,14 +333,6 @@ pub async fn reparse(
     State(state): State<AppState>,
     Path((id, cid)): Path<(i64, i64)>,
 ) -> Result<(StatusCode, Json<CoredumpDetail>), ApiError> {
-    let mut tx = state.db.begin().await?;
-    let key = device_key(&mut tx, id).await?;
-    if !coredumps::reset_to_pending(&mut tx, id, cid).await? {
-        return Err(not_found(cid));
-    }
-    job::enqueue(&mut tx, cid).await?;
-    let (_, row) = load(&mut tx, id, cid).await?;
-    tx.commit().await?;
-    tracing::info!(device_key = %key, coredump_id = cid, "coredump_reparse_queued");
+    let row = manage::reparse(&state.db, id, cid).await?;
     Ok((StatusCode::ACCEPTED, Json(detail(row))))
 }

@@ -2,6 +2,7 @@
 //! but the token endpoint and the JWKS takes a [`DeviceCaller`], so a device only ever sees its
 //! own data.
 
+pub mod firmware;
 pub mod provisioning;
 pub mod token;
 
@@ -19,10 +20,10 @@ use axum::routing::post;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/iot/config", get(config))
-        .route("/api/iot/firmware", get(super::firmware::device_firmware))
+        .route("/api/iot/firmware", get(firmware::device_firmware))
         .route(
             "/api/iot/firmware-version",
-            get(super::firmware::device_firmware_version),
+            get(firmware::device_firmware_version),
         )
         .route("/api/iot/provisioning", get(provisioning::package))
         .route("/api/iot/token", post(token::token))

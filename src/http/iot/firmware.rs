@@ -1,0 +1,75 @@
+//! OTA for devices: `GET /api/iot/firmware` (the current image of the device's model, with
+//! ranges) and `GET /api/iot/firmware-version` (the cheap poll).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method};
+
+use crate::http::auth::DeviceCaller;
+use crate::http::download::{self, Source};
+use crate::http::error::{ApiError, Json};
+use crate::http::firmware::{
+    current_image, fresh_current_image, image_download, serve_image, DeviceFirmwareVersion,
+};
+use crate::state::AppState;
+
+/// The current firmware of the calling device's model (OTA): `firmware-{code}.bin`, with `HEAD`,
+/// `Range` (ESP-IDF's OTA client resumes with ranges), `If-None-Match` and `If-Range`.
+#[utoipa::path(get, path = "/api/iot/firmware", tag = "device api",
+    security(("device" = [])),
+    responses((status = 200, description = "The image", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 401, body = crate::http::error::ErrorBody),
+        (status = 404, description = "The model has no firmware", body = crate::http::error::ErrorBody),
+        (status = 416, body = crate::http::error::ErrorBody),
+        (status = 503, body = crate::http::error::ErrorBody)))]
+pub async fn device_firmware(
+    device: DeviceCaller,
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let model_id = device.device_model_id;
+    let (image, cached) = current_image(&state, model_id).await?;
+    if !cached {
+        return serve_image(&state, &image, &method, &headers).await;
+    }
+    // A cached answer (at most DEVICE_LOOKUP_CACHE_SECONDS old) is used only when it needs no
+    // store read: a 304, or the image in memory, whose bytes are by construction the ones its
+    // SHA-256 (the ETag) names. Otherwise the database is asked again before reading the store, so
+    // streamed bytes and ETag always belong to the same row.
+    let download = image_download(&image)?;
+    if let Some(response) = download::not_modified(&download, &headers) {
+        return Ok(response);
+    }
+    if let Some(bytes) = image
+        .image_sha256
+        .as_deref()
+        .and_then(|sha256| state.caches.firmware.get_if_present(sha256))
+    {
+        let source = Source::Memory(bytes);
+        return download::respond_from(&state.storage, source, download, &method, &headers).await;
+    }
+    let image = fresh_current_image(&state, model_id).await?;
+    serve_image(&state, &image, &method, &headers).await
+}
+
+/// The version the calling device should run (cheap: devices poll it).
+#[utoipa::path(get, path = "/api/iot/firmware-version", tag = "device api",
+    security(("device" = [])),
+    responses((status = 200, body = DeviceFirmwareVersion),
+        (status = 401, body = crate::http::error::ErrorBody)))]
+pub async fn device_firmware_version(
+    device: DeviceCaller,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    let (image, _) = current_image(&state, device.device_model_id).await?;
+    Ok((
+        [(http::header::CACHE_CONTROL, "no-cache")],
+        Json(DeviceFirmwareVersion {
+            firmware_version: image.version,
+        }),
+    )
+        .into_response())
+}
