@@ -15,34 +15,8 @@ use iotsupport::storage::faulty::Fault;
 use iotsupport::storage::{ObjectKey, Operation};
 use serde_json::{json, Value};
 
-use crate::fleet::{create_device, create_model};
+pub use crate::fleet::{device_of, model_with_device, TestDevice};
 use crate::helpers::*;
-
-/// A device as the tests use it: its ids and credential.
-#[derive(Debug, Clone)]
-pub struct TestDevice {
-    pub id: i64,
-    pub key: String,
-    pub credential: String,
-    pub model_id: i64,
-}
-
-pub async fn device_of(app: &TestApp, model_id: i64) -> TestDevice {
-    let body = create_device(app, model_id, "{}").await;
-    let key = body["key"].as_str().unwrap().to_string();
-    TestDevice {
-        id: body["id"].as_i64().unwrap(),
-        credential: format!("{key}.{}", body["device_secret"].as_str().unwrap()),
-        key,
-        model_id,
-    }
-}
-
-/// A model `code` with one device.
-pub async fn model_with_device(app: &TestApp, code: &str) -> TestDevice {
-    let model_id = create_model(app, code, None).await;
-    device_of(app, model_id).await
-}
 
 /// `POST /api/iot/coredump?{query}` as `device`.
 pub async fn upload(

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod client;
 mod connections;
 mod coredump_parse;
 mod coredump_sidecar;
