@@ -340,7 +340,11 @@ impl TestApp {
         body: impl Into<reqwest::Body>,
     ) -> (u16, Value) {
         let path = format!("/api/iot/coredump?{query}");
-        send_json(self.device_request(Method::POST, &path, credential).body(body)).await
+        send_json(
+            self.device_request(Method::POST, &path, credential)
+                .body(body),
+        )
+        .await
     }
 
     // --- operations and documentation ---------------------------------------------------------
@@ -352,7 +356,11 @@ impl TestApp {
 
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> String {
-        self.get("/metrics").await.text().await.expect("metrics text")
+        self.get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// `GET /api/docs/openapi.json`

@@ -5,8 +5,10 @@ mod auth;
 mod cli;
 mod client;
 mod connections;
+mod coredump_admin;
 mod coredump_parse;
 mod coredump_sidecar;
+mod coredump_upload;
 mod coredumps;
 mod downloads;
 #[path = "../support/esp_image_synth.rs"]
