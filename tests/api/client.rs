@@ -349,6 +349,11 @@ impl TestApp {
 
     // --- operations and documentation ---------------------------------------------------------
 
+    /// `GET /health/healthz`
+    pub async fn healthz(&self) -> (u16, Value) {
+        send_json(self.client.get(self.url("/health/healthz"))).await
+    }
+
     /// `GET /health/readyz`
     pub async fn readyz(&self) -> (u16, Value) {
         send_json(self.client.get(self.url("/health/readyz"))).await
