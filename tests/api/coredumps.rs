@@ -38,6 +38,7 @@ pub async fn upload_ok(app: &TestApp, device: &TestDevice, version: &str, dump: 
 }
 
 /// `GET path` without credentials: status and JSON (`Null` when not JSON).
+#[allow(dead_code)] // Kept for the tests that import it; new tests use the endpoint methods.
 pub async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
     let response = app.get(path).await;
     let status = response.status().as_u16();
@@ -45,6 +46,7 @@ pub async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
 }
 
 /// `method path` without credentials: status and JSON (`Null` when not JSON).
+#[allow(dead_code)] // Kept for the tests that import it; new tests use the endpoint methods.
 pub async fn send(app: &TestApp, method: reqwest::Method, path: &str) -> (u16, Value) {
     let response = app
         .client
