@@ -372,7 +372,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Sends a request (with a JSON body when given) and returns the status and the JSON answer
-/// (`Null` when the answer is not JSON).
+/// (`Null` when the answer is not JSON). Unauthenticated; the endpoint methods (`client.rs`) are
+/// the usual way.
+#[allow(dead_code)] // Kept for the tests that import it.
 pub async fn call(
     app: &TestApp,
     method: http::Method,

@@ -27,6 +27,8 @@ mod helpers;
 mod issuer;
 mod jobs;
 mod legacy;
+mod legacy_adopt;
+mod legacy_migrate_to_s3;
 mod oidc_auth;
 mod openapi;
 mod outbox;
