@@ -35,6 +35,8 @@ mod outbox;
 mod parse_cli;
 mod reconcile;
 mod reconcile_keys;
+#[path = "../support/rust_source.rs"]
+mod rust_source;
 mod storage;
 mod transactions;
 mod ui_compat;
