@@ -4,6 +4,7 @@ use std::fmt;
 
 use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 /// 8 characters of `[a-z2-7]`: 5 random bytes from a CSPRNG, base32, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,8 +58,14 @@ impl DeviceSecret {
 
     /// What the database keeps.
     pub fn hash(&self) -> String {
-        crate::http::auth::hash_device_secret(&self.0)
+        hash_device_secret(&self.0)
     }
+}
+
+/// What a device secret is stored as: the hex SHA-256 of the secret. Secrets are 32 random bytes,
+/// so a fast hash is enough (there is nothing to brute-force).
+pub fn hash_device_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 impl fmt::Debug for DeviceSecret {

@@ -6,6 +6,6 @@ mod firmware_version;
 mod model_code;
 
 pub use config::{ConfigSchema, DeviceConfig, InvalidConfig};
-pub use device_key::{DeviceKey, DeviceSecret};
+pub use device_key::{hash_device_secret, DeviceKey, DeviceSecret};
 pub use firmware_version::{FirmwareVersion, MAX_VERSION_LEN};
 pub use model_code::ModelCode;

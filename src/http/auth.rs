@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::db::devices::{self, DeviceCredential};
+pub use crate::fleet::hash_device_secret;
 use crate::state::AppState;
 
 pub const ROLE_EDITOR: &str = "editor";
@@ -101,12 +102,6 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// Compares two secrets in constant time (hashing first hides their lengths too).
 fn secrets_equal(a: &str, b: &str) -> bool {
     sha256(a.as_bytes()).ct_eq(&sha256(b.as_bytes())).into()
-}
-
-/// What a device secret is stored as: the hex SHA-256 of the secret. Secrets are 32 random bytes,
-/// so a fast hash is enough (there is nothing to brute-force).
-pub fn hash_device_secret(secret: &str) -> String {
-    hex::encode(sha256(secret.as_bytes()))
 }
 
 /// The configured local identity (`ADMIN_TOKEN` callers, open mode), with every role.
