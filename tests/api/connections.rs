@@ -247,7 +247,8 @@ async fn a_stalled_upload_body_is_408_and_nothing_is_stored() {
             assert_eq!(status, 408, "{body}");
             assert_eq!(body["code"], "REQUEST_TIMEOUT");
 
-            // A byte every 300 ms never trips the idle timeout, but the whole-body deadline ends it.
+            // A byte every 300 ms never trips the idle timeout, but the whole-body deadline ends
+            // it.
             let trickle = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 1]).await;
             let (mut reader, mut writer) = trickle.into_split();
             let dripping = tokio::spawn(async move {

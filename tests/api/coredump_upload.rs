@@ -269,7 +269,8 @@ async fn uploads_beyond_the_concurrency_limit_are_refused_with_503_and_write_not
             let device = model_with_device(app, "sensor").await;
             let query = "chip=esp32&firmware_version=1.0";
 
-            // A slow device holds the only permit: the rest of its body comes when the test says so.
+            // A slow device holds the only permit: the rest of its body comes when the test says
+            // so.
             let (more, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
             more.send(Ok(Bytes::from_static(b"first half, ")))
                 .await
@@ -284,8 +285,8 @@ async fn uploads_beyond_the_concurrency_limit_are_refused_with_503_and_write_not
                     .send(),
             );
 
-            // Once the server holds its permit (and waits for the rest of the body), the next upload
-            // is refused before its body is read.
+            // Once the server holds its permit (and waits for the rest of the body), the next
+            // upload is refused before its body is read.
             let held = eventually(Duration::from_secs(20), || async {
                 app.state.coredump_uploads.available_permits() == 0
             })
