@@ -166,6 +166,12 @@ pub const MAX_DEVICE_LOOKUP_CACHE_SECONDS: f64 = 30.0;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/iotsupport.db";
 
+/// The default byte budget of the firmware image cache (`FIRMWARE_CACHE_BYTES`): some twenty
+/// typical ESP32 images (1–2 MiB), while the whole process stays well below 100 MB with hundreds
+/// of downloads running. Here rather than in `crate::firmware::cache` so that config, which every
+/// module reads, depends on none of them.
+pub const DEFAULT_FIRMWARE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -309,10 +315,8 @@ impl Config {
                 2.0,
                 MAX_DEVICE_LOOKUP_CACHE_SECONDS,
             )?,
-            firmware_cache_bytes: env.parse(
-                "FIRMWARE_CACHE_BYTES",
-                crate::firmware::cache::DEFAULT_BUDGET_BYTES,
-            )?,
+            firmware_cache_bytes: env
+                .parse("FIRMWARE_CACHE_BYTES", DEFAULT_FIRMWARE_CACHE_BYTES)?,
             max_concurrent_coredump_uploads: env.positive("MAX_CONCURRENT_COREDUMP_UPLOADS", 64)?,
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,

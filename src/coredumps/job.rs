@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::parser::{self, CoredumpParser, ParseFailure, ParseRequest};
 use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
 use crate::db::{Db, DbError, Tx};
+use crate::events;
 use crate::jobs::worker::JobHandler;
 use crate::jobs::{self, Job, JobOutcome};
 use crate::layout::coredump_key;
@@ -154,7 +155,7 @@ impl ParseCoredumpHandler {
                 elf,
             })
             .await?;
-        let recorded = coredumps::record_result(
+        let recorded = record_outcome(
             &self.db,
             target.id,
             STATUS_PARSED,
@@ -176,7 +177,7 @@ impl ParseCoredumpHandler {
     }
 
     async fn record_error(&self, id: i64, message: &str) -> JobOutcome {
-        match coredumps::record_result(&self.db, id, STATUS_ERROR, message, None).await {
+        match record_outcome(&self.db, id, STATUS_ERROR, message, None).await {
             Ok(_) => JobOutcome::Completed,
             Err(e) => JobOutcome::Retry {
                 after: jobs::backoff(1),
@@ -184,6 +185,29 @@ impl ParseCoredumpHandler {
             },
         }
     }
+}
+
+/// Records a finished parse on the dump's row and, if the row is still there, the
+/// `coredump_parsed` event, in one transaction. Returns false when the row is gone.
+async fn record_outcome(
+    db: &Db,
+    id: i64,
+    status: &str,
+    output: &str,
+    report: Option<&str>,
+) -> Result<bool, DbError> {
+    let mut tx = db.begin().await?;
+    let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
+    if recorded {
+        events::record(
+            &mut tx,
+            "coredump_parsed",
+            &serde_json::json!({"id": id, "parse_status": status}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(recorded)
 }
 
 #[async_trait::async_trait]

@@ -189,15 +189,14 @@ pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbErr
 /// structured report) or `ERROR` (with the reason in `parsed_output`). Returns false when the
 /// row is gone (deleted while the job ran).
 pub async fn record_result(
-    db: &Db,
+    tx: &mut Tx,
     id: i64,
     status: &str,
     output: &str,
     report: Option<&str>,
 ) -> Result<bool, DbError> {
     let now = now();
-    let mut tx = db.begin().await?;
-    let rows = on_conn!(&mut tx, |c| {
+    let rows = on_conn!(tx, |c| {
         sqlx::query(
             "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
                                   updated_at = $4
@@ -212,14 +211,5 @@ pub async fn record_result(
         .await
         .map(|r| r.rows_affected())
     })?;
-    if rows == 1 {
-        crate::events::record(
-            &mut tx,
-            "coredump_parsed",
-            &serde_json::json!({"id": id, "parse_status": status}),
-        )
-        .await?;
-    }
-    tx.commit().await?;
     Ok(rows == 1)
 }

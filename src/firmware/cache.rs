@@ -40,9 +40,8 @@ use crate::telemetry::{
     FIRMWARE_CACHE_HITS, FIRMWARE_CACHE_MISSES,
 };
 
-/// The default byte budget: some twenty typical ESP32 images (1–2 MiB), while the whole process
-/// stays well below 100 MB with hundreds of downloads running.
-pub const DEFAULT_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+/// The default byte budget (see the constant in `crate::config`).
+pub use crate::config::DEFAULT_FIRMWARE_CACHE_BYTES as DEFAULT_BUDGET_BYTES;
 
 pub struct FirmwareCache {
     budget: u64,

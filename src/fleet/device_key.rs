@@ -4,6 +4,7 @@ use std::fmt;
 
 use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 /// 8 characters of `[a-z2-7]`: 5 random bytes from a CSPRNG, base32, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,7 +45,6 @@ impl fmt::Display for DeviceKey {
 /// What a device secret is stored as: the hex SHA-256 of the secret. Secrets are 32 random bytes,
 /// so a fast hash is enough (there is nothing to brute-force).
 pub fn hash_device_secret(secret: &str) -> String {
-    use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 

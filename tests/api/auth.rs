@@ -24,12 +24,16 @@ fn probe_routes() -> Router<AppState> {
         )
 }
 
-async fn spawn(stack: Stack, test: &str, overrides: &[(&str, &str)]) -> Option<TestApp> {
-    let options = BuildOptions {
+/// Apps with the probe routes.
+fn with_probes(test: &str) -> TestAppBuilder<'static> {
+    TestApp::builder(test).options(|| BuildOptions {
         extra_routes: Some(probe_routes()),
         ..Default::default()
-    };
-    spawn_app_with(stack, test, overrides, options).await
+    })
+}
+
+async fn spawn(stack: Stack, test: &str, overrides: &[(&str, &str)]) -> Option<TestApp> {
+    with_probes(test).overrides(overrides).spawn(stack).await
 }
 
 async fn status(app: &TestApp, path: &str, auth: Option<&str>) -> (u16, Value) {
@@ -106,45 +110,45 @@ async fn insert_device(app: &TestApp, model: &str, key: &str, secret: &str) -> i
 
 #[tokio::test]
 async fn devices_authenticate_as_themselves_with_key_and_secret() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn(stack, "device_auth", &[("ADMIN_TOKEN", TOKEN)]).await else {
-            continue;
-        };
-        let id = insert_device(&app, "sensor", "abcd2345", "secret-one").await;
-        insert_device(&app, "sensor", "zzzz7777", "secret-two").await;
+    with_probes("device_auth")
+        .env("ADMIN_TOKEN", TOKEN)
+        .for_each_stack(async |app| {
+            let id = insert_device(app, "sensor", "abcd2345", "secret-one").await;
+            insert_device(app, "sensor", "zzzz7777", "secret-two").await;
 
-        let (code, body) = status(&app, "/test/device", Some("Bearer abcd2345.secret-one")).await;
-        assert_eq!(code, 200, "{stack:?}: {body}");
-        assert_eq!(body["key"], "abcd2345");
-        assert_eq!(body["id"], id);
+            let (code, body) =
+                status(app, "/test/device", Some("Bearer abcd2345.secret-one")).await;
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(body["key"], "abcd2345");
+            assert_eq!(body["id"], id);
 
-        for bad in [
-            "Bearer abcd2345.secret-two", // another device's secret
-            "Bearer abcd2345.",
-            "Bearer abcd2345",
-            "Bearer nope0000.secret-one",
-            "Bearer abcd2345x.secret-one",
-        ] {
-            let (code, body) = status(&app, "/test/device", Some(bad)).await;
-            assert_eq!(code, 401, "{bad}");
-            assert_eq!(body["code"], "AUTHENTICATION_REQUIRED");
-        }
-        assert_eq!(status(&app, "/test/device", None).await.0, 401);
-        // The admin token is not a device credential, and ?device_key= is off by default.
-        assert_eq!(
-            status(&app, "/test/device", Some(&format!("Bearer {TOKEN}")))
-                .await
-                .0,
-            401
-        );
-        assert_eq!(
-            status(&app, "/test/device?device_key=abcd2345", None)
-                .await
-                .0,
-            401
-        );
-        app.stop().await;
-    }
+            for bad in [
+                "Bearer abcd2345.secret-two", // another device's secret
+                "Bearer abcd2345.",
+                "Bearer abcd2345",
+                "Bearer nope0000.secret-one",
+                "Bearer abcd2345x.secret-one",
+            ] {
+                let (code, body) = status(app, "/test/device", Some(bad)).await;
+                assert_eq!(code, 401, "{bad}");
+                assert_eq!(body["code"], "AUTHENTICATION_REQUIRED");
+            }
+            assert_eq!(status(app, "/test/device", None).await.0, 401);
+            // The admin token is not a device credential, and ?device_key= is off by default.
+            assert_eq!(
+                status(app, "/test/device", Some(&format!("Bearer {TOKEN}")))
+                    .await
+                    .0,
+                401
+            );
+            assert_eq!(
+                status(app, "/test/device?device_key=abcd2345", None)
+                    .await
+                    .0,
+                401
+            );
+        })
+        .await;
 }
 
 #[tokio::test]

@@ -231,67 +231,59 @@ async fn a_thousand_half_open_connections_leave_health_answering_and_sigterm_sto
 
 #[tokio::test]
 async fn a_stalled_upload_body_is_408_and_nothing_is_stored() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app_with(
-            stack,
-            "stalled_body",
-            &[
-                ("HTTP_IDLE_TIMEOUT_SECONDS", "1"),
-                ("COREDUMP_UPLOAD_TIMEOUT_SECONDS", "2"),
-            ],
-            Default::default(),
-        )
-        .await
-        else {
-            continue;
-        };
-        let device = model_with_device(&app, "stall").await;
-        let addr = host_port(&app);
+    TestApp::builder("stalled_body")
+        .env("HTTP_IDLE_TIMEOUT_SECONDS", "1")
+        .env("COREDUMP_UPLOAD_TIMEOUT_SECONDS", "2")
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "stall").await;
+            let addr = host_port(app);
 
-        // Ten bytes of a thousand, then silence: the idle timeout ends it.
-        let mut quiet = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 10]).await;
-        let (status, body) = read_response(&mut quiet, Duration::from_secs(10))
+            // Ten bytes of a thousand, then silence: the idle timeout ends it.
+            let mut quiet =
+                raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 10]).await;
+            let (status, body) = read_response(&mut quiet, Duration::from_secs(10))
+                .await
+                .expect("an answer to a stalled upload");
+            assert_eq!(status, 408, "{body}");
+            assert_eq!(body["code"], "REQUEST_TIMEOUT");
+
+            // A byte every 300 ms never trips the idle timeout, but the whole-body deadline ends
+            // it.
+            let trickle = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 1]).await;
+            let (mut reader, mut writer) = trickle.into_split();
+            let dripping = tokio::spawn(async move {
+                for _ in 0..100 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if writer.write_all(&[7]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            let answer = tokio::time::timeout(Duration::from_secs(15), async {
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => return parse_response(&raw),
+                        Ok(n) => raw.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(parsed) = parse_response(&raw) {
+                        return Some(parsed);
+                    }
+                }
+            })
             .await
-            .expect("an answer to a stalled upload");
-        assert_eq!(status, 408, "{body}");
-        assert_eq!(body["code"], "REQUEST_TIMEOUT");
+            .ok()
+            .flatten();
+            dripping.abort();
+            let (status, body) = answer.expect("an answer to a trickled upload");
+            assert_eq!(status, 408, "{body}");
 
-        // A byte every 300 ms never trips the idle timeout, but the whole-body deadline ends it.
-        let trickle = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 1]).await;
-        let (mut reader, mut writer) = trickle.into_split();
-        let dripping = tokio::spawn(async move {
-            for _ in 0..100 {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if writer.write_all(&[7]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 4096];
-        let answer = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => return parse_response(&raw),
-                    Ok(n) => raw.extend_from_slice(&buf[..n]),
-                }
-                if let Some(parsed) = parse_response(&raw) {
-                    return Some(parsed);
-                }
-            }
+            assert_eq!(count(app, "coredumps").await, 0);
+            assert_eq!(count(app, "jobs").await, 0);
+            assert!(objects(app, "coredumps").await.is_empty());
         })
-        .await
-        .ok()
-        .flatten();
-        dripping.abort();
-        let (status, body) = answer.expect("an answer to a trickled upload");
-        assert_eq!(status, 408, "{body}");
-
-        assert_eq!(count(&app, "coredumps").await, 0);
-        assert_eq!(count(&app, "jobs").await, 0);
-        assert!(objects(&app, "coredumps").await.is_empty());
-        app.stop().await;
-    }
+        .await;
 }
 
 #[tokio::test]
@@ -302,7 +294,9 @@ async fn one_device_cannot_take_every_coredump_upload_slot() {
         &[
             ("MAX_CONCURRENT_COREDUMP_UPLOADS", "4"),
             ("MAX_COREDUMP_UPLOADS_PER_DEVICE", "2"),
-            ("HTTP_IDLE_TIMEOUT_SECONDS", "30"),
+            // The stalled uploads must outlive a slow, loaded run of this test.
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "120"),
+            ("COREDUMP_UPLOAD_TIMEOUT_SECONDS", "120"),
         ],
         Default::default(),
     )
@@ -318,7 +312,7 @@ async fn one_device_cannot_take_every_coredump_upload_slot() {
         held.push(raw_request(&addr, &coredump_head(&addr, &hog, 1000), &[1; 10]).await);
     }
     // The two stalled uploads have their slots once the server has read their heads.
-    let refused = eventually(Duration::from_secs(10), || async {
+    let refused = eventually(Duration::from_secs(60), || async {
         upload(
             &app,
             &hog,

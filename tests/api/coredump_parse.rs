@@ -25,16 +25,13 @@ async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_struct
     let Some((dump_bytes, elf)) = esp32_case() else {
         return;
     };
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "coredump_parse_builtin").await else {
-            continue;
-        };
-        let device = model_with_device(&app, "sensor").await;
-        put_elf(&app, "sensor", "1.0.0", elf.clone()).await;
-        let id = upload_ok(&app, &device, "1.0.0", &dump_bytes).await;
+    for_each_stack("coredump_parse_builtin", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        put_elf(app, "sensor", "1.0.0", elf.clone()).await;
+        let id = upload_ok(app, &device, "1.0.0", &dump_bytes).await;
 
-        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
-        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        let body = settled(app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{body}");
         let text = body["parsed_output"].as_str().unwrap();
         assert!(text.contains("name: 'main'"), "crashed task named: {text}");
         assert!(text.contains("abort() was called"), "{text}");
@@ -47,20 +44,20 @@ async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_struct
         let warnings = report["warnings"].to_string();
         assert!(!warnings.contains("reported chip"), "{warnings}");
         // The list shows the status too, and the finished job is gone.
-        let (_, list) = get_json(&app, &format!("/api/devices/{}/coredumps", device.id)).await;
+        let (_, list) = app.list_coredumps(device.id).await;
         assert_eq!(list["coredumps"][0]["parse_status"], "PARSED");
         assert!(list["coredumps"][0]["parsed_at"].is_string());
         assert!(list["coredumps"][0].get("report").is_none());
         assert!(
             eventually(Duration::from_secs(5), || async {
-                count(&app, "jobs").await == 0
+                count(app, "jobs").await == 0
             })
             .await
         );
 
         // The same dump reported as another chip: parsed all the same, with a warning.
         let (status, body) = upload(
-            &app,
+            app,
             &device,
             "chip=esp32c3&firmware_version=1.0.0",
             dump_bytes.clone(),
@@ -68,8 +65,8 @@ async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_struct
         .await;
         assert_eq!(status, 201, "{body}");
         let id = body["coredump_id"].as_i64().unwrap();
-        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
-        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        let body = settled(app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{body}");
         let expected =
             "the device reported chip \"esp32c3\" with its upload, but the dump is from an esp32";
         assert!(
@@ -80,8 +77,8 @@ async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_struct
             body["report"]
         );
         assert!(body["parsed_output"].as_str().unwrap().contains(expected));
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -89,14 +86,11 @@ async fn a_missing_elf_is_an_error_naming_the_model_and_version_until_a_reparse_
     let Some((dump_bytes, elf)) = esp32_case() else {
         return;
     };
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "coredump_parse_no_elf").await else {
-            continue;
-        };
-        let device = model_with_device(&app, "sensor").await;
-        let id = upload_ok(&app, &device, "2.0.1", &dump_bytes).await;
-        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
-        assert_eq!(body["parse_status"], "ERROR", "{stack:?}: {body}");
+    for_each_stack("coredump_parse_no_elf", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        let id = upload_ok(app, &device, "2.0.1", &dump_bytes).await;
+        let body = settled(app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "ERROR", "{body}");
         let message = body["parsed_output"].as_str().unwrap();
         assert!(
             message.contains("model sensor version 2.0.1")
@@ -107,20 +101,15 @@ async fn a_missing_elf_is_an_error_naming_the_model_and_version_until_a_reparse_
         assert_eq!(body["report"], Value::Null);
 
         // The build is uploaded later; a reparse picks it up.
-        put_elf(&app, "sensor", "2.0.1", elf.clone()).await;
-        let (status, queued) = send(
-            &app,
-            reqwest::Method::POST,
-            &format!("/api/devices/{}/coredumps/{id}/reparse", device.id),
-        )
-        .await;
+        put_elf(app, "sensor", "2.0.1", elf.clone()).await;
+        let (status, queued) = app.reparse_coredump(device.id, id).await;
         assert_eq!(status, 202, "{queued}");
         assert_eq!(queued["id"], id);
-        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
-        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        let body = settled(app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{body}");
         assert!(body["report"].is_object());
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -136,12 +125,7 @@ async fn reparse_resets_the_dump_to_pending_and_queues_a_job() {
     assert_eq!(body["parse_status"], "ERROR");
     assert_eq!(count(&app, "jobs").await, 0);
 
-    let (status, body) = send(
-        &app,
-        reqwest::Method::POST,
-        &format!("/api/devices/{}/coredumps/{id}/reparse", device.id),
-    )
-    .await;
+    let (status, body) = app.reparse_coredump(device.id, id).await;
     assert_eq!(status, 202);
     assert_eq!(body["parse_status"], "PENDING");
     assert_eq!(body["parsed_output"], Value::Null);
@@ -149,12 +133,7 @@ async fn reparse_resets_the_dump_to_pending_and_queues_a_job() {
     let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].kind, "parse_coredump");
-    let (status, body) = send(
-        &app,
-        reqwest::Method::POST,
-        &format!("/api/devices/{}/coredumps/{}/reparse", device.id, id + 100),
-    )
-    .await;
+    let (status, body) = app.reparse_coredump(device.id, id + 100).await;
     assert_eq!(status, 404);
     assert_eq!(
         body["error"],
@@ -168,34 +147,33 @@ async fn a_malformed_dump_and_a_missing_dump_object_are_errors_that_say_so() {
     let Some((_, elf)) = esp32_case() else {
         return;
     };
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app_without_parsing(stack, "coredump_parse_errors", &[]).await else {
-            continue;
-        };
-        let device = model_with_device(&app, "sensor").await;
-        put_elf(&app, "sensor", "1.0", elf.clone()).await;
+    TestApp::builder("coredump_parse_errors")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            put_elf(app, "sensor", "1.0", elf.clone()).await;
 
-        let malformed = upload_ok(&app, &device, "1.0", b"this is not a core dump").await;
-        assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
-        let body = dump(&app, &device, malformed).await;
-        assert_eq!(body["parse_status"], "ERROR", "{body}");
-        let message = body["parsed_output"].as_str().unwrap();
-        assert!(message.starts_with("Malformed core dump"), "{message}");
+            let malformed = upload_ok(app, &device, "1.0", b"this is not a core dump").await;
+            assert_eq!(run_one_job(app).await, Some(JobOutcome::Completed));
+            let body = dump(app, &device, malformed).await;
+            assert_eq!(body["parse_status"], "ERROR", "{body}");
+            let message = body["parsed_output"].as_str().unwrap();
+            assert!(message.starts_with("Malformed core dump"), "{message}");
 
-        let vanished = upload_ok(&app, &device, "1.0", b"whatever").await;
-        let key = coredump_key(&device.key, vanished).unwrap();
-        app.state.storage.delete(&key).await.unwrap();
-        assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
-        let body = dump(&app, &device, vanished).await;
-        assert_eq!(body["parse_status"], "ERROR", "{body}");
-        let message = body["parsed_output"].as_str().unwrap();
-        assert!(
-            message.contains(key.as_str()) && message.contains("missing"),
-            "{message}"
-        );
-        assert_eq!(count(&app, "jobs").await, 0);
-        app.stop().await;
-    }
+            let vanished = upload_ok(app, &device, "1.0", b"whatever").await;
+            let key = coredump_key(&device.key, vanished).unwrap();
+            app.state.storage.delete(&key).await.unwrap();
+            assert_eq!(run_one_job(app).await, Some(JobOutcome::Completed));
+            let body = dump(app, &device, vanished).await;
+            assert_eq!(body["parse_status"], "ERROR", "{body}");
+            let message = body["parsed_output"].as_str().unwrap();
+            assert!(
+                message.contains(key.as_str()) && message.contains("missing"),
+                "{message}"
+            );
+            assert_eq!(count(app, "jobs").await, 0);
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -203,19 +181,16 @@ async fn a_transient_object_store_failure_during_parsing_is_retried_until_it_suc
     let Some((dump_bytes, elf)) = esp32_case() else {
         return;
     };
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "coredump_parse_retry").await else {
-            continue;
-        };
-        let device = model_with_device(&app, "sensor").await;
-        put_elf(&app, "sensor", "1.0", elf.clone()).await;
+    for_each_stack("coredump_parse_retry", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        put_elf(app, "sensor", "1.0", elf.clone()).await;
         // The first read of the ELF fails as if S3 were down.
         app.faults.inject(
             Fault::always(Operation::Get)
                 .for_keys_containing("firmware.elf")
                 .times(1),
         );
-        let id = upload_ok(&app, &device, "1.0", &dump_bytes).await;
+        let id = upload_ok(app, &device, "1.0", &dump_bytes).await;
         let retried = eventually(Duration::from_secs(10), || async {
             iotsupport::jobs::list(app.db())
                 .await
@@ -224,19 +199,19 @@ async fn a_transient_object_store_failure_during_parsing_is_retried_until_it_suc
                 .any(|j| j.attempts == 1 && j.last_error.is_some())
         })
         .await;
-        assert!(retried, "{stack:?}: no retry recorded");
-        assert_eq!(dump(&app, &device, id).await["parse_status"], "PENDING");
+        assert!(retried, "no retry recorded");
+        assert_eq!(dump(app, &device, id).await["parse_status"], "PENDING");
         // The backoff is 2 s; then it succeeds.
-        let body = settled(&app, &device, id, Duration::from_secs(30)).await;
-        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        let body = settled(app, &device, id, Duration::from_secs(30)).await;
+        assert_eq!(body["parse_status"], "PARSED", "{body}");
         assert!(
             eventually(Duration::from_secs(5), || async {
-                count(&app, "jobs").await == 0
+                count(app, "jobs").await == 0
             })
             .await
         );
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -248,8 +223,7 @@ async fn a_job_whose_dump_was_deleted_meanwhile_completes_quietly() {
     };
     let device = model_with_device(&app, "sensor").await;
     let id = upload_ok(&app, &device, "1.0", b"dump").await;
-    let path = format!("/api/devices/{}/coredumps/{id}", device.id);
-    assert_eq!(send(&app, reqwest::Method::DELETE, &path).await.0, 204);
+    assert_eq!(app.delete_coredump(device.id, id).await.0, 204);
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     assert_eq!(count(&app, "jobs").await, 0);
     assert_eq!(count(&app, "coredumps").await, 0);

@@ -52,6 +52,12 @@ impl Fake {
     fn max_in_flight(&self) -> usize {
         self.in_flight.lock().unwrap().1
     }
+    /// Forgets the calls seen so far.
+    fn reset(&self) {
+        self.calls.lock().unwrap().clear();
+        self.answers.lock().unwrap().clear();
+        *self.in_flight.lock().unwrap() = (0, 0);
+    }
 }
 
 async fn parse_coredump(
@@ -117,66 +123,65 @@ fn files_in(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn two_parses_of_one_model_at_once_get_their_own_transfer_files_which_are_then_removed() {
-    for stack in ALL_STACKS {
-        let xfer = tempfile::TempDir::new().unwrap();
-        let (fake, url) = fake_sidecar(xfer.path().to_path_buf(), 2).await;
-        let xfer_dir = xfer.path().display().to_string();
-        let overrides = [
-            ("PARSE_SIDECAR_URL", url.as_str()),
-            ("PARSE_SIDECAR_XFER_DIR", xfer_dir.as_str()),
-        ];
-        let Some(app) = spawn_app_without_parsing(stack, "sidecar_unique", &overrides).await else {
-            continue;
-        };
-        let device = model_with_device(&app, "sensor").await;
-        put_elf(&app, "sensor", "1.0", b"the ELF".to_vec()).await;
-        let first = upload_ok(&app, &device, "1.0", b"first dump").await;
-        let second = upload_ok(&app, &device, "1.0", b"second dump").await;
+    // One sidecar for both stacks; each run starts from a clean slate.
+    let xfer = tempfile::TempDir::new().unwrap();
+    let (fake, url) = fake_sidecar(xfer.path().to_path_buf(), 2).await;
+    let xfer_dir = xfer.path().display().to_string();
+    TestApp::builder("sidecar_unique")
+        .env("PARSE_SIDECAR_URL", &url)
+        .env("PARSE_SIDECAR_XFER_DIR", &xfer_dir)
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            fake.reset();
+            let device = model_with_device(app, "sensor").await;
+            put_elf(app, "sensor", "1.0", b"the ELF".to_vec()).await;
+            let first = upload_ok(app, &device, "1.0", b"first dump").await;
+            let second = upload_ok(app, &device, "1.0", b"second dump").await;
 
-        let (a, b) = tokio::join!(run_one_job(&app), run_one_job(&app));
-        assert_eq!(a, Some(JobOutcome::Completed), "{stack:?}");
-        assert_eq!(b, Some(JobOutcome::Completed), "{stack:?}");
-        assert_eq!(fake.max_in_flight(), 2, "{stack:?}: the parses overlapped");
+            let (a, b) = tokio::join!(run_one_job(app), run_one_job(app));
+            assert_eq!(a, Some(JobOutcome::Completed));
+            assert_eq!(b, Some(JobOutcome::Completed));
+            assert_eq!(fake.max_in_flight(), 2, "the parses overlapped");
 
-        let calls = fake.calls();
-        assert_eq!(calls.len(), 2);
-        assert_ne!(calls[0].core, calls[1].core);
-        assert_ne!(calls[0].elf, calls[1].elf, "one ELF file per parse");
-        let mut dumps: Vec<Vec<u8>> = calls
-            .iter()
-            .map(|c| {
-                c.core_bytes
-                    .clone()
-                    .expect("dump file present during the call")
-            })
-            .collect();
-        dumps.sort();
-        assert_eq!(dumps, [b"first dump".to_vec(), b"second dump".to_vec()]);
-        for call in &calls {
-            assert_eq!(call.elf_bytes.as_deref(), Some(&b"the ELF"[..]));
-            assert_eq!(call.chip, "esp32");
+            let calls = fake.calls();
+            assert_eq!(calls.len(), 2);
+            assert_ne!(calls[0].core, calls[1].core);
+            assert_ne!(calls[0].elf, calls[1].elf, "one ELF file per parse");
+            let mut dumps: Vec<Vec<u8>> = calls
+                .iter()
+                .map(|c| {
+                    c.core_bytes
+                        .clone()
+                        .expect("dump file present during the call")
+                })
+                .collect();
+            dumps.sort();
+            assert_eq!(dumps, [b"first dump".to_vec(), b"second dump".to_vec()]);
+            for call in &calls {
+                assert_eq!(call.elf_bytes.as_deref(), Some(&b"the ELF"[..]));
+                assert_eq!(call.chip, "esp32");
+                assert!(
+                    !call.core.contains('/') && !call.elf.contains('/'),
+                    "{call:?}"
+                );
+            }
             assert!(
-                !call.core.contains('/') && !call.elf.contains('/'),
-                "{call:?}"
+                files_in(xfer.path()).is_empty(),
+                "transfer files left behind"
             );
-        }
-        assert!(
-            files_in(xfer.path()).is_empty(),
-            "transfer files left behind"
-        );
 
-        for id in [first, second] {
-            let body = dump(&app, &device, id).await;
-            assert_eq!(body["parse_status"], "PARSED", "{body}");
-            let output = body["parsed_output"].as_str().unwrap();
-            assert!(
-                output.starts_with("sidecar report for coredump-"),
-                "{output}"
-            );
-            assert_eq!(body["report"], Value::Null, "the sidecar gives text only");
-        }
-        app.stop().await;
-    }
+            for id in [first, second] {
+                let body = dump(app, &device, id).await;
+                assert_eq!(body["parse_status"], "PARSED", "{body}");
+                let output = body["parsed_output"].as_str().unwrap();
+                assert!(
+                    output.starts_with("sidecar report for coredump-"),
+                    "{output}"
+                );
+                assert_eq!(body["report"], Value::Null, "the sidecar gives text only");
+            }
+        })
+        .await;
 }
 
 #[tokio::test]

@@ -32,13 +32,16 @@ async fn serve(
     respond(&state.storage, download, &method, &headers).await
 }
 
-async fn spawn(stack: Stack, test: &str) -> Option<(TestApp, Bytes)> {
-    let routes = Router::new().route("/test/download/{name}", get(serve));
-    let options = BuildOptions {
-        extra_routes: Some(routes),
+/// Apps with the probe download route.
+fn with_probe(test: &str) -> TestAppBuilder<'static> {
+    TestApp::builder(test).options(|| BuildOptions {
+        extra_routes: Some(Router::new().route("/test/download/{name}", get(serve))),
         ..Default::default()
-    };
-    let app = spawn_app_with(stack, test, &[], options).await?;
+    })
+}
+
+/// Stores the object `/test/download/image` serves; returns its content.
+async fn put_image(app: &TestApp) -> Bytes {
     let data: Bytes = (0..100_000u32)
         .map(|i| (i % 253) as u8)
         .collect::<Vec<u8>>()
@@ -48,97 +51,101 @@ async fn spawn(stack: Stack, test: &str) -> Option<(TestApp, Bytes)> {
         .put(&ObjectKey::parse("probe/image").unwrap(), data.clone())
         .await
         .unwrap();
+    data
+}
+
+async fn spawn(stack: Stack, test: &str) -> Option<(TestApp, Bytes)> {
+    let app = with_probe(test).spawn(stack).await?;
+    let data = put_image(&app).await;
     Some((app, data))
 }
 
 #[tokio::test]
 async fn whole_objects_stream_with_their_metadata_and_head_matches() {
-    for stack in ALL_STACKS {
-        let Some((app, data)) = spawn(stack, "download_whole").await else {
-            continue;
-        };
-        let response = app.get("/test/download/image").await;
-        assert_eq!(response.status(), 200);
-        let h = response.headers().clone();
-        assert_eq!(h["content-length"], "100000");
-        assert_eq!(h["content-disposition"], "attachment; filename=image.bin");
-        assert_eq!(h["etag"], format!("\"{ETAG}\"").as_str());
-        assert_eq!(h["accept-ranges"], "bytes");
-        assert_eq!(response.bytes().await.unwrap(), data);
+    with_probe("download_whole")
+        .for_each_stack(async |app| {
+            let data = put_image(app).await;
+            let response = app.get("/test/download/image").await;
+            assert_eq!(response.status(), 200);
+            let h = response.headers().clone();
+            assert_eq!(h["content-length"], "100000");
+            assert_eq!(h["content-disposition"], "attachment; filename=image.bin");
+            assert_eq!(h["etag"], format!("\"{ETAG}\"").as_str());
+            assert_eq!(h["accept-ranges"], "bytes");
+            assert_eq!(response.bytes().await.unwrap(), data);
 
-        let head = app
-            .client
-            .head(app.url("/test/download/image"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(head.status(), 200);
-        assert_eq!(head.headers()["content-length"], "100000");
-        assert_eq!(app.faults.gets().len(), 1, "HEAD must not GET the object");
-        app.stop().await;
-    }
+            let head = app
+                .client
+                .head(app.url("/test/download/image"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.status(), 200);
+            assert_eq!(head.headers()["content-length"], "100000");
+            assert_eq!(app.faults.gets().len(), 1, "HEAD must not GET the object");
+        })
+        .await;
 }
 
 #[tokio::test]
 async fn a_range_is_fetched_from_the_store_as_a_range() {
-    for stack in ALL_STACKS {
-        let Some((app, data)) = spawn(stack, "download_range").await else {
-            continue;
-        };
-        for (range, start, end) in [
-            ("bytes=1000-1999", 1000usize, 2000usize),
-            ("bytes=99990-", 99_990, 100_000),
-            ("bytes=-10", 99_990, 100_000),
-            ("bytes=99000-200000", 99_000, 100_000),
-        ] {
+    with_probe("download_range")
+        .for_each_stack(async |app| {
+            let data = put_image(app).await;
+            for (range, start, end) in [
+                ("bytes=1000-1999", 1000usize, 2000usize),
+                ("bytes=99990-", 99_990, 100_000),
+                ("bytes=-10", 99_990, 100_000),
+                ("bytes=99000-200000", 99_000, 100_000),
+            ] {
+                let response = app
+                    .client
+                    .get(app.url("/test/download/image"))
+                    .header("range", range)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 206, "{range}");
+                assert_eq!(
+                    response.headers()["content-range"],
+                    format!("bytes {start}-{}/100000", end - 1).as_str(),
+                    "{range}"
+                );
+                assert_eq!(
+                    response.headers()["content-length"],
+                    (end - start).to_string().as_str()
+                );
+                assert_eq!(
+                    response.bytes().await.unwrap(),
+                    data.slice(start..end),
+                    "{range}"
+                );
+            }
+            let gets = app.faults.gets();
+            assert_eq!(
+                gets[0].1,
+                Some(ByteRange::Bounded {
+                    start: 1000,
+                    end: 2000
+                }),
+                "{gets:?}"
+            );
+            assert!(
+                gets.iter().all(|(_, r)| r.is_some()),
+                "a ranged request read the whole object: {gets:?}"
+            );
+
             let response = app
                 .client
                 .get(app.url("/test/download/image"))
-                .header("range", range)
+                .header("range", "bytes=100000-")
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status(), 206, "{range}");
-            assert_eq!(
-                response.headers()["content-range"],
-                format!("bytes {start}-{}/100000", end - 1).as_str(),
-                "{range}"
-            );
-            assert_eq!(
-                response.headers()["content-length"],
-                (end - start).to_string().as_str()
-            );
-            assert_eq!(
-                response.bytes().await.unwrap(),
-                data.slice(start..end),
-                "{range}"
-            );
-        }
-        let gets = app.faults.gets();
-        assert_eq!(
-            gets[0].1,
-            Some(ByteRange::Bounded {
-                start: 1000,
-                end: 2000
-            }),
-            "{gets:?}"
-        );
-        assert!(
-            gets.iter().all(|(_, r)| r.is_some()),
-            "a ranged request read the whole object: {gets:?}"
-        );
-
-        let response = app
-            .client
-            .get(app.url("/test/download/image"))
-            .header("range", "bytes=100000-")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 416);
-        assert_eq!(response.headers()["content-range"], "bytes */100000");
-        app.stop().await;
-    }
+            assert_eq!(response.status(), 416);
+            assert_eq!(response.headers()["content-range"], "bytes */100000");
+        })
+        .await;
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use iotsupport::startup::BuildOptions;
 use iotsupport::state::AppState;
 use serde_json::{json, Value};
 
+use crate::fleet::model_with_device;
 use crate::helpers::*;
 
 /// Reads `data:` messages from a `text/event-stream` response.
@@ -78,71 +79,57 @@ async fn record_then_fail(State(state): State<AppState>) -> Result<(), ApiError>
 
 #[tokio::test]
 async fn the_stream_starts_with_the_version_and_carries_committed_changes_only() {
-    for stack in ALL_STACKS {
-        let routes = Router::new().route("/test/ghost", post(record_then_fail));
-        let options = BuildOptions {
-            extra_routes: Some(routes),
+    TestApp::builder("sse_committed")
+        .options(|| BuildOptions {
+            extra_routes: Some(Router::new().route("/test/ghost", post(record_then_fail))),
             ..Default::default()
-        };
-        let Some(app) = spawn_app_with(stack, "sse_committed", &[], options).await else {
-            continue;
-        };
-        let mut stream = SseReader::open(&app).await;
-        let first = stream
-            .next(Duration::from_secs(5))
-            .await
-            .expect("version event");
-        assert_eq!(first["type"], "version");
-        assert_eq!(first["payload"]["version"], env!("CARGO_PKG_VERSION"));
-
-        assert_eq!(
-            app.client
-                .post(app.url("/test/ghost"))
-                .send()
+        })
+        .for_each_stack(async |app| {
+            let mut stream = SseReader::open(app).await;
+            let first = stream
+                .next(Duration::from_secs(5))
                 .await
-                .unwrap()
-                .status(),
-            400
-        );
-        let created = app
-            .client
-            .post(app.url("/api/device-models"))
-            .json(&json!({"code": "live", "name": "Live"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status(), 201);
+                .expect("version event");
+            assert_eq!(first["type"], "version");
+            assert_eq!(first["payload"]["version"], env!("CARGO_PKG_VERSION"));
 
-        let event = stream
-            .next(Duration::from_secs(10))
-            .await
-            .expect("model event");
-        assert_eq!(event["type"], "device_model_created", "{stack:?}: {event}");
-        assert_eq!(
-            event["payload"]["code"], "live",
-            "{stack:?}: the rolled-back event leaked: {event}"
-        );
+            assert_eq!(
+                app.client
+                    .post(app.url("/test/ghost"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                400
+            );
+            let (status, created) = app.create_model("live", "Live", None).await;
+            assert_eq!(status, 201, "{created}");
 
-        let device = app
-            .client
-            .post(app.url("/api/devices"))
-            .json(&json!({"device_model_id": event["payload"]["id"], "config": "{}"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(device.status(), 201);
-        let event = stream
-            .next(Duration::from_secs(10))
-            .await
-            .expect("device event");
-        assert_eq!(event["type"], "device_created");
-        assert!(event["payload"]["key"].is_string());
-        assert!(
-            event["payload"].get("device_secret").is_none(),
-            "secrets never go on the stream"
-        );
-        app.stop().await;
-    }
+            let event = stream
+                .next(Duration::from_secs(10))
+                .await
+                .expect("model event");
+            assert_eq!(event["type"], "device_model_created", "{event}");
+            assert_eq!(
+                event["payload"]["code"], "live",
+                "the rolled-back event leaked: {event}"
+            );
+
+            let model_id = event["payload"]["id"].as_i64().unwrap();
+            let (status, device) = app.create_device(model_id, "{}").await;
+            assert_eq!(status, 201, "{device}");
+            let event = stream
+                .next(Duration::from_secs(10))
+                .await
+                .expect("device event");
+            assert_eq!(event["type"], "device_created");
+            assert!(event["payload"]["key"].is_string());
+            assert!(
+                event["payload"].get("device_secret").is_none(),
+                "secrets never go on the stream"
+            );
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -168,14 +155,8 @@ async fn events_reach_subscribers_of_another_serve_process() {
         stream.next(Duration::from_secs(5)).await.unwrap()["type"],
         "version"
     );
-    let created = a
-        .client
-        .post(a.url("/api/device-models"))
-        .json(&json!({"code": "elsewhere", "name": "E"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let (status, created) = a.create_model("elsewhere", "E", None).await;
+    assert_eq!(status, 201, "{created}");
     let started = std::time::Instant::now();
     let event = stream
         .next(Duration::from_secs(10))
@@ -211,46 +192,21 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
     let Some(app) = spawn_app(Stack::Production, "sse_coredumps").await else {
         return;
     };
-    let model: Value = app
-        .client
-        .post(app.url("/api/device-models"))
-        .json(&json!({"code": "m", "name": "M"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let device: Value = app
-        .client
-        .post(app.url("/api/devices"))
-        .json(&json!({"device_model_id": model["id"], "config": "{}"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let credential = format!(
-        "{}.{}",
-        device["key"].as_str().unwrap(),
-        device["device_secret"].as_str().unwrap()
-    );
+    let device = model_with_device(&app, "m").await;
     let mut stream = SseReader::open(&app).await;
     assert_eq!(
         stream.next(Duration::from_secs(5)).await.unwrap()["type"],
         "version"
     );
 
-    let uploaded = app
-        .client
-        .post(app.url("/api/iot/coredump?chip=esp32&firmware_version=1.0.0"))
-        .bearer_auth(&credential)
-        .body("not a core dump")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(uploaded.status(), 201);
+    let (status, uploaded) = app
+        .iot_upload_coredump(
+            &device.credential,
+            "chip=esp32&firmware_version=1.0.0",
+            "not a core dump",
+        )
+        .await;
+    assert_eq!(status, 201, "{uploaded}");
     let stored = stream
         .next(Duration::from_secs(10))
         .await
@@ -265,7 +221,7 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
     assert_eq!(parsed["type"], "coredump_parsed", "{parsed}");
     assert_eq!(parsed["payload"]["id"], id);
     assert_eq!(parsed["payload"]["parse_status"], "ERROR");
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             "coredump_parse_duration_seconds_count{parser=\"builtin\",outcome=\"error\"}"
@@ -273,16 +229,7 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
         "{metrics}"
     );
 
-    let path = format!("/api/devices/{}/coredumps/{id}", device["id"]);
-    assert_eq!(
-        app.client
-            .delete(app.url(&path))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(app.delete_coredump(device.id, id).await.0, 204);
     let deleted = stream
         .next(Duration::from_secs(10))
         .await

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use iotsupport::startup::BuildOptions;
+use http::Method;
 use serde_json::Value;
 
 use crate::firmware_support::*;
@@ -217,29 +217,26 @@ fn assert_message(case: &str, body: &Value, expected: &str) {
 
 #[tokio::test]
 async fn every_bundle_check_refuses_with_its_message_and_stores_nothing() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "firmware_checks").await else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
+    for_each_stack("firmware_checks", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
         let first = Build::new("0.9.0", "first");
-        upload_ok(&app, model, CODE, &first).await;
+        upload_ok(app, model, CODE, &first).await;
         let puts_before = app.faults.calls(iotsupport::storage::Operation::Put);
         for (case, body, expected) in refused_bundles() {
-            let (status, response) = upload(&app, model, body).await;
+            let (status, response) = upload(app, model, body).await;
             assert_eq!(status, 400, "{case}: {response}");
             assert_eq!(response["code"], "VALIDATION_FAILED", "{case}");
             assert_message(case, &response, &expected);
-            assert_nothing_stored(&app, model, Some("0.9.0"), &["0.9.0"]).await;
+            assert_nothing_stored(app, model, Some("0.9.0"), &["0.9.0"]).await;
         }
         assert_eq!(
             app.faults.calls(iotsupport::storage::Operation::Put),
             puts_before,
             "a refused bundle never reaches the store"
         );
-        assert_build_stored(&app, CODE, &first).await;
-        app.stop().await;
-    }
+        assert_build_stored(app, CODE, &first).await;
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -307,22 +304,12 @@ async fn checks_run_in_spec_order() {
 #[tokio::test]
 async fn bodies_and_entries_over_the_limit_are_413_without_reading_the_rest() {
     const LIMIT: u64 = 64 * 1024;
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app_with(
-            stack,
-            "firmware_limits",
-            &[("MAX_FIRMWARE_BYTES", "65536")],
-            BuildOptions::default(),
-        )
-        .await
-        else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
+    TestApp::builder("firmware_limits").env("MAX_FIRMWARE_BYTES", "65536").for_each_stack(async |app| {
+        let model = create_model(app, CODE, None).await;
         let url = app.url(&format!("/api/device-models/{model}/firmware"));
 
         // A declared Content-Length over the limit is refused before reading anything.
-        let (status, body) = upload(&app, model, vec![b'P'; LIMIT as usize + 1]).await;
+        let (status, body) = upload(app, model, vec![b'P'; LIMIT as usize + 1]).await;
         assert_eq!(status, 413, "{body}");
         assert_eq!(body["code"], "PAYLOAD_TOO_LARGE");
 
@@ -337,8 +324,7 @@ async fn bodies_and_entries_over_the_limit_are_413_without_reading_the_rest() {
             Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'P'; CHUNK]))
         });
         let result = app
-            .client
-            .post(&url)
+            .admin_request(Method::POST, &url)
             .header("content-type", "application/zip")
             .body(reqwest::Body::wrap_stream(stream))
             .send()
@@ -360,15 +346,8 @@ async fn bodies_and_entries_over_the_limit_are_413_without_reading_the_rest() {
 
         // The same for the multipart form.
         let (content_type, body) = multipart_body(&[("file", &vec![b'P'; LIMIT as usize * 2])]);
-        let r = app
-            .client
-            .post(&url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 413);
+        let (status, _) = app.upload_firmware_as(model, &content_type, body).await;
+        assert_eq!(status, 413);
 
         // A small ZIP whose entry inflates beyond the limit: 413 from its declared size.
         let good = Build::new("1.0.0", "a");
@@ -378,7 +357,7 @@ async fn bodies_and_entries_over_the_limit_are_413_without_reading_the_rest() {
             vec![0u8; LIMIT as usize * 4],
         ));
         assert!(big_map.len() < LIMIT as usize);
-        let (status, body) = upload(&app, model, big_map).await;
+        let (status, body) = upload(app, model, big_map).await;
         assert_eq!(status, 413, "{body}");
         assert!(
             body["error"]
@@ -388,43 +367,32 @@ async fn bodies_and_entries_over_the_limit_are_413_without_reading_the_rest() {
             "{body}"
         );
 
-        assert_nothing_stored(&app, model, None, &[]).await;
+        assert_nothing_stored(app, model, None, &[]).await;
         // A bundle within the limit still works.
-        upload_ok(&app, model, CODE, &good).await;
-        app.stop().await;
-    }
+        upload_ok(app, model, CODE, &good).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_multipart_upload_takes_the_file_part() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "firmware_multipart").await else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
+    for_each_stack("firmware_multipart", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
         let build = Build::new("2.1.0", "mp");
-        let (status, body) = upload_multipart(&app, model, &build.zip(CODE)).await;
+        let (status, body) = upload_multipart(app, model, &build.zip(CODE)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["id"], model);
         assert_eq!(body["code"], CODE);
         assert_eq!(body["firmware_version"], "2.1.0");
-        assert_build_stored(&app, CODE, &build).await;
+        assert_build_stored(app, CODE, &build).await;
 
         // A form without a `file` part has no content.
         let (content_type, form) = multipart_body(&[("other", b"x")]);
-        let r = app
-            .client
-            .post(app.url(&format!("/api/device-models/{model}/firmware")))
-            .header("content-type", content_type)
-            .body(form)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = response_json(r).await;
+        let (status, body) = app.upload_firmware_as(model, &content_type, form).await;
         assert_eq!(status, 400);
         assert_eq!(body["error"], "No firmware content provided");
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -4,51 +4,18 @@
 
 use std::time::Duration;
 
-use iotsupport::startup::BuildOptions;
+use http::Method;
 use iotsupport::storage::faulty::Fault;
 use iotsupport::storage::{ByteRange, Operation};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::firmware_support::*;
-use crate::firmware_versions::device_auth;
-use crate::fleet::{create_device, create_model};
+use crate::fleet::{create_model, device_of, TestDevice};
 use crate::helpers::*;
 
 /// The lookup TTL used by the two-process tests: short, so they wait little.
 const TTL: &str = "0.5";
 const PAST_TTL: Duration = Duration::from_millis(800);
-
-async fn device_get(app: &TestApp, auth: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut request = app
-        .client
-        .get(app.url("/api/iot/firmware"))
-        .header("authorization", auth);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.send().await.expect("request")
-}
-
-async fn device_version(app: &TestApp, auth: &str) -> (u16, Value) {
-    let r = app
-        .client
-        .get(app.url("/api/iot/firmware-version"))
-        .header("authorization", auth)
-        .send()
-        .await
-        .expect("request");
-    response_json(r).await
-}
-
-async fn delete(app: &TestApp, path: &str) -> u16 {
-    let r = app
-        .client
-        .delete(app.url(path))
-        .send()
-        .await
-        .expect("request");
-    r.status().as_u16()
-}
 
 fn whole_reads(app: &TestApp, key: &str) -> usize {
     app.faults
@@ -60,28 +27,25 @@ fn whole_reads(app: &TestApp, key: &str) -> usize {
 
 #[tokio::test]
 async fn a_cached_image_is_served_from_memory_with_every_header_and_no_store_request() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "cache_hit").await else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
+    for_each_stack("cache_hit", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
         let build = Build::new("1.0.0", "cached");
-        upload_ok(&app, model, CODE, &build).await;
-        let device = create_device(&app, model, "{}").await;
-        let auth = device_auth(&device);
+        upload_ok(app, model, CODE, &build).await;
+        let device = device_of(app, model).await;
+        let auth = device.credential.clone();
         let sha = sha256_hex(&build.bin);
         let etag = format!("\"{sha}\"");
         let size = build.bin.len();
 
         // The first whole download waits for the cache's one read of the image.
-        let r = device_get(&app, &auth, &[]).await;
+        let r = app.iot_firmware(&auth, &[]).await;
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(r.bytes().await.unwrap().as_ref(), build.bin.as_slice());
         assert!(app.state.caches.firmware.contains(&sha));
         let gets = app.faults.gets().len();
         let heads = app.faults.calls(Operation::Head);
 
-        let r = device_get(&app, &auth, &[]).await;
+        let r = app.iot_firmware(&auth, &[]).await;
         assert_eq!(r.status().as_u16(), 200);
         let h = r.headers().clone();
         assert_eq!(h["content-length"].to_str().unwrap(), size.to_string());
@@ -100,7 +64,7 @@ async fn a_cached_image_is_served_from_memory_with_every_header_and_no_store_req
             (format!("bytes={}-", size - 5), size - 5, size),
             (format!("bytes=100-{}", size + 500), 100, size),
         ] {
-            let r = device_get(&app, &auth, &[("range", range.as_str())]).await;
+            let r = app.iot_firmware(&auth, &[("range", range.as_str())]).await;
             assert_eq!(r.status().as_u16(), 206, "{range}");
             let h = r.headers().clone();
             assert_eq!(
@@ -116,31 +80,32 @@ async fn a_cached_image_is_served_from_memory_with_every_header_and_no_store_req
             assert_eq!(r.bytes().await.unwrap().as_ref(), &build.bin[start..end]);
         }
 
-        let r = device_get(&app, &auth, &[("range", format!("bytes={size}-").as_str())]).await;
+        let r = app
+            .iot_firmware(&auth, &[("range", format!("bytes={size}-").as_str())])
+            .await;
         assert_eq!(r.status().as_u16(), 416);
         assert_eq!(
             r.headers()["content-range"].to_str().unwrap(),
             format!("bytes */{size}")
         );
 
-        let r = device_get(&app, &auth, &[("if-none-match", etag.as_str())]).await;
+        let r = app
+            .iot_firmware(&auth, &[("if-none-match", etag.as_str())])
+            .await;
         assert_eq!(r.status().as_u16(), 304);
         assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
 
-        let r = device_get(
-            &app,
-            &auth,
-            &[("range", "bytes=0-9"), ("if-range", etag.as_str())],
-        )
-        .await;
+        let r = app
+            .iot_firmware(
+                &auth,
+                &[("range", "bytes=0-9"), ("if-range", etag.as_str())],
+            )
+            .await;
         assert_eq!(r.status().as_u16(), 206);
         assert_eq!(r.bytes().await.unwrap().as_ref(), &build.bin[..10]);
-        let r = device_get(
-            &app,
-            &auth,
-            &[("range", "bytes=0-9"), ("if-range", "\"0000\"")],
-        )
-        .await;
+        let r = app
+            .iot_firmware(&auth, &[("range", "bytes=0-9"), ("if-range", "\"0000\"")])
+            .await;
         assert_eq!(
             r.status().as_u16(),
             200,
@@ -149,9 +114,7 @@ async fn a_cached_image_is_served_from_memory_with_every_header_and_no_store_req
         assert_eq!(r.bytes().await.unwrap().as_ref(), build.bin.as_slice());
 
         let r = app
-            .client
-            .head(app.url("/api/iot/firmware"))
-            .header("authorization", &auth)
+            .device_request(Method::HEAD, "/api/iot/firmware", &auth)
             .send()
             .await
             .unwrap();
@@ -184,11 +147,11 @@ async fn a_cached_image_is_served_from_memory_with_every_header_and_no_store_req
         // Even with the store down.
         app.faults.inject(Fault::always(Operation::Get));
         app.faults.inject(Fault::always(Operation::Head));
-        let r = device_get(&app, &auth, &[("range", "bytes=0-3")]).await;
+        let r = app.iot_firmware(&auth, &[("range", "bytes=0-3")]).await;
         assert_eq!(r.status().as_u16(), 206);
         app.faults.heal();
 
-        let metrics = app.get("/metrics").await.text().await.unwrap();
+        let metrics = app.metrics().await;
         for name in [
             "firmware_cache_hits_total",
             "firmware_cache_misses_total",
@@ -198,26 +161,23 @@ async fn a_cached_image_is_served_from_memory_with_every_header_and_no_store_req
         ] {
             assert!(metrics.contains(name), "{name} missing from /metrics");
         }
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_ranged_miss_reads_only_its_range_and_the_image_is_read_whole_once() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "cache_ranged_miss").await else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
+    for_each_stack("cache_ranged_miss", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
         let build = Build::new("1.0.0", "ranged");
-        upload_ok(&app, model, CODE, &build).await;
-        let device = create_device(&app, model, "{}").await;
-        let auth = device_auth(&device);
+        upload_ok(app, model, CODE, &build).await;
+        let device = device_of(app, model).await;
+        let auth = device.credential.clone();
         let sha = sha256_hex(&build.bin);
         let key = format!("firmware/{CODE}/1.0.0/firmware.bin");
         let before = app.faults.gets().len();
 
-        let r = device_get(&app, &auth, &[("range", "bytes=0-23")]).await;
+        let r = app.iot_firmware(&auth, &[("range", "bytes=0-23")]).await;
         assert_eq!(r.status().as_u16(), 206);
         assert_eq!(r.bytes().await.unwrap().as_ref(), &build.bin[..24]);
         // The fill runs on its own; wait for it (this is not a timing assertion: it only needs to
@@ -228,12 +188,12 @@ async fn a_ranged_miss_reads_only_its_range_and_the_image_is_read_whole_once() {
         let reads: Vec<_> = app.faults.gets()[before..].to_vec();
         assert_eq!(reads.len(), 2, "{reads:?}");
         assert!(reads.contains(&(key.clone(), Some(ByteRange::Bounded { start: 0, end: 24 }))));
-        assert_eq!(whole_reads(&app, &key), 1, "{reads:?}");
+        assert_eq!(whole_reads(app, &key), 1, "{reads:?}");
 
         let size = build.bin.len();
         for start in [100, size / 2, size - 100] {
             let range = format!("bytes={start}-{}", start + 99);
-            let r = device_get(&app, &auth, &[("range", range.as_str())]).await;
+            let r = app.iot_firmware(&auth, &[("range", range.as_str())]).await;
             assert_eq!(r.status().as_u16(), 206);
             assert_eq!(
                 r.bytes().await.unwrap().as_ref(),
@@ -245,60 +205,52 @@ async fn a_ranged_miss_reads_only_its_range_and_the_image_is_read_whole_once() {
             before + 2,
             "later ranges come from memory"
         );
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_version_deleted_and_uploaded_again_with_other_content_is_never_served_stale() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "cache_reupload").await else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
+    for_each_stack("cache_reupload", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
         let first = Build::new("1.0.0", "first");
         let second = Build::new("2.0.0", "second");
         let again = Build::new("1.0.0", "uploaded again");
         assert_ne!(first.bin, again.bin);
-        let device = create_device(&app, model, "{}").await;
-        let auth = device_auth(&device);
+        let device = device_of(app, model).await;
+        let auth = device.credential.clone();
 
-        upload_ok(&app, model, CODE, &first).await;
-        let r = device_get(&app, &auth, &[]).await;
+        upload_ok(app, model, CODE, &first).await;
+        let r = app.iot_firmware(&auth, &[]).await;
         assert_eq!(r.bytes().await.unwrap().as_ref(), first.bin.as_slice());
         assert!(app.state.caches.firmware.contains(&sha256_hex(&first.bin)));
 
         // After each change made through this process, devices see it at once (no waiting).
-        upload_ok(&app, model, CODE, &second).await;
-        let r = device_get(&app, &auth, &[]).await;
+        upload_ok(app, model, CODE, &second).await;
+        let r = app.iot_firmware(&auth, &[]).await;
         assert_eq!(r.bytes().await.unwrap().as_ref(), second.bin.as_slice());
-        assert_eq!(
-            delete(&app, &format!("/api/device-models/{model}/firmware/1.0.0")).await,
-            204
-        );
-        let r = device_get(&app, &auth, &[]).await;
+        assert_eq!(app.delete_firmware_version(model, "1.0.0").await.0, 204);
+        let r = app.iot_firmware(&auth, &[]).await;
         assert_eq!(r.bytes().await.unwrap().as_ref(), second.bin.as_slice());
-        upload_ok(&app, model, CODE, &again).await;
+        upload_ok(app, model, CODE, &again).await;
 
         assert_eq!(
-            device_version(&app, &auth).await.1,
+            app.iot_firmware_version(&auth).await.1,
             json!({"firmware_version": "1.0.0"})
         );
         let etag = format!("\"{}\"", sha256_hex(&again.bin));
-        let r = device_get(&app, &auth, &[]).await;
+        let r = app.iot_firmware(&auth, &[]).await;
         assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
         assert_eq!(r.bytes().await.unwrap().as_ref(), again.bin.as_slice());
-        let r = device_get(&app, &auth, &[("range", "bytes=0-99")]).await;
+        let r = app.iot_firmware(&auth, &[("range", "bytes=0-99")]).await;
         assert_eq!(r.bytes().await.unwrap().as_ref(), &again.bin[..100]);
         let r = app
-            .get(&format!(
-                "/api/device-models/{model}/firmware/1.0.0/firmware.bin"
-            ))
+            .download_firmware_artifact(model, "1.0.0", "firmware.bin", &[])
             .await;
         assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
         assert_eq!(r.bytes().await.unwrap().as_ref(), again.bin.as_slice());
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -316,29 +268,26 @@ async fn another_process_serves_consistent_bytes_and_the_new_image_within_the_tt
     let first = Build::new("1.0.0", "first");
     let second = Build::new("2.0.0", "second");
     let again = Build::new("1.0.0", "uploaded again");
-    let device = create_device(&a, model, "{}").await;
-    let auth = device_auth(&device);
+    let device = device_of(&a, model).await;
+    let auth = device.credential.clone();
     upload_ok(&a, model, CODE, &first).await;
-    let r = device_get(&a, &auth, &[]).await;
+    let r = a.iot_firmware(&auth, &[]).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), first.bin.as_slice());
 
     // Process B replaces 1.0.0 while A holds its image and lookups.
     upload_ok(&b, model, CODE, &second).await;
-    assert_eq!(
-        delete(&b, &format!("/api/device-models/{model}/firmware/1.0.0")).await,
-        204
-    );
+    assert_eq!(b.delete_firmware_version(model, "1.0.0").await.0, 204);
     upload_ok(&b, model, CODE, &again).await;
 
     // Within the TTL A may still answer with the old image, but bytes and ETag always agree.
-    let r = device_get(&a, &auth, &[]).await;
+    let r = a.iot_firmware(&auth, &[]).await;
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let bytes = r.bytes().await.unwrap();
     assert_eq!(etag, format!("\"{}\"", sha256_hex(&bytes)));
     assert!(bytes.as_ref() == first.bin.as_slice() || bytes.as_ref() == again.bin.as_slice());
 
     tokio::time::sleep(PAST_TTL).await;
-    let r = device_get(&a, &auth, &[]).await;
+    let r = a.iot_firmware(&auth, &[]).await;
     assert_eq!(
         r.headers()["etag"].to_str().unwrap(),
         format!("\"{}\"", sha256_hex(&again.bin))
@@ -350,106 +299,81 @@ async fn another_process_serves_consistent_bytes_and_the_new_image_within_the_tt
 
 #[tokio::test]
 async fn the_byte_budget_is_respected_and_larger_images_are_streamed() {
-    for stack in ALL_STACKS {
-        let one = Build::new("1.0.0", "a");
-        let two = Build::new("2.0.0", "bb");
-        // Room for one image, not two.
-        let budget = one.bin.len().max(two.bin.len()) + one.bin.len() / 2;
-        let Some(app) = spawn_app_with(
-            stack,
-            "cache_budget",
-            &[("FIRMWARE_CACHE_BYTES", &budget.to_string())],
-            BuildOptions::default(),
-        )
-        .await
-        else {
-            continue;
-        };
-        let cache = app.state.caches.firmware.clone();
-        let model = create_model(&app, CODE, None).await;
-        let device = create_device(&app, model, "{}").await;
-        let auth = device_auth(&device);
-        upload_ok(&app, model, CODE, &one).await;
-        let r = device_get(&app, &auth, &[]).await;
-        assert_eq!(r.bytes().await.unwrap().as_ref(), one.bin.as_slice());
-        assert_eq!(cache.usage(), (1, one.bin.len() as u64));
-
-        upload_ok(&app, model, CODE, &two).await;
-        let r = device_get(&app, &auth, &[]).await;
-        assert_eq!(r.bytes().await.unwrap().as_ref(), two.bin.as_slice());
-        assert_eq!(
-            cache.usage(),
-            (1, two.bin.len() as u64),
-            "the older image made room"
-        );
-        assert!(!cache.contains(&sha256_hex(&one.bin)));
-        assert!(cache.usage().1 <= budget as u64);
-        app.stop().await;
-
-        // A budget smaller than the image: it is streamed every time, never cached.
-        let Some(app) = spawn_app_with(
-            stack,
-            "cache_too_large",
-            &[("FIRMWARE_CACHE_BYTES", &(one.bin.len() - 1).to_string())],
-            BuildOptions::default(),
-        )
-        .await
-        else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
-        let device = create_device(&app, model, "{}").await;
-        let auth = device_auth(&device);
-        upload_ok(&app, model, CODE, &one).await;
-        let key = format!("firmware/{CODE}/1.0.0/firmware.bin");
-        for _ in 0..2 {
-            let r = device_get(&app, &auth, &[]).await;
-            assert_eq!(r.status().as_u16(), 200);
+    let one = Build::new("1.0.0", "a");
+    let two = Build::new("2.0.0", "bb");
+    // Room for one image, not two.
+    let budget = one.bin.len().max(two.bin.len()) + one.bin.len() / 2;
+    TestApp::builder("cache_budget")
+        .env("FIRMWARE_CACHE_BYTES", &budget.to_string())
+        .for_each_stack(async |app| {
+            let cache = app.state.caches.firmware.clone();
+            let model = create_model(app, CODE, None).await;
+            let device = device_of(app, model).await;
+            upload_ok(app, model, CODE, &one).await;
+            let r = app.iot_firmware(&device.credential, &[]).await;
             assert_eq!(r.bytes().await.unwrap().as_ref(), one.bin.as_slice());
-        }
-        assert_eq!(whole_reads(&app, &key), 2, "each download read the store");
-        assert_eq!(app.state.caches.firmware.usage(), (0, 0));
-        app.stop().await;
-    }
+            assert_eq!(cache.usage(), (1, one.bin.len() as u64));
+
+            upload_ok(app, model, CODE, &two).await;
+            let r = app.iot_firmware(&device.credential, &[]).await;
+            assert_eq!(r.bytes().await.unwrap().as_ref(), two.bin.as_slice());
+            assert_eq!(
+                cache.usage(),
+                (1, two.bin.len() as u64),
+                "the older image made room"
+            );
+            assert!(!cache.contains(&sha256_hex(&one.bin)));
+            assert!(cache.usage().1 <= budget as u64);
+        })
+        .await;
+
+    // A budget smaller than the image: it is streamed every time, never cached.
+    TestApp::builder("cache_too_large")
+        .env("FIRMWARE_CACHE_BYTES", &(one.bin.len() - 1).to_string())
+        .for_each_stack(async |app| {
+            let model = create_model(app, CODE, None).await;
+            let device = device_of(app, model).await;
+            upload_ok(app, model, CODE, &one).await;
+            let key = format!("firmware/{CODE}/1.0.0/firmware.bin");
+            for _ in 0..2 {
+                let r = app.iot_firmware(&device.credential, &[]).await;
+                assert_eq!(r.status().as_u16(), 200);
+                assert_eq!(r.bytes().await.unwrap().as_ref(), one.bin.as_slice());
+            }
+            assert_eq!(whole_reads(app, &key), 2, "each download read the store");
+            assert_eq!(app.state.caches.firmware.usage(), (0, 0));
+        })
+        .await;
 }
 
-async fn replace_secret(app: &TestApp, device_id: i64) -> String {
-    let r = app
-        .client
-        .post(app.url(&format!("/api/devices/{device_id}/secret")))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = response_json(r).await;
+/// Replaces the device's secret through `app`; returns the new credential.
+async fn replace_secret(app: &TestApp, device: &TestDevice) -> String {
+    let (status, body) = app.replace_device_secret(device.id).await;
     assert_eq!(status, 200, "{body}");
-    device_auth(&body)
+    format!("{}.{}", device.key, body["device_secret"].as_str().unwrap())
 }
 
 #[tokio::test]
 async fn a_replaced_secret_or_deleted_device_is_refused_at_once_by_the_process_that_changed_it() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "cache_credentials").await else {
-            continue;
-        };
-        let model = create_model(&app, CODE, None).await;
-        let device = create_device(&app, model, "{}").await;
-        let id = device["id"].as_i64().unwrap();
-        let old = device_auth(&device);
-        assert_eq!(device_version(&app, &old).await.0, 200);
+    for_each_stack("cache_credentials", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let device = device_of(app, model).await;
+        let old = device.credential.clone();
+        assert_eq!(app.iot_firmware_version(&old).await.0, 200);
         assert_eq!(
-            device_version(&app, &old).await.0,
+            app.iot_firmware_version(&old).await.0,
             200,
             "now from the cache"
         );
 
-        let new = replace_secret(&app, id).await;
-        assert_eq!(device_version(&app, &old).await.0, 401);
-        assert_eq!(device_version(&app, &new).await.0, 200);
+        let new = replace_secret(app, &device).await;
+        assert_eq!(app.iot_firmware_version(&old).await.0, 401);
+        assert_eq!(app.iot_firmware_version(&new).await.0, 200);
 
-        assert_eq!(delete(&app, &format!("/api/devices/{id}")).await, 204);
-        assert_eq!(device_version(&app, &new).await.0, 401);
-        app.stop().await;
-    }
+        assert_eq!(app.delete_device(device.id).await.0, 204);
+        assert_eq!(app.iot_firmware_version(&new).await.0, 401);
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -464,20 +388,19 @@ async fn another_process_refuses_a_replaced_secret_or_deleted_device_within_the_
         return;
     };
     let model = create_model(&a, CODE, None).await;
-    let device = create_device(&a, model, "{}").await;
-    let id = device["id"].as_i64().unwrap();
-    let old = device_auth(&device);
-    assert_eq!(device_version(&a, &old).await.0, 200);
+    let device = device_of(&a, model).await;
+    let old = device.credential.clone();
+    assert_eq!(a.iot_firmware_version(&old).await.0, 200);
 
-    let new = replace_secret(&b, id).await;
-    assert_eq!(device_version(&b, &old).await.0, 401);
+    let new = replace_secret(&b, &device).await;
+    assert_eq!(b.iot_firmware_version(&old).await.0, 401);
     tokio::time::sleep(PAST_TTL).await;
-    assert_eq!(device_version(&a, &old).await.0, 401);
-    assert_eq!(device_version(&a, &new).await.0, 200);
+    assert_eq!(a.iot_firmware_version(&old).await.0, 401);
+    assert_eq!(a.iot_firmware_version(&new).await.0, 200);
 
-    assert_eq!(delete(&b, &format!("/api/devices/{id}")).await, 204);
+    assert_eq!(b.delete_device(device.id).await.0, 204);
     tokio::time::sleep(PAST_TTL).await;
-    assert_eq!(device_version(&a, &new).await.0, 401);
+    assert_eq!(a.iot_firmware_version(&new).await.0, 401);
     a.stop().await;
     b.stop().await;
 }
@@ -494,12 +417,12 @@ async fn with_the_lookup_cache_off_every_request_asks_the_database() {
         return;
     };
     let model = create_model(&a, CODE, None).await;
-    let device = create_device(&a, model, "{}").await;
-    let old = device_auth(&device);
-    assert_eq!(device_version(&a, &old).await.0, 200);
-    let new = replace_secret(&b, device["id"].as_i64().unwrap()).await;
-    assert_eq!(device_version(&a, &old).await.0, 401);
-    assert_eq!(device_version(&a, &new).await.0, 200);
+    let device = device_of(&a, model).await;
+    let old = device.credential.clone();
+    assert_eq!(a.iot_firmware_version(&old).await.0, 200);
+    let new = replace_secret(&b, &device).await;
+    assert_eq!(a.iot_firmware_version(&old).await.0, 401);
+    assert_eq!(a.iot_firmware_version(&new).await.0, 200);
     assert!(a.state.caches.device_credentials.is_empty());
     a.stop().await;
     b.stop().await;

@@ -187,15 +187,7 @@ pub async fn response_json(r: reqwest::Response) -> (u16, Value) {
 
 /// Uploads `body` as the raw request body.
 pub async fn upload(app: &TestApp, model_id: i64, body: Vec<u8>) -> (u16, Value) {
-    let r = app
-        .client
-        .post(app.url(&format!("/api/device-models/{model_id}/firmware")))
-        .header("content-type", "application/zip")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    response_json(r).await
+    app.upload_firmware(model_id, body).await
 }
 
 /// A `multipart/form-data` body with the parts given (name, file content).
@@ -211,17 +203,10 @@ pub fn multipart_body(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// Uploads `zip` as the `file` part of a form, as browsers and `curl -F` do.
 pub async fn upload_multipart(app: &TestApp, model_id: i64, zip: &[u8]) -> (u16, Value) {
     let (content_type, body) = multipart_body(&[("comment", b"from CI"), ("file", zip)]);
-    let r = app
-        .client
-        .post(app.url(&format!("/api/device-models/{model_id}/firmware")))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    response_json(r).await
+    app.upload_firmware_as(model_id, &content_type, body).await
 }
 
 /// Uploads a build and asserts success.
@@ -231,6 +216,24 @@ pub async fn upload_ok(app: &TestApp, model_id: i64, code: &str, build: &Build) 
     assert_eq!(body["firmware_version"], build.version.as_str(), "{body}");
 }
 
+/// The stored versions of a model as the API lists them (newest upload first); must answer 200.
+pub async fn versions(app: &TestApp, model_id: i64) -> Value {
+    let (status, body) = app.firmware_versions(model_id).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The version names of a `versions` answer, in its order.
+pub fn version_names(list: &Value) -> Vec<String> {
+    list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The model's current version, from its row.
 pub async fn current_version(app: &TestApp, model_id: i64) -> Option<String> {
     iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
         "SELECT firmware_version FROM device_models WHERE id = $1"

@@ -1,4 +1,6 @@
-//! Device models and devices through the admin API, and a device reading its own config.
+//! Device models and devices through the admin API, and a device reading its own config. The
+//! setup helpers here (`create_model`, `create_device`, `device_of`, `model_with_device`) are what
+//! every other test file builds its fleet with.
 
 use std::time::Duration;
 
@@ -6,46 +8,37 @@ use bytes::Bytes;
 use iotsupport::storage::ObjectKey;
 use serde_json::{json, Value};
 
+pub use crate::client::TestDevice;
 use crate::helpers::*;
 
 const SCHEMA: &str = r#"{"type": "object", "required": ["deviceName"], "properties": {"deviceName": {"type": "string"}}}"#;
 
-async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    call(app, http::Method::POST, path, Some(body)).await
-}
-
-async fn put(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    call(app, http::Method::PUT, path, Some(body)).await
-}
-
-async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
-    call(app, http::Method::GET, path, None).await
-}
-
-async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
-    call(app, http::Method::DELETE, path, None).await
-}
-
+/// Creates model `code` (named "Model {code}") and returns its id.
 pub async fn create_model(app: &TestApp, code: &str, schema: Option<&str>) -> i64 {
-    let (status, body) = post(
-        app,
-        "/api/device-models",
-        json!({"code": code, "name": format!("Model {code}"), "config_schema": schema}),
-    )
-    .await;
+    let (status, body) = app
+        .create_model(code, &format!("Model {code}"), schema)
+        .await;
     assert_eq!(status, 201, "{body}");
     body["id"].as_i64().unwrap()
 }
 
+/// Creates a device of model `model_id` with `config` and returns the answer (which holds the
+/// secret, shown only here).
 pub async fn create_device(app: &TestApp, model_id: i64, config: &str) -> Value {
-    let (status, body) = post(
-        app,
-        "/api/devices",
-        json!({"device_model_id": model_id, "config": config}),
-    )
-    .await;
+    let (status, body) = app.create_device(model_id, config).await;
     assert_eq!(status, 201, "{body}");
     body
+}
+
+/// A new device of model `model_id` (config `{}`).
+pub async fn device_of(app: &TestApp, model_id: i64) -> TestDevice {
+    TestDevice::from_created(&create_device(app, model_id, "{}").await)
+}
+
+/// A model `code` with one device.
+pub async fn model_with_device(app: &TestApp, code: &str) -> TestDevice {
+    let model_id = create_model(app, code, None).await;
+    device_of(app, model_id).await
 }
 
 async fn table_count(app: &TestApp, table: &str) -> i64 {
@@ -55,16 +48,10 @@ async fn table_count(app: &TestApp, table: &str) -> i64 {
 
 #[tokio::test]
 async fn device_models_are_created_listed_updated_and_deleted() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "models_crud").await else {
-            continue;
-        };
-        let (status, body) = post(
-            &app,
-            "/api/device-models",
-            json!({"code": "tempsensor", "name": "Temperature", "config_schema": SCHEMA}),
-        )
-        .await;
+    for_each_stack("models_crud", &[], async |app| {
+        let (status, body) = app
+            .create_model("tempsensor", "Temperature", Some(SCHEMA))
+            .await;
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["code"], "tempsensor");
         assert_eq!(body["has_config_schema"], true);
@@ -76,9 +63,9 @@ async fn device_models_are_created_listed_updated_and_deleted() {
             "{body}"
         );
         let id = body["id"].as_i64().unwrap();
-        create_model(&app, "a_first", None).await;
+        create_model(app, "a_first", None).await;
 
-        let (_, list) = get_json(&app, "/api/device-models").await;
+        let (_, list) = app.list_models().await;
         assert_eq!(list["count"], 2);
         let codes: Vec<&str> = list["device_models"]
             .as_array()
@@ -89,38 +76,27 @@ async fn device_models_are_created_listed_updated_and_deleted() {
         assert_eq!(codes, ["a_first", "tempsensor"], "ordered by code");
         assert_eq!(list["device_models"][0]["has_config_schema"], false);
 
-        let (status, body) = put(
-            &app,
-            &format!("/api/device-models/{id}"),
-            json!({"name": "Temp v2", "config_schema": null}),
-        )
-        .await;
+        let (status, body) = app
+            .update_model(id, json!({"name": "Temp v2", "config_schema": null}))
+            .await;
         assert_eq!(status, 200);
         assert_eq!(body["name"], "Temp v2");
         assert_eq!(
             body["has_config_schema"], true,
             "null leaves the schema alone"
         );
-        let (_, body) = put(
-            &app,
-            &format!("/api/device-models/{id}"),
-            json!({"config_schema": ""}),
-        )
-        .await;
+        let (_, body) = app.update_model(id, json!({"config_schema": ""})).await;
         assert_eq!(body["has_config_schema"], false, "empty string clears it");
         assert_eq!(body["config_schema"], Value::Null);
         assert_eq!(body["code"], "tempsensor");
 
-        assert_eq!(
-            delete(&app, &format!("/api/device-models/{id}")).await.0,
-            204
-        );
-        let (status, body) = get_json(&app, &format!("/api/device-models/{id}")).await;
+        assert_eq!(app.delete_model(id).await.0, 204);
+        let (status, body) = app.get_model(id).await;
         assert_eq!(status, 404);
         assert_eq!(body["error"], format!("DeviceModel {id} was not found"));
         assert_eq!(body["code"], "RECORD_NOT_FOUND");
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -146,7 +122,7 @@ async fn bad_model_input_is_a_400_that_writes_nothing() {
         ),
         (json!({"name": "x"}), "Invalid JSON body"),
     ] {
-        let (status, response) = post(&app, "/api/device-models", body.clone()).await;
+        let (status, response) = app.post_model(body.clone()).await;
         assert_eq!(status, 400, "{body}: {response}");
         assert_eq!(response["code"], "VALIDATION_FAILED");
         assert!(
@@ -169,43 +145,31 @@ async fn bad_model_input_is_a_400_that_writes_nothing() {
 
 #[tokio::test]
 async fn concurrent_creates_of_one_code_yield_exactly_one_model() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "models_race").await else {
-            continue;
-        };
-        let requests = (0..8).map(|_| {
-            post(
-                &app,
-                "/api/device-models",
-                json!({"code": "tempsensor", "name": "T"}),
-            )
-        });
+    for_each_stack("models_race", &[], async |app| {
+        let requests = (0..8).map(|_| app.create_model("tempsensor", "T", None));
         let results = futures::future::join_all(requests).await;
         let created = results.iter().filter(|(s, _)| *s == 201).count();
-        assert_eq!(created, 1, "{stack:?}: {results:?}");
+        assert_eq!(created, 1, "{results:?}");
         for (status, body) in results.iter().filter(|(s, _)| *s != 201) {
             assert_eq!(*status, 409, "{body}");
             assert_eq!(body["error"], "DeviceModel for tempsensor already exists");
             assert_eq!(body["code"], "RECORD_EXISTS");
         }
-        assert_eq!(table_count(&app, "device_models").await, 1);
-        app.stop().await;
-    }
+        assert_eq!(table_count(app, "device_models").await, 1);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_model_with_devices_cannot_be_deleted_and_a_deleted_model_takes_its_firmware_objects() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "models_delete").await else {
-            continue;
-        };
-        let model_id = create_model(&app, "sensor", None).await;
-        let device = create_device(&app, model_id, "{}").await;
-        let (status, body) = delete(&app, &format!("/api/device-models/{model_id}")).await;
+    for_each_stack("models_delete", &[], async |app| {
+        let model_id = create_model(app, "sensor", None).await;
+        let device = device_of(app, model_id).await;
+        let (status, body) = app.delete_model(model_id).await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["code"], "CONFLICT");
         assert!(body["error"].as_str().unwrap().contains("sensor"), "{body}");
-        assert_eq!(table_count(&app, "device_models").await, 1);
+        assert_eq!(table_count(app, "device_models").await, 1);
 
         // A stored firmware version with its five objects.
         let now = iotsupport::db::now();
@@ -220,19 +184,9 @@ async fn a_model_with_devices_cannot_be_deleted_and_a_deleted_model_takes_its_fi
                 .unwrap();
         }
 
-        assert_eq!(
-            delete(&app, &format!("/api/devices/{}", device["id"]))
-                .await
-                .0,
-            204
-        );
-        assert_eq!(
-            delete(&app, &format!("/api/device-models/{model_id}"))
-                .await
-                .0,
-            204
-        );
-        assert_eq!(table_count(&app, "firmware_versions").await, 0);
+        assert_eq!(app.delete_device(device.id).await.0, 204);
+        assert_eq!(app.delete_model(model_id).await.0, 204);
+        assert_eq!(table_count(app, "firmware_versions").await, 0);
         let gone = eventually(Duration::from_secs(10), || async {
             for k in &keys {
                 if app.state.storage.head(k).await.is_ok() {
@@ -242,21 +196,18 @@ async fn a_model_with_devices_cannot_be_deleted_and_a_deleted_model_takes_its_fi
             true
         })
         .await;
-        assert!(gone, "{stack:?}: firmware objects left behind");
-        app.stop().await;
-    }
+        assert!(gone, "firmware objects left behind");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn devices_get_a_random_key_and_a_secret_shown_once() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "devices_create").await else {
-            continue;
-        };
-        let model_id = create_model(&app, "sensor", Some(SCHEMA)).await;
+    for_each_stack("devices_create", &[], async |app| {
+        let model_id = create_model(app, "sensor", Some(SCHEMA)).await;
         let config =
             r#"{"deviceName": "Kitchen", "deviceEntityId": "sensor.kitchen", "enableOTA": true}"#;
-        let device = create_device(&app, model_id, config).await;
+        let device = create_device(app, model_id, config).await;
         let key = device["key"].as_str().unwrap();
         assert_eq!(key.len(), 8);
         assert!(
@@ -274,7 +225,7 @@ async fn devices_get_a_random_key_and_a_secret_shown_once() {
         assert!(secret.len() >= 40);
 
         let id = device["id"].as_i64().unwrap();
-        let (_, fetched) = get_json(&app, &format!("/api/devices/{id}")).await;
+        let (_, fetched) = app.get_device(id).await;
         assert!(
             fetched.get("device_secret").is_none(),
             "secret shown again: {fetched}"
@@ -282,41 +233,23 @@ async fn devices_get_a_random_key_and_a_secret_shown_once() {
         assert_eq!(fetched["key"], key);
 
         // The device reads its config verbatim with its credential.
-        let response = app
-            .client
-            .get(app.url("/api/iot/config"))
-            .bearer_auth(format!("{key}.{secret}"))
-            .send()
-            .await
-            .unwrap();
+        let response = app.iot_config(&format!("{key}.{secret}")).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["cache-control"], "no-cache");
         assert_eq!(response.text().await.unwrap(), config);
 
         // A new secret replaces the old one at once.
-        let (status, rotated) = post(&app, &format!("/api/devices/{id}/secret"), json!({})).await;
+        let (status, rotated) = app.replace_device_secret(id).await;
         assert_eq!(status, 200);
         let new_secret = rotated["device_secret"].as_str().unwrap();
         assert_ne!(new_secret, secret);
-        let old = app
-            .client
-            .get(app.url("/api/iot/config"))
-            .bearer_auth(format!("{key}.{secret}"))
-            .send()
-            .await
-            .unwrap();
+        let old = app.iot_config(&format!("{key}.{secret}")).await;
         assert_eq!(old.status(), 401);
-        let new = app
-            .client
-            .get(app.url("/api/iot/config"))
-            .bearer_auth(format!("{key}.{new_secret}"))
-            .send()
-            .await
-            .unwrap();
+        let new = app.iot_config(&format!("{key}.{new_secret}")).await;
         assert_eq!(new.status(), 200);
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -325,23 +258,13 @@ async fn device_configs_must_satisfy_the_models_schema() {
         return;
     };
     let model_id = create_model(&app, "sensor", Some(SCHEMA)).await;
-    let (status, body) = post(
-        &app,
-        "/api/devices",
-        json!({"device_model_id": model_id, "config": "{\"other\": 1}"}),
-    )
-    .await;
+    let (status, body) = app.create_device(model_id, "{\"other\": 1}").await;
     assert_eq!(status, 400);
     assert_eq!(
         body["error"],
         "Config validation failed: 'deviceName' is a required property"
     );
-    let (status, body) = post(
-        &app,
-        "/api/devices",
-        json!({"device_model_id": model_id, "config": "{not json"}),
-    )
-    .await;
+    let (status, body) = app.create_device(model_id, "{not json").await;
     assert_eq!(status, 400);
     assert!(
         body["error"]
@@ -350,12 +273,7 @@ async fn device_configs_must_satisfy_the_models_schema() {
             .starts_with("config must be valid JSON"),
         "{body}"
     );
-    let (status, body) = post(
-        &app,
-        "/api/devices",
-        json!({"device_model_id": 9999, "config": "{}"}),
-    )
-    .await;
+    let (status, body) = app.create_device(9999, "{}").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "DeviceModel 9999 was not found");
     assert_eq!(
@@ -366,19 +284,19 @@ async fn device_configs_must_satisfy_the_models_schema() {
 
     let device = create_device(&app, model_id, r#"{"deviceName": "A"}"#).await;
     let id = device["id"].as_i64().unwrap();
-    let (status, body) = put(&app, &format!("/api/devices/{id}"), json!({"config": "{}"})).await;
+    let (status, body) = app.update_device(id, json!({"config": "{}"})).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = put(
-        &app,
-        &format!("/api/devices/{id}"),
-        json!({"config": r#"{"deviceName": "B", "enableOTA": false}"#, "active": false}),
-    )
-    .await;
+    let (status, body) = app
+        .update_device(
+            id,
+            json!({"config": r#"{"deviceName": "B", "enableOTA": false}"#, "active": false}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["device_name"], "B");
     assert_eq!(body["enable_ota"], false);
     assert_eq!(body["active"], false);
-    let (status, body) = put(&app, "/api/devices/9999", json!({"active": true})).await;
+    let (status, body) = app.update_device(9999, json!({"active": true})).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "Device 9999 was not found");
     app.stop().await;
@@ -395,7 +313,7 @@ async fn devices_are_listed_by_key_and_filtered_by_model() {
         create_device(&app, a, "{}").await;
     }
     create_device(&app, b, "{}").await;
-    let (_, all) = get_json(&app, "/api/devices").await;
+    let (_, all) = app.list_devices().await;
     assert_eq!(all["count"], 4);
     let keys: Vec<&str> = all["devices"]
         .as_array()
@@ -407,54 +325,46 @@ async fn devices_are_listed_by_key_and_filtered_by_model() {
     sorted.sort();
     assert_eq!(keys, sorted);
     assert!(all["devices"][0].get("last_coredump_at").is_some());
-    let (_, only_b) = get_json(&app, &format!("/api/devices?model_id={b}")).await;
+    let (_, only_b) = app.list_devices_of_model(b).await;
     assert_eq!(only_b["count"], 1);
     assert_eq!(only_b["devices"][0]["device_model_id"], b);
-    let (_, models) = get_json(&app, "/api/device-models").await;
+    let (_, models) = app.list_models().await;
     assert_eq!(models["device_models"][0]["device_count"], 3);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn deleting_a_device_deletes_its_dump_objects_through_the_outbox() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "devices_delete").await else {
-            continue;
-        };
-        let model_id = create_model(&app, "sensor", None).await;
-        let device = create_device(&app, model_id, "{}").await;
-        let (id, key) = (
-            device["id"].as_i64().unwrap(),
-            device["key"].as_str().unwrap().to_string(),
-        );
+    for_each_stack("devices_delete", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
         let now = iotsupport::db::now();
         let dump_id: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
             "INSERT INTO coredumps (device_id, chip, firmware_version, size, uploaded_at, created_at, updated_at)
              VALUES ($1, 'esp32', '1.0.0', 4, $2, $2, $2) RETURNING id")
-            .bind(id).bind(now).fetch_one(p).await).unwrap();
-        let object = iotsupport::layout::coredump_key(&key, dump_id).unwrap();
+            .bind(device.id).bind(now).fetch_one(p).await).unwrap();
+        let object = iotsupport::layout::coredump_key(&device.key, dump_id).unwrap();
         app.state
             .storage
             .put(&object, Bytes::from_static(b"dump"))
             .await
             .unwrap();
 
-        let (_, listed) = get_json(&app, "/api/devices").await;
+        let (_, listed) = app.list_devices().await;
         assert!(
             listed["devices"][0]["last_coredump_at"].is_string(),
             "{listed}"
         );
 
-        assert_eq!(delete(&app, &format!("/api/devices/{id}")).await.0, 204);
-        assert_eq!(table_count(&app, "coredumps").await, 0);
+        assert_eq!(app.delete_device(device.id).await.0, 204);
+        assert_eq!(table_count(app, "coredumps").await, 0);
         let gone = eventually(Duration::from_secs(10), || async {
             app.state.storage.head(&object).await.is_err()
         })
         .await;
-        assert!(gone, "{stack:?}: dump object left behind");
-        assert_eq!(delete(&app, &format!("/api/devices/{id}")).await.0, 404);
-        app.stop().await;
-    }
+        assert!(gone, "dump object left behind");
+        assert_eq!(app.delete_device(device.id).await.0, 404);
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -483,41 +393,18 @@ async fn admin_routes_need_the_admin_token_and_devices_cannot_use_them() {
     let model_id = response.json::<Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
-    let device: Value = app
-        .client
-        .post(app.url("/api/devices"))
-        .bearer_auth(token)
-        .json(&json!({"device_model_id": model_id, "config": "{}"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let device_credential = format!(
-        "{}.{}",
-        device["key"].as_str().unwrap(),
-        device["device_secret"].as_str().unwrap()
-    );
+    // The endpoint methods send the app's admin token.
+    let device = device_of(&app, model_id).await;
     assert_eq!(
         app.client
             .get(app.url("/api/devices"))
-            .bearer_auth(&device_credential)
+            .bearer_auth(&device.credential)
             .send()
             .await
             .unwrap()
             .status(),
         401
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/api/iot/config"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(app.iot_config(token).await.status(), 401);
     app.stop().await;
 }

@@ -10,48 +10,36 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn readyz_is_ok_on_both_stacks() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "readyz_is_ok_on_both_stacks").await else {
-            continue;
-        };
-        let response = app.get("/health/readyz").await;
-        assert_eq!(response.status(), 200, "{stack:?}");
-        assert_eq!(response.json::<Value>().await.unwrap()["status"], "ready");
-        assert_eq!(app.get("/health/healthz").await.status(), 200);
-        app.stop().await;
-    }
+    for_each_stack("readyz_is_ok_on_both_stacks", &[], async |app| {
+        let (status, body) = app.readyz().await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "ready");
+        assert_eq!(app.healthz().await.0, 200);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn readyz_is_503_while_migrations_are_pending_and_200_after_migrate() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app_with(
-            stack,
-            "readyz_pending_migrations",
-            &[("MIGRATE_ON_START", "false")],
-            BuildOptions::default(),
-        )
-        .await
-        else {
-            continue;
-        };
-        let response = app.get("/health/readyz").await;
-        assert_eq!(response.status(), 503, "{stack:?}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
-        assert!(
-            body["details"]["database"]
-                .as_str()
-                .unwrap()
-                .contains("pending migration"),
-            "{body}"
-        );
-        assert_eq!(body["details"]["object_store"], "ok");
+    TestApp::builder("readyz_pending_migrations")
+        .env("MIGRATE_ON_START", "false")
+        .for_each_stack(async |app| {
+            let (status, body) = app.readyz().await;
+            assert_eq!(status, 503);
+            assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+            assert!(
+                body["details"]["database"]
+                    .as_str()
+                    .unwrap()
+                    .contains("pending migration"),
+                "{body}"
+            );
+            assert_eq!(body["details"]["object_store"], "ok");
 
-        iotsupport::db::migrate::run(app.db()).await.unwrap();
-        assert_eq!(app.get("/health/readyz").await.status(), 200);
-        app.stop().await;
-    }
+            iotsupport::db::migrate::run(app.db()).await.unwrap();
+            assert_eq!(app.readyz().await.0, 200);
+        })
+        .await;
 }
 
 struct Moto(Child);
@@ -109,12 +97,11 @@ async fn readyz_turns_503_when_the_s3_server_stops_and_200_when_it_returns() {
     )
     .await
     .unwrap();
-    assert_eq!(app.get("/health/readyz").await.status(), 200);
+    assert_eq!(app.readyz().await.0, 200);
 
     drop(server);
-    let response = app.get("/health/readyz").await;
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, 503);
     assert_eq!(body["details"]["database"], "ok", "{body}");
     assert_ne!(body["details"]["object_store"], "ok", "{body}");
 
@@ -128,7 +115,7 @@ async fn readyz_turns_503_when_the_s3_server_stops_and_200_when_it_returns() {
     iotsupport::storage::bucket::ensure_bucket(s3)
         .await
         .unwrap();
-    assert_eq!(app.get("/health/readyz").await.status(), 200);
+    assert_eq!(app.readyz().await.0, 200);
     app.stop().await;
 }
 
@@ -176,9 +163,9 @@ async fn metrics_count_requests_by_route_template_and_status() {
     let Some(app) = spawn_app(Stack::Embedded, "metrics").await else {
         return;
     };
-    app.get("/health/healthz").await;
+    app.healthz().await;
     app.get("/no/such/7").await;
-    let text = app.get("/metrics").await.text().await.unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/health/healthz",status="200"}"#),
         "{text}"
@@ -200,12 +187,7 @@ async fn the_openapi_document_and_its_page_are_served() {
     let Some(app) = spawn_app(Stack::Embedded, "openapi").await else {
         return;
     };
-    let doc: Value = app
-        .get("/api/docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in ["/health/healthz", "/health/readyz", "/metrics"] {
         assert!(doc["paths"][path].is_object(), "{path} missing");

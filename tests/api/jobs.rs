@@ -84,10 +84,7 @@ async fn age_heartbeats(db: &Db, by: Duration) {
 
 #[tokio::test]
 async fn a_job_is_invisible_to_workers_until_its_transaction_commits() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "job_after_commit").await else {
-            continue;
-        };
+    for_each_stack("job_after_commit", &[], async |app| {
         let db = app.db().clone();
         let handler = Recorder::new("probe", |_| JobOutcome::Completed);
         let runner = JobRunner::new(db.clone(), vec![handler.clone()], Duration::from_secs(30));
@@ -97,7 +94,7 @@ async fn a_job_is_invisible_to_workers_until_its_transaction_commits() {
             .await
             .unwrap();
         // On SQLite the open write transaction blocks the claim; on PostgreSQL it runs and sees no job.
-        if stack == Stack::Production {
+        if app.stack == Stack::Production {
             assert!(
                 runner.run_one().await.unwrap().is_none(),
                 "claimed before commit"
@@ -121,16 +118,13 @@ async fn a_job_is_invisible_to_workers_until_its_transaction_commits() {
             jobs::list(&db).await.unwrap().is_empty(),
             "completed jobs are deleted"
         );
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_job_claimed_by_a_worker_that_died_is_picked_up_again() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "job_takeover").await else {
-            continue;
-        };
+    for_each_stack("job_takeover", &[], async |app| {
         let db = app.db().clone();
         let lease = Duration::from_secs(30);
         let ids = enqueue_committed(&db, "probe", 1).await;
@@ -171,16 +165,13 @@ async fn a_job_claimed_by_a_worker_that_died_is_picked_up_again() {
         .await
         .unwrap();
         assert!(jobs::list(&db).await.unwrap().is_empty());
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_live_workers_heartbeat_keeps_its_claim() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "job_heartbeat").await else {
-            continue;
-        };
+    for_each_stack("job_heartbeat", &[], async |app| {
         let db = app.db().clone();
         // The job runs for more than two leases; only heartbeats keep it claimed. The lease is
         // generous (heartbeats every lease/3) so a loaded machine cannot make it look dead.
@@ -195,7 +186,7 @@ async fn a_live_workers_heartbeat_keeps_its_claim() {
             jobs::list(&db).await.unwrap()[0].status == "running"
         })
         .await;
-        assert!(claimed, "{stack:?}: the busy worker never claimed the job");
+        assert!(claimed, "the busy worker never claimed the job");
 
         let other = Recorder::new("probe", |_| JobOutcome::Completed);
         let thief = JobRunner::new(db.clone(), vec![other.clone()], lease);
@@ -203,23 +194,20 @@ async fn a_live_workers_heartbeat_keeps_its_claim() {
             tokio::time::sleep(Duration::from_millis(250)).await;
             assert!(
                 thief.run_one().await.unwrap().is_none(),
-                "{stack:?}: claim stolen from a live worker"
+                "claim stolen from a live worker"
             );
         }
         let (_, outcome) = work.await.unwrap().unwrap().unwrap();
         assert_eq!(outcome, JobOutcome::Completed);
         assert_eq!(slow.ran().len(), 1);
         assert!(other.ran().is_empty());
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn transient_failures_are_retried_later_and_permanent_ones_are_kept_as_failed() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "job_outcomes").await else {
-            continue;
-        };
+    for_each_stack("job_outcomes", &[], async |app| {
         let db = app.db().clone();
         let flaky = Recorder::new("flaky", |job| {
             if job.attempts < 3 {
@@ -268,16 +256,13 @@ async fn transient_failures_are_retried_later_and_permanent_ones_are_kept_as_fai
             rows.iter().all(|j| j.id != flaky_id),
             "completed job deleted"
         );
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn retries_stop_when_attempts_are_exhausted() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "job_exhausted").await else {
-            continue;
-        };
+    for_each_stack("job_exhausted", &[], async |app| {
         let db = app.db().clone();
         let always = Recorder::new("always", |_| JobOutcome::Retry {
             after: Duration::ZERO,
@@ -289,16 +274,13 @@ async fn retries_stop_when_attempts_are_exhausted() {
         assert_eq!(always.ran().len(), 3, "max_attempts is 3");
         let rows = jobs::list(&db).await.unwrap();
         assert_eq!(rows[0].status, "failed");
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn concurrent_workers_never_run_a_job_twice() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "job_concurrency").await else {
-            continue;
-        };
+    for_each_stack("job_concurrency", &[], async |app| {
         let db = app.db().clone();
         let ids = enqueue_committed(&db, "probe", 40).await;
         let handler = Recorder::new("probe", |_| JobOutcome::Completed);
@@ -314,9 +296,9 @@ async fn concurrent_workers_never_run_a_job_twice() {
         }
         let mut ran: Vec<i64> = handler.ran().into_iter().map(|(id, _)| id).collect();
         ran.sort();
-        assert_eq!(ran, ids, "{stack:?}: every job exactly once");
-        app.stop().await;
-    }
+        assert_eq!(ran, ids, "every job exactly once");
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -345,7 +327,7 @@ async fn queue_depth_and_the_oldest_jobs_age_are_exported() {
     };
     enqueue_committed(app.db(), "metrics_probe", 3).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let text = app.get("/metrics").await.text().await.unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("jobs_queued{kind=\"metrics_probe\"} 3"),
         "{text}"

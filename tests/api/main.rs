@@ -3,9 +3,12 @@
 
 mod auth;
 mod cli;
+mod client;
 mod connections;
+mod coredump_admin;
 mod coredump_parse;
 mod coredump_sidecar;
+mod coredump_upload;
 mod coredumps;
 mod credentials_support;
 mod device_flow;
@@ -16,6 +19,8 @@ mod esp_image_synth;
 mod events;
 mod firmware;
 mod firmware_cache;
+mod firmware_downloads;
+mod firmware_pipeline;
 mod firmware_support;
 mod firmware_versions;
 mod fleet;
@@ -25,15 +30,20 @@ mod helpers;
 mod issuer;
 mod jobs;
 mod legacy;
+mod legacy_adopt;
+mod legacy_migrate_to_s3;
 #[path = "../support/nvs_reader.rs"]
 mod nvs_reader;
 mod oidc_auth;
+mod openapi;
 mod outbox;
 mod parse_cli;
 mod provisioning;
 mod reconcile;
 mod reconcile_keys;
 mod rotation;
+#[path = "../support/rust_source.rs"]
+mod rust_source;
 mod storage;
 mod transactions;
 mod ui_compat;

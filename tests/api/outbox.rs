@@ -29,10 +29,7 @@ async fn make_due(app: &TestApp) {
 
 #[tokio::test]
 async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_time() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "outbox_retries").await else {
-            continue;
-        };
+    for_each_stack("outbox_retries", &[], async |app| {
         let keys = [
             key("coredumps/abcd2345/1.dmp"),
             key("coredumps/abcd2345/2.dmp"),
@@ -57,7 +54,7 @@ async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_ti
             pending.len() == 2 && pending.iter().all(|p| p.attempts >= 1)
         })
         .await;
-        assert!(failed, "{stack:?}: worker did not attempt the deletion");
+        assert!(failed, "worker did not attempt the deletion");
         let pending = outbox::pending(app.db()).await.unwrap();
         assert!(pending[0]
             .last_error
@@ -77,20 +74,20 @@ async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_ti
 
         // S3 comes back; once the backoff has passed the worker finishes the job.
         app.faults.heal();
-        make_due(&app).await;
+        make_due(app).await;
         let done = eventually(Duration::from_secs(10), || async {
             outbox::pending(app.db()).await.unwrap().is_empty()
         })
         .await;
-        assert!(done, "{stack:?}: outbox not drained");
+        assert!(done, "outbox not drained");
         for k in &keys {
             assert!(
                 app.state.storage.head(k).await.unwrap_err().is_not_found(),
-                "{stack:?}: {k} left behind"
+                "{k} left behind"
             );
         }
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -138,10 +135,7 @@ async fn a_batch_that_fails_half_way_retries_only_what_is_left() {
 
 #[tokio::test]
 async fn rewriting_a_key_cancels_its_pending_deletion() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "outbox_cancel").await else {
-            continue;
-        };
+    for_each_stack("outbox_cancel", &[], async |app| {
         let k = key("firmware/m/1.0.0/firmware.bin");
         app.state
             .storage
@@ -186,11 +180,7 @@ async fn rewriting_a_key_cancels_its_pending_deletion() {
             .bytes()
             .await
             .unwrap();
-        assert_eq!(
-            body.as_ref(),
-            b"new",
-            "{stack:?}: re-uploaded object deleted"
-        );
-        app.stop().await;
-    }
+        assert_eq!(body.as_ref(), b"new", "re-uploaded object deleted");
+    })
+    .await;
 }

@@ -50,16 +50,9 @@ async fn download(
     version: &str,
     artifact: Artifact,
 ) -> (u16, Vec<u8>) {
-    let mut url = reqwest::Url::parse(&app.address).unwrap();
-    url.path_segments_mut().unwrap().clear().extend([
-        "api",
-        "device-models",
-        &model_id.to_string(),
-        "firmware",
-        version,
-        artifact.file_name(),
-    ]);
-    let response = app.client.get(url).send().await.unwrap();
+    let response = app
+        .download_firmware_artifact(model_id, version, artifact.file_name(), &[])
+        .await;
     let status = response.status().as_u16();
     (status, response.bytes().await.unwrap().to_vec())
 }
@@ -75,45 +68,37 @@ fn clean(report: &reconcile::ReconcileReport) -> bool {
 
 #[tokio::test]
 async fn every_version_character_class_is_stored_verbatim_served_and_left_alone_by_repair() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app_with(
-            stack,
-            "version_chars",
-            &[("MAX_FIRMWARES", "20")],
-            Default::default(),
-        )
-        .await
-        else {
-            continue;
-        };
-        let model_id = create_model(&app, "chars", None).await;
-        let builds: Vec<Build> = VERSIONS.iter().map(|v| Build::new(v, "salt")).collect();
-        for build in &builds {
-            upload_ok(&app, model_id, "chars", build).await;
-        }
-        for build in &builds {
-            assert_build_stored(&app, "chars", build).await;
-            for (artifact, (_, bytes)) in Artifact::ALL.into_iter().zip(build.artifacts()) {
-                let (status, body) = download(&app, model_id, &build.version, artifact).await;
-                assert_eq!(status, 200, "{stack:?} {} {artifact:?}", build.version);
-                assert_eq!(body, bytes, "{stack:?} {} {artifact:?}", build.version);
+    TestApp::builder("version_chars")
+        .env("MAX_FIRMWARES", "20")
+        .for_each_stack(async |app| {
+            let model_id = create_model(app, "chars", None).await;
+            let builds: Vec<Build> = VERSIONS.iter().map(|v| Build::new(v, "salt")).collect();
+            for build in &builds {
+                upload_ok(app, model_id, "chars", build).await;
             }
-        }
+            for build in &builds {
+                assert_build_stored(app, "chars", build).await;
+                for (artifact, (_, bytes)) in Artifact::ALL.into_iter().zip(build.artifacts()) {
+                    let (status, body) = download(app, model_id, &build.version, artifact).await;
+                    assert_eq!(status, 200, "{} {artifact:?}", build.version);
+                    assert_eq!(body, bytes, "{} {artifact:?}", build.version);
+                }
+            }
 
-        // Every key maps back; nothing is orphaned, dangling or misplaced, and repair (twice)
-        // changes nothing, with no grace period at all.
-        for _ in 0..2 {
-            let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
-            assert!(clean(&report), "{stack:?}: {report:#?}");
-            assert_eq!(report.objects_scanned, 5 * VERSIONS.len());
-            assert_eq!(summary, RepairSummary::default(), "{stack:?}");
-        }
-        assert_eq!(stored_versions(&app, model_id).await.len(), VERSIONS.len());
-        for build in &builds {
-            assert_build_stored(&app, "chars", build).await;
-        }
-        app.stop().await;
-    }
+            // Every key maps back; nothing is orphaned, dangling or misplaced, and repair (twice)
+            // changes nothing, with no grace period at all.
+            for _ in 0..2 {
+                let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
+                assert!(clean(&report), "{report:#?}");
+                assert_eq!(report.objects_scanned, 5 * VERSIONS.len());
+                assert_eq!(summary, RepairSummary::default());
+            }
+            assert_eq!(stored_versions(app, model_id).await.len(), VERSIONS.len());
+            for build in &builds {
+                assert_build_stored(app, "chars", build).await;
+            }
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -151,16 +136,13 @@ async fn store_the_old_way(app: &TestApp, code: &str, version: &str) -> Vec<Stri
 
 #[tokio::test]
 async fn objects_under_an_earlier_releases_percent_encoded_key_are_moved_not_lost() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "legacy_encoded").await else {
-            continue;
-        };
-        let model_id = create_model(&app, "tilde", None).await;
+    for_each_stack("legacy_encoded", &[], async |app| {
+        let model_id = create_model(app, "tilde", None).await;
         let old = Build::new("2.1~rc1", "old");
         let current = Build::new("2.2", "new");
-        upload_ok(&app, model_id, "tilde", &old).await;
-        upload_ok(&app, model_id, "tilde", &current).await;
-        let encoded_keys = store_the_old_way(&app, "tilde", "2.1~rc1").await;
+        upload_ok(app, model_id, "tilde", &old).await;
+        upload_ok(app, model_id, "tilde", &current).await;
+        let encoded_keys = store_the_old_way(app, "tilde", "2.1~rc1").await;
 
         // The scan calls them misplaced: not orphans, and the version is not dangling.
         let report = reconcile::scan(app.db(), &app.state.storage, Duration::ZERO)
@@ -187,7 +169,7 @@ async fn objects_under_an_earlier_releases_percent_encoded_key_are_moved_not_los
                 .unwrap(),
             0
         );
-        assert_build_stored(&app, "tilde", &old).await;
+        assert_build_stored(app, "tilde", &old).await;
         for key in &encoded_keys {
             let gone = app
                 .state
@@ -197,35 +179,32 @@ async fn objects_under_an_earlier_releases_percent_encoded_key_are_moved_not_los
                 .is_err_and(|e| e.is_not_found());
             assert!(gone, "{key} left behind");
         }
-        let (status, body) = download(&app, model_id, "2.1~rc1", Artifact::Elf).await;
+        let (status, body) = download(app, model_id, "2.1~rc1", Artifact::Elf).await;
         assert_eq!((status, body), (200, old.elf.clone()));
-        let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
         assert!(clean(&report), "{report:#?}");
         assert_eq!(summary, RepairSummary::default());
 
         // Repair moves them too, when the job has not run.
-        store_the_old_way(&app, "tilde", "2.1~rc1").await;
-        let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+        store_the_old_way(app, "tilde", "2.1~rc1").await;
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
         assert_eq!(report.misplaced.len(), 5);
         assert_eq!(summary.misplaced_moved, 5);
         assert_eq!(
             summary.firmware_versions_removed, 0,
             "a valid version was removed"
         );
-        assert_build_stored(&app, "tilde", &old).await;
-        let (report, _) = repair_and_drain(&app, Duration::ZERO).await;
+        assert_build_stored(app, "tilde", &old).await;
+        let (report, _) = repair_and_drain(app, Duration::ZERO).await;
         assert!(clean(&report), "{report:#?}");
-        assert_eq!(stored_versions(&app, model_id).await.len(), 2);
-        app.stop().await;
-    }
+        assert_eq!(stored_versions(app, model_id).await.len(), 2);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn keys_that_do_not_map_back_are_reported_and_never_touched() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "unmapped_keys").await else {
-            continue;
-        };
+    for_each_stack("unmapped_keys", &[], async |app| {
         let strange = [
             "firmware/m/50%25/firmware.bin",
             "firmware/m/1.0/firmware.zip",
@@ -242,10 +221,10 @@ async fn keys_that_do_not_map_back_are_reported_and_never_touched() {
                 .await
                 .unwrap();
         }
-        let (report, summary) = repair_and_drain(&app, Duration::ZERO).await;
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
         let mut expected: Vec<String> = strange.iter().map(|s| s.to_string()).collect();
         expected.sort();
-        assert_eq!(report.unrecognised, expected, "{stack:?}");
+        assert_eq!(report.unrecognised, expected);
         assert!(report.orphans.is_empty());
         assert_eq!(summary, RepairSummary::default());
         for key in strange {
@@ -255,20 +234,17 @@ async fn keys_that_do_not_map_back_are_reported_and_never_touched() {
                     .head(&ObjectKey::parse(key).unwrap())
                     .await
                     .is_ok(),
-                "{stack:?}: {key} was touched"
+                "{key} was touched"
             );
         }
-        app.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "stale_scan").await else {
-            continue;
-        };
-        let model_id = create_model(&app, "stale", None).await;
+    for_each_stack("stale_scan", &[], async |app| {
+        let model_id = create_model(app, "stale", None).await;
         // Objects of 3.0 with no row: orphans at the time of the scan.
         let build = Build::new("3.0", "late");
         for (artifact, (_, bytes)) in Artifact::ALL.into_iter().zip(build.artifacts()) {
@@ -284,7 +260,7 @@ async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
             .unwrap();
         assert_eq!(stale.orphans.len(), 5);
         // Then the pipeline uploads 3.0, and the operator repairs with the old report.
-        upload_ok(&app, model_id, "stale", &build).await;
+        upload_ok(app, model_id, "stale", &build).await;
         let summary = reconcile::repair(app.db(), &app.state.storage, &stale)
             .await
             .unwrap();
@@ -296,7 +272,7 @@ async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
             .deleted
             > 0
         {}
-        assert_build_stored(&app, "stale", &build).await;
-        app.stop().await;
-    }
+        assert_build_stored(app, "stale", &build).await;
+    })
+    .await;
 }

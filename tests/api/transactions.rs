@@ -55,8 +55,14 @@ async fn create_model_with_object(
     Ok(StatusCode::CREATED)
 }
 
-fn probe_routes() -> Router<AppState> {
-    Router::new().route("/test/models/{code}", post(create_model_with_object))
+/// Apps with the probe route.
+fn with_probe(test: &str) -> TestAppBuilder<'static> {
+    TestApp::builder(test).options(|| BuildOptions {
+        extra_routes: Some(
+            Router::new().route("/test/models/{code}", post(create_model_with_object)),
+        ),
+        ..Default::default()
+    })
 }
 
 async fn model_count(app: &TestApp, code: &str) -> i64 {
@@ -81,80 +87,60 @@ async fn model_count(app: &TestApp, code: &str) -> i64 {
 
 #[tokio::test]
 async fn an_error_after_a_write_leaves_nothing_committed() {
-    for stack in ALL_STACKS {
-        let options = BuildOptions {
-            extra_routes: Some(probe_routes()),
-            ..Default::default()
-        };
-        let Some(app) = spawn_app_with(stack, "error_after_write", &[], options).await else {
-            continue;
-        };
-        let response = app
-            .client
-            .post(app.url("/test/models/failing?fail_after_write=true"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{stack:?}");
-        assert_eq!(
-            response.json::<Value>().await.unwrap()["code"],
-            "VALIDATION_FAILED"
-        );
-        assert_eq!(
-            model_count(&app, "failing").await,
-            0,
-            "{stack:?}: row leaked"
-        );
+    with_probe("error_after_write")
+        .for_each_stack(async |app| {
+            let response = app
+                .client
+                .post(app.url("/test/models/failing?fail_after_write=true"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400);
+            assert_eq!(
+                response.json::<Value>().await.unwrap()["code"],
+                "VALIDATION_FAILED"
+            );
+            assert_eq!(model_count(app, "failing").await, 0, "row leaked");
 
-        // The same route commits when nothing fails, so the check above can fail.
-        let response = app
-            .client
-            .post(app.url("/test/models/working"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        assert_eq!(model_count(&app, "working").await, 1);
-        let key = ObjectKey::parse("probe/working/blob").unwrap();
-        assert!(app.state.storage.head(&key).await.is_ok());
-        app.stop().await;
-    }
+            // The same route commits when nothing fails, so the check above can fail.
+            let response = app
+                .client
+                .post(app.url("/test/models/working"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            assert_eq!(model_count(app, "working").await, 1);
+            let key = ObjectKey::parse("probe/working/blob").unwrap();
+            assert!(app.state.storage.head(&key).await.is_ok());
+        })
+        .await;
 }
 
 #[tokio::test]
 async fn an_object_store_outage_during_a_create_is_503_and_commits_nothing() {
-    for stack in ALL_STACKS {
-        let options = BuildOptions {
-            extra_routes: Some(probe_routes()),
-            ..Default::default()
-        };
-        let Some(app) = spawn_app_with(stack, "outage_during_create", &[], options).await else {
-            continue;
-        };
-        app.faults.inject(Fault::always(Operation::Put));
-        let response = app
-            .client
-            .post(app.url("/test/models/unlucky"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 503, "{stack:?}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
-        assert_eq!(
-            model_count(&app, "unlucky").await,
-            0,
-            "{stack:?}: row leaked"
-        );
-        app.faults.heal();
-        let key = ObjectKey::parse("probe/unlucky/blob").unwrap();
-        assert!(app
-            .state
-            .storage
-            .head(&key)
-            .await
-            .unwrap_err()
-            .is_not_found());
-        app.stop().await;
-    }
+    with_probe("outage_during_create")
+        .for_each_stack(async |app| {
+            app.faults.inject(Fault::always(Operation::Put));
+            let response = app
+                .client
+                .post(app.url("/test/models/unlucky"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 503);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+            assert_eq!(model_count(app, "unlucky").await, 0, "row leaked");
+            app.faults.heal();
+            let key = ObjectKey::parse("probe/unlucky/blob").unwrap();
+            assert!(app
+                .state
+                .storage
+                .head(&key)
+                .await
+                .unwrap_err()
+                .is_not_found());
+        })
+        .await;
 }

@@ -15,65 +15,35 @@ const CONFIG: &str = "{\n  \"enableOTA\": false,\n  \"deviceName\": \"Hall\",\n 
 /// and silently drops the schema validation of device configs.
 #[tokio::test]
 async fn schemas_and_configs_come_back_as_the_json_text_that_was_sent() {
-    for stack in ALL_STACKS {
-        let Some(app) = spawn_app(stack, "ui_text_fields").await else {
-            continue;
-        };
-        let (status, model) = call(
-            &app,
-            http::Method::POST,
-            "/api/device-models",
-            Some(json!({"code": "hall", "name": "Hall sensor", "config_schema": SCHEMA})),
-        )
-        .await;
+    for_each_stack("ui_text_fields", &[], async |app| {
+        let (status, model) = app.create_model("hall", "Hall sensor", Some(SCHEMA)).await;
         assert_eq!(status, 201, "{model}");
-        assert_eq!(model["config_schema"], SCHEMA, "{stack:?}: create");
+        assert_eq!(model["config_schema"], SCHEMA, "create");
         let model_id = model["id"].as_i64().unwrap();
-        let (_, fetched) = call(
-            &app,
-            http::Method::GET,
-            &format!("/api/device-models/{model_id}"),
-            None,
-        )
-        .await;
-        assert_eq!(fetched["config_schema"], SCHEMA, "{stack:?}: get");
+        let (_, fetched) = app.get_model(model_id).await;
+        assert_eq!(fetched["config_schema"], SCHEMA, "get");
         // The UI sends null for "unchanged" when only the name changes.
-        let (_, renamed) = call(
-            &app,
-            http::Method::PUT,
-            &format!("/api/device-models/{model_id}"),
-            Some(json!({"name": "Hall sensor v2", "config_schema": null})),
-        )
-        .await;
-        assert_eq!(renamed["config_schema"], SCHEMA, "{stack:?}: update");
+        let (_, renamed) = app
+            .update_model(
+                model_id,
+                json!({"name": "Hall sensor v2", "config_schema": null}),
+            )
+            .await;
+        assert_eq!(renamed["config_schema"], SCHEMA, "update");
 
-        let (status, device) = call(
-            &app,
-            http::Method::POST,
-            "/api/devices",
-            Some(json!({"device_model_id": model_id, "config": CONFIG})),
-        )
-        .await;
+        let (status, device) = app.create_device(model_id, CONFIG).await;
         assert_eq!(status, 201, "{device}");
-        assert_eq!(device["config"], CONFIG, "{stack:?}: create");
+        assert_eq!(device["config"], CONFIG, "create");
         assert_eq!(device["device_name"], "Hall");
         let id = device["id"].as_i64().unwrap();
-        let (_, fetched) = call(&app, http::Method::GET, &format!("/api/devices/{id}"), None).await;
-        assert_eq!(fetched["config"], CONFIG, "{stack:?}: get");
+        let (_, fetched) = app.get_device(id).await;
+        assert_eq!(fetched["config"], CONFIG, "get");
         let edited = CONFIG.replace("Hall", "Hallway");
-        let (status, updated) = call(
-            &app,
-            http::Method::PUT,
-            &format!("/api/devices/{id}"),
-            Some(json!({"config": edited, "active": false})),
-        )
-        .await;
+        let (status, updated) = app
+            .update_device(id, json!({"config": edited, "active": false}))
+            .await;
         assert_eq!(status, 200, "{updated}");
-        assert_eq!(
-            updated["config"],
-            Value::String(edited),
-            "{stack:?}: update"
-        );
-        app.stop().await;
-    }
+        assert_eq!(updated["config"], Value::String(edited), "update");
+    })
+    .await;
 }

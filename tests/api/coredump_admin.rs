@@ -1,0 +1,273 @@
+//! Core dumps as admins see them (issue #5): per-device retention through the outbox, devices
+//! acting only as themselves and admin URLs scoped to their device, downloads whole or by range,
+//! and deletes whose objects follow through the outbox.
+
+use std::time::Duration;
+
+use http::Method;
+use iotsupport::layout::coredump_key;
+use iotsupport::storage::faulty::Fault;
+use iotsupport::storage::Operation;
+use serde_json::{json, Value};
+
+use crate::client::status_and_json;
+use crate::coredumps::*;
+use crate::helpers::*;
+
+#[tokio::test]
+async fn retention_keeps_the_newest_dumps_of_each_device_and_deletes_the_rest_via_the_outbox() {
+    TestApp::builder("coredump_retention")
+        .env("MAX_COREDUMPS", "2")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let a = model_with_device(app, "sensor").await;
+            let b = device_of(app, a.model_id).await;
+            let other = upload_ok(app, &b, "1.0", b"b's dump").await;
+            let mut ids = Vec::new();
+            for n in 0..3 {
+                ids.push(upload_ok(app, &a, "1.0", format!("dump {n}").as_bytes()).await);
+            }
+            // The oldest row went in the third upload's transaction.
+            let (_, list) = app.list_coredumps(a.id).await;
+            let listed: Vec<i64> = list["coredumps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_i64().unwrap())
+                .collect();
+            assert_eq!(listed, [ids[2], ids[1]], "newest first");
+            assert_eq!(list["count"], 2);
+            // Its parse, still queued, was withdrawn with it; the others wait.
+            let mut queued: Vec<i64> = iotsupport::jobs::list(app.db())
+                .await
+                .unwrap()
+                .iter()
+                .map(|j| {
+                    serde_json::from_str::<Value>(&j.payload).unwrap()["coredump_id"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect();
+            queued.sort();
+            let mut expected = vec![other, ids[1], ids[2]];
+            expected.sort();
+            assert_eq!(queued, expected);
+            // Its object follows through the outbox.
+            let oldest = coredump_key(&a.key, ids[0]).unwrap();
+            let gone = eventually(Duration::from_secs(10), || async {
+                app.state.storage.head(&oldest).await.is_err()
+            })
+            .await;
+            assert!(gone, "pruned object still there");
+            for id in &ids[1..] {
+                let key = coredump_key(&a.key, *id).unwrap();
+                assert!(app.state.storage.head(&key).await.is_ok());
+            }
+            // Another device's dumps are not counted against this one.
+            let (_, list) = app.list_coredumps(b.id).await;
+            assert_eq!(list["coredumps"][0]["id"], other);
+            assert_eq!(app.get_coredump(a.id, ids[0]).await.0, 404);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn devices_act_only_as_themselves_and_admin_urls_are_scoped_to_their_device() {
+    let token = "admin-token-for-tests-0123456789";
+    let Some(app) = spawn_app_without_parsing(
+        Stack::Production,
+        "coredump_scoping",
+        &[("ADMIN_TOKEN", token)],
+    )
+    .await
+    else {
+        return;
+    };
+    // The endpoint methods authenticate with the app's ADMIN_TOKEN.
+    let a = &model_with_device(&app, "sensor").await;
+    let b = &device_of(&app, a.model_id).await;
+    let query = "chip=esp32&firmware_version=1.0";
+
+    // A's secret with B's key, no credential, the admin token: all refused, nothing written.
+    let secret_of_a = a.credential.split_once('.').unwrap().1;
+    let impostor = TestDevice {
+        credential: format!("{}.{secret_of_a}", b.key),
+        ..b.clone()
+    };
+    assert_eq!(upload(&app, &impostor, query, b"x".to_vec()).await.0, 401);
+    let anonymous = app
+        .client
+        .post(app.url(&format!("/api/iot/coredump?{query}")))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let with_admin_token = TestDevice {
+        credential: token.to_string(),
+        ..a.clone()
+    };
+    assert_eq!(
+        upload(&app, &with_admin_token, query, b"x".to_vec())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(count(&app, "coredumps").await, 0);
+
+    // A device uploads as itself only: the dump is A's.
+    let id = upload_ok(&app, a, "1.0", b"a's dump").await;
+    let rows: Vec<i64> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT device_id FROM coredumps"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    assert_eq!(rows, [a.id]);
+
+    // Devices cannot read dumps through the admin API.
+    let path = format!("/api/devices/{}/coredumps", a.id);
+    let as_device = app.device_request(Method::GET, &path, &a.credential);
+    assert_eq!(as_device.send().await.unwrap().status(), 401);
+
+    // A's dump under B's URL does not exist, whatever the route.
+    let under_b = format!("/api/devices/{}/coredumps/{id}", b.id);
+    for (method, path) in [
+        (Method::GET, under_b.clone()),
+        (Method::GET, format!("{under_b}/download")),
+        (Method::POST, format!("{under_b}/reparse")),
+        (Method::DELETE, under_b.clone()),
+    ] {
+        let response = app.admin_request(method.clone(), app.url(&path)).send();
+        let (status, body) = status_and_json(response.await.unwrap()).await;
+        assert_eq!(status, 404, "{method} {path}");
+        assert_eq!(body["error"], format!("Coredump {id} was not found"));
+        assert_eq!(body["code"], "RECORD_NOT_FOUND");
+    }
+    assert_eq!(app.list_coredumps(b.id).await.1["count"], 0);
+    assert_eq!(app.delete_coredumps(b.id).await.0, 204);
+    assert_eq!(count(&app, "coredumps").await, 1, "A's dump survives");
+
+    // Unknown devices are named.
+    for (what, (status, body)) in [
+        ("list", app.list_coredumps(9999).await),
+        ("delete all", app.delete_coredumps(9999).await),
+        ("get", app.get_coredump(9999, id).await),
+    ] {
+        assert_eq!(status, 404, "{what}: {body}");
+        assert_eq!(body["error"], "Device 9999 was not found");
+    }
+    // The admin still reads A's dump with the token.
+    assert_eq!(app.get_coredump(a.id, id).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admins_download_dumps_whole_or_by_range() {
+    TestApp::builder("coredump_download")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            let content: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+            let id = upload_ok(app, &device, "1.0", &content).await;
+            let path = format!("/api/devices/{}/coredumps/{id}/download", device.id);
+
+            let response = app.download_coredump(device.id, id, &[]).await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(
+                response.headers()["content-disposition"],
+                format!("attachment; filename=coredump_{id}.dmp").as_str()
+            );
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/octet-stream"
+            );
+            assert_eq!(response.bytes().await.unwrap().as_ref(), content.as_slice());
+
+            let response = app
+                .download_coredump(device.id, id, &[("range", "bytes=100-199")])
+                .await;
+            assert_eq!(response.status(), 206);
+            assert_eq!(response.headers()["content-range"], "bytes 100-199/5000");
+            assert_eq!(response.bytes().await.unwrap().as_ref(), &content[100..200]);
+            let ranged = app
+                .faults
+                .gets()
+                .into_iter()
+                .any(|(key, range)| key.ends_with(&format!("/{id}.dmp")) && range.is_some());
+            assert!(
+                ranged,
+                "the range is asked of the store, not cut from a full read"
+            );
+
+            let response = app
+                .download_coredump(device.id, id, &[("range", "bytes=6000-")])
+                .await;
+            assert_eq!(response.status(), 416);
+
+            let response = app.client.head(app.url(&path)).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-length"], "5000");
+
+            // The object store being down is a 503, not a 404.
+            app.faults.inject(Fault::always(Operation::Get));
+            let response = app.download_coredump(device.id, id, &[]).await;
+            assert_eq!(response.status(), 503);
+            app.faults.heal();
+            let response = app.download_coredump(device.id, id + 1, &[]).await;
+            assert_eq!(response.status(), 404);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn admins_delete_one_dump_or_all_and_the_objects_follow_through_the_outbox() {
+    TestApp::builder("coredump_delete")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            let mut ids = Vec::new();
+            for n in 0..3 {
+                ids.push(upload_ok(app, &device, "1.0", format!("dump {n}").as_bytes()).await);
+            }
+            assert_eq!(app.delete_coredump(device.id, ids[0]).await.0, 204);
+            let (status, body) = app.delete_coredump(device.id, ids[0]).await;
+            assert_eq!(status, 404);
+            assert_eq!(body["error"], format!("Coredump {} was not found", ids[0]));
+            assert_eq!(count(app, "coredumps").await, 2);
+            let first = coredump_key(&device.key, ids[0]).unwrap();
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    app.state.storage.head(&first).await.is_err()
+                })
+                .await,
+                "deleted dump's object left behind"
+            );
+
+            // The store being down does not block the delete; the outbox catches up later.
+            app.faults.inject(Fault::always(Operation::Delete));
+            assert_eq!(app.delete_coredumps(device.id).await.0, 204);
+            assert_eq!(count(app, "coredumps").await, 0);
+            let (_, list) = app.list_coredumps(device.id).await;
+            assert_eq!(list, json!({"coredumps": [], "count": 0}));
+            app.faults.heal();
+            // Outbox retries back off (5 s first); make them due now.
+            let now = iotsupport::db::now();
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                "UPDATE object_deletions SET next_attempt_at = $1"
+            )
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    objects(app, "coredumps").await.is_empty()
+                })
+                .await,
+                "objects left behind"
+            );
+        })
+        .await;
+}

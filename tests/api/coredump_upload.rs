@@ -1,0 +1,359 @@
+//! Core dump uploads by devices (issue #5): stored, queued for parsing and logged; the Python
+//! service's checks in order; 413 before reading past the limit; 503 beyond the concurrency
+//! limit; golden rule 1 under an S3 outage. After every refusal, nothing is written.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use iotsupport::layout::coredump_key;
+use iotsupport::storage::faulty::Fault;
+use iotsupport::storage::Operation;
+use serde_json::{json, Value};
+
+use crate::coredumps::*;
+use crate::helpers::*;
+
+/// Log lines written while the guard lives, for asserting structured log events.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// `tracing` caches each callsite's interest process-wide. While only one scoped subscriber
+/// exists it asks just the *current thread's* subscriber, so an event first reached by another
+/// test's thread (which has none) is cached as "never" and a test's own subscriber misses it. A
+/// second, permanent scoped dispatcher makes `tracing` ask every registered subscriber instead.
+fn make_tracing_ask_every_subscriber() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
+#[tokio::test]
+async fn a_device_uploads_a_dump_that_is_stored_queued_for_parsing_and_logged() {
+    make_tracing_ask_every_subscriber();
+    let builder = TestApp::builder("coredump_ingest").without_default_job_handlers();
+    builder
+        .for_each_stack(async |app| {
+            // The test runtime is single-threaded, so the server's events reach this subscriber.
+            let logs = Captured::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_writer(move || writer.clone())
+                .finish();
+            let _guard = tracing::subscriber::set_default(subscriber);
+
+            let device = model_with_device(app, "sensor").await;
+            let content = b"\x01\x02core dump bytes\xff".to_vec();
+            let (status, body) = upload(
+                app,
+                &device,
+                "chip=esp32s3&firmware_version=1.2.3",
+                content.clone(),
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+            let id = body["coredump_id"].as_i64().unwrap();
+            assert_eq!(body, json!({"status": "ok", "coredump_id": id}));
+
+            let key = coredump_key(&device.key, id).unwrap();
+            let stored = app.state.storage.get(&key, None).await.unwrap();
+            assert_eq!(stored.bytes().await.unwrap().as_ref(), content.as_slice());
+
+            let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+            assert_eq!(jobs.len(), 1, "{jobs:?}");
+            assert_eq!(jobs[0].kind, "parse_coredump");
+            assert_eq!(
+                serde_json::from_str::<Value>(&jobs[0].payload).unwrap(),
+                json!({"coredump_id": id})
+            );
+            assert_eq!(jobs[0].status, "queued");
+
+            let (status, list) = app.list_coredumps(device.id).await;
+            assert_eq!(status, 200);
+            assert_eq!(list["count"], 1);
+            let item = &list["coredumps"][0];
+            let mut fields: Vec<&str> = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            fields.sort();
+            assert_eq!(
+                fields,
+                [
+                    "chip",
+                    "created_at",
+                    "device_id",
+                    "firmware_version",
+                    "id",
+                    "parse_status",
+                    "parsed_at",
+                    "size",
+                    "uploaded_at"
+                ]
+            );
+            assert_eq!(item["chip"], "esp32s3");
+            assert_eq!(item["firmware_version"], "1.2.3");
+            assert_eq!(item["size"], content.len());
+            assert_eq!(item["parse_status"], "PENDING");
+            assert_eq!(item["parsed_at"], Value::Null);
+            assert!(
+                item["uploaded_at"].as_str().unwrap().ends_with('Z'),
+                "{item}"
+            );
+
+            let detail = dump(app, &device, id).await;
+            assert!(detail.get("filename").is_none(), "{detail}");
+            assert_eq!(detail["parsed_output"], Value::Null);
+            assert_eq!(detail["report"], Value::Null);
+            assert!(detail["updated_at"].is_string());
+
+            let log = logs.text();
+            let line = log
+                .lines()
+                .find(|l| l.contains("\"coredump_s3_upload\""))
+                .unwrap_or_else(|| panic!("no coredump_s3_upload log in {log}"));
+            let event: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(event["device_key"], device.key.as_str(), "{line}");
+            assert_eq!(event["coredump_id"], id, "{line}");
+            assert_eq!(event["s3_key"], key.as_str(), "{line}");
+            assert_eq!(event["size"], content.len(), "{line}");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn uploads_are_checked_in_the_python_services_order_and_refusals_write_nothing() {
+    TestApp::builder("coredump_checks")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            let long = "x".repeat(51);
+            let cases: Vec<(String, &[u8], &str)> = vec![
+                // Everything wrong at once: the chip is reported first.
+                (String::new(), b"", "Missing required query parameter: chip"),
+                (
+                    "chip=".into(),
+                    b"dump",
+                    "Missing required query parameter: chip",
+                ),
+                (
+                    "chip=esp32".into(),
+                    b"",
+                    "Missing required query parameter: firmware_version",
+                ),
+                (
+                    "chip=esp32&firmware_version=".into(),
+                    b"dump",
+                    "Missing required query parameter: firmware_version",
+                ),
+                (
+                    format!("chip={long}&firmware_version=1.0"),
+                    b"dump",
+                    "chip must be at most 50 characters",
+                ),
+                (
+                    format!("chip=esp32&firmware_version={long}"),
+                    b"dump",
+                    "must be at most 50 characters",
+                ),
+                (
+                    "chip=esp32&firmware_version=..%2F..%2Fetc".into(),
+                    b"dump",
+                    "must not contain",
+                ),
+                (
+                    "chip=esp32&firmware_version=1.0%0A".into(),
+                    b"dump",
+                    "must not contain control characters",
+                ),
+                (
+                    "chip=esp32&firmware_version=1.0".into(),
+                    b"",
+                    "No coredump content provided",
+                ),
+            ];
+            for (query, body, expected) in cases {
+                let (status, response) = upload(app, &device, &query, body.to_vec()).await;
+                assert_eq!(status, 400, "{query}: {response}");
+                assert_eq!(response["code"], "VALIDATION_FAILED");
+                let message = response["error"].as_str().unwrap();
+                assert!(
+                    message.contains(expected),
+                    "{query}: {message:?} lacks {expected:?}"
+                );
+            }
+            assert_eq!(count(app, "coredumps").await, 0);
+            assert_eq!(count(app, "jobs").await, 0);
+            assert!(objects(app, "coredumps").await.is_empty());
+            assert_eq!(app.faults.calls(Operation::Put), 0, "nothing uploaded");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn an_oversized_dump_is_refused_with_413_without_reading_past_the_limit() {
+    TestApp::builder("coredump_too_large")
+        .env("MAX_COREDUMP_BYTES", "1024")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            let query = "chip=esp32&firmware_version=1.0";
+
+            // Refused from Content-Length alone.
+            let (status, body) = upload(app, &device, query, vec![7u8; 4096]).await;
+            assert_eq!(status, 413, "{body}");
+            assert_eq!(body["code"], "PAYLOAD_TOO_LARGE");
+
+            // Chunked, with no Content-Length: refused once the stream passes the limit. The stream
+            // would go on for 64 MiB; the server must answer long before it ends.
+            let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = pulled.clone();
+            let chunks = futures::stream::iter((0..1024).map(move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::io::Error>(Bytes::from(vec![7u8; 64 * 1024]))
+            }));
+            let path = format!("/api/iot/coredump?{query}");
+            let response = app
+                .device_request(Method::POST, &path, &device.credential)
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+                .await;
+            match response {
+                Ok(r) => assert_eq!(r.status(), 413),
+                // The server may close the connection after answering, before the client noticed.
+                Err(e) => assert!(e.is_request() || e.is_body(), "unexpected error {e}"),
+            }
+            let pulled = pulled.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                pulled < 1024,
+                "the whole 64 MiB body was sent ({pulled} chunks)"
+            );
+
+            // Exactly at the limit is fine.
+            let (status, body) = upload(app, &device, query, vec![7u8; 1024]).await;
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(count(app, "coredumps").await, 1);
+            assert_eq!(count(app, "jobs").await, 1);
+            assert_eq!(objects(app, "coredumps").await.len(), 1);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_concurrency_limit_are_refused_with_503_and_write_nothing() {
+    TestApp::builder("coredump_busy")
+        .env("MAX_CONCURRENT_COREDUMP_UPLOADS", "1")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            let query = "chip=esp32&firmware_version=1.0";
+
+            // A slow device holds the only permit: the rest of its body comes when the test says
+            // so.
+            let (more, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            more.send(Ok(Bytes::from_static(b"first half, ")))
+                .await
+                .unwrap();
+            let body = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            let path = format!("/api/iot/coredump?{query}");
+            let slow = tokio::spawn(
+                app.device_request(Method::POST, &path, &device.credential)
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send(),
+            );
+
+            // Once the server holds its permit (and waits for the rest of the body), the next
+            // upload is refused before its body is read.
+            let held = eventually(Duration::from_secs(20), || async {
+                app.state.coredump_uploads.available_permits() == 0
+            })
+            .await;
+            assert!(held, "the slow upload never started");
+            let (status, body) = upload(app, &device, query, b"quick".to_vec()).await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(
+                body["error"],
+                "Too many core dump uploads are in progress; retry later"
+            );
+            assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+
+            // The slow one finishes and is stored; the permit is free again.
+            more.send(Ok(Bytes::from_static(b"second half")))
+                .await
+                .unwrap();
+            drop(more);
+            let response = slow.await.unwrap().unwrap();
+            assert_eq!(response.status(), 201);
+            let slow_id = response.json::<Value>().await.unwrap()["coredump_id"].clone();
+            upload_ok(app, &device, "1.0", b"after").await;
+
+            // The refused upload wrote nothing: two rows, two jobs, two objects.
+            assert_eq!(count(app, "coredumps").await, 2);
+            assert_eq!(count(app, "jobs").await, 2);
+            assert_eq!(objects(app, "coredumps").await.len(), 2);
+            let (_, dump) = app.get_coredump(device.id, slow_id.as_i64().unwrap()).await;
+            assert_eq!(dump["size"], b"first half, second half".len(), "{dump}");
+            let metrics = app.metrics().await;
+            assert!(
+                metrics.contains("coredump_uploads_refused_total"),
+                "refusals are counted"
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn an_object_store_outage_during_upload_is_a_503_that_commits_nothing() {
+    TestApp::builder("coredump_s3_down")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            app.faults.inject(Fault::always(Operation::Put));
+            let (status, body) = upload(
+                app,
+                &device,
+                "chip=esp32&firmware_version=1.0",
+                b"dump".to_vec(),
+            )
+            .await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+            assert_eq!(count(app, "coredumps").await, 0);
+            assert_eq!(count(app, "jobs").await, 0);
+            assert!(objects(app, "coredumps").await.is_empty());
+
+            app.faults.heal();
+            let id = upload_ok(app, &device, "1.0", b"dump").await;
+            assert!(app
+                .state
+                .storage
+                .head(&coredump_key(&device.key, id).unwrap())
+                .await
+                .is_ok());
+            assert_eq!(count(app, "coredumps").await, 1);
+        })
+        .await;
+}

@@ -1,0 +1,374 @@
+//! `iotsupport migrate-to-s3` (SPEC §10): moving the Python service's `ASSETS_DIR` and
+//! `COREDUMPS_DIR` into the bucket once, never touching the source tree; an S3 failure half way
+//! leaving nothing half written; revision 008, where the Python service had already moved some
+//! versions.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{json, Value};
+
+use crate::firmware_support::{sha256_hex, Build};
+use crate::helpers::*;
+use crate::legacy::*;
+
+#[tokio::test]
+async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
+    let Some(legacy) = legacy_database("migrate_to_s3", "005").await else {
+        return;
+    };
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    let tree = legacy_tree();
+    let before = snapshot(tree._root.path());
+    let env = tree_env(&legacy, &tree);
+    let mut conn = legacy.conn().await;
+
+    // Either service unreachable: non-zero exit before anything is written.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let output = run(&with(&env, "S3_ENDPOINT_URL", &closed), &["migrate-to-s3"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("S3 is not reachable"),
+        "{}",
+        stderr(&output)
+    );
+    let dead_db = format!("postgres://nobody:nothing@127.0.0.1:{}/none", free_port());
+    let output = run(&with(&env, "DATABASE_URL", &dead_db), &["migrate-to-s3"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("Cannot connect to database"),
+        "{}",
+        stderr(&output)
+    );
+    untouched(&legacy, &mut conn).await;
+
+    // Dry run: says what it would do, writes nothing (not even the bucket).
+    let out = assert_success(&run(&env, &["migrate-to-s3", "--dry-run"]));
+    for expected in [
+        "[DRY RUN] Migration complete.",
+        "[DRY RUN] Would migrate firmware: sensor/1.0.0",
+        "[DRY RUN] Would migrate firmware: sensor/1.1.0",
+        "[DRY RUN] Would migrate coredump: abcdefgh/coredump_20250103T030405_000002Z.dmp -> coredumps/abcdefgh/2.dmp",
+        "Firmware ZIPs migrated: 2",
+        "Firmware ZIPs skipped:  3",
+        "Coredumps migrated:     2",
+        "Coredumps skipped:      2",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    untouched(&legacy, &mut conn).await;
+
+    // Rows still naming legacy files are neither dangling nor repaired by reconcile.
+    let report: Value = serde_json::from_str(&assert_success(&run(
+        &env,
+        &["reconcile", "--json", "--repair"],
+    )))
+    .unwrap();
+    assert_eq!(report["report"]["legacy_coredumps"], 3, "{report}");
+    assert_eq!(
+        report["report"]["dangling_coredumps"],
+        json!([]),
+        "{report}"
+    );
+    assert_eq!(report["repair"]["coredumps_marked_error"], 0, "{report}");
+
+    // The real run.
+    let output = run(&env, &["migrate-to-s3"]);
+    let out = assert_success(&output);
+    for expected in [
+        "\nMigration complete.",
+        "Firmware ZIPs migrated: 2",
+        "Firmware ZIPs skipped:  3",
+        "Coredumps migrated:     2",
+        "Coredumps skipped:      2",
+        "Warnings (",
+        "Model directory 'ghost' has no matching DB record, skipping",
+        "Failed to migrate firmware sensor/2.0.0: Firmware must be uploaded as a ZIP bundle",
+        "Orphaned coredump file abcdefgh/coredump_20240101T000000_000000Z.dmp: no matching DB record",
+        "Device directory 'zzzzzzzz' has no matching DB record, skipping",
+        "1 core dump row(s) still name a legacy file that was not found in COREDUMPS_DIR (e.g. bcdefghi/coredump_20250104T030405_000003Z.dmp)",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("    - Skipping legacy flat binary"),
+        "a flat binary is no warning:\n{out}"
+    );
+    assert!(stderr(&output).contains("Skipping legacy flat binary: firmware-sensor.bin"));
+    assert!(
+        stderr(&output).contains("migrate_to_s3"),
+        "per-item log events"
+    );
+
+    // The bucket holds exactly the two bundles and the two matched dumps.
+    let objects = legacy.objects().await;
+    let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for build in &tree.builds {
+        for (name, content) in build.artifacts() {
+            expected.insert(
+                format!("firmware/sensor/{}/{name}", build.version),
+                content.to_vec(),
+            );
+        }
+    }
+    expected.insert("coredumps/abcdefgh/1.dmp".into(), DUMP_PARSED.1.to_vec());
+    expected.insert("coredumps/abcdefgh/2.dmp".into(), DUMP_PENDING.1.to_vec());
+    let stored: BTreeMap<String, Vec<u8>> = objects
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(stored, expected);
+
+    // Rows: versions with their facts and build times; the current version untouched.
+    let versions: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT version, firmware_bin_sha256, uploaded_at FROM firmware_versions ORDER BY version",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(versions.len(), 2);
+    for ((version, sha, uploaded_at), (i, build)) in
+        versions.iter().zip(tree.builds.iter().enumerate())
+    {
+        assert_eq!(version, &build.version);
+        assert_eq!(sha.as_deref(), Some(sha256_hex(&build.bin).as_str()));
+        assert_eq!(
+            uploaded_at.timestamp(),
+            1_735_689_600 + 86_400 * i as i64,
+            "uploaded_at is the bundle file's time"
+        );
+    }
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT firmware_version FROM device_models WHERE code = 'sensor'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(current.as_deref(), Some("1.0.0"));
+    // Dumps: file names cleared for the moved two, a parse queued for the PENDING one only (the
+    // PARSED one keeps the Python service's report); the third still waits for its file.
+    let dumps: Vec<(i64, Option<String>, String)> =
+        sqlx::query_as("SELECT id, filename, parse_status FROM coredumps ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        dumps,
+        [
+            (1, None, "PARSED".to_string()),
+            (2, None, "PENDING".to_string()),
+            (3, Some(DUMP_MISSING.0.to_string()), "ERROR".to_string())
+        ]
+    );
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM jobs")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(payloads.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<Value>(&payloads[0]).unwrap()["coredump_id"],
+        2
+    );
+    assert!(
+        has_column(&mut conn, "coredumps", "filename").await,
+        "kept: row 3 needs it"
+    );
+    assert_eq!(
+        snapshot(tree._root.path()),
+        before,
+        "source files untouched"
+    );
+
+    // A second run changes nothing and says so.
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
+    for expected in [
+        "Firmware ZIPs migrated: 0",
+        "Firmware ZIPs already migrated: 2",
+        "Coredumps migrated:     0",
+        "Coredumps already migrated: 2",
+        "Nothing to migrate: no changes were made.",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert_eq!(legacy.objects().await, objects, "no object rewritten");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
+
+    // The missing file turns up: it is moved, its ERROR dump queued for a parse, and with no
+    // legacy row left the filename column goes.
+    write(
+        &tree.coredumps.join("bcdefghi").join(DUMP_MISSING.0),
+        DUMP_MISSING.1,
+    );
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
+    assert!(out.contains("Coredumps migrated:     1"), "{out}");
+    assert!(
+        out.contains("dropped the coredumps.filename column"),
+        "{out}"
+    );
+    assert!(!has_column(&mut conn, "coredumps", "filename").await);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 2);
+    // And a run after that still knows every file.
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
+    assert!(out.contains("Coredumps migrated:     0"), "{out}");
+    assert!(out.contains("Coredumps already migrated: 3"), "{out}");
+    assert!(out.contains("Nothing to migrate"), "{out}");
+    assert!(out.contains("Coredump migration already complete"), "{out}");
+
+    // The API serves the migrated data.
+    let app = serve(&legacy, "migrate_to_s3", &[("IOT_DEVICE_KEY_AUTH", "true")]).await;
+    let firmware = app.get("/api/iot/firmware?device_key=abcdefgh").await;
+    assert_eq!(firmware.status(), 200);
+    assert_eq!(
+        firmware.headers()["etag"].to_str().unwrap(),
+        format!("\"{}\"", sha256_hex(&tree.builds[0].bin))
+    );
+    assert_eq!(
+        firmware.bytes().await.unwrap().as_ref(),
+        tree.builds[0].bin.as_slice()
+    );
+    let dump = app.get("/api/devices/1/coredumps/2/download").await;
+    assert_eq!(dump.status(), 200);
+    assert_eq!(dump.bytes().await.unwrap().as_ref(), DUMP_PENDING.1);
+    let (status, versions) = app.firmware_versions(1).await;
+    assert_eq!(status, 200, "{versions}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn migrate_to_s3_stopped_by_s3_half_way_leaves_nothing_half_written_and_a_rerun_finishes() {
+    use iotsupport::db::Db;
+    use iotsupport::migrate_to_s3::{self, Options};
+    use iotsupport::storage::faulty::{Fault, FaultyStorage};
+    use iotsupport::storage::Operation;
+
+    let Some(legacy) = legacy_database("migrate_to_s3_faults", "005").await else {
+        return;
+    };
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
+        .await
+        .unwrap();
+    let tree = legacy_tree();
+    let faulty = FaultyStorage::new(std::sync::Arc::new(legacy.storage()));
+    let storage: iotsupport::storage::Storage = std::sync::Arc::new(faulty.clone());
+    let db = Db::Postgres(sqlx::PgPool::connect(&legacy.db_url).await.unwrap());
+    let options = Options {
+        assets_dir: Some(tree.assets.clone()),
+        coredumps_dir: Some(tree.coredumps.clone()),
+        dry_run: false,
+        max_entry_bytes: 10 * 1024 * 1024,
+        concurrency: 4,
+    };
+    let mut conn = legacy.conn().await;
+
+    // S3 refuses one artifact of the second bundle: the run stops; 1.0.0 is complete, 1.1.0 has
+    // neither a row nor any of its objects, and no core dump was touched.
+    faulty.inject(Fault::always(Operation::Put).for_keys_containing("1.1.0/firmware.map"));
+    let error = migrate_to_s3::run(&db, &storage, &options)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().starts_with("Migration failed"), "{error}");
+    let versions: Vec<String> = sqlx::query_scalar("SELECT version FROM firmware_versions")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(versions, ["1.0.0"]);
+    let keys: Vec<String> = legacy.objects().await.into_keys().collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with("firmware/sensor/1.0.0/")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) FROM coredumps WHERE filename IS NOT NULL"
+        )
+        .await,
+        3
+    );
+
+    // Next, S3 refuses one dump: that row keeps its file name and gets no job; the others go on.
+    faulty.heal();
+    faulty.inject(Fault::always(Operation::Put).for_keys_containing("abcdefgh/2.dmp"));
+    migrate_to_s3::run(&db, &storage, &options)
+        .await
+        .unwrap_err();
+    let pending: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM coredumps WHERE filename IS NOT NULL ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(pending, [2, 3]);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 0);
+    assert!(!legacy
+        .objects()
+        .await
+        .contains_key("coredumps/abcdefgh/2.dmp"));
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) FROM firmware_versions").await,
+        2
+    );
+
+    // S3 healthy again: the rerun finishes the job and repeats nothing.
+    faulty.heal();
+    let summary = migrate_to_s3::run(&db, &storage, &options).await.unwrap();
+    assert_eq!(summary.firmware_migrated, 0);
+    assert_eq!(summary.firmware_unchanged, 2);
+    assert_eq!(summary.coredumps_migrated, 1);
+    assert_eq!(summary.coredumps_unchanged, 1);
+    assert_eq!(
+        legacy.objects().await["coredumps/abcdefgh/2.dmp"].0,
+        DUMP_PENDING.1
+    );
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
+}
+
+#[tokio::test]
+async fn migrate_to_s3_on_revision_008_fills_in_versions_the_python_service_already_moved() {
+    let Some(legacy) = legacy_database("migrate_to_s3_008", "008").await else {
+        return;
+    };
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    // The Python service's own migrate-to-s3 uploaded 0.9.0 (no hashes in its row); its bundle
+    // is still in ASSETS_DIR, next to a newer one.
+    let tree = legacy_tree();
+    let old = Build::new("0.9.0", "o");
+    write(
+        &tree.assets.join("sensor/firmware-0.9.0.zip"),
+        &old.zip("sensor"),
+    );
+    let out = assert_success(&run(&tree_env(&legacy, &tree), &["migrate-to-s3"]));
+    assert!(out.contains("Firmware ZIPs migrated: 3"), "{out}");
+    assert!(
+        out.contains("No legacy core dumps in the database"),
+        "COREDUMPS_DIR is left alone at 008: {out}"
+    );
+    assert!(out.contains("Coredumps migrated:     0"), "{out}");
+
+    let mut conn = legacy.conn().await;
+    let (sha, uploaded_at): (Option<String>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT firmware_bin_sha256, uploaded_at FROM firmware_versions WHERE version = '0.9.0'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(sha.as_deref(), Some(sha256_hex(&old.bin).as_str()));
+    assert_eq!(
+        uploaded_at,
+        Utc.with_ymd_and_hms(2024, 12, 1, 0, 0, 0).unwrap(),
+        "a filled-in row keeps its place in the retention order"
+    );
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) FROM firmware_versions").await,
+        3
+    );
+    let objects = legacy.objects().await;
+    for (name, content) in old.artifacts() {
+        assert_eq!(objects[&format!("firmware/sensor/0.9.0/{name}")].0, content);
+    }
+    let again = assert_success(&run(&tree_env(&legacy, &tree), &["migrate-to-s3"]));
+    assert!(
+        again.contains("Firmware ZIPs already migrated: 3"),
+        "{again}"
+    );
+}
