@@ -49,6 +49,8 @@ async fn drive(
 ) {
     // Consecutive failed connections (or connections that did not last); drives the back-off.
     let mut failures: u32 = 0;
+    // Failed attempts since the last connection, for the log line of the next one.
+    let mut failed_attempts: u32 = 0;
     let mut connected_since: Option<Instant> = None;
     let mut ever_connected = false;
     // The kind of the last failure logged at warn level while disconnected: the same failure
@@ -66,7 +68,7 @@ async fn drive(
                 tracing::info!(
                     broker = %shared.broker,
                     client_id = %shared.client_id,
-                    failed_attempts = failures,
+                    failed_attempts,
                     "mqtt_connected"
                 );
                 if ever_connected {
@@ -75,6 +77,7 @@ async fn drive(
                 ever_connected = true;
                 connected_since = Some(Instant::now());
                 logged_failure = None;
+                failed_attempts = 0;
             }
             Ok(event) => dispatch(shared, event),
             Err(error) => {
@@ -93,6 +96,7 @@ async fn drive(
                         }
                     }
                     None => {
+                        failed_attempts = failed_attempts.saturating_add(1);
                         let kind = failure_kind(&error);
                         if logged_failure.as_deref() == Some(kind.as_str()) {
                             tracing::debug!(broker = %shared.broker, error = %error, "mqtt_connect_failed");
