@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against a real PostgreSQL and a real S3 server (moto).
+# Runs the whole test suite against a real PostgreSQL, a real S3 server (moto) and a real MQTT
+# broker (Mosquitto).
 #
-# On a fresh Debian machine with Rust it installs what is missing (PostgreSQL from Debian's
-# packages, moto's S3 server from PyPI into a private virtualenv), starts both on free 127.0.0.1
-# ports, runs `cargo test` for the whole workspace against them, and stops them again.
+# On a fresh Debian machine with Rust it installs what is missing (PostgreSQL and Mosquitto from
+# Debian's packages, moto's S3 server from PyPI into a private virtualenv), starts them on free
+# 127.0.0.1 ports, runs `cargo test` for the whole workspace against them, and stops them again.
 # Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh storage`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,19 @@ while time.time() < deadline:
     except urllib.error.HTTPError:
         sys.exit(0)          # it answers: good enough
     except Exception:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
+wait_tcp() {  # wait_tcp PORT SECONDS (on 127.0.0.1)
+    python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+deadline = time.time() + float(sys.argv[2])
+while time.time() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close(); sys.exit(0)
+    except OSError:
         time.sleep(0.1)
 sys.exit(1)
 PY
@@ -123,6 +137,32 @@ TOML
 else
     log "no garage binary on PATH: storage tests run against moto and the local backend only"
 fi
+
+# --- Mosquitto (MQTT) -------------------------------------------------------------------------
+# Debian's package; its own service is not used. Tests that stop and restart a broker start their
+# own with IOTSUPPORT_TEST_MOSQUITTO; mosquitto_sub observes what a third-party client receives.
+MOSQUITTO=$(command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null || true)
+if [ -z "$MOSQUITTO" ] || ! command -v mosquitto_sub >/dev/null 2>&1; then
+    log "installing Mosquitto from Debian's packages"
+    apt_install mosquitto mosquitto-clients
+    MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+fi
+MQTT_PORT=$(free_port)
+mkdir -p "$WORK/mosquitto"
+cat > "$WORK/mosquitto/mosquitto.conf" <<CONF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest stderr
+CONF
+# Run as root, mosquitto drops to its own user after reading the configuration.
+chmod 755 "$WORK/mosquitto"; chmod 644 "$WORK/mosquitto/mosquitto.conf"
+"$MOSQUITTO" -c "$WORK/mosquitto/mosquitto.conf" > "$WORK/mosquitto/log" 2>&1 &
+PIDS+=($!)
+wait_tcp "$MQTT_PORT" 20 || { cat "$WORK/mosquitto/log"; log "mosquitto did not start"; exit 1; }
+export IOTSUPPORT_TEST_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+export IOTSUPPORT_TEST_MOSQUITTO="$MOSQUITTO"
+log "Mosquitto $("$MOSQUITTO" -h 2>/dev/null | awk 'NR==1 {print $3}') on 127.0.0.1:$MQTT_PORT"
 
 # --- Espressif's NVS partition generator (crates/esp-nvs-image compares its images with it) ----
 NVS_GEN_PYTHON="$CACHE/venv/bin/python"

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod layout;
 pub mod lookup_cache;
 pub mod migrate_to_s3;
+pub mod mqtt;
 pub mod oidc;
 pub mod outbox;
 pub mod reconcile;

@@ -40,6 +40,12 @@ pub const HTTP_CONNECTIONS_EVICTED: &str = "http_connections_evicted_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 pub const HTTP_CONNECTION_TIMEOUTS: &str = "http_connection_timeouts_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "http_accept_errors_total";
+pub const MQTT_CONNECTED: &str = "mqtt_connected";
+pub const MQTT_PUBLISHED: &str = "mqtt_published_total";
+pub const MQTT_PUBLISH_FAILURES: &str = "mqtt_publish_failures_total";
+pub const MQTT_RECEIVED: &str = "mqtt_received_total";
+pub const MQTT_RECEIVED_DROPPED: &str = "mqtt_received_dropped_total";
+pub const MQTT_RECONNECTS: &str = "mqtt_reconnects_total";
 
 /// Installs the global log subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
@@ -236,5 +242,27 @@ fn describe() {
     describe_counter!(
         HTTP_ACCEPT_ERRORS,
         "Failed accept() calls on the listener (e.g. out of file descriptors)"
+    );
+    metrics::describe_gauge!(
+        MQTT_CONNECTED,
+        "1 while connected to the MQTT broker of MQTT_URL, else 0"
+    );
+    describe_counter!(
+        MQTT_PUBLISHED,
+        "MQTT messages the broker acknowledged (QoS 1 PUBACK with a success code)"
+    );
+    describe_counter!(
+        MQTT_PUBLISH_FAILURES,
+        "MQTT publishes that failed, by reason (not_connected, timeout, connection_lost, rejected, \
+         too_large, invalid_topic, shutting_down)"
+    );
+    describe_counter!(MQTT_RECEIVED, "MQTT messages received from the broker");
+    describe_counter!(
+        MQTT_RECEIVED_DROPPED,
+        "Received MQTT messages dropped because their subscriber's buffer was full"
+    );
+    describe_counter!(
+        MQTT_RECONNECTS,
+        "Connections to the MQTT broker re-established after the first one"
     );
 }

@@ -18,6 +18,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod mqtt;
+pub use mqtt::{unique_client_id, MqttCredentials, MqttSettings, MqttUrl, DEFAULT_MQTT_CLIENT_ID};
+
 /// A configuration value that must never appear in logs or error messages.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -132,6 +135,9 @@ pub struct Config {
     pub credentials: CredentialSettings,
     /// Fleet credential rotation.
     pub rotation: RotationSettings,
+    /// The MQTT broker this process connects to; `None` without `MQTT_URL` (nothing is published,
+    /// no device logs are received).
+    pub mqtt: Option<MqttSettings>,
 }
 
 /// What the HTTP server enforces on every connection (see `crate::http::server`).
@@ -329,6 +335,7 @@ impl Config {
                 max_connections: env.positive("HTTP_MAX_CONNECTIONS", 1024)?,
                 shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
             },
+            mqtt: mqtt::mqtt_settings(env)?,
         })
     }
 
