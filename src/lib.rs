@@ -17,6 +17,7 @@ pub mod mqtt;
 pub mod oidc;
 pub mod outbox;
 pub mod reconcile;
+pub mod registry;
 pub mod startup;
 pub mod state;
 pub mod storage;

@@ -25,6 +25,26 @@ use std::time::{Duration, Instant};
 
 use crate::telemetry::{LOOKUP_CACHE_HITS, LOOKUP_CACHE_MISSES};
 
+/// What operations tell the process's lookup caches after a change they made (after its commit,
+/// also when the commit failed, since it may have happened). Implemented by `crate::state::Caches`;
+/// domain operations take it as `&dyn Invalidation`, so they own their cache invalidation without
+/// depending on the HTTP state.
+pub trait Invalidation: Send + Sync {
+    /// A device's secrets changed or the device was deleted.
+    fn device_changed(&self, key: &str);
+    /// What a model serves may have changed: an upload (with its retention), a rollback, a version
+    /// or model deletion.
+    fn model_firmware_changed(&self, model_id: i64);
+}
+
+/// For callers with no caches (the CLI, tests of pure operations).
+pub struct NoCaches;
+
+impl Invalidation for NoCaches {
+    fn device_changed(&self, _key: &str) {}
+    fn model_firmware_changed(&self, _model_id: i64) {}
+}
+
 /// Entries per cache: a few thousand devices (SPEC: hundreds to a few thousand) fit, and the
 /// memory stays small (an entry is a key, an id or two and a 64-character hash).
 pub const DEFAULT_CAPACITY: usize = 16_384;

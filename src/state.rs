@@ -45,6 +45,15 @@ pub struct Caches {
     pub firmware: Arc<FirmwareCache>,
 }
 
+impl crate::lookup_cache::Invalidation for Caches {
+    fn device_changed(&self, key: &str) {
+        Caches::device_changed(self, key)
+    }
+    fn model_firmware_changed(&self, model_id: i64) {
+        Caches::model_firmware_changed(self, model_id)
+    }
+}
+
 impl Caches {
     pub fn new(config: &Config) -> Self {
         let ttl = config.device_lookup_cache_ttl;

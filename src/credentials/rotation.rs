@@ -246,6 +246,25 @@ pub fn next_scheduled(settings: &RotationSettings) -> Option<String> {
 /// such device.
 pub async fn replace_secret(
     db: &Db,
+    caches: &dyn crate::lookup_cache::Invalidation,
+    settings: &RotationSettings,
+    device: &RotationTargetKey<'_>,
+    secret_hash: &str,
+) -> Result<bool, DbError> {
+    let replaced = replace_secret_locked(db, settings, device.id, secret_hash).await;
+    // Also after a failure: the commit may have happened.
+    caches.device_changed(device.key);
+    replaced
+}
+
+/// Which device, by id and key (the key names its cache entries).
+pub struct RotationTargetKey<'a> {
+    pub id: i64,
+    pub key: &'a str,
+}
+
+async fn replace_secret_locked(
+    db: &Db,
     settings: &RotationSettings,
     id: i64,
     secret_hash: &str,

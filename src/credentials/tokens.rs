@@ -95,6 +95,10 @@ pub struct TokenIssuer {
     kid: String,
     signing: EncodingKey,
     verifying: HashMap<String, VerifyingKey>,
+    /// Tokens whose signature and claims were checked, by SHA-256, until they expire: a device
+    /// polling with its token costs a hash, not an ECDSA verification, per request. A token never
+    /// changes, so a cached verdict never goes stale; the secret it names is checked every time.
+    verified: std::sync::Mutex<HashMap<[u8; 32], DeviceClaims>>,
     settings: CredentialSettings,
 }
 
@@ -104,6 +108,14 @@ impl std::fmt::Debug for TokenIssuer {
             .field("kid", &self.kid)
             .finish_non_exhaustive()
     }
+}
+
+/// Verified tokens remembered per process (a few hundred bytes each).
+const VERIFIED_CAPACITY: usize = 32_768;
+
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// `sid` of a stored secret hash.
@@ -200,6 +212,7 @@ impl TokenIssuer {
             },
         );
         Ok(Arc::new(TokenIssuer {
+            verified: Default::default(),
             kid,
             signing: EncodingKey::from_ec_der(&signing_der),
             verifying,
@@ -232,6 +245,9 @@ impl TokenIssuer {
 
     /// Whether `token` claims to be one of ours (its `kid` is one of our keys).
     pub fn is_ours(&self, token: &str) -> bool {
+        if self.cached(&token_digest(token)).is_some() {
+            return true;
+        }
         jsonwebtoken::decode_header(token)
             .ok()
             .and_then(|h| h.kid)
@@ -240,6 +256,33 @@ impl TokenIssuer {
 
     /// Checks signature, issuer, audience and lifetime; the caller checks `sid` and the device.
     pub fn verify(&self, token: &str) -> Result<DeviceClaims, InvalidToken> {
+        let digest = token_digest(token);
+        if let Some(claims) = self.cached(&digest) {
+            return Ok(claims);
+        }
+        let claims = self.verify_signature(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CAPACITY {
+            let now = chrono::Utc::now().timestamp();
+            verified.retain(|_, c| c.exp > now);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    /// A cached verdict that has not expired.
+    fn cached(&self, digest: &[u8; 32]) -> Option<DeviceClaims> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified
+            .get(digest)
+            .filter(|c| c.exp > chrono::Utc::now().timestamp())
+            .cloned()
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<DeviceClaims, InvalidToken> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| InvalidToken(format!("malformed token: {e}")))?;
         let key = header
@@ -301,6 +344,7 @@ mod tests {
             },
         );
         TokenIssuer {
+            verified: Default::default(),
             kid,
             signing: EncodingKey::from_ec_der(&der),
             verifying,

@@ -17,6 +17,7 @@ use super::retention::{self, Pruned, RetentionError};
 use crate::db::firmware_versions::{self as fw, NewFirmwareVersion, MODEL_VERSION_UNIQUE};
 use crate::db::{Db, DbError, Tx};
 use crate::layout::firmware_keys;
+use crate::lookup_cache::Invalidation;
 use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
 use crate::{events, outbox};
 use serde_json::json;
@@ -61,8 +62,22 @@ pub struct Stored {
 }
 
 /// Stores `bundle` as a version of model `model_id` and makes it current. `keep` is
-/// `MAX_FIRMWARES`.
+/// `MAX_FIRMWARES`. The process's lookup caches learn of it afterwards, also after a failure (the
+/// commit may have happened).
 pub async fn store_bundle(
+    db: &Db,
+    storage: &Storage,
+    caches: &dyn Invalidation,
+    model_id: i64,
+    bundle: Bundle,
+    keep: u32,
+) -> Result<Stored, StoreError> {
+    let stored = store_bundle_locked(db, storage, model_id, bundle, keep).await;
+    caches.model_firmware_changed(model_id);
+    stored
+}
+
+async fn store_bundle_locked(
     db: &Db,
     storage: &Storage,
     model_id: i64,
@@ -336,7 +351,18 @@ async fn upload_one(storage: &Storage, key: &ObjectKey, artifact: Entry) -> Resu
 }
 
 /// Makes a stored version current (rollback). Returns the model code.
-pub async fn set_current(db: &Db, model_id: i64, version: &str) -> Result<String, StoreError> {
+pub async fn set_current(
+    db: &Db,
+    caches: &dyn Invalidation,
+    model_id: i64,
+    version: &str,
+) -> Result<String, StoreError> {
+    let code = set_current_locked(db, model_id, version).await;
+    caches.model_firmware_changed(model_id);
+    code
+}
+
+async fn set_current_locked(db: &Db, model_id: i64, version: &str) -> Result<String, StoreError> {
     let (mut tx, model) = begin_locked(db, model_id).await?;
     if fw::get(&mut tx, model_id, version).await?.is_none() {
         return Err(version_not_found(&model.code, version));
@@ -354,7 +380,18 @@ pub async fn set_current(db: &Db, model_id: i64, version: &str) -> Result<String
 }
 
 /// Deletes a stored version that is not current: the row now, the objects via the outbox.
-pub async fn delete_version(db: &Db, model_id: i64, version: &str) -> Result<(), StoreError> {
+pub async fn delete_version(
+    db: &Db,
+    caches: &dyn Invalidation,
+    model_id: i64,
+    version: &str,
+) -> Result<(), StoreError> {
+    let deleted = delete_version_locked(db, model_id, version).await;
+    caches.model_firmware_changed(model_id);
+    deleted
+}
+
+async fn delete_version_locked(db: &Db, model_id: i64, version: &str) -> Result<(), StoreError> {
     let (mut tx, model) = begin_locked(db, model_id).await?;
     if model.firmware_version.as_deref() == Some(version) {
         return Err(StoreError::Conflict(format!(

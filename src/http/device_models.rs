@@ -10,15 +10,15 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader};
 use super::error::{ApiError, Json};
-use crate::db::device_models::{self as models, DeviceModelRow, CODE_UNIQUE};
-use crate::fleet::{ConfigSchema, ModelCode};
+use crate::db::device_models::{self as models, DeviceModelRow};
+use crate::fleet::ModelCode;
+use crate::registry::models::{self as models_ops, SchemaChange};
+use crate::registry::RegistryError;
 use crate::state::AppState;
-use crate::{events, outbox};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -113,16 +113,20 @@ pub fn not_found(id: i64) -> ApiError {
     ApiError::NotFound(format!("DeviceModel {id} was not found"))
 }
 
-fn parse_name(name: &str) -> Result<&str, ApiError> {
-    let trimmed = name.trim();
-    if trimmed.is_empty() || name.chars().count() > 255 {
-        return Err(ApiError::validation("name must be 1-255 characters"));
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(message) => ApiError::validation(message),
+            e @ (RegistryError::ModelNotFound(_) | RegistryError::DeviceNotFound(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            RegistryError::Exists(message) => ApiError::RecordExists(message),
+            RegistryError::Conflict(message) => ApiError::Conflict(message),
+            RegistryError::Broken(message) => ApiError::Internal(message),
+            RegistryError::Db(e) => e.into(),
+            RegistryError::Key(e) => e.into(),
+        }
     }
-    Ok(name)
-}
-
-fn parse_schema(text: &str) -> Result<ConfigSchema, ApiError> {
-    ConfigSchema::parse(text).map_err(|e| ApiError::validation(e.0))
 }
 
 /// List device models, ordered by code.
@@ -157,40 +161,14 @@ pub async fn create(
     Json(body): Json<DeviceModelCreate>,
 ) -> Result<(StatusCode, Json<DeviceModelResponse>), ApiError> {
     let code = ModelCode::parse(&body.code).map_err(ApiError::validation)?;
-    let name = parse_name(&body.name)?;
+    let name = models_ops::parse_name(&body.name)?;
     let schema = body
         .config_schema
         .as_deref()
         .filter(|s| !s.trim().is_empty())
-        .map(parse_schema)
+        .map(models_ops::parse_schema)
         .transpose()?;
-    let mut tx = state.db.begin().await?;
-    // The unique constraint decides, so two concurrent creates cannot both succeed.
-    let id = models::insert(
-        &mut tx,
-        code.as_str(),
-        name,
-        schema.as_ref().map(|s| s.text()),
-    )
-    .await
-    .map_err(|e| {
-        if e.violates(CODE_UNIQUE.0, CODE_UNIQUE.1) {
-            ApiError::RecordExists(format!("DeviceModel for {code} already exists"))
-        } else {
-            e.into()
-        }
-    })?;
-    let row = models::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    events::record(
-        &mut tx,
-        "device_model_created",
-        &json!({"id": id, "code": row.code}),
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(model_code = %code, model_id = id, "device_model_created");
+    let row = models_ops::create(&state.db, &code, name, schema.as_ref()).await?;
     Ok((StatusCode::CREATED, Json(full(row))))
 }
 
@@ -227,30 +205,12 @@ pub async fn update(
     Path(id): Path<i64>,
     Json(body): Json<DeviceModelUpdate>,
 ) -> Result<Json<DeviceModelResponse>, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let current = models::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    let name = match &body.name {
-        Some(name) => parse_name(name)?.to_string(),
-        None => current.name.clone(),
+    let schema = match body.config_schema.as_deref() {
+        None => SchemaChange::Keep,
+        Some(text) if text.trim().is_empty() => SchemaChange::Remove,
+        Some(text) => SchemaChange::Set(text),
     };
-    let schema: Option<String> = match body.config_schema.as_deref() {
-        None => current.config_schema.clone(),
-        Some(text) if text.trim().is_empty() => None,
-        Some(text) => Some(parse_schema(text)?.text().to_string()),
-    };
-    models::update(&mut tx, id, &name, schema.as_deref()).await?;
-    let row = models::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    events::record(
-        &mut tx,
-        "device_model_updated",
-        &json!({"id": id, "code": row.code}),
-    )
-    .await?;
-    tx.commit().await?;
+    let row = models_ops::update(&state.db, id, body.name.as_deref(), schema).await?;
     Ok(Json(full(row)))
 }
 
@@ -267,47 +227,6 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = state.db.begin().await?;
-    // Lock the model row first, as firmware uploads do: a version committed between reading the
-    // versions and deleting the model would otherwise lose its objects to the cascade.
-    crate::db::firmware_versions::lock_model(&mut tx, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    let model = models::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    if model.device_count > 0 {
-        return Err(ApiError::Conflict(format!(
-            "DeviceModel {} has {} device(s); delete them first",
-            model.code, model.device_count
-        )));
-    }
-    let versions = models::firmware_versions(&mut tx, id).await?;
-    // The foreign key (ON DELETE RESTRICT) still guards a device created concurrently.
-    models::delete(&mut tx, id).await.map_err(|e| {
-        if e.is_foreign_key_violation() {
-            ApiError::Conflict(format!(
-                "DeviceModel {} has devices; delete them first",
-                model.code
-            ))
-        } else {
-            e.into()
-        }
-    })?;
-    let mut keys = Vec::new();
-    for version in &versions {
-        keys.extend(crate::layout::firmware_keys(&model.code, version)?);
-    }
-    outbox::schedule_deletion(&mut tx, &keys).await?;
-    events::record(
-        &mut tx,
-        "device_model_deleted",
-        &json!({"id": id, "code": model.code}),
-    )
-    .await?;
-    let committed = tx.commit().await;
-    state.caches.model_firmware_changed(id);
-    committed?;
-    tracing::info!(model_code = %model.code, model_id = id, firmware_versions = versions.len(), "device_model_deleted");
+    models_ops::delete(&state.db, state.caches.as_ref(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

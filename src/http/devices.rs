@@ -17,13 +17,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AdminEditor, AdminReader};
 use super::error::{ApiError, Json};
-use crate::db::device_models::{self as models, DeviceModelRow};
-use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
-use crate::db::Tx;
-use crate::fleet::{ClientId, ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
-use crate::layout::coredump_key;
+use crate::db::device_models::DeviceModelRow;
+use crate::db::devices::{self, DeviceRow};
+use crate::fleet::{ClientId, DeviceSecret};
+use crate::registry::devices as devices_ops;
 use crate::state::AppState;
-use crate::{events, outbox};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -146,10 +144,6 @@ pub fn not_found(id: i64) -> ApiError {
     ApiError::NotFound(format!("Device {id} was not found"))
 }
 
-fn event_payload(row: &DeviceRow) -> Value {
-    serde_json::json!({"id": row.id, "key": row.key, "device_model_id": row.device_model_id})
-}
-
 fn summary(row: DeviceRow) -> DeviceSummary {
     DeviceSummary {
         credentials: credential_fields(&row),
@@ -188,33 +182,12 @@ fn full(row: DeviceRow, model: DeviceModelRow, secret: Option<DeviceSecret>) -> 
     }
 }
 
-/// Parses a config from the request and checks it against the model's schema.
-fn checked_config(raw: &Value, model: &DeviceModelRow) -> Result<DeviceConfig, ApiError> {
-    let text = match raw {
+/// The config as the request sent it: JSON text, or a JSON value taken as its serialisation.
+fn config_text(raw: &Value) -> String {
+    match raw {
         Value::String(text) => text.clone(),
         other => other.to_string(),
-    };
-    let config = DeviceConfig::parse(&text).map_err(|e| ApiError::validation(e.0))?;
-    if let Some(schema_text) = &model.config_schema {
-        let schema = ConfigSchema::parse(schema_text).map_err(|e| {
-            ApiError::Internal(format!(
-                "DeviceModel {} has an unusable config_schema: {e}",
-                model.code
-            ))
-        })?;
-        schema
-            .check(&config.value)
-            .map_err(|e| ApiError::validation(e.0))?;
     }
-    Ok(config)
-}
-
-async fn load(tx: &mut Tx, id: i64) -> Result<(DeviceRow, DeviceModelRow), ApiError> {
-    let row = devices::get(tx, id).await?.ok_or_else(|| not_found(id))?;
-    let model = models::get(tx, row.device_model_id)
-        .await?
-        .ok_or_else(|| super::device_models::not_found(row.device_model_id))?;
-    Ok((row, model))
 }
 
 /// List devices ordered by key, optionally of one model.
@@ -245,10 +218,6 @@ pub async fn list(
     }))
 }
 
-/// How often a new random key is tried when it collides with an existing one (5 random bytes:
-/// a collision is already rare at fleet sizes; several in a row mean something else is wrong).
-const KEY_ATTEMPTS: usize = 5;
-
 /// Create a device with a new random key and secret. Requires `editor`.
 #[utoipa::path(post, path = "/api/devices", tag = "devices",
     security(("admin" = ["editor"])), request_body = DeviceCreate,
@@ -260,37 +229,9 @@ pub async fn create(
     State(state): State<AppState>,
     Json(body): Json<DeviceCreate>,
 ) -> Result<(StatusCode, Json<DeviceResponse>), ApiError> {
-    for _ in 0..KEY_ATTEMPTS {
-        let mut tx = state.db.begin().await?;
-        let model = models::get(&mut tx, body.device_model_id)
-            .await?
-            .ok_or_else(|| super::device_models::not_found(body.device_model_id))?;
-        let config = checked_config(&body.config, &model)?;
-        let key = DeviceKey::generate();
-        let secret = DeviceSecret::generate();
-        // The unique constraint decides about collisions; a failed insert ends this transaction
-        // (PostgreSQL aborts it), so each attempt gets a fresh one.
-        let id =
-            match devices::insert(&mut tx, key.as_str(), model.id, &config, &secret.hash()).await {
-                Ok(id) => id,
-                Err(e) if e.violates(KEY_UNIQUE.0, KEY_UNIQUE.1) => {
-                    tracing::warn!(device_key = %key, "device_key_collision");
-                    continue;
-                }
-                Err(e) if e.is_foreign_key_violation() => {
-                    return Err(super::device_models::not_found(body.device_model_id))
-                }
-                Err(e) => return Err(e.into()),
-            };
-        let (row, model) = load(&mut tx, id).await?;
-        events::record(&mut tx, "device_created", &event_payload(&row)).await?;
-        tx.commit().await?;
-        tracing::info!(device_key = %key, device_id = id, model_code = %model.code, "device_created");
-        return Ok((StatusCode::CREATED, Json(full(row, model, Some(secret)))));
-    }
-    Err(ApiError::Internal(
-        "Could not find a free device key; try again".into(),
-    ))
+    let (row, model, secret) =
+        devices_ops::create(&state.db, body.device_model_id, &config_text(&body.config)).await?;
+    Ok((StatusCode::CREATED, Json(full(row, model, Some(secret)))))
 }
 
 /// Get one device with its model.
@@ -303,7 +244,7 @@ pub async fn fetch(
     Path(id): Path<i64>,
 ) -> Result<Json<DeviceResponse>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let (row, model) = load(&mut tx, id).await?;
+    let (row, model) = devices_ops::load(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(full(row, model, None)))
 }
@@ -320,16 +261,8 @@ pub async fn update(
     Path(id): Path<i64>,
     Json(body): Json<DeviceUpdate>,
 ) -> Result<Json<DeviceResponse>, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let (row, model) = load(&mut tx, id).await?;
-    let config = match &body.config {
-        Some(raw) => checked_config(raw, &model)?,
-        None => DeviceConfig::parse(&row.config).map_err(|e| ApiError::Internal(e.0))?,
-    };
-    devices::update(&mut tx, id, &config, body.active.unwrap_or(row.active)).await?;
-    let (row, model) = load(&mut tx, id).await?;
-    events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
-    tx.commit().await?;
+    let text = body.config.as_ref().map(config_text);
+    let (row, model) = devices_ops::update(&state.db, id, text.as_deref(), body.active).await?;
     Ok(Json(full(row, model, None)))
 }
 
@@ -342,21 +275,7 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let (row, _) = load(&mut tx, id).await?;
-    let dumps = devices::coredump_ids(&mut tx, id).await?;
-    devices::delete(&mut tx, id).await?;
-    let keys = dumps
-        .iter()
-        .map(|dump| coredump_key(&row.key, *dump))
-        .collect::<Result<Vec<_>, _>>()?;
-    outbox::schedule_deletion(&mut tx, &keys).await?;
-    events::record(&mut tx, "device_deleted", &event_payload(&row)).await?;
-    let committed = tx.commit().await;
-    // Even after a failed commit: it may have happened, and forgetting costs one query.
-    state.caches.device_changed(&row.key);
-    committed?;
-    tracing::info!(device_key = %row.key, device_id = id, coredumps = keys.len(), "device_deleted");
+    devices_ops::delete(&state.db, state.caches.as_ref(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -372,18 +291,19 @@ pub async fn replace_secret(
     Path(id): Path<i64>,
 ) -> Result<Json<DeviceSecretResponse>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let (row, _) = load(&mut tx, id).await?;
+    let (row, _) = devices_ops::load(&mut tx, id).await?;
     tx.commit().await?;
     let secret = DeviceSecret::generate();
+    let device = crate::credentials::rotation::RotationTargetKey { id, key: &row.key };
     let replaced = crate::credentials::rotation::replace_secret(
         &state.db,
+        state.caches.as_ref(),
         &state.config.rotation,
-        id,
+        &device,
         &secret.hash(),
     )
-    .await;
-    state.caches.device_changed(&row.key);
-    if !replaced? {
+    .await?;
+    if !replaced {
         return Err(not_found(id));
     }
     tracing::info!(device_key = %row.key, device_id = id, "device_secret_replaced");

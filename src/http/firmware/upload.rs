@@ -112,14 +112,12 @@ async fn receive_and_store(
     let stored = store::store_bundle(
         &state.db,
         &state.storage,
+        state.caches.as_ref(),
         model.id,
         bundle,
         state.config.max_firmwares,
     )
-    .await;
-    // Also after a failure: the commit may have happened.
-    state.caches.model_firmware_changed(model.id);
-    let stored = stored?;
+    .await?;
     Ok(Json(FirmwareUploadResponse {
         id: stored.model_id,
         code: stored.model_code,

@@ -83,9 +83,7 @@ pub async fn set_current(
     Path(id): Path<i64>,
     Json(body): Json<SetCurrentFirmware>,
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
-    let code = store::set_current(&state.db, id, &body.version).await;
-    state.caches.model_firmware_changed(id);
-    let code = code?;
+    let code = store::set_current(&state.db, state.caches.as_ref(), id, &body.version).await?;
     Ok(Json(FirmwareUploadResponse {
         id,
         code,
@@ -107,9 +105,7 @@ pub async fn remove_version(
     State(state): State<AppState>,
     Path((id, version)): Path<(i64, String)>,
 ) -> Result<http::StatusCode, ApiError> {
-    let deleted = store::delete_version(&state.db, id, &version).await;
-    state.caches.model_firmware_changed(id);
-    deleted?;
+    store::delete_version(&state.db, state.caches.as_ref(), id, &version).await?;
     Ok(http::StatusCode::NO_CONTENT)
 }
 

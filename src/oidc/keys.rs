@@ -1,0 +1,210 @@
+//! Fetching and caching the issuer's signing keys: discovery, the JWKS, one refetch on an
+//! unknown `kid` at most every 30 s, stale keys kept while the issuer is down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::Algorithm;
+
+use super::*;
+
+impl OidcVerifier {
+    /// The key named `kid` and the issuer tokens must carry, fetching the JWKS if needed.
+    pub(super) async fn key_for(&self, kid: &str) -> Result<(Arc<CachedKey>, String), OidcError> {
+        {
+            let cache = self.inner.cache.read().await;
+            if let (Some(key), Some(at)) = (cache.keys.get(kid), cache.loaded_at) {
+                if at.elapsed() < JWKS_MAX_AGE {
+                    return Ok((key.clone(), cache.issuer.clone()));
+                }
+            }
+        }
+
+        let mut fetch = self.inner.fetch.lock().await;
+        // Someone may have fetched while we waited for the lock: look again.
+        let (found, loaded_at) = {
+            let cache = self.inner.cache.read().await;
+            (cache.keys.get(kid).cloned(), cache.loaded_at)
+        };
+        let may_fetch = fetch
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.inner.settings.min_refresh_interval);
+        let lookup = match (found, loaded_at) {
+            (Some(key), Some(at)) if at.elapsed() < JWKS_MAX_AGE => Lookup::Found(key),
+            // Stale key: refresh if allowed, else keep using it.
+            (Some(key), _) if !may_fetch => Lookup::Found(key),
+            (Some(_), _) => Lookup::Fetch,
+            (None, None) if !may_fetch => {
+                return Err(OidcError::unavailable(format!(
+                    "signing keys could not be loaded: {}",
+                    fetch.last_error.as_deref().unwrap_or("not yet fetched")
+                )));
+            }
+            (None, Some(_)) if !may_fetch => {
+                return Err(OidcError::invalid("token is signed with an unknown key"));
+            }
+            (None, _) => Lookup::Fetch,
+        };
+        if let Lookup::Found(key) = lookup {
+            let issuer = self.inner.cache.read().await.issuer.clone();
+            return Ok((key, issuer));
+        }
+
+        match self.refresh(&mut fetch).await {
+            Ok(()) => {}
+            Err(e) => {
+                // A stale key still works while the issuer is unreachable.
+                let cache = self.inner.cache.read().await;
+                if let Some(key) = cache.keys.get(kid) {
+                    tracing::warn!(error = %e, "OIDC key refresh failed; using cached keys");
+                    return Ok((key.clone(), cache.issuer.clone()));
+                }
+                return Err(e);
+            }
+        }
+        let cache = self.inner.cache.read().await;
+        match cache.keys.get(kid) {
+            Some(key) => Ok((key.clone(), cache.issuer.clone())),
+            None => Err(OidcError::invalid("token is signed with an unknown key")),
+        }
+    }
+
+    /// Fetches discovery (if not known yet) and the JWKS, replacing the cached keys on success.
+    async fn refresh(&self, fetch: &mut FetchState) -> Result<(), OidcError> {
+        fetch.last_attempt = Some(Instant::now());
+        let result = self.fetch_keys(fetch).await;
+        match result {
+            Ok((discovered, keys)) => {
+                {
+                    let mut cache = self.inner.cache.write().await;
+                    cache.issuer = discovered.issuer.clone();
+                    cache.keys = keys;
+                    cache.loaded_at = Some(Instant::now());
+                }
+                fetch.discovered = Some(discovered);
+                fetch.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                fetch.discovered = None;
+                let reason = match &e {
+                    OidcError::Invalid(r) | OidcError::Unavailable(r) => r.clone(),
+                };
+                tracing::warn!(reason = %reason, "OIDC key fetch failed");
+                fetch.last_error = Some(reason);
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_keys(
+        &self,
+        fetch: &mut FetchState,
+    ) -> Result<(Discovered, HashMap<String, Arc<CachedKey>>), OidcError> {
+        let client = match &fetch.client {
+            Some(client) => client.clone(),
+            None => {
+                let client = reqwest::Client::builder()
+                    .timeout(HTTP_TIMEOUT)
+                    .connect_timeout(HTTP_TIMEOUT)
+                    .build()
+                    .map_err(|e| {
+                        OidcError::unavailable(format!("HTTP client could not be built: {e}"))
+                    })?;
+                fetch.client = Some(client.clone());
+                client
+            }
+        };
+        let discovered = match &fetch.discovered {
+            Some(d) => d.clone(),
+            None => self.discover(&client).await?,
+        };
+        let body = get_body(&client, &discovered.jwks_uri, "JWKS").await?;
+        let set: RawJwkSet = serde_json::from_slice(&body)
+            .map_err(|e| OidcError::unavailable(format!("JWKS is not valid JSON: {e}")))?;
+        let mut keys = HashMap::new();
+        for value in set.keys {
+            // Skip keys we cannot use (encryption keys, unknown types) instead of failing the set.
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                continue;
+            };
+            if let Some((kid, key)) = usable_key(&jwk) {
+                keys.insert(kid, Arc::new(key));
+            }
+        }
+        if keys.is_empty() {
+            return Err(OidcError::unavailable(
+                "JWKS contains no usable signing key",
+            ));
+        }
+        Ok((discovered, keys))
+    }
+
+    async fn discover(&self, client: &reqwest::Client) -> Result<Discovered, OidcError> {
+        let configured = self.inner.settings.issuer_url.trim_end_matches('/');
+        let url = format!("{configured}/.well-known/openid-configuration");
+        let body = get_body(client, &url, "discovery document").await?;
+        let doc: DiscoveryDocument = serde_json::from_slice(&body).map_err(|e| {
+            OidcError::unavailable(format!("discovery document is not usable: {e}"))
+        })?;
+        if doc.issuer.trim_end_matches('/') != configured {
+            return Err(OidcError::unavailable(format!(
+                "discovery document names issuer {:?}, expected {:?}",
+                doc.issuer, self.inner.settings.issuer_url
+            )));
+        }
+        if !(doc.jwks_uri.starts_with("https://") || doc.jwks_uri.starts_with("http://")) {
+            return Err(OidcError::unavailable(
+                "discovery document has no usable jwks_uri",
+            ));
+        }
+        Ok(Discovered {
+            issuer: doc.issuer,
+            jwks_uri: doc.jwks_uri,
+        })
+    }
+}
+
+/// GETs `url` and returns its body (at most [`MAX_BODY_BYTES`]); every failure is Unavailable.
+pub(super) async fn get_body(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+) -> Result<Vec<u8>, OidcError> {
+    let mut response = client
+        .get(url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| OidcError::unavailable(format!("{what} request to {url} failed: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(OidcError::unavailable(format!(
+            "{what} request to {url} answered {status}"
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| OidcError::unavailable(format!("{what} from {url} could not be read: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(OidcError::unavailable(format!(
+                "{what} from {url} is larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub(super) fn is_allowed_algorithm(alg: Algorithm) -> bool {
+    use Algorithm::*;
+    matches!(
+        alg,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
+    )
+}

@@ -1,0 +1,127 @@
+//! Devices: create (a new key and secret), update (config, active flag), delete with their dumps.
+
+use serde_json::{json, Value};
+
+use super::RegistryError;
+use crate::db::device_models::{self as models, DeviceModelRow};
+use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
+use crate::db::{Db, Tx};
+use crate::fleet::{ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
+use crate::lookup_cache::Invalidation;
+use crate::{events, layout, outbox};
+
+/// How often a new random key is tried when it collides with an existing one (5 random bytes:
+/// a collision is already rare at fleet sizes; several in a row mean something else is wrong).
+const KEY_ATTEMPTS: usize = 5;
+
+fn event_payload(row: &DeviceRow) -> Value {
+    json!({"id": row.id, "key": row.key, "device_model_id": row.device_model_id})
+}
+
+/// Parses a config (JSON text) and checks it against the model's schema.
+pub fn checked_config(text: &str, model: &DeviceModelRow) -> Result<DeviceConfig, RegistryError> {
+    let config = DeviceConfig::parse(text).map_err(|e| RegistryError::Invalid(e.0))?;
+    if let Some(schema_text) = &model.config_schema {
+        let schema = ConfigSchema::parse(schema_text).map_err(|e| {
+            RegistryError::Broken(format!(
+                "DeviceModel {} has an unusable config_schema: {e}",
+                model.code
+            ))
+        })?;
+        schema
+            .check(&config.value)
+            .map_err(|e| RegistryError::Invalid(e.0))?;
+    }
+    Ok(config)
+}
+
+/// A device and its model, or [`RegistryError::DeviceNotFound`].
+pub async fn load(tx: &mut Tx, id: i64) -> Result<(DeviceRow, DeviceModelRow), RegistryError> {
+    let row = devices::get(tx, id)
+        .await?
+        .ok_or(RegistryError::DeviceNotFound(id))?;
+    let model = models::get(tx, row.device_model_id)
+        .await?
+        .ok_or(RegistryError::ModelNotFound(row.device_model_id))?;
+    Ok((row, model))
+}
+
+/// Creates a device of model `model_id` with a new random key and secret; the secret is returned
+/// here only.
+pub async fn create(
+    db: &Db,
+    model_id: i64,
+    config_text: &str,
+) -> Result<(DeviceRow, DeviceModelRow, DeviceSecret), RegistryError> {
+    for _ in 0..KEY_ATTEMPTS {
+        let mut tx = db.begin().await?;
+        let model = models::get(&mut tx, model_id)
+            .await?
+            .ok_or(RegistryError::ModelNotFound(model_id))?;
+        let config = checked_config(config_text, &model)?;
+        let key = DeviceKey::generate();
+        let secret = DeviceSecret::generate();
+        // The unique constraint decides about collisions; a failed insert ends this transaction
+        // (PostgreSQL aborts it), so each attempt gets a fresh one.
+        let id =
+            match devices::insert(&mut tx, key.as_str(), model.id, &config, &secret.hash()).await {
+                Ok(id) => id,
+                Err(e) if e.violates(KEY_UNIQUE.0, KEY_UNIQUE.1) => {
+                    tracing::warn!(device_key = %key, "device_key_collision");
+                    continue;
+                }
+                Err(e) if e.is_foreign_key_violation() => {
+                    return Err(RegistryError::ModelNotFound(model_id))
+                }
+                Err(e) => return Err(e.into()),
+            };
+        let (row, model) = load(&mut tx, id).await?;
+        events::record(&mut tx, "device_created", &event_payload(&row)).await?;
+        tx.commit().await?;
+        tracing::info!(device_key = %key, device_id = id, model_code = %model.code, "device_created");
+        return Ok((row, model, secret));
+    }
+    Err(RegistryError::Conflict(
+        "Could not find a free device key; try again".into(),
+    ))
+}
+
+/// Replaces a device's config (when given) and active flag (when given).
+pub async fn update(
+    db: &Db,
+    id: i64,
+    config_text: Option<&str>,
+    active: Option<bool>,
+) -> Result<(DeviceRow, DeviceModelRow), RegistryError> {
+    let mut tx = db.begin().await?;
+    let (row, model) = load(&mut tx, id).await?;
+    let config = match config_text {
+        Some(text) => checked_config(text, &model)?,
+        None => DeviceConfig::parse(&row.config).map_err(|e| RegistryError::Broken(e.0))?,
+    };
+    devices::update(&mut tx, id, &config, active.unwrap_or(row.active)).await?;
+    let (row, model) = load(&mut tx, id).await?;
+    events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
+    tx.commit().await?;
+    Ok((row, model))
+}
+
+/// Deletes a device, its dump rows, and (through the outbox) their objects.
+pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), RegistryError> {
+    let mut tx = db.begin().await?;
+    let (row, _) = load(&mut tx, id).await?;
+    let dumps = devices::coredump_ids(&mut tx, id).await?;
+    devices::delete(&mut tx, id).await?;
+    let keys = dumps
+        .iter()
+        .map(|dump| layout::coredump_key(&row.key, *dump))
+        .collect::<Result<Vec<_>, _>>()?;
+    outbox::schedule_deletion(&mut tx, &keys).await?;
+    events::record(&mut tx, "device_deleted", &event_payload(&row)).await?;
+    let committed = tx.commit().await;
+    // Even after a failed commit: it may have happened, and forgetting costs one query.
+    caches.device_changed(&row.key);
+    committed?;
+    tracing::info!(device_key = %row.key, device_id = id, coredumps = keys.len(), "device_deleted");
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Device models: create, update (name, config schema), delete with the firmware they hold.
+
+use serde_json::json;
+
+use super::RegistryError;
+use crate::db::device_models::{self as models, DeviceModelRow, CODE_UNIQUE};
+use crate::db::{firmware_versions, Db};
+use crate::fleet::{ConfigSchema, ModelCode};
+use crate::lookup_cache::Invalidation;
+use crate::{events, layout, outbox};
+
+/// A name: 1–255 characters, not only whitespace.
+pub fn parse_name(name: &str) -> Result<&str, RegistryError> {
+    if name.trim().is_empty() || name.chars().count() > 255 {
+        return Err(RegistryError::Invalid(
+            "name must be 1-255 characters".into(),
+        ));
+    }
+    Ok(name)
+}
+
+pub fn parse_schema(text: &str) -> Result<ConfigSchema, RegistryError> {
+    ConfigSchema::parse(text).map_err(|e| RegistryError::Invalid(e.0))
+}
+
+/// What `PUT` does with the schema.
+#[derive(Debug, Clone, Copy)]
+pub enum SchemaChange<'a> {
+    Keep,
+    Remove,
+    Set(&'a str),
+}
+
+/// Creates a model; the code's unique constraint decides between concurrent creates.
+pub async fn create(
+    db: &Db,
+    code: &ModelCode,
+    name: &str,
+    schema: Option<&ConfigSchema>,
+) -> Result<DeviceModelRow, RegistryError> {
+    let mut tx = db.begin().await?;
+    let id = models::insert(&mut tx, code.as_str(), name, schema.map(|s| s.text()))
+        .await
+        .map_err(|e| {
+            if e.violates(CODE_UNIQUE.0, CODE_UNIQUE.1) {
+                RegistryError::Exists(format!("DeviceModel for {code} already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+    let row = models::get(&mut tx, id)
+        .await?
+        .ok_or(RegistryError::ModelNotFound(id))?;
+    events::record(
+        &mut tx,
+        "device_model_created",
+        &json!({"id": id, "code": row.code}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(model_code = %code, model_id = id, "device_model_created");
+    Ok(row)
+}
+
+/// Changes a model's name (when given) and schema.
+pub async fn update(
+    db: &Db,
+    id: i64,
+    name: Option<&str>,
+    schema: SchemaChange<'_>,
+) -> Result<DeviceModelRow, RegistryError> {
+    let mut tx = db.begin().await?;
+    let current = models::get(&mut tx, id)
+        .await?
+        .ok_or(RegistryError::ModelNotFound(id))?;
+    let name = match name {
+        Some(name) => parse_name(name)?.to_string(),
+        None => current.name.clone(),
+    };
+    let schema: Option<String> = match schema {
+        SchemaChange::Keep => current.config_schema.clone(),
+        SchemaChange::Remove => None,
+        SchemaChange::Set(text) => Some(parse_schema(text)?.text().to_string()),
+    };
+    models::update(&mut tx, id, &name, schema.as_deref()).await?;
+    let row = models::get(&mut tx, id)
+        .await?
+        .ok_or(RegistryError::ModelNotFound(id))?;
+    events::record(
+        &mut tx,
+        "device_model_updated",
+        &json!({"id": id, "code": row.code}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Deletes a model without devices, its firmware rows, and (through the outbox) their objects.
+pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), RegistryError> {
+    let mut tx = db.begin().await?;
+    // Lock the model row first, as firmware uploads do: a version committed between reading the
+    // versions and deleting the model would otherwise lose its objects to the cascade.
+    firmware_versions::lock_model(&mut tx, id)
+        .await?
+        .ok_or(RegistryError::ModelNotFound(id))?;
+    let model = models::get(&mut tx, id)
+        .await?
+        .ok_or(RegistryError::ModelNotFound(id))?;
+    let in_use = || {
+        RegistryError::Conflict(format!(
+            "DeviceModel {} has {} device(s); delete them first",
+            model.code, model.device_count
+        ))
+    };
+    if model.device_count > 0 {
+        return Err(in_use());
+    }
+    let versions = models::firmware_versions(&mut tx, id).await?;
+    // The foreign key (ON DELETE RESTRICT) still guards a device created concurrently.
+    models::delete(&mut tx, id).await.map_err(|e| {
+        if e.is_foreign_key_violation() {
+            RegistryError::Conflict(format!(
+                "DeviceModel {} has devices; delete them first",
+                model.code
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    let mut keys = Vec::new();
+    for version in &versions {
+        keys.extend(layout::firmware_keys(&model.code, version)?);
+    }
+    outbox::schedule_deletion(&mut tx, &keys).await?;
+    events::record(
+        &mut tx,
+        "device_model_deleted",
+        &json!({"id": id, "code": model.code}),
+    )
+    .await?;
+    let committed = tx.commit().await;
+    caches.model_firmware_changed(id);
+    committed?;
+    tracing::info!(model_code = %model.code, model_id = id, firmware_versions = versions.len(), "device_model_deleted");
+    Ok(())
+}
