@@ -52,6 +52,15 @@ pub struct DeviceClaims {
     pub sid: String,
 }
 
+/// What [`TokenIssuer::check`] makes of a presented JWT.
+#[derive(Debug)]
+pub enum TokenCheck {
+    /// Not signed with one of our keys (perhaps the OIDC issuer's).
+    NotOurs,
+    Valid(Arc<DeviceClaims>),
+    Invalid(InvalidToken),
+}
+
 /// What [`TokenIssuer::mint`] hands out.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -98,7 +107,7 @@ pub struct TokenIssuer {
     /// Tokens whose signature and claims were checked, by SHA-256, until they expire: a device
     /// polling with its token costs a hash, not an ECDSA verification, per request. A token never
     /// changes, so a cached verdict never goes stale; the secret it names is checked every time.
-    verified: std::sync::Mutex<HashMap<[u8; 32], DeviceClaims>>,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Arc<DeviceClaims>>>,
     settings: CredentialSettings,
 }
 
@@ -245,22 +254,40 @@ impl TokenIssuer {
 
     /// Whether `token` claims to be one of ours (its `kid` is one of our keys).
     pub fn is_ours(&self, token: &str) -> bool {
-        if self.cached(&token_digest(token)).is_some() {
-            return true;
-        }
-        jsonwebtoken::decode_header(token)
-            .ok()
-            .and_then(|h| h.kid)
-            .is_some_and(|kid| self.verifying.contains_key(&kid))
+        !matches!(self.check(token), TokenCheck::NotOurs)
     }
 
     /// Checks signature, issuer, audience and lifetime; the caller checks `sid` and the device.
-    pub fn verify(&self, token: &str) -> Result<DeviceClaims, InvalidToken> {
+    pub fn verify(&self, token: &str) -> Result<Arc<DeviceClaims>, InvalidToken> {
+        match self.check(token) {
+            TokenCheck::Valid(claims) => Ok(claims),
+            TokenCheck::Invalid(e) => Err(e),
+            TokenCheck::NotOurs => Err(InvalidToken("token signed with an unknown key".into())),
+        }
+    }
+
+    /// Whether `token` is ours, and if so whether it is valid. A token verified before is
+    /// answered from memory (one SHA-256 of the token) until it expires.
+    pub fn check(&self, token: &str) -> TokenCheck {
         let digest = token_digest(token);
         if let Some(claims) = self.cached(&digest) {
-            return Ok(claims);
+            return TokenCheck::Valid(claims);
         }
-        let claims = self.verify_signature(token)?;
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        if !kid.is_some_and(|kid| self.verifying.contains_key(&kid)) {
+            return TokenCheck::NotOurs;
+        }
+        match self.verify_signature(token) {
+            Ok(claims) => {
+                let claims = Arc::new(claims);
+                self.remember(digest, claims.clone());
+                TokenCheck::Valid(claims)
+            }
+            Err(e) => TokenCheck::Invalid(e),
+        }
+    }
+
+    fn remember(&self, digest: [u8; 32], claims: Arc<DeviceClaims>) {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= VERIFIED_CAPACITY {
             let now = chrono::Utc::now().timestamp();
@@ -269,12 +296,11 @@ impl TokenIssuer {
                 verified.clear();
             }
         }
-        verified.insert(digest, claims.clone());
-        Ok(claims)
+        verified.insert(digest, claims);
     }
 
     /// A cached verdict that has not expired.
-    fn cached(&self, digest: &[u8; 32]) -> Option<DeviceClaims> {
+    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<DeviceClaims>> {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         verified
             .get(digest)

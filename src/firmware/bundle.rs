@@ -94,6 +94,33 @@ pub struct Bundle {
     pub app: AppFacts,
 }
 
+impl Bundle {
+    /// The `firmware_versions` row this bundle is recorded as: sizes and hashes in
+    /// [`Artifact::ALL`] order, and the app descriptor facts.
+    pub fn row(&self) -> crate::db::firmware_versions::NewFirmwareVersion<'_> {
+        let size = |e: &Entry| i64::try_from(e.size).unwrap_or(i64::MAX);
+        let artifacts = Artifact::ALL.map(|artifact| {
+            self.artifacts
+                .iter()
+                .find(|e| e.artifact == artifact)
+                .map(|e| (size(e), e.sha256.as_str()))
+                .unwrap_or((0, ""))
+        });
+        let app = &self.app;
+        crate::db::firmware_versions::NewFirmwareVersion {
+            version: self.version.as_str(),
+            artifacts,
+            project_name: &app.project_name,
+            idf_version: &app.idf_version,
+            build_date: &app.build_date,
+            build_time: &app.build_time,
+            app_elf_sha256: &app.app_elf_sha256,
+            secure_version: i64::from(app.secure_version),
+            chip: &app.chip,
+        }
+    }
+}
+
 /// The entry names of a bundle for model `code`, with the artifact each becomes.
 fn expected_entries(code: &str) -> [(String, Artifact); 5] {
     Artifact::ALL.map(|artifact| (artifact.bundle_entry(code), artifact))

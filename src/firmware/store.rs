@@ -14,7 +14,7 @@
 
 use super::bundle::{Bundle, Content, Entry};
 use super::retention::{self, Pruned, RetentionError};
-use crate::db::firmware_versions::{self as fw, NewFirmwareVersion, MODEL_VERSION_UNIQUE};
+use crate::db::firmware_versions::{self as fw, MODEL_VERSION_UNIQUE};
 use crate::db::{Db, DbError, Tx};
 use crate::layout::firmware_keys;
 use crate::lookup_cache::Invalidation;
@@ -101,7 +101,7 @@ async fn store_bundle_locked(
             false
         }
         None => {
-            fw::insert(&mut tx, model_id, &new_row(&bundle)?)
+            fw::insert(&mut tx, model_id, &bundle.row())
                 .await
                 .map_err(|e| concurrent_conflict(e, &version, &model.code))?;
             true
@@ -170,30 +170,6 @@ fn is_identical(existing: &fw::FirmwareVersionRow, bundle: &Bundle) -> bool {
     })
 }
 
-/// The row a bundle is recorded as.
-fn new_row(bundle: &Bundle) -> Result<NewFirmwareVersion<'_>, StoreError> {
-    let hashes: Vec<(i64, &str)> = bundle
-        .artifacts
-        .iter()
-        .map(|a| (i64::try_from(a.size).unwrap_or(i64::MAX), a.sha256.as_str()))
-        .collect();
-    let artifacts: [(i64, &str); 5] = hashes
-        .try_into()
-        .map_err(|_| StoreError::Conflict("a bundle has exactly five artifacts".into()))?;
-    let app = &bundle.app;
-    Ok(NewFirmwareVersion {
-        version: bundle.version.as_str(),
-        artifacts,
-        project_name: &app.project_name,
-        idf_version: &app.idf_version,
-        build_date: &app.build_date,
-        build_time: &app.build_time,
-        app_elf_sha256: &app.app_elf_sha256,
-        secure_version: i64::from(app.secure_version),
-        chip: &app.chip,
-    })
-}
-
 fn concurrent_conflict(e: DbError, version: &str, model_code: &str) -> StoreError {
     if e.violates(MODEL_VERSION_UNIQUE.0, MODEL_VERSION_UNIQUE.1) {
         StoreError::Conflict(format!(
@@ -258,7 +234,7 @@ pub async fn import_bundle(
     let (imported, cleanup) = match import_plan(existing.as_ref(), &bundle) {
         ImportPlan::Unchanged => return Ok(Imported::Unchanged),
         ImportPlan::FillLegacyRow(id) => {
-            fw::record_facts(&mut tx, id, &new_row(&bundle)?).await?;
+            fw::record_facts(&mut tx, id, &bundle.row()).await?;
             // The keys held the legacy objects before: never delete them on failure.
             (Imported::FilledLegacyRow, Cleanup::KeepWritten)
         }
@@ -269,7 +245,7 @@ pub async fn import_bundle(
         )))
         }
         ImportPlan::Create => {
-            fw::insert_uploaded_at(&mut tx, model_id, &new_row(&bundle)?, uploaded_at)
+            fw::insert_uploaded_at(&mut tx, model_id, &bundle.row(), uploaded_at)
                 .await
                 .map_err(|e| concurrent_conflict(e, &version, &model.code))?;
             (Imported::Created, Cleanup::DeleteWritten)

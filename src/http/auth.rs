@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::credentials::tokens::{TokenError, TokenIssuer};
+use crate::credentials::tokens::{DeviceClaims, TokenCheck, TokenError, TokenIssuer};
 use crate::credentials::{self, rotation, DeviceCredential, SecretMatch};
 use crate::db::credentials as credentials_db;
 use crate::fleet::ClientId;
@@ -278,12 +278,8 @@ pub async fn accept(
 /// that model, and minted with the device's current or pending secret.
 async fn device_from_own_token(
     state: &AppState,
-    issuer: &TokenIssuer,
-    token: &str,
+    claims: &DeviceClaims,
 ) -> Result<DeviceCaller, ApiError> {
-    let claims = issuer
-        .verify(token)
-        .map_err(|e| ApiError::AuthenticationRequired(format!("Invalid credentials: {e}")))?;
     let client = ClientId::parse(&claims.azp).ok_or_else(invalid_device_credentials)?;
     let (credential, proved) = prove(state, client.device_key.as_str(), |c| {
         (c.model_code == client.model_code.as_str())
@@ -325,9 +321,16 @@ impl FromRequestParts<AppState> for DeviceCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(parts)? {
             if looks_like_jwt(token) {
-                let issuer = token_issuer(state).await?;
-                if issuer.is_ours(token) {
-                    return device_from_own_token(state, &issuer, token).await;
+                match token_issuer(state).await?.check(token) {
+                    TokenCheck::Valid(claims) => {
+                        return device_from_own_token(state, &claims).await
+                    }
+                    TokenCheck::Invalid(e) => {
+                        return Err(ApiError::AuthenticationRequired(format!(
+                            "Invalid credentials: {e}"
+                        )))
+                    }
+                    TokenCheck::NotOurs => {}
                 }
                 if let Some(oidc) = &state.oidc {
                     return device_from_oidc(state, oidc, token).await;

@@ -4,21 +4,19 @@
 //! Every admin route is scoped to the device in the URL: a dump of another device is a 404, as is
 //! an unknown device. No response has a `filename` field (that column is legacy-only).
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::auth::{AdminEditor, AdminReader, DeviceCaller};
+use super::auth::{AdminEditor, AdminReader};
 use super::download::{self, Download};
 use super::error::{ApiError, Json};
-use crate::coredumps::ingest::{self, DumpMeta, IngestError, Uploader};
 use crate::coredumps::manage::{self, ManageError};
 use crate::db::coredumps::{self, CoredumpRow};
 use crate::layout::coredump_key;
@@ -26,7 +24,6 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/iot/coredump", post(upload))
         .route("/api/devices/{id}/coredumps", get(list).delete(remove_all))
         .route(
             "/api/devices/{id}/coredumps/{cid}",
@@ -34,22 +31,6 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/devices/{id}/coredumps/{cid}/download", get(download))
         .route("/api/devices/{id}/coredumps/{cid}/reparse", post(reparse))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct CoredumpUploadQuery {
-    /// The chip the dump comes from, e.g. `esp32s3` (at most 50 characters).
-    pub chip: Option<String>,
-    /// The firmware version the device runs (at most 50 characters, no `/`, `..` or control
-    /// characters); the parser uses this version's `firmware.elf`.
-    pub firmware_version: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CoredumpUploadResponse {
-    /// Always `ok`.
-    pub status: &'static str,
-    pub coredump_id: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -139,93 +120,6 @@ impl From<ManageError> for ApiError {
             ManageError::CoredumpNotFound(id) => not_found(id),
             ManageError::Db(e) => e.into(),
             ManageError::Key(e) => e.into(),
-        }
-    }
-}
-
-/// Upload a crash dump (the raw body, at most `MAX_COREDUMP_BYTES`) for parsing.
-#[utoipa::path(post, path = "/api/iot/coredump", tag = "device api",
-    security(("device" = [])), params(CoredumpUploadQuery),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
-        description = "The dump as read from flash (raw, base64 UART text or ELF core)"),
-    responses((status = 201, body = CoredumpUploadResponse),
-        (status = 400, description = "Missing or invalid query parameter, or an empty body", body = super::error::ErrorBody),
-        (status = 401, body = super::error::ErrorBody),
-        (status = 413, description = "Body larger than MAX_COREDUMP_BYTES", body = super::error::ErrorBody),
-        (status = 503, description = "Object store or database unavailable, or MAX_CONCURRENT_COREDUMP_UPLOADS uploads already in progress; nothing was stored", body = super::error::ErrorBody)))]
-pub async fn upload(
-    device: DeviceCaller,
-    State(state): State<AppState>,
-    Query(query): Query<CoredumpUploadQuery>,
-    headers: http::HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<CoredumpUploadResponse>), ApiError> {
-    let meta = DumpMeta::parse(query.chip.as_deref(), query.firmware_version.as_deref())?;
-    // Held until the dump is stored or refused: one device cannot take every upload slot.
-    let _device_permit = state
-        .coredump_uploads_by_device
-        .try_acquire(&device.key)
-        .ok_or_else(|| {
-            metrics::counter!(crate::telemetry::COREDUMP_UPLOADS_REFUSED, "reason" => "device_busy")
-                .increment(1);
-            tracing::warn!(device_key = %device.key, "coredump_upload_refused_device_busy");
-            ApiError::unavailable(
-                "This device already has core dump uploads in progress; retry later",
-            )
-        })?;
-    // Held until the dump is stored or refused: bounds the memory of buffered bodies.
-    let _permit = state
-        .coredump_uploads
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            metrics::counter!(crate::telemetry::COREDUMP_UPLOADS_REFUSED, "reason" => "busy")
-                .increment(1);
-            tracing::warn!(device_key = %device.key, "coredump_upload_refused_busy");
-            ApiError::unavailable("Too many core dump uploads are in progress; retry later")
-        })?;
-    let content = super::body::read_to_bytes(
-        &headers,
-        body,
-        state.config.max_coredump_bytes,
-        state.config.coredump_upload_timeout,
-    )
-    .await
-    .map_err(|e| match e {
-        super::body::BodyError::TooLarge(limit) => IngestError::TooLarge(limit).into(),
-        e => ApiError::from(e),
-    })?;
-    if content.is_empty() {
-        return Err(IngestError::Invalid("No coredump content provided".into()).into());
-    }
-    let id = ingest::store(
-        &state,
-        Uploader {
-            device_id: device.id,
-            device_key: &device.key,
-        },
-        &meta,
-        content,
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CoredumpUploadResponse {
-            status: "ok",
-            coredump_id: id,
-        }),
-    ))
-}
-
-impl From<IngestError> for ApiError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::Invalid(message) => ApiError::validation(message),
-            e @ IngestError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
-            e @ IngestError::DeviceGone(_) => ApiError::NotFound(e.to_string()),
-            IngestError::Db(e) => e.into(),
-            IngestError::Storage(e) => e.into(),
-            IngestError::Key(e) => e.into(),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::state::AppState;
         super::devices::list, super::devices::create, super::devices::fetch,
         super::devices::update, super::devices::remove, super::devices::replace_secret,
         super::iot::config, super::identity::whoami, super::identity::login, super::events::stream,
-        super::coredumps::upload, super::coredumps::list, super::coredumps::fetch,
+        super::iot::coredump::upload, super::coredumps::list, super::coredumps::fetch,
         super::coredumps::download, super::coredumps::remove, super::coredumps::remove_all,
         super::coredumps::reparse,
         super::firmware::upload::upload, super::firmware::upload::pipeline_upload,

@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use crate::db::firmware_versions::{self as fw, ModelFirmware};
+use crate::db::firmware_versions::{self as fw, FirmwareVersionRow, ModelFirmware};
 use crate::firmware::store::StoreError;
+use crate::layout::Artifact;
 use crate::state::AppState;
 
 pub(crate) use downloads::{current_image, fresh_current_image, image_download, serve_image};
@@ -123,6 +124,35 @@ pub struct FirmwareVersionInfo {
     /// Anti-rollback counter.
     pub secure_version: Option<i64>,
     pub artifacts: Vec<FirmwareArtifactInfo>,
+}
+
+/// A stored row as the API shows it.
+pub(super) fn version_info(row: FirmwareVersionRow, current: Option<&str>) -> FirmwareVersionInfo {
+    let artifacts = Artifact::ALL
+        .into_iter()
+        .map(|artifact| {
+            let facts = row.artifact(artifact);
+            FirmwareArtifactInfo {
+                name: artifact.file_name().to_string(),
+                size: facts.size,
+                sha256: facts.sha256,
+            }
+        })
+        .collect();
+    FirmwareVersionInfo {
+        is_current: current == Some(row.version.as_str()),
+        version: row.version,
+        uploaded_at: row.uploaded_at,
+        created_at: row.created_at,
+        chip: row.chip,
+        project_name: row.project_name,
+        idf_version: row.idf_version,
+        build_date: row.build_date,
+        build_time: row.build_time,
+        app_elf_sha256: row.app_elf_sha256,
+        secure_version: row.secure_version,
+        artifacts,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -3,43 +3,14 @@
 use axum::extract::{Path, State};
 
 use super::*;
-use crate::db::firmware_versions::{self as fw, FirmwareVersionRow};
+use crate::db::firmware_versions as fw;
 use crate::firmware::store::{self};
 use crate::http::auth::{AdminEditor, AdminReader, PipelineCaller};
 use crate::http::error::{ApiError, Json};
-use crate::layout::Artifact;
 use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------------
 // Versions
-
-fn version_info(row: FirmwareVersionRow, current: Option<&str>) -> FirmwareVersionInfo {
-    let artifacts = Artifact::ALL
-        .into_iter()
-        .map(|artifact| {
-            let facts = row.artifact(artifact);
-            FirmwareArtifactInfo {
-                name: artifact.file_name().to_string(),
-                size: facts.size,
-                sha256: facts.sha256,
-            }
-        })
-        .collect();
-    FirmwareVersionInfo {
-        is_current: current == Some(row.version.as_str()),
-        version: row.version,
-        uploaded_at: row.uploaded_at,
-        created_at: row.created_at,
-        chip: row.chip,
-        project_name: row.project_name,
-        idf_version: row.idf_version,
-        build_date: row.build_date,
-        build_time: row.build_time,
-        app_elf_sha256: row.app_elf_sha256,
-        secure_version: row.secure_version,
-        artifacts,
-    }
-}
 
 /// The stored firmware versions of a model, newest upload first, with artifact sizes and
 /// SHA-256s, app descriptor facts, and which one is current.

@@ -2,6 +2,7 @@
 //! but the token endpoint and the JWKS takes a [`DeviceCaller`], so a device only ever sees its
 //! own data.
 
+pub mod coredump;
 pub mod firmware;
 pub mod provisioning;
 pub mod token;
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
             "/api/iot/firmware-version",
             get(firmware::device_firmware_version),
         )
+        .route("/api/iot/coredump", post(coredump::upload))
         .route("/api/iot/provisioning", get(provisioning::package))
         .route("/api/iot/token", post(token::token))
         .route("/api/iot/jwks.json", get(token::jwks))
