@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, Db, DbError, Tx};
-use crate::on_conn;
 
 const CHANNEL: &str = "iotsupport_events";
 /// How long events are kept; a subscriber that falls further behind misses them.
@@ -36,15 +35,13 @@ pub async fn record<T: Serialize>(tx: &mut Tx, kind: &str, payload: &T) -> Resul
     let payload = serde_json::to_string(payload)
         .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
     let now = db::now();
-    on_conn!(tx, |c| sqlx::query(
-        "INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)"
-    )
-    .bind(kind)
-    .bind(&payload)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    crate::execute!(
+        tx,
+        sqlx::query("INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)")
+            .bind(kind)
+            .bind(&payload)
+            .bind(now)
+    )?;
     if let Tx::Postgres(t) = tx {
         // Delivered to listeners only when (and if) this transaction commits.
         sqlx::query("SELECT pg_notify($1, '')")

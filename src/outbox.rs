@@ -50,13 +50,10 @@ pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), Db
 pub async fn cancel_deletions(tx: &mut Tx, keys: &[ObjectKey]) -> Result<u64, DbError> {
     let mut cancelled = 0;
     for key in keys {
-        cancelled += on_conn!(tx, |c| sqlx::query(
-            "DELETE FROM object_deletions WHERE object_key = $1"
-        )
-        .bind(key.as_str())
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+        cancelled += crate::execute!(
+            tx,
+            sqlx::query("DELETE FROM object_deletions WHERE object_key = $1").bind(key.as_str())
+        )?;
     }
     Ok(cancelled)
 }
@@ -177,13 +174,10 @@ pub async fn process_due(db: &Db, storage: &Storage) -> Result<OutboxPass, DbErr
 }
 
 async fn delete_entry(tx: &mut Tx, id: i64) -> Result<(), DbError> {
-    on_conn!(tx, |c| sqlx::query(
-        "DELETE FROM object_deletions WHERE id = $1"
-    )
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM object_deletions WHERE id = $1").bind(id)
+    )?;
     Ok(())
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::db::{self, Db, DbError};
+use crate::db::{self, reconcile as queries, Db, DbError};
 use crate::fleet::FirmwareVersion;
 use crate::layout::{self, Artifact, MappedKey};
 use crate::storage::{ObjectInfo, ObjectKey, Storage, StorageError};
@@ -114,28 +114,6 @@ pub struct ReconcileReport {
     pub legacy_coredumps: usize,
 }
 
-#[derive(sqlx::FromRow)]
-struct FirmwareRow {
-    code: String,
-    version: String,
-    current: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct CoredumpRow {
-    id: i64,
-    key: String,
-    /// The row still names a file of the Python service's `COREDUMPS_DIR` (adopted database,
-    /// `migrate-to-s3` not run yet): its object is not expected in the bucket yet.
-    legacy: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct ModelRow {
-    code: String,
-    firmware_version: Option<String>,
-}
-
 /// Compares the bucket with the database. `grace`: objects younger than this are never orphans.
 pub async fn scan(
     db: &Db,
@@ -144,42 +122,9 @@ pub async fn scan(
 ) -> Result<ReconcileReport, ReconcileError> {
     // Rows first, then objects: an object uploaded and committed between the two reads is still
     // recent, and so protected by the grace period rather than reported as an orphan.
-    let firmware: Vec<FirmwareRow> = crate::on_pool!(db, |p| sqlx::query_as::<_, FirmwareRow>(
-        "SELECT m.code, f.version, m.firmware_version AS current
-         FROM firmware_versions f JOIN device_models m ON m.id = f.device_model_id"
-    )
-    .fetch_all(p)
-    .await)
-    .map_err(DbError::from)?;
-    let legacy_column = db::adopt::has_filename_column(db)
-        .await
-        .map_err(DbError::from)?;
-    let dumps_sql = if legacy_column {
-        "SELECT c.id, d.key, c.filename IS NOT NULL AS legacy
-         FROM coredumps c JOIN devices d ON d.id = c.device_id"
-    } else {
-        "SELECT c.id, d.key, FALSE AS legacy FROM coredumps c JOIN devices d ON d.id = c.device_id"
-    };
-    let dumps: Vec<CoredumpRow> =
-        crate::on_pool!(db, |p| sqlx::query_as::<_, CoredumpRow>(dumps_sql)
-            .fetch_all(p)
-            .await)
-        .map_err(DbError::from)?;
-    let models: Vec<ModelRow> = crate::on_pool!(db, |p| sqlx::query_as::<_, ModelRow>(
-        "SELECT code, firmware_version FROM device_models ORDER BY code"
-    )
-    .fetch_all(p)
-    .await)
-    .map_err(DbError::from)?;
-    // Objects already queued in the outbox are on their way out: not orphans.
-    let queued: HashSet<String> = crate::on_pool!(db, |p| sqlx::query_scalar(
-        "SELECT object_key FROM object_deletions"
-    )
-    .fetch_all(p)
-    .await)
-    .map_err(DbError::from)?
-    .into_iter()
-    .collect();
+    let rows = queries::scan_rows(db).await?;
+    let (firmware, dumps, models) = (rows.firmware, rows.dumps, rows.models);
+    let queued: HashSet<String> = rows.queued_deletions.into_iter().collect();
 
     let mut objects = storage.list(layout::FIRMWARE_PREFIX).await?;
     objects.extend(storage.list(layout::COREDUMP_PREFIX).await?);

@@ -141,7 +141,8 @@ impl Application {
         let mut job_handlers = if options.without_default_job_handlers {
             Vec::new()
         } else {
-            let mut handlers = crate::coredumps::default_job_handlers(&state);
+            let mut handlers =
+                crate::coredumps::default_job_handlers(&state.db, &state.storage, &state.config);
             handlers.push(Arc::new(crate::reconcile::RekeyFirmwareObjects {
                 db: state.db.clone(),
                 storage: state.storage.clone(),

@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::db::{coredumps, DbError, Tx};
+use crate::db::{coredumps, Db, DbError, Tx};
 use crate::layout::coredump_key;
 use crate::outbox;
-use crate::state::AppState;
 use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
 
 /// Column width of `coredumps.chip` (and `firmware_version`, checked by `FirmwareVersion`).
@@ -99,15 +98,17 @@ pub struct Uploader<'a> {
     pub device_key: &'a str,
 }
 
-/// Stores a validated dump (golden rule 1) and returns its id.
+/// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`.
 pub async fn store(
-    state: &AppState,
+    db: &Db,
+    storage: &Storage,
+    keep: u32,
     device: Uploader<'_>,
     meta: &DumpMeta,
     content: Bytes,
 ) -> Result<i64, IngestError> {
     let size = content.len() as i64;
-    let mut tx = state.db.begin().await?;
+    let mut tx = db.begin().await?;
     let id = match coredumps::insert(
         &mut tx,
         device.device_id,
@@ -128,13 +129,13 @@ pub async fn store(
     // Ids are not reused on PostgreSQL, but a rolled-back SQLite id can be: make sure no old
     // deletion of this key is still pending (the outbox invariant for re-created keys).
     outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
-    if let Err(e) = state.storage.put(&key, content).await {
-        cleanup(&state.storage, &key).await;
+    if let Err(e) = storage.put(&key, content).await {
+        cleanup(storage, &key).await;
         drop(tx);
         return Err(e.into());
     }
-    if let Err(e) = finish(state, &mut tx, device.clone(), id).await {
-        cleanup(&state.storage, &key).await;
+    if let Err(e) = finish(keep, &mut tx, device.clone(), id).await {
+        cleanup(storage, &key).await;
         drop(tx);
         return Err(e);
     }
@@ -155,19 +156,8 @@ pub async fn store(
 }
 
 /// What follows the upload inside the transaction: retention, then the parse job.
-async fn finish(
-    state: &AppState,
-    tx: &mut Tx,
-    device: Uploader<'_>,
-    id: i64,
-) -> Result<(), IngestError> {
-    super::retention::enforce(
-        tx,
-        device.device_id,
-        device.device_key,
-        state.config.max_coredumps,
-    )
-    .await?;
+async fn finish(keep: u32, tx: &mut Tx, device: Uploader<'_>, id: i64) -> Result<(), IngestError> {
+    super::retention::enforce(tx, device.device_id, device.device_key, keep).await?;
     super::job::enqueue(tx, id).await?;
     crate::events::record(
         tx,

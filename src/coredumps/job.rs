@@ -23,7 +23,6 @@ use crate::events;
 use crate::jobs::worker::JobHandler;
 use crate::jobs::{self, Job, JobOutcome};
 use crate::layout::coredump_key;
-use crate::state::AppState;
 use crate::storage::{ObjectKey, Storage, StorageError};
 
 pub const PARSE_JOB: &str = "parse_coredump";
@@ -108,12 +107,8 @@ impl ParseCoredumpHandler {
     }
 
     /// The handler with the parser the configuration selects.
-    pub fn from_state(state: &AppState) -> Self {
-        Self::new(
-            state.db.clone(),
-            state.storage.clone(),
-            parser::from_config(&state.config),
-        )
+    pub fn configured(db: Db, storage: Storage, config: &crate::config::Config) -> Self {
+        Self::new(db, storage, parser::from_config(config))
     }
 
     async fn fetch(&self, key: &ObjectKey) -> Result<bytes::Bytes, StorageError> {

@@ -22,10 +22,20 @@ pub mod sidecar;
 
 use std::sync::Arc;
 
+use crate::config::Config;
+use crate::db::Db;
 use crate::jobs::worker::JobHandler;
-use crate::state::AppState;
+use crate::storage::Storage;
 
-/// The job handlers every `serve` process runs by default.
-pub fn default_job_handlers(state: &AppState) -> Vec<Arc<dyn JobHandler>> {
-    vec![Arc::new(job::ParseCoredumpHandler::from_state(state))]
+/// The job handlers of core dumps every `serve` process runs by default.
+pub fn default_job_handlers(
+    db: &Db,
+    storage: &Storage,
+    config: &Config,
+) -> Vec<Arc<dyn JobHandler>> {
+    vec![Arc::new(job::ParseCoredumpHandler::configured(
+        db.clone(),
+        storage.clone(),
+        config,
+    ))]
 }

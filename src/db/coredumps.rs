@@ -123,14 +123,12 @@ pub async fn get(tx: &mut Tx, device_id: i64, id: i64) -> Result<Option<Coredump
 
 /// Deletes one dump of one device; false if there was none.
 pub async fn delete(tx: &mut Tx, device_id: i64, id: i64) -> Result<bool, DbError> {
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "DELETE FROM coredumps WHERE id = $1 AND device_id = $2"
-    )
-    .bind(id)
-    .bind(device_id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    let rows = crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM coredumps WHERE id = $1 AND device_id = $2")
+            .bind(id)
+            .bind(device_id)
+    )?;
     Ok(rows == 1)
 }
 
@@ -147,17 +145,15 @@ pub async fn delete_all(tx: &mut Tx, device_id: i64) -> Result<Vec<i64>, DbError
 /// Puts a dump back to `PENDING` (for a reparse), clearing the previous result.
 pub async fn reset_to_pending(tx: &mut Tx, device_id: i64, id: i64) -> Result<bool, DbError> {
     let now = now();
-    let rows = on_conn!(tx, |c| sqlx::query(
+    let rows =
+        crate::execute!(tx, sqlx::query(
         "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, report = NULL,
                               parsed_at = NULL, updated_at = $1
          WHERE id = $2 AND device_id = $3"
     )
     .bind(now)
     .bind(id)
-    .bind(device_id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    .bind(device_id))?;
     Ok(rows == 1)
 }
 

@@ -75,8 +75,10 @@ pub async fn promote_pending(
     completes_rotation: bool,
 ) -> Result<bool, DbError> {
     let now = now();
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "UPDATE devices SET secret_hash = pending_secret_hash,
+    let rows = crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE devices SET secret_hash = pending_secret_hash,
                 secret_created_at = COALESCE(pending_secret_created_at, $1),
                 pending_secret_hash = NULL, pending_secret_created_at = NULL,
                 rotation_state = CASE WHEN $2 THEN 'OK' ELSE rotation_state END,
@@ -84,34 +86,32 @@ pub async fn promote_pending(
                     CASE WHEN $2 THEN $1 ELSE last_rotation_completed_at END,
                 rotation_timed_out_at = CASE WHEN $2 THEN NULL ELSE rotation_timed_out_at END
          WHERE id = $3 AND pending_secret_hash = $4"
-    )
-    .bind(now)
-    .bind(completes_rotation)
-    .bind(id)
-    .bind(pending_hash)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(now)
+        .bind(completes_rotation)
+        .bind(id)
+        .bind(pending_hash)
+    )?;
     Ok(rows == 1)
 }
 
 /// The admin override: a new current secret, no pending one, and any rotation ended as done.
 pub async fn replace_secret(tx: &mut Tx, id: i64, hash: &str) -> Result<bool, DbError> {
     let now = now();
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "UPDATE devices SET secret_hash = $1, secret_created_at = $2,
+    let rows = crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE devices SET secret_hash = $1, secret_created_at = $2,
                 pending_secret_hash = NULL, pending_secret_created_at = NULL,
                 last_rotation_completed_at =
                     CASE WHEN rotation_state = 'OK' THEN last_rotation_completed_at ELSE $2 END,
                 rotation_state = 'OK', rotation_timed_out_at = NULL, updated_at = $2
          WHERE id = $3"
-    )
-    .bind(hash)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(hash)
+        .bind(now)
+        .bind(id)
+    )?;
     Ok(rows == 1)
 }
 
@@ -159,17 +159,17 @@ pub async fn insert_signing_key_once(
         return Ok(existing);
     }
     let now = now();
-    on_conn!(&mut tx, |c| sqlx::query(
-        "INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, created_at)
+    crate::execute!(
+        &mut tx,
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, created_at)
          VALUES ($1, 'ES256', $2, $3, $4)"
-    )
-    .bind(kid)
-    .bind(private_key)
-    .bind(public_jwk)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(kid)
+        .bind(private_key)
+        .bind(public_jwk)
+        .bind(now)
+    )?;
     tx.commit().await?;
     Ok(private_key.to_string())
 }

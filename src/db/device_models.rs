@@ -81,16 +81,16 @@ pub async fn update(
     config_schema: Option<&str>,
 ) -> Result<(), DbError> {
     let now = now();
-    on_conn!(tx, |c| sqlx::query(
-        "UPDATE device_models SET name = $1, config_schema = $2, updated_at = $3 WHERE id = $4"
-    )
-    .bind(name)
-    .bind(config_schema)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE device_models SET name = $1, config_schema = $2, updated_at = $3 WHERE id = $4"
+        )
+        .bind(name)
+        .bind(config_schema)
+        .bind(now)
+        .bind(id)
+    )?;
     Ok(())
 }
 
@@ -106,12 +106,9 @@ pub async fn firmware_versions(tx: &mut Tx, id: i64) -> Result<Vec<String>, DbEr
 
 /// Deletes a model and (by cascade) its firmware rows. Devices block it: `ForeignKeyViolation`.
 pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "DELETE FROM device_models WHERE id = $1"
-    )
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    let rows = crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM device_models WHERE id = $1").bind(id)
+    )?;
     Ok(rows == 1)
 }

@@ -98,7 +98,7 @@ pub async fn update(
     active: bool,
 ) -> Result<(), DbError> {
     let now = now();
-    on_conn!(tx, |c| sqlx::query(
+    crate::execute!(tx, sqlx::query(
         "UPDATE devices SET config = $1, device_name = $2, device_entity_id = $3, enable_ota = $4,
                             active = $5, updated_at = $6
          WHERE id = $7"
@@ -109,10 +109,7 @@ pub async fn update(
     .bind(config.enable_ota)
     .bind(active)
     .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    .bind(id))?;
     Ok(())
 }
 
@@ -128,11 +125,10 @@ pub async fn coredump_ids(tx: &mut Tx, id: i64) -> Result<Vec<i64>, DbError> {
 
 /// Deletes a device and (by cascade) its core dump rows.
 pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
-    let rows = on_conn!(tx, |c| sqlx::query("DELETE FROM devices WHERE id = $1")
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+    let rows = crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM devices WHERE id = $1").bind(id)
+    )?;
     Ok(rows == 1)
 }
 

@@ -256,78 +256,74 @@ pub async fn record_facts(
     id: i64,
     new: &NewFirmwareVersion<'_>,
 ) -> Result<(), DbError> {
-    on_conn!(tx, |c| sqlx::query(
-        "UPDATE firmware_versions SET
+    crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE firmware_versions SET
             firmware_bin_size = $1, firmware_bin_sha256 = $2, firmware_elf_size = $3,
             firmware_elf_sha256 = $4, firmware_map_size = $5, firmware_map_sha256 = $6,
             sdkconfig_size = $7, sdkconfig_sha256 = $8, version_json_size = $9,
             version_json_sha256 = $10, project_name = $11, idf_version = $12, build_date = $13,
             build_time = $14, app_elf_sha256 = $15, secure_version = $16, chip = $17
          WHERE id = $18"
-    )
-    .bind(new.artifacts[0].0)
-    .bind(new.artifacts[0].1)
-    .bind(new.artifacts[1].0)
-    .bind(new.artifacts[1].1)
-    .bind(new.artifacts[2].0)
-    .bind(new.artifacts[2].1)
-    .bind(new.artifacts[3].0)
-    .bind(new.artifacts[3].1)
-    .bind(new.artifacts[4].0)
-    .bind(new.artifacts[4].1)
-    .bind(new.project_name)
-    .bind(new.idf_version)
-    .bind(new.build_date)
-    .bind(new.build_time)
-    .bind(new.app_elf_sha256)
-    .bind(new.secure_version)
-    .bind(new.chip)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(new.artifacts[0].0)
+        .bind(new.artifacts[0].1)
+        .bind(new.artifacts[1].0)
+        .bind(new.artifacts[1].1)
+        .bind(new.artifacts[2].0)
+        .bind(new.artifacts[2].1)
+        .bind(new.artifacts[3].0)
+        .bind(new.artifacts[3].1)
+        .bind(new.artifacts[4].0)
+        .bind(new.artifacts[4].1)
+        .bind(new.project_name)
+        .bind(new.idf_version)
+        .bind(new.build_date)
+        .bind(new.build_time)
+        .bind(new.app_elf_sha256)
+        .bind(new.secure_version)
+        .bind(new.chip)
+        .bind(id)
+    )?;
     Ok(())
 }
 
 /// Marks a stored version as uploaded again now (an identical re-upload).
 pub async fn touch(tx: &mut Tx, id: i64) -> Result<(), DbError> {
     let now = now();
-    on_conn!(tx, |c| sqlx::query(
-        "UPDATE firmware_versions SET uploaded_at = $1 WHERE id = $2"
-    )
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    crate::execute!(
+        tx,
+        sqlx::query("UPDATE firmware_versions SET uploaded_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+    )?;
     Ok(())
 }
 
 /// Points `device_models.firmware_version` at `version` (which must be stored).
 pub async fn set_current(tx: &mut Tx, model_id: i64, version: &str) -> Result<(), DbError> {
     let now = now();
-    on_conn!(tx, |c| sqlx::query(
-        "UPDATE device_models SET firmware_version = $1, updated_at = $2 WHERE id = $3"
-    )
-    .bind(version)
-    .bind(now)
-    .bind(model_id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE device_models SET firmware_version = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(version)
+        .bind(now)
+        .bind(model_id)
+    )?;
     Ok(())
 }
 
 /// Deletes one version row; true when it existed.
 pub async fn delete(tx: &mut Tx, model_id: i64, version: &str) -> Result<bool, DbError> {
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version = $2"
-    )
-    .bind(model_id)
-    .bind(version)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    let rows = crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM firmware_versions WHERE device_model_id = $1 AND version = $2")
+            .bind(model_id)
+            .bind(version)
+    )?;
     Ok(rows == 1)
 }
 

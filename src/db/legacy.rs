@@ -57,32 +57,32 @@ pub async fn mark_migrated(
     size: i64,
 ) -> Result<bool, DbError> {
     let now = now();
-    let updated = on_conn!(tx, |c| sqlx::query(
-        "UPDATE coredumps SET filename = NULL, size = $1, updated_at = $2
+    let updated = crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE coredumps SET filename = NULL, size = $1, updated_at = $2
          WHERE id = $3 AND device_id = $4 AND filename = $5"
-    )
-    .bind(size)
-    .bind(now)
-    .bind(coredump_id)
-    .bind(device_id)
-    .bind(filename)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(size)
+        .bind(now)
+        .bind(coredump_id)
+        .bind(device_id)
+        .bind(filename)
+    )?;
     if updated != 1 {
         return Ok(false);
     }
-    on_conn!(tx, |c| sqlx::query(
-        "INSERT INTO legacy_coredump_files (device_id, filename, coredump_id, migrated_at)
+    crate::execute!(
+        tx,
+        sqlx::query(
+            "INSERT INTO legacy_coredump_files (device_id, filename, coredump_id, migrated_at)
          VALUES ($1, $2, $3, $4)"
-    )
-    .bind(device_id)
-    .bind(filename)
-    .bind(coredump_id)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(device_id)
+        .bind(filename)
+        .bind(coredump_id)
+        .bind(now)
+    )?;
     Ok(true)
 }
 

@@ -64,6 +64,15 @@ macro_rules! on_conn {
     };
 }
 
+/// Runs a statement on whichever connection a [`Tx`] holds and returns how many rows it changed:
+/// `execute!(tx, sqlx::query("UPDATE …").bind(x))` (the query is built once per backend).
+#[macro_export]
+macro_rules! execute {
+    ($tx:expr, $query:expr) => {
+        $crate::on_conn!($tx, |c| $query.execute(c).await.map(|r| r.rows_affected()))
+    };
+}
+
 /// Like [`on_conn!`] but runs the body directly on a [`Db`] pool (one statement, autocommit).
 #[macro_export]
 macro_rules! on_pool {

@@ -1,8 +1,75 @@
 //! The queries of `crate::reconcile`: re-checks made inside the repair transaction, so a repair
 //! never acts on a scan that went stale.
 
-use super::{DbError, Tx};
-use crate::on_conn;
+use super::{Db, DbError, Tx};
+use crate::{on_conn, on_pool};
+
+#[derive(sqlx::FromRow)]
+pub struct FirmwareRow {
+    pub code: String,
+    pub version: String,
+    /// The model's current version.
+    pub current: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct CoredumpRow {
+    pub id: i64,
+    pub key: String,
+    /// The row still names a file of the Python service's `COREDUMPS_DIR` (adopted database,
+    /// `migrate-to-s3` not run yet): its object is not expected in the bucket yet.
+    pub legacy: bool,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ModelRow {
+    pub code: String,
+    pub firmware_version: Option<String>,
+}
+
+/// Everything a scan compares the bucket with.
+pub struct ScanRows {
+    pub firmware: Vec<FirmwareRow>,
+    pub dumps: Vec<CoredumpRow>,
+    pub models: Vec<ModelRow>,
+    /// Keys already queued in the outbox (on their way out: not orphans).
+    pub queued_deletions: Vec<String>,
+}
+
+pub async fn scan_rows(db: &Db) -> Result<ScanRows, DbError> {
+    let firmware: Vec<FirmwareRow> = on_pool!(db, |p| sqlx::query_as::<_, FirmwareRow>(
+        "SELECT m.code, f.version, m.firmware_version AS current
+         FROM firmware_versions f JOIN device_models m ON m.id = f.device_model_id"
+    )
+    .fetch_all(p)
+    .await)?;
+    let legacy_column = super::adopt::has_filename_column(db).await?;
+    let dumps_sql = if legacy_column {
+        "SELECT c.id, d.key, c.filename IS NOT NULL AS legacy
+         FROM coredumps c JOIN devices d ON d.id = c.device_id"
+    } else {
+        "SELECT c.id, d.key, FALSE AS legacy FROM coredumps c JOIN devices d ON d.id = c.device_id"
+    };
+    let dumps: Vec<CoredumpRow> = on_pool!(db, |p| sqlx::query_as::<_, CoredumpRow>(dumps_sql)
+        .fetch_all(p)
+        .await)?;
+    let models: Vec<ModelRow> = on_pool!(db, |p| sqlx::query_as::<_, ModelRow>(
+        "SELECT code, firmware_version FROM device_models ORDER BY code"
+    )
+    .fetch_all(p)
+    .await)?;
+    let queued_deletions: Vec<String> = on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT object_key FROM object_deletions"
+    )
+    .fetch_all(p)
+    .await)?;
+    Ok(ScanRows {
+        firmware,
+        dumps,
+        models,
+        queued_deletions,
+    })
+}
 
 /// Whether a firmware version row `(model_code, version)` exists.
 pub async fn firmware_version_exists(
@@ -33,17 +100,17 @@ pub async fn coredump_exists(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
 /// Marks a dump whose object is gone `ERROR` with `message`; returns whether a row changed.
 pub async fn mark_coredump_missing(tx: &mut Tx, id: i64, message: &str) -> Result<bool, DbError> {
     let now = super::now();
-    let changed = on_conn!(tx, |c| sqlx::query(
-        "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = $1, parsed_at = $2,
+    let changed = crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = $1, parsed_at = $2,
              updated_at = $2
          WHERE id = $3 AND NOT (parse_status = 'ERROR' AND parsed_output = $1)"
-    )
-    .bind(message)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(message)
+        .bind(now)
+        .bind(id)
+    )?;
     Ok(changed == 1)
 }
 
@@ -53,16 +120,16 @@ pub async fn delete_version_unless_current(
     model_code: &str,
     version: &str,
 ) -> Result<bool, DbError> {
-    let removed = on_conn!(tx, |c| sqlx::query(
-        "DELETE FROM firmware_versions WHERE version = $1 AND device_model_id =
+    let removed = crate::execute!(
+        tx,
+        sqlx::query(
+            "DELETE FROM firmware_versions WHERE version = $1 AND device_model_id =
             (SELECT id FROM device_models WHERE code = $2
              AND (firmware_version IS NULL OR firmware_version <> $1))"
-    )
-    .bind(version)
-    .bind(model_code)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(version)
+        .bind(model_code)
+    )?;
     Ok(removed == 1)
 }
 
@@ -91,4 +158,15 @@ pub async fn all_firmware_versions(tx: &mut Tx) -> Result<Vec<(String, String)>,
     )
     .fetch_all(c)
     .await)?)
+}
+
+/// PostgreSQL: blocks inserts into `device_models` until the transaction ends. SQLite: the write
+/// transaction already excludes every other writer.
+pub async fn lock_model_creation(tx: &mut Tx) -> Result<(), DbError> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query("LOCK TABLE device_models IN SHARE MODE")
+            .execute(&mut **t)
+            .await?;
+    }
+    Ok(())
 }

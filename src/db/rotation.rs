@@ -22,24 +22,24 @@ pub async fn lock(tx: &mut Tx) -> Result<(), DbError> {
 
 /// T1: every active `OK` device becomes `QUEUED`; returns how many.
 pub async fn queue_fleet(tx: &mut Tx) -> Result<u64, DbError> {
-    Ok(on_conn!(tx, |c| sqlx::query(
-        "UPDATE devices SET rotation_state = 'QUEUED' WHERE rotation_state = 'OK' AND active"
-    )
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?)
+    Ok(crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE devices SET rotation_state = 'QUEUED' WHERE rotation_state = 'OK' AND active"
+        )
+    )?)
 }
 
 /// T2: an `OK` or `TIMEOUT` device becomes `QUEUED`; returns whether it did.
 pub async fn queue_device(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
-    let rows = on_conn!(tx, |c| sqlx::query(
-        "UPDATE devices SET rotation_state = 'QUEUED'
+    let rows = crate::execute!(
+        tx,
+        sqlx::query(
+            "UPDATE devices SET rotation_state = 'QUEUED'
          WHERE id = $1 AND rotation_state IN ('OK', 'TIMEOUT')"
-    )
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+        )
+        .bind(id)
+    )?;
     Ok(rows == 1)
 }
 
@@ -197,26 +197,26 @@ pub async fn compare_and_set_setting(
     now: DateTime<Utc>,
 ) -> Result<bool, DbError> {
     let rows = match expected {
-        Some(expected) => on_conn!(tx, |c| sqlx::query(
-            "UPDATE settings SET value = $1, updated_at = $2 WHERE key = $3 AND value = $4"
-        )
-        .bind(value)
-        .bind(now)
-        .bind(key)
-        .bind(expected)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?,
-        None => on_conn!(tx, |c| sqlx::query(
-            "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3)
+        Some(expected) => crate::execute!(
+            tx,
+            sqlx::query(
+                "UPDATE settings SET value = $1, updated_at = $2 WHERE key = $3 AND value = $4"
+            )
+            .bind(value)
+            .bind(now)
+            .bind(key)
+            .bind(expected)
+        )?,
+        None => crate::execute!(
+            tx,
+            sqlx::query(
+                "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO NOTHING"
-        )
-        .bind(key)
-        .bind(value)
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?,
+            )
+            .bind(key)
+            .bind(value)
+            .bind(now)
+        )?,
     };
     Ok(rows == 1)
 }

@@ -99,14 +99,12 @@ pub async fn cancel_queued<T: Serialize>(
         // equal texts.
         let payload = serde_json::to_string(payload)
             .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
-        cancelled += on_conn!(tx, |c| sqlx::query(
-            "DELETE FROM jobs WHERE kind = $1 AND payload = $2 AND status = 'queued'"
-        )
-        .bind(kind)
-        .bind(&payload)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
+        cancelled += crate::execute!(
+            tx,
+            sqlx::query("DELETE FROM jobs WHERE kind = $1 AND payload = $2 AND status = 'queued'")
+                .bind(kind)
+                .bind(&payload)
+        )?;
     }
     Ok(cancelled)
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{orphans_by_model, ReconcileError, ReconcileReport};
-use crate::db::{self, reconcile as queries, Db, Tx};
+use crate::db::{reconcile as queries, Db, Tx};
 use crate::layout::{self, Artifact, MappedKey};
 use crate::outbox;
 use crate::storage::{ObjectKey, Storage};
@@ -159,7 +159,7 @@ async fn queue_orphans(
         if queries::lock_model_by_code(&mut tx, &code).await?.is_none() {
             // No model to lock: hold off model creation for this short transaction instead, so
             // no upload of these keys can start before the deletions are visible to it.
-            lock_model_creation(&mut tx).await?;
+            queries::lock_model_creation(&mut tx).await?;
         }
         let mut doomed = Vec::new();
         for key in keys {
@@ -198,18 +198,6 @@ async fn queue_orphans(
     outbox::schedule_deletion(&mut tx, &doomed).await?;
     tx.commit().await?;
     summary.orphans_queued += doomed.len();
-    Ok(())
-}
-
-/// PostgreSQL: blocks inserts into `device_models` until the transaction ends. SQLite: the write
-/// transaction already excludes every other writer.
-async fn lock_model_creation(tx: &mut Tx) -> Result<(), ReconcileError> {
-    if let Tx::Postgres(t) = tx {
-        sqlx::query("LOCK TABLE device_models IN SHARE MODE")
-            .execute(&mut **t)
-            .await
-            .map_err(db::DbError::from)?;
-    }
     Ok(())
 }
 

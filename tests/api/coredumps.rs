@@ -99,7 +99,11 @@ pub async fn settled(app: &TestApp, device: &TestDevice, id: i64, within: Durati
 
 /// Runs one due job with the default handlers built from the app's own state and config.
 pub async fn run_one_job(app: &TestApp) -> Option<iotsupport::jobs::JobOutcome> {
-    let handlers = iotsupport::coredumps::default_job_handlers(&app.state);
+    let handlers = iotsupport::coredumps::default_job_handlers(
+        &app.state.db,
+        &app.state.storage,
+        &app.state.config,
+    );
     let runner = JobRunner::new(app.db().clone(), handlers, Duration::from_secs(60));
     runner.run_one().await.unwrap().map(|(_, outcome)| outcome)
 }

@@ -86,7 +86,9 @@ pub async fn upload(
         return Err(IngestError::Invalid("No coredump content provided".into()).into());
     }
     let id = ingest::store(
-        &state,
+        &state.db,
+        &state.storage,
+        state.config.max_coredumps,
         Uploader {
             device_id: device.id,
             device_key: &device.key,
