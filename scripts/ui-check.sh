@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks that the Python service's web UI (github.com/pvginkel/IoTSupportUI), unmodified and built
 # from its own repository, works against iotsupport: it renders the device-models list, creates a
-# model and a device through its forms, lists a device's core dumps and shows a parsed report
-# (issue #8). Prints a PASS/FAIL line per check and every API call the UI made that failed or
+# model and a device through its forms, shows the rotation badges and dashboard, a device's logs
+# (history and live lines published over a real Mosquitto), lists a device's core dumps and shows
+# a parsed report (issue #8). Prints a PASS/FAIL line per check and every API call the UI made that failed or
 # whose response differs from the UI's generated types. Exit 0 only if all is well.
 #
 # Not part of the test suite: it needs the npm registry (and GitHub, unless the UI source is
@@ -23,6 +24,7 @@
 #   UI_CHECK_DATABASE_URL    default: a SQLite file in the temp dir
 #   IOTSUPPORT_TESTDATA      the ESP test data (default ../shared/testdata/esp)
 #   CHROMIUM                 browser binary (default /usr/bin/chromium; Debian: apt-get install chromium)
+#   (Mosquitto and mosquitto_pub are needed too: apt-get install mosquitto mosquitto-clients)
 #   CARGO_TARGET_DIR         honoured for the iotsupport build
 set -euo pipefail
 
@@ -40,6 +42,7 @@ AUTH=${UI_CHECK_AUTH:-open}
 WORK=$(mktemp -d /tmp/iotsupport-ui-check.XXXXXX)
 UI_DIR=${UI_CHECK_UI_DIR:-$WORK/ui}
 SERVICE_PID=""
+MOSQUITTO_PID=""
 
 log() { echo "[ui-check] $*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -49,6 +52,7 @@ cleanup() {
         kill -TERM "$SERVICE_PID" 2>/dev/null || true
         wait "$SERVICE_PID" 2>/dev/null || true
     fi
+    [ -n "$MOSQUITTO_PID" ] && kill "$MOSQUITTO_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -111,6 +115,24 @@ else
     build_ui
 fi
 
+# --- Mosquitto (the logs tab's lines are published to it; Debian's package, own config) --------
+
+MOSQUITTO=$(command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null || true)
+MOSQUITTO_PUB=$(command -v mosquitto_pub || true)
+[ -n "$MOSQUITTO" ] && [ -n "$MOSQUITTO_PUB" ] \
+    || die "no Mosquitto (Debian: apt-get install mosquitto mosquitto-clients)"
+MQTT_PORT=$(free_port)
+mkdir -p "$WORK/mosquitto"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MQTT_PORT" \
+    > "$WORK/mosquitto/mosquitto.conf"
+chmod 755 "$WORK/mosquitto"; chmod 644 "$WORK/mosquitto/mosquitto.conf"
+"$MOSQUITTO" -c "$WORK/mosquitto/mosquitto.conf" > "$WORK/mosquitto/log" 2>&1 &
+MOSQUITTO_PID=$!
+for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break
+    sleep 0.1
+done
+
 # --- iotsupport, a firmware bundle around the test case's real ELF, and the service ------------
 
 log "building iotsupport and examples/loadgen (CARGO_TARGET_DIR=$TARGET)"
@@ -128,7 +150,7 @@ mkdir -p "$WORK/data"
 env -u ADMIN_TOKEN -u OIDC_ENABLED -u S3_ENDPOINT_URL \
     DATABASE_URL="${UI_CHECK_DATABASE_URL:-sqlite://$WORK/data/iotsupport.db}" \
     MIGRATE_ON_START=true STORAGE_DIR="$WORK/data/objects" HOST=127.0.0.1 PORT="$PORT" \
-    DEVICE_BASEURL="http://127.0.0.1:$PORT" DEVICE_MQTT_URL="mqtt://127.0.0.1:1883" \
+    DEVICE_BASEURL="http://127.0.0.1:$PORT" MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT" \
     WIFI_SSID=ui-check WIFI_PASSWORD=ui-check-password \
     LOG_FORMAT=text RUST_LOG="${RUST_LOG:-warn}" ${ADMIN_TOKEN:+ADMIN_TOKEN=$ADMIN_TOKEN} \
     "$TARGET/debug/iotsupport" serve >"$WORK/iotsupport.log" 2>&1 &
@@ -149,6 +171,7 @@ UI_SRC="$UI_DIR" IOTSUPPORT_URL="http://127.0.0.1:$PORT" UI_CHECK_OUT="$OUT" \
     UI_CHECK_BUNDLE="$WORK/bundle.zip" UI_CHECK_MODEL_CODE="$MODEL_CODE" \
     UI_CHECK_FIRMWARE_VERSION="$FW_VERSION" UI_CHECK_DUMP="$TESTDATA/coredump/$CASE/coredump.bin" \
     UI_CHECK_CHIP="$CHIP" UI_CHECK_ADMIN_TOKEN="$ADMIN_TOKEN" \
+    UI_CHECK_MQTT_PORT="$MQTT_PORT" MOSQUITTO_PUB="$MOSQUITTO_PUB" \
     node "$ROOT/scripts/ui-check/check.mjs"
 status=$?
 set -e

@@ -32,6 +32,8 @@ pub enum StartupError {
     Migrate(#[from] crate::db::migrate::MigrationError),
     #[error("object store: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("MQTT: {0}")]
+    Mqtt(#[from] crate::mqtt::MqttStartError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -114,6 +116,10 @@ impl Application {
             tracing::warn!(error = %e, "device_token_key_not_loaded");
         }
         let shutdown = CancellationToken::new();
+        let mqtt = match &config.mqtt {
+            Some(settings) => Some(crate::mqtt::MqttClient::start(settings, shutdown.clone())?),
+            None => None,
+        };
         let events = crate::events::EventHub::start(
             db.clone(),
             config.worker_poll_interval,
@@ -126,6 +132,13 @@ impl Application {
             )),
             tokens,
             token_failures: Arc::default(),
+            notifier: crate::notify::Notifier::new(config.mqtt.is_some()),
+            log_hub: crate::device_logs::LogHub::start(
+                db.clone(),
+                config.worker_poll_interval,
+                shutdown.clone(),
+            ),
+            mqtt,
             coredump_uploads_by_device: crate::http::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
@@ -197,6 +210,32 @@ impl Application {
             ));
         }
 
+        if let (Some(client), Some(mqtt)) = (&state.mqtt, &config.mqtt) {
+            workers.spawn(crate::notify::publisher::run_worker(
+                state.db.clone(),
+                client.clone(),
+                mqtt.notifications_per_second,
+                config.worker_poll_interval,
+                shutdown.clone(),
+            ));
+            let touched = crate::device_logs::intake::Touched::default();
+            workers.spawn(crate::device_logs::intake::run(
+                state.db.clone(),
+                client.clone(),
+                mqtt.log_group.clone(),
+                state.log_hub.clone(),
+                touched.clone(),
+                shutdown.clone(),
+            ));
+            workers.spawn(crate::device_logs::retention::run(
+                state.db.clone(),
+                touched,
+                mqtt.log_retention,
+                mqtt.log_max_lines_per_device,
+                Duration::from_secs(60),
+                shutdown.clone(),
+            ));
+        }
         workers.spawn(crate::credentials::rotation::run_worker(
             state.db.clone(),
             config.rotation.clone(),

@@ -29,6 +29,12 @@ pub struct AppState {
     pub tokens: Arc<crate::credentials::tokens::Tokens>,
     /// Slows down repeated token-endpoint failures per client id.
     pub token_failures: Arc<crate::credentials::throttle::FailureThrottle>,
+    /// Queues device notifications when MQTT is configured.
+    pub notifier: crate::notify::Notifier,
+    /// Tells this process's event streams of new device log lines.
+    pub log_hub: crate::device_logs::LogHub,
+    /// This process's MQTT client, when `MQTT_URL` is set.
+    pub mqtt: Option<crate::mqtt::MqttClient>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
     pub coredump_uploads_by_device: Arc<crate::http::admission::KeyedLimiter>,
 }
@@ -43,6 +49,16 @@ pub struct Caches {
     pub current_images: LookupCache<i64, CurrentImage>,
     /// Firmware images by SHA-256.
     pub firmware: Arc<FirmwareCache>,
+}
+
+impl AppState {
+    /// What firmware operations tell beyond their transaction.
+    pub fn effects(&self) -> crate::firmware::store::Effects<'_> {
+        crate::firmware::store::Effects {
+            caches: self.caches.as_ref(),
+            notifier: self.notifier,
+        }
+    }
 }
 
 impl crate::lookup_cache::Invalidation for Caches {

@@ -33,6 +33,11 @@ pub const FIRMWARE_CACHE_BYTES: &str = "firmware_cache_bytes";
 pub const FIRMWARE_CACHE_ENTRIES: &str = "firmware_cache_entries";
 pub const LOOKUP_CACHE_HITS: &str = "lookup_cache_hits_total";
 pub const LOOKUP_CACHE_MISSES: &str = "lookup_cache_misses_total";
+pub const NOTIFICATIONS_PUBLISHED: &str = "notifications_published_total";
+pub const NOTIFICATIONS_DROPPED: &str = "notifications_dropped_total";
+pub const NOTIFICATIONS_QUEUED: &str = "notifications_queued";
+pub const NOTIFICATIONS_OLDEST_AGE: &str = "notifications_oldest_queued_age_seconds";
+pub const DEVICE_LOG_LINES: &str = "device_log_lines_total";
 pub const DEVICE_TOKENS_ISSUED: &str = "device_tokens_issued_total";
 pub const DEVICE_TOKENS_REFUSED: &str = "device_tokens_refused_total";
 pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
@@ -218,6 +223,27 @@ fn describe() {
         "Device-path database lookups that went to the database, by cache"
     );
     metrics::describe_gauge!(HTTP_CONNECTIONS_OPEN, "Open HTTP connections");
+    describe_counter!(
+        NOTIFICATIONS_PUBLISHED,
+        "Device notifications the broker acknowledged, by kind (firmware, config, provisioning)"
+    );
+    describe_counter!(
+        NOTIFICATIONS_DROPPED,
+        "Device notifications given up because the broker can never accept them (too large)"
+    );
+    metrics::describe_gauge!(
+        NOTIFICATIONS_QUEUED,
+        "Device notifications waiting to be published (measured when /metrics is scraped)"
+    );
+    metrics::describe_gauge!(
+        NOTIFICATIONS_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest queued device notification has waited (measured at scrape)"
+    );
+    describe_counter!(
+        DEVICE_LOG_LINES,
+        "Device log lines received, by outcome (stored, unknown_device, malformed)"
+    );
     describe_counter!(
         DEVICE_TOKENS_ISSUED,
         "Device tokens issued by POST /api/iot/token"

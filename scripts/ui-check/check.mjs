@@ -5,6 +5,7 @@
 // for the environment variables. Exit status 0 only when every check passes and no call failed
 // or mismatched (calls to endpoints SPEC leaves out are reported, not counted).
 
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -28,6 +29,8 @@ const CODE = env('UI_CHECK_MODEL_CODE');
 const FW_VERSION = env('UI_CHECK_FIRMWARE_VERSION');
 const DUMP = env('UI_CHECK_DUMP');
 const CHIP = env('UI_CHECK_CHIP');
+const MQTT_PORT = env('UI_CHECK_MQTT_PORT');
+const MOSQUITTO_PUB = env('MOSQUITTO_PUB');
 const ADMIN_TOKEN = process.env.UI_CHECK_ADMIN_TOKEN || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = Number(process.env.UI_CHECK_TIMEOUT_MS || 20000);
@@ -184,7 +187,8 @@ const MODEL_NAME = 'UI check sensor';
 const SEEDED_CODE = 'seeded_by_api';
 const DEVICE_NAME = 'ui-check-device';
 // One line: typed newlines would make Monaco auto-indent and auto-close around the text.
-const DEVICE_CONFIG = JSON.stringify({ deviceName: DEVICE_NAME, deviceEntityId: 'sensor.ui_check', enableOTA: true });
+const ENTITY_ID = 'sensor.ui_check';
+const DEVICE_CONFIG = JSON.stringify({ deviceName: DEVICE_NAME, deviceEntityId: ENTITY_ID, enableOTA: true });
 let modelId;
 let device; // the POST /api/devices response body
 let coredumpId;
@@ -372,6 +376,62 @@ await check('dashboard triggers a fleet rotation: the device goes PENDING, then 
   device.device_secret = pkg.json.client_secret;
   // No reload: the UI learns of it from the rotation-updated event on its live stream.
   await waitForRowState(device.id, 'OK');
+});
+
+// ---------------------------------------------------------------------------------------------
+// Device logs: lines a device publishes to iotsupport/logsink over the real broker
+
+/** Publishes NDJSON log documents of the check's device with mosquitto_pub. */
+function publishLogs(...messages) {
+  const payload = messages.map((message) => JSON.stringify({ entity_id: ENTITY_ID, message })).join('\n');
+  const r = spawnSync(MOSQUITTO_PUB, ['-h', '127.0.0.1', '-p', MQTT_PORT, '-q', '1', '-t', 'iotsupport/logsink', '-m', payload]);
+  if (r.status !== 0) fail(`mosquitto_pub failed: ${r.stderr}`);
+}
+
+/** The messages iotsupport has stored for the device (its history API). */
+async function storedLogs() {
+  const r = await backend('GET', `/api/devices/${device.id}/logs`);
+  return r.status === 200 ? r.json.logs.map((l) => l.message) : [];
+}
+
+await check("device's logs tab shows history, then live lines without a reload", async () => {
+  if (!device) fail('no device was created');
+  // Until the service's subscription is granted, lines go nowhere: probe until one is stored.
+  const deadline = Date.now() + WAIT;
+  for (let n = 0; !(await storedLogs()).length; n++) {
+    if (Date.now() > deadline) fail('no published line was stored: is the log intake subscribed?');
+    publishLogs(`I (${n}) ui-check: probe`);
+    await page.waitForTimeout(300);
+  }
+  const history = 'I (100) ui-check: history line';
+  publishLogs(`\u001b[0;32m${history}\u001b[0m`);
+  while (!(await storedLogs()).includes(history)) {
+    if (Date.now() > deadline) fail('the history line was not stored (with its colours removed)');
+    await page.waitForTimeout(200);
+  }
+
+  const subscribed = page.waitForResponse((r) => r.url().endsWith('/api/device-logs/subscribe'), { timeout: WAIT });
+  await page.goto(`/devices/${device.id}/logs`);
+  const entries = byTestId('devices.logs.entry');
+  await entries.filter({ hasText: history }).first().waitFor({ timeout: WAIT });
+  const shown = await entries.allInnerTexts();
+  if (!shown.includes(history)) fail(`the entry is not exactly the line: ${JSON.stringify(shown)}`);
+  const sub = await subscribed;
+  if (sub.status() !== 200) fail(`POST /api/device-logs/subscribe answered ${sub.status()}`);
+
+  // Live: published now, shown without the page asking for history again.
+  let historyFetches = 0;
+  const countFetches = (r) => {
+    if (new URL(r.url()).pathname === `/api/devices/${device.id}/logs`) historyFetches += 1;
+  };
+  page.on('request', countFetches);
+  const live = `W (200) ui-check: live line ${Date.now()}`;
+  publishLogs(live);
+  await entries.filter({ hasText: live }).first().waitFor({ timeout: WAIT });
+  page.off('request', countFetches);
+  if (historyFetches) fail(`the live line came with ${historyFetches} history request(s), not over the live stream`);
+  const count = Number(await byTestId('devices.logs.container').getAttribute('data-log-count'));
+  if (count < 2) fail(`data-log-count is ${count}`);
 });
 
 // Firmware for the model and a real core dump from the device, through the API: the UI has no

@@ -15,8 +15,6 @@ export const UNMODELLED = new Map([]);
 /** Endpoints of the Python service that SPEC does not include, with the reason. */
 export const EXCLUDED_ENDPOINTS = [
   [/^\/api\/devices\/\d+\/keycloak-(status|sync)$/, 'Keycloak client management is not part of SPEC'],
-  [/^\/api\/devices\/\d+\/logs$/, 'device logs arrive with MQTT (SPEC §14)'],
-  [/^\/api\/device-logs\//, 'device logs arrive with MQTT (SPEC §14)'],
   [/^\/api\/(images|cas|tasks|testing)\//, 'not part of SPEC'],
 ];
 

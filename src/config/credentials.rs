@@ -40,6 +40,9 @@ pub struct RotationSettings {
     pub timeout: Duration,
     /// `ROTATION_CRITICAL_THRESHOLD_DAYS` (default 7; 0 also means 7, as in the original).
     pub critical_threshold_days: i64,
+    /// Whether a device entering `PENDING` queues its MQTT provisioning notification (`MQTT_URL`
+    /// is set).
+    pub notify: bool,
 }
 
 /// Longest and shortest accepted token lifetimes.
@@ -112,5 +115,6 @@ pub(super) fn rotation(env: &Env) -> Result<RotationSettings, ConfigError> {
         cron,
         timeout: env.seconds("ROTATION_TIMEOUT_SECONDS", 300.0)?,
         critical_threshold_days: if days == 0 { 7 } else { days },
+        notify: false,
     })
 }

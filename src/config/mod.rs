@@ -19,7 +19,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod mqtt;
-pub use mqtt::{unique_client_id, MqttCredentials, MqttSettings, MqttUrl, DEFAULT_MQTT_CLIENT_ID};
+pub use mqtt::{
+    unique_client_id, MqttCredentials, MqttSettings, MqttUrl, DEFAULT_LOG_GROUP,
+    DEFAULT_MQTT_CLIENT_ID,
+};
 
 /// A configuration value that must never appear in logs or error messages.
 #[derive(Clone, PartialEq, Eq)]
@@ -278,6 +281,9 @@ impl Config {
             }
         }
 
+        let mqtt = mqtt::mqtt_settings(env)?;
+        let mut rotation = credentials::rotation(env)?;
+        rotation.notify = mqtt.is_some();
         Ok(Config {
             migrate_on_start: env
                 .flag("MIGRATE_ON_START", database_kind == DatabaseKind::Sqlite)?,
@@ -328,14 +334,14 @@ impl Config {
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
             firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
             credentials: credentials::credentials(env)?,
-            rotation: credentials::rotation(env)?,
+            rotation,
             http: HttpLimits {
                 header_read_timeout: env.seconds("HTTP_HEADER_READ_TIMEOUT_SECONDS", 10.0)?,
                 idle_timeout: env.seconds("HTTP_IDLE_TIMEOUT_SECONDS", 30.0)?,
                 max_connections: env.positive("HTTP_MAX_CONNECTIONS", 1024)?,
                 shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
             },
-            mqtt: mqtt::mqtt_settings(env)?,
+            mqtt,
         })
     }
 

@@ -143,7 +143,23 @@ pub struct MqttSettings {
     /// On shutdown, how long publishes already sent may still be acknowledged before the client
     /// disconnects.
     pub shutdown_grace: Duration,
+    /// Device notifications published per second at most (`MQTT_NOTIFICATIONS_PER_SECOND`,
+    /// default 100): a firmware upload to a model of 1,000 devices reaches all of them in 10 s
+    /// instead of in one burst, which a small broker and the OTA downloads that follow both take
+    /// comfortably.
+    pub notifications_per_second: f64,
+    /// Device log lines are kept this long (`DEVICE_LOG_RETENTION_DAYS`, default 7).
+    pub log_retention: Duration,
+    /// At most this many lines per device (`DEVICE_LOG_MAX_LINES`, default 10000).
+    pub log_max_lines_per_device: i64,
+    /// The shared-subscription group of `iotsupport/logsink` (`MQTT_LOG_GROUP`, default
+    /// `iotsupport`): the processes of one deployment split the lines between them; two
+    /// deployments on one broker need different groups.
+    pub log_group: String,
 }
+
+/// The default shared-subscription group of the device log intake (`MQTT_LOG_GROUP`).
+pub const DEFAULT_LOG_GROUP: &str = "iotsupport";
 
 /// The client id used when neither `MQTT_CLIENT_ID` nor `MQTT_USERNAME` is set (the Python
 /// service's).
@@ -162,6 +178,10 @@ impl MqttSettings {
             keep_alive: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            notifications_per_second: 100.0,
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            log_max_lines_per_device: 10_000,
+            log_group: DEFAULT_LOG_GROUP.to_string(),
         }
     }
 }
@@ -204,6 +224,24 @@ pub(super) fn mqtt_settings(env: &Env) -> Result<Option<MqttSettings>, ConfigErr
     settings.credentials = credentials;
     settings.client_id = client_id;
     settings.publish_timeout = env.seconds("MQTT_PUBLISH_TIMEOUT_SECONDS", 10.0)?;
+    settings.notifications_per_second = env.positive("MQTT_NOTIFICATIONS_PER_SECOND", 100.0)?;
+    let days: f64 = env.positive("DEVICE_LOG_RETENTION_DAYS", 7.0)?;
+    settings.log_retention = Duration::from_secs_f64(days * 24.0 * 3600.0);
+    settings.log_max_lines_per_device = env.positive("DEVICE_LOG_MAX_LINES", 10_000)?;
+    if let Some(group) = env.get("MQTT_LOG_GROUP") {
+        if group.is_empty()
+            || group.len() > 64
+            || group
+                .chars()
+                .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+        {
+            return Err(invalid(
+                "MQTT_LOG_GROUP",
+                "must be 1-64 characters without '/', '+', '#' or control characters",
+            ));
+        }
+        settings.log_group = group.to_string();
+    }
     Ok(Some(settings))
 }
 

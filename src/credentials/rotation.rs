@@ -41,8 +41,15 @@ async fn updated(tx: &mut Tx) -> Result<(), DbError> {
 
 /// The seam of "a device entered `PENDING`", in the transaction that made it so: the event for
 /// admins, and (with MQTT) the `iotsupport/updates/provisioning` notification to the device.
-pub async fn entered_pending(tx: &mut Tx, target: &RotationTarget) -> Result<(), DbError> {
+pub async fn entered_pending(
+    tx: &mut Tx,
+    settings: &RotationSettings,
+    target: &RotationTarget,
+) -> Result<(), DbError> {
     let client_id = ClientId::format(&target.model_code, &target.key);
+    crate::notify::Notifier::new(settings.notify)
+        .provisioning(tx, &client_id)
+        .await?;
     events::record(
         tx,
         "device_rotation_pending",
@@ -66,7 +73,7 @@ pub async fn start_next(
         return Ok(None);
     };
     queries::mark_pending(tx, target.id, now).await?;
-    entered_pending(tx, &target).await?;
+    entered_pending(tx, settings, &target).await?;
     tracing::info!(device_key = %target.key, "rotation_device_pending");
     Ok(Some(target))
 }

@@ -13,11 +13,13 @@
 pub mod adopt;
 pub mod coredumps;
 pub mod credentials;
+pub mod device_logs;
 pub mod device_models;
 pub mod devices;
 pub mod firmware_versions;
 pub mod legacy;
 pub mod migrate;
+pub mod notifications;
 pub mod reconcile;
 pub mod rotation;
 

@@ -18,6 +18,7 @@ use crate::db::firmware_versions::{self as fw, MODEL_VERSION_UNIQUE};
 use crate::db::{Db, DbError, Tx};
 use crate::layout::firmware_keys;
 use crate::lookup_cache::Invalidation;
+use crate::notify::Notifier;
 use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
 use crate::{events, outbox};
 use serde_json::json;
@@ -67,12 +68,13 @@ pub struct Stored {
 pub async fn store_bundle(
     db: &Db,
     storage: &Storage,
-    caches: &dyn Invalidation,
+    effects: Effects<'_>,
     model_id: i64,
     bundle: Bundle,
     keep: u32,
 ) -> Result<Stored, StoreError> {
-    let stored = store_bundle_locked(db, storage, model_id, bundle, keep).await;
+    let stored = store_bundle_locked(db, storage, effects.notifier, model_id, bundle, keep).await;
+    let caches = effects.caches;
     caches.model_firmware_changed(model_id);
     stored
 }
@@ -80,6 +82,7 @@ pub async fn store_bundle(
 async fn store_bundle_locked(
     db: &Db,
     storage: &Storage,
+    notifier: Notifier,
     model_id: i64,
     bundle: Bundle,
     keep: u32,
@@ -108,6 +111,11 @@ async fn store_bundle_locked(
         }
     };
     fw::set_current(&mut tx, model_id, &version).await?;
+    if model.firmware_version.as_deref() != Some(version.as_str()) {
+        notifier
+            .firmware_changed(&mut tx, model_id, &version)
+            .await?;
+    }
     let pruned = retention::enforce(&mut tx, model_id, &model.code, &version, keep).await?;
 
     if created {
@@ -329,21 +337,31 @@ async fn upload_one(storage: &Storage, key: &ObjectKey, artifact: Entry) -> Resu
 /// Makes a stored version current (rollback). Returns the model code.
 pub async fn set_current(
     db: &Db,
-    caches: &dyn Invalidation,
+    effects: Effects<'_>,
     model_id: i64,
     version: &str,
 ) -> Result<String, StoreError> {
-    let code = set_current_locked(db, model_id, version).await;
-    caches.model_firmware_changed(model_id);
+    let code = set_current_locked(db, effects.notifier, model_id, version).await;
+    effects.caches.model_firmware_changed(model_id);
     code
 }
 
-async fn set_current_locked(db: &Db, model_id: i64, version: &str) -> Result<String, StoreError> {
+async fn set_current_locked(
+    db: &Db,
+    notifier: Notifier,
+    model_id: i64,
+    version: &str,
+) -> Result<String, StoreError> {
     let (mut tx, model) = begin_locked(db, model_id).await?;
     if fw::get(&mut tx, model_id, version).await?.is_none() {
         return Err(version_not_found(&model.code, version));
     }
     fw::set_current(&mut tx, model_id, version).await?;
+    if model.firmware_version.as_deref() != Some(version) {
+        notifier
+            .firmware_changed(&mut tx, model_id, version)
+            .await?;
+    }
     events::record(
         &mut tx,
         "firmware_current_set",
@@ -353,6 +371,14 @@ async fn set_current_locked(db: &Db, model_id: i64, version: &str) -> Result<Str
     tx.commit().await?;
     tracing::info!(model_code = %model.code, version, previous = ?model.firmware_version, "firmware_current_set");
     Ok(model.code)
+}
+
+/// What a firmware change tells beyond its transaction: the process's lookup caches (after it),
+/// and devices (notifications queued in it).
+#[derive(Clone, Copy)]
+pub struct Effects<'a> {
+    pub caches: &'a dyn Invalidation,
+    pub notifier: Notifier,
 }
 
 /// Deletes a stored version that is not current: the row now, the objects via the outbox.

@@ -262,7 +262,8 @@ pub async fn update(
     Json(body): Json<DeviceUpdate>,
 ) -> Result<Json<DeviceResponse>, ApiError> {
     let text = body.config.as_ref().map(config_text);
-    let (row, model) = devices_ops::update(&state.db, id, text.as_deref(), body.active).await?;
+    let (row, model) =
+        devices_ops::update(&state.db, state.notifier, id, text.as_deref(), body.active).await?;
     Ok(Json(full(row, model, None)))
 }
 

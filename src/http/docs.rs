@@ -34,6 +34,7 @@ use crate::state::AppState;
         super::provisioning::nvs_package,
         super::rotation::status, super::rotation::trigger, super::rotation::dashboard_view,
         super::rotation::rotate_device,
+        super::device_logs::history, super::device_logs::subscribe, super::device_logs::unsubscribe,
     ),
     components(schemas(super::error::ErrorBody, super::health::HealthStatus)),
     modifiers(&SecuritySchemes),

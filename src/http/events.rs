@@ -22,7 +22,7 @@ use utoipa::IntoParams;
 
 use super::auth::AdminReader;
 use super::error::ApiError;
-use crate::db::Db;
+use crate::db::{device_logs, Db};
 use crate::events::{self, StoredEvent};
 use crate::state::AppState;
 
@@ -49,6 +49,63 @@ struct Subscriber {
     last: i64,
     buffer: VecDeque<Event>,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Live device log lines for the devices this stream's `request_id` subscribed to.
+    logs: LogFeed,
+}
+
+struct LogFeed {
+    request_id: Option<String>,
+    newest: tokio::sync::watch::Receiver<i64>,
+    last: i64,
+    /// When this stream last renewed its subscriptions (forgotten an hour after the last renewal,
+    /// see `crate::device_logs::retention`).
+    renewed: std::time::Instant,
+}
+
+/// How often an open stream renews its log subscriptions.
+const RENEW_SUBSCRIPTIONS: Duration = Duration::from_secs(600);
+
+impl LogFeed {
+    /// New lines of the subscribed devices as `device-logs` messages
+    /// (`{"device_entity_id", "logs": [{"@timestamp", "message", "entity_id"}]}`, one per device).
+    async fn read(&mut self, db: &Db) -> Result<Vec<Event>, crate::db::DbError> {
+        let newest = *self.newest.borrow();
+        let Some(request_id) = &self.request_id else {
+            self.last = self.last.max(newest);
+            return Ok(Vec::new());
+        };
+        let subscribed = device_logs::subscriptions(db, request_id).await?;
+        if subscribed.is_empty() {
+            self.last = self.last.max(newest);
+            return Ok(Vec::new());
+        }
+        if self.renewed.elapsed() >= RENEW_SUBSCRIPTIONS {
+            device_logs::renew_subscriptions(db, request_id, crate::db::now()).await?;
+            self.renewed = std::time::Instant::now();
+        }
+        let ids: Vec<i64> = subscribed.iter().map(|(id, _)| *id).collect();
+        let lines = device_logs::after(db, &ids, self.last, 500).await?;
+        let mut events = Vec::new();
+        for (device, entity) in &subscribed {
+            let logs: Vec<serde_json::Value> = lines
+                .iter()
+                .filter(|l| l.device_id == *device)
+                .map(|l| {
+                    json!({"@timestamp": crate::device_logs::wire_time(l.logged_at),
+                           "message": l.message, "entity_id": entity})
+                })
+                .collect();
+            if !logs.is_empty() {
+                let data = json!({"type": "device-logs",
+                                  "payload": {"device_entity_id": entity, "logs": logs}});
+                events.push(Event::default().data(data.to_string()));
+            }
+        }
+        if let Some(last) = lines.last() {
+            self.last = last.id;
+        }
+        Ok(events)
+    }
 }
 
 /// Live stream of committed changes: core dumps, firmware versions, models, devices.
@@ -73,12 +130,19 @@ pub async fn stream(
     let version = json!({"type": "version", "payload": {"version": env!("CARGO_PKG_VERSION")}});
     let mut buffer = VecDeque::new();
     buffer.push_back(Event::default().data(version.to_string()));
+    let logs = LogFeed {
+        request_id: query.request_id.clone().filter(|r| r.len() <= 128),
+        newest: state.log_hub.subscribe(),
+        last: device_logs::newest_id(&state.db).await?,
+        renewed: std::time::Instant::now(),
+    };
     let subscriber = Subscriber {
         db: state.db.clone(),
         newest: state.events.subscribe(),
         last,
         buffer,
         shutdown: state.shutdown.clone(),
+        logs,
     };
     let stream = futures::stream::unfold(subscriber, |mut s| async move {
         loop {
@@ -96,11 +160,21 @@ pub async fn stream(
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "sse_read_failed"),
             }
+            match s.logs.read(&s.db).await {
+                Ok(events) if !events.is_empty() => {
+                    s.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "sse_log_read_failed"),
+            }
             tokio::select! {
                 () = s.shutdown.cancelled() => return None,
                 changed = s.newest.changed() => if changed.is_err() { return None },
-                // Also look again now and then, in case a read failed above.
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = s.logs.newest.changed() => {}
+                // Also look again now and then: a read may have failed, or a log subscription of
+                // this stream may have been made (through another process).
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         }
     });

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod coredumps;
+pub mod device_logs;
 pub mod device_models;
 pub mod devices;
 pub mod docs;
@@ -55,6 +56,7 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(coredumps::router())
         .merge(iot::router())
         .merge(rotation::router())
+        .merge(device_logs::router())
         .merge(provisioning::router())
         .merge(identity::router())
         .merge(events::router());

@@ -21,6 +21,9 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // Queue gauges are measured now, so every process reports the shared queue consistently.
+    if state.config.mqtt.is_some() {
+        crate::notify::publisher::publish_queue_metrics(&state.db).await;
+    }
     match crate::jobs::queue_stats(&state.db).await {
         Ok(stats) => {
             let now = crate::db::now();

@@ -6,8 +6,9 @@ use super::RegistryError;
 use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
 use crate::db::{Db, Tx};
-use crate::fleet::{ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
+use crate::fleet::{ClientId, ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
 use crate::lookup_cache::Invalidation;
+use crate::notify::Notifier;
 use crate::{events, layout, outbox};
 
 /// How often a new random key is tried when it collides with an existing one (5 random bytes:
@@ -89,6 +90,7 @@ pub async fn create(
 /// Replaces a device's config (when given) and active flag (when given).
 pub async fn update(
     db: &Db,
+    notifier: Notifier,
     id: i64,
     config_text: Option<&str>,
     active: Option<bool>,
@@ -102,6 +104,10 @@ pub async fn update(
     devices::update(&mut tx, id, &config, active.unwrap_or(row.active)).await?;
     let (row, model) = load(&mut tx, id).await?;
     events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
+    // As the original: after every successful update, whatever changed.
+    notifier
+        .config_changed(&mut tx, &ClientId::format(&row.model_code, &row.key))
+        .await?;
     tx.commit().await?;
     Ok((row, model))
 }

@@ -15,7 +15,8 @@ use http::Method;
 use reqwest::{RequestBuilder, Response, Url};
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{eventually, TestApp};
+use std::time::Duration;
 
 /// A device as the tests use it: its ids and its `key.secret` credential.
 #[derive(Debug, Clone)]
@@ -160,6 +161,29 @@ impl TestApp {
     /// `POST /api/devices` with any body (for validation tests).
     pub async fn post_device(&self, body: Value) -> (u16, Value) {
         send_json(self.admin(Method::POST, "/api/devices").json(&body)).await
+    }
+
+    /// Whether the app's device-log intake got its MQTT subscription within 10 s (lines
+    /// published before that are not delivered to it).
+    pub async fn mqtt_connected(&self) -> bool {
+        eventually(Duration::from_secs(10), || async {
+            self.state.log_hub.intake_subscribed()
+        })
+        .await
+    }
+
+    /// `GET /api/devices/{id}/logs?{query}` (`query` already encoded, may be empty).
+    pub async fn device_logs(&self, id: i64, query: &str) -> (u16, Value) {
+        send_json(self.admin(Method::GET, &format!("/api/devices/{id}/logs?{query}"))).await
+    }
+
+    /// `POST /api/device-logs/subscribe` or `/unsubscribe` (`action`) with any body.
+    pub async fn device_log_subscription(&self, action: &str, body: Value) -> (u16, Value) {
+        send_json(
+            self.admin(Method::POST, &format!("/api/device-logs/{action}"))
+                .json(&body),
+        )
+        .await
     }
 
     /// `GET /api/devices/{id}`

@@ -23,9 +23,14 @@ pub struct SseReader {
 
 impl SseReader {
     pub async fn open(app: &TestApp) -> SseReader {
+        Self::open_as(app, "01TEST").await
+    }
+
+    /// A stream with this `request_id` (the id live device logs are subscribed for).
+    pub async fn open_as(app: &TestApp, request_id: &str) -> SseReader {
         let response = app
             .client
-            .get(app.url("/api/sse/stream?request_id=01TEST"))
+            .get(app.url(&format!("/api/sse/stream?request_id={request_id}")))
             .send()
             .await
             .unwrap();

@@ -12,6 +12,7 @@ mod coredump_upload;
 mod coredumps;
 mod credentials_support;
 mod device_flow;
+mod device_logs;
 mod device_tokens;
 mod downloads;
 #[path = "../support/esp_image_synth.rs"]
@@ -32,6 +33,10 @@ mod jobs;
 mod legacy;
 mod legacy_adopt;
 mod legacy_migrate_to_s3;
+mod mqtt_notifications;
+#[path = "../mqtt/support.rs"]
+#[allow(dead_code)] // shared with tests/mqtt/, which uses all of it
+mod mqtt_support;
 #[path = "../support/nvs_reader.rs"]
 mod nvs_reader;
 mod oidc_auth;

@@ -1,7 +1,7 @@
 //! Synthesised ESP32 app images, laid out as `esptool elf2image` writes them (as in esp-image's own
 //! tests): a DROM segment starting with an `esp_app_desc_t`, DRAM and IRAM segments, the checksum
 //! byte and the appended SHA-256. Shared by the firmware tests (`tests/api/firmware_support.rs`)
-//! and the benchmark client (`examples/loadgen.rs`), both of which include this file by path.
+//! and the benchmark client (`examples/loadgen/`), both of which include this file by path.
 
 use sha2::{Digest, Sha256};
 

@@ -112,7 +112,7 @@ async fn receive_and_store(
     let stored = store::store_bundle(
         &state.db,
         &state.storage,
-        state.caches.as_ref(),
+        state.effects(),
         model.id,
         bundle,
         state.config.max_firmwares,

@@ -54,7 +54,7 @@ pub async fn set_current(
     Path(id): Path<i64>,
     Json(body): Json<SetCurrentFirmware>,
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
-    let code = store::set_current(&state.db, state.caches.as_ref(), id, &body.version).await?;
+    let code = store::set_current(&state.db, state.effects(), id, &body.version).await?;
     Ok(Json(FirmwareUploadResponse {
         id,
         code,

@@ -12,6 +12,8 @@
 //! - `s3put`: the same-size PUTs directly to the S3 server (the ceiling for `ingest`).
 //! - `download`: firmware downloads through the service, whole or random ranges.
 //! - `s3get`: the same reads directly from the S3 server (the ceiling for `download`).
+//! - `get`: admin GETs of one URL (`bench/mqtt.sh` times the device-log history with it).
+//! - `notify-latency`, `publish-logs`: MQTT notifications and device logs (`mqtt.rs`).
 //! - `make-bundle`: writes a valid firmware bundle ZIP (synthesised ESP32 image of a given size
 //!   whose app descriptor carries the ELF's SHA-256, as `tests/api/firmware_support.rs` does);
 //!   `--elf` puts a real firmware ELF in it, so dumps of that build can be parsed
@@ -29,6 +31,8 @@ use iotsupport::config::{S3Config, Secret};
 use iotsupport::storage::backend::ObjectStoreBackend;
 use iotsupport::storage::{ByteRange, ObjectKey, ObjectStorage};
 use rand::{Rng, RngCore};
+
+mod mqtt;
 
 #[derive(Parser)]
 #[command(about = "Load generator for the iotsupport benchmarks (loopback only)")]
@@ -142,6 +146,52 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
+    /// GETs of `url` with `Authorization: Bearer <token>` (admin reads).
+    Get {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Creates a model with `devices` devices, uploads `bundle` to it and times each device's
+    /// firmware notification from the upload's answer to its arrival at a subscriber.
+    NotifyLatency {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        mqtt_url: String,
+        #[arg(long)]
+        code: String,
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long)]
+        bundle: std::path::PathBuf,
+        /// Stop waiting for messages this long after the upload.
+        #[arg(long, default_value_t = 120)]
+        max_seconds: u64,
+    },
+    /// Publishes device log lines (NDJSON) to `iotsupport/logsink`.
+    PublishLogs {
+        #[arg(long)]
+        mqtt_url: String,
+        /// Comma-separated entity ids, used round-robin.
+        #[arg(long, value_delimiter = ',')]
+        entities: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        #[arg(long, default_value_t = 10)]
+        lines_per_message: usize,
+        /// Publishes awaiting their PUBACK at once.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Messages per second (0: as fast as the broker acknowledges).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     /// Writes a valid firmware bundle ZIP for model `code`.
     MakeBundle {
         #[arg(long)]
@@ -169,6 +219,12 @@ struct Outcome {
     bad_status: bool,
 }
 
+/// The `p` quantile (0–1) of sorted, non-empty `latencies`, in milliseconds.
+fn percentile_ms(latencies: &[Duration], p: f64) -> f64 {
+    let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+    latencies[i].as_secs_f64() * 1000.0
+}
+
 /// Runs `count` requests, `concurrency` at a time, and prints the result line.
 async fn run<F, Fut>(name: &str, load: Load, request: F) -> anyhow::Result<bool>
 where
@@ -190,10 +246,7 @@ where
     let seconds = start.elapsed().as_secs_f64();
     let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
     latencies.sort();
-    let pct = |p: f64| -> f64 {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     let ok = outcomes.iter().filter(|o| o.ok).count();
     let bad_status = outcomes.iter().filter(|o| o.bad_status).count();
     let errors = outcomes.len() - ok - bad_status;
@@ -471,7 +524,7 @@ async fn s3get(
 // Firmware bundle synthesis (`tests/support/esp_image_synth.rs`, with a large DROM segment so the
 // image has a realistic size).
 
-#[path = "../tests/support/esp_image_synth.rs"]
+#[path = "../../tests/support/esp_image_synth.rs"]
 mod esp_image_synth;
 use esp_image_synth::{sha256, Desc};
 
@@ -624,6 +677,49 @@ async fn main() -> anyhow::Result<()> {
             small_requests("poll", load, |c| {
                 c.get(&target).header("authorization", &auth)
             })
+            .await?
+        }
+        Command::Get { url, token, load } => {
+            ensure_loopback(&url)?;
+            let auth = format!("Bearer {token}");
+            small_requests("get", load, |c| c.get(&url).header("authorization", &auth)).await?
+        }
+        Command::NotifyLatency {
+            url,
+            token,
+            mqtt_url,
+            code,
+            devices,
+            bundle,
+            max_seconds,
+        } => {
+            mqtt::notify_latency(
+                &url,
+                &token,
+                &mqtt_url,
+                &code,
+                devices,
+                &bundle,
+                max_seconds,
+            )
+            .await?
+        }
+        Command::PublishLogs {
+            mqtt_url,
+            entities,
+            messages,
+            lines_per_message,
+            in_flight,
+            rate,
+        } => {
+            mqtt::publish_logs(
+                &mqtt_url,
+                &entities,
+                messages,
+                lines_per_message,
+                in_flight,
+                rate,
+            )
             .await?
         }
         Command::MakeBundle {

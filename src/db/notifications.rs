@@ -1,0 +1,153 @@
+//! Queries of the notification queue (`notifications`, see `crate::notify`).
+
+use chrono::{DateTime, Utc};
+
+use super::{Db, DbError, Tx};
+use crate::on_pool;
+
+/// A queued notification taken by a publisher.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedNotification {
+    pub id: i64,
+    pub kind: String,
+    pub client_id: String,
+    pub firmware_version: Option<String>,
+    pub attempts: i32,
+}
+
+/// Queues one notification.
+pub async fn enqueue(
+    tx: &mut Tx,
+    kind: &str,
+    client_id: &str,
+    firmware_version: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    crate::execute!(
+        tx,
+        sqlx::query(
+            "INSERT INTO notifications (kind, client_id, firmware_version, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $4)"
+        )
+        .bind(kind)
+        .bind(client_id)
+        .bind(firmware_version)
+        .bind(now)
+    )?;
+    Ok(())
+}
+
+/// Queues one `kind` notification for every device of model `model_id` in one statement;
+/// returns how many.
+pub async fn enqueue_for_model(
+    tx: &mut Tx,
+    kind: &str,
+    model_id: i64,
+    firmware_version: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    Ok(crate::execute!(
+        tx,
+        sqlx::query(
+            "INSERT INTO notifications (kind, client_id, firmware_version, created_at, next_attempt_at)
+             SELECT $1, 'iotdevice-' || m.code || '-' || d.key, $2, $3, $3
+             FROM devices d JOIN device_models m ON m.id = d.device_model_id
+             WHERE d.device_model_id = $4 ORDER BY d.id"
+        )
+        .bind(kind)
+        .bind(firmware_version)
+        .bind(now)
+        .bind(model_id)
+    )?)
+}
+
+const CLAIM_POSTGRES: &str = "UPDATE notifications SET lease_until = $2, attempts = attempts + 1
+     WHERE id IN (SELECT id FROM notifications
+                  WHERE next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)
+                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+     RETURNING id, kind, client_id, firmware_version, attempts";
+const CLAIM_SQLITE: &str = "UPDATE notifications SET lease_until = $2, attempts = attempts + 1
+     WHERE id IN (SELECT id FROM notifications
+                  WHERE next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)
+                  ORDER BY id LIMIT $3)
+     RETURNING id, kind, client_id, firmware_version, attempts";
+
+/// Takes up to `limit` due notifications until `lease_until` (oldest first). Another process
+/// takes a row only after its lease ran out (its publisher died).
+pub async fn claim(
+    db: &Db,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<QueuedNotification>, DbError> {
+    let mut rows: Vec<QueuedNotification> = match db {
+        Db::Postgres(p) => {
+            sqlx::query_as(CLAIM_POSTGRES)
+                .bind(now)
+                .bind(lease_until)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            sqlx::query_as(CLAIM_SQLITE)
+                .bind(now)
+                .bind(lease_until)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+    };
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
+}
+
+/// Removes notifications the broker acknowledged.
+pub async fn delete(db: &Db, ids: &[i64]) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for id in ids {
+        crate::execute!(
+            &mut tx,
+            sqlx::query("DELETE FROM notifications WHERE id = $1").bind(id)
+        )?;
+    }
+    tx.commit().await
+}
+
+/// Puts a notification back for another attempt at `next_attempt_at`.
+pub async fn retry(
+    db: &Db,
+    id: i64,
+    next_attempt_at: DateTime<Utc>,
+    error: &str,
+) -> Result<(), DbError> {
+    on_pool!(db, |p| sqlx::query(
+        "UPDATE notifications SET lease_until = NULL, next_attempt_at = $1, last_error = $2
+         WHERE id = $3"
+    )
+    .bind(next_attempt_at)
+    .bind(error)
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// How many notifications wait, and when the oldest was queued.
+pub async fn stats(db: &Db) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+    let count: i64 = on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notifications"
+    )
+    .fetch_one(p)
+    .await)?;
+    let oldest: Option<DateTime<Utc>> = on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT MIN(created_at) FROM notifications"
+    )
+    .fetch_one(p)
+    .await)?;
+    Ok((count, oldest))
+}

@@ -1,0 +1,242 @@
+//! Taking device log lines from `iotsupport/logsink`: each MQTT message is NDJSON, one JSON log
+//! document per line. A document names its device by `entity_id` (= `device_entity_id`); its
+//! `message` is stored with ANSI escapes removed and the time its message arrived, in whole
+//! milliseconds (the original set `@timestamp` to the arrival time too; whole milliseconds with
+//! at most [`LINES_PER_MILLISECOND`] lines each let the history's paging, whose boundaries are
+//! ±1 ms, lose nothing: see `super::window`). Lines are inserted in batches (every 200 ms or 500
+//! lines). Lines of unknown entity ids and malformed documents are counted and dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{strip_ansi, LogHub, LOGSINK_TOPIC};
+use crate::db::device_logs::{self as queries, NewLine};
+use crate::db::{self, Db};
+use crate::mqtt::{MqttClient, SubscribeOptions};
+use crate::telemetry::DEVICE_LOG_LINES;
+
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const FLUSH_LINES: usize = 500;
+/// The longest message kept (longer ones are cut): one line of a device log.
+const MAX_MESSAGE_CHARS: usize = 8192;
+
+/// One parsed log document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDocument {
+    pub entity_id: String,
+    pub message: String,
+}
+
+/// The documents of one MQTT payload; the number of lines that were not usable documents.
+pub fn parse_payload(payload: &[u8]) -> (Vec<LogDocument>, usize) {
+    let text = String::from_utf8_lossy(payload);
+    let mut documents = Vec::new();
+    let mut malformed = 0;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let parsed: Option<LogDocument> = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+            let entity_id = v.get("entity_id")?.as_str()?.to_string();
+            let message = match v.get("message")? {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut message = strip_ansi(&message);
+            if message.chars().count() > MAX_MESSAGE_CHARS {
+                message = message.chars().take(MAX_MESSAGE_CHARS).collect();
+            }
+            // PostgreSQL text cannot hold NUL.
+            Some(LogDocument {
+                entity_id,
+                message: message.replace('\0', ""),
+            })
+        });
+        match parsed {
+            Some(doc) => documents.push(doc),
+            None => malformed += 1,
+        }
+    }
+    (documents, malformed)
+}
+
+/// Devices that got lines since the count retention last looked (shared with
+/// `super::retention`).
+pub type Touched = Arc<Mutex<HashSet<i64>>>;
+
+/// A document and its time.
+pub type Arrived = (DateTime<Utc>, LogDocument);
+
+/// Most lines of one device stamped with the same millisecond (below the history's page size,
+/// so every page holds at least one whole millisecond and paging always moves on).
+pub const LINES_PER_MILLISECOND: u32 = 500;
+
+/// Gives each line the millisecond its message arrived in, moving a device's burst of more
+/// than [`LINES_PER_MILLISECOND`] lines on to the following milliseconds (a 10,000-line burst
+/// ends 20 ms late).
+#[derive(Debug, Default)]
+pub struct Stamper {
+    /// Per entity id: the millisecond last given and how many lines got it.
+    last: HashMap<String, (i64, u32)>,
+}
+
+impl Stamper {
+    pub fn stamp(&mut self, entity_id: &str, arrived_ms: i64) -> DateTime<Utc> {
+        if self.last.len() > 10_000 {
+            self.last.retain(|_, (ms, _)| *ms >= arrived_ms);
+        }
+        let slot = match self.last.get(entity_id) {
+            Some(&(ms, n)) if ms >= arrived_ms && n < LINES_PER_MILLISECOND => (ms, n + 1),
+            Some(&(ms, _)) if ms >= arrived_ms => (ms + 1, 1),
+            _ => (arrived_ms, 1),
+        };
+        self.last.insert(entity_id.to_string(), slot);
+        DateTime::from_timestamp_millis(slot.0).unwrap_or_default()
+    }
+}
+
+/// Stores `documents`; returns how many lines were stored.
+pub async fn store(
+    db: &Db,
+    documents: &[Arrived],
+    touched: &Touched,
+) -> Result<usize, crate::db::DbError> {
+    let entity_ids: Vec<String> = documents
+        .iter()
+        .map(|(_, d)| d.entity_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut devices: HashMap<String, Vec<i64>> = HashMap::new();
+    for (entity, device) in queries::devices_by_entity(db, &entity_ids).await? {
+        devices.entry(entity).or_default().push(device);
+    }
+    let mut lines = Vec::new();
+    let mut unknown = 0u64;
+    for (arrived, doc) in documents {
+        match devices.get(&doc.entity_id) {
+            Some(ids) => lines.extend(ids.iter().map(|&device_id| NewLine {
+                device_id,
+                logged_at: *arrived,
+                message: doc.message.clone(),
+            })),
+            None => unknown += 1,
+        }
+    }
+    queries::insert(db, &lines).await?;
+    metrics::counter!(DEVICE_LOG_LINES, "outcome" => "stored").increment(lines.len() as u64);
+    metrics::counter!(DEVICE_LOG_LINES, "outcome" => "unknown_device").increment(unknown);
+    if let Ok(mut t) = touched.lock() {
+        t.extend(lines.iter().map(|l| l.device_id));
+    }
+    Ok(lines.len())
+}
+
+/// Subscribes to the log sink and stores what arrives until `shutdown` fires.
+pub async fn run(
+    db: Db,
+    client: MqttClient,
+    group: String,
+    hub: LogHub,
+    touched: Touched,
+    shutdown: CancellationToken,
+) {
+    let options = SubscribeOptions {
+        shared_group: Some(group),
+        buffer: 4096,
+    };
+    let mut subscription = match client.subscribe(LOGSINK_TOPIC, options) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "device_logs_subscribe_failed");
+            return;
+        }
+    };
+    let mut pending: Vec<Arrived> = Vec::new();
+    let mut stamper = Stamper::default();
+    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        hub.set_intake_subscribed(subscription.is_active());
+        let flush = tokio::select! {
+            () = shutdown.cancelled() => true,
+            message = subscription.recv() => match message {
+                Some(message) => {
+                    let (docs, malformed) = parse_payload(&message.payload);
+                    metrics::counter!(DEVICE_LOG_LINES, "outcome" => "malformed")
+                        .increment(malformed as u64);
+                    let arrived_ms = db::now().timestamp_millis();
+                    pending.extend(
+                        docs.into_iter()
+                            .map(|d| (stamper.stamp(&d.entity_id, arrived_ms), d)),
+                    );
+                    pending.len() >= FLUSH_LINES
+                }
+                None => true,
+            },
+            _ = ticker.tick() => !pending.is_empty(),
+        };
+        if flush && !pending.is_empty() {
+            match store(&db, &pending, &touched).await {
+                Ok(_) => {
+                    if let Ok(id) = queries::newest_id(&db).await {
+                        hub.stored(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, lines = pending.len(), "device_logs_store_failed")
+                }
+            }
+            pending.clear();
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    hub.set_intake_subscribed(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_moves_on_to_the_next_millisecond_every_500_lines() {
+        let mut stamper = Stamper::default();
+        let ms = |t: DateTime<Utc>| t.timestamp_millis();
+        let stamps: Vec<i64> = (0..1001).map(|_| ms(stamper.stamp("a", 1000))).collect();
+        assert!(stamps[..500].iter().all(|&t| t == 1000));
+        assert!(stamps[500..1000].iter().all(|&t| t == 1001));
+        assert_eq!(stamps[1000], 1002);
+        // Another device, and a later message, start at their own arrival.
+        assert_eq!(ms(stamper.stamp("b", 1000)), 1000);
+        assert_eq!(ms(stamper.stamp("a", 1001)), 1002);
+        assert_eq!(ms(stamper.stamp("a", 5000)), 5000);
+    }
+
+    #[test]
+    fn ndjson_lines_become_documents_and_bad_lines_are_counted() {
+        let payload = b"{\"entity_id\":\"sensor.a\",\"message\":\"\\u001b[0;32mI boot\\u001b[0m\",\"relative_time\":5}\n\
+                        not json\n\
+                        {\"message\":\"no entity\"}\n\
+                        \n\
+                        {\"entity_id\":\"sensor.b\",\"message\":\"second\"}";
+        let (docs, malformed) = parse_payload(payload);
+        assert_eq!(malformed, 2);
+        assert_eq!(
+            docs,
+            [
+                LogDocument {
+                    entity_id: "sensor.a".into(),
+                    message: "I boot".into()
+                },
+                LogDocument {
+                    entity_id: "sensor.b".into(),
+                    message: "second".into()
+                },
+            ]
+        );
+    }
+}

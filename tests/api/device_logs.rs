@@ -1,0 +1,552 @@
+//! Device logs against a real Mosquitto (SPEC §14): lines devices publish to
+//! `iotsupport/logsink` are stored per device and served with the Python service's windows and
+//! paging; live lines reach the streams subscribed to them; two processes store each line once;
+//! retention removes old lines and keeps each device's newest.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::events::SseReader;
+use crate::fleet::create_model;
+use crate::helpers::*;
+use crate::mqtt_notifications::{as_pairs, mqtt_env};
+use crate::mqtt_support as broker;
+
+const LOGSINK: &str = "iotsupport/logsink";
+
+/// A device of a fresh model with `deviceEntityId` = `entity` (none when `None`); its id.
+async fn device_with_entity(app: &TestApp, model_id: i64, entity: Option<&str>) -> i64 {
+    let config = match entity {
+        Some(e) => json!({ "deviceEntityId": e }).to_string(),
+        None => "{}".to_string(),
+    };
+    let (status, device) = app.create_device(model_id, &config).await;
+    assert_eq!(status, 201, "{device}");
+    device["id"].as_i64().unwrap()
+}
+
+fn entity(name: &str) -> String {
+    format!("sensor.{name}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One NDJSON payload of these `(entity_id, message)` documents.
+fn ndjson(lines: &[(&str, &str)]) -> Bytes {
+    let text: Vec<String> = lines
+        .iter()
+        .map(|(entity, message)| {
+            json!({"entity_id": entity, "message": message, "relative_time": 12}).to_string()
+        })
+        .collect();
+    Bytes::from(text.join("\n"))
+}
+
+async fn stored_lines(app: &TestApp, device_id: i64) -> i64 {
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM device_logs WHERE device_id = $1"
+    )
+    .bind(device_id)
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+async fn all_stored(app: &TestApp) -> i64 {
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM device_logs"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+/// Waits until `device_id` has `n` stored lines (fails after 20 s).
+async fn until_stored(app: &TestApp, device_id: i64, n: i64) {
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            stored_lines(app, device_id).await >= n
+        })
+        .await,
+        "device {device_id}: {} of {n} lines stored",
+        stored_lines(app, device_id).await
+    );
+}
+
+fn messages(page: &Value) -> Vec<String> {
+    page["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn time(value: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value.as_str().expect("a timestamp"))
+        .expect("ISO 8601")
+        .with_timezone(&Utc)
+}
+
+fn enc(t: DateTime<Utc>) -> String {
+    crate::credentials_support::urlencode(&t.to_rfc3339())
+}
+
+#[tokio::test]
+async fn published_lines_are_stored_per_device_and_served_like_the_original() {
+    let Some(url) = broker::shared_broker("device_logs") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) =
+            spawn_app_with(stack, "device_logs", &as_pairs(&env), Default::default()).await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "logs", None).await;
+        let (ea, eb) = (entity("a"), entity("b"));
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        let b = device_with_entity(&app, model_id, Some(&eb)).await;
+        let silent = device_with_entity(&app, model_id, None).await;
+        assert!(app.mqtt_connected().await, "{stack:?}: not connected");
+
+        let mut payload = ndjson(&[
+            (&ea, "\u{1b}[0;32mI (10) wifi: CONNECTED\u{1b}[0m"),
+            (&eb, "b's line"),
+            (&entity("nobody"), "a device we do not know"),
+        ])
+        .to_vec();
+        payload.extend_from_slice(b"\nnot json\n{\"message\": \"no entity id\"}\n");
+        publisher.publish(LOGSINK, payload.into()).await.unwrap();
+        until_stored(&app, a, 1).await;
+        until_stored(&app, b, 1).await;
+
+        // No parameters: the last hour, oldest first, ANSI colours removed.
+        let (status, page) = app.device_logs(a, "").await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(messages(&page), ["I (10) wifi: CONNECTED"], "{stack:?}");
+        assert_eq!(page["has_more"], false);
+        let stamp = page["logs"][0]["timestamp"].as_str().unwrap();
+        assert_eq!(stamp.len(), "2026-02-07T08:00:01.500000Z".len(), "{stamp}");
+        assert!(stamp.ends_with('Z'));
+        assert_eq!(page["window_start"], stamp);
+        assert_eq!(
+            time(&page["window_end"]) - time(&page["window_start"]),
+            chrono::Duration::milliseconds(1)
+        );
+        assert_eq!(messages(&app.device_logs(b, "").await.1), ["b's line"]);
+        // Only the two lines of known devices were stored.
+        assert_eq!(all_stored(&app).await, 2, "{stack:?}");
+
+        // A device without an entity id: empty, as the original.
+        let (status, page) = app.device_logs(silent, "").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            page,
+            json!({"logs": [], "has_more": false, "window_start": null, "window_end": null})
+        );
+        assert_eq!(app.device_logs(999_999, "").await.0, 404);
+        let (status, body) = app.device_logs(a, "start=yesterday").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains("start"), "{body}");
+
+        // The query: a case-insensitive wildcard over the whole message.
+        publisher
+            .publish(
+                LOGSINK,
+                ndjson(&[
+                    (&ea, "E (20) ota: Download FAILED"),
+                    (&ea, "I (30) heap 50%_free"),
+                ]),
+            )
+            .await
+            .unwrap();
+        until_stored(&app, a, 3).await;
+        assert_eq!(
+            messages(&app.device_logs(a, "query=*failed*").await.1),
+            ["E (20) ota: Download FAILED"]
+        );
+        assert_eq!(
+            messages(&app.device_logs(a, "query=*ota*").await.1).len(),
+            1
+        );
+        assert_eq!(
+            messages(&app.device_logs(a, "query=I%20(?0)*").await.1),
+            ["I (10) wifi: CONNECTED", "I (30) heap 50%_free"]
+        );
+        // `%` and `_` are plain characters, not LIKE wildcards.
+        assert_eq!(
+            messages(&app.device_logs(a, "query=*50%25_*").await.1),
+            ["I (30) heap 50%_free"]
+        );
+        assert!(messages(&app.device_logs(a, "query=*5%25%25*").await.1).is_empty());
+
+        // A window that ends before the lines: nothing.
+        let before = Utc::now() - chrono::Duration::hours(2);
+        let (status, page) = app
+            .device_logs(a, &format!("start={}&end={}", enc(before), enc(before)))
+            .await;
+        assert_eq!(status, 200);
+        assert!(messages(&page).is_empty());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn paging_through_a_burst_in_either_direction_loses_no_line() {
+    let Some(url) = broker::shared_broker("device_logs_paging") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) = spawn_app_with(
+            stack,
+            "device_logs_paging",
+            &as_pairs(&env),
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "paging", None).await;
+        let ea = entity("burst");
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        assert!(app.mqtt_connected().await);
+        // 2,345 lines in one message (one arrival time), then 10 more in another.
+        let burst: Vec<String> = (0..2345).map(|i| format!("line {i:04}")).collect();
+        let lines: Vec<(&str, &str)> = burst.iter().map(|m| (ea.as_str(), m.as_str())).collect();
+        publisher.publish(LOGSINK, ndjson(&lines)).await.unwrap();
+        until_stored(&app, a, 2345).await;
+        let tail: Vec<String> = (2345..2355).map(|i| format!("line {i:04}")).collect();
+        let lines: Vec<(&str, &str)> = tail.iter().map(|m| (ea.as_str(), m.as_str())).collect();
+        publisher.publish(LOGSINK, ndjson(&lines)).await.unwrap();
+        until_stored(&app, a, 2355).await;
+        let expected: Vec<String> = burst.iter().chain(&tail).cloned().collect();
+
+        // Backwards, as the UI does: `end` a day ahead, then `end=window_start` while has_more.
+        let mut pages = Vec::new();
+        let mut end = Utc::now() + chrono::Duration::days(1);
+        loop {
+            let (status, page) = app.device_logs(a, &format!("end={}", enc(end))).await;
+            assert_eq!(status, 200, "{page}");
+            let got = messages(&page);
+            assert!(got.len() <= 1000);
+            pages.push(got);
+            if page["has_more"] == false {
+                break;
+            }
+            end = time(&page["window_start"]);
+            assert!(pages.len() < 20, "paging does not end");
+        }
+        let backward: Vec<String> = pages.into_iter().rev().flatten().collect();
+        assert_eq!(
+            backward.len(),
+            expected.len(),
+            "{stack:?}: lines lost or repeated"
+        );
+        assert_eq!(backward, expected, "{stack:?}");
+
+        // Forwards: `start` and `end`, then `start=window_end`.
+        let mut forward = Vec::new();
+        let mut start = Utc::now() - chrono::Duration::minutes(30);
+        let end = Utc::now() + chrono::Duration::minutes(1);
+        loop {
+            let (status, page) = app
+                .device_logs(a, &format!("start={}&end={}", enc(start), enc(end)))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            forward.extend(messages(&page));
+            if page["has_more"] == false {
+                break;
+            }
+            start = time(&page["window_end"]);
+            assert!(forward.len() < 10_000, "paging does not end");
+        }
+        assert_eq!(forward, expected, "{stack:?}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn live_lines_reach_the_streams_subscribed_to_them() {
+    let Some(url) = broker::shared_broker("device_logs_live") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) = spawn_app_with(
+            stack,
+            "device_logs_live",
+            &as_pairs(&env),
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "live", None).await;
+        let (ea, eb) = (entity("a"), entity("b"));
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        let b = device_with_entity(&app, model_id, Some(&eb)).await;
+        let silent = device_with_entity(&app, model_id, None).await;
+        assert!(app.mqtt_connected().await);
+
+        let mut stream = SseReader::open_as(&app, "tab-1").await;
+        assert_eq!(
+            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+            "version"
+        );
+        let (status, body) = app
+            .device_log_subscription("subscribe", json!({"request_id": "tab-1", "device_id": a}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({"status": "subscribed", "device_entity_id": ea})
+        );
+
+        publisher
+            .publish(
+                LOGSINK,
+                ndjson(&[(&eb, "not for tab-1"), (&ea, "\u{1b}[1mfor tab-1\u{1b}[0m")]),
+            )
+            .await
+            .unwrap();
+        let event = stream
+            .next(Duration::from_secs(10))
+            .await
+            .expect("a device-logs event");
+        assert_eq!(event["type"], "device-logs", "{event}");
+        assert_eq!(event["payload"]["device_entity_id"], ea.as_str());
+        let logs = event["payload"]["logs"].as_array().unwrap();
+        assert_eq!(logs.len(), 1, "{event}");
+        assert_eq!(logs[0]["message"], "for tab-1");
+        assert_eq!(logs[0]["entity_id"], ea.as_str());
+        // The same time the history gives.
+        let history = app.device_logs(a, "").await.1;
+        assert_eq!(logs[0]["@timestamp"], history["logs"][0]["timestamp"]);
+        // b's line was stored, but did not come.
+        until_stored(&app, b, 1).await;
+        assert!(stream.next(Duration::from_millis(1500)).await.is_none());
+
+        // Refusals, as the original.
+        let (status, body) = app
+            .device_log_subscription(
+                "subscribe",
+                json!({"request_id": "tab-1", "device_id": silent}),
+            )
+            .await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body
+            .to_string()
+            .contains(&format!("Device entity ID {silent} was not found")));
+        let (status, _) = app
+            .device_log_subscription(
+                "subscribe",
+                json!({"request_id": "tab-1", "device_id": a, "extra": 1}),
+            )
+            .await;
+        assert_eq!(status, 400);
+        let (status, _) = app
+            .device_log_subscription("subscribe", json!({"request_id": "", "device_id": a}))
+            .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            app.device_log_subscription(
+                "subscribe",
+                json!({"request_id": "tab-1", "device_id": 999_999})
+            )
+            .await
+            .0,
+            404
+        );
+
+        // Unsubscribed: nothing more; a second unsubscribe finds nothing.
+        let (status, body) = app
+            .device_log_subscription(
+                "unsubscribe",
+                json!({"request_id": "tab-1", "device_id": a}),
+            )
+            .await;
+        assert_eq!((status, body), (200, json!({"status": "unsubscribed"})));
+        assert_eq!(
+            app.device_log_subscription(
+                "unsubscribe",
+                json!({"request_id": "tab-1", "device_id": a})
+            )
+            .await
+            .0,
+            404
+        );
+        publisher
+            .publish(LOGSINK, ndjson(&[(&ea, "after unsubscribing")]))
+            .await
+            .unwrap();
+        until_stored(&app, a, 2).await;
+        assert!(stream.next(Duration::from_millis(1500)).await.is_none());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn two_processes_store_each_line_once_and_either_streams_it() {
+    let Some(url) = broker::shared_broker("device_logs_twins") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    let env = mqtt_env(&url.to_string());
+    for stack in ALL_STACKS {
+        let Some((first, second)) = spawn_twins(stack, "device_logs_twins", &as_pairs(&env)).await
+        else {
+            continue;
+        };
+        let model_id = create_model(&first, "twins", None).await;
+        let ea = entity("twin");
+        let a = device_with_entity(&first, model_id, Some(&ea)).await;
+        assert!(first.mqtt_connected().await && second.mqtt_connected().await);
+        let mut stream = SseReader::open_as(&second, "tab-2").await;
+        assert_eq!(
+            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+            "version"
+        );
+        assert_eq!(
+            second
+                .device_log_subscription(
+                    "subscribe",
+                    json!({"request_id": "tab-2", "device_id": a})
+                )
+                .await
+                .0,
+            200
+        );
+
+        let sent: Vec<String> = (0..60).map(|i| format!("message {i:02}")).collect();
+        for message in &sent {
+            publisher
+                .publish(LOGSINK, ndjson(&[(&ea, message)]))
+                .await
+                .unwrap();
+        }
+        until_stored(&first, a, 60).await;
+        // Anything stored twice would show by now.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            stored_lines(&first, a).await,
+            60,
+            "{stack:?}: a line stored twice"
+        );
+        let stored: HashSet<String> = iotsupport::on_pool!(first.db(), |p| sqlx::query_scalar(
+            "SELECT message FROM device_logs WHERE device_id = $1"
+        )
+        .bind(a)
+        .fetch_all(p)
+        .await)
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert_eq!(stored, sent.iter().cloned().collect::<HashSet<_>>());
+
+        // Every line reached the second process's stream, whichever process took it.
+        let mut streamed = Vec::new();
+        while streamed.len() < 60 {
+            let Some(event) = stream.next(Duration::from_secs(10)).await else {
+                break;
+            };
+            if event["type"] == "device-logs" {
+                for line in event["payload"]["logs"].as_array().unwrap() {
+                    streamed.push(line["message"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        streamed.sort();
+        assert_eq!(streamed, sent, "{stack:?}");
+        first.stop().await;
+        second.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
+    let Some(url) = broker::shared_broker("device_logs_retention") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) = spawn_app_with(
+            stack,
+            "device_logs_retention",
+            &as_pairs(&env),
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "retention", None).await;
+        let (ea, eb) = (entity("a"), entity("b"));
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        let b = device_with_entity(&app, model_id, Some(&eb)).await;
+        assert!(app.mqtt_connected().await);
+        let mut lines: Vec<(String, String)> =
+            (0..30).map(|i| (ea.clone(), format!("a {i:02}"))).collect();
+        lines.extend((0..5).map(|i| (eb.clone(), format!("b {i}"))));
+        let refs: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|(e, m)| (e.as_str(), m.as_str()))
+            .collect();
+        publisher.publish(LOGSINK, ndjson(&refs)).await.unwrap();
+        until_stored(&app, a, 30).await;
+        until_stored(&app, b, 5).await;
+        // b's two oldest lines are from 8 days ago.
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE device_logs SET logged_at = $1 WHERE device_id = $2 AND message IN ('b 0', 'b 1')"
+        )
+        .bind(Utc::now() - chrono::Duration::days(8))
+        .bind(b)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+
+        let touched = iotsupport::device_logs::intake::Touched::default();
+        touched.lock().unwrap().insert(a);
+        let deleted = iotsupport::device_logs::retention::sweep(
+            app.db(),
+            &touched,
+            Duration::from_secs(7 * 24 * 3600),
+            10,
+        )
+        .await
+        .unwrap();
+        assert_eq!(deleted, 2 + 20, "{stack:?}");
+        let left_a = messages(&app.device_logs(a, "").await.1);
+        let newest: Vec<String> = (20..30).map(|i| format!("a {i:02}")).collect();
+        assert_eq!(left_a, newest, "{stack:?}: a keeps its 10 newest");
+        assert_eq!(
+            messages(&app.device_logs(b, "").await.1),
+            ["b 2", "b 3", "b 4"]
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn without_mqtt_the_history_is_empty_and_nothing_subscribes() {
+    for_each_stack("device_logs_off", &[], async |app| {
+        let model_id = create_model(app, "off", None).await;
+        let a = device_with_entity(app, model_id, Some(&entity("off"))).await;
+        let (status, page) = app.device_logs(a, "").await;
+        assert_eq!(status, 200);
+        assert_eq!(page["logs"], json!([]));
+        assert!(app.state.mqtt.is_none());
+    })
+    .await;
+}

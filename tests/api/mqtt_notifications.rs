@@ -1,0 +1,437 @@
+//! Device notifications over MQTT against a real Mosquitto (SPEC §14): each topic and payload,
+//! nothing for a failed or rolled-back change, a broker down while changes happen, two processes
+//! publishing each message once, pacing, and nothing at all without `MQTT_URL`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use iotsupport::mqtt::{ReceivedMessage, SubscribeOptions, Subscription};
+use iotsupport::storage::faulty::Fault;
+use iotsupport::storage::Operation;
+use serde_json::{json, Value};
+
+use crate::coredumps::TestDevice;
+use crate::credentials_support::{client_id, model_with_devices};
+use crate::firmware_support::Build;
+use crate::helpers::*;
+use crate::mqtt_support::{self as broker, Broker};
+
+/// App settings for MQTT on `url`, with a log group of its own.
+pub fn mqtt_env(url: &str) -> Vec<(String, String)> {
+    vec![
+        ("MQTT_URL".into(), url.to_string()),
+        (
+            "MQTT_LOG_GROUP".into(),
+            format!("t{}", uuid::Uuid::new_v4().simple()),
+        ),
+    ]
+}
+
+pub fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A subscriber to every notification topic on `url`.
+async fn listener(url: &iotsupport::config::MqttUrl) -> (broker::Running, Subscription) {
+    let running = broker::start(broker::settings(url));
+    let subscription = broker::subscribed(
+        &running.client,
+        "iotsupport/updates/#",
+        SubscribeOptions::default(),
+    )
+    .await;
+    (running, subscription)
+}
+
+/// What arrived for these client ids, as (topic, payload), until nothing came for `quiet`.
+async fn arrived(
+    subscription: &mut Subscription,
+    ours: &[String],
+    quiet: Duration,
+) -> Vec<(String, Value)> {
+    broker::drain(subscription, quiet)
+        .await
+        .into_iter()
+        .filter_map(|m: ReceivedMessage| {
+            let payload: Value = serde_json::from_slice(&m.payload).ok()?;
+            let id = payload["client_id"].as_str()?.to_string();
+            ours.contains(&id).then_some((m.topic, payload))
+        })
+        .collect()
+}
+
+fn ids(model: &str, devices: &[TestDevice]) -> Vec<String> {
+    devices.iter().map(|d| client_id(model, d)).collect()
+}
+
+async fn queued(app: &TestApp) -> i64 {
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notifications"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_change_publishes_its_message_after_commit_and_failures_publish_nothing() {
+    let Some(url) = broker::shared_broker("notifications") else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) =
+            spawn_app_with(stack, "notifications", &as_pairs(&env), Default::default()).await
+        else {
+            continue;
+        };
+        let (_client, mut sub) = listener(&url).await;
+        let devices = model_with_devices(&app, "notif", 2).await;
+        let ours = ids("notif", &devices);
+        let model_id = devices[0].model_id;
+
+        // Firmware: one message per device of the model, with the new version.
+        let first = Build::new("1.0.0", "a");
+        assert_eq!(
+            app.upload_firmware(model_id, first.zip("notif")).await.0,
+            200
+        );
+        let got = arrived(&mut sub, &ours, Duration::from_secs(2)).await;
+        let mut expected: Vec<(String, Value)> = ours
+            .iter()
+            .map(|id| {
+                (
+                    "iotsupport/updates/firmware".to_string(),
+                    json!({"client_id": id, "firmware_version": "1.0.0"}),
+                )
+            })
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort_by_key(|a| a.1.to_string());
+        expected.sort_by_key(|a| a.1.to_string());
+        assert_eq!(sorted, expected, "{stack:?}");
+
+        // Re-uploading the current version changes nothing and publishes nothing.
+        assert_eq!(
+            app.upload_firmware(model_id, first.zip("notif")).await.0,
+            200
+        );
+        // A failed upload (S3 down half-way) publishes nothing.
+        app.faults.inject(Fault::always(Operation::Put));
+        assert_eq!(
+            app.upload_firmware(model_id, Build::new("2.0.0", "b").zip("notif"))
+                .await
+                .0,
+            503
+        );
+        app.faults.heal();
+        assert!(arrived(&mut sub, &ours, Duration::from_secs(2))
+            .await
+            .is_empty());
+
+        // A rollback publishes the version it makes current.
+        assert_eq!(
+            app.upload_firmware(model_id, Build::new("2.0.0", "b").zip("notif"))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            arrived(&mut sub, &ours, Duration::from_secs(2)).await.len(),
+            2
+        );
+        assert_eq!(app.set_current_firmware(model_id, "1.0.0").await.0, 200);
+        let rolled = arrived(&mut sub, &ours, Duration::from_secs(2)).await;
+        assert_eq!(rolled.len(), 2);
+        assert!(rolled.iter().all(|(_, p)| p["firmware_version"] == "1.0.0"));
+
+        // Config: after every successful update; a refused one publishes nothing.
+        let (status, _) = app
+            .update_device(devices[0].id, json!({"config": "{}", "active": true}))
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = app
+            .update_device(devices[1].id, json!({"config": "not json", "active": true}))
+            .await;
+        assert_eq!(status, 400);
+        let config = arrived(&mut sub, &ours, Duration::from_secs(2)).await;
+        assert_eq!(
+            config,
+            [(
+                "iotsupport/updates/config".to_string(),
+                json!({"client_id": ours[0]})
+            )]
+        );
+
+        // Provisioning: when a device enters PENDING.
+        let (status, _) = call(
+            &app,
+            http::Method::POST,
+            &format!("/api/devices/{}/rotate", devices[1].id),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let provisioning = arrived(&mut sub, &ours, Duration::from_secs(2)).await;
+        assert_eq!(
+            provisioning,
+            [(
+                "iotsupport/updates/provisioning".to_string(),
+                json!({"client_id": ours[1]})
+            )]
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || async { queued(&app).await == 0 }).await,
+            "acknowledged messages stay queued"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_is_down_delays_notifications_and_loses_none() {
+    let Some(mut own) = Broker::start("notifications_down").await else {
+        return;
+    };
+    let env = mqtt_env(&own.url().to_string());
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "notifications_down",
+        &as_pairs(&env),
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    own.kill();
+    let devices = model_with_devices(&app, "down", 3).await;
+    let ours = ids("down", &devices);
+    assert_eq!(
+        app.upload_firmware(devices[0].model_id, Build::new("1.0.0", "a").zip("down"))
+            .await
+            .0,
+        200,
+        "an upload must not wait for the broker"
+    );
+    for d in &devices {
+        app.update_device(d.id, json!({"config": "{}", "active": true}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        queued(&app).await,
+        6,
+        "messages are kept while the broker is down"
+    );
+
+    own.restart().await;
+    let (_client, mut sub) = listener(&own.url()).await;
+    let mut got: HashMap<(String, String), usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.values().sum::<usize>() < 6 && Instant::now() < deadline {
+        for (topic, payload) in arrived(&mut sub, &ours, Duration::from_secs(1)).await {
+            *got.entry((topic, payload["client_id"].as_str().unwrap().to_string()))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            queued(&app).await == 0
+        })
+        .await,
+        "delivered messages stay queued"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_processes_publish_each_message_once() {
+    let Some(url) = broker::shared_broker("notifications_twins") else {
+        return;
+    };
+    let mut env = mqtt_env(&url.to_string());
+    // Delivery is at least once: a publish whose PUBACK is late is sent again. On a loaded
+    // machine that must not pass for a second process publishing it.
+    env.push(("MQTT_PUBLISH_TIMEOUT_SECONDS".into(), "60".into()));
+    for stack in ALL_STACKS {
+        let Some((a, b)) = spawn_twins(stack, "notifications_twins", &as_pairs(&env)).await else {
+            continue;
+        };
+        let (_client, mut sub) = listener(&url).await;
+        let devices = model_with_devices(&a, "twins", 40).await;
+        let ours = ids("twins", &devices);
+        assert_eq!(
+            b.upload_firmware(devices[0].model_id, Build::new("1.0.0", "a").zip("twins"))
+                .await
+                .0,
+            200
+        );
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while counts.len() < 40 && Instant::now() < deadline {
+            for (topic, payload) in arrived(&mut sub, &ours, Duration::from_secs(1)).await {
+                *counts
+                    .entry(format!(
+                        "{topic} {}",
+                        payload["client_id"].as_str().unwrap()
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        // Anything late would show now.
+        for (topic, payload) in arrived(&mut sub, &ours, Duration::from_secs(2)).await {
+            *counts
+                .entry(format!(
+                    "{topic} {}",
+                    payload["client_id"].as_str().unwrap()
+                ))
+                .or_default() += 1;
+        }
+        assert_eq!(counts.len(), 40, "{stack:?}");
+        assert!(counts.values().all(|n| *n == 1), "{stack:?}: {counts:?}");
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn firmware_messages_to_a_big_model_are_paced() {
+    let Some(url) = broker::shared_broker("notifications_pacing") else {
+        return;
+    };
+    let mut env = mqtt_env(&url.to_string());
+    env.push(("MQTT_NOTIFICATIONS_PER_SECOND".into(), "20".into()));
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "notifications_pacing",
+        &as_pairs(&env),
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let (_client, mut sub) = listener(&url).await;
+    let devices = model_with_devices(&app, "paced", 40).await;
+    let ours = ids("paced", &devices);
+    let started = Instant::now();
+    assert_eq!(
+        app.upload_firmware(devices[0].model_id, Build::new("1.0.0", "a").zip("paced"))
+            .await
+            .0,
+        200
+    );
+    let mut received = 0;
+    while received < 40 && started.elapsed() < Duration::from_secs(30) {
+        received += arrived(&mut sub, &ours, Duration::from_millis(500))
+            .await
+            .len();
+    }
+    assert_eq!(received, 40);
+    // 40 messages at 20 per second cannot all arrive in under (40 − 1) / 20 s. (A lower bound
+    // only: a slow machine makes it longer, never shorter.)
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "40 messages in {:?}: not paced",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_mqtt_nothing_is_queued() {
+    for_each_stack("no_mqtt", &[], async |app| {
+        let devices = model_with_devices(app, "quiet", 2).await;
+        assert_eq!(
+            app.upload_firmware(devices[0].model_id, Build::new("1.0.0", "a").zip("quiet"))
+                .await
+                .0,
+            200
+        );
+        app.update_device(devices[0].id, json!({"config": "{}", "active": true}))
+            .await;
+        assert_eq!(queued(app).await, 0);
+        let (status, body) = call(
+            app,
+            http::Method::GET,
+            &format!("/api/devices/{}/logs", devices[0].id),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["logs"], json!([]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_publishes_nothing() {
+    let Some(url) = broker::shared_broker("notifications_commit") else {
+        return;
+    };
+    let env = mqtt_env(&url.to_string());
+    let Some(app) = spawn_app_with(
+        Stack::Production,
+        "notifications_commit",
+        &as_pairs(&env),
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let (_client, mut sub) = listener(&url).await;
+    let devices = model_with_devices(&app, "commitfail", 3).await;
+    let ours = ids("commitfail", &devices);
+    // Every statement succeeds; the COMMIT fails (a deferred constraint trigger runs there).
+    for statement in [
+        "CREATE FUNCTION planted_commit_failure() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'planted commit failure'; END $$",
+        "CREATE CONSTRAINT TRIGGER fail_at_commit AFTER INSERT ON notifications
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION planted_commit_failure()",
+    ] {
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(statement)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .unwrap();
+    }
+    let model_id = devices[0].model_id;
+    let (status, body) = app
+        .upload_firmware(model_id, Build::new("1.0.0", "a").zip("commitfail"))
+        .await;
+    assert!(status >= 500, "{status} {body}");
+    let listed = crate::firmware_support::versions(&app, model_id).await;
+    assert!(
+        crate::firmware_support::version_names(&listed).is_empty(),
+        "{listed}"
+    );
+    assert!(arrived(&mut sub, &ours, Duration::from_secs(2))
+        .await
+        .is_empty());
+    assert_eq!(queued(&app).await, 0);
+
+    // The same upload once commits work again: every device hears of it.
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "DROP TRIGGER fail_at_commit ON notifications"
+    )
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    assert_eq!(
+        app.upload_firmware(model_id, Build::new("1.0.0", "a").zip("commitfail"))
+            .await
+            .0,
+        200
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 3 && Instant::now() < deadline {
+        got.extend(arrived(&mut sub, &ours, Duration::from_secs(1)).await);
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    app.stop().await;
+}
