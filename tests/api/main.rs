@@ -13,6 +13,7 @@ mod coredumps;
 mod credentials_support;
 mod device_flow;
 mod device_tokens;
+mod download_conditions;
 mod downloads;
 #[path = "../support/esp_image_synth.rs"]
 mod esp_image_synth;

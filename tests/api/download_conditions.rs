@@ -1,0 +1,116 @@
+//! Edge cases of the one download path, on every source of bytes: an empty suffix range
+//! (`Range: bytes=-0`) selects nothing, so it is 416 with `Content-Range: bytes */size` whether the
+//! bytes come from the store, from the firmware cache or from a core dump.
+
+use iotsupport::storage::Operation;
+
+use crate::client::status_and_json;
+use crate::coredumps::upload_ok as upload_dump;
+use crate::firmware_support::*;
+use crate::fleet::{create_model, device_of, model_with_device};
+use crate::helpers::*;
+
+/// Asserts a 416 envelope that names the object's size in `Content-Range`.
+async fn assert_unsatisfiable(response: reqwest::Response, size: usize, what: &str) {
+    assert_eq!(response.status(), 416, "{what}");
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes */{size}").as_str(),
+        "{what}"
+    );
+    let (_, body) = status_and_json(response).await;
+    assert_eq!(body["code"], "RANGE_NOT_SATISFIABLE", "{what}: {body}");
+}
+
+/// Asserts a 206 of the last byte.
+async fn assert_last_byte(response: reqwest::Response, content: &[u8], what: &str) {
+    assert_eq!(response.status(), 206, "{what}");
+    let size = content.len();
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes {}-{}/{size}", size - 1, size - 1).as_str(),
+        "{what}"
+    );
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        &content[size - 1..],
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_suffix_range_is_416_when_the_bytes_come_from_the_store() {
+    TestApp::builder("suffix_zero_store")
+        .env("FIRMWARE_CACHE_BYTES", "0")
+        .for_each_stack(async |app| {
+            let model = create_model(app, CODE, None).await;
+            let build = Build::new("1.0.0", "suffix");
+            upload_ok(app, model, CODE, &build).await;
+            let device = device_of(app, model).await;
+            let empty_suffix = [("range", "bytes=-0")];
+
+            let r = app.download_firmware(model, &empty_suffix).await;
+            assert_unsatisfiable(r, build.bin.len(), "the admin's current image").await;
+            let r = app
+                .download_firmware_artifact(model, "1.0.0", "firmware.elf", &empty_suffix)
+                .await;
+            assert_unsatisfiable(r, build.elf.len(), "an artifact").await;
+            let r = app.iot_firmware(&device.credential, &empty_suffix).await;
+            assert_unsatisfiable(r, build.bin.len(), "a device's OTA image").await;
+
+            let r = app.download_firmware(model, &[("range", "bytes=-1")]).await;
+            assert_last_byte(r, &build.bin, "a one-byte suffix").await;
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn an_empty_suffix_range_is_416_when_the_image_is_served_from_the_cache() {
+    for_each_stack("suffix_zero_cached", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let build = Build::new("1.0.0", "cached");
+        upload_ok(app, model, CODE, &build).await;
+        let device = device_of(app, model).await;
+        // A whole download reads the image into the cache; what follows never reaches the store.
+        let whole = app.iot_firmware(&device.credential, &[]).await;
+        assert_eq!(whole.status(), 200);
+        assert_eq!(whole.bytes().await.unwrap().as_ref(), build.bin.as_slice());
+        let gets = app.faults.calls(Operation::Get);
+
+        let r = app
+            .iot_firmware(&device.credential, &[("range", "bytes=-0")])
+            .await;
+        assert_unsatisfiable(r, build.bin.len(), "a device's cached image").await;
+        let r = app.download_firmware(model, &[("range", "bytes=-0")]).await;
+        assert_unsatisfiable(r, build.bin.len(), "the admin's cached image").await;
+        let r = app
+            .iot_firmware(&device.credential, &[("range", "bytes=-1")])
+            .await;
+        assert_last_byte(r, &build.bin, "a one-byte suffix from the cache").await;
+        assert_eq!(
+            app.faults.calls(Operation::Get),
+            gets,
+            "served from memory, not from the store"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_suffix_range_of_a_core_dump_is_416() {
+    for_each_stack("suffix_zero_coredump", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        let content: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let id = upload_dump(app, &device, "1.0", &content).await;
+
+        let r = app
+            .download_coredump(device.id, id, &[("range", "bytes=-0")])
+            .await;
+        assert_unsatisfiable(r, content.len(), "a core dump").await;
+        let r = app
+            .download_coredump(device.id, id, &[("range", "bytes=-1")])
+            .await;
+        assert_last_byte(r, &content, "a one-byte suffix of a core dump").await;
+    })
+    .await;
+}
