@@ -1,6 +1,8 @@
 //! Edge cases of the one download path, on every source of bytes: an empty suffix range
 //! (`Range: bytes=-0`) selects nothing, so it is 416 with `Content-Range: bytes */size` whether the
-//! bytes come from the store, from the firmware cache or from a core dump.
+//! bytes come from the store, from the firmware cache or from a core dump; and `If-None-Match: *`
+//! ("any current representation") answers 304 for an object that exists, core dumps (which have
+//! no ETag) included.
 
 use iotsupport::storage::Operation;
 
@@ -113,4 +115,55 @@ async fn an_empty_suffix_range_of_a_core_dump_is_416() {
         assert_last_byte(r, &content, "a one-byte suffix of a core dump").await;
     })
     .await;
+}
+
+#[tokio::test]
+async fn if_none_match_star_is_304_for_a_core_dump_that_exists() {
+    for_each_stack("coredump_if_none_match_star", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        let content: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let id = upload_dump(app, &device, "1.0", &content).await;
+        let path = format!("/api/devices/{}/coredumps/{id}/download", device.id);
+
+        let r = app
+            .download_coredump(device.id, id, &[("if-none-match", "*")])
+            .await;
+        assert_eq!(r.status(), 304);
+        assert!(r.bytes().await.unwrap().is_empty());
+        let r = app
+            .admin_request(http::Method::HEAD, app.url(&path))
+            .header("if-none-match", "*")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304, "HEAD too");
+
+        // A dump has no ETag, so a named one never matches: the dump is sent.
+        let r = app
+            .download_coredump(device.id, id, &[("if-none-match", "\"abc\"")])
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), content.as_slice());
+        // An unknown dump is still 404, `*` or not.
+        let r = app
+            .download_coredump(device.id, id + 1, &[("if-none-match", "*")])
+            .await;
+        assert_eq!(r.status(), 404);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn if_none_match_star_is_304_for_firmware_as_it_was() {
+    TestApp::builder("firmware_if_none_match_star")
+        .env("FIRMWARE_CACHE_BYTES", "0")
+        .for_each_stack(async |app| {
+            let model = create_model(app, CODE, None).await;
+            upload_ok(app, model, CODE, &Build::new("1.0.0", "star")).await;
+            let r = app
+                .download_firmware(model, &[("if-none-match", "*")])
+                .await;
+            assert_eq!(r.status(), 304);
+        })
+        .await;
 }
