@@ -6,7 +6,7 @@
 //! (the Python service's UI edits it as text). The device secret
 //! is returned once, by create and by `POST /api/devices/{id}/secret`; only its hash is stored.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,7 +16,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AdminEditor, AdminReader};
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
 use crate::db::device_models::DeviceModelRow;
 use crate::db::devices::{self, DeviceRow};
 use crate::fleet::{ClientId, DeviceSecret};

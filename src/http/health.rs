@@ -13,7 +13,8 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::json;
 
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::Json;
 use crate::db::migrate;
 use crate::state::AppState;
 

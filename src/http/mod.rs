@@ -7,7 +7,9 @@
 //! 4. the request id made available to error envelopes ([`request_context::scope`]);
 //! 5. panics turned into a 500 envelope.
 //!
-//! Unknown routes and methods answer with the same envelope as everything else.
+//! Unknown routes and methods answer with the same envelope as everything else, and so does input
+//! that does not parse (`extract.rs`). What an envelope or a log line repeats of a request is
+//! bounded (`error::bounded`).
 
 pub mod admission;
 pub mod auth;
@@ -19,6 +21,7 @@ pub mod docs;
 pub mod download;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod firmware;
 pub mod health;
 pub mod identity;
@@ -41,7 +44,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::state::AppState;
-use error::ApiError;
+use error::{bounded, ApiError};
 
 /// The whole API, with `extra` routes merged in (the seam tests use to mount probe routes).
 pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
@@ -77,12 +80,14 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
                                 .get::<axum::extract::MatchedPath>()
                                 .map(|p| p.as_str().to_string())
                                 .unwrap_or_default();
+                            // Method and path are the client's: only a bounded part of them
+                            // is logged.
                             tracing::info_span!(
                                 "request",
                                 request_id = %request_context::request_id_of(request),
-                                method = %request.method(),
+                                method = %bounded(request.method().as_str()),
                                 route = %route,
-                                path = %request.uri().path(),
+                                path = %bounded(request.uri().path()),
                             )
                         })
                         .on_request(())
@@ -96,14 +101,14 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!("No route for {}", request.uri().path()))
+    ApiError::NotFound(format!("No route for {}", bounded(request.uri().path())))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::MethodNotAllowed(format!(
         "Method {} is not allowed on {}",
-        request.method(),
-        request.uri().path()
+        bounded(request.method().as_str()),
+        bounded(request.uri().path())
     ))
 }
 

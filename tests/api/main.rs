@@ -42,6 +42,7 @@ mod parse_cli;
 mod provisioning;
 mod reconcile;
 mod reconcile_keys;
+mod request_envelope;
 mod rotation;
 #[path = "../support/rust_source.rs"]
 mod rust_source;

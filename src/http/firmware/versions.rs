@@ -1,12 +1,13 @@
 //! The stored versions of a model: list, make current (rollback), delete; the pipeline's view.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::*;
 use crate::db::firmware_versions as fw;
 use crate::firmware::store::{self};
 use crate::http::auth::{AdminEditor, AdminReader, PipelineCaller};
-use crate::http::error::{ApiError, Json};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path};
 use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------------
