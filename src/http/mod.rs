@@ -1,7 +1,8 @@
 //! The HTTP API: one router assembled from per-feature modules, each owning its `router()`, and the
 //! layers every request passes through (outermost first):
 //!
-//! 1. `X-Request-ID` taken from the request or generated, and echoed on the response;
+//! 1. `X-Request-ID` taken from the request when it is 1–128 visible ASCII characters, else
+//!    generated, and echoed on the response;
 //! 2. a tracing span per request with its id, method and matched route, and a log line per response;
 //! 3. request counting and timing by route template ([`ops::record`]);
 //! 4. the request id made available to error envelopes ([`request_context::scope`]);
@@ -70,6 +71,9 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(
+                    request_context::drop_unacceptable_request_id,
+                ))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(
@@ -80,8 +84,8 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
                                 .get::<axum::extract::MatchedPath>()
                                 .map(|p| p.as_str().to_string())
                                 .unwrap_or_default();
-                            // Method and path are the client's: only a bounded part of them
-                            // is logged.
+                            // The request id is bounded by the layer above; method and path
+                            // are the client's, so only a bounded part of them is logged.
                             tracing::info_span!(
                                 "request",
                                 request_id = %request_context::request_id_of(request),

@@ -1,6 +1,7 @@
 //! What every request gets whatever it sends: a 4xx is always the JSON envelope (a path parameter
-//! or a query that does not parse included), and the envelope echoes a bounded amount of what the
-//! request said (its path, its method).
+//! or a query that does not parse included), the envelope echoes a bounded amount of what the
+//! request said (its path, its method), and `X-Request-ID` is kept only when it is a short,
+//! printable id — otherwise one is generated, echoed and used as the `correlationId`.
 
 use http::Method;
 use serde_json::Value;
@@ -160,5 +161,62 @@ async fn unknown_routes_and_methods_echo_a_bounded_part_of_the_request() {
     // Short paths are echoed whole, as before.
     let (_, body) = status_and_json(app.get("/api/nothing-here").await).await;
     assert_eq!(body["error"], "No route for /api/nothing-here");
+    app.stop().await;
+}
+
+/// Sends `GET /api/nothing-here` with `X-Request-ID: id`; returns the echoed header and the
+/// envelope's `correlationId`.
+async fn echoed_request_id(app: &TestApp, id: &[u8]) -> (String, String) {
+    let response = app
+        .client
+        .get(app.url("/api/nothing-here"))
+        .header(
+            "x-request-id",
+            http::HeaderValue::from_bytes(id).expect("a header value"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let header = response.headers()["x-request-id"]
+        .to_str()
+        .expect("an ASCII request id")
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    (header, body["correlationId"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_request_id_is_kept_only_when_short_and_printable() {
+    let Some(app) = spawn_app(Stack::Embedded, "request_id_bounds").await else {
+        return;
+    };
+    for kept in [
+        "req-123".to_string(),
+        "a".repeat(128),
+        "0f8fad5b-d9cb-469f-a165-70867728950e".to_string(),
+        "!~#:/=".to_string(),
+    ] {
+        let (header, correlation) = echoed_request_id(&app, kept.as_bytes()).await;
+        assert_eq!(header, kept);
+        assert_eq!(correlation, kept);
+    }
+    let too_long = "a".repeat(129);
+    let huge = "b".repeat(100_000);
+    for replaced in [
+        too_long.as_bytes(),
+        huge.as_bytes(),
+        b"has space".as_slice(),
+        b"tab\there".as_slice(),
+        "caf\u{e9}".as_bytes(),
+        b"".as_slice(),
+    ] {
+        let (header, correlation) = echoed_request_id(&app, replaced).await;
+        assert!(
+            uuid::Uuid::parse_str(&header).is_ok(),
+            "{:?} was replaced by a generated id, not {header:?}",
+            String::from_utf8_lossy(&replaced[..replaced.len().min(40)])
+        );
+        assert_eq!(correlation, header, "the envelope names the generated id");
+    }
     app.stop().await;
 }
