@@ -33,6 +33,7 @@ mod jobs;
 mod legacy;
 mod legacy_adopt;
 mod legacy_migrate_to_s3;
+mod metrics_labels;
 #[path = "../support/nvs_reader.rs"]
 mod nvs_reader;
 mod oidc_auth;
