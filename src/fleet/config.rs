@@ -97,6 +97,11 @@ impl DeviceConfig {
                 Some(Value::String(s)) if s.chars().count() > MAX_EXTRACTED_LEN => Err(
                     InvalidConfig(format!("config field {name} is longer than 255 characters")),
                 ),
+                // The copy goes into a text column, which cannot hold NUL on PostgreSQL. The
+                // config text itself holds only the escape `\u0000` and is stored verbatim.
+                Some(Value::String(s)) if s.contains('\0') => Err(InvalidConfig(format!(
+                    "config field {name} must not contain NUL characters (\\u0000)"
+                ))),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 _ => Ok(None),
             }
@@ -166,6 +171,19 @@ mod tests {
         assert!(DeviceConfig::parse("{").is_err());
         let long = format!(r#"{{"deviceName": "{}"}}"#, "x".repeat(256));
         assert!(DeviceConfig::parse(&long).is_err());
+    }
+
+    #[test]
+    fn copied_fields_must_not_hold_nul_but_the_text_may_escape_one_elsewhere() {
+        for text in [
+            r#"{"deviceName": "a\u0000"}"#,
+            r#"{"deviceEntityId": "\u0000b"}"#,
+        ] {
+            let err = DeviceConfig::parse(text).unwrap_err();
+            assert!(err.0.contains("must not contain NUL"), "{text}: {err}");
+        }
+        let text = r#"{"deviceName": "a", "note": "\u0000"}"#;
+        assert_eq!(DeviceConfig::parse(text).unwrap().text, text);
     }
 
     #[test]

@@ -2,17 +2,21 @@
 //! rejection, so a body, a path parameter or a query that does not parse is a 400 envelope
 //! (`VALIDATION_FAILED`) like every other error. axum's own rejections are `text/plain`.
 //!
+//! `Path` and `Query` also refuse NUL characters (`%00`) in any parameter: a parameter names a
+//! key, a version or a code, none of which can hold one, and PostgreSQL refuses NUL in text
+//! outright (a lookup with one would be a 500 there and a 404 on SQLite).
+//!
 //! `tests/layering.rs` refuses axum's `Json`, `Path`, `Query` (and the other extractors whose
 //! rejection is plain text) everywhere else in `src/http/`, so a handler cannot pick up axum's by
 //! accident.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::error::ApiError;
+use super::error::{bounded, ApiError};
 
 /// A JSON body whose rejections use our envelope (400 with the parser's reason, 413 past the
 /// body limit). Also the JSON response type of handlers.
@@ -27,7 +31,7 @@ impl<T: Serialize> IntoResponse for Json<T> {
 }
 
 /// Path parameters, deserialized as axum's `Path` does; a parameter that does not parse (`abc`
-/// for an id) is a 400 envelope.
+/// for an id) or holds a NUL is a 400 envelope.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Path<T>(pub T);
 
@@ -39,14 +43,28 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError::validation(format!(
+                    "Invalid path parameter: {}",
+                    bounded(&e.body_text())
+                ))
+            })?;
+        if let Some((name, _)) = raw.iter().find(|(_, value)| value.contains('\0')) {
+            return Err(ApiError::validation(format!(
+                "Invalid path parameter: {} must not contain NUL characters",
+                bounded(name)
+            )));
+        }
         let axum::extract::Path(value) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Path(value))
     }
 }
 
-/// The query string, deserialized as axum's `Query` does; a value that does not parse or a
-/// repeated parameter is a 400 envelope.
+/// The query string, deserialized as axum's `Query` does; a value that does not parse, a
+/// repeated parameter or a NUL is a 400 envelope.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
 
@@ -58,6 +76,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let nul = form_urlencoded::parse(query.as_bytes())
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'));
+        if let Some((name, _)) = nul {
+            return Err(ApiError::validation(format!(
+                "Invalid query: {} must not contain NUL characters",
+                bounded(&name)
+            )));
+        }
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(value))

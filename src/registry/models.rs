@@ -9,11 +9,17 @@ use crate::fleet::{ConfigSchema, ModelCode};
 use crate::lookup_cache::Invalidation;
 use crate::{events, layout, outbox};
 
-/// A name: 1–255 characters, not only whitespace.
+/// A name: 1–255 characters, not only whitespace, no NUL (its column is text, which cannot hold
+/// NUL on PostgreSQL).
 pub fn parse_name(name: &str) -> Result<&str, RegistryError> {
     if name.trim().is_empty() || name.chars().count() > 255 {
         return Err(RegistryError::Invalid(
             "name must be 1-255 characters".into(),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(RegistryError::Invalid(
+            "name must not contain NUL characters".into(),
         ));
     }
     Ok(name)

@@ -34,6 +34,7 @@ mod legacy;
 mod legacy_adopt;
 mod legacy_migrate_to_s3;
 mod metrics_labels;
+mod nul_characters;
 #[path = "../support/nvs_reader.rs"]
 mod nvs_reader;
 mod oidc_auth;

@@ -55,6 +55,13 @@ pub async fn set_current(
     Path(id): Path<i64>,
     Json(body): Json<SetCurrentFirmware>,
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
+    // Every stored version is a key component, so it never holds a NUL; PostgreSQL would refuse
+    // to even compare with one.
+    if body.version.contains('\0') {
+        return Err(ApiError::validation(
+            "version must not contain NUL characters",
+        ));
+    }
     let code = store::set_current(&state.db, state.caches.as_ref(), id, &body.version).await?;
     Ok(Json(FirmwareUploadResponse {
         id,
