@@ -3,7 +3,8 @@
 //! A config is JSON text stored verbatim. When it is an object, `deviceName`, `deviceEntityId`
 //! and `enableOTA` are copied into columns. When the model has a schema, the parsed config must
 //! validate against it; the first violation is reported in the Python service's words
-//! (`Config validation failed: 'deviceName' is a required property`).
+//! (`Config validation failed: 'deviceName' is a required property`). A schema is bounded when
+//! it is parsed (`schema_limits`): validating against it costs a bounded amount of work.
 
 use serde_json::Value;
 
@@ -27,8 +28,10 @@ impl std::fmt::Debug for ConfigSchema {
 }
 
 impl ConfigSchema {
-    /// Parses and compiles a schema; refuses text that is not JSON or not a valid JSON Schema.
+    /// Parses and compiles a schema; refuses text that is not JSON, not a valid JSON Schema, or
+    /// beyond the limits that keep validating against it cheap (`super::schema_limits`).
     pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
+        super::schema_limits::check_size(text)?;
         let value: Value = serde_json::from_str(text)
             .map_err(|e| InvalidConfig(format!("config_schema must be valid JSON: {e}")))?;
         if !value.is_object() && !value.is_boolean() {
@@ -36,6 +39,7 @@ impl ConfigSchema {
                 "config_schema must be a JSON Schema (an object)".into(),
             ));
         }
+        super::schema_limits::check(text, &value)?;
         let validator = jsonschema::validator_for(&value)
             .map_err(|e| InvalidConfig(format!("config_schema is not a valid JSON Schema: {e}")))?;
         Ok(ConfigSchema {
@@ -184,6 +188,15 @@ mod tests {
         }
         let text = r#"{"deviceName": "a", "note": "\u0000"}"#;
         assert_eq!(DeviceConfig::parse(text).unwrap().text, text);
+    }
+
+    #[test]
+    fn schemas_beyond_the_limits_are_refused_before_they_are_compiled() {
+        let err = ConfigSchema::parse(r##"{"$ref": "#"}"##).unwrap_err();
+        assert!(err.0.starts_with("config_schema: $ref cycle"), "{err}");
+        let big = format!(r#"{{"description": "{}"}}"#, "x".repeat(70_000));
+        let err = ConfigSchema::parse(&big).unwrap_err();
+        assert!(err.0.contains("larger than 65536 bytes"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod client;
+mod config_schema_limits;
 mod connections;
 mod coredump_admin;
 mod coredump_parse;
