@@ -124,6 +124,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(message) => ApiError::RecordExists(message),
             RegistryError::Conflict(message) => ApiError::Conflict(message),
             RegistryError::Broken(message) => ApiError::Internal(message),
+            RegistryError::Busy(message) => ApiError::unavailable(message),
             RegistryError::Db(e) => e.into(),
             RegistryError::Key(e) => e.into(),
         }

@@ -1,5 +1,10 @@
-//! Expensive config schemas: a schema whose `$ref`s fan out (or that is too large, too deep,
-//! recursive or refers outside itself) is refused when a model's schema is set.
+//! Expensive config schemas: a schema whose `$ref`s fan out is refused when a model's schema is
+//! set; validating a config never runs inside a transaction or on the async workers, and never
+//! longer than `CONFIG_VALIDATION_TIMEOUT_SECONDS`; a model whose stored schema is beyond the
+//! limits (stored before them, or written to the database directly) stalls nothing; and a schema
+//! that changes while a config is validated against its predecessor is a 409.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -18,6 +23,34 @@ fn fan_out_schema(depth: usize, fan: usize) -> String {
     }
     defs.insert(format!("l{depth}"), json!({"type": "object"}));
     json!({"$defs": defs, "$ref": "#/$defs/l0"}).to_string()
+}
+
+/// A schema within the limits whose validation is slow for a long array: every sample is checked
+/// against `checks` subschemas.
+fn many_checks_schema(checks: i64) -> String {
+    let all: Vec<Value> = (0..checks).map(|i| json!({ "minimum": -i })).collect();
+    json!({
+        "type": "object",
+        "properties": {"samples": {"type": "array", "items": {"allOf": all}}}
+    })
+    .to_string()
+}
+
+/// A config with `n` samples, valid against [`many_checks_schema`].
+fn samples_config(n: usize) -> String {
+    json!({ "samples": vec![0; n] }).to_string()
+}
+
+/// Writes a schema straight into the database, past the checks of the API.
+async fn store_schema_directly(app: &TestApp, model: i64, schema: &str) {
+    let sql = "UPDATE device_models SET config_schema = $1 WHERE id = $2";
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(sql)
+        .bind(schema)
+        .bind(model)
+        .execute(p)
+        .await
+        .map(|_| ()))
+    .unwrap();
 }
 
 /// The start of an answer, for assertion messages (a created device repeats its whole config).
@@ -90,4 +123,138 @@ async fn schemas_beyond_the_limits_are_refused_when_a_model_is_created_or_update
         assert_eq!(app.get_model(id).await.1["config_schema"], fine.as_str());
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_schema_beyond_the_limits_stalls_no_other_request() {
+    for_each_stack("stored_pathological_schema", &[], async |app| {
+        let slow_model = create_model(app, "slow", None).await;
+        let slow_device = device_of(app, slow_model).await;
+        let other_model = create_model(app, "other", None).await;
+        let other_device = device_of(app, other_model).await;
+        // Depth 9 ran for 16 s on a release build of the unbounded validation; depth 14 forever.
+        store_schema_directly(app, slow_model, &fan_out_schema(9, 10)).await;
+
+        let within = Duration::from_secs(10);
+        let slow = app.update_device(slow_device.id, json!({"config": "{\"a\": 1}"}));
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let update = tokio::time::timeout(
+                within,
+                app.update_device(other_device.id, json!({"config": "{\"b\": 2}"})),
+            )
+            .await
+            .expect("another model's device update answers");
+            let ready = tokio::time::timeout(within, app.readyz())
+                .await
+                .expect("readyz answers");
+            (update, ready)
+        };
+        let (slow, (update, ready)) = tokio::join!(tokio::time::timeout(within, slow), others);
+        assert_eq!(update.0, 200, "{}", update.1);
+        assert_eq!(ready.0, 200, "{}", ready.1);
+        let (status, body) = slow.expect("the update against the stored schema answers");
+        assert_refused_with(status, &body, "$ref expansion exceeds 10000");
+        assert!(
+            body["error"].as_str().unwrap().contains("DeviceModel slow"),
+            "names the model whose schema to replace: {body}"
+        );
+        assert_eq!(app.get_device(slow_device.id).await.1["config"], "{}");
+
+        // Replacing the schema through the API makes the model usable again.
+        let (status, _) = app
+            .update_model(
+                slow_model,
+                json!({"config_schema": "{\"type\": \"object\"}"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, body) = app
+            .update_device(slow_device.id, json!({"config": "{\"a\": 1}"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_over_its_budget_is_a_400_and_holds_no_transaction() {
+    TestApp::builder("validation_budget")
+        .env("CONFIG_VALIDATION_TIMEOUT_SECONDS", "0.2")
+        .for_each_stack(async |app| {
+            let slow_model = create_model(app, "slow", Some(&many_checks_schema(2000))).await;
+            let other_model = create_model(app, "other", None).await;
+            let other_device = device_of(app, other_model).await;
+
+            let within = Duration::from_secs(10);
+            let (status, body) = tokio::time::timeout(
+                within,
+                app.create_device(slow_model, &samples_config(20_000)),
+            )
+            .await
+            .expect("the create answers");
+            assert_refused_with(status, &body, "took longer than 0.2 s");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("CONFIG_VALIDATION_TIMEOUT_SECONDS"),
+                "{body}"
+            );
+            // The validation may still be running on its thread; it holds no connection and no
+            // transaction, so writes go on.
+            let (status, body) = tokio::time::timeout(
+                within,
+                app.update_device(other_device.id, json!({"config": "{\"b\": 2}"})),
+            )
+            .await
+            .expect("a write while the validation runs");
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                count(app, "devices").await,
+                1,
+                "nothing stored for the refused one"
+            );
+
+            // A small config against the same schema is well within the budget.
+            let (status, body) = app.create_device(slow_model, &samples_config(3)).await;
+            assert_eq!(status, 201, "{body}");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_changed_during_validation_makes_the_device_write_a_409() {
+    TestApp::builder("schema_changed_during_validation")
+        .env("CONFIG_VALIDATION_TIMEOUT_SECONDS", "120")
+        .for_each_stack(async |app| {
+            let model = create_model(app, "slow", Some(&many_checks_schema(2000))).await;
+            // Long enough (seconds on a debug build) for the schema to change meanwhile.
+            let config = samples_config(20_000);
+            let create = app.create_device(model, &config);
+            let change = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                app.update_model(
+                    model,
+                    json!({"config_schema": "{\"required\": [\"samples\"]}"}),
+                )
+                .await
+            };
+            let ((status, body), (changed, _)) = tokio::join!(create, change);
+            assert_eq!(changed, 200);
+            assert_eq!(status, 409, "{}", brief(&body));
+            assert_eq!(body["code"], "CONFLICT");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("changed while the config was being validated"),
+                "{body}"
+            );
+            assert_eq!(count(app, "devices").await, 0);
+            // Retried, it is validated against the new schema.
+            let (status, body) = app.create_device(model, &config).await;
+            assert_eq!(status, 201, "{}", brief(&body));
+        })
+        .await;
 }
