@@ -1,8 +1,9 @@
 //! Expensive config schemas: a schema whose `$ref`s fan out is refused when a model's schema is
 //! set; validating a config never runs inside a transaction or on the async workers, and never
 //! longer than `CONFIG_VALIDATION_TIMEOUT_SECONDS`; a model whose stored schema is beyond the
-//! limits (stored before them, or written to the database directly) stalls nothing; and a schema
-//! that changes while a config is validated against its predecessor is a 409.
+//! limits (stored before them, or written to the database directly) stalls nothing; a schema that
+//! changes while a config is validated against its predecessor is a 409; and readyz notices when
+//! writers cannot get the database.
 
 use std::time::Duration;
 
@@ -257,4 +258,58 @@ async fn a_schema_changed_during_validation_makes_the_device_write_a_409() {
             assert_eq!(status, 201, "{}", brief(&body));
         })
         .await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_writers_cannot_get_the_database() {
+    for_each_stack("readyz_write_probe", &[], async |app| {
+        // A writer that holds on: on SQLite every other writer waits for it.
+        let held = app.db().begin().await.unwrap();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), app.readyz())
+            .await
+            .expect("readyz answers while a writer holds the database");
+        match app.stack {
+            Stack::Embedded => {
+                assert_eq!(status, 503, "{body}");
+                assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
+                let database = body["details"]["database"].as_str().unwrap();
+                assert!(database.contains("write lock"), "{body}");
+                assert_eq!(body["details"]["object_store"], "ok");
+            }
+            // One open transaction blocks nobody on PostgreSQL.
+            Stack::Production => assert_eq!(status, 200, "{body}"),
+        }
+        held.rollback().await.unwrap();
+        assert_eq!(app.readyz().await.0, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_write_probe_fails_on_a_read_only_postgresql_database() {
+    let Some((admin_url, _)) = production_services("write_probe_read_only") else {
+        return;
+    };
+    let url = fresh_postgres_database(&admin_url).await;
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    let sql = format!("ALTER DATABASE {name} SET default_transaction_read_only = on");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let TestConfig { mut config, .. } =
+        test_config(Stack::Production, "write_probe_read_only", &[])
+            .await
+            .unwrap();
+    config.database_url = iotsupport::config::Secret::new(url);
+    let db = iotsupport::db::Db::connect(&config).await.unwrap();
+    db.ping().await.expect("reads work");
+    let error = db
+        .write_probe()
+        .await
+        .expect_err("a read-only database cannot take writes");
+    assert!(error.contains("read-only"), "{error}");
 }
