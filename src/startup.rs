@@ -142,6 +142,9 @@ impl Application {
             coredump_uploads_by_device: crate::http::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
+            config_validator: Arc::new(crate::registry::validation::ConfigValidator::new(
+                config.config_validation_timeout,
+            )),
             oidc,
             events,
             shutdown: shutdown.clone(),

@@ -37,6 +37,9 @@ pub struct AppState {
     pub mqtt: Option<crate::mqtt::MqttClient>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
     pub coredump_uploads_by_device: Arc<crate::http::admission::KeyedLimiter>,
+    /// Validates device configs against their model's schema off the async workers, within
+    /// `CONFIG_VALIDATION_TIMEOUT_SECONDS`.
+    pub config_validator: Arc<crate::registry::validation::ConfigValidator>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

@@ -19,6 +19,7 @@ pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
 pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
 pub const COREDUMP_PARSE_DURATION: &str = "coredump_parse_duration_seconds";
 pub const COREDUMP_UPLOADS_REFUSED: &str = "coredump_uploads_refused_total";
+pub const CONFIG_VALIDATIONS_REFUSED: &str = "config_validations_refused_total";
 pub const JOBS_QUEUED: &str = "jobs_queued";
 pub const JOBS_OLDEST_AGE: &str = "jobs_oldest_queued_age_seconds";
 pub const RECONCILE_ORPHANS: &str = "reconcile_orphan_objects";
@@ -152,6 +153,11 @@ fn describe() {
     describe_counter!(
         COREDUMP_UPLOADS_REFUSED,
         "Core-dump uploads refused with 503 because MAX_CONCURRENT_COREDUMP_UPLOADS were in progress"
+    );
+    describe_counter!(
+        CONFIG_VALIDATIONS_REFUSED,
+        "Device configs not validated against their model's schema, by reason: over_budget \
+         (longer than CONFIG_VALIDATION_TIMEOUT_SECONDS, 400) or busy (no validation slot, 503)"
     );
     metrics::describe_gauge!(
         JOBS_QUEUED,

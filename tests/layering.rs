@@ -51,6 +51,28 @@ const ABOVE_DB: &[&str] = &[
     "cli",
 ];
 
+/// axum's extractors whose rejection is a `text/plain` answer instead of our JSON envelope, and
+/// `axum::Json`: handlers take `Json`, `Path` and `Query` from `src/http/extract.rs`.
+const PLAIN_TEXT_EXTRACTORS: &[&str] = &[
+    "Json",
+    "Path",
+    "Query",
+    "Form",
+    "RawForm",
+    "RawPathParams",
+    "Multipart",
+];
+
+/// Whether `path` names one of [`PLAIN_TEXT_EXTRACTORS`] (`axum::extract::Path`, `axum::Json`).
+fn is_plain_text_extractor(path: &[String]) -> bool {
+    let name = match path {
+        [axum, extract, name, ..] if axum == "axum" && extract == "extract" => name,
+        [axum, name, ..] if axum == "axum" => name,
+        _ => return false,
+    };
+    PLAIN_TEXT_EXTRACTORS.contains(&name.as_str())
+}
+
 /// Where the HTTP edge is: the `http` module and the code that starts the service.
 fn at_the_http_edge(file: &str) -> bool {
     file.starts_with("src/http/") || ["src/startup.rs", "src/main.rs", "src/cli.rs"].contains(&file)
@@ -109,6 +131,12 @@ const RULES: &[Rule] = &[
             crate_module(path)
                 .is_some_and(|m| m != "layout" && m != "fleet" && !is_storage_key(path))
         },
+    },
+    Rule {
+        name: "handlers take Json, Path and Query from src/http/extract.rs, whose rejections are \
+               the JSON envelope; axum's answer in plain text",
+        governs: |file| file.starts_with("src/http/") && file != "src/http/extract.rs",
+        refuses: |_, path| is_plain_text_extractor(path),
     },
     Rule {
         name: "fleet and layout use no I/O or framework crate",
@@ -561,6 +589,27 @@ fn a_planted_violation_is_reported_with_file_line_and_rule() {
         storage[0].0.contains("crate::fleet::ModelCode"),
         "{storage:?}"
     );
+}
+
+#[test]
+fn axums_plain_text_extractors_are_reported_in_handlers_but_not_in_extract_rs() {
+    let source = "use axum::extract::{Path, State};\nfn f(q: axum::extract::Query<X>) -> \
+                  axum::Json<Y> { todo!() }\nuse axum::extract::rejection::PathRejection;\n";
+    let violations: Vec<String> = violations_in("src/http/devices.rs", source)
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(violations.len(), 3, "{violations:?}");
+    assert!(
+        violations[0].starts_with("src/http/devices.rs:1: axum::extract::Path — handlers take"),
+        "{violations:?}"
+    );
+    assert!(
+        violations[1].contains("axum::extract::Query"),
+        "{violations:?}"
+    );
+    assert!(violations[2].contains("axum::Json"), "{violations:?}");
+    assert!(violations_in("src/http/extract.rs", source).is_empty());
 }
 
 #[test]

@@ -132,6 +132,10 @@ pub struct Config {
     pub coredump_upload_timeout: Duration,
     /// The whole body of a firmware upload must arrive within this (`FIRMWARE_UPLOAD_TIMEOUT_SECONDS`).
     pub firmware_upload_timeout: Duration,
+    /// Validating a device config against its model's schema may take this long
+    /// (`CONFIG_VALIDATION_TIMEOUT_SECONDS`, default 2); longer is a 400. See
+    /// `crate::registry::validation`.
+    pub config_validation_timeout: Duration,
     /// Connection deadlines and limits of the HTTP server.
     pub http: HttpLimits,
     /// Device tokens and provisioning packages.
@@ -333,6 +337,7 @@ impl Config {
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
             firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
+            config_validation_timeout: env.seconds("CONFIG_VALIDATION_TIMEOUT_SECONDS", 2.0)?,
             credentials: credentials::credentials(env)?,
             rotation,
             http: HttpLimits {

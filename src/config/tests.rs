@@ -22,6 +22,20 @@ fn defaults_give_the_embedded_shape_on_loopback() {
 }
 
 #[test]
+fn config_validation_has_a_budget_of_two_seconds_by_default() {
+    assert_eq!(
+        config(&[]).unwrap().config_validation_timeout,
+        Duration::from_secs(2)
+    );
+    let c = config(&[("CONFIG_VALIDATION_TIMEOUT_SECONDS", "0.25")]).unwrap();
+    assert_eq!(c.config_validation_timeout, Duration::from_millis(250));
+    for value in ["0", "-1", "soon"] {
+        let err = config(&[("CONFIG_VALIDATION_TIMEOUT_SECONDS", value)]).unwrap_err();
+        assert_eq!(err.variable, "CONFIG_VALIDATION_TIMEOUT_SECONDS", "{value}");
+    }
+}
+
+#[test]
 fn zero_turns_the_device_caches_off() {
     let c = config(&[
         ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),

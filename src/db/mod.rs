@@ -32,6 +32,10 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 
 use crate::config::{Config, DatabaseKind};
 
+/// How long the readiness probe waits for SQLite's write lock ([`Db::write_probe`]). Writes hold
+/// it for milliseconds; a second and a half without it means writers are stuck.
+pub const WRITE_PROBE_WAIT: Duration = Duration::from_millis(1500);
+
 /// A pool of connections to one of the two supported databases.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -244,6 +248,54 @@ impl Db {
             .await
             .map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    /// Whether a writer can start now, for `/health/readyz`; writes nothing. On SQLite, whether
+    /// the write lock (`BEGIN IMMEDIATE`) is free within [`WRITE_PROBE_WAIT`], on a connection of
+    /// its own: every write request queues for that lock, so a writer that holds it longer (a
+    /// stuck request) makes them all fail while plain reads still work. On PostgreSQL, whether a
+    /// transaction may write at all (a read-only database or standby answers reads only). The
+    /// error says what is wrong.
+    pub async fn write_probe(&self) -> Result<(), String> {
+        match self {
+            Db::Sqlite(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .busy_timeout(WRITE_PROBE_WAIT);
+                let stuck = || {
+                    format!(
+                        "writers are stuck: the write lock was not free within {} s",
+                        WRITE_PROBE_WAIT.as_secs_f64()
+                    )
+                };
+                let describe = |e: sqlx::Error| match &e {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("5") => stuck(),
+                    _ => e.to_string(),
+                };
+                // Dropped (or closed) with its transaction open, the connection rolls it back.
+                let mut conn = sqlx::ConnectOptions::connect(&options)
+                    .await
+                    .map_err(describe)?;
+                let probe = async {
+                    sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+                    sqlx::query("ROLLBACK").execute(&mut conn).await
+                }
+                .await;
+                let _ = sqlx::Connection::close(conn).await;
+                probe.map(|_| ()).map_err(describe)
+            }
+            Db::Postgres(pool) => {
+                let read_only: String =
+                    sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
+                        .fetch_one(pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                if read_only == "on" {
+                    return Err("the database is read-only (a standby?): writes would fail".into());
+                }
+                Ok(())
+            }
+        }
     }
 
     pub async fn close(&self) {

@@ -3,7 +3,8 @@
 //! A config is JSON text stored verbatim. When it is an object, `deviceName`, `deviceEntityId`
 //! and `enableOTA` are copied into columns. When the model has a schema, the parsed config must
 //! validate against it; the first violation is reported in the Python service's words
-//! (`Config validation failed: 'deviceName' is a required property`).
+//! (`Config validation failed: 'deviceName' is a required property`). A schema is bounded when
+//! it is parsed (`schema_limits`): validating against it costs a bounded amount of work.
 
 use serde_json::Value;
 
@@ -27,8 +28,10 @@ impl std::fmt::Debug for ConfigSchema {
 }
 
 impl ConfigSchema {
-    /// Parses and compiles a schema; refuses text that is not JSON or not a valid JSON Schema.
+    /// Parses and compiles a schema; refuses text that is not JSON, not a valid JSON Schema, or
+    /// beyond the limits that keep validating against it cheap (`super::schema_limits`).
     pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
+        super::schema_limits::check_size(text)?;
         let value: Value = serde_json::from_str(text)
             .map_err(|e| InvalidConfig(format!("config_schema must be valid JSON: {e}")))?;
         if !value.is_object() && !value.is_boolean() {
@@ -36,6 +39,7 @@ impl ConfigSchema {
                 "config_schema must be a JSON Schema (an object)".into(),
             ));
         }
+        super::schema_limits::check(text, &value)?;
         let validator = jsonschema::validator_for(&value)
             .map_err(|e| InvalidConfig(format!("config_schema is not a valid JSON Schema: {e}")))?;
         Ok(ConfigSchema {
@@ -97,6 +101,11 @@ impl DeviceConfig {
                 Some(Value::String(s)) if s.chars().count() > MAX_EXTRACTED_LEN => Err(
                     InvalidConfig(format!("config field {name} is longer than 255 characters")),
                 ),
+                // The copy goes into a text column, which cannot hold NUL on PostgreSQL. The
+                // config text itself holds only the escape `\u0000` and is stored verbatim.
+                Some(Value::String(s)) if s.contains('\0') => Err(InvalidConfig(format!(
+                    "config field {name} must not contain NUL characters (\\u0000)"
+                ))),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 _ => Ok(None),
             }
@@ -166,6 +175,28 @@ mod tests {
         assert!(DeviceConfig::parse("{").is_err());
         let long = format!(r#"{{"deviceName": "{}"}}"#, "x".repeat(256));
         assert!(DeviceConfig::parse(&long).is_err());
+    }
+
+    #[test]
+    fn copied_fields_must_not_hold_nul_but_the_text_may_escape_one_elsewhere() {
+        for text in [
+            r#"{"deviceName": "a\u0000"}"#,
+            r#"{"deviceEntityId": "\u0000b"}"#,
+        ] {
+            let err = DeviceConfig::parse(text).unwrap_err();
+            assert!(err.0.contains("must not contain NUL"), "{text}: {err}");
+        }
+        let text = r#"{"deviceName": "a", "note": "\u0000"}"#;
+        assert_eq!(DeviceConfig::parse(text).unwrap().text, text);
+    }
+
+    #[test]
+    fn schemas_beyond_the_limits_are_refused_before_they_are_compiled() {
+        let err = ConfigSchema::parse(r##"{"$ref": "#"}"##).unwrap_err();
+        assert!(err.0.starts_with("config_schema: $ref cycle"), "{err}");
+        let big = format!(r#"{{"description": "{}"}}"#, "x".repeat(70_000));
+        let err = ConfigSchema::parse(&big).unwrap_err();
+        assert!(err.0.contains("larger than 65536 bytes"), "{err}");
     }
 
     #[test]

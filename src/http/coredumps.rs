@@ -4,7 +4,7 @@
 //! Every admin route is scoped to the device in the URL: a dump of another device is a 404, as is
 //! an unknown device. No response has a `filename` field (that column is legacy-only).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -16,7 +16,8 @@ use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader};
 use super::download::{self, Download};
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path};
 use crate::coredumps::manage::{self, ManageError};
 use crate::db::coredumps::{self, CoredumpRow};
 use crate::layout::coredump_key;

@@ -2,7 +2,7 @@
 //! paging) and `POST /api/device-logs/subscribe` / `unsubscribe` (live lines on the event stream
 //! of the same `request_id`, as `device-logs` messages).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::AdminReader;
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
 use crate::db::device_logs as queries;
 use crate::device_logs::window::{self, LogQuery};
 use crate::device_logs::wire_time;

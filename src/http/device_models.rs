@@ -4,7 +4,7 @@
 //! returned as JSON *text* (the stored text, verbatim — the UI puts it in a text editor and
 //! `JSON.parse`s it); `has_config_schema` and `device_count` are derived.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader};
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path};
 use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::fleet::ModelCode;
 use crate::registry::models::{self as models_ops, SchemaChange};
@@ -123,6 +124,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(message) => ApiError::RecordExists(message),
             RegistryError::Conflict(message) => ApiError::Conflict(message),
             RegistryError::Broken(message) => ApiError::Internal(message),
+            RegistryError::Busy(message) => ApiError::unavailable(message),
             RegistryError::Db(e) => e.into(),
             RegistryError::Key(e) => e.into(),
         }

@@ -6,7 +6,7 @@
 //! (the Python service's UI edits it as text). The device secret
 //! is returned once, by create and by `POST /api/devices/{id}/secret`; only its hash is stored.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,7 +16,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AdminEditor, AdminReader};
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
 use crate::db::device_models::DeviceModelRow;
 use crate::db::devices::{self, DeviceRow};
 use crate::fleet::{ClientId, DeviceSecret};
@@ -222,15 +223,22 @@ pub async fn list(
 #[utoipa::path(post, path = "/api/devices", tag = "devices",
     security(("admin" = ["editor"])), request_body = DeviceCreate,
     responses((status = 201, description = "Created; the only response that shows device_secret", body = DeviceResponse),
-        (status = 400, body = super::error::ErrorBody),
-        (status = 404, description = "No such device model", body = super::error::ErrorBody)))]
+        (status = 400, description = "The config is not JSON, fails the model's config_schema, or took longer than CONFIG_VALIDATION_TIMEOUT_SECONDS to validate", body = super::error::ErrorBody),
+        (status = 404, description = "No such device model", body = super::error::ErrorBody),
+        (status = 409, description = "The model's config_schema changed while the config was validated; retry", body = super::error::ErrorBody),
+        (status = 503, description = "Too many config validations in progress", body = super::error::ErrorBody)))]
 pub async fn create(
     _: AdminEditor,
     State(state): State<AppState>,
     Json(body): Json<DeviceCreate>,
 ) -> Result<(StatusCode, Json<DeviceResponse>), ApiError> {
-    let (row, model, secret) =
-        devices_ops::create(&state.db, body.device_model_id, &config_text(&body.config)).await?;
+    let (row, model, secret) = devices_ops::create(
+        &state.db,
+        &state.config_validator,
+        body.device_model_id,
+        &config_text(&body.config),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(full(row, model, Some(secret)))))
 }
 
@@ -254,7 +262,9 @@ pub async fn fetch(
     security(("admin" = ["editor"])), params(("id" = i64, Path, description = "Device id")),
     request_body = DeviceUpdate,
     responses((status = 200, body = DeviceResponse), (status = 400, body = super::error::ErrorBody),
-        (status = 404, body = super::error::ErrorBody)))]
+        (status = 404, body = super::error::ErrorBody),
+        (status = 409, description = "The model's config_schema changed while the config was validated; retry", body = super::error::ErrorBody),
+        (status = 503, description = "Too many config validations in progress", body = super::error::ErrorBody)))]
 pub async fn update(
     _: AdminEditor,
     State(state): State<AppState>,
@@ -262,8 +272,15 @@ pub async fn update(
     Json(body): Json<DeviceUpdate>,
 ) -> Result<Json<DeviceResponse>, ApiError> {
     let text = body.config.as_ref().map(config_text);
-    let (row, model) =
-        devices_ops::update(&state.db, state.notifier, id, text.as_deref(), body.active).await?;
+    let (row, model) = devices_ops::update(
+        &state.db,
+        &state.config_validator,
+        state.notifier,
+        id,
+        text.as_deref(),
+        body.active,
+    )
+    .await?;
     Ok(Json(full(row, model, None)))
 }
 

@@ -10,6 +10,7 @@ use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::http::extract::Json;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -86,8 +87,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/docs", get(page))
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 async fn page() -> Html<&'static str> {

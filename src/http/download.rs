@@ -8,7 +8,8 @@
 //! or a malformed header, are ignored and the whole object is sent (RFC 9110 allows it). With an
 //! `etag` (the artifact's SHA-256), `If-None-Match` can answer 304 without touching the store and
 //! `If-Range` only honours `Range` while the ETag still matches — ESP-IDF's OTA client resumes
-//! interrupted downloads this way.
+//! interrupted downloads this way. `If-None-Match: *` is 304 whenever the object exists, with an
+//! ETag or without (a core dump's existence is asked of the store).
 //!
 //! Firmware images may instead come from memory ([`Source::Cache`], see `crate::firmware::cache`):
 //! the same headers and statuses, computed from the cached bytes, and no store request at all.
@@ -135,6 +136,13 @@ pub fn not_modified(download: &Download, headers: &HeaderMap) -> Option<Response
     Some(response)
 }
 
+/// Whether `If-None-Match` is `*`: "any current representation", which exists whenever the object
+/// does, ETag or not.
+fn asks_for_any_representation(headers: &HeaderMap) -> bool {
+    header(headers, IF_NONE_MATCH)
+        .is_some_and(|value| value.split(',').any(|candidate| candidate.trim() == "*"))
+}
+
 /// The single range to serve: `Range` if present, parseable, and allowed by `If-Range`.
 fn requested_range(download: &Download, headers: &HeaderMap) -> Option<ByteRange> {
     let range_allowed = match (header(headers, IF_RANGE), &download.etag) {
@@ -200,6 +208,16 @@ pub async fn respond_from(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(response) = not_modified(&download, headers) {
+        return Ok(response);
+    }
+    // Without an ETag (core dumps), `*` is answered by whether the object exists: the store is
+    // asked, unless the bytes are already in memory.
+    if download.etag.is_none() && asks_for_any_representation(headers) {
+        if !matches!(source, Source::Memory(_)) {
+            storage.head(&download.key).await?;
+        }
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        describe(&mut response, &download);
         return Ok(response);
     }
     let range = requested_range(&download, headers);
@@ -354,6 +372,20 @@ mod tests {
         assert_eq!(resolve(ByteRange::Suffix { len: 500 }), Some(0..100));
         assert_eq!(resolve(ByteRange::Suffix { len: 0 }), None);
         assert_eq!(ByteRange::Suffix { len: 5 }.resolve(0), None);
+    }
+
+    #[test]
+    fn only_a_star_asks_for_any_representation() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IF_NONE_MATCH, HeaderValue::from_static(value));
+            asks_for_any_representation(&headers)
+        };
+        assert!(with("*"));
+        assert!(with(" * "));
+        assert!(with("\"abc\", *"));
+        assert!(!with("\"abc\""));
+        assert!(!asks_for_any_representation(&HeaderMap::new()));
     }
 
     #[test]

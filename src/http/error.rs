@@ -4,6 +4,8 @@
 //! Internal failures (database, storage) are logged once here with their cause chain and answered
 //! with a generic message; "the store or the database is down" is always 503, never 400 or 404.
 
+use std::borrow::Cow;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -12,6 +14,7 @@ use serde_json::Value;
 use crate::db::DbError;
 use crate::storage::StorageError;
 
+use super::extract::Json;
 use super::request_context;
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +150,7 @@ impl IntoResponse for ApiError {
             details,
             correlation_id: request_context::correlation_id(),
         };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -202,40 +205,71 @@ impl From<StorageError> for ApiError {
     }
 }
 
-/// A JSON body extractor whose rejections use our envelope (400 with the parser's reason).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
+/// The most characters of a request's own text (a path, a method, a parser's complaint quoting
+/// the input) an error message repeats: enough to recognise it, never the 60 KB a client sent.
+pub const MAX_ECHOED_CHARS: usize = 200;
 
-impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
+/// `text`, cut to [`MAX_ECHOED_CHARS`] characters (with `…` when cut), for messages and logs that
+/// repeat what a request said.
+pub fn bounded(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHOED_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
     }
 }
+
+// The rejections of axum's extractors, as `crate::http::extract` reports them.
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::PayloadTooLarge("Request body is too large".into());
         }
-        ApiError::validation(format!("Invalid JSON body: {}", rejection.body_text()))
+        ApiError::validation(format!(
+            "Invalid JSON body: {}",
+            bounded(&rejection.body_text())
+        ))
     }
 }
 
 impl From<axum::extract::rejection::PathRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
-        ApiError::validation(format!("Invalid path parameter: {}", rejection.body_text()))
+        ApiError::validation(format!(
+            "Invalid path parameter: {}",
+            bounded(&rejection.body_text())
+        ))
     }
 }
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
-        ApiError::validation(format!("Invalid query: {}", rejection.body_text()))
+        ApiError::validation(format!(
+            "Invalid query: {}",
+            bounded(&rejection.body_text())
+        ))
     }
 }
 
 impl From<crate::storage::InvalidKey> for ApiError {
     fn from(e: crate::storage::InvalidKey) -> Self {
         ApiError::validation(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_text_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(MAX_ECHOED_CHARS + 50);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), MAX_ECHOED_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(
+            bounded(&"x".repeat(MAX_ECHOED_CHARS)).len(),
+            MAX_ECHOED_CHARS
+        );
     }
 }

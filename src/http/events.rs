@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
@@ -22,6 +22,7 @@ use utoipa::IntoParams;
 
 use super::auth::AdminReader;
 use super::error::ApiError;
+use super::extract::Query;
 use crate::db::{device_logs, Db};
 use crate::events::{self, StoredEvent};
 use crate::state::AppState;

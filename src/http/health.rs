@@ -1,9 +1,11 @@
 //! Liveness and readiness probes.
 //!
 //! `/health/healthz` answers 200 while the process serves HTTP. `/health/readyz` answers 200 only
-//! when the database answers, has no pending migrations, and the object store answers; otherwise
-//! 503 with the error envelope whose `details` say which check failed. Each check has its own
-//! timeout, so a hanging dependency makes the probe fail rather than hang.
+//! when the database answers, has no pending migrations and can take a writer (on SQLite: its
+//! write lock is free within 1.5 s, see `Db::write_probe`), and the object store answers;
+//! otherwise 503 with the error envelope whose `details` say which check failed. Each check has
+//! its own timeout, so a hanging dependency makes the probe fail rather than hang. Nothing is
+//! written.
 
 use std::time::Duration;
 
@@ -13,7 +15,8 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::json;
 
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::Json;
 use crate::db::migrate;
 use crate::state::AppState;
 
@@ -40,7 +43,8 @@ pub async fn healthz() -> Json<HealthStatus> {
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The service can serve requests: database reachable and migrated, object store reachable.
+/// The service can serve requests: database reachable, migrated and not stuck for writers, object
+/// store reachable.
 #[utoipa::path(get, path = "/health/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = HealthStatus),
@@ -50,12 +54,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
     let database = async {
         state.db.ping().await.map_err(|e| e.to_string())?;
         match migrate::pending_count(&state.db).await {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(format!(
-                "{n} pending migration(s); run `iotsupport migrate`"
-            )),
-            Err(e) => Err(e.to_string()),
+            Ok(0) => {}
+            Ok(n) => {
+                return Err(format!(
+                    "{n} pending migration(s); run `iotsupport migrate`"
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
         }
+        state.db.write_probe().await
     };
     let storage = async { state.storage.check().await.map_err(|e| e.to_string()) };
     let (database, storage) = tokio::join!(

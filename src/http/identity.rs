@@ -1,7 +1,7 @@
 //! `GET /api/auth/self` (who the admin caller is) and `GET /api/auth/login` (where a browser goes
 //! to sign in): what the web UI asks before it renders anything (SPEC §5).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::AdminReader;
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Query};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -1,13 +1,16 @@
 //! The HTTP API: one router assembled from per-feature modules, each owning its `router()`, and the
 //! layers every request passes through (outermost first):
 //!
-//! 1. `X-Request-ID` taken from the request or generated, and echoed on the response;
+//! 1. `X-Request-ID` taken from the request when it is 1–128 visible ASCII characters, else
+//!    generated, and echoed on the response;
 //! 2. a tracing span per request with its id, method and matched route, and a log line per response;
 //! 3. request counting and timing by route template ([`ops::record`]);
 //! 4. the request id made available to error envelopes ([`request_context::scope`]);
 //! 5. panics turned into a 500 envelope.
 //!
-//! Unknown routes and methods answer with the same envelope as everything else.
+//! Unknown routes and methods answer with the same envelope as everything else, and so does input
+//! that does not parse (`extract.rs`). What an envelope or a log line repeats of a request is
+//! bounded (`error::bounded`).
 
 pub mod admission;
 pub mod auth;
@@ -20,6 +23,7 @@ pub mod docs;
 pub mod download;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod firmware;
 pub mod health;
 pub mod identity;
@@ -42,7 +46,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::state::AppState;
-use error::ApiError;
+use error::{bounded, ApiError};
 
 /// The whole API, with `extra` routes merged in (the seam tests use to mount probe routes).
 pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
@@ -69,6 +73,9 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(
+                    request_context::drop_unacceptable_request_id,
+                ))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(
@@ -79,12 +86,14 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
                                 .get::<axum::extract::MatchedPath>()
                                 .map(|p| p.as_str().to_string())
                                 .unwrap_or_default();
+                            // The request id is bounded by the layer above; method and path
+                            // are the client's, so only a bounded part of them is logged.
                             tracing::info_span!(
                                 "request",
                                 request_id = %request_context::request_id_of(request),
-                                method = %request.method(),
+                                method = %bounded(request.method().as_str()),
                                 route = %route,
-                                path = %request.uri().path(),
+                                path = %bounded(request.uri().path()),
                             )
                         })
                         .on_request(())
@@ -98,14 +107,14 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!("No route for {}", request.uri().path()))
+    ApiError::NotFound(format!("No route for {}", bounded(request.uri().path())))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::MethodNotAllowed(format!(
         "Method {} is not allowed on {}",
-        request.method(),
-        request.uri().path()
+        bounded(request.method().as_str()),
+        bounded(request.uri().path())
     ))
 }
 

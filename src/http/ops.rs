@@ -3,12 +3,13 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use http::Method;
 
+use super::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::{HTTP_REQUESTS, HTTP_REQUEST_DURATION};
 
@@ -45,24 +46,63 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             handle.render(),
         )
             .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+        None => ApiError::NotFound("The metrics recorder is not installed".into()).into_response(),
     }
 }
 
 /// Records `http_requests_total` and `http_request_duration_seconds`, labelled by method, route
-/// template (never the raw path, whose ids would explode the label set) and status.
+/// template and status. Every label comes from a fixed set, whatever the client sends (each
+/// distinct label value is a new series, kept until the process ends): the method is one of
+/// the standard ones or `_OTHER` ([`method_label`]), the route is a template of the router or
+/// `unmatched` (never the raw path), and the status is one our handlers chose.
 pub async fn record(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status),
+    ];
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: the methods of RFC 9110 and PATCH as themselves, any other (a client
+/// may send any token) as `_OTHER`, as OpenTelemetry's HTTP conventions do.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for custom in ["PURGE", "MXYZ", "get"] {
+            let method = Method::from_bytes(custom.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "_OTHER", "{custom}");
+        }
+    }
 }

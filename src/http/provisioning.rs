@@ -1,7 +1,7 @@
 //! `GET /api/devices/{id}/provisioning?partition_size=N`: a device's provisioning package as the
 //! NVS partition image the web UI flashes over Web Serial (SPEC §13).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::AdminEditor;
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
 use super::iot::provisioning::no_store;
 use crate::credentials::provisioning;
 use crate::state::AppState;

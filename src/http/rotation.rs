@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::{AdminEditor, AdminReader};
-use super::error::{ApiError, Json};
+use super::error::ApiError;
+use super::extract::{Json, Path};
 use crate::credentials::dashboard::{self, DashboardEntry};
 use crate::credentials::rotation::{self, STATES};
 use crate::db::rotation as queries;

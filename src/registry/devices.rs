@@ -2,11 +2,12 @@
 
 use serde_json::{json, Value};
 
+use super::validation::{ensure_schema_unchanged, ConfigValidator};
 use super::RegistryError;
 use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
 use crate::db::{Db, Tx};
-use crate::fleet::{ClientId, ConfigSchema, DeviceConfig, DeviceKey, DeviceSecret};
+use crate::fleet::{ClientId, DeviceConfig, DeviceKey, DeviceSecret};
 use crate::lookup_cache::Invalidation;
 use crate::notify::Notifier;
 use crate::{events, layout, outbox};
@@ -17,23 +18,6 @@ const KEY_ATTEMPTS: usize = 5;
 
 fn event_payload(row: &DeviceRow) -> Value {
     json!({"id": row.id, "key": row.key, "device_model_id": row.device_model_id})
-}
-
-/// Parses a config (JSON text) and checks it against the model's schema.
-pub fn checked_config(text: &str, model: &DeviceModelRow) -> Result<DeviceConfig, RegistryError> {
-    let config = DeviceConfig::parse(text).map_err(|e| RegistryError::Invalid(e.0))?;
-    if let Some(schema_text) = &model.config_schema {
-        let schema = ConfigSchema::parse(schema_text).map_err(|e| {
-            RegistryError::Broken(format!(
-                "DeviceModel {} has an unusable config_schema: {e}",
-                model.code
-            ))
-        })?;
-        schema
-            .check(&config.value)
-            .map_err(|e| RegistryError::Invalid(e.0))?;
-    }
-    Ok(config)
 }
 
 /// A device and its model, or [`RegistryError::DeviceNotFound`].
@@ -48,18 +32,29 @@ pub async fn load(tx: &mut Tx, id: i64) -> Result<(DeviceRow, DeviceModelRow), R
 }
 
 /// Creates a device of model `model_id` with a new random key and secret; the secret is returned
-/// here only.
+/// here only. The config is validated before the write transaction begins (see
+/// [`super::validation`]); a schema changed meanwhile is a conflict.
 pub async fn create(
     db: &Db,
+    validator: &ConfigValidator,
     model_id: i64,
     config_text: &str,
 ) -> Result<(DeviceRow, DeviceModelRow, DeviceSecret), RegistryError> {
+    let validated_against = {
+        let mut tx = db.begin().await?;
+        let model = models::get(&mut tx, model_id)
+            .await?
+            .ok_or(RegistryError::ModelNotFound(model_id))?;
+        tx.commit().await?;
+        model
+    };
+    let config = validator.check(config_text, &validated_against).await?;
     for _ in 0..KEY_ATTEMPTS {
         let mut tx = db.begin().await?;
         let model = models::get(&mut tx, model_id)
             .await?
             .ok_or(RegistryError::ModelNotFound(model_id))?;
-        let config = checked_config(config_text, &model)?;
+        ensure_schema_unchanged(&validated_against, &model)?;
         let key = DeviceKey::generate();
         let secret = DeviceSecret::generate();
         // The unique constraint decides about collisions; a failed insert ends this transaction
@@ -87,18 +82,32 @@ pub async fn create(
     ))
 }
 
-/// Replaces a device's config (when given) and active flag (when given).
+/// Replaces a device's config (when given) and active flag (when given). A new config is
+/// validated before the write transaction begins, as in [`create`].
 pub async fn update(
     db: &Db,
+    validator: &ConfigValidator,
     notifier: Notifier,
     id: i64,
     config_text: Option<&str>,
     active: Option<bool>,
 ) -> Result<(DeviceRow, DeviceModelRow), RegistryError> {
+    let validated = match config_text {
+        Some(text) => {
+            let mut tx = db.begin().await?;
+            let (_, model) = load(&mut tx, id).await?;
+            tx.commit().await?;
+            Some((validator.check(text, &model).await?, model))
+        }
+        None => None,
+    };
     let mut tx = db.begin().await?;
     let (row, model) = load(&mut tx, id).await?;
-    let config = match config_text {
-        Some(text) => checked_config(text, &model)?,
+    let config = match validated {
+        Some((config, validated_against)) => {
+            ensure_schema_unchanged(&validated_against, &model)?;
+            config
+        }
         None => DeviceConfig::parse(&row.config).map_err(|e| RegistryError::Broken(e.0))?,
     };
     devices::update(&mut tx, id, &config, active.unwrap_or(row.active)).await?;

@@ -4,6 +4,7 @@
 
 pub mod devices;
 pub mod models;
+pub mod validation;
 
 use crate::db::DbError;
 use crate::storage::InvalidKey;
@@ -23,9 +24,12 @@ pub enum RegistryError {
     /// 409 `CONFLICT`.
     #[error("{0}")]
     Conflict(String),
-    /// A stored schema no longer compiles (500).
+    /// Stored data this service cannot use (500).
     #[error("{0}")]
     Broken(String),
+    /// Too much work of this kind is in progress: 503, retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]

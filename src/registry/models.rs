@@ -9,16 +9,24 @@ use crate::fleet::{ConfigSchema, ModelCode};
 use crate::lookup_cache::Invalidation;
 use crate::{events, layout, outbox};
 
-/// A name: 1–255 characters, not only whitespace.
+/// A name: 1–255 characters, not only whitespace, no NUL (its column is text, which cannot hold
+/// NUL on PostgreSQL).
 pub fn parse_name(name: &str) -> Result<&str, RegistryError> {
     if name.trim().is_empty() || name.chars().count() > 255 {
         return Err(RegistryError::Invalid(
             "name must be 1-255 characters".into(),
         ));
     }
+    if name.contains('\0') {
+        return Err(RegistryError::Invalid(
+            "name must not contain NUL characters".into(),
+        ));
+    }
     Ok(name)
 }
 
+/// Parses, bounds and compiles a schema (see `crate::fleet::ConfigSchema::parse`): a schema that
+/// would make validating configs expensive is refused here, when it is set.
 pub fn parse_schema(text: &str) -> Result<ConfigSchema, RegistryError> {
     ConfigSchema::parse(text).map_err(|e| RegistryError::Invalid(e.0))
 }
@@ -69,18 +77,21 @@ pub async fn update(
     name: Option<&str>,
     schema: SchemaChange<'_>,
 ) -> Result<DeviceModelRow, RegistryError> {
+    // Everything about the input is checked before the transaction begins.
+    let name = name.map(parse_name).transpose()?;
+    let new_schema = match schema {
+        SchemaChange::Set(text) => Some(parse_schema(text)?),
+        SchemaChange::Keep | SchemaChange::Remove => None,
+    };
     let mut tx = db.begin().await?;
     let current = models::get(&mut tx, id)
         .await?
         .ok_or(RegistryError::ModelNotFound(id))?;
-    let name = match name {
-        Some(name) => parse_name(name)?.to_string(),
-        None => current.name.clone(),
-    };
-    let schema: Option<String> = match schema {
-        SchemaChange::Keep => current.config_schema.clone(),
-        SchemaChange::Remove => None,
-        SchemaChange::Set(text) => Some(parse_schema(text)?.text().to_string()),
+    let name = name.unwrap_or(&current.name).to_string();
+    let schema: Option<String> = match (schema, new_schema) {
+        (SchemaChange::Keep, _) => current.config_schema.clone(),
+        (_, Some(parsed)) => Some(parsed.text().to_string()),
+        (_, None) => None,
     };
     models::update(&mut tx, id, &name, schema.as_deref()).await?;
     let row = models::get(&mut tx, id)

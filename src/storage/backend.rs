@@ -189,6 +189,15 @@ impl ObjectStorage for ObjectStoreBackend {
             }
             Err(e) => return Err(map_err(Operation::Get, key.as_str(), e)),
         };
+        // Some ranges the store serves without complaint select nothing: an empty suffix
+        // (`bytes=-0`) comes back as the empty range `size..size`. Unsatisfiable is decided here
+        // by the same rule for every backend and the in-memory path (`ByteRange::resolve`).
+        if range_is_unsatisfiable(range, result.meta.size) {
+            return Err(StorageError::RangeNotSatisfiable {
+                key: key.to_string(),
+                size: result.meta.size,
+            });
+        }
         let owned_key = key.to_string();
         Ok(ObjectRead {
             info: info(&result.meta),

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod client;
+mod config_schema_limits;
 mod connections;
 mod coredump_admin;
 mod coredump_parse;
@@ -14,6 +15,7 @@ mod credentials_support;
 mod device_flow;
 mod device_logs;
 mod device_tokens;
+mod download_conditions;
 mod downloads;
 #[path = "../support/esp_image_synth.rs"]
 mod esp_image_synth;
@@ -33,10 +35,12 @@ mod jobs;
 mod legacy;
 mod legacy_adopt;
 mod legacy_migrate_to_s3;
+mod metrics_labels;
 mod mqtt_notifications;
 #[path = "../mqtt/support.rs"]
 #[allow(dead_code)] // shared with tests/mqtt/, which uses all of it
 mod mqtt_support;
+mod nul_characters;
 #[path = "../support/nvs_reader.rs"]
 mod nvs_reader;
 mod oidc_auth;
@@ -46,6 +50,7 @@ mod parse_cli;
 mod provisioning;
 mod reconcile;
 mod reconcile_keys;
+mod request_envelope;
 mod rotation;
 #[path = "../support/rust_source.rs"]
 mod rust_source;

@@ -71,7 +71,7 @@ const METHODS: [&str; 8] = [
     "get", "post", "put", "delete", "patch", "head", "options", "trace",
 ];
 
-type Operation = (String, String);
+pub type Operation = (String, String);
 
 fn operation(method: &str, path: &str) -> Operation {
     (method.to_ascii_uppercase(), path.to_string())
@@ -143,8 +143,8 @@ fn routes_in(file: &str, tokens: &[Lexed]) -> Vec<Operation> {
     routes
 }
 
-/// Every route in `src/http/`.
-fn routed() -> BTreeSet<Operation> {
+/// Every route in `src/http/` (also read by `request_envelope.rs`).
+pub fn routed() -> BTreeSet<Operation> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut routes = BTreeSet::new();
     for (file, text) in rust_files(base, "src/http") {

@@ -123,6 +123,19 @@ async fn put_get_head_and_ranged_get_return_what_was_stored() {
             ),
             "{name}: {err:?}"
         );
+
+        // An empty suffix selects nothing: unsatisfiable, not an empty 206.
+        let err = store
+            .get(&k, Some(ByteRange::Suffix { len: 0 }))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                iotsupport::storage::StorageError::RangeNotSatisfiable { size: 10_000, .. }
+            ),
+            "{name}: {err:?}"
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! Admin downloads of the current image and of any stored artifact, and the image helpers the
 //! device OTA routes share (`crate::http::iot::firmware`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, Method};
 
@@ -11,6 +11,7 @@ use crate::firmware::store::{self};
 use crate::http::auth::AdminReader;
 use crate::http::download::{self, Download, Source};
 use crate::http::error::ApiError;
+use crate::http::extract::Path;
 use crate::layout::{firmware_key, Artifact};
 use crate::state::AppState;
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use futures::StreamExt;
 use http::HeaderMap;
 use tokio::io::AsyncWriteExt;
@@ -16,7 +16,8 @@ use crate::firmware::bundle::{self, BundleError};
 use crate::firmware::store::{self};
 use crate::http::auth::{AdminEditor, PipelineCaller};
 use crate::http::body::{BodyError, LimitedBody};
-use crate::http::error::{ApiError, Json};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path};
 use crate::state::AppState;
 
 /// Firmware uploads received at once by one process; further uploads wait for a slot, at most

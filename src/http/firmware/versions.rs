@@ -1,12 +1,13 @@
 //! The stored versions of a model: list, make current (rollback), delete; the pipeline's view.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::*;
 use crate::db::firmware_versions as fw;
 use crate::firmware::store::{self};
 use crate::http::auth::{AdminEditor, AdminReader, PipelineCaller};
-use crate::http::error::{ApiError, Json};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path};
 use crate::state::AppState;
 
 // ---------------------------------------------------------------------------------------------
@@ -54,6 +55,13 @@ pub async fn set_current(
     Path(id): Path<i64>,
     Json(body): Json<SetCurrentFirmware>,
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
+    // Every stored version is a key component, so it never holds a NUL; PostgreSQL would refuse
+    // to even compare with one.
+    if body.version.contains('\0') {
+        return Err(ApiError::validation(
+            "version must not contain NUL characters",
+        ));
+    }
     let code = store::set_current(&state.db, state.effects(), id, &body.version).await?;
     Ok(Json(FirmwareUploadResponse {
         id,

@@ -4,14 +4,15 @@
 //! `COREDUMP_UPLOAD_TIMEOUT_SECONDS` (`crate::http::body`); storing is `crate::coredumps::ingest`.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::coredumps::ingest::{self, DumpMeta, IngestError, Uploader};
 use crate::http::auth::DeviceCaller;
-use crate::http::error::{ApiError, Json};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Query};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]

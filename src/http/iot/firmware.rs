@@ -7,7 +7,8 @@ use http::{HeaderMap, Method};
 
 use crate::http::auth::DeviceCaller;
 use crate::http::download::{self, Source};
-use crate::http::error::{ApiError, Json};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
 use crate::http::firmware::{
     current_image, fresh_current_image, image_download, serve_image, DeviceFirmwareVersion,
 };

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::credentials::provisioning::{self, ProvisioningError};
 use crate::http::auth::DeviceCaller;
 use crate::http::error::ApiError;
+use crate::http::extract::Json;
 use crate::state::AppState;
 
 /// The eight values of the `prov` NVS namespace.
@@ -60,7 +61,7 @@ pub async fn package(
     let [device_key, client_id, client_secret, token_url, base_url, mqtt_url, wifi_ssid, wifi_password] =
         package.values;
     Ok(no_store(
-        axum::Json(ProvisioningPackage {
+        Json(ProvisioningPackage {
             device_key,
             client_id,
             client_secret,

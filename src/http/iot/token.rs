@@ -19,6 +19,7 @@ use crate::credentials::{self, SecretMatch};
 use crate::fleet::ClientId;
 use crate::http::auth::{accept, prove, token_issuer};
 use crate::http::error::ApiError;
+use crate::http::extract::Json;
 use crate::state::AppState;
 
 /// The most a token request body may hold (a client id and a 43-character secret need far less).
@@ -73,7 +74,7 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            axum::Json(OAuthError {
+            Json(OAuthError {
                 error: self.error,
                 error_description: self.description,
             }),
@@ -283,7 +284,7 @@ async fn exchange(
         .map_err(|e| ApiError::Internal(format!("cannot sign the token: {e}")))?;
     metrics::counter!(crate::telemetry::DEVICE_TOKENS_ISSUED).increment(1);
     tracing::info!(client_id = %client_id, pending_secret = pending, "device_token_issued");
-    let mut response = axum::Json(TokenResponse {
+    let mut response = Json(TokenResponse {
         access_token: issued.access_token,
         token_type: "Bearer",
         expires_in: issued.expires_in,
@@ -298,7 +299,7 @@ async fn exchange(
 #[utoipa::path(get, path = "/api/iot/jwks.json", tag = "device api",
     responses((status = 200, description = "JWK Set", content_type = "application/json")))]
 pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut response = axum::Json(token_issuer(&state).await?.jwks()).into_response();
+    let mut response = Json(token_issuer(&state).await?.jwks()).into_response();
     response.headers_mut().insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
