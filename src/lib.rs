@@ -16,6 +16,7 @@ pub mod migrate_to_s3;
 pub mod mqtt;
 pub mod oidc;
 pub mod outbox;
+pub mod presence;
 pub mod reconcile;
 pub mod registry;
 pub mod startup;

@@ -129,6 +129,7 @@ impl Application {
             coredump_uploads_by_device: crate::http::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
+            presence: Arc::default(),
             oidc,
             events,
             shutdown: shutdown.clone(),
@@ -147,6 +148,9 @@ impl Application {
                 db: state.db.clone(),
                 storage: state.storage.clone(),
             }));
+            handlers.push(Arc::new(crate::coredumps::backfill::GroupCoredumps::new(
+                state.db.clone(),
+            )));
             handlers
         };
         job_handlers.extend(options.job_handlers);
@@ -196,6 +200,13 @@ impl Application {
                 shutdown.clone(),
             ));
         }
+
+        workers.spawn(crate::presence::run_worker(
+            state.presence.clone(),
+            state.db.clone(),
+            crate::presence::flush_interval(config.worker_poll_interval),
+            shutdown.clone(),
+        ));
 
         workers.spawn(crate::credentials::rotation::run_worker(
             state.db.clone(),

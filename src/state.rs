@@ -31,6 +31,8 @@ pub struct AppState {
     pub token_failures: Arc<crate::credentials::throttle::FailureThrottle>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
     pub coredump_uploads_by_device: Arc<crate::http::admission::KeyedLimiter>,
+    /// What devices said they run and when they were heard from, until it is written.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

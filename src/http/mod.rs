@@ -13,6 +13,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod coredumps;
+pub mod crash_groups;
 pub mod device_models;
 pub mod devices;
 pub mod docs;
@@ -53,6 +54,7 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(devices::router())
         .merge(firmware::router())
         .merge(coredumps::router())
+        .merge(crash_groups::router())
         .merge(iot::router())
         .merge(rotation::router())
         .merge(provisioning::router())

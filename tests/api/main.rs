@@ -10,8 +10,13 @@ mod coredump_parse;
 mod coredump_sidecar;
 mod coredump_upload;
 mod coredumps;
+mod crash_group_changes;
+mod crash_group_counts;
+mod crash_groups;
+mod crash_support;
 mod credentials_support;
 mod device_flow;
+mod device_presence;
 mod device_tokens;
 mod downloads;
 #[path = "../support/esp_image_synth.rs"]
