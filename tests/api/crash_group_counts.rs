@@ -210,3 +210,60 @@ async fn the_backfill_groups_dumps_parsed_before_groups_existed_and_resumes_afte
         })
         .await;
 }
+
+/// Undoes migration 10 by hand (its tables, columns and `_sqlx_migrations` row), so the
+/// migrator applies it again to the data that is there: an upgrade of a deployment with dumps.
+async fn before_migration_10(app: &TestApp) {
+    for sql in [
+        "DROP TABLE crash_group_versions",
+        "DROP TABLE crash_group_members",
+        "DROP TABLE crash_groups",
+        "DROP INDEX ix_devices_model_running_version",
+        "ALTER TABLE devices DROP COLUMN running_firmware_version",
+        "ALTER TABLE devices DROP COLUMN last_seen_at",
+        "DELETE FROM _sqlx_migrations WHERE version = 20261206000010",
+    ] {
+        execute(app, sql).await;
+    }
+}
+
+#[tokio::test]
+async fn the_migration_queues_the_backfill_where_parsed_dumps_have_reports_and_nowhere_else() {
+    let Some(crashes) = crashes() else { return };
+    TestApp::builder("crash_groups_migration")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            // Nothing parsed yet: no job.
+            let device = model_with_device(app, "sensor").await;
+            store_builds(app, "sensor", &crashes).await;
+            let id = upload_crash(app, &device, &crashes.abort_v1).await;
+            before_migration_10(app).await;
+            iotsupport::db::migrate::run(app.db()).await.unwrap();
+            let kinds = |jobs: Vec<iotsupport::jobs::JobRecord>| -> Vec<String> {
+                jobs.into_iter().map(|j| j.kind).collect()
+            };
+            let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+            assert_eq!(kinds(jobs), ["parse_coredump"]);
+
+            // A parsed dump with a report: the upgrade queues the backfill, which groups it.
+            while run_one_job(app).await.is_some() {}
+            before_migration_10(app).await;
+            iotsupport::db::migrate::run(app.db()).await.unwrap();
+            let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+            assert_eq!(kinds(jobs), [BACKFILL_JOB]);
+            let handler = GroupCoredumps::new(app.db().clone());
+            let runner = JobRunner::new(
+                app.db().clone(),
+                vec![Arc::new(handler)],
+                Duration::from_secs(60),
+            );
+            let (_, outcome) = runner.run_one().await.unwrap().expect("the backfill job");
+            assert_eq!(outcome, JobOutcome::Completed);
+            assert!(group_of(app, &device, id).await.is_i64());
+            assert_eq!(
+                groups(app, device.model_id, "").await[0]["coredump_count"],
+                1
+            );
+        })
+        .await;
+}
