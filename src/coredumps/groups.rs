@@ -97,14 +97,23 @@ async fn record(
     .await
 }
 
-/// Puts `dump` into the group of `signature` in the caller's transaction, records an event for
-/// each group that changed, and returns the changes (none when the dump was already there). The
-/// caller holds the dump's row lock and has checked that the row still exists.
+/// What [`assign`] did.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    /// The group the dump is in now.
+    pub group_id: i64,
+    /// The groups that changed (none when the dump was already there), each with its event.
+    pub changes: Vec<GroupChange>,
+}
+
+/// Puts `dump` into the group of `signature` in the caller's transaction and records an event for
+/// each group that changed. The caller holds the dump's row lock and has checked that the row
+/// still exists.
 pub async fn assign(
     tx: &mut Tx,
     dump: &MemberFacts,
     signature: &CrashSignature,
-) -> Result<Vec<GroupChange>, DbError> {
+) -> Result<Assigned, DbError> {
     let now = db::now();
     let current = db_groups::membership(tx, dump.coredump_id).await?;
     let created = db_groups::insert_if_missing(
@@ -123,7 +132,10 @@ pub async fn assign(
         .await?
         .ok_or_else(|| missing_group(dump.device_model_id))?;
     if current == Some(target) {
-        return Ok(Vec::new());
+        return Ok(Assigned {
+            group_id: target,
+            changes: Vec::new(),
+        });
     }
     // Lower id first, so two moves in opposite directions cannot deadlock.
     let mut ids: Vec<i64> = current.into_iter().chain([target]).collect();
@@ -157,7 +169,10 @@ pub async fn assign(
     for change in &changes {
         record(tx, change, Some(dump.coredump_id)).await?;
     }
-    Ok(changes)
+    Ok(Assigned {
+        group_id: target,
+        changes,
+    })
 }
 
 fn missing_group(id: i64) -> DbError {

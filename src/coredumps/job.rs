@@ -206,11 +206,13 @@ async fn record_outcome(
     let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
     if recorded {
         let group = match signature {
-            Some(signature) => groups::assign(&mut tx, &member_facts(target), signature)
-                .await?
-                .last()
-                .map(|change| change.group.id),
-            None => None,
+            Some(signature) => Some(
+                groups::assign(&mut tx, &member_facts(target), signature)
+                    .await?
+                    .group_id,
+            ),
+            // No signature (an error, the sidecar): the dump stays where it was, if anywhere.
+            None => crate::db::crash_groups::membership(&mut tx, id).await?,
         };
         events::record(
             &mut tx,

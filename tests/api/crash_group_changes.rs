@@ -37,6 +37,8 @@ async fn a_reparse_whose_signature_changed_moves_the_dump_and_one_whose_did_not_
         // The same result again: nothing moves, no group event.
         let again = reparse_and_wait(app, &d1, x).await;
         assert_eq!(again["crash_group_id"], abort);
+        let parsed_events = events_of(app, "coredump_parsed").await;
+        assert_eq!(parsed_events.last().unwrap()["crash_group_id"], abort);
         assert_eq!(group(app, abort).await["coredump_count"], 3);
         let group_events = iotsupport::events::after(app.db(), events_before, 1000)
             .await
@@ -111,6 +113,8 @@ async fn a_reparse_whose_signature_changed_moves_the_dump_and_one_whose_did_not_
         let failed = reparse_and_wait(app, &d1, x).await;
         assert_eq!(failed["parse_status"], "ERROR", "{failed}");
         assert_eq!(failed["crash_group_id"], abort);
+        let parsed_events = events_of(app, "coredump_parsed").await;
+        assert_eq!(parsed_events.last().unwrap()["crash_group_id"], abort);
         assert_eq!(group(app, abort).await["coredump_count"], 1);
         assert_counts_match_ledger(app).await;
     })
