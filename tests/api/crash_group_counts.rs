@@ -1,12 +1,16 @@
 //! Crash-group counts stay exact: many dumps of one crash parsed at once by several job workers
-//! in two processes sharing the database, and the backfill job that groups dumps parsed before
-//! groups existed, taken over from a worker that died after its first batch.
+//! in two processes sharing the database, concurrent moves in opposite directions, and the
+//! backfill job that groups dumps parsed before groups existed, taken over from a worker that
+//! died after its first batch (and queued by the migration where it has work).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use esp_coredump::CrashSignature;
 use iotsupport::coredumps::backfill::{self, GroupCoredumps, BACKFILL_JOB};
+use iotsupport::coredumps::groups;
+use iotsupport::db::crash_groups::MemberFacts;
 use iotsupport::jobs::worker::JobRunner;
 use iotsupport::jobs::JobOutcome;
 use serde_json::{json, Value};
@@ -74,6 +78,70 @@ async fn counts_stay_exact_when_two_processes_parse_many_dumps_of_one_crash_at_o
         one.stop().await;
         two.stop().await;
     }
+}
+
+fn signature(name: &str) -> CrashSignature {
+    let text = format!("v1 | abort() | {name}");
+    CrashSignature {
+        hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+        title: format!("abort() in {name}"),
+        text,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_moves_between_two_groups_in_opposite_directions_neither_deadlock_nor_miscount()
+{
+    TestApp::builder("crash_groups_moves")
+        .without_default_job_handlers()
+        .env("MAX_COREDUMPS", "50")
+        .for_each_stack(async |app| {
+            let first = model_with_device(app, "sensor").await;
+            let mut devices = vec![first.clone()];
+            for _ in 1..DEVICES {
+                devices.push(device_of(app, first.model_id).await);
+            }
+            for (i, device) in devices.iter().enumerate() {
+                for n in 0..DUMPS_PER_DEVICE {
+                    upload_ok(app, device, &format!("1.{}", (i + n) % 3), b"dump").await;
+                }
+            }
+            let facts: Vec<MemberFacts> =
+                iotsupport::on_pool!(app.db(), |p| {
+                    sqlx::query_as(
+                "SELECT c.id AS coredump_id, c.device_id, d.device_model_id, c.firmware_version,
+                        c.uploaded_at
+                 FROM coredumps c JOIN devices d ON d.id = c.device_id ORDER BY c.id"
+            )
+            .fetch_all(p)
+            .await
+                })
+                .unwrap();
+            let (a, b) = (signature("left"), signature("right"));
+            // Every dump joins a group at once (even ones `a`, odd ones `b`), then every dump
+            // moves to the other group at once: moves in both directions run together.
+            for round in 0..2 {
+                let tasks = facts.iter().enumerate().map(|(i, dump)| {
+                    let sig = if (i + round) % 2 == 0 { &a } else { &b };
+                    async move {
+                        let mut tx = app.db().begin().await.unwrap();
+                        groups::assign(&mut tx, dump, sig).await.unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                });
+                futures::future::join_all(tasks).await;
+                assert_counts_match_ledger(app).await;
+            }
+            let list = groups(app, first.model_id, "").await;
+            assert_eq!(list.len(), 2);
+            for g in &list {
+                assert_eq!(g["coredump_count"], DEVICES * DUMPS_PER_DEVICE / 2, "{g}");
+            }
+            let moved = events_of(app, "crash_group_updated").await.len();
+            // Round one: all but the two creations; round two: two events per move.
+            assert_eq!(moved, facts.len() - 2 + 2 * facts.len());
+        })
+        .await;
 }
 
 /// What the tests compare of a model's groups, by title (ids differ after a regrouping).
