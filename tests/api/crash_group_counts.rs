@@ -106,17 +106,16 @@ async fn concurrent_moves_between_two_groups_in_opposite_directions_neither_dead
                     upload_ok(app, device, &format!("1.{}", (i + n) % 3), b"dump").await;
                 }
             }
-            let facts: Vec<MemberFacts> =
-                iotsupport::on_pool!(app.db(), |p| {
-                    sqlx::query_as(
+            let facts: Vec<MemberFacts> = iotsupport::on_pool!(app.db(), |p| {
+                sqlx::query_as(
                 "SELECT c.id AS coredump_id, c.device_id, d.device_model_id, c.firmware_version,
                         c.uploaded_at
                  FROM coredumps c JOIN devices d ON d.id = c.device_id ORDER BY c.id"
             )
             .fetch_all(p)
             .await
-                })
-                .unwrap();
+            })
+            .unwrap();
             let (a, b) = (signature("left"), signature("right"));
             // Every dump joins a group at once (even ones `a`, odd ones `b`), then every dump
             // moves to the other group at once: moves in both directions run together.
