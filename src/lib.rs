@@ -18,6 +18,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod oidc;
 pub mod outbox;
+pub mod presence;
 pub mod reconcile;
 pub mod registry;
 pub mod startup;

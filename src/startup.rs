@@ -133,6 +133,7 @@ impl Application {
             tokens,
             token_failures: Arc::default(),
             notifier: crate::notify::Notifier::new(config.mqtt.is_some()),
+            notify_stats: Arc::default(),
             log_hub: crate::device_logs::LogHub::start(
                 db.clone(),
                 config.worker_poll_interval,
@@ -145,6 +146,7 @@ impl Application {
             config_validator: Arc::new(crate::registry::validation::ConfigValidator::new(
                 config.config_validation_timeout,
             )),
+            presence: Arc::default(),
             oidc,
             events,
             shutdown: shutdown.clone(),
@@ -163,6 +165,9 @@ impl Application {
                 db: state.db.clone(),
                 storage: state.storage.clone(),
             }));
+            handlers.push(Arc::new(crate::coredumps::backfill::GroupCoredumps::new(
+                state.db.clone(),
+            )));
             handlers
         };
         job_handlers.extend(options.job_handlers);
@@ -219,6 +224,7 @@ impl Application {
                 client.clone(),
                 mqtt.notifications_per_second,
                 config.worker_poll_interval,
+                state.notify_stats.clone(),
                 shutdown.clone(),
             ));
             let touched = crate::device_logs::intake::Touched::default();
@@ -239,6 +245,13 @@ impl Application {
                 shutdown.clone(),
             ));
         }
+        workers.spawn(crate::presence::run_worker(
+            state.presence.clone(),
+            state.db.clone(),
+            crate::presence::flush_interval(config.worker_poll_interval),
+            shutdown.clone(),
+        ));
+
         workers.spawn(crate::credentials::rotation::run_worker(
             state.db.clone(),
             config.rotation.clone(),

@@ -31,6 +31,8 @@ pub struct AppState {
     pub token_failures: Arc<crate::credentials::throttle::FailureThrottle>,
     /// Queues device notifications when MQTT is configured.
     pub notifier: crate::notify::Notifier,
+    /// What this process's notification publisher did.
+    pub notify_stats: Arc<crate::notify::publisher::PublisherStats>,
     /// Tells this process's event streams of new device log lines.
     pub log_hub: crate::device_logs::LogHub,
     /// This process's MQTT client, when `MQTT_URL` is set.
@@ -40,6 +42,8 @@ pub struct AppState {
     /// Validates device configs against their model's schema off the async workers, within
     /// `CONFIG_VALIDATION_TIMEOUT_SECONDS`.
     pub config_validator: Arc<crate::registry::validation::ConfigValidator>,
+    /// What devices said they run and when they were heard from, until it is written.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

@@ -44,6 +44,7 @@ const ABOVE_DB: &[&str] = &[
     "coredumps",
     "reconcile",
     "outbox",
+    "presence",
     "jobs",
     "migrate_to_s3",
     "state",

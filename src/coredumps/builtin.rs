@@ -36,6 +36,7 @@ impl CoredumpParser for BuiltinParser {
                 })?;
                 Ok(ParsedDump {
                     text: report.to_text(),
+                    signature: esp_coredump::crash_signature(&report),
                     report_json: Some(report_json),
                 })
             }

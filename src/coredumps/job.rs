@@ -10,14 +10,20 @@
 //!   transient failures outlasted the job's attempts;
 //! - otherwise (object store or sidecar unavailable) the job is retried with [`jobs::backoff`].
 //!
-//! `parsed_at` is set for `PARSED` and `ERROR`, as the Python service did.
+//! `parsed_at` is set for `PARSED` and `ERROR`, as the Python service did. A `PARSED` result with
+//! a crash signature puts the dump into its crash group in the same transaction
+//! ([`super::groups::assign`]).
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use esp_coredump::CrashSignature;
+
+use super::groups;
 use super::parser::{self, CoredumpParser, ParseFailure, ParseRequest};
 use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
+use crate::db::crash_groups::MemberFacts;
 use crate::db::{Db, DbError, Tx};
 use crate::events;
 use crate::jobs::worker::JobHandler;
@@ -152,10 +158,11 @@ impl ParseCoredumpHandler {
             .await?;
         let recorded = record_outcome(
             &self.db,
-            target.id,
+            target,
             STATUS_PARSED,
             &parsed.text,
             parsed.report_json.as_deref(),
+            parsed.signature.as_ref(),
         )
         .await?;
         if !recorded {
@@ -171,8 +178,8 @@ impl ParseCoredumpHandler {
         Ok(())
     }
 
-    async fn record_error(&self, id: i64, message: &str) -> JobOutcome {
-        match record_outcome(&self.db, id, STATUS_ERROR, message, None).await {
+    async fn record_error(&self, target: &ParseTarget, message: &str) -> JobOutcome {
+        match record_outcome(&self.db, target, STATUS_ERROR, message, None, None).await {
             Ok(_) => JobOutcome::Completed,
             Err(e) => JobOutcome::Retry {
                 after: jobs::backoff(1),
@@ -183,26 +190,49 @@ impl ParseCoredumpHandler {
 }
 
 /// Records a finished parse on the dump's row and, if the row is still there, the
-/// `coredump_parsed` event, in one transaction. Returns false when the row is gone.
+/// `coredump_parsed` event and the dump's crash group (with the group's event, see
+/// [`groups::assign`]), in one transaction. Returns false when the row is gone.
 async fn record_outcome(
     db: &Db,
-    id: i64,
+    target: &ParseTarget,
     status: &str,
     output: &str,
     report: Option<&str>,
+    signature: Option<&CrashSignature>,
 ) -> Result<bool, DbError> {
+    let id = target.id;
     let mut tx = db.begin().await?;
+    // The update locks the dump's row: grouping below never races another parse of this dump.
     let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
     if recorded {
+        let group = match signature {
+            Some(signature) => Some(
+                groups::assign(&mut tx, &member_facts(target), signature)
+                    .await?
+                    .group_id,
+            ),
+            // No signature (an error, the sidecar): the dump stays where it was, if anywhere.
+            None => crate::db::crash_groups::membership(&mut tx, id).await?,
+        };
         events::record(
             &mut tx,
             "coredump_parsed",
-            &serde_json::json!({"id": id, "parse_status": status}),
+            &serde_json::json!({"id": id, "parse_status": status, "crash_group_id": group}),
         )
         .await?;
     }
     tx.commit().await?;
     Ok(recorded)
+}
+
+fn member_facts(target: &ParseTarget) -> MemberFacts {
+    MemberFacts {
+        coredump_id: target.id,
+        device_id: target.device_id,
+        device_model_id: target.device_model_id,
+        firmware_version: target.firmware_version.clone(),
+        uploaded_at: target.uploaded_at,
+    }
 }
 
 #[async_trait::async_trait]
@@ -254,7 +284,7 @@ impl JobHandler for ParseCoredumpHandler {
             Err(Failure::Permanent(message)) => {
                 tracing::warn!(coredump_id = id, device_key = %target.device_key,
                     parser = self.parser.name(), error = %message, "coredump_parse_failed");
-                self.record_error(id, &message).await
+                self.record_error(&target, &message).await
             }
             Err(Failure::Transient(message)) if job.attempts >= job.max_attempts => {
                 let message = format!(
@@ -263,7 +293,7 @@ impl JobHandler for ParseCoredumpHandler {
                 );
                 tracing::warn!(coredump_id = id, device_key = %target.device_key,
                     parser = self.parser.name(), error = %message, "coredump_parse_failed");
-                self.record_error(id, &message).await
+                self.record_error(&target, &message).await
             }
             Err(Failure::Transient(message)) => JobOutcome::Retry {
                 after: jobs::backoff(job.attempts),

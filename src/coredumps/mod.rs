@@ -8,11 +8,16 @@
 //!   reported version, run a [`parser`], record `PARSED` or `ERROR`; retry transient failures.
 //! - [`parser`]: the [`parser::CoredumpParser`] trait and its two backends, [`builtin`] (the
 //!   `esp-coredump` crate, default) and [`sidecar`] (the Python service's HTTP parser).
+//! - [`groups`]: crash groups (SPEC §15) — the parse job puts each signed dump into the group of
+//!   its signature in the transaction that records the result; [`backfill`] groups the dumps
+//!   parsed before groups existed.
 //!
 //! Architecture invariant: a dump is never parsed before its row is committed — the job is
 //! enqueued in the upload's transaction, and the queue only hands out committed jobs.
 
+pub mod backfill;
 pub mod builtin;
+pub mod groups;
 pub mod ingest;
 pub mod job;
 pub mod manage;

@@ -33,6 +33,9 @@ pub struct ParsedDump {
     pub text: String,
     /// The structured report as JSON text, when the backend produces one (the built-in parser).
     pub report_json: Option<String>,
+    /// The crash signature of the structured report, which groups the dump (SPEC §15); `None`
+    /// without a structured report (the sidecar) or when the report gives nothing to sign.
+    pub signature: Option<esp_coredump::CrashSignature>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -133,9 +133,12 @@ impl CoredumpParser for SidecarParser {
         write_file(&core_path, &request.dump).await?;
         write_file(&elf_path, &request.elf).await?;
         let text = self.call(&core_name, &elf_name, &request.chip).await?;
+        // esp-coredump's text is for people: no structured report, so no signature and no crash
+        // group for sidecar-parsed dumps (README, "Crash groups").
         Ok(ParsedDump {
             text,
             report_json: None,
+            signature: None,
         })
     }
 }

@@ -29,11 +29,14 @@ pub struct CoredumpRow {
     pub parsed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The crash group the dump is in (SPEC §15); `None` until it is grouped.
+    pub crash_group_id: Option<i64>,
 }
 
-const SELECT: &str = "SELECT id, device_id, chip, firmware_version, size, parse_status,
-        parsed_output, report, uploaded_at, parsed_at, created_at, updated_at
-    FROM coredumps";
+const SELECT: &str = "SELECT c.id, c.device_id, c.chip, c.firmware_version, c.size,
+        c.parse_status, c.parsed_output, c.report, c.uploaded_at, c.parsed_at, c.created_at,
+        c.updated_at, m.crash_group_id
+    FROM coredumps c LEFT JOIN crash_group_members m ON m.coredump_id = c.id";
 
 /// The key of a device (its dumps' object keys are built from it), or `None` if it does not exist.
 pub async fn device_key(tx: &mut Tx, device_id: i64) -> Result<Option<String>, DbError> {
@@ -100,7 +103,7 @@ pub async fn delete_beyond(tx: &mut Tx, device_id: i64, keep: i64) -> Result<Vec
 
 /// A device's dumps, newest first.
 pub async fn list(tx: &mut Tx, device_id: i64) -> Result<Vec<CoredumpRow>, DbError> {
-    let sql = format!("{SELECT} WHERE device_id = $1 ORDER BY uploaded_at DESC, id DESC");
+    let sql = format!("{SELECT} WHERE c.device_id = $1 ORDER BY c.uploaded_at DESC, c.id DESC");
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, CoredumpRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
@@ -111,7 +114,7 @@ pub async fn list(tx: &mut Tx, device_id: i64) -> Result<Vec<CoredumpRow>, DbErr
 
 /// One dump of one device.
 pub async fn get(tx: &mut Tx, device_id: i64, id: i64) -> Result<Option<CoredumpRow>, DbError> {
-    let sql = format!("{SELECT} WHERE id = $1 AND device_id = $2");
+    let sql = format!("{SELECT} WHERE c.id = $1 AND c.device_id = $2");
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, CoredumpRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
@@ -165,12 +168,16 @@ pub struct ParseTarget {
     pub firmware_version: String,
     pub device_key: String,
     pub model_code: String,
+    pub device_id: i64,
+    pub device_model_id: i64,
+    pub uploaded_at: DateTime<Utc>,
 }
 
 /// The dump a parse job works on, with its device's key and model code; `None` if it was deleted.
 pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, ParseTarget>(
-        "SELECT c.id, c.chip, c.firmware_version, d.key AS device_key, m.code AS model_code
+        "SELECT c.id, c.chip, c.firmware_version, d.key AS device_key, m.code AS model_code,
+                c.device_id, d.device_model_id, c.uploaded_at
          FROM coredumps c
          JOIN devices d ON d.id = c.device_id
          JOIN device_models m ON m.id = d.device_model_id

@@ -25,13 +25,18 @@ pub struct DeviceRow {
     pub secret_created_at: Option<DateTime<Utc>>,
     pub last_rotation_attempt_at: Option<DateTime<Utc>>,
     pub last_rotation_completed_at: Option<DateTime<Utc>>,
+    /// What the device last said it runs (SPEC §15).
+    pub running_firmware_version: Option<String>,
+    /// When the device was last heard from (written at most about once a minute).
+    pub last_seen_at: Option<DateTime<Utc>>,
 }
 
 const SELECT: &str = "SELECT d.id, d.key, d.device_model_id, d.config, d.device_name,
         d.device_entity_id, d.enable_ota, d.active,
         (SELECT MAX(c.uploaded_at) FROM coredumps c WHERE c.device_id = d.id) AS last_coredump_at,
         d.created_at, d.updated_at, m.code AS model_code, d.rotation_state, d.secret_created_at,
-        d.last_rotation_attempt_at, d.last_rotation_completed_at
+        d.last_rotation_attempt_at, d.last_rotation_completed_at, d.running_firmware_version,
+        d.last_seen_at
     FROM devices d JOIN device_models m ON m.id = d.device_model_id";
 
 pub const KEY_UNIQUE: (&str, &str) = ("devices_key_key", "devices.key");
@@ -130,6 +135,34 @@ pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
         sqlx::query("DELETE FROM devices WHERE id = $1").bind(id)
     )?;
     Ok(rows == 1)
+}
+
+/// Records that the device was heard from at `at`, running `version` if it said so (see
+/// `crate::presence`). The newest observation wins: an older one written late changes nothing,
+/// and an observation without a version keeps the version known.
+pub async fn record_presence(
+    db: &super::Db,
+    id: i64,
+    at: DateTime<Utc>,
+    version: Option<&str>,
+) -> Result<(), DbError> {
+    crate::on_pool!(db, |p| sqlx::query(
+        "UPDATE devices SET
+             running_firmware_version = CASE
+                 WHEN $2 IS NOT NULL AND (last_seen_at IS NULL OR last_seen_at <= $3) THEN $2
+                 ELSE running_firmware_version END,
+             last_seen_at = CASE
+                 WHEN last_seen_at IS NULL OR last_seen_at < $3 THEN $3
+                 ELSE last_seen_at END
+         WHERE id = $1"
+    )
+    .bind(id)
+    .bind(version)
+    .bind(at)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 /// The raw config text of one device (for `GET /api/iot/config`).

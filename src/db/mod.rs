@@ -12,6 +12,7 @@
 
 pub mod adopt;
 pub mod coredumps;
+pub mod crash_groups;
 pub mod credentials;
 pub mod device_logs;
 pub mod device_models;

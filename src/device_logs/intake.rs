@@ -22,6 +22,9 @@ use crate::telemetry::DEVICE_LOG_LINES;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const FLUSH_LINES: usize = 500;
+/// Lines kept while the database refuses them (retried with back-off); beyond this the oldest
+/// are dropped and counted, so an outage costs bounded memory.
+const MAX_PENDING_LINES: usize = 50_000;
 /// The longest message kept (longer ones are cut): one line of a device log.
 const MAX_MESSAGE_CHARS: usize = 8192;
 
@@ -156,6 +159,9 @@ pub async fn run(
     };
     let mut pending: Vec<Arrived> = Vec::new();
     let mut stamper = Stamper::default();
+    // After a failed store: no flush before this, and the failures in a row (for the back-off).
+    let mut retry_at = tokio::time::Instant::now();
+    let mut failures: u32 = 0;
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -178,20 +184,46 @@ pub async fn run(
             },
             _ = ticker.tick() => !pending.is_empty(),
         };
-        if flush && !pending.is_empty() {
+        if pending.len() > MAX_PENDING_LINES {
+            let excess = pending.len() - MAX_PENDING_LINES;
+            pending.drain(..excess);
+            metrics::counter!(DEVICE_LOG_LINES, "outcome" => "dropped").increment(excess as u64);
+            tracing::warn!(
+                lines = excess,
+                "device_logs_dropped: the database has refused lines for too long"
+            );
+        }
+        let stopping = shutdown.is_cancelled();
+        if flush && !pending.is_empty() && (stopping || tokio::time::Instant::now() >= retry_at) {
             match store(&db, &pending, &touched).await {
                 Ok(_) => {
+                    pending.clear();
+                    failures = 0;
                     if let Ok(id) = queries::newest_id(&db).await {
                         hub.stored(id);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, lines = pending.len(), "device_logs_store_failed")
+                    // Kept and tried again: a database that is briefly away loses nothing.
+                    let delay = Duration::from_millis(500 << failures.min(6));
+                    failures = failures.saturating_add(1);
+                    retry_at = tokio::time::Instant::now() + delay;
+                    tracing::warn!(
+                        error = %e,
+                        lines = pending.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "device_logs_store_failed: retrying"
+                    );
                 }
             }
-            pending.clear();
         }
-        if shutdown.is_cancelled() {
+        if stopping {
+            if !pending.is_empty() {
+                tracing::warn!(
+                    lines = pending.len(),
+                    "device_logs_lost_at_shutdown: the database refused them"
+                );
+            }
             break;
         }
     }

@@ -21,6 +21,10 @@
 //! is reused for up to `DEVICE_LOOKUP_CACHE_SECONDS` (see `crate::lookup_cache`): a secret replaced
 //! or a device deleted through this process is refused at once, through another process sharing
 //! the database within that time.
+//!
+//! Every authenticated device request is noted in `crate::presence` (last seen, and the version
+//! in an optional `X-Firmware-Version` header, ignored when it is not a valid firmware version);
+//! nothing is written on the request's path.
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -31,7 +35,7 @@ use super::error::ApiError;
 use crate::credentials::tokens::{DeviceClaims, TokenCheck, TokenError, TokenIssuer};
 use crate::credentials::{self, rotation, DeviceCredential, SecretMatch};
 use crate::db::credentials as credentials_db;
-use crate::fleet::ClientId;
+use crate::fleet::{ClientId, FirmwareVersion};
 use crate::state::AppState;
 
 pub const ROLE_EDITOR: &str = "editor";
@@ -316,58 +320,77 @@ async fn device_from_oidc(
     })
 }
 
+/// The header a device may send on any request to say which firmware version it runs.
+pub const FIRMWARE_VERSION_HEADER: &str = "x-firmware-version";
+
+/// The version in `X-Firmware-Version`, if the request has one that is a valid firmware version
+/// (`FirmwareVersion::parse`); anything else is ignored rather than failing the request.
+fn reported_version(parts: &Parts) -> Option<FirmwareVersion> {
+    let value = parts.headers.get(FIRMWARE_VERSION_HEADER)?.to_str().ok()?;
+    FirmwareVersion::parse(value).ok()
+}
+
 impl FromRequestParts<AppState> for DeviceCaller {
     type Rejection = ApiError;
+    /// Authenticates the device, then notes that it was heard from (and the version it reports)
+    /// for `crate::presence`, which writes it in the background.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(token) = bearer(parts)? {
-            if looks_like_jwt(token) {
-                match token_issuer(state).await?.check(token) {
-                    TokenCheck::Valid(claims) => {
-                        return device_from_own_token(state, &claims).await
-                    }
-                    TokenCheck::Invalid(e) => {
-                        return Err(ApiError::AuthenticationRequired(format!(
-                            "Invalid credentials: {e}"
-                        )))
-                    }
-                    TokenCheck::NotOurs => {}
+        let device = authenticate_device(parts, state).await?;
+        let version = reported_version(parts);
+        state
+            .presence
+            .observe(device.id, version.as_ref().map(FirmwareVersion::as_str));
+        Ok(device)
+    }
+}
+
+async fn authenticate_device(parts: &Parts, state: &AppState) -> Result<DeviceCaller, ApiError> {
+    if let Some(token) = bearer(parts)? {
+        if looks_like_jwt(token) {
+            match token_issuer(state).await?.check(token) {
+                TokenCheck::Valid(claims) => return device_from_own_token(state, &claims).await,
+                TokenCheck::Invalid(e) => {
+                    return Err(ApiError::AuthenticationRequired(format!(
+                        "Invalid credentials: {e}"
+                    )))
                 }
-                if let Some(oidc) = &state.oidc {
-                    return device_from_oidc(state, oidc, token).await;
-                }
-                return Err(ApiError::AuthenticationRequired(
-                    "Invalid credentials: token signed with an unknown key".into(),
-                ));
+                TokenCheck::NotOurs => {}
             }
-            let (key, secret) = token
-                .split_once('.')
-                .ok_or_else(invalid_device_credentials)?;
-            if key.len() != 8 {
-                return Err(invalid_device_credentials());
+            if let Some(oidc) = &state.oidc {
+                return device_from_oidc(state, oidc, token).await;
             }
-            let (credential, proved) = prove(state, key, |c| credentials::match_secret(c, secret))
-                .await?
-                .ok_or_else(invalid_device_credentials)?;
-            return accept(state, credential, proved).await;
+            return Err(ApiError::AuthenticationRequired(
+                "Invalid credentials: token signed with an unknown key".into(),
+            ));
         }
-        if state.config.iot_device_key_auth {
-            let query = parts.uri.query().unwrap_or("");
-            let key = url_query_value(query, "device_key");
-            if let Some(key) = key.filter(|k| k.len() == 8) {
-                if let Some(device) = credentials_db::find_credential(&state.db, &key).await? {
-                    return Ok(DeviceCaller {
-                        id: device.id,
-                        key: device.key,
-                        device_model_id: device.device_model_id,
-                    });
-                }
-            }
+        let (key, secret) = token
+            .split_once('.')
+            .ok_or_else(invalid_device_credentials)?;
+        if key.len() != 8 {
             return Err(invalid_device_credentials());
         }
-        Err(ApiError::AuthenticationRequired(
-            "Device authentication required".into(),
-        ))
+        let (credential, proved) = prove(state, key, |c| credentials::match_secret(c, secret))
+            .await?
+            .ok_or_else(invalid_device_credentials)?;
+        return accept(state, credential, proved).await;
     }
+    if state.config.iot_device_key_auth {
+        let query = parts.uri.query().unwrap_or("");
+        let key = url_query_value(query, "device_key");
+        if let Some(key) = key.filter(|k| k.len() == 8) {
+            if let Some(device) = credentials_db::find_credential(&state.db, &key).await? {
+                return Ok(DeviceCaller {
+                    id: device.id,
+                    key: device.key,
+                    device_model_id: device.device_model_id,
+                });
+            }
+        }
+        return Err(invalid_device_credentials());
+    }
+    Err(ApiError::AuthenticationRequired(
+        "Device authentication required".into(),
+    ))
 }
 
 fn url_query_value(query: &str, name: &str) -> Option<String> {

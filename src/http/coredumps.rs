@@ -48,6 +48,9 @@ pub struct CoredumpSummary {
     /// When parsing finished (`PARSED` or `ERROR`).
     pub parsed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The crash group the dump is in (`GET /api/crash-groups/{id}`); `null` until it is grouped
+    /// (pending, failed, or parsed without a structured report).
+    pub crash_group_id: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,6 +77,8 @@ pub struct CoredumpDetail {
     pub parsed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The crash group the dump is in; `null` until it is grouped.
+    pub crash_group_id: Option<i64>,
 }
 
 fn summary(row: CoredumpRow) -> CoredumpSummary {
@@ -87,6 +92,7 @@ fn summary(row: CoredumpRow) -> CoredumpSummary {
         uploaded_at: row.uploaded_at,
         parsed_at: row.parsed_at,
         created_at: row.created_at,
+        crash_group_id: row.crash_group_id,
     }
 }
 
@@ -107,6 +113,7 @@ fn detail(row: CoredumpRow) -> CoredumpDetail {
         parsed_at: row.parsed_at,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        crash_group_id: row.crash_group_id,
     }
 }
 

@@ -43,7 +43,27 @@ pub struct DeviceSummary {
     /// When the newest core dump of this device was uploaded.
     pub last_coredump_at: Option<DateTime<Utc>>,
     #[serde(flatten)]
+    pub presence: PresenceFields,
+    #[serde(flatten)]
     pub credentials: CredentialFields,
+}
+
+/// What the device last said it runs and when it was last heard from (SPEC §15), on every device
+/// response. Written in the background: a new version shows within seconds, `last_seen_at` may be
+/// up to about a minute behind the device's latest request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceFields {
+    /// The firmware version of its latest core-dump upload or `X-Firmware-Version` header.
+    pub running_firmware_version: Option<String>,
+    /// When it last made an authenticated device request.
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+fn presence_fields(row: &DeviceRow) -> PresenceFields {
+    PresenceFields {
+        running_firmware_version: row.running_firmware_version.clone(),
+        last_seen_at: row.last_seen_at,
+    }
 }
 
 /// Credential and rotation facts on every device response (SPEC §13).
@@ -100,6 +120,8 @@ pub struct DeviceResponse {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(flatten)]
+    pub presence: PresenceFields,
+    #[serde(flatten)]
     pub credentials: CredentialFields,
     /// Only in the response that created the device: the credential it authenticates with
     /// (`Authorization: Bearer <key>.<device_secret>`). It cannot be read again.
@@ -147,6 +169,7 @@ pub fn not_found(id: i64) -> ApiError {
 
 fn summary(row: DeviceRow) -> DeviceSummary {
     DeviceSummary {
+        presence: presence_fields(&row),
         credentials: credential_fields(&row),
         id: row.id,
         key: row.key,
@@ -161,6 +184,7 @@ fn summary(row: DeviceRow) -> DeviceSummary {
 
 fn full(row: DeviceRow, model: DeviceModelRow, secret: Option<DeviceSecret>) -> DeviceResponse {
     DeviceResponse {
+        presence: presence_fields(&row),
         credentials: credential_fields(&row),
         id: row.id,
         config: row.config,

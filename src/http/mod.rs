@@ -16,6 +16,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod coredumps;
+pub mod crash_groups;
 pub mod device_logs;
 pub mod device_models;
 pub mod devices;
@@ -58,6 +59,7 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(devices::router())
         .merge(firmware::router())
         .merge(coredumps::router())
+        .merge(crash_groups::router())
         .merge(iot::router())
         .merge(rotation::router())
         .merge(device_logs::router())

@@ -9,6 +9,8 @@
 //! whose acknowledgement was lost (or whose process died after publishing) is sent again;
 //! devices treat notifications as hints, so a duplicate is harmless.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -31,6 +33,28 @@ const IN_FLIGHT: usize = 16;
 pub fn retry_delay(attempts: i32) -> Duration {
     let exponent = attempts.clamp(1, 20) as u32 - 1;
     Duration::from_secs(1u64 << exponent.min(9)).min(Duration::from_secs(300))
+}
+
+/// What this process's publisher did since start (the metrics say the same, summed over the
+/// process; these let a test or a debugger tell two publishers in one process apart).
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    /// Acknowledged by the broker.
+    pub published: AtomicU64,
+    /// Failed and put back for another attempt.
+    pub retried: AtomicU64,
+    /// Refused for good and let go.
+    pub dropped: AtomicU64,
+}
+
+impl PublisherStats {
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
 }
 
 /// Spaces publishes `1 / rate` apart (no burst beyond one).
@@ -58,6 +82,7 @@ pub async fn run_worker(
     client: MqttClient,
     per_second: f64,
     poll: Duration,
+    stats: Arc<PublisherStats>,
     shutdown: CancellationToken,
 ) {
     let mut pacer = Pacer::new(per_second);
@@ -72,7 +97,7 @@ pub async fn run_worker(
             }
             continue;
         }
-        match publish_due(&db, &client, &mut pacer).await {
+        match publish_due(&db, &client, &mut pacer, &stats).await {
             Ok(0) => {}
             Ok(_) => continue,
             Err(e) => tracing::warn!(error = %e, "notifications_publish_failed"),
@@ -89,6 +114,7 @@ pub async fn publish_due(
     db: &Db,
     client: &MqttClient,
     pacer: &mut Pacer,
+    stats: &PublisherStats,
 ) -> Result<usize, crate::db::DbError> {
     let now = db::now();
     let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
@@ -120,17 +146,28 @@ pub async fn publish_due(
             Ok(()) => {
                 metrics::counter!(telemetry::NOTIFICATIONS_PUBLISHED, "kind" => kind_label(&row))
                     .increment(1);
+                stats.published.fetch_add(1, Ordering::Relaxed);
                 delivered.push(row.id);
             }
             Err(e) if !e.is_transient() => {
                 // It would fail the same way forever: log it and let it go.
                 metrics::counter!(telemetry::NOTIFICATIONS_DROPPED).increment(1);
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(client_id = %row.client_id, error = %e, "notification_dropped");
                 delivered.push(row.id);
             }
             Err(e) => {
-                let next = db::now()
-                    + chrono::Duration::from_std(retry_delay(row.attempts)).unwrap_or_default();
+                let delay = retry_delay(row.attempts);
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    notification_id = row.id,
+                    client_id = %row.client_id,
+                    attempts = row.attempts,
+                    retry_in_s = delay.as_secs(),
+                    error = %e,
+                    "notification_publish_failed: retrying"
+                );
+                let next = db::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 queries::retry(db, row.id, next, &e.to_string()).await?;
             }
         }

@@ -338,11 +338,39 @@ impl TestApp {
         send_json(self.admin(Method::DELETE, &path)).await
     }
 
+    // --- crash groups -------------------------------------------------------------------------
+
+    /// `GET /api/device-models/{id}/crash-groups?{query}` (`query` may be empty).
+    pub async fn list_crash_groups(&self, model_id: i64, query: &str) -> (u16, Value) {
+        let path = format!("/api/device-models/{model_id}/crash-groups?{query}");
+        send_json(self.admin(Method::GET, &path)).await
+    }
+
+    /// `GET /api/crash-groups/{id}`
+    pub async fn get_crash_group(&self, id: i64) -> (u16, Value) {
+        send_json(self.admin(Method::GET, &format!("/api/crash-groups/{id}"))).await
+    }
+
+    /// `PUT /api/crash-groups/{id}` with `body` (`{"status": …}`).
+    pub async fn update_crash_group(&self, id: i64, body: Value) -> (u16, Value) {
+        send_json(
+            self.admin(Method::PUT, &format!("/api/crash-groups/{id}"))
+                .json(&body),
+        )
+        .await
+    }
+
     // --- the device API -----------------------------------------------------------------------
 
     /// `GET /api/iot/config` as the device.
     pub async fn iot_config(&self, credential: &str) -> Response {
-        send(self.device_request(Method::GET, "/api/iot/config", credential)).await
+        self.iot_config_with(credential, &[]).await
+    }
+
+    /// `GET /api/iot/config` as the device, with extra headers (`x-firmware-version`, …).
+    pub async fn iot_config_with(&self, credential: &str, headers: &[(&str, &str)]) -> Response {
+        let request = self.device_request(Method::GET, "/api/iot/config", credential);
+        send(with_headers(request, headers)).await
     }
 
     /// `GET /api/iot/firmware` as the device: its model's current image.

@@ -179,7 +179,10 @@ async fn two_parses_of_one_model_at_once_get_their_own_transfer_files_which_are_
                     "{output}"
                 );
                 assert_eq!(body["report"], Value::Null, "the sidecar gives text only");
+                // No structured report, no signature: sidecar-parsed dumps are not grouped.
+                assert_eq!(body["crash_group_id"], Value::Null, "{body}");
             }
+            assert_eq!(count(app, "crash_groups").await, 0);
         })
         .await;
 }

@@ -102,6 +102,7 @@ async fn a_device_uploads_a_dump_that_is_stored_queued_for_parsing_and_logged() 
                 fields,
                 [
                     "chip",
+                    "crash_group_id",
                     "created_at",
                     "device_id",
                     "firmware_version",
@@ -117,6 +118,11 @@ async fn a_device_uploads_a_dump_that_is_stored_queued_for_parsing_and_logged() 
             assert_eq!(item["size"], content.len());
             assert_eq!(item["parse_status"], "PENDING");
             assert_eq!(item["parsed_at"], Value::Null);
+            assert_eq!(
+                item["crash_group_id"],
+                Value::Null,
+                "not grouped until parsed"
+            );
             assert!(
                 item["uploaded_at"].as_str().unwrap().ends_with('Z'),
                 "{item}"

@@ -550,3 +550,72 @@ async fn without_mqtt_the_history_is_empty_and_nothing_subscribes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn lines_the_database_refuses_for_a_while_are_stored_when_it_accepts_them_again() {
+    let Some(url) = broker::shared_broker("device_logs_refused") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) = spawn_app_with(
+            stack,
+            "device_logs_refused",
+            &as_pairs(&env),
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "refused", None).await;
+        let ea = entity("refused");
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        assert!(app.mqtt_connected().await);
+        // Every insert into device_logs fails until the trigger is dropped.
+        let statements: &[&str] = match stack {
+            Stack::Production => &[
+                "CREATE FUNCTION planted_refusal() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'planted refusal'; END $$",
+                "CREATE TRIGGER refuse_lines BEFORE INSERT ON device_logs
+                 FOR EACH ROW EXECUTE FUNCTION planted_refusal()",
+            ],
+            Stack::Embedded => &["CREATE TRIGGER refuse_lines BEFORE INSERT ON device_logs
+                 BEGIN SELECT RAISE(ABORT, 'planted refusal'); END"],
+        };
+        for statement in statements {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(*statement)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let sent: Vec<String> = (0..20).map(|i| format!("while refused {i:02}")).collect();
+        for message in &sent {
+            publisher
+                .publish(LOGSINK, ndjson(&[(&ea, message)]))
+                .await
+                .unwrap();
+        }
+        // Attempts fail meanwhile; nothing is stored.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(stored_lines(&app, a).await, 0);
+        let drop = match stack {
+            Stack::Production => "DROP TRIGGER refuse_lines ON device_logs",
+            Stack::Embedded => "DROP TRIGGER refuse_lines",
+        };
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(drop)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .unwrap();
+        until_stored(&app, a, 20).await;
+        assert_eq!(
+            messages(&app.device_logs(a, "").await.1),
+            sent,
+            "{stack:?}: in the order they arrived"
+        );
+        app.stop().await;
+    }
+}

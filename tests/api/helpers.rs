@@ -184,12 +184,26 @@ pub async fn spawn_twins(
     Some((first, second))
 }
 
+/// Sends the service's warnings (or `IOTSUPPORT_TEST_LOG`, an env filter) to the test harness,
+/// which shows them with a failing test's output and hides them otherwise.
+fn capture_service_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("IOTSUPPORT_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 async fn start_app(
     stack: Stack,
     config: Config,
     dir: TempDir,
     mut options: BuildOptions,
 ) -> TestApp {
+    capture_service_logs();
     let real: Storage = match options.storage.take() {
         Some(s) => s,
         None => open_storage(&config).await.expect("open object store"),

@@ -98,6 +98,10 @@ pub async fn upload(
         content,
     )
     .await?;
+    // The version a device uploads a dump with is the version it runs (SPEC §15).
+    state
+        .presence
+        .observe(device.id, Some(&meta.firmware_version));
     Ok((
         StatusCode::CREATED,
         Json(CoredumpUploadResponse {

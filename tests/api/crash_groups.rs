@@ -1,0 +1,295 @@
+//! Crash groups through the API (SPEC §15): real dumps of the ESP test data grouped by signature
+//! across devices and builds, the list with its filters and orders, a group's detail, the status
+//! (resolved groups reopen as regressions, ignored ones stay ignored and count), and the errors.
+
+use serde_json::{json, Value};
+
+use crate::coredumps::*;
+use crate::crash_support::*;
+use crate::fleet::device_of;
+use crate::helpers::*;
+
+fn ids(groups: &[Value]) -> Vec<i64> {
+    groups.iter().map(|g| g["id"].as_i64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn one_crash_on_two_devices_in_two_builds_is_one_group_and_another_crash_is_another() {
+    let Some(crashes) = crashes() else { return };
+    for_each_stack("crash_groups_grouping", &[], async |app| {
+        let d1 = model_with_device(app, "sensor").await;
+        let d2 = device_of(app, d1.model_id).await;
+        store_builds(app, "sensor", &crashes).await;
+
+        let a1 = crash_and_parse(app, &d1, &crashes.abort_v1).await;
+        let a2 = crash_and_parse(app, &d2, &crashes.abort_v2).await;
+        let a3 = crash_and_parse(app, &d1, &crashes.abort_v2).await;
+        let s1 = crash_and_parse(app, &d2, &crashes.store).await;
+
+        // Most recently seen first: the store fault came last.
+        let list = groups(app, d1.model_id, "").await;
+        assert_eq!(list.len(), 2, "{list:?}");
+        let (store, abort) = (&list[0], &list[1]);
+        assert_eq!(abort["title"], "abort() in fail_once", "{abort}");
+        assert!(
+            abort["signature"]
+                .as_str()
+                .unwrap()
+                .starts_with("v1 | abort() | fail_once"),
+            "{abort}"
+        );
+        assert_eq!(abort["signature_hash"].as_str().unwrap().len(), 64);
+        assert_eq!(abort["status"], "open");
+        assert_eq!(abort["coredump_count"], 3);
+        assert_eq!(abort["device_count"], 2);
+        assert_eq!(abort["firmware_versions"], json!(["1.0.0", "1.1.0"]));
+        assert_eq!(abort["device_model_id"], d1.model_id);
+        assert_eq!(abort["first_seen_at"], a1["uploaded_at"]);
+        assert_eq!(abort["last_seen_at"], a3["uploaded_at"]);
+        assert_eq!(abort["regressed_at"], Value::Null);
+        assert!(
+            store["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("StoreProhibited in recur_func"),
+            "{store}"
+        );
+        assert_eq!(store["coredump_count"], 1);
+        assert_eq!(store["device_count"], 1);
+        assert_eq!(store["firmware_versions"], json!(["2.0.0"]));
+        assert_eq!(store["first_seen_at"], s1["uploaded_at"]);
+
+        // Each dump names its group, in the detail and in the list.
+        let (abort_id, store_id) = (abort["id"].clone(), store["id"].clone());
+        for dump in [&a1, &a2, &a3] {
+            assert_eq!(dump["crash_group_id"], abort_id, "{dump}");
+        }
+        assert_eq!(s1["crash_group_id"], store_id);
+        let (_, listed) = app.list_coredumps(d1.id).await;
+        assert!(listed["coredumps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["crash_group_id"] == abort_id));
+
+        // The detail: counts per version, with the devices running each version.
+        let detail = group(app, abort_id.as_i64().unwrap()).await;
+        assert_eq!(detail["coredump_count"], 3);
+        assert_eq!(detail["stored_coredump_count"], 3);
+        let counts = detail["firmware_version_counts"].as_array().unwrap();
+        assert_eq!(counts.len(), 2, "{detail}");
+        assert_eq!(counts[0]["firmware_version"], "1.0.0");
+        assert_eq!(counts[0]["coredump_count"], 1);
+        assert_eq!(counts[0]["device_count"], 1);
+        assert_eq!(counts[1]["firmware_version"], "1.1.0");
+        assert_eq!(counts[1]["coredump_count"], 2);
+        assert_eq!(counts[1]["device_count"], 2);
+        assert_eq!(counts[1]["first_seen_at"], a2["uploaded_at"]);
+        assert_eq!(counts[1]["last_seen_at"], a3["uploaded_at"]);
+        // Both devices uploaded last with another version than 1.0.0 (the presence flush is
+        // asynchronous: wait for it).
+        let running = eventually(std::time::Duration::from_secs(10), || async {
+            let detail = group(app, abort_id.as_i64().unwrap()).await;
+            let c = &detail["firmware_version_counts"];
+            c[0]["devices_running"] == 0 && c[1]["devices_running"] == 1
+        })
+        .await;
+        assert!(running, "{}", group(app, abort_id.as_i64().unwrap()).await);
+        let newest: Vec<i64> = detail["coredumps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(newest, [&a3, &a2, &a1].map(|d| d["id"].as_i64().unwrap()));
+        assert_eq!(detail["coredumps"][0]["device_key"], d1.key.as_str());
+
+        // Orders and filters.
+        let by_count = ids(&groups(app, d1.model_id, "sort=coredump_count").await);
+        assert_eq!(
+            by_count,
+            [abort_id.as_i64().unwrap(), store_id.as_i64().unwrap()]
+        );
+        assert_eq!(
+            ids(&groups(app, d1.model_id, "sort=dump_count").await),
+            by_count
+        );
+        assert_eq!(
+            ids(&groups(app, d1.model_id, "sort=device_count").await),
+            by_count
+        );
+        assert_eq!(
+            ids(&groups(app, d1.model_id, "sort=last_seen").await),
+            ids(&list)
+        );
+        assert_eq!(groups(app, d1.model_id, "status=open").await.len(), 2);
+        assert_eq!(groups(app, d1.model_id, "status=resolved").await.len(), 0);
+
+        // One event per group change: two created, then the abort group updated twice.
+        let created = events_of(app, "crash_group_created").await;
+        assert_eq!(created.len(), 2, "{created:?}");
+        assert_eq!(created[0]["id"], abort_id);
+        assert_eq!(created[0]["coredump_id"], a1["id"]);
+        let updated = events_of(app, "crash_group_updated").await;
+        assert_eq!(updated.len(), 2, "{updated:?}");
+        assert_eq!(updated[1]["coredump_count"], 3);
+        assert_eq!(updated[1]["device_count"], 2);
+        let parsed_events = events_of(app, "coredump_parsed").await;
+        assert_eq!(parsed_events[3]["crash_group_id"], store_id);
+        assert_counts_match_ledger(app).await;
+
+        // Another model's groups are its own.
+        let other = model_with_device(app, "other").await;
+        assert_eq!(groups(app, other.model_id, "").await.len(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_groups_and_models_are_404_and_unknown_statuses_and_orders_are_400() {
+    for_each_stack("crash_groups_errors", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        let (status, body) = app.get_crash_group(4242).await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"], "CrashGroup 4242 was not found");
+        assert_eq!(body["code"], "RECORD_NOT_FOUND");
+        let (status, body) = app
+            .update_crash_group(4242, json!({"status": "resolved"}))
+            .await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"], "CrashGroup 4242 was not found");
+        let (status, body) = app.list_crash_groups(device.model_id + 100, "").await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(
+            body["error"],
+            format!("DeviceModel {} was not found", device.model_id + 100)
+        );
+        for query in ["status=closed", "sort=first_seen", "status=OPEN"] {
+            let (status, body) = app.list_crash_groups(device.model_id, query).await;
+            assert_eq!(status, 400, "{query}: {body}");
+            assert_eq!(body["code"], "VALIDATION_FAILED");
+        }
+        let (_, body) = app.list_crash_groups(device.model_id, "sort=x").await;
+        assert_eq!(
+            body["error"],
+            "sort must be one of last_seen, coredump_count, device_count"
+        );
+        let (status, body) = app.list_crash_groups(device.model_id, "status=").await;
+        assert_eq!(status, 200, "an empty status means any: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_group_stays_ignored(
+) {
+    let Some(crashes) = crashes() else { return };
+    // Parses are run one at a time here, so which dump is parsed when is the test's choice.
+    TestApp::builder("crash_groups_status")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            store_builds(app, "sensor", &crashes).await;
+            let first = upload_crash(app, &device, &crashes.abort_v1).await;
+            let before = upload_crash(app, &device, &crashes.abort_v2).await;
+            run_one_job(app).await.unwrap();
+            let id = group_of(app, &device, first).await.as_i64().unwrap();
+
+            let (status, body) = app
+                .update_crash_group(id, json!({"status": "resolved"}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["status"], "resolved");
+            assert!(body["resolved_at"].is_string(), "{body}");
+            assert_eq!(events_of(app, "crash_group_updated").await.len(), 1);
+            // The same status again changes nothing and records nothing.
+            let (status, _) = app
+                .update_crash_group(id, json!({"status": "resolved"}))
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(events_of(app, "crash_group_updated").await.len(), 1);
+
+            // A dump uploaded before the group was resolved, parsed after: the fix covers it.
+            run_one_job(app).await.unwrap();
+            assert_eq!(group_of(app, &device, before).await, id);
+            let g = group(app, id).await;
+            assert_eq!(
+                (g["status"].as_str(), g["coredump_count"].as_i64()),
+                (Some("resolved"), Some(2))
+            );
+            assert_eq!(g["regressed_at"], Value::Null);
+
+            // A dump uploaded after: a regression.
+            let after = upload_crash(app, &device, &crashes.abort_v2).await;
+            run_one_job(app).await.unwrap();
+            assert_eq!(group_of(app, &device, after).await, id);
+            let g = group(app, id).await;
+            assert_eq!(g["status"], "open", "{g}");
+            assert!(g["regressed_at"].is_string(), "{g}");
+            assert_eq!(g["coredump_count"], 3);
+            let regressed = events_of(app, "crash_group_regressed").await;
+            assert_eq!(regressed.len(), 1, "{regressed:?}");
+            assert_eq!(regressed[0]["id"], id);
+            assert_eq!(regressed[0]["status"], "open");
+            assert_eq!(regressed[0]["coredump_id"], after);
+
+            // Ignored stays ignored, and counts.
+            let (status, body) = app
+                .update_crash_group(id, json!({"status": "ignored"}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let later = upload_crash(app, &device, &crashes.abort_v1).await;
+            run_one_job(app).await.unwrap();
+            assert_eq!(group_of(app, &device, later).await, id);
+            let g = group(app, id).await;
+            assert_eq!(g["status"], "ignored");
+            assert_eq!(g["coredump_count"], 4);
+            assert_eq!(events_of(app, "crash_group_regressed").await.len(), 1);
+            assert_eq!(
+                groups(app, device.model_id, "status=ignored").await.len(),
+                1
+            );
+            assert_eq!(groups(app, device.model_id, "status=open").await.len(), 0);
+
+            // Back to open; unknown statuses are refused.
+            let (status, body) = app.update_crash_group(id, json!({"status": "open"})).await;
+            assert_eq!((status, body["status"].as_str()), (200, Some("open")));
+            let (status, body) = app.update_crash_group(id, json!({"status": "fixed"})).await;
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(
+                body["error"],
+                "status must be one of open, resolved, ignored"
+            );
+            let (status, body) = app.update_crash_group(id, json!({})).await;
+            assert_eq!(status, 400, "{body}");
+            assert_counts_match_ledger(app).await;
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn changing_a_groups_status_requires_an_admin_token() {
+    TestApp::builder("crash_groups_auth")
+        .env("ADMIN_TOKEN", "a-long-enough-admin-token")
+        .for_each_stack(async |app| {
+            let model_id = crate::fleet::create_model(app, "sensor", None).await;
+            for (method, path) in [
+                (
+                    http::Method::GET,
+                    format!("/api/device-models/{model_id}/crash-groups"),
+                ),
+                (http::Method::GET, "/api/crash-groups/1".to_string()),
+                (http::Method::PUT, "/api/crash-groups/1".to_string()),
+            ] {
+                let response = app
+                    .client
+                    .request(method.clone(), app.url(&path))
+                    .json(&json!({"status": "open"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 401, "{method} {path}");
+            }
+        })
+        .await;
+}
