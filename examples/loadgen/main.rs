@@ -8,7 +8,7 @@
 //! ingest requests=3000 ok=3000 bad_status=0 errors=0 seconds=12.3 req_per_s=243.9 mib_per_s=15.24 p50_ms=120.1 p99_ms=260.4
 //! ```
 //!
-//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`).
+//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`, `ingest.rs`).
 //! - `s3put`: the same-size PUTs directly to the S3 server (the ceiling for `ingest`).
 //! - `download`: firmware downloads through the service, whole or random ranges.
 //! - `s3get`: the same reads directly from the S3 server (the ceiling for `download`).
@@ -21,7 +21,6 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +31,7 @@ use iotsupport::storage::backend::ObjectStoreBackend;
 use iotsupport::storage::{ByteRange, ObjectKey, ObjectStorage};
 use rand::{Rng, RngCore};
 
+mod ingest;
 mod mqtt;
 
 #[derive(Parser)]
@@ -71,19 +71,7 @@ struct S3Args {
 #[derive(Subcommand)]
 enum Command {
     /// Core-dump uploads through the service.
-    Ingest {
-        /// The service's base URL, e.g. http://127.0.0.1:3101
-        #[arg(long)]
-        url: String,
-        /// Device credential `KEY.SECRET`.
-        #[arg(long)]
-        credential: String,
-        /// Body size in bytes.
-        #[arg(long, default_value_t = 65536)]
-        size: usize,
-        #[command(flatten)]
-        load: Load,
-    },
+    Ingest(ingest::IngestArgs),
     /// Same-size PUTs directly to S3 (through ObjectStoreBackend).
     S3put {
         #[command(flatten)]
@@ -327,55 +315,6 @@ fn random_range(size: u64, len: u64) -> (u64, u64) {
     let len = len.min(size);
     let start = rand::rng().random_range(0..=size - len);
     (start, start + len)
-}
-
-async fn ingest(url: &str, credential: &str, size: usize, load: Load) -> anyhow::Result<bool> {
-    ensure_loopback(url)?;
-    let client = http_client(load.concurrency)?;
-    let target = format!(
-        "{}/api/iot/coredump?chip=esp32&firmware_version=1.0.0",
-        url.trim_end_matches('/')
-    );
-    let auth = format!("Bearer {credential}");
-    let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-    let result = run("ingest", load, |_| {
-        let (client, target, auth, statuses) = (&client, &target, &auth, statuses.clone());
-        async move {
-            let body = random_body(size);
-            let start = Instant::now();
-            let response = client
-                .post(target)
-                .header("authorization", auth)
-                .header("content-type", "application/octet-stream")
-                .body(body)
-                .send()
-                .await;
-            let (ok, bad_status) = match response {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    *statuses.lock().unwrap().entry(status).or_insert(0u64) += 1;
-                    (status == 201, status != 201)
-                }
-                Err(e) => {
-                    eprintln!("ingest: request failed: {e}");
-                    (false, false)
-                }
-            };
-            Outcome {
-                latency: start.elapsed(),
-                bytes: size as u64,
-                ok,
-                bad_status,
-            }
-        }
-    })
-    .await?;
-    let statuses = statuses.lock().unwrap();
-    if statuses.keys().any(|s| *s != 201) {
-        eprintln!("ingest: status counts {statuses:?}");
-    }
-    Ok(result)
 }
 
 async fn s3put(s3: &S3Args, size: usize, prefix: &str, load: Load) -> anyhow::Result<bool> {
@@ -623,12 +562,7 @@ async fn small_requests(
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let clean = match cli.command {
-        Command::Ingest {
-            url,
-            credential,
-            size,
-            load,
-        } => ingest(&url, &credential, size, load).await?,
+        Command::Ingest(args) => ingest::ingest(args).await?,
         Command::S3put {
             s3,
             size,
