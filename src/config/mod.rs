@@ -303,7 +303,11 @@ impl Config {
                     .get("LOCAL_ADMIN_SUBJECT")
                     .unwrap_or("admin")
                     .to_string(),
-                name: env.get("LOCAL_ADMIN_NAME").map(str::to_string),
+                // A person's name for the UIs' top bar (the Python UI shows "Unknown User"
+                // for none); empty means none.
+                name: Some(env.get("LOCAL_ADMIN_NAME").unwrap_or("Administrator"))
+                    .filter(|n| !n.trim().is_empty())
+                    .map(str::to_string),
                 email: env.get("LOCAL_ADMIN_EMAIL").map(str::to_string),
             },
             auth_login_url: env.get("AUTH_LOGIN_URL").map(str::to_string),

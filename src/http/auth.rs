@@ -58,11 +58,21 @@ pub struct AdminIdentity {
     pub name: Option<String>,
     pub roles: Vec<String>,
     pub method: AdminAuthMethod,
+    /// With a browser session: the token its writes must carry in `X-CSRF-Token`.
+    pub csrf_token: Option<String>,
 }
 
 impl AdminIdentity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// What a page shows as the signed-in person: the name, else the email, else the subject.
+    pub fn display_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.email.as_deref())
+            .unwrap_or(&self.subject)
     }
 }
 
@@ -121,6 +131,7 @@ fn local_admin(state: &AppState, method: AdminAuthMethod) -> AdminIdentity {
         name: local.name.clone(),
         roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
         method,
+        csrf_token: None,
     }
 }
 
@@ -165,6 +176,7 @@ pub async fn authenticate_admin(
             name: verified.name,
             roles: verified.roles,
             method: AdminAuthMethod::Oidc,
+            csrf_token: None,
         });
     }
     Err(ApiError::AuthenticationRequired(

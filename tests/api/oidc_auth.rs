@@ -138,6 +138,8 @@ async fn admin_roles_come_from_the_issuers_tokens() {
     let (status, me) = call(&app, "GET", "/api/auth/self", TOKEN, None).await;
     assert_eq!(status, 200);
     assert_eq!(me["subject"], "admin");
+    // A name a person can read: the Python UI's top bar shows "Unknown User" for none.
+    assert_eq!(me["name"], "Administrator");
     assert_eq!(app.get("/api/auth/self").await.status(), 401);
     app.stop().await;
 }
