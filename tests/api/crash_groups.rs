@@ -1,6 +1,7 @@
 //! Crash groups through the API (SPEC §15): real dumps of the ESP test data grouped by signature
 //! across devices and builds, the list with its filters and orders, a group's detail, the status
-//! (resolved groups reopen as regressions, ignored ones stay ignored and count), and the errors.
+//! (resolved groups reopen as regressions, ignored ones stay ignored and count) with its metrics,
+//! and the errors.
 
 use serde_json::{json, Value};
 
@@ -183,17 +184,23 @@ async fn unknown_groups_and_models_are_404_and_unknown_statuses_and_orders_are_4
 #[tokio::test]
 async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_group_stays_ignored(
 ) {
+    // Also the metrics: `crash_groups_open` at each status, `crash_group_regressions_total` counting
+    // the one regression (and not the dump uploaded before the group was resolved).
     let Some(crashes) = crashes() else { return };
+    let _exclusive = REOPENING_GROUPS.lock().await;
     // Parses are run one at a time here, so which dump is parsed when is the test's choice.
     TestApp::builder("crash_groups_status")
         .without_default_job_handlers()
         .for_each_stack(async |app| {
+            let regressions = regressions_total(app).await;
             let device = model_with_device(app, "sensor").await;
             store_builds(app, "sensor", &crashes).await;
+            assert_open_groups(app, 0.0).await;
             let first = upload_crash(app, &device, &crashes.abort_v1).await;
             let before = upload_crash(app, &device, &crashes.abort_v2).await;
             run_one_job(app).await.unwrap();
             let id = group_of(app, &device, first).await.as_i64().unwrap();
+            assert_open_groups(app, 1.0).await;
 
             let (status, body) = app
                 .update_crash_group(id, json!({"status": "resolved"}))
@@ -208,6 +215,7 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
                 .await;
             assert_eq!(status, 200);
             assert_eq!(events_of(app, "crash_group_updated").await.len(), 1);
+            assert_open_groups(app, 0.0).await;
 
             // A dump uploaded before the group was resolved, parsed after: the fix covers it.
             run_one_job(app).await.unwrap();
@@ -218,6 +226,8 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
                 (Some("resolved"), Some(2))
             );
             assert_eq!(g["regressed_at"], Value::Null);
+            assert_open_groups(app, 0.0).await;
+            assert_eq!(regressions_total(app).await, regressions);
 
             // A dump uploaded after: a regression.
             let after = upload_crash(app, &device, &crashes.abort_v2).await;
@@ -232,6 +242,8 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
             assert_eq!(regressed[0]["id"], id);
             assert_eq!(regressed[0]["status"], "open");
             assert_eq!(regressed[0]["coredump_id"], after);
+            assert_eq!(regressions_total(app).await, regressions + 1.0);
+            assert_open_groups(app, 1.0).await;
 
             // Ignored stays ignored, and counts.
             let (status, body) = app
@@ -250,10 +262,13 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
                 1
             );
             assert_eq!(groups(app, device.model_id, "status=open").await.len(), 0);
+            assert_eq!(regressions_total(app).await, regressions + 1.0);
+            assert_open_groups(app, 0.0).await;
 
             // Back to open; unknown statuses are refused.
             let (status, body) = app.update_crash_group(id, json!({"status": "open"})).await;
             assert_eq!((status, body["status"].as_str()), (200, Some("open")));
+            assert_open_groups(app, 1.0).await;
             let (status, body) = app.update_crash_group(id, json!({"status": "fixed"})).await;
             assert_eq!(status, 400, "{body}");
             assert_eq!(
