@@ -1,8 +1,9 @@
 //! `loadgen ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`).
 //!
 //! Requests go round-robin over the given device credentials (one device alone is limited by its
-//! per-device upload slot). The body is random bytes of `--size`, or the bytes of `--body-file`
-//! (a real dump, so the parse jobs have something to parse). With `--rate` the requests start on
+//! per-device upload slot, and each device has one upload in flight at a time: the service refuses
+//! a device's third concurrent upload). The body is random bytes of `--size`, or the bytes of
+//! `--body` (a real dump, so the parse jobs have something to parse). With `--rate` the requests start on
 //! a fixed schedule (open loop, `rate` per second, at most `--concurrency` in flight); without it
 //! as fast as `--concurrency` allows (closed loop).
 
@@ -20,8 +21,8 @@ pub struct IngestArgs {
     /// The service's base URL, e.g. http://127.0.0.1:3101
     #[arg(long)]
     url: String,
-    /// Device credential `KEY.SECRET`; repeat it for several devices.
-    #[arg(long)]
+    /// Device credentials `KEY.SECRET` (comma-separated or repeated), used round-robin.
+    #[arg(long, value_delimiter = ',')]
     credential: Vec<String>,
     /// A file with one device credential `KEY.SECRET` per line (added to `--credential`).
     #[arg(long)]
@@ -29,9 +30,9 @@ pub struct IngestArgs {
     /// Body size in bytes (random bodies).
     #[arg(long, default_value_t = 65536)]
     size: usize,
-    /// Upload this file's bytes as every dump instead of random bytes.
-    #[arg(long)]
-    body_file: Option<PathBuf>,
+    /// Upload this file's bytes as every dump instead of random bytes (e.g. a real core dump).
+    #[arg(long, alias = "body-file")]
+    body: Option<PathBuf>,
     #[arg(long, default_value = "esp32")]
     chip: String,
     #[arg(long, default_value = "1.0.0")]
@@ -61,7 +62,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<bool> {
         "give --credential or --credentials-file"
     );
     let auths: Vec<String> = credentials.iter().map(|c| format!("Bearer {c}")).collect();
-    let body: Option<Bytes> = match &args.body_file {
+    let body: Option<Bytes> = match &args.body {
         Some(path) => Some(
             std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
@@ -78,13 +79,16 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<bool> {
         .query_pairs_mut()
         .append_pair("chip", &args.chip)
         .append_pair("firmware_version", &args.firmware_version);
+    // One upload per device at a time: the service refuses a device's third concurrent upload
+    // (MAX_COREDUMP_UPLOADS_PER_DEVICE), and requests complete out of order.
+    let busy: Vec<tokio::sync::Mutex<()>> = auths.iter().map(|_| Default::default()).collect();
     let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let epoch = Instant::now();
     let rate = args.rate;
     let size = args.size;
     let result = run("ingest", args.load, |i| {
         let (client, target, statuses) = (&client, &target, statuses.clone());
-        let auth = &auths[i % auths.len()];
+        let (auth, busy) = (&auths[i % auths.len()], &busy[i % auths.len()]);
         let body = body.clone();
         async move {
             if rate > 0.0 {
@@ -93,6 +97,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<bool> {
             }
             let body = body.unwrap_or_else(|| random_body(size));
             let len = body.len() as u64;
+            let _device = busy.lock().await;
             let start = Instant::now();
             let response = client
                 .post(target.clone())

@@ -8,10 +8,13 @@
 //! ingest requests=3000 ok=3000 bad_status=0 errors=0 seconds=12.3 req_per_s=243.9 mib_per_s=15.24 p50_ms=120.1 p99_ms=260.4
 //! ```
 //!
-//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`, `ingest.rs`).
+//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`, `ingest.rs`):
+//!   random bodies or one file (a real dump), from several devices round-robin, optionally open-loop.
 //! - `s3put`: the same-size PUTs directly to the S3 server (the ceiling for `ingest`).
 //! - `download`: firmware downloads through the service, whole or random ranges.
 //! - `s3get`: the same reads directly from the S3 server (the ceiling for `download`).
+//! - `poll`, `token`: the device version poll (optionally with `X-Firmware-Version`, from several
+//!   devices round-robin) and the token endpoint (`bench/tokens.sh`).
 //! - `get`: admin GETs of one URL (`bench/mqtt.sh` times the device-log history with it).
 //! - `notify-latency`, `publish-logs`: MQTT notifications and device logs (`mqtt.rs`).
 //! - `make-bundle`: writes a valid firmware bundle ZIP (synthesised ESP32 image of a given size
@@ -129,8 +132,12 @@ enum Command {
     Poll {
         #[arg(long)]
         url: String,
+        /// Credentials (comma-separated or repeated), used round-robin: one device each.
+        #[arg(long, value_delimiter = ',', required = true)]
+        credential: Vec<String>,
+        /// Send `X-Firmware-Version: <this>` with every poll.
         #[arg(long)]
-        credential: String,
+        firmware_version: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -527,17 +534,18 @@ fn make_bundle(
     Ok(())
 }
 
-/// One small request per iteration, expecting 200; used by `token` and `poll`.
+/// One small request per iteration (`build` gets the iteration's index), expecting 200; used by
+/// `token`, `poll` and `get`.
 async fn small_requests(
     name: &str,
     load: Load,
-    build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    build: impl Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<bool> {
     let client = http_client(load.concurrency)?;
     let (client, build) = (&client, &build);
-    run(name, load, |_| async move {
+    run(name, load, |i| async move {
         let start = Instant::now();
-        let (ok, bad_status, bytes) = match build(client).send().await {
+        let (ok, bad_status, bytes) = match build(client, i).send().await {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let n = r.bytes().await.map(|b| b.len() as u64).unwrap_or(0);
@@ -593,7 +601,7 @@ async fn main() -> anyhow::Result<()> {
             let form = format!(
                 "grant_type=client_credentials&client_id={client_id}&client_secret={client_secret}"
             );
-            small_requests("token", load, |c| {
+            small_requests("token", load, |c, _| {
                 c.post(&target)
                     .header("content-type", "application/x-www-form-urlencoded")
                     .body(form.clone())
@@ -603,20 +611,30 @@ async fn main() -> anyhow::Result<()> {
         Command::Poll {
             url,
             credential,
+            firmware_version,
             load,
         } => {
             ensure_loopback(&url)?;
             let target = format!("{}/api/iot/firmware-version", url.trim_end_matches('/'));
-            let auth = format!("Bearer {credential}");
-            small_requests("poll", load, |c| {
-                c.get(&target).header("authorization", &auth)
+            let auths: Vec<String> = credential.iter().map(|c| format!("Bearer {c}")).collect();
+            small_requests("poll", load, |c, i| {
+                let request = c
+                    .get(&target)
+                    .header("authorization", &auths[i % auths.len()]);
+                match &firmware_version {
+                    Some(version) => request.header("x-firmware-version", version),
+                    None => request,
+                }
             })
             .await?
         }
         Command::Get { url, token, load } => {
             ensure_loopback(&url)?;
             let auth = format!("Bearer {token}");
-            small_requests("get", load, |c| c.get(&url).header("authorization", &auth)).await?
+            small_requests("get", load, |c, _| {
+                c.get(&url).header("authorization", &auth)
+            })
+            .await?
         }
         Command::NotifyLatency {
             url,
