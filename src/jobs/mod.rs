@@ -112,25 +112,25 @@ pub async fn cancel_queued<T: Serialize>(
 const CLAIM_POSTGRES: &str = "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
-WHERE id = (
+WHERE id IN (
     SELECT id FROM jobs
     WHERE kind = ANY($3)
       AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
     ORDER BY run_at, id
-    LIMIT 1
+    LIMIT $5
     FOR UPDATE SKIP LOCKED)
 RETURNING id, kind, payload, attempts, max_attempts";
 
-// SQLite has no row locks; its single writer makes this UPDATE … WHERE id = (SELECT …) atomic.
+// SQLite has no row locks; its single writer makes this UPDATE … WHERE id IN (SELECT …) atomic.
 const CLAIM_SQLITE: &str = "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
-WHERE id = (
+WHERE id IN (
     SELECT id FROM jobs
     WHERE kind IN (SELECT value FROM json_each($3))
       AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
     ORDER BY run_at, id
-    LIMIT 1)
+    LIMIT $5)
 RETURNING id, kind, payload, attempts, max_attempts";
 
 /// Claims the next due job of one of `kinds` for `worker`, including jobs whose previous worker
@@ -141,9 +141,21 @@ pub async fn claim(
     kinds: &[&str],
     lease: Duration,
 ) -> Result<Option<Job>, DbError> {
+    Ok(claim_many(db, worker, kinds, lease, 1).await?.pop())
+}
+
+/// Claims up to `limit` due jobs at once (see [`claim`]), oldest first, in one statement.
+pub async fn claim_many(
+    db: &Db,
+    worker: &str,
+    kinds: &[&str],
+    lease: Duration,
+    limit: usize,
+) -> Result<Vec<Job>, DbError> {
     let now = db::now();
     let stale_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let job = match db {
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let mut jobs = match db {
         Db::Postgres(p) => {
             let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
             sqlx::query_as::<_, Job>(CLAIM_POSTGRES)
@@ -151,7 +163,8 @@ pub async fn claim(
                 .bind(now)
                 .bind(kinds)
                 .bind(stale_before)
-                .fetch_optional(p)
+                .bind(limit)
+                .fetch_all(p)
                 .await?
         }
         Db::Sqlite(p) => {
@@ -161,11 +174,14 @@ pub async fn claim(
                 .bind(now)
                 .bind(kinds)
                 .bind(stale_before)
-                .fetch_optional(p)
+                .bind(limit)
+                .fetch_all(p)
                 .await?
         }
     };
-    Ok(job)
+    // RETURNING gives no order.
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
 }
 
 /// Tells other workers the job is still being worked on. Returns false when the claim was lost
