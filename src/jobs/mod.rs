@@ -109,16 +109,24 @@ pub async fn cancel_queued<T: Serialize>(
     Ok(cancelled)
 }
 
+// Jobs whose worker stopped heartbeating first, then due ones, oldest first. Two index scans (a
+// few running rows; the queued ones in run_at order, stopping after $5): one scan with
+// `(queued AND due) OR (running AND stale)` read and sorted the whole backlog on every claim
+// (10 ms per claim with 10,000 queued).
 const CLAIM_POSTGRES: &str = "
+WITH stale AS (
+    SELECT id FROM jobs
+    WHERE status = 'running' AND heartbeat_at < $4 AND kind = ANY($3)
+    ORDER BY run_at, id LIMIT $5
+    FOR UPDATE SKIP LOCKED),
+due AS (
+    SELECT id FROM jobs
+    WHERE status = 'queued' AND run_at <= $2 AND kind = ANY($3)
+    ORDER BY run_at, id LIMIT $5
+    FOR UPDATE SKIP LOCKED)
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE kind = ANY($3)
-      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
-    ORDER BY run_at, id
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED)
+WHERE id IN (SELECT id FROM (SELECT id FROM stale UNION ALL SELECT id FROM due) c LIMIT $5)
 RETURNING id, kind, payload, attempts, max_attempts";
 
 // SQLite has no row locks; its single writer makes this UPDATE … WHERE id IN (SELECT …) atomic.
@@ -126,10 +134,17 @@ const CLAIM_SQLITE: &str = "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
 WHERE id IN (
-    SELECT id FROM jobs
-    WHERE kind IN (SELECT value FROM json_each($3))
-      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
-    ORDER BY run_at, id
+    SELECT id FROM (
+        SELECT id FROM jobs
+        WHERE status = 'running' AND heartbeat_at < $4
+          AND kind IN (SELECT value FROM json_each($3))
+        ORDER BY run_at, id LIMIT $5)
+    UNION ALL
+    SELECT id FROM (
+        SELECT id FROM jobs
+        WHERE status = 'queued' AND run_at <= $2
+          AND kind IN (SELECT value FROM json_each($3))
+        ORDER BY run_at, id LIMIT $5)
     LIMIT $5)
 RETURNING id, kind, payload, attempts, max_attempts";
 

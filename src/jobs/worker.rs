@@ -3,9 +3,10 @@
 //!
 //! The loop claims work whenever a slot is free: as many jobs as there are free slots, in one
 //! statement, each started at once. A slot is freed the moment its job is finished, so a backlog
-//! never waits for a poll interval. When nothing is due it polls again after 10 ms, doubling the
-//! pause up to `WORKER_POLL_SECONDS` while the queue stays empty: right after work (a stream of
-//! uploads) a new job waits milliseconds, an idle process asks about once per poll interval.
+//! never waits for a poll interval. When nothing is due after it has run jobs, it polls again
+//! after 10 ms, doubling the pause up to `WORKER_POLL_SECONDS` while the queue stays empty: right
+//! after work (a stream of uploads) a new job waits milliseconds, an idle process (and one that
+//! has not found work since it started) asks once per poll interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::{claim_many, finish, heartbeat, Job, JobOutcome};
 use crate::db::{Db, DbError};
 use crate::telemetry::{JOBS_FINISHED, JOBS_QUEUE_OP_DURATION};
 
-/// The first pause after a poll that found nothing.
+/// The first pause after a poll that found nothing, once jobs have run.
 const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(10);
 
 /// The code behind one kind of job.
@@ -153,7 +154,7 @@ impl JobRunner {
         let concurrency = concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut running = tokio::task::JoinSet::new();
-        let mut pause = FIRST_IDLE_PAUSE.min(poll);
+        let mut pause = poll;
         loop {
             let free = tokio::select! {
                 biased;
