@@ -7,6 +7,9 @@
 //! waiters (a drain with 24 workers spent 5.7 ms of PostgreSQL CPU per dump against 3.5 ms with
 //! 16, and ran slower). Waiting here first leaves at most one waiter per process in the database.
 //!
+//! PostgreSQL only: SQLite serialises its writers itself, and a transaction waiting here there
+//! would hold the write lock that the holder of the turn needs.
+//!
 //! The gate has a fixed number of stripes (group id modulo [`STRIPES`]), so its memory never
 //! grows; two groups that share a stripe only take turns within this process.
 //!

@@ -26,6 +26,7 @@ use esp_coredump::CrashSignature;
 use super::group_gate::GroupGate;
 use super::groups;
 use super::parser::{self, CoredumpParser, ElfSource, ParseFailure, ParseRequest};
+use crate::config::DatabaseKind;
 use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
 use crate::db::crash_groups::MemberFacts;
 use crate::db::{Db, DbError, Tx};
@@ -254,8 +255,12 @@ async fn record_outcome(
         if let Some(placement) = placement {
             let started = Instant::now();
             // Held until the commit below: this process's other parses of the group wait here,
-            // not in the database (see `group_gate`).
-            turn = Some(gate.turn(placement.group_id).await);
+            // not in the database (see `group_gate`). Not on SQLite: its writers are serialised
+            // by the database, and a transaction waiting here would hold the write lock the
+            // turn's holder needs.
+            if db.kind() == DatabaseKind::Postgres {
+                turn = Some(gate.turn(placement.group_id).await);
+            }
             changes = groups::count_in(&mut tx, &member_facts(target), placement)
                 .await?
                 .changes;
