@@ -101,13 +101,27 @@ pub async fn delete_beyond(tx: &mut Tx, device_id: i64, keep: i64) -> Result<Vec
     .await)?)
 }
 
-/// A device's dumps, newest first.
-pub async fn list(tx: &mut Tx, device_id: i64) -> Result<Vec<CoredumpRow>, DbError> {
-    let sql = format!("{SELECT} WHERE c.device_id = $1 ORDER BY c.uploaded_at DESC, c.id DESC");
+/// A device's dumps, newest first; with `limit`, at most that many after the position `after`
+/// (`uploaded_at`, `id` of the last dump of the previous page).
+pub async fn list(
+    tx: &mut Tx,
+    device_id: i64,
+    after: Option<(DateTime<Utc>, i64)>,
+    limit: Option<u32>,
+) -> Result<Vec<CoredumpRow>, DbError> {
+    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+    let (after_at, after_id) = after.unzip();
+    let sql = format!(
+        "{SELECT} WHERE c.device_id = $1
+           AND ($2 IS NULL OR c.uploaded_at < $2 OR (c.uploaded_at = $2 AND c.id < $3))
+         ORDER BY c.uploaded_at DESC, c.id DESC{limit}"
+    );
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, CoredumpRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(device_id)
+    .bind(after_at)
+    .bind(after_id)
     .fetch_all(c)
     .await)?)
 }

@@ -41,20 +41,28 @@ const SELECT: &str = "SELECT d.id, d.key, d.device_model_id, d.config, d.device_
 
 pub const KEY_UNIQUE: (&str, &str) = ("devices_key_key", "devices.key");
 
+/// Devices ordered by key, optionally of one model and one rotation state; with `limit`, at most
+/// that many after the key `after` (the caller asks for one more than it shows, to know whether
+/// a next page exists).
 pub async fn list(
     tx: &mut Tx,
     model_id: Option<i64>,
     rotation_state: Option<&str>,
+    after: Option<&str>,
+    limit: Option<u32>,
 ) -> Result<Vec<DeviceRow>, DbError> {
+    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
     let sql = format!(
         "{SELECT} WHERE ($1 IS NULL OR d.device_model_id = $1)
-           AND ($2 IS NULL OR d.rotation_state = $2) ORDER BY d.key"
+           AND ($2 IS NULL OR d.rotation_state = $2)
+           AND ($3 IS NULL OR d.key > $3) ORDER BY d.key{limit}"
     );
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(model_id)
     .bind(rotation_state)
+    .bind(after)
     .fetch_all(c)
     .await)?)
 }

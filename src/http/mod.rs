@@ -31,6 +31,7 @@ pub mod identity;
 pub mod iot;
 pub mod login;
 pub mod ops;
+pub mod paging;
 pub mod provisioning;
 pub mod request_context;
 pub mod rotation;

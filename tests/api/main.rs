@@ -51,6 +51,7 @@ mod nvs_reader;
 mod oidc_auth;
 mod openapi;
 mod outbox;
+mod paging;
 mod parse_cli;
 mod provisioning;
 mod reconcile;
