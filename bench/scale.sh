@@ -19,6 +19,7 @@
 #   groups      GET /api/device-models/{id}/crash-groups
 #   dashboard   GET /api/rotation/dashboard (every device, by design: see bench/README.md)
 #   status      GET /api/rotation/status
+#   dash-limit  GET /api/rotation/dashboard?limit=50 (counts of every device, 50 of each list)
 #   bench/scale.sh
 # Tuning: BENCH_LARGE_DEVICES (100000), BENCH_SMALL_DEVICES (100), BENCH_COUNT requests per
 # measurement (2000), BENCH_CONCURRENCY (8), BENCH_CREDENTIALS (200), BENCH_DASHBOARD_COUNT (20).
@@ -127,6 +128,7 @@ run_database() {
     measure groups get --url "$url/api/device-models/$model_id/crash-groups" --token "$ADMIN_TOKEN" --count "$COUNT"
     measure status get --url "$url/api/rotation/status" --token "$ADMIN_TOKEN" --count "$COUNT"
     measure dashboard get --url "$url/api/rotation/dashboard" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
+    measure dash-limit get --url "$url/api/rotation/dashboard?limit=50" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
     bench_stop_service
 }
 
@@ -134,7 +136,7 @@ run_database scale_small "$SMALL" 2
 run_database scale_large "$LARGE" 100
 
 printf '%-11s %12s %12s %12s %12s %8s %8s\n' request "p50 small" "p50 large" "p99 small" "p99 large" "p50 ×" "p99 ×"
-for name in poll upload dumps model-page deep-page groups status dashboard; do
+for name in poll upload dumps model-page deep-page groups status dashboard dash-limit; do
     printf '%-11s %9s ms %9s ms %9s ms %9s ms %8s %8s\n' "$name" \
         "${P50[$name/scale_small]}" "${P50[$name/scale_large]}" \
         "${P99[$name/scale_small]}" "${P99[$name/scale_large]}" \

@@ -51,20 +51,43 @@ pub async fn list(
     after: Option<&str>,
     limit: Option<u32>,
 ) -> Result<Vec<DeviceRow>, DbError> {
+    // Only the filters given become conditions: a prepared `$1 IS NULL OR …` would let
+    // PostgreSQL settle on a generic plan that cannot use the (model, key) index.
+    let mut conditions = Vec::new();
+    let mut next = 0;
+    let mut placeholder = || {
+        next += 1;
+        format!("${next}")
+    };
+    if model_id.is_some() {
+        conditions.push(format!("d.device_model_id = {}", placeholder()));
+    }
+    if rotation_state.is_some() {
+        conditions.push(format!("d.rotation_state = {}", placeholder()));
+    }
+    if after.is_some() {
+        conditions.push(format!("d.key > {}", placeholder()));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
     let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-    let sql = format!(
-        "{SELECT} WHERE ($1 IS NULL OR d.device_model_id = $1)
-           AND ($2 IS NULL OR d.rotation_state = $2)
-           AND ($3 IS NULL OR d.key > $3) ORDER BY d.key{limit}"
-    );
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(
-        sqlx::AssertSqlSafe(sql.clone())
-    )
-    .bind(model_id)
-    .bind(rotation_state)
-    .bind(after)
-    .fetch_all(c)
-    .await)?)
+    let sql = format!("{SELECT}{filter} ORDER BY d.key{limit}");
+    Ok(on_conn!(tx, |c| {
+        let mut query = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql.clone()));
+        if let Some(model_id) = model_id {
+            query = query.bind(model_id);
+        }
+        if let Some(state) = rotation_state {
+            query = query.bind(state);
+        }
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        query.fetch_all(c).await
+    })?)
 }
 
 pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceRow>, DbError> {

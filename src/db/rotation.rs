@@ -131,24 +131,19 @@ pub struct StatusCounts {
     pub last_completed: Option<DateTime<Utc>>,
 }
 
+/// One scan of `devices` (an index-only scan of `ix_devices_rotation_summary` on PostgreSQL).
 pub async fn status(tx: &mut Tx) -> Result<StatusCounts, DbError> {
-    let by_state: Vec<(String, i64)> = on_conn!(tx, |c| sqlx::query_as(
-        "SELECT rotation_state, COUNT(*) FROM devices GROUP BY rotation_state"
+    let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT rotation_state, COUNT(*), SUM(CASE WHEN active THEN 0 ELSE 1 END),
+                MAX(last_rotation_completed_at)
+         FROM devices GROUP BY rotation_state"
     )
     .fetch_all(c)
     .await)?;
-    let inactive: i64 = on_conn!(tx, |c| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM devices WHERE NOT active"
-    )
-    .fetch_one(c)
-    .await)?;
-    let last_completed: Option<DateTime<Utc>> = on_conn!(tx, |c| sqlx::query_scalar(
-        "SELECT MAX(last_rotation_completed_at) FROM devices"
-    )
-    .fetch_one(c)
-    .await)?;
+    let inactive = rows.iter().map(|r| r.2).sum();
+    let last_completed = rows.iter().filter_map(|r| r.3).max();
     Ok(StatusCounts {
-        by_state,
+        by_state: rows.into_iter().map(|r| (r.0, r.1)).collect(),
         inactive,
         pending_device_id: pending_device(tx).await?,
         last_completed,

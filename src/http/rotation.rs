@@ -8,12 +8,13 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AdminEditor, AdminReader};
 use super::error::ApiError;
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
+use super::paging::MAX_LIMIT;
 use crate::credentials::dashboard::{self, DashboardEntry};
 use crate::credentials::rotation::{self, STATES};
 use crate::db::rotation as queries;
@@ -135,13 +136,32 @@ fn device(entry: DashboardEntry) -> DashboardDevice {
     }
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DashboardQuery {
+    /// At most this many devices in each of the four lists (1–1000), in key order; `counts`
+    /// still counts every device. Without it, every device (as the Python service's UI expects).
+    pub limit: Option<u32>,
+}
+
 /// Devices grouped by rotation health.
 #[utoipa::path(get, path = "/api/rotation/dashboard", tag = "rotation", security(("admin" = [])),
-    responses((status = 200, body = RotationDashboard), (status = 401, body = super::error::ErrorBody)))]
+    params(DashboardQuery),
+    responses((status = 200, body = RotationDashboard), (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody)))]
 pub async fn dashboard_view(
     _: AdminReader,
     State(state): State<AppState>,
+    Query(query): Query<DashboardQuery>,
 ) -> Result<Json<RotationDashboard>, ApiError> {
+    let limit = match query.limit {
+        Some(n) if n == 0 || n > MAX_LIMIT => {
+            return Err(ApiError::validation(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )))
+        }
+        Some(n) => n as usize,
+        None => usize::MAX,
+    };
     let mut tx = state.db.begin().await?;
     let rows = queries::dashboard(&mut tx).await?;
     tx.commit().await?;
@@ -156,11 +176,12 @@ pub async fn dashboard_view(
         critical: grouped.critical.len(),
         inactive: grouped.inactive.len(),
     };
+    let list = |entries: Vec<DashboardEntry>| entries.into_iter().take(limit).map(device).collect();
     Ok(Json(RotationDashboard {
-        healthy: grouped.healthy.into_iter().map(device).collect(),
-        warning: grouped.warning.into_iter().map(device).collect(),
-        critical: grouped.critical.into_iter().map(device).collect(),
-        inactive: grouped.inactive.into_iter().map(device).collect(),
+        healthy: list(grouped.healthy),
+        warning: list(grouped.warning),
+        critical: list(grouped.critical),
+        inactive: list(grouped.inactive),
         counts,
     }))
 }

@@ -161,3 +161,30 @@ async fn bad_limits_and_cursors_are_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rotation_dashboard_limit_caps_the_lists_not_the_counts() {
+    for_each_stack("paging_dashboard", &[], async |app| {
+        let model = create_model(app, "pg_dash", None).await;
+        for _ in 0..3 {
+            device_of(app, model).await;
+        }
+        let (status, whole) = get(app, "/api/rotation/dashboard").await;
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(whole["healthy"].as_array().unwrap().len(), 3);
+        let (status, capped) = get(app, "/api/rotation/dashboard?limit=2").await;
+        assert_eq!(status, 200, "{capped}");
+        assert_eq!(
+            capped["counts"], whole["counts"],
+            "counts count every device"
+        );
+        assert_eq!(capped["counts"]["healthy"], 3);
+        let capped_ids = ids(capped["healthy"].as_array().unwrap());
+        assert_eq!(capped_ids, ids(&whole["healthy"].as_array().unwrap()[..2]));
+        for bad in ["0", "1001", "x"] {
+            let (status, body) = get(app, &format!("/api/rotation/dashboard?limit={bad}")).await;
+            assert_eq!(status, 400, "limit={bad}: {body}");
+        }
+    })
+    .await;
+}
