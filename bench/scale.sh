@@ -3,7 +3,8 @@
 # PostgreSQL database, p50/p99 of each and the large/small ratio.
 #   large: 100,000 devices over 50 models, 2,000,000 core-dump rows (20 per device, the default
 #          MAX_COREDUMPS), 5,000 firmware versions (100 per model), 1,000 crash groups;
-#   small: 100 devices over the same 50 models, 2,000 dumps, 100 versions, the same groups.
+#   small: 100 devices over 2 models (so a page of 50 of a model's devices is full in both),
+#          2,000 dumps, 4 versions, 40 crash groups (20 per model in both).
 # Rows are seeded with SQL (generate_series) after `serve` migrated the database; the dumps and
 # versions have no objects in the bucket (none of the measured requests reads them; retention's
 # deletions of the seeded dumps' objects are deletions of absent objects). Every device has the
@@ -32,7 +33,6 @@ COUNT=${BENCH_COUNT:-2000}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
 NCRED=${BENCH_CREDENTIALS:-200}
 DASH_COUNT=${BENCH_DASHBOARD_COUNT:-20}
-MODELS=50
 DUMPS_PER_DEVICE=20
 GROUPS_PER_MODEL=20
 
@@ -48,9 +48,10 @@ sql() {
         -v ON_ERROR_STOP=1 -c "$2"
 }
 
-# seed DB DEVICES VERSIONS_PER_MODEL: models, devices, dumps, versions and groups (see above).
+# seed DB DEVICES VERSIONS_PER_MODEL MODELS: models, devices, dumps, versions and groups (see
+# above), then VACUUM ANALYZE (the state autovacuum keeps a live database in).
 seed() {
-    local db=$1 devices=$2 versions=$3 started=$SECONDS
+    local db=$1 devices=$2 versions=$3 MODELS=$4 started=$SECONDS
     MODEL_ID=$(api POST /api/device-models '{"code": "m0", "name": "Model 0"}' | json_field id)
     local device secret_hash
     device=$(api POST /api/devices "{\"device_model_id\": $MODEL_ID, \"config\": \"{}\"}")
@@ -83,7 +84,8 @@ seed() {
             FROM device_models dm, generate_series(1, $GROUPS_PER_MODEL) g;
         UPDATE devices SET rotation_state = 'TIMEOUT', last_rotation_completed_at = now() - interval '20 days'
             WHERE id % 10 = 0;
-        ANALYZE;"
+"
+    sql "$db" "VACUUM ANALYZE"
     blog "$db seeded in $((SECONDS - started)) s: $(sql "$db" "SELECT (SELECT count(*) FROM devices) || ' devices, ' || (SELECT count(*) FROM coredumps) || ' dumps, ' || (SELECT count(*) FROM firmware_versions) || ' versions, ' || (SELECT count(*) FROM crash_groups) || ' groups'")"
 }
 
@@ -104,16 +106,16 @@ measure() {
 }
 
 run_database() {
-    local db=$1 devices=$2 versions=$3
+    local db=$1 devices=$2 versions=$3 models=$4
     CURRENT=$db
     sql postgres "CREATE DATABASE $db"
     DATABASE_URL=$BASE_URL/$db S3_BUCKET=bench-${db//_/-} bench_start_service
-    seed "$db" "$devices" "$versions"
+    seed "$db" "$devices" "$versions" "$models"
     local creds model_id device_id cursor url=$SERVICE_URL
     # Devices spread over the fleet, each with its secret.
     creds=$(sql "$db" "SELECT string_agg(key || '.$SECRET', ',') FROM (SELECT key FROM devices
             ORDER BY md5(key) LIMIT $NCRED) d")
-    model_id=$(sql "$db" "SELECT min(id) + 7 FROM device_models")
+    model_id=$(sql "$db" "SELECT min(id) + 1 FROM device_models")
     device_id=$(sql "$db" "SELECT min(id) + ($devices / 2) FROM devices")
     cursor=$(curl -sS -H "Authorization: Bearer $ADMIN_TOKEN" \
         "$url/api/devices?limit=1&cursor=$(python3 -c 'import base64,sys; print(base64.urlsafe_b64encode(("device:" + sys.argv[1]).encode()).decode().rstrip("="))' \
@@ -132,8 +134,8 @@ run_database() {
     bench_stop_service
 }
 
-run_database scale_small "$SMALL" 2
-run_database scale_large "$LARGE" 100
+run_database scale_small "$SMALL" 2 2
+run_database scale_large "$LARGE" 100 50
 
 printf '%-11s %12s %12s %12s %12s %8s %8s\n' request "p50 small" "p50 large" "p99 small" "p99 large" "p50 ×" "p99 ×"
 for name in poll upload dumps model-page deep-page groups status dashboard dash-limit; do

@@ -172,6 +172,63 @@ pub async fn dashboard(tx: &mut Tx) -> Result<Vec<DashboardRow>, DbError> {
     .await)?)
 }
 
+/// The rotation dashboard's four lists as conditions on `devices d`, in the order healthy,
+/// warning, critical, inactive: the rule of `credentials::dashboard::group`, where `$1` is the
+/// critical cutoff (now minus the threshold in days). Used when the lists are capped, so that a
+/// capped dashboard reads its pages, not the fleet.
+const HEALTH_CONDITIONS: [&str; 4] = [
+    "d.active AND d.rotation_state <> 'TIMEOUT'",
+    "d.active AND d.rotation_state = 'TIMEOUT'
+        AND (d.last_rotation_completed_at IS NULL OR d.last_rotation_completed_at > $1)",
+    "d.active AND d.rotation_state = 'TIMEOUT' AND d.last_rotation_completed_at <= $1",
+    "NOT d.active",
+];
+
+/// How many devices each dashboard list holds (healthy, warning, critical, inactive): one scan
+/// of `ix_devices_rotation_summary`.
+pub async fn dashboard_counts(tx: &mut Tx, cutoff: DateTime<Utc>) -> Result<[i64; 4], DbError> {
+    let [h, w, c, i] =
+        HEALTH_CONDITIONS.map(|cond| format!("SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)"));
+    let sql = format!("SELECT COALESCE({h}, 0), COALESCE({w}, 0), COALESCE({c}, 0), COALESCE({i}, 0) FROM devices d");
+    let row: (i64, i64, i64, i64) =
+        on_conn!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(cutoff)
+            .fetch_one(c)
+            .await)?;
+    Ok([row.0, row.1, row.2, row.3])
+}
+
+/// One of the rotation dashboard's lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthList {
+    Healthy = 0,
+    Warning = 1,
+    Critical = 2,
+    Inactive = 3,
+}
+
+/// The first `limit` devices, in key order, of one dashboard list.
+pub async fn dashboard_page(
+    tx: &mut Tx,
+    list: HealthList,
+    cutoff: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<DashboardRow>, DbError> {
+    let condition = HEALTH_CONDITIONS[list as usize];
+    let sql = format!(
+        "SELECT d.id, d.key, d.device_name, m.code AS device_model_code, d.active,
+                d.rotation_state, d.last_rotation_completed_at
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id
+         WHERE {condition} ORDER BY d.key LIMIT {limit}"
+    );
+    Ok(on_conn!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.clone()
+    ))
+    .bind(cutoff)
+    .fetch_all(c)
+    .await)?)
+}
+
 /// A value of the `settings` table.
 pub async fn setting(tx: &mut Tx, key: &str) -> Result<Option<String>, DbError> {
     Ok(on_conn!(tx, |c| sqlx::query_scalar(

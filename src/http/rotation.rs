@@ -159,24 +159,37 @@ pub async fn dashboard_view(
                 "limit must be between 1 and {MAX_LIMIT}"
             )))
         }
-        Some(n) => n as usize,
-        None => usize::MAX,
+        other => other,
     };
+    let threshold = state.config.rotation.critical_threshold_days;
+    let now = crate::db::now();
     let mut tx = state.db.begin().await?;
-    let rows = queries::dashboard(&mut tx).await?;
-    tx.commit().await?;
-    let grouped = dashboard::group(
-        rows,
-        state.config.rotation.critical_threshold_days,
-        crate::db::now(),
-    );
-    let counts = DashboardCounts {
-        healthy: grouped.healthy.len(),
-        warning: grouped.warning.len(),
-        critical: grouped.critical.len(),
-        inactive: grouped.inactive.len(),
+    let (grouped, counts) = match limit {
+        Some(limit) => {
+            let (grouped, [healthy, warning, critical, inactive]) =
+                dashboard::capped(&mut tx, threshold, now, limit).await?;
+            let count = |n: i64| usize::try_from(n).unwrap_or(0);
+            let counts = DashboardCounts {
+                healthy: count(healthy),
+                warning: count(warning),
+                critical: count(critical),
+                inactive: count(inactive),
+            };
+            (grouped, counts)
+        }
+        None => {
+            let grouped = dashboard::group(queries::dashboard(&mut tx).await?, threshold, now);
+            let counts = DashboardCounts {
+                healthy: grouped.healthy.len(),
+                warning: grouped.warning.len(),
+                critical: grouped.critical.len(),
+                inactive: grouped.inactive.len(),
+            };
+            (grouped, counts)
+        }
     };
-    let list = |entries: Vec<DashboardEntry>| entries.into_iter().take(limit).map(device).collect();
+    tx.commit().await?;
+    let list = |entries: Vec<DashboardEntry>| entries.into_iter().map(device).collect();
     Ok(Json(RotationDashboard {
         healthy: list(grouped.healthy),
         warning: list(grouped.warning),

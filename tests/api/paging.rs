@@ -162,25 +162,64 @@ async fn bad_limits_and_cursors_are_refused() {
     .await;
 }
 
+/// Puts device `id` into a rotation state with its last completed rotation `days_ago` days ago.
+async fn set_rotation(app: &TestApp, id: i64, state: &str, days_ago: Option<i64>, active: bool) {
+    let completed = days_ago.map(|d| iotsupport::db::now() - chrono::Duration::days(d));
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "UPDATE devices SET rotation_state = $1, last_rotation_completed_at = $2, active = $3
+         WHERE id = $4"
+    )
+    .bind(state)
+    .bind(completed)
+    .bind(active)
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|done| done.rows_affected()))
+    .unwrap();
+}
+
 #[tokio::test]
 async fn rotation_dashboard_limit_caps_the_lists_not_the_counts() {
     for_each_stack("paging_dashboard", &[], async |app| {
         let model = create_model(app, "pg_dash", None).await;
-        for _ in 0..3 {
-            device_of(app, model).await;
+        let mut devices = Vec::new();
+        for _ in 0..9 {
+            devices.push(device_of(app, model).await.id);
         }
+        // Healthy: 0, 1, 2 (OK) and 3 (PENDING: a QUEUED one would be started meanwhile); warning: 4 (never rotated), 5 (6 days); critical:
+        // 6 (7 days, the default threshold) and 7 (30 days); inactive: 8 (TIMEOUT, 30 days).
+        set_rotation(app, devices[3], "PENDING", None, true).await;
+        set_rotation(app, devices[4], "TIMEOUT", None, true).await;
+        set_rotation(app, devices[5], "TIMEOUT", Some(6), true).await;
+        set_rotation(app, devices[6], "TIMEOUT", Some(7), true).await;
+        set_rotation(app, devices[7], "TIMEOUT", Some(30), true).await;
+        set_rotation(app, devices[8], "TIMEOUT", Some(30), false).await;
         let (status, whole) = get(app, "/api/rotation/dashboard").await;
         assert_eq!(status, 200, "{whole}");
-        assert_eq!(whole["healthy"].as_array().unwrap().len(), 3);
-        let (status, capped) = get(app, "/api/rotation/dashboard?limit=2").await;
-        assert_eq!(status, 200, "{capped}");
         assert_eq!(
-            capped["counts"], whole["counts"],
-            "counts count every device"
+            whole["counts"],
+            serde_json::json!({"healthy": 4, "warning": 2, "critical": 2, "inactive": 1}),
+            "{whole}"
         );
-        assert_eq!(capped["counts"]["healthy"], 3);
-        let capped_ids = ids(capped["healthy"].as_array().unwrap());
-        assert_eq!(capped_ids, ids(&whole["healthy"].as_array().unwrap()[..2]));
+        for limit in [1usize, 2, 1000] {
+            let (status, capped) =
+                get(app, &format!("/api/rotation/dashboard?limit={limit}")).await;
+            assert_eq!(status, 200, "{capped}");
+            assert_eq!(
+                capped["counts"], whole["counts"],
+                "counts count every device"
+            );
+            for list in ["healthy", "warning", "critical", "inactive"] {
+                let all = whole[list].as_array().unwrap();
+                let expected = &all[..all.len().min(limit)];
+                assert_eq!(
+                    capped[list].as_array().unwrap(),
+                    expected,
+                    "limit {limit}, {list}: the first devices of the whole list, field for field"
+                );
+            }
+        }
         for bad in ["0", "1001", "x"] {
             let (status, body) = get(app, &format!("/api/rotation/dashboard?limit={bad}")).await;
             assert_eq!(status, 400, "limit={bad}: {body}");
