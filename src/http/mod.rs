@@ -12,7 +12,6 @@
 //! that does not parse (`extract.rs`). What an envelope or a log line repeats of a request is
 //! bounded (`error::bounded`).
 
-pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod coredumps;
