@@ -3,11 +3,15 @@
 # number of executions, and prints libFuzzer's execution count and exec/s for each.
 #
 #   scripts/fuzz.sh [RUNS] [TARGET...]
+#   scripts/fuzz.sh --check
 #
 # RUNS defaults to 10000000. TARGETs default to the four parser targets: bundle,
 # parse_app_image, parse_dump, parse_dump_checksummed. `analyse` (core dump analysis against
 # real firmware ELFs, about a hundred executions a second) runs only when named.
 # See fuzz/README.md for what each target does and the counts of the last full run.
+#
+# --check only compiles the fuzz crates (`cargo check`, which needs neither nightly nor a C++
+# compiler) and checks their formatting; .ci/run runs it so the targets keep compiling.
 #
 # Needs nightly Rust, cargo-fuzz (`cargo install cargo-fuzz --locked`), a C++ compiler and
 # libstdc++ (libFuzzer is compiled from source by libfuzzer-sys; on Debian `apt-get install g++`),
@@ -24,6 +28,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+
+FUZZ_CRATES=(fuzz crates/esp-image/fuzz crates/esp-coredump/fuzz)
+
+# The fuzz crates are workspaces of their own; they are built against the service's lock file so
+# the fuzzed code uses the dependency versions the service ships with (cargo then adds what the
+# fuzz crate needs on top, and the copy is newer than the service's until that changes).
+use_service_lock() {
+    [ "$1/Cargo.lock" -nt Cargo.lock ] || cp Cargo.lock "$1/Cargo.lock"
+}
+
+if [ "${1:-}" = --check ]; then
+    # Into the main target directory, so the dependencies the workspace build already checked
+    # are reused. libfuzzer-sys builds libFuzzer from C++ unless CUSTOM_LIBFUZZER_PATH names a
+    # library to link; a check links nothing, so a name that does not exist skips the C++.
+    for crate in "${FUZZ_CRATES[@]}"; do
+        use_service_lock "$crate"
+        echo "[fuzz.sh] check $crate" >&2
+        cargo fmt --manifest-path "$crate/Cargo.toml" --check
+        CUSTOM_LIBFUZZER_PATH=$REPO/target/no-libfuzzer/libfuzzer.a \
+            cargo check --quiet --manifest-path "$crate/Cargo.toml" --bins \
+            --target-dir "${CARGO_TARGET_DIR:-$REPO/target}"
+    done
+    exit 0
+fi
 
 RUNS=10000000
 if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then
@@ -62,7 +90,11 @@ command -v python3 >/dev/null || die "needs python3 for the seeds"
 mkdir -p "$FUZZ_DIR"
 SUMMARY=$FUZZ_DIR/summary.txt
 [ -d "$TESTDATA" ] || log "no test data at $TESTDATA: synthetic seeds only"
-python3 scripts/fuzz_seeds.py "$FUZZ_DIR/seeds" "$TESTDATA"
+# Seeds are made afresh for each invocation, in a folder of its own, so several invocations (one
+# per target) can run side by side.
+SEEDS=$(mktemp -d "$FUZZ_DIR/seeds.XXXXXX")
+trap 'rm -rf "$SEEDS"' EXIT
+python3 scripts/fuzz_seeds.py "$SEEDS" "$TESTDATA"
 
 failed=0
 for t in "${TARGETS[@]}"; do
@@ -71,12 +103,10 @@ for t in "${TARGETS[@]}"; do
     max_len=${spec##*:}
     corpus=$FUZZ_DIR/corpus/$t
     artifacts=$FUZZ_DIR/artifacts/$t
-    seeds=$FUZZ_DIR/seeds/$t
+    seeds=$SEEDS/$t
     logfile=$FUZZ_DIR/logs/$t.log
     mkdir -p "$corpus" "$artifacts" "$seeds" "$(dirname "$logfile")"
-    # The fuzz crates are workspaces of their own; build them against the service's lock file so
-    # the fuzzed code uses the dependency versions the service ships with.
-    cp Cargo.lock "$crate/Cargo.lock"
+    use_service_lock "$crate"
     args=(-runs="$RUNS" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048
         -print_final_stats=1 -artifact_prefix="$artifacts/")
     [ "$MAX_TIME" = 0 ] || args+=(-max_total_time="$MAX_TIME")
