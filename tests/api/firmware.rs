@@ -239,6 +239,44 @@ async fn every_bundle_check_refuses_with_its_message_and_stores_nothing() {
     .await;
 }
 
+/// SPEC §7 lists "binary too short" first among the image errors: a `.bin` shorter than the
+/// 24-byte image header is too short whatever its first byte, not "not an ESP image".
+#[tokio::test]
+async fn a_bin_shorter_than_the_image_header_is_too_short_and_stores_nothing() {
+    for_each_stack("firmware_bin_too_short", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let good = Build::new("1.0.0", "a");
+        let bin = format!("{CODE}.bin");
+        let puts_before = app.faults.calls(iotsupport::storage::Operation::Put);
+        for (bytes, expected) in [
+            (
+                b"short".to_vec(),
+                "Invalid firmware: binary too short (5 bytes, 24 needed for the image header)",
+            ),
+            (
+                vec![0u8; 23],
+                "Invalid firmware: binary too short (23 bytes, 24 needed for the image header)",
+            ),
+            (
+                vec![],
+                "Invalid firmware: binary too short (0 bytes, 24 needed for the image header)",
+            ),
+        ] {
+            let (status, body) = upload(app, model, zip_of(&with_entry(&good, &bin, bytes))).await;
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(body["code"], "VALIDATION_FAILED", "{body}");
+            assert_eq!(body["error"], expected);
+            assert_nothing_stored(app, model, None, &[]).await;
+        }
+        assert_eq!(
+            app.faults.calls(iotsupport::storage::Operation::Put),
+            puts_before,
+            "a refused bundle never reaches the store"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn checks_run_in_spec_order() {
     let Some(app) = spawn_app(Stack::Embedded, "firmware_check_order").await else {
