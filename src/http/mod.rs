@@ -34,6 +34,7 @@ pub mod provisioning;
 pub mod request_context;
 pub mod rotation;
 pub mod server;
+pub mod ui;
 
 use axum::extract::Request;
 use axum::middleware;
@@ -65,7 +66,8 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(device_logs::router())
         .merge(provisioning::router())
         .merge(identity::router())
-        .merge(events::router());
+        .merge(events::router())
+        .merge(ui::router());
     if let Some(extra) = extra {
         routes = routes.merge(extra);
     }
