@@ -61,4 +61,7 @@ mod rotation;
 mod rust_source;
 mod storage;
 mod transactions;
+mod ui_access;
 mod ui_compat;
+mod ui_pages;
+mod ui_support;
