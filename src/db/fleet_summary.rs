@@ -16,13 +16,14 @@ pub struct RunningVersion {
 }
 
 /// Every (model, reported version) pair with its device count; per model the most common
-/// version first. Reads `ix_devices_model_running_version`.
+/// version first, devices that never reported last. Reads `ix_devices_model_running_version`.
 pub async fn running_versions(tx: &mut Tx) -> Result<Vec<RunningVersion>, DbError> {
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, RunningVersion>(
         "SELECT device_model_id, running_firmware_version AS version, COUNT(*) AS devices
          FROM devices
          GROUP BY device_model_id, running_firmware_version
-         ORDER BY device_model_id, devices DESC, running_firmware_version"
+         ORDER BY device_model_id, running_firmware_version IS NULL, devices DESC,
+                  running_firmware_version"
     )
     .fetch_all(c)
     .await)?)

@@ -19,13 +19,23 @@ pub struct VersionBar {
     pub running: i64,
 }
 
-const WIDTH: i64 = 480;
+const WIDTH: i64 = 720;
 const LABEL: i64 = 110;
-const ROW: i64 = 40;
-const BAR: i64 = 12;
+const ROW: i64 = 48;
+const BAR: i64 = 16;
 const TOP: i64 = 8;
 /// Room right of the longest bar for its numbers.
-const NUMBERS: i64 = 150;
+const NUMBERS: i64 = 270;
+
+/// The crash rate as the chart shows it: `5% of 40 running`, or nothing.
+fn short_rate(bar: &VersionBar) -> String {
+    if bar.running > 0 {
+        let percent = bar.devices as f64 * 100.0 / bar.running as f64;
+        format!(" ({percent:.0}% of {} running)", bar.running)
+    } else {
+        String::new()
+    }
+}
 
 /// The crash rate as text: `2 of 40 running (5%)`, or why there is none.
 pub fn rate(bar: &VersionBar) -> String {
@@ -46,7 +56,7 @@ pub fn versions_chart(bars: &[VersionBar]) -> Markup {
         .max(1);
     let span = WIDTH - LABEL - NUMBERS;
     let scale = |n: i64| (n * span / max).max(if n > 0 { 2 } else { 0 });
-    let height = TOP * 2 + ROW * bars.len() as i64 + 20;
+    let height = TOP * 2 + ROW * bars.len() as i64 + 28;
     html! {
         figure.chart {
             svg #versions-chart xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (WIDTH) " " (height) }
@@ -60,16 +70,16 @@ pub fn versions_chart(bars: &[VersionBar]) -> Markup {
                         rect.bar-devices x=(LABEL) y=(y + BAR + 2) width=(scale(bar.devices)) height=(BAR) rx="2" {}
                         text.value x=(LABEL + scale(bar.coredumps) + 6) y=(y + BAR - 2) { (count(bar.coredumps, "dump", "dumps")) }
                         text.value x=(LABEL + scale(bar.devices) + 6) y=(y + 2 * BAR) {
-                            (count(bar.devices, "device", "devices")) " · " (rate(bar))
+                            (count(bar.devices, "device", "devices")) (short_rate(bar))
                         }
                     }
                 }
                 g.legend {
                     @let y = height - 10;
-                    rect.bar-dumps x=(LABEL) y=(y - 9) width="10" height="10" {}
-                    text x=(LABEL + 14) y=(y) { "dumps" }
-                    rect.bar-devices x=(LABEL + 70) y=(y - 9) width="10" height="10" {}
-                    text x=(LABEL + 84) y=(y) { "devices that crashed" }
+                    rect.bar-dumps x=(LABEL) y=(y - 11) width="12" height="12" {}
+                    text x=(LABEL + 18) y=(y) { "dumps" }
+                    rect.bar-devices x=(LABEL + 80) y=(y - 11) width="12" height="12" {}
+                    text x=(LABEL + 98) y=(y) { "devices that crashed" }
                 }
             }
         }

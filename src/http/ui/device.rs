@@ -59,9 +59,13 @@ pub async fn page(
                 @if !device.active { " · " span.badge { "inactive" } }
             }
         }
-        (facts(&device, &model, now))
-        (config_form(&device, &model, edit))
-        (credentials(&device, edit, now))
+        div.columns {
+            div {
+                (facts(&device, &model, now))
+                (credentials(&device, edit, now))
+            }
+            (config_form(&device, &model, edit))
+        }
         (dump_list(&device, &dumps, edit, now))
         (logs(&device, state.mqtt.is_some()))
         @if edit {
@@ -108,9 +112,9 @@ fn config_form(device: &DeviceRow, model: &DeviceModelRow, edit: bool) -> Markup
             @if edit {
                 form.stack #config-form data-api-method="PUT" data-api-url={ "/api/devices/" (device.id) }
                     data-success="The config was saved; the device is told to fetch it." data-done="refresh" {
-                    label { "Config " span.hint { "(JSON"
-                        @if model.config_schema.is_some() { "; checked against the model's schema when saved" } ")" }
-                        textarea.code name="config" rows="12" spellcheck="false" { (device.config) }
+                    label { span.visually-hidden { "Config " } span.hint { "JSON"
+                        @if model.config_schema.is_some() { "; checked against the model's schema when saved" } }
+                        textarea.code name="config" rows=(format::rows(&device.config, 6, 24)) spellcheck="false" { (device.config) }
                     }
                     label.inline { input type="checkbox" name="active" checked[device.active]; " Active" }
                     p.form-status data-status role="alert" {}

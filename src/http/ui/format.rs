@@ -101,6 +101,11 @@ pub fn encode(value: &str) -> String {
     out
 }
 
+/// Rows for a textarea holding `text`: one more than its lines, within `min..=max`.
+pub fn rows(text: &str, min: usize, max: usize) -> usize {
+    (text.lines().count() + 1).clamp(min, max)
+}
+
 /// `n thing` / `n things`.
 pub fn count(n: i64, one: &str, many: &str) -> String {
     if n == 1 {

@@ -140,7 +140,8 @@ pub fn schema_form(model: &DeviceModelRow) -> Markup {
                 data-success="The model was saved." data-done="refresh" {
                 label { "Name" input name="name" required maxlength="255" value=(model.name); }
                 label { "Config schema " span.hint { "(JSON Schema; device configs are checked against it; empty: none)" }
-                    textarea.code name="config_schema" rows="12" spellcheck="false" {
+                    textarea.code name="config_schema" spellcheck="false"
+                        rows=(format::rows(model.config_schema.as_deref().unwrap_or(""), 6, 30)) {
                         (model.config_schema.as_deref().unwrap_or(""))
                     }
                 }

@@ -100,9 +100,15 @@ fn crash_report(report: &CrashReport) -> Markup {
         section #report aria-labelledby="headline" {
             h2 #headline { (report.headline) }
             dl.facts {
-                @if let Some(reason) = &report.panic_reason { dt { "Panic" } dd { (reason) } }
-                @if let Some(exception) = &report.exception { (exception_facts(exception)) }
-                @if let Some(addr) = report.faulting_address { dt { "Faulting address" } dd { code { (hex32(addr)) } } }
+                @if let Some(reason) = report.panic_reason.as_ref().filter(|r| **r != report.headline) {
+                    dt { "Panic" } dd { (reason) }
+                }
+                @match &report.exception {
+                    Some(exception) => (exception_facts(exception)),
+                    None => { @if let Some(addr) = report.faulting_address {
+                        dt { "Faulting address" } dd { code { (hex32(addr)) } }
+                    } },
+                }
                 dt { "Crashed task" } dd { (report.crashed_task_name.as_deref().unwrap_or("not identified"))
                     @if report.isr_context == Some(true) { " (in an interrupt handler)" } }
                 dt { "Chip" } dd { (report.chip) @if let Some(rev) = report.chip_rev { " rev " (rev / 100) "." (rev % 100) } }
@@ -132,8 +138,9 @@ fn exception_facts(exception: &ExceptionInfo) -> Markup {
                 (cause_name.as_deref().unwrap_or("unknown cause")) " (EXCCAUSE " (exccause) ")"
                 @if let Some(d) = description { br; span.muted { (d) } }
             }
-            dt { "EXCVADDR" } dd { code { (hex32(*excvaddr)) } }
-            @for (n, value) in epc { dt { "EPC" (n) } dd { code { (hex32(*value)) } } }
+            dt { "EXCVADDR" } dd { code { (hex32(*excvaddr)) } span.muted { " (the faulting address)" } }
+            // EPC registers of interrupt levels that were not taken hold 0: noise.
+            @for (n, value) in epc.iter().filter(|(_, v)| *v != 0) { dt { "EPC" (n) } dd { code { (hex32(*value)) } } }
         },
         ExceptionInfo::RiscV {
             mcause,

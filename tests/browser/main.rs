@@ -1,0 +1,379 @@
+//! The web UI in a real browser: headless Chromium (Debian's `chromium`) driven through
+//! chromedriver (Debian's `chromium-driver`) with fantoccini, against the service on each
+//! database backend. Outside `scripts/test.sh`, missing browsers or services print SKIP.
+//!
+//! The flow: sign in (the place is marked; open mode today), create a model through its form,
+//! upload two real firmware bundles through the upload control (XHR with progress), create a
+//! device through its form and read its credential from the dialog, upload a real core dump as
+//! that device through the device API and watch it appear and get parsed on the open device page
+//! without a reload, see the config editor show the server's refusal, read the structured report,
+//! resolve its crash group, roll back a version, see a device created through the API appear on
+//! the open model page, and trigger a fleet rotation. A screenshot of each page goes to
+//! `$IOTSUPPORT_UI_SCREENSHOTS/<stack>/` (default `target/tmp/ui-screenshots/<stack>/`).
+
+#[path = "../api/client.rs"]
+#[allow(dead_code)] // shared with tests/api/, which uses all of it
+mod client;
+#[path = "../support/esp_image_synth.rs"]
+mod esp_image_synth;
+#[path = "../api/firmware_support.rs"]
+#[allow(dead_code)] // shared with tests/api/, which uses all of it
+mod firmware_support;
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+mod driver;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, Locator};
+use serde_json::{json, Value};
+
+use driver::*;
+use firmware_support::{esp32_image, sha256, version_json, zip_of, Desc};
+use helpers::{Stack, TestApp, ALL_STACKS};
+
+const CASE: &str = "coredump/esp32_elf_crc32_abort";
+
+/// The ESP test data (`$IOTSUPPORT_TESTDATA`, else `../shared/testdata/esp`): a real dump and
+/// the ELF of the build that wrote it. Never copied into the repository.
+fn testdata() -> Option<(Vec<u8>, Vec<u8>)> {
+    let root = std::env::var_os("IOTSUPPORT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/esp"));
+    let dir = root.join(CASE);
+    match (
+        std::fs::read(dir.join("coredump.bin")),
+        std::fs::read(dir.join("esp32.elf")),
+    ) {
+        (Ok(dump), Ok(elf)) => Some((dump, elf)),
+        _ => {
+            eprintln!("SKIP browser: ESP test data not found at {}", dir.display());
+            None
+        }
+    }
+}
+
+/// A firmware bundle of model `code` whose image embeds the SHA-256 of the real `elf`, so that
+/// dumps of this build are parsed with it.
+fn bundle(code: &str, version: &str, elf: &[u8], dir: &Path) -> PathBuf {
+    let desc = Desc {
+        magic: 0xABCD_5432,
+        version: version.as_bytes().to_vec(),
+        project: b"hall_sensor",
+        idf: b"v5.3-dev",
+        elf_sha256: sha256(elf),
+    };
+    let entries: Vec<(String, Vec<u8>)> = vec![
+        (
+            format!("{code}.bin"),
+            esp32_image(&desc, version.len() as u8),
+        ),
+        (format!("{code}.elf"), elf.to_vec()),
+        (format!("{code}.map"), b"Memory map\n".to_vec()),
+        (
+            "sdkconfig".into(),
+            b"CONFIG_IDF_TARGET=\"esp32\"\n".to_vec(),
+        ),
+        ("version.json".into(), version_json(version)),
+    ];
+    let path = dir.join(format!("{code}-{version}.zip"));
+    std::fs::write(&path, zip_of(&entries)).expect("write a bundle");
+    path
+}
+
+fn screenshots(stack: Stack) -> PathBuf {
+    let root = std::env::var_os("IOTSUPPORT_UI_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots"));
+    let dir = root.join(format!("{stack:?}").to_lowercase());
+    std::fs::create_dir_all(&dir).expect("a screenshot directory");
+    dir
+}
+
+#[tokio::test]
+async fn the_web_ui_works_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser("browser") else {
+        return;
+    };
+    let Some((dump, elf)) = testdata() else {
+        return;
+    };
+    let driver = Driver::start(&chromium, &chromedriver).await;
+    for stack in ALL_STACKS {
+        let Some(app) = TestApp::builder("browser").spawn(stack).await else {
+            continue;
+        };
+        let started = Instant::now();
+        let files = tempfile::TempDir::new().expect("a temp dir");
+        let shots = screenshots(stack);
+        let c = driver.session().await;
+        flow(&app, &c, &files, &shots, &dump, &elf).await;
+        c.close().await.expect("close the browser");
+        eprintln!(
+            "browser flow on the {stack:?} stack: {:.1} s; screenshots in {}",
+            started.elapsed().as_secs_f64(),
+            shots.display()
+        );
+        app.stop().await;
+    }
+}
+
+async fn path(c: &Client) -> String {
+    c.current_url().await.expect("a URL").path().to_string()
+}
+
+/// The id at the end of the page's path (`/models/3` → 3).
+async fn id_in_path(c: &Client) -> i64 {
+    let path = path(c).await;
+    path.rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {path}"))
+}
+
+async fn flow(
+    app: &TestApp,
+    c: &Client,
+    files: &tempfile::TempDir,
+    shots: &Path,
+    dump: &[u8],
+    elf: &[u8],
+) {
+    // ---- Sign in -------------------------------------------------------------------------
+    // LOGIN STEP (issue 16, part 1): once browser sessions exist, start the app with
+    // ADMIN_TOKEN, open /login, type the token into `input[name=token]`, submit, and expect to
+    // land on "/". In open mode, as now, /login sends the browser straight on.
+    c.goto(&app.url("/login")).await.expect("open /login");
+    until(c, "the overview", "location.pathname === '/'").await;
+
+    // ---- A model, through the overview's form ----------------------------------------------
+    until_text(c, "main", "No device models yet").await;
+    fill(c, "input[name=code]", "hall_sensor").await;
+    fill(c, "input[name=name]", "Hall sensor").await;
+    click(
+        c,
+        "form[data-api-url='/api/device-models'] button[type=submit]",
+    )
+    .await;
+    until(
+        c,
+        "the model page",
+        "location.pathname.startsWith('/models/')",
+    )
+    .await;
+    let model_id = id_in_path(c).await;
+
+    // ---- Two firmware bundles, through the upload control ----------------------------------
+    for version in ["1.0.0", "1.1.0"] {
+        let zip = bundle("hall_sensor", version, elf, files.path());
+        let input = c
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("#upload input[type=file]"))
+            .await
+            .expect("the upload control");
+        input
+            .send_keys(&zip.display().to_string())
+            .await
+            .expect("choose a bundle");
+        until_text(c, "#current-version", version).await;
+        until(
+            c,
+            "the version's row",
+            &format!("!!document.querySelector('#versions tr[data-version=\"{version}\"]')"),
+        )
+        .await;
+    }
+
+    // ---- A device, through the model page's form -------------------------------------------
+    c.find(Locator::XPath("//summary[normalize-space()='New device']"))
+        .await
+        .expect("the new-device form")
+        .click()
+        .await
+        .expect("open the form");
+    fill(
+        c,
+        "form[data-api-url='/api/devices'] textarea[name=config]",
+        r#"{"deviceName": "Hall", "deviceEntityId": "sensor.hall"}"#,
+    )
+    .await;
+    click(c, "form[data-api-url='/api/devices'] button[type=submit]").await;
+    until(
+        c,
+        "the credential dialog",
+        "!!document.getElementById('device-credential')",
+    )
+    .await;
+    let credential = text(c, "#device-credential").await;
+    assert!(
+        credential.contains('.'),
+        "a key.secret credential: {credential}"
+    );
+    screenshot(c, shots, "device-created").await;
+    click(c, "#secret-dialog a").await;
+    until(
+        c,
+        "the device page",
+        "location.pathname.startsWith('/devices/')",
+    )
+    .await;
+    let device_id = id_in_path(c).await;
+
+    // ---- A real dump, uploaded as the device, appears live and gets parsed ------------------
+    until_live(c).await;
+    mark_document(c).await;
+    let dump_id = upload_dump(app, &credential, "1.0.0", dump).await;
+    let report = parsed_report(app, device_id, dump_id).await;
+    let headline = report["headline"].as_str().expect("a headline").to_string();
+    until_text(c, "#dumps", &headline).await;
+    assert_not_reloaded(c, "the new dump").await;
+    // The same crash reported from the newer build: one crash group over two versions.
+    let again = upload_dump(app, &credential, "1.1.0", dump).await;
+    parsed_report(app, device_id, again).await;
+    until(
+        c,
+        "the second dump",
+        "document.querySelectorAll('#dumps tbody tr').length === 2",
+    )
+    .await;
+    screenshot(c, shots, "device").await;
+
+    // The config editor shows the server's refusal next to it; provisioning says what is missing.
+    fill(c, "#config-form textarea[name=config]", "{\"deviceName\": ").await;
+    click(c, "#config-form button[type=submit]").await;
+    until(c, "the config error", "document.querySelector('#config-form [data-status]').textContent.length > 0 && document.querySelector('#config-form [data-status]').classList.contains('bad')").await;
+    click(c, "#provisioning-form button[type=submit]").await;
+    until_text(c, "#provisioning-form [data-status]", "Provisioning field").await;
+
+    // ---- The structured report ---------------------------------------------------------------
+    click(
+        c,
+        &format!("#dumps a[href='/devices/{device_id}/coredumps/{dump_id}']"),
+    )
+    .await;
+    until_text(c, "#headline", &headline).await;
+    until(
+        c,
+        "the backtrace",
+        "document.querySelectorAll('table.backtrace tbody tr').length > 0",
+    )
+    .await;
+    until_text(c, "#report", "Registers").await;
+    screenshot(c, shots, "report").await;
+
+    // ---- Its crash group: the chart, resolving --------------------------------------------------
+    click(c, "main a[href^='/crash-groups/']").await;
+    until(
+        c,
+        "the group's chart",
+        "!!document.getElementById('versions-chart')",
+    )
+    .await;
+    screenshot(c, shots, "crash-group").await;
+    click(c, "#status-actions button").await; // Resolve
+    until(
+        c,
+        "the resolved status",
+        "!!document.querySelector('.page-head .status-resolved')",
+    )
+    .await;
+    c.goto(&app.url(&format!("/models/{model_id}/crash-groups")))
+        .await
+        .expect("open the list");
+    until(c, "the list", "!!document.getElementById('crash-groups')").await;
+    screenshot(c, shots, "crash-groups").await;
+
+    // ---- Roll back, then a change made through the API arrives without a reload --------------
+    c.goto(&app.url(&format!("/models/{model_id}")))
+        .await
+        .expect("open the model");
+    click_and_confirm(
+        c,
+        "#versions tr[data-version='1.0.0'] button[data-api-method='PUT']",
+    )
+    .await;
+    until_text(c, "#current-version", "1.0.0").await;
+    until_live(c).await;
+    mark_document(c).await;
+    let created = app
+        .client
+        .post(app.url("/api/devices"))
+        .json(&json!({"device_model_id": model_id, "config": r#"{"deviceName": "Porch"}"#}))
+        .send()
+        .await
+        .expect("create a device");
+    assert_eq!(created.status(), 201);
+    let key = created.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    until_text(c, "#devices", &key).await;
+    assert_not_reloaded(c, "the device created through the API").await;
+    screenshot(c, shots, "model").await;
+
+    // ---- Rotation ---------------------------------------------------------------------------------
+    c.goto(&app.url("/rotation")).await.expect("open rotation");
+    click_and_confirm(c, "#trigger-rotation").await;
+    until_text(c, "main", "PENDING").await;
+    screenshot(c, shots, "rotation").await;
+
+    // ---- The overview, on a desktop and on a phone ------------------------------------------
+    c.goto(&app.url("/")).await.expect("open the overview");
+    until(c, "the models table", "!!document.getElementById('models')").await;
+    screenshot(c, shots, "overview").await;
+    c.set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    c.goto(&app.url(&format!("/devices/{device_id}")))
+        .await
+        .expect("open the device");
+    until(c, "the device page", "!!document.getElementById('dumps')").await;
+    screenshot(c, shots, "device-phone").await;
+    c.set_window_size(1280, 1000)
+        .await
+        .expect("a desktop window");
+}
+
+/// Uploads `dump` as the device whose credential is `credential`, running `version`.
+async fn upload_dump(app: &TestApp, credential: &str, version: &str, dump: &[u8]) -> i64 {
+    let response = app
+        .client
+        .post(app.url(&format!(
+            "/api/iot/coredump?chip=esp32&firmware_version={version}"
+        )))
+        .bearer_auth(credential)
+        .body(dump.to_vec())
+        .send()
+        .await
+        .expect("upload a dump");
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.expect("an answer");
+    body["coredump_id"].as_i64().expect("a dump id")
+}
+
+/// Waits until dump `id` is parsed (through the API) and returns its structured report.
+async fn parsed_report(app: &TestApp, device_id: i64, id: i64) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body: Value = app
+            .client
+            .get(app.url(&format!("/api/devices/{device_id}/coredumps/{id}")))
+            .send()
+            .await
+            .expect("read the dump")
+            .json()
+            .await
+            .expect("a dump");
+        match body["parse_status"].as_str() {
+            Some("PARSED") => return body["report"].clone(),
+            Some("PENDING") if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => panic!("the dump was not parsed: {body}"),
+        }
+    }
+}
