@@ -19,8 +19,11 @@
 #   UI_CHECK_UI_DIR          build directory to keep and reuse (default: a temp dir, removed);
 #                            an existing build there is reused unless UI_CHECK_REBUILD=1
 #   UI_CHECK_OUT             where screenshots go (default /tmp/iotsupport-ui-check/<time>)
-#   UI_CHECK_AUTH            open (default: no admin auth, loopback only) or token (ADMIN_TOKEN set,
-#                            the proxy adds it to admin requests as an auth proxy would)
+#   UI_CHECK_AUTH            oidc (default: the browser signs in through a local OIDC provider,
+#                            examples/oidc_issuer.rs, with the authorization-code flow; the script's
+#                            own setup calls use an ADMIN_TOKEN), open (no admin auth, loopback
+#                            only) or token (ADMIN_TOKEN set, the proxy adds it to admin requests as
+#                            an auth proxy would)
 #   UI_CHECK_DATABASE_URL    default: a SQLite file in the temp dir
 #   IOTSUPPORT_TESTDATA      the ESP test data (default ../shared/testdata/esp)
 #   CHROMIUM                 browser binary (default /usr/bin/chromium; Debian: apt-get install chromium)
@@ -38,11 +41,12 @@ FW_VERSION=v1.0-56-g30082bf # the version in that case's ELF app descriptor
 MODEL_CODE=ui_check_esp32
 PNPM=(npx --yes pnpm@9.15.9)
 OUT=${UI_CHECK_OUT:-/tmp/iotsupport-ui-check/$(date +%Y%m%d-%H%M%S)}
-AUTH=${UI_CHECK_AUTH:-open}
+AUTH=${UI_CHECK_AUTH:-oidc}
 WORK=$(mktemp -d /tmp/iotsupport-ui-check.XXXXXX)
 UI_DIR=${UI_CHECK_UI_DIR:-$WORK/ui}
 SERVICE_PID=""
 MOSQUITTO_PID=""
+ISSUER_PID=""
 
 log() { echo "[ui-check] $*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -53,6 +57,7 @@ cleanup() {
         wait "$SERVICE_PID" 2>/dev/null || true
     fi
     [ -n "$MOSQUITTO_PID" ] && kill "$MOSQUITTO_PID" 2>/dev/null || true
+    [ -n "$ISSUER_PID" ] && kill "$ISSUER_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -136,18 +141,36 @@ done
 # --- iotsupport, a firmware bundle around the test case's real ELF, and the service ------------
 
 log "building iotsupport and examples/loadgen (CARGO_TARGET_DIR=$TARGET)"
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --quiet --bin iotsupport --example loadgen)
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --quiet --bin iotsupport --example loadgen \
+    --example oidc_issuer)
 
 "$TARGET/debug/examples/loadgen" make-bundle --code "$MODEL_CODE" --version "$FW_VERSION" \
     --elf "$TESTDATA/coredump/$CASE/esp32.elf" --image-size 65536 --out "$WORK/bundle.zip" 2>/dev/null
 
 PORT=$(free_port)
 ADMIN_TOKEN=""
-[ "$AUTH" = token ] && ADMIN_TOKEN="ui-check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-[ "$AUTH" = open ] || [ "$AUTH" = token ] || die "UI_CHECK_AUTH must be open or token"
+OIDC_ENV=()
+PROXY_TOKEN=""
+case "$AUTH" in
+    open) ;;
+    token)
+        ADMIN_TOKEN="ui-check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+        PROXY_TOKEN=$ADMIN_TOKEN ;;
+    oidc)
+        ADMIN_TOKEN="ui-check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+        "$TARGET/debug/examples/oidc_issuer" --client-id iotsupport-ui > "$WORK/issuer.url" 2>"$WORK/issuer.log" &
+        ISSUER_PID=$!
+        for _ in $(seq 1 100); do [ -s "$WORK/issuer.url" ] && break; sleep 0.1; done
+        [ -s "$WORK/issuer.url" ] || { cat "$WORK/issuer.log" >&2; die "the OIDC provider did not start"; }
+        ISSUER=$(head -n 1 "$WORK/issuer.url")
+        log "OIDC provider (examples/oidc_issuer.rs) at $ISSUER"
+        OIDC_ENV=(OIDC_ENABLED=true "OIDC_ISSUER_URL=$ISSUER" OIDC_AUDIENCE=iotsupport
+            OIDC_CLIENT_ID=iotsupport-ui) ;;
+    *) die "UI_CHECK_AUTH must be oidc, open or token" ;;
+esac
 log "starting iotsupport on 127.0.0.1:$PORT (auth: $AUTH)"
 mkdir -p "$WORK/data"
-env -u ADMIN_TOKEN -u OIDC_ENABLED -u S3_ENDPOINT_URL \
+env -u ADMIN_TOKEN -u OIDC_ENABLED -u S3_ENDPOINT_URL "${OIDC_ENV[@]}" \
     DATABASE_URL="${UI_CHECK_DATABASE_URL:-sqlite://$WORK/data/iotsupport.db}" \
     MIGRATE_ON_START=true STORAGE_DIR="$WORK/data/objects" HOST=127.0.0.1 PORT="$PORT" \
     DEVICE_BASEURL="http://127.0.0.1:$PORT" MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT" \
@@ -170,7 +193,8 @@ set +e
 UI_SRC="$UI_DIR" IOTSUPPORT_URL="http://127.0.0.1:$PORT" UI_CHECK_OUT="$OUT" \
     UI_CHECK_BUNDLE="$WORK/bundle.zip" UI_CHECK_MODEL_CODE="$MODEL_CODE" \
     UI_CHECK_FIRMWARE_VERSION="$FW_VERSION" UI_CHECK_DUMP="$TESTDATA/coredump/$CASE/coredump.bin" \
-    UI_CHECK_CHIP="$CHIP" UI_CHECK_ADMIN_TOKEN="$ADMIN_TOKEN" \
+    UI_CHECK_CHIP="$CHIP" UI_CHECK_ADMIN_TOKEN="$ADMIN_TOKEN" UI_CHECK_PROXY_TOKEN="$PROXY_TOKEN" \
+    UI_CHECK_AUTH="$AUTH" \
     UI_CHECK_MQTT_PORT="$MQTT_PORT" MOSQUITTO_PUB="$MOSQUITTO_PUB" \
     node "$ROOT/scripts/ui-check/check.mjs"
 status=$?

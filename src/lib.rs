@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod presence;
 pub mod reconcile;
 pub mod registry;
+pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod storage;

@@ -19,6 +19,9 @@ pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
 pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
 pub const COREDUMP_PARSE_DURATION: &str = "coredump_parse_duration_seconds";
 pub const COREDUMP_UPLOADS_REFUSED: &str = "coredump_uploads_refused_total";
+pub const COREDUMP_GROUPING_DURATION: &str = "coredump_grouping_duration_seconds";
+pub const CRASH_GROUPS_OPEN: &str = "crash_groups_open";
+pub const CRASH_GROUP_REGRESSIONS: &str = "crash_group_regressions_total";
 pub const CONFIG_VALIDATIONS_REFUSED: &str = "config_validations_refused_total";
 pub const JOBS_QUEUED: &str = "jobs_queued";
 pub const JOBS_OLDEST_AGE: &str = "jobs_oldest_queued_age_seconds";
@@ -114,6 +117,14 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 )
                 .ok()?
                 .set_buckets_for_metric(
+                    Matcher::Full(COREDUMP_GROUPING_DURATION.to_string()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
                     Matcher::Full(HTTP_REQUEST_DURATION.to_string()),
                     &[
                         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -149,6 +160,22 @@ fn describe() {
         Unit::Seconds,
         "Time to parse one core dump (fetching dump and ELF included), by parser and outcome \
          (parsed, error, transient, gone)"
+    );
+    describe_histogram!(
+        COREDUMP_GROUPING_DURATION,
+        Unit::Seconds,
+        "Time the parse job spends on crash grouping, by step: sign (the signature from the \
+         report) and assign (putting the dump into its group in the parse result's transaction, \
+         group row locks included); part of coredump_parse_duration_seconds"
+    );
+    metrics::describe_gauge!(
+        CRASH_GROUPS_OPEN,
+        "Crash groups with status open, all models (measured when /metrics is scraped)"
+    );
+    describe_counter!(
+        CRASH_GROUP_REGRESSIONS,
+        "Resolved crash groups reopened by a dump uploaded after they were resolved (counted \
+         when the dump's grouping commits)"
     );
     describe_counter!(
         COREDUMP_UPLOADS_REFUSED,

@@ -8,10 +8,13 @@
 //! ingest requests=3000 ok=3000 bad_status=0 errors=0 seconds=12.3 req_per_s=243.9 mib_per_s=15.24 p50_ms=120.1 p99_ms=260.4
 //! ```
 //!
-//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`).
+//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`), random
+//!   bodies or one file (a real dump), from one device or several round-robin.
 //! - `s3put`: the same-size PUTs directly to the S3 server (the ceiling for `ingest`).
 //! - `download`: firmware downloads through the service, whole or random ranges.
 //! - `s3get`: the same reads directly from the S3 server (the ceiling for `download`).
+//! - `poll`, `token`: the device version poll (optionally with `X-Firmware-Version`, from several
+//!   devices round-robin) and the token endpoint (`bench/tokens.sh`).
 //! - `get`: admin GETs of one URL (`bench/mqtt.sh` times the device-log history with it).
 //! - `notify-latency`, `publish-logs`: MQTT notifications and device logs (`mqtt.rs`).
 //! - `make-bundle`: writes a valid firmware bundle ZIP (synthesised ESP32 image of a given size
@@ -75,12 +78,21 @@ enum Command {
         /// The service's base URL, e.g. http://127.0.0.1:3101
         #[arg(long)]
         url: String,
-        /// Device credential `KEY.SECRET`.
-        #[arg(long)]
-        credential: String,
-        /// Body size in bytes.
+        /// Device credentials `KEY.SECRET` (comma-separated or repeated), used round-robin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        credential: Vec<String>,
+        /// Body size in bytes (random bodies).
         #[arg(long, default_value_t = 65536)]
         size: usize,
+        /// Upload this file as every dump instead of random bytes (e.g. a real core dump).
+        #[arg(long)]
+        body: Option<std::path::PathBuf>,
+        /// The `chip` query parameter.
+        #[arg(long, default_value = "esp32")]
+        chip: String,
+        /// The `firmware_version` query parameter.
+        #[arg(long, default_value = "1.0.0")]
+        firmware_version: String,
         #[command(flatten)]
         load: Load,
     },
@@ -141,8 +153,12 @@ enum Command {
     Poll {
         #[arg(long)]
         url: String,
+        /// Credentials (comma-separated or repeated), used round-robin: one device each.
+        #[arg(long, value_delimiter = ',', required = true)]
+        credential: Vec<String>,
+        /// Send `X-Firmware-Version: <this>` with every poll.
         #[arg(long)]
-        credential: String,
+        firmware_version: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -329,19 +345,42 @@ fn random_range(size: u64, len: u64) -> (u64, u64) {
     (start, start + len)
 }
 
-async fn ingest(url: &str, credential: &str, size: usize, load: Load) -> anyhow::Result<bool> {
+/// What `ingest` uploads.
+struct IngestArgs {
+    credentials: Vec<String>,
+    size: usize,
+    body: Option<Bytes>,
+    chip: String,
+    firmware_version: String,
+}
+
+async fn ingest(url: &str, args: IngestArgs, load: Load) -> anyhow::Result<bool> {
     ensure_loopback(url)?;
+    anyhow::ensure!(!args.credentials.is_empty(), "no --credential");
     let client = http_client(load.concurrency)?;
     let target = format!(
-        "{}/api/iot/coredump?chip=esp32&firmware_version=1.0.0",
-        url.trim_end_matches('/')
+        "{}/api/iot/coredump?chip={}&firmware_version={}",
+        url.trim_end_matches('/'),
+        args.chip,
+        args.firmware_version
     );
-    let auth = format!("Bearer {credential}");
+    let auths: Vec<String> = args
+        .credentials
+        .iter()
+        .map(|c| format!("Bearer {c}"))
+        .collect();
+    let size = args.body.as_ref().map_or(args.size, Bytes::len);
+    // One upload per device at a time: the service refuses a device's third concurrent upload
+    // (MAX_COREDUMP_UPLOADS_PER_DEVICE), and requests complete out of order.
+    let busy: Vec<tokio::sync::Mutex<()>> = auths.iter().map(|_| Default::default()).collect();
     let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-    let result = run("ingest", load, |_| {
-        let (client, target, auth, statuses) = (&client, &target, &auth, statuses.clone());
+    let result = run("ingest", load, |i| {
+        let (client, target, statuses) = (&client, &target, statuses.clone());
+        let (auth, busy) = (&auths[i % auths.len()], &busy[i % auths.len()]);
+        let body = args.body.clone();
         async move {
-            let body = random_body(size);
+            let body = body.unwrap_or_else(|| random_body(size));
+            let _device = busy.lock().await;
             let start = Instant::now();
             let response = client
                 .post(target)
@@ -588,17 +627,18 @@ fn make_bundle(
     Ok(())
 }
 
-/// One small request per iteration, expecting 200; used by `token` and `poll`.
+/// One small request per iteration (`build` gets the iteration's index), expecting 200; used by
+/// `token`, `poll` and `get`.
 async fn small_requests(
     name: &str,
     load: Load,
-    build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    build: impl Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<bool> {
     let client = http_client(load.concurrency)?;
     let (client, build) = (&client, &build);
-    run(name, load, |_| async move {
+    run(name, load, |i| async move {
         let start = Instant::now();
-        let (ok, bad_status, bytes) = match build(client).send().await {
+        let (ok, bad_status, bytes) = match build(client, i).send().await {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let n = r.bytes().await.map(|b| b.len() as u64).unwrap_or(0);
@@ -627,8 +667,28 @@ async fn main() -> anyhow::Result<()> {
             url,
             credential,
             size,
+            body,
+            chip,
+            firmware_version,
             load,
-        } => ingest(&url, &credential, size, load).await?,
+        } => {
+            let body = match body {
+                Some(path) => {
+                    Some(Bytes::from(std::fs::read(&path).map_err(|e| {
+                        anyhow::anyhow!("cannot read {}: {e}", path.display())
+                    })?))
+                }
+                None => None,
+            };
+            let args = IngestArgs {
+                credentials: credential,
+                size,
+                body,
+                chip,
+                firmware_version,
+            };
+            ingest(&url, args, load).await?
+        }
         Command::S3put {
             s3,
             size,
@@ -659,7 +719,7 @@ async fn main() -> anyhow::Result<()> {
             let form = format!(
                 "grant_type=client_credentials&client_id={client_id}&client_secret={client_secret}"
             );
-            small_requests("token", load, |c| {
+            small_requests("token", load, |c, _| {
                 c.post(&target)
                     .header("content-type", "application/x-www-form-urlencoded")
                     .body(form.clone())
@@ -669,20 +729,30 @@ async fn main() -> anyhow::Result<()> {
         Command::Poll {
             url,
             credential,
+            firmware_version,
             load,
         } => {
             ensure_loopback(&url)?;
             let target = format!("{}/api/iot/firmware-version", url.trim_end_matches('/'));
-            let auth = format!("Bearer {credential}");
-            small_requests("poll", load, |c| {
-                c.get(&target).header("authorization", &auth)
+            let auths: Vec<String> = credential.iter().map(|c| format!("Bearer {c}")).collect();
+            small_requests("poll", load, |c, i| {
+                let request = c
+                    .get(&target)
+                    .header("authorization", &auths[i % auths.len()]);
+                match &firmware_version {
+                    Some(version) => request.header("x-firmware-version", version),
+                    None => request,
+                }
             })
             .await?
         }
         Command::Get { url, token, load } => {
             ensure_loopback(&url)?;
             let auth = format!("Bearer {token}");
-            small_requests("get", load, |c| c.get(&url).header("authorization", &auth)).await?
+            small_requests("get", load, |c, _| {
+                c.get(&url).header("authorization", &auth)
+            })
+            .await?
         }
         Command::NotifyLatency {
             url,

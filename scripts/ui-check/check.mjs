@@ -31,7 +31,11 @@ const DUMP = env('UI_CHECK_DUMP');
 const CHIP = env('UI_CHECK_CHIP');
 const MQTT_PORT = env('UI_CHECK_MQTT_PORT');
 const MOSQUITTO_PUB = env('MOSQUITTO_PUB');
+// Our own setup calls (seeding, reading back) authenticate with it; the browser does not.
 const ADMIN_TOKEN = process.env.UI_CHECK_ADMIN_TOKEN || '';
+// What the proxy adds to the browser's admin requests (token mode), if anything.
+const PROXY_TOKEN = process.env.UI_CHECK_PROXY_TOKEN || '';
+const AUTH = process.env.UI_CHECK_AUTH || 'open';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = Number(process.env.UI_CHECK_TIMEOUT_MS || 20000);
 
@@ -62,7 +66,7 @@ async function backend(method, p, { body, headers = {}, admin = true } = {}) {
 const server = await startServer({
   dist: path.join(UI_SRC, 'dist'),
   backend: BACKEND,
-  adminToken: ADMIN_TOKEN,
+  adminToken: PROXY_TOKEN,
 });
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 const context = await browser.newContext({ baseURL: server.url, viewport: { width: 1440, height: 900 } });
@@ -202,6 +206,27 @@ let coredumpId;
   if (r.status !== 201) console.log(`note  seeding a model through the API answered ${r.status}: ${JSON.stringify(r.json)}`);
 }
 
+if (AUTH === 'oidc') {
+  await check('signs in through the OIDC provider (authorization code with PKCE)', async () => {
+    await page.goto('/device-models');
+    // 401 from /api/auth/self → /api/auth/login → the provider → /api/auth/callback → back here.
+    await byTestId('app-shell.root').waitFor({ timeout: WAIT });
+    await page.waitForURL(/\/device-models$/, { timeout: WAIT });
+    const steps = server.log.map((e) => `${e.method} ${new URL(e.path, 'http://x').pathname} ${e.status}`);
+    for (const want of ['GET /api/auth/login 302', 'GET /api/auth/callback 303']) {
+      if (!steps.includes(want)) fail(`no ${want} among the proxied requests: ${steps.slice(0, 12).join(', ')}`);
+    }
+    const cookies = await context.cookies();
+    const session = cookies.find((c) => c.name === 'iotsupport_session');
+    if (!session) fail('no session cookie');
+    if (!session.httpOnly || session.sameSite !== 'Lax') fail(`cookie attributes: ${JSON.stringify(session)}`);
+    const user = byTestId('app-shell.topbar.user');
+    await user.waitFor({ timeout: WAIT });
+    const name = (await user.innerText()).trim();
+    if (!name.includes('Ada Lovelace')) fail(`the top bar names ${JSON.stringify(name)}`);
+  });
+}
+
 await check('app shell renders (GET /api/auth/self, live stream)', async () => {
   await page.goto('/device-models');
   await byTestId('app-shell.root').waitFor({ timeout: WAIT });
@@ -209,7 +234,8 @@ await check('app shell renders (GET /api/auth/self, live stream)', async () => {
   for (const id of ['auth.gate.error', 'auth.gate.forbidden']) {
     if (await byTestId(id).count()) fail(`auth gate shows ${id}`);
   }
-  const self = server.log.find((e) => e.path.startsWith('/api/auth/self'));
+  // (Signing in starts with a 401 there; what counts is that it answers once signed in.)
+  const self = server.log.filter((e) => e.path.startsWith('/api/auth/self')).at(-1);
   if (!self || self.status !== 200) fail(`GET /api/auth/self answered ${self?.status ?? 'nothing'}`);
   const deadline = Date.now() + WAIT;
   while (!server.log.some((e) => e.path.startsWith('/api/sse/stream') && e.status === 200)) {
@@ -494,6 +520,24 @@ await check('parsed core-dump report', async () => {
   await waitForMonacoText(byTestId('coredumps.accordion.editor'), 'CORE DUMP START');
 });
 
+if (AUTH === 'oidc') {
+  await check('signing out ends the session (at the provider too) and signing in again works', async () => {
+    const before = (await context.cookies()).find((c) => c.name === 'iotsupport_session')?.value;
+    await page.goto('/device-models');
+    await byTestId('app-shell.topbar.user').click();
+    await byTestId('app-shell.topbar.user.logout').click();
+    // The provider signs the same person in again at once (it has no password page).
+    await page.waitForURL((u) => u.pathname === '/' || u.pathname.startsWith('/device-models'), { timeout: WAIT });
+    await byTestId('app-shell.topbar.user').waitFor({ timeout: WAIT });
+    const steps = server.log.map((e) => `${e.method} ${new URL(e.path, 'http://x').pathname} ${e.status}`);
+    if (!steps.includes('GET /api/auth/logout 303')) fail('no GET /api/auth/logout 303');
+    const after = (await context.cookies()).find((c) => c.name === 'iotsupport_session')?.value;
+    if (!after || after === before) fail('no new session after signing in again');
+    const old = await fetch(new URL('/api/auth/self', BACKEND), { headers: { cookie: `iotsupport_session=${before}` } });
+    if (old.status !== 401) fail(`the signed-out session still answers ${old.status}`);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Report: every API call, failures and shape differences
 
@@ -525,8 +569,12 @@ for (const g of groups.values()) {
   const unmodelled = [...new Set(g.results.flatMap((r) => r.unmodelled))];
   const extra = [...new Set(g.results.flatMap((r) => r.extra))];
   const failed = g.status >= 400 || g.status === 0;
+  // Not signed in yet: the UI's first question, which sends the browser to sign in.
+  const signInStep = AUTH === 'oidc' && g.method === 'GET' && g.template === '/api/auth/self' && g.status === 401;
   let verdict;
-  if (failed && excluded) {
+  if (signInStep) {
+    verdict = 'expected: before signing in';
+  } else if (failed && excluded) {
     verdict = `not in SPEC: ${excluded}`;
     excludedCalls += g.count;
   } else if (failed || problems.length) {

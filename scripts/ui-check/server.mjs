@@ -6,8 +6,9 @@
 // SharedWorker (it holds the `/api/sse/stream` connection). Bodies are streamed both ways.
 //
 // One option: `adminToken` adds `Authorization: Bearer <token>` to admin requests, as an
-// authenticating reverse proxy would (the UI itself never sends a token). Responses are passed
-// through untouched.
+// authenticating reverse proxy would (the UI itself never sends a token). Without it the browser
+// signs in itself (its session cookie passes through). Responses are passed through untouched;
+// requests get `X-Forwarded-Host`/`X-Forwarded-Proto` as from any reverse proxy.
 
 import http from 'node:http';
 import fs from 'node:fs';
@@ -49,7 +50,14 @@ function serveStatic(dist, req, res) {
 function proxy(backend, options, log, req, res) {
   const started = Date.now();
   const target = new URL(req.url, backend);
-  const headers = { ...req.headers, host: target.host };
+  // As a reverse proxy tells the backend which host the browser addressed (sign-in callbacks
+  // and the CSRF check of cookie-authenticated writes depend on it).
+  const headers = {
+    ...req.headers,
+    host: target.host,
+    'x-forwarded-host': req.headers.host ?? '',
+    'x-forwarded-proto': 'http',
+  };
   if (options.adminToken && !target.pathname.startsWith('/api/iot/')) {
     headers.authorization = `Bearer ${options.adminToken}`;
   }

@@ -6,12 +6,14 @@
 
 mod credentials;
 mod env;
+mod sessions;
 #[cfg(test)]
 mod tests;
 
 pub use credentials::{CredentialSettings, RotationSettings};
 use env::invalid;
 pub use env::{ConfigError, Env};
+pub use sessions::{CookieSecure, SessionSettings};
 
 use std::fmt;
 use std::net::IpAddr;
@@ -140,6 +142,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// Device tokens and provisioning packages.
     pub credentials: CredentialSettings,
+    /// Admin browser sessions.
+    pub sessions: SessionSettings,
     /// Fleet credential rotation.
     pub rotation: RotationSettings,
     /// The MQTT broker this process connects to; `None` without `MQTT_URL` (nothing is published,
@@ -259,6 +263,19 @@ impl Config {
             let mut settings = crate::oidc::OidcSettings::new(issuer_url, audience);
             let skew: u64 = env.parse("OIDC_CLOCK_SKEW_SECONDS", settings.clock_skew.as_secs())?;
             settings.clock_skew = Duration::from_secs(skew);
+            if let Some(client_id) = env.get("OIDC_CLIENT_ID").filter(|v| !v.trim().is_empty()) {
+                settings.client.client_id = client_id.to_string();
+            }
+            settings.client.client_secret = env
+                .get("OIDC_CLIENT_SECRET")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
+            if let Some(scopes) = env.get("OIDC_SCOPES").filter(|v| !v.trim().is_empty()) {
+                if !scopes.split_whitespace().any(|s| s == "openid") {
+                    return Err(invalid("OIDC_SCOPES", "must include openid"));
+                }
+                settings.client.scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
+            }
             Some(settings)
         } else {
             None
@@ -343,6 +360,7 @@ impl Config {
             firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
             config_validation_timeout: env.seconds("CONFIG_VALIDATION_TIMEOUT_SECONDS", 2.0)?,
             credentials: credentials::credentials(env)?,
+            sessions: sessions::sessions(env)?,
             rotation,
             http: HttpLimits {
                 header_read_timeout: env.seconds("HTTP_HEADER_READ_TIMEOUT_SECONDS", 10.0)?,

@@ -118,8 +118,9 @@ async fn group_one(db: &Db, dump: &Ungrouped, signature: &CrashSignature) -> Res
     {
         return Ok(false);
     }
-    super::groups::assign(&mut tx, &dump.facts(), signature).await?;
+    let assigned = super::groups::assign(&mut tx, &dump.facts(), signature).await?;
     tx.commit().await?;
+    super::groups::count_committed(&assigned.changes);
     Ok(true)
 }
 

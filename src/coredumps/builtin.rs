@@ -34,9 +34,14 @@ impl CoredumpParser for BuiltinParser {
                 let report_json = serde_json::to_string(&report).map_err(|e| {
                     ParseFailure::Permanent(format!("Cannot serialise the crash report: {e}"))
                 })?;
+                let signing = std::time::Instant::now();
+                let signature = esp_coredump::crash_signature(&report);
+                metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
+                    "step" => "sign")
+                .record(signing.elapsed().as_secs_f64());
                 Ok(ParsedDump {
                     text: report.to_text(),
-                    signature: esp_coredump::crash_signature(&report),
+                    signature,
                     report_json: Some(report_json),
                 })
             }

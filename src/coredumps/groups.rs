@@ -35,7 +35,7 @@ use crate::db::crash_groups::{
     VersionRow, STATUS_OPEN, STATUS_RESOLVED,
 };
 use crate::db::{self, Db, DbError, Tx};
-use crate::events;
+use crate::{events, telemetry};
 
 pub const EVENT_CREATED: &str = "crash_group_created";
 pub const EVENT_UPDATED: &str = "crash_group_updated";
@@ -173,6 +173,28 @@ pub async fn assign(
         group_id: target,
         changes,
     })
+}
+
+/// Counts, once the transaction of [`assign`] has committed, what its changes did to the
+/// metrics: each regression in `crash_group_regressions_total`. A grouping rolled back (a
+/// failed commit, a retried job) counts nothing.
+pub fn count_committed(changes: &[GroupChange]) {
+    let regressions = changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Regressed)
+        .count();
+    if regressions > 0 {
+        metrics::counter!(telemetry::CRASH_GROUP_REGRESSIONS).increment(regressions as u64);
+    }
+}
+
+/// Sets the `crash_groups_open` gauge from the database (at `/metrics` scrape, like the queue
+/// gauges), so every process sharing the database reports the same number.
+pub async fn publish_open_gauge(db: &Db) {
+    match db_groups::open_count(db).await {
+        Ok(open) => metrics::gauge!(telemetry::CRASH_GROUPS_OPEN).set(open as f64),
+        Err(e) => tracing::warn!(error = %e, "crash_groups_open_count_failed"),
+    }
 }
 
 fn missing_group(id: i64) -> DbError {

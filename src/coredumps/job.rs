@@ -204,13 +204,18 @@ async fn record_outcome(
     let mut tx = db.begin().await?;
     // The update locks the dump's row: grouping below never races another parse of this dump.
     let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
+    let mut changes = Vec::new();
     if recorded {
         let group = match signature {
-            Some(signature) => Some(
-                groups::assign(&mut tx, &member_facts(target), signature)
-                    .await?
-                    .group_id,
-            ),
+            Some(signature) => {
+                let started = std::time::Instant::now();
+                let assigned = groups::assign(&mut tx, &member_facts(target), signature).await?;
+                metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
+                    "step" => "assign")
+                .record(started.elapsed().as_secs_f64());
+                changes = assigned.changes;
+                Some(assigned.group_id)
+            }
             // No signature (an error, the sidecar): the dump stays where it was, if anywhere.
             None => crate::db::crash_groups::membership(&mut tx, id).await?,
         };
@@ -222,6 +227,7 @@ async fn record_outcome(
         .await?;
     }
     tx.commit().await?;
+    groups::count_committed(&changes);
     Ok(recorded)
 }
 

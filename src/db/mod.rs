@@ -24,6 +24,7 @@ pub mod migrate;
 pub mod notifications;
 pub mod reconcile;
 pub mod rotation;
+pub mod sessions;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -8,7 +8,9 @@
 //!
 //! Admin credentials: `ADMIN_TOKEN` (compared in constant time) grants every role; with OIDC on, a
 //! JWT from the issuer carries its roles (`editor` writes, `pipeline` uploads from CI, any valid
-//! user reads). Both may be on at once. With neither configured the admin API is open (and `serve`
+//! user reads). Both may be on at once. A request without an `Authorization` header may instead
+//! carry a browser session cookie (`super::session`, `crate::sessions`): the identity its sign-in
+//! established, with a CSRF check on writes. With neither configured the admin API is open (and `serve`
 //! binds only to loopback unless `ALLOW_UNAUTHENTICATED=true`).
 //!
 //! Device credentials: `Authorization: Bearer <key>.<secret>` (one dot), the secret checked
@@ -118,8 +120,13 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Compares two secrets in constant time (hashing first hides their lengths too).
-fn secrets_equal(a: &str, b: &str) -> bool {
+pub(super) fn secrets_equal(a: &str, b: &str) -> bool {
     sha256(a.as_bytes()).ct_eq(&sha256(b.as_bytes())).into()
+}
+
+/// The roles of the local admin (`ADMIN_TOKEN`, open mode): all of them.
+pub(super) fn local_roles() -> Vec<String> {
+    vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()]
 }
 
 /// The configured local identity (`ADMIN_TOKEN` callers, open mode), with every role.
@@ -129,7 +136,7 @@ fn local_admin(state: &AppState, method: AdminAuthMethod) -> AdminIdentity {
         subject: local.subject.clone(),
         email: local.email.clone(),
         name: local.name.clone(),
-        roles: vec![ROLE_EDITOR.into(), ROLE_PIPELINE.into()],
+        roles: local_roles(),
         method,
         csrf_token: None,
     }
@@ -156,8 +163,9 @@ pub async fn authenticate_admin(
     if !state.config.admin_auth_enabled() {
         return Ok(local_admin(state, AdminAuthMethod::Open));
     }
-    let token = bearer(parts)?
-        .ok_or_else(|| ApiError::AuthenticationRequired("Authentication required".into()))?;
+    let Some(token) = bearer(parts)? else {
+        return session_identity(parts, state).await;
+    };
     if let Some(expected) = &state.config.admin_token {
         if secrets_equal(token, expected.expose()) {
             return Ok(local_admin(state, AdminAuthMethod::AdminToken));
@@ -182,6 +190,37 @@ pub async fn authenticate_admin(
     Err(ApiError::AuthenticationRequired(
         "Invalid credentials".into(),
     ))
+}
+
+/// The admin a browser session names (no `Authorization` header); see `super::session`.
+async fn session_identity(parts: &Parts, state: &AppState) -> Result<AdminIdentity, ApiError> {
+    let Some(cookie) = super::session::session_cookie(&parts.headers) else {
+        return Err(ApiError::AuthenticationRequired(
+            "Authentication required".into(),
+        ));
+    };
+    let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
+    let session = crate::sessions::find(&state.db, &cookie, admin_token)
+        .await?
+        .ok_or_else(|| {
+            ApiError::AuthenticationRequired("Your session has ended; sign in again".into())
+        })?;
+    if !super::session::csrf_ok(parts, &session.csrf_token) {
+        return Err(ApiError::AuthorizationFailed(
+            "This write did not come from an iotsupport page (CSRF check failed)".into(),
+        ));
+    }
+    Ok(AdminIdentity {
+        subject: session.subject,
+        email: session.email,
+        name: session.name,
+        roles: session.roles,
+        method: match session.method {
+            crate::sessions::SessionMethod::AdminToken => AdminAuthMethod::AdminToken,
+            crate::sessions::SessionMethod::Oidc => AdminAuthMethod::Oidc,
+        },
+        csrf_token: Some(session.csrf_token),
+    })
 }
 
 fn require(identity: AdminIdentity, role: &str) -> Result<AdminIdentity, ApiError> {

@@ -22,7 +22,7 @@ use crate::state::AppState;
         super::device_models::update, super::device_models::remove,
         super::devices::list, super::devices::create, super::devices::fetch,
         super::devices::update, super::devices::remove, super::devices::replace_secret,
-        super::iot::config, super::identity::whoami, super::identity::login, super::events::stream,
+        super::iot::config, super::identity::whoami, super::login::login, super::login::login_with_token, super::login::callback, super::login::logout, super::events::stream,
         super::iot::coredump::upload, super::coredumps::list, super::coredumps::fetch,
         super::coredumps::download, super::coredumps::remove, super::coredumps::remove_all,
         super::coredumps::reparse,

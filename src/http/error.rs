@@ -250,6 +250,15 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::FormRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::FormRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge("Request body is too large".into());
+        }
+        ApiError::validation(format!("Invalid form: {}", bounded(&rejection.body_text())))
+    }
+}
+
 impl From<crate::storage::InvalidKey> for ApiError {
     fn from(e: crate::storage::InvalidKey) -> Self {
         ApiError::validation(e.to_string())

@@ -1,4 +1,4 @@
-//! The extractors handlers take their input with: axum's `Json`, `Path` and `Query` with our
+//! The extractors handlers take their input with: axum's `Json`, `Form`, `Path` and `Query` with our
 //! rejection, so a body, a path parameter or a query that does not parse is a 400 envelope
 //! (`VALIDATION_FAILED`) like every other error. axum's own rejections are `text/plain`.
 //!
@@ -29,6 +29,11 @@ impl<T: Serialize> IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+/// A form body (`application/x-www-form-urlencoded`) whose rejections use our envelope.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
+#[from_request(via(axum::Form), rejection(ApiError))]
+pub struct Form<T>(pub T);
 
 /// Path parameters, deserialized as axum's `Path` does; a parameter that does not parse (`abc`
 /// for an id) or holds a NUL is a 400 envelope.

@@ -29,11 +29,13 @@ pub mod firmware;
 pub mod health;
 pub mod identity;
 pub mod iot;
+pub mod login;
 pub mod ops;
 pub mod provisioning;
 pub mod request_context;
 pub mod rotation;
 pub mod server;
+pub mod session;
 pub mod ui;
 
 use axum::extract::Request;
@@ -66,6 +68,7 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(device_logs::router())
         .merge(provisioning::router())
         .merge(identity::router())
+        .merge(login::router())
         .merge(events::router())
         .merge(ui::router());
     if let Some(extra) = extra {

@@ -21,10 +21,12 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    // Queue gauges are measured now, so every process reports the shared queue consistently.
+    // Queue and crash-group gauges are measured now, so every process reports the shared
+    // database consistently.
     if state.config.mqtt.is_some() {
         crate::notify::publisher::publish_queue_metrics(&state.db).await;
     }
+    crate::coredumps::groups::publish_open_gauge(&state.db).await;
     match crate::jobs::queue_stats(&state.db).await {
         Ok(stats) => {
             let now = crate::db::now();

@@ -99,24 +99,38 @@ impl OidcVerifier {
         }
     }
 
+    /// The HTTP client for the issuer (no redirects followed, bounded time).
+    pub(super) fn client(fetch: &mut FetchState) -> Result<reqwest::Client, OidcError> {
+        if let Some(client) = &fetch.client {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(HTTP_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| OidcError::unavailable(format!("HTTP client could not be built: {e}")))?;
+        fetch.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The discovery document's facts, fetching it if not known yet; and the HTTP client.
+    pub(super) async fn discovered(&self) -> Result<(Discovered, reqwest::Client), OidcError> {
+        let mut fetch = self.inner.fetch.lock().await;
+        let client = Self::client(&mut fetch)?;
+        if let Some(d) = &fetch.discovered {
+            return Ok((d.clone(), client));
+        }
+        let discovered = self.discover(&client).await?;
+        fetch.discovered = Some(discovered.clone());
+        Ok((discovered, client))
+    }
+
     async fn fetch_keys(
         &self,
         fetch: &mut FetchState,
     ) -> Result<(Discovered, HashMap<String, Arc<CachedKey>>), OidcError> {
-        let client = match &fetch.client {
-            Some(client) => client.clone(),
-            None => {
-                let client = reqwest::Client::builder()
-                    .timeout(HTTP_TIMEOUT)
-                    .connect_timeout(HTTP_TIMEOUT)
-                    .build()
-                    .map_err(|e| {
-                        OidcError::unavailable(format!("HTTP client could not be built: {e}"))
-                    })?;
-                fetch.client = Some(client.clone());
-                client
-            }
-        };
+        let client = Self::client(fetch)?;
         let discovered = match &fetch.discovered {
             Some(d) => d.clone(),
             None => self.discover(&client).await?,
@@ -163,6 +177,9 @@ impl OidcVerifier {
         Ok(Discovered {
             issuer: doc.issuer,
             jwks_uri: doc.jwks_uri,
+            authorization_endpoint: doc.authorization_endpoint,
+            token_endpoint: doc.token_endpoint,
+            end_session_endpoint: doc.end_session_endpoint,
         })
     }
 }

@@ -33,6 +33,7 @@
 //!   values.
 
 mod keys;
+pub mod login;
 
 use keys::is_allowed_algorithm;
 
@@ -75,14 +76,23 @@ pub struct OidcSettings {
     /// Minimum interval between JWKS fetches caused by an unknown `kid` (or retries after a failed
     /// fetch). [`DEFAULT_MIN_REFRESH_INTERVAL`] unless a test needs another.
     pub min_refresh_interval: Duration,
+    /// Browser sign-in as a client of the provider ([`login`]).
+    pub client: login::ClientSettings,
 }
 
 impl OidcSettings {
     /// Settings with the default clock skew and refresh interval.
+    /// Signs in as client `audience` (public, PKCE), scopes `openid profile email`.
     pub fn new(issuer_url: impl Into<String>, audience: impl Into<String>) -> Self {
+        let audience = audience.into();
         OidcSettings {
             issuer_url: issuer_url.into(),
-            audience: audience.into(),
+            client: login::ClientSettings {
+                client_id: audience.clone(),
+                client_secret: None,
+                scopes: "openid profile email".into(),
+            },
+            audience,
             clock_skew: DEFAULT_CLOCK_SKEW,
             min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
         }
@@ -214,12 +224,22 @@ struct FetchState {
 struct Discovered {
     issuer: String,
     jwks_uri: String,
+    /// For browser sign-in (`login.rs`); a provider without them only verifies tokens.
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    end_session_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct DiscoveryDocument {
     issuer: String,
     jwks_uri: String,
+    #[serde(default)]
+    authorization_endpoint: Option<String>,
+    #[serde(default)]
+    token_endpoint: Option<String>,
+    #[serde(default)]
+    end_session_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +262,8 @@ struct Claims {
     realm_access: Option<serde_json::Value>,
     #[serde(default)]
     resource_access: Option<serde_json::Value>,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// What the key lookup concluded while holding the fetch lock.
@@ -270,6 +292,18 @@ impl OidcVerifier {
     /// Checks `token` (the bearer value, without `Bearer `): signature against the issuer's
     /// JWKS, `iss`, `aud`, `exp` and `nbf` (with the configured clock skew), and `sub` present.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, OidcError> {
+        let audience = self.inner.settings.audience.clone();
+        self.verify_for(token, &audience, None).await
+    }
+
+    /// [`Self::verify`] for audience `audience`; with `nonce`, the token's `nonce` claim must be
+    /// exactly it (an ID token of the sign-in that asked for it).
+    async fn verify_for(
+        &self,
+        token: &str,
+        audience: &str,
+        nonce: Option<&str>,
+    ) -> Result<VerifiedToken, OidcError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(OidcError::invalid("token is too large"));
         }
@@ -299,12 +333,19 @@ impl OidcVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = true;
-        validation.set_audience(&[settings.audience.as_str()]);
+        validation.set_audience(&[audience]);
         validation.set_issuer(&[issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| OidcError::invalid(describe(e.kind())))?;
         let claims = data.claims;
+        if let Some(expected) = nonce {
+            if claims.nonce.as_deref() != Some(expected) {
+                return Err(OidcError::invalid(
+                    "ID token does not belong to this sign-in (nonce)",
+                ));
+            }
+        }
         let subject = claims
             .sub
             .filter(|s| !s.is_empty())

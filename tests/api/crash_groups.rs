@@ -1,6 +1,7 @@
 //! Crash groups through the API (SPEC §15): real dumps of the ESP test data grouped by signature
-//! across devices and builds, the list with its filters and orders, a group's detail, the status
-//! (resolved groups reopen as regressions, ignored ones stay ignored and count), and the errors.
+//! across devices and builds and separately per model, the list with its filters and orders, a
+//! group's detail, the status (resolved groups reopen as regressions, ignored ones stay ignored
+//! and count) with its metrics, and the errors.
 
 use serde_json::{json, Value};
 
@@ -137,10 +138,77 @@ async fn one_crash_on_two_devices_in_two_builds_is_one_group_and_another_crash_i
         let parsed_events = events_of(app, "coredump_parsed").await;
         assert_eq!(parsed_events[3]["crash_group_id"], store_id);
         assert_counts_match_ledger(app).await;
+    })
+    .await;
+}
 
-        // Another model's groups are its own.
-        let other = model_with_device(app, "other").await;
-        assert_eq!(groups(app, other.model_id, "").await.len(), 0);
+#[tokio::test]
+async fn the_same_dump_from_three_devices_is_one_group_of_three_and_another_models_is_its_own() {
+    let Some(crashes) = crashes() else { return };
+    for_each_stack("crash_groups_three_devices", &[], async |app| {
+        let d1 = model_with_device(app, "sensor").await;
+        let d2 = device_of(app, d1.model_id).await;
+        let d3 = device_of(app, d1.model_id).await;
+        store_builds(app, "sensor", &crashes).await;
+        let mut dumps = Vec::new();
+        for device in [&d1, &d2, &d3] {
+            dumps.push(crash_and_parse(app, device, &crashes.abort_v1).await);
+        }
+
+        let list = groups(app, d1.model_id, "").await;
+        assert_eq!(list.len(), 1, "{list:?}");
+        let g = &list[0];
+        assert_eq!(g["title"], "abort() in fail_once", "{g}");
+        assert_eq!(g["coredump_count"], 3, "{g}");
+        assert_eq!(g["device_count"], 3, "{g}");
+        assert_eq!(g["firmware_versions"], json!(["1.0.0"]));
+        assert_eq!(g["first_seen_at"], dumps[0]["uploaded_at"]);
+        assert_eq!(g["last_seen_at"], dumps[2]["uploaded_at"]);
+        for dump in &dumps {
+            assert_eq!(dump["crash_group_id"], g["id"], "{dump}");
+        }
+        let detail = group(app, g["id"].as_i64().unwrap()).await;
+        let counts = &detail["firmware_version_counts"];
+        assert_eq!(counts.as_array().unwrap().len(), 1, "{detail}");
+        assert_eq!(
+            (
+                counts[0]["coredump_count"].as_i64(),
+                counts[0]["device_count"].as_i64()
+            ),
+            (Some(3), Some(3)),
+            "{detail}"
+        );
+        assert_eq!(detail["stored_coredump_count"], 3);
+
+        // The same dump from a device of another model: a group of that model, the first one
+        // unchanged.
+        let other = model_with_device(app, "gateway").await;
+        store_builds(app, "gateway", &crashes).await;
+        let theirs = crash_and_parse(app, &other, &crashes.abort_v1).await;
+        let their_groups = groups(app, other.model_id, "").await;
+        assert_eq!(their_groups.len(), 1, "{their_groups:?}");
+        let t = &their_groups[0];
+        assert_ne!(t["id"], g["id"]);
+        assert_eq!(t["device_model_id"], other.model_id);
+        assert_eq!(t["signature_hash"], g["signature_hash"]);
+        assert_eq!(
+            (t["coredump_count"].as_i64(), t["device_count"].as_i64()),
+            (Some(1), Some(1)),
+            "{t}"
+        );
+        assert_eq!(theirs["crash_group_id"], t["id"]);
+        let ours = groups(app, d1.model_id, "").await;
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        assert_eq!(
+            (
+                ours[0]["coredump_count"].as_i64(),
+                ours[0]["device_count"].as_i64()
+            ),
+            (Some(3), Some(3)),
+            "{ours:?}"
+        );
+        assert_eq!(events_of(app, "crash_group_created").await.len(), 2);
+        assert_counts_match_ledger(app).await;
     })
     .await;
 }
@@ -183,17 +251,23 @@ async fn unknown_groups_and_models_are_404_and_unknown_statuses_and_orders_are_4
 #[tokio::test]
 async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_group_stays_ignored(
 ) {
+    // Also the metrics: `crash_groups_open` at each status, `crash_group_regressions_total` counting
+    // the one regression (and not the dump uploaded before the group was resolved).
     let Some(crashes) = crashes() else { return };
+    let _exclusive = REOPENING_GROUPS.lock().await;
     // Parses are run one at a time here, so which dump is parsed when is the test's choice.
     TestApp::builder("crash_groups_status")
         .without_default_job_handlers()
         .for_each_stack(async |app| {
+            let regressions = regressions_total(app).await;
             let device = model_with_device(app, "sensor").await;
             store_builds(app, "sensor", &crashes).await;
+            assert_open_groups(app, 0.0).await;
             let first = upload_crash(app, &device, &crashes.abort_v1).await;
             let before = upload_crash(app, &device, &crashes.abort_v2).await;
             run_one_job(app).await.unwrap();
             let id = group_of(app, &device, first).await.as_i64().unwrap();
+            assert_open_groups(app, 1.0).await;
 
             let (status, body) = app
                 .update_crash_group(id, json!({"status": "resolved"}))
@@ -208,6 +282,7 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
                 .await;
             assert_eq!(status, 200);
             assert_eq!(events_of(app, "crash_group_updated").await.len(), 1);
+            assert_open_groups(app, 0.0).await;
 
             // A dump uploaded before the group was resolved, parsed after: the fix covers it.
             run_one_job(app).await.unwrap();
@@ -218,6 +293,8 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
                 (Some("resolved"), Some(2))
             );
             assert_eq!(g["regressed_at"], Value::Null);
+            assert_open_groups(app, 0.0).await;
+            assert_eq!(regressions_total(app).await, regressions);
 
             // A dump uploaded after: a regression.
             let after = upload_crash(app, &device, &crashes.abort_v2).await;
@@ -232,6 +309,8 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
             assert_eq!(regressed[0]["id"], id);
             assert_eq!(regressed[0]["status"], "open");
             assert_eq!(regressed[0]["coredump_id"], after);
+            assert_eq!(regressions_total(app).await, regressions + 1.0);
+            assert_open_groups(app, 1.0).await;
 
             // Ignored stays ignored, and counts.
             let (status, body) = app
@@ -250,10 +329,13 @@ async fn a_dump_uploaded_after_its_group_was_resolved_reopens_it_and_an_ignored_
                 1
             );
             assert_eq!(groups(app, device.model_id, "status=open").await.len(), 0);
+            assert_eq!(regressions_total(app).await, regressions + 1.0);
+            assert_open_groups(app, 0.0).await;
 
             // Back to open; unknown statuses are refused.
             let (status, body) = app.update_crash_group(id, json!({"status": "open"})).await;
             assert_eq!((status, body["status"].as_str()), (200, Some("open")));
+            assert_open_groups(app, 1.0).await;
             let (status, body) = app.update_crash_group(id, json!({"status": "fixed"})).await;
             assert_eq!(status, 400, "{body}");
             assert_eq!(

@@ -1,7 +1,7 @@
 //! What the crash-group tests share (`crash_groups.rs`, `crash_group_changes.rs`,
 //! `crash_group_counts.rs`): the real crashes of the ESP test data, uploading and parsing them,
-//! the groups as the API shows them, the events they recorded, and the check that every group's
-//! counters equal the aggregates of its ledger.
+//! the groups as the API shows them, the events they recorded, the crash-group metrics, and the
+//! check that every group's counters equal the aggregates of its ledger.
 
 use std::time::Duration;
 
@@ -114,6 +114,41 @@ pub async fn events_of(app: &TestApp, kind: &str) -> Vec<Value> {
 /// The `crash_group_id` of dump `id` as the core-dump API shows it.
 pub async fn group_of(app: &TestApp, device: &TestDevice, id: i64) -> Value {
     dump(app, device, id).await["crash_group_id"].clone()
+}
+
+/// Held by every test that reopens a group (a regression), so each one reads exact deltas of
+/// `crash_group_regressions_total`: the metrics recorder is one for this whole test binary.
+pub static REOPENING_GROUPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The value of the unlabelled series `name` in a Prometheus text; `None` when it is absent (a
+/// counter appears when it is first incremented).
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        Some(value.parse().expect("a metric value"))
+    })
+}
+
+/// `crash_group_regressions_total` as `GET /metrics` shows it (0 before the first regression).
+pub async fn regressions_total(app: &TestApp) -> f64 {
+    metric_value(&app.metrics().await, "crash_group_regressions_total").unwrap_or(0.0)
+}
+
+/// Checks that `GET /metrics` shows `want` open groups. The gauge is set from the app's database
+/// when `/metrics` is scraped; the recorder is one for this whole test binary, so another test's
+/// app scraping at the same moment can set its own number between this app's setting and
+/// rendering it. A scrape showing another number is therefore retried for a few seconds.
+pub async fn assert_open_groups(app: &TestApp, want: f64) {
+    let shown = eventually(Duration::from_secs(5), || async {
+        metric_value(&app.metrics().await, "crash_groups_open") == Some(want)
+    })
+    .await;
+    let text = app.metrics().await;
+    assert!(
+        shown,
+        "crash_groups_open should be {want}: {:?}",
+        metric_value(&text, "crash_groups_open")
+    );
 }
 
 type Times = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);

@@ -59,6 +59,7 @@ mod request_envelope;
 mod rotation;
 #[path = "../support/rust_source.rs"]
 mod rust_source;
+mod sessions;
 mod storage;
 mod transactions;
 mod ui_access;

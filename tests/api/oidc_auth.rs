@@ -263,8 +263,8 @@ async fn an_unreachable_issuer_is_503_not_401() {
 }
 
 #[tokio::test]
-async fn login_redirects_only_when_a_login_url_is_configured() {
-    let Some(app) = spawn_app(Stack::Embedded, "login_404").await else {
+async fn login_goes_to_the_login_url_when_one_is_configured_and_straight_back_in_open_mode() {
+    let Some(app) = spawn_app(Stack::Embedded, "login_open").await else {
         return;
     };
     let no_redirects = reqwest::Client::builder()
@@ -276,7 +276,9 @@ async fn login_redirects_only_when_a_login_url_is_configured() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 404);
+    // Nobody needs to sign in: back where the browser came from.
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/models");
     app.stop().await;
 
     let Some(app) = spawn_app_with(

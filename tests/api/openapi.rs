@@ -59,8 +59,12 @@ const PUBLIC_OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/health/healthz"),
     ("GET", "/health/readyz"),
     ("GET", "/metrics"),
-    // Redirects the browser to the sign-in page; nothing to authenticate yet.
+    // Signing in and out: nothing to authenticate yet (or any more).
     ("GET", "/api/auth/login"),
+    ("POST", "/api/auth/login"),
+    ("GET", "/api/auth/callback"),
+    ("GET", "/api/auth/logout"),
+    ("POST", "/api/auth/logout"),
     // The device's token endpoint authenticates the client itself (RFC 6749 client
     // credentials); the JWKS is public by nature.
     ("POST", "/api/iot/token"),

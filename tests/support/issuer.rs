@@ -12,12 +12,14 @@ use aws_lc_rs::signature::{
     EcdsaKeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents, ECDSA_P256_SHA256_FIXED_SIGNING,
     RSA_PKCS1_SHA256,
 };
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use base64::Engine as _;
 use http::StatusCode;
 use iotsupport::oidc::{OidcError, OidcSettings, OidcVerifier, VerifiedToken};
 use serde_json::{json, Value};
@@ -127,8 +129,50 @@ impl RsaKey {
 // ---------------------------------------------------------------------------------------------
 // The local issuer
 
+/// Browser sign-in at the issuer (authorization code with PKCE): who signs in and as what client.
+pub struct LoginSetup {
+    pub key: EcKey,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    /// Claims of the person who signs in (sub, name, email, roles …); `iss`, `aud`, times and
+    /// `nonce` are added.
+    pub user: Value,
+    /// Answer every authorization request with this error (e.g. `access_denied`).
+    pub refuse: Option<String>,
+    /// Put another nonce into ID tokens than the sign-in asked for.
+    pub wrong_nonce: bool,
+    codes: HashMap<String, IssuedCode>,
+    /// Every token request's outcome: `ok` or the error answered.
+    pub token_requests: Vec<String>,
+    pub logouts: Vec<String>,
+}
+
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: String,
+}
+
+impl LoginSetup {
+    pub fn new(key: EcKey, client_id: &str, user: Value) -> Self {
+        LoginSetup {
+            key,
+            client_id: client_id.to_string(),
+            client_secret: None,
+            user,
+            refuse: None,
+            wrong_nonce: false,
+            codes: HashMap::new(),
+            token_requests: Vec::new(),
+            logouts: Vec::new(),
+        }
+    }
+}
+
 pub struct IssuerState {
     pub issuer: String,
+    pub login: Mutex<Option<LoginSetup>>,
     /// The `issuer` the discovery document claims (normally `issuer`).
     pub advertised_issuer: Mutex<String>,
     pub jwks: Mutex<Value>,
@@ -161,6 +205,8 @@ pub async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
         "issuer": advertised,
         "jwks_uri": format!("{}/protocol/openid-connect/certs", state.issuer),
         "authorization_endpoint": format!("{}/protocol/openid-connect/auth", state.issuer),
+        "token_endpoint": format!("{}/protocol/openid-connect/token", state.issuer),
+        "end_session_endpoint": format!("{}/protocol/openid-connect/logout", state.issuer),
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
     }))
     .into_response()
@@ -178,15 +224,175 @@ pub async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     Json(state.jwks.lock().expect("lock").clone()).into_response()
 }
 
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
+    params.get(name).map(String::as_str).unwrap_or("")
+}
+
+fn redirect_to(url: String) -> Response {
+    (StatusCode::FOUND, [(http::header::LOCATION, url)]).into_response()
+}
+
+fn token_error(error: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response()
+}
+
+/// The authorization endpoint: signs the configured user in at once (no login page) and sends
+/// the browser back with a code, or with the configured error.
+pub async fn authorize(
+    State(state): State<Arc<IssuerState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut guard = state.login.lock().expect("lock");
+    let Some(login) = guard.as_mut() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let redirect_uri = param(&params, "redirect_uri").to_string();
+    let state_param = param(&params, "state").to_string();
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    if let Some(error) = &login.refuse {
+        return redirect_to(format!(
+            "{redirect_uri}{sep}error={error}&state={}",
+            enc(&state_param)
+        ));
+    }
+    let valid = param(&params, "response_type") == "code"
+        && param(&params, "client_id") == login.client_id
+        && param(&params, "code_challenge_method") == "S256"
+        && !param(&params, "code_challenge").is_empty()
+        && param(&params, "scope").split(' ').any(|s| s == "openid")
+        && !state_param.is_empty()
+        && redirect_uri.starts_with("http");
+    if !valid {
+        return (StatusCode::BAD_REQUEST, "invalid authorization request").into_response();
+    }
+    let code = b64(&aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{state_param}{}", now()).as_bytes(),
+    )
+    .as_ref()[..18]);
+    login.codes.insert(
+        code.clone(),
+        IssuedCode {
+            client_id: login.client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            challenge: param(&params, "code_challenge").to_string(),
+            nonce: param(&params, "nonce").to_string(),
+        },
+    );
+    redirect_to(format!(
+        "{redirect_uri}{sep}code={}&state={}",
+        enc(&code),
+        enc(&state_param)
+    ))
+}
+
+/// The token endpoint: checks the code (once), redirect URI, client and PKCE verifier.
+pub async fn token(
+    State(state): State<Arc<IssuerState>>,
+    headers: http::HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    let mut guard = state.login.lock().expect("lock");
+    let Some(login) = guard.as_mut() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let outcome = (|| {
+        if param(&form, "grant_type") != "authorization_code" {
+            return Err("unsupported_grant_type");
+        }
+        // Client authentication: HTTP Basic with the secret when there is one, else client_id.
+        let basic = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+            .and_then(|v| String::from_utf8(v).ok());
+        match (&login.client_secret, basic) {
+            (Some(secret), Some(pair)) if pair == format!("{}:{secret}", login.client_id) => {}
+            (Some(_), _) => return Err("invalid_client"),
+            (None, _) if param(&form, "client_id") == login.client_id => {}
+            (None, _) => return Err("invalid_client"),
+        }
+        let issued = login
+            .codes
+            .remove(param(&form, "code"))
+            .ok_or("invalid_grant")?;
+        let challenge = b64(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            param(&form, "code_verifier").as_bytes(),
+        )
+        .as_ref());
+        if issued.redirect_uri != param(&form, "redirect_uri")
+            || issued.client_id != login.client_id
+            || issued.challenge != challenge
+        {
+            return Err("invalid_grant");
+        }
+        Ok(issued)
+    })();
+    let issued = match outcome {
+        Ok(issued) => issued,
+        Err(error) => {
+            login.token_requests.push(error.to_string());
+            return token_error(error);
+        }
+    };
+    login.token_requests.push("ok".into());
+    let now = now();
+    let mut access = login.user.clone();
+    access["iss"] = json!(state.issuer);
+    access["aud"] = json!(["account", AUDIENCE]);
+    access["azp"] = json!(login.client_id);
+    access["iat"] = json!(now);
+    access["exp"] = json!(now + 300);
+    let nonce = if login.wrong_nonce {
+        "not-the-nonce".to_string()
+    } else {
+        issued.nonce
+    };
+    let id = json!({
+        "iss": state.issuer, "sub": login.user["sub"], "aud": login.client_id,
+        "iat": now, "exp": now + 300, "nonce": nonce,
+        "name": login.user["name"], "email": login.user["email"],
+    });
+    Json(json!({
+        "access_token": login.key.sign(&access),
+        "id_token": login.key.sign(&id),
+        "token_type": "Bearer",
+        "expires_in": 300,
+    }))
+    .into_response()
+}
+
+/// RP-initiated logout: records it and sends the browser on.
+pub async fn end_session(
+    State(state): State<Arc<IssuerState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(login) = state.login.lock().expect("lock").as_mut() {
+        login
+            .logouts
+            .push(param(&params, "id_token_hint").to_string());
+    }
+    redirect_to(param(&params, "post_logout_redirect_uri").to_string())
+}
+
 impl TestIssuer {
     pub async fn start(keys: Vec<Value>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0", keys).await
+    }
+
+    /// Listens on `addr` (e.g. `127.0.0.1:0`).
+    pub async fn start_on(addr: &str, keys: Vec<Value>) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind 127.0.0.1:0");
+            .expect("bind the issuer's address");
         let addr = listener.local_addr().expect("local addr");
         let issuer = format!("http://{addr}{REALM_PATH}");
         let state = Arc::new(IssuerState {
             issuer: issuer.clone(),
+            login: Mutex::new(None),
             advertised_issuer: Mutex::new(issuer.clone()),
             jwks: Mutex::new(json!({ "keys": keys })),
             jwks_status: Mutex::new(StatusCode::OK),
@@ -203,6 +409,18 @@ impl TestIssuer {
                 &format!("{REALM_PATH}/protocol/openid-connect/certs"),
                 get(jwks),
             )
+            .route(
+                &format!("{REALM_PATH}/protocol/openid-connect/auth"),
+                get(authorize),
+            )
+            .route(
+                &format!("{REALM_PATH}/protocol/openid-connect/token"),
+                axum::routing::post(token),
+            )
+            .route(
+                &format!("{REALM_PATH}/protocol/openid-connect/logout"),
+                get(end_session),
+            )
             .with_state(state.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -212,6 +430,23 @@ impl TestIssuer {
             state,
             server,
         }
+    }
+
+    /// Enables browser sign-in for `setup`'s client and user (its key must be in the JWKS).
+    pub fn enable_login(&self, setup: LoginSetup) {
+        *self.state.login.lock().expect("lock") = Some(setup);
+    }
+
+    /// Changes the sign-in setup in place.
+    pub fn with_login<T>(&self, change: impl FnOnce(&mut LoginSetup) -> T) -> T {
+        change(
+            self.state
+                .login
+                .lock()
+                .expect("lock")
+                .as_mut()
+                .expect("login enabled"),
+        )
     }
 
     pub fn set_keys(&self, keys: Vec<Value>) {

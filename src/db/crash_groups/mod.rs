@@ -12,7 +12,8 @@ use crate::on_conn;
 
 mod views;
 pub use views::{
-    devices_running, list, newest_dumps, stored_dumps, versions, GroupDumpRow, GroupOrder,
+    devices_running, list, newest_dumps, open_count, stored_dumps, versions, GroupDumpRow,
+    GroupOrder,
 };
 
 pub const STATUS_OPEN: &str = "open";

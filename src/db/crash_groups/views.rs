@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{CrashGroupRow, VersionRow, SELECT};
-use crate::db::{DbError, Tx};
-use crate::on_conn;
+use super::{CrashGroupRow, VersionRow, SELECT, STATUS_OPEN};
+use crate::db::{Db, DbError, Tx};
+use crate::{on_conn, on_pool};
 
 /// How a model's groups are ordered; every order is descending, then newest id first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,17 @@ pub async fn list(
     .bind(device_model_id)
     .bind(status)
     .fetch_all(c)
+    .await)?)
+}
+
+/// How many groups are open, over all models (the `crash_groups_open` gauge). A scan of
+/// `crash_groups`, which holds one row per distinct crash of a model: thousands of rows at most.
+pub async fn open_count(db: &Db) -> Result<i64, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM crash_groups WHERE status = $1"
+    )
+    .bind(STATUS_OPEN)
+    .fetch_one(p)
     .await)?)
 }
 

@@ -1,0 +1,410 @@
+//! Browser sign-in and sign-out (issue 16): `GET|POST /api/auth/login`, `GET /api/auth/callback`,
+//! `GET|POST /api/auth/logout`. Both UIs use them: the Python service's UI sends the browser to
+//! `/api/auth/login?redirect=…` when `/api/auth/self` answers 401 and to `/api/auth/logout` to sign
+//! out; ours does the same.
+//!
+//! `GET /api/auth/login` depends on the configured authentication:
+//! 1. `AUTH_LOGIN_URL` set: 302 there with `redirect` passed on (an authenticating proxy signs in);
+//! 2. OIDC: 302 to the provider's authorization endpoint (code flow with PKCE, `crate::oidc::login`);
+//!    its callback creates the session;
+//! 3. `ADMIN_TOKEN` only: a sign-in form; posting the token creates the session;
+//! 4. open mode: straight back to `redirect`.
+
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::extract::{Form, Query};
+use super::session;
+use crate::sessions::{self, SessionMethod, SignedIn};
+use crate::state::AppState;
+
+/// The throttle key of failed token sign-ins (device client ids start with `iotdevice-`).
+const THROTTLE_KEY: &str = "admin-sign-in";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/login", get(login).post(login_with_token))
+        .route("/api/auth/callback", get(callback))
+        .route("/api/auth/logout", get(logout).post(logout))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LoginQuery {
+    /// Where the browser should return after signing in (a local path).
+    pub redirect: Option<String>,
+    /// Set by a failed attempt: `invalid`, `throttled`.
+    pub error: Option<String>,
+}
+
+/// Starts signing in (see the module docs for what each configuration does).
+#[utoipa::path(get, path = "/api/auth/login", tag = "auth", params(LoginQuery),
+    responses((status = 302, description = "To the identity provider, the configured login URL, or back"),
+        (status = 200, description = "The ADMIN_TOKEN sign-in form (text/html)")))]
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response, ApiError> {
+    let return_to = sessions::safe_return_path(query.redirect.as_deref());
+    if let Some(base) = &state.config.auth_login_url {
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let target = match &query.redirect {
+            Some(redirect) => format!("{base}{separator}redirect={}", encode(redirect)),
+            None => base.clone(),
+        };
+        return Ok(found(&target));
+    }
+    if let Some(oidc) = &state.oidc {
+        let redirect_uri = match &state.config.sessions.oidc_redirect_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "{}/api/auth/callback",
+                session::request_origin(&headers).ok_or_else(|| ApiError::validation(
+                    "The request has no Host header to build the sign-in callback from \
+                     (set OIDC_REDIRECT_URL)"
+                ))?
+            ),
+        };
+        let flow = sessions::start_flow(&state.db, &redirect_uri, &return_to).await?;
+        let url = oidc
+            .authorization_url(
+                &oidc.settings().client,
+                &flow.redirect_uri,
+                &flow.state,
+                &flow.nonce,
+                &sessions::pkce_challenge(&flow.pkce_verifier),
+            )
+            .await
+            .map_err(oidc_error)?;
+        return Ok(found(&url));
+    }
+    if state.config.admin_token.is_some() {
+        let message = match query.error.as_deref() {
+            Some("invalid") => Some("That token is not the admin token. Try again."),
+            Some("throttled") => Some("Too many wrong tokens. Wait a minute and try again."),
+            _ => None,
+        };
+        return Ok(no_store(
+            Html(token_form(&return_to, message)).into_response(),
+        ));
+    }
+    Ok(see_other(&return_to))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenSignIn {
+    pub token: String,
+    #[serde(default)]
+    pub redirect: Option<String>,
+}
+
+/// Signs in with `ADMIN_TOKEN` (the form of `GET /api/auth/login`): a session cookie and 303 to
+/// `redirect`, or 303 back to the form with `error`.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body(content_type = "application/x-www-form-urlencoded",
+        description = "`token` (the admin token) and `redirect` (a local path)"),
+    responses((status = 303, description = "Signed in (Set-Cookie), or back to the form with error"),
+        (status = 404, description = "No ADMIN_TOKEN configured", body = super::error::ErrorBody)))]
+pub async fn login_with_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<TokenSignIn>,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &state.config.admin_token else {
+        return Err(ApiError::NotFound(
+            "Signing in with a token needs ADMIN_TOKEN to be set".into(),
+        ));
+    };
+    // A form posted from another site must not sign the browser in (login CSRF).
+    let claims_origin =
+        headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER);
+    if claims_origin && !session::same_origin(&headers) {
+        return Err(ApiError::AuthorizationFailed(
+            "Sign-in forms are accepted only from this host".into(),
+        ));
+    }
+    let return_to = sessions::safe_return_path(form.redirect.as_deref());
+    let back = |error: &str| {
+        see_other(&format!(
+            "/api/auth/login?error={error}&redirect={}",
+            encode(&return_to)
+        ))
+    };
+    if state.token_failures.check(THROTTLE_KEY).is_err() {
+        return Ok(back("throttled"));
+    }
+    if !super::auth::secrets_equal(form.token.trim(), expected.expose()) {
+        state.token_failures.failed(THROTTLE_KEY);
+        tracing::warn!("admin_sign_in_refused");
+        return Ok(back("invalid"));
+    }
+    state.token_failures.succeeded(THROTTLE_KEY);
+    let local = &state.config.local_admin;
+    let who = SignedIn {
+        subject: local.subject.clone(),
+        name: local.name.clone(),
+        email: local.email.clone(),
+        roles: super::auth::local_roles(),
+        method: SessionMethod::AdminToken,
+        admin_token: Some(expected.expose().to_string()),
+        id_token: None,
+    };
+    start_session(&state, &headers, who, &return_to).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// The identity provider's redirect back: exchanges the code, creates the session, 303 to where
+/// the sign-in started.
+#[utoipa::path(get, path = "/api/auth/callback", tag = "auth", params(CallbackQuery),
+    responses((status = 303, description = "Signed in: to the page the sign-in started from"),
+        (status = 400, description = "Unknown, used or expired sign-in (text/html)"),
+        (status = 401, description = "The provider refused the sign-in (text/html)")))]
+pub async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Result<Response, ApiError> {
+    let Some(oidc) = &state.oidc else {
+        return Err(ApiError::NotFound("OIDC is not configured".into()));
+    };
+    let flow = match &query.state {
+        Some(s) => sessions::take_flow(&state.db, s).await?,
+        None => None,
+    };
+    let Some(flow) = flow else {
+        return Ok(message_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in has expired",
+            "The sign-in link was used already or is more than ten minutes old.",
+        ));
+    };
+    if let Some(error) = &query.error {
+        let description = query.error_description.as_deref().unwrap_or("");
+        tracing::warn!(error = %error, description = %description, "oidc_sign_in_refused_by_provider");
+        return Ok(message_page(
+            StatusCode::UNAUTHORIZED,
+            "The identity provider did not sign you in",
+            &format!("It answered: {error} {description}"),
+        ));
+    }
+    let Some(code) = &query.code else {
+        return Ok(message_page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in is incomplete",
+            "The identity provider sent no authorization code.",
+        ));
+    };
+    let client = &oidc.settings().client;
+    let signed = match oidc
+        .finish_sign_in(
+            client,
+            code,
+            &flow.redirect_uri,
+            &flow.pkce_verifier,
+            &flow.nonce,
+        )
+        .await
+    {
+        Ok(signed) => signed,
+        Err(e) if e.is_unavailable() => return Err(oidc_error(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "oidc_sign_in_failed");
+            return Ok(message_page(
+                StatusCode::UNAUTHORIZED,
+                "The sign-in could not be completed",
+                &e.to_string(),
+            ));
+        }
+    };
+    let identity = signed.identity;
+    tracing::info!(subject = %identity.subject, "oidc_signed_in");
+    let who = SignedIn {
+        subject: identity.subject,
+        name: identity.name,
+        email: identity.email,
+        roles: identity.roles,
+        method: SessionMethod::Oidc,
+        admin_token: None,
+        id_token: Some(signed.id_token),
+    };
+    start_session(&state, &headers, who, &flow.return_to).await
+}
+
+/// Ends the browser's session (GET too: the Python UI navigates here) and, for an OIDC session
+/// when the provider offers it, continues to the provider's logout.
+#[utoipa::path(method(get, post), path = "/api/auth/logout", tag = "auth",
+    responses((status = 303, description = "Signed out: to the provider's logout or to /")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ended = match session::session_cookie(&headers) {
+        Some(cookie) => sessions::end(&state.db, &cookie).await?,
+        None => None,
+    };
+    let mut target = "/".to_string();
+    if let (Some(oidc), Some(ended)) = (&state.oidc, &ended) {
+        if ended.method == SessionMethod::Oidc {
+            let home = match session::request_origin(&headers) {
+                Some(origin) => format!("{origin}/"),
+                None => "/".into(),
+            };
+            if let Some(url) = oidc
+                .end_session_url(&oidc.settings().client, ended.id_token.as_deref(), &home)
+                .await
+            {
+                target = url;
+            }
+        }
+    }
+    let mut response = see_other(&target);
+    let secure = session::cookie_secure(&state.config.sessions, &headers);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session::clear_cookie(secure));
+    Ok(response)
+}
+
+async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    who: SignedIn,
+    return_to: &str,
+) -> Result<Response, ApiError> {
+    let lifetime = state.config.sessions.lifetime;
+    let (cookie, _) = sessions::create(&state.db, who, lifetime).await?;
+    let secure = session::cookie_secure(&state.config.sessions, headers);
+    let mut response = see_other(return_to);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(&cookie, lifetime, secure),
+    );
+    Ok(response)
+}
+
+fn oidc_error(error: crate::oidc::OidcError) -> ApiError {
+    tracing::warn!(error = %error, "oidc_sign_in_unavailable");
+    ApiError::unavailable("The identity provider is unavailable; try again later")
+}
+
+fn location(target: &str) -> HeaderValue {
+    HeaderValue::from_str(target).unwrap_or_else(|_| HeaderValue::from_static("/"))
+}
+
+/// 302 Found, as the Python service's UI expects from its login route.
+fn found(target: &str) -> Response {
+    no_store((StatusCode::FOUND, [(header::LOCATION, location(target))]).into_response())
+}
+
+fn see_other(target: &str) -> Response {
+    no_store(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, location(target))],
+        )
+            .into_response(),
+    )
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Text for HTML: `& < > " '` escaped.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:12vh auto;\
+padding:0 1rem;color:#1f2933}h1{font-size:1.4rem}label{display:block;margin:1rem 0 .3rem}\
+input{width:100%;padding:.55rem;font-size:1rem;box-sizing:border-box}button{margin-top:1rem;\
+padding:.55rem 1.2rem;font-size:1rem}.error{color:#b42318}a{color:#1d4ed8}";
+
+fn token_form(return_to: &str, message: Option<&str>) -> String {
+    let error = message
+        .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(m)))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Sign in · iotsupport</title><style>{PAGE_STYLE}</style></head><body>\
+         <h1>Sign in to iotsupport</h1>{error}\
+         <form method=\"post\" action=\"/api/auth/login\">\
+         <input type=\"hidden\" name=\"redirect\" value=\"{}\">\
+         <label for=\"token\">Admin token</label>\
+         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" \
+         required autofocus>\
+         <button type=\"submit\">Sign in</button></form></body></html>",
+        escape(return_to)
+    )
+}
+
+fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · iotsupport</title><style>{PAGE_STYLE}</style></head><body>\
+         <h1>{title}</h1><p>{message}</p><p><a href=\"/api/auth/login\">Sign in again</a></p>\
+         </body></html>",
+        title = escape(title),
+        message = escape(message)
+    );
+    no_store((status, Html(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets_are_percent_encoded() {
+        assert_eq!(encode("/models?x=1&y"), "%2Fmodels%3Fx%3D1%26y");
+    }
+
+    #[test]
+    fn the_form_escapes_where_it_returns_to() {
+        let form = token_form("/\"><script>alert(1)</script>", None);
+        assert!(!form.contains("<script>alert"));
+        assert!(form.contains("&quot;&gt;&lt;script&gt;"));
+    }
+}

@@ -1,0 +1,212 @@
+//! The browser side of admin sessions (see `crate::sessions`): the cookie, where the request
+//! came from, and the CSRF check of cookie-authenticated writes.
+//!
+//! - The cookie `iotsupport_session` is `HttpOnly`, `SameSite=Lax` (sent on top-level navigation,
+//!   so the provider's redirect back carries it; never on cross-site subrequests or form posts),
+//!   `Path=/`, and `Secure` when the request came over TLS (`SESSION_COOKIE_SECURE`).
+//! - A write (any method but GET, HEAD, OPTIONS) authenticated by the cookie must prove it comes
+//!   from our own pages: an `X-CSRF-Token` header equal to the session's token (our UI sends it),
+//!   or an `Origin` (else `Referer`) naming this host (what browsers send with every cross-origin
+//!   and same-origin write; the Python UI relies on it). A request with neither is refused.
+//!   Bearer-token requests are not affected: a browser never adds those by itself.
+
+use cookie::Cookie;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method};
+use subtle::ConstantTimeEq;
+
+use crate::config::{CookieSecure, SessionSettings};
+
+pub const COOKIE_NAME: &str = "iotsupport_session";
+/// The header our UI's writes carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session cookie's value, if the request has one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE_NAME)
+        .map(|c| c.value().to_string())
+}
+
+/// The first value of a proxy header, trimmed (`X-Forwarded-Proto: https, http` → `https`).
+fn forwarded<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The host (and port) the browser addressed: `X-Forwarded-Host` from a proxy, else `Host`.
+pub fn request_host(headers: &HeaderMap) -> Option<String> {
+    forwarded(headers, "x-forwarded-host")
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())
+        .map(|h| h.to_ascii_lowercase())
+}
+
+/// Whether the browser reached us over TLS, as far as a proxy tells.
+pub fn request_is_https(headers: &HeaderMap) -> bool {
+    forwarded(headers, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
+/// `scheme://host` the browser addressed, if known.
+pub fn request_origin(headers: &HeaderMap) -> Option<String> {
+    let scheme = if request_is_https(headers) {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{}", request_host(headers)?))
+}
+
+/// Whether the cookie should be `Secure` for this request.
+pub fn cookie_secure(settings: &SessionSettings, headers: &HeaderMap) -> bool {
+    match settings.cookie_secure {
+        CookieSecure::Always => true,
+        CookieSecure::Never => false,
+        CookieSecure::Auto => {
+            request_is_https(headers)
+                || settings
+                    .oidc_redirect_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
+        }
+    }
+}
+
+/// `Set-Cookie` for a new session.
+pub fn set_cookie(value: &str, max_age: std::time::Duration, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE_NAME, value))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .secure(secure)
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie(secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE_NAME, ""))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .secure(secure)
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The `host[:port]` of an absolute URL (`Origin` or `Referer`), lowercased.
+fn authority_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    (!authority.is_empty()).then(|| authority.to_ascii_lowercase())
+}
+
+/// Whether the request comes from a page of this host: `Origin`, else `Referer`, names it.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = request_host(headers) else {
+        return false;
+    };
+    let claimed = headers
+        .get(http::header::ORIGIN)
+        .or_else(|| headers.get(http::header::REFERER))
+        .and_then(|v| v.to_str().ok())
+        .and_then(authority_of);
+    claimed.is_some_and(|a| a == host)
+}
+
+/// Whether a cookie-authenticated request may go on: reads always; writes with the session's
+/// CSRF token in [`CSRF_HEADER`] or from a page of this host (see the module docs).
+pub fn csrf_ok(parts: &Parts, csrf_token: &str) -> bool {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if let Some(sent) = parts.headers.get(CSRF_HEADER) {
+        return bool::from(sent.as_bytes().ct_eq(csrf_token.as_bytes()));
+    }
+    same_origin(&parts.headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; iotsupport_session=abc; b=2")]);
+        assert_eq!(session_cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(session_cookie(&headers(&[("cookie", "a=1")])), None);
+    }
+
+    #[test]
+    fn origins_must_name_this_host() {
+        let ok = headers(&[
+            ("host", "iot.local:3101"),
+            ("origin", "http://iot.local:3101"),
+        ]);
+        assert!(same_origin(&ok));
+        let other = headers(&[
+            ("host", "iot.local:3101"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(!same_origin(&other));
+        let port = headers(&[
+            ("host", "iot.local:3101"),
+            ("origin", "http://iot.local:3102"),
+        ]);
+        assert!(!same_origin(&port));
+        let referer = headers(&[
+            ("host", "iot.local"),
+            ("referer", "https://iot.local/devices/1"),
+        ]);
+        assert!(same_origin(&referer));
+        let proxied = headers(&[
+            ("host", "127.0.0.1:3101"),
+            ("x-forwarded-host", "iot.example.com"),
+            ("origin", "https://iot.example.com"),
+        ]);
+        assert!(same_origin(&proxied));
+        assert!(!same_origin(&headers(&[("host", "iot.local")])));
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_and_lax() {
+        let set = set_cookie("v", std::time::Duration::from_secs(60), true);
+        let text = set.to_str().unwrap();
+        for part in [
+            "iotsupport_session=v",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/",
+            "Max-Age=60",
+        ] {
+            assert!(text.contains(part), "{text}");
+        }
+        assert!(!set_cookie("v", std::time::Duration::from_secs(1), false)
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+    }
+}

@@ -1,0 +1,460 @@
+//! Browser sign-in and sessions (issue 16): the ADMIN_TOKEN form, the OIDC authorization-code
+//! flow with PKCE against the test issuer, the cookie, CSRF on writes, the live stream, logout,
+//! and sessions that outlive their process.
+
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::issuer::{EcKey, LoginSetup, TestIssuer, AUDIENCE};
+
+const TOKEN: &str = "session-admin-token";
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The session cookie a response sets (`name=value`), if any.
+fn set_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("iotsupport_session="))
+        .map(str::to_string)
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap_or_default().to_string()
+}
+
+fn location(headers: &HeaderMap) -> String {
+    headers[LOCATION].to_str().unwrap().to_string()
+}
+
+async fn sign_in_with_token(app: &TestApp, token: &str, redirect: &str) -> reqwest::Response {
+    browser()
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", token), ("redirect", redirect)]))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET path` with the session cookie; status and JSON.
+async fn get_with(app: &TestApp, cookie: &str, path: &str) -> (u16, Value) {
+    let response = browser()
+        .get(app.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /api/device-models` with the session cookie and `headers`.
+async fn create_model_with(
+    app: &TestApp,
+    cookie: &str,
+    code: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    let mut request = browser()
+        .post(app.url("/api/device-models"))
+        .header("cookie", cookie)
+        .json(&json!({"code": code, "name": code}));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+async fn session_rows(app: &TestApp) -> Vec<String> {
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT id_hash FROM admin_sessions"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap()
+}
+
+#[tokio::test]
+async fn signing_in_with_the_admin_token_gives_a_session_for_reads_writes_and_the_live_stream() {
+    for_each_stack("session_token", &[("ADMIN_TOKEN", TOKEN)], async |app| {
+        let origin = format!("http://{}", app.address.trim_start_matches("http://"));
+        assert_eq!(app.get("/api/auth/self").await.status(), 401);
+
+        // The form, returning to where the browser was.
+        let form = browser()
+            .get(app.url("/api/auth/login?redirect=%2Fdevices%3Fx%3D1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), 200);
+        assert_eq!(form.headers()["cache-control"], "no-store");
+        let html = form.text().await.unwrap();
+        assert!(
+            html.contains("name=\"token\"") && html.contains("value=\"/devices?x=1\""),
+            "{html}"
+        );
+
+        // A wrong token: back to the form, no session.
+        let wrong = sign_in_with_token(app, "nope", "/devices").await;
+        assert_eq!(wrong.status(), 303);
+        assert_eq!(
+            location(wrong.headers()),
+            "/api/auth/login?error=invalid&redirect=%2Fdevices"
+        );
+        assert!(set_cookie(wrong.headers()).is_none());
+        assert!(session_rows(app).await.is_empty());
+
+        // The right one: a cookie, HttpOnly and Lax, not Secure over plain HTTP.
+        let signed = sign_in_with_token(app, TOKEN, "/devices").await;
+        assert_eq!(signed.status(), 303);
+        assert_eq!(location(signed.headers()), "/devices");
+        let set = set_cookie(signed.headers()).expect("a session cookie");
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=43200"] {
+            assert!(set.contains(attribute), "{set}");
+        }
+        assert!(!set.contains("Secure"), "{set}");
+        let cookie = cookie_pair(&set);
+        let value = cookie.trim_start_matches("iotsupport_session=");
+        // Stored as a hash only.
+        let rows = session_rows(app).await;
+        assert_eq!(rows.len(), 1);
+        assert_ne!(rows[0], value);
+        assert_eq!(rows[0], iotsupport::sessions::sha256_hex(value));
+
+        let (status, me) = get_with(app, &cookie, "/api/auth/self").await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["name"], "Administrator");
+        let csrf = me["csrf_token"].as_str().expect("a CSRF token").to_string();
+        assert_eq!(get_with(app, &cookie, "/api/device-models").await.0, 200);
+
+        // Writes must show they come from our pages.
+        assert_eq!(create_model_with(app, &cookie, "bare", &[]).await, 403);
+        assert_eq!(
+            create_model_with(app, &cookie, "evil", &[("origin", "http://evil.example")]).await,
+            403
+        );
+        assert_eq!(
+            create_model_with(app, &cookie, "forged", &[("x-csrf-token", "forged")]).await,
+            403
+        );
+        assert_eq!(
+            create_model_with(app, &cookie, "from_page", &[("origin", &origin)]).await,
+            201
+        );
+        assert_eq!(
+            create_model_with(app, &cookie, "with_token", &[("x-csrf-token", &csrf)]).await,
+            201
+        );
+        let (_, models) = get_with(app, &cookie, "/api/device-models").await;
+        let codes: Vec<&str> = models["device_models"]
+            .as_array()
+            .or(models.as_array())
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["code"].as_str())
+            .collect();
+        assert!(
+            codes.contains(&"from_page") && codes.contains(&"with_token"),
+            "{models}"
+        );
+        assert!(!codes.contains(&"bare") && !codes.contains(&"evil") && !codes.contains(&"forged"));
+
+        // The live stream takes the session (EventSource cannot send a bearer token).
+        let stream = browser()
+            .get(app.url("/api/sse/stream?request_id=tab"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        drop(stream);
+
+        // Signing out ends it everywhere and clears the cookie.
+        let out = browser()
+            .get(app.url("/api/auth/logout"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), 303);
+        assert_eq!(location(out.headers()), "/");
+        assert!(set_cookie(out.headers()).unwrap().contains("Max-Age=0"));
+        assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
+        assert!(session_rows(app).await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_work_on_another_process_and_after_this_one_stopped() {
+    for stack in ALL_STACKS {
+        let Some((first, second)) =
+            spawn_twins(stack, "session_twins", &[("ADMIN_TOKEN", TOKEN)]).await
+        else {
+            continue;
+        };
+        let signed = sign_in_with_token(&first, TOKEN, "/").await;
+        let cookie = cookie_pair(&set_cookie(signed.headers()).expect("cookie"));
+        first.stop().await;
+        let (status, me) = get_with(&second, &cookie, "/api/auth/self").await;
+        assert_eq!(status, 200, "{stack:?}: {me}");
+        second.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_changed_admin_token_ends_its_sessions_and_guessing_is_throttled() {
+    for_each_stack(
+        "session_token_change",
+        &[("ADMIN_TOKEN", TOKEN)],
+        async |app| {
+            let signed = sign_in_with_token(app, TOKEN, "/").await;
+            let cookie = cookie_pair(&set_cookie(signed.headers()).expect("cookie"));
+            let value = cookie.trim_start_matches("iotsupport_session=");
+            // What a process started with another ADMIN_TOKEN sees.
+            let found = iotsupport::sessions::find(app.db(), value, Some("another-token"))
+                .await
+                .unwrap();
+            assert!(found.is_none());
+            assert!(
+                session_rows(app).await.is_empty(),
+                "the stale session is removed"
+            );
+            assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
+
+            // Five wrong guesses are free; then the form is closed for a while, even to the right one.
+            for _ in 0..6 {
+                sign_in_with_token(app, "guess", "/").await;
+            }
+            let refused = sign_in_with_token(app, TOKEN, "/").await;
+            assert_eq!(
+                location(refused.headers()),
+                "/api/auth/login?error=throttled&redirect=%2F"
+            );
+            assert!(set_cookie(refused.headers()).is_none());
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_sign_in_form_posted_from_another_site_is_refused() {
+    for_each_stack(
+        "session_login_csrf",
+        &[("ADMIN_TOKEN", TOKEN)],
+        async |app| {
+            let response = browser()
+                .post(app.url("/api/auth/login"))
+                .header("origin", "http://evil.example")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[("token", TOKEN), ("redirect", "/")]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403);
+            assert!(set_cookie(response.headers()).is_none());
+            assert!(session_rows(app).await.is_empty());
+        },
+    )
+    .await;
+}
+
+/// An app whose admins sign in at `issuer` as client `iotsupport-web`.
+async fn oidc_app(stack: Stack, test: &str, issuer: &TestIssuer) -> Option<TestApp> {
+    spawn_app_with(
+        stack,
+        test,
+        &[
+            ("OIDC_ENABLED", "true"),
+            ("OIDC_ISSUER_URL", &issuer.issuer),
+            ("OIDC_AUDIENCE", AUDIENCE),
+            ("OIDC_CLIENT_ID", "iotsupport-web"),
+        ],
+        Default::default(),
+    )
+    .await
+}
+
+async fn issuer_with_login() -> TestIssuer {
+    let key = EcKey::generate("login-key");
+    let issuer = TestIssuer::start(vec![key.jwk()]).await;
+    let user = issuer.claims();
+    issuer.enable_login(LoginSetup::new(key, "iotsupport-web", user));
+    issuer
+}
+
+/// Follows a sign-in from `/api/auth/login` to the callback URL the provider sends back.
+async fn to_callback(app: &TestApp, redirect: &str) -> String {
+    let start = browser()
+        .get(app.url(&format!("/api/auth/login?redirect={redirect}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let authorize = location(start.headers());
+    let at_provider = browser().get(&authorize).send().await.unwrap();
+    assert_eq!(at_provider.status(), 302, "the issuer refused {authorize}");
+    location(at_provider.headers())
+}
+
+fn query_param(url: &str, name: &str) -> String {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_oidc_code_flow_with_pkce_signs_a_person_in_once() {
+    let issuer = issuer_with_login().await;
+    for stack in ALL_STACKS {
+        let Some(app) = oidc_app(stack, "session_oidc", &issuer).await else {
+            continue;
+        };
+        let start = browser()
+            .get(app.url("/api/auth/login?redirect=%2Fmodels%2F1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(start.status(), 302);
+        let authorize = location(start.headers());
+        assert!(authorize.starts_with(&format!("{}/protocol/openid-connect/auth?", issuer.issuer)));
+        assert_eq!(query_param(&authorize, "client_id"), "iotsupport-web");
+        assert_eq!(query_param(&authorize, "code_challenge_method"), "S256");
+        assert_eq!(query_param(&authorize, "response_type"), "code");
+        assert_eq!(query_param(&authorize, "scope"), "openid profile email");
+        assert_eq!(
+            query_param(&authorize, "redirect_uri"),
+            app.url("/api/auth/callback")
+        );
+        assert!(!query_param(&authorize, "nonce").is_empty());
+
+        let callback = location(browser().get(&authorize).send().await.unwrap().headers());
+        let done = browser().get(&callback).send().await.unwrap();
+        assert_eq!(
+            done.status(),
+            303,
+            "{}",
+            done.text().await.unwrap_or_default()
+        );
+        assert_eq!(location(done.headers()), "/models/1");
+        let cookie = cookie_pair(&set_cookie(done.headers()).expect("a session cookie"));
+        let (status, me) = get_with(&app, &cookie, "/api/auth/self").await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["name"], "Ada Lovelace");
+        assert_eq!(me["email"], "ada@example.com");
+        let roles: Vec<&str> = me["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            roles.contains(&"editor") && roles.contains(&"pipeline"),
+            "{me}"
+        );
+        let origin = format!("http://{}", app.address.trim_start_matches("http://"));
+        assert_eq!(
+            create_model_with(&app, &cookie, "oidc_made", &[("origin", &origin)]).await,
+            201
+        );
+
+        // The callback works once: a replay finds no sign-in.
+        let replay = browser().get(&callback).send().await.unwrap();
+        assert_eq!(replay.status(), 400);
+        assert!(set_cookie(replay.headers()).is_none());
+
+        // Signing out ends the session here and continues at the provider.
+        let out = browser()
+            .get(app.url("/api/auth/logout"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), 303);
+        let provider_logout = location(out.headers());
+        assert!(provider_logout.starts_with(&format!(
+            "{}/protocol/openid-connect/logout?",
+            issuer.issuer
+        )));
+        assert!(!query_param(&provider_logout, "id_token_hint").is_empty());
+        assert_eq!(
+            query_param(&provider_logout, "post_logout_redirect_uri"),
+            app.url("/")
+        );
+        assert_eq!(get_with(&app, &cookie, "/api/auth/self").await.0, 401);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_sign_in_with_the_wrong_verifier_nonce_or_a_refusal_creates_no_session() {
+    let issuer = issuer_with_login().await;
+    for stack in ALL_STACKS {
+        let Some(app) = oidc_app(stack, "session_oidc_bad", &issuer).await else {
+            continue;
+        };
+        // Two sign-ins; the first one's code with the second one's state: our server sends the
+        // second one's PKCE verifier, which does not match the first one's challenge.
+        let a = to_callback(&app, "/").await;
+        let b = to_callback(&app, "/").await;
+        let crossed = format!(
+            "{}?code={}&state={}",
+            app.url("/api/auth/callback"),
+            query_param(&a, "code"),
+            query_param(&b, "state")
+        );
+        let response = browser().get(&crossed).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(set_cookie(response.headers()).is_none());
+        assert_eq!(
+            issuer.with_login(|l| l.token_requests.last().cloned()),
+            Some("invalid_grant".to_string())
+        );
+
+        // An ID token with another nonce.
+        issuer.with_login(|l| l.wrong_nonce = true);
+        let response = browser()
+            .get(&to_callback(&app, "/").await)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.text().await.unwrap().contains("nonce"));
+        issuer.with_login(|l| l.wrong_nonce = false);
+
+        // The provider says no.
+        issuer.with_login(|l| l.refuse = Some("access_denied".into()));
+        let response = browser()
+            .get(&to_callback(&app, "/").await)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.text().await.unwrap().contains("access_denied"));
+        issuer.with_login(|l| l.refuse = None);
+
+        // A state nobody issued.
+        let forged = format!("{}?code=x&state=forged", app.url("/api/auth/callback"));
+        assert_eq!(browser().get(&forged).send().await.unwrap().status(), 400);
+        assert!(session_rows(&app).await.is_empty(), "{stack:?}");
+        app.stop().await;
+    }
+}
