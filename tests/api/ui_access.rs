@@ -1,7 +1,8 @@
 //! Who gets the web UI's pages and what a person sees when something is wrong: a browser that is
-//! not signed in is sent to `/login` (303, with the page it asked for), the login page offers
-//! what the service is configured for, unknown or malformed addresses answer an HTML page (never
-//! the API's JSON), and the assets are versioned and cached.
+//! not signed in is sent to `/api/auth/login` (303, with the page it asked for), which draws the
+//! token form in the UI's shell; a session's pages carry its CSRF token and a sign-out link;
+//! unknown or malformed addresses answer an HTML page (never the API's JSON), and the assets are
+//! versioned and cached. The sign-in routes themselves are tested in `sessions.rs`.
 
 use crate::fleet::create_model;
 use crate::helpers::*;
@@ -10,7 +11,7 @@ use crate::ui_support::{assert_shows, fetch, no_redirects, page};
 const TOKEN: &str = "ui-admin-token-0123456789";
 
 #[tokio::test]
-async fn ui_pages_send_a_browser_without_credentials_to_login() {
+async fn ui_pages_send_a_browser_without_credentials_to_the_sign_in_route() {
     let Some(app) = TestApp::builder("ui_login_redirect")
         .env("ADMIN_TOKEN", TOKEN)
         .spawn(Stack::Embedded)
@@ -39,7 +40,7 @@ async fn ui_pages_send_a_browser_without_credentials_to_login() {
             assert_eq!(fetched.status, 303, "GET {path}: {}", fetched.body);
             assert_eq!(
                 fetched.location.as_deref(),
-                Some(format!("/login?redirect={redirect}").as_str()),
+                Some(format!("/api/auth/login?redirect={redirect}").as_str()),
                 "GET {path}"
             );
         }
@@ -55,7 +56,7 @@ async fn ui_pages_send_a_browser_without_credentials_to_login() {
 }
 
 #[tokio::test]
-async fn ui_login_page_offers_the_token_form_and_explains_a_wrong_token() {
+async fn ui_sign_in_is_the_token_form_of_the_api_route_in_the_uis_shell() {
     let Some(app) = TestApp::builder("ui_login_form")
         .env("ADMIN_TOKEN", TOKEN)
         .spawn(Stack::Embedded)
@@ -64,34 +65,41 @@ async fn ui_login_page_offers_the_token_form_and_explains_a_wrong_token() {
         return;
     };
     let client = no_redirects();
-    let form = fetch(client.get(app.url("/login?redirect=%2Fdevices%2F3%3Fa%3D1"))).await;
+    // `/login` is a short address for the one sign-in route.
+    let short = fetch(client.get(app.url("/login?redirect=%2Fdevices%2F3%3Fa%3D1"))).await;
+    assert_eq!(short.status, 303);
+    assert_eq!(
+        short.location.as_deref(),
+        Some("/api/auth/login?redirect=%2Fdevices%2F3%3Fa%3D1")
+    );
+    let form = fetch(client.get(app.url("/api/auth/login?redirect=%2Fdevices%2F3%3Fa%3D1"))).await;
     assert_eq!(form.status, 200, "{}", form.body);
     assert!(form.content_type.starts_with("text/html"));
     assert_shows(
-        "the login page",
+        "the sign-in form",
         &form.body,
         &[
+            "Sign in to iotsupport",
             "action=\"/api/auth/login\"",
             "method=\"post\"",
             "type=\"password\" name=\"token\"",
             "name=\"redirect\" value=\"/devices/3?a=1\"",
+            "/ui.css\"",
         ],
     );
-    assert!(
-        !form.body.contains("identity provider"),
-        "no OIDC configured"
-    );
     assert!(!form.body.contains("role=\"alert\""), "no error yet");
+    // Nobody is signed in: no navigation, no name, no live status.
+    assert!(!form.body.contains("id=\"live-status\""), "{}", form.body);
 
-    let wrong = fetch(client.get(app.url("/login?error=invalid&redirect=%2F"))).await;
+    let wrong = fetch(client.get(app.url("/api/auth/login?error=invalid&redirect=%2F"))).await;
     assert_shows(
         "after a wrong token",
         &wrong.body,
-        &["That token is not the admin token"],
+        &["role=\"alert\"", "That token is not the admin token"],
     );
-
     // Only paths on this site are kept as targets.
-    let elsewhere = fetch(client.get(app.url("/login?redirect=%2F%2Fevil.example%2F"))).await;
+    let elsewhere =
+        fetch(client.get(app.url("/api/auth/login?redirect=%2F%2Fevil.example%2F"))).await;
     assert_shows(
         "a foreign target",
         &elsewhere.body,
@@ -101,11 +109,66 @@ async fn ui_login_page_offers_the_token_form_and_explains_a_wrong_token() {
 }
 
 #[tokio::test]
-async fn ui_login_in_open_mode_goes_straight_to_the_page() {
+async fn ui_pages_of_a_browser_session_carry_its_csrf_token_and_a_sign_out_link() {
+    let Some(app) = TestApp::builder("ui_session_pages")
+        .env("ADMIN_TOKEN", TOKEN)
+        .spawn(Stack::Embedded)
+        .await
+    else {
+        return;
+    };
+    let client = no_redirects();
+    let signed = client
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}&redirect=%2Frotation"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    assert_eq!(signed.headers()["location"], "/rotation");
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = fetch(client.get(app.url("/api/auth/self")).header("cookie", &cookie))
+        .await
+        .body;
+    let csrf: serde_json::Value = serde_json::from_str(&csrf).unwrap();
+    let csrf = csrf["csrf_token"].as_str().expect("a CSRF token");
+    let page = fetch(client.get(app.url("/rotation")).header("cookie", &cookie)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_shows(
+        "a page of the session",
+        &page.body,
+        &[
+            &format!("<meta name=\"csrf-token\" content=\"{csrf}\">"),
+            "<span class=\"person\">Administrator</span>",
+            "href=\"/api/auth/logout\"",
+            "Sign out",
+        ],
+    );
+    // Signed out, the page sends the browser to sign in again.
+    let out = fetch(client.get(app.url("/api/auth/logout")).header("cookie", &cookie)).await;
+    assert_eq!(out.status, 303);
+    let again = fetch(client.get(app.url("/rotation")).header("cookie", &cookie)).await;
+    assert_eq!(again.status, 303);
+    assert_eq!(
+        again.location.as_deref(),
+        Some("/api/auth/login?redirect=%2Frotation")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ui_sign_in_in_open_mode_goes_straight_to_the_page() {
     let Some(app) = spawn_app(Stack::Embedded, "ui_login_open").await else {
         return;
     };
-    let fetched = fetch(no_redirects().get(app.url("/login?redirect=%2Frotation"))).await;
+    let fetched = fetch(no_redirects().get(app.url("/api/auth/login?redirect=%2Frotation"))).await;
     assert_eq!(fetched.status, 303);
     assert_eq!(fetched.location.as_deref(), Some("/rotation"));
     app.stop().await;

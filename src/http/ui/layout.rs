@@ -132,11 +132,11 @@ fn top_bar(section: Section, viewer: Option<&AdminIdentity>) -> Markup {
             @if let Some(viewer) = viewer {
                 div.who {
                     span.person { (viewer.display_name()) }
-                    @if let Some(token) = &viewer.csrf_token {
-                        form.signout method="post" action="/api/auth/logout" {
-                            input type="hidden" name="csrf_token" value=(token);
-                            button.link type="submit" { "Sign out" }
-                        }
+                    // Only a browser session can be ended here (a bearer token is the caller's).
+                    // A link, not a form: after an OIDC session the sign-out continues at the
+                    // provider, a redirect the CSP's `form-action 'self'` would block.
+                    @if viewer.csrf_token.is_some() {
+                        a.signout href="/api/auth/logout" { "Sign out" }
                     }
                 }
             }

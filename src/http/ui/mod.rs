@@ -11,11 +11,12 @@
 //! - Live updates: the script follows `GET /api/sse/stream` and, when an event concerns the page
 //!   (`layout::Live`), fetches the page again and swaps its `<main>`, keeping forms the person is
 //!   editing.
-//! - Who may look: [`viewer::Viewer`], the admin authentication of the API; a browser that is not
-//!   signed in is sent to `/login`.
+//! - Who may look: [`viewer::Viewer`], the admin authentication of the API (a browser session,
+//!   a bearer token, or open mode); a browser that is not signed in is sent to
+//!   `/api/auth/login?redirect=<the page>`, the one sign-in route, whose pages `sign_in` draws.
 //!
 //! One file per page (`overview`, `model`, `device`, `report`, `crash_groups`, `rotation`,
-//! `login`), plus the shell (`layout`), formatting (`format`), the SVG chart (`chart`) and the
+//! `sign_in`), plus the shell (`layout`), formatting (`format`), the SVG chart (`chart`) and the
 //! assets (`assets`, files in `assets/`).
 
 mod assets;
@@ -24,12 +25,12 @@ mod crash_groups;
 mod device;
 mod format;
 mod layout;
-mod login;
 mod model;
 mod model_parts;
 mod overview;
 mod report;
 mod rotation;
+pub mod sign_in;
 mod viewer;
 
 use axum::routing::get;
@@ -42,7 +43,7 @@ pub use viewer::{UiError, Viewer};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(overview::page))
-        .route("/login", get(login::page))
+        .route("/login", get(sign_in::page))
         .route("/models/{id}", get(model::page))
         .route("/models/{id}/crash-groups", get(crash_groups::list))
         .route("/crash-groups/{id}", get(crash_groups::detail))

@@ -2,7 +2,9 @@
 //!
 //! [`Viewer`] authenticates like every admin route (`crate::http::auth::authenticate_admin`: the
 //! admin token, OIDC, a browser session, or open mode). A browser that is not signed in is sent
-//! to `/login` with the page it asked for (`303 See Other` to `/login?redirect=<path and query>`);
+//! to the sign-in route with the page it asked for (`303 See Other` to
+//! `/api/auth/login?redirect=<path and query>`, which starts the OIDC sign-in or shows the
+//! `ADMIN_TOKEN` form, see `crate::http::login`);
 //! every other failure is an HTML page written for a person ([`UiError`]), never the API's JSON
 //! envelope. [`Ui`] wraps the API's extractors (`Path`, `Query`) so that input that does not
 //! parse is such a page too.
@@ -48,7 +50,7 @@ impl FromRequestParts<AppState> for Viewer {
                     .map(|pq| pq.as_str())
                     .unwrap_or("/");
                 Err(UiError::SignIn {
-                    location: format!("/login?redirect={}", format::encode(wanted)),
+                    location: format!("/api/auth/login?redirect={}", format::encode(wanted)),
                 })
             }
             Err(other) => Err(other.into()),
@@ -85,7 +87,7 @@ where
 /// What a page answers instead of itself.
 #[derive(Debug)]
 pub enum UiError {
-    /// Not signed in: to the login page, which returns here afterwards.
+    /// Not signed in: to `/api/auth/login`, which returns here afterwards.
     SignIn { location: String },
     /// A page explaining what went wrong.
     Page {

@@ -31,7 +31,7 @@
   }
 
   function signInAgain() {
-    location.href = '/login?redirect=' + encodeURIComponent(location.pathname + location.search);
+    location.href = '/api/auth/login?redirect=' + encodeURIComponent(location.pathname + location.search);
   }
 
   // The person-readable message of a failed answer: the API envelope's `error` when there is one.
@@ -300,6 +300,8 @@
     if (refreshing) { refreshAgain = true; return; }
     refreshing = true;
     fetch(location.href, { credentials: 'same-origin' }).then(function (response) {
+      // Sent elsewhere (the session ended: to the sign-in): load the page properly.
+      if (response.redirected) { location.reload(); return null; }
       var type = response.headers.get('content-type') || '';
       if (!response.ok || type.indexOf('text/html') < 0) { return null; }
       return response.text();
