@@ -91,7 +91,9 @@ pub async fn login(
             Some("throttled") => Some("Too many wrong tokens. Wait a minute and try again."),
             _ => None,
         };
-        return Ok(no_store(super::ui::sign_in::token_form(&return_to, message)));
+        return Ok(no_store(super::ui::sign_in::token_form(
+            &return_to, message,
+        )));
     }
     Ok(see_other(&return_to))
 }

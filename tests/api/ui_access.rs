@@ -134,9 +134,13 @@ async fn ui_pages_of_a_browser_session_carry_its_csrf_token_and_a_sign_out_link(
         .next()
         .unwrap()
         .to_string();
-    let csrf = fetch(client.get(app.url("/api/auth/self")).header("cookie", &cookie))
-        .await
-        .body;
+    let csrf = fetch(
+        client
+            .get(app.url("/api/auth/self"))
+            .header("cookie", &cookie),
+    )
+    .await
+    .body;
     let csrf: serde_json::Value = serde_json::from_str(&csrf).unwrap();
     let csrf = csrf["csrf_token"].as_str().expect("a CSRF token");
     let page = fetch(client.get(app.url("/rotation")).header("cookie", &cookie)).await;
@@ -152,7 +156,12 @@ async fn ui_pages_of_a_browser_session_carry_its_csrf_token_and_a_sign_out_link(
         ],
     );
     // Signed out, the page sends the browser to sign in again.
-    let out = fetch(client.get(app.url("/api/auth/logout")).header("cookie", &cookie)).await;
+    let out = fetch(
+        client
+            .get(app.url("/api/auth/logout"))
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(out.status, 303);
     let again = fetch(client.get(app.url("/rotation")).header("cookie", &cookie)).await;
     assert_eq!(again.status, 303);

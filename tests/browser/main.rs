@@ -2,13 +2,15 @@
 //! chromedriver (Debian's `chromium-driver`) with fantoccini, against the service on each
 //! database backend. Outside `scripts/test.sh`, missing browsers or services print SKIP.
 //!
-//! The flow: sign in (the place is marked; open mode today), create a model through its form,
+//! The flow: sign in — with the `ADMIN_TOKEN` form on the embedded stack, through the OIDC code
+//! flow at the local test issuer (`tests/support/issuer.rs`) on the production stack —, create a
+//! model through its form,
 //! upload two real firmware bundles through the upload control (XHR with progress), create a
 //! device through its form and read its credential from the dialog, upload a real core dump as
 //! that device through the device API and watch it appear and get parsed on the open device page
 //! without a reload, see the config editor show the server's refusal, read the structured report,
 //! resolve its crash group, roll back a version, see a device created through the API appear on
-//! the open model page, and trigger a fleet rotation. A screenshot of each page goes to
+//! the open model page, trigger a fleet rotation, and sign out. A screenshot of each page goes to
 //! `$IOTSUPPORT_UI_SCREENSHOTS/<stack>/` (default `target/tmp/ui-screenshots/<stack>/`).
 
 #[path = "../api/client.rs"]
@@ -22,6 +24,8 @@ mod firmware_support;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "../support/issuer.rs"]
+mod issuer;
 
 mod driver;
 
@@ -29,13 +33,66 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, Locator};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use driver::*;
 use firmware_support::{esp32_image, sha256, version_json, zip_of, Desc};
 use helpers::{Stack, TestApp, ALL_STACKS};
+use issuer::{EcKey, LoginSetup, TestIssuer, AUDIENCE};
 
 const CASE: &str = "coredump/esp32_elf_crc32_abort";
+/// The app's `ADMIN_TOKEN`: typed into the sign-in form, and what the test's own API calls send.
+const TOKEN: &str = "browser-admin-token-0123456789";
+
+/// How the browser signs in on a stack.
+enum SignIn {
+    /// The `ADMIN_TOKEN` form.
+    Token,
+    /// The OIDC code flow at the local issuer, which signs Ada Lovelace in without asking.
+    Oidc(TestIssuer),
+}
+
+impl SignIn {
+    /// The token form on the embedded stack, OIDC on the production stack: each way on one.
+    async fn for_stack(stack: Stack) -> SignIn {
+        match stack {
+            Stack::Embedded => SignIn::Token,
+            Stack::Production => {
+                let key = EcKey::generate("browser-login");
+                let issuer = TestIssuer::start(vec![key.jwk()]).await;
+                let user = issuer.claims();
+                issuer.enable_login(LoginSetup::new(key, "iotsupport-web", user));
+                SignIn::Oidc(issuer)
+            }
+        }
+    }
+
+    /// The person the top bar names once signed in.
+    fn person(&self) -> &'static str {
+        match self {
+            SignIn::Token => "Administrator",
+            SignIn::Oidc(_) => "Ada Lovelace",
+        }
+    }
+
+    async fn spawn(&self, stack: Stack) -> Option<TestApp> {
+        // ADMIN_TOKEN on both: the test's own API calls (as a pipeline or a script would) use it.
+        let builder = TestApp::builder("browser").env("ADMIN_TOKEN", TOKEN);
+        match self {
+            SignIn::Token => builder.spawn(stack).await,
+            SignIn::Oidc(issuer) => {
+                builder
+                    .env("OIDC_ENABLED", "true")
+                    .env("OIDC_ISSUER_URL", &issuer.issuer)
+                    .env("OIDC_AUDIENCE", AUDIENCE)
+                    .env("OIDC_CLIENT_ID", "iotsupport-web")
+                    .spawn(stack)
+                    .await
+            }
+        }
+    }
+}
 
 /// The ESP test data (`$IOTSUPPORT_TESTDATA`, else `../shared/testdata/esp`): a real dump and
 /// the ELF of the build that wrote it. Never copied into the repository.
@@ -103,14 +160,15 @@ async fn the_web_ui_works_in_a_real_browser() {
     };
     let driver = Driver::start(&chromium, &chromedriver).await;
     for stack in ALL_STACKS {
-        let Some(app) = TestApp::builder("browser").spawn(stack).await else {
+        let sign_in = SignIn::for_stack(stack).await;
+        let Some(app) = sign_in.spawn(stack).await else {
             continue;
         };
         let started = Instant::now();
         let files = tempfile::TempDir::new().expect("a temp dir");
         let shots = screenshots(stack);
         let c = driver.session().await;
-        flow(&app, &c, &files, &shots, &dump, &elf).await;
+        flow(&app, &c, &sign_in, &files, &shots, &dump, &elf).await;
         c.close().await.expect("close the browser");
         eprintln!(
             "browser flow on the {stack:?} stack: {:.1} s; screenshots in {}",
@@ -137,17 +195,45 @@ async fn id_in_path(c: &Client) -> i64 {
 async fn flow(
     app: &TestApp,
     c: &Client,
+    sign_in: &SignIn,
     files: &tempfile::TempDir,
     shots: &Path,
     dump: &[u8],
     elf: &[u8],
 ) {
     // ---- Sign in -------------------------------------------------------------------------
-    // LOGIN STEP (issue 16, part 1): once browser sessions exist, start the app with
-    // ADMIN_TOKEN, open /login, type the token into `input[name=token]`, submit, and expect to
-    // land on "/". In open mode, as now, /login sends the browser straight on.
-    c.goto(&app.url("/login")).await.expect("open /login");
+    // A page asked for without a session sends the browser to the one sign-in route.
+    c.goto(&app.url("/")).await.expect("open /");
+    match sign_in {
+        SignIn::Token => {
+            until(
+                c,
+                "the sign-in form",
+                "location.pathname === '/api/auth/login' && !!document.querySelector('input[name=token]')",
+            )
+            .await;
+            fill(c, "input[name=token]", "not-the-admin-token").await;
+            click(c, "form[action='/api/auth/login'] button[type=submit]").await;
+            until_text(c, "[role=alert]", "That token is not the admin token").await;
+            screenshot(c, shots, "sign-in").await;
+            fill(c, "input[name=token]", TOKEN).await;
+            click(c, "form[action='/api/auth/login'] button[type=submit]").await;
+        }
+        // To the issuer and back through /api/auth/callback, without a page of ours.
+        SignIn::Oidc(_) => {}
+    }
     until(c, "the overview", "location.pathname === '/'").await;
+    until_text(c, ".topbar .person", sign_in.person()).await;
+    let csrf = js(
+        c,
+        "const m = document.querySelector('meta[name=csrf-token]'); return m ? m.content : '';",
+        vec![],
+    )
+    .await;
+    assert!(
+        csrf.as_str().is_some_and(|t| !t.is_empty()),
+        "a session's page carries its CSRF token"
+    );
 
     // ---- A model, through the overview's form ----------------------------------------------
     until_text(c, "main", "No device models yet").await;
@@ -300,8 +386,7 @@ async fn flow(
     until_live(c).await;
     mark_document(c).await;
     let created = app
-        .client
-        .post(app.url("/api/devices"))
+        .admin_request(Method::POST, app.url("/api/devices"))
         .json(&json!({"device_model_id": model_id, "config": r#"{"deviceName": "Porch"}"#}))
         .send()
         .await
@@ -333,9 +418,44 @@ async fn flow(
         .expect("open the device");
     until(c, "the device page", "!!document.getElementById('dumps')").await;
     screenshot(c, shots, "device-phone").await;
-    c.set_window_size(1280, 1000)
+    c.set_window_size(1280, 1100)
         .await
         .expect("a desktop window");
+
+    // ---- Sign out ---------------------------------------------------------------------------------
+    c.goto(&app.url("/")).await.expect("open the overview");
+    click(c, ".topbar a.signout").await;
+    match sign_in {
+        SignIn::Token => {
+            // The session is gone: the overview asks for the token again.
+            until(
+                c,
+                "the sign-in form",
+                "location.pathname === '/api/auth/login' && !!document.querySelector('input[name=token]')",
+            )
+            .await;
+            c.goto(&app.url("/")).await.expect("open /");
+            until(
+                c,
+                "the sign-in form again",
+                "location.pathname === '/api/auth/login'",
+            )
+            .await;
+        }
+        SignIn::Oidc(issuer) => {
+            // Signed out at the provider too; the test issuer signs Ada in again at once.
+            let deadline = Instant::now() + WAIT;
+            while issuer.with_login(|l| l.logouts.len()) == 0 {
+                assert!(Instant::now() < deadline, "no sign-out at the provider");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                issuer.with_login(|l| l.logouts[0].len() > 20),
+                "the sign-out names the ID token"
+            );
+            until(c, "back at the overview", "location.pathname === '/'").await;
+        }
+    }
 }
 
 /// Uploads `dump` as the device whose credential is `credential`, running `version`.
@@ -360,8 +480,10 @@ async fn parsed_report(app: &TestApp, device_id: i64, id: i64) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let body: Value = app
-            .client
-            .get(app.url(&format!("/api/devices/{device_id}/coredumps/{id}")))
+            .admin_request(
+                Method::GET,
+                app.url(&format!("/api/devices/{device_id}/coredumps/{id}")),
+            )
             .send()
             .await
             .expect("read the dump")
