@@ -4,14 +4,15 @@
 //!
 //! The flow: sign in — with the `ADMIN_TOKEN` form on the embedded stack, through the OIDC code
 //! flow at the local test issuer (`tests/support/issuer.rs`) on the production stack —, create a
-//! model through its form,
-//! upload two real firmware bundles through the upload control (XHR with progress), create a
-//! device through its form and read its credential from the dialog, upload a real core dump as
-//! that device through the device API and watch it appear and get parsed on the open device page
-//! without a reload, see the config editor show the server's refusal, read the structured report,
-//! resolve its crash group, roll back a version, see a device created through the API appear on
-//! the open model page, trigger a fleet rotation, and sign out. A screenshot of each page goes to
-//! `$IOTSUPPORT_UI_SCREENSHOTS/<stack>/` (default `target/tmp/ui-screenshots/<stack>/`).
+//! model through its form, upload two firmware bundles (built around a real ELF of the ESP test
+//! data) through the upload control (XHR with progress), create a device through its form and
+//! read its credential from the dialog, upload a real core dump as that device through the device
+//! API and watch it appear and get parsed on the open device page without a reload, see the
+//! config editor show the server's refusal, add the rest of a small fleet through the API
+//! (`fleet.rs`), read the structured report, resolve its crash group, roll back a version, see a
+//! device created through the API appear on the open model page, trigger a fleet rotation, and
+//! sign out. A screenshot of each page goes to `$IOTSUPPORT_UI_SCREENSHOTS/<stack>/` (default
+//! `target/tmp/ui-screenshots/<stack>/`); `docs/ui/` holds copies for the README.
 
 #[path = "../api/client.rs"]
 #[allow(dead_code)] // shared with tests/api/, which uses all of it
@@ -28,6 +29,7 @@ mod helpers;
 mod issuer;
 
 mod driver;
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,11 +39,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use driver::*;
-use firmware_support::{esp32_image, sha256, version_json, zip_of, Desc};
+use firmware_support::{sha256, version_json, zip_of, Desc};
+use fleet::{parsed_report, populate, testdata, upload_dump, TestData};
 use helpers::{Stack, TestApp, ALL_STACKS};
 use issuer::{EcKey, LoginSetup, TestIssuer, AUDIENCE};
 
-const CASE: &str = "coredump/esp32_elf_crc32_abort";
 /// The app's `ADMIN_TOKEN`: typed into the sign-in form, and what the test's own API calls send.
 const TOKEN: &str = "browser-admin-token-0123456789";
 
@@ -94,40 +96,33 @@ impl SignIn {
     }
 }
 
-/// The ESP test data (`$IOTSUPPORT_TESTDATA`, else `../shared/testdata/esp`): a real dump and
-/// the ELF of the build that wrote it. Never copied into the repository.
-fn testdata() -> Option<(Vec<u8>, Vec<u8>)> {
-    let root = std::env::var_os("IOTSUPPORT_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/esp"));
-    let dir = root.join(CASE);
-    match (
-        std::fs::read(dir.join("coredump.bin")),
-        std::fs::read(dir.join("esp32.elf")),
-    ) {
-        (Ok(dump), Ok(elf)) => Some((dump, elf)),
-        _ => {
-            eprintln!("SKIP browser: ESP test data not found at {}", dir.display());
-            None
-        }
-    }
+/// An ESP32 app image for `desc` about as large as a small real application (190 KiB of
+/// read-only data after the descriptor), so the pages show plausible sizes.
+fn image(desc: &Desc, version: &str) -> Vec<u8> {
+    let salt = version.bytes().fold(0u8, |a, b| a.wrapping_mul(31) ^ b);
+    let tail: Vec<u8> = (0..190 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ salt)
+        .collect();
+    esp_image_synth::esp32_image(desc, &tail, 0x50 ^ salt)
 }
 
 /// A firmware bundle of model `code` whose image embeds the SHA-256 of the real `elf`, so that
 /// dumps of this build are parsed with it.
 fn bundle(code: &str, version: &str, elf: &[u8], dir: &Path) -> PathBuf {
+    let project: &'static [u8] = match code {
+        "thermostat" => b"thermostat",
+        "weather_station" => b"weather_station",
+        _ => b"hall_sensor",
+    };
     let desc = Desc {
         magic: 0xABCD_5432,
         version: version.as_bytes().to_vec(),
-        project: b"hall_sensor",
+        project,
         idf: b"v5.3-dev",
         elf_sha256: sha256(elf),
     };
     let entries: Vec<(String, Vec<u8>)> = vec![
-        (
-            format!("{code}.bin"),
-            esp32_image(&desc, version.len() as u8),
-        ),
+        (format!("{code}.bin"), image(&desc, version)),
         (format!("{code}.elf"), elf.to_vec()),
         (format!("{code}.map"), b"Memory map\n".to_vec()),
         (
@@ -155,7 +150,7 @@ async fn the_web_ui_works_in_a_real_browser() {
     let Some((chromium, chromedriver)) = browser("browser") else {
         return;
     };
-    let Some((dump, elf)) = testdata() else {
+    let Some(data) = testdata() else {
         return;
     };
     let driver = Driver::start(&chromium, &chromedriver).await;
@@ -168,7 +163,7 @@ async fn the_web_ui_works_in_a_real_browser() {
         let files = tempfile::TempDir::new().expect("a temp dir");
         let shots = screenshots(stack);
         let c = driver.session().await;
-        flow(&app, &c, &sign_in, &files, &shots, &dump, &elf).await;
+        flow(&app, &c, &sign_in, &files, &shots, &data).await;
         c.close().await.expect("close the browser");
         eprintln!(
             "browser flow on the {stack:?} stack: {:.1} s; screenshots in {}",
@@ -198,9 +193,9 @@ async fn flow(
     sign_in: &SignIn,
     files: &tempfile::TempDir,
     shots: &Path,
-    dump: &[u8],
-    elf: &[u8],
+    data: &TestData,
 ) {
+    let (dump, elf) = (&data.abort.dump, &data.abort.elf);
     // ---- Sign in -------------------------------------------------------------------------
     // A page asked for without a session sends the browser to the one sign-in route.
     c.goto(&app.url("/")).await.expect("open /");
@@ -212,10 +207,10 @@ async fn flow(
                 "location.pathname === '/api/auth/login' && !!document.querySelector('input[name=token]')",
             )
             .await;
+            screenshot(c, shots, "sign-in").await;
             fill(c, "input[name=token]", "not-the-admin-token").await;
             click(c, "form[action='/api/auth/login'] button[type=submit]").await;
             until_text(c, "[role=alert]", "That token is not the admin token").await;
-            screenshot(c, shots, "sign-in").await;
             fill(c, "input[name=token]", TOKEN).await;
             click(c, "form[action='/api/auth/login'] button[type=submit]").await;
         }
@@ -334,6 +329,12 @@ async fn flow(
     until(c, "the config error", "document.querySelector('#config-form [data-status]').textContent.length > 0 && document.querySelector('#config-form [data-status]').classList.contains('bad')").await;
     click(c, "#provisioning-form button[type=submit]").await;
     until_text(c, "#provisioning-form [data-status]", "Provisioning field").await;
+
+    // ---- The rest of a small fleet, through the API (see fleet.rs) ---------------------------
+    populate(app, model_id, data, |code, version, elf| {
+        bundle(code, version, elf, files.path())
+    })
+    .await;
 
     // ---- The structured report ---------------------------------------------------------------
     click(
@@ -454,48 +455,6 @@ async fn flow(
                 "the sign-out names the ID token"
             );
             until(c, "back at the overview", "location.pathname === '/'").await;
-        }
-    }
-}
-
-/// Uploads `dump` as the device whose credential is `credential`, running `version`.
-async fn upload_dump(app: &TestApp, credential: &str, version: &str, dump: &[u8]) -> i64 {
-    let response = app
-        .client
-        .post(app.url(&format!(
-            "/api/iot/coredump?chip=esp32&firmware_version={version}"
-        )))
-        .bearer_auth(credential)
-        .body(dump.to_vec())
-        .send()
-        .await
-        .expect("upload a dump");
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.expect("an answer");
-    body["coredump_id"].as_i64().expect("a dump id")
-}
-
-/// Waits until dump `id` is parsed (through the API) and returns its structured report.
-async fn parsed_report(app: &TestApp, device_id: i64, id: i64) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body: Value = app
-            .admin_request(
-                Method::GET,
-                app.url(&format!("/api/devices/{device_id}/coredumps/{id}")),
-            )
-            .send()
-            .await
-            .expect("read the dump")
-            .json()
-            .await
-            .expect("a dump");
-        match body["parse_status"].as_str() {
-            Some("PARSED") => return body["report"].clone(),
-            Some("PENDING") if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            _ => panic!("the dump was not parsed: {body}"),
         }
     }
 }

@@ -27,24 +27,34 @@ const TOP: i64 = 8;
 /// Room right of the longest bar for its numbers.
 const NUMBERS: i64 = 270;
 
-/// The crash rate as the chart shows it: `5% of 40 running`, or nothing.
+/// The crash rate as the chart shows it: `5% of 40 running`, or the number running when a rate
+/// would mislead.
 fn short_rate(bar: &VersionBar) -> String {
-    if bar.running > 0 {
-        let percent = bar.devices as f64 * 100.0 / bar.running as f64;
-        format!(" ({percent:.0}% of {} running)", bar.running)
-    } else {
-        String::new()
+    match percent(bar) {
+        Some(percent) => format!(" ({percent:.0}% of {} running)", bar.running),
+        None if bar.running > 0 => format!(" ({} running it now)", bar.running),
+        None => String::new(),
     }
 }
 
 /// The crash rate as text: `2 of 40 running (5%)`, or why there is none.
 pub fn rate(bar: &VersionBar) -> String {
-    if bar.running > 0 {
-        let percent = bar.devices as f64 * 100.0 / bar.running as f64;
-        format!("{} of {} running ({percent:.0}%)", bar.devices, bar.running)
-    } else {
-        "no device reports running it".into()
+    match percent(bar) {
+        Some(percent) => format!("{} of {} running ({percent:.0}%)", bar.devices, bar.running),
+        None if bar.running > 0 => format!(
+            "{} running it now (devices that crashed have moved on)",
+            bar.running
+        ),
+        None => "no device reports running it".into(),
     }
+}
+
+/// Devices that crashed in the version per device running it now, in percent — only while that
+/// is at most 100%: crashes are counted over all time but "running" is today's count, so once
+/// devices have moved to another version the quotient is no rate.
+fn percent(bar: &VersionBar) -> Option<f64> {
+    (bar.running > 0 && bar.devices <= bar.running)
+        .then(|| bar.devices as f64 * 100.0 / bar.running as f64)
 }
 
 pub fn versions_chart(bars: &[VersionBar]) -> Markup {
@@ -113,6 +123,12 @@ mod tests {
     fn rates_say_how_many_of_the_running_devices_crashed() {
         assert_eq!(rate(&bar("1", 3, 2, 40)), "2 of 40 running (5%)");
         assert_eq!(rate(&bar("1", 3, 2, 0)), "no device reports running it");
+        assert_eq!(
+            rate(&bar("1", 3, 2, 1)),
+            "1 running it now (devices that crashed have moved on)"
+        );
+        assert_eq!(short_rate(&bar("1", 3, 2, 1)), " (1 running it now)");
+        assert_eq!(short_rate(&bar("1", 3, 2, 4)), " (50% of 4 running)");
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn running(device: &DeviceRow, current: Option<&str>) -> Markup {
     match device.running_firmware_version.as_deref() {
         Some(v) if Some(v) == current => html! { code { (v) } },
         Some(v) => {
-            html! { code { (v) } " " span.badge.warn title="not the model's current version" { "outdated" } }
+            html! { code { (v) } " " span.badge.warn title="the model's current version is another one" { "not current" } }
         }
         None => html! { span.muted { "not reported" } },
     }
