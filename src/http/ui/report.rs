@@ -13,7 +13,7 @@ use super::layout::{Live, Page, Section};
 use super::viewer::{Ui, UiError, Viewer};
 use crate::coredumps::manage;
 use crate::db::coredumps::CoredumpRow;
-use crate::db::devices;
+use crate::db::{device_models, devices};
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
 use crate::state::AppState;
@@ -32,6 +32,10 @@ pub async fn page(
     let device = devices::get(&mut tx, device_id)
         .await?
         .ok_or_else(|| UiError::not_found(format!("Device {device_id} was not found")))?;
+    // The model's name for the breadcrumb (its code if it went in between).
+    let model_name = device_models::get(&mut tx, device.device_model_id)
+        .await?
+        .map_or_else(|| device.model_code.clone(), |m| m.name);
     tx.commit().await?;
     let device_title = device.device_name.clone().unwrap_or(device.key.clone());
     let now = crate::db::now();
@@ -51,10 +55,7 @@ pub async fn page(
         Page::new(format!("Core dump #{}", dump.id), Some(viewer.identity()))
             .section(Section::Fleet)
             .crumb("Fleet", "/")
-            .crumb(
-                device.model_code.clone(),
-                format!("/models/{}", device.device_model_id),
-            )
+            .crumb(model_name, format!("/models/{}", device.device_model_id))
             .crumb(device_title, format!("/devices/{}", device.id))
             .live(Live {
                 events: LIVE,
