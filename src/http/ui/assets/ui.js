@@ -348,7 +348,8 @@
 
   function connect() {
     var main = document.querySelector('main');
-    if (!main || !main.hasAttribute('data-live') || !window.EventSource) { return; }
+    // Pages about nothing live (sign-in, error pages) open no stream.
+    if (!main || !main.getAttribute('data-live') || !window.EventSource) { return; }
     var source = new EventSource('/api/sse/stream?request_id=' + streamId);
     setLive('connecting', 'connecting');
     source.addEventListener('open', function () { setLive('live', 'live'); });
