@@ -36,6 +36,7 @@ pub mod request_context;
 pub mod rotation;
 pub mod server;
 pub mod session;
+pub mod ui;
 
 use axum::extract::Request;
 use axum::middleware;
@@ -68,7 +69,8 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(provisioning::router())
         .merge(identity::router())
         .merge(login::router())
-        .merge(events::router());
+        .merge(events::router())
+        .merge(ui::router());
     if let Some(extra) = extra {
         routes = routes.merge(extra);
     }

@@ -63,4 +63,7 @@ mod rust_source;
 mod sessions;
 mod storage;
 mod transactions;
+mod ui_access;
 mod ui_compat;
+mod ui_pages;
+mod ui_support;
