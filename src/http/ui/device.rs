@@ -43,7 +43,7 @@ pub async fn page(
                 device.device_model_id
             ))
         })?;
-    let dumps = coredumps::list(&mut tx, id).await?;
+    let dumps = coredumps::list(&mut tx, id, None, None).await?;
     tx.commit().await?;
     let now = crate::db::now();
     let edit = viewer.can_edit();

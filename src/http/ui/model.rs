@@ -33,7 +33,7 @@ pub async fn page(
     let model = device_models::get(&mut tx, id)
         .await?
         .ok_or_else(|| UiError::not_found(format!("DeviceModel {id} was not found")))?;
-    let devices = devices::list(&mut tx, Some(id), None).await?;
+    let devices = devices::list(&mut tx, Some(id), None, None, None).await?;
     let open = groups_db::list(&mut tx, id, Some(STATUS_OPEN), GroupOrder::LastSeen).await?;
     tx.commit().await?;
     let versions = fw::list(&state.db, id).await?;
