@@ -54,12 +54,18 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
+# BENCH_SERVICE_BIN / BENCH_LOADGEN: use these prebuilt binaries instead of building (e.g. an
+# `iotsupport` built from an older commit, to measure "before" with the same script). With both
+# set nothing is built.
 bench_build() {
-    blog "building the release binary and examples/loadgen (CARGO_TARGET_DIR=$BENCH_TARGET)"
-    (cd "$BENCH_ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build --release --quiet \
-        --bin iotsupport --example loadgen)
-    SERVICE_BIN=$BENCH_TARGET/release/iotsupport
-    LOADGEN=$BENCH_TARGET/release/examples/loadgen
+    SERVICE_BIN=${BENCH_SERVICE_BIN:-$BENCH_TARGET/release/iotsupport}
+    LOADGEN=${BENCH_LOADGEN:-$BENCH_TARGET/release/examples/loadgen}
+    if [ -z "${BENCH_SERVICE_BIN:-}" ] || [ -z "${BENCH_LOADGEN:-}" ]; then
+        blog "building the release binary and examples/loadgen (CARGO_TARGET_DIR=$BENCH_TARGET)"
+        (cd "$BENCH_ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build --release --quiet \
+            --bin iotsupport --example loadgen)
+    fi
+    blog "service binary $SERVICE_BIN, load generator $LOADGEN"
 }
 
 bench_start_postgres() {
@@ -149,9 +155,14 @@ json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv
 # bench_model_and_device CODE: creates a model and a device; sets MODEL_ID and CREDENTIAL.
 bench_model_and_device() {
     MODEL_ID=$(api POST /api/device-models "{\"code\": \"$1\", \"name\": \"Benchmark $1\"}" | json_field id)
+    CREDENTIAL=$(bench_device "$MODEL_ID")
+}
+
+# bench_device MODEL_ID: creates a device of the model; prints its KEY.SECRET.
+bench_device() {
     local device
-    device=$(api POST /api/devices "{\"device_model_id\": $MODEL_ID, \"config\": \"{}\"}")
-    CREDENTIAL="$(json_field key <<<"$device").$(json_field device_secret <<<"$device")"
+    device=$(api POST /api/devices "{\"device_model_id\": $1, \"config\": \"{}\"}")
+    echo "$(json_field key <<<"$device").$(json_field device_secret <<<"$device")"
 }
 
 # kv LINE KEY: the value of KEY=value in a loadgen result line.

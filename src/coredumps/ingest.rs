@@ -7,19 +7,22 @@
 //! or as soon as the streamed body passes the limit — never by reading it all) and not empty.
 //!
 //! Store: insert the `PENDING` row (flushed: the id is final), upload
-//! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit.
+//! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit;
+//! on PostgreSQL everything after the pruning is one statement (see [`store`]).
 //! Any failure rolls the transaction back; an object that may already have been written is
 //! deleted best-effort while the transaction is still open (on SQLite a rolled-back id can be
 //! handed out again, so a late cleanup could hit the next dump's object).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::job::{ParsePayload, PARSE_JOB, PARSE_MAX_ATTEMPTS};
+use super::retention;
 use crate::db::{coredumps, Db, DbError, Tx};
 use crate::layout::coredump_key;
-use crate::outbox;
 use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
+use crate::{events, jobs, outbox};
 
 /// Column width of `coredumps.chip` (and `firmware_version`, checked by `FirmwareVersion`).
 pub const MAX_FIELD_LEN: usize = 50;
@@ -99,6 +102,11 @@ pub struct Uploader<'a> {
 }
 
 /// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`.
+///
+/// Round trips on PostgreSQL: `BEGIN`, the row, (the PUT), the device's retention lock, the
+/// pruning `DELETE`, one statement for everything else (outbox entries, withdrawn parse jobs, the
+/// new parse job, the event and its `NOTIFY`), `COMMIT`. Each step's time goes to
+/// `coredump_ingest_step_duration_seconds`.
 pub async fn store(
     db: &Db,
     storage: &Storage,
@@ -108,6 +116,7 @@ pub async fn store(
     content: Bytes,
 ) -> Result<i64, IngestError> {
     let size = content.len() as i64;
+    let mut steps = Steps::start();
     let mut tx = db.begin().await?;
     let id = match coredumps::insert(
         &mut tx,
@@ -126,25 +135,32 @@ pub async fn store(
         Err(e) => return Err(e.into()),
     };
     let key = coredump_key(device.device_key, id)?;
-    // Ids are not reused on PostgreSQL, but a rolled-back SQLite id can be: make sure no old
-    // deletion of this key is still pending (the outbox invariant for re-created keys).
-    outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
+    if let Tx::Sqlite(_) = tx {
+        // A rolled-back SQLite id can be handed out again: make sure no old deletion of this key
+        // is still pending (the outbox invariant for re-created keys). PostgreSQL's sequence never
+        // hands out an id twice, so there the key is new and nothing can be pending for it.
+        outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
+    }
+    steps.lap("insert");
     if let Err(e) = storage.put(&key, content).await {
         cleanup(storage, &key).await;
         drop(tx);
         return Err(e.into());
     }
+    steps.lap("put");
     if let Err(e) = finish(keep, &mut tx, device.clone(), id).await {
         cleanup(storage, &key).await;
         drop(tx);
         return Err(e);
     }
+    steps.lap("record");
     if let Err(e) = tx.commit().await {
         // The commit may have succeeded even so (the answer was lost): leave the object, because
         // an orphan is tolerated (reconcile finds it) and a row without its object is not.
         tracing::warn!(coredump_id = id, s3_key = %key, error = %e, "coredump_commit_failed");
         return Err(e.into());
     }
+    steps.lap("commit");
     tracing::info!(
         device_key = %device.device_key,
         coredump_id = id,
@@ -155,18 +171,60 @@ pub async fn store(
     Ok(id)
 }
 
-/// What follows the upload inside the transaction: retention, then the parse job.
+/// Times the steps of one upload into `coredump_ingest_step_duration_seconds`.
+struct Steps(Instant);
+
+impl Steps {
+    fn start() -> Self {
+        Steps(Instant::now())
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!(crate::telemetry::COREDUMP_INGEST_STEP_DURATION, "step" => step)
+            .record(now.duration_since(self.0).as_secs_f64());
+        self.0 = now;
+    }
+}
+
+/// What follows the upload inside the transaction: retention, then the parse job and the event.
 async fn finish(keep: u32, tx: &mut Tx, device: Uploader<'_>, id: i64) -> Result<(), IngestError> {
-    super::retention::enforce(tx, device.device_id, device.device_key, keep).await?;
-    super::job::enqueue(tx, id).await?;
-    crate::events::record(
-        tx,
-        "coredump_stored",
-        &serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key}),
-    )
-    .await?;
+    let pruned = retention::prune_rows(tx, device.device_id, device.device_key, keep).await?;
+    let event = serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key});
+    let withdrawn = match tx {
+        Tx::Postgres(t) => {
+            let withdrawn: Vec<String> = pruned
+                .ids
+                .iter()
+                .map(|&coredump_id| jobs::payload_text(&ParsePayload { coredump_id }))
+                .collect::<Result<_, _>>()?;
+            let record = coredumps::UploadRecord {
+                now: crate::db::now(),
+                deletions: &pruned.keys,
+                job_kind: PARSE_JOB,
+                withdrawn_job_payloads: &withdrawn,
+                job_payload: &jobs::payload_text(&ParsePayload { coredump_id: id })?,
+                job_max_attempts: PARSE_MAX_ATTEMPTS,
+                event_kind: STORED_EVENT,
+                event_payload: &event.to_string(),
+                notify_channel: events::CHANNEL,
+            };
+            let withdrawn = coredumps::record_upload_postgres(&mut **t, &record).await?;
+            u64::try_from(withdrawn).unwrap_or(0)
+        }
+        Tx::Sqlite(_) => {
+            outbox::schedule_deletion(tx, &pruned.keys).await?;
+            let withdrawn = super::job::cancel(tx, &pruned.ids).await?;
+            super::job::enqueue(tx, id).await?;
+            events::record(tx, STORED_EVENT, &event).await?;
+            withdrawn
+        }
+    };
+    retention::log_pruned(device.device_key, &pruned, withdrawn);
     Ok(())
 }
+
+const STORED_EVENT: &str = "coredump_stored";
 
 /// Best-effort removal of an object whose row will not be committed.
 async fn cleanup(storage: &Storage, key: &ObjectKey) {

@@ -101,6 +101,60 @@ pub async fn delete_beyond(tx: &mut Tx, device_id: i64, keep: i64) -> Result<Vec
     .await)?)
 }
 
+/// What an upload writes besides its row once the object is stored: the outbox entries of the
+/// dumps retention pruned, the withdrawal of their queued parse jobs, the new dump's parse job and
+/// its event. Each text is made by the module that owns its table (outbox keys,
+/// `jobs::payload_text`, `events`).
+pub struct UploadRecord<'a> {
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub deletions: &'a [crate::storage::ObjectKey],
+    pub job_kind: &'a str,
+    pub withdrawn_job_payloads: &'a [String],
+    pub job_payload: &'a str,
+    pub job_max_attempts: i32,
+    pub event_kind: &'a str,
+    pub event_payload: &'a str,
+    pub notify_channel: &'a str,
+}
+
+/// Writes an [`UploadRecord`] in one statement, one round trip instead of five (outbox entries,
+/// job withdrawal, job, event, `pg_notify`): the same rows `outbox::schedule_deletion`,
+/// `jobs::cancel_queued`, `jobs::enqueue` and `events::record` write, which SQLite (in-process,
+/// no round trips to save, and no data-modifying CTEs) still uses. Returns how many queued jobs
+/// were withdrawn.
+pub async fn record_upload_postgres(
+    conn: &mut sqlx::PgConnection,
+    record: &UploadRecord<'_>,
+) -> Result<i64, DbError> {
+    let deletions: Vec<&str> = record.deletions.iter().map(|k| k.as_str()).collect();
+    Ok(sqlx::query_scalar(
+        "WITH deletions AS (
+             INSERT INTO object_deletions (object_key, next_attempt_at, created_at)
+             SELECT key, $1, $1 FROM UNNEST($2::text[]) AS key
+         ), withdrawn AS (
+             DELETE FROM jobs WHERE kind = $3 AND status = 'queued' AND payload = ANY($4::text[])
+             RETURNING 1
+         ), job AS (
+             INSERT INTO jobs (kind, payload, max_attempts, run_at, created_at, updated_at)
+             VALUES ($3, $5, $6, $1, $1, $1)
+         ), event AS (
+             INSERT INTO events (type, payload, created_at) VALUES ($7, $8, $1)
+         )
+         SELECT (SELECT COUNT(*) FROM withdrawn) FROM (SELECT pg_notify($9, '')) AS notified",
+    )
+    .bind(record.now)
+    .bind(&deletions)
+    .bind(record.job_kind)
+    .bind(record.withdrawn_job_payloads)
+    .bind(record.job_payload)
+    .bind(record.job_max_attempts)
+    .bind(record.event_kind)
+    .bind(record.event_payload)
+    .bind(record.notify_channel)
+    .fetch_one(conn)
+    .await?)
+}
+
 /// A device's dumps, newest first.
 pub async fn list(tx: &mut Tx, device_id: i64) -> Result<Vec<CoredumpRow>, DbError> {
     let sql = format!("{SELECT} WHERE c.device_id = $1 ORDER BY c.uploaded_at DESC, c.id DESC");
