@@ -28,11 +28,15 @@ blog "s3put: $COUNT x $SIZE bytes, $CONCURRENCY at once, directly to s3s-fs"
 S3PUT=$("$LOADGEN" s3put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" --size "$SIZE" "${LOAD[@]}")
 echo "$S3PUT"
+metrics_snapshot "$WORK/metrics-before"
 blog "ingest: $COUNT x $SIZE bytes, $CONCURRENCY at once, through the service"
 INGEST=$("$LOADGEN" ingest --url "$SERVICE_URL" --credential "$CREDENTIALS" --size "$SIZE" \
     "${LOAD[@]}") || { echo "$INGEST"; tail -n 20 "$WORK/service.log" >&2; exit 1; }
 echo "$INGEST"
 RSS=$(service_peak_rss_kib)
+metrics_snapshot "$WORK/metrics-after"
+STEPS=$(step_means "$WORK/metrics-before" "$WORK/metrics-after" \
+    coredump_ingest_step_duration_seconds receive insert put record commit)
 STATUS=$(psql_query "SELECT parse_status || '=' || count(*) FROM coredumps GROUP BY parse_status ORDER BY parse_status" | tr '\n' ' ')
 QUEUED=$(psql_query "SELECT count(*) FROM jobs WHERE kind = 'parse_coredump'")
 OUTBOX=$(psql_query "SELECT count(*) FROM object_deletions")
@@ -49,6 +53,7 @@ line "direct S3 PUT" "$S3PUT"
 echo "non-201 answers from the service: $(kv "$INGEST" bad_status) (transport errors: $(kv "$INGEST" errors))"
 echo "service / direct: $(ratio "$(kv "$INGEST" req_per_s)" "$(kv "$S3PUT" req_per_s)")x"
 echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)"
+echo "ingest steps (means): ${STEPS:-not reported by this build}"
 echo "for comparison: the Python service reached about 25 dumps/s on the reference machine"
 echo "note: every dump also enqueues a parse job that the service's workers (JOB_CONCURRENCY=2)"
 echo "      run concurrently with the uploads (they end in ERROR: no firmware ELF is stored), and"

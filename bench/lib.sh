@@ -173,3 +173,32 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 # Peak resident memory of the service so far, in KiB (VmHWM).
 service_peak_rss_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVICE_PID/status"; }
+
+# metrics_snapshot FILE: the service's /metrics text.
+metrics_snapshot() { curl -sS --max-time 10 "$SERVICE_URL/metrics" > "$1"; }
+
+# step_means BEFORE AFTER METRIC STEP...: for a histogram with a `step` label, the mean of each
+# step between two snapshots, in ms ("step=1.23 ms" pairs, and the number of observations).
+step_means() {
+    python3 - "$@" <<'PY'
+import re, sys
+before, after, metric, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def read(path):
+    values = {}
+    for line in open(path):
+        m = re.match(r'(\w+)\{(.*)\} ([0-9.e+-]+)$', line.strip())
+        if not m or not m.group(1).startswith(metric + "_"):
+            continue
+        step = re.search(r'step="([^"]*)"', m.group(2))
+        if step:
+            values[(m.group(1)[len(metric) + 1:], step.group(1))] = float(m.group(3))
+    return values
+b, a = read(before), read(after)
+out = []
+for step in steps:
+    n = a.get(("count", step), 0) - b.get(("count", step), 0)
+    s = a.get(("sum", step), 0) - b.get(("sum", step), 0)
+    out.append(f"{step} {s / n * 1000:.2f} ms" if n else f"{step} n/a")
+print(", ".join(out))
+PY
+}

@@ -189,7 +189,7 @@ fn describe() {
     describe_histogram!(
         COREDUMP_INGEST_STEP_DURATION,
         Unit::Seconds,
-        "Time a core-dump upload spends in each step after its body arrived: insert (transaction \
+        "Time a core-dump upload spends in each step: receive (the body read), insert (transaction \
          begun, row inserted), put (the object written), record (retention, parse job, event), \
          commit; bench/ingest.sh prints their means"
     );
