@@ -6,12 +6,14 @@
 //! body) the body within `MAX_COREDUMP_BYTES` (413, decided from `Content-Length` before reading,
 //! or as soon as the streamed body passes the limit — never by reading it all) and not empty.
 //!
-//! Store: insert the `PENDING` row (flushed: the id is final), upload
-//! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit;
-//! on PostgreSQL everything after the pruning is one statement (see [`store`]).
-//! Any failure rolls the transaction back; an object that may already have been written is
-//! deleted best-effort while the transaction is still open (on SQLite a rolled-back id can be
-//! handed out again, so a late cleanup could hit the next dump's object).
+//! Store: on SQLite insert the `PENDING` row (flushed: the id is final), upload
+//! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit.
+//! On PostgreSQL the id is reserved from the sequence and the object written *before* the
+//! transaction, which then holds a pooled connection only for its own statements (see
+//! [`store`]). Any failure rolls the transaction back and deletes an object that may already
+//! have been written (best-effort; on SQLite while the transaction is still open, because a
+//! rolled-back SQLite id can be handed out again and a late cleanup could hit the next dump's
+//! object).
 
 use std::time::{Duration, Instant};
 
@@ -101,13 +103,75 @@ pub struct Uploader<'a> {
     pub device_key: &'a str,
 }
 
-/// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`.
-///
-/// Round trips on PostgreSQL: `BEGIN`, the row, (the PUT), the device's retention lock, the
-/// pruning `DELETE`, one statement for everything else (outbox entries, withdrawn parse jobs, the
-/// new parse job, the event and its `NOTIFY`), `COMMIT`. Each step's time goes to
-/// `coredump_ingest_step_duration_seconds`.
+/// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`. Each
+/// step's time goes to `coredump_ingest_step_duration_seconds`.
 pub async fn store(
+    db: &Db,
+    storage: &Storage,
+    keep: u32,
+    device: Uploader<'_>,
+    meta: &DumpMeta,
+    content: Bytes,
+) -> Result<i64, IngestError> {
+    match db {
+        Db::Postgres(_) => store_with_reserved_id(db, storage, keep, device, meta, content).await,
+        Db::Sqlite(_) => store_in_one_transaction(db, storage, keep, device, meta, content).await,
+    }
+}
+
+/// PostgreSQL: the id is taken from the table's sequence first (one statement, no transaction),
+/// the object is written under it, and only then does a transaction insert the row, apply
+/// retention and queue the parse job. A transaction (and with it one of the pool's connections)
+/// is held for the database work only, never across the PUT: with the PUT inside, 32 devices
+/// uploading at once queued for the pool's ten connections. A sequence never hands out an id
+/// twice, so nothing else can own the key and no outbox deletion can be pending for it; if
+/// anything after the PUT fails, the object is deleted again (an orphan, if that fails too, is
+/// tolerated; a row without its object never exists).
+///
+/// Round trips: the id, (the PUT), `BEGIN`, the row, the device's retention lock, the pruning
+/// `DELETE`, one statement for everything else (outbox entries, withdrawn parse jobs, the new
+/// parse job, the event and its `NOTIFY`), `COMMIT`.
+async fn store_with_reserved_id(
+    db: &Db,
+    storage: &Storage,
+    keep: u32,
+    device: Uploader<'_>,
+    meta: &DumpMeta,
+    content: Bytes,
+) -> Result<i64, IngestError> {
+    let size = content.len() as i64;
+    let mut steps = Steps::start();
+    let id = coredumps::reserve_id(db).await?;
+    let key = coredump_key(device.device_key, id)?;
+    steps.lap("insert");
+    if let Err(e) = storage.put(&key, content).await {
+        cleanup(storage, &key).await;
+        return Err(e.into());
+    }
+    steps.lap("put");
+    let recorded = async {
+        let mut tx = db.begin().await?;
+        insert_row(&mut tx, &device, meta, size, Some(id)).await?;
+        finish(keep, &mut tx, device.clone(), id).await?;
+        steps.lap("record");
+        Ok::<_, IngestError>(tx)
+    }
+    .await;
+    let tx = match recorded {
+        Ok(tx) => tx,
+        Err(e) => {
+            cleanup(storage, &key).await;
+            return Err(e);
+        }
+    };
+    commit(tx, &device, id, &key, size, &mut steps).await
+}
+
+/// SQLite (one writer at a time, in process): the row first (flushed, so the id is final), the
+/// object, retention and the parse job, commit. A rolled-back SQLite id can be handed out again,
+/// so a failed upload's object is deleted while the transaction is still open, before another
+/// upload can take the id.
+async fn store_in_one_transaction(
     db: &Db,
     storage: &Storage,
     keep: u32,
@@ -118,29 +182,11 @@ pub async fn store(
     let size = content.len() as i64;
     let mut steps = Steps::start();
     let mut tx = db.begin().await?;
-    let id = match coredumps::insert(
-        &mut tx,
-        device.device_id,
-        &meta.chip,
-        &meta.firmware_version,
-        size,
-    )
-    .await
-    {
-        Ok(id) => id,
-        // The device was deleted after it authenticated.
-        Err(e) if e.is_foreign_key_violation() => {
-            return Err(IngestError::DeviceGone(device.device_key.to_string()))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let id = insert_row(&mut tx, &device, meta, size, None).await?;
     let key = coredump_key(device.device_key, id)?;
-    if let Tx::Sqlite(_) = tx {
-        // A rolled-back SQLite id can be handed out again: make sure no old deletion of this key
-        // is still pending (the outbox invariant for re-created keys). PostgreSQL's sequence never
-        // hands out an id twice, so there the key is new and nothing can be pending for it.
-        outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
-    }
+    // Make sure no old deletion of this key is still pending (the outbox invariant for
+    // re-created keys).
+    outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
     steps.lap("insert");
     if let Err(e) = storage.put(&key, content).await {
         cleanup(storage, &key).await;
@@ -154,6 +200,42 @@ pub async fn store(
         return Err(e);
     }
     steps.lap("record");
+    commit(tx, &device, id, &key, size, &mut steps).await
+}
+
+/// Inserts the `PENDING` row (under `id` when one was reserved) and returns its id.
+async fn insert_row(
+    tx: &mut Tx,
+    device: &Uploader<'_>,
+    meta: &DumpMeta,
+    size: i64,
+    id: Option<i64>,
+) -> Result<i64, IngestError> {
+    let new = coredumps::NewCoredump {
+        id,
+        device_id: device.device_id,
+        chip: &meta.chip,
+        firmware_version: &meta.firmware_version,
+        size,
+    };
+    match coredumps::insert(tx, &new).await {
+        Ok(id) => Ok(id),
+        // The device was deleted after it authenticated.
+        Err(e) if e.is_foreign_key_violation() => {
+            Err(IngestError::DeviceGone(device.device_key.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn commit(
+    tx: Tx,
+    device: &Uploader<'_>,
+    id: i64,
+    key: &ObjectKey,
+    size: i64,
+    steps: &mut Steps,
+) -> Result<i64, IngestError> {
     if let Err(e) = tx.commit().await {
         // The commit may have succeeded even so (the answer was lost): leave the object, because
         // an orphan is tolerated (reconcile finds it) and a row without its object is not.

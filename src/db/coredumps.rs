@@ -49,26 +49,62 @@ pub async fn device_key(tx: &mut Tx, device_id: i64) -> Result<Option<String>, D
 }
 
 /// Inserts a `PENDING` dump and returns its id (the transaction is flushed: the id is final).
-pub async fn insert(
-    tx: &mut Tx,
-    device_id: i64,
-    chip: &str,
-    firmware_version: &str,
-    size: i64,
-) -> Result<i64, DbError> {
+pub async fn insert(tx: &mut Tx, new: &NewCoredump<'_>) -> Result<i64, DbError> {
     let now = now();
-    Ok(on_conn!(tx, |c| sqlx::query_scalar(
-        "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
-                                uploaded_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
-    )
-    .bind(device_id)
-    .bind(chip)
-    .bind(firmware_version)
-    .bind(size)
-    .bind(now)
-    .fetch_one(c)
-    .await)?)
+    // Two texts rather than `COALESCE($1, nextval(…))`: SQLite refuses unknown functions even
+    // where they would not be called.
+    Ok(match new.id {
+        Some(id) => on_conn!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO coredumps (id, device_id, chip, firmware_version, size, parse_status,
+                                    uploaded_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6, $6) RETURNING id"
+        )
+        .bind(id)
+        .bind(new.device_id)
+        .bind(new.chip)
+        .bind(new.firmware_version)
+        .bind(new.size)
+        .bind(now)
+        .fetch_one(c)
+        .await)?,
+        None => on_conn!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
+                                    uploaded_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
+        )
+        .bind(new.device_id)
+        .bind(new.chip)
+        .bind(new.firmware_version)
+        .bind(new.size)
+        .bind(now)
+        .fetch_one(c)
+        .await)?,
+    })
+}
+
+/// A new dump's row; `id` when one was reserved with [`reserve_id`].
+pub struct NewCoredump<'a> {
+    pub id: Option<i64>,
+    pub device_id: i64,
+    pub chip: &'a str,
+    pub firmware_version: &'a str,
+    pub size: i64,
+}
+
+/// PostgreSQL: the next id of `coredumps` from its sequence, without a transaction (a sequence
+/// never hands out a value twice, committed or not). An error on SQLite, which has no sequences:
+/// its ids come from the insert.
+pub async fn reserve_id(db: &Db) -> Result<i64, DbError> {
+    match db {
+        Db::Postgres(pool) => Ok(sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('coredumps', 'id'))",
+        )
+        .fetch_one(pool)
+        .await?),
+        Db::Sqlite(_) => Err(DbError::Other(sqlx::Error::Protocol(
+            "SQLite has no sequences to reserve a core-dump id from".into(),
+        ))),
+    }
 }
 
 /// Serialises retention between concurrent uploads of one device. On PostgreSQL two uploads would
