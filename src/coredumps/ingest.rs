@@ -291,7 +291,7 @@ async fn finish(keep: u32, tx: &mut Tx, device: Uploader<'_>, id: i64) -> Result
                 event_payload: &event.to_string(),
                 notify_channel: events::CHANNEL,
             };
-            let withdrawn = coredumps::record_upload_postgres(&mut **t, &record).await?;
+            let withdrawn = coredumps::record_upload_postgres(t, &record).await?;
             u64::try_from(withdrawn).unwrap_or(0)
         }
         Tx::Sqlite(_) => {

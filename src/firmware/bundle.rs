@@ -244,13 +244,18 @@ pub fn validate(
 ) -> Result<Bundle, BundleError> {
     let mut image = None;
     let mut others = Vec::new();
-    validate_each(Spool::File(spool), code, max_entry_bytes, &mut |validated| {
-        match validated {
-            Validated::Image { version, app, bin } => image = Some((version, app, bin)),
-            Validated::Artifact(entry) => others.push(entry),
-        }
-        Ok(())
-    })?;
+    validate_each(
+        Spool::File(spool),
+        code,
+        max_entry_bytes,
+        &mut |validated| {
+            match validated {
+                Validated::Image { version, app, bin } => image = Some((version, app, bin)),
+                Validated::Artifact(entry) => others.push(entry),
+            }
+            Ok(())
+        },
+    )?;
     let Some((version, app, bin)) = image else {
         return Err(invalid_zip("no image"));
     };
@@ -276,12 +281,9 @@ pub fn validate_each(
     emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
 ) -> Result<Validation, BundleError> {
     match spool {
-        Spool::Memory(bytes) => validate_reader(
-            std::io::Cursor::new(bytes),
-            code,
-            max_entry_bytes,
-            emit,
-        ),
+        Spool::Memory(bytes) => {
+            validate_reader(std::io::Cursor::new(bytes), code, max_entry_bytes, emit)
+        }
         Spool::File(file) => validate_reader(BufReader::new(file), code, max_entry_bytes, emit),
     }
 }
@@ -438,7 +440,6 @@ fn validate_reader<R: Read + Seek>(
     emit(Validated::Artifact(map))?;
     let sdkconfig = extract(&expected[3].0, Artifact::Sdkconfig, max_entry_bytes)?;
     emit(Validated::Artifact(sdkconfig))?;
-    drop(extract);
     Ok(Validation { hashing })
 }
 

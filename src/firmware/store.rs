@@ -144,7 +144,10 @@ fn is_identical(existing: &fw::FirmwareVersionRow, bundle: &Bundle) -> bool {
 }
 
 /// Whether a stored version has exactly these artifacts (by SHA-256).
-pub(super) fn has_artifacts(existing: &fw::FirmwareVersionRow, artifacts: &[ArtifactFacts]) -> bool {
+pub(super) fn has_artifacts(
+    existing: &fw::FirmwareVersionRow,
+    artifacts: &[ArtifactFacts],
+) -> bool {
     artifacts.iter().all(|a| {
         existing
             .artifact(a.artifact)

@@ -168,7 +168,14 @@ async fn upload_locked(
     };
     let pruned = timed(
         "rows",
-        store::record_version(&mut tx, notifier, &model, &facts, Some(&existing), limits.keep),
+        store::record_version(
+            &mut tx,
+            notifier,
+            &model,
+            &facts,
+            Some(&existing),
+            limits.keep,
+        ),
     )
     .await?;
     commit(tx, model, facts, false, pruned).await
@@ -228,9 +235,9 @@ impl Validator {
         let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let result = bundle::validate_each(spool, &code, max_entry_bytes, &mut |artifact| {
-                sender.blocking_send(artifact).map_err(|_| {
-                    BundleError::Io(std::io::Error::other("the upload was abandoned"))
-                })
+                sender
+                    .blocking_send(artifact)
+                    .map_err(|_| BundleError::Io(std::io::Error::other("the upload was abandoned")))
             });
             if let Ok(validation) = &result {
                 record_step("hash", validation.hashing);

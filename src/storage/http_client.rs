@@ -145,7 +145,9 @@ impl Body for IdleTimeout {
             Poll::Ready(frame) => {
                 let next = tokio::time::Instant::now() + this.timeout;
                 this.deadline.as_mut().reset(next);
-                Poll::Ready(frame.map(|f| f.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e))))
+                Poll::Ready(
+                    frame.map(|f| f.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e))),
+                )
             }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::new(

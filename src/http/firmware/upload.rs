@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::HeaderMap;
-use bytes::{Bytes, BytesMut};
 use std::io::Write;
 use tokio::sync::Semaphore;
 
