@@ -49,28 +49,10 @@ impl object_store::client::HttpConnector for BoundedConnector {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         http.enforce_http(false);
-        let tls = crate::mqtt::tls::client_config().map_err(|e| object_store::Error::Generic {
+        let tls = tls_config().map_err(|e| object_store::Error::Generic {
             store: "S3",
             source: Box::new(e),
-        });
-        // Without system roots plain-HTTP endpoints still work; an https:// one then fails to
-        // connect (and says why in its error).
-        let tls = match tls {
-            Ok(config) => (*config).clone(),
-            Err(e) => {
-                tracing::debug!(error = %e, "s3_client_without_tls_roots");
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| object_store::Error::Generic {
-                    store: "S3",
-                    source: Box::new(e),
-                })?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-            }
-        };
+        })?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -85,6 +67,24 @@ impl object_store::client::HttpConnector for BoundedConnector {
             timeout: self.timeout,
         }))
     }
+}
+
+/// rustls with the aws-lc-rs provider (named, not the process default) and the system's trusted
+/// roots, as `crate::mqtt::tls` does for `mqtts://` (storage refers to no other module of the
+/// crate). Without any root, `http://` endpoints still work and an `https://` one fails to
+/// connect, saying why.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        tracing::debug!(errors = ?loaded.errors, "s3_client_without_tls_roots");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[derive(Debug)]
