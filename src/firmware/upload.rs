@@ -123,13 +123,22 @@ async fn upload_locked(
         outbox::cancel_deletions(&mut tx, &keys).await?;
         let mut puts = Puts::default();
         puts.start(storage, key(Artifact::Bin)?, bin);
+        // The five keys were built above, so this cannot fail; if it did, the PUTs already
+        // started are still waited for and cleaned up like any other failure.
+        let mut unkeyed = None;
         while let Some(validated) = validator.next().await {
             if let Validated::Artifact(entry) = validated {
                 artifacts.push(entry.facts());
-                puts.start(storage, key(entry.artifact)?, entry);
+                match key(entry.artifact) {
+                    Ok(key) => puts.start(storage, key, entry),
+                    Err(e) => {
+                        unkeyed.get_or_insert(StoreError::from(e));
+                    }
+                }
             }
         }
-        if let Err(e) = validator.finish().await {
+        let validated = validator.finish().await;
+        if let Some(e) = validated.err().or(unkeyed) {
             puts.wait().await.ok();
             puts.clean_up(storage).await;
             return Err(e);
