@@ -29,6 +29,7 @@ mod firmware;
 mod firmware_cache;
 mod firmware_downloads;
 mod firmware_pipeline;
+mod firmware_streaming;
 mod firmware_support;
 mod firmware_versions;
 mod fleet;
