@@ -36,19 +36,30 @@ pub async fn record<T: Serialize>(tx: &mut Tx, kind: &str, payload: &T) -> Resul
     let payload = serde_json::to_string(payload)
         .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
     let now = db::now();
-    crate::execute!(
-        tx,
-        sqlx::query("INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)")
+    match tx {
+        // One round trip: the notification is delivered to listeners only when (and if) this
+        // transaction commits.
+        Tx::Postgres(t) => {
+            sqlx::query(
+                "WITH e AS (INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)
+                            RETURNING id)
+                 SELECT pg_notify($4, '') FROM e",
+            )
             .bind(kind)
             .bind(&payload)
             .bind(now)
-    )?;
-    if let Tx::Postgres(t) = tx {
-        // Delivered to listeners only when (and if) this transaction commits.
-        sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(&mut **t)
             .await?;
+        }
+        Tx::Sqlite(t) => {
+            sqlx::query("INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)")
+                .bind(kind)
+                .bind(&payload)
+                .bind(now)
+                .execute(&mut **t)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -22,6 +22,12 @@ pub const COREDUMP_UPLOADS_REFUSED: &str = "coredump_uploads_refused_total";
 pub const COREDUMP_GROUPING_DURATION: &str = "coredump_grouping_duration_seconds";
 pub const COREDUMP_INGEST_STEP_DURATION: &str = "coredump_ingest_step_duration_seconds";
 pub const FIRMWARE_UPLOAD_STEP_DURATION: &str = "firmware_upload_step_duration_seconds";
+pub const COREDUMP_PARSE_STEP_DURATION: &str = "coredump_parse_step_duration_seconds";
+pub const JOBS_QUEUE_OP_DURATION: &str = "jobs_queue_operation_duration_seconds";
+pub const PARSE_CACHE_LOOKUPS: &str = "parse_cache_lookups_total";
+pub const PARSE_CACHE_EVICTIONS: &str = "parse_cache_evictions_total";
+pub const PARSE_CACHE_BYTES: &str = "parse_cache_bytes";
+pub const PARSE_CACHE_ENTRIES: &str = "parse_cache_entries";
 pub const CRASH_GROUPS_OPEN: &str = "crash_groups_open";
 pub const CRASH_GROUP_REGRESSIONS: &str = "crash_group_regressions_total";
 pub const CONFIG_VALIDATIONS_REFUSED: &str = "config_validations_refused_total";
@@ -105,6 +111,11 @@ impl std::io::Write for StderrBesideBar {
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Buckets of the per-step histograms (steps take from tens of microseconds to seconds).
+const STEP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
 /// Installs the process-wide metrics recorder once and returns the handle that renders it.
 /// `None` if another recorder was installed first (metrics then go there, not to `/metrics`).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
@@ -140,6 +151,16 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                         10.0, 60.0,
                     ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(COREDUMP_PARSE_STEP_DURATION.to_string()),
+                    STEP_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(JOBS_QUEUE_OP_DURATION.to_string()),
+                    STEP_BUCKETS,
                 )
                 .ok()?
                 .set_buckets_for_metric(
@@ -201,6 +222,40 @@ fn describe() {
          entries), lock (transaction begun, model locked, version looked up), put (from the \
          first artifact PUT to the last one done; it overlaps validation), rows (row, retention, \
          event: overlaps the PUTs), commit, and total; bench/ota.sh prints their means"
+    );
+    describe_histogram!(
+        COREDUMP_PARSE_STEP_DURATION,
+        Unit::Seconds,
+        "Time the parse job spends per step, by step: target (reading the dump's row), dump \
+         (fetching the dump object), firmware (the loaded firmware ELF: from the parse cache, or \
+         fetched and loaded), analyse (decoding, unwinding, symbolising, the report and its \
+         signature), record (the transaction that records the result, grouping included)"
+    );
+    describe_histogram!(
+        JOBS_QUEUE_OP_DURATION,
+        Unit::Seconds,
+        "Time the job workers spend on the queue itself, by operation: claim (taking the next \
+         due job, or finding none) and finish (deleting or rescheduling it)"
+    );
+    describe_counter!(
+        PARSE_CACHE_LOOKUPS,
+        "Loaded firmware ELFs asked of the parse cache, by outcome (hit; waited: for another \
+         parse's load; loaded; uncached: PARSE_CACHE_BYTES=0 or no SHA-256 on the row; \
+         too_large: charged more than PARSE_CACHE_BYTES; mismatch: the ELF does not hash to \
+         its row's SHA-256)"
+    );
+    describe_counter!(
+        PARSE_CACHE_EVICTIONS,
+        "Loaded firmware dropped from the parse cache to make room (least recently used first)"
+    );
+    metrics::describe_gauge!(
+        PARSE_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes the parse cache's loaded firmware is charged (Firmware::approx_bytes)"
+    );
+    metrics::describe_gauge!(
+        PARSE_CACHE_ENTRIES,
+        "Loaded firmware ELFs held in the parse cache"
     );
     metrics::describe_gauge!(
         CRASH_GROUPS_OPEN,

@@ -8,8 +8,8 @@
 //! ingest requests=3000 ok=3000 bad_status=0 errors=0 seconds=12.3 req_per_s=243.9 mib_per_s=15.24 p50_ms=120.1 p99_ms=260.4
 //! ```
 //!
-//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`), random
-//!   bodies or one file (a real dump), from one device or several round-robin.
+//! - `ingest`: device core-dump uploads through the service (`POST /api/iot/coredump`, `ingest.rs`):
+//!   random bodies or one file (a real dump), from several devices round-robin, optionally open-loop.
 //! - `s3put`: the same-size PUTs directly to the S3 server (the ceiling for `ingest`).
 //! - `download`: firmware downloads through the service, whole or random ranges.
 //! - `s3get`: the same reads directly from the S3 server (the ceiling for `download`).
@@ -24,7 +24,6 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +34,7 @@ use iotsupport::storage::backend::ObjectStoreBackend;
 use iotsupport::storage::{ByteRange, ObjectKey, ObjectStorage};
 use rand::{Rng, RngCore};
 
+mod ingest;
 mod mqtt;
 
 #[derive(Parser)]
@@ -74,28 +74,7 @@ struct S3Args {
 #[derive(Subcommand)]
 enum Command {
     /// Core-dump uploads through the service.
-    Ingest {
-        /// The service's base URL, e.g. http://127.0.0.1:3101
-        #[arg(long)]
-        url: String,
-        /// Device credentials `KEY.SECRET` (comma-separated or repeated), used round-robin.
-        #[arg(long, value_delimiter = ',', required = true)]
-        credential: Vec<String>,
-        /// Body size in bytes (random bodies).
-        #[arg(long, default_value_t = 65536)]
-        size: usize,
-        /// Upload this file as every dump instead of random bytes (e.g. a real core dump).
-        #[arg(long)]
-        body: Option<std::path::PathBuf>,
-        /// The `chip` query parameter.
-        #[arg(long, default_value = "esp32")]
-        chip: String,
-        /// The `firmware_version` query parameter.
-        #[arg(long, default_value = "1.0.0")]
-        firmware_version: String,
-        #[command(flatten)]
-        load: Load,
-    },
+    Ingest(ingest::IngestArgs),
     /// Same-size PUTs directly to S3 (through ObjectStoreBackend).
     S3put {
         #[command(flatten)]
@@ -345,78 +324,6 @@ fn random_range(size: u64, len: u64) -> (u64, u64) {
     (start, start + len)
 }
 
-/// What `ingest` uploads.
-struct IngestArgs {
-    credentials: Vec<String>,
-    size: usize,
-    body: Option<Bytes>,
-    chip: String,
-    firmware_version: String,
-}
-
-async fn ingest(url: &str, args: IngestArgs, load: Load) -> anyhow::Result<bool> {
-    ensure_loopback(url)?;
-    anyhow::ensure!(!args.credentials.is_empty(), "no --credential");
-    let client = http_client(load.concurrency)?;
-    let target = format!(
-        "{}/api/iot/coredump?chip={}&firmware_version={}",
-        url.trim_end_matches('/'),
-        args.chip,
-        args.firmware_version
-    );
-    let auths: Vec<String> = args
-        .credentials
-        .iter()
-        .map(|c| format!("Bearer {c}"))
-        .collect();
-    let size = args.body.as_ref().map_or(args.size, Bytes::len);
-    // One upload per device at a time: the service refuses a device's third concurrent upload
-    // (MAX_COREDUMP_UPLOADS_PER_DEVICE), and requests complete out of order.
-    let busy: Vec<tokio::sync::Mutex<()>> = auths.iter().map(|_| Default::default()).collect();
-    let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-    let result = run("ingest", load, |i| {
-        let (client, target, statuses) = (&client, &target, statuses.clone());
-        let (auth, busy) = (&auths[i % auths.len()], &busy[i % auths.len()]);
-        let body = args.body.clone();
-        async move {
-            let body = body.unwrap_or_else(|| random_body(size));
-            let _device = busy.lock().await;
-            let start = Instant::now();
-            let response = client
-                .post(target)
-                .header("authorization", auth)
-                .header("content-type", "application/octet-stream")
-                .body(body)
-                .send()
-                .await;
-            let (ok, bad_status) = match response {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    *statuses.lock().unwrap().entry(status).or_insert(0u64) += 1;
-                    (status == 201, status != 201)
-                }
-                Err(e) => {
-                    eprintln!("ingest: request failed: {e}");
-                    (false, false)
-                }
-            };
-            Outcome {
-                latency: start.elapsed(),
-                bytes: size as u64,
-                ok,
-                bad_status,
-            }
-        }
-    })
-    .await?;
-    let statuses = statuses.lock().unwrap();
-    if statuses.keys().any(|s| *s != 201) {
-        eprintln!("ingest: status counts {statuses:?}");
-    }
-    Ok(result)
-}
-
 async fn s3put(s3: &S3Args, size: usize, prefix: &str, load: Load) -> anyhow::Result<bool> {
     let store = s3_store(s3)?;
     let store = &store;
@@ -663,32 +570,7 @@ async fn small_requests(
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let clean = match cli.command {
-        Command::Ingest {
-            url,
-            credential,
-            size,
-            body,
-            chip,
-            firmware_version,
-            load,
-        } => {
-            let body = match body {
-                Some(path) => {
-                    Some(Bytes::from(std::fs::read(&path).map_err(|e| {
-                        anyhow::anyhow!("cannot read {}: {e}", path.display())
-                    })?))
-                }
-                None => None,
-            };
-            let args = IngestArgs {
-                credentials: credential,
-                size,
-                body,
-                chip,
-                firmware_version,
-            };
-            ingest(&url, args, load).await?
-        }
+        Command::Ingest(args) => ingest::ingest(args).await?,
         Command::S3put {
             s3,
             size,

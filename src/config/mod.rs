@@ -111,6 +111,8 @@ pub struct Config {
     pub job_lease: Duration,
     /// How often idle workers look for new jobs and due object deletions.
     pub worker_poll_interval: Duration,
+    /// Background jobs run at once per process (`JOB_CONCURRENCY`, default
+    /// [`DEFAULT_JOB_CONCURRENCY`]).
     pub job_concurrency: usize,
     /// When set, `serve` runs a reconcile scan (report and metrics only, no repair) this often.
     pub reconcile_interval: Option<Duration>,
@@ -123,6 +125,9 @@ pub struct Config {
     /// Byte budget of the in-memory firmware image cache (`FIRMWARE_CACHE_BYTES`, default 32 MiB;
     /// 0 turns it off). See `crate::firmware::cache`.
     pub firmware_cache_bytes: u64,
+    /// Byte budget of the built-in parser's cache of loaded firmware ELFs (`PARSE_CACHE_BYTES`,
+    /// default 32 MiB; 0 turns it off). See `crate::coredumps::parse_cache`.
+    pub parse_cache_bytes: u64,
     /// How many core-dump uploads may be in progress at once in this process
     /// (`MAX_CONCURRENT_COREDUMP_UPLOADS`, default 64); more are refused with 503 before their body
     /// is read, so buffered dumps never take more than this × `MAX_COREDUMP_BYTES` of memory.
@@ -188,6 +193,18 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/iotsupport.db";
 /// of downloads running. Here rather than in `crate::firmware::cache` so that config, which every
 /// module reads, depends on none of them.
 pub const DEFAULT_FIRMWARE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The default of `JOB_CONCURRENCY`. A parse job spends most of its time waiting (the dump's GET,
+/// the database round trips of recording the result and its crash group) and about a tenth of a
+/// millisecond of CPU once its firmware is in the parse cache; two at a time left the cores idle
+/// (issue 18: 18 dumps/s). With 16 in flight the waits overlap and a backlog is drained at the
+/// speed of the CPU (bench/parse_drain.sh).
+pub const DEFAULT_JOB_CONCURRENCY: usize = 16;
+
+/// The default byte budget of the parse cache (`PARSE_CACHE_BYTES`): a loaded ESP-IDF firmware
+/// ELF of 2.5–4 MiB is charged 7–9 MiB, so about four builds (the few builds a crash loop across
+/// a fleet comes from).
+pub const DEFAULT_PARSE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Config {
     /// Reads the configuration from the process environment.
@@ -341,7 +358,7 @@ impl Config {
             log_format,
             job_lease: env.seconds("JOB_LEASE_SECONDS", 60.0)?,
             worker_poll_interval: env.seconds("WORKER_POLL_SECONDS", 1.0)?,
-            job_concurrency: env.positive("JOB_CONCURRENCY", 2)?,
+            job_concurrency: env.positive("JOB_CONCURRENCY", DEFAULT_JOB_CONCURRENCY)?,
             reconcile_interval: match env.get("RECONCILE_INTERVAL_SECONDS") {
                 None => None,
                 Some(_) => Some(env.seconds("RECONCILE_INTERVAL_SECONDS", 0.0)?),
@@ -354,6 +371,7 @@ impl Config {
             )?,
             firmware_cache_bytes: env
                 .parse("FIRMWARE_CACHE_BYTES", DEFAULT_FIRMWARE_CACHE_BYTES)?,
+            parse_cache_bytes: env.parse("PARSE_CACHE_BYTES", DEFAULT_PARSE_CACHE_BYTES)?,
             max_concurrent_coredump_uploads: env.positive("MAX_CONCURRENT_COREDUMP_UPLOADS", 64)?,
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,

@@ -18,6 +18,7 @@ fn defaults_give_the_embedded_shape_on_loopback() {
     assert!(c.check_safe_to_serve().is_ok());
     assert_eq!(c.device_lookup_cache_ttl, Duration::from_secs(2));
     assert_eq!(c.firmware_cache_bytes, 32 * 1024 * 1024);
+    assert_eq!(c.parse_cache_bytes, 32 * 1024 * 1024);
     assert_eq!(c.max_concurrent_coredump_uploads, 64);
 }
 
@@ -40,10 +41,12 @@ fn zero_turns_the_device_caches_off() {
     let c = config(&[
         ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),
         ("FIRMWARE_CACHE_BYTES", "0"),
+        ("PARSE_CACHE_BYTES", "0"),
     ])
     .unwrap();
     assert!(c.device_lookup_cache_ttl.is_zero());
     assert_eq!(c.firmware_cache_bytes, 0);
+    assert_eq!(c.parse_cache_bytes, 0);
 }
 
 #[test]

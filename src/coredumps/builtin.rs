@@ -1,9 +1,30 @@
-//! The built-in parser: the `esp-coredump` crate, run on a blocking thread because decoding,
-//! unwinding and DWARF symbolisation are CPU work that must not stall the async workers.
+//! The built-in parser: the `esp-coredump` crate. The firmware ELF comes loaded from the parse
+//! cache ([`ParseCache`], fetched and loaded only on a miss); decoding, unwinding, symbolisation
+//! and rendering run on a blocking thread because they are CPU work that must not stall the async
+//! workers.
+//!
+//! Which failure is reported when several apply is the order of the steps before the cache:
+//! a missing ELF, then a malformed dump, then an ELF that cannot be loaded.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use esp_coredump::Firmware;
+
+use super::parse_cache::{LoadError, ParseCache};
 use super::parser::{CoredumpParser, ParseFailure, ParseRequest, ParsedDump};
+use crate::telemetry::{COREDUMP_GROUPING_DURATION, COREDUMP_PARSE_STEP_DURATION};
 
-pub struct BuiltinParser;
+pub struct BuiltinParser {
+    cache: Arc<ParseCache>,
+}
+
+impl BuiltinParser {
+    pub fn new(cache: Arc<ParseCache>) -> Self {
+        BuiltinParser { cache }
+    }
+}
 
 #[async_trait::async_trait]
 impl CoredumpParser for BuiltinParser {
@@ -13,46 +34,71 @@ impl CoredumpParser for BuiltinParser {
 
     async fn parse(&self, request: ParseRequest) -> Result<ParsedDump, ParseFailure> {
         let ParseRequest {
-            dump,
-            elf,
-            model_code,
-            firmware_version,
-            chip,
-            ..
+            dump, elf, chip, ..
         } = request;
-        let result = tokio::task::spawn_blocking(move || {
-            let core = esp_coredump::parse_dump(&dump)?;
-            esp_coredump::analyse(&core, &elf)
-        })
-        .await
-        .map_err(|e| ParseFailure::Permanent(format!("The core dump parser failed: {e}")))?;
-        match result {
-            Ok(mut report) => {
-                if let Some(warning) = chip_mismatch(&chip, &report.chip) {
-                    report.warnings.push(warning);
+        let build = format!("{} version {}", elf.model_code, elf.firmware_version);
+        let started = Instant::now();
+        let firmware = self
+            .cache
+            .firmware(elf.sha256.as_deref(), || elf.fetch())
+            .await;
+        metrics::histogram!(COREDUMP_PARSE_STEP_DURATION, "step" => "firmware")
+            .record(started.elapsed().as_secs_f64());
+        let firmware = match firmware {
+            Ok(firmware) => firmware,
+            Err(LoadError::Fetch(failure)) => return Err(failure),
+            Err(LoadError::Firmware(reason)) => {
+                // A malformed dump is the first thing to say, as when the ELF was loaded after
+                // the dump was decoded.
+                if let Err(e) = esp_coredump::parse_dump(&dump) {
+                    return Err(ParseFailure::Permanent(format!("Malformed core dump: {e}")));
                 }
-                let report_json = serde_json::to_string(&report).map_err(|e| {
-                    ParseFailure::Permanent(format!("Cannot serialise the crash report: {e}"))
-                })?;
-                let signing = std::time::Instant::now();
-                let signature = esp_coredump::crash_signature(&report);
-                metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
-                    "step" => "sign")
-                .record(signing.elapsed().as_secs_f64());
-                Ok(ParsedDump {
-                    text: report.to_text(),
-                    signature,
-                    report_json: Some(report_json),
-                })
+                return Err(ParseFailure::Permanent(format!(
+                    "The firmware ELF of {build} cannot be used: {reason}"
+                )));
             }
-            Err(e) if e.is_malformed() => {
-                Err(ParseFailure::Permanent(format!("Malformed core dump: {e}")))
-            }
-            Err(e) => Err(ParseFailure::Permanent(format!(
-                "The firmware ELF of {model_code} version {firmware_version} cannot be used: {e}"
-            ))),
-        }
+        };
+        let started = Instant::now();
+        let parsed = tokio::task::spawn_blocking(move || analyse(&dump, &firmware, &chip, &build))
+            .await
+            .map_err(|e| ParseFailure::Permanent(format!("The core dump parser failed: {e}")))?;
+        metrics::histogram!(COREDUMP_PARSE_STEP_DURATION, "step" => "analyse")
+            .record(started.elapsed().as_secs_f64());
+        parsed
     }
+}
+
+/// Decodes the dump, builds its report with the loaded firmware and renders it (text, JSON,
+/// crash signature). `build` names the firmware in messages (`MODEL version VERSION`).
+fn analyse(
+    dump: &Bytes,
+    firmware: &Firmware,
+    chip: &str,
+    build: &str,
+) -> Result<ParsedDump, ParseFailure> {
+    let mut report = esp_coredump::parse_dump(dump)
+        .and_then(|core| esp_coredump::analyse_with(&core, firmware))
+        .map_err(|e| {
+            ParseFailure::Permanent(if e.is_malformed() {
+                format!("Malformed core dump: {e}")
+            } else {
+                format!("The firmware ELF of {build} cannot be used: {e}")
+            })
+        })?;
+    if let Some(warning) = chip_mismatch(chip, &report.chip) {
+        report.warnings.push(warning);
+    }
+    let report_json = serde_json::to_string(&report)
+        .map_err(|e| ParseFailure::Permanent(format!("Cannot serialise the crash report: {e}")))?;
+    let signing = Instant::now();
+    let signature = esp_coredump::crash_signature(&report);
+    metrics::histogram!(COREDUMP_GROUPING_DURATION, "step" => "sign")
+        .record(signing.elapsed().as_secs_f64());
+    Ok(ParsedDump {
+        text: report.to_text(),
+        signature,
+        report_json: Some(report_json),
+    })
 }
 
 /// A warning when the chip the device reported with its upload is not the chip the dump comes

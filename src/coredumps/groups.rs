@@ -23,6 +23,12 @@
 //! it touches in id order, and only then reads the ledger: every transaction that changes a
 //! group sees the committed work of all that changed it before, whatever process or worker
 //! it ran in. On SQLite, writers are serialised.
+//!
+//! Every dump of a group waits for that group's row lock in turn (a crash loop across a fleet is
+//! thousands of dumps of one group), so as little as possible happens under it: [`place`] finds
+//! the group and writes the dump's own ledger entry before it, and the lock (`FOR NO KEY
+//! UPDATE`, which the ledger's foreign-key checks do not wait for) is held only for reading the
+//! ledger, the counter updates and the group's event ([`count_in`]).
 
 use std::collections::HashMap;
 
@@ -108,35 +114,92 @@ pub struct Assigned {
 
 /// Puts `dump` into the group of `signature` in the caller's transaction and records an event for
 /// each group that changed. The caller holds the dump's row lock and has checked that the row
-/// still exists.
+/// still exists. [`place`] then [`count_in`], for callers with nothing to do in between.
 pub async fn assign(
     tx: &mut Tx,
     dump: &MemberFacts,
     signature: &CrashSignature,
 ) -> Result<Assigned, DbError> {
+    let placement = place(tx, dump, signature).await?;
+    count_in(tx, dump, placement).await
+}
+
+/// Where [`place`] put a dump: the group it belongs in now, and what is left for [`count_in`].
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// The group of the dump's signature.
+    pub group_id: i64,
+    /// This transaction created the group.
+    created: bool,
+    /// The group the dump was in before (`None`: not grouped yet).
+    current: Option<i64>,
+}
+
+/// The first half of [`assign`], which takes no group lock: finds (or creates) the group of the
+/// signature and, for a dump not grouped yet, adds its ledger entry (this transaction's own row:
+/// the counts are read from the ledger only under the group's lock). What the caller does
+/// between this and [`count_in`] (e.g. recording its own event) stays outside the group's lock,
+/// which every dump of the group waits for in turn.
+pub async fn place(
+    tx: &mut Tx,
+    dump: &MemberFacts,
+    signature: &CrashSignature,
+) -> Result<Placement, DbError> {
     let now = db::now();
     let current = db_groups::membership(tx, dump.coredump_id).await?;
-    let created = db_groups::insert_if_missing(
-        tx,
-        &NewGroup {
-            device_model_id: dump.device_model_id,
-            signature_hash: &signature.hash,
-            signature: &signature.text,
-            title: &signature.title,
-            seen_at: dump.uploaded_at,
-        },
-        now,
-    )
-    .await?;
-    let target = db_groups::find(tx, dump.device_model_id, &signature.hash)
-        .await?
-        .ok_or_else(|| missing_group(dump.device_model_id))?;
+    // Look before inserting: an insert that conflicts with a group being updated by another
+    // transaction would wait for that transaction to end.
+    let (group_id, created) =
+        match db_groups::find(tx, dump.device_model_id, &signature.hash).await? {
+            Some(id) => (id, false),
+            None => {
+                let created = db_groups::insert_if_missing(
+                    tx,
+                    &NewGroup {
+                        device_model_id: dump.device_model_id,
+                        signature_hash: &signature.hash,
+                        signature: &signature.text,
+                        title: &signature.title,
+                        seen_at: dump.uploaded_at,
+                    },
+                    now,
+                )
+                .await?;
+                let id = db_groups::find(tx, dump.device_model_id, &signature.hash)
+                    .await?
+                    .ok_or_else(|| missing_group(dump.device_model_id))?;
+                (id, created)
+            }
+        };
+    if current.is_none() {
+        db_groups::insert_member(tx, group_id, dump, now).await?;
+    }
+    Ok(Placement {
+        group_id,
+        created,
+        current,
+    })
+}
+
+/// The second half of [`assign`]: locks the groups involved and counts the dump out of its old
+/// group (a move) and into its new one, each with its event.
+pub async fn count_in(
+    tx: &mut Tx,
+    dump: &MemberFacts,
+    placement: Placement,
+) -> Result<Assigned, DbError> {
+    let Placement {
+        group_id: target,
+        created,
+        current,
+    } = placement;
     if current == Some(target) {
         return Ok(Assigned {
             group_id: target,
             changes: Vec::new(),
         });
     }
+    let now = db::now();
     // Lower id first, so two moves in opposite directions cannot deadlock.
     let mut ids: Vec<i64> = current.into_iter().chain([target]).collect();
     ids.sort_unstable();
@@ -156,13 +219,10 @@ pub async fn assign(
         locked.swap_remove(at)
     };
     let mut changes = Vec::with_capacity(2);
-    match current {
-        Some(old) => {
-            db_groups::move_member(tx, dump.coredump_id, target, now).await?;
-            let old = take(old, &mut locked);
-            changes.push(leave(tx, old, dump, now).await?);
-        }
-        None => db_groups::insert_member(tx, target, dump, now).await?,
+    if let Some(old) = current {
+        db_groups::move_member(tx, dump.coredump_id, target, now).await?;
+        let old = take(old, &mut locked);
+        changes.push(leave(tx, old, dump, now).await?);
     }
     let group = take(target, &mut locked);
     changes.push(join(tx, group, dump, created, now).await?);
@@ -213,9 +273,8 @@ async fn join(
     now: DateTime<Utc>,
 ) -> Result<GroupChange, DbError> {
     let version = dump.firmware_version.as_str();
-    let new_device = !db_groups::device_has_other(tx, group.id, dump, None).await?;
-    let new_version_device =
-        !db_groups::device_has_other(tx, group.id, dump, Some(version)).await?;
+    let (seen, seen_with_version) = db_groups::device_presence(tx, group.id, dump).await?;
+    let (new_device, new_version_device) = (!seen, !seen_with_version);
     db_groups::add_to_version(tx, group.id, version, dump.uploaded_at, new_version_device).await?;
     let regressed = regresses(&group, dump.uploaded_at);
     let update = GroupUpdate {
@@ -273,9 +332,8 @@ async fn leave(
     now: DateTime<Utc>,
 ) -> Result<GroupChange, DbError> {
     let version = dump.firmware_version.as_str();
-    let device_left = !db_groups::device_has_other(tx, group.id, dump, None).await?;
-    let version_device_left =
-        !db_groups::device_has_other(tx, group.id, dump, Some(version)).await?;
+    let (stays, stays_with_version) = db_groups::device_presence(tx, group.id, dump).await?;
+    let (device_left, version_device_left) = (!stays, !stays_with_version);
     db_groups::remove_from_version(tx, group.id, version, version_device_left).await?;
     // An emptied group keeps its last first/last seen (and its status).
     let (first, last) = db_groups::seen_range(tx, group.id, None)

@@ -1,8 +1,10 @@
 //! The `parse_coredump` job: turns one stored dump into a crash report.
 //!
-//! A job carries only the dump's id. It loads the row (gone → nothing to do), fetches the dump
-//! and `firmware/{model_code}/{firmware_version}/firmware.elf` of the device's model, runs the
-//! configured parser and records the outcome on the row:
+//! A job carries only the dump's id. It loads the row (gone → nothing to do), fetches the dump,
+//! runs the configured parser with `firmware/{model_code}/{firmware_version}/firmware.elf` of the
+//! device's model (the built-in parser keeps loaded ELFs in its [`super::parse_cache`] by the
+//! SHA-256 the firmware row records, and fetches the ELF only when it has not loaded that build)
+//! and records the outcome on the row:
 //! - `PARSED` with the text report in `parsed_output` (and the structured report from the
 //!   built-in parser in `report`);
 //! - `ERROR` with the reason in `parsed_output` when retrying cannot help (dump object missing,
@@ -15,13 +17,14 @@
 //! ([`super::groups::assign`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use esp_coredump::CrashSignature;
 
 use super::groups;
-use super::parser::{self, CoredumpParser, ParseFailure, ParseRequest};
+use super::parser::{self, CoredumpParser, ElfSource, ParseFailure, ParseRequest};
 use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
 use crate::db::crash_groups::MemberFacts;
 use crate::db::{Db, DbError, Tx};
@@ -30,6 +33,7 @@ use crate::jobs::worker::JobHandler;
 use crate::jobs::{self, Job, JobOutcome};
 use crate::layout::coredump_key;
 use crate::storage::{ObjectKey, Storage, StorageError};
+use crate::telemetry::COREDUMP_PARSE_STEP_DURATION;
 
 pub const PARSE_JOB: &str = "parse_coredump";
 /// Attempts before transient failures turn into `ERROR` (with the default backoff: about 8 min).
@@ -124,26 +128,20 @@ impl ParseCoredumpHandler {
     async fn attempt(&self, job: &Job, target: &ParseTarget) -> Result<(), Failure> {
         let dump_key = coredump_key(&target.device_key, target.id)
             .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let step = Instant::now();
         let dump = self.fetch(&dump_key).await.map_err(|e| {
             storage_failure(e, || {
                 format!("The core dump object {dump_key} is missing from the object store")
             })
         })?;
+        record_step("dump", step);
         let elf_key = elf_key(&target.model_code, &target.firmware_version).map_err(|_| {
             Failure::Permanent(format!(
                 "Firmware version {:?} cannot name a stored firmware",
                 target.firmware_version
             ))
         })?;
-        let elf = self.fetch(&elf_key).await.map_err(|e| {
-            storage_failure(e, || {
-                format!(
-                    "No firmware ELF for model {} version {}: {elf_key} does not exist",
-                    target.model_code, target.firmware_version
-                )
-            })
-        })?;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let parsed = self
             .parser
             .parse(ParseRequest {
@@ -153,9 +151,16 @@ impl ParseCoredumpHandler {
                 model_code: target.model_code.clone(),
                 firmware_version: target.firmware_version.clone(),
                 dump,
-                elf,
+                elf: ElfSource {
+                    storage: self.storage.clone(),
+                    key: elf_key,
+                    sha256: target.elf_sha256.clone(),
+                    model_code: target.model_code.clone(),
+                    firmware_version: target.firmware_version.clone(),
+                },
             })
             .await?;
+        let step = Instant::now();
         let recorded = record_outcome(
             &self.db,
             target,
@@ -165,6 +170,7 @@ impl ParseCoredumpHandler {
             parsed.signature.as_ref(),
         )
         .await?;
+        record_step("record", step);
         if !recorded {
             return Err(Failure::Gone);
         }
@@ -192,6 +198,9 @@ impl ParseCoredumpHandler {
 /// Records a finished parse on the dump's row and, if the row is still there, the
 /// `coredump_parsed` event and the dump's crash group (with the group's event, see
 /// [`groups::assign`]), in one transaction. Returns false when the row is gone.
+///
+/// The `assign` metric covers grouping's share: placing the dump and counting it in, but not the
+/// `coredump_parsed` event recorded between the two.
 async fn record_outcome(
     db: &Db,
     target: &ParseTarget,
@@ -206,29 +215,44 @@ async fn record_outcome(
     let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
     let mut changes = Vec::new();
     if recorded {
-        let group = match signature {
+        let started = Instant::now();
+        let placement = match signature {
             Some(signature) => {
-                let started = std::time::Instant::now();
-                let assigned = groups::assign(&mut tx, &member_facts(target), signature).await?;
-                metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
-                    "step" => "assign")
-                .record(started.elapsed().as_secs_f64());
-                changes = assigned.changes;
-                Some(assigned.group_id)
+                Some(groups::place(&mut tx, &member_facts(target), signature).await?)
             }
+            None => None,
+        };
+        let placing = started.elapsed();
+        let group = match placement {
+            Some(placement) => Some(placement.group_id),
             // No signature (an error, the sidecar): the dump stays where it was, if anywhere.
             None => crate::db::crash_groups::membership(&mut tx, id).await?,
         };
+        // Before the group's lock (taken by `count_in`), which every dump of the group waits for.
         events::record(
             &mut tx,
             "coredump_parsed",
             &serde_json::json!({"id": id, "parse_status": status, "crash_group_id": group}),
         )
         .await?;
+        if let Some(placement) = placement {
+            let started = Instant::now();
+            changes = groups::count_in(&mut tx, &member_facts(target), placement)
+                .await?
+                .changes;
+            metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
+                "step" => "assign")
+            .record((placing + started.elapsed()).as_secs_f64());
+        }
     }
     tx.commit().await?;
     groups::count_committed(&changes);
     Ok(recorded)
+}
+
+fn record_step(step: &'static str, started: Instant) {
+    metrics::histogram!(COREDUMP_PARSE_STEP_DURATION, "step" => step)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn member_facts(target: &ParseTarget) -> MemberFacts {
@@ -257,7 +281,10 @@ impl JobHandler for ParseCoredumpHandler {
             }
         };
         let id = payload.coredump_id;
-        let target = match coredumps::parse_target(&self.db, id).await {
+        let step = Instant::now();
+        let target = coredumps::parse_target(&self.db, id).await;
+        record_step("target", step);
+        let target = match target {
             Ok(Some(t)) => t,
             Ok(None) => {
                 tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted");
@@ -270,7 +297,7 @@ impl JobHandler for ParseCoredumpHandler {
                 }
             }
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let attempt = self.attempt(job, &target).await;
         let outcome = match &attempt {
             Ok(()) => "parsed",

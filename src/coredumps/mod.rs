@@ -4,10 +4,13 @@
 //! - [`ingest`]: validate an upload, then golden rule 1 — insert the `PENDING` row, flush, upload
 //!   `coredumps/{device_key}/{id}.dmp`, apply retention, enqueue the parse job, commit.
 //! - [`retention`]: per-device pruning; rows go in the upload's transaction, objects via the outbox.
-//! - [`job`]: the `parse_coredump` job handler: fetch the dump and the model's `firmware.elf` for the
-//!   reported version, run a [`parser`], record `PARSED` or `ERROR`; retry transient failures.
+//! - [`job`]: the `parse_coredump` job handler: fetch the dump, run a [`parser`] with the model's
+//!   `firmware.elf` for the reported version (from the [`parse_cache`] when loaded before), record
+//!   `PARSED` or `ERROR`; retry transient failures.
 //! - [`parser`]: the [`parser::CoredumpParser`] trait and its two backends, [`builtin`] (the
 //!   `esp-coredump` crate, default) and [`sidecar`] (the Python service's HTTP parser).
+//! - [`parse_cache`]: the built-in parser's loaded firmware ELFs per SHA-256, under
+//!   `PARSE_CACHE_BYTES`.
 //! - [`groups`]: crash groups (SPEC §15) — the parse job puts each signed dump into the group of
 //!   its signature in the transaction that records the result; [`backfill`] groups the dumps
 //!   parsed before groups existed.
@@ -21,6 +24,7 @@ pub mod groups;
 pub mod ingest;
 pub mod job;
 pub mod manage;
+pub mod parse_cache;
 pub mod parser;
 pub mod retention;
 pub mod sidecar;

@@ -1,15 +1,56 @@
 //! One interface over the two ways of turning a dump into a crash report.
 //!
-//! The job handler fetches the dump and the firmware ELF, hands both to a [`CoredumpParser`] and
-//! only needs to know whether a failure is worth retrying ([`ParseFailure::Transient`]: the
-//! sidecar is down or timed out) or final ([`ParseFailure::Permanent`]: the dump is malformed, the
-//! sidecar rejected it), in which case the message is what the admin sees.
+//! The job handler fetches the dump, hands it with where to find the firmware ELF
+//! ([`ElfSource`]) to a [`CoredumpParser`] and only needs to know whether a failure is worth
+//! retrying ([`ParseFailure::Transient`]: the object store or the sidecar is down or timed out) or
+//! final ([`ParseFailure::Permanent`]: no ELF, the dump is malformed, the sidecar rejected it), in
+//! which case the message is what the admin sees. The built-in parser takes the loaded ELF from
+//! its parse cache and fetches it only on a miss; the sidecar always fetches it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::parse_cache::ParseCache;
 use crate::config::Config;
+use crate::storage::{ObjectKey, Storage, StorageError};
+
+/// The firmware ELF of a dump's build: where it is stored and the SHA-256 its `firmware_versions`
+/// row records. Fetched only by a parser that needs its bytes.
+#[derive(Clone)]
+pub struct ElfSource {
+    pub storage: Storage,
+    pub key: ObjectKey,
+    /// `None` without a firmware row for the version, or for legacy rows.
+    pub sha256: Option<String>,
+    pub model_code: String,
+    pub firmware_version: String,
+}
+
+impl std::fmt::Debug for ElfSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElfSource")
+            .field("key", &self.key)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElfSource {
+    /// The ELF's bytes. Missing is permanent (the admin sees the message); an unavailable store
+    /// is transient.
+    pub async fn fetch(&self) -> Result<Bytes, ParseFailure> {
+        let read = async { self.storage.get(&self.key, None).await?.bytes().await };
+        read.await.map_err(|e| match e {
+            StorageError::NotFound { .. } => ParseFailure::Permanent(format!(
+                "No firmware ELF for model {} version {}: {} does not exist",
+                self.model_code, self.firmware_version, self.key
+            )),
+            StorageError::InvalidKey(k) => ParseFailure::Permanent(k.to_string()),
+            other => ParseFailure::Transient(format!("object store: {other}")),
+        })
+    }
+}
 
 /// Everything a parser gets for one dump.
 #[derive(Debug, Clone)]
@@ -23,7 +64,7 @@ pub struct ParseRequest {
     pub model_code: String,
     pub firmware_version: String,
     pub dump: Bytes,
-    pub elf: Bytes,
+    pub elf: ElfSource,
 }
 
 /// A successful parse.
@@ -56,10 +97,12 @@ pub trait CoredumpParser: Send + Sync + 'static {
 }
 
 /// The sidecar when both `PARSE_SIDECAR_URL` and `PARSE_SIDECAR_XFER_DIR` are set, otherwise the
-/// built-in parser.
+/// built-in parser with a parse cache of `PARSE_CACHE_BYTES`.
 pub fn from_config(config: &Config) -> Arc<dyn CoredumpParser> {
     match (&config.parse_sidecar_url, &config.parse_sidecar_xfer_dir) {
         (Some(url), Some(dir)) => Arc::new(super::sidecar::SidecarParser::new(url, dir.clone())),
-        _ => Arc::new(super::builtin::BuiltinParser),
+        _ => Arc::new(super::builtin::BuiltinParser::new(ParseCache::new(
+            config.parse_cache_bytes,
+        ))),
     }
 }

@@ -129,9 +129,10 @@ impl CoredumpParser for SidecarParser {
         let elf_name = format!("firmware-{unique}.elf");
         let core_path = self.xfer_dir.join(&core_name);
         let elf_path = self.xfer_dir.join(&elf_name);
+        let elf = request.elf.fetch().await?;
         let _cleanup = TransferFiles(vec![core_path.clone(), elf_path.clone()]);
         write_file(&core_path, &request.dump).await?;
-        write_file(&elf_path, &request.elf).await?;
+        write_file(&elf_path, &elf).await?;
         let text = self.call(&core_name, &elf_name, &request.chip).await?;
         // esp-coredump's text is for people: no structured report, so no signature and no crash
         // group for sidecar-parsed dumps (README, "Crash groups").

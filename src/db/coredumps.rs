@@ -275,16 +275,22 @@ pub struct ParseTarget {
     pub device_id: i64,
     pub device_model_id: i64,
     pub uploaded_at: DateTime<Utc>,
+    /// The SHA-256 of the firmware ELF of the dump's model and version, as its `firmware_versions`
+    /// row records it (`None` without such a row, or for legacy rows).
+    pub elf_sha256: Option<String>,
 }
 
-/// The dump a parse job works on, with its device's key and model code; `None` if it was deleted.
+/// The dump a parse job works on, with its device's key and model code and the recorded hash of
+/// its build's ELF; `None` if it was deleted.
 pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, ParseTarget>(
         "SELECT c.id, c.chip, c.firmware_version, d.key AS device_key, m.code AS model_code,
-                c.device_id, d.device_model_id, c.uploaded_at
+                c.device_id, d.device_model_id, c.uploaded_at, f.firmware_elf_sha256 AS elf_sha256
          FROM coredumps c
          JOIN devices d ON d.id = c.device_id
          JOIN device_models m ON m.id = d.device_model_id
+         LEFT JOIN firmware_versions f
+                ON f.device_model_id = d.device_model_id AND f.version = c.firmware_version
          WHERE c.id = $1"
     )
     .bind(id)

@@ -193,6 +193,9 @@ fn is_unavailable_code(code: &str) -> bool {
         || code == "6"
 }
 
+/// The most connections one process opens to PostgreSQL (its default `max_connections` is 100).
+const MAX_POSTGRES_CONNECTIONS: u32 = 64;
+
 impl Db {
     /// Opens a pool for the configured database. SQLite files (and their directory) are created.
     pub async fn connect(config: &Config) -> Result<Db, DbError> {
@@ -200,8 +203,11 @@ impl Db {
         match config.database_kind {
             DatabaseKind::Postgres => {
                 let options = PgConnectOptions::from_str(url)?;
+                // Ten for requests, plus one per job slot: a parse job holds a connection while
+                // it waits for its crash group's row lock, and must not starve the requests.
+                let connections = 10 + u32::try_from(config.job_concurrency).unwrap_or(u32::MAX);
                 let pool = PgPoolOptions::new()
-                    .max_connections(10)
+                    .max_connections(connections.min(MAX_POSTGRES_CONNECTIONS))
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_lazy_with(options);
                 Ok(Db::Postgres(pool))

@@ -115,28 +115,43 @@ pub async fn cancel_queued<T: Serialize>(
     Ok(cancelled)
 }
 
+// Jobs whose worker stopped heartbeating first, then due ones, oldest first. Two index scans (a
+// few running rows; the queued ones in run_at order, stopping after $5): one scan with
+// `(queued AND due) OR (running AND stale)` read and sorted the whole backlog on every claim
+// (10 ms per claim with 10,000 queued).
 const CLAIM_POSTGRES: &str = "
+WITH stale AS (
+    SELECT id FROM jobs
+    WHERE status = 'running' AND heartbeat_at < $4 AND kind = ANY($3)
+    ORDER BY run_at, id LIMIT $5
+    FOR UPDATE SKIP LOCKED),
+due AS (
+    SELECT id FROM jobs
+    WHERE status = 'queued' AND run_at <= $2 AND kind = ANY($3)
+    ORDER BY run_at, id LIMIT $5
+    FOR UPDATE SKIP LOCKED)
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
-WHERE id = (
-    SELECT id FROM jobs
-    WHERE kind = ANY($3)
-      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
-    ORDER BY run_at, id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED)
+WHERE id IN (SELECT id FROM (SELECT id FROM stale UNION ALL SELECT id FROM due) c LIMIT $5)
 RETURNING id, kind, payload, attempts, max_attempts";
 
-// SQLite has no row locks; its single writer makes this UPDATE … WHERE id = (SELECT …) atomic.
+// SQLite has no row locks; its single writer makes this UPDATE … WHERE id IN (SELECT …) atomic.
 const CLAIM_SQLITE: &str = "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
-WHERE id = (
-    SELECT id FROM jobs
-    WHERE kind IN (SELECT value FROM json_each($3))
-      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND heartbeat_at < $4))
-    ORDER BY run_at, id
-    LIMIT 1)
+WHERE id IN (
+    SELECT id FROM (
+        SELECT id FROM jobs
+        WHERE status = 'running' AND heartbeat_at < $4
+          AND kind IN (SELECT value FROM json_each($3))
+        ORDER BY run_at, id LIMIT $5)
+    UNION ALL
+    SELECT id FROM (
+        SELECT id FROM jobs
+        WHERE status = 'queued' AND run_at <= $2
+          AND kind IN (SELECT value FROM json_each($3))
+        ORDER BY run_at, id LIMIT $5)
+    LIMIT $5)
 RETURNING id, kind, payload, attempts, max_attempts";
 
 /// Claims the next due job of one of `kinds` for `worker`, including jobs whose previous worker
@@ -147,9 +162,21 @@ pub async fn claim(
     kinds: &[&str],
     lease: Duration,
 ) -> Result<Option<Job>, DbError> {
+    Ok(claim_many(db, worker, kinds, lease, 1).await?.pop())
+}
+
+/// Claims up to `limit` due jobs at once (see [`claim`]), oldest first, in one statement.
+pub async fn claim_many(
+    db: &Db,
+    worker: &str,
+    kinds: &[&str],
+    lease: Duration,
+    limit: usize,
+) -> Result<Vec<Job>, DbError> {
     let now = db::now();
     let stale_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let job = match db {
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let mut jobs = match db {
         Db::Postgres(p) => {
             let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
             sqlx::query_as::<_, Job>(CLAIM_POSTGRES)
@@ -157,7 +184,8 @@ pub async fn claim(
                 .bind(now)
                 .bind(kinds)
                 .bind(stale_before)
-                .fetch_optional(p)
+                .bind(limit)
+                .fetch_all(p)
                 .await?
         }
         Db::Sqlite(p) => {
@@ -167,11 +195,14 @@ pub async fn claim(
                 .bind(now)
                 .bind(kinds)
                 .bind(stale_before)
-                .fetch_optional(p)
+                .bind(limit)
+                .fetch_all(p)
                 .await?
         }
     };
-    Ok(job)
+    // RETURNING gives no order.
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
 }
 
 /// Tells other workers the job is still being worked on. Returns false when the claim was lost

@@ -1,13 +1,26 @@
-//! Running jobs: "run one job" (callable from tests) and the loop that waits for work.
+//! Running jobs: "run one job" (callable from tests) and the loop that keeps up to
+//! `JOB_CONCURRENCY` jobs running.
+//!
+//! The loop claims work whenever a slot is free: as many jobs as there are free slots, in one
+//! statement, each started at once. A slot is freed the moment its job is finished, so a backlog
+//! never waits for a poll interval. When nothing is due after it has run jobs, it polls again
+//! after 10 ms, doubling the pause up to `WORKER_POLL_SECONDS` while the queue stays empty: right
+//! after work (a stream of uploads) a new job waits milliseconds, an idle process (and one that
+//! has not found work since it started) asks once per poll interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{claim, finish, heartbeat, Job, JobOutcome};
+use super::{claim_many, finish, heartbeat, Job, JobOutcome};
 use crate::db::{Db, DbError};
+use crate::telemetry::{JOBS_FINISHED, JOBS_QUEUE_OP_DURATION};
+
+/// The first pause after a poll that found nothing, once jobs have run.
+const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(10);
 
 /// The code behind one kind of job.
 #[async_trait::async_trait]
@@ -49,13 +62,27 @@ impl JobRunner {
     /// Claims one due job and runs it to an outcome. Returns the job and its outcome, or `None`
     /// when nothing is due. Kinds without a handler stay queued for a process that has one.
     pub async fn run_one(&self) -> Result<Option<(Job, JobOutcome)>, DbError> {
-        let kinds: Vec<&str> = self.handlers.keys().copied().collect();
-        if kinds.is_empty() {
-            return Ok(None);
-        }
-        let Some(job) = claim(&self.db, &self.worker_id, &kinds, self.lease).await? else {
+        let Some(job) = self.claim(1).await?.pop() else {
             return Ok(None);
         };
+        self.run_claimed(job).await.map(Some)
+    }
+
+    /// Claims up to `limit` due jobs of the kinds this runner has handlers for.
+    async fn claim(&self, limit: usize) -> Result<Vec<Job>, DbError> {
+        let kinds: Vec<&str> = self.handlers.keys().copied().collect();
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let claimed = claim_many(&self.db, &self.worker_id, &kinds, self.lease, limit).await;
+        metrics::histogram!(JOBS_QUEUE_OP_DURATION, "op" => "claim")
+            .record(started.elapsed().as_secs_f64());
+        claimed
+    }
+
+    /// Runs a job this runner claimed to an outcome and records it.
+    async fn run_claimed(&self, job: Job) -> Result<(Job, JobOutcome), DbError> {
         let outcome = if job.attempts > job.max_attempts {
             // Claimed again after its workers kept dying: stop trying.
             JobOutcome::Abort {
@@ -84,11 +111,15 @@ impl JobRunner {
                 tracing::error!(job_id = job.id, kind = %job.kind, error = %error, "job_failed")
             }
         }
-        metrics::counter!(crate::telemetry::JOBS_FINISHED, "kind" => job.kind.clone(),
+        metrics::counter!(JOBS_FINISHED, "kind" => job.kind.clone(),
             "outcome" => outcome_label(&outcome))
         .increment(1);
-        finish(&self.db, &job, &self.worker_id, &outcome).await?;
-        Ok(Some((job, outcome)))
+        let started = Instant::now();
+        let finished = finish(&self.db, &job, &self.worker_id, &outcome).await;
+        metrics::histogram!(JOBS_QUEUE_OP_DURATION, "op" => "finish")
+            .record(started.elapsed().as_secs_f64());
+        finished?;
+        Ok((job, outcome))
     }
 
     async fn run_with_heartbeat(&self, handler: &dyn JobHandler, job: &Job) -> JobOutcome {
@@ -116,28 +147,56 @@ impl JobRunner {
         }
     }
 
-    /// Runs jobs until `shutdown` fires, at most `concurrency` at a time, polling every `poll`
-    /// when idle. A job in progress at shutdown is finished before the worker returns.
+    /// Runs jobs until `shutdown` fires, at most `concurrency` at a time (see the module
+    /// documentation for when it looks for work). Jobs in progress at shutdown are finished before
+    /// the worker returns.
     pub async fn run(self, concurrency: usize, poll: Duration, shutdown: CancellationToken) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.max(1) {
-            let runner = self.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                while !shutdown.is_cancelled() {
-                    match runner.run_one().await {
-                        Ok(Some(_)) => continue,
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "job_claim_failed"),
+        let concurrency = concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut running = tokio::task::JoinSet::new();
+        let mut pause = poll;
+        loop {
+            let free = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                free = Arc::clone(&slots).acquire_many_owned(1) => free,
+            };
+            let Ok(mut free) = free else { break };
+            // Every other free slot too, so one statement claims work for all of them.
+            let more = slots.available_permits().min(concurrency);
+            if let Ok(extra) = Arc::clone(&slots).try_acquire_many_owned(more as u32) {
+                free.merge(extra);
+            }
+            while running.try_join_next().is_some() {}
+            match self.claim(free.num_permits()).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    pause = FIRST_IDLE_PAUSE.min(poll);
+                    for job in jobs {
+                        let Some(slot) = free.split(1) else { break };
+                        let runner = self.clone();
+                        running.spawn(async move {
+                            if let Err(e) = runner.run_claimed(job).await {
+                                tracing::warn!(error = %e, "job_finish_failed");
+                            }
+                            drop(slot);
+                        });
                     }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(poll) => {}
-                    }
+                    continue;
                 }
-            });
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "job_claim_failed");
+                    pause = poll;
+                }
+            }
+            drop(free);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(poll);
         }
-        while tasks.join_next().await.is_some() {}
+        while running.join_next().await.is_some() {}
     }
 }
 

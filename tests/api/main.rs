@@ -53,6 +53,7 @@ mod oidc_auth;
 mod openapi;
 mod outbox;
 mod paging;
+mod parse_cache;
 mod parse_cli;
 mod provisioning;
 mod reconcile;

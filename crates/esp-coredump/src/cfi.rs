@@ -31,6 +31,9 @@ struct Entry {
     source: Source,
 }
 
+/// Heap bytes per indexed FDE (for [`crate::Firmware::approx_bytes`]).
+pub(crate) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
 /// Sorted FDEs of one firmware ELF.
 pub(crate) struct CfiIndex {
     debug_frame: Option<DebugFrame<Reader>>,

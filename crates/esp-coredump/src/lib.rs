@@ -71,3 +71,9 @@ pub fn analyse(dump: &CoreDump, elf: &[u8]) -> Result<CrashReport, DumpError> {
 pub fn analyse_with(dump: &CoreDump, firmware: &Firmware) -> Result<CrashReport, DumpError> {
     report::build(dump, firmware)
 }
+
+// A loaded firmware is shared by the threads that analyse dumps of its build.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Firmware>();
+};

@@ -201,7 +201,7 @@ fn task_report(dump: &CoreDump, task: &Task, fw: &Firmware, layout: &TcbLayout) 
 /// Build the report (see [`crate::analyse`]).
 pub(crate) fn build(dump: &CoreDump, fw: &Firmware) -> Result<CrashReport, DumpError> {
     let mut warnings = Vec::new();
-    let layout = TcbLayout::from_firmware(fw);
+    let layout = fw.tcb_layout();
     let mut dump = dump.clone();
     if let Some(off) = layout.name {
         dump.fill_task_names(off);
@@ -288,13 +288,13 @@ pub(crate) fn build(dump: &CoreDump, fw: &Firmware) -> Result<CrashReport, DumpE
     };
     let mut tasks: Vec<TaskReport> = Vec::new();
     if let Some(t) = crashed {
-        tasks.push(task_report(dump, t, fw, &layout));
+        tasks.push(task_report(dump, t, fw, layout));
     }
     for t in &dump.tasks {
         if Some(t.tcb_addr) == crashed.map(|c| c.tcb_addr) {
             continue;
         }
-        tasks.push(task_report(dump, t, fw, &layout));
+        tasks.push(task_report(dump, t, fw, layout));
     }
     Ok(CrashReport {
         chip: dump.chip.name(),

@@ -1,8 +1,16 @@
 //! Firmware ELF access: DWARF symbolisation (function, file, line, inlined
 //! frames) with addr2line, ELF symbol-table fallback, executable ranges,
-//! code bytes, call-frame information sections and the ELF's SHA-256.
+//! code bytes, call-frame information sections, the FreeRTOS TCB layout and
+//! the ELF's SHA-256.
+//!
+//! A [`Firmware`] is the "firmware context" half of an analysis: load it once
+//! per ELF ([`Firmware::new`], the expensive part) and analyse any number of
+//! dumps of that build against it ([`crate::analyse_with`]), from several
+//! threads at once: it is `Send + Sync`. addr2line's context is not `Sync`
+//! (it parses units lazily through `OnceCell`s), so it sits behind a mutex
+//! that is held only while one address is looked up.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gimli::{EndianArcSlice, RunTimeEndian};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
@@ -11,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::DumpError;
 use crate::header::hex;
+use crate::tcb::TcbLayout;
 
 /// The reader type used for all DWARF data (owned, shareable across threads).
 pub(crate) type Reader = EndianArcSlice<RunTimeEndian>;
@@ -28,6 +37,10 @@ pub struct SymbolInfo {
     pub inlined: bool,
 }
 
+/// [`Firmware::approx_bytes`] as a percentage of the bytes copied at load: covers addr2line's
+/// lazily parsed units, line tables and function lists.
+pub const LAZY_FACTOR_PERCENT: usize = 250;
+
 /// An executable or loadable section of the firmware.
 #[derive(Debug, Clone)]
 struct Section {
@@ -38,14 +51,17 @@ struct Section {
 
 /// Symbolisation and code access for one firmware ELF.
 pub struct Firmware {
-    ctx: Option<addr2line::Context<Reader>>,
+    /// Locked for each lookup: addr2line's context is `Send` but not `Sync`.
+    ctx: Option<Mutex<addr2line::Context<Reader>>>,
     /// (start, size, name) of sized function symbols, sorted by start.
     functions: Vec<(u64, u64, String)>,
     sections: Vec<Section>,
     /// Call-frame information index.
     pub(crate) cfi: crate::cfi::CfiIndex,
-    /// DWARF sections for type lookups.
-    pub(crate) dwarf: Option<Arc<gimli::Dwarf<Reader>>>,
+    /// FreeRTOS TCB member offsets, read from the DWARF once at load.
+    tcb: TcbLayout,
+    /// Bytes of the section copies held (DWARF, CFI, code and rodata), for [`Self::approx_bytes`].
+    loaded_bytes: usize,
     sha256: [u8; 32],
 }
 
@@ -70,9 +86,11 @@ impl Firmware {
         } else {
             RunTimeEndian::Big
         };
+        let loaded = std::cell::Cell::new(0usize);
         let load = |name: &str| -> Option<Reader> {
             let sec = obj.section_by_name(name)?;
             let data = sec.uncompressed_data().ok()?;
+            loaded.set(loaded.get() + data.len());
             Some(EndianArcSlice::new(Arc::from(&*data), endian))
         };
         let dwarf = gimli::Dwarf::load(|id| -> Result<Reader, ()> {
@@ -80,9 +98,14 @@ impl Firmware {
         })
         .ok();
         let dwarf = dwarf.map(Arc::new);
+        let tcb = dwarf
+            .as_deref()
+            .map(TcbLayout::from_dwarf)
+            .unwrap_or_default();
         let ctx = dwarf
             .as_ref()
-            .and_then(|d| addr2line::Context::from_arc_dwarf(Arc::clone(d)).ok());
+            .and_then(|d| addr2line::Context::from_arc_dwarf(Arc::clone(d)).ok())
+            .map(Mutex::new);
         let mut functions: Vec<(u64, u64, String)> = obj
             .symbols()
             .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0 && s.address() != 0)
@@ -100,6 +123,7 @@ impl Firmware {
                 text_addr = s.address();
             }
             if let Ok(data) = s.data() {
+                loaded.set(loaded.get() + data.len());
                 sections.push(Section {
                     addr: s.address(),
                     data: data.to_vec(),
@@ -109,16 +133,39 @@ impl Firmware {
         }
         let eh_frame = obj.section_by_name(".eh_frame").and_then(|s| {
             let data = s.uncompressed_data().ok()?;
+            loaded.set(loaded.get() + data.len());
             Some((EndianArcSlice::new(Arc::from(&*data), endian), s.address()))
         });
+        let cfi = crate::cfi::CfiIndex::new(load(".debug_frame"), eh_frame, text_addr);
+        let names: usize = functions.iter().map(|f| f.2.len()).sum();
+        let loaded_bytes = loaded.get()
+            + names
+            + functions.len() * std::mem::size_of::<(u64, u64, String)>()
+            + cfi.len() * crate::cfi::ENTRY_BYTES;
         Ok(Firmware {
             ctx,
             functions,
             sections,
-            cfi: crate::cfi::CfiIndex::new(load(".debug_frame"), eh_frame, text_addr),
-            dwarf,
+            cfi,
+            tcb,
+            loaded_bytes,
             sha256,
         })
+    }
+
+    /// The FreeRTOS TCB member offsets of this build (from its DWARF; members the DWARF does
+    /// not describe are `None`).
+    pub fn tcb_layout(&self) -> &TcbLayout {
+        &self.tcb
+    }
+
+    /// An estimate of the memory this firmware holds, in bytes, for cache budgets: the section
+    /// copies, symbol and CFI tables made at load, plus what symbolisation parses lazily as dumps
+    /// are analysed. The lazy part is bounded by the DWARF it parses; it is counted as
+    /// [`LAZY_FACTOR_PERCENT`] % of the bytes loaded, measured with a counting allocator on the real test
+    /// firmware (`benches/parse.rs` prints the measured heap next to this estimate).
+    pub fn approx_bytes(&self) -> usize {
+        self.loaded_bytes.saturating_mul(LAZY_FACTOR_PERCENT) / 100
     }
 
     /// Lower-case hex SHA-256 of the ELF file bytes.
@@ -162,6 +209,9 @@ impl Firmware {
     pub fn symbolize(&self, addr: u32) -> Vec<SymbolInfo> {
         let mut out = Vec::new();
         if let Some(ctx) = &self.ctx {
+            // A panic while the lock was held cannot leave the context half-updated in a way a
+            // lookup could observe (its cells are filled whole or not at all).
+            let ctx = ctx.lock().unwrap_or_else(|e| e.into_inner());
             if let Ok(mut frames) = ctx.find_frames(addr as u64).skip_all_loads() {
                 while let Ok(Some(f)) = frames.next() {
                     let function = f

@@ -141,9 +141,15 @@ pub async fn find(
 }
 
 /// Locks a group's row for the rest of the transaction (PostgreSQL; SQLite serialises writers)
-/// and returns it as committed now. Callers that lock two groups lock the lower id first.
+/// and returns it as committed now. Callers that lock two groups lock the lower id first. The
+/// lock is `FOR NO KEY UPDATE`: it excludes every other locker of the group, but not the
+/// key-share checks of ledger entries being inserted for it.
 pub async fn lock(tx: &mut Tx, id: i64) -> Result<Option<CrashGroupRow>, DbError> {
-    let sql = format!("{SELECT} WHERE id = $1{}", for_update(tx));
+    let lock = match tx {
+        Tx::Postgres(_) => " FOR NO KEY UPDATE",
+        Tx::Sqlite(_) => "",
+    };
+    let sql = format!("{SELECT} WHERE id = $1{lock}");
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, CrashGroupRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
@@ -207,21 +213,23 @@ pub async fn move_member(
     Ok(())
 }
 
-/// Whether the device has a dump in the group (of `version`, when given) other than `coredump_id`.
-pub async fn device_has_other(
+/// Whether the dump's device has another dump (not `coredump_id`) in the group: of any version,
+/// and of the dump's version.
+pub async fn device_presence(
     tx: &mut Tx,
     group_id: i64,
     dump: &MemberFacts,
-    version: Option<&str>,
-) -> Result<bool, DbError> {
-    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+) -> Result<(bool, bool), DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM crash_group_members
-                        WHERE crash_group_id = $1 AND device_id = $2
-                          AND ($3 IS NULL OR firmware_version = $3) AND coredump_id <> $4)"
+                        WHERE crash_group_id = $1 AND device_id = $2 AND coredump_id <> $4),
+                EXISTS (SELECT 1 FROM crash_group_members
+                        WHERE crash_group_id = $1 AND device_id = $2 AND firmware_version = $3
+                          AND coredump_id <> $4)"
     )
     .bind(group_id)
     .bind(dump.device_id)
-    .bind(version)
+    .bind(&dump.firmware_version)
     .bind(dump.coredump_id)
     .fetch_one(c)
     .await)?)
