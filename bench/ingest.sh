@@ -4,7 +4,8 @@
 # S3 server (s3s-fs), plus the service's peak RSS. PostgreSQL, s3s-fs and `iotsupport serve`
 # (release build) run on free 127.0.0.1 ports and are stopped at the end.
 #   bench/ingest.sh
-# Tuning: BENCH_COUNT (default 3000), BENCH_CONCURRENCY (32), BENCH_SIZE (65536 bytes),
+# Tuning: BENCH_COUNT (default 3000), BENCH_CONCURRENCY (32), BENCH_DEVICES (32: uploads go to
+# the devices round-robin, one at a time per device), BENCH_SIZE (65536 bytes),
 # BENCH_MAX_SECONDS per run (120).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -12,23 +13,30 @@ source "$(dirname "$0")/lib.sh"
 COUNT=${BENCH_COUNT:-3000}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 SIZE=${BENCH_SIZE:-65536}
+DEVICES=${BENCH_DEVICES:-32}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-120}
 LOAD=(--concurrency "$CONCURRENCY" --count "$COUNT" --max-seconds "$MAX_SECONDS")
 
 bench_start_stack
 bench_model_and_device bench
-blog "model $MODEL_ID and one device created"
+CREDENTIALS=$CREDENTIAL
+for _ in $(seq 2 "$DEVICES"); do CREDENTIALS+=",$(bench_device "$MODEL_ID")"; done
+blog "model $MODEL_ID and $DEVICES devices created"
 
 # Direct PUTs first, while the service is idle.
 blog "s3put: $COUNT x $SIZE bytes, $CONCURRENCY at once, directly to s3s-fs"
 S3PUT=$("$LOADGEN" s3put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" --size "$SIZE" "${LOAD[@]}")
 echo "$S3PUT"
+metrics_snapshot "$WORK/metrics-before"
 blog "ingest: $COUNT x $SIZE bytes, $CONCURRENCY at once, through the service"
-INGEST=$("$LOADGEN" ingest --url "$SERVICE_URL" --credential "$CREDENTIAL" --size "$SIZE" \
+INGEST=$("$LOADGEN" ingest --url "$SERVICE_URL" --credential "$CREDENTIALS" --size "$SIZE" \
     "${LOAD[@]}") || { echo "$INGEST"; tail -n 20 "$WORK/service.log" >&2; exit 1; }
 echo "$INGEST"
 RSS=$(service_peak_rss_kib)
+metrics_snapshot "$WORK/metrics-after"
+STEPS=$(step_means "$WORK/metrics-before" "$WORK/metrics-after" \
+    coredump_ingest_step_duration_seconds receive insert put record commit)
 STATUS=$(psql_query "SELECT parse_status || '=' || count(*) FROM coredumps GROUP BY parse_status ORDER BY parse_status" | tr '\n' ' ')
 QUEUED=$(psql_query "SELECT count(*) FROM jobs WHERE kind = 'parse_coredump'")
 OUTBOX=$(psql_query "SELECT count(*) FROM object_deletions")
@@ -39,12 +47,13 @@ line() {  # line LABEL RESULT
         "$(( $(kv "$2" requests) - $(kv "$2" ok) ))"
 }
 echo
-echo "== core-dump ingest: $COUNT x $SIZE bytes, $CONCURRENCY concurrent =="
+echo "== core-dump ingest: $COUNT x $SIZE bytes, $CONCURRENCY concurrent, $DEVICES devices =="
 line "service POST coredump" "$INGEST"
 line "direct S3 PUT" "$S3PUT"
 echo "non-201 answers from the service: $(kv "$INGEST" bad_status) (transport errors: $(kv "$INGEST" errors))"
 echo "service / direct: $(ratio "$(kv "$INGEST" req_per_s)" "$(kv "$S3PUT" req_per_s)")x"
 echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)"
+echo "ingest steps (means): ${STEPS:-not reported by this build}"
 echo "for comparison: the Python service reached about 25 dumps/s on the reference machine"
 echo "note: every dump also enqueues a parse job that the service's workers (JOB_CONCURRENCY=16)"
 echo "      run concurrently with the uploads (they end in ERROR: no firmware ELF is stored), and"

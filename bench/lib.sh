@@ -54,12 +54,18 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
+# BENCH_SERVICE_BIN / BENCH_LOADGEN: use these prebuilt binaries instead of building (e.g. an
+# `iotsupport` built from an older commit, to measure "before" with the same script). With both
+# set nothing is built.
 bench_build() {
-    blog "building the release binary and examples/loadgen (CARGO_TARGET_DIR=$BENCH_TARGET)"
-    (cd "$BENCH_ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build --release --quiet \
-        --bin iotsupport --example loadgen)
-    SERVICE_BIN=$BENCH_TARGET/release/iotsupport
-    LOADGEN=$BENCH_TARGET/release/examples/loadgen
+    SERVICE_BIN=${BENCH_SERVICE_BIN:-$BENCH_TARGET/release/iotsupport}
+    LOADGEN=${BENCH_LOADGEN:-$BENCH_TARGET/release/examples/loadgen}
+    if [ -z "${BENCH_SERVICE_BIN:-}" ] || [ -z "${BENCH_LOADGEN:-}" ]; then
+        blog "building the release binary and examples/loadgen (CARGO_TARGET_DIR=$BENCH_TARGET)"
+        (cd "$BENCH_ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build --release --quiet \
+            --bin iotsupport --example loadgen)
+    fi
+    blog "service binary $SERVICE_BIN, load generator $LOADGEN"
 }
 
 bench_start_postgres() {
@@ -149,9 +155,14 @@ json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv
 # bench_model_and_device CODE: creates a model and a device; sets MODEL_ID and CREDENTIAL.
 bench_model_and_device() {
     MODEL_ID=$(api POST /api/device-models "{\"code\": \"$1\", \"name\": \"Benchmark $1\"}" | json_field id)
+    CREDENTIAL=$(bench_device "$MODEL_ID")
+}
+
+# bench_device MODEL_ID: creates a device of the model; prints its KEY.SECRET.
+bench_device() {
     local device
-    device=$(api POST /api/devices "{\"device_model_id\": $MODEL_ID, \"config\": \"{}\"}")
-    CREDENTIAL="$(json_field key <<<"$device").$(json_field device_secret <<<"$device")"
+    device=$(api POST /api/devices "{\"device_model_id\": $1, \"config\": \"{}\"}")
+    echo "$(json_field key <<<"$device").$(json_field device_secret <<<"$device")"
 }
 
 # kv LINE KEY: the value of KEY=value in a loadgen result line.
@@ -162,3 +173,32 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 # Peak resident memory of the service so far, in KiB (VmHWM).
 service_peak_rss_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVICE_PID/status"; }
+
+# metrics_snapshot FILE: the service's /metrics text.
+metrics_snapshot() { curl -sS --max-time 10 "$SERVICE_URL/metrics" > "$1"; }
+
+# step_means BEFORE AFTER METRIC STEP...: for a histogram with a `step` label, the mean of each
+# step between two snapshots, in ms ("step=1.23 ms" pairs, and the number of observations).
+step_means() {
+    python3 - "$@" <<'PY'
+import re, sys
+before, after, metric, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def read(path):
+    values = {}
+    for line in open(path):
+        m = re.match(r'(\w+)\{(.*)\} ([0-9.e+-]+)$', line.strip())
+        if not m or not m.group(1).startswith(metric + "_"):
+            continue
+        step = re.search(r'step="([^"]*)"', m.group(2))
+        if step:
+            values[(m.group(1)[len(metric) + 1:], step.group(1))] = float(m.group(3))
+    return values
+b, a = read(before), read(after)
+out = []
+for step in steps:
+    n = a.get(("count", step), 0) - b.get(("count", step), 0)
+    s = a.get(("sum", step), 0) - b.get(("sum", step), 0)
+    out.append(f"{step} {s / n * 1000:.2f} ms" if n else f"{step} n/a")
+print(", ".join(out))
+PY
+}

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against a real PostgreSQL, a real S3 server (moto) and a real MQTT
-# broker (Mosquitto).
+# Runs the whole test suite against a real PostgreSQL, a real S3 server (moto), a real MQTT
+# broker (Mosquitto) and, for the web UI's browser test, headless Chromium.
 #
-# On a fresh Debian machine with Rust it installs what is missing (PostgreSQL and Mosquitto from
-# Debian's packages, moto's S3 server from PyPI into a private virtualenv), starts them on free
-# 127.0.0.1 ports, runs `cargo test` for the whole workspace against them, and stops them again.
+# On a fresh Debian machine with Rust it installs what is missing (PostgreSQL, Mosquitto, Chromium
+# and chromedriver from Debian's packages, moto's S3 server from PyPI into a private virtualenv),
+# starts them on free 127.0.0.1 ports, runs `cargo test` for the whole workspace against them, and
+# stops them again.
 # Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh storage`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -163,6 +164,20 @@ wait_tcp "$MQTT_PORT" 20 || { cat "$WORK/mosquitto/log"; log "mosquitto did not 
 export IOTSUPPORT_TEST_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
 export IOTSUPPORT_TEST_MOSQUITTO="$MOSQUITTO"
 log "Mosquitto $("$MOSQUITTO" -h 2>/dev/null | awk 'NR==1 {print $3}') on 127.0.0.1:$MQTT_PORT"
+
+# --- Chromium (the web UI's browser test, tests/browser/) -----------------------------------------
+# Debian's packages: the browser and its WebDriver server; the test starts chromedriver itself.
+CHROMIUM=$(command -v chromium || true)
+CHROMEDRIVER=$(command -v chromedriver || ls /usr/bin/chromedriver 2>/dev/null || true)
+if [ -z "$CHROMIUM" ] || [ -z "$CHROMEDRIVER" ]; then
+    log "installing Chromium and chromedriver from Debian's packages"
+    apt_install chromium chromium-driver
+    CHROMIUM=$(command -v chromium)
+    CHROMEDRIVER=$(command -v chromedriver || echo /usr/bin/chromedriver)
+fi
+export IOTSUPPORT_TEST_CHROMIUM="$CHROMIUM"
+export IOTSUPPORT_TEST_CHROMEDRIVER="$CHROMEDRIVER"
+log "Chromium for the browser test: $("$CHROMEDRIVER" --version 2>/dev/null | awk '{print $1, $2}')"
 
 # --- Espressif's NVS partition generator (crates/esp-nvs-image compares its images with it) ----
 NVS_GEN_PYTHON="$CACHE/venv/bin/python"

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, Db, DbError, Tx};
 
-const CHANNEL: &str = "iotsupport_events";
+/// The PostgreSQL notification channel a committed event wakes listeners on.
+pub const CHANNEL: &str = "iotsupport_events";
 /// How long events are kept; a subscriber that falls further behind misses them.
 const RETENTION: Duration = Duration::from_secs(3600);
 

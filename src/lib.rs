@@ -1,5 +1,6 @@
 //! iotsupport: the backend for fleets of ESP32 devices. See ARCHITECTURE.md for the map.
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod coredumps;

@@ -140,7 +140,7 @@ impl Application {
                 shutdown.clone(),
             ),
             mqtt,
-            coredump_uploads_by_device: crate::http::admission::KeyedLimiter::new(
+            coredump_uploads_by_device: crate::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
             config_validator: Arc::new(crate::registry::validation::ConfigValidator::new(

@@ -38,7 +38,7 @@ pub struct AppState {
     /// This process's MQTT client, when `MQTT_URL` is set.
     pub mqtt: Option<crate::mqtt::MqttClient>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
-    pub coredump_uploads_by_device: Arc<crate::http::admission::KeyedLimiter>,
+    pub coredump_uploads_by_device: Arc<crate::admission::KeyedLimiter>,
     /// Validates device configs against their model's schema off the async workers, within
     /// `CONFIG_VALIDATION_TIMEOUT_SECONDS`.
     pub config_validator: Arc<crate::registry::validation::ConfigValidator>,

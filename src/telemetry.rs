@@ -20,6 +20,8 @@ pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
 pub const COREDUMP_PARSE_DURATION: &str = "coredump_parse_duration_seconds";
 pub const COREDUMP_UPLOADS_REFUSED: &str = "coredump_uploads_refused_total";
 pub const COREDUMP_GROUPING_DURATION: &str = "coredump_grouping_duration_seconds";
+pub const COREDUMP_INGEST_STEP_DURATION: &str = "coredump_ingest_step_duration_seconds";
+pub const FIRMWARE_UPLOAD_STEP_DURATION: &str = "firmware_upload_step_duration_seconds";
 pub const COREDUMP_PARSE_STEP_DURATION: &str = "coredump_parse_step_duration_seconds";
 pub const JOBS_QUEUE_OP_DURATION: &str = "jobs_queue_operation_duration_seconds";
 pub const PARSE_CACHE_LOOKUPS: &str = "parse_cache_lookups_total";
@@ -136,6 +138,22 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 )
                 .ok()?
                 .set_buckets_for_metric(
+                    Matcher::Full(COREDUMP_INGEST_STEP_DURATION.to_string()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0, 5.0,
+                    ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(FIRMWARE_UPLOAD_STEP_DURATION.to_string()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        10.0, 60.0,
+                    ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
                     Matcher::Full(COREDUMP_PARSE_STEP_DURATION.to_string()),
                     STEP_BUCKETS,
                 )
@@ -188,6 +206,22 @@ fn describe() {
         "Time the parse job spends on crash grouping, by step: sign (the signature from the \
          report) and assign (putting the dump into its group in the parse result's transaction, \
          group row locks included); part of coredump_parse_duration_seconds"
+    );
+    describe_histogram!(
+        COREDUMP_INGEST_STEP_DURATION,
+        Unit::Seconds,
+        "Time a core-dump upload spends in each step: receive (the body read), insert (transaction \
+         begun, row inserted), put (the object written), record (retention, parse job, event), \
+         commit; bench/ingest.sh prints their means"
+    );
+    describe_histogram!(
+        FIRMWARE_UPLOAD_STEP_DURATION,
+        Unit::Seconds,
+        "Time a firmware bundle upload spends in each step: receive (body spooled), validate \
+         (reading the ZIP and checking every entry, hashing excluded), hash (SHA-256 of the \
+         entries), lock (transaction begun, model locked, version looked up), put (from the \
+         first artifact PUT to the last one done; it overlaps validation), rows (row, retention, \
+         event: overlaps the PUTs), commit, and total; bench/ota.sh prints their means"
     );
     describe_histogram!(
         COREDUMP_PARSE_STEP_DURATION,

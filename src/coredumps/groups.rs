@@ -433,12 +433,12 @@ pub async fn list(
     order: GroupOrder,
 ) -> Result<Vec<GroupView>, GroupError> {
     let mut tx = db.begin().await?;
-    crate::db::device_models::get(&mut tx, device_model_id)
-        .await?
-        .ok_or(GroupError::ModelNotFound(device_model_id))?;
+    if !crate::db::device_models::exists(&mut tx, device_model_id).await? {
+        return Err(GroupError::ModelNotFound(device_model_id));
+    }
     let groups = db_groups::list(&mut tx, device_model_id, status, order).await?;
     let mut versions: HashMap<i64, Vec<VersionRow>> = HashMap::new();
-    for v in db_groups::versions(&mut tx, Some(device_model_id), None).await? {
+    for v in db_groups::versions(&mut tx, db_groups::VersionsOf::Model(device_model_id)).await? {
         versions.entry(v.crash_group_id).or_default().push(v);
     }
     tx.commit().await?;
@@ -458,7 +458,7 @@ pub async fn detail(db: &Db, id: i64) -> Result<GroupDetail, GroupError> {
     let group = db_groups::get(&mut tx, id)
         .await?
         .ok_or(GroupError::NotFound(id))?;
-    let versions = db_groups::versions(&mut tx, None, Some(id)).await?;
+    let versions = db_groups::versions(&mut tx, db_groups::VersionsOf::Group(id)).await?;
     let devices_running = db_groups::devices_running(&mut tx, group.device_model_id)
         .await?
         .into_iter()

@@ -6,20 +6,25 @@
 //! body) the body within `MAX_COREDUMP_BYTES` (413, decided from `Content-Length` before reading,
 //! or as soon as the streamed body passes the limit — never by reading it all) and not empty.
 //!
-//! Store: insert the `PENDING` row (flushed: the id is final), upload
+//! Store: on SQLite insert the `PENDING` row (flushed: the id is final), upload
 //! `coredumps/{device_key}/{id}.dmp`, prune beyond `MAX_COREDUMPS`, enqueue the parse job, commit.
-//! Any failure rolls the transaction back; an object that may already have been written is
-//! deleted best-effort while the transaction is still open (on SQLite a rolled-back id can be
-//! handed out again, so a late cleanup could hit the next dump's object).
+//! On PostgreSQL the id is reserved from the sequence and the object written *before* the
+//! transaction, which then holds a pooled connection only for its own statements (see
+//! [`store`]). Any failure rolls the transaction back and deletes an object that may already
+//! have been written (best-effort; on SQLite while the transaction is still open, because a
+//! rolled-back SQLite id can be handed out again and a late cleanup could hit the next dump's
+//! object).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::job::{ParsePayload, PARSE_JOB, PARSE_MAX_ATTEMPTS};
+use super::retention;
 use crate::db::{coredumps, Db, DbError, Tx};
 use crate::layout::coredump_key;
-use crate::outbox;
 use crate::storage::{InvalidKey, ObjectKey, Storage, StorageError};
+use crate::{events, jobs, outbox};
 
 /// Column width of `coredumps.chip` (and `firmware_version`, checked by `FirmwareVersion`).
 pub const MAX_FIELD_LEN: usize = 50;
@@ -98,7 +103,8 @@ pub struct Uploader<'a> {
     pub device_key: &'a str,
 }
 
-/// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`.
+/// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`. Each
+/// step's time goes to `coredump_ingest_step_duration_seconds`.
 pub async fn store(
     db: &Db,
     storage: &Storage,
@@ -107,44 +113,136 @@ pub async fn store(
     meta: &DumpMeta,
     content: Bytes,
 ) -> Result<i64, IngestError> {
+    match db {
+        Db::Postgres(_) => store_with_reserved_id(db, storage, keep, device, meta, content).await,
+        Db::Sqlite(_) => store_in_one_transaction(db, storage, keep, device, meta, content).await,
+    }
+}
+
+/// PostgreSQL: the id is taken from the table's sequence first (one statement, no transaction),
+/// the object is written under it, and only then does a transaction insert the row, apply
+/// retention and queue the parse job. A transaction (and with it one of the pool's connections)
+/// is held for the database work only, never across the PUT: with the PUT inside, 32 devices
+/// uploading at once queued for the pool's ten connections. A sequence never hands out an id
+/// twice, so nothing else can own the key and no outbox deletion can be pending for it; if
+/// anything after the PUT fails, the object is deleted again (an orphan, if that fails too, is
+/// tolerated; a row without its object never exists).
+///
+/// Round trips: the id, (the PUT), `BEGIN`, the row, the device's retention lock, the pruning
+/// `DELETE`, one statement for everything else (outbox entries, withdrawn parse jobs, the new
+/// parse job, the event and its `NOTIFY`), `COMMIT`.
+async fn store_with_reserved_id(
+    db: &Db,
+    storage: &Storage,
+    keep: u32,
+    device: Uploader<'_>,
+    meta: &DumpMeta,
+    content: Bytes,
+) -> Result<i64, IngestError> {
     let size = content.len() as i64;
-    let mut tx = db.begin().await?;
-    let id = match coredumps::insert(
-        &mut tx,
-        device.device_id,
-        &meta.chip,
-        &meta.firmware_version,
-        size,
-    )
-    .await
-    {
-        Ok(id) => id,
-        // The device was deleted after it authenticated.
-        Err(e) if e.is_foreign_key_violation() => {
-            return Err(IngestError::DeviceGone(device.device_key.to_string()))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut steps = Steps::start();
+    let id = coredumps::reserve_id(db).await?;
     let key = coredump_key(device.device_key, id)?;
-    // Ids are not reused on PostgreSQL, but a rolled-back SQLite id can be: make sure no old
-    // deletion of this key is still pending (the outbox invariant for re-created keys).
+    steps.lap("insert");
+    if let Err(e) = storage.put(&key, content).await {
+        cleanup(storage, &key).await;
+        return Err(e.into());
+    }
+    steps.lap("put");
+    let recorded = async {
+        let mut tx = db.begin().await?;
+        insert_row(&mut tx, &device, meta, size, Some(id)).await?;
+        finish(keep, &mut tx, device.clone(), id).await?;
+        steps.lap("record");
+        Ok::<_, IngestError>(tx)
+    }
+    .await;
+    let tx = match recorded {
+        Ok(tx) => tx,
+        Err(e) => {
+            cleanup(storage, &key).await;
+            return Err(e);
+        }
+    };
+    commit(tx, &device, id, &key, size, &mut steps).await
+}
+
+/// SQLite (one writer at a time, in process): the row first (flushed, so the id is final), the
+/// object, retention and the parse job, commit. A rolled-back SQLite id can be handed out again,
+/// so a failed upload's object is deleted while the transaction is still open, before another
+/// upload can take the id.
+async fn store_in_one_transaction(
+    db: &Db,
+    storage: &Storage,
+    keep: u32,
+    device: Uploader<'_>,
+    meta: &DumpMeta,
+    content: Bytes,
+) -> Result<i64, IngestError> {
+    let size = content.len() as i64;
+    let mut steps = Steps::start();
+    let mut tx = db.begin().await?;
+    let id = insert_row(&mut tx, &device, meta, size, None).await?;
+    let key = coredump_key(device.device_key, id)?;
+    // Make sure no old deletion of this key is still pending (the outbox invariant for
+    // re-created keys).
     outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
+    steps.lap("insert");
     if let Err(e) = storage.put(&key, content).await {
         cleanup(storage, &key).await;
         drop(tx);
         return Err(e.into());
     }
+    steps.lap("put");
     if let Err(e) = finish(keep, &mut tx, device.clone(), id).await {
         cleanup(storage, &key).await;
         drop(tx);
         return Err(e);
     }
+    steps.lap("record");
+    commit(tx, &device, id, &key, size, &mut steps).await
+}
+
+/// Inserts the `PENDING` row (under `id` when one was reserved) and returns its id.
+async fn insert_row(
+    tx: &mut Tx,
+    device: &Uploader<'_>,
+    meta: &DumpMeta,
+    size: i64,
+    id: Option<i64>,
+) -> Result<i64, IngestError> {
+    let new = coredumps::NewCoredump {
+        id,
+        device_id: device.device_id,
+        chip: &meta.chip,
+        firmware_version: &meta.firmware_version,
+        size,
+    };
+    match coredumps::insert(tx, &new).await {
+        Ok(id) => Ok(id),
+        // The device was deleted after it authenticated.
+        Err(e) if e.is_foreign_key_violation() => {
+            Err(IngestError::DeviceGone(device.device_key.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn commit(
+    tx: Tx,
+    device: &Uploader<'_>,
+    id: i64,
+    key: &ObjectKey,
+    size: i64,
+    steps: &mut Steps,
+) -> Result<i64, IngestError> {
     if let Err(e) = tx.commit().await {
         // The commit may have succeeded even so (the answer was lost): leave the object, because
         // an orphan is tolerated (reconcile finds it) and a row without its object is not.
         tracing::warn!(coredump_id = id, s3_key = %key, error = %e, "coredump_commit_failed");
         return Err(e.into());
     }
+    steps.lap("commit");
     tracing::info!(
         device_key = %device.device_key,
         coredump_id = id,
@@ -155,18 +253,60 @@ pub async fn store(
     Ok(id)
 }
 
-/// What follows the upload inside the transaction: retention, then the parse job.
+/// Times the steps of one upload into `coredump_ingest_step_duration_seconds`.
+struct Steps(Instant);
+
+impl Steps {
+    fn start() -> Self {
+        Steps(Instant::now())
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!(crate::telemetry::COREDUMP_INGEST_STEP_DURATION, "step" => step)
+            .record(now.duration_since(self.0).as_secs_f64());
+        self.0 = now;
+    }
+}
+
+/// What follows the upload inside the transaction: retention, then the parse job and the event.
 async fn finish(keep: u32, tx: &mut Tx, device: Uploader<'_>, id: i64) -> Result<(), IngestError> {
-    super::retention::enforce(tx, device.device_id, device.device_key, keep).await?;
-    super::job::enqueue(tx, id).await?;
-    crate::events::record(
-        tx,
-        "coredump_stored",
-        &serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key}),
-    )
-    .await?;
+    let pruned = retention::prune_rows(tx, device.device_id, device.device_key, keep).await?;
+    let event = serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key});
+    let withdrawn = match tx {
+        Tx::Postgres(t) => {
+            let withdrawn: Vec<String> = pruned
+                .ids
+                .iter()
+                .map(|&coredump_id| jobs::payload_text(&ParsePayload { coredump_id }))
+                .collect::<Result<_, _>>()?;
+            let record = coredumps::UploadRecord {
+                now: crate::db::now(),
+                deletions: &pruned.keys,
+                job_kind: PARSE_JOB,
+                withdrawn_job_payloads: &withdrawn,
+                job_payload: &jobs::payload_text(&ParsePayload { coredump_id: id })?,
+                job_max_attempts: PARSE_MAX_ATTEMPTS,
+                event_kind: STORED_EVENT,
+                event_payload: &event.to_string(),
+                notify_channel: events::CHANNEL,
+            };
+            let withdrawn = coredumps::record_upload_postgres(t, &record).await?;
+            u64::try_from(withdrawn).unwrap_or(0)
+        }
+        Tx::Sqlite(_) => {
+            outbox::schedule_deletion(tx, &pruned.keys).await?;
+            let withdrawn = super::job::cancel(tx, &pruned.ids).await?;
+            super::job::enqueue(tx, id).await?;
+            events::record(tx, STORED_EVENT, &event).await?;
+            withdrawn
+        }
+    };
+    retention::log_pruned(device.device_key, &pruned, withdrawn);
     Ok(())
 }
+
+const STORED_EVENT: &str = "coredump_stored";
 
 /// Best-effort removal of an object whose row will not be committed.
 async fn cleanup(storage: &Storage, key: &ObjectKey) {

@@ -7,6 +7,14 @@ use crate::db::coredumps;
 use crate::db::{DbError, Tx};
 use crate::layout::coredump_key;
 use crate::outbox;
+use crate::storage::ObjectKey;
+
+/// The dumps [`prune_rows`] deleted: their ids and the keys of their objects.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub ids: Vec<i64>,
+    pub keys: Vec<ObjectKey>,
+}
 
 /// Deletes the device's dumps beyond the newest `max_coredumps` and schedules their objects for
 /// deletion. Returns how many were pruned.
@@ -16,14 +24,32 @@ pub async fn enforce(
     device_key: &str,
     max_coredumps: u32,
 ) -> Result<usize, DbError> {
-    coredumps::lock_device_for_retention(tx, device_id).await?;
-    let pruned = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps)).await?;
-    if pruned.is_empty() {
+    let pruned = prune_rows(tx, device_id, device_key, max_coredumps).await?;
+    if pruned.ids.is_empty() {
         return Ok(0);
     }
+    outbox::schedule_deletion(tx, &pruned.keys).await?;
+    let cancelled_parses = super::job::cancel(tx, &pruned.ids).await?;
+    log_pruned(device_key, &pruned, cancelled_parses);
+    Ok(pruned.ids.len())
+}
+
+/// The first half of [`enforce`]: locks the device's retention (see
+/// [`coredumps::lock_device_for_retention`]) and deletes the rows beyond the newest
+/// `max_coredumps`. The caller must schedule the returned keys for deletion and withdraw the
+/// parse jobs of the returned ids in the same transaction (the upload does both in one statement
+/// on PostgreSQL, `crate::coredumps::ingest`).
+pub async fn prune_rows(
+    tx: &mut Tx,
+    device_id: i64,
+    device_key: &str,
+    max_coredumps: u32,
+) -> Result<Pruned, DbError> {
+    coredumps::lock_device_for_retention(tx, device_id).await?;
+    let ids = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps)).await?;
     // Device keys are validated when devices are created, so these keys are always valid; skip
     // (and report) anything else rather than failing the upload over a cleanup.
-    let keys: Vec<_> = pruned
+    let keys = ids
         .iter()
         .filter_map(|id| match coredump_key(device_key, *id) {
             Ok(k) => Some(k),
@@ -33,13 +59,18 @@ pub async fn enforce(
             }
         })
         .collect();
-    outbox::schedule_deletion(tx, &keys).await?;
-    let cancelled_parses = super::job::cancel(tx, &pruned).await?;
+    Ok(Pruned { ids, keys })
+}
+
+/// The log line of a prune that happened.
+pub fn log_pruned(device_key: &str, pruned: &Pruned, cancelled_parses: u64) {
+    if pruned.ids.is_empty() {
+        return;
+    }
     tracing::info!(
         device_key,
-        pruned_count = pruned.len(),
+        pruned_count = pruned.ids.len(),
         cancelled_parses,
         "coredump_retention_pruned"
     );
-    Ok(pruned.len())
 }

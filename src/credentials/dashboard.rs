@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::db::rotation::DashboardRow;
+use crate::db::rotation::{self as queries, DashboardRow, HealthList};
+use crate::db::{DbError, Tx};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DashboardEntry {
@@ -44,6 +45,41 @@ pub fn group(rows: Vec<DashboardRow>, threshold_days: i64, now: DateTime<Utc>) -
         group.push(entry);
     }
     dashboard
+}
+
+fn entries(rows: Vec<DashboardRow>, now: DateTime<Utc>) -> Vec<DashboardEntry> {
+    rows.into_iter()
+        .map(|row| DashboardEntry {
+            days_since_rotation: row.last_rotation_completed_at.map(|t| (now - t).num_days()),
+            row,
+        })
+        .collect()
+}
+
+/// The dashboard with at most `limit` devices per list (in key order) and the full count of
+/// each list (healthy, warning, critical, inactive). The rule is [`group`]'s, applied in SQL so
+/// that the cost is that of the pages and one index scan for the counts, not of the fleet.
+pub async fn capped(
+    tx: &mut Tx,
+    threshold_days: i64,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<(Dashboard, [i64; 4]), DbError> {
+    let cutoff = now - chrono::Duration::days(threshold_days);
+    let counts = queries::dashboard_counts(tx, cutoff).await?;
+    let mut page = async |list| -> Result<Vec<DashboardEntry>, DbError> {
+        Ok(entries(
+            queries::dashboard_page(tx, list, cutoff, limit).await?,
+            now,
+        ))
+    };
+    let dashboard = Dashboard {
+        healthy: page(HealthList::Healthy).await?,
+        warning: page(HealthList::Warning).await?,
+        critical: page(HealthList::Critical).await?,
+        inactive: page(HealthList::Inactive).await?,
+    };
+    Ok((dashboard, counts))
 }
 
 #[cfg(test)]

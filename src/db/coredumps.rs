@@ -49,26 +49,62 @@ pub async fn device_key(tx: &mut Tx, device_id: i64) -> Result<Option<String>, D
 }
 
 /// Inserts a `PENDING` dump and returns its id (the transaction is flushed: the id is final).
-pub async fn insert(
-    tx: &mut Tx,
-    device_id: i64,
-    chip: &str,
-    firmware_version: &str,
-    size: i64,
-) -> Result<i64, DbError> {
+pub async fn insert(tx: &mut Tx, new: &NewCoredump<'_>) -> Result<i64, DbError> {
     let now = now();
-    Ok(on_conn!(tx, |c| sqlx::query_scalar(
-        "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
-                                uploaded_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
-    )
-    .bind(device_id)
-    .bind(chip)
-    .bind(firmware_version)
-    .bind(size)
-    .bind(now)
-    .fetch_one(c)
-    .await)?)
+    // Two texts rather than `COALESCE($1, nextval(…))`: SQLite refuses unknown functions even
+    // where they would not be called.
+    Ok(match new.id {
+        Some(id) => on_conn!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO coredumps (id, device_id, chip, firmware_version, size, parse_status,
+                                    uploaded_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6, $6) RETURNING id"
+        )
+        .bind(id)
+        .bind(new.device_id)
+        .bind(new.chip)
+        .bind(new.firmware_version)
+        .bind(new.size)
+        .bind(now)
+        .fetch_one(c)
+        .await)?,
+        None => on_conn!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
+                                    uploaded_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
+        )
+        .bind(new.device_id)
+        .bind(new.chip)
+        .bind(new.firmware_version)
+        .bind(new.size)
+        .bind(now)
+        .fetch_one(c)
+        .await)?,
+    })
+}
+
+/// A new dump's row; `id` when one was reserved with [`reserve_id`].
+pub struct NewCoredump<'a> {
+    pub id: Option<i64>,
+    pub device_id: i64,
+    pub chip: &'a str,
+    pub firmware_version: &'a str,
+    pub size: i64,
+}
+
+/// PostgreSQL: the next id of `coredumps` from its sequence, without a transaction (a sequence
+/// never hands out a value twice, committed or not). An error on SQLite, which has no sequences:
+/// its ids come from the insert.
+pub async fn reserve_id(db: &Db) -> Result<i64, DbError> {
+    match db {
+        Db::Postgres(pool) => Ok(sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('coredumps', 'id'))",
+        )
+        .fetch_one(pool)
+        .await?),
+        Db::Sqlite(_) => Err(DbError::Other(sqlx::Error::Protocol(
+            "SQLite has no sequences to reserve a core-dump id from".into(),
+        ))),
+    }
 }
 
 /// Serialises retention between concurrent uploads of one device. On PostgreSQL two uploads would
@@ -101,13 +137,81 @@ pub async fn delete_beyond(tx: &mut Tx, device_id: i64, keep: i64) -> Result<Vec
     .await)?)
 }
 
-/// A device's dumps, newest first.
-pub async fn list(tx: &mut Tx, device_id: i64) -> Result<Vec<CoredumpRow>, DbError> {
-    let sql = format!("{SELECT} WHERE c.device_id = $1 ORDER BY c.uploaded_at DESC, c.id DESC");
+/// What an upload writes besides its row once the object is stored: the outbox entries of the
+/// dumps retention pruned, the withdrawal of their queued parse jobs, the new dump's parse job and
+/// its event. Each text is made by the module that owns its table (outbox keys,
+/// `jobs::payload_text`, `events`).
+pub struct UploadRecord<'a> {
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub deletions: &'a [crate::storage::ObjectKey],
+    pub job_kind: &'a str,
+    pub withdrawn_job_payloads: &'a [String],
+    pub job_payload: &'a str,
+    pub job_max_attempts: i32,
+    pub event_kind: &'a str,
+    pub event_payload: &'a str,
+    pub notify_channel: &'a str,
+}
+
+/// Writes an [`UploadRecord`] in one statement, one round trip instead of five (outbox entries,
+/// job withdrawal, job, event, `pg_notify`): the same rows `outbox::schedule_deletion`,
+/// `jobs::cancel_queued`, `jobs::enqueue` and `events::record` write, which SQLite (in-process,
+/// no round trips to save, and no data-modifying CTEs) still uses. Returns how many queued jobs
+/// were withdrawn.
+pub async fn record_upload_postgres(
+    conn: &mut sqlx::PgConnection,
+    record: &UploadRecord<'_>,
+) -> Result<i64, DbError> {
+    let deletions: Vec<&str> = record.deletions.iter().map(|k| k.as_str()).collect();
+    Ok(sqlx::query_scalar(
+        "WITH deletions AS (
+             INSERT INTO object_deletions (object_key, next_attempt_at, created_at)
+             SELECT key, $1, $1 FROM UNNEST($2::text[]) AS key
+         ), withdrawn AS (
+             DELETE FROM jobs WHERE kind = $3 AND status = 'queued' AND payload = ANY($4::text[])
+             RETURNING 1
+         ), job AS (
+             INSERT INTO jobs (kind, payload, max_attempts, run_at, created_at, updated_at)
+             VALUES ($3, $5, $6, $1, $1, $1)
+         ), event AS (
+             INSERT INTO events (type, payload, created_at) VALUES ($7, $8, $1)
+         )
+         SELECT (SELECT COUNT(*) FROM withdrawn) FROM (SELECT pg_notify($9, '')) AS notified",
+    )
+    .bind(record.now)
+    .bind(&deletions)
+    .bind(record.job_kind)
+    .bind(record.withdrawn_job_payloads)
+    .bind(record.job_payload)
+    .bind(record.job_max_attempts)
+    .bind(record.event_kind)
+    .bind(record.event_payload)
+    .bind(record.notify_channel)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A device's dumps, newest first; with `limit`, at most that many after the position `after`
+/// (`uploaded_at`, `id` of the last dump of the previous page).
+pub async fn list(
+    tx: &mut Tx,
+    device_id: i64,
+    after: Option<(DateTime<Utc>, i64)>,
+    limit: Option<u32>,
+) -> Result<Vec<CoredumpRow>, DbError> {
+    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+    let (after_at, after_id) = after.unzip();
+    let sql = format!(
+        "{SELECT} WHERE c.device_id = $1
+           AND ($2 IS NULL OR c.uploaded_at < $2 OR (c.uploaded_at = $2 AND c.id < $3))
+         ORDER BY c.uploaded_at DESC, c.id DESC{limit}"
+    );
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, CoredumpRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(device_id)
+    .bind(after_at)
+    .bind(after_id)
     .fetch_all(c)
     .await)?)
 }

@@ -44,6 +44,17 @@ pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceModelRow>, DbError
     .await)?)
 }
 
+/// Whether the model exists (without counting its devices, as [`get`] does).
+pub async fn exists(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
+    let found: Option<i64> = on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM device_models WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?;
+    Ok(found.is_some())
+}
+
 pub async fn get_by_code(tx: &mut Tx, code: &str) -> Result<Option<DeviceModelRow>, DbError> {
     let sql = format!("{SELECT} WHERE m.code = $1");
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(

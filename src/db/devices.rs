@@ -41,22 +41,53 @@ const SELECT: &str = "SELECT d.id, d.key, d.device_model_id, d.config, d.device_
 
 pub const KEY_UNIQUE: (&str, &str) = ("devices_key_key", "devices.key");
 
+/// Devices ordered by key, optionally of one model and one rotation state; with `limit`, at most
+/// that many after the key `after` (the caller asks for one more than it shows, to know whether
+/// a next page exists).
 pub async fn list(
     tx: &mut Tx,
     model_id: Option<i64>,
     rotation_state: Option<&str>,
+    after: Option<&str>,
+    limit: Option<u32>,
 ) -> Result<Vec<DeviceRow>, DbError> {
-    let sql = format!(
-        "{SELECT} WHERE ($1 IS NULL OR d.device_model_id = $1)
-           AND ($2 IS NULL OR d.rotation_state = $2) ORDER BY d.key"
-    );
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceRow>(
-        sqlx::AssertSqlSafe(sql.clone())
-    )
-    .bind(model_id)
-    .bind(rotation_state)
-    .fetch_all(c)
-    .await)?)
+    // Only the filters given become conditions: a prepared `$1 IS NULL OR …` would let
+    // PostgreSQL settle on a generic plan that cannot use the (model, key) index.
+    let mut conditions = Vec::new();
+    let mut next = 0;
+    let mut placeholder = || {
+        next += 1;
+        format!("${next}")
+    };
+    if model_id.is_some() {
+        conditions.push(format!("d.device_model_id = {}", placeholder()));
+    }
+    if rotation_state.is_some() {
+        conditions.push(format!("d.rotation_state = {}", placeholder()));
+    }
+    if after.is_some() {
+        conditions.push(format!("d.key > {}", placeholder()));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+    let sql = format!("{SELECT}{filter} ORDER BY d.key{limit}");
+    Ok(on_conn!(tx, |c| {
+        let mut query = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql.clone()));
+        if let Some(model_id) = model_id {
+            query = query.bind(model_id);
+        }
+        if let Some(state) = rotation_state {
+            query = query.bind(state);
+        }
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        query.fetch_all(c).await
+    })?)
 }
 
 pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceRow>, DbError> {

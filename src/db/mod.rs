@@ -18,6 +18,7 @@ pub mod device_logs;
 pub mod device_models;
 pub mod devices;
 pub mod firmware_versions;
+pub mod fleet_summary;
 pub mod legacy;
 pub mod migrate;
 pub mod notifications;
@@ -246,6 +247,17 @@ impl Db {
         Ok(match self {
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
             Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Starts a transaction that only reads: one consistent snapshot for a page that shows
+    /// several queries' results, without taking SQLite's write lock (a deferred `BEGIN`; in WAL
+    /// mode readers never wait for writers) — so pages refreshed by every browser watching the
+    /// fleet never queue behind uploads. On PostgreSQL a `READ ONLY` transaction.
+    pub async fn begin_read(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Postgres(p.begin_with("BEGIN READ ONLY").await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN").await?),
         })
     }
 

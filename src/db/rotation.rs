@@ -131,24 +131,19 @@ pub struct StatusCounts {
     pub last_completed: Option<DateTime<Utc>>,
 }
 
+/// One scan of `devices` (an index-only scan of `ix_devices_rotation_summary` on PostgreSQL).
 pub async fn status(tx: &mut Tx) -> Result<StatusCounts, DbError> {
-    let by_state: Vec<(String, i64)> = on_conn!(tx, |c| sqlx::query_as(
-        "SELECT rotation_state, COUNT(*) FROM devices GROUP BY rotation_state"
+    let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT rotation_state, COUNT(*), SUM(CASE WHEN active THEN 0 ELSE 1 END),
+                MAX(last_rotation_completed_at)
+         FROM devices GROUP BY rotation_state"
     )
     .fetch_all(c)
     .await)?;
-    let inactive: i64 = on_conn!(tx, |c| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM devices WHERE NOT active"
-    )
-    .fetch_one(c)
-    .await)?;
-    let last_completed: Option<DateTime<Utc>> = on_conn!(tx, |c| sqlx::query_scalar(
-        "SELECT MAX(last_rotation_completed_at) FROM devices"
-    )
-    .fetch_one(c)
-    .await)?;
+    let inactive = rows.iter().map(|r| r.2).sum();
+    let last_completed = rows.iter().filter_map(|r| r.3).max();
     Ok(StatusCounts {
-        by_state,
+        by_state: rows.into_iter().map(|r| (r.0, r.1)).collect(),
         inactive,
         pending_device_id: pending_device(tx).await?,
         last_completed,
@@ -173,6 +168,63 @@ pub async fn dashboard(tx: &mut Tx) -> Result<Vec<DashboardRow>, DbError> {
                 d.rotation_state, d.last_rotation_completed_at
          FROM devices d JOIN device_models m ON m.id = d.device_model_id ORDER BY d.key"
     )
+    .fetch_all(c)
+    .await)?)
+}
+
+/// The rotation dashboard's four lists as conditions on `devices d`, in the order healthy,
+/// warning, critical, inactive: the rule of `credentials::dashboard::group`, where `$1` is the
+/// critical cutoff (now minus the threshold in days). Used when the lists are capped, so that a
+/// capped dashboard reads its pages, not the fleet.
+const HEALTH_CONDITIONS: [&str; 4] = [
+    "d.active AND d.rotation_state <> 'TIMEOUT'",
+    "d.active AND d.rotation_state = 'TIMEOUT'
+        AND (d.last_rotation_completed_at IS NULL OR d.last_rotation_completed_at > $1)",
+    "d.active AND d.rotation_state = 'TIMEOUT' AND d.last_rotation_completed_at <= $1",
+    "NOT d.active",
+];
+
+/// How many devices each dashboard list holds (healthy, warning, critical, inactive): one scan
+/// of `ix_devices_rotation_summary`.
+pub async fn dashboard_counts(tx: &mut Tx, cutoff: DateTime<Utc>) -> Result<[i64; 4], DbError> {
+    let [h, w, c, i] =
+        HEALTH_CONDITIONS.map(|cond| format!("SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)"));
+    let sql = format!("SELECT COALESCE({h}, 0), COALESCE({w}, 0), COALESCE({c}, 0), COALESCE({i}, 0) FROM devices d");
+    let row: (i64, i64, i64, i64) =
+        on_conn!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(cutoff)
+            .fetch_one(c)
+            .await)?;
+    Ok([row.0, row.1, row.2, row.3])
+}
+
+/// One of the rotation dashboard's lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthList {
+    Healthy = 0,
+    Warning = 1,
+    Critical = 2,
+    Inactive = 3,
+}
+
+/// The first `limit` devices, in key order, of one dashboard list.
+pub async fn dashboard_page(
+    tx: &mut Tx,
+    list: HealthList,
+    cutoff: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<DashboardRow>, DbError> {
+    let condition = HEALTH_CONDITIONS[list as usize];
+    let sql = format!(
+        "SELECT d.id, d.key, d.device_name, m.code AS device_model_code, d.active,
+                d.rotation_state, d.last_rotation_completed_at
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id
+         WHERE {condition} ORDER BY d.key LIMIT {limit}"
+    );
+    Ok(on_conn!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.clone()
+    ))
+    .bind(cutoff)
     .fetch_all(c)
     .await)?)
 }

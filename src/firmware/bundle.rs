@@ -73,6 +73,52 @@ pub struct Entry {
     pub content: Content,
 }
 
+impl Entry {
+    /// What the row records of this artifact.
+    pub fn facts(&self) -> ArtifactFacts {
+        ArtifactFacts {
+            artifact: self.artifact,
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
+    }
+}
+
+/// An artifact's size and SHA-256, without its content (which may be on its way to the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactFacts {
+    pub artifact: Artifact,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// A request body as received: in memory when small, else in an anonymous temporary file.
+#[derive(Debug)]
+pub enum Spool {
+    Memory(Bytes),
+    File(std::fs::File),
+}
+
+/// What [`validate_each`] hands out as soon as it is known good, in this order: the image (with
+/// the version and facts its descriptor gives), then the ELF (once it is known to be the image's),
+/// `version.json` (once it names the image's version), the map and `sdkconfig`.
+#[derive(Debug)]
+pub enum Validated {
+    Image {
+        version: FirmwareVersion,
+        app: AppFacts,
+        bin: Entry,
+    },
+    Artifact(Entry),
+}
+
+/// How long [`validate_each`] spent hashing entries (SHA-256), part of its whole time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Validation {
+    pub hashing: std::time::Duration,
+}
+
 /// What the image says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppFacts {
@@ -98,26 +144,68 @@ impl Bundle {
     /// The `firmware_versions` row this bundle is recorded as: sizes and hashes in
     /// [`Artifact::ALL`] order, and the app descriptor facts.
     pub fn row(&self) -> crate::db::firmware_versions::NewFirmwareVersion<'_> {
-        let size = |e: &Entry| i64::try_from(e.size).unwrap_or(i64::MAX);
-        let artifacts = Artifact::ALL.map(|artifact| {
+        row(
+            &self.version,
+            &self.app,
             self.artifacts
                 .iter()
-                .find(|e| e.artifact == artifact)
-                .map(|e| (size(e), e.sha256.as_str()))
-                .unwrap_or((0, ""))
-        });
-        let app = &self.app;
-        crate::db::firmware_versions::NewFirmwareVersion {
-            version: self.version.as_str(),
-            artifacts,
-            project_name: &app.project_name,
-            idf_version: &app.idf_version,
-            build_date: &app.build_date,
-            build_time: &app.build_time,
-            app_elf_sha256: &app.app_elf_sha256,
-            secure_version: i64::from(app.secure_version),
-            chip: &app.chip,
+                .map(|e| (e.artifact, e.size, e.sha256.as_str())),
+        )
+    }
+
+    /// The bundle without its contents.
+    pub fn facts(&self) -> BundleFacts {
+        BundleFacts {
+            version: self.version.clone(),
+            app: self.app.clone(),
+            artifacts: self.artifacts.iter().map(Entry::facts).collect(),
         }
+    }
+}
+
+/// A validated bundle whose contents went their own way (to the store): what its row records.
+#[derive(Debug, Clone)]
+pub struct BundleFacts {
+    pub version: FirmwareVersion,
+    pub app: AppFacts,
+    pub artifacts: Vec<ArtifactFacts>,
+}
+
+impl BundleFacts {
+    /// As [`Bundle::row`].
+    pub fn row(&self) -> crate::db::firmware_versions::NewFirmwareVersion<'_> {
+        row(
+            &self.version,
+            &self.app,
+            self.artifacts
+                .iter()
+                .map(|e| (e.artifact, e.size, e.sha256.as_str())),
+        )
+    }
+}
+
+fn row<'a>(
+    version: &'a FirmwareVersion,
+    app: &'a AppFacts,
+    artifacts: impl Iterator<Item = (Artifact, u64, &'a str)> + Clone,
+) -> crate::db::firmware_versions::NewFirmwareVersion<'a> {
+    let artifacts = Artifact::ALL.map(|wanted| {
+        artifacts
+            .clone()
+            .find(|(artifact, _, _)| *artifact == wanted)
+            .map(|(_, size, sha256)| (i64::try_from(size).unwrap_or(i64::MAX), sha256))
+            .unwrap_or((0, ""))
+    });
+    crate::db::firmware_versions::NewFirmwareVersion {
+        version: version.as_str(),
+        artifacts,
+        project_name: &app.project_name,
+        idf_version: &app.idf_version,
+        build_date: &app.build_date,
+        build_time: &app.build_time,
+        app_elf_sha256: &app.app_elf_sha256,
+        secure_version: i64::from(app.secure_version),
+        chip: &app.chip,
     }
 }
 
@@ -150,10 +238,63 @@ fn shown(name: &str) -> String {
 /// Validates the bundle in `spool` (the whole request body) for the model `code`. Entries may
 /// be at most `max_entry_bytes` uncompressed.
 pub fn validate(
-    mut spool: std::fs::File,
+    spool: std::fs::File,
     code: &str,
     max_entry_bytes: u64,
 ) -> Result<Bundle, BundleError> {
+    let mut image = None;
+    let mut others = Vec::new();
+    validate_each(
+        Spool::File(spool),
+        code,
+        max_entry_bytes,
+        &mut |validated| {
+            match validated {
+                Validated::Image { version, app, bin } => image = Some((version, app, bin)),
+                Validated::Artifact(entry) => others.push(entry),
+            }
+            Ok(())
+        },
+    )?;
+    let Some((version, app, bin)) = image else {
+        return Err(invalid_zip("no image"));
+    };
+    let mut artifacts = vec![bin];
+    artifacts.extend(others);
+    artifacts.sort_by_key(|e| Artifact::ALL.iter().position(|a| *a == e.artifact));
+    Ok(Bundle {
+        version,
+        artifacts,
+        app,
+    })
+}
+
+/// Validates the bundle in `spool` for the model `code` (checks in SPEC order, as [`validate`])
+/// and hands each artifact to `emit` as soon as every check that concerns it has passed (see
+/// [`Validated`]), so the caller can store it while the rest is still being checked. An error
+/// from `emit` stops the validation and is returned. When this returns an error, what was
+/// emitted must not be kept.
+pub fn validate_each(
+    spool: Spool,
+    code: &str,
+    max_entry_bytes: u64,
+    emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
+) -> Result<Validation, BundleError> {
+    match spool {
+        Spool::Memory(bytes) => {
+            validate_reader(std::io::Cursor::new(bytes), code, max_entry_bytes, emit)
+        }
+        Spool::File(file) => validate_reader(BufReader::new(file), code, max_entry_bytes, emit),
+    }
+}
+
+fn validate_reader<R: Read + Seek>(
+    mut spool: R,
+    code: &str,
+    max_entry_bytes: u64,
+    emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
+) -> Result<Validation, BundleError> {
+    let mut hashing = std::time::Duration::ZERO;
     // 1. empty body
     let len = spool.seek(SeekFrom::End(0))?;
     if len == 0 {
@@ -169,7 +310,7 @@ pub fn validate(
     spool.seek(SeekFrom::Start(0))?;
 
     // 3. unreadable ZIP, and archives we refuse to open further.
-    let mut archive = zip::ZipArchive::new(BufReader::new(spool)).map_err(invalid_zip)?;
+    let mut archive = zip::ZipArchive::new(spool).map_err(invalid_zip)?;
     if archive.has_duplicate_names() {
         return Err(invalid_zip("duplicate entry names"));
     }
@@ -226,7 +367,7 @@ pub fn validate(
     }
 
     let mut extract = |entry: &str, object: Artifact, limit: u64| {
-        extract_entry(&mut archive, entry, object, limit)
+        extract_entry(&mut archive, entry, object, limit, &mut hashing)
     };
 
     // 6. version.json is a JSON object, 7. with the required fields.
@@ -256,47 +397,50 @@ pub fn validate(
     // 9. the version is a safe key component.
     let version = FirmwareVersion::parse(&desc.version).map_err(invalid)?;
 
-    // Coherence: the ELF is the one the image was made from, version.json describes this image.
-    let elf = extract(&expected[1].0, Artifact::Elf, max_entry_bytes)?;
     let embedded = desc.app_elf_sha256_hex();
-    if elf.sha256 != embedded {
-        return Err(invalid_zip(format!(
-            "{code}.elf does not belong to {code}.bin: its SHA-256 is {} but the image was built from an ELF with SHA-256 {embedded}",
-            elf.sha256
-        )));
-    }
-    let declared = manifest
-        .get("firmware_version")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| manifest["firmware_version"].to_string());
-    if declared != desc.version {
-        return Err(invalid_zip(format!(
-            "version.json firmware_version {declared:?} does not match the image version {:?}",
-            desc.version
-        )));
-    }
-
-    let map = extract(&expected[2].0, Artifact::Map, max_entry_bytes)?;
-    let sdkconfig = extract(&expected[3].0, Artifact::Sdkconfig, max_entry_bytes)?;
-
+    let image_version = desc.version.clone();
     let app = AppFacts {
         project_name: desc.project_name.clone(),
         idf_version: desc.idf_ver.clone(),
         build_date: desc.date.clone(),
         build_time: desc.time.clone(),
-        app_elf_sha256: embedded,
+        app_elf_sha256: embedded.clone(),
         secure_version: desc.secure_version,
         chip: image
             .chip()
             .map(|c| c.name().to_string())
             .unwrap_or_default(),
     };
-    Ok(Bundle {
-        version,
-        artifacts: vec![bin, elf, map, sdkconfig, version_json],
-        app,
-    })
+    drop(image);
+    drop(image_bytes);
+    emit(Validated::Image { version, app, bin })?;
+
+    // Coherence: the ELF is the one the image was made from, version.json describes this image.
+    let elf = extract(&expected[1].0, Artifact::Elf, max_entry_bytes)?;
+    if elf.sha256 != embedded {
+        return Err(invalid_zip(format!(
+            "{code}.elf does not belong to {code}.bin: its SHA-256 is {} but the image was built from an ELF with SHA-256 {embedded}",
+            elf.sha256
+        )));
+    }
+    emit(Validated::Artifact(elf))?;
+    let declared = manifest
+        .get("firmware_version")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| manifest["firmware_version"].to_string());
+    if declared != image_version {
+        return Err(invalid_zip(format!(
+            "version.json firmware_version {declared:?} does not match the image version {image_version:?}"
+        )));
+    }
+    emit(Validated::Artifact(version_json))?;
+
+    let map = extract(&expected[2].0, Artifact::Map, max_entry_bytes)?;
+    emit(Validated::Artifact(map))?;
+    let sdkconfig = extract(&expected[3].0, Artifact::Sdkconfig, max_entry_bytes)?;
+    emit(Validated::Artifact(sdkconfig))?;
+    Ok(Validation { hashing })
 }
 
 fn memory_bytes(artifact: &Entry) -> &[u8] {
@@ -364,6 +508,7 @@ fn extract_entry<R: Read + Seek>(
     entry_name: &str,
     artifact: Artifact,
     limit: u64,
+    hashing: &mut std::time::Duration,
 ) -> Result<Entry, BundleError> {
     let mut entry = archive.by_name(entry_name).map_err(invalid_zip)?;
     let declared = entry.size();
@@ -394,7 +539,9 @@ fn extract_entry<R: Read + Seek>(
             )));
         }
         let chunk = &buf[..n];
+        let started = std::time::Instant::now();
         hasher.update(chunk);
+        *hashing += started.elapsed();
         match &mut sink {
             Sink::Memory(v) => v.extend_from_slice(chunk),
             Sink::File(w) => w.write_all(chunk)?,

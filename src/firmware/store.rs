@@ -4,15 +4,16 @@
 //! rollbacks and deletes of one model are serialised by the database (also across processes);
 //! nothing relies on conditional writes to the object store.
 //!
-//! An upload of a new version: insert the row, point the model at it, prune (rows now, objects via
-//! the outbox), cancel pending deletions of its five keys, upload the five artifacts concurrently,
+//! An upload of a new version (`crate::firmware::upload`, and [`import_bundle`] for
+//! `migrate-to-s3`): cancel pending deletions of its five keys, upload the five artifacts
+//! concurrently, insert the row, point the model at it, prune (rows now, objects via the outbox),
 //! commit. If any upload fails, the artifacts that did get written are deleted best-effort *while
 //! the transaction still holds the model lock* — so a concurrent upload of the same version cannot
 //! have written them — and the transaction rolls back. A version already stored is never
 //! re-uploaded: identical content (same five SHA-256s) makes it current again and bumps
 //! `uploaded_at`; different content is a conflict.
 
-use super::bundle::{Bundle, Content, Entry};
+use super::bundle::{ArtifactFacts, Bundle, BundleError, BundleFacts, Content, Entry};
 use super::retention::{self, Pruned, RetentionError};
 use crate::db::firmware_versions::{self as fw, MODEL_VERSION_UNIQUE};
 use crate::db::{Db, DbError, Tx};
@@ -40,6 +41,9 @@ pub enum StoreError {
     Key(#[from] InvalidKey),
     #[error("reading a spooled artifact failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The bundle failed a check (`crate::firmware::upload` validates while it stores).
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
 }
 
 impl From<RetentionError> for StoreError {
@@ -62,105 +66,71 @@ pub struct Stored {
     pub pruned: Pruned,
 }
 
-/// Stores `bundle` as a version of model `model_id` and makes it current. `keep` is
-/// `MAX_FIRMWARES`. The process's lookup caches learn of it afterwards, also after a failure (the
-/// commit may have happened).
-pub async fn store_bundle(
-    db: &Db,
-    storage: &Storage,
-    effects: Effects<'_>,
-    model_id: i64,
-    bundle: Bundle,
-    keep: u32,
-) -> Result<Stored, StoreError> {
-    let stored = store_bundle_locked(db, storage, effects.notifier, model_id, bundle, keep).await;
-    let caches = effects.caches;
-    caches.model_firmware_changed(model_id);
-    stored
-}
-
-async fn store_bundle_locked(
-    db: &Db,
-    storage: &Storage,
+/// The rows of an upload, once its bundle is validated and the model locked: the version row
+/// (inserted, or `touch`ed for an identical re-upload: `existing`), the model's current version
+/// (and the notification when it changes), retention, and the `firmware_uploaded` event. Returns
+/// what retention pruned. The objects are the caller's business (`crate::firmware::upload`).
+pub(super) async fn record_version(
+    tx: &mut Tx,
     notifier: Notifier,
-    model_id: i64,
-    bundle: Bundle,
+    model: &fw::ModelFirmware,
+    facts: &BundleFacts,
+    existing: Option<&fw::FirmwareVersionRow>,
     keep: u32,
-) -> Result<Stored, StoreError> {
-    let version = bundle.version.as_str().to_string();
-    let (mut tx, model) = begin_locked(db, model_id).await?;
-    let keys = firmware_keys(&model.code, &version)?;
-
-    let created = match fw::get(&mut tx, model_id, &version).await? {
-        Some(existing) => {
-            if !is_identical(&existing, &bundle) {
-                return Err(StoreError::Conflict(format!(
-                    "Firmware version {version} of DeviceModel {} is already stored with different content; \
-                     give the new build its own version",
-                    model.code
-                )));
-            }
-            fw::touch(&mut tx, existing.id).await?;
-            false
-        }
+) -> Result<Pruned, StoreError> {
+    let version = facts.version.as_str();
+    match existing {
+        Some(row) => fw::touch(tx, row.id).await?,
         None => {
-            fw::insert(&mut tx, model_id, &bundle.row())
+            fw::insert(tx, model.id, &facts.row())
                 .await
-                .map_err(|e| concurrent_conflict(e, &version, &model.code))?;
-            true
+                .map_err(|e| concurrent_conflict(e, version, &model.code))?;
         }
-    };
-    fw::set_current(&mut tx, model_id, &version).await?;
-    if model.firmware_version.as_deref() != Some(version.as_str()) {
-        notifier
-            .firmware_changed(&mut tx, model_id, &version)
-            .await?;
     }
-    let pruned = retention::enforce(&mut tx, model_id, &model.code, &version, keep).await?;
-
-    if created {
-        // Architecture invariant (src/outbox.rs): withdraw pending deletions of these keys (a
-        // version deleted earlier and uploaded again) before writing them.
-        outbox::cancel_deletions(&mut tx, &keys).await?;
-        upload_all(
-            storage,
-            &keys,
-            bundle.artifacts,
-            &mut tx,
-            Cleanup::DeleteWritten,
-        )
-        .await?;
+    fw::set_current(tx, model.id, version).await?;
+    if model.firmware_version.as_deref() != Some(version) {
+        notifier.firmware_changed(tx, model.id, version).await?;
     }
+    let pruned = retention::enforce(tx, model.id, &model.code, version, keep).await?;
     events::record(
-        &mut tx,
+        tx,
         "firmware_uploaded",
-        &json!({"device_model_id": model_id, "code": model.code, "version": version,
-                "created": created, "pruned": pruned.versions}),
+        &json!({"device_model_id": model.id, "code": model.code, "version": version,
+                "created": existing.is_none(), "pruned": pruned.versions}),
     )
     .await?;
-    tx.commit().await?;
+    Ok(pruned)
+}
 
+/// The log lines of a committed upload.
+pub(super) fn log_stored(stored: &Stored) {
+    let pruned = &stored.pruned;
     if !pruned.versions.is_empty() || pruned.skipped_pending > 0 {
         tracing::info!(
-            model_code = %model.code,
+            model_code = %stored.model_code,
             pruned_count = pruned.versions.len(),
             skipped_pending_count = pruned.skipped_pending,
             pruned_versions = ?pruned.versions,
             "firmware_retention_pruned"
         );
     }
-    tracing::info!(model_code = %model.code, version = %version, created, "firmware_uploaded");
-    Ok(Stored {
-        model_id,
-        model_code: model.code,
-        version,
-        created,
-        pruned,
-    })
+    tracing::info!(model_code = %stored.model_code, version = %stored.version, created = stored.created,
+        "firmware_uploaded");
+}
+
+/// The answer to a re-upload of a stored version with other content.
+pub(super) fn different_content(version: &str, model_code: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "Firmware version {version} of DeviceModel {model_code} is already stored with different content; \
+         give the new build its own version"
+    ))
 }
 
 /// Opens a transaction and locks the model row in it (see the module comment).
-async fn begin_locked(db: &Db, model_id: i64) -> Result<(Tx, fw::ModelFirmware), StoreError> {
+pub(super) async fn begin_locked(
+    db: &Db,
+    model_id: i64,
+) -> Result<(Tx, fw::ModelFirmware), StoreError> {
     let mut tx = db.begin().await?;
     let model = fw::lock_model(&mut tx, model_id)
         .await?
@@ -170,7 +140,15 @@ async fn begin_locked(db: &Db, model_id: i64) -> Result<(Tx, fw::ModelFirmware),
 
 /// Whether a stored version has exactly the bundle's five artifacts.
 fn is_identical(existing: &fw::FirmwareVersionRow, bundle: &Bundle) -> bool {
-    bundle.artifacts.iter().all(|a| {
+    has_artifacts(existing, &bundle.facts().artifacts)
+}
+
+/// Whether a stored version has exactly these artifacts (by SHA-256).
+pub(super) fn has_artifacts(
+    existing: &fw::FirmwareVersionRow,
+    artifacts: &[ArtifactFacts],
+) -> bool {
+    artifacts.iter().all(|a| {
         existing
             .artifact(a.artifact)
             .sha256
@@ -322,7 +300,11 @@ async fn upload_all(
     Err(error)
 }
 
-async fn upload_one(storage: &Storage, key: &ObjectKey, artifact: Entry) -> Result<(), StoreError> {
+pub(super) async fn upload_one(
+    storage: &Storage,
+    key: &ObjectKey,
+    artifact: Entry,
+) -> Result<(), StoreError> {
     match artifact.content {
         Content::Memory(bytes) => storage.put(key, bytes).await?,
         Content::File(file) => {

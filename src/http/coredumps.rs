@@ -17,7 +17,8 @@ use utoipa::ToSchema;
 use super::auth::{AdminEditor, AdminReader};
 use super::download::{self, Download};
 use super::error::ApiError;
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
+use super::paging::{self, PageQuery, Position};
 use crate::coredumps::manage::{self, ManageError};
 use crate::db::coredumps::{self, CoredumpRow};
 use crate::layout::coredump_key;
@@ -56,7 +57,25 @@ pub struct CoredumpSummary {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CoredumpList {
     pub coredumps: Vec<CoredumpSummary>,
+    /// The number of dumps in this response.
     pub count: usize,
+    /// With `limit`: the `cursor` of the next page, null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A place in a device's dump list: `uploaded_at` (microseconds) and id of a page's last dump.
+struct AfterDump(DateTime<Utc>, i64);
+
+impl Position for AfterDump {
+    const KIND: &'static str = "coredump";
+    fn encode(&self) -> String {
+        format!("{}:{}", self.0.timestamp_micros(), self.1)
+    }
+    fn decode(text: &str) -> Option<Self> {
+        let (micros, id) = text.split_once(':')?;
+        let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        Some(AfterDump(at, id.parse().ok()?))
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,23 +151,28 @@ impl From<ManageError> for ApiError {
     }
 }
 
-/// A device's core dumps, newest first.
+/// A device's core dumps, newest first, optionally paged.
 #[utoipa::path(get, path = "/api/devices/{id}/coredumps", tag = "coredumps",
-    security(("admin" = [])), params(("id" = i64, Path, description = "Device id")),
+    security(("admin" = [])), params(("id" = i64, Path, description = "Device id"), PageQuery),
     responses((status = 200, body = CoredumpList), (status = 404, body = super::error::ErrorBody)))]
 pub async fn list(
     _: AdminReader,
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<CoredumpList>, ApiError> {
+    let page = query.page::<AfterDump>()?;
+    let after = page.after.as_ref().map(|a| (a.0, a.1));
     let mut tx = state.db.begin().await?;
     manage::device_key(&mut tx, id).await?;
-    let rows = coredumps::list(&mut tx, id).await?;
+    let rows = coredumps::list(&mut tx, id, after, page.limit.map(|n| n + 1)).await?;
     tx.commit().await?;
+    let (rows, next_cursor) = paging::finish(rows, page.limit, |c| AfterDump(c.uploaded_at, c.id));
     let coredumps: Vec<_> = rows.into_iter().map(summary).collect();
     Ok(Json(CoredumpList {
         count: coredumps.len(),
         coredumps,
+        next_cursor,
     }))
 }
 

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AdminEditor, AdminReader};
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
+use super::paging::{self, PageQuery, Position};
 use crate::db::device_models::DeviceModelRow;
 use crate::db::devices::{self, DeviceRow};
 use crate::fleet::{ClientId, DeviceSecret};
@@ -92,7 +93,10 @@ fn credential_fields(row: &DeviceRow) -> CredentialFields {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceList {
     pub devices: Vec<DeviceSummary>,
+    /// The number of devices in this response.
     pub count: usize,
+    /// With `limit`: the `cursor` of the next page, null on the last one.
+    pub next_cursor: Option<String>,
 }
 
 /// The model a device belongs to, as embedded in device responses.
@@ -161,6 +165,23 @@ pub struct ListQuery {
     pub model_id: Option<i64>,
     /// Only devices in this rotation state (`OK`, `QUEUED`, `PENDING`, `TIMEOUT`).
     pub rotation_state: Option<String>,
+    /// At most this many devices (1–1000); without it, every device.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A place in the device list: the key of the last device of a page.
+struct AfterKey(String);
+
+impl Position for AfterKey {
+    const KIND: &'static str = "device";
+    fn encode(&self) -> String {
+        self.0.clone()
+    }
+    fn decode(text: &str) -> Option<Self> {
+        Some(AfterKey(text.to_string()))
+    }
 }
 
 pub fn not_found(id: i64) -> ApiError {
@@ -215,7 +236,7 @@ fn config_text(raw: &Value) -> String {
     }
 }
 
-/// List devices ordered by key, optionally of one model.
+/// List devices ordered by key, optionally of one model or rotation state, optionally paged.
 #[utoipa::path(get, path = "/api/devices", tag = "devices",
     security(("admin" = [])), params(ListQuery),
     responses((status = 200, body = DeviceList), (status = 401, body = super::error::ErrorBody)))]
@@ -233,13 +254,28 @@ pub async fn list(
             )));
         }
     }
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor.clone(),
+    }
+    .page::<AfterKey>()?;
+    let after = page.after.as_ref().map(|a| a.0.as_str());
     let mut tx = state.db.begin().await?;
-    let rows = devices::list(&mut tx, query.model_id, rotation_state).await?;
+    let rows = devices::list(
+        &mut tx,
+        query.model_id,
+        rotation_state,
+        after,
+        page.limit.map(|n| n + 1),
+    )
+    .await?;
     tx.commit().await?;
+    let (rows, next_cursor) = paging::finish(rows, page.limit, |d| AfterKey(d.key.clone()));
     let devices: Vec<_> = rows.into_iter().map(summary).collect();
     Ok(Json(DeviceList {
         count: devices.len(),
         devices,
+        next_cursor,
     }))
 }
 

@@ -7,11 +7,12 @@
 //! 1. `AUTH_LOGIN_URL` set: 302 there with `redirect` passed on (an authenticating proxy signs in);
 //! 2. OIDC: 302 to the provider's authorization endpoint (code flow with PKCE, `crate::oidc::login`);
 //!    its callback creates the session;
-//! 3. `ADMIN_TOKEN` only: a sign-in form; posting the token creates the session;
+//! 3. `ADMIN_TOKEN` (and no OIDC): a sign-in form, drawn in the web UI's shell by
+//!    `super::ui::sign_in`; posting the token creates the session;
 //! 4. open mode: straight back to `redirect`.
 
 use axum::extract::State;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -90,9 +91,9 @@ pub async fn login(
             Some("throttled") => Some("Too many wrong tokens. Wait a minute and try again."),
             _ => None,
         };
-        return Ok(no_store(
-            Html(token_form(&return_to, message)).into_response(),
-        ));
+        return Ok(no_store(super::ui::sign_in::token_form(
+            &return_to, message,
+        )));
     }
     Ok(see_other(&return_to))
 }
@@ -339,57 +340,9 @@ pub fn encode(value: &str) -> String {
         .collect()
 }
 
-/// Text for HTML: `& < > " '` escaped.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:12vh auto;\
-padding:0 1rem;color:#1f2933}h1{font-size:1.4rem}label{display:block;margin:1rem 0 .3rem}\
-input{width:100%;padding:.55rem;font-size:1rem;box-sizing:border-box}button{margin-top:1rem;\
-padding:.55rem 1.2rem;font-size:1rem}.error{color:#b42318}a{color:#1d4ed8}";
-
-fn token_form(return_to: &str, message: Option<&str>) -> String {
-    let error = message
-        .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(m)))
-        .unwrap_or_default();
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Sign in · iotsupport</title><style>{PAGE_STYLE}</style></head><body>\
-         <h1>Sign in to iotsupport</h1>{error}\
-         <form method=\"post\" action=\"/api/auth/login\">\
-         <input type=\"hidden\" name=\"redirect\" value=\"{}\">\
-         <label for=\"token\">Admin token</label>\
-         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" \
-         required autofocus>\
-         <button type=\"submit\">Sign in</button></form></body></html>",
-        escape(return_to)
-    )
-}
-
+/// A page for the person whose sign-in did not work (in the web UI's shell).
 fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
-    let body = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · iotsupport</title><style>{PAGE_STYLE}</style></head><body>\
-         <h1>{title}</h1><p>{message}</p><p><a href=\"/api/auth/login\">Sign in again</a></p>\
-         </body></html>",
-        title = escape(title),
-        message = escape(message)
-    );
-    no_store((status, Html(body)).into_response())
+    no_store(super::ui::sign_in::message(status, title, message))
 }
 
 #[cfg(test)]
@@ -399,12 +352,5 @@ mod tests {
     #[test]
     fn redirect_targets_are_percent_encoded() {
         assert_eq!(encode("/models?x=1&y"), "%2Fmodels%3Fx%3D1%26y");
-    }
-
-    #[test]
-    fn the_form_escapes_where_it_returns_to() {
-        let form = token_form("/\"><script>alert(1)</script>", None);
-        assert!(!form.contains("<script>alert"));
-        assert!(form.contains("&quot;&gt;&lt;script&gt;"));
     }
 }

@@ -12,7 +12,6 @@
 //! that does not parse (`extract.rs`). What an envelope or a log line repeats of a request is
 //! bounded (`error::bounded`).
 
-pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod coredumps;
@@ -31,11 +30,13 @@ pub mod identity;
 pub mod iot;
 pub mod login;
 pub mod ops;
+pub mod paging;
 pub mod provisioning;
 pub mod request_context;
 pub mod rotation;
 pub mod server;
 pub mod session;
+pub mod ui;
 
 use axum::extract::Request;
 use axum::middleware;
@@ -68,7 +69,8 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .merge(provisioning::router())
         .merge(identity::router())
         .merge(login::router())
-        .merge(events::router());
+        .merge(events::router())
+        .merge(ui::router());
     if let Some(extra) = extra {
         routes = routes.merge(extra);
     }

@@ -8,12 +8,13 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AdminEditor, AdminReader};
 use super::error::ApiError;
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
+use super::paging::MAX_LIMIT;
 use crate::credentials::dashboard::{self, DashboardEntry};
 use crate::credentials::rotation::{self, STATES};
 use crate::db::rotation as queries;
@@ -135,32 +136,65 @@ fn device(entry: DashboardEntry) -> DashboardDevice {
     }
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DashboardQuery {
+    /// At most this many devices in each of the four lists (1–1000), in key order; `counts`
+    /// still counts every device. Without it, every device (as the Python service's UI expects).
+    pub limit: Option<u32>,
+}
+
 /// Devices grouped by rotation health.
 #[utoipa::path(get, path = "/api/rotation/dashboard", tag = "rotation", security(("admin" = [])),
-    responses((status = 200, body = RotationDashboard), (status = 401, body = super::error::ErrorBody)))]
+    params(DashboardQuery),
+    responses((status = 200, body = RotationDashboard), (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody)))]
 pub async fn dashboard_view(
     _: AdminReader,
     State(state): State<AppState>,
+    Query(query): Query<DashboardQuery>,
 ) -> Result<Json<RotationDashboard>, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let rows = queries::dashboard(&mut tx).await?;
-    tx.commit().await?;
-    let grouped = dashboard::group(
-        rows,
-        state.config.rotation.critical_threshold_days,
-        crate::db::now(),
-    );
-    let counts = DashboardCounts {
-        healthy: grouped.healthy.len(),
-        warning: grouped.warning.len(),
-        critical: grouped.critical.len(),
-        inactive: grouped.inactive.len(),
+    let limit = match query.limit {
+        Some(n) if n == 0 || n > MAX_LIMIT => {
+            return Err(ApiError::validation(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )))
+        }
+        other => other,
     };
+    let threshold = state.config.rotation.critical_threshold_days;
+    let now = crate::db::now();
+    let mut tx = state.db.begin().await?;
+    let (grouped, counts) = match limit {
+        Some(limit) => {
+            let (grouped, [healthy, warning, critical, inactive]) =
+                dashboard::capped(&mut tx, threshold, now, limit).await?;
+            let count = |n: i64| usize::try_from(n).unwrap_or(0);
+            let counts = DashboardCounts {
+                healthy: count(healthy),
+                warning: count(warning),
+                critical: count(critical),
+                inactive: count(inactive),
+            };
+            (grouped, counts)
+        }
+        None => {
+            let grouped = dashboard::group(queries::dashboard(&mut tx).await?, threshold, now);
+            let counts = DashboardCounts {
+                healthy: grouped.healthy.len(),
+                warning: grouped.warning.len(),
+                critical: grouped.critical.len(),
+                inactive: grouped.inactive.len(),
+            };
+            (grouped, counts)
+        }
+    };
+    tx.commit().await?;
+    let list = |entries: Vec<DashboardEntry>| entries.into_iter().map(device).collect();
     Ok(Json(RotationDashboard {
-        healthy: grouped.healthy.into_iter().map(device).collect(),
-        warning: grouped.warning.into_iter().map(device).collect(),
-        critical: grouped.critical.into_iter().map(device).collect(),
-        inactive: grouped.inactive.into_iter().map(device).collect(),
+        healthy: list(grouped.healthy),
+        warning: list(grouped.warning),
+        critical: list(grouped.critical),
+        inactive: list(grouped.inactive),
         counts,
     }))
 }

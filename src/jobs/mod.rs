@@ -69,8 +69,7 @@ pub async fn enqueue<T: Serialize>(
     payload: &T,
     max_attempts: i32,
 ) -> Result<i64, DbError> {
-    let payload = serde_json::to_string(payload)
-        .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
+    let payload = payload_text(payload)?;
     let now = db::now();
     let id: i64 = on_conn!(tx, |c| sqlx::query_scalar(
         "INSERT INTO jobs (kind, payload, max_attempts, run_at, created_at, updated_at)
@@ -85,6 +84,14 @@ pub async fn enqueue<T: Serialize>(
     Ok(id)
 }
 
+/// A payload as the `payload` column stores it. [`enqueue`] and [`cancel_queued`] use it, and so
+/// must anything that writes or matches job rows in a statement of its own (the core-dump upload
+/// does both in one round trip, `crate::db::coredumps::record_upload_postgres`): withdrawing a
+/// job compares these texts.
+pub fn payload_text<T: Serialize>(payload: &T) -> Result<String, DbError> {
+    serde_json::to_string(payload).map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))
+}
+
 /// Withdraws queued (not running, not failed) jobs of `kind` whose payload is one of `payloads`,
 /// in the caller's transaction, e.g. the parse jobs of dumps that are being deleted. Returns how
 /// many were withdrawn. A job already running is left to find its data gone.
@@ -97,8 +104,7 @@ pub async fn cancel_queued<T: Serialize>(
     for payload in payloads {
         // Payloads are written by `enqueue` with the same serialisation, so equal values are
         // equal texts.
-        let payload = serde_json::to_string(payload)
-            .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
+        let payload = payload_text(payload)?;
         cancelled += crate::execute!(
             tx,
             sqlx::query("DELETE FROM jobs WHERE kind = $1 AND payload = $2 AND status = 'queued'")

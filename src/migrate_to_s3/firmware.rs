@@ -149,6 +149,8 @@ async fn migrate_one(
         Err(StoreError::Key(e)) => skip(format!("not a usable object key: {e}")),
         Err(StoreError::Io(e)) => skip(format!("cannot read an extracted artifact: {e}")),
         Err(StoreError::VersionNotFound(reason)) => skip(reason),
+        // Validated before it got here; import_bundle never validates.
+        Err(StoreError::Bundle(e)) => skip(e.to_string()),
         Err(StoreError::Db(e)) => return Err(e.into()),
         Err(StoreError::Storage(e)) => return Err(e.into()),
     }

@@ -24,6 +24,8 @@ pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Multipart part size for streamed puts (S3's minimum is 5 MiB).
 const PART_SIZE: usize = 8 * 1024 * 1024;
 
@@ -48,6 +50,10 @@ impl ObjectStoreBackend {
             .with_region(&config.region)
             .with_virtual_hosted_style_request(false)
             .with_client_options(client_options(config))
+            .with_http_connector(super::http_client::BoundedConnector {
+                connect_timeout: CONNECT_TIMEOUT,
+                timeout: config.request_timeout,
+            })
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -75,7 +81,7 @@ impl ObjectStoreBackend {
 pub(crate) fn client_options(config: &S3Config) -> ClientOptions {
     ClientOptions::new()
         .with_allow_http(config.endpoint_url.starts_with("http://"))
-        .with_connect_timeout(Duration::from_secs(3))
+        .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(config.request_timeout)
 }
 

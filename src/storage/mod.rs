@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod bucket;
 pub mod faulty;
+pub mod http_client;
 mod key;
 
 use std::sync::Arc;

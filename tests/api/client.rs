@@ -94,6 +94,11 @@ impl TestApp {
             .bearer_auth(credential)
     }
 
+    /// `GET {path}` as the admin: status and JSON body.
+    pub async fn admin_get_json(&self, path: &str) -> (u16, Value) {
+        send_json(self.admin(Method::GET, path)).await
+    }
+
     fn admin(&self, method: Method, path: &str) -> RequestBuilder {
         self.admin_request(method, self.url(path))
     }

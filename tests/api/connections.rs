@@ -311,18 +311,32 @@ async fn one_device_cannot_take_every_coredump_upload_slot() {
     for _ in 0..2 {
         held.push(raw_request(&addr, &coredump_head(&addr, &hog, 1000), &[1; 10]).await);
     }
-    // The two stalled uploads have their slots once the server has read their heads.
-    let refused = eventually(Duration::from_secs(60), || async {
-        upload(
+    // The two stalled uploads have their slots once the server has read their heads. A probe
+    // that the server admits before it has read the second head takes that slot, and the second
+    // stalled upload is refused instead: open it again, and probe until both hold a slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut refused = false;
+    while !refused && std::time::Instant::now() < deadline {
+        for stream in held.iter_mut() {
+            if read_response(stream, Duration::from_millis(50))
+                .await
+                .is_some()
+            {
+                *stream = raw_request(&addr, &coredump_head(&addr, &hog, 1000), &[1; 10]).await;
+            }
+        }
+        let (status, _) = upload(
             &app,
             &hog,
             "chip=esp32&firmware_version=1.0",
             vec![1u8; 100],
         )
-        .await
-        .0 == 503
-    })
-    .await;
+        .await;
+        refused = status == 503;
+        if !refused {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     assert!(refused, "a third upload of the same device was not refused");
     let (status, body) = upload(
         &app,

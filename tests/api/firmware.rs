@@ -204,6 +204,13 @@ fn refused_bundles() -> Vec<(&'static str, Vec<u8>, String)> {
     cases
 }
 
+/// The cases of [`refused_bundles`] that fail a check made after the image was known good.
+const REFUSED_AFTER_THE_IMAGE: [&str; 3] = [
+    "ELF does not match the image",
+    "version.json does not match the image",
+    "ZIP bomb: an entry larger than it declares",
+];
+
 fn assert_message(case: &str, body: &Value, expected: &str) {
     let message = body["error"].as_str().unwrap_or_default();
     match expected.strip_suffix('…') {
@@ -221,20 +228,63 @@ async fn every_bundle_check_refuses_with_its_message_and_stores_nothing() {
         let model = create_model(app, CODE, None).await;
         let first = Build::new("0.9.0", "first");
         upload_ok(app, model, CODE, &first).await;
-        let puts_before = app.faults.calls(iotsupport::storage::Operation::Put);
         for (case, body, expected) in refused_bundles() {
+            let puts_before = app.faults.calls(iotsupport::storage::Operation::Put);
             let (status, response) = upload(app, model, body).await;
             assert_eq!(status, 400, "{case}: {response}");
             assert_eq!(response["code"], "VALIDATION_FAILED", "{case}");
             assert_message(case, &response, &expected);
             assert_nothing_stored(app, model, Some("0.9.0"), &["0.9.0"]).await;
+            // Artifacts are stored as soon as they are known good, so only a bundle refused after
+            // its image passed (coherence checks, an entry read later) has had PUTs, and nothing
+            // of them is left.
+            if !REFUSED_AFTER_THE_IMAGE.contains(&case) {
+                assert_eq!(
+                    app.faults.calls(iotsupport::storage::Operation::Put),
+                    puts_before,
+                    "{case}: a bundle refused before its image is known good never reaches the store"
+                );
+            }
+        }
+        assert_build_stored(app, CODE, &first).await;
+    })
+    .await;
+}
+
+/// SPEC §7 lists "binary too short" first among the image errors: a `.bin` shorter than the
+/// 24-byte image header is too short whatever its first byte, not "not an ESP image".
+#[tokio::test]
+async fn a_bin_shorter_than_the_image_header_is_too_short_and_stores_nothing() {
+    for_each_stack("firmware_bin_too_short", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let good = Build::new("1.0.0", "a");
+        let bin = format!("{CODE}.bin");
+        let puts_before = app.faults.calls(iotsupport::storage::Operation::Put);
+        for (bytes, expected) in [
+            (
+                b"short".to_vec(),
+                "Invalid firmware: binary too short (5 bytes, 24 needed for the image header)",
+            ),
+            (
+                vec![0u8; 23],
+                "Invalid firmware: binary too short (23 bytes, 24 needed for the image header)",
+            ),
+            (
+                vec![],
+                "Invalid firmware: binary too short (0 bytes, 24 needed for the image header)",
+            ),
+        ] {
+            let (status, body) = upload(app, model, zip_of(&with_entry(&good, &bin, bytes))).await;
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(body["code"], "VALIDATION_FAILED", "{body}");
+            assert_eq!(body["error"], expected);
+            assert_nothing_stored(app, model, None, &[]).await;
         }
         assert_eq!(
             app.faults.calls(iotsupport::storage::Operation::Put),
             puts_before,
             "a refused bundle never reaches the store"
         );
-        assert_build_stored(app, CODE, &first).await;
     })
     .await;
 }

@@ -147,11 +147,18 @@ fn routes_in(file: &str, tokens: &[Lexed]) -> Vec<Operation> {
     routes
 }
 
-/// Every route in `src/http/` (also read by `request_envelope.rs`).
+/// Where the web UI's pages are routed: HTML for people, not operations of the API, so neither
+/// documented nor answering with the JSON envelope (`ui_pages.rs` tests them).
+const UI_PAGES: &str = "src/http/ui/";
+
+/// Every API route in `src/http/` (also read by `request_envelope.rs`), the UI's pages left out.
 pub fn routed() -> BTreeSet<Operation> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut routes = BTreeSet::new();
     for (file, text) in rust_files(base, "src/http") {
+        if file.starts_with(UI_PAGES) {
+            continue;
+        }
         for route in routes_in(&file, &lex(&text)) {
             assert!(
                 routes.insert(route.clone()),

@@ -53,26 +53,29 @@ pub struct ImageHeader {
 
 impl ImageHeader {
     /// Parses the first 24 bytes of `bytes`. Only the header is looked at;
-    /// the segment count is checked against the limit of 16.
+    /// the segment count is checked against the limit of 16. An input shorter
+    /// than 24 bytes is [`ImageError::TooShort`] even when its first byte is
+    /// not the image magic.
     pub fn parse(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
         let too_short = || ImageError::TooShort {
             actual: bytes.len(),
             needed: IMAGE_HEADER_LEN as u64,
             region: Region::ImageHeader,
         };
-        // Check the magic before the length, so that a short file of the
-        // wrong kind is reported as "not an ESP image".
-        let magic = u8_at(bytes, 0).ok_or_else(too_short)?;
-        if magic != IMAGE_MAGIC {
-            return Err(ImageError::BadImageMagic {
-                found: magic,
-                second: u8_at(bytes, 1).unwrap_or(0),
-            });
-        }
+        // The length comes before the magic: SPEC section 7 lists "binary too
+        // short" first, so an input shorter than the header is too short
+        // whatever its first byte is.
         if bytes.len() < IMAGE_HEADER_LEN {
             return Err(too_short());
         }
         let byte = |offset| u8_at(bytes, offset).ok_or_else(too_short);
+        let magic = byte(0)?;
+        if magic != IMAGE_MAGIC {
+            return Err(ImageError::BadImageMagic {
+                found: magic,
+                second: byte(1)?,
+            });
+        }
 
         let segment_count = byte(1)?;
         if segment_count > MAX_SEGMENTS {

@@ -117,7 +117,8 @@ pub fn parse_image_header(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
 /// [`ImageError::NoDromSegment`].
 ///
 /// ```
-/// let err = esp_image::parse_app_image(b"PK\x03\x04...").unwrap_err();
+/// let zip = [b"PK\x03\x04".as_slice(), &[0; 60]].concat();
+/// let err = esp_image::parse_app_image(&zip).unwrap_err();
 /// assert_eq!(
 ///     err.to_string(),
 ///     "Invalid firmware: not an ESP image (first byte 0x50, expected 0xE9); \

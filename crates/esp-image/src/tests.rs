@@ -279,14 +279,42 @@ fn a_wrong_image_magic_is_rejected_with_a_hint() {
         err(&bytes),
         "Invalid firmware: not an ESP image (first byte 0xAA, expected 0xE9); this looks like a partition table"
     );
+    let mut zip = b"PK\x03\x04".to_vec();
+    zip.resize(64, 0);
     assert_eq!(
-        err(b"PK\x03\x04rest"),
+        err(&zip),
         "Invalid firmware: not an ESP image (first byte 0x50, expected 0xE9); this looks like a ZIP archive"
     );
     assert_eq!(
-        err(&[0x00]),
+        err(&[0x00; 24]),
         "Invalid firmware: not an ESP image (first byte 0x00, expected 0xE9)"
     );
+}
+
+/// SPEC section 7 lists "binary too short" before any other image error, so
+/// the length of the header is checked before its magic byte.
+#[test]
+fn an_input_shorter_than_the_header_is_too_short_whatever_its_first_byte() {
+    assert_eq!(
+        err(&[0x00; 3]),
+        "Invalid firmware: binary too short (3 bytes, 24 needed for the image header)"
+    );
+    assert_eq!(
+        err(b"PK\x03\x04rest"),
+        "Invalid firmware: binary too short (8 bytes, 24 needed for the image header)"
+    );
+    assert_eq!(
+        err(&[0xAA; 23]),
+        "Invalid firmware: binary too short (23 bytes, 24 needed for the image header)"
+    );
+    assert!(matches!(
+        parse_image_header(b"hello"),
+        Err(ImageError::TooShort {
+            actual: 5,
+            needed: 24,
+            region: Region::ImageHeader
+        })
+    ));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::on_conn;
 mod views;
 pub use views::{
     devices_running, list, newest_dumps, open_count, stored_dumps, versions, GroupDumpRow,
-    GroupOrder,
+    GroupOrder, VersionsOf,
 };
 
 pub const STATUS_OPEN: &str = "open";

@@ -50,22 +50,33 @@ pub async fn open_count(db: &Db) -> Result<i64, DbError> {
     .await)?)
 }
 
+/// Whose per-version counters [`versions`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum VersionsOf {
+    /// Every group of this device model.
+    Model(i64),
+    /// This group.
+    Group(i64),
+}
+
 /// The per-version counters of every group of a model (or of one group), in the order each
 /// version was first seen.
-pub async fn versions(
-    tx: &mut Tx,
-    device_model_id: Option<i64>,
-    group_id: Option<i64>,
-) -> Result<Vec<VersionRow>, DbError> {
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, VersionRow>(
+pub async fn versions(tx: &mut Tx, of: VersionsOf) -> Result<Vec<VersionRow>, DbError> {
+    let (condition, id) = match of {
+        VersionsOf::Model(id) => ("g.device_model_id = $1", id),
+        VersionsOf::Group(id) => ("g.id = $1", id),
+    };
+    let sql = format!(
         "SELECT v.crash_group_id, v.firmware_version, v.coredump_count, v.device_count,
                 v.first_seen_at, v.last_seen_at
          FROM crash_group_versions v JOIN crash_groups g ON g.id = v.crash_group_id
-         WHERE ($1 IS NULL OR g.device_model_id = $1) AND ($2 IS NULL OR g.id = $2)
+         WHERE {condition}
          ORDER BY v.crash_group_id, v.first_seen_at, v.firmware_version"
+    );
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, VersionRow>(
+        sqlx::AssertSqlSafe(sql.clone())
     )
-    .bind(device_model_id)
-    .bind(group_id)
+    .bind(id)
     .fetch_all(c)
     .await)?)
 }

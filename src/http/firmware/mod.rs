@@ -27,6 +27,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::db::firmware_versions::{self as fw, FirmwareVersionRow, ModelFirmware};
+use crate::firmware::bundle::BundleError;
 use crate::firmware::store::StoreError;
 use crate::layout::Artifact;
 use crate::state::AppState;
@@ -201,6 +202,14 @@ impl From<StoreError> for ApiError {
             StoreError::Storage(e) => e.into(),
             StoreError::Key(e) => e.into(),
             StoreError::Io(e) => {
+                tracing::error!(error = %e, "firmware_spool_failed");
+                ApiError::Internal("Internal error".into())
+            }
+            StoreError::Bundle(BundleError::Invalid(message)) => ApiError::validation(message),
+            StoreError::Bundle(BundleError::TooLarge(message)) => {
+                ApiError::PayloadTooLarge(message)
+            }
+            StoreError::Bundle(BundleError::Io(e)) => {
                 tracing::error!(error = %e, "firmware_spool_failed");
                 ApiError::Internal("Internal error".into())
             }

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::HeaderMap;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use tokio::sync::Semaphore;
 
 use super::*;
 use crate::db::firmware_versions::{self as fw, ModelFirmware};
-use crate::firmware::bundle::{self, BundleError};
-use crate::firmware::store::{self};
+use crate::firmware::bundle::Spool;
+use crate::firmware::upload::{self, UploadLimits, SPOOL_IN_MEMORY};
 use crate::http::auth::{AdminEditor, PipelineCaller};
 use crate::http::body::{BodyError, LimitedBody};
 use crate::http::error::ApiError;
@@ -94,29 +95,22 @@ async fn receive_and_store(
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
+    let started = std::time::Instant::now();
     let spool = receive_body(headers, body, limit, state.config.firmware_upload_timeout).await?;
-    let code = model.code.clone();
-    let bundle = tokio::task::spawn_blocking(move || bundle::validate(spool, &code, limit))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "firmware_validation_panicked");
-            ApiError::Internal("Internal error".into())
-        })?
-        .map_err(|e| match e {
-            BundleError::Invalid(message) => ApiError::validation(message),
-            BundleError::TooLarge(message) => ApiError::PayloadTooLarge(message),
-            BundleError::Io(e) => {
-                tracing::error!(error = %e, "firmware_spool_failed");
-                ApiError::Internal("Internal error".into())
-            }
-        })?;
-    let stored = store::store_bundle(
+    metrics::histogram!(crate::telemetry::FIRMWARE_UPLOAD_STEP_DURATION, "step" => "receive")
+        .record(started.elapsed().as_secs_f64());
+    let limits = UploadLimits {
+        max_entry_bytes: limit,
+        keep: state.config.max_firmwares,
+    };
+    let stored = upload::upload_bundle(
         &state.db,
         &state.storage,
         state.effects(),
         model.id,
-        bundle,
-        state.config.max_firmwares,
+        &model.code,
+        spool,
+        limits,
     )
     .await?;
     Ok(Json(FirmwareUploadResponse {
@@ -131,21 +125,23 @@ async fn receive_and_store(
 /// whole by the parser while it searches.
 const MAX_MULTIPART_LOOKAHEAD: u64 = 1024 * 1024;
 
-/// Streams the body (or its multipart part `file`) into an anonymous temporary file, stopping with
-/// 413 as soon as more than `limit` bytes have arrived, and with 408 past `deadline`.
+/// Receives the body (or its multipart part `file`) into a [`Spool`]: memory up to
+/// [`SPOOL_IN_MEMORY`], then an anonymous temporary file. Stops with 413 as soon as more than
+/// `limit` bytes have arrived, and with 408 past `deadline`.
 async fn receive_body(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
     deadline: std::time::Duration,
-) -> Result<std::fs::File, ApiError> {
+) -> Result<Spool, ApiError> {
     let stream = LimitedBody::new(headers, body, limit, deadline)?;
     let failure = stream.failure_handle();
     let spool_failed = |e: std::io::Error| {
         tracing::error!(error = %e, "firmware_spool_failed");
         ApiError::Internal("Internal error".into())
     };
-    let mut spool = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_failed)?);
+    let declared = crate::http::body::declared_length(headers).unwrap_or(0);
+    let mut spool = SpoolWriter::new(declared.min(SPOOL_IN_MEMORY));
     // A body failure surfaces wrapped in the parser's error: report the body's own reason.
     let read_failed = |what: &str, e: &dyn std::fmt::Display| match failure.get() {
         Some(cause) => ApiError::from(cause),
@@ -191,16 +187,74 @@ async fn receive_body(
             {
                 handed_out.fetch_add(chunk.len() as u64, Ordering::AcqRel);
                 if is_file {
-                    spool.write_all(&chunk).await.map_err(spool_failed)?;
+                    spool.write(chunk).await.map_err(spool_failed)?;
                 }
             }
         }
     } else {
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
-            spool.write_all(&chunk?).await.map_err(spool_failed)?;
+            spool.write(chunk?).await.map_err(spool_failed)?;
         }
     }
-    spool.flush().await.map_err(spool_failed)?;
-    Ok(spool.into_std().await)
+    spool.finish().await.map_err(spool_failed)
+}
+
+/// Collects a body in memory until it passes [`SPOOL_IN_MEMORY`], then moves it to a temporary
+/// file, written in batches of [`FILE_BATCH`] on the blocking pool (one blocking hop per batch
+/// instead of one per network chunk).
+struct SpoolWriter {
+    memory: BytesMut,
+    file: Option<std::fs::File>,
+}
+
+const FILE_BATCH: usize = 1024 * 1024;
+
+impl SpoolWriter {
+    fn new(capacity: u64) -> Self {
+        SpoolWriter {
+            memory: BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0)),
+            file: None,
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.memory.extend_from_slice(&chunk);
+        let over = match self.file {
+            None => self.memory.len() as u64 > SPOOL_IN_MEMORY,
+            Some(_) => self.memory.len() >= FILE_BATCH,
+        };
+        if over {
+            self.flush_to_file().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_to_file(&mut self) -> std::io::Result<()> {
+        let batch = self.memory.split().freeze();
+        let file = self.file.take();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => tempfile::tempfile()?,
+            };
+            file.write_all(&batch)?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    async fn finish(mut self) -> std::io::Result<Spool> {
+        if self.file.is_none() {
+            return Ok(Spool::Memory(self.memory.freeze()));
+        }
+        self.flush_to_file().await?;
+        match self.file {
+            Some(file) => Ok(Spool::File(file)),
+            None => Err(std::io::Error::other("the spool file went missing")),
+        }
+    }
 }

@@ -72,6 +72,7 @@ pub async fn upload(
             tracing::warn!(device_key = %device.key, "coredump_upload_refused_busy");
             ApiError::unavailable("Too many core dump uploads are in progress; retry later")
         })?;
+    let receiving = std::time::Instant::now();
     let content = crate::http::body::read_to_bytes(
         &headers,
         body,
@@ -83,6 +84,8 @@ pub async fn upload(
         crate::http::body::BodyError::TooLarge(limit) => IngestError::TooLarge(limit).into(),
         e => ApiError::from(e),
     })?;
+    metrics::histogram!(crate::telemetry::COREDUMP_INGEST_STEP_DURATION, "step" => "receive")
+        .record(receiving.elapsed().as_secs_f64());
     if content.is_empty() {
         return Err(IngestError::Invalid("No coredump content provided".into()).into());
     }

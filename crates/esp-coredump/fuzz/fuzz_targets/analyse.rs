@@ -2,8 +2,9 @@
 //! `parse_dump_checksummed`) and analyse it against real firmware ELFs
 //! loaded once at start-up from the test data (`$IOTSUPPORT_TESTDATA` or
 //! `<repo>/../shared/testdata/esp`, never embedded). Without the test data
-//! it only parses. Unwinding, symbolisation, TCB decoding and the text
-//! report must never panic.
+//! it only parses. Unwinding, symbolisation, TCB decoding, the text and JSON
+//! reports and the crash signature (everything the parse job does with a
+//! dump) must never panic.
 //!
 //! Run with `cargo +nightly fuzz run analyse` from `crates/esp-coredump`.
 #![no_main]
@@ -25,8 +26,15 @@ fuzz_target!(|data: &[u8]| {
     common::touch(&dump);
     FIRMWARES.with(|fws| {
         if let Some(fw) = common::pick(&dump, fws) {
-            if let Ok(report) = esp_coredump::analyse_with(&dump, fw) {
-                let _ = report.to_text();
+            match esp_coredump::analyse_with(&dump, fw) {
+                Ok(report) => {
+                    let _ = report.to_text();
+                    let _ = serde_json::to_string(&report);
+                    let _ = esp_coredump::crash_signature(&report);
+                }
+                Err(e) => {
+                    let _ = (e.to_string(), e.is_malformed());
+                }
             }
         }
     });

@@ -10,7 +10,10 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(dump) = esp_coredump::parse_dump(data) {
-        common::touch(&dump);
+    match esp_coredump::parse_dump(data) {
+        Ok(dump) => common::touch(&dump),
+        Err(e) => {
+            let _ = (e.to_string(), e.is_malformed());
+        }
     }
 });

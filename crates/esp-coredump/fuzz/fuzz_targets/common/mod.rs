@@ -103,7 +103,10 @@ pub fn load_firmwares() -> Vec<(String, Firmware)> {
             continue;
         };
         match Firmware::new(&bytes) {
-            Ok(fw) => out.push((case.file_name().unwrap().to_string_lossy().into_owned(), fw)),
+            Ok(fw) => {
+                let name = case.file_name().unwrap_or_default();
+                out.push((name.to_string_lossy().into_owned(), fw));
+            }
             Err(e) => eprintln!("NOTE: cannot load {}: {e}", elf.display()),
         }
     }

@@ -1,0 +1,183 @@
+//! `GET /models/{id}`: one device model. Its firmware versions (upload, make current / roll back,
+//! delete: `model_parts.rs`), its open crash groups, its config schema editor, its devices and
+//! the form that creates one.
+
+use axum::extract::State;
+use axum::response::Response;
+use maud::{html, Markup};
+
+use super::format::{self, count};
+use super::layout::{Live, Page, Section};
+use super::model_parts::{firmware_section, schema_form};
+use super::viewer::{Ui, UiError, Viewer};
+use crate::db::crash_groups::{self as groups_db, CrashGroupRow, GroupOrder, STATUS_OPEN};
+use crate::db::device_models::{self, DeviceModelRow};
+use crate::db::devices::{self, DeviceRow};
+use crate::db::firmware_versions as fw;
+use crate::http::extract::Path;
+use crate::state::AppState;
+
+const LIVE: &str = "device_model_updated device_model_deleted device_created device_updated \
+    device_deleted firmware_uploaded firmware_current_set firmware_version_deleted \
+    crash_group_created crash_group_updated crash_group_regressed rotation-updated";
+
+/// How many open crash groups the model page lists (the crash-group page has them all).
+const OPEN_GROUPS_SHOWN: usize = 5;
+
+pub async fn page(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Ui(Path(id)): Ui<Path<i64>>,
+) -> Result<Response, UiError> {
+    let mut tx = state.db.begin_read().await?;
+    let model = device_models::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| UiError::not_found(format!("DeviceModel {id} was not found")))?;
+    let devices = devices::list(&mut tx, Some(id), None, None, None).await?;
+    let open = groups_db::list(&mut tx, id, Some(STATUS_OPEN), GroupOrder::LastSeen).await?;
+    tx.commit().await?;
+    let versions = fw::list(&state.db, id).await?;
+    let now = crate::db::now();
+    let edit = viewer.can_edit();
+    let content = html! {
+        header.page-head {
+            h1 { (model.name) }
+            p.sub {
+                "Model " code { (model.code) } " · " (count(model.device_count, "device", "devices"))
+                " · current version "
+                @match &model.firmware_version {
+                    Some(v) => code #current-version { (v) },
+                    None => span #current-version.muted { "none" },
+                }
+            }
+        }
+        (firmware_section(&model, &versions, edit, now))
+        (crash_groups(&model, &open))
+        (devices_section(&model, &devices, edit, now))
+        @if edit {
+            (schema_form(&model))
+            @if model.device_count == 0 {
+                section.danger aria-labelledby="delete-model-heading" {
+                    h2 #delete-model-heading { "Delete this model" }
+                    p { "Deletes the model and every stored firmware version. Possible only while it has no devices." }
+                    button.danger type="button" data-api-method="DELETE"
+                        data-api-url={ "/api/device-models/" (model.id) }
+                        data-confirm={ "Delete model " (model.code) " and all its firmware versions?" }
+                        data-done="go:/" { "Delete model" }
+                }
+            }
+        }
+    };
+    Ok(Page::new(model.name.clone(), Some(viewer.identity()))
+        .section(Section::Fleet)
+        .crumb("Fleet", "/")
+        .live(Live {
+            events: LIVE,
+            model: Some(model.id),
+            ..Live::default()
+        })
+        .ok(content))
+}
+
+fn crash_groups(model: &DeviceModelRow, open: &[CrashGroupRow]) -> Markup {
+    let all = format!("/models/{}/crash-groups", model.id);
+    html! {
+        section aria-labelledby="groups-heading" {
+            h2 #groups-heading { "Open crash groups" }
+            @if open.is_empty() {
+                p.empty { "No open crash groups: no parsed crash of this model is waiting to be looked at. "
+                    a href=(all) { "All crash groups" } }
+            } @else {
+                ul.list {
+                    @for group in open.iter().take(OPEN_GROUPS_SHOWN) {
+                        li {
+                            a href={ "/crash-groups/" (group.id) } { (group.title) }
+                            " — " (count(group.coredump_count, "dump", "dumps")) ", "
+                            (count(group.device_count, "device", "devices")) ", last "
+                            (format::time(group.last_seen_at))
+                        }
+                    }
+                }
+                p { a href={ (all) "?status=open" } {
+                    @if open.len() > OPEN_GROUPS_SHOWN { "All " (open.len()) " open crash groups" }
+                    @else { "Crash groups of this model" }
+                } }
+            }
+        }
+    }
+}
+
+fn devices_section(
+    model: &DeviceModelRow,
+    devices: &[DeviceRow],
+    edit: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Markup {
+    html! {
+        section aria-labelledby="devices-heading" {
+            h2 #devices-heading { "Devices" }
+            @if devices.is_empty() {
+                p.empty { "No devices of this model yet." @if edit { " Create one below; it gets a key and a secret to authenticate with." } }
+            } @else {
+                div.table-wrap { table #devices {
+                    thead { tr {
+                        th scope="col" { "Device" }
+                        th scope="col" { "Entity id" }
+                        th scope="col" { "Runs" }
+                        th scope="col" { "Last seen" }
+                        th scope="col" { "Rotation" }
+                        th scope="col" { "Last core dump" }
+                    } }
+                    tbody { @for d in devices {
+                        tr.inactive[!d.active] {
+                            th scope="row" {
+                                a href={ "/devices/" (d.id) } { code { (d.key) } }
+                                @if let Some(name) = &d.device_name { " " (name) }
+                                @if !d.active { " " span.badge { "inactive" } }
+                            }
+                            td { @if let Some(e) = &d.device_entity_id { code { (e) } } }
+                            td { (running(d, model.firmware_version.as_deref())) }
+                            td { (format::maybe_ago(d.last_seen_at, now, "never")) }
+                            td { (rotation_badge(&d.rotation_state)) }
+                            td { (format::maybe_ago(d.last_coredump_at, now, "none")) }
+                        }
+                    } }
+                } }
+            }
+            @if edit { (new_device_form(model)) }
+        }
+    }
+}
+
+/// What a device runs, marked when it is not the model's current version.
+pub fn running(device: &DeviceRow, current: Option<&str>) -> Markup {
+    match device.running_firmware_version.as_deref() {
+        Some(v) if Some(v) == current => html! { code { (v) } },
+        Some(v) => {
+            html! { code { (v) } " " span.badge.warn title="the model's current version is another one" { "not current" } }
+        }
+        None => html! { span.muted { "not reported" } },
+    }
+}
+
+fn new_device_form(model: &DeviceModelRow) -> Markup {
+    html! {
+        details.panel {
+            summary { "New device" }
+            form.stack data-api-method="POST" data-api-url="/api/devices" data-done="device-secret" {
+                input type="hidden" name="device_model_id" value=(model.id) data-type="int";
+                label { "Config " span.hint { "(JSON; deviceName, deviceEntityId and enableOTA are read from it"
+                    @if model.config_schema.is_some() { "; it must satisfy the model's schema" } ")" }
+                    textarea.code name="config" rows="6" spellcheck="false" { "{}" }
+                }
+                p.form-status data-status role="alert" {}
+                button type="submit" { "Create device" }
+            }
+        }
+    }
+}
+
+/// A device's rotation state as a badge coloured by state.
+pub fn rotation_badge(state: &str) -> Markup {
+    html! { span class={ "badge state-" (state.to_lowercase()) } { (state) } }
+}

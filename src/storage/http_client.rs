@@ -1,0 +1,172 @@
+//! The HTTP client the S3 backend talks through: hyper's, with a bounded read buffer.
+//!
+//! object_store's default client (reqwest over hyper) reads responses into an adaptive buffer
+//! that grows to about 400 KiB per connection and cannot be configured. Downloads stream S3
+//! bodies straight to devices, so with 256 image downloads at once that buffer alone was
+//! ~100 MiB of the service's memory (bench/README.md). This client is hyper's own, with
+//! [`READ_BUFFER_MAX`] as the most one connection buffers, plugged into object_store through its
+//! `HttpConnector` seam, so signing, retries and the rest of object_store stay as they are.
+//!
+//! Sockets are `TCP_NODELAY` (a request's head and body are never held back by Nagle's
+//! algorithm). Timeouts as before: `S3_TIMEOUT_SECONDS` for the answer's head, and a body that
+//! sends nothing for as long fails (reqwest's timeout bounded the whole request instead, which
+//! would cut a long download of a healthy store). `https://` endpoints use rustls with the
+//! system's roots.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use object_store::client::{
+    HttpClient, HttpError, HttpErrorKind, HttpRequest, HttpRequestBody, HttpResponse,
+    HttpResponseBody, HttpService,
+};
+use object_store::ClientOptions;
+
+/// The most one connection buffers of a response (hyper's `max_buf_size`). Measured with 256
+/// concurrent image downloads and the caches off (bench/README.md): peak RSS 70 MiB at 64 KiB,
+/// 56 MiB at 32 KiB, 48 MiB at 16 KiB, throughput within the noise of the shared machine.
+pub const READ_BUFFER_MAX: usize = 32 * 1024;
+
+/// Makes the bounded client for object_store (`AmazonS3Builder::with_http_connector`).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundedConnector {
+    pub connect_timeout: Duration,
+    /// For the answer's head, and between two parts of a body.
+    pub timeout: Duration,
+}
+
+impl object_store::client::HttpConnector for BoundedConnector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.enforce_http(false);
+        let tls = tls_config().map_err(|e| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(e),
+        })?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(READ_BUFFER_MAX)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(HttpClient::new(BoundedClient {
+            client,
+            timeout: self.timeout,
+        }))
+    }
+}
+
+/// rustls with the aws-lc-rs provider (named, not the process default) and the system's trusted
+/// roots, as `crate::mqtt::tls` does for `mqtts://` (storage refers to no other module of the
+/// crate). Without any root, `http://` endpoints still work and an `https://` one fails to
+/// connect, saying why.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        tracing::debug!(errors = ?loaded.errors, "s3_client_without_tls_roots");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct BoundedClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, HttpRequestBody>,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl HttpService for BoundedClient {
+    async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    HttpErrorKind::Connect
+                } else {
+                    HttpErrorKind::Request
+                };
+                return Err(HttpError::new(kind, e));
+            }
+            Err(elapsed) => return Err(HttpError::new(HttpErrorKind::Timeout, elapsed)),
+        };
+        let (parts, body) = response.into_parts();
+        let body = IdleTimeout::new(body, self.timeout);
+        Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
+
+/// A response body that fails when no part of it arrives for `timeout`.
+struct IdleTimeout {
+    inner: hyper::body::Incoming,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: hyper::body::Incoming, timeout: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.timeout;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(
+                    frame.map(|f| f.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e))),
+                )
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::new(
+                    HttpErrorKind::Timeout,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the object store sent nothing for the request timeout",
+                    ),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
