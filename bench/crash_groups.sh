@@ -3,7 +3,7 @@
 # (one build of one crash, so every dump joins the same group: the most contended case, each
 # grouping waits for the group row lock of the one before) is uploaded by BENCH_DEVICES devices
 # while the service's workers sleep, then drained by a fresh `iotsupport serve` with the default
-# JOB_CONCURRENCY=2. Per round it reports:
+# JOB_CONCURRENCY (16). Per round it reports:
 #   - the drain rate: dumps parsed per second, from the first to the last `parsed_at`;
 #   - from the draining service's /metrics: the time the parse job spent grouping
 #     (coredump_grouping_duration_seconds: sign + assign) as a share of the time it spent in
@@ -153,7 +153,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "== parse-job drain: $DUMPS x $CASE ($CHIP), $DEVICES devices, JOB_CONCURRENCY=2, $ROUNDS round(s) =="
+echo "== parse-job drain: $DUMPS x $CASE ($CHIP), $DEVICES devices, default JOB_CONCURRENCY, $ROUNDS round(s) =="
 printf '%-9s %5s %9s %11s %12s %9s %10s %8s %9s\n' run round dumps/s attempt_ms sign_ms assign_ms share_% over_% ""
 for r in "${RESULTS[@]}"; do
     printf '%-9s %5s %9s %11s %12s %9s %10s %8s\n' "${r%% *}" "$(kv "$r" round)" "$(kv "$r" dumps_per_s)" \

@@ -112,7 +112,7 @@ pub struct Config {
     /// How often idle workers look for new jobs and due object deletions.
     pub worker_poll_interval: Duration,
     /// Background jobs run at once per process (`JOB_CONCURRENCY`, default
-    /// [`DEFAULT_JOB_CONCURRENCY`]).
+    /// [`DEFAULT_JOB_CONCURRENCY`] on PostgreSQL, [`DEFAULT_SQLITE_JOB_CONCURRENCY`] on SQLite).
     pub job_concurrency: usize,
     /// When set, `serve` runs a reconcile scan (report and metrics only, no repair) this often.
     pub reconcile_interval: Option<Duration>,
@@ -194,12 +194,18 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/iotsupport.db";
 /// module reads, depends on none of them.
 pub const DEFAULT_FIRMWARE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-/// The default of `JOB_CONCURRENCY`. A parse job spends most of its time waiting (the dump's GET,
-/// the database round trips of recording the result and its crash group) and about a tenth of a
-/// millisecond of CPU once its firmware is in the parse cache; two at a time left the cores idle
-/// (issue 18: 18 dumps/s). With 16 in flight the waits overlap and a backlog is drained at the
-/// speed of the CPU (bench/parse_drain.sh).
-pub const DEFAULT_JOB_CONCURRENCY: usize = 16;
+/// The default of `JOB_CONCURRENCY`. A parse job spends most of its time waiting: the dump's GET
+/// (10-40 ms on S3 and s3s-fs), the database round trips of recording the result and its turn on
+/// its crash group; with its firmware in the parse cache it needs about a millisecond of CPU in
+/// this process. Two at a time left the cores idle (issue 18: 18 dumps/s); with 32 the waits
+/// overlap, and a backlog of one crash drains at about 350 dumps/s on 2 cores against about
+/// 295 with 16 (bench/parse_backlog.sh). Each slot may hold a PostgreSQL connection (the pool has
+/// 10 + this many).
+pub const DEFAULT_JOB_CONCURRENCY: usize = 32;
+
+/// The default of `JOB_CONCURRENCY` on SQLite, whose writers are serialised and whose pool has 4
+/// connections: more jobs would only queue for them, ahead of requests.
+pub const DEFAULT_SQLITE_JOB_CONCURRENCY: usize = 4;
 
 /// The default byte budget of the parse cache (`PARSE_CACHE_BYTES`): a loaded ESP-IDF firmware
 /// ELF of 2.5–4 MiB is charged 7–9 MiB, so about four builds (the few builds a crash loop across
@@ -228,6 +234,10 @@ impl Config {
                 "DATABASE_URL",
                 "must start with postgres://, postgresql:// or sqlite:",
             ));
+        };
+        let default_job_concurrency = match database_kind {
+            DatabaseKind::Postgres => DEFAULT_JOB_CONCURRENCY,
+            DatabaseKind::Sqlite => DEFAULT_SQLITE_JOB_CONCURRENCY,
         };
 
         let storage = match env.get("S3_ENDPOINT_URL") {
@@ -358,7 +368,7 @@ impl Config {
             log_format,
             job_lease: env.seconds("JOB_LEASE_SECONDS", 60.0)?,
             worker_poll_interval: env.seconds("WORKER_POLL_SECONDS", 1.0)?,
-            job_concurrency: env.positive("JOB_CONCURRENCY", DEFAULT_JOB_CONCURRENCY)?,
+            job_concurrency: env.positive("JOB_CONCURRENCY", default_job_concurrency)?,
             reconcile_interval: match env.get("RECONCILE_INTERVAL_SECONDS") {
                 None => None,
                 Some(_) => Some(env.seconds("RECONCILE_INTERVAL_SECONDS", 0.0)?),

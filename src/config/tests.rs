@@ -71,6 +71,19 @@ fn invalid_values_name_their_variable() {
 }
 
 #[test]
+fn job_concurrency_defaults_to_32_on_postgresql_and_4_on_sqlite() {
+    let c = config(&[("DATABASE_URL", "postgres://app:pw@127.0.0.1/db")]).unwrap();
+    assert_eq!(c.job_concurrency, 32);
+    assert_eq!(config(&[]).unwrap().job_concurrency, 4);
+    let c = config(&[
+        ("DATABASE_URL", "postgres://app:pw@127.0.0.1/db"),
+        ("JOB_CONCURRENCY", "2"),
+    ])
+    .unwrap();
+    assert_eq!(c.job_concurrency, 2);
+}
+
+#[test]
 fn secrets_never_appear_in_debug_output() {
     let c = config(&[
         ("ADMIN_TOKEN", "super-secret-admin-token"),

@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use esp_coredump::CrashSignature;
 
+use super::group_gate::GroupGate;
 use super::groups;
 use super::parser::{self, CoredumpParser, ElfSource, ParseFailure, ParseRequest};
+use crate::config::DatabaseKind;
 use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
 use crate::db::crash_groups::MemberFacts;
 use crate::db::{Db, DbError, Tx};
@@ -74,6 +76,7 @@ pub struct ParseCoredumpHandler {
     db: Db,
     storage: Storage,
     parser: Arc<dyn CoredumpParser>,
+    gate: GroupGate,
 }
 
 /// Why an attempt did not produce a report.
@@ -113,6 +116,7 @@ impl ParseCoredumpHandler {
             db,
             storage,
             parser,
+            gate: GroupGate::default(),
         }
     }
 
@@ -163,6 +167,7 @@ impl ParseCoredumpHandler {
         let step = Instant::now();
         let recorded = record_outcome(
             &self.db,
+            &self.gate,
             target,
             STATUS_PARSED,
             &parsed.text,
@@ -185,7 +190,17 @@ impl ParseCoredumpHandler {
     }
 
     async fn record_error(&self, target: &ParseTarget, message: &str) -> JobOutcome {
-        match record_outcome(&self.db, target, STATUS_ERROR, message, None, None).await {
+        match record_outcome(
+            &self.db,
+            &self.gate,
+            target,
+            STATUS_ERROR,
+            message,
+            None,
+            None,
+        )
+        .await
+        {
             Ok(_) => JobOutcome::Completed,
             Err(e) => JobOutcome::Retry {
                 after: jobs::backoff(1),
@@ -203,6 +218,7 @@ impl ParseCoredumpHandler {
 /// `coredump_parsed` event recorded between the two.
 async fn record_outcome(
     db: &Db,
+    gate: &GroupGate,
     target: &ParseTarget,
     status: &str,
     output: &str,
@@ -214,6 +230,7 @@ async fn record_outcome(
     // The update locks the dump's row: grouping below never races another parse of this dump.
     let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
     let mut changes = Vec::new();
+    let mut turn = None;
     if recorded {
         let started = Instant::now();
         let placement = match signature {
@@ -237,6 +254,13 @@ async fn record_outcome(
         .await?;
         if let Some(placement) = placement {
             let started = Instant::now();
+            // Held until the commit below: this process's other parses of the group wait here,
+            // not in the database (see `group_gate`). Not on SQLite: its writers are serialised
+            // by the database, and a transaction waiting here would hold the write lock the
+            // turn's holder needs.
+            if db.kind() == DatabaseKind::Postgres {
+                turn = Some(gate.turn(placement.group_id).await);
+            }
             changes = groups::count_in(&mut tx, &member_facts(target), placement)
                 .await?
                 .changes;
@@ -246,6 +270,7 @@ async fn record_outcome(
         }
     }
     tx.commit().await?;
+    drop(turn);
     groups::count_committed(&changes);
     Ok(recorded)
 }

@@ -13,13 +13,15 @@
 //!   `PARSE_CACHE_BYTES`.
 //! - [`groups`]: crash groups (SPEC §15) — the parse job puts each signed dump into the group of
 //!   its signature in the transaction that records the result; [`backfill`] groups the dumps
-//!   parsed before groups existed.
+//!   parsed before groups existed; [`group_gate`] makes one process's parses of a group take
+//!   turns before they wait for its row lock.
 //!
 //! Architecture invariant: a dump is never parsed before its row is committed — the job is
 //! enqueued in the upload's transaction, and the queue only hands out committed jobs.
 
 pub mod backfill;
 pub mod builtin;
+pub mod group_gate;
 pub mod groups;
 pub mod ingest;
 pub mod job;
