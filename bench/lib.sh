@@ -80,11 +80,34 @@ bench_start_postgres() {
     if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$WORK/pg"; chmod 755 "$WORK"; fi
     as_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U app --pwfile="$WORK/pg/pw" \
         --auth-host=scram-sha-256 --auth-local=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+    local extra=""
+    # BENCH_PG_STATEMENTS=1: load pg_stat_statements, for bench_pg_statements.
+    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] && extra="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w -t 30 -o \
-        "-c listen_addresses=127.0.0.1 -p $PGPORT -k $WORK/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        "-c listen_addresses=127.0.0.1 -p $PGPORT -k $WORK/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $extra" \
         start >/dev/null
     DATABASE_URL="postgres://app:benchpass@127.0.0.1:$PGPORT/postgres"
     blog "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT (fsync off)"
+}
+
+# bench_pg_statements_reset DB / bench_pg_statements DB N: with BENCH_PG_STATEMENTS=1, forget the
+# statement statistics of DB, and print its N statements that took the most execution time since
+# (calls, total and mean ms, rows, statement text shortened): where PostgreSQL's CPU goes. Both do
+# nothing otherwise.
+bench_pg_statements_reset() {
+    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] || return 0
+    PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAtq \
+        -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+}
+bench_pg_statements() {
+    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] || return 0
+    echo "-- top $2 statements on $1 by total execution time (pg_stat_statements) --"
+    PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAq -F $'\t' -c \
+        "SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
+                round(mean_exec_time::numeric, 3) AS mean_ms, rows,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = '$1' ORDER BY total_exec_time DESC LIMIT $2"
 }
 
 # psql_query SQL: prints the result unaligned, tab-separated, without headers.

@@ -14,7 +14,8 @@
 #   bench/parse_backlog.sh
 # PostgreSQL, s3s-fs and the release service run on free 127.0.0.1 ports (bench/lib.sh).
 # Tuning: BENCH_DUMPS (10000), BENCH_BASELINE_DUMPS (= BENCH_DUMPS), BENCH_DEVICES (32),
-# BENCH_ROUNDS (1), BENCH_CASE (esp32_elf_crc32_abort), BENCH_DRAIN_TIMEOUT seconds (1800).
+# BENCH_ROUNDS (1), BENCH_CASE (esp32_elf_crc32_abort), BENCH_DRAIN_TIMEOUT seconds (1800),
+# BENCH_PG_STATEMENTS=1 (prints the drain's 15 costliest statements on stderr: pg_stat_statements).
 set -euo pipefail
 source "$(dirname "$0")/parse_lib.sh"
 
@@ -52,6 +53,7 @@ drain() {
     prepare "$bin" "$db" "$n"
     blog "$label: draining $n parse jobs"
     load_before=$(load_average)
+    bench_pg_statements_reset "$db"
     MAX_COREDUMPS=$n start_service_for "$bin" "$db"
     cpu_mark
     local deadline=$((SECONDS + DRAIN_TIMEOUT)) left
@@ -65,6 +67,7 @@ drain() {
     load_after=$(load_average)
     metrics=$(curl -sS --max-time 10 "$SERVICE_URL/metrics")
     bench_stop_service
+    bench_pg_statements "$db" 15 >&2
     row=$(sql "$db" "SELECT count(*) FILTER (WHERE parse_status = 'PARSED'),
                             EXTRACT(EPOCH FROM max(parsed_at) - min(parsed_at)) FROM coredumps")
     parsed=$(cut -f1 <<<"$row")

@@ -272,14 +272,11 @@ async fn join(
     created: bool,
     now: DateTime<Utc>,
 ) -> Result<GroupChange, DbError> {
-    let version = dump.firmware_version.as_str();
-    let (seen, seen_with_version) = db_groups::device_presence(tx, group.id, dump).await?;
-    let (new_device, new_version_device) = (!seen, !seen_with_version);
-    db_groups::add_to_version(tx, group.id, version, dump.uploaded_at, new_version_device).await?;
     let regressed = regresses(&group, dump.uploaded_at);
     let update = GroupUpdate {
         coredumps: 1,
-        devices: i64::from(new_device),
+        // Decided from the ledger by `db_groups::join`.
+        devices: 0,
         // An empty group (new, or emptied by moves) keeps times of dumps it no longer has.
         first_seen_at: if group.coredump_count == 0 {
             dump.uploaded_at
@@ -303,7 +300,9 @@ async fn join(
             group.regressed_at
         },
     };
-    let group = db_groups::update(tx, group.id, &update, now).await?;
+    let group = db_groups::join(tx, group.id, dump, &update, now)
+        .await?
+        .group;
     let kind = if created {
         ChangeKind::Created
     } else if regressed {

@@ -2,7 +2,9 @@
 //! `JOB_CONCURRENCY` jobs running.
 //!
 //! The loop claims work whenever a slot is free: as many jobs as there are free slots, in one
-//! statement, each started at once. A slot is freed the moment its job is finished, so a backlog
+//! statement, each started at once. While the last claim filled every slot it asked for (a
+//! backlog), it waits for a quarter of the slots to be free before claiming again, so a drain
+//! costs one claim per several jobs. A slot is freed the moment its job is finished, so a backlog
 //! never waits for a poll interval. When nothing is due after it has run jobs, it polls again
 //! after 10 ms, doubling the pause up to `WORKER_POLL_SECONDS` while the queue stays empty: right
 //! after work (a stream of uploads) a new job waits milliseconds, an idle process (and one that
@@ -155,11 +157,17 @@ impl JobRunner {
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut running = tokio::task::JoinSet::new();
         let mut pause = poll;
+        // While the queue has more than the free slots take, claims wait for a batch of free
+        // slots: one claim statement per job was most of PostgreSQL's work in a backlog drain
+        // (2.5 ms per claim, see `refill_batch`).
+        let batch = refill_batch(concurrency);
+        let mut backlog = false;
         loop {
+            let wanted = if backlog { batch } else { 1 };
             let free = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                free = Arc::clone(&slots).acquire_many_owned(1) => free,
+                free = Arc::clone(&slots).acquire_many_owned(wanted) => free,
             };
             let Ok(mut free) = free else { break };
             // Every other free slot too, so one statement claims work for all of them.
@@ -168,9 +176,11 @@ impl JobRunner {
                 free.merge(extra);
             }
             while running.try_join_next().is_some() {}
-            match self.claim(free.num_permits()).await {
+            let asked = free.num_permits();
+            match self.claim(asked).await {
                 Ok(jobs) if !jobs.is_empty() => {
                     pause = FIRST_IDLE_PAUSE.min(poll);
+                    backlog = jobs.len() == asked;
                     for job in jobs {
                         let Some(slot) = free.split(1) else { break };
                         let runner = self.clone();
@@ -183,8 +193,9 @@ impl JobRunner {
                     }
                     continue;
                 }
-                Ok(_) => {}
+                Ok(_) => backlog = false,
                 Err(e) => {
+                    backlog = false;
                     tracing::warn!(error = %e, "job_claim_failed");
                     pause = poll;
                 }
@@ -198,6 +209,15 @@ impl JobRunner {
         }
         while running.join_next().await.is_some() {}
     }
+}
+
+/// How many slots must be free before the next claim while a backlog lasts: a quarter of them
+/// (8 of the default 32), so a drain makes one claim per eight jobs instead of one per job, and
+/// at least three quarters of the slots stay busy. A claim's cost hardly depends on how many jobs
+/// it takes: it walks the queue's index past the entries of jobs claimed before (dead until
+/// vacuumed) and the ones other claims hold. With few slots, every free slot claims at once.
+fn refill_batch(concurrency: usize) -> u32 {
+    u32::try_from((concurrency / 4).max(1)).unwrap_or(1)
 }
 
 fn outcome_label(outcome: &JobOutcome) -> &'static str {
