@@ -3,7 +3,7 @@
 # (one build of one crash, so every dump joins the same group: the most contended case, each
 # grouping waits for the group row lock of the one before) is uploaded by BENCH_DEVICES devices
 # while the service's workers sleep, then drained by a fresh `iotsupport serve` with the default
-# JOB_CONCURRENCY (16). Per round it reports:
+# JOB_CONCURRENCY (32 on PostgreSQL). Per round it reports:
 #   - the drain rate: dumps parsed per second, from the first to the last `parsed_at`;
 #   - from the draining service's /metrics: the time the parse job spent grouping
 #     (coredump_grouping_duration_seconds: sign + assign) as a share of the time it spent in

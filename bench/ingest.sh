@@ -55,7 +55,7 @@ echo "service / direct: $(ratio "$(kv "$INGEST" req_per_s)" "$(kv "$S3PUT" req_p
 echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)"
 echo "ingest steps (means): ${STEPS:-not reported by this build}"
 echo "for comparison: the Python service reached about 25 dumps/s on the reference machine"
-echo "note: every dump also enqueues a parse job that the service's workers (JOB_CONCURRENCY=16)"
+echo "note: every dump also enqueues a parse job that the service's workers (JOB_CONCURRENCY=32 by default on PostgreSQL)"
 echo "      run concurrently with the uploads (they end in ERROR: no firmware ELF is stored), and"
 echo "      per-device retention (MAX_COREDUMPS=20) prunes older dumps through the outbox."
 echo "      at the end: dumps by status: ${STATUS:-none}; parse jobs left: $QUEUED; outbox entries left: $OUTBOX"
