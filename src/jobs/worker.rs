@@ -24,12 +24,23 @@ use crate::telemetry::{JOBS_FINISHED, JOBS_QUEUE_OP_DURATION};
 /// The first pause after a poll that found nothing, once jobs have run.
 const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(10);
 
+/// How often a runner that yields to requests looks again whether it may start jobs.
+const YIELD_PAUSE: Duration = Duration::from_millis(20);
+
 /// The code behind one kind of job.
 #[async_trait::async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     /// The `kind` of the jobs this handler runs.
     fn kind(&self) -> &'static str;
     async fn run(&self, job: &Job) -> JobOutcome;
+}
+
+/// When the process's requests come first: `busy` says whether they are using it fully now, and
+/// while it does, at most `limit` jobs run (jobs already running finish; no new ones start).
+#[derive(Clone)]
+pub struct Yield {
+    pub busy: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub limit: usize,
 }
 
 /// Claims and runs jobs for a set of handlers.
@@ -39,6 +50,7 @@ pub struct JobRunner {
     handlers: Arc<HashMap<&'static str, Arc<dyn JobHandler>>>,
     worker_id: String,
     lease: Duration,
+    yield_to: Option<Yield>,
 }
 
 impl JobRunner {
@@ -54,6 +66,21 @@ impl JobRunner {
             handlers: Arc::new(handlers.into_iter().map(|h| (h.kind(), h)).collect()),
             worker_id,
             lease,
+            yield_to: None,
+        }
+    }
+
+    /// Runs fewer jobs while `yield_to.busy()` (see [`Yield`]).
+    pub fn yielding_to(mut self, yield_to: Yield) -> Self {
+        self.yield_to = Some(yield_to);
+        self
+    }
+
+    /// How many jobs may run now.
+    fn allowed(&self, concurrency: usize) -> usize {
+        match &self.yield_to {
+            Some(y) if (y.busy)() => y.limit.clamp(1, concurrency),
+            _ => concurrency,
         }
     }
 
@@ -176,6 +203,21 @@ impl JobRunner {
                 free.merge(extra);
             }
             while running.try_join_next().is_some() {}
+            // While requests use the process fully, only `Yield::limit` jobs run: the slots
+            // above it are given back for now and looked at again shortly.
+            let busy = concurrency - free.num_permits();
+            let allowed = self.allowed(concurrency).saturating_sub(busy);
+            if allowed < free.num_permits() {
+                drop(free.split(free.num_permits() - allowed));
+            }
+            if allowed == 0 {
+                drop(free);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(YIELD_PAUSE) => {}
+                }
+                continue;
+            }
             let asked = free.num_permits();
             match self.claim(asked).await {
                 Ok(jobs) if !jobs.is_empty() => {

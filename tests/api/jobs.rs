@@ -1,11 +1,12 @@
 //! The durable job queue on both databases: claims only after commit, takeover of jobs whose
 //! worker died, heartbeats, retry and abort outcomes, and no job run twice by concurrent workers.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iotsupport::db::Db;
-use iotsupport::jobs::worker::{JobHandler, JobRunner};
+use iotsupport::jobs::worker::{JobHandler, JobRunner, Yield};
 use iotsupport::jobs::{self, Job, JobOutcome};
 
 use crate::helpers::*;
@@ -299,6 +300,78 @@ async fn concurrent_workers_never_run_a_job_twice() {
         assert_eq!(ran, ids, "every job exactly once");
     })
     .await;
+}
+
+/// Counts how many of its jobs run at once, at most.
+#[derive(Default)]
+struct Overlap {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    done: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl JobHandler for Overlap {
+    fn kind(&self) -> &'static str {
+        "overlap"
+    }
+    async fn run(&self, _job: &Job) -> JobOutcome {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.done.fetch_add(1, Ordering::SeqCst);
+        JobOutcome::Completed
+    }
+}
+
+#[tokio::test]
+async fn a_runner_that_yields_to_busy_requests_runs_only_its_limit_until_they_are_over() {
+    for_each_stack("job_yield", &[], async |app| {
+        let db = app.db().clone();
+        let handler = Arc::new(Overlap::default());
+        let busy = Arc::new(AtomicBool::new(true));
+        let signal = busy.clone();
+        let runner = JobRunner::new(db.clone(), vec![handler.clone()], Duration::from_secs(30))
+            .yielding_to(Yield {
+                busy: Arc::new(move || signal.load(Ordering::SeqCst)),
+                limit: 2,
+            });
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let worker = tokio::spawn(runner.run(8, Duration::from_millis(20), shutdown.clone()));
+
+        enqueue_committed(&db, "overlap", 12).await;
+        wait_until(&handler.done, 12).await;
+        assert_eq!(
+            handler.most.load(Ordering::SeqCst),
+            2,
+            "at most the limit while busy"
+        );
+
+        busy.store(false, Ordering::SeqCst);
+        handler.most.store(0, Ordering::SeqCst);
+        enqueue_committed(&db, "overlap", 24).await;
+        wait_until(&handler.done, 36).await;
+        assert!(
+            handler.most.load(Ordering::SeqCst) > 2,
+            "every slot again once requests are over: at most {} at once",
+            handler.most.load(Ordering::SeqCst)
+        );
+        assert!(jobs::list(&db).await.unwrap().is_empty());
+        shutdown.cancel();
+        worker.await.unwrap();
+    })
+    .await;
+}
+
+async fn wait_until(counter: &AtomicUsize, n: usize) {
+    for _ in 0..1500 {
+        if counter.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("only {} of {n} jobs ran", counter.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
