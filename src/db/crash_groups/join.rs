@@ -39,16 +39,9 @@ const JOIN_POSTGRES: &str = concat!(
      v AS (
         INSERT INTO crash_group_versions (crash_group_id, firmware_version, coredump_count,
                                           device_count, first_seen_at, last_seen_at)
-        SELECT $1, $3, 1, CASE WHEN p.seen_version THEN 0 ELSE 1 END, $5, $5 FROM p
-        ON CONFLICT (crash_group_id, firmware_version) DO UPDATE SET
-            coredump_count = crash_group_versions.coredump_count + 1,
-            device_count = crash_group_versions.device_count + EXCLUDED.device_count,
-            first_seen_at = CASE WHEN EXCLUDED.first_seen_at < crash_group_versions.first_seen_at
-                                 THEN EXCLUDED.first_seen_at
-                                 ELSE crash_group_versions.first_seen_at END,
-            last_seen_at = CASE WHEN EXCLUDED.last_seen_at > crash_group_versions.last_seen_at
-                                THEN EXCLUDED.last_seen_at
-                                ELSE crash_group_versions.last_seen_at END)
+        SELECT $1, $3, 1, CASE WHEN p.seen_version THEN 0 ELSE 1 END, $5, $5 FROM p ",
+    version_upsert!(),
+    ")
      UPDATE crash_groups SET coredump_count = coredump_count + $6,
             device_count = device_count + CASE WHEN (SELECT seen FROM p) THEN 0 ELSE 1 END,
             first_seen_at = $7, last_seen_at = $8, status = $9, resolved_at = $10,

@@ -40,6 +40,23 @@ pub struct CrashGroupRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What a dump adds to its version's row when the row exists: one dump, the devices the inserted
+/// row counts (`EXCLUDED.device_count`), and the earlier/later of the seen times. Shared by
+/// [`add_to_version`] and the one-statement [`join`].
+macro_rules! version_upsert {
+    () => {
+        "ON CONFLICT (crash_group_id, firmware_version) DO UPDATE SET
+            coredump_count = crash_group_versions.coredump_count + 1,
+            device_count = crash_group_versions.device_count + EXCLUDED.device_count,
+            first_seen_at = CASE WHEN EXCLUDED.first_seen_at < crash_group_versions.first_seen_at
+                                 THEN EXCLUDED.first_seen_at
+                                 ELSE crash_group_versions.first_seen_at END,
+            last_seen_at = CASE WHEN EXCLUDED.last_seen_at > crash_group_versions.last_seen_at
+                                THEN EXCLUDED.last_seen_at
+                                ELSE crash_group_versions.last_seen_at END"
+    };
+}
+
 macro_rules! group_columns {
     () => {
         "id, device_model_id, signature_hash, signature, title, status, first_seen_at,
@@ -268,20 +285,12 @@ pub async fn add_to_version(
 ) -> Result<(), DbError> {
     crate::execute!(
         tx,
-        sqlx::query(
+        sqlx::query(concat!(
             "INSERT INTO crash_group_versions (crash_group_id, firmware_version, coredump_count,
                                                device_count, first_seen_at, last_seen_at)
-             VALUES ($1, $2, 1, $3, $4, $4)
-             ON CONFLICT (crash_group_id, firmware_version) DO UPDATE SET
-                 coredump_count = crash_group_versions.coredump_count + 1,
-                 device_count = crash_group_versions.device_count + EXCLUDED.device_count,
-                 first_seen_at = CASE WHEN EXCLUDED.first_seen_at < crash_group_versions.first_seen_at
-                                      THEN EXCLUDED.first_seen_at
-                                      ELSE crash_group_versions.first_seen_at END,
-                 last_seen_at = CASE WHEN EXCLUDED.last_seen_at > crash_group_versions.last_seen_at
-                                     THEN EXCLUDED.last_seen_at
-                                     ELSE crash_group_versions.last_seen_at END"
-        )
+             VALUES ($1, $2, 1, $3, $4, $4) ",
+            version_upsert!()
+        ))
         .bind(group_id)
         .bind(version)
         .bind(i64::from(new_device))
