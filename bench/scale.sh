@@ -23,7 +23,8 @@
 #   dash-limit  GET /api/rotation/dashboard?limit=50 (counts of every device, 50 of each list)
 #   bench/scale.sh
 # Tuning: BENCH_LARGE_DEVICES (100000), BENCH_SMALL_DEVICES (100), BENCH_COUNT requests per
-# measurement (2000), BENCH_CONCURRENCY (8), BENCH_CREDENTIALS (200), BENCH_DASHBOARD_COUNT (20).
+# measurement (2000), BENCH_CONCURRENCY (8), BENCH_CREDENTIALS (200), BENCH_DASHBOARD_COUNT (20),
+# BENCH_PG_STATEMENTS=1 (the statements of the capped dashboard, per database, on stderr).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -130,7 +131,9 @@ run_database() {
     measure groups get --url "$url/api/device-models/$model_id/crash-groups" --token "$ADMIN_TOKEN" --count "$COUNT"
     measure status get --url "$url/api/rotation/status" --token "$ADMIN_TOKEN" --count "$COUNT"
     measure dashboard get --url "$url/api/rotation/dashboard" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
+    bench_pg_statements_reset "$db"
     measure dash-limit get --url "$url/api/rotation/dashboard?limit=50" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
+    bench_pg_statements "$db" 8 >&2
     bench_stop_service
 }
 
