@@ -131,22 +131,31 @@ pub struct StatusCounts {
     pub last_completed: Option<DateTime<Utc>>,
 }
 
-/// One scan of `devices` (an index-only scan of `ix_devices_rotation_summary` on PostgreSQL).
+/// Reads `device_rotation_counts` (kept by the triggers of migration 16) and, per (active, state)
+/// pair that has devices, the newest completion from `ix_devices_rotation_summary`: a few index
+/// lookups, whatever the fleet's size. One statement, so one snapshot.
 pub async fn status(tx: &mut Tx) -> Result<StatusCounts, DbError> {
-    let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = on_conn!(tx, |c| sqlx::query_as(
-        "SELECT rotation_state, COUNT(*), SUM(CASE WHEN active THEN 0 ELSE 1 END),
-                MAX(last_rotation_completed_at)
-         FROM devices GROUP BY rotation_state"
+    let rows: Vec<(String, bool, i64, Option<DateTime<Utc>>)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT c.rotation_state, c.active, c.devices,
+                (SELECT MAX(d.last_rotation_completed_at) FROM devices d
+                 WHERE d.rotation_state = c.rotation_state AND d.active = c.active)
+         FROM device_rotation_counts c WHERE c.devices <> 0
+         ORDER BY c.rotation_state, c.active"
     )
     .fetch_all(c)
     .await)?;
-    let inactive = rows.iter().map(|r| r.2).sum();
-    let last_completed = rows.iter().filter_map(|r| r.3).max();
+    let mut by_state: Vec<(String, i64)> = Vec::new();
+    for (state, _, devices, _) in &rows {
+        match by_state.last_mut() {
+            Some((last, n)) if last == state => *n += devices,
+            _ => by_state.push((state.clone(), *devices)),
+        }
+    }
     Ok(StatusCounts {
-        by_state: rows.into_iter().map(|r| (r.0, r.1)).collect(),
-        inactive,
+        by_state,
+        inactive: rows.iter().filter(|r| !r.1).map(|r| r.2).sum(),
         pending_device_id: pending_device(tx).await?,
-        last_completed,
+        last_completed: rows.iter().filter_map(|r| r.3).max(),
     })
 }
 
@@ -184,18 +193,31 @@ const HEALTH_CONDITIONS: [&str; 4] = [
     "NOT d.active",
 ];
 
-/// How many devices each dashboard list holds (healthy, warning, critical, inactive): one scan
-/// of `ix_devices_rotation_summary`.
+/// How many devices each dashboard list holds (healthy, warning, critical, inactive). Healthy,
+/// inactive and all active `TIMEOUT` devices come from `device_rotation_counts`; which of the
+/// `TIMEOUT` ones are critical depends on the time of the request, so those are counted, from
+/// `ix_devices_rotation_summary` (cost: the number of critical devices, not the fleet), and
+/// warning is the rest. One statement, so one snapshot.
 pub async fn dashboard_counts(tx: &mut Tx, cutoff: DateTime<Utc>) -> Result<[i64; 4], DbError> {
-    let [h, w, c, i] =
-        HEALTH_CONDITIONS.map(|cond| format!("SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)"));
-    let sql = format!("SELECT COALESCE({h}, 0), COALESCE({w}, 0), COALESCE({c}, 0), COALESCE({i}, 0) FROM devices d");
-    let row: (i64, i64, i64, i64) =
+    let counted = |condition: &str| {
+        format!(
+            "COALESCE((SELECT CAST(SUM(devices) AS BIGINT) FROM device_rotation_counts
+                       WHERE {condition}), 0)"
+        )
+    };
+    let sql = format!(
+        "SELECT {}, {}, (SELECT COUNT(*) FROM devices d WHERE {}), {}",
+        counted("active AND rotation_state <> 'TIMEOUT'"),
+        counted("active AND rotation_state = 'TIMEOUT'"),
+        HEALTH_CONDITIONS[HealthList::Critical as usize],
+        counted("NOT active"),
+    );
+    let (healthy, timeout, critical, inactive): (i64, i64, i64, i64) =
         on_conn!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(cutoff)
             .fetch_one(c)
             .await)?;
-    Ok([row.0, row.1, row.2, row.3])
+    Ok([healthy, (timeout - critical).max(0), critical, inactive])
 }
 
 /// One of the rotation dashboard's lists.

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::coredumps::TestDevice;
 use crate::credentials_support::*;
 use crate::events::SseReader;
+use crate::fleet::{create_model, device_of};
 use crate::helpers::*;
 
 /// A rotation worker that never runs on its own during the test (the test steps it).
@@ -371,6 +372,7 @@ async fn two_processes_never_have_two_devices_pending_and_time_a_device_out_once
             1,
             "exactly one next device"
         );
+        assert_rotation_counts_match(&a, "two processes").await;
         a.stop().await;
         b.stop().await;
     }
@@ -482,4 +484,111 @@ async fn the_schedule_queues_the_fleet_once_per_tick_and_the_rotation_job_prints
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.starts_with("Rotation job completed\n  Timeouts processed: 0\n  Device rotated: none\n  Scheduled triggered: False"), "{text}");
     app.stop().await;
+}
+
+/// The counters of `device_rotation_counts` (migration 16, kept by triggers) hold exactly what a
+/// count of the devices says.
+async fn assert_rotation_counts_match(app: &TestApp, when: &str) {
+    let rows = async |sql: &'static str| -> Vec<(bool, String, i64)> {
+        iotsupport::on_pool!(app.db(), |p| sqlx::query_as(sql).fetch_all(p).await).unwrap()
+    };
+    let kept = rows(
+        "SELECT active, rotation_state, devices FROM device_rotation_counts
+         WHERE devices <> 0 ORDER BY active, rotation_state",
+    )
+    .await;
+    let counted = rows(
+        "SELECT active, rotation_state, COUNT(*) FROM devices
+         GROUP BY active, rotation_state ORDER BY active, rotation_state",
+    )
+    .await;
+    assert_eq!(kept, counted, "{when}");
+}
+
+#[tokio::test]
+async fn rotation_counts_follow_every_change_of_the_devices_also_concurrent_ones() {
+    for stack in ALL_STACKS {
+        let Some(app) = app_with_provisioning(stack, "rotation_counts", &QUIET).await else {
+            continue;
+        };
+        assert_rotation_counts_match(&app, "empty").await;
+        let devices = model_with_devices(&app, "thermo", 5).await;
+        assert_rotation_counts_match(&app, "created").await;
+        set_active(&app, devices[4].id, false).await;
+        assert_rotation_counts_match(&app, "deactivated").await;
+        // An update that changes neither state nor activity (the config form) counts nothing.
+        set_active(&app, devices[3].id, true).await;
+        assert_rotation_counts_match(&app, "updated").await;
+        let (_, queued) = post(&app, "/api/rotation/trigger").await;
+        assert_eq!(queued["queued_count"], 4, "{queued}");
+        assert_rotation_counts_match(&app, "the fleet queued").await;
+        let (_, status) = get(&app, "/api/rotation/status").await;
+        assert_eq!(
+            (
+                status["counts_by_state"]["PENDING"].as_i64(),
+                status["counts_by_state"]["QUEUED"].as_i64(),
+                status["counts_by_state"]["OK"].as_i64(),
+                status["inactive"].as_i64()
+            ),
+            (Some(1), Some(3), Some(1), Some(1)),
+            "{status}"
+        );
+        let pending = status["pending_device_id"]
+            .as_i64()
+            .expect("a pending device");
+        let other = devices
+            .iter()
+            .find(|d| d.id != pending && d.id != devices[4].id)
+            .expect("a queued device");
+        let (code, body) = call(
+            &app,
+            http::Method::DELETE,
+            &format!("/api/devices/{}", other.id),
+            None,
+        )
+        .await;
+        assert!(code == 200 || code == 204, "{code} {body}");
+        assert_rotation_counts_match(&app, "deleted").await;
+        let (code, body) = post(&app, &format!("/api/devices/{pending}/secret")).await;
+        assert!(
+            code < 300,
+            "replacing the pending device's secret: {code} {body}"
+        );
+        assert_rotation_counts_match(&app, "secret replaced").await;
+
+        // Many requests at once that create, deactivate, reactivate and delete devices while the
+        // fleet is queued and rotated: every one succeeds (no deadlock between the counters'
+        // row locks) and the counters still agree.
+        let model = create_model(&app, "lamp", None).await;
+        let churn = (0..12).map(|i| {
+            let app = &app;
+            async move {
+                let device = device_of(app, model).await;
+                set_active(app, device.id, false).await;
+                if i % 3 == 0 {
+                    post(app, "/api/rotation/trigger").await;
+                }
+                set_active(app, device.id, true).await;
+                if i % 2 == 0 {
+                    let (code, body) = call(
+                        app,
+                        http::Method::DELETE,
+                        &format!("/api/devices/{}", device.id),
+                        None,
+                    )
+                    .await;
+                    assert!(code == 200 || code == 204, "{code} {body}");
+                }
+            }
+        });
+        futures::future::join_all(churn).await;
+        assert_rotation_counts_match(&app, "after concurrent changes").await;
+        let (_, status) = get(&app, "/api/rotation/status").await;
+        let total: i64 = ["OK", "QUEUED", "PENDING", "TIMEOUT"]
+            .iter()
+            .map(|s| status["counts_by_state"][s].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(total, 4 + 6, "{status}");
+        app.stop().await;
+    }
 }
