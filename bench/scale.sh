@@ -24,7 +24,12 @@
 #   bench/scale.sh
 # Tuning: BENCH_LARGE_DEVICES (100000), BENCH_SMALL_DEVICES (100), BENCH_COUNT requests per
 # measurement (2000), BENCH_CONCURRENCY (8), BENCH_CREDENTIALS (200), BENCH_DASHBOARD_COUNT (20),
-# BENCH_PG_STATEMENTS=1 (the statements of the capped dashboard, per database, on stderr).
+# BENCH_PG_STATEMENTS=1 (the statements of the capped dashboard, per database, on stderr),
+# BENCH_WRITE_SECONDS (10: each pgbench run of the write-cost measurement below).
+# Then, on the large database, what the rotation counters' triggers (migration 16) cost the writes
+# that carry them, straight to PostgreSQL: presence writes (one device's last_seen_at, the most
+# frequent device UPDATE) per second with the update trigger enabled and disabled (pgbench, 4
+# clients, twice each, alternated), and the fleet trigger's UPDATE of every OK device (rolled back).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -34,6 +39,7 @@ COUNT=${BENCH_COUNT:-2000}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
 NCRED=${BENCH_CREDENTIALS:-200}
 DASH_COUNT=${BENCH_DASHBOARD_COUNT:-20}
+WRITE_SECONDS=${BENCH_WRITE_SECONDS:-10}
 DUMPS_PER_DEVICE=20
 GROUPS_PER_MODEL=20
 
@@ -132,13 +138,34 @@ run_database() {
     measure status get --url "$url/api/rotation/status" --token "$ADMIN_TOKEN" --count "$COUNT"
     measure dashboard get --url "$url/api/rotation/dashboard" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
     bench_pg_statements_reset "$db"
-    measure dash-limit get --url "$url/api/rotation/dashboard?limit=50" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
+    measure dash-limit get --url "$url/api/rotation/dashboard?limit=50" --token "$ADMIN_TOKEN" --count "$COUNT"
     bench_pg_statements "$db" 8 >&2
     bench_stop_service
 }
 
+# write_cost DB: see the header.
+declare -A WRITES
+write_cost() {
+    local db=$1 script=$WORK/presence.sql round trigger started
+    printf '\\set id random(%s, %s)\nUPDATE devices SET last_seen_at = now() WHERE id = :id;\n' \
+        "$(sql "$db" "SELECT min(id) FROM devices")" "$(sql "$db" "SELECT max(id) FROM devices")" > "$script"
+    for round in 1 2; do
+        for trigger in ENABLE DISABLE; do
+            sql "$db" "ALTER TABLE devices $trigger TRIGGER device_rotation_counts_update"
+            WRITES[presence/$trigger]+="$(PGPASSWORD=benchpass "$PGBIN/pgbench" -h 127.0.0.1 -p "$PGPORT" \
+                -U app -n -T "$WRITE_SECONDS" -c 4 -j 2 -f "$script" "$db" \
+                | awk '/^tps/ {printf "%d", $3}')/s "
+            started=$(date +%s%N)
+            sql "$db" "BEGIN; UPDATE devices SET rotation_state = 'QUEUED' WHERE rotation_state = 'OK' AND active; ROLLBACK;"
+            WRITES[fleet/$trigger]+="$(( ($(date +%s%N) - started) / 1000000 )) ms "
+        done
+    done
+    sql "$db" "ALTER TABLE devices ENABLE TRIGGER device_rotation_counts_update"
+}
+
 run_database scale_small "$SMALL" 2 2
 run_database scale_large "$LARGE" 100 50
+write_cost scale_large
 
 printf '%-11s %12s %12s %12s %12s %8s %8s\n' request "p50 small" "p50 large" "p99 small" "p99 large" "p50 ×" "p99 ×"
 for name in poll upload dumps model-page deep-page groups status dashboard dash-limit; do
@@ -148,3 +175,7 @@ for name in poll upload dumps model-page deep-page groups status dashboard dash-
         "$(ratio "${P50[$name/scale_large]}" "${P50[$name/scale_small]}")" \
         "$(ratio "${P99[$name/scale_large]}" "${P99[$name/scale_small]}")"
 done
+echo
+echo "writes on the large database, the counters' update trigger enabled / disabled (two runs each):"
+echo "  presence writes (pgbench, 4 clients): ${WRITES[presence/ENABLE]}/ ${WRITES[presence/DISABLE]}"
+echo "  fleet trigger UPDATE of every OK device: ${WRITES[fleet/ENABLE]}/ ${WRITES[fleet/DISABLE]}"

@@ -131,7 +131,7 @@ pub struct StatusCounts {
     pub last_completed: Option<DateTime<Utc>>,
 }
 
-/// Reads `device_rotation_counts` (kept by the triggers of migration 16) and, per (active, state)
+/// Reads `device_rotation_counts` (kept by the triggers of migration 16) and, per (state, active)
 /// pair that has devices, the newest completion from `ix_devices_rotation_summary`: a few index
 /// lookups, whatever the fleet's size. One statement, so one snapshot.
 pub async fn status(tx: &mut Tx) -> Result<StatusCounts, DbError> {
@@ -139,7 +139,9 @@ pub async fn status(tx: &mut Tx) -> Result<StatusCounts, DbError> {
         "SELECT c.rotation_state, c.active, c.devices,
                 (SELECT MAX(d.last_rotation_completed_at) FROM devices d
                  WHERE d.rotation_state = c.rotation_state AND d.active = c.active)
-         FROM device_rotation_counts c WHERE c.devices <> 0
+         FROM (SELECT rotation_state, active, CAST(SUM(devices) AS BIGINT) AS devices
+               FROM device_rotation_counts GROUP BY rotation_state, active
+               HAVING SUM(devices) <> 0) c
          ORDER BY c.rotation_state, c.active"
     )
     .fetch_all(c)
@@ -193,11 +195,12 @@ const HEALTH_CONDITIONS: [&str; 4] = [
     "NOT d.active",
 ];
 
-/// How many devices each dashboard list holds (healthy, warning, critical, inactive). Healthy,
-/// inactive and all active `TIMEOUT` devices come from `device_rotation_counts`; which of the
-/// `TIMEOUT` ones are critical depends on the time of the request, so those are counted, from
-/// `ix_devices_rotation_summary` (cost: the number of critical devices, not the fleet), and
-/// warning is the rest. One statement, so one snapshot.
+/// How many devices each dashboard list holds (healthy, warning, critical, inactive), from
+/// `device_rotation_counts`. Which active `TIMEOUT` devices are critical depends on the time of
+/// the request: the counters hold them per UTC day of their last completion, so whole days
+/// before the cutoff's day are summed and only the devices that completed on the cutoff's own
+/// day are counted, from `ix_devices_rotation_summary`; warning is the rest. One statement, so
+/// one snapshot.
 pub async fn dashboard_counts(tx: &mut Tx, cutoff: DateTime<Utc>) -> Result<[i64; 4], DbError> {
     let counted = |condition: &str| {
         format!(
@@ -206,15 +209,23 @@ pub async fn dashboard_counts(tx: &mut Tx, cutoff: DateTime<Utc>) -> Result<[i64
         )
     };
     let sql = format!(
-        "SELECT {}, {}, (SELECT COUNT(*) FROM devices d WHERE {}), {}",
+        "SELECT {}, {}, {} + (SELECT COUNT(*) FROM devices d
+                              WHERE {} AND d.last_rotation_completed_at >= $3), {}",
         counted("active AND rotation_state <> 'TIMEOUT'"),
         counted("active AND rotation_state = 'TIMEOUT'"),
+        counted(
+            "active AND rotation_state = 'TIMEOUT' AND completed_day <> '' AND completed_day < $2"
+        ),
         HEALTH_CONDITIONS[HealthList::Critical as usize],
         counted("NOT active"),
     );
+    let day = cutoff.date_naive();
+    let day_start = day.and_time(chrono::NaiveTime::MIN).and_utc();
     let (healthy, timeout, critical, inactive): (i64, i64, i64, i64) =
         on_conn!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(cutoff)
+            .bind(day.format("%Y-%m-%d").to_string())
+            .bind(day_start)
             .fetch_one(c)
             .await)?;
     Ok([healthy, (timeout - critical).max(0), critical, inactive])

@@ -184,10 +184,10 @@ async fn rotation_dashboard_limit_caps_the_lists_not_the_counts() {
     for_each_stack("paging_dashboard", &[], async |app| {
         let model = create_model(app, "pg_dash", None).await;
         let mut devices = Vec::new();
-        for _ in 0..9 {
+        for _ in 0..10 {
             devices.push(device_of(app, model).await.id);
         }
-        // Healthy: 0, 1, 2 (OK) and 3 (PENDING: a QUEUED one would be started meanwhile); warning: 4 (never rotated), 5 (6 days); critical:
+        // Healthy: 0, 1, 2 (OK) and 3 (PENDING: a QUEUED one would be started meanwhile); warning: 4 (never rotated), 5 (6 days), 9 (below); critical:
         // 6 (7 days, the default threshold) and 7 (30 days); inactive: 8 (TIMEOUT, 30 days).
         set_rotation(app, devices[3], "PENDING", None, true).await;
         set_rotation(app, devices[4], "TIMEOUT", None, true).await;
@@ -195,11 +195,25 @@ async fn rotation_dashboard_limit_caps_the_lists_not_the_counts() {
         set_rotation(app, devices[6], "TIMEOUT", Some(7), true).await;
         set_rotation(app, devices[7], "TIMEOUT", Some(30), true).await;
         set_rotation(app, devices[8], "TIMEOUT", Some(30), false).await;
+        // Warning too: 9 completed on the cutoff's own day, a minute after the cutoff (the
+        // counters sum whole days before that day and count that day's devices one by one).
+        let just_after =
+            iotsupport::db::now() - chrono::Duration::days(7) + chrono::Duration::minutes(1);
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE devices SET rotation_state = 'TIMEOUT', last_rotation_completed_at = $1
+             WHERE id = $2"
+        )
+        .bind(just_after)
+        .bind(devices[9])
+        .execute(p)
+        .await
+        .map(|done| done.rows_affected()))
+        .unwrap();
         let (status, whole) = get(app, "/api/rotation/dashboard").await;
         assert_eq!(status, 200, "{whole}");
         assert_eq!(
             whole["counts"],
-            serde_json::json!({"healthy": 4, "warning": 2, "critical": 2, "inactive": 1}),
+            serde_json::json!({"healthy": 4, "warning": 3, "critical": 2, "inactive": 1}),
             "{whole}"
         );
         for limit in [1usize, 2, 1000] {

@@ -493,8 +493,8 @@ async fn assert_rotation_counts_match(app: &TestApp, when: &str) {
         iotsupport::on_pool!(app.db(), |p| sqlx::query_as(sql).fetch_all(p).await).unwrap()
     };
     let kept = rows(
-        "SELECT active, rotation_state, devices FROM device_rotation_counts
-         WHERE devices <> 0 ORDER BY active, rotation_state",
+        "SELECT active, rotation_state, CAST(SUM(devices) AS BIGINT) FROM device_rotation_counts
+         GROUP BY active, rotation_state HAVING SUM(devices) <> 0 ORDER BY active, rotation_state",
     )
     .await;
     let counted = rows(
