@@ -8,12 +8,19 @@
 -- that moves with the time of the request. Whole days before the cutoff's day are summed here,
 -- and only the devices of the cutoff's own day are counted from the index.
 --
--- Statement triggers with transition tables: the fleet trigger moves every OK device to QUEUED in
--- one statement, and that is one change of two counters, not one per device (a row trigger would
--- update the same counter row once per device, each time walking the versions it left behind).
--- Rows are changed in key order, so two statements never take the counters' locks in opposite
--- orders. A statement that changes no device's state, activity or completion (presence, config,
--- secrets) writes nothing here; it only pays for the trigger's one grouped query over its rows.
+-- Inserts and deletes: statement triggers with transition tables (one grouped upsert per
+-- statement). Updates: most updates of a device change none of the three columns (presence, the
+-- most frequent write, sets last_seen_at), and those must not pay for this. So a row trigger
+-- limited to the three columns, with a WHEN that PostgreSQL evaluates without calling anything,
+-- appends the device's move to `device_rotation_count_moves`, and a statement trigger on the same
+-- columns folds the moves into the counters at the end of the statement. Appending, not updating
+-- the counter once per device: the fleet trigger moves every OK device in one statement, and
+-- updating one row that many times in one transaction walks the versions it left behind each
+-- time. The moves table is empty outside a statement (a statement's moves are folded and deleted
+-- before it ends, and other transactions' are invisible to the fold), so it is unlogged.
+--
+-- Counters are upserted in key order, so two statements never take their locks in opposite
+-- orders.
 CREATE TABLE device_rotation_counts (
     active         BOOLEAN     NOT NULL,
     rotation_state VARCHAR(20) NOT NULL,
@@ -39,40 +46,30 @@ SELECT active, rotation_state,
        device_rotation_completed_day(active, rotation_state, last_rotation_completed_at), COUNT(*)
 FROM devices GROUP BY 1, 2, 3;
 
--- One function for the three triggers; each branch reads only the transition tables its event
--- has (a branch that does not run is never planned).
+CREATE UNLOGGED TABLE device_rotation_count_moves (
+    active         BOOLEAN     NOT NULL,
+    rotation_state VARCHAR(20) NOT NULL,
+    completed_day  VARCHAR(10) NOT NULL,
+    devices        BIGINT      NOT NULL
+);
+
+-- Inserted and deleted devices: one grouped upsert per statement.
 CREATE FUNCTION device_rotation_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO device_rotation_counts AS c (active, rotation_state, completed_day, devices)
         SELECT active, rotation_state,
-               device_rotation_completed_day(active, rotation_state, last_rotation_completed_at) AS day,
+               device_rotation_completed_day(active, rotation_state, last_rotation_completed_at),
                COUNT(*)
         FROM new_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
         ON CONFLICT (active, rotation_state, completed_day)
             DO UPDATE SET devices = c.devices + EXCLUDED.devices;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO device_rotation_counts AS c (active, rotation_state, completed_day, devices)
-        SELECT active, rotation_state,
-               device_rotation_completed_day(active, rotation_state, last_rotation_completed_at) AS day,
-               -COUNT(*)
-        FROM old_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-        ON CONFLICT (active, rotation_state, completed_day)
-            DO UPDATE SET devices = c.devices + EXCLUDED.devices;
     ELSE
         INSERT INTO device_rotation_counts AS c (active, rotation_state, completed_day, devices)
-        SELECT active, rotation_state, day, SUM(n) FROM (
-            SELECT active, rotation_state,
-                   device_rotation_completed_day(active, rotation_state, last_rotation_completed_at) AS day,
-                   1 AS n
-            FROM new_rows
-            UNION ALL
-            SELECT active, rotation_state,
-                   device_rotation_completed_day(active, rotation_state, last_rotation_completed_at),
-                   -1
-            FROM old_rows
-        ) AS moved
-        GROUP BY 1, 2, 3 HAVING SUM(n) <> 0 ORDER BY 1, 2, 3
+        SELECT active, rotation_state,
+               device_rotation_completed_day(active, rotation_state, last_rotation_completed_at),
+               -COUNT(*)
+        FROM old_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
         ON CONFLICT (active, rotation_state, completed_day)
             DO UPDATE SET devices = c.devices + EXCLUDED.devices;
     END IF;
@@ -80,12 +77,46 @@ BEGIN
 END
 $$;
 
+-- An updated device whose counted columns changed: its move, appended.
+CREATE FUNCTION device_rotation_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO device_rotation_count_moves (active, rotation_state, completed_day, devices)
+    VALUES (OLD.active, OLD.rotation_state,
+            device_rotation_completed_day(OLD.active, OLD.rotation_state,
+                                          OLD.last_rotation_completed_at), -1),
+           (NEW.active, NEW.rotation_state,
+            device_rotation_completed_day(NEW.active, NEW.rotation_state,
+                                          NEW.last_rotation_completed_at), 1);
+    RETURN NULL;
+END
+$$;
+
+-- The end of an update statement: its moves, folded into the counters.
+CREATE FUNCTION device_rotation_counts_fold() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WITH moved AS (DELETE FROM device_rotation_count_moves RETURNING *)
+    INSERT INTO device_rotation_counts AS c (active, rotation_state, completed_day, devices)
+    SELECT active, rotation_state, completed_day, SUM(devices) FROM moved
+    GROUP BY 1, 2, 3 HAVING SUM(devices) <> 0 ORDER BY 1, 2, 3
+    ON CONFLICT (active, rotation_state, completed_day)
+        DO UPDATE SET devices = c.devices + EXCLUDED.devices;
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER device_rotation_counts_insert AFTER INSERT ON devices
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION device_rotation_counts_apply();
-CREATE TRIGGER device_rotation_counts_update AFTER UPDATE ON devices
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION device_rotation_counts_apply();
 CREATE TRIGGER device_rotation_counts_delete AFTER DELETE ON devices
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION device_rotation_counts_apply();
+CREATE TRIGGER device_rotation_counts_move
+    AFTER UPDATE OF active, rotation_state, last_rotation_completed_at ON devices
+    FOR EACH ROW
+    WHEN (OLD.active IS DISTINCT FROM NEW.active
+          OR OLD.rotation_state IS DISTINCT FROM NEW.rotation_state
+          OR OLD.last_rotation_completed_at IS DISTINCT FROM NEW.last_rotation_completed_at)
+    EXECUTE FUNCTION device_rotation_counts_move();
+CREATE TRIGGER device_rotation_counts_update
+    AFTER UPDATE OF active, rotation_state, last_rotation_completed_at ON devices
+    FOR EACH STATEMENT EXECUTE FUNCTION device_rotation_counts_fold();
