@@ -371,6 +371,12 @@ async fn reconcile(
                 d.coredump_id, d.device_key, d.object_key
             );
         }
+        for d in &report.rotation_count_drift {
+            println!(
+                "rotation counter (active {}, {}, completed {:?}): {} kept, {} counted",
+                d.active, d.rotation_state, d.completed_day, d.kept, d.counted
+            );
+        }
         for c in &report.current_versions {
             let state = if c.stored { "ok" } else { "NOT STORED" };
             println!(
@@ -401,6 +407,9 @@ async fn reconcile(
                 "deleted {} object(s) from the store ({} failed, left queued for retry)",
                 d.deleted, d.failed
             );
+            if s.rotation_counts_recounted {
+                println!("recounted the rotation counters");
+            }
         }
     }
     db.close().await;

@@ -20,6 +20,9 @@
 //!   version is not a valid key component today (a `%` from an earlier release): reported, never
 //!   acted on.
 //! - **Current versions**: each model's `firmware_version` and whether it names a stored version.
+//! - **Rotation counters**: `device_rotation_counts` (kept by triggers, migration 16) against a
+//!   count of the devices. They can only disagree if the triggers were bypassed (disabled by hand,
+//!   a partial restore); repair recounts them while no device can change.
 //!
 //! Repair is idempotent: a second run finds nothing left to do.
 
@@ -112,6 +115,8 @@ pub struct ReconcileReport {
     /// `COREDUMPS_DIR` (`coredumps.filename` set): neither dangling nor repaired; `migrate-to-s3`
     /// moves them.
     pub legacy_coredumps: usize,
+    /// Counters of `device_rotation_counts` that disagree with a count of the devices.
+    pub rotation_count_drift: Vec<db::rotation::CountDrift>,
 }
 
 /// Compares the bucket with the database. `grace`: objects younger than this are never orphans.
@@ -244,6 +249,7 @@ pub async fn scan(
                 .is_none_or(|v| versions.contains(&(m.code.as_str(), v))),
         })
         .collect();
+    report.rotation_count_drift = db::rotation::count_drift(db).await?;
     publish_metrics(&report);
     Ok(report)
 }

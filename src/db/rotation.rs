@@ -305,3 +305,68 @@ pub async fn compare_and_set_setting(
     };
     Ok(rows == 1)
 }
+
+/// A counter of `device_rotation_counts` that disagrees with a count of the devices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct CountDrift {
+    pub active: bool,
+    pub rotation_state: String,
+    pub completed_day: String,
+    pub kept: i64,
+    pub counted: i64,
+}
+
+/// Migration 16's `completed_day` of a row of `devices`, in the database's SQL.
+fn completed_day_sql(db: &super::Db) -> &'static str {
+    match db {
+        super::Db::Postgres(_) => {
+            "device_rotation_completed_day(active, rotation_state, last_rotation_completed_at)"
+        }
+        super::Db::Sqlite(_) => {
+            "CASE WHEN active AND rotation_state = 'TIMEOUT'
+                  THEN COALESCE(date(last_rotation_completed_at), '') ELSE '' END"
+        }
+    }
+}
+
+/// Where the counters and a count of the devices disagree (for `reconcile`; reads every device).
+/// One statement, so both sides are of one snapshot.
+pub async fn count_drift(db: &super::Db) -> Result<Vec<CountDrift>, DbError> {
+    let sql = format!(
+        "SELECT active, rotation_state, completed_day,
+                CAST(SUM(kept) AS BIGINT) AS kept, CAST(SUM(counted) AS BIGINT) AS counted
+         FROM (SELECT active, rotation_state, completed_day, devices AS kept, 0 AS counted
+               FROM device_rotation_counts
+               UNION ALL
+               SELECT active, rotation_state, {} AS completed_day, 0 AS kept, COUNT(*) AS counted
+               FROM devices GROUP BY 1, 2, 3) AS both_sides
+         GROUP BY active, rotation_state, completed_day HAVING SUM(kept) <> SUM(counted)
+         ORDER BY active, rotation_state, completed_day",
+        completed_day_sql(db)
+    );
+    Ok(crate::on_pool!(db, |p| sqlx::query_as(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .fetch_all(p)
+    .await)?)
+}
+
+/// Replaces the counters with a count of the devices, while no device can change (PostgreSQL:
+/// a lock that lets readers in; SQLite: its write transaction).
+pub async fn recount(db: &super::Db) -> Result<(), DbError> {
+    let mut tx = db.begin().await?;
+    if let Tx::Postgres(t) = &mut tx {
+        sqlx::query("LOCK TABLE devices IN SHARE MODE")
+            .execute(&mut **t)
+            .await?;
+    }
+    crate::execute!(&mut tx, sqlx::query("DELETE FROM device_rotation_counts"))?;
+    let sql = format!(
+        "INSERT INTO device_rotation_counts (active, rotation_state, completed_day, devices)
+         SELECT active, rotation_state, {}, COUNT(*) FROM devices GROUP BY 1, 2, 3",
+        completed_day_sql(db)
+    );
+    crate::execute!(&mut tx, sqlx::query(sqlx::AssertSqlSafe(sql.clone())))?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -29,6 +29,8 @@ pub struct RepairSummary {
     pub coredumps_marked_error: usize,
     pub firmware_versions_removed: usize,
     pub current_versions_left: usize,
+    /// Whether the rotation counters were recounted (the scan found them off).
+    pub rotation_counts_recounted: bool,
 }
 
 /// Fixes what `report` found.
@@ -42,11 +44,16 @@ pub async fn repair(
     queue_orphans(db, report, &mut summary).await?;
     mark_dangling_dumps(db, storage, report, &mut summary).await?;
     remove_dangling_versions(db, storage, report, &mut summary).await?;
+    if !report.rotation_count_drift.is_empty() {
+        crate::db::rotation::recount(db).await?;
+        summary.rotation_counts_recounted = true;
+    }
     tracing::info!(
         misplaced_moved = summary.misplaced_moved,
         orphans_queued = summary.orphans_queued,
         coredumps_marked_error = summary.coredumps_marked_error,
         firmware_versions_removed = summary.firmware_versions_removed,
+        rotation_counts_recounted = summary.rotation_counts_recounted,
         "reconcile_repaired"
     );
     Ok(summary)

@@ -276,3 +276,49 @@ async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
     })
     .await;
 }
+
+/// The rotation counters (migration 16) are derived from the devices; if they were ever bypassed
+/// (triggers disabled by hand, a partial restore), a scan reports each counter that is off and
+/// repair recounts them, after which the status is right again and a second scan is clean.
+#[tokio::test]
+async fn reconcile_reports_rotation_counters_that_drifted_and_repair_recounts_them() {
+    for_each_stack("reconcile_counts", &[], async |app| {
+        let model = create_model(app, "counted", None).await;
+        for _ in 0..3 {
+            crate::fleet::device_of(app, model).await;
+        }
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
+        assert!(report.rotation_count_drift.is_empty(), "{report:?}");
+        assert!(!summary.rotation_counts_recounted);
+
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE device_rotation_counts SET devices = devices + 5
+             WHERE active AND rotation_state = 'OK'"
+        )
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        let (_, status) = call(app, http::Method::GET, "/api/rotation/status", None).await;
+        assert_eq!(
+            status["counts_by_state"]["OK"], 8,
+            "the drift is visible: {status}"
+        );
+
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
+        assert_eq!(
+            report
+                .rotation_count_drift
+                .iter()
+                .map(|d| (d.active, d.rotation_state.as_str(), d.kept, d.counted))
+                .collect::<Vec<_>>(),
+            vec![(true, "OK", 8, 3)]
+        );
+        assert!(summary.rotation_counts_recounted);
+        let (_, status) = call(app, http::Method::GET, "/api/rotation/status", None).await;
+        assert_eq!(status["counts_by_state"]["OK"], 3, "{status}");
+        let (again, _) = repair_and_drain(app, Duration::ZERO).await;
+        assert!(again.rotation_count_drift.is_empty(), "{again:?}");
+    })
+    .await;
+}
