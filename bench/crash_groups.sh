@@ -20,28 +20,15 @@
 # (esp32_elf_crc32_abort: any coredump/<case> with a coredump.bin or coredump_bin.bin),
 # BENCH_DRAIN_TIMEOUT seconds per drain (600).
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+# parse_lib.sh: the case's dump and ELF, DEVICES, VERSION, CHIP, CONCURRENCY, sql, metric and
+# model_with_build (it sources lib.sh).
+BENCH_DEVICES=${BENCH_DEVICES:-50}
+source "$(dirname "$0")/parse_lib.sh"
+parse_bench_check
 
 DUMPS=${BENCH_DUMPS:-1000}
-DEVICES=${BENCH_DEVICES:-50}
 ROUNDS=${BENCH_ROUNDS:-3}
-CASE=${BENCH_CASE:-esp32_elf_crc32_abort}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-600}
-BASELINE_BIN=${BENCH_BASELINE_BIN:-}
-VERSION=1.0.0
-
-TESTDATA=${IOTSUPPORT_TESTDATA:-$BENCH_ROOT/../shared/testdata/esp}
-CASE_DIR=$TESTDATA/coredump/$CASE
-DUMP_FILE=$(ls "$CASE_DIR"/coredump.bin "$CASE_DIR"/coredump_bin.bin 2>/dev/null | head -n 1 || true)
-ELF_FILE=$(ls "$CASE_DIR"/*.elf 2>/dev/null | grep -v '\.core\.elf$' | head -n 1 || true)
-if [ -z "$DUMP_FILE" ] || [ -z "$ELF_FILE" ]; then
-    echo "SKIP: no dump and firmware ELF in $CASE_DIR (set IOTSUPPORT_TESTDATA)"
-    exit 0
-fi
-CHIP=${CASE%%_*}
-[ -z "$BASELINE_BIN" ] || [ -x "$BASELINE_BIN" ] || { blog "BENCH_BASELINE_BIN $BASELINE_BIN is not executable"; exit 1; }
-# loadgen sends one upload per device at a time.
-CONCURRENCY=$((DEVICES < 32 ? DEVICES : 32))
 
 bench_build
 bench_start_postgres
@@ -49,37 +36,14 @@ bench_start_s3
 CURRENT_BIN=$SERVICE_BIN
 blog "case $CASE: $(basename "$DUMP_FILE") ($(stat -c %s "$DUMP_FILE") bytes, chip $CHIP), $(basename "$ELF_FILE")"
 
-# sql DB SQL: psql_query on database DB.
-sql() {
-    PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAtq -F $'\t' -c "$2"
-}
-
-# metric TEXT NAME LABEL: the value of the series NAME{…LABEL…} in a Prometheus text (0 if absent).
-metric() {
-    awk -v name="$2{" -v label="$3" 'index($0, name) == 1 && index($0, label) { print $2; found = 1; exit }
-        END { if (!found) print 0 }' <<<"$1"
-}
-
 # prepare BIN DB CODE: with BIN's workers asleep, a model CODE with the build and DEVICES devices,
 # and DUMPS uploads of the dump; leaves the service stopped with DUMPS parse jobs queued.
 prepare() {
-    local bin=$1 db=$2 code=$3 model device credentials=()
+    local bin=$1 db=$2 code=$3
     SERVICE_BIN=$bin DATABASE_URL=$BASE_URL/$db S3_BUCKET=bench-${db//_/-} \
         WORKER_POLL_SECONDS=86400 MAX_COREDUMPS=$DUMPS bench_start_service
-    model=$(api POST /api/device-models "{\"code\": \"$code\", \"name\": \"Benchmark $code\"}" | json_field id)
-    # The build of the dump, with its real ELF (the bundle's file names carry the model code).
-    "$LOADGEN" make-bundle --code "$code" --version "$VERSION" --elf "$ELF_FILE" \
-        --image-size 65536 --out "$WORK/bundle.zip" 2>/dev/null
-    curl -sS --fail-with-body --max-time 120 -o /dev/null -X POST \
-        -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/zip' \
-        --data-binary "@$WORK/bundle.zip" "$SERVICE_URL/api/device-models/$model/firmware" >&2
-    for _ in $(seq 1 "$DEVICES"); do
-        device=$(api POST /api/devices "{\"device_model_id\": $model, \"config\": \"{}\"}")
-        credentials+=("$(json_field key <<<"$device").$(json_field device_secret <<<"$device")")
-    done
-    local creds
-    creds=$(IFS=,; echo "${credentials[*]}")
-    "$LOADGEN" ingest --url "$SERVICE_URL" --credential "$creds" --body "$DUMP_FILE" \
+    model_with_build "$code"
+    "$LOADGEN" ingest --url "$SERVICE_URL" --credential "$CREDS" --body "$DUMP_FILE" \
         --chip "$CHIP" --firmware-version "$VERSION" --count "$DUMPS" \
         --concurrency "$CONCURRENCY" --max-seconds 600 >&2 \
         || { tail -n 20 "$WORK/service.log" >&2; exit 1; }
@@ -87,7 +51,6 @@ prepare() {
     local queued
     queued=$(sql "$db" "SELECT count(*) FROM jobs j WHERE j.kind = 'parse_coredump' AND j.status = 'queued'")
     [ "$queued" = "$DUMPS" ] || { blog "expected $DUMPS queued parse jobs, found $queued"; exit 1; }
-    MODEL=$model
 }
 
 # drain LABEL BIN DB: prepares a backlog, drains it with BIN; sets RESULT to one result line.

@@ -20,10 +20,13 @@
 #   groups      GET /api/device-models/{id}/crash-groups
 #   dashboard   GET /api/rotation/dashboard (every device, by design: see bench/README.md)
 #   status      GET /api/rotation/status
-#   dash-limit  GET /api/rotation/dashboard?limit=50 (counts of every device, 50 of each list)
+#   dash-limit  GET /api/rotation/dashboard?limit=$BENCH_DASHBOARD_LIMIT (counts of every device,
+#               10 of each list by default: the small database has 10 TIMEOUT devices, so every
+#               non-empty list is full in both and both answers hold the same devices' worth)
 #   bench/scale.sh
 # Tuning: BENCH_LARGE_DEVICES (100000), BENCH_SMALL_DEVICES (100), BENCH_COUNT requests per
 # measurement (2000), BENCH_CONCURRENCY (8), BENCH_CREDENTIALS (200), BENCH_DASHBOARD_COUNT (20),
+# BENCH_DASHBOARD_LIMIT (10),
 # BENCH_PG_STATEMENTS=1 (the statements of the capped dashboard, per database, on stderr),
 # BENCH_WRITE_SECONDS (10: each pgbench run of the write-cost measurement below).
 # Then, on the large database, what the rotation counters' triggers (migration 16) cost the writes
@@ -39,6 +42,7 @@ COUNT=${BENCH_COUNT:-2000}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
 NCRED=${BENCH_CREDENTIALS:-200}
 DASH_COUNT=${BENCH_DASHBOARD_COUNT:-20}
+DASH_LIMIT=${BENCH_DASHBOARD_LIMIT:-10}
 WRITE_SECONDS=${BENCH_WRITE_SECONDS:-10}
 DUMPS_PER_DEVICE=20
 GROUPS_PER_MODEL=20
@@ -138,7 +142,7 @@ run_database() {
     measure status get --url "$url/api/rotation/status" --token "$ADMIN_TOKEN" --count "$COUNT"
     measure dashboard get --url "$url/api/rotation/dashboard" --token "$ADMIN_TOKEN" --count "$DASH_COUNT"
     bench_pg_statements_reset "$db"
-    measure dash-limit get --url "$url/api/rotation/dashboard?limit=50" --token "$ADMIN_TOKEN" --count "$COUNT"
+    measure dash-limit get --url "$url/api/rotation/dashboard?limit=$DASH_LIMIT" --token "$ADMIN_TOKEN" --count "$COUNT"
     bench_pg_statements "$db" 8 >&2
     bench_stop_service
 }
