@@ -24,17 +24,12 @@ set -euo pipefail
 # model_with_build (it sources lib.sh).
 BENCH_DEVICES=${BENCH_DEVICES:-50}
 source "$(dirname "$0")/parse_lib.sh"
-parse_bench_check
 
 DUMPS=${BENCH_DUMPS:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-600}
 
-bench_build
-bench_start_postgres
-bench_start_s3
-CURRENT_BIN=$SERVICE_BIN
-blog "case $CASE: $(basename "$DUMP_FILE") ($(stat -c %s "$DUMP_FILE") bytes, chip $CHIP), $(basename "$ELF_FILE")"
+parse_bench_start
 
 # prepare BIN DB CODE: with BIN's workers asleep, a model CODE with the build and DEVICES devices,
 # and DUMPS uploads of the dump; leaves the service stopped with DUMPS parse jobs queued.

@@ -24,12 +24,7 @@ BASELINE_DUMPS=${BENCH_BASELINE_DUMPS:-$DUMPS}
 ROUNDS=${BENCH_ROUNDS:-1}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-1800}
 
-parse_bench_check
-bench_build
-bench_start_postgres
-bench_start_s3
-CURRENT_BIN=$SERVICE_BIN
-blog "case $CASE: $(basename "$DUMP_FILE") ($(stat -c %s "$DUMP_FILE") bytes, chip $CHIP), $(basename "$ELF_FILE")"
+parse_bench_start
 
 # prepare BIN DB N: a model with the build, DEVICES devices and N uploads of the dump while the
 # workers sleep; leaves the service stopped with N parse jobs queued.

@@ -30,6 +30,17 @@ parse_bench_check() {
     fi
 }
 
+# parse_bench_start: skips without test data, builds, starts PostgreSQL and s3s-fs; sets
+# CURRENT_BIN (the service binary under test).
+parse_bench_start() {
+    parse_bench_check
+    bench_build
+    bench_start_postgres
+    bench_start_s3
+    CURRENT_BIN=$SERVICE_BIN
+    blog "case $CASE: $(basename "$DUMP_FILE") ($(stat -c %s "$DUMP_FILE") bytes, chip $CHIP), $(basename "$ELF_FILE")"
+}
+
 # sql DB SQL: psql_query on database DB.
 sql() {
     PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAtq -F $'\t' -c "$2"

@@ -25,12 +25,7 @@ COUNT=$(awk -v r="$RATE" -v s="$RUN_SECONDS" 'BEGIN { printf "%d", r * s }')
 # Keep every dump of the run: retention would delete dumps (and their queued parses) mid-run.
 KEEP=$((COUNT / DEVICES + 10))
 
-parse_bench_check
-bench_build
-bench_start_postgres
-bench_start_s3
-CURRENT_BIN=$SERVICE_BIN
-blog "case $CASE: $(basename "$DUMP_FILE") ($(stat -c %s "$DUMP_FILE") bytes, chip $CHIP), $(basename "$ELF_FILE")"
+parse_bench_start
 
 # run LABEL BIN DB: sets RESULT (one line) and WINDOWS (p99 per 10-s window).
 run() {
