@@ -153,15 +153,26 @@ pub async fn until_text(c: &Client, css: &str, needle: &str) {
     until(c, &format!("{css} to show {needle:?}"), &condition).await;
 }
 
+/// Clicks `css`. Pages re-render live (a parsed dump, a new event): an element found a moment ago
+/// may be replaced before the click reaches it, as a user would click the new one, the element
+/// is found again then.
 pub async fn click(c: &Client, css: &str) {
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let element = c
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.click().await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
 }
 
 /// Replaces the value of the field matching `css` with `value`.
