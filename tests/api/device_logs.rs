@@ -434,7 +434,25 @@ async fn two_processes_store_each_line_once_and_either_streams_it() {
                 .await
                 .unwrap();
         }
-        until_stored(&first, a, 60).await;
+        if !eventually(Duration::from_secs(20), || async {
+            stored_lines(&first, a).await >= 60
+        })
+        .await
+        {
+            // What each process did with the lines, to tell a slow store from a lost message.
+            let lines = |text: String| -> String {
+                text.lines()
+                    .filter(|l| l.starts_with("device_log_lines_total"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            panic!(
+                "{stack:?}: {} of 60 lines stored; first: {}; second: {}",
+                stored_lines(&first, a).await,
+                lines(first.metrics().await),
+                lines(second.metrics().await)
+            );
+        }
         // Anything stored twice would show by now.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
