@@ -138,6 +138,18 @@ bench_start_s3() {
     blog "s3s-fs ($S3S_FS) on 127.0.0.1:$S3_PORT"
 }
 
+# bench_wait_ready: waits up to 60 s for $SERVICE_PID to answer /health/readyz at $SERVICE_URL;
+# shows its log and exits if it dies or does not become ready.
+bench_wait_ready() {
+    local deadline=$((SECONDS + 60))
+    until curl -sf -o /dev/null --max-time 1 "$SERVICE_URL/health/readyz"; do
+        if ! kill -0 "$SERVICE_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            cat "$WORK/service.log" >&2; blog "the service did not become ready"; exit 1
+        fi
+        sleep 0.1
+    done
+}
+
 bench_start_service() {
     SERVICE_PORT=$(free_port)
     SERVICE_URL="http://127.0.0.1:$SERVICE_PORT"
@@ -147,13 +159,7 @@ bench_start_service() {
         S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY S3_BUCKET_NAME=$S3_BUCKET S3_REGION=us-east-1 \
         "$SERVICE_BIN" serve > "$WORK/service.log" 2>&1 &
     SERVICE_PID=$!
-    local deadline=$((SECONDS + 60))
-    until curl -sf -o /dev/null --max-time 1 "$SERVICE_URL/health/readyz"; do
-        if ! kill -0 "$SERVICE_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            cat "$WORK/service.log" >&2; blog "the service did not become ready"; exit 1
-        fi
-        sleep 0.1
-    done
+    bench_wait_ready
     blog "iotsupport serve (pid $SERVICE_PID) on $SERVICE_URL"
 }
 

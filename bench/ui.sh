@@ -29,13 +29,7 @@ start_embedded() {
     (cd "$DATA" && PORT=$SERVICE_PORT LOG_FORMAT=text RUST_LOG=warn exec "$SERVICE_BIN" serve \
         >> "$WORK/service.log" 2>&1) &
     SERVICE_PID=$!
-    local deadline=$((SECONDS + 60))
-    until curl -sf -o /dev/null --max-time 1 "$SERVICE_URL/health/readyz"; do
-        if ! kill -0 "$SERVICE_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            cat "$WORK/service.log" >&2; blog "the service did not become ready"; exit 1
-        fi
-        sleep 0.1
-    done
+    bench_wait_ready
 }
 
 start_embedded
