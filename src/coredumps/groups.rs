@@ -300,9 +300,7 @@ async fn join(
             group.regressed_at
         },
     };
-    let group = db_groups::join(tx, group.id, dump, &update, now)
-        .await?
-        .group;
+    let group = db_groups::join(tx, group.id, dump, &update, now).await?;
     let kind = if created {
         ChangeKind::Created
     } else if regressed {

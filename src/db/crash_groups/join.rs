@@ -11,24 +11,6 @@
 use super::{CrashGroupRow, GroupUpdate, MemberFacts};
 use crate::db::{DbError, Tx};
 
-/// A group after a dump was counted into it.
-#[derive(Debug, Clone)]
-pub struct Joined {
-    pub group: CrashGroupRow,
-    /// The dump's device had no other dump in the group.
-    pub new_device: bool,
-    /// … of the dump's version.
-    pub new_version_device: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct JoinedRow {
-    #[sqlx(flatten)]
-    group: CrashGroupRow,
-    seen: bool,
-    seen_version: bool,
-}
-
 const JOIN_POSTGRES: &str = concat!(
     "WITH p AS (
         SELECT EXISTS (SELECT 1 FROM crash_group_members
@@ -48,43 +30,35 @@ const JOIN_POSTGRES: &str = concat!(
             regressed_at = $11, updated_at = $12
      WHERE id = $1
      RETURNING ",
-    group_columns!(),
-    ", (SELECT seen FROM p) AS seen, (SELECT seen_version FROM p) AS seen_version"
+    group_columns!()
 );
 
 /// Counts `dump` (whose ledger entry is already in the group) into the locked group `group_id`:
 /// `change` gives everything but the device count (its `devices` is ignored), which the ledger
-/// decides.
+/// decides. Returns the group as it is now.
 pub async fn join(
     tx: &mut Tx,
     group_id: i64,
     dump: &MemberFacts,
     change: &GroupUpdate,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Joined, DbError> {
+) -> Result<CrashGroupRow, DbError> {
     match tx {
-        Tx::Postgres(t) => {
-            let row = sqlx::query_as::<_, JoinedRow>(JOIN_POSTGRES)
-                .bind(group_id)
-                .bind(dump.device_id)
-                .bind(&dump.firmware_version)
-                .bind(dump.coredump_id)
-                .bind(dump.uploaded_at)
-                .bind(change.coredumps)
-                .bind(change.first_seen_at)
-                .bind(change.last_seen_at)
-                .bind(&change.status)
-                .bind(change.resolved_at)
-                .bind(change.regressed_at)
-                .bind(now)
-                .fetch_one(&mut **t)
-                .await?;
-            Ok(Joined {
-                group: row.group,
-                new_device: !row.seen,
-                new_version_device: !row.seen_version,
-            })
-        }
+        Tx::Postgres(t) => Ok(sqlx::query_as::<_, CrashGroupRow>(JOIN_POSTGRES)
+            .bind(group_id)
+            .bind(dump.device_id)
+            .bind(&dump.firmware_version)
+            .bind(dump.coredump_id)
+            .bind(dump.uploaded_at)
+            .bind(change.coredumps)
+            .bind(change.first_seen_at)
+            .bind(change.last_seen_at)
+            .bind(&change.status)
+            .bind(change.resolved_at)
+            .bind(change.regressed_at)
+            .bind(now)
+            .fetch_one(&mut **t)
+            .await?),
         Tx::Sqlite(_) => {
             let (seen, seen_version) = super::device_presence(tx, group_id, dump).await?;
             super::add_to_version(
@@ -99,12 +73,7 @@ pub async fn join(
                 devices: i64::from(!seen),
                 ..change.clone()
             };
-            let group = super::update(tx, group_id, &change, now).await?;
-            Ok(Joined {
-                group,
-                new_device: !seen,
-                new_version_device: !seen_version,
-            })
+            super::update(tx, group_id, &change, now).await
         }
     }
 }

@@ -68,7 +68,7 @@ macro_rules! group_columns {
 const SELECT: &str = concat!("SELECT ", group_columns!(), " FROM crash_groups");
 
 mod join;
-pub use join::{join, Joined};
+pub use join::join;
 
 /// The facts of one dump that grouping records in the ledger (all immutable on the dump's row).
 #[derive(Debug, Clone, sqlx::FromRow)]
