@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod early;
 pub mod retention;
 pub mod store;
 pub mod upload;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::bundle::{self, BundleError, BundleFacts, Entry, Spool, Validated, Validation};
+use super::early::{EarlyFailure, EarlyImage, EarlyPut};
 use super::store::{self, Effects, StoreError, Stored};
 use crate::db::firmware_versions as fw;
 use crate::db::{Db, Tx};
@@ -50,7 +51,14 @@ pub struct UploadLimits {
     pub keep: u32,
 }
 
-/// Validates and stores the bundle in `spool` as a version of model `model_id` and makes it
+/// A bundle as received: the body, and the early path that saw it arrive (`None` where it does
+/// not apply, see [`super::early`]).
+pub struct Received {
+    pub spool: Spool,
+    pub early: Option<EarlyImage>,
+}
+
+/// Validates and stores the bundle `received` as a version of model `model_id` and makes it
 /// current. The process's lookup caches learn of it afterwards, also after a failure (the commit
 /// may have happened).
 pub async fn upload_bundle(
@@ -59,7 +67,7 @@ pub async fn upload_bundle(
     effects: Effects<'_>,
     model_id: i64,
     model_code: &str,
-    spool: Spool,
+    received: Received,
     limits: UploadLimits,
 ) -> Result<Stored, StoreError> {
     let started = Instant::now();
@@ -69,7 +77,7 @@ pub async fn upload_bundle(
         effects.notifier,
         model_id,
         model_code,
-        spool,
+        received,
         limits,
     )
     .await;
@@ -78,7 +86,7 @@ pub async fn upload_bundle(
     stored
 }
 
-fn record_step(step: &'static str, took: Duration) {
+pub(super) fn record_step(step: &'static str, took: Duration) {
     metrics::histogram!(crate::telemetry::FIRMWARE_UPLOAD_STEP_DURATION, "step" => step)
         .record(took.as_secs_f64());
 }
@@ -97,32 +105,72 @@ async fn upload_locked(
     notifier: Notifier,
     model_id: i64,
     model_code: &str,
-    spool: Spool,
+    Received { spool, early }: Received,
     limits: UploadLimits,
 ) -> Result<Stored, StoreError> {
     let mut validator = Validator::start(spool, model_code, limits.max_entry_bytes);
-    let (mut tx, model) = timed("lock", store::begin_locked(db, model_id)).await?;
+    let early = match early {
+        Some(early) => early.locked().await,
+        None => None,
+    };
+    let (mut tx, model, early) = match early {
+        Some(locked) => (
+            locked.tx,
+            locked.model,
+            Some((locked.version, locked.existing, locked.put)),
+        ),
+        None => {
+            let (tx, model) = timed("lock", store::begin_locked(db, model_id)).await?;
+            (tx, model, None)
+        }
+    };
 
     // The image comes first: it names the version, and with it the keys.
-    let (version, app, bin) = match validator.next().await {
+    let validated_image = validator.next().await;
+    // What the early path looked up and started, if it read this version (see `early`).
+    let (early_lookup, early_put) = match early {
+        Some((early_version, existing, put)) => {
+            let same = matches!(&validated_image, Some(Validated::Image { version, .. }) if *version == early_version);
+            match (same, put) {
+                (true, put) => (Some(existing), put),
+                (false, Some(put)) => {
+                    // Not the bundle's image (or no image at all): not ours to keep.
+                    Puts::discard(storage, put).await;
+                    (None, None)
+                }
+                (false, None) => (None, None),
+            }
+        }
+        None => (None, None),
+    };
+    let (version, app, bin) = match validated_image {
         Some(Validated::Image { version, app, bin }) => (version, app, bin),
         _ => return Err(validator.failure().await),
     };
-    let existing = timed("lock", fw::get(&mut tx, model_id, version.as_str())).await?;
+    let existing = match early_lookup {
+        Some(existing) => existing,
+        None => timed("lock", fw::get(&mut tx, model_id, version.as_str())).await?,
+    };
     let mut artifacts = vec![bin.facts()];
 
     let Some(existing) = existing else {
         // A new version: its keys are ours while we hold the model lock.
         let key = |artifact| firmware_key(&model.code, version.as_str(), artifact);
-        let keys = Artifact::ALL
-            .into_iter()
-            .map(key)
-            .collect::<Result<Vec<_>, _>>()?;
-        // Architecture invariant (src/outbox.rs): withdraw pending deletions of these keys (a
-        // version deleted earlier and uploaded again) before writing them.
-        outbox::cancel_deletions(&mut tx, &keys).await?;
         let mut puts = Puts::default();
-        puts.start(storage, key(Artifact::Bin)?, bin);
+        match early_put {
+            // The early path withdrew the pending deletions already.
+            Some(put) => puts.adopt(storage, put, bin),
+            None => {
+                let keys = Artifact::ALL
+                    .into_iter()
+                    .map(key)
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Architecture invariant (src/outbox.rs): withdraw pending deletions of these
+                // keys (a version deleted earlier and uploaded again) before writing them.
+                outbox::cancel_deletions(&mut tx, &keys).await?;
+                puts.start(storage, key(Artifact::Bin)?, bin);
+            }
+        }
         // The five keys were built above, so this cannot fail; if it did, the PUTs already
         // started are still waited for and cleaned up like any other failure.
         let mut unkeyed = None;
@@ -293,7 +341,8 @@ impl Validator {
 #[derive(Default)]
 struct Puts {
     running: JoinSet<(ObjectKey, Result<(), StoreError>)>,
-    /// Keys whose PUT succeeded.
+    /// Keys a PUT was started for (a failed PUT whose answer was lost may have stored its
+    /// object; deleting a missing object succeeds).
     written: Vec<ObjectKey>,
     first_started: Option<Instant>,
 }
@@ -301,6 +350,7 @@ struct Puts {
 impl Puts {
     fn start(&mut self, storage: &Storage, key: ObjectKey, entry: Entry) {
         self.first_started.get_or_insert_with(Instant::now);
+        self.written.push(key.clone());
         let storage = storage.clone();
         self.running.spawn(async move {
             let result = store::upload_one(&storage, &key, entry).await;
@@ -308,12 +358,53 @@ impl Puts {
         });
     }
 
+    /// Takes over the image's early PUT (see `early`): kept when it stored exactly the validated
+    /// image `bin`. When the tap gave up, or the PUT stored other bytes (a ZIP whose first local
+    /// header is not the entry its central directory names: validation, like every ZIP reader,
+    /// goes by the central directory), `bin` is PUT the ordinary way over it. A failure of the
+    /// store fails the upload.
+    fn adopt(&mut self, storage: &Storage, put: EarlyPut, bin: Entry) {
+        let started = Instant::now();
+        self.first_started.get_or_insert(started);
+        self.written.push(put.key.clone());
+        let storage = storage.clone();
+        self.running.spawn(async move {
+            let key = put.key.clone();
+            let result = match put.wait().await {
+                Ok(sha256) if sha256 == bin.sha256 => {
+                    record_step("early_put", started.elapsed());
+                    Ok(())
+                }
+                Err(EarlyFailure::Store(e)) => Err(e),
+                other => {
+                    let why = match other {
+                        Ok(_) => "the streamed image is not the validated one",
+                        _ => "the tap gave up",
+                    };
+                    tracing::info!(reason = why, "firmware_early_put_replaced");
+                    store::upload_one(&storage, &key, bin).await
+                }
+            };
+            (key, result)
+        });
+    }
+
+    /// Stops an early PUT that is not the upload's and deletes what it may have stored; the
+    /// caller holds the model lock.
+    async fn discard(storage: &Storage, put: EarlyPut) {
+        let key = put.key.clone();
+        let _ = put.wait().await;
+        if let Err(e) = storage.delete(&key).await {
+            tracing::warn!(object_key = %key, error = %e, "firmware_upload_cleanup_failed");
+        }
+    }
+
     /// Waits for every PUT started; the first failure, if any.
     async fn wait(&mut self) -> Result<(), StoreError> {
         let mut first_error = None;
         while let Some(joined) = self.running.join_next().await {
             match joined {
-                Ok((key, Ok(()))) => self.written.push(key),
+                Ok((_, Ok(()))) => {}
                 Ok((_, Err(e))) => {
                     first_error.get_or_insert(e);
                 }

@@ -22,7 +22,19 @@ use crate::config::S3Config;
 /// The configured store, S3 or local.
 pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
+    /// S3 with credentials: [`ObjectStorage::put_sized`] streams a single presigned PUT.
+    sized_puts: Option<SizedPuts>,
 }
+
+/// What a streamed single PUT needs: a URL signed by object_store, and a client whose request
+/// body may still be arriving.
+struct SizedPuts {
+    signer: Arc<object_store::aws::AmazonS3>,
+    client: super::http_client::StreamingPut,
+}
+
+/// How long a presigned PUT URL is valid: it is used at once, by this process only.
+const PRESIGNED_VALIDITY: Duration = Duration::from_secs(15 * 60);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -38,6 +50,7 @@ impl ObjectStoreBackend {
             .with_automatic_cleanup(true);
         Ok(ObjectStoreBackend {
             store: Arc::new(store),
+            sized_puts: None,
         })
     }
 
@@ -63,18 +76,31 @@ impl ObjectStoreBackend {
                 max_retries: 2,
                 retry_timeout: config.request_timeout,
             });
+        let signed = config.access_key_id.is_some() && config.secret_access_key.is_some();
         builder = match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => builder
                 .with_access_key_id(id.expose())
                 .with_secret_access_key(secret.expose()),
             _ => builder.with_skip_signature(true),
         };
-        let store = builder
-            .build()
-            .map_err(|e| unavailable(Operation::Check, "", e))?;
-        Ok(ObjectStoreBackend {
-            store: Arc::new(store),
-        })
+        let store = Arc::new(
+            builder
+                .build()
+                .map_err(|e| unavailable(Operation::Check, "", e))?,
+        );
+        // Without credentials there is nothing to presign with: sized puts are collected.
+        let sized_puts = if signed {
+            let client =
+                super::http_client::StreamingPut::new(CONNECT_TIMEOUT, config.request_timeout)
+                    .map_err(|e| unavailable(Operation::Check, "", e))?;
+            Some(SizedPuts {
+                signer: store.clone(),
+                client,
+            })
+        } else {
+            None
+        };
+        Ok(ObjectStoreBackend { store, sized_puts })
     }
 }
 
@@ -98,20 +124,8 @@ fn map_err(operation: Operation, key: &str, e: object_store::Error) -> StorageEr
         object_store::Error::NotFound { .. } => StorageError::NotFound {
             key: key.to_string(),
         },
-        other => unavailable(operation, key, display_chain(&other)),
+        other => unavailable(operation, key, super::display_chain(&other)),
     }
-}
-
-/// The error with its sources, so a log line says *why* (e.g. "connection refused").
-fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The key verbatim: `Path::parse` keeps every character as it is, where `Path::from` would
@@ -164,6 +178,37 @@ impl ObjectStorage for ObjectStoreBackend {
         }
         writer.finish().await.map_err(err)?;
         Ok(written)
+    }
+
+    async fn put_sized(
+        &self,
+        key: &ObjectKey,
+        len: u64,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), StorageError> {
+        let Some(sized) = &self.sized_puts else {
+            let body = super::collect_sized(key, len, body).await?;
+            return self.put(key, body).await;
+        };
+        use object_store::signer::Signer;
+        let url = sized
+            .signer
+            .signed_url(
+                object_store::signer::Method::PUT,
+                &path(key),
+                PRESIGNED_VALIDITY,
+            )
+            .await
+            .map_err(|e| map_err(Operation::Put, key.as_str(), e))?;
+        sized
+            .client
+            .put(url.as_str(), len, body)
+            .await
+            .map_err(|message| unavailable(Operation::Put, key.as_str(), message))
+    }
+
+    fn streams_sized_puts(&self) -> bool {
+        self.sized_puts.is_some()
     }
 
     async fn get(
@@ -254,7 +299,7 @@ impl ObjectStorage for ObjectStoreBackend {
                 Some(Err(e)) => Err(unavailable(
                     Operation::Delete,
                     key.as_str(),
-                    display_chain(e),
+                    super::display_chain(e),
                 )),
                 None => Err(unavailable(
                     Operation::Delete,

@@ -22,7 +22,8 @@ pub struct Fault {
     pub key_contains: Option<String>,
     /// How many more calls fail (forever when `None`).
     pub remaining: Option<usize>,
-    /// For `Get`: fail the body stream after this many bytes instead of failing the call.
+    /// For `Get` (and `put_sized`): fail the body stream after this many bytes instead of
+    /// failing the call.
     pub after_bytes: Option<u64>,
 }
 
@@ -140,6 +141,39 @@ impl ObjectStorage for FaultyStorage {
     ) -> Result<u64, StorageError> {
         self.guard(Operation::Put, key.as_str())?;
         self.inner.put_stream(key, body).await
+    }
+
+    async fn put_sized(
+        &self,
+        key: &ObjectKey,
+        len: u64,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), StorageError> {
+        // `after_bytes` on a put cuts its body there: the store sees a request that breaks off.
+        let limit = match self.hit(Operation::Put, key.as_str()) {
+            Some(Fault {
+                after_bytes: Some(n),
+                ..
+            }) => n,
+            Some(_) => return Err(injected(Operation::Put, key.as_str())),
+            None => return self.inner.put_sized(key, len, body).await,
+        };
+        let mut sent = 0u64;
+        let body = body
+            .map(move |chunk| {
+                let chunk = chunk?;
+                if sent + chunk.len() as u64 > limit {
+                    return Err(std::io::Error::other("injected fault"));
+                }
+                sent += chunk.len() as u64;
+                Ok(chunk)
+            })
+            .boxed();
+        self.inner.put_sized(key, len, body).await
+    }
+
+    fn streams_sized_puts(&self) -> bool {
+        self.inner.streams_sized_puts()
     }
 
     async fn get(

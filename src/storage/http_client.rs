@@ -45,28 +45,126 @@ pub struct BoundedConnector {
 
 impl object_store::client::HttpConnector for BoundedConnector {
     fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        http.enforce_http(false);
-        let tls = tls_config().map_err(|e| object_store::Error::Generic {
-            store: "S3",
-            source: Box::new(e),
-        })?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .http1_max_buf_size(READ_BUFFER_MAX)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client =
+            bounded_client(self.connect_timeout).map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
         Ok(HttpClient::new(BoundedClient {
             client,
             timeout: self.timeout,
         }))
     }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// hyper's client with [`READ_BUFFER_MAX`], `TCP_NODELAY` and rustls, for request bodies of
+/// type `B`.
+fn bounded_client<B>(connect_timeout: Duration) -> Result<Client<Connector, B>, rustls::Error>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config()?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .http1_max_buf_size(READ_BUFFER_MAX)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
+}
+
+/// A request body streamed from a fallible stream of chunks.
+type StreamedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Sends PUTs whose body is still being produced: object_store's `put` takes a whole payload, so
+/// a single PUT that starts before its content is complete (the firmware image while the bundle
+/// is still arriving, `crate::firmware::early`) goes to a presigned URL through this client.
+/// The `Content-Length` is declared up front: a body that ends short or long, or fails, aborts
+/// the request, and the store keeps no object (a PUT is all or nothing).
+#[derive(Debug, Clone)]
+pub struct StreamingPut {
+    client: Client<Connector, StreamedBody>,
+    /// For the answer's head once the body has been sent.
+    timeout: Duration,
+}
+
+impl StreamingPut {
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, rustls::Error> {
+        Ok(StreamingPut {
+            client: bounded_client(connect_timeout)?,
+            timeout,
+        })
+    }
+
+    /// PUTs exactly `len` bytes of `body` to `url`; the error says why it failed (never the URL,
+    /// which carries a signature).
+    pub async fn put(
+        &self,
+        url: &str,
+        len: u64,
+        body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), String> {
+        use futures::{FutureExt, StreamExt, TryStreamExt};
+        let (sent, body_sent) = tokio::sync::oneshot::channel::<()>();
+        // Drops `sent` when the body has ended or failed, so the answer's deadline starts then.
+        let mut sent = Some(sent);
+        let mut body = body;
+        let body = futures::stream::poll_fn(move |cx| {
+            let next = body.poll_next_unpin(cx);
+            if matches!(next, Poll::Ready(None | Some(Err(_)))) {
+                sent.take();
+            }
+            next
+        });
+        let body = http_body_util::StreamBody::new(body.map_ok(Frame::data));
+        let request = http::Request::put(url)
+            .header(http::header::CONTENT_LENGTH, len)
+            .body(http_body_util::BodyExt::boxed_unsync(body))
+            .map_err(|e| format!("invalid request: {e}"))?;
+        let answer = self.client.request(request);
+        let timeout = self.timeout;
+        let deadline = async move {
+            // Resolves (with an error) when the sender is dropped: the body ended or failed.
+            let _ = body_sent.await;
+            tokio::time::sleep(timeout).await;
+        };
+        let response = tokio::select! {
+            response = answer => response.map_err(|e| super::display_chain(&e))?,
+            () = deadline.fuse() => return Err("the object store did not answer within the request timeout".into()),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let detail = read_some(response.into_body(), 512).await;
+        Err(format!("the object store answered {status}: {detail}"))
+    }
+}
+
+/// Up to `max` bytes of a response body, as text (for an error message).
+async fn read_some(mut body: hyper::body::Incoming, max: usize) -> String {
+    use http_body_util::BodyExt;
+    let mut text = Vec::new();
+    while text.len() < max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    text.extend_from_slice(data);
+                }
+            }
+            _ => break,
+        }
+    }
+    text.truncate(max);
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// rustls with the aws-lc-rs provider (named, not the process default) and the system's trusted

@@ -144,6 +144,25 @@ pub trait ObjectStorage: Send + Sync + 'static {
         body: BoxStream<'static, std::io::Result<Bytes>>,
     ) -> Result<u64, StorageError>;
 
+    /// Writes an object of exactly `len` bytes from `body` with one request that starts before
+    /// the body is complete, where the store supports it (S3 with credentials); other stores
+    /// collect the body and [`Self::put`] it. The object appears only if the body yields exactly
+    /// `len` bytes without failing; otherwise nothing is written.
+    async fn put_sized(
+        &self,
+        key: &ObjectKey,
+        len: u64,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), StorageError> {
+        let body = collect_sized(key, len, body).await?;
+        self.put(key, body).await
+    }
+
+    /// Whether [`Self::put_sized`] sends the object while its body is still being produced.
+    fn streams_sized_puts(&self) -> bool {
+        false
+    }
+
     /// Reads an object, or the given range of it, as a stream.
     async fn get(
         &self,
@@ -168,6 +187,35 @@ pub trait ObjectStorage: Send + Sync + 'static {
 
     /// Succeeds when the store (and its bucket) answers.
     async fn check(&self) -> Result<(), StorageError>;
+}
+
+/// The whole of `body`, which must be exactly `len` bytes (see [`ObjectStorage::put_sized`]).
+pub async fn collect_sized(
+    key: &ObjectKey,
+    len: u64,
+    mut body: BoxStream<'static, std::io::Result<Bytes>>,
+) -> Result<Bytes, StorageError> {
+    use futures::StreamExt;
+    let failed = |message: String| StorageError::Unavailable {
+        operation: Operation::Put,
+        key: key.to_string(),
+        message,
+    };
+    let mut collected = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| failed(format!("the body failed: {e}")))?;
+        if collected.len() as u64 + chunk.len() as u64 > len {
+            return Err(failed(format!("the body is longer than {len} bytes")));
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    if collected.len() as u64 != len {
+        return Err(failed(format!(
+            "the body ended after {} of {len} bytes",
+            collected.len()
+        )));
+    }
+    Ok(collected.freeze())
 }
 
 /// Streams a file from its start in 1 MiB chunks, read on the blocking pool (spooled uploads,
@@ -197,4 +245,16 @@ pub fn file_stream(
         }
     })
     .boxed())
+}
+
+/// The error with its sources, so a log line says *why* (e.g. "connection refused").
+pub(crate) fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

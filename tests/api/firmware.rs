@@ -237,8 +237,10 @@ async fn every_bundle_check_refuses_with_its_message_and_stores_nothing() {
             assert_nothing_stored(app, model, Some("0.9.0"), &["0.9.0"]).await;
             // Artifacts are stored as soon as they are known good, so only a bundle refused after
             // its image passed (coherence checks, an entry read later) has had PUTs, and nothing
-            // of them is left.
-            if !REFUSED_AFTER_THE_IMAGE.contains(&case) {
+            // of them is left. On PostgreSQL with S3 the image's PUT starts while the body is
+            // still arriving, before any check (`src/firmware/early.rs`): there only "nothing
+            // left" holds, checked above.
+            if !REFUSED_AFTER_THE_IMAGE.contains(&case) && app.stack == Stack::Embedded {
                 assert_eq!(
                     app.faults.calls(iotsupport::storage::Operation::Put),
                     puts_before,

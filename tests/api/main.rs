@@ -28,6 +28,7 @@ mod events;
 mod firmware;
 mod firmware_cache;
 mod firmware_downloads;
+mod firmware_early;
 mod firmware_pipeline;
 mod firmware_streaming;
 mod firmware_support;

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use super::*;
 use crate::db::firmware_versions::{self as fw, ModelFirmware};
 use crate::firmware::bundle::Spool;
+use crate::firmware::early::EarlyImage;
 use crate::firmware::upload::{self, UploadLimits, SPOOL_IN_MEMORY};
 use crate::http::auth::{AdminEditor, PipelineCaller};
 use crate::http::body::{BodyError, LimitedBody};
@@ -96,7 +97,15 @@ async fn receive_and_store(
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
     let started = std::time::Instant::now();
-    let spool = receive_body(headers, body, limit, state.config.firmware_upload_timeout).await?;
+    let early = EarlyImage::start(&state.db, &state.storage, model.id, &model.code, limit);
+    let (spool, early) = receive_body(
+        headers,
+        body,
+        limit,
+        state.config.firmware_upload_timeout,
+        early,
+    )
+    .await?;
     metrics::histogram!(crate::telemetry::FIRMWARE_UPLOAD_STEP_DURATION, "step" => "receive")
         .record(started.elapsed().as_secs_f64());
     let limits = UploadLimits {
@@ -109,7 +118,7 @@ async fn receive_and_store(
         state.effects(),
         model.id,
         &model.code,
-        spool,
+        upload::Received { spool, early },
         limits,
     )
     .await?;
@@ -126,14 +135,16 @@ async fn receive_and_store(
 const MAX_MULTIPART_LOOKAHEAD: u64 = 1024 * 1024;
 
 /// Receives the body (or its multipart part `file`) into a [`Spool`]: memory up to
-/// [`SPOOL_IN_MEMORY`], then an anonymous temporary file. Stops with 413 as soon as more than
-/// `limit` bytes have arrived, and with 408 past `deadline`.
+/// [`SPOOL_IN_MEMORY`], then an anonymous temporary file, and hands each chunk to `early` as it
+/// arrives. Stops with 413 as soon as more than `limit` bytes have arrived, and with 408 past
+/// `deadline`.
 async fn receive_body(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
     deadline: std::time::Duration,
-) -> Result<Spool, ApiError> {
+    early: Option<EarlyImage>,
+) -> Result<(Spool, Option<EarlyImage>), ApiError> {
     let stream = LimitedBody::new(headers, body, limit, deadline)?;
     let failure = stream.failure_handle();
     let spool_failed = |e: std::io::Error| {
@@ -141,7 +152,7 @@ async fn receive_body(
         ApiError::Internal("Internal error".into())
     };
     let declared = crate::http::body::declared_length(headers).unwrap_or(0);
-    let mut spool = SpoolWriter::new(declared.min(SPOOL_IN_MEMORY));
+    let mut spool = SpoolWriter::new(declared.min(SPOOL_IN_MEMORY), early);
     // A body failure surfaces wrapped in the parser's error: report the body's own reason.
     let read_failed = |what: &str, e: &dyn std::fmt::Display| match failure.get() {
         Some(cause) => ApiError::from(cause),
@@ -206,19 +217,25 @@ async fn receive_body(
 struct SpoolWriter {
     memory: BytesMut,
     file: Option<std::fs::File>,
+    /// Sees every chunk as it arrives (`crate::firmware::early`).
+    early: Option<EarlyImage>,
 }
 
 const FILE_BATCH: usize = 1024 * 1024;
 
 impl SpoolWriter {
-    fn new(capacity: u64) -> Self {
+    fn new(capacity: u64, early: Option<EarlyImage>) -> Self {
         SpoolWriter {
             memory: BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0)),
             file: None,
+            early,
         }
     }
 
     async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        if let Some(early) = &mut self.early {
+            early.feed(&chunk);
+        }
         self.memory.extend_from_slice(&chunk);
         let over = match self.file {
             None => self.memory.len() as u64 > SPOOL_IN_MEMORY,
@@ -247,13 +264,18 @@ impl SpoolWriter {
         Ok(())
     }
 
-    async fn finish(mut self) -> std::io::Result<Spool> {
+    /// The spooled body, and the early path told that the body has ended.
+    async fn finish(mut self) -> std::io::Result<(Spool, Option<EarlyImage>)> {
+        let mut early = self.early.take();
+        if let Some(early) = &mut early {
+            early.body_ended();
+        }
         if self.file.is_none() {
-            return Ok(Spool::Memory(self.memory.freeze()));
+            return Ok((Spool::Memory(self.memory.freeze()), early));
         }
         self.flush_to_file().await?;
         match self.file {
-            Some(file) => Ok(Spool::File(file)),
+            Some(file) => Ok((Spool::File(file), early)),
             None => Err(std::io::Error::other("the spool file went missing")),
         }
     }

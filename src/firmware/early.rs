@@ -1,0 +1,463 @@
+//! Storing the image while the bundle is still arriving (issue 18: an upload at the speed of one
+//! PUT).
+//!
+//! An upload's biggest cost is the image's PUT; validation needs the whole body (the ZIP's central
+//! directory is at its end), so [`super::upload`] alone could only start that PUT after the body
+//! had arrived and the image had been extracted and checked. [`EarlyImage`] starts it sooner:
+//!
+//! 1. The HTTP layer hands every received chunk of the bundle to [`EarlyImage::feed`] besides
+//!    spooling it. A blocking thread (the *tap*) reads the chunks as a ZIP stream
+//!    (`zip::read::read_zipfile_from_stream`, local headers in body order) up to the entry
+//!    `{code}.bin`, decompresses it as it arrives and hashes it.
+//! 2. Once the first [`PREFIX`] bytes of the image are out, its app descriptor names the version.
+//!    A task opens the transaction, locks the model (as every firmware change does), looks the
+//!    version up and, when it is new, withdraws pending deletions of its keys (the outbox
+//!    invariant) and starts a single PUT of `{code}/{version}/firmware.bin` with the entry's
+//!    declared size ([`crate::storage::ObjectStorage::put_sized`]), fed by the tap.
+//! 3. After receipt the upload takes the lock and the PUT over ([`EarlyImage::locked`]).
+//!    Validation runs as before, on the whole spooled body, in SPEC §7 order: the streamed image
+//!    is kept only when validation hands out an image of the same version whose SHA-256 equals
+//!    the streamed bytes' (so a ZIP whose local header disagrees with its central directory
+//!    cannot store anything else). Otherwise, or when the streamed PUT failed, the validated
+//!    image is PUT again as before; a failed upload deletes what was written, still under the
+//!    lock.
+//!
+//! Nothing is lost or half-written: a PUT of a body that ends short, long or broken is aborted
+//! by the store (the length is declared); if the receipt fails after the image was stored, the
+//! [`Locked`] handed over is dropped unused and deletes the object *before* its transaction (and
+//! the model lock) ends, so it cannot delete what another upload of that version wrote later.
+//!
+//! When it runs: on PostgreSQL with a store that streams sized puts (S3 with credentials). On
+//! SQLite the transaction would hold the database's single write lock while the client is still
+//! sending; a local directory gains nothing from starting early. The model lock is held from the
+//! image's first bytes to the end of the upload, bounded by `FIRMWARE_UPLOAD_TIMEOUT_SECONDS`;
+//! other changes to the same model wait for it, as they wait for any upload.
+//!
+//! When it gives up (and the upload goes on the ordinary way): the image entry is not in the
+//! body before a large other entry ([`SKIP_MAX`]), its local header has no sizes (a data
+//! descriptor), its descriptor is unreadable, or the tap falls more than [`QUEUE_MAX`] behind
+//! the network.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{self, StoreError};
+use crate::config::DatabaseKind;
+use crate::db::firmware_versions as fw;
+use crate::db::{Db, Tx};
+use crate::fleet::FirmwareVersion;
+use crate::layout::{firmware_key, Artifact};
+use crate::outbox;
+use crate::storage::{ObjectKey, Storage};
+
+/// How many decompressed bytes of the image name its version: the image header (24), the first
+/// segment's header (8) and the app descriptor (256).
+pub const PREFIX: usize = 24 + 8 + 256;
+
+/// The largest entry the tap reads past to find the image (it decompresses what it skips).
+pub const SKIP_MAX: u64 = 1024 * 1024;
+
+/// The most received bytes the tap may have left to read before it is abandoned.
+pub const QUEUE_MAX: u64 = 8 * 1024 * 1024;
+
+/// Decompressed bytes per chunk sent to the PUT, and chunks in flight to it.
+const CHUNK: usize = 64 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// The early path of one upload; see the module documentation.
+pub struct EarlyImage {
+    /// To the tap; `None` once the body has ended or the tap was abandoned.
+    input: Option<std::sync::mpsc::Sender<Bytes>>,
+    /// Bytes sent to the tap that it has not read yet.
+    queued: Arc<AtomicU64>,
+    /// `None` once taken by [`Self::locked`].
+    handoff: Option<oneshot::Receiver<Locked>>,
+}
+
+impl EarlyImage {
+    /// Starts the tap and the task that locks and PUTs, where the early path applies (see the
+    /// module documentation); `None` elsewhere.
+    pub fn start(
+        db: &Db,
+        storage: &Storage,
+        model_id: i64,
+        model_code: &str,
+        max_entry_bytes: u64,
+    ) -> Option<Self> {
+        if db.kind() != DatabaseKind::Postgres || !storage.streams_sized_puts() {
+            return None;
+        }
+        let (input, chunks) = std::sync::mpsc::channel();
+        let queued = Arc::new(AtomicU64::new(0));
+        let (events, tapped) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let name = Artifact::Bin.bundle_entry(model_code);
+        let reader = ChannelReader {
+            chunks,
+            current: Bytes::new(),
+            queued: queued.clone(),
+        };
+        std::thread::Builder::new()
+            .name("firmware-tap".into())
+            .spawn(move || tap(reader, &name, max_entry_bytes, &events))
+            .map_err(|e| tracing::warn!(error = %e, "firmware_tap_not_started"))
+            .ok()?;
+        let (handoff, handed) = oneshot::channel();
+        tokio::spawn(lock_and_put(
+            tapped,
+            db.clone(),
+            storage.clone(),
+            model_id,
+            handoff,
+        ));
+        Some(EarlyImage {
+            input: Some(input),
+            queued,
+            handoff: Some(handed),
+        })
+    }
+
+    /// Hands a received chunk of the bundle to the tap; never waits. A tap too far behind is
+    /// abandoned (the upload goes on without it).
+    pub fn feed(&mut self, chunk: &Bytes) {
+        let Some(input) = &self.input else {
+            return;
+        };
+        let behind = self.queued.fetch_add(chunk.len() as u64, Ordering::AcqRel);
+        if behind > QUEUE_MAX || input.send(chunk.clone()).is_err() {
+            self.input = None;
+        }
+    }
+
+    /// The whole body has been received: the tap reads to its end.
+    pub fn body_ended(&mut self) {
+        self.input = None;
+    }
+
+    /// The model lock and what the early path found and started, once the tap has got that far;
+    /// `None` when it gave up before (the caller locks the model itself).
+    pub async fn locked(mut self) -> Option<Locked> {
+        self.input = None;
+        self.handoff.take()?.await.ok()
+    }
+}
+
+/// What the tap tells the task.
+enum Tapped {
+    /// The image's version and declared (uncompressed) size.
+    Version(FirmwareVersion, u64),
+    Chunk(Bytes),
+    /// The image ended with its declared size; its SHA-256, lower-case hex.
+    End(String),
+    Failed(String),
+}
+
+/// The received chunks as one `Read`; ends when the sender is dropped.
+struct ChannelReader {
+    chunks: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+    queued: Arc<AtomicU64>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.queued.fetch_sub(chunk.len() as u64, Ordering::AcqRel);
+                    self.current = chunk;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The tap (a blocking thread): finds the image entry in the stream and sends it on.
+fn tap(mut reader: ChannelReader, name: &str, max_entry_bytes: u64, events: &mpsc::Sender<Tapped>) {
+    let outcome = loop {
+        let mut entry = match zip::read::read_zipfile_from_stream(&mut reader) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break "no image before the central directory".to_string(),
+            Err(e) => break format!("unreadable as a stream: {e}"),
+        };
+        if entry.name().ok().as_deref() != Some(name) {
+            if entry.size() > SKIP_MAX {
+                break format!("a large entry ({} bytes) before the image", entry.size());
+            }
+            if let Err(e) = std::io::copy(&mut entry, &mut std::io::sink()) {
+                break format!("an entry before the image: {e}");
+            }
+            continue;
+        }
+        let declared = entry.size();
+        if declared > max_entry_bytes || declared < PREFIX as u64 {
+            break format!("the image declares {declared} bytes");
+        }
+        break match send_image(&mut entry, declared, events) {
+            Ok(()) => return,
+            Err(reason) => reason,
+        };
+    };
+    tracing::debug!(reason = %outcome, "firmware_tap_gave_up");
+    let _ = events.blocking_send(Tapped::Failed(outcome));
+}
+
+/// Sends the image's version, then its bytes, then its hash; the error says why it stopped.
+fn send_image(
+    entry: &mut impl Read,
+    declared: u64,
+    events: &mpsc::Sender<Tapped>,
+) -> Result<(), String> {
+    let mut prefix = vec![0u8; PREFIX];
+    entry
+        .read_exact(&mut prefix)
+        .map_err(|e| format!("the image's first bytes: {e}"))?;
+    let desc = esp_image::parse_app_desc(&prefix[32..]).map_err(|e| e.to_string())?;
+    let version = FirmwareVersion::parse(&desc.version).map_err(|e| e.to_string())?;
+    let gone = |_| "the upload no longer waits for the image".to_string();
+    events
+        .blocking_send(Tapped::Version(version, declared))
+        .map_err(gone)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&prefix);
+    let mut total = prefix.len() as u64;
+    events
+        .blocking_send(Tapped::Chunk(prefix.into()))
+        .map_err(gone)?;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let n = read_full(entry, &mut buf).map_err(|e| format!("the image: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        total += n as u64;
+        if total > declared {
+            return Err(format!(
+                "the image is longer than its declared {declared} bytes"
+            ));
+        }
+        events
+            .blocking_send(Tapped::Chunk(buf.into()))
+            .map_err(gone)?;
+    }
+    if total != declared {
+        return Err(format!("the image ended after {total} of {declared} bytes"));
+    }
+    events
+        .blocking_send(Tapped::End(hex::encode(hasher.finalize())))
+        .map_err(gone)
+}
+
+/// Reads until `buf` is full or the entry ends.
+fn read_full(entry: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match entry.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The task: waits for the version, locks the model, starts the PUT of a new version's image
+/// and hands all of it to the upload.
+async fn lock_and_put(
+    mut tapped: mpsc::Receiver<Tapped>,
+    db: Db,
+    storage: Storage,
+    model_id: i64,
+    handoff: oneshot::Sender<Locked>,
+) {
+    let Some(Tapped::Version(version, len)) = tapped.recv().await else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let locked = match lock(&db, &storage, model_id, version, len, tapped).await {
+        Ok(locked) => locked,
+        Err(e) => {
+            tracing::warn!(error = %e, "firmware_early_lock_failed");
+            return;
+        }
+    };
+    super::upload::record_step("early_lock", started.elapsed());
+    if let Err(unused) = handoff.send(locked) {
+        // The upload was dropped while waiting for it.
+        unused.abandon().await;
+    }
+}
+
+async fn lock(
+    db: &Db,
+    storage: &Storage,
+    model_id: i64,
+    version: FirmwareVersion,
+    len: u64,
+    tapped: mpsc::Receiver<Tapped>,
+) -> Result<Locked, StoreError> {
+    let (mut tx, model) = store::begin_locked(db, model_id).await?;
+    let existing = fw::get(&mut tx, model_id, version.as_str()).await?;
+    let put = match existing {
+        Some(_) => None,
+        None => {
+            let keys = Artifact::ALL
+                .into_iter()
+                .map(|artifact| firmware_key(&model.code, version.as_str(), artifact))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Architecture invariant (src/outbox.rs): before writing the keys.
+            outbox::cancel_deletions(&mut tx, &keys).await?;
+            let key = firmware_key(&model.code, version.as_str(), Artifact::Bin)?;
+            Some(EarlyPut::start(storage, key, len, tapped))
+        }
+    };
+    Ok(Locked {
+        tx,
+        model,
+        version,
+        existing,
+        put,
+        storage: storage.clone(),
+    })
+}
+
+/// The image's PUT, started early.
+pub struct EarlyPut {
+    pub key: ObjectKey,
+    put: tokio::task::JoinHandle<Result<(), crate::storage::StorageError>>,
+    streamed: oneshot::Receiver<String>,
+    /// Set when the PUT's body failed on the tap's side (not the store's).
+    tap_failed: Arc<AtomicBool>,
+}
+
+/// Why an early PUT stored nothing usable.
+#[derive(Debug)]
+pub enum EarlyFailure {
+    /// The tap stopped before the image's end (abandoned, or the stream was unreadable): the
+    /// store was not at fault, the image can be PUT the ordinary way.
+    Tap,
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl EarlyPut {
+    fn start(storage: &Storage, key: ObjectKey, len: u64, tapped: mpsc::Receiver<Tapped>) -> Self {
+        let (hashed, streamed) = oneshot::channel();
+        let tap_failed = Arc::new(AtomicBool::new(false));
+        let body = image_body(tapped, hashed, tap_failed.clone());
+        let storage = storage.clone();
+        let put_key = key.clone();
+        let put = tokio::spawn(async move { storage.put_sized(&put_key, len, body).await });
+        EarlyPut {
+            key,
+            put,
+            streamed,
+            tap_failed,
+        }
+    }
+
+    /// Waits for the PUT; the SHA-256 of what it stored.
+    pub async fn wait(self) -> Result<String, EarlyFailure> {
+        let stored = match self.put.await {
+            Ok(result) => result.map_err(StoreError::from),
+            Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                "the early image upload failed: {e}"
+            )))),
+        };
+        if let Err(e) = stored {
+            return Err(if self.tap_failed.load(Ordering::Acquire) {
+                EarlyFailure::Tap
+            } else {
+                EarlyFailure::Store(e)
+            });
+        }
+        // A PUT succeeds only with the whole body, which ends after the hash was sent.
+        self.streamed.await.map_err(|_| EarlyFailure::Tap)
+    }
+}
+
+/// The PUT's body: the tap's chunks; fails (and says so in `tap_failed`) if the tap fails or
+/// stops before the image's end.
+fn image_body(
+    tapped: mpsc::Receiver<Tapped>,
+    hashed: oneshot::Sender<String>,
+    tap_failed: Arc<AtomicBool>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    futures::stream::unfold(Some((tapped, hashed)), move |state| {
+        let tap_failed = tap_failed.clone();
+        async move {
+            let (mut tapped, hashed) = state?;
+            let failed = |reason: String| {
+                tap_failed.store(true, Ordering::Release);
+                Some((Err(std::io::Error::other(reason)), None))
+            };
+            match tapped.recv().await {
+                Some(Tapped::Chunk(chunk)) => Some((Ok(chunk), Some((tapped, hashed)))),
+                Some(Tapped::End(sha256)) => {
+                    let _ = hashed.send(sha256);
+                    None
+                }
+                Some(Tapped::Failed(reason)) => failed(reason),
+                Some(Tapped::Version(..)) | None => failed("the image stream stopped".into()),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// The model lock and what the early path found, handed to the upload.
+pub struct Locked {
+    pub tx: Tx,
+    pub model: fw::ModelFirmware,
+    /// The version the tap read, looked up under the lock.
+    pub version: FirmwareVersion,
+    pub existing: Option<fw::FirmwareVersionRow>,
+    /// The image's PUT, when the version is new.
+    pub put: Option<EarlyPut>,
+    storage: Storage,
+}
+
+impl Locked {
+    /// Undoes what was started: the PUT stopped (or awaited) and its object deleted, then the
+    /// transaction rolled back, so the delete runs under the model lock.
+    async fn abandon(self) {
+        if let Some(put) = self.put {
+            put.put.abort();
+            let _ = put.put.await;
+            // Whatever the PUT did, the key is ours while `tx` holds the model lock.
+            if let Err(e) = self.storage.delete(&put.key).await {
+                tracing::warn!(object_key = %put.key, error = %e, "firmware_early_cleanup_failed");
+            }
+        }
+        drop(self.tx);
+    }
+}
+
+impl Drop for EarlyImage {
+    /// An upload that ended before [`EarlyImage::locked`] (its body failed): whatever the task
+    /// locked and stored is undone.
+    fn drop(&mut self) {
+        let Some(handoff) = self.handoff.take() else {
+            return;
+        };
+        self.input = None;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(locked) = handoff.await {
+                    locked.abandon().await;
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The image is stored while the bundle is still arriving (`src/firmware/early.rs`, PostgreSQL
+//! with S3): what the store holds before the body has ended, and that nothing is left when the
+//! body, the store or the ZIP's own structure fails afterwards.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use iotsupport::storage::faulty::Fault;
+use iotsupport::storage::Operation;
+
+use crate::firmware_support::*;
+use crate::fleet::create_model;
+use crate::helpers::*;
+
+/// Where the image entry (the first in [`Build::zip`]) ends in the bundle.
+fn image_entry_end(zip: &[u8]) -> usize {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    let entry = archive.by_name(&format!("{CODE}.bin")).unwrap();
+    usize::try_from(entry.data_start().unwrap() + entry.compressed_size()).unwrap()
+}
+
+/// Sends `first` at once and the rest of the body only when `rest` says so: `Some(bytes)` to
+/// send them and end the body, `None` to break the body off.
+fn held_body(first: Vec<u8>) -> (reqwest::Body, tokio::sync::oneshot::Sender<Option<Vec<u8>>>) {
+    let (release, rest) = tokio::sync::oneshot::channel::<Option<Vec<u8>>>();
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) })
+        .chain(futures::stream::once(async move {
+            match rest.await {
+                Ok(Some(rest)) => Ok(Bytes::from(rest)),
+                _ => Err(std::io::Error::other("the client broke the body off")),
+            }
+        }));
+    (reqwest::Body::wrap_stream(stream), release)
+}
+
+async fn image_stored(app: &TestApp, version: &str) -> bool {
+    objects_under(app, &format!("firmware/{CODE}/{version}"))
+        .await
+        .contains(&format!("firmware/{CODE}/{version}/firmware.bin"))
+}
+
+#[tokio::test]
+async fn the_image_is_in_the_store_before_the_body_has_ended() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_stored").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    let build = Build::new("2.0.0", "early");
+    let zip = build.zip(CODE);
+    let split = image_entry_end(&zip);
+    let (body, release) = held_body(zip[..split].to_vec());
+    let upload = app.upload_firmware_as(model, "application/zip", body);
+    let hold = async {
+        assert!(
+            eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await,
+            "the image was not stored while the rest of the body was held back"
+        );
+        assert!(stored_versions(app, model).await.is_empty(), "no row yet");
+        release.send(Some(zip[split..].to_vec())).unwrap();
+    };
+    let ((status, response), ()) = tokio::join!(upload, hold);
+    assert_eq!(status, 200, "{response}");
+    assert_build_stored(app, CODE, &build).await;
+    assert_eq!(current_version(app, model).await.as_deref(), Some("2.0.0"));
+}
+
+#[tokio::test]
+async fn a_body_broken_off_after_the_image_was_stored_leaves_nothing() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_broken_body").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    let v1 = Build::new("1.0.0", "one");
+    upload_ok(app, model, CODE, &v1).await;
+
+    let v2 = Build::new("2.0.0", "two");
+    let zip = v2.zip(CODE);
+    let split = image_entry_end(&zip);
+    let (body, release) = held_body(zip[..split].to_vec());
+    let path = format!("/api/device-models/{model}/firmware");
+    let upload = app
+        .admin_request(reqwest::Method::POST, app.url(&path))
+        .header("content-type", "application/zip")
+        .body(body)
+        .send();
+    let hold = async {
+        assert!(eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await);
+        release.send(None).unwrap();
+    };
+    let (sent, ()) = tokio::join!(upload, hold);
+    assert!(
+        sent.is_err(),
+        "the request failed on the client's side: {sent:?}"
+    );
+    // The object is deleted under the model lock, before the transaction ends.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            objects_under(app, &format!("firmware/{CODE}/2.0.0"))
+                .await
+                .is_empty()
+        })
+        .await,
+        "the streamed image was left behind"
+    );
+    assert_nothing_stored(app, model, Some("1.0.0"), &["1.0.0"]).await;
+    // The lock was given back: the same version goes through now.
+    upload_ok(app, model, CODE, &v2).await;
+    assert_build_stored(app, CODE, &v2).await;
+    assert_build_stored(app, CODE, &v1).await;
+}
+
+#[tokio::test]
+async fn a_store_failing_half_way_through_the_image_is_503_and_leaves_nothing() {
+    for_each_stack("firmware_early_store_fails", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let v1 = Build::new("1.0.0", "one");
+        upload_ok(app, model, CODE, &v1).await;
+        let v2 = Build::new("2.0.0", "two");
+        // The streamed PUT breaks off after its first bytes (on the embedded stack, where
+        // images are PUT whole, the PUT fails).
+        app.faults.inject(
+            Fault::always(Operation::Put)
+                .for_keys_containing("2.0.0/firmware.bin")
+                .after_bytes(100),
+        );
+        let (status, body) = upload(app, model, v2.zip(CODE)).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(objects_under(app, &format!("firmware/{CODE}/2.0.0"))
+            .await
+            .is_empty());
+        assert_nothing_stored(app, model, Some("1.0.0"), &["1.0.0"]).await;
+        app.faults.heal();
+        upload_ok(app, model, CODE, &v2).await;
+        assert_build_stored(app, CODE, &v2).await;
+    })
+    .await;
+}
+
+/// A ZIP whose first local header holds another image than its central directory names (data
+/// before the archive proper, which ZIP readers skip, as in self-extracting archives): what is
+/// stored is the image the central directory names, never the one streamed from that header.
+#[tokio::test]
+async fn an_image_the_central_directory_does_not_name_is_never_kept() {
+    for_each_stack("firmware_early_disagreeing_zip", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let v1 = Build::new("1.0.0", "one");
+        upload_ok(app, model, CODE, &v1).await;
+        let puts = app.faults.calls(Operation::Put);
+
+        // Same version, other content: the streamed PUT goes to the very key of the real image.
+        let listed = Build::new("2.0.0", "listed");
+        let hidden = Build::new("2.0.0", "a hidden other image");
+        let hidden_zip = zip_of(&[(format!("{CODE}.bin"), hidden.bin.clone())]);
+        let hidden_local = &hidden_zip[..image_entry_end(&hidden_zip)];
+        let mut body = hidden_local.to_vec();
+        body.extend_from_slice(&listed.zip(CODE));
+
+        let (status, response) = upload(app, model, body).await;
+        assert_eq!(status, 200, "{response}");
+        // Five artifacts; on PostgreSQL with S3 also the hidden image's streamed PUT, which the
+        // validated image then replaced (the case this test is for).
+        let expected_puts = if app.stack == Stack::Production { 6 } else { 5 };
+        assert_eq!(app.faults.calls(Operation::Put), puts + expected_puts);
+        assert_build_stored(app, CODE, &listed).await;
+        assert_build_stored(app, CODE, &v1).await;
+    })
+    .await;
+}
