@@ -47,15 +47,24 @@ pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), Db
 }
 
 /// Withdraws pending deletions of keys that the caller is about to write again.
+/// One statement for all of them.
 pub async fn cancel_deletions(tx: &mut Tx, keys: &[ObjectKey]) -> Result<u64, DbError> {
-    let mut cancelled = 0;
-    for key in keys {
-        cancelled += crate::execute!(
-            tx,
-            sqlx::query("DELETE FROM object_deletions WHERE object_key = $1").bind(key.as_str())
-        )?;
+    if keys.is_empty() {
+        return Ok(0);
     }
-    Ok(cancelled)
+    let placeholders: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "DELETE FROM object_deletions WHERE object_key IN ({})",
+        placeholders.join(", ")
+    );
+    // Only placeholders are formatted into the text; the keys are bound.
+    Ok(crate::on_conn!(tx, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+        for key in keys {
+            query = query.bind(key.as_str());
+        }
+        query.execute(c).await.map(|r| r.rows_affected())
+    })?)
 }
 
 /// Every pending deletion, oldest first.

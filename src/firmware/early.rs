@@ -9,9 +9,9 @@
 //!    spooling it. A blocking thread (the *tap*) reads the chunks as a ZIP stream
 //!    (`zip::read::read_zipfile_from_stream`, local headers in body order) up to the entry
 //!    `{code}.bin`, decompresses it as it arrives and hashes it.
-//! 2. Once the first [`PREFIX`] bytes of the image are out, its app descriptor names the version.
-//!    A task opens the transaction, locks the model (as every firmware change does), looks the
-//!    version up and, when it is new, withdraws pending deletions of its keys (the outbox
+//! 2. Meanwhile a task opens the transaction and locks the model (as every firmware change
+//!    does). Once the first [`PREFIX`] bytes of the image are out, its app descriptor names the
+//!    version; the task looks the version up and, when it is new, withdraws pending deletions of its keys (the outbox
 //!    invariant) and starts a single PUT of `{code}/{version}/firmware.bin` with the entry's
 //!    declared size ([`crate::storage::ObjectStorage::put_sized`]), fed by the tap.
 //! 3. After receipt the upload takes the lock and the PUT over ([`EarlyImage::locked`]).
@@ -97,20 +97,20 @@ impl EarlyImage {
         let (input, chunks) = std::sync::mpsc::channel();
         let queued = Arc::new(AtomicU64::new(0));
         let (events, tapped) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        // The image's hash goes its own way: the PUT's client stops reading the body once it has
+        // the declared length, so nothing after the last chunk would be read from `events`.
+        let (hashed, streamed) = oneshot::channel();
         let name = Artifact::Bin.bundle_entry(model_code);
         let reader = ChannelReader {
             chunks,
             current: Bytes::new(),
             queued: queued.clone(),
         };
-        std::thread::Builder::new()
-            .name("firmware-tap".into())
-            .spawn(move || tap(reader, &name, max_entry_bytes, &events))
-            .map_err(|e| tracing::warn!(error = %e, "firmware_tap_not_started"))
-            .ok()?;
+        tokio::task::spawn_blocking(move || tap(reader, &name, max_entry_bytes, &events, hashed));
         let (handoff, handed) = oneshot::channel();
         tokio::spawn(lock_and_put(
             tapped,
+            streamed,
             db.clone(),
             storage.clone(),
             model_id,
@@ -153,8 +153,6 @@ enum Tapped {
     /// The image's version and declared (uncompressed) size.
     Version(FirmwareVersion, u64),
     Chunk(Bytes),
-    /// The image ended with its declared size; its SHA-256, lower-case hex.
-    End(String),
     Failed(String),
 }
 
@@ -183,7 +181,13 @@ impl Read for ChannelReader {
 }
 
 /// The tap (a blocking thread): finds the image entry in the stream and sends it on.
-fn tap(mut reader: ChannelReader, name: &str, max_entry_bytes: u64, events: &mpsc::Sender<Tapped>) {
+fn tap(
+    mut reader: ChannelReader,
+    name: &str,
+    max_entry_bytes: u64,
+    events: &mpsc::Sender<Tapped>,
+    hashed: oneshot::Sender<String>,
+) {
     let outcome = loop {
         let mut entry = match zip::read::read_zipfile_from_stream(&mut reader) {
             Ok(Some(entry)) => entry,
@@ -203,7 +207,7 @@ fn tap(mut reader: ChannelReader, name: &str, max_entry_bytes: u64, events: &mps
         if declared > max_entry_bytes || declared < PREFIX as u64 {
             break format!("the image declares {declared} bytes");
         }
-        break match send_image(&mut entry, declared, events) {
+        break match send_image(&mut entry, declared, events, hashed) {
             Ok(()) => return,
             Err(reason) => reason,
         };
@@ -212,11 +216,13 @@ fn tap(mut reader: ChannelReader, name: &str, max_entry_bytes: u64, events: &mps
     let _ = events.blocking_send(Tapped::Failed(outcome));
 }
 
-/// Sends the image's version, then its bytes, then its hash; the error says why it stopped.
+/// Sends the image's version, then its bytes, then (once the entry has ended with its declared
+/// size and CRC) its SHA-256 in lower-case hex to `hashed`; the error says why it stopped.
 fn send_image(
     entry: &mut impl Read,
     declared: u64,
     events: &mpsc::Sender<Tapped>,
+    hashed: oneshot::Sender<String>,
 ) -> Result<(), String> {
     let mut prefix = vec![0u8; PREFIX];
     entry
@@ -255,9 +261,9 @@ fn send_image(
     if total != declared {
         return Err(format!("the image ended after {total} of {declared} bytes"));
     }
-    events
-        .blocking_send(Tapped::End(hex::encode(hasher.finalize())))
-        .map_err(gone)
+    hashed
+        .send(hex::encode(hasher.finalize()))
+        .map_err(|_| "the upload no longer waits for the image".to_string())
 }
 
 /// Reads until `buf` is full or the entry ends.
@@ -276,16 +282,32 @@ fn read_full(entry: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// and hands all of it to the upload.
 async fn lock_and_put(
     mut tapped: mpsc::Receiver<Tapped>,
+    streamed: oneshot::Receiver<String>,
     db: Db,
     storage: Storage,
     model_id: i64,
     handoff: oneshot::Sender<Locked>,
 ) {
-    let Some(Tapped::Version(version, len)) = tapped.recv().await else {
-        return;
+    // The model is locked while the first bytes arrive, so only the version's lookup is left
+    // once the image names it.
+    let (locked, tapped_first) = tokio::join!(store::begin_locked(&db, model_id), tapped.recv());
+    let (tx, model) = match locked {
+        Ok(locked) => locked,
+        Err(e) => {
+            tracing::warn!(error = %e, "firmware_early_lock_failed");
+            return;
+        }
+    };
+    let Some(Tapped::Version(version, len)) = tapped_first else {
+        return; // the transaction rolls back as it drops
     };
     let started = std::time::Instant::now();
-    let locked = match lock(&db, &storage, model_id, version, len, tapped).await {
+    let image = TappedImage {
+        len,
+        tapped,
+        streamed,
+    };
+    let locked = match look_up_and_put(tx, model, &storage, version, image).await {
         Ok(locked) => locked,
         Err(e) => {
             tracing::warn!(error = %e, "firmware_early_lock_failed");
@@ -299,16 +321,16 @@ async fn lock_and_put(
     }
 }
 
-async fn lock(
-    db: &Db,
+/// Under the model lock: the version's row, and for a new version its keys' pending deletions
+/// withdrawn and the image's PUT started.
+async fn look_up_and_put(
+    mut tx: Tx,
+    model: fw::ModelFirmware,
     storage: &Storage,
-    model_id: i64,
     version: FirmwareVersion,
-    len: u64,
-    tapped: mpsc::Receiver<Tapped>,
+    image: TappedImage,
 ) -> Result<Locked, StoreError> {
-    let (mut tx, model) = store::begin_locked(db, model_id).await?;
-    let existing = fw::get(&mut tx, model_id, version.as_str()).await?;
+    let existing = fw::get(&mut tx, model.id, version.as_str()).await?;
     let put = match existing {
         Some(_) => None,
         None => {
@@ -319,7 +341,7 @@ async fn lock(
             // Architecture invariant (src/outbox.rs): before writing the keys.
             outbox::cancel_deletions(&mut tx, &keys).await?;
             let key = firmware_key(&model.code, version.as_str(), Artifact::Bin)?;
-            Some(EarlyPut::start(storage, key, len, tapped))
+            Some(EarlyPut::start(storage, key, image))
         }
     };
     Ok(Locked {
@@ -330,6 +352,13 @@ async fn lock(
         put,
         storage: storage.clone(),
     })
+}
+
+/// The image as the tap sends it: its declared size, its bytes, and its hash at the end.
+struct TappedImage {
+    len: u64,
+    tapped: mpsc::Receiver<Tapped>,
+    streamed: oneshot::Receiver<String>,
 }
 
 /// The image's PUT, started early.
@@ -352,10 +381,14 @@ pub enum EarlyFailure {
 }
 
 impl EarlyPut {
-    fn start(storage: &Storage, key: ObjectKey, len: u64, tapped: mpsc::Receiver<Tapped>) -> Self {
-        let (hashed, streamed) = oneshot::channel();
+    fn start(storage: &Storage, key: ObjectKey, image: TappedImage) -> Self {
+        let TappedImage {
+            len,
+            tapped,
+            streamed,
+        } = image;
         let tap_failed = Arc::new(AtomicBool::new(false));
-        let body = image_body(tapped, hashed, tap_failed.clone());
+        let body = image_body(tapped, tap_failed.clone());
         let storage = storage.clone();
         let put_key = key.clone();
         let put = tokio::spawn(async move { storage.put_sized(&put_key, len, body).await });
@@ -382,34 +415,32 @@ impl EarlyPut {
                 EarlyFailure::Store(e)
             });
         }
-        // A PUT succeeds only with the whole body, which ends after the hash was sent.
+        // The tap sends the hash once the entry has ended well (declared size, CRC); without it
+        // the stored bytes are not known to be the image.
         self.streamed.await.map_err(|_| EarlyFailure::Tap)
     }
 }
 
-/// The PUT's body: the tap's chunks; fails (and says so in `tap_failed`) if the tap fails or
-/// stops before the image's end.
+/// The PUT's body: the tap's chunks; fails (and says so in `tap_failed`) if the tap fails. It
+/// ends when the tap has sent everything (a short body fails the PUT by its declared length).
 fn image_body(
     tapped: mpsc::Receiver<Tapped>,
-    hashed: oneshot::Sender<String>,
     tap_failed: Arc<AtomicBool>,
 ) -> BoxStream<'static, std::io::Result<Bytes>> {
-    futures::stream::unfold(Some((tapped, hashed)), move |state| {
+    futures::stream::unfold(Some(tapped), move |state| {
         let tap_failed = tap_failed.clone();
         async move {
-            let (mut tapped, hashed) = state?;
-            let failed = |reason: String| {
-                tap_failed.store(true, Ordering::Release);
-                Some((Err(std::io::Error::other(reason)), None))
-            };
-            match tapped.recv().await {
-                Some(Tapped::Chunk(chunk)) => Some((Ok(chunk), Some((tapped, hashed)))),
-                Some(Tapped::End(sha256)) => {
-                    let _ = hashed.send(sha256);
-                    None
+            let mut tapped = state?;
+            match tapped.recv().await? {
+                Tapped::Chunk(chunk) => Some((Ok(chunk), Some(tapped))),
+                Tapped::Failed(reason) => {
+                    tap_failed.store(true, Ordering::Release);
+                    Some((Err(std::io::Error::other(reason)), None))
                 }
-                Some(Tapped::Failed(reason)) => failed(reason),
-                Some(Tapped::Version(..)) | None => failed("the image stream stopped".into()),
+                Tapped::Version(..) => {
+                    tap_failed.store(true, Ordering::Release);
+                    Some((Err(std::io::Error::other("a second image version")), None))
+                }
             }
         }
     })
