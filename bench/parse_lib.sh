@@ -75,41 +75,6 @@ model_with_build() {
     CREDS=$(IFS=,; echo "${credentials[*]}")
 }
 
-# CPU time (utime + stime, in clock ticks) of a process; of PostgreSQL: the postmaster, the
-# backends it reaped and the ones still running.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-postgres_ticks() {
-    local postmaster total child
-    postmaster=$(head -n 1 "$WORK/pg/data/postmaster.pid")
-    total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat")
-    for child in $(ps -o pid= --ppid "$postmaster"); do
-        total=$((total + $(cpu_ticks "$child")))
-    done
-    echo "$total"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-# cpu_mark: remembers the CPU counters and the time; cpu_since: prints
-# `service_cpu_s= postgres_cpu_s= s3_cpu_s= wall_s= cores=` since the mark.
-cpu_mark() {
-    MARK_SERVICE=$(cpu_ticks "$SERVICE_PID")
-    MARK_PG=$(postgres_ticks)
-    MARK_S3=$(cpu_ticks "${BENCH_PIDS[0]}")
-    MARK_T=$(date +%s.%N)
-}
-cpu_since() {
-    local service pg s3 now
-    service=$(cpu_ticks "$SERVICE_PID")
-    pg=$(postgres_ticks)
-    s3=$(cpu_ticks "${BENCH_PIDS[0]}")
-    now=$(date +%s.%N)
-    awk -v a="$MARK_SERVICE" -v b="$service" -v c="$MARK_PG" -v d="$pg" -v e="$MARK_S3" -v f="$s3" \
-        -v t0="$MARK_T" -v t1="$now" -v hz="$CLK_TCK" 'BEGIN {
-        s = (b - a) / hz; p = (d - c) / hz; o = (f - e) / hz; w = t1 - t0
-        printf "service_cpu_s=%.2f postgres_cpu_s=%.2f s3_cpu_s=%.2f wall_s=%.2f cores=%.2f", s, p, o, w, (s + p + o) / w
-    }'
-}
-
 # load_average: the 1-minute load average of the machine.
 load_average() { cut -d' ' -f1 /proc/loadavg; }
 

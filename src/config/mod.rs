@@ -139,6 +139,9 @@ pub struct Config {
     pub coredump_upload_timeout: Duration,
     /// The whole body of a firmware upload must arrive within this (`FIRMWARE_UPLOAD_TIMEOUT_SECONDS`).
     pub firmware_upload_timeout: Duration,
+    /// Whether a firmware upload stores its image while the bundle is still arriving, where it
+    /// can (`FIRMWARE_STREAM_IMAGE_PUT`, default on; see `crate::firmware::early`).
+    pub firmware_stream_image_put: bool,
     /// Validating a device config against its model's schema may take this long
     /// (`CONFIG_VALIDATION_TIMEOUT_SECONDS`, default 2); longer is a 400. See
     /// `crate::registry::validation`.
@@ -386,6 +389,7 @@ impl Config {
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
             firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
+            firmware_stream_image_put: env.flag("FIRMWARE_STREAM_IMAGE_PUT", true)?,
             config_validation_timeout: env.seconds("CONFIG_VALIDATION_TIMEOUT_SECONDS", 2.0)?,
             credentials: credentials::credentials(env)?,
             sessions: sessions::sessions(env)?,

@@ -71,6 +71,21 @@ pub struct Entry {
     /// Lower-case hex SHA-256 of the content.
     pub sha256: String,
     pub content: Content,
+    /// Where in the body its bytes came from.
+    pub origin: ZipOrigin,
+}
+
+/// Where an entry's bytes are in the body and how they decompress: two readers that agree on
+/// all of it (the same local header, the same compressed bytes, method, sizes and CRC) produce
+/// the same content from the same body (`crate::firmware::early` relies on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZipOrigin {
+    /// Offset of the entry's local header from the start of the body.
+    pub header_start: u64,
+    pub compressed_size: u64,
+    pub size: u64,
+    pub crc32: u32,
+    pub method: zip::CompressionMethod,
 }
 
 impl Entry {
@@ -366,21 +381,48 @@ fn validate_reader<R: Read + Seek>(
         }
     }
 
-    let mut extract = |entry: &str, object: Artifact, limit: u64| {
-        extract_entry(&mut archive, entry, object, limit, &mut hashing)
+    let mut extract = |entry: &str, object: Artifact, limit: u64, hash: bool| {
+        extract_entry(&mut archive, entry, object, limit, hash, &mut hashing)
     };
 
     // 6. version.json is a JSON object, 7. with the required fields.
-    let version_json = extract(&expected[4].0, Artifact::VersionJson, MAX_VERSION_JSON)?;
+    let version_json = extract(
+        &expected[4].0,
+        Artifact::VersionJson,
+        MAX_VERSION_JSON,
+        true,
+    )?;
     let manifest = parse_version_json(memory_bytes(&version_json))?;
 
     // 8. the .bin is an ESP application image.
-    let bin = extract(&expected[0].0, Artifact::Bin, max_entry_bytes)?;
+    // Hashed below, in the same pass as the image's appended SHA-256.
+    let mut bin = extract(&expected[0].0, Artifact::Bin, max_entry_bytes, false)?;
     let image_bytes = match &bin.content {
         Content::Memory(bytes) => bytes.clone(),
         Content::File(_) => read_all(&bin)?,
     };
-    let image = esp_image::parse_app_image(&image_bytes).map_err(|e| invalid(e.to_string()))?;
+    let mut whole = None;
+    let mut image_hashing = std::time::Duration::ZERO;
+    let image = esp_image::parse_app_image_with(&image_bytes, &mut |covered| {
+        let started = std::time::Instant::now();
+        let mut hasher = Sha256::new();
+        hasher.update(covered);
+        let digest = hasher.clone().finalize().into();
+        if let Some(rest) = image_bytes.get(covered.len()..) {
+            hasher.update(rest);
+            whole = Some(hasher.finalize());
+        }
+        image_hashing += started.elapsed();
+        digest
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    let whole = whole.unwrap_or_else(|| {
+        let started = std::time::Instant::now();
+        let digest = Sha256::digest(&image_bytes);
+        image_hashing += started.elapsed();
+        digest
+    });
+    bin.sha256 = hex::encode(whole);
     if !image.checksum_valid {
         return Err(invalid(format!(
             "Invalid firmware: checksum mismatch (stored 0x{:02X}, calculated 0x{:02X})",
@@ -416,7 +458,7 @@ fn validate_reader<R: Read + Seek>(
     emit(Validated::Image { version, app, bin })?;
 
     // Coherence: the ELF is the one the image was made from, version.json describes this image.
-    let elf = extract(&expected[1].0, Artifact::Elf, max_entry_bytes)?;
+    let elf = extract(&expected[1].0, Artifact::Elf, max_entry_bytes, true)?;
     if elf.sha256 != embedded {
         return Err(invalid_zip(format!(
             "{code}.elf does not belong to {code}.bin: its SHA-256 is {} but the image was built from an ELF with SHA-256 {embedded}",
@@ -436,11 +478,13 @@ fn validate_reader<R: Read + Seek>(
     }
     emit(Validated::Artifact(version_json))?;
 
-    let map = extract(&expected[2].0, Artifact::Map, max_entry_bytes)?;
+    let map = extract(&expected[2].0, Artifact::Map, max_entry_bytes, true)?;
     emit(Validated::Artifact(map))?;
-    let sdkconfig = extract(&expected[3].0, Artifact::Sdkconfig, max_entry_bytes)?;
+    let sdkconfig = extract(&expected[3].0, Artifact::Sdkconfig, max_entry_bytes, true)?;
     emit(Validated::Artifact(sdkconfig))?;
-    Ok(Validation { hashing })
+    Ok(Validation {
+        hashing: hashing + image_hashing,
+    })
 }
 
 fn memory_bytes(artifact: &Entry) -> &[u8] {
@@ -501,17 +545,28 @@ enum Sink {
     File(std::io::BufWriter<std::fs::File>),
 }
 
-/// Decompresses one entry, hashing it, into memory or a temporary file. The entry may not yield
-/// more bytes than it declared (nor more than `limit`), and must yield exactly as many.
+/// Decompresses one entry, hashing it when `hash` (else its `sha256` is left empty for the
+/// caller), into memory or a temporary file. The entry may not yield more bytes than it
+/// declared (nor more than `limit`), and must yield exactly as many.
 fn extract_entry<R: Read + Seek>(
     archive: &mut zip::ZipArchive<R>,
     entry_name: &str,
     artifact: Artifact,
     limit: u64,
+    hash: bool,
     hashing: &mut std::time::Duration,
 ) -> Result<Entry, BundleError> {
     let mut entry = archive.by_name(entry_name).map_err(invalid_zip)?;
     let declared = entry.size();
+    // `header_start` counts from the start of the body, also when the archive is preceded by
+    // other data (the zip crate adds that offset).
+    let origin = ZipOrigin {
+        header_start: entry.header_start(),
+        compressed_size: entry.compressed_size(),
+        size: declared,
+        crc32: entry.crc32(),
+        method: entry.compression(),
+    };
     if declared > limit {
         return Err(BundleError::TooLarge(format!(
             "Invalid firmware ZIP: {entry_name} is {declared} bytes uncompressed, more than the limit of {limit} bytes"
@@ -539,9 +594,11 @@ fn extract_entry<R: Read + Seek>(
             )));
         }
         let chunk = &buf[..n];
-        let started = std::time::Instant::now();
-        hasher.update(chunk);
-        *hashing += started.elapsed();
+        if hash {
+            let started = std::time::Instant::now();
+            hasher.update(chunk);
+            *hashing += started.elapsed();
+        }
         match &mut sink {
             Sink::Memory(v) => v.extend_from_slice(chunk),
             Sink::File(w) => w.write_all(chunk)?,
@@ -559,8 +616,13 @@ fn extract_entry<R: Read + Seek>(
     Ok(Entry {
         artifact,
         size: total,
-        sha256: hex::encode(hasher.finalize()),
+        sha256: if hash {
+            hex::encode(hasher.finalize())
+        } else {
+            String::new()
+        },
         content,
+        origin,
     })
 }
 

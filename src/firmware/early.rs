@@ -8,7 +8,7 @@
 //! 1. The HTTP layer hands every received chunk of the bundle to [`EarlyImage::feed`] besides
 //!    spooling it. A blocking thread (the *tap*) reads the chunks as a ZIP stream
 //!    (`zip::read::read_zipfile_from_stream`, local headers in body order) up to the entry
-//!    `{code}.bin`, decompresses it as it arrives and hashes it.
+//!    `{code}.bin` and decompresses it as it arrives.
 //! 2. Meanwhile a task opens the transaction and locks the model (as every firmware change
 //!    does). Once the first [`PREFIX`] bytes of the image are out, its app descriptor names the
 //!    version; the task looks the version up and, when it is new, withdraws pending deletions of its keys (the outbox
@@ -16,9 +16,12 @@
 //!    declared size ([`crate::storage::ObjectStorage::put_sized`]), fed by the tap.
 //! 3. After receipt the upload takes the lock and the PUT over ([`EarlyImage::locked`]).
 //!    Validation runs as before, on the whole spooled body, in SPEC §7 order: the streamed image
-//!    is kept only when validation hands out an image of the same version whose SHA-256 equals
-//!    the streamed bytes' (so a ZIP whose local header disagrees with its central directory
-//!    cannot store anything else). Otherwise, or when the streamed PUT failed, the validated
+//!    is kept only when validation hands out an image of the same version read from the same
+//!    place ([`ZipOrigin`]: the same local header, compressed size, method, size and CRC), which
+//!    makes it the same bytes decompressed the same way: a ZIP whose first local header is not
+//!    the entry its central directory names cannot store anything else. (The tap does not hash
+//!    the image: validation does, for the row, and a second SHA-256 pass cost a millisecond of
+//!    CPU per 1.5 MiB while the store was busy with the PUT.) Otherwise, or when the streamed PUT failed, the validated
 //!    image is PUT again as before; a failed upload deletes what was written, still under the
 //!    lock.
 //!
@@ -45,9 +48,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bundle::ZipOrigin;
 use super::store::{self, StoreError};
 use crate::config::DatabaseKind;
 use crate::db::firmware_versions as fw;
@@ -97,16 +100,18 @@ impl EarlyImage {
         let (input, chunks) = std::sync::mpsc::channel();
         let queued = Arc::new(AtomicU64::new(0));
         let (events, tapped) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        // The image's hash goes its own way: the PUT's client stops reading the body once it has
-        // the declared length, so nothing after the last chunk would be read from `events`.
-        let (hashed, streamed) = oneshot::channel();
+        // Where the image came from goes its own way, once its end is verified: the PUT's client
+        // stops reading the body at the declared length, so nothing after the last chunk would
+        // be read from `events`.
+        let (ended, streamed) = oneshot::channel();
         let name = Artifact::Bin.bundle_entry(model_code);
         let reader = ChannelReader {
             chunks,
             current: Bytes::new(),
             queued: queued.clone(),
+            position: 0,
         };
-        tokio::task::spawn_blocking(move || tap(reader, &name, max_entry_bytes, &events, hashed));
+        tokio::task::spawn_blocking(move || tap(reader, &name, max_entry_bytes, &events, ended));
         let (handoff, handed) = oneshot::channel();
         tokio::spawn(lock_and_put(
             tapped,
@@ -161,6 +166,8 @@ struct ChannelReader {
     chunks: std::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
     queued: Arc<AtomicU64>,
+    /// Bytes of the body read so far.
+    position: u64,
 }
 
 impl Read for ChannelReader {
@@ -176,6 +183,7 @@ impl Read for ChannelReader {
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
+        self.position += n as u64;
         Ok(n)
     }
 }
@@ -186,9 +194,10 @@ fn tap(
     name: &str,
     max_entry_bytes: u64,
     events: &mpsc::Sender<Tapped>,
-    hashed: oneshot::Sender<String>,
+    ended: oneshot::Sender<ZipOrigin>,
 ) {
     let outcome = loop {
+        let header_start = reader.position;
         let mut entry = match zip::read::read_zipfile_from_stream(&mut reader) {
             Ok(Some(entry)) => entry,
             Ok(None) => break "no image before the central directory".to_string(),
@@ -207,7 +216,14 @@ fn tap(
         if declared > max_entry_bytes || declared < PREFIX as u64 {
             break format!("the image declares {declared} bytes");
         }
-        break match send_image(&mut entry, declared, events, hashed) {
+        let origin = ZipOrigin {
+            header_start,
+            compressed_size: entry.compressed_size(),
+            size: declared,
+            crc32: entry.crc32(),
+            method: entry.compression(),
+        };
+        break match send_image(&mut entry, origin, events, ended) {
             Ok(()) => return,
             Err(reason) => reason,
         };
@@ -217,13 +233,14 @@ fn tap(
 }
 
 /// Sends the image's version, then its bytes, then (once the entry has ended with its declared
-/// size and CRC) its SHA-256 in lower-case hex to `hashed`; the error says why it stopped.
+/// size and CRC) its origin to `ended`; the error says why it stopped.
 fn send_image(
     entry: &mut impl Read,
-    declared: u64,
+    origin: ZipOrigin,
     events: &mpsc::Sender<Tapped>,
-    hashed: oneshot::Sender<String>,
+    ended: oneshot::Sender<ZipOrigin>,
 ) -> Result<(), String> {
+    let declared = origin.size;
     let mut prefix = vec![0u8; PREFIX];
     entry
         .read_exact(&mut prefix)
@@ -234,8 +251,6 @@ fn send_image(
     events
         .blocking_send(Tapped::Version(version, declared))
         .map_err(gone)?;
-    let mut hasher = Sha256::new();
-    hasher.update(&prefix);
     let mut total = prefix.len() as u64;
     events
         .blocking_send(Tapped::Chunk(prefix.into()))
@@ -247,7 +262,6 @@ fn send_image(
             break;
         }
         buf.truncate(n);
-        hasher.update(&buf);
         total += n as u64;
         if total > declared {
             return Err(format!(
@@ -261,8 +275,8 @@ fn send_image(
     if total != declared {
         return Err(format!("the image ended after {total} of {declared} bytes"));
     }
-    hashed
-        .send(hex::encode(hasher.finalize()))
+    ended
+        .send(origin)
         .map_err(|_| "the upload no longer waits for the image".to_string())
 }
 
@@ -282,7 +296,7 @@ fn read_full(entry: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// and hands all of it to the upload.
 async fn lock_and_put(
     mut tapped: mpsc::Receiver<Tapped>,
-    streamed: oneshot::Receiver<String>,
+    streamed: oneshot::Receiver<ZipOrigin>,
     db: Db,
     storage: Storage,
     model_id: i64,
@@ -354,18 +368,18 @@ async fn look_up_and_put(
     })
 }
 
-/// The image as the tap sends it: its declared size, its bytes, and its hash at the end.
+/// The image as the tap sends it: its declared size, its bytes, and its origin at the end.
 struct TappedImage {
     len: u64,
     tapped: mpsc::Receiver<Tapped>,
-    streamed: oneshot::Receiver<String>,
+    streamed: oneshot::Receiver<ZipOrigin>,
 }
 
 /// The image's PUT, started early.
 pub struct EarlyPut {
     pub key: ObjectKey,
     put: tokio::task::JoinHandle<Result<(), crate::storage::StorageError>>,
-    streamed: oneshot::Receiver<String>,
+    streamed: oneshot::Receiver<ZipOrigin>,
     /// Set when the PUT's body failed on the tap's side (not the store's).
     tap_failed: Arc<AtomicBool>,
 }
@@ -400,8 +414,8 @@ impl EarlyPut {
         }
     }
 
-    /// Waits for the PUT; the SHA-256 of what it stored.
-    pub async fn wait(self) -> Result<String, EarlyFailure> {
+    /// Waits for the PUT; where in the body what it stored came from.
+    pub async fn wait(self) -> Result<ZipOrigin, EarlyFailure> {
         let stored = match self.put.await {
             Ok(result) => result.map_err(StoreError::from),
             Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
@@ -415,8 +429,8 @@ impl EarlyPut {
                 EarlyFailure::Store(e)
             });
         }
-        // The tap sends the hash once the entry has ended well (declared size, CRC); without it
-        // the stored bytes are not known to be the image.
+        // The tap sends the origin once the entry has ended well (declared size, CRC); without
+        // it the stored bytes are not known to be the image.
         self.streamed.await.map_err(|_| EarlyFailure::Tap)
     }
 }

@@ -359,7 +359,7 @@ impl Puts {
     }
 
     /// Takes over the image's early PUT (see `early`): kept when it stored exactly the validated
-    /// image `bin`. When the tap gave up, or the PUT stored other bytes (a ZIP whose first local
+    /// image `bin` (read from the same place of the body, see `bundle::ZipOrigin`). When the tap gave up, or the PUT stored other bytes (a ZIP whose first local
     /// header is not the entry its central directory names: validation, like every ZIP reader,
     /// goes by the central directory), `bin` is PUT the ordinary way over it. A failure of the
     /// store fails the upload.
@@ -371,7 +371,7 @@ impl Puts {
         self.running.spawn(async move {
             let key = put.key.clone();
             let result = match put.wait().await {
-                Ok(sha256) if sha256 == bin.sha256 => {
+                Ok(origin) if origin == bin.origin => {
                     record_step("early_put", started.elapsed());
                     Ok(())
                 }

@@ -50,6 +50,7 @@ async fn the_image_is_in_the_store_before_the_body_has_ended() {
     let build = Build::new("2.0.0", "early");
     let zip = build.zip(CODE);
     let split = image_entry_end(&zip);
+    let puts = app.faults.calls(Operation::Put);
     let (body, release) = held_body(zip[..split].to_vec());
     let upload = app.upload_firmware_as(model, "application/zip", body);
     let hold = async {
@@ -62,6 +63,11 @@ async fn the_image_is_in_the_store_before_the_body_has_ended() {
     };
     let ((status, response), ()) = tokio::join!(upload, hold);
     assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        app.faults.calls(Operation::Put) - puts,
+        5,
+        "one PUT per artifact: the streamed image was kept, not PUT again"
+    );
     assert_build_stored(app, CODE, &build).await;
     assert_eq!(current_version(app, model).await.as_deref(), Some("2.0.0"));
 }

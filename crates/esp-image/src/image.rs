@@ -156,6 +156,16 @@ impl EspImage {
 /// and the appended SHA-256. Checksum and hash mismatches are reported in the
 /// result, not as errors; a truncated image is an error.
 pub fn parse_image(bytes: &[u8]) -> Result<EspImage, ImageError> {
+    parse_image_with(bytes, &mut |covered| Sha256::digest(covered).into())
+}
+
+/// [`parse_image`], with the SHA-256 of the bytes the appended hash covers (always a prefix of
+/// `bytes`) computed by `sha256`: a caller that also needs the hash of the whole file can get
+/// both from one pass.
+pub fn parse_image_with(
+    bytes: &[u8],
+    sha256: &mut dyn FnMut(&[u8]) -> [u8; 32],
+) -> Result<EspImage, ImageError> {
     let header = ImageHeader::parse(bytes)?;
     let too_short = |needed: u64, region: Region| ImageError::TooShort {
         actual: bytes.len(),
@@ -229,7 +239,7 @@ pub fn parse_image(bytes: &[u8]) -> Result<EspImage, ImageError> {
         Some(AppendedSha256 {
             offset: hash_offset,
             stored,
-            calculated: Sha256::digest(covered).into(),
+            calculated: sha256(covered),
         })
     } else {
         None

@@ -64,8 +64,8 @@ pub use header::{
     format_chip_rev, ImageHeader, IMAGE_HEADER_LEN, IMAGE_MAGIC, MAX_SEGMENTS, WP_PIN_DISABLED,
 };
 pub use image::{
-    parse_image, AppendedSha256, Checksum, EspImage, Segment, CHECKSUM_SEED, SEGMENT_HEADER_LEN,
-    SHA256_LEN,
+    parse_image, parse_image_with, AppendedSha256, Checksum, EspImage, Segment, CHECKSUM_SEED,
+    SEGMENT_HEADER_LEN, SHA256_LEN,
 };
 
 /// A parsed ESP application image.
@@ -126,7 +126,19 @@ pub fn parse_image_header(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
 /// );
 /// ```
 pub fn parse_app_image(bytes: &[u8]) -> Result<AppImage, ImageError> {
-    let image = parse_image(bytes)?;
+    parse_app_image_with(bytes, &mut |covered| {
+        use sha2::Digest;
+        sha2::Sha256::digest(covered).into()
+    })
+}
+
+/// [`parse_app_image`], with the SHA-256 of what the appended hash covers (a prefix of `bytes`)
+/// computed by `sha256` (see [`parse_image_with`]).
+pub fn parse_app_image_with(
+    bytes: &[u8],
+    sha256: &mut dyn FnMut(&[u8]) -> [u8; 32],
+) -> Result<AppImage, ImageError> {
+    let image = image::parse_image_with(bytes, sha256)?;
     let chip = image.header.chip.ok_or(ImageError::UnknownChip {
         chip_id: image.header.chip_id,
     })?;

@@ -97,7 +97,11 @@ async fn receive_and_store(
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
     let started = std::time::Instant::now();
-    let early = EarlyImage::start(&state.db, &state.storage, model.id, &model.code, limit);
+    let early = if state.config.firmware_stream_image_put {
+        EarlyImage::start(&state.db, &state.storage, model.id, &model.code, limit)
+    } else {
+        None
+    };
     let (spool, early) = receive_body(
         headers,
         body,
