@@ -93,6 +93,11 @@ pub fn firmware_key(
     ObjectKey::from_segments(&[FIRMWARE_PREFIX, model_code, version, artifact.file_name()])
 }
 
+/// `firmware/{model_code}/`: the start of every key of the model's versions.
+pub fn firmware_model_prefix(model_code: &str) -> String {
+    format!("{FIRMWARE_PREFIX}/{model_code}/")
+}
+
 /// The five keys of one stored version, in [`Artifact::ALL`] order.
 pub fn firmware_keys(model_code: &str, version: &str) -> Result<Vec<ObjectKey>, InvalidKey> {
     Artifact::ALL

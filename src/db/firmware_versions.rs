@@ -183,6 +183,31 @@ pub async fn get(
     .await)?)
 }
 
+/// What an upload that holds the model's lock needs to know before it learns its version: the
+/// model's stored versions, and the keys starting with `key_prefix` (the model's firmware
+/// prefix) that are queued for deletion. Both change only under that lock (every firmware change
+/// and `reconcile --repair` take it), so they stay true while it is held.
+pub async fn versions_and_queued_deletions(
+    tx: &mut Tx,
+    model_id: i64,
+    key_prefix: &str,
+) -> Result<(Vec<String>, Vec<String>), DbError> {
+    let rows: Vec<(i32, String)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT 0, version FROM firmware_versions WHERE device_model_id = $1
+         UNION ALL
+         SELECT 1, object_key FROM object_deletions WHERE substr(object_key, 1, length($2)) = $2"
+    )
+    .bind(model_id)
+    .bind(key_prefix)
+    .fetch_all(c)
+    .await)?;
+    let (versions, queued): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(kind, _)| *kind == 0);
+    Ok((
+        versions.into_iter().map(|(_, v)| v).collect(),
+        queued.into_iter().map(|(_, k)| k).collect(),
+    ))
+}
+
 /// One stored version of a model, read from the pool.
 pub async fn find(
     db: &Db,

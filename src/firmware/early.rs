@@ -9,11 +9,14 @@
 //!    spooling it. A blocking thread (the *tap*) reads the chunks as a ZIP stream
 //!    (`zip::read::read_zipfile_from_stream`, local headers in body order) up to the entry
 //!    `{code}.bin` and decompresses it as it arrives.
-//! 2. Meanwhile a task opens the transaction and locks the model (as every firmware change
-//!    does). Once the first [`PREFIX`] bytes of the image are out, its app descriptor names the
-//!    version; the task looks the version up and, when it is new, withdraws pending deletions of its keys (the outbox
-//!    invariant) and starts a single PUT of `{code}/{version}/firmware.bin` with the entry's
-//!    declared size ([`crate::storage::ObjectStorage::put_sized`]), fed by the tap.
+//! 2. Meanwhile a task opens the transaction, locks the model (as every firmware change does)
+//!    and reads the model's stored versions and its keys queued for deletion (neither can change
+//!    while the lock is held). Once the first [`PREFIX`] bytes of the image are out, its app
+//!    descriptor names the version; when it is new, the task withdraws pending deletions of its
+//!    keys if there are any (the outbox invariant) and starts a single PUT of
+//!    `{code}/{version}/firmware.bin` with the entry's declared size
+//!    ([`crate::storage::ObjectStorage::put_sized`]), fed by the tap: usually without another
+//!    round trip to the database.
 //! 3. After receipt the upload takes the lock and the PUT over ([`EarlyImage::locked`]).
 //!    Validation runs as before, on the whole spooled body, in SPEC §7 order: the streamed image
 //!    is kept only when validation hands out an image of the same version read from the same
@@ -56,7 +59,7 @@ use crate::config::DatabaseKind;
 use crate::db::firmware_versions as fw;
 use crate::db::{Db, Tx};
 use crate::fleet::FirmwareVersion;
-use crate::layout::{firmware_key, Artifact};
+use crate::layout::{firmware_key, firmware_keys, Artifact};
 use crate::outbox;
 use crate::storage::{ObjectKey, Storage};
 
@@ -302,11 +305,11 @@ async fn lock_and_put(
     model_id: i64,
     handoff: oneshot::Sender<Locked>,
 ) {
-    // The model is locked while the first bytes arrive, so only the version's lookup is left
-    // once the image names it.
-    let (locked, tapped_first) = tokio::join!(store::begin_locked(&db, model_id), tapped.recv());
-    let (tx, model) = match locked {
-        Ok(locked) => locked,
+    // While the first bytes arrive: the model locked, and what the version's lookup needs read,
+    // so that a new version's PUT can start the moment the image names it.
+    let (prepared, tapped_first) = tokio::join!(prepare(&db, model_id), tapped.recv());
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracing::warn!(error = %e, "firmware_early_lock_failed");
             return;
@@ -321,7 +324,7 @@ async fn lock_and_put(
         tapped,
         streamed,
     };
-    let locked = match look_up_and_put(tx, model, &storage, version, image).await {
+    let locked = match look_up_and_put(prepared, &storage, version, image).await {
         Ok(locked) => locked,
         Err(e) => {
             tracing::warn!(error = %e, "firmware_early_lock_failed");
@@ -335,28 +338,56 @@ async fn lock_and_put(
     }
 }
 
-/// Under the model lock: the version's row, and for a new version its keys' pending deletions
-/// withdrawn and the image's PUT started.
-async fn look_up_and_put(
-    mut tx: Tx,
+/// The model locked, and (read after the lock was granted, so they hold while it is held) its
+/// stored versions and its keys queued for deletion.
+struct Prepared {
+    tx: Tx,
     model: fw::ModelFirmware,
+    versions: Vec<String>,
+    queued_deletions: Vec<String>,
+}
+
+async fn prepare(db: &Db, model_id: i64) -> Result<Prepared, StoreError> {
+    let (mut tx, model) = store::begin_locked(db, model_id).await?;
+    let prefix = crate::layout::firmware_model_prefix(&model.code);
+    let (versions, queued_deletions) =
+        fw::versions_and_queued_deletions(&mut tx, model.id, &prefix).await?;
+    Ok(Prepared {
+        tx,
+        model,
+        versions,
+        queued_deletions,
+    })
+}
+
+/// Under the model lock: the version's row if it is stored, else the new version's keys' pending
+/// deletions withdrawn (only if there are any: none can be queued while the lock is held) and
+/// the image's PUT started.
+async fn look_up_and_put(
+    prepared: Prepared,
     storage: &Storage,
     version: FirmwareVersion,
     image: TappedImage,
 ) -> Result<Locked, StoreError> {
-    let existing = fw::get(&mut tx, model.id, version.as_str()).await?;
-    let put = match existing {
-        Some(_) => None,
-        None => {
-            let keys = Artifact::ALL
-                .into_iter()
-                .map(|artifact| firmware_key(&model.code, version.as_str(), artifact))
-                .collect::<Result<Vec<_>, _>>()?;
+    let Prepared {
+        mut tx,
+        model,
+        versions,
+        queued_deletions,
+    } = prepared;
+    let (existing, put) = if versions.iter().any(|v| v == version.as_str()) {
+        (fw::get(&mut tx, model.id, version.as_str()).await?, None)
+    } else {
+        let keys = firmware_keys(&model.code, version.as_str())?;
+        if keys
+            .iter()
+            .any(|key| queued_deletions.iter().any(|queued| queued == key.as_str()))
+        {
             // Architecture invariant (src/outbox.rs): before writing the keys.
             outbox::cancel_deletions(&mut tx, &keys).await?;
-            let key = firmware_key(&model.code, version.as_str(), Artifact::Bin)?;
-            Some(EarlyPut::start(storage, key, image))
         }
+        let key = firmware_key(&model.code, version.as_str(), Artifact::Bin)?;
+        (None, Some(EarlyPut::start(storage, key, image)))
     };
     Ok(Locked {
         tx,

@@ -175,3 +175,45 @@ async fn an_image_the_central_directory_does_not_name_is_never_kept() {
     })
     .await;
 }
+
+/// A version deleted and uploaded again before the outbox has deleted its objects: the upload
+/// withdraws the queued deletions before it writes (the outbox invariant), also where it learns
+/// what is queued before its version is known (the early path reads it under the model lock).
+#[tokio::test]
+async fn a_version_uploaded_again_before_its_deletion_ran_withdraws_the_deletion() {
+    for_each_stack("firmware_early_queued_deletion", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let v1 = Build::new("1.0.0", "one");
+        let v2 = Build::new("2.0.0", "two");
+        upload_ok(app, model, CODE, &v2).await;
+        upload_ok(app, model, CODE, &v1).await;
+        // The store refuses deletions for now: the deleted version's keys stay queued.
+        app.faults.inject(Fault::always(Operation::Delete));
+        let (status, body) = app.delete_firmware_version(model, "2.0.0").await;
+        assert_eq!(status, 204, "{body}");
+        let queued = |pending: Vec<iotsupport::outbox::PendingDeletion>| {
+            pending
+                .into_iter()
+                .filter(|p| p.object_key.starts_with(&format!("firmware/{CODE}/2.0.0/")))
+                .count()
+        };
+        assert_eq!(
+            queued(iotsupport::outbox::pending(app.db()).await.unwrap()),
+            5
+        );
+
+        upload_ok(app, model, CODE, &v2).await;
+        assert_eq!(
+            queued(iotsupport::outbox::pending(app.db()).await.unwrap()),
+            0,
+            "the upload withdrew the queued deletions of its keys"
+        );
+        app.faults.heal();
+        iotsupport::outbox::process_due(app.db(), &app.state.storage)
+            .await
+            .unwrap();
+        assert_build_stored(app, CODE, &v2).await;
+        assert_build_stored(app, CODE, &v1).await;
+    })
+    .await;
+}
