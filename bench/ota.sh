@@ -56,19 +56,22 @@ RSS=$(service_peak_rss_kib)
 # (b) Upload time of a bundle vs its largest single PUT, one request at a time.
 metrics_snapshot "$WORK/metrics-before-uploads"
 UPLOAD_TIMES=()
+# The bundles are made first, so no bundle is being made while another is uploaded.
 for i in $(seq 1 "$UPLOADS"); do
     "$LOADGEN" make-bundle --code "$CODE" --version "2.0.$i" --image-size "$IMAGE_SIZE" \
-        --out "$WORK/upload.zip" 2>/dev/null
+        --out "$WORK/upload-$i.zip" 2>/dev/null
+done
+for i in $(seq 1 "$UPLOADS"); do
     UPLOAD_TIMES+=("$(curl -sS --fail-with-body --max-time 120 -o /dev/null -w '%{time_total}' \
         -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/zip' \
-        --data-binary "@$WORK/upload.zip" "$SERVICE_URL/api/device-models/$MODEL_ID/firmware")")
+        --data-binary "@$WORK/upload-$i.zip" "$SERVICE_URL/api/device-models/$MODEL_ID/firmware")")
 done
 metrics_snapshot "$WORK/metrics-after-uploads"
 UPLOAD_STEPS=$(step_means "$WORK/metrics-before-uploads" "$WORK/metrics-after-uploads" \
     firmware_upload_step_duration_seconds receive early_lock lock validate hash put early_put rows commit pipeline)
 UPLOAD_MS=$(printf '%s\n' "${UPLOAD_TIMES[@]}" | sort -g | awk '{ t[NR] = $1 } END { printf "%.1f", t[int((NR + 1) / 2)] * 1000 }')
 BIN_SIZE=$(python3 -c 'import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).getinfo(sys.argv[2]).file_size)' \
-    "$WORK/upload.zip" "$CODE.bin")
+    "$WORK/upload-1.zip" "$CODE.bin")
 PUT_OUT=$("$LOADGEN" s3put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" --size "$BIN_SIZE" \
     --concurrency 1 --count "$UPLOADS" --max-seconds "$MAX_SECONDS")
