@@ -516,7 +516,8 @@ fn parse_version_json(bytes: &[u8]) -> Result<Value, BundleError> {
     Ok(value)
 }
 
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or `reader` ends; how many bytes it read.
+pub(super) fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..])? {

@@ -260,7 +260,7 @@ fn send_image(
         .map_err(gone)?;
     loop {
         let mut buf = vec![0u8; CHUNK];
-        let n = read_full(entry, &mut buf).map_err(|e| format!("the image: {e}"))?;
+        let n = super::bundle::read_up_to(entry, &mut buf).map_err(|e| format!("the image: {e}"))?;
         if n == 0 {
             break;
         }
@@ -281,18 +281,6 @@ fn send_image(
     ended
         .send(origin)
         .map_err(|_| "the upload no longer waits for the image".to_string())
-}
-
-/// Reads until `buf` is full or the entry ends.
-fn read_full(entry: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match entry.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// The task: waits for the version, locks the model, starts the PUT of a new version's image
