@@ -183,6 +183,27 @@ pub async fn get(
     .await)?)
 }
 
+/// [`lock_model`] without waiting: `Ok(None)` when another transaction holds the lock (or the
+/// model does not exist). PostgreSQL's `FOR UPDATE NOWAIT`; on SQLite, where the transaction
+/// already holds the database's write lock, the same as [`lock_model`].
+pub async fn lock_model_if_free(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
+    match tx {
+        Tx::Postgres(t) => {
+            let locked = sqlx::query_as::<_, ModelFirmware>(
+                "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR UPDATE NOWAIT",
+            )
+            .bind(id)
+            .fetch_optional(&mut **t)
+            .await;
+            match locked {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(None),
+                other => Ok(other?),
+            }
+        }
+        Tx::Sqlite(_) => lock_model(tx, id).await,
+    }
+}
+
 /// What an upload that holds the model's lock needs to know before it learns its version: the
 /// model's stored versions, and the keys starting with `key_prefix` (the model's firmware
 /// prefix) that are queued for deletion. Both change only under that lock (every firmware change

@@ -9,9 +9,10 @@
 //!    spooling it. A blocking thread (the *tap*) reads the chunks as a ZIP stream
 //!    (`zip::read::read_zipfile_from_stream`, local headers in body order) up to the entry
 //!    `{code}.bin` and decompresses it as it arrives.
-//! 2. Meanwhile a task opens the transaction, locks the model (as every firmware change does)
-//!    and reads the model's stored versions and its keys queued for deletion (neither can change
-//!    while the lock is held). Once the first [`PREFIX`] bytes of the image are out, its app
+//! 2. Meanwhile a task opens the transaction, locks the model (as every firmware change does;
+//!    if another change holds the lock, the early path gives up rather than wait) and reads the
+//!    model's stored versions and its keys queued for deletion (neither can change while the
+//!    lock is held). Once the first [`PREFIX`] bytes of the image are out, its app
 //!    descriptor names the version; when it is new, the task withdraws pending deletions of its
 //!    keys if there are any (the outbox invariant) and starts a single PUT of
 //!    `{code}/{version}/firmware.bin` with the entry's declared size
@@ -54,7 +55,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::bundle::ZipOrigin;
-use super::store::{self, StoreError};
+use super::store::StoreError;
 use crate::config::DatabaseKind;
 use crate::db::firmware_versions as fw;
 use crate::db::{Db, Tx};
@@ -83,8 +84,9 @@ pub struct EarlyImage {
     input: Option<std::sync::mpsc::Sender<Bytes>>,
     /// Bytes sent to the tap that it has not read yet.
     queued: Arc<AtomicU64>,
-    /// `None` once taken by [`Self::locked`].
-    handoff: Option<oneshot::Receiver<Locked>>,
+    /// `None` once taken by [`Self::locked`]. Dropping it (the request ended) stops the task, and
+    /// a [`Handoff`] already sent is undone as it drops.
+    handoff: Option<oneshot::Receiver<Handoff>>,
 }
 
 impl EarlyImage {
@@ -152,7 +154,7 @@ impl EarlyImage {
     /// `None` when it gave up before (the caller locks the model itself).
     pub async fn locked(mut self) -> Option<Locked> {
         self.input = None;
-        self.handoff.take()?.await.ok()
+        self.handoff.take()?.await.ok()?.0.take()
     }
 }
 
@@ -260,7 +262,8 @@ fn send_image(
         .map_err(gone)?;
     loop {
         let mut buf = vec![0u8; CHUNK];
-        let n = super::bundle::read_up_to(entry, &mut buf).map_err(|e| format!("the image: {e}"))?;
+        let n =
+            super::bundle::read_up_to(entry, &mut buf).map_err(|e| format!("the image: {e}"))?;
         if n == 0 {
             break;
         }
@@ -291,20 +294,40 @@ async fn lock_and_put(
     db: Db,
     storage: Storage,
     model_id: i64,
-    handoff: oneshot::Sender<Locked>,
+    mut handoff: oneshot::Sender<Handoff>,
 ) {
-    // While the first bytes arrive: the model locked, and what the version's lookup needs read,
-    // so that a new version's PUT can start the moment the image names it.
-    let (prepared, tapped_first) = tokio::join!(prepare(&db, model_id), tapped.recv());
+    // While the first bytes arrive: the model locked (if it is free, see `prepare`), and what
+    // the version's lookup needs read, so that a new version's PUT can start the moment the
+    // image names it. The task ends as soon as the tap gives up or the upload is gone.
+    let mut prepare = std::pin::pin!(prepare(&db, model_id));
+    let mut prepared = None;
+    let first = loop {
+        tokio::select! {
+            result = &mut prepare, if prepared.is_none() => prepared = Some(result),
+            first = tapped.recv() => break first,
+            () = handoff.closed() => return,
+        }
+    };
+    let Some(Tapped::Version(version, len)) = first else {
+        return; // a transaction, if any, rolls back as it drops
+    };
     let prepared = match prepared {
-        Ok(prepared) => prepared,
+        Some(prepared) => prepared,
+        None => tokio::select! {
+            prepared = &mut prepare => prepared,
+            () = handoff.closed() => return,
+        },
+    };
+    let prepared = match prepared {
+        Ok(Some(prepared)) => prepared,
+        Ok(None) => {
+            tracing::debug!(model_id, "firmware_early_model_busy");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "firmware_early_lock_failed");
             return;
         }
-    };
-    let Some(Tapped::Version(version, len)) = tapped_first else {
-        return; // the transaction rolls back as it drops
     };
     let started = std::time::Instant::now();
     let image = TappedImage {
@@ -320,10 +343,8 @@ async fn lock_and_put(
         }
     };
     super::upload::record_step("early_lock", started.elapsed());
-    if let Err(unused) = handoff.send(locked) {
-        // The upload was dropped while waiting for it.
-        unused.abandon().await;
-    }
+    // If the upload is gone, the returned handoff is undone as it drops.
+    let _ = handoff.send(Handoff(Some(locked)));
 }
 
 /// The model locked, and (read after the lock was granted, so they hold while it is held) its
@@ -335,17 +356,24 @@ struct Prepared {
     queued_deletions: Vec<String>,
 }
 
-async fn prepare(db: &Db, model_id: i64) -> Result<Prepared, StoreError> {
-    let (mut tx, model) = store::begin_locked(db, model_id).await?;
+/// `None` when another change of the model holds its lock: the early path does not wait for it
+/// (a request whose body breaks off while queued behind that lock would hold a connection until
+/// the lock is granted, as a query cannot be withdrawn by dropping it); the upload locks the
+/// model the ordinary way once its body is in.
+async fn prepare(db: &Db, model_id: i64) -> Result<Option<Prepared>, StoreError> {
+    let mut tx = db.begin().await?;
+    let Some(model) = fw::lock_model_if_free(&mut tx, model_id).await? else {
+        return Ok(None);
+    };
     let prefix = crate::layout::firmware_model_prefix(&model.code);
     let (versions, queued_deletions) =
         fw::versions_and_queued_deletions(&mut tx, model.id, &prefix).await?;
-    Ok(Prepared {
+    Ok(Some(Prepared {
         tx,
         model,
         versions,
         queued_deletions,
-    })
+    }))
 }
 
 /// Under the model lock: the version's row if it is stored, else the new version's keys' pending
@@ -493,35 +521,37 @@ pub struct Locked {
 }
 
 impl Locked {
-    /// Undoes what was started: the PUT stopped (or awaited) and its object deleted, then the
-    /// transaction rolled back, so the delete runs under the model lock.
+    /// Undoes what was started: the PUT awaited (not aborted: a store may still commit a PUT
+    /// whose bytes all arrived, after a delete sent beside it) and its object deleted, then the
+    /// transaction rolled back, so the delete runs under the model lock. The tap is cut off by
+    /// then, so the PUT ends, at the latest by the store client's timeouts.
     async fn abandon(self) {
         if let Some(put) = self.put {
-            put.put.abort();
-            let _ = put.put.await;
+            let key = put.key.clone();
+            let _ = put.wait().await;
             // Whatever the PUT did, the key is ours while `tx` holds the model lock.
-            if let Err(e) = self.storage.delete(&put.key).await {
-                tracing::warn!(object_key = %put.key, error = %e, "firmware_early_cleanup_failed");
+            if let Err(e) = self.storage.delete(&key).await {
+                tracing::warn!(object_key = %key, error = %e, "firmware_early_cleanup_failed");
             }
         }
         drop(self.tx);
     }
 }
 
-impl Drop for EarlyImage {
-    /// An upload that ended before [`EarlyImage::locked`] (its body failed): whatever the task
-    /// locked and stored is undone.
+/// A [`Locked`] on its way to the upload: undone if it is dropped before the upload took it
+/// (the request ended while the body was arriving).
+pub struct Handoff(Option<Locked>);
+
+impl Drop for Handoff {
     fn drop(&mut self) {
-        let Some(handoff) = self.handoff.take() else {
+        let Some(locked) = self.0.take() else {
             return;
         };
-        self.input = None;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Ok(locked) = handoff.await {
-                    locked.abandon().await;
-                }
-            });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(locked.abandon());
+            }
+            Err(_) => tracing::warn!("firmware_early_cleanup_without_runtime"),
         }
     }
 }

@@ -131,14 +131,18 @@ async fn upload_locked(
     let (early_lookup, early_put) = match early {
         Some((early_version, existing, put)) => {
             let same = matches!(&validated_image, Some(Validated::Image { version, .. }) if *version == early_version);
-            match (same, put) {
-                (true, put) => (Some(existing), put),
-                (false, Some(put)) => {
-                    // Not the bundle's image (or no image at all): not ours to keep.
+            if same {
+                (Some(existing), put)
+            } else {
+                // Not the bundle's image (or no image at all): what the early path stored is
+                // not ours to keep, and the deletions it withdrew were for another version's
+                // keys. Undo both (the delete still under the lock), then lock afresh.
+                if let Some(put) = put {
                     Puts::discard(storage, put).await;
-                    (None, None)
                 }
-                (false, None) => (None, None),
+                drop(tx);
+                tx = timed("lock", store::begin_locked(db, model_id)).await?.0;
+                (None, None)
             }
         }
         None => (None, None),
@@ -359,10 +363,12 @@ impl Puts {
     }
 
     /// Takes over the image's early PUT (see `early`): kept when it stored exactly the validated
-    /// image `bin` (read from the same place of the body, see `bundle::ZipOrigin`). When the tap gave up, or the PUT stored other bytes (a ZIP whose first local
-    /// header is not the entry its central directory names: validation, like every ZIP reader,
-    /// goes by the central directory), `bin` is PUT the ordinary way over it. A failure of the
-    /// store fails the upload.
+    /// image `bin` (read from the same place of the body, see `bundle::ZipOrigin`). Otherwise
+    /// `bin` is PUT the ordinary way over it, with the store client's retries: when the tap gave
+    /// up, when the PUT stored other bytes (a ZIP whose first local header is not the entry its
+    /// central directory names: validation, like every ZIP reader, goes by the central
+    /// directory), and when the streamed PUT failed (a store that times out a slow body, or a
+    /// transient error the single streamed request could not retry).
     fn adopt(&mut self, storage: &Storage, put: EarlyPut, bin: Entry) {
         let started = Instant::now();
         self.first_started.get_or_insert(started);
@@ -375,13 +381,22 @@ impl Puts {
                     record_step("early_put", started.elapsed());
                     Ok(())
                 }
-                Err(EarlyFailure::Store(e)) => Err(e),
                 other => {
-                    let why = match other {
-                        Ok(_) => "the streamed image is not the validated one",
-                        _ => "the tap gave up",
-                    };
-                    tracing::info!(reason = why, "firmware_early_put_replaced");
+                    match other {
+                        Ok(_) => tracing::info!(
+                            reason = "the streamed image is not the validated one",
+                            "firmware_early_put_replaced"
+                        ),
+                        Err(EarlyFailure::Tap) => {
+                            tracing::info!(
+                                reason = "the tap gave up",
+                                "firmware_early_put_replaced"
+                            )
+                        }
+                        Err(EarlyFailure::Store(e)) => {
+                            tracing::warn!(error = %e, "firmware_early_put_failed_retrying")
+                        }
+                    }
                     store::upload_one(&storage, &key, bin).await
                 }
             };

@@ -112,16 +112,20 @@ impl StreamingPut {
         len: u64,
         body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
     ) -> Result<(), String> {
-        use futures::{FutureExt, StreamExt, TryStreamExt};
-        let (sent, body_sent) = tokio::sync::oneshot::channel::<()>();
-        // Drops `sent` when the body has ended or failed, so the answer's deadline starts then.
-        let mut sent = Some(sent);
+        use futures::{StreamExt, TryStreamExt};
+        let progress = Arc::new(std::sync::Mutex::new(Progress {
+            since: tokio::time::Instant::now(),
+            waiting_for_body: false,
+            ended: false,
+        }));
+        let seen = progress.clone();
         let mut body = body;
         let body = futures::stream::poll_fn(move |cx| {
             let next = body.poll_next_unpin(cx);
-            if matches!(next, Poll::Ready(None | Some(Err(_)))) {
-                sent.take();
-            }
+            let mut progress = seen.lock().unwrap_or_else(|p| p.into_inner());
+            progress.since = tokio::time::Instant::now();
+            progress.waiting_for_body = next.is_pending();
+            progress.ended |= matches!(next, Poll::Ready(None | Some(Err(_))));
             next
         });
         let body = http_body_util::StreamBody::new(body.map_ok(Frame::data));
@@ -130,15 +134,10 @@ impl StreamingPut {
             .body(http_body_util::BodyExt::boxed_unsync(body))
             .map_err(|e| format!("invalid request: {e}"))?;
         let answer = self.client.request(request);
-        let timeout = self.timeout;
-        let deadline = async move {
-            // Resolves (with an error) when the sender is dropped: the body ended or failed.
-            let _ = body_sent.await;
-            tokio::time::sleep(timeout).await;
-        };
+        let stalled = stalled(progress, self.timeout);
         let response = tokio::select! {
             response = answer => response.map_err(|e| super::display_chain(&e))?,
-            () = deadline.fuse() => return Err("the object store did not answer within the request timeout".into()),
+            why = stalled => return Err(why.into()),
         };
         let status = response.status();
         if status.is_success() {
@@ -146,6 +145,34 @@ impl StreamingPut {
         }
         let detail = read_some(response.into_body(), 512).await;
         Err(format!("the object store answered {status}: {detail}"))
+    }
+}
+
+/// How far a streamed PUT's body has got: when the client last asked for a part of it, whether
+/// it is waiting for the next part, and whether it has ended.
+struct Progress {
+    since: tokio::time::Instant,
+    waiting_for_body: bool,
+    ended: bool,
+}
+
+/// Resolves, saying why, when the store has stopped reading the body (no part asked for in
+/// `timeout` although one was ready) or has not answered within `timeout` of its end. A body
+/// that is slow to come (the uploading client) is not the store's fault: that wait is bounded
+/// by the body's own deadline.
+async fn stalled(progress: Arc<std::sync::Mutex<Progress>>, timeout: Duration) -> &'static str {
+    let check = (timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(check).await;
+        let progress = progress.lock().unwrap_or_else(|p| p.into_inner());
+        if progress.waiting_for_body || progress.since.elapsed() < timeout {
+            continue;
+        }
+        return if progress.ended {
+            "the object store did not answer within the request timeout"
+        } else {
+            "the object store stopped reading the body for the request timeout"
+        };
     }
 }
 

@@ -145,6 +145,34 @@ async fn a_store_failing_half_way_through_the_image_is_503_and_leaves_nothing() 
     .await;
 }
 
+/// The streamed PUT is one request that cannot be retried (its body is gone): when it fails, the
+/// validated image is PUT the ordinary way, with the store client's retries.
+#[tokio::test]
+async fn a_streamed_put_that_fails_is_done_again_the_ordinary_way() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_put_retried").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    let v2 = Build::new("2.0.0", "two");
+    app.faults.inject(
+        Fault::always(Operation::Put)
+            .for_keys_containing("2.0.0/firmware.bin")
+            .after_bytes(100)
+            .times(1),
+    );
+    let puts = app.faults.calls(Operation::Put);
+    let (status, body) = upload(app, model, v2.zip(CODE)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        app.faults.calls(Operation::Put) - puts,
+        6,
+        "five artifacts and the image once more"
+    );
+    assert_build_stored(app, CODE, &v2).await;
+    assert_eq!(current_version(app, model).await.as_deref(), Some("2.0.0"));
+}
+
 /// A ZIP whose first local header holds another image than its central directory names (data
 /// before the archive proper, which ZIP readers skip, as in self-extracting archives): what is
 /// stored is the image the central directory names, never the one streamed from that header.
@@ -216,4 +244,63 @@ async fn a_version_uploaded_again_before_its_deletion_ran_withdraws_the_deletion
         assert_build_stored(app, CODE, &v1).await;
     })
     .await;
+}
+
+/// Backends of this database waiting for a lock.
+async fn waiting_for_a_lock(app: &TestApp) -> i64 {
+    match app.db() {
+        iotsupport::db::Db::Postgres(pool) => sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+        iotsupport::db::Db::Sqlite(_) => 0,
+    }
+}
+
+/// An upload that arrives while another change of its model holds the lock does not queue for it
+/// while its body arrives (a request broken off meanwhile would hold a connection until the lock
+/// is granted: a query cannot be withdrawn by dropping it); it stores the bundle the ordinary
+/// way once the body is in and the lock is free.
+#[tokio::test]
+async fn an_upload_does_not_queue_for_a_busy_model_while_its_body_arrives() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_busy_model").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    let mut holder = app.db().begin().await.unwrap();
+    iotsupport::db::firmware_versions::lock_model(&mut holder, model)
+        .await
+        .unwrap();
+
+    let build = Build::new("2.0.0", "two");
+    let zip = build.zip(CODE);
+    let split = image_entry_end(&zip);
+    let (body, release) = held_body(zip[..split].to_vec());
+    let puts = app.faults.calls(Operation::Put);
+    let upload = app.upload_firmware_as(model, "application/zip", body);
+    let hold = async {
+        // The image has arrived; nothing waits for the lock, nothing was stored.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(waiting_for_a_lock(app).await, 0, "queued for the lock");
+        }
+        assert!(objects_under(app, "firmware").await.is_empty());
+        release.send(Some(zip[split..].to_vec())).unwrap();
+        // Now the upload queues for the lock, and gets it when the other change ends.
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                waiting_for_a_lock(app).await == 1
+            })
+            .await
+        );
+        holder.rollback().await.unwrap();
+    };
+    let ((status, response), ()) = tokio::join!(upload, hold);
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(app.faults.calls(Operation::Put) - puts, 5);
+    assert_build_stored(app, CODE, &build).await;
 }

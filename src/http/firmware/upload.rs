@@ -92,7 +92,7 @@ async fn receive_and_store(
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
     let limit = state.config.max_firmware_bytes;
     let busy = || ApiError::unavailable("Too many firmware uploads are in progress; retry later");
-    let _slot = tokio::time::timeout(UPLOAD_SLOT_WAIT, UPLOAD_SLOTS.acquire())
+    let slot = tokio::time::timeout(UPLOAD_SLOT_WAIT, UPLOAD_SLOTS.acquire())
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
@@ -116,16 +116,29 @@ async fn receive_and_store(
         max_entry_bytes: limit,
         keep: state.config.max_firmwares,
     };
-    let stored = upload::upload_bundle(
-        &state.db,
-        &state.storage,
-        state.effects(),
-        model.id,
-        &model.code,
-        upload::Received { spool, early },
-        limits,
-    )
-    .await?;
+    // Once the body is in, storing it runs to its end (stored, or cleaned up) in its own task,
+    // holding the upload slot: a client that disconnects now cannot cut it off half-way (PUTs
+    // detached from the transaction that owns their keys).
+    let task_state = state.clone();
+    let stored = tokio::spawn(async move {
+        let _slot = slot;
+        let state = task_state;
+        upload::upload_bundle(
+            &state.db,
+            &state.storage,
+            state.effects(),
+            model.id,
+            &model.code,
+            upload::Received { spool, early },
+            limits,
+        )
+        .await
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "firmware_upload_task_failed");
+        ApiError::Internal("Internal error".into())
+    })??;
     Ok(Json(FirmwareUploadResponse {
         id: stored.model_id,
         code: stored.model_code,
