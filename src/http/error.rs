@@ -163,13 +163,7 @@ impl IntoResponse for ApiError {
 
 /// Logs an internal failure with its whole cause chain.
 fn log_internal(what: &str, error: &dyn std::error::Error) {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
+    let chain = crate::storage::display_chain(error);
     tracing::error!(error = %chain, "{what}");
 }
 

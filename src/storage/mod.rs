@@ -247,8 +247,9 @@ pub fn file_stream(
     .boxed())
 }
 
-/// The error with its sources, so a log line says *why* (e.g. "connection refused").
-pub(crate) fn display_chain(e: &dyn std::error::Error) -> String {
+/// The error with its sources, so a log line says *why* (e.g. "connection refused"). Also
+/// used by the HTTP layer to log internal failures.
+pub fn display_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
