@@ -295,3 +295,117 @@ impl Body for IdleTimeout {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::StreamingPut;
+
+    /// A server on 127.0.0.1 that reads the request head and then does what `then` says.
+    async fn server<F, Fut>(then: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/bucket/key", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            then(socket).await;
+        });
+        url
+    }
+
+    /// Reads `len` body bytes, then answers `status`.
+    async fn read_and_answer(mut socket: tokio::net::TcpStream, len: usize, status: &str) {
+        let mut body = vec![0u8; len];
+        socket.read_exact(&mut body).await.unwrap();
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\n\r\nnope");
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    fn client(timeout: Duration) -> StreamingPut {
+        StreamingPut::new(Duration::from_secs(1), timeout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stops_reading_the_body_fails_the_put() {
+        // Reads nothing of the body; 64 MiB fill any socket buffers.
+        let url = server(|socket| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        })
+        .await;
+        let chunk = Bytes::from(vec![0u8; 1024 * 1024]);
+        let body = futures::stream::repeat(chunk).take(64).map(Ok).boxed();
+        let started = std::time::Instant::now();
+        let error = client(Duration::from_millis(300))
+            .put(&url, 64 * 1024 * 1024, body)
+            .await
+            .unwrap_err();
+        assert!(error.contains("stopped reading the body"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(20), "it gave up");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_slow_to_come_is_not_the_stores_fault() {
+        let url = server(|socket| read_and_answer(socket, 8, "200 OK")).await;
+        // The first half, then a pause three times the timeout, then the rest.
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"1234"))])
+            .chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                Ok(Bytes::from_static(b"5678"))
+            }))
+            .boxed();
+        client(Duration::from_millis(200))
+            .put(&url, 8, body)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_the_status_and_what_the_store_said() {
+        let url = server(|socket| read_and_answer(socket, 4, "403 Forbidden")).await;
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"data"))]).boxed();
+        let error = client(Duration::from_secs(5))
+            .put(&url, 4, body)
+            .await
+            .unwrap_err();
+        assert!(error.contains("403"), "{error}");
+        assert!(error.contains("nope"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_aborts_the_put() {
+        let url = server(|mut socket| async move {
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        })
+        .await;
+        let body = futures::stream::iter([
+            Ok(Bytes::from_static(b"half")),
+            Err(std::io::Error::other("the source broke")),
+        ])
+        .boxed();
+        let error = client(Duration::from_secs(5))
+            .put(&url, 8, body)
+            .await
+            .unwrap_err();
+        assert!(!error.is_empty());
+    }
+}
