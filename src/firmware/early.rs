@@ -145,13 +145,9 @@ impl EarlyImage {
         }
     }
 
-    /// The whole body has been received: the tap reads to its end.
-    pub fn body_ended(&mut self) {
-        self.input = None;
-    }
-
-    /// The model lock and what the early path found and started, once the tap has got that far;
-    /// `None` when it gave up before (the caller locks the model itself).
+    /// Once the whole body has been received: the tap reads to its end, and this is the model
+    /// lock and what the early path found and started, once the tap has got that far; `None`
+    /// when it gave up before (the caller locks the model itself).
     pub async fn locked(mut self) -> Option<Locked> {
         self.input = None;
         self.handoff.take()?.await.ok()?.0.take()
@@ -252,7 +248,6 @@ fn send_image(
         .map_err(|e| format!("the image's first bytes: {e}"))?;
     let desc = esp_image::parse_app_desc(&prefix[32..]).map_err(|e| e.to_string())?;
     let version = FirmwareVersion::parse(&desc.version).map_err(|e| e.to_string())?;
-    let gone = |_| "the upload no longer waits for the image".to_string();
     events
         .blocking_send(Tapped::Version(version, declared))
         .map_err(gone)?;
@@ -281,9 +276,12 @@ fn send_image(
     if total != declared {
         return Err(format!("the image ended after {total} of {declared} bytes"));
     }
-    ended
-        .send(origin)
-        .map_err(|_| "the upload no longer waits for the image".to_string())
+    ended.send(origin).map_err(gone)
+}
+
+/// Why the tap stopped when nobody reads what it sends.
+fn gone<T>(_: T) -> String {
+    "the upload no longer waits for the image".to_string()
 }
 
 /// The task: waits for the version, locks the model, starts the PUT of a new version's image
@@ -461,6 +459,17 @@ impl EarlyPut {
         }
     }
 
+    /// Waits for the PUT (not aborting it: a store may still commit a PUT whose bytes all
+    /// arrived, after a delete sent beside it) and deletes whatever it stored. The caller holds
+    /// the model lock, so the key is this upload's.
+    pub async fn discard(self, storage: &Storage) {
+        let key = self.key.clone();
+        let _ = self.wait().await;
+        if let Err(e) = storage.delete(&key).await {
+            tracing::warn!(object_key = %key, error = %e, "firmware_early_cleanup_failed");
+        }
+    }
+
     /// Waits for the PUT; where in the body what it stored came from.
     pub async fn wait(self) -> Result<ZipOrigin, EarlyFailure> {
         let stored = match self.put.await {
@@ -521,18 +530,12 @@ pub struct Locked {
 }
 
 impl Locked {
-    /// Undoes what was started: the PUT awaited (not aborted: a store may still commit a PUT
-    /// whose bytes all arrived, after a delete sent beside it) and its object deleted, then the
+    /// Undoes what was started: the PUT discarded ([`EarlyPut::discard`]), then the
     /// transaction rolled back, so the delete runs under the model lock. The tap is cut off by
     /// then, so the PUT ends, at the latest by the store client's timeouts.
     async fn abandon(self) {
         if let Some(put) = self.put {
-            let key = put.key.clone();
-            let _ = put.wait().await;
-            // Whatever the PUT did, the key is ours while `tx` holds the model lock.
-            if let Err(e) = self.storage.delete(&key).await {
-                tracing::warn!(object_key = %key, error = %e, "firmware_early_cleanup_failed");
-            }
+            put.discard(&self.storage).await;
         }
         drop(self.tx);
     }

@@ -34,7 +34,7 @@ use super::early::{EarlyFailure, EarlyImage, EarlyPut};
 use super::store::{self, Effects, StoreError, Stored};
 use crate::db::firmware_versions as fw;
 use crate::db::{Db, Tx};
-use crate::layout::{firmware_key, Artifact};
+use crate::layout::{firmware_key, firmware_keys, Artifact};
 use crate::notify::Notifier;
 use crate::outbox;
 use crate::storage::{ObjectKey, Storage};
@@ -138,7 +138,7 @@ async fn upload_locked(
                 // not ours to keep, and the deletions it withdrew were for another version's
                 // keys. Undo both (the delete still under the lock), then lock afresh.
                 if let Some(put) = put {
-                    Puts::discard(storage, put).await;
+                    put.discard(storage).await;
                 }
                 drop(tx);
                 tx = timed("lock", store::begin_locked(db, model_id)).await?.0;
@@ -165,10 +165,7 @@ async fn upload_locked(
             // The early path withdrew the pending deletions already.
             Some(put) => puts.adopt(storage, put, bin),
             None => {
-                let keys = Artifact::ALL
-                    .into_iter()
-                    .map(key)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let keys = firmware_keys(&model.code, version.as_str())?;
                 // Architecture invariant (src/outbox.rs): withdraw pending deletions of these
                 // keys (a version deleted earlier and uploaded again) before writing them.
                 outbox::cancel_deletions(&mut tx, &keys).await?;
@@ -376,42 +373,30 @@ impl Puts {
         let storage = storage.clone();
         self.running.spawn(async move {
             let key = put.key.clone();
-            let result = match put.wait().await {
-                Ok(origin) if origin == bin.origin => {
-                    record_step("early_put", started.elapsed());
-                    Ok(())
+            let kept = match put.wait().await {
+                Ok(origin) if origin == bin.origin => true,
+                Ok(_) => {
+                    let reason = "the streamed image is not the validated one";
+                    tracing::info!(reason, "firmware_early_put_replaced");
+                    false
                 }
-                other => {
-                    match other {
-                        Ok(_) => tracing::info!(
-                            reason = "the streamed image is not the validated one",
-                            "firmware_early_put_replaced"
-                        ),
-                        Err(EarlyFailure::Tap) => {
-                            tracing::info!(
-                                reason = "the tap gave up",
-                                "firmware_early_put_replaced"
-                            )
-                        }
-                        Err(EarlyFailure::Store(e)) => {
-                            tracing::warn!(error = %e, "firmware_early_put_failed_retrying")
-                        }
-                    }
-                    store::upload_one(&storage, &key, bin).await
+                Err(EarlyFailure::Tap) => {
+                    tracing::info!(reason = "the tap gave up", "firmware_early_put_replaced");
+                    false
                 }
+                Err(EarlyFailure::Store(e)) => {
+                    tracing::warn!(error = %e, "firmware_early_put_failed_retrying");
+                    false
+                }
+            };
+            let result = if kept {
+                record_step("early_put", started.elapsed());
+                Ok(())
+            } else {
+                store::upload_one(&storage, &key, bin).await
             };
             (key, result)
         });
-    }
-
-    /// Stops an early PUT that is not the upload's and deletes what it may have stored; the
-    /// caller holds the model lock.
-    async fn discard(storage: &Storage, put: EarlyPut) {
-        let key = put.key.clone();
-        let _ = put.wait().await;
-        if let Err(e) = storage.delete(&key).await {
-            tracing::warn!(object_key = %key, error = %e, "firmware_upload_cleanup_failed");
-        }
     }
 
     /// Waits for every PUT started; the first failure, if any.

@@ -119,6 +119,24 @@ impl FaultyStorage {
     }
 }
 
+/// `body`, failing with `fail()` in place of the chunk that would take it past `limit` bytes.
+fn cut_after<E: Send + 'static>(
+    body: BoxStream<'static, Result<Bytes, E>>,
+    limit: u64,
+    fail: impl Fn() -> E + Send + 'static,
+) -> BoxStream<'static, Result<Bytes, E>> {
+    let mut sent = 0u64;
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        if sent + chunk.len() as u64 > limit {
+            return Err(fail());
+        }
+        sent += chunk.len() as u64;
+        Ok(chunk)
+    })
+    .boxed()
+}
+
 fn injected(operation: Operation, key: &str) -> StorageError {
     StorageError::Unavailable {
         operation,
@@ -158,17 +176,7 @@ impl ObjectStorage for FaultyStorage {
             Some(_) => return Err(injected(Operation::Put, key.as_str())),
             None => return self.inner.put_sized(key, len, body).await,
         };
-        let mut sent = 0u64;
-        let body = body
-            .map(move |chunk| {
-                let chunk = chunk?;
-                if sent + chunk.len() as u64 > limit {
-                    return Err(std::io::Error::other("injected fault"));
-                }
-                sent += chunk.len() as u64;
-                Ok(chunk)
-            })
-            .boxed();
+        let body = cut_after(body, limit, || std::io::Error::other("injected fault"));
         self.inner.put_sized(key, len, body).await
     }
 
@@ -193,18 +201,9 @@ impl ObjectStorage for FaultyStorage {
         };
         let mut read = self.inner.get(key, range).await?;
         let owned_key = key.to_string();
-        let mut sent = 0u64;
-        read.body = read
-            .body
-            .map(move |chunk| {
-                let chunk = chunk?;
-                if sent + chunk.len() as u64 > limit {
-                    return Err(injected(Operation::Get, &owned_key));
-                }
-                sent += chunk.len() as u64;
-                Ok(chunk)
-            })
-            .boxed();
+        read.body = cut_after(read.body, limit, move || {
+            injected(Operation::Get, &owned_key)
+        });
         Ok(read)
     }
 

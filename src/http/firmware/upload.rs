@@ -281,12 +281,9 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// The spooled body, and the early path told that the body has ended.
+    /// The spooled body, and the early path that saw it arrive.
     async fn finish(mut self) -> std::io::Result<(Spool, Option<EarlyImage>)> {
-        let mut early = self.early.take();
-        if let Some(early) = &mut early {
-            early.body_ended();
-        }
+        let early = self.early.take();
         if self.file.is_none() {
             return Ok((Spool::Memory(self.memory.freeze()), early));
         }
