@@ -6,7 +6,8 @@
 #   bench/ingest.sh
 # Tuning: BENCH_COUNT (default 3000), BENCH_CONCURRENCY (32), BENCH_DEVICES (32: uploads go to
 # the devices round-robin, one at a time per device), BENCH_SIZE (65536 bytes),
-# BENCH_MAX_SECONDS per run (120).
+# BENCH_MAX_SECONDS per run (120). BENCH_PG_STATEMENTS=1 adds PostgreSQL's costliest statements
+# of the ingest run. Besides the rates it prints the CPU per request of each process.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -25,13 +26,18 @@ blog "model $MODEL_ID and $DEVICES devices created"
 
 # Direct PUTs first, while the service is idle.
 blog "s3put: $COUNT x $SIZE bytes, $CONCURRENCY at once, directly to s3s-fs"
+cpu_mark
 S3PUT=$("$LOADGEN" s3put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" --size "$SIZE" "${LOAD[@]}")
+S3PUT_CPU=$(cpu_since)
 echo "$S3PUT"
 metrics_snapshot "$WORK/metrics-before"
 blog "ingest: $COUNT x $SIZE bytes, $CONCURRENCY at once, through the service"
+bench_pg_statements_reset postgres
+cpu_mark
 INGEST=$("$LOADGEN" ingest --url "$SERVICE_URL" --credential "$CREDENTIALS" --size "$SIZE" \
     "${LOAD[@]}") || { echo "$INGEST"; tail -n 20 "$WORK/service.log" >&2; exit 1; }
+INGEST_CPU=$(cpu_since)
 echo "$INGEST"
 RSS=$(service_peak_rss_kib)
 metrics_snapshot "$WORK/metrics-after"
@@ -54,6 +60,15 @@ echo "non-201 answers from the service: $(kv "$INGEST" bad_status) (transport er
 echo "service / direct: $(ratio "$(kv "$INGEST" req_per_s)" "$(kv "$S3PUT" req_per_s)")x"
 echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)"
 echo "ingest steps (means): ${STEPS:-not reported by this build}"
+per_request() {  # per_request CPU_SINCE_OUTPUT REQUESTS: ms of CPU per request, per process
+    awk -v n="$2" -v s="$(kv "$1" service_cpu_s)" -v p="$(kv "$1" postgres_cpu_s)" \
+        -v o="$(kv "$1" s3_cpu_s)" -v c="$(kv "$1" cores)" 'BEGIN {
+        printf "service %.2f, PostgreSQL %.2f, s3s-fs %.2f ms (%.2f cores busy)", \
+            1000 * s / n, 1000 * p / n, 1000 * o / n, c }'
+}
+echo "CPU per dump through the service: $(per_request "$INGEST_CPU" "$(kv "$INGEST" requests)")"
+echo "CPU per direct PUT:               $(per_request "$S3PUT_CPU" "$(kv "$S3PUT" requests)")"
+bench_pg_statements postgres 12
 echo "for comparison: the Python service reached about 25 dumps/s on the reference machine"
 echo "note: every dump also enqueues a parse job that the service's workers (JOB_CONCURRENCY=32 by default on PostgreSQL)"
 echo "      run concurrently with the uploads (they end in ERROR: no firmware ELF is stored), and"

@@ -193,6 +193,17 @@ fn is_unavailable_code(code: &str) -> bool {
         || code == "6"
 }
 
+/// A pooled PostgreSQL connection idle at least this long is pinged before it is handed out; a
+/// dead one (the server restarted, or ended the session) is replaced by a new connection. sqlx's
+/// default pings on *every* checkout, a round trip before each query or transaction taken from
+/// the pool, on top of the ping with which it checks every connection given back. Skipping it for
+/// connections busy a moment ago takes a round trip off the start of each: the credential and
+/// image lookups of an uncached OTA request, a core-dump upload's two checkouts, and the model
+/// lock that must be held before a firmware upload's image PUT can start. A connection that died
+/// within that moment fails its query as unavailable (503), and the check on its return closes
+/// it.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// The most connections one process opens to PostgreSQL (its default `max_connections` is 100).
 const MAX_POSTGRES_CONNECTIONS: u32 = 64;
 
@@ -209,6 +220,15 @@ impl Db {
                 let pool = PgPoolOptions::new()
                     .max_connections(connections.min(MAX_POSTGRES_CONNECTIONS))
                     .acquire_timeout(Duration::from_secs(5))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_AFTER_IDLE {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy_with(options);
                 Ok(Db::Postgres(pool))
             }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use iotsupport::startup::BuildOptions;
 use serde_json::Value;
+use sqlx::Connection;
 
 use crate::helpers::*;
 
@@ -201,4 +202,52 @@ async fn the_openapi_document_and_its_page_are_served() {
         .unwrap()
         .contains("/api/docs/openapi.json"));
     app.stop().await;
+}
+
+/// Pooled PostgreSQL connections that the server ended while they sat idle are not handed out: a
+/// connection idle for a while is checked (and replaced) before use, so queries after a database
+/// restart or an administrator's `pg_terminate_backend` succeed at once. The pool alone, as
+/// `Db::connect` makes it: a running service's background workers would use up the dead
+/// connections before the test could.
+#[tokio::test]
+async fn pooled_connections_the_database_ended_while_idle_are_replaced() {
+    let Some(TestConfig { config, dir: _dir }) =
+        test_config(Stack::Production, "health_dead_pooled_connections", &[]).await
+    else {
+        return;
+    };
+    let db = iotsupport::db::Db::connect(&config).await.expect("pool");
+    let iotsupport::db::Db::Postgres(pool) = &db else {
+        unreachable!("the production stack runs on PostgreSQL");
+    };
+    let queries = || {
+        futures::future::join_all((0..8).map(|_| async {
+            let mut tx = pool.begin().await?;
+            let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(one)
+        }))
+    };
+    for result in queries().await {
+        assert_eq!(result.expect("a query before"), 1);
+    }
+    assert!(pool.num_idle() > 1, "idle connections: {}", pool.num_idle());
+    let mut admin = sqlx::PgConnection::connect(config.database_url.expose())
+        .await
+        .expect("a connection of our own");
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend') AS ended",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(ended > 1, "backends ended: {ended}");
+    // Longer than the idle time after which a pooled connection is checked before use.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for result in queries().await {
+        assert_eq!(result.expect("a query after the backends were ended"), 1);
+    }
 }
