@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, Db, DbError, Tx};
 
+mod cursor;
+pub use cursor::Cursor;
+
 /// The PostgreSQL notification channel a committed event wakes listeners on.
 pub const CHANNEL: &str = "iotsupport_events";
 /// How long events are kept; a subscriber that falls further behind misses them.
@@ -64,15 +67,34 @@ pub async fn record<T: Serialize>(tx: &mut Tx, kind: &str, payload: &T) -> Resul
     Ok(())
 }
 
-/// Events after `after`, oldest first, at most `limit`.
-pub async fn after(db: &Db, after: i64, limit: i64) -> Result<Vec<StoredEvent>, DbError> {
-    Ok(crate::on_pool!(db, |p| sqlx::query_as::<_, StoredEvent>(
-        "SELECT id, type, payload FROM events WHERE id > $1 ORDER BY id LIMIT $2"
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(p)
-    .await)?)
+/// The events a reader at `cursor` has not seen, by id, at most `limit`: those after its last id
+/// and, on PostgreSQL, those of the ids it skipped that have appeared since (see [`Cursor`]).
+/// The caller passes the ids of the rows it got to [`Cursor::saw`].
+pub async fn after(db: &Db, cursor: &mut Cursor, limit: i64) -> Result<Vec<StoredEvent>, DbError> {
+    let last = cursor.last();
+    Ok(match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as::<_, StoredEvent>(
+                "SELECT id, type, payload FROM events WHERE id > $1 OR id = ANY($2)
+                 ORDER BY id LIMIT $3",
+            )
+            .bind(last)
+            .bind(cursor.gaps(std::time::Instant::now()))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+        // One writer at a time: ids become visible in order, and no skipped id appears later.
+        Db::Sqlite(pool) => {
+            sqlx::query_as::<_, StoredEvent>(
+                "SELECT id, type, payload FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(last)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+    })
 }
 
 /// The newest event id (0 when there is none).

@@ -47,7 +47,8 @@ fn to_sse(event: &StoredEvent) -> Event {
 struct Subscriber {
     db: Db,
     newest: tokio::sync::watch::Receiver<i64>,
-    last: i64,
+    /// The events sent so far.
+    events: events::Cursor,
     buffer: VecDeque<Event>,
     shutdown: tokio_util::sync::CancellationToken,
     /// Live device log lines for the devices this stream's `request_id` subscribed to.
@@ -140,7 +141,7 @@ pub async fn stream(
     let subscriber = Subscriber {
         db: state.db.clone(),
         newest: state.events.subscribe(),
-        last,
+        events: events::Cursor::new(last),
         buffer,
         shutdown: state.shutdown.clone(),
         logs,
@@ -150,12 +151,13 @@ pub async fn stream(
             if let Some(event) = s.buffer.pop_front() {
                 return Some((Ok(event), s));
             }
-            match events::after(&s.db, s.last, 100).await {
+            match events::after(&s.db, &mut s.events, 100).await {
                 Ok(rows) if !rows.is_empty() => {
                     for row in &rows {
                         s.buffer.push_back(to_sse(row));
                     }
-                    s.last = rows.last().map(|r| r.id).unwrap_or(s.last);
+                    s.events
+                        .saw(rows.iter().map(|r| r.id), std::time::Instant::now());
                     continue;
                 }
                 Ok(_) => {}

@@ -40,12 +40,16 @@ async fn a_reparse_whose_signature_changed_moves_the_dump_and_one_whose_did_not_
         let parsed_events = events_of(app, "coredump_parsed").await;
         assert_eq!(parsed_events.last().unwrap()["crash_group_id"], abort);
         assert_eq!(group(app, abort).await["coredump_count"], 3);
-        let group_events = iotsupport::events::after(app.db(), events_before, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.kind.starts_with("crash_group"))
-            .count();
+        let group_events = iotsupport::events::after(
+            app.db(),
+            &mut iotsupport::events::Cursor::new(events_before),
+            1000,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.starts_with("crash_group"))
+        .count();
         assert_eq!(group_events, 0);
 
         // Version 1.0.0's ELF replaced by another program's: the same dump symbolises to other

@@ -102,7 +102,7 @@ pub async fn group(app: &TestApp, id: i64) -> Value {
 
 /// The payloads of the recorded events of type `kind`, oldest first.
 pub async fn events_of(app: &TestApp, kind: &str) -> Vec<Value> {
-    iotsupport::events::after(app.db(), 0, 100_000)
+    iotsupport::events::after(app.db(), &mut iotsupport::events::Cursor::new(0), 100_000)
         .await
         .unwrap()
         .into_iter()

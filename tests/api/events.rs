@@ -243,3 +243,42 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
     assert_eq!(deleted["payload"]["ids"][0], id);
     app.stop().await;
 }
+
+/// Event ids come from a sequence when the row is inserted, not when its transaction commits: a
+/// change whose transaction took its id first but committed after a later one's still reaches the
+/// stream (a subscriber reading "after the last id it sent" would skip it for good). Production
+/// stack: SQLite has one writer at a time.
+#[tokio::test]
+async fn an_event_committed_after_a_later_one_still_reaches_the_stream() {
+    let Some(app) = spawn_app(Stack::Production, "events_out_of_commit_order").await else {
+        return;
+    };
+    let mut stream = SseReader::open(&app).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    let mut first = app.db().begin().await.unwrap();
+    record_model_event(&mut first, "slow").await;
+    let mut second = app.db().begin().await.unwrap();
+    record_model_event(&mut second, "quick").await;
+    second.commit().await.unwrap();
+    let event = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the quick event");
+    assert_eq!(event["payload"]["code"], "quick", "{event}");
+    first.commit().await.unwrap();
+    let event = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the event committed last, with the smaller id");
+    assert_eq!(event["payload"]["code"], "slow", "{event}");
+    app.stop().await;
+}
+
+async fn record_model_event(tx: &mut iotsupport::db::Tx, code: &str) {
+    iotsupport::events::record(tx, "device_model_created", &json!({"code": code}))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,133 @@
+//! Where a reader of an append-only table stands, when the table's ids are handed out as rows are
+//! inserted but rows appear as their transactions commit.
+//!
+//! On PostgreSQL two transactions recording an event at once take ids 7 and 8; if the second
+//! commits first, a reader sees 8, and "rows after 8" never returns 7 once it commits. So every id
+//! a reader skips over is a *gap*, looked for again on each read until its row appears or
+//! [`GAP_WAIT`] has passed: a rolled-back insert leaves its id unused for good, and a transaction
+//! that records an event and stays open longer than that is not waited for. SQLite has one writer
+//! at a time, so its ids become visible in order and gaps never fill; looking for them costs
+//! nothing there (`events::after` ignores them).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long a skipped id is looked for. The longest transactions that record an event are
+/// firmware uploads, which record it while their artifacts' PUTs run.
+pub const GAP_WAIT: Duration = Duration::from_secs(600);
+
+/// The most skipped ids one reader looks for; past it, those it noticed first are given up.
+pub const MAX_GAPS: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    last: i64,
+    /// Skipped ids, and when they were first skipped.
+    gaps: BTreeMap<i64, Instant>,
+}
+
+impl Cursor {
+    /// A reader that has seen every row up to `last`.
+    pub fn new(last: i64) -> Self {
+        Cursor {
+            last,
+            gaps: BTreeMap::new(),
+        }
+    }
+
+    /// The highest id seen.
+    pub fn last(&self) -> i64 {
+        self.last
+    }
+
+    /// The skipped ids still worth looking for, lowest first (those skipped more than
+    /// [`GAP_WAIT`] before `now` are forgotten).
+    pub fn gaps(&mut self, now: Instant) -> Vec<i64> {
+        self.gaps
+            .retain(|_, skipped| now.saturating_duration_since(*skipped) < GAP_WAIT);
+        self.gaps.keys().copied().collect()
+    }
+
+    /// Takes note of the ids of the rows just read: a skipped id that appeared is no longer
+    /// looked for, and the ids between the highest seen and a higher one are skipped. `ids` may
+    /// come in any order.
+    pub fn saw(&mut self, ids: impl IntoIterator<Item = i64>, now: Instant) {
+        let mut ids: Vec<i64> = ids.into_iter().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if id <= self.last {
+                self.gaps.remove(&id);
+                continue;
+            }
+            // Only the MAX_GAPS ids right below `id`: a jump of the sequence (PostgreSQL skips
+            // up to 32 values after a crash) is not a reason to look for millions of rows.
+            let first_skipped = (self.last + 1).max(id.saturating_sub(MAX_GAPS as i64));
+            for skipped in first_skipped..id {
+                self.gaps.insert(skipped, now);
+            }
+            self.last = id;
+        }
+        while self.gaps.len() > MAX_GAPS {
+            self.gaps.pop_first();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_skipped_over_are_looked_for_until_they_appear() {
+        let now = Instant::now();
+        let mut cursor = Cursor::new(6);
+        cursor.saw([8, 10], now);
+        assert_eq!(cursor.last(), 10);
+        assert_eq!(cursor.gaps(now), vec![7, 9]);
+        cursor.saw([9, 11], now);
+        assert_eq!(cursor.gaps(now), vec![7]);
+        cursor.saw([7], now);
+        assert!(cursor.gaps(now).is_empty());
+        assert_eq!(cursor.last(), 11);
+    }
+
+    #[test]
+    fn rows_read_in_order_leave_no_gaps() {
+        let now = Instant::now();
+        let mut cursor = Cursor::new(0);
+        cursor.saw(1..=100, now);
+        cursor.saw([], now);
+        assert!(cursor.gaps(now).is_empty());
+        assert_eq!(cursor.last(), 100);
+    }
+
+    #[test]
+    fn a_gap_is_given_up_after_the_wait() {
+        let start = Instant::now();
+        let mut cursor = Cursor::new(1);
+        cursor.saw([3], start);
+        assert_eq!(
+            cursor.gaps(start + GAP_WAIT - Duration::from_secs(1)),
+            vec![2]
+        );
+        assert!(cursor.gaps(start + GAP_WAIT).is_empty());
+        assert_eq!(cursor.last(), 3);
+    }
+
+    #[test]
+    fn the_gaps_looked_for_are_bounded() {
+        let now = Instant::now();
+        let mut cursor = Cursor::new(0);
+        cursor.saw([10_000_000], now);
+        let gaps = cursor.gaps(now);
+        assert_eq!(gaps.len(), MAX_GAPS);
+        assert_eq!(gaps.first(), Some(&(10_000_000 - MAX_GAPS as i64)));
+        assert_eq!(gaps.last(), Some(&9_999_999));
+        // Many small jumps: the earliest gaps are given up first.
+        let mut cursor = Cursor::new(0);
+        cursor.saw((1..=2 * MAX_GAPS as i64).map(|i| 2 * i), now);
+        let gaps = cursor.gaps(now);
+        assert_eq!(gaps.len(), MAX_GAPS);
+        assert_eq!(gaps.last(), Some(&(4 * MAX_GAPS as i64 - 1)));
+    }
+}
