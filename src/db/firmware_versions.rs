@@ -140,20 +140,20 @@ pub async fn model_by_code(db: &Db, code: &str) -> Result<Option<ModelFirmware>,
     .await)?)
 }
 
-/// Locks the model row for the rest of the transaction (PostgreSQL `FOR UPDATE`; SQLite write
-/// transactions are already serialised) and returns it. Every request that changes a model's
-/// firmware takes this lock first, so uploads, retention, rollbacks and deletes of one model never
-/// interleave.
+/// Locks the model row for the rest of the transaction (PostgreSQL `FOR NO KEY UPDATE`; SQLite
+/// write transactions are already serialised) and returns it. Every request that changes a
+/// model's firmware takes this lock first, so uploads, retention, rollbacks and deletes of one
+/// model never interleave. `NO KEY`: rows that refer to the model (a new device, a crash group)
+/// take a share lock on it for their foreign key, which `FOR UPDATE` would make wait for the
+/// whole firmware change, an upload's body receipt included.
 pub async fn lock_model(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     Ok(match tx {
-        Tx::Postgres(t) => {
-            sqlx::query_as::<_, ModelFirmware>(
-                "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id)
-            .fetch_optional(&mut **t)
-            .await?
-        }
+        Tx::Postgres(t) => sqlx::query_as::<_, ModelFirmware>(
+            "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut **t)
+        .await?,
         Tx::Sqlite(t) => {
             sqlx::query_as::<_, ModelFirmware>(
                 "SELECT id, code, firmware_version FROM device_models WHERE id = $1",
@@ -184,13 +184,14 @@ pub async fn get(
 }
 
 /// [`lock_model`] without waiting: `Ok(None)` when another transaction holds the lock (or the
-/// model does not exist). PostgreSQL's `FOR UPDATE NOWAIT`; on SQLite, where the transaction
+/// model does not exist). PostgreSQL's `FOR NO KEY UPDATE NOWAIT`; on SQLite, where the transaction
 /// already holds the database's write lock, the same as [`lock_model`].
 pub async fn lock_model_if_free(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     match tx {
         Tx::Postgres(t) => {
             let locked = sqlx::query_as::<_, ModelFirmware>(
-                "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR UPDATE NOWAIT",
+                "SELECT id, code, firmware_version FROM device_models WHERE id = $1
+                 FOR NO KEY UPDATE NOWAIT",
             )
             .bind(id)
             .fetch_optional(&mut **t)

@@ -143,7 +143,11 @@ impl StreamingPut {
         if status.is_success() {
             return Ok(());
         }
-        let detail = read_some(response.into_body(), 512).await;
+        // The refusal's text, if it comes in time: a store that sends part of it and then
+        // nothing must not hold the upload (and the model lock behind it) for good.
+        let detail = tokio::time::timeout(self.timeout, read_some(response.into_body(), 512))
+            .await
+            .unwrap_or_else(|_| "(no complete answer within the request timeout)".into());
         Err(format!("the object store answered {status}: {detail}"))
     }
 }
@@ -388,6 +392,26 @@ mod tests {
             .unwrap_err();
         assert!(error.contains("403"), "{error}");
         assert!(error.contains("nope"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_whose_text_never_ends_fails_within_the_timeout() {
+        let url = server(|mut socket| async move {
+            let mut body = [0u8; 4];
+            socket.read_exact(&mut body).await.unwrap();
+            let answer = "HTTP/1.1 503 Slow Down\r\ncontent-length: 100\r\n\r\npartial";
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+        .await;
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"data"))]).boxed();
+        let started = std::time::Instant::now();
+        let error = client(Duration::from_millis(300))
+            .put(&url, 4, body)
+            .await
+            .unwrap_err();
+        assert!(error.contains("503"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(20), "it gave up");
     }
 
     #[tokio::test]

@@ -304,3 +304,32 @@ async fn an_upload_does_not_queue_for_a_busy_model_while_its_body_arrives() {
     assert_eq!(app.faults.calls(Operation::Put) - puts, 5);
     assert_build_stored(app, CODE, &build).await;
 }
+
+/// The model lock an upload takes while its body arrives is for firmware changes only: devices of
+/// the model can be created meanwhile (their foreign key's share lock does not wait for it), so a
+/// slow CI upload does not hold up the fleet.
+#[tokio::test]
+async fn devices_of_a_model_can_be_created_while_an_upload_of_it_arrives() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_devices_meanwhile").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    let build = Build::new("2.0.0", "meanwhile");
+    let zip = build.zip(CODE);
+    let split = image_entry_end(&zip);
+    let (body, release) = held_body(zip[..split].to_vec());
+    let upload = app.upload_firmware_as(model, "application/zip", body);
+    let meanwhile = async {
+        // The image stored means the model is locked.
+        assert!(eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await);
+        let created = tokio::time::timeout(Duration::from_secs(5), app.create_device(model, "{}"))
+            .await
+            .expect("a device was created while the upload held its model's lock");
+        assert_eq!(created.0, 201, "{}", created.1);
+        release.send(Some(zip[split..].to_vec())).unwrap();
+    };
+    let ((status, response), ()) = tokio::join!(upload, meanwhile);
+    assert_eq!(status, 200, "{response}");
+    assert_build_stored(app, CODE, &build).await;
+}
