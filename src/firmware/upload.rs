@@ -113,7 +113,7 @@ async fn upload_locked(
         Some(early) => early.locked().await,
         None => None,
     };
-    let (mut tx, model, early) = match early {
+    let (mut tx, mut model, early) = match early {
         Some(locked) => (
             locked.tx,
             locked.model,
@@ -136,12 +136,17 @@ async fn upload_locked(
             } else {
                 // Not the bundle's image (or no image at all): what the early path stored is
                 // not ours to keep, and the deletions it withdrew were for another version's
-                // keys. Undo both (the delete still under the lock), then lock afresh.
+                // keys. Undo both (the delete still under the lock), then lock afresh, unless
+                // validation failed: its answer needs no lock.
                 if let Some(put) = put {
                     put.discard(storage).await;
                 }
                 drop(tx);
-                tx = timed("lock", store::begin_locked(db, model_id)).await?.0;
+                if !matches!(validated_image, Some(Validated::Image { .. })) {
+                    return Err(validator.failure().await);
+                }
+                // The model as it is now: another change may have come in between.
+                (tx, model) = timed("lock", store::begin_locked(db, model_id)).await?;
                 (None, None)
             }
         }

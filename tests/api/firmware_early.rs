@@ -333,3 +333,51 @@ async fn devices_of_a_model_can_be_created_while_an_upload_of_it_arrives() {
     assert_eq!(status, 200, "{response}");
     assert_build_stored(app, CODE, &build).await;
 }
+
+/// An image that fails its checks after the early path stored it is answered with its 400 at once:
+/// the upload does not lock the model a second time first (here that lock would wait for a
+/// deletion of the model queued behind the upload, and then find no model: a 404 for a bad image).
+#[tokio::test]
+async fn a_bad_image_streamed_early_gets_its_400_without_locking_again() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_bad_image").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    let good = Build::new("2.0.0", "bad");
+    let mut entries = good.entries(CODE);
+    let at = entries[0].1.len() - 33; // the checksum byte, before the appended SHA-256
+    entries[0].1[at] ^= 0xFF;
+    let zip = zip_of(&entries);
+    let split = image_entry_end(&zip);
+    let (body, release) = held_body(zip[..split].to_vec());
+    let upload = app.upload_firmware_as(model, "application/zip", body);
+    let meanwhile = async {
+        assert!(eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await);
+        // A deletion of the model, queued behind the upload's lock.
+        let delete = app.delete_model(model);
+        let release_when_queued = async {
+            assert!(
+                eventually(Duration::from_secs(20), || async {
+                    waiting_for_a_lock(app).await == 1
+                })
+                .await
+            );
+            release.send(Some(zip[split..].to_vec())).unwrap();
+        };
+        tokio::join!(delete, release_when_queued).0
+    };
+    let ((status, response), (deleted, _)) = tokio::join!(upload, meanwhile);
+    assert_eq!(status, 400, "{response}");
+    assert!(
+        response["error"]
+            .as_str()
+            .is_some_and(|d| d.contains("checksum mismatch")),
+        "{response}"
+    );
+    assert!(
+        (200..300).contains(&deleted),
+        "the model deletion: {deleted}"
+    );
+    assert!(objects_under(app, "firmware").await.is_empty());
+}
