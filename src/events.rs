@@ -40,13 +40,13 @@ pub async fn record<T: Serialize>(tx: &mut Tx, kind: &str, payload: &T) -> Resul
         .map_err(|e| DbError::Other(sqlx::Error::Encode(Box::new(e))))?;
     let now = db::now();
     match tx {
-        // One round trip: the notification is delivered to listeners only when (and if) this
-        // transaction commits.
+        // One round trip: the notification, which carries the event's id, is delivered to
+        // listeners only when (and if) this transaction commits.
         Tx::Postgres(t) => {
             sqlx::query(
                 "WITH e AS (INSERT INTO events (type, payload, created_at) VALUES ($1, $2, $3)
                             RETURNING id)
-                 SELECT pg_notify($4, '') FROM e",
+                 SELECT pg_notify($4, id::text) FROM e",
             )
             .bind(kind)
             .bind(&payload)
@@ -149,12 +149,22 @@ async fn watch_events(
         Db::Sqlite(_) => None,
     };
     let mut last_cleanup = tokio::time::Instant::now();
+    let mut heard = Heard::Nothing;
     loop {
-        match newest_id(&db).await {
+        let newest = match heard {
+            Heard::Ids(newest) => Ok(newest),
+            Heard::Nothing | Heard::Unknown => newest_id(&db).await,
+        };
+        match newest {
+            // After a notification the subscribers look again even if the newest id did not
+            // change: the event may have a lower id than one already sent (see `Cursor`).
+            Ok(id) if heard != Heard::Nothing => sender.send_modify(|current| {
+                *current = (*current).max(id);
+            }),
             Ok(id) => {
                 sender.send_if_modified(|current| {
-                    let changed = *current != id;
-                    *current = id;
+                    let changed = id > *current;
+                    *current = (*current).max(id);
                     changed
                 });
             }
@@ -175,24 +185,76 @@ async fn watch_events(
             match listener.as_mut() {
                 // A notification (or a dropped connection, which PgListener re-establishes)
                 // means "look again"; the poll below bounds the wait either way.
-                Some(l) => {
-                    if let Ok(Err(e)) = tokio::time::timeout(poll * 10, l.recv()).await {
+                Some(l) => match tokio::time::timeout(poll * 10, l.recv()).await {
+                    Ok(Ok(first)) => {
+                        // All that have arrived, as one wake-up: under load one read of the
+                        // table for many events.
+                        let mut ids = vec![first.payload().parse::<i64>().ok()];
+                        while let Some(next) = l.next_buffered() {
+                            ids.push(next.payload().parse().ok());
+                        }
+                        Heard::from_payloads(ids)
+                    }
+                    Ok(Err(e)) => {
                         // The database went away; don't spin while PgListener reconnects.
                         tracing::debug!(error = %e, "events_listen_interrupted");
                         tokio::time::sleep(poll).await;
+                        Heard::Nothing
                     }
+                    Err(_) => Heard::Nothing,
+                },
+                None => {
+                    tokio::time::sleep(poll).await;
+                    Heard::Nothing
                 }
-                None => tokio::time::sleep(poll).await,
             }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = wake => {}
+            woken = wake => heard = woken,
         }
+    }
+}
+
+/// What woke the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// The poll interval passed: the newest id is asked for.
+    Nothing,
+    /// Notifications of these events; the highest id.
+    Ids(i64),
+    /// A notification without an id (a process of an earlier release): the newest id is asked for.
+    Unknown,
+}
+
+impl Heard {
+    fn from_payloads(ids: Vec<Option<i64>>) -> Heard {
+        ids.into_iter()
+            .try_fold(i64::MIN, |newest, id| id.map(|id| newest.max(id)))
+            .map_or(Heard::Unknown, Heard::Ids)
     }
 }
 
 /// Parses a stored payload back into JSON for the wire.
 pub fn payload_json(event: &StoredEvent) -> Value {
     serde_json::from_str(&event.payload).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Heard;
+
+    #[test]
+    fn notifications_name_the_newest_event_unless_one_has_no_id() {
+        assert_eq!(
+            Heard::from_payloads(vec![Some(3), Some(7), Some(5)]),
+            Heard::Ids(7)
+        );
+        assert_eq!(Heard::from_payloads(vec![Some(3)]), Heard::Ids(3));
+        // An empty payload: a process of an earlier release, which did not send the id.
+        assert_eq!(
+            Heard::from_payloads(vec![Some(3), None, Some(9)]),
+            Heard::Unknown
+        );
+    }
 }

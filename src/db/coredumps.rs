@@ -174,9 +174,10 @@ pub async fn record_upload_postgres(
              INSERT INTO jobs (kind, payload, max_attempts, run_at, created_at, updated_at)
              VALUES ($3, $5, $6, $1, $1, $1)
          ), event AS (
-             INSERT INTO events (type, payload, created_at) VALUES ($7, $8, $1)
+             INSERT INTO events (type, payload, created_at) VALUES ($7, $8, $1) RETURNING id
          )
-         SELECT (SELECT COUNT(*) FROM withdrawn) FROM (SELECT pg_notify($9, '')) AS notified",
+         SELECT (SELECT COUNT(*) FROM withdrawn)
+         FROM (SELECT pg_notify($9, (SELECT id::text FROM event))) AS notified",
     )
     .bind(record.now)
     .bind(&deletions)
