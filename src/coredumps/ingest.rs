@@ -128,7 +128,7 @@ pub async fn store(
 /// anything after the PUT fails, the object is deleted again (an orphan, if that fails too, is
 /// tolerated; a row without its object never exists).
 ///
-/// Round trips: the id, (the PUT), `BEGIN`, the row, the device's retention lock, the pruning
+/// Round trips: the id, (the PUT), `BEGIN`, the device's retention lock with the row, the pruning
 /// `DELETE`, one statement for everything else (outbox entries, withdrawn parse jobs, the new
 /// parse job, the event and its `NOTIFY`), `COMMIT`.
 async fn store_with_reserved_id(
@@ -151,8 +151,21 @@ async fn store_with_reserved_id(
     steps.lap("put");
     let recorded = async {
         let mut tx = db.begin().await?;
-        insert_row(&mut tx, &device, meta, size, Some(id)).await?;
-        finish(keep, &mut tx, device.clone(), id).await?;
+        let inserted = match &mut tx {
+            Tx::Postgres(t) => {
+                coredumps::lock_device_and_insert(t, id, &new_row(&device, meta, size)).await?
+            }
+            Tx::Sqlite(_) => {
+                return Err(DbError::Other(sqlx::Error::Protocol(
+                    "core-dump ids are reserved on PostgreSQL only".into(),
+                ))
+                .into())
+            }
+        };
+        if inserted.is_none() {
+            return Err(IngestError::DeviceGone(device.device_key.to_string()));
+        }
+        finish(keep, &mut tx, device.clone(), id, Retention::Locked).await?;
         steps.lap("record");
         Ok::<_, IngestError>(tx)
     }
@@ -182,7 +195,7 @@ async fn store_in_one_transaction(
     let size = content.len() as i64;
     let mut steps = Steps::start();
     let mut tx = db.begin().await?;
-    let id = insert_row(&mut tx, &device, meta, size, None).await?;
+    let id = insert_row(&mut tx, &device, meta, size).await?;
     let key = coredump_key(device.device_key, id)?;
     // Make sure no old deletion of this key is still pending (the outbox invariant for
     // re-created keys).
@@ -194,7 +207,7 @@ async fn store_in_one_transaction(
         return Err(e.into());
     }
     steps.lap("put");
-    if let Err(e) = finish(keep, &mut tx, device.clone(), id).await {
+    if let Err(e) = finish(keep, &mut tx, device.clone(), id, Retention::Unlocked).await {
         cleanup(storage, &key).await;
         drop(tx);
         return Err(e);
@@ -203,22 +216,23 @@ async fn store_in_one_transaction(
     commit(tx, &device, id, &key, size, &mut steps).await
 }
 
-/// Inserts the `PENDING` row (under `id` when one was reserved) and returns its id.
+fn new_row<'a>(device: &Uploader<'_>, meta: &'a DumpMeta, size: i64) -> coredumps::NewCoredump<'a> {
+    coredumps::NewCoredump {
+        device_id: device.device_id,
+        chip: &meta.chip,
+        firmware_version: &meta.firmware_version,
+        size,
+    }
+}
+
+/// Inserts the `PENDING` row and returns its id.
 async fn insert_row(
     tx: &mut Tx,
     device: &Uploader<'_>,
     meta: &DumpMeta,
     size: i64,
-    id: Option<i64>,
 ) -> Result<i64, IngestError> {
-    let new = coredumps::NewCoredump {
-        id,
-        device_id: device.device_id,
-        chip: &meta.chip,
-        firmware_version: &meta.firmware_version,
-        size,
-    };
-    match coredumps::insert(tx, &new).await {
+    match coredumps::insert(tx, &new_row(device, meta, size)).await {
         Ok(id) => Ok(id),
         // The device was deleted after it authenticated.
         Err(e) if e.is_foreign_key_violation() => {
@@ -269,9 +283,25 @@ impl Steps {
     }
 }
 
+/// Whether the transaction already holds the device's retention lock.
+enum Retention {
+    Locked,
+    Unlocked,
+}
+
 /// What follows the upload inside the transaction: retention, then the parse job and the event.
-async fn finish(keep: u32, tx: &mut Tx, device: Uploader<'_>, id: i64) -> Result<(), IngestError> {
-    let pruned = retention::prune_rows(tx, device.device_id, device.device_key, keep).await?;
+async fn finish(
+    keep: u32,
+    tx: &mut Tx,
+    device: Uploader<'_>,
+    id: i64,
+    lock: Retention,
+) -> Result<(), IngestError> {
+    let (device_id, key) = (device.device_id, device.device_key);
+    let pruned = match lock {
+        Retention::Locked => retention::prune_locked_rows(tx, device_id, key, keep).await?,
+        Retention::Unlocked => retention::prune_rows(tx, device_id, key, keep).await?,
+    };
     let event = serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key});
     let withdrawn = match tx {
         Tx::Postgres(t) => {

@@ -46,6 +46,17 @@ pub async fn prune_rows(
     max_coredumps: u32,
 ) -> Result<Pruned, DbError> {
     coredumps::lock_device_for_retention(tx, device_id).await?;
+    prune_locked_rows(tx, device_id, device_key, max_coredumps).await
+}
+
+/// [`prune_rows`] for a transaction that already holds the device's retention lock (the upload
+/// takes it with its row on PostgreSQL, `coredumps::lock_device_and_insert`).
+pub async fn prune_locked_rows(
+    tx: &mut Tx,
+    device_id: i64,
+    device_key: &str,
+    max_coredumps: u32,
+) -> Result<Pruned, DbError> {
     let ids = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps)).await?;
     // Device keys are validated when devices are created, so these keys are always valid; skip
     // (and report) anything else rather than failing the upload over a cleanup.

@@ -51,40 +51,46 @@ pub async fn device_key(tx: &mut Tx, device_id: i64) -> Result<Option<String>, D
 /// Inserts a `PENDING` dump and returns its id (the transaction is flushed: the id is final).
 pub async fn insert(tx: &mut Tx, new: &NewCoredump<'_>) -> Result<i64, DbError> {
     let now = now();
-    // Two texts rather than `COALESCE($1, nextval(…))`: SQLite refuses unknown functions even
-    // where they would not be called.
-    Ok(match new.id {
-        Some(id) => on_conn!(tx, |c| sqlx::query_scalar(
-            "INSERT INTO coredumps (id, device_id, chip, firmware_version, size, parse_status,
-                                    uploaded_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6, $6) RETURNING id"
-        )
-        .bind(id)
-        .bind(new.device_id)
-        .bind(new.chip)
-        .bind(new.firmware_version)
-        .bind(new.size)
-        .bind(now)
-        .fetch_one(c)
-        .await)?,
-        None => on_conn!(tx, |c| sqlx::query_scalar(
-            "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
-                                    uploaded_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
-        )
-        .bind(new.device_id)
-        .bind(new.chip)
-        .bind(new.firmware_version)
-        .bind(new.size)
-        .bind(now)
-        .fetch_one(c)
-        .await)?,
-    })
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
+                                uploaded_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'PENDING', $5, $5, $5) RETURNING id"
+    )
+    .bind(new.device_id)
+    .bind(new.chip)
+    .bind(new.firmware_version)
+    .bind(new.size)
+    .bind(now)
+    .fetch_one(c)
+    .await)?)
 }
 
-/// A new dump's row; `id` when one was reserved with [`reserve_id`].
+/// PostgreSQL: [`lock_device_for_retention`] and the insert of a dump under its reserved `id`,
+/// in one statement (the lock first: the row's foreign-key check then finds the device already
+/// locked by this transaction). `None` when the device no longer exists.
+pub async fn lock_device_and_insert(
+    t: &mut sqlx::PgConnection,
+    id: i64,
+    new: &NewCoredump<'_>,
+) -> Result<Option<i64>, DbError> {
+    Ok(sqlx::query_scalar(
+        "WITH device AS (SELECT id FROM devices WHERE id = $2 FOR NO KEY UPDATE)
+         INSERT INTO coredumps (id, device_id, chip, firmware_version, size, parse_status,
+                                uploaded_at, created_at, updated_at)
+         SELECT $1, device.id, $3, $4, $5, 'PENDING', $6, $6, $6 FROM device RETURNING id",
+    )
+    .bind(id)
+    .bind(new.device_id)
+    .bind(new.chip)
+    .bind(new.firmware_version)
+    .bind(new.size)
+    .bind(now())
+    .fetch_optional(t)
+    .await?)
+}
+
+/// A new dump's row.
 pub struct NewCoredump<'a> {
-    pub id: Option<i64>,
     pub device_id: i64,
     pub chip: &'a str,
     pub firmware_version: &'a str,

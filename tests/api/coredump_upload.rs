@@ -363,3 +363,39 @@ async fn an_object_store_outage_during_upload_is_a_503_that_commits_nothing() {
         })
         .await;
 }
+
+/// A device deleted after it authenticated, before its dump's row is written: the upload says the
+/// device was not found, and neither the row nor the object (on PostgreSQL written before the
+/// row) is left behind.
+#[tokio::test]
+async fn a_dump_of_a_device_deleted_meanwhile_leaves_nothing() {
+    for_each_stack("coredump_device_gone", &[], async |app| {
+        let meta = iotsupport::coredumps::ingest::DumpMeta::parse(Some("esp32"), Some("1.0.0"))
+            .unwrap();
+        let gone = iotsupport::coredumps::ingest::Uploader {
+            device_id: 999_999,
+            device_key: "gone1234",
+        };
+        let stored = iotsupport::coredumps::ingest::store(
+            app.db(),
+            &app.state.storage,
+            20,
+            gone,
+            &meta,
+            Bytes::from_static(b"\x7fELF a dump"),
+        )
+        .await;
+        assert!(
+            matches!(
+                stored,
+                Err(iotsupport::coredumps::ingest::IngestError::DeviceGone(_))
+            ),
+            "{:?} on {:?}",
+            stored.map_err(|e| e.to_string()),
+            app.stack
+        );
+        assert_eq!(count(app, "coredumps").await, 0);
+        assert!(objects(app, "coredumps/").await.is_empty(), "{:?}", app.stack);
+    })
+    .await;
+}
