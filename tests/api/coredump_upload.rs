@@ -370,8 +370,8 @@ async fn an_object_store_outage_during_upload_is_a_503_that_commits_nothing() {
 #[tokio::test]
 async fn a_dump_of_a_device_deleted_meanwhile_leaves_nothing() {
     for_each_stack("coredump_device_gone", &[], async |app| {
-        let meta = iotsupport::coredumps::ingest::DumpMeta::parse(Some("esp32"), Some("1.0.0"))
-            .unwrap();
+        let meta =
+            iotsupport::coredumps::ingest::DumpMeta::parse(Some("esp32"), Some("1.0.0")).unwrap();
         let gone = iotsupport::coredumps::ingest::Uploader {
             device_id: 999_999,
             device_key: "gone1234",
@@ -395,7 +395,11 @@ async fn a_dump_of_a_device_deleted_meanwhile_leaves_nothing() {
             app.stack
         );
         assert_eq!(count(app, "coredumps").await, 0);
-        assert!(objects(app, "coredumps/").await.is_empty(), "{:?}", app.stack);
+        assert!(
+            objects(app, "coredumps/").await.is_empty(),
+            "{:?}",
+            app.stack
+        );
     })
     .await;
 }
