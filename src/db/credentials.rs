@@ -1,5 +1,6 @@
 //! Queries on device secrets (current and pending) and the token signing keys.
 
+use super::firmware_versions::CurrentImage;
 use super::{now, Db, DbError, Tx};
 use crate::{on_conn, on_pool};
 
@@ -29,6 +30,45 @@ pub async fn find_credential(db: &Db, key: &str) -> Result<Option<DeviceCredenti
     .bind(key)
     .fetch_optional(p)
     .await)?)
+}
+
+/// [`find_credential`] and the current image of the device's model, in one query (the OTA
+/// routes need both: one round trip, and one connection taken from the pool, instead of two).
+pub async fn find_credential_with_image(
+    db: &Db,
+    key: &str,
+) -> Result<Option<(DeviceCredential, CurrentImage)>, DbError> {
+    let rows: Option<CredentialWithImage> = on_pool!(db, |p| sqlx::query_as(
+        "SELECT d.id, d.key, d.device_model_id, m.code AS model_code,
+                d.secret_hash, d.pending_secret_hash, m.firmware_version AS version,
+                f.firmware_bin_size AS image_size, f.firmware_bin_sha256 AS image_sha256
+         FROM devices d JOIN device_models m ON m.id = d.device_model_id
+         LEFT JOIN firmware_versions f
+           ON f.device_model_id = m.id AND f.version = m.firmware_version
+         WHERE d.key = $1"
+    )
+    .bind(key)
+    .fetch_optional(p)
+    .await)?;
+    Ok(rows.map(|r| {
+        let image = CurrentImage {
+            model_id: r.credential.device_model_id,
+            code: r.credential.model_code.clone(),
+            version: r.version,
+            image_size: r.image_size,
+            image_sha256: r.image_sha256,
+        };
+        (r.credential, image)
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialWithImage {
+    #[sqlx(flatten)]
+    credential: DeviceCredential,
+    version: Option<String>,
+    image_size: Option<i64>,
+    image_sha256: Option<String>,
 }
 
 /// Stores a new pending secret (replacing any earlier one); the current one stays valid.

@@ -2,9 +2,10 @@
 //!
 //! Every route states what it requires by taking one of these as an argument: [`AdminReader`]
 //! (any authenticated admin), [`AdminEditor`] (may write), [`PipelineCaller`] (the CI upload
-//! routes) or [`DeviceCaller`] (a device acting as itself). Each extractor either yields the
-//! capability or rejects with the error envelope: 401 for missing or wrong credentials, 403 for a
-//! valid credential without the needed role.
+//! routes) or [`DeviceCaller`] (a device acting as itself; [`OtaCaller`] on the OTA routes, which
+//! also brings the model's current image when the credential is read from the database). Each
+//! extractor either yields the capability or rejects with the error envelope: 401 for missing or
+//! wrong credentials, 403 for a valid credential without the needed role.
 //!
 //! Admin credentials: `ADMIN_TOKEN` (compared in constant time) grants every role; with OIDC on, a
 //! JWT from the issuer carries its roles (`editor` writes, `pipeline` uploads from CI, any valid
@@ -37,6 +38,7 @@ use super::error::ApiError;
 use crate::credentials::tokens::{DeviceClaims, TokenCheck, TokenError, TokenIssuer};
 use crate::credentials::{self, rotation, DeviceCredential, SecretMatch};
 use crate::db::credentials as credentials_db;
+use crate::db::firmware_versions::CurrentImage;
 use crate::fleet::{ClientId, FirmwareVersion};
 use crate::state::AppState;
 
@@ -254,12 +256,19 @@ impl FromRequestParts<AppState> for PipelineCaller {
     }
 }
 
+/// Where a credential read from the database leaves the current image of the device's model,
+/// when the caller wants it ([`OtaCaller`]): read in the same query, it spares the OTA routes a
+/// second one. Empty when the credential came from the cache.
+pub type ImageSlot = std::sync::OnceLock<CurrentImage>;
+
 /// The credential for `key`, from the short-lived cache when possible (see
 /// `crate::lookup_cache`): a device downloading an image in many ranges is checked against the
-/// database at most once per `DEVICE_LOOKUP_CACHE_SECONDS`. Unknown keys are never cached.
+/// database at most once per `DEVICE_LOOKUP_CACHE_SECONDS`. Unknown keys are never cached. With
+/// `image`, a credential read from the database comes with its model's current image.
 pub async fn cached_credential(
     state: &AppState,
     key: &str,
+    image: Option<&ImageSlot>,
 ) -> Result<Option<DeviceCredential>, ApiError> {
     let cache = &state.caches.device_credentials;
     let key = key.to_string();
@@ -267,10 +276,25 @@ pub async fn cached_credential(
         return Ok(Some(found));
     }
     Ok(cache
-        .load(key.clone(), || {
-            credentials_db::find_credential(&state.db, &key)
-        })
+        .load(key.clone(), || find_credential(state, &key, image))
         .await?)
+}
+
+/// The credential for `key` from the database, with its model's current image put in `image`.
+async fn find_credential(
+    state: &AppState,
+    key: &str,
+    image: Option<&ImageSlot>,
+) -> Result<Option<DeviceCredential>, crate::db::DbError> {
+    let Some(slot) = image else {
+        return credentials_db::find_credential(&state.db, key).await;
+    };
+    let found = credentials_db::find_credential_with_image(&state.db, key).await?;
+    Ok(found.map(|(credential, current)| {
+        // A second read in one request (see `prove`) keeps the first image: either is fresh.
+        let _ = slot.set(current);
+        credential
+    }))
 }
 
 /// The process's token issuer (loaded on first use).
@@ -294,16 +318,17 @@ fn invalid_device_credentials() -> ApiError {
 pub async fn prove(
     state: &AppState,
     key: &str,
+    image: Option<&ImageSlot>,
     proves: impl Fn(&DeviceCredential) -> Option<SecretMatch>,
 ) -> Result<Option<(DeviceCredential, SecretMatch)>, ApiError> {
-    let Some(credential) = cached_credential(state, key).await? else {
+    let Some(credential) = cached_credential(state, key, image).await? else {
         return Ok(None);
     };
     if let Some(proved) = proves(&credential) {
         return Ok(Some((credential, proved)));
     }
     state.caches.device_changed(key);
-    Ok(cached_credential(state, key)
+    Ok(cached_credential(state, key, image)
         .await?
         .and_then(|fresh| proves(&fresh).map(|proved| (fresh, proved))))
 }
@@ -334,9 +359,10 @@ pub async fn accept(
 async fn device_from_own_token(
     state: &AppState,
     claims: &DeviceClaims,
+    image: Option<&ImageSlot>,
 ) -> Result<DeviceCaller, ApiError> {
     let client = ClientId::parse(&claims.azp).ok_or_else(invalid_device_credentials)?;
-    let (credential, proved) = prove(state, client.device_key.as_str(), |c| {
+    let (credential, proved) = prove(state, client.device_key.as_str(), image, |c| {
         (c.model_code == client.model_code.as_str())
             .then(|| credentials::match_sid(c, &claims.sid))
             .flatten()
@@ -355,12 +381,13 @@ async fn device_from_oidc(
     state: &AppState,
     oidc: &crate::oidc::OidcVerifier,
     token: &str,
+    image: Option<&ImageSlot>,
 ) -> Result<DeviceCaller, ApiError> {
     let verified = oidc.verify(token).await.map_err(oidc_failure)?;
     let (model_code, key) = verified.device().ok_or_else(|| {
         ApiError::AuthenticationRequired("Token does not identify a device".into())
     })?;
-    let credential = cached_credential(state, &key)
+    let credential = cached_credential(state, &key, image)
         .await?
         .filter(|c| c.model_code == model_code)
         .ok_or_else(invalid_device_credentials)?;
@@ -386,20 +413,54 @@ impl FromRequestParts<AppState> for DeviceCaller {
     /// Authenticates the device, then notes that it was heard from (and the version it reports)
     /// for `crate::presence`, which writes it in the background.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let device = authenticate_device(parts, state).await?;
-        let version = reported_version(parts);
-        state
-            .presence
-            .observe(device.id, version.as_ref().map(FirmwareVersion::as_str));
-        Ok(device)
+        device_heard_from(parts, state, None).await
     }
 }
 
-async fn authenticate_device(parts: &Parts, state: &AppState) -> Result<DeviceCaller, ApiError> {
+/// A device on the OTA routes: as [`DeviceCaller`], and, when its credential was read from the
+/// database for this request (the lookup cache off or missed), its model's current image read in
+/// the same query.
+pub struct OtaCaller {
+    pub device: DeviceCaller,
+    pub image: Option<CurrentImage>,
+}
+
+impl FromRequestParts<AppState> for OtaCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let slot = ImageSlot::new();
+        let device = device_heard_from(parts, state, Some(&slot)).await?;
+        Ok(OtaCaller {
+            device,
+            image: slot.into_inner(),
+        })
+    }
+}
+
+async fn device_heard_from(
+    parts: &Parts,
+    state: &AppState,
+    image: Option<&ImageSlot>,
+) -> Result<DeviceCaller, ApiError> {
+    let device = authenticate_device(parts, state, image).await?;
+    let version = reported_version(parts);
+    state
+        .presence
+        .observe(device.id, version.as_ref().map(FirmwareVersion::as_str));
+    Ok(device)
+}
+
+async fn authenticate_device(
+    parts: &Parts,
+    state: &AppState,
+    image: Option<&ImageSlot>,
+) -> Result<DeviceCaller, ApiError> {
     if let Some(token) = bearer(parts)? {
         if looks_like_jwt(token) {
             match token_issuer(state).await?.check(token) {
-                TokenCheck::Valid(claims) => return device_from_own_token(state, &claims).await,
+                TokenCheck::Valid(claims) => {
+                    return device_from_own_token(state, &claims, image).await
+                }
                 TokenCheck::Invalid(e) => {
                     return Err(ApiError::AuthenticationRequired(format!(
                         "Invalid credentials: {e}"
@@ -408,7 +469,7 @@ async fn authenticate_device(parts: &Parts, state: &AppState) -> Result<DeviceCa
                 TokenCheck::NotOurs => {}
             }
             if let Some(oidc) = &state.oidc {
-                return device_from_oidc(state, oidc, token).await;
+                return device_from_oidc(state, oidc, token, image).await;
             }
             return Err(ApiError::AuthenticationRequired(
                 "Invalid credentials: token signed with an unknown key".into(),
@@ -420,16 +481,17 @@ async fn authenticate_device(parts: &Parts, state: &AppState) -> Result<DeviceCa
         if key.len() != 8 {
             return Err(invalid_device_credentials());
         }
-        let (credential, proved) = prove(state, key, |c| credentials::match_secret(c, secret))
-            .await?
-            .ok_or_else(invalid_device_credentials)?;
+        let (credential, proved) =
+            prove(state, key, image, |c| credentials::match_secret(c, secret))
+                .await?
+                .ok_or_else(invalid_device_credentials)?;
         return accept(state, credential, proved).await;
     }
     if state.config.iot_device_key_auth {
         let query = parts.uri.query().unwrap_or("");
         let key = url_query_value(query, "device_key");
         if let Some(key) = key.filter(|k| k.len() == 8) {
-            if let Some(device) = credentials_db::find_credential(&state.db, &key).await? {
+            if let Some(device) = find_credential(state, &key, image).await? {
                 return Ok(DeviceCaller {
                     id: device.id,
                     key: device.key,

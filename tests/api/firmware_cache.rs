@@ -427,3 +427,59 @@ async fn with_the_lookup_cache_off_every_request_asks_the_database() {
     a.stop().await;
     b.stop().await;
 }
+
+/// With the lookup cache off the OTA routes read the device's credential and its model's current
+/// image in one query: each device still gets its own model's image and version, and a version
+/// uploaded through another process is served at once (ranges included).
+#[tokio::test]
+async fn with_the_lookup_cache_off_each_device_gets_its_models_current_image_at_once() {
+    let Some((a, b)) = spawn_twins(
+        Stack::Production,
+        "cache_off_images",
+        &[
+            ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),
+            ("FIRMWARE_CACHE_BYTES", "0"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (one, two) = (
+        create_model(&a, CODE, None).await,
+        create_model(&a, "other", None).await,
+    );
+    let (v1, other) = (Build::new("1.0.0", "one"), Build::new("7.0.0", "other"));
+    upload_ok(&b, one, CODE, &v1).await;
+    upload_ok(&b, two, "other", &other).await;
+    let (d1, d2) = (device_of(&a, one).await, device_of(&a, two).await);
+    assert_eq!(ota_image(&a, &d1, None).await, (200, v1.bin.clone()));
+    assert_eq!(ota_image(&a, &d2, None).await, (200, other.bin.clone()));
+    assert_eq!(
+        a.iot_firmware_version(&d2.credential).await.1["firmware_version"],
+        "7.0.0"
+    );
+
+    let v2 = Build::new("2.0.0", "two");
+    upload_ok(&b, one, CODE, &v2).await;
+    assert_eq!(ota_image(&a, &d1, None).await, (200, v2.bin.clone()));
+    assert_eq!(
+        ota_image(&a, &d1, Some("bytes=0-99")).await,
+        (206, v2.bin[..100].to_vec())
+    );
+    assert_eq!(
+        a.iot_firmware_version(&d1.credential).await.1["firmware_version"],
+        "2.0.0"
+    );
+    assert_eq!(ota_image(&a, &d2, None).await, (200, other.bin.clone()));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `GET /api/iot/firmware` as `device`, optionally a `Range`: the status and the body.
+async fn ota_image(app: &TestApp, device: &TestDevice, range: Option<&str>) -> (u16, Vec<u8>) {
+    let headers: Vec<(&str, &str)> = range.map(|r| vec![("range", r)]).unwrap_or_default();
+    let response = app.iot_firmware(&device.credential, &headers).await;
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}

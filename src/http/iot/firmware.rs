@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method};
 
-use crate::http::auth::DeviceCaller;
+use crate::http::auth::OtaCaller;
 use crate::http::download::{self, Source};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -26,13 +26,17 @@ use crate::state::AppState;
         (status = 416, body = crate::http::error::ErrorBody),
         (status = 503, body = crate::http::error::ErrorBody)))]
 pub async fn device_firmware(
-    device: DeviceCaller,
+    caller: OtaCaller,
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let model_id = device.device_model_id;
-    let (image, cached) = current_image(&state, model_id).await?;
+    let model_id = caller.device.device_model_id;
+    let (image, cached) = match caller.image {
+        // Read with the credential, in this request.
+        Some(image) => (image, false),
+        None => current_image(&state, model_id).await?,
+    };
     if !cached {
         return serve_image(&state, &image, &method, &headers).await;
     }
@@ -62,10 +66,17 @@ pub async fn device_firmware(
     responses((status = 200, body = DeviceFirmwareVersion),
         (status = 401, body = crate::http::error::ErrorBody)))]
 pub async fn device_firmware_version(
-    device: DeviceCaller,
+    caller: OtaCaller,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
-    let (image, _) = current_image(&state, device.device_model_id).await?;
+    let image = match caller.image {
+        Some(image) => image,
+        None => {
+            current_image(&state, caller.device.device_model_id)
+                .await?
+                .0
+        }
+    };
     Ok((
         [(http::header::CACHE_CONTROL, "no-cache")],
         Json(DeviceFirmwareVersion {

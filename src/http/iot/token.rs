@@ -261,7 +261,7 @@ async fn exchange(
     let Some(client) = ClientId::parse(&client_id) else {
         return Err(refuse("malformed client id"));
     };
-    let Some((credential, proved)) = prove(state, client.device_key.as_str(), |c| {
+    let Some((credential, proved)) = prove(state, client.device_key.as_str(), None, |c| {
         (c.model_code == client.model_code.as_str())
             .then(|| credentials::match_secret(c, &secret))
             .flatten()
