@@ -32,8 +32,9 @@ use object_store::ClientOptions;
 
 /// The most one connection buffers of a response (hyper's `max_buf_size`). Measured with 256
 /// concurrent image downloads and the caches off (bench/README.md): peak RSS 70 MiB at 64 KiB,
-/// 56 MiB at 32 KiB, 48 MiB at 16 KiB, throughput within the noise of the shared machine.
-pub const READ_BUFFER_MAX: usize = 32 * 1024;
+/// 56 MiB at 32 KiB, 48 MiB at 16 KiB, throughput within the noise of the shared machine. 16 KiB
+/// since the peak at 32 KiB came within 1 MiB of the 64 MB goal (58–63 MiB against 56–57).
+pub const READ_BUFFER_MAX: usize = 16 * 1024;
 
 /// Makes the bounded client for object_store (`AmazonS3Builder::with_http_connector`).
 #[derive(Debug, Clone, Copy)]
