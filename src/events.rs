@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, Db, DbError, Tx};
 
-mod cursor;
+pub mod cursor;
 pub use cursor::Cursor;
 
 /// The PostgreSQL notification channel a committed event wakes listeners on.
@@ -95,6 +96,42 @@ pub async fn after(db: &Db, cursor: &mut Cursor, limit: i64) -> Result<Vec<Store
             .await?
         }
     })
+}
+
+/// On PostgreSQL, the ids below `last` (at most [`cursor::MAX_GAPS`] below it) that no stored
+/// event has but that may still appear: a transaction that took one is still in flight (or rolled
+/// back). A reader starting at `last` must look for them (see [`Cursor`]). An id is only worth it
+/// if it was taken within [`cursor::GAP_WAIT`]: ids are taken in order, so one below a stored
+/// event older than that is older still (or was removed with the events of more than an hour
+/// ago). Empty on SQLite, whose ids appear in order.
+pub async fn missing_below(db: &Db, last: i64) -> Result<Vec<i64>, DbError> {
+    let Db::Postgres(pool) = db else {
+        return Ok(Vec::new());
+    };
+    let floor = last.saturating_sub(cursor::MAX_GAPS as i64).max(0);
+    let stored: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, created_at FROM events WHERE id > $1 AND id <= $2 ORDER BY id DESC",
+    )
+    .bind(floor)
+    .bind(last)
+    .fetch_all(pool)
+    .await?;
+    let recent = db::now() - chrono::Duration::from_std(cursor::GAP_WAIT).unwrap_or_default();
+    let mut stored = stored.into_iter().peekable();
+    let mut missing = Vec::new();
+    // Whether the nearest stored event above the id being looked at is recent (none: assume so).
+    let mut above_is_recent = true;
+    for id in (floor + 1..=last).rev() {
+        match stored.peek() {
+            Some(&(stored_id, created_at)) if stored_id == id => {
+                above_is_recent = created_at > recent;
+                stored.next();
+            }
+            _ if above_is_recent && id < last => missing.push(id),
+            _ => {}
+        }
+    }
+    Ok(missing)
 }
 
 /// The newest event id (0 when there is none).
@@ -190,8 +227,12 @@ async fn watch_events(
                         // All that have arrived, as one wake-up: under load one read of the
                         // table for many events.
                         let mut ids = vec![first.payload().parse::<i64>().ok()];
-                        while let Some(next) = l.next_buffered() {
-                            ids.push(next.payload().parse().ok());
+                        // Those already on the connection, without waiting for more.
+                        while ids.len() < MAX_NOTIFICATIONS_PER_WAKE {
+                            match l.try_recv().now_or_never() {
+                                Some(Ok(Some(next))) => ids.push(next.payload().parse().ok()),
+                                _ => break,
+                            }
                         }
                         Heard::from_payloads(ids)
                     }
@@ -215,6 +256,9 @@ async fn watch_events(
         }
     }
 }
+
+/// The most notifications the hub takes in one wake-up.
+const MAX_NOTIFICATIONS_PER_WAKE: usize = 1024;
 
 /// What woke the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

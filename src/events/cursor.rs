@@ -35,6 +35,20 @@ impl Cursor {
         }
     }
 
+    /// A reader that has seen every row up to `last` except `missing`, which it looks for as if
+    /// it had skipped them at `now` (at most the [`MAX_GAPS`] highest).
+    pub fn resume(last: i64, missing: impl IntoIterator<Item = i64>, now: Instant) -> Self {
+        let mut gaps: BTreeMap<i64, Instant> = missing
+            .into_iter()
+            .filter(|id| *id < last)
+            .map(|id| (id, now))
+            .collect();
+        while gaps.len() > MAX_GAPS {
+            gaps.pop_first();
+        }
+        Cursor { last, gaps }
+    }
+
     /// The highest id seen.
     pub fn last(&self) -> i64 {
         self.last
@@ -112,6 +126,19 @@ mod tests {
         );
         assert!(cursor.gaps(start + GAP_WAIT).is_empty());
         assert_eq!(cursor.last(), 3);
+    }
+
+    #[test]
+    fn a_resumed_reader_looks_for_the_ids_it_was_told_are_missing() {
+        let now = Instant::now();
+        let mut cursor = Cursor::resume(10, [7, 4, 12], now);
+        assert_eq!(cursor.last(), 10);
+        assert_eq!(cursor.gaps(now), vec![4, 7], "none at or above the last id");
+        cursor.saw([7, 11], now);
+        assert_eq!(cursor.gaps(now), vec![4]);
+        let many = Cursor::resume(5000, 0..5000, now).gaps(now);
+        assert_eq!(many.len(), MAX_GAPS);
+        assert_eq!(many.first(), Some(&(5000 - MAX_GAPS as i64)));
     }
 
     #[test]

@@ -37,10 +37,14 @@ pub struct StreamQuery {
     pub request_id: Option<String>,
 }
 
-fn to_sse(event: &StoredEvent) -> Event {
+/// The message of `event`; its SSE `id` is `resume_from`, the highest event id sent so far
+/// including this one. An event that committed late has a lower id than some already sent, and a
+/// client that reconnects sends back the last `id` it got: the event's own would make it receive
+/// those again.
+fn to_sse(event: &StoredEvent, resume_from: i64) -> Event {
     let data = json!({ "type": event.kind, "payload": events::payload_json(event) });
     Event::default()
-        .id(event.id.to_string())
+        .id(resume_from.to_string())
         .data(data.to_string())
 }
 
@@ -128,6 +132,13 @@ pub async fn stream(
         Some(id) => id,
         None => events::newest_id(&state.db).await?,
     };
+    // Ids below `last` that may still appear (transactions in flight when the stream starts, or
+    // skipped before a reconnect).
+    let cursor = events::Cursor::resume(
+        last,
+        events::missing_below(&state.db, last).await?,
+        std::time::Instant::now(),
+    );
     tracing::info!(request_id = ?query.request_id, from_event = last, "sse_subscribed");
     let version = json!({"type": "version", "payload": {"version": env!("CARGO_PKG_VERSION")}});
     let mut buffer = VecDeque::new();
@@ -141,7 +152,7 @@ pub async fn stream(
     let subscriber = Subscriber {
         db: state.db.clone(),
         newest: state.events.subscribe(),
-        events: events::Cursor::new(last),
+        events: cursor,
         buffer,
         shutdown: state.shutdown.clone(),
         logs,
@@ -153,8 +164,10 @@ pub async fn stream(
             }
             match events::after(&s.db, &mut s.events, 100).await {
                 Ok(rows) if !rows.is_empty() => {
+                    let mut resume_from = s.events.last();
                     for row in &rows {
-                        s.buffer.push_back(to_sse(row));
+                        resume_from = resume_from.max(row.id);
+                        s.buffer.push_back(to_sse(row, resume_from));
                     }
                     s.events
                         .saw(rows.iter().map(|r| r.id), std::time::Instant::now());

@@ -28,12 +28,22 @@ impl SseReader {
 
     /// A stream with this `request_id` (the id live device logs are subscribed for).
     pub async fn open_as(app: &TestApp, request_id: &str) -> SseReader {
-        let response = app
+        Self::open_with(app, request_id, None).await
+    }
+
+    /// A stream resumed as a reconnecting `EventSource` does: `Last-Event-ID: last`.
+    pub async fn resume(app: &TestApp, last: &str) -> SseReader {
+        Self::open_with(app, "01TEST", Some(last)).await
+    }
+
+    async fn open_with(app: &TestApp, request_id: &str, last: Option<&str>) -> SseReader {
+        let mut request = app
             .client
-            .get(app.url(&format!("/api/sse/stream?request_id={request_id}")))
-            .send()
-            .await
-            .unwrap();
+            .get(app.url(&format!("/api/sse/stream?request_id={request_id}")));
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(response.headers()["content-type"]
             .to_str()
@@ -47,17 +57,27 @@ impl SseReader {
 
     /// The next `data:` payload, or `None` if nothing arrives within `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        self.next_with_id(wait).await.map(|(_, data)| data)
+    }
+
+    /// The next message with a `data:` payload, and its SSE `id` if it has one.
+    pub async fn next_with_id(&mut self, wait: Duration) -> Option<(Option<String>, Value)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let message: String = self.buffer.drain(..end + 2).collect();
-                let data: Vec<&str> = message
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim)
-                    .collect();
+                let field = |name: &str| -> Vec<String> {
+                    message
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_string())
+                        .collect()
+                };
+                let data = field("data:");
                 if !data.is_empty() {
-                    return Some(serde_json::from_str(&data.join("\n")).expect("data is JSON"));
+                    let id = field("id:").pop();
+                    let data = serde_json::from_str(&data.join("\n")).expect("data is JSON");
+                    return Some((id, data));
                 }
             }
             let chunk = tokio::time::timeout_at(deadline, self.body.next())
@@ -263,16 +283,58 @@ async fn an_event_committed_after_a_later_one_still_reaches_the_stream() {
     let mut second = app.db().begin().await.unwrap();
     record_model_event(&mut second, "quick").await;
     second.commit().await.unwrap();
-    let event = stream
-        .next(Duration::from_secs(10))
+    let (quick_id, event) = stream
+        .next_with_id(Duration::from_secs(10))
         .await
         .expect("the quick event");
     assert_eq!(event["payload"]["code"], "quick", "{event}");
     first.commit().await.unwrap();
-    let event = stream
-        .next(Duration::from_secs(10))
+    let (slow_id, event) = stream
+        .next_with_id(Duration::from_secs(10))
         .await
         .expect("the event committed last, with the smaller id");
+    assert_eq!(event["payload"]["code"], "slow", "{event}");
+    // The id a reconnecting client sends back never goes back: resuming from it must not send
+    // the quick event again.
+    assert_eq!(slow_id, quick_id);
+    app.stop().await;
+}
+
+/// The same across a reconnect: the stream dropped after the later event arrived, and the
+/// reconnecting client resumes after it (`Last-Event-ID`); the event still in flight then reaches
+/// the new stream when it commits.
+#[tokio::test]
+async fn an_event_in_flight_across_a_reconnect_still_reaches_the_stream() {
+    let Some(app) = spawn_app(Stack::Production, "events_across_reconnect").await else {
+        return;
+    };
+    let mut stream = SseReader::open(&app).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    let mut first = app.db().begin().await.unwrap();
+    record_model_event(&mut first, "slow").await;
+    let mut second = app.db().begin().await.unwrap();
+    record_model_event(&mut second, "quick").await;
+    second.commit().await.unwrap();
+    let (quick_id, event) = stream
+        .next_with_id(Duration::from_secs(10))
+        .await
+        .expect("the quick event");
+    assert_eq!(event["payload"]["code"], "quick", "{event}");
+    drop(stream);
+
+    let mut resumed = SseReader::resume(&app, &quick_id.expect("an id")).await;
+    assert_eq!(
+        resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    first.commit().await.unwrap();
+    let event = resumed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the event committed after the reconnect, with the smaller id");
     assert_eq!(event["payload"]["code"], "slow", "{event}");
     app.stop().await;
 }
