@@ -273,22 +273,12 @@ async fn an_event_committed_after_a_later_one_still_reaches_the_stream() {
     let Some(app) = spawn_app(Stack::Production, "events_out_of_commit_order").await else {
         return;
     };
-    let mut stream = SseReader::open(&app).await;
-    assert_eq!(
-        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
-        "version"
-    );
-    let mut first = app.db().begin().await.unwrap();
-    record_model_event(&mut first, "slow").await;
-    let mut second = app.db().begin().await.unwrap();
-    record_model_event(&mut second, "quick").await;
-    second.commit().await.unwrap();
-    let (quick_id, event) = stream
-        .next_with_id(Duration::from_secs(10))
-        .await
-        .expect("the quick event");
-    assert_eq!(event["payload"]["code"], "quick", "{event}");
-    first.commit().await.unwrap();
+    let OutOfOrder {
+        mut stream,
+        slow,
+        quick_id,
+    } = out_of_order(&app).await;
+    slow.commit().await.unwrap();
     let (slow_id, event) = stream
         .next_with_id(Duration::from_secs(10))
         .await
@@ -308,35 +298,56 @@ async fn an_event_in_flight_across_a_reconnect_still_reaches_the_stream() {
     let Some(app) = spawn_app(Stack::Production, "events_across_reconnect").await else {
         return;
     };
-    let mut stream = SseReader::open(&app).await;
-    assert_eq!(
-        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
-        "version"
-    );
-    let mut first = app.db().begin().await.unwrap();
-    record_model_event(&mut first, "slow").await;
-    let mut second = app.db().begin().await.unwrap();
-    record_model_event(&mut second, "quick").await;
-    second.commit().await.unwrap();
-    let (quick_id, event) = stream
-        .next_with_id(Duration::from_secs(10))
-        .await
-        .expect("the quick event");
-    assert_eq!(event["payload"]["code"], "quick", "{event}");
+    let OutOfOrder {
+        stream,
+        slow,
+        quick_id,
+    } = out_of_order(&app).await;
     drop(stream);
-
     let mut resumed = SseReader::resume(&app, &quick_id.expect("an id")).await;
     assert_eq!(
         resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
         "version"
     );
-    first.commit().await.unwrap();
+    slow.commit().await.unwrap();
     let event = resumed
         .next(Duration::from_secs(10))
         .await
         .expect("the event committed after the reconnect, with the smaller id");
     assert_eq!(event["payload"]["code"], "slow", "{event}");
     app.stop().await;
+}
+
+/// A stream that has received the event of a transaction that took its id after `slow`'s, while
+/// `slow` is still open.
+struct OutOfOrder {
+    stream: SseReader,
+    slow: iotsupport::db::Tx,
+    /// The SSE id the quick event came with.
+    quick_id: Option<String>,
+}
+
+async fn out_of_order(app: &TestApp) -> OutOfOrder {
+    let mut stream = SseReader::open(app).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    let mut slow = app.db().begin().await.unwrap();
+    record_model_event(&mut slow, "slow").await;
+    let mut quick = app.db().begin().await.unwrap();
+    record_model_event(&mut quick, "quick").await;
+    quick.commit().await.unwrap();
+    let (quick_id, event) = stream
+        .next_with_id(Duration::from_secs(10))
+        .await
+        .expect("the quick event");
+    assert_eq!(event["payload"]["code"], "quick", "{event}");
+    OutOfOrder {
+        stream,
+        slow,
+        quick_id,
+    }
 }
 
 async fn record_model_event(tx: &mut iotsupport::db::Tx, code: &str) {
