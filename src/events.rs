@@ -33,6 +33,9 @@ pub struct StoredEvent {
     #[sqlx(rename = "type")]
     pub kind: String,
     pub payload: String,
+    /// When the event was recorded (its transaction may have committed later).
+    #[serde(skip)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Records an event in the caller's transaction.
@@ -70,13 +73,13 @@ pub async fn record<T: Serialize>(tx: &mut Tx, kind: &str, payload: &T) -> Resul
 
 /// The events a reader at `cursor` has not seen, by id, at most `limit`: those after its last id
 /// and, on PostgreSQL, those of the ids it skipped that have appeared since (see [`Cursor`]).
-/// The caller passes the ids of the rows it got to [`Cursor::saw`].
+/// The caller passes the rows it got to [`Cursor::saw`] (see [`taken_recently`]).
 pub async fn after(db: &Db, cursor: &mut Cursor, limit: i64) -> Result<Vec<StoredEvent>, DbError> {
     let last = cursor.last();
     Ok(match db {
         Db::Postgres(pool) => {
             sqlx::query_as::<_, StoredEvent>(
-                "SELECT id, type, payload FROM events WHERE id > $1 OR id = ANY($2)
+                "SELECT id, type, payload, created_at FROM events WHERE id > $1 OR id = ANY($2)
                  ORDER BY id LIMIT $3",
             )
             .bind(last)
@@ -88,7 +91,8 @@ pub async fn after(db: &Db, cursor: &mut Cursor, limit: i64) -> Result<Vec<Store
         // One writer at a time: ids become visible in order, and no skipped id appears later.
         Db::Sqlite(pool) => {
             sqlx::query_as::<_, StoredEvent>(
-                "SELECT id, type, payload FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT id, type, payload, created_at FROM events WHERE id > $1
+                 ORDER BY id LIMIT $2",
             )
             .bind(last)
             .bind(limit)
@@ -116,7 +120,7 @@ pub async fn missing_below(db: &Db, last: i64) -> Result<Vec<i64>, DbError> {
     .bind(last)
     .fetch_all(pool)
     .await?;
-    let recent = db::now() - chrono::Duration::from_std(cursor::GAP_WAIT).unwrap_or_default();
+    let recent = gap_horizon();
     let mut stored = stored.into_iter().peekable();
     let mut missing = Vec::new();
     // Whether the nearest stored event above the id being looked at is recent (none: assume so).
@@ -132,6 +136,17 @@ pub async fn missing_below(db: &Db, last: i64) -> Result<Vec<i64>, DbError> {
         }
     }
     Ok(missing)
+}
+
+/// Whether `event` was recorded within [`cursor::GAP_WAIT`]: only then may ids below it that no
+/// event has yet still appear (ids are taken in order), so only then are they worth looking for.
+pub fn taken_recently(event: &StoredEvent) -> bool {
+    event.created_at > gap_horizon()
+}
+
+/// Events recorded before this are too old for a skipped id below them to still appear.
+fn gap_horizon() -> chrono::DateTime<chrono::Utc> {
+    db::now() - chrono::Duration::from_std(cursor::GAP_WAIT).unwrap_or_default()
 }
 
 /// The newest event id (0 when there is none).

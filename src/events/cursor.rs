@@ -62,15 +62,21 @@ impl Cursor {
         self.gaps.keys().copied().collect()
     }
 
-    /// Takes note of the ids of the rows just read: a skipped id that appeared is no longer
-    /// looked for, and the ids between the highest seen and a higher one are skipped. `ids` may
-    /// come in any order.
-    pub fn saw(&mut self, ids: impl IntoIterator<Item = i64>, now: Instant) {
-        let mut ids: Vec<i64> = ids.into_iter().collect();
-        ids.sort_unstable();
-        for id in ids {
+    /// Takes note of the rows just read, as ids and whether each was taken recently (see
+    /// `events::taken_recently`): a skipped id that appeared is no longer looked for, and the ids
+    /// between the highest seen and a higher one are skipped, unless that one is old (so are
+    /// they, then: a reader far behind does not look for what retention removed). `rows` may come
+    /// in any order.
+    pub fn saw(&mut self, rows: impl IntoIterator<Item = (i64, bool)>, now: Instant) {
+        let mut rows: Vec<(i64, bool)> = rows.into_iter().collect();
+        rows.sort_unstable();
+        for (id, recent) in rows {
             if id <= self.last {
                 self.gaps.remove(&id);
+                continue;
+            }
+            if !recent {
+                self.last = id;
                 continue;
             }
             // Only the MAX_GAPS ids right below `id`: a jump of the sequence (PostgreSQL skips
@@ -91,16 +97,35 @@ impl Cursor {
 mod tests {
     use super::*;
 
+    /// Rows of these ids, all recorded recently.
+    fn recent(ids: impl IntoIterator<Item = i64>) -> Vec<(i64, bool)> {
+        ids.into_iter().map(|id| (id, true)).collect()
+    }
+
+    #[test]
+    fn a_jump_to_an_old_row_skips_nothing_worth_looking_for() {
+        let now = Instant::now();
+        let mut cursor = Cursor::new(5);
+        // A reader far behind: what lies below an old row was taken earlier still.
+        cursor.saw([(900, false), (1000, true)], now);
+        assert_eq!(cursor.last(), 1000);
+        assert_eq!(cursor.gaps(now), (901..1000).collect::<Vec<_>>());
+        let mut cursor = Cursor::new(5);
+        cursor.saw([(900, false)], now);
+        assert!(cursor.gaps(now).is_empty());
+        assert_eq!(cursor.last(), 900);
+    }
+
     #[test]
     fn ids_skipped_over_are_looked_for_until_they_appear() {
         let now = Instant::now();
         let mut cursor = Cursor::new(6);
-        cursor.saw([8, 10], now);
+        cursor.saw(recent([8, 10]), now);
         assert_eq!(cursor.last(), 10);
         assert_eq!(cursor.gaps(now), vec![7, 9]);
-        cursor.saw([9, 11], now);
+        cursor.saw(recent([9, 11]), now);
         assert_eq!(cursor.gaps(now), vec![7]);
-        cursor.saw([7], now);
+        cursor.saw(recent([7]), now);
         assert!(cursor.gaps(now).is_empty());
         assert_eq!(cursor.last(), 11);
     }
@@ -109,8 +134,8 @@ mod tests {
     fn rows_read_in_order_leave_no_gaps() {
         let now = Instant::now();
         let mut cursor = Cursor::new(0);
-        cursor.saw(1..=100, now);
-        cursor.saw([], now);
+        cursor.saw(recent(1..=100), now);
+        cursor.saw(recent([]), now);
         assert!(cursor.gaps(now).is_empty());
         assert_eq!(cursor.last(), 100);
     }
@@ -119,7 +144,7 @@ mod tests {
     fn a_gap_is_given_up_after_the_wait() {
         let start = Instant::now();
         let mut cursor = Cursor::new(1);
-        cursor.saw([3], start);
+        cursor.saw(recent([3]), start);
         assert_eq!(
             cursor.gaps(start + GAP_WAIT - Duration::from_secs(1)),
             vec![2]
@@ -134,7 +159,7 @@ mod tests {
         let mut cursor = Cursor::resume(10, [7, 4, 12], now);
         assert_eq!(cursor.last(), 10);
         assert_eq!(cursor.gaps(now), vec![4, 7], "none at or above the last id");
-        cursor.saw([7, 11], now);
+        cursor.saw(recent([7, 11]), now);
         assert_eq!(cursor.gaps(now), vec![4]);
         let many = Cursor::resume(5000, 0..5000, now).gaps(now);
         assert_eq!(many.len(), MAX_GAPS);
@@ -145,14 +170,14 @@ mod tests {
     fn the_gaps_looked_for_are_bounded() {
         let now = Instant::now();
         let mut cursor = Cursor::new(0);
-        cursor.saw([10_000_000], now);
+        cursor.saw(recent([10_000_000]), now);
         let gaps = cursor.gaps(now);
         assert_eq!(gaps.len(), MAX_GAPS);
         assert_eq!(gaps.first(), Some(&(10_000_000 - MAX_GAPS as i64)));
         assert_eq!(gaps.last(), Some(&9_999_999));
         // Many small jumps: the earliest gaps are given up first.
         let mut cursor = Cursor::new(0);
-        cursor.saw((1..=2 * MAX_GAPS as i64).map(|i| 2 * i), now);
+        cursor.saw(recent((1..=2 * MAX_GAPS as i64).map(|i| 2 * i)), now);
         let gaps = cursor.gaps(now);
         assert_eq!(gaps.len(), MAX_GAPS);
         assert_eq!(gaps.last(), Some(&(4 * MAX_GAPS as i64 - 1)));

@@ -169,8 +169,10 @@ pub async fn stream(
                         resume_from = resume_from.max(row.id);
                         s.buffer.push_back(to_sse(row, resume_from));
                     }
-                    s.events
-                        .saw(rows.iter().map(|r| r.id), std::time::Instant::now());
+                    s.events.saw(
+                        rows.iter().map(|r| (r.id, events::taken_recently(r))),
+                        std::time::Instant::now(),
+                    );
                     continue;
                 }
                 Ok(_) => {}
