@@ -427,7 +427,9 @@ async fn the_schedule_queues_the_fleet_once_per_tick_and_the_rotation_job_prints
         "rotation_schedule",
         &[
             ("WORKER_POLL_SECONDS", "3600"),
-            ("ROTATION_CRON", "* * * * *"),
+            // Yearly: with a tick every minute, two steps that straddle a minute boundary each
+            // (rightly) trigger their own tick, and "once per tick" cannot be checked.
+            ("ROTATION_CRON", "0 0 1 1 *"),
         ],
     )
     .await
@@ -438,9 +440,10 @@ async fn the_schedule_queues_the_fleet_once_per_tick_and_the_rotation_job_prints
     // The first run records a baseline instead of rotating the fleet at once.
     assert!(!rotation_step(&app).await.scheduled_triggered);
     assert_eq!(states(&app, &devices).await, ["OK", "OK"]);
-    // A tick has passed since the (now older) baseline: one of two processes' steps queues.
+    // A tick (1 January) has passed since the (now older) baseline: one of two processes' steps
+    // queues.
     iotsupport::on_pool!(app.db(), |p| sqlx::query(
-        "UPDATE settings SET value = '2026-01-01T00:00:00' WHERE key = 'LAST_SCHEDULED_AT'"
+        "UPDATE settings SET value = '2025-06-01T00:00:00' WHERE key = 'LAST_SCHEDULED_AT'"
     )
     .execute(p)
     .await
