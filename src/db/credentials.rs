@@ -1,6 +1,6 @@
 //! Queries on device secrets (current and pending) and the token signing keys.
 
-use super::firmware_versions::CurrentImage;
+use super::firmware_versions::{CurrentImage, CURRENT_IMAGE_COLUMNS, CURRENT_IMAGE_JOIN};
 use super::{now, Db, DbError, Tx};
 use crate::{on_conn, on_pool};
 
@@ -17,13 +17,14 @@ pub struct DeviceCredential {
     pub pending_secret_hash: Option<String>,
 }
 
-const CREDENTIAL: &str = "SELECT d.id, d.key, d.device_model_id, m.code AS model_code,
-        d.secret_hash, d.pending_secret_hash
-    FROM devices d JOIN device_models m ON m.id = d.device_model_id";
+/// The columns of [`DeviceCredential`] from [`CREDENTIAL_FROM`].
+const CREDENTIAL_COLUMNS: &str = "d.id, d.key, d.device_model_id, m.code AS model_code,
+    d.secret_hash, d.pending_secret_hash";
+const CREDENTIAL_FROM: &str = "FROM devices d JOIN device_models m ON m.id = d.device_model_id";
 
 /// The credential of the device with this key, read from the pool.
 pub async fn find_credential(db: &Db, key: &str) -> Result<Option<DeviceCredential>, DbError> {
-    let sql = format!("{CREDENTIAL} WHERE d.key = $1");
+    let sql = format!("SELECT {CREDENTIAL_COLUMNS} {CREDENTIAL_FROM} WHERE d.key = $1");
     Ok(on_pool!(db, |p| sqlx::query_as::<_, DeviceCredential>(
         sqlx::AssertSqlSafe(sql.clone())
     )
@@ -38,37 +39,24 @@ pub async fn find_credential_with_image(
     db: &Db,
     key: &str,
 ) -> Result<Option<(DeviceCredential, CurrentImage)>, DbError> {
-    let rows: Option<CredentialWithImage> = on_pool!(db, |p| sqlx::query_as(
-        "SELECT d.id, d.key, d.device_model_id, m.code AS model_code,
-                d.secret_hash, d.pending_secret_hash, m.firmware_version AS version,
-                f.firmware_bin_size AS image_size, f.firmware_bin_sha256 AS image_sha256
-         FROM devices d JOIN device_models m ON m.id = d.device_model_id
-         LEFT JOIN firmware_versions f
-           ON f.device_model_id = m.id AND f.version = m.firmware_version
+    let sql = format!(
+        "SELECT {CREDENTIAL_COLUMNS}, {CURRENT_IMAGE_COLUMNS} {CREDENTIAL_FROM} {CURRENT_IMAGE_JOIN}
          WHERE d.key = $1"
-    )
-    .bind(key)
-    .fetch_optional(p)
-    .await)?;
-    Ok(rows.map(|r| {
-        let image = CurrentImage {
-            model_id: r.credential.device_model_id,
-            code: r.credential.model_code.clone(),
-            version: r.version,
-            image_size: r.image_size,
-            image_sha256: r.image_sha256,
-        };
-        (r.credential, image)
-    }))
+    );
+    let found: Option<CredentialWithImage> =
+        on_pool!(db, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(key)
+            .fetch_optional(p)
+            .await)?;
+    Ok(found.map(|r| (r.credential, r.image)))
 }
 
 #[derive(sqlx::FromRow)]
 struct CredentialWithImage {
     #[sqlx(flatten)]
     credential: DeviceCredential,
-    version: Option<String>,
-    image_size: Option<i64>,
-    image_sha256: Option<String>,
+    #[sqlx(flatten)]
+    image: CurrentImage,
 }
 
 /// Stores a new pending secret (replacing any earlier one); the current one stays valid.

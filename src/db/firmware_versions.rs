@@ -105,15 +105,22 @@ pub struct CurrentImage {
     pub image_sha256: Option<String>,
 }
 
+/// The columns of [`CurrentImage`] for the model `m` joined with [`CURRENT_IMAGE_JOIN`] (also
+/// read with a device's credential, `db::credentials::find_credential_with_image`).
+pub(super) const CURRENT_IMAGE_COLUMNS: &str = "m.id AS model_id, m.code,
+    m.firmware_version AS version, f.firmware_bin_size AS image_size,
+    f.firmware_bin_sha256 AS image_sha256";
+/// The current version's row of the model `m`, if any.
+pub(super) const CURRENT_IMAGE_JOIN: &str =
+    "LEFT JOIN firmware_versions f ON f.device_model_id = m.id AND f.version = m.firmware_version";
+
 /// The current image of a model, in one query, read from the pool.
 pub async fn current_image(db: &Db, model_id: i64) -> Result<Option<CurrentImage>, DbError> {
+    let sql = format!(
+        "SELECT {CURRENT_IMAGE_COLUMNS} FROM device_models m {CURRENT_IMAGE_JOIN} WHERE m.id = $1"
+    );
     Ok(on_pool!(db, |p| sqlx::query_as::<_, CurrentImage>(
-        "SELECT m.id AS model_id, m.code, m.firmware_version AS version,
-                f.firmware_bin_size AS image_size, f.firmware_bin_sha256 AS image_sha256
-         FROM device_models m
-         LEFT JOIN firmware_versions f
-           ON f.device_model_id = m.id AND f.version = m.firmware_version
-         WHERE m.id = $1"
+        sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(model_id)
     .fetch_optional(p)
@@ -148,12 +155,12 @@ pub async fn model_by_code(db: &Db, code: &str) -> Result<Option<ModelFirmware>,
 /// whole firmware change, an upload's body receipt included.
 pub async fn lock_model(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     Ok(match tx {
-        Tx::Postgres(t) => sqlx::query_as::<_, ModelFirmware>(
-            "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR NO KEY UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut **t)
-        .await?,
+        Tx::Postgres(t) => {
+            sqlx::query_as::<_, ModelFirmware>(LOCK_MODEL)
+                .bind(id)
+                .fetch_optional(&mut **t)
+                .await?
+        }
         Tx::Sqlite(t) => {
             sqlx::query_as::<_, ModelFirmware>(
                 "SELECT id, code, firmware_version FROM device_models WHERE id = $1",
@@ -183,19 +190,21 @@ pub async fn get(
     .await)?)
 }
 
+/// The model row, locked against other firmware changes (see [`lock_model`]).
+const LOCK_MODEL: &str =
+    "SELECT id, code, firmware_version FROM device_models WHERE id = $1 FOR NO KEY UPDATE";
+
 /// [`lock_model`] without waiting: `Ok(None)` when another transaction holds the lock (or the
 /// model does not exist). PostgreSQL's `FOR NO KEY UPDATE NOWAIT`; on SQLite, where the transaction
 /// already holds the database's write lock, the same as [`lock_model`].
 pub async fn lock_model_if_free(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     match tx {
         Tx::Postgres(t) => {
-            let locked = sqlx::query_as::<_, ModelFirmware>(
-                "SELECT id, code, firmware_version FROM device_models WHERE id = $1
-                 FOR NO KEY UPDATE NOWAIT",
-            )
-            .bind(id)
-            .fetch_optional(&mut **t)
-            .await;
+            let sql = format!("{LOCK_MODEL} NOWAIT");
+            let locked = sqlx::query_as::<_, ModelFirmware>(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&mut **t)
+                .await;
             match locked {
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(None),
                 other => Ok(other?),

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method};
 
+use crate::db::firmware_versions::CurrentImage;
 use crate::http::auth::OtaCaller;
 use crate::http::download::{self, Source};
 use crate::http::error::ApiError;
@@ -32,11 +33,7 @@ pub async fn device_firmware(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let model_id = caller.device.device_model_id;
-    let (image, cached) = match caller.image {
-        // Read with the credential, in this request.
-        Some(image) => (image, false),
-        None => current_image(&state, model_id).await?,
-    };
+    let (image, cached) = image_of(caller, &state).await?;
     if !cached {
         return serve_image(&state, &image, &method, &headers).await;
     }
@@ -69,14 +66,7 @@ pub async fn device_firmware_version(
     caller: OtaCaller,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
-    let image = match caller.image {
-        Some(image) => image,
-        None => {
-            current_image(&state, caller.device.device_model_id)
-                .await?
-                .0
-        }
-    };
+    let (image, _) = image_of(caller, &state).await?;
     Ok((
         [(http::header::CACHE_CONTROL, "no-cache")],
         Json(DeviceFirmwareVersion {
@@ -84,4 +74,13 @@ pub async fn device_firmware_version(
         }),
     )
         .into_response())
+}
+
+/// The current image of the caller's model: the one read with its credential in this request, if
+/// it was, else [`current_image`]'s (`true` when that came from the lookup cache).
+async fn image_of(caller: OtaCaller, state: &AppState) -> Result<(CurrentImage, bool), ApiError> {
+    match caller.image {
+        Some(image) => Ok((image, false)),
+        None => current_image(state, caller.device.device_model_id).await,
+    }
 }
