@@ -23,16 +23,19 @@
 //!    is kept only when validation hands out an image of the same version read from the same
 //!    place ([`ZipOrigin`]: the same local header, compressed size, method, size and CRC), which
 //!    makes it the same bytes decompressed the same way: a ZIP whose first local header is not
-//!    the entry its central directory names cannot store anything else. (The tap does not hash
+//!    the entry its central directory names cannot store anything else. Until then the PUT's
+//!    last byte is held back ([`EarlyPut::complete`]), so a PUT of anything else never reaches
+//!    its declared length and no store commits it, not even late, after its answer was lost. (The tap does not hash
 //!    the image: validation does, for the row, and a second SHA-256 pass cost a millisecond of
 //!    CPU per 1.5 MiB while the store was busy with the PUT.) Otherwise, or when the streamed PUT failed, the validated
 //!    image is PUT again as before; a failed upload deletes what was written, still under the
 //!    lock.
 //!
 //! Nothing is lost or half-written: a PUT of a body that ends short, long or broken is aborted
-//! by the store (the length is declared); if the receipt fails after the image was stored, the
-//! [`Locked`] handed over is dropped unused and deletes the object *before* its transaction (and
-//! the model lock) ends, so it cannot delete what another upload of that version wrote later.
+//! by the store (the length is declared); if the receipt fails after the image's PUT started,
+//! the [`Locked`] handed over is dropped unused: it withholds the last byte, waits for the PUT
+//! and deletes the key *before* its transaction (and the model lock) ends, so it cannot delete
+//! what another upload of that version wrote later.
 //!
 //! When it runs: on PostgreSQL with a store that streams sized puts (S3 with credentials). On
 //! SQLite the transaction would hold the database's single write lock while the client is still
@@ -420,11 +423,17 @@ struct TappedImage {
     streamed: oneshot::Receiver<ZipOrigin>,
 }
 
-/// The image's PUT, started early.
+/// The image's PUT, started early. Its last byte is held back until the upload confirms that
+/// it streamed exactly the validated image ([`Self::complete`]): a store commits a PUT only once
+/// its declared length has arrived, so an image that is not the one validated (or one the tap
+/// found broken at its end) can never be stored by it, not even by a store that commits after
+/// its answer was lost, behind the ordinary PUT that replaces it.
 pub struct EarlyPut {
     pub key: ObjectKey,
     put: tokio::task::JoinHandle<Result<(), crate::storage::StorageError>>,
     streamed: oneshot::Receiver<ZipOrigin>,
+    /// Sent: the PUT may send its last byte; dropped: the PUT fails one byte short.
+    release: oneshot::Sender<()>,
     /// Set when the PUT's body failed on the tap's side (not the store's).
     tap_failed: Arc<AtomicBool>,
 }
@@ -435,6 +444,9 @@ pub enum EarlyFailure {
     /// The tap stopped before the image's end (abandoned, or the stream was unreadable): the
     /// store was not at fault, the image can be PUT the ordinary way.
     Tap,
+    /// The tap streamed another image than validation handed out (a ZIP whose first local
+    /// header is not the entry its central directory names); the PUT was withheld.
+    NotTheImage,
     /// The store failed.
     Store(StoreError),
 }
@@ -447,7 +459,8 @@ impl EarlyPut {
             streamed,
         } = image;
         let tap_failed = Arc::new(AtomicBool::new(false));
-        let body = image_body(tapped, tap_failed.clone());
+        let (release, released) = oneshot::channel();
+        let body = image_body(tapped, len, released, tap_failed.clone());
         let storage = storage.clone();
         let put_key = key.clone();
         let put = tokio::spawn(async move { storage.put_sized(&put_key, len, body).await });
@@ -455,63 +468,120 @@ impl EarlyPut {
             key,
             put,
             streamed,
+            release,
             tap_failed,
         }
     }
 
-    /// Waits for the PUT (not aborting it: a store may still commit a PUT whose bytes all
-    /// arrived, after a delete sent beside it) and deletes whatever it stored. The caller holds
-    /// the model lock, so the key is this upload's.
+    /// Withholds the PUT's last byte, waits for the PUT to end (not aborting it: a store may
+    /// still commit a PUT whose bytes all arrived, after a delete sent beside it) and deletes
+    /// whatever it stored. The caller holds the model lock, so the key is this upload's.
     pub async fn discard(self, storage: &Storage) {
-        let key = self.key.clone();
-        let _ = self.wait().await;
+        let EarlyPut {
+            key, put, release, ..
+        } = self;
+        drop(release);
+        let _ = put.await;
         if let Err(e) = storage.delete(&key).await {
             tracing::warn!(object_key = %key, error = %e, "firmware_early_cleanup_failed");
         }
     }
 
-    /// Waits for the PUT; where in the body what it stored came from.
-    pub async fn wait(self) -> Result<ZipOrigin, EarlyFailure> {
-        let stored = match self.put.await {
+    /// Completes the PUT if the tap streamed exactly `image`, the image validation handed out
+    /// (the same place of the body, see [`ZipOrigin`]); otherwise withholds its last byte. Then
+    /// waits for it: `Ok` when it stored `image`.
+    pub async fn complete(self, image: &ZipOrigin) -> Result<(), EarlyFailure> {
+        let EarlyPut {
+            put,
+            streamed,
+            release,
+            tap_failed,
+            ..
+        } = self;
+        // The tap sends the origin once the entry has ended well (declared size, CRC); without
+        // it the streamed bytes are not known to be the image.
+        let confirmed = match streamed.await {
+            Ok(origin) if origin == *image => Ok(()),
+            Ok(_) => Err(EarlyFailure::NotTheImage),
+            Err(_) => Err(EarlyFailure::Tap),
+        };
+        if confirmed.is_ok() {
+            // (If the PUT has failed already, nobody takes this; its result says so.)
+            let _ = release.send(());
+        } else {
+            drop(release);
+        }
+        let stored = match put.await {
             Ok(result) => result.map_err(StoreError::from),
             Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
                 "the early image upload failed: {e}"
             )))),
         };
-        if let Err(e) = stored {
-            return Err(if self.tap_failed.load(Ordering::Acquire) {
+        confirmed?;
+        stored.map_err(|e| {
+            if tap_failed.load(Ordering::Acquire) {
                 EarlyFailure::Tap
             } else {
                 EarlyFailure::Store(e)
-            });
-        }
-        // The tap sends the origin once the entry has ended well (declared size, CRC); without
-        // it the stored bytes are not known to be the image.
-        self.streamed.await.map_err(|_| EarlyFailure::Tap)
+            }
+        })
     }
 }
 
-/// The PUT's body: the tap's chunks; fails (and says so in `tap_failed`) if the tap fails. It
-/// ends when the tap has sent everything (a short body fails the PUT by its declared length).
+/// The PUT's body: the tap's chunks, `len` bytes in all, the last byte only once `release` is
+/// sent (if it is dropped, the body fails one byte short). It fails (and says so in
+/// `tap_failed`) if the tap fails.
 fn image_body(
     tapped: mpsc::Receiver<Tapped>,
+    len: u64,
+    release: oneshot::Receiver<()>,
     tap_failed: Arc<AtomicBool>,
 ) -> BoxStream<'static, std::io::Result<Bytes>> {
-    futures::stream::unfold(Some(tapped), move |state| {
-        let tap_failed = tap_failed.clone();
-        async move {
-            let mut tapped = state?;
-            match tapped.recv().await? {
-                Tapped::Chunk(chunk) => Some((Ok(chunk), Some(tapped))),
-                Tapped::Failed(reason) => {
-                    tap_failed.store(true, Ordering::Release);
-                    Some((Err(std::io::Error::other(reason)), None))
-                }
-                Tapped::Version(..) => {
-                    tap_failed.store(true, Ordering::Release);
-                    Some((Err(std::io::Error::other("a second image version")), None))
-                }
+    struct Body {
+        tapped: mpsc::Receiver<Tapped>,
+        /// Bytes not yet received from the tap.
+        left: u64,
+        /// The image's last byte, held back.
+        held: Option<Bytes>,
+        release: oneshot::Receiver<()>,
+        tap_failed: Arc<AtomicBool>,
+    }
+    let body = Body {
+        tapped,
+        left: len,
+        held: None,
+        release,
+        tap_failed,
+    };
+    futures::stream::unfold(Some(body), |state| async move {
+        let mut body = state?;
+        loop {
+            if let Some(last) = body.held.take() {
+                return match (&mut body.release).await {
+                    Ok(()) => Some((Ok(last), Some(body))),
+                    Err(_) => {
+                        let withheld = "the streamed image was not confirmed";
+                        Some((Err(std::io::Error::other(withheld)), None))
+                    }
+                };
             }
+            let reason = match body.tapped.recv().await? {
+                Tapped::Chunk(mut chunk) => {
+                    let n = chunk.len() as u64;
+                    if n >= body.left && n > 0 {
+                        body.held = Some(chunk.split_off(chunk.len() - 1));
+                    }
+                    body.left = body.left.saturating_sub(n);
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(chunk), Some(body)));
+                }
+                Tapped::Failed(reason) => reason,
+                Tapped::Version(..) => "a second image version".to_string(),
+            };
+            body.tap_failed.store(true, Ordering::Release);
+            return Some((Err(std::io::Error::other(reason)), None));
         }
     })
     .boxed()
@@ -556,5 +626,69 @@ impl Drop for Handoff {
             }
             Err(_) => tracing::warn!("firmware_early_cleanup_without_runtime"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// A body of `image` in two chunks split at `at`, with its release.
+    async fn body_of(
+        image: &[u8],
+        at: usize,
+    ) -> (
+        BoxStream<'static, std::io::Result<Bytes>>,
+        oneshot::Sender<()>,
+    ) {
+        let (events, tapped) = mpsc::channel(4);
+        let (release, released) = oneshot::channel();
+        let body = image_body(
+            tapped,
+            image.len() as u64,
+            released,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (first, second) = image.split_at(at);
+        for chunk in [first, second] {
+            events
+                .send(Tapped::Chunk(Bytes::copy_from_slice(chunk)))
+                .await
+                .unwrap();
+        }
+        (body, release)
+    }
+
+    async fn sent_before_release(body: &mut BoxStream<'static, std::io::Result<Bytes>>) -> Vec<u8> {
+        let mut sent = Vec::new();
+        while let Some(Some(chunk)) = body.next().now_or_never() {
+            sent.extend_from_slice(&chunk.unwrap());
+        }
+        sent
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_goes_only_once_released() {
+        let image: Vec<u8> = (0..=255).collect();
+        // The last chunk longer than a byte, and the last chunk the last byte alone.
+        for at in [128, 255] {
+            let (mut body, release) = body_of(&image, at).await;
+            assert_eq!(sent_before_release(&mut body).await, image[..255]);
+            release.send(()).unwrap();
+            let last = body.next().await.unwrap().unwrap();
+            assert_eq!(&last[..], &image[255..]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_never_released_fails_one_byte_short() {
+        let image: Vec<u8> = (0..=255).collect();
+        let (mut body, release) = body_of(&image, 128).await;
+        assert_eq!(sent_before_release(&mut body).await.len(), 255);
+        drop(release);
+        assert!(body.next().await.unwrap().is_err());
+        assert!(body.next().await.is_none());
     }
 }

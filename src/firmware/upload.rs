@@ -366,11 +366,12 @@ impl Puts {
 
     /// Takes over the image's early PUT (see `early`): kept when it stored exactly the validated
     /// image `bin` (read from the same place of the body, see `bundle::ZipOrigin`). Otherwise
-    /// `bin` is PUT the ordinary way over it, with the store client's retries: when the tap gave
-    /// up, when the PUT stored other bytes (a ZIP whose first local header is not the entry its
-    /// central directory names: validation, like every ZIP reader, goes by the central
-    /// directory), and when the streamed PUT failed (a store that times out a slow body, or a
-    /// transient error the single streamed request could not retry).
+    /// `bin` is PUT the ordinary way, with the store client's retries: when the tap gave up,
+    /// when it streamed other bytes (a ZIP whose first local header is not the entry its central
+    /// directory names: validation, like every ZIP reader, goes by the central directory; that
+    /// PUT is withheld one byte short, so no store can commit it, even late), and when the
+    /// streamed PUT failed (a store that times out a slow body, or a transient error the single
+    /// streamed request could not retry; what it may still commit is this very image).
     fn adopt(&mut self, storage: &Storage, put: EarlyPut, bin: Entry) {
         let started = Instant::now();
         self.first_started.get_or_insert(started);
@@ -378,9 +379,9 @@ impl Puts {
         let storage = storage.clone();
         self.running.spawn(async move {
             let key = put.key.clone();
-            let kept = match put.wait().await {
-                Ok(origin) if origin == bin.origin => true,
-                Ok(_) => {
+            let kept = match put.complete(&bin.origin).await {
+                Ok(()) => true,
+                Err(EarlyFailure::NotTheImage) => {
                     let reason = "the streamed image is not the validated one";
                     tracing::info!(reason, "firmware_early_put_replaced");
                     false

@@ -1,8 +1,9 @@
 //! A failure-injecting [`ObjectStorage`] wrapper for tests of the failure paths.
 //!
 //! Wrap the real store, then make chosen operations fail — always, a number of times, only for
-//! keys containing some text, or (for reads) after some bytes of the body — and count the calls
-//! each operation received. Used by integration tests to show that an S3 outage or a half-done
+//! keys containing some text, or (for reads and sized PUTs) after some bytes of the body, or
+//! (sized PUTs) with the answer lost and the object committed late — and count the calls each
+//! operation received. Used by integration tests to show that an S3 outage or a half-done
 //! upload never leaves the database and the bucket disagreeing.
 
 use std::collections::HashMap;
@@ -25,6 +26,10 @@ pub struct Fault {
     /// For `Get` (and `put_sized`): fail the body stream after this many bytes instead of
     /// failing the call.
     pub after_bytes: Option<u64>,
+    /// For `put_sized`: the store receives the whole body but its answer is lost (the call
+    /// fails), and it commits the object late, right after the next PUT of the key has
+    /// succeeded. A body that ends short or fails is not committed.
+    pub answer_lost: bool,
 }
 
 impl Fault {
@@ -34,6 +39,7 @@ impl Fault {
             key_contains: None,
             remaining: None,
             after_bytes: None,
+            answer_lost: false,
         }
     }
     pub fn times(mut self, n: usize) -> Self {
@@ -48,6 +54,10 @@ impl Fault {
         self.after_bytes = Some(n);
         self
     }
+    pub fn answer_lost(mut self) -> Self {
+        self.answer_lost = true;
+        self
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +65,10 @@ struct State {
     faults: Vec<Fault>,
     calls: HashMap<Operation, usize>,
     gets: Vec<(String, Option<ByteRange>)>,
+    /// Bodies received whose answer was lost, committed after the next PUT of their key.
+    late: Vec<(String, Bytes)>,
+    /// Bytes handed to the store by sized PUTs, per key.
+    streamed: HashMap<String, u64>,
 }
 
 /// The wrapper. Cheap to clone; clones share faults and counters.
@@ -95,6 +109,11 @@ impl FaultyStorage {
         self.state().gets.clone()
     }
 
+    /// How many bytes of sized PUTs (`put_sized`) of `key` went to the store so far.
+    pub fn streamed(&self, key: &str) -> u64 {
+        self.state().streamed.get(key).copied().unwrap_or(0)
+    }
+
     /// Counts the call and returns the fault that applies to it, consuming one use of it.
     fn hit(&self, operation: Operation, key: &str) -> Option<Fault> {
         let mut state = self.state();
@@ -109,6 +128,52 @@ impl FaultyStorage {
             *n -= 1;
         }
         Some(fault.clone())
+    }
+
+    /// After a PUT of `key` that succeeded: commits the bodies of that key whose answer was lost
+    /// (see [`Fault::answer_lost`]), over it.
+    async fn commit_late(
+        &self,
+        key: &ObjectKey,
+        result: Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        result?;
+        let late: Vec<Bytes> = {
+            let mut state = self.state();
+            let (now, later) = std::mem::take(&mut state.late)
+                .into_iter()
+                .partition(|(k, _)| k == key.as_str());
+            state.late = later;
+            now.into_iter().map(|(_, body)| body).collect()
+        };
+        for body in late {
+            self.inner.put(key, body).await?;
+        }
+        Ok(())
+    }
+
+    /// Receives the whole of `body` and loses the answer (see [`Fault::answer_lost`]).
+    async fn lose_answer(
+        &self,
+        key: &ObjectKey,
+        len: u64,
+        mut body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), StorageError> {
+        let mut received = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(injected(Operation::Put, key.as_str()));
+            };
+            received.extend_from_slice(&chunk);
+            if received.len() as u64 >= len {
+                break; // a client stops sending at the declared length
+            }
+        }
+        if received.len() as u64 == len {
+            let body = Bytes::from(received);
+            self.state().late.push((key.to_string(), body));
+        }
+        Err(injected(Operation::Put, key.as_str()))
     }
 
     fn guard(&self, operation: Operation, key: &str) -> Result<(), StorageError> {
@@ -149,7 +214,8 @@ fn injected(operation: Operation, key: &str) -> StorageError {
 impl ObjectStorage for FaultyStorage {
     async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StorageError> {
         self.guard(Operation::Put, key.as_str())?;
-        self.inner.put(key, body).await
+        let result = self.inner.put(key, body).await;
+        self.commit_late(key, result).await
     }
 
     async fn put_stream(
@@ -158,7 +224,9 @@ impl ObjectStorage for FaultyStorage {
         body: BoxStream<'static, std::io::Result<Bytes>>,
     ) -> Result<u64, StorageError> {
         self.guard(Operation::Put, key.as_str())?;
-        self.inner.put_stream(key, body).await
+        let written = self.inner.put_stream(key, body).await?;
+        self.commit_late(key, Ok(())).await?;
+        Ok(written)
     }
 
     async fn put_sized(
@@ -170,11 +238,28 @@ impl ObjectStorage for FaultyStorage {
         // `after_bytes` on a put cuts its body there: the store sees a request that breaks off.
         let limit = match self.hit(Operation::Put, key.as_str()) {
             Some(Fault {
+                answer_lost: true, ..
+            }) => return self.lose_answer(key, len, body).await,
+            Some(Fault {
                 after_bytes: Some(n),
                 ..
             }) => n,
             Some(_) => return Err(injected(Operation::Put, key.as_str())),
-            None => return self.inner.put_sized(key, len, body).await,
+            None => {
+                let state = self.state.clone();
+                let owned_key = key.to_string();
+                let body = body
+                    .inspect(move |chunk| {
+                        if let Ok(chunk) = chunk {
+                            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                            *state.streamed.entry(owned_key.clone()).or_default() +=
+                                chunk.len() as u64;
+                        }
+                    })
+                    .boxed();
+                let result = self.inner.put_sized(key, len, body).await;
+                return self.commit_late(key, result).await;
+            }
         };
         let body = cut_after(body, limit, || std::io::Error::other("injected fault"));
         self.inner.put_sized(key, len, body).await

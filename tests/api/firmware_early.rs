@@ -40,8 +40,24 @@ async fn image_stored(app: &TestApp, version: &str) -> bool {
         .contains(&format!("firmware/{CODE}/{version}/firmware.bin"))
 }
 
+/// Waits until the streamed PUT of `version`'s image has sent all but the image's last byte to
+/// the store (which it holds back until validation has confirmed the image, see `early.rs`), so
+/// the model is locked; fails if it sends more, or nothing in time.
+async fn all_but_the_last_byte_streamed(app: &TestApp, version: &str, image: &[u8]) {
+    let key = format!("firmware/{CODE}/{version}/firmware.bin");
+    let all_but_one = image.len() as u64 - 1;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.faults.streamed(&key) >= all_but_one
+        })
+        .await,
+        "the image was not streamed while the rest of the body was held back"
+    );
+    assert_eq!(app.faults.streamed(&key), all_but_one, "not its last byte");
+}
+
 #[tokio::test]
-async fn the_image_is_in_the_store_before_the_body_has_ended() {
+async fn the_image_goes_to_the_store_before_the_body_has_ended() {
     let Some(app) = spawn_app(Stack::Production, "firmware_early_stored").await else {
         return;
     };
@@ -54,10 +70,8 @@ async fn the_image_is_in_the_store_before_the_body_has_ended() {
     let (body, release) = held_body(zip[..split].to_vec());
     let upload = app.upload_firmware_as(model, "application/zip", body);
     let hold = async {
-        assert!(
-            eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await,
-            "the image was not stored while the rest of the body was held back"
-        );
+        all_but_the_last_byte_streamed(app, "2.0.0", &build.bin).await;
+        assert!(!image_stored(app, "2.0.0").await, "not committed yet");
         assert!(stored_versions(app, model).await.is_empty(), "no row yet");
         release.send(Some(zip[split..].to_vec())).unwrap();
     };
@@ -73,7 +87,7 @@ async fn the_image_is_in_the_store_before_the_body_has_ended() {
 }
 
 #[tokio::test]
-async fn a_body_broken_off_after_the_image_was_stored_leaves_nothing() {
+async fn a_body_broken_off_while_the_image_streams_leaves_nothing() {
     let Some(app) = spawn_app(Stack::Production, "firmware_early_broken_body").await else {
         return;
     };
@@ -93,7 +107,7 @@ async fn a_body_broken_off_after_the_image_was_stored_leaves_nothing() {
         .body(body)
         .send();
     let hold = async {
-        assert!(eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await);
+        all_but_the_last_byte_streamed(app, "2.0.0", &v2.bin).await;
         release.send(None).unwrap();
     };
     let (sent, ()) = tokio::join!(upload, hold);
@@ -101,19 +115,16 @@ async fn a_body_broken_off_after_the_image_was_stored_leaves_nothing() {
         sent.is_err(),
         "the request failed on the client's side: {sent:?}"
     );
-    // The object is deleted under the model lock, before the transaction ends.
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            objects_under(app, &format!("firmware/{CODE}/2.0.0"))
-                .await
-                .is_empty()
-        })
-        .await,
-        "the streamed image was left behind"
-    );
+    // The PUT is given up one byte short, so the store commits nothing (what it might have
+    // stored would be deleted under the model lock, before the transaction ends).
     assert_nothing_stored(app, model, Some("1.0.0"), &["1.0.0"]).await;
-    // The lock was given back: the same version goes through now.
+    // The lock is given back after that clean-up; then the same version goes through, with the
+    // whole image streamed, while the broken-off PUT never sent its last byte.
+    assert!(eventually(Duration::from_secs(20), || model_lock_free(app, model)).await);
     upload_ok(app, model, CODE, &v2).await;
+    let key = format!("firmware/{CODE}/2.0.0/firmware.bin");
+    let image = v2.bin.len() as u64;
+    assert_eq!(app.faults.streamed(&key), (image - 1) + image);
     assert_build_stored(app, CODE, &v2).await;
     assert_build_stored(app, CODE, &v1).await;
 }
@@ -146,7 +157,9 @@ async fn a_store_failing_half_way_through_the_image_is_503_and_leaves_nothing() 
 }
 
 /// The streamed PUT is one request that cannot be retried (its body is gone): when it fails, the
-/// validated image is PUT the ordinary way, with the store client's retries.
+/// validated image is PUT the ordinary way, with the store client's retries. Also when the store
+/// received it whole but its answer was lost, and it commits it late, over the new PUT: it is
+/// the same image.
 #[tokio::test]
 async fn a_streamed_put_that_fails_is_done_again_the_ordinary_way() {
     let Some(app) = spawn_app(Stack::Production, "firmware_early_put_retried").await else {
@@ -154,28 +167,43 @@ async fn a_streamed_put_that_fails_is_done_again_the_ordinary_way() {
     };
     let app = &app;
     let model = create_model(app, CODE, None).await;
-    let v2 = Build::new("2.0.0", "two");
-    app.faults.inject(
-        Fault::always(Operation::Put)
-            .for_keys_containing("2.0.0/firmware.bin")
-            .after_bytes(100)
-            .times(1),
-    );
-    let puts = app.faults.calls(Operation::Put);
-    let (status, body) = upload(app, model, v2.zip(CODE)).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        app.faults.calls(Operation::Put) - puts,
-        6,
-        "five artifacts and the image once more"
-    );
-    assert_build_stored(app, CODE, &v2).await;
-    assert_eq!(current_version(app, model).await.as_deref(), Some("2.0.0"));
+    let broken_off = Fault::always(Operation::Put).after_bytes(100);
+    let answer_lost = Fault::always(Operation::Put).answer_lost();
+    for (version, fault) in [("2.0.0", broken_off), ("3.0.0", answer_lost)] {
+        let build = Build::new(version, "two");
+        app.faults.inject(
+            fault
+                .for_keys_containing(format!("{version}/firmware.bin"))
+                .times(1),
+        );
+        let puts = app.faults.calls(Operation::Put);
+        let (status, body) = upload(app, model, build.zip(CODE)).await;
+        assert_eq!(status, 200, "{version}: {body}");
+        assert_eq!(
+            app.faults.calls(Operation::Put) - puts,
+            6,
+            "{version}: five artifacts and the image once more"
+        );
+        assert_build_stored(app, CODE, &build).await;
+        assert_eq!(current_version(app, model).await.as_deref(), Some(version));
+    }
 }
 
-/// A ZIP whose first local header holds another image than its central directory names (data
-/// before the archive proper, which ZIP readers skip, as in self-extracting archives): what is
-/// stored is the image the central directory names, never the one streamed from that header.
+/// A bundle of `listed` (version 2.0.0) behind a local entry of another image of the same
+/// version that its central directory does not name: data before the archive proper, which ZIP
+/// readers skip, as in self-extracting archives. The streamed PUT goes to the very key of the
+/// real image.
+fn hidden_image_before(listed: &Build) -> Vec<u8> {
+    let hidden = Build::new(&listed.version, "a hidden other image");
+    let hidden_zip = zip_of(&[(format!("{CODE}.bin"), hidden.bin.clone())]);
+    let mut body = hidden_zip[..image_entry_end(&hidden_zip)].to_vec();
+    body.extend_from_slice(&listed.zip(CODE));
+    body
+}
+
+/// A ZIP whose first local header holds another image than its central directory names
+/// ([`hidden_image_before`]): what is stored is the image the central directory names, never
+/// the one streamed from that header.
 #[tokio::test]
 async fn an_image_the_central_directory_does_not_name_is_never_kept() {
     for_each_stack("firmware_early_disagreeing_zip", &[], async |app| {
@@ -184,15 +212,8 @@ async fn an_image_the_central_directory_does_not_name_is_never_kept() {
         upload_ok(app, model, CODE, &v1).await;
         let puts = app.faults.calls(Operation::Put);
 
-        // Same version, other content: the streamed PUT goes to the very key of the real image.
         let listed = Build::new("2.0.0", "listed");
-        let hidden = Build::new("2.0.0", "a hidden other image");
-        let hidden_zip = zip_of(&[(format!("{CODE}.bin"), hidden.bin.clone())]);
-        let hidden_local = &hidden_zip[..image_entry_end(&hidden_zip)];
-        let mut body = hidden_local.to_vec();
-        body.extend_from_slice(&listed.zip(CODE));
-
-        let (status, response) = upload(app, model, body).await;
+        let (status, response) = upload(app, model, hidden_image_before(&listed)).await;
         assert_eq!(status, 200, "{response}");
         // Five artifacts; on PostgreSQL with S3 also the hidden image's streamed PUT, which the
         // validated image then replaced (the case this test is for).
@@ -202,6 +223,28 @@ async fn an_image_the_central_directory_does_not_name_is_never_kept() {
         assert_build_stored(app, CODE, &v1).await;
     })
     .await;
+}
+
+/// The same, with a store that would commit the streamed PUT late, after the ordinary PUT of the
+/// validated image, had it received it whole (its answer lost): the hidden image's last byte is
+/// never sent, so it cannot overwrite the real one.
+#[tokio::test]
+async fn an_image_the_central_directory_does_not_name_is_not_stored_even_late() {
+    let Some(app) = spawn_app(Stack::Production, "firmware_early_late_commit").await else {
+        return;
+    };
+    let app = &app;
+    let model = create_model(app, CODE, None).await;
+    app.faults.inject(
+        Fault::always(Operation::Put)
+            .for_keys_containing("2.0.0/firmware.bin")
+            .answer_lost()
+            .times(1),
+    );
+    let listed = Build::new("2.0.0", "listed");
+    let (status, response) = upload(app, model, hidden_image_before(&listed)).await;
+    assert_eq!(status, 200, "{response}");
+    assert_build_stored(app, CODE, &listed).await;
 }
 
 /// A version deleted and uploaded again before the outbox has deleted its objects: the upload
@@ -247,6 +290,20 @@ async fn a_version_uploaded_again_before_its_deletion_ran_withdraws_the_deletion
 }
 
 /// Backends of this database waiting for a lock.
+/// Whether no transaction holds the model's lock (the early path takes it at once or not at
+/// all).
+async fn model_lock_free(app: &TestApp, model: i64) -> bool {
+    let iotsupport::db::Db::Postgres(pool) = app.db() else {
+        return true;
+    };
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM device_models WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(model)
+        .fetch_optional(&mut *tx)
+        .await
+        .is_ok()
+}
+
 async fn waiting_for_a_lock(app: &TestApp) -> i64 {
     match app.db() {
         iotsupport::db::Db::Postgres(pool) => sqlx::query_scalar(
@@ -321,8 +378,7 @@ async fn devices_of_a_model_can_be_created_while_an_upload_of_it_arrives() {
     let (body, release) = held_body(zip[..split].to_vec());
     let upload = app.upload_firmware_as(model, "application/zip", body);
     let meanwhile = async {
-        // The image stored means the model is locked.
-        assert!(eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await);
+        all_but_the_last_byte_streamed(app, "2.0.0", &build.bin).await;
         let created = tokio::time::timeout(Duration::from_secs(5), app.create_device(model, "{}"))
             .await
             .expect("a device was created while the upload held its model's lock");
@@ -334,7 +390,7 @@ async fn devices_of_a_model_can_be_created_while_an_upload_of_it_arrives() {
     assert_build_stored(app, CODE, &build).await;
 }
 
-/// An image that fails its checks after the early path stored it is answered with its 400 at once:
+/// An image that fails its checks after the early path streamed it is answered with its 400 at once:
 /// the upload does not lock the model a second time first (here that lock would wait for a
 /// deletion of the model queued behind the upload, and then find no model: a 404 for a bad image).
 #[tokio::test]
@@ -353,7 +409,7 @@ async fn a_bad_image_streamed_early_gets_its_400_without_locking_again() {
     let (body, release) = held_body(zip[..split].to_vec());
     let upload = app.upload_firmware_as(model, "application/zip", body);
     let meanwhile = async {
-        assert!(eventually(Duration::from_secs(20), || image_stored(app, "2.0.0")).await);
+        all_but_the_last_byte_streamed(app, "2.0.0", &entries[0].1).await;
         // A deletion of the model, queued behind the upload's lock.
         let delete = app.delete_model(model);
         let release_when_queued = async {
