@@ -31,8 +31,9 @@
 //!    image is PUT again as before; a failed upload deletes what was written, still under the
 //!    lock.
 //!
-//! Nothing is lost or half-written: a PUT of a body that ends short, long or broken is aborted
-//! by the store (the length is declared); if the receipt fails after the image's PUT started,
+//! Nothing is lost or half-written: a PUT of a body that ends short or broken is aborted by the
+//! store (the length is declared; a body longer than declared fails here, as an HTTP client
+//! would cut it at that length and complete the PUT); if the receipt fails after the image's PUT started,
 //! the [`Locked`] handed over is dropped unused: it withholds the last byte, waits for the PUT
 //! and deletes the key *before* its transaction (and the model lock) ends, so it cannot delete
 //! what another upload of that version wrote later.
@@ -434,8 +435,9 @@ pub struct EarlyPut {
     streamed: oneshot::Receiver<ZipOrigin>,
     /// Sent: the PUT may send its last byte; dropped: the PUT fails one byte short.
     release: oneshot::Sender<()>,
-    /// Set when the PUT's body failed on the tap's side (not the store's).
-    tap_failed: Arc<AtomicBool>,
+    /// Set when the PUT's body failed on our side (the tap failed, or the last byte was
+    /// withheld), not the store's.
+    body_failed: Arc<AtomicBool>,
 }
 
 /// Why an early PUT stored nothing usable.
@@ -458,9 +460,9 @@ impl EarlyPut {
             tapped,
             streamed,
         } = image;
-        let tap_failed = Arc::new(AtomicBool::new(false));
+        let body_failed = Arc::new(AtomicBool::new(false));
         let (release, released) = oneshot::channel();
-        let body = image_body(tapped, len, released, tap_failed.clone());
+        let body = image_body(tapped, len, released, body_failed.clone());
         let storage = storage.clone();
         let put_key = key.clone();
         let put = tokio::spawn(async move { storage.put_sized(&put_key, len, body).await });
@@ -469,7 +471,7 @@ impl EarlyPut {
             put,
             streamed,
             release,
-            tap_failed,
+            body_failed,
         }
     }
 
@@ -495,7 +497,7 @@ impl EarlyPut {
             put,
             streamed,
             release,
-            tap_failed,
+            body_failed,
             ..
         } = self;
         // The tap sends the origin once the entry has ended well (declared size, CRC); without
@@ -517,25 +519,25 @@ impl EarlyPut {
                 "the early image upload failed: {e}"
             )))),
         };
-        confirmed?;
-        stored.map_err(|e| {
-            if tap_failed.load(Ordering::Acquire) {
-                EarlyFailure::Tap
-            } else {
-                EarlyFailure::Store(e)
-            }
-        })
+        match (confirmed, stored) {
+            (Err(EarlyFailure::NotTheImage), _) => Err(EarlyFailure::NotTheImage),
+            (Ok(()), Ok(())) => Ok(()),
+            // The store failed first (then the tap stopped, as nobody read what it sent).
+            (_, Err(e)) if !body_failed.load(Ordering::Acquire) => Err(EarlyFailure::Store(e)),
+            _ => Err(EarlyFailure::Tap),
+        }
     }
 }
 
 /// The PUT's body: the tap's chunks, `len` bytes in all, the last byte only once `release` is
-/// sent (if it is dropped, the body fails one byte short). It fails (and says so in
-/// `tap_failed`) if the tap fails.
+/// sent (if it is dropped, the body fails one byte short). It fails if the tap fails or sends
+/// more than `len` bytes (an HTTP client would cut a long body at the declared length and
+/// complete the PUT); each failure is marked in `body_failed`.
 fn image_body(
     tapped: mpsc::Receiver<Tapped>,
     len: u64,
     release: oneshot::Receiver<()>,
-    tap_failed: Arc<AtomicBool>,
+    body_failed: Arc<AtomicBool>,
 ) -> BoxStream<'static, std::io::Result<Bytes>> {
     struct Body {
         tapped: mpsc::Receiver<Tapped>,
@@ -544,43 +546,44 @@ fn image_body(
         /// The image's last byte, held back.
         held: Option<Bytes>,
         release: oneshot::Receiver<()>,
-        tap_failed: Arc<AtomicBool>,
+        body_failed: Arc<AtomicBool>,
     }
     let body = Body {
         tapped,
         left: len,
         held: None,
         release,
-        tap_failed,
+        body_failed,
     };
     futures::stream::unfold(Some(body), |state| async move {
         let mut body = state?;
         loop {
-            if let Some(last) = body.held.take() {
-                return match (&mut body.release).await {
-                    Ok(()) => Some((Ok(last), Some(body))),
-                    Err(_) => {
-                        let withheld = "the streamed image was not confirmed";
-                        Some((Err(std::io::Error::other(withheld)), None))
-                    }
-                };
-            }
-            let reason = match body.tapped.recv().await? {
-                Tapped::Chunk(mut chunk) => {
-                    let n = chunk.len() as u64;
-                    if n >= body.left && n > 0 {
-                        body.held = Some(chunk.split_off(chunk.len() - 1));
-                    }
-                    body.left = body.left.saturating_sub(n);
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    return Some((Ok(chunk), Some(body)));
+            let reason = if let Some(last) = body.held.take() {
+                match (&mut body.release).await {
+                    Ok(()) => return Some((Ok(last), Some(body))),
+                    Err(_) => "the streamed image was not confirmed".to_string(),
                 }
-                Tapped::Failed(reason) => reason,
-                Tapped::Version(..) => "a second image version".to_string(),
+            } else {
+                match body.tapped.recv().await? {
+                    Tapped::Chunk(chunk) if chunk.len() as u64 > body.left => {
+                        "the image is longer than declared".to_string()
+                    }
+                    Tapped::Chunk(mut chunk) => {
+                        let n = chunk.len() as u64;
+                        if n == body.left && n > 0 {
+                            body.held = Some(chunk.split_off(chunk.len() - 1));
+                        }
+                        body.left -= n;
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        return Some((Ok(chunk), Some(body)));
+                    }
+                    Tapped::Failed(reason) => reason,
+                    Tapped::Version(..) => "a second image version".to_string(),
+                }
             };
-            body.tap_failed.store(true, Ordering::Release);
+            body.body_failed.store(true, Ordering::Release);
             return Some((Err(std::io::Error::other(reason)), None));
         }
     })
@@ -680,6 +683,23 @@ mod tests {
             let last = body.next().await.unwrap().unwrap();
             assert_eq!(&last[..], &image[255..]);
         }
+    }
+
+    /// An HTTP client cuts a body longer than its declared length there and completes the
+    /// request: the body fails instead of sending what would complete it.
+    #[tokio::test]
+    async fn a_body_longer_than_declared_fails_before_its_end() {
+        let (events, tapped) = mpsc::channel(4);
+        let (_release, released) = oneshot::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut body = image_body(tapped, 10, released, failed.clone());
+        events
+            .send(Tapped::Chunk(Bytes::from(vec![1u8; 11])))
+            .await
+            .unwrap();
+        assert!(body.next().await.unwrap().is_err());
+        assert!(body.next().await.is_none());
+        assert!(failed.load(Ordering::Acquire));
     }
 
     #[tokio::test]

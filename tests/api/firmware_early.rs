@@ -289,7 +289,6 @@ async fn a_version_uploaded_again_before_its_deletion_ran_withdraws_the_deletion
     .await;
 }
 
-/// Backends of this database waiting for a lock.
 /// Whether no transaction holds the model's lock (the early path takes it at once or not at
 /// all).
 async fn model_lock_free(app: &TestApp, model: i64) -> bool {
@@ -297,13 +296,17 @@ async fn model_lock_free(app: &TestApp, model: i64) -> bool {
         return true;
     };
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM device_models WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+    let free = sqlx::query("SELECT id FROM device_models WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
         .bind(model)
         .fetch_optional(&mut *tx)
         .await
-        .is_ok()
+        .is_ok();
+    // Explicitly: a dropped transaction rolls back later, on its own, still holding the lock.
+    tx.rollback().await.unwrap();
+    free
 }
 
+/// Backends of this database waiting for a lock.
 async fn waiting_for_a_lock(app: &TestApp) -> i64 {
     match app.db() {
         iotsupport::db::Db::Postgres(pool) => sqlx::query_scalar(
