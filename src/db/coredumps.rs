@@ -113,11 +113,13 @@ pub async fn reserve_id(db: &Db) -> Result<i64, DbError> {
     }
 }
 
-/// Serialises retention between concurrent uploads of one device. On PostgreSQL two uploads would
-/// otherwise each delete "everything beyond the newest N" from their own snapshot and could lock
-/// the same old rows in different orders; `FOR NO KEY UPDATE` does not conflict with the key-share
-/// lock the coredumps foreign key already took, so it cannot deadlock with it. SQLite serialises
-/// writers anyway.
+/// Serialises the writers of one device's dumps: uploads (with their retention), admin deletions
+/// and the device's own deletion. On PostgreSQL two uploads would otherwise each delete
+/// "everything beyond the newest N" from their own snapshot and could lock the same old rows in
+/// different orders (an admin's delete-all likewise); a device deletion would list the dumps
+/// without one still being committed, whose row the cascade then removes with no outbox entry
+/// for its object. `FOR NO KEY UPDATE` does not conflict with the key-share lock the coredumps
+/// foreign key already took, so it cannot deadlock with it. SQLite serialises writers anyway.
 pub async fn lock_device_for_retention(tx: &mut Tx, device_id: i64) -> Result<(), DbError> {
     if let Tx::Postgres(t) = tx {
         sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")

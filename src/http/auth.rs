@@ -291,7 +291,8 @@ async fn find_credential(
     };
     let found = credentials_db::find_credential_with_image(&state.db, key).await?;
     Ok(found.map(|(credential, current)| {
-        // A second read in one request (see `prove`) keeps the first image: either is fresh.
+        // A second read in one request (see `prove`) keeps the first image: either is fresh, and
+        // `image_of` uses it only for the model of the credential that was proved.
         let _ = slot.set(current);
         credential
     }))

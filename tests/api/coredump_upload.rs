@@ -403,3 +403,67 @@ async fn a_dump_of_a_device_deleted_meanwhile_leaves_nothing() {
     })
     .await;
 }
+
+/// A device deleted while one of its dumps is being recorded (the upload's transaction holds the
+/// device's dump lock and has inserted the row, not yet committed, as
+/// `db::coredumps::lock_device_and_insert` leaves it): the deletion waits for that upload and
+/// schedules its dump's object for deletion with the others, so none is left without a row.
+#[tokio::test]
+async fn a_device_deleted_while_a_dump_is_recorded_leaves_no_object_behind() {
+    let Some(app) = spawn_app(Stack::Production, "coredump_device_deleted_during_upload").await
+    else {
+        return;
+    };
+    let app = &app;
+    let model = crate::fleet::create_model(app, "delrace", None).await;
+    let device = crate::fleet::create_device(app, model, "{}").await;
+    let id = device["id"].as_i64().unwrap();
+    let key = device["key"].as_str().unwrap().to_string();
+    let iotsupport::db::Db::Postgres(pool) = app.db() else {
+        unreachable!("the production stack runs on PostgreSQL")
+    };
+    let mut upload = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .execute(&mut *upload)
+        .await
+        .unwrap();
+    let dump: i64 = sqlx::query_scalar(
+        "INSERT INTO coredumps (device_id, chip, firmware_version, size, parse_status,
+                                uploaded_at, created_at, updated_at)
+         VALUES ($1, 'esp32', '1.0.0', 11, 'PENDING', now(), now(), now()) RETURNING id",
+    )
+    .bind(id)
+    .fetch_one(&mut *upload)
+    .await
+    .unwrap();
+    // The object goes first (golden rule 1).
+    let object = coredump_key(&key, dump).unwrap();
+    app.state
+        .storage
+        .put(&object, Bytes::from_static(b"\x7fELF a dump"))
+        .await
+        .unwrap();
+
+    let commit_once_the_deletion_waits = async {
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                waiting_for_a_lock(app).await >= 1
+            })
+            .await,
+            "the deletion did not wait for the upload"
+        );
+        upload.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(app.delete_device(id), commit_once_the_deletion_waits);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(count(app, "coredumps").await, 0);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            objects(app, "coredumps/").await.is_empty()
+        })
+        .await,
+        "the dump's object was left behind: {:?}",
+        objects(app, "coredumps/").await
+    );
+}

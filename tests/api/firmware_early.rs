@@ -306,20 +306,6 @@ async fn model_lock_free(app: &TestApp, model: i64) -> bool {
     free
 }
 
-/// Backends of this database waiting for a lock.
-async fn waiting_for_a_lock(app: &TestApp) -> i64 {
-    match app.db() {
-        iotsupport::db::Db::Postgres(pool) => sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap(),
-        iotsupport::db::Db::Sqlite(_) => 0,
-    }
-}
-
 /// An upload that arrives while another change of its model holds the lock does not queue for it
 /// while its body arrives (a request broken off meanwhile would hold a connection until the lock
 /// is granted: a query cannot be withdrawn by dropping it); it stores the bundle the ordinary

@@ -406,3 +406,17 @@ pub async fn call(
         response.json().await.unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Backends of this database waiting for a lock.
+pub async fn waiting_for_a_lock(app: &TestApp) -> i64 {
+    match app.db() {
+        iotsupport::db::Db::Postgres(pool) => sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+        iotsupport::db::Db::Sqlite(_) => 0,
+    }
+}

@@ -77,10 +77,13 @@ pub async fn device_firmware_version(
 }
 
 /// The current image of the caller's model: the one read with its credential in this request, if
-/// it was, else [`current_image`]'s (`true` when that came from the lookup cache).
+/// it was (and is of the model the proved credential names: a credential read twice in one
+/// request, see `auth::prove`, keeps the first read's image), else [`current_image`]'s (`true`
+/// when that came from the lookup cache).
 async fn image_of(caller: OtaCaller, state: &AppState) -> Result<(CurrentImage, bool), ApiError> {
+    let model_id = caller.device.device_model_id;
     match caller.image {
-        Some(image) => Ok((image, false)),
-        None => current_image(state, caller.device.device_model_id).await,
+        Some(image) if image.model_id == model_id => Ok((image, false)),
+        _ => current_image(state, model_id).await,
     }
 }
