@@ -156,7 +156,12 @@ impl EspImage {
 /// and the appended SHA-256. Checksum and hash mismatches are reported in the
 /// result, not as errors; a truncated image is an error.
 pub fn parse_image(bytes: &[u8]) -> Result<EspImage, ImageError> {
-    parse_image_with(bytes, &mut |covered| Sha256::digest(covered).into())
+    parse_image_with(bytes, &mut sha256)
+}
+
+/// The SHA-256 of `bytes`, for the `parse_*_with` functions' callers that need nothing more.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// [`parse_image`], with the SHA-256 of the bytes the appended hash covers (always a prefix of

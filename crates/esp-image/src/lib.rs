@@ -126,10 +126,7 @@ pub fn parse_image_header(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
 /// );
 /// ```
 pub fn parse_app_image(bytes: &[u8]) -> Result<AppImage, ImageError> {
-    parse_app_image_with(bytes, &mut |covered| {
-        use sha2::Digest;
-        sha2::Sha256::digest(covered).into()
-    })
+    parse_app_image_with(bytes, &mut image::sha256)
 }
 
 /// [`parse_app_image`], with the SHA-256 of what the appended hash covers (a prefix of `bytes`)
