@@ -81,7 +81,7 @@ pub struct ParseCoredumpHandler {
 
 /// Why an attempt did not produce a report.
 enum Failure {
-    /// The row was deleted: nothing to do.
+    /// The row was deleted, or has its result already: nothing to do.
     Gone,
     Permanent(String),
     Transient(String),
@@ -210,9 +210,10 @@ impl ParseCoredumpHandler {
     }
 }
 
-/// Records a finished parse on the dump's row and, if the row is still there, the
+/// Records a finished parse on the dump's row and, if the row is still there and `PENDING`, the
 /// `coredump_parsed` event and the dump's crash group (with the group's event, see
-/// [`groups::assign`]), in one transaction. Returns false when the row is gone.
+/// [`groups::assign`]), in one transaction. Returns false when the row is gone or has its result
+/// already (see [`coredumps::record_result`]).
 ///
 /// The `assign` metric covers grouping's share: placing the dump and counting it in, but not the
 /// `coredump_parsed` event recorded between the two.
@@ -336,7 +337,7 @@ impl JobHandler for ParseCoredumpHandler {
         match attempt {
             Ok(()) => JobOutcome::Completed,
             Err(Failure::Gone) => {
-                tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted");
+                tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted_or_done");
                 JobOutcome::Completed
             }
             Err(Failure::Permanent(message)) => {
@@ -358,5 +359,33 @@ impl JobHandler for ParseCoredumpHandler {
                 error: message,
             },
         }
+    }
+
+    /// The dump ends as `ERROR` with the reason, if it is still `PENDING` (e.g. its parses kept
+    /// killing their workers, or its last attempt could not reach the database).
+    async fn gave_up(&self, job: &Job, error: &str) -> Result<(), String> {
+        let Ok(payload) = job.payload::<ParsePayload>() else {
+            return Ok(());
+        };
+        let target = match coredumps::parse_target(&self.db, payload.coredump_id).await {
+            Ok(Some(target)) => target,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let message = format!("Parsing gave up: {error}");
+        tracing::warn!(coredump_id = target.id, device_key = %target.device_key,
+            error = %message, "coredump_parse_failed");
+        record_outcome(
+            &self.db,
+            &self.gate,
+            &target,
+            STATUS_ERROR,
+            &message,
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 }

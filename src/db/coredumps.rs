@@ -308,8 +308,10 @@ pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbErr
 }
 
 /// Records a finished parse: `PARSED` (with the text and, from the built-in parser, the
-/// structured report) or `ERROR` (with the reason in `parsed_output`). Returns false when the
-/// row is gone (deleted while the job ran).
+/// structured report) or `ERROR` (with the reason in `parsed_output`), on a dump still `PENDING`.
+/// Returns false when the row is gone (deleted while the job ran) or has its result already: a
+/// parse that finishes late (its job was run again after a reparse, or retried after its result
+/// was committed) never overwrites a newer one.
 pub async fn record_result(
     tx: &mut Tx,
     id: i64,
@@ -322,7 +324,7 @@ pub async fn record_result(
         sqlx::query(
             "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
                                   updated_at = $4
-             WHERE id = $5",
+             WHERE id = $5 AND parse_status = 'PENDING'",
         )
         .bind(status)
         .bind(output)

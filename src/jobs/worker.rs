@@ -24,6 +24,10 @@ use crate::telemetry::{JOBS_FINISHED, JOBS_QUEUE_OP_DURATION};
 /// The first pause after a poll that found nothing, once jobs have run.
 const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(10);
 
+/// The error of a run whose claim another worker took over (its lease ran out): that worker
+/// decides what becomes of the job.
+const CLAIM_LOST: &str = "claim lost to another worker";
+
 /// How often a runner that yields to requests looks again whether it may start jobs.
 const YIELD_PAUSE: Duration = Duration::from_millis(20);
 
@@ -33,6 +37,14 @@ pub trait JobHandler: Send + Sync + 'static {
     /// The `kind` of the jobs this handler runs.
     fn kind(&self) -> &'static str;
     async fn run(&self, job: &Job) -> JobOutcome;
+
+    /// Called before a job of this kind is marked failed for good, whatever ended it: its
+    /// handler's last attempt, or workers that kept dying before they finished (then `run` never
+    /// saw it), so that what the job was for is not left waiting. `Err` leaves the job claimed:
+    /// its lease runs out and the next claim gives up again.
+    async fn gave_up(&self, _job: &Job, _error: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// When the process's requests come first: `busy` says whether they are using it fully now, and
@@ -112,6 +124,7 @@ impl JobRunner {
 
     /// Runs a job this runner claimed to an outcome and records it.
     async fn run_claimed(&self, job: Job) -> Result<(Job, JobOutcome), DbError> {
+        let handler = self.handlers.get(job.kind.as_str());
         let outcome = if job.attempts > job.max_attempts {
             // Claimed again after its workers kept dying: stop trying.
             JobOutcome::Abort {
@@ -121,13 +134,29 @@ impl JobRunner {
                 ),
             }
         } else {
-            match self.handlers.get(job.kind.as_str()) {
+            match handler {
                 Some(handler) => self.run_with_heartbeat(handler.as_ref(), &job).await,
                 None => JobOutcome::Abort {
                     error: format!("no handler for job kind {}", job.kind),
                 },
             }
         };
+        let final_error = match &outcome {
+            JobOutcome::Abort { error } => Some(error),
+            JobOutcome::Retry { error, .. }
+                if job.attempts >= job.max_attempts && error != CLAIM_LOST =>
+            {
+                Some(error)
+            }
+            _ => None,
+        };
+        if let (Some(handler), Some(error)) = (handler, final_error) {
+            if let Err(e) = handler.gave_up(&job, error).await {
+                tracing::warn!(job_id = job.id, kind = %job.kind, error = %e,
+                    "job_give_up_failed");
+                return Ok((job, outcome));
+            }
+        }
         match &outcome {
             JobOutcome::Completed => {
                 tracing::info!(job_id = job.id, kind = %job.kind, "job_completed")
@@ -171,7 +200,7 @@ impl JobRunner {
             outcome = handler.run(job) => outcome,
             () = beat => JobOutcome::Retry {
                 after: Duration::ZERO,
-                error: "claim lost to another worker".into(),
+                error: CLAIM_LOST.into(),
             },
         }
     }

@@ -334,3 +334,81 @@ async fn a_queued_parse_survives_a_restart_and_runs_in_the_next_process() {
         server.await.unwrap().unwrap();
     }
 }
+
+/// A parse job whose workers kept dying before they finished (claimed again with its attempts
+/// used up, so its handler never runs) ends its dump as `ERROR` with the reason, not `PENDING`
+/// for ever.
+#[tokio::test]
+async fn a_dump_whose_parses_kept_killing_their_workers_ends_as_error() {
+    for stack in [Stack::Embedded, Stack::Production] {
+        let Some(app) = spawn_app_without_parsing(stack, "coredump_parse_workers_died", &[]).await
+        else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
+        // Every attempt so far was claimed by a worker that died: the job is running under a
+        // claim whose heartbeat is long past, with no attempt left.
+        let past = iotsupport::db::now() - chrono::Duration::hours(1);
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE jobs SET status = 'running', claimed_by = 'dead-worker', heartbeat_at = $1,
+                             attempts = max_attempts"
+        )
+        .bind(past)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+
+        let outcome = run_one_job(&app).await;
+        assert!(
+            matches!(&outcome, Some(JobOutcome::Abort { error }) if error.contains("the worker stopped before finishing")),
+            "{outcome:?} on {stack:?}"
+        );
+        let body = dump(&app, &device, id).await;
+        assert_eq!(body["parse_status"], "ERROR", "{body} on {stack:?}");
+        assert!(
+            body["parsed_output"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("Parsing gave up: gave up after")),
+            "{body} on {stack:?}"
+        );
+        let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+        assert_eq!(jobs.len(), 1, "{stack:?}");
+        assert_eq!(jobs[0].status, "failed", "{stack:?}");
+        app.stop().await;
+    }
+}
+
+/// A parse that finishes after its dump got a newer result (a reparse ran meanwhile, or the job
+/// ran again after its result was committed) does not overwrite it.
+#[tokio::test]
+async fn a_parse_finishing_late_does_not_overwrite_a_newer_result() {
+    let Some(app) = spawn_app_without_parsing(Stack::Production, "coredump_parse_late", &[]).await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "sensor").await;
+    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    // The newer result, and a job of the same dump still to run (the late one).
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "UPDATE coredumps SET parsed_output = 'the newer result' WHERE id = $1"
+    )
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let mut tx = app.db().begin().await.unwrap();
+    iotsupport::coredumps::job::enqueue(&mut tx, id)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    let body = dump(&app, &device, id).await;
+    assert_eq!(body["parse_status"], "ERROR", "{body}");
+    assert_eq!(body["parsed_output"], "the newer result", "{body}");
+    app.stop().await;
+}
