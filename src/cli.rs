@@ -61,6 +61,10 @@ pub enum Command {
         /// versions missing objects.
         #[arg(long)]
         repair: bool,
+        /// Repair even a scan that looks like one of the wrong store (nothing stored that the
+        /// database names, or most of it missing), which --repair alone refuses.
+        #[arg(long, requires = "repair")]
+        force: bool,
         /// Objects younger than this many seconds are never treated as orphans (uploads in flight).
         #[arg(long, default_value_t = 3600)]
         grace: u64,
@@ -97,9 +101,13 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
         Command::ParseCoredump { dump, elf, json } => parse_coredump(&dump, &elf, json),
         Command::Reconcile {
             repair,
+            force,
             grace,
             json,
-        } => reconcile(config, repair, std::time::Duration::from_secs(grace), json).await,
+        } => {
+            let grace = std::time::Duration::from_secs(grace);
+            reconcile(config, repair.then_some(force), grace, json).await
+        }
         Command::RotationJob => rotation_job(config).await,
     };
     match result {
@@ -293,19 +301,25 @@ fn parse_coredump(dump: &std::path::Path, elf: &std::path::Path, json: bool) -> 
     }
 }
 
+/// `repair`: `None` to report only, `Some(force)` to repair.
 async fn reconcile(
     config: Config,
-    repair: bool,
+    repair: Option<bool>,
     grace: std::time::Duration,
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::reconcile;
     let db = Db::connect(&config).await?;
     db.ping().await?;
-    let storage = crate::startup::open_storage(&config).await?;
+    // Never create the bucket here: an empty new one would make every row look dangling.
+    let storage = crate::startup::open_storage_without_creating(&config)?;
+    storage
+        .check()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the object store (is the bucket there?): {e}"))?;
     let report = reconcile::scan(&db, &storage, grace).await?;
-    let (summary, deleted) = if repair {
-        let summary = reconcile::repair(&db, &storage, &report).await?;
+    let (summary, deleted) = if let Some(force) = repair {
+        let summary = reconcile::repair(&db, &storage, &report, force).await?;
         // Carry out the deletions repair queued (and any others due) now, as the worker would.
         let mut deleted = crate::outbox::OutboxPass::default();
         loop {
@@ -325,6 +339,7 @@ async fn reconcile(
             "{}",
             serde_json::json!({
                 "report": report,
+                "wrong_store": report.wrong_store(),
                 "repair": summary,
                 "objects_deleted": deleted.as_ref().map(|d| d.deleted),
                 "object_deletions_failed": deleted.as_ref().map(|d| d.failed),
@@ -397,6 +412,9 @@ async fn reconcile(
                 "{} legacy core dump(s) still wait in COREDUMPS_DIR: run `iotsupport migrate-to-s3`",
                 report.legacy_coredumps
             );
+        }
+        if let Some(reason) = report.wrong_store() {
+            println!("warning: {reason} (--repair refuses this without --force)");
         }
         if let (Some(s), Some(d)) = (&summary, &deleted) {
             println!(

@@ -24,7 +24,9 @@
 //!   count of the devices. They can only disagree if the triggers were bypassed (disabled by hand,
 //!   a partial restore); repair recounts them while no device can change.
 //!
-//! Repair is idempotent: a second run finds nothing left to do.
+//! Repair is idempotent: a second run finds nothing left to do. It refuses a scan that looks like
+//! one of the wrong store ([`ReconcileReport::wrong_store`]) unless forced, and the CLI never
+//! creates the bucket it scans.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -51,6 +53,9 @@ pub enum ReconcileError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Key(#[from] crate::storage::InvalidKey),
+    /// The scan looks like one of the wrong store; see [`ReconcileReport::wrong_store`].
+    #[error("refusing to repair: {0}")]
+    Refused(String),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -99,6 +104,9 @@ pub struct UnsupportedVersion {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReconcileReport {
     pub objects_scanned: usize,
+    /// Firmware versions and core dumps whose objects were looked for (legacy dumps and
+    /// unsupported versions aside).
+    pub rows_checked: usize,
     pub orphans: Vec<ObjectInfo>,
     /// Objects without a row that are younger than the grace period (left alone).
     pub recent_unclaimed: usize,
@@ -117,6 +125,37 @@ pub struct ReconcileReport {
     pub legacy_coredumps: usize,
     /// Counters of `device_rotation_counts` that disagree with a count of the devices.
     pub rotation_count_drift: Vec<db::rotation::CountDrift>,
+}
+
+/// At least this many dangling rows, more than half of those checked, make a scan look like one
+/// of the wrong store (see [`ReconcileReport::wrong_store`]).
+const WRONG_STORE_MIN_DANGLING: usize = 10;
+
+impl ReconcileReport {
+    /// Why this scan looks like one of the wrong store (a mistyped bucket or endpoint, a restore
+    /// of the database without the bucket): the store holds nothing the database names, or most
+    /// of it is missing. Repairing it would remove the versions and fail the dumps, and a later
+    /// run against the right store would then find every real object an orphan. `None` when it
+    /// looks like the right one.
+    pub fn wrong_store(&self) -> Option<String> {
+        let dangling = self.dangling_firmware.len() + self.dangling_coredumps.len();
+        if dangling == 0 {
+            return None;
+        }
+        if self.objects_scanned == 0 {
+            return Some(format!(
+                "the object store holds nothing under firmware/ or coredumps/, yet the database \
+                 names objects for {dangling} row(s): is this the right bucket and endpoint?"
+            ));
+        }
+        if dangling >= WRONG_STORE_MIN_DANGLING && dangling * 2 > self.rows_checked {
+            return Some(format!(
+                "{dangling} of {} rows miss their objects: is this the right bucket and endpoint?",
+                self.rows_checked
+            ));
+        }
+        None
+    }
 }
 
 /// Compares the bucket with the database. `grace`: objects younger than this are never orphans.
@@ -200,6 +239,7 @@ pub async fn scan(
             });
             continue;
         }
+        report.rows_checked += 1;
         let mut missing = Vec::new();
         for artifact in Artifact::ALL {
             let key = layout::firmware_key(&row.code, &row.version, artifact)?;
@@ -226,6 +266,7 @@ pub async fn scan(
             report.legacy_coredumps += 1;
             continue;
         }
+        report.rows_checked += 1;
         let key = layout::coredump_key(&row.key, row.id)?;
         if !present.contains(key.as_str()) {
             report.dangling_coredumps.push(DanglingCoredump {

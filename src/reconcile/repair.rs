@@ -33,12 +33,22 @@ pub struct RepairSummary {
     pub rotation_counts_recounted: bool,
 }
 
-/// Fixes what `report` found.
+/// Fixes what `report` found; refuses a report that looks like one of the wrong store
+/// ([`ReconcileReport::wrong_store`]) unless `force`.
 pub async fn repair(
     db: &Db,
     storage: &Storage,
     report: &ReconcileReport,
+    force: bool,
 ) -> Result<RepairSummary, ReconcileError> {
+    if let Some(reason) = report.wrong_store() {
+        if !force {
+            return Err(ReconcileError::Refused(format!(
+                "{reason} (if the objects really are gone, repair with --force)"
+            )));
+        }
+        tracing::warn!(reason = %reason, "reconcile_repair_forced");
+    }
     let mut summary = RepairSummary::default();
     move_misplaced(db, storage, report, &mut summary).await?;
     queue_orphans(db, report, &mut summary).await?;

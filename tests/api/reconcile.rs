@@ -266,3 +266,137 @@ async fn the_optional_sweep_in_serve_exports_counts_as_metrics() {
     );
     app.stop().await;
 }
+
+/// `reconcile` run against the bucket of `bucket` instead of the app's.
+fn reconcile_in(app: &TestApp, bucket: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("reconcile")
+        .args(args)
+        .env_clear()
+        .envs(cli_env(app))
+        .env("S3_BUCKET_NAME", bucket)
+        .output()
+        .unwrap()
+}
+
+/// Pointed at the wrong store (a mistyped bucket), `reconcile` neither creates the bucket nor
+/// repairs a scan in which nothing the database names is stored: it would remove the versions and
+/// fail the dumps, and a later run against the right bucket would find every real object an
+/// orphan. `--force` repairs all the same, for objects that really are gone.
+#[tokio::test]
+async fn repair_refuses_a_store_that_holds_nothing_the_database_names() {
+    let Some(app) = spawn_app_with(
+        Stack::Production,
+        "reconcile_wrong_store",
+        &[("WORKER_POLL_SECONDS", "3600")],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let StorageConfig::S3(s3) = &app.state.config.storage else {
+        panic!("S3 expected")
+    };
+    // A version and a dump, stored in the app's bucket.
+    app.client
+        .post(app.url("/api/device-models"))
+        .json(&json!({"code": "sensor", "name": "S"}))
+        .send()
+        .await
+        .unwrap();
+    exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, '1.0.0', $1 FROM device_models WHERE code = 'sensor'", &[]).await;
+    for artifact in Artifact::ALL.map(Artifact::file_name) {
+        put(&app, &format!("firmware/sensor/1.0.0/{artifact}")).await;
+    }
+    let device: Value = app
+        .client
+        .post(app.url("/api/devices"))
+        .json(&json!({"device_model_id": 1, "config": "{}"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    exec(&app, "INSERT INTO coredumps (device_id, chip, firmware_version, size, uploaded_at) SELECT id, 'esp32', '1.0.0', 1, $1 FROM devices", &[]).await;
+    let dump: i64 =
+        iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar("SELECT id FROM coredumps")
+            .fetch_one(p)
+            .await)
+        .unwrap();
+    put(
+        &app,
+        &format!("coredumps/{}/{dump}.dmp", device["key"].as_str().unwrap()),
+    )
+    .await;
+    let rows = || async {
+        let versions: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM firmware_versions"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        let status: String = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT parse_status FROM coredumps"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        (versions, status)
+    };
+
+    // A bucket that does not exist: an error, and it is not created.
+    let other = format!("{}-mistyped", s3.bucket);
+    let run = reconcile_in(&app, &other, &["--repair", "--grace", "0"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(stderr.contains("is the bucket there?"), "{stderr}");
+    let mut other_config = s3.clone();
+    other_config.bucket = other.clone();
+    assert!(
+        iotsupport::storage::bucket::ensure_bucket(&other_config)
+            .await
+            .unwrap(),
+        "reconcile created the bucket"
+    );
+
+    // The bucket exists now, empty: the scan says so, and repair refuses and changes nothing.
+    let run = reconcile_in(&app, &other, &["--grace", "0"]);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        text.contains("warning: the object store holds nothing"),
+        "{text}"
+    );
+    let run = reconcile_in(&app, &other, &["--repair", "--grace", "0"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to repair"), "{stderr}");
+    assert_eq!(rows().await, (1, "PENDING".to_string()));
+    assert!(iotsupport::outbox::pending(app.db())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Against the right bucket all is well; with --force the empty one is repaired.
+    assert!(reconcile(&app, &["--grace", "0"]).contains("0 orphan(s), 0 dangling"));
+    let run = reconcile_in(
+        &app,
+        &other,
+        &["--repair", "--force", "--grace", "0", "--json"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["repair"]["coredumps_marked_error"], 1, "{report}");
+    assert_eq!(report["repair"]["firmware_versions_removed"], 1, "{report}");
+    app.stop().await;
+}

@@ -32,7 +32,7 @@ async fn repair_and_drain(
 ) -> (reconcile::ReconcileReport, RepairSummary) {
     let storage = app.state.storage.clone();
     let report = reconcile::scan(app.db(), &storage, grace).await.unwrap();
-    let summary = reconcile::repair(app.db(), &storage, &report)
+    let summary = reconcile::repair(app.db(), &storage, &report, false)
         .await
         .unwrap();
     while iotsupport::outbox::process_due(app.db(), &storage)
@@ -261,7 +261,7 @@ async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
         assert_eq!(stale.orphans.len(), 5);
         // Then the pipeline uploads 3.0, and the operator repairs with the old report.
         upload_ok(app, model_id, "stale", &build).await;
-        let summary = reconcile::repair(app.db(), &app.state.storage, &stale)
+        let summary = reconcile::repair(app.db(), &app.state.storage, &stale, false)
             .await
             .unwrap();
         assert_eq!(summary.orphans_queued, 0, "{summary:?}");
