@@ -313,10 +313,16 @@ async fn reconcile(
     db.ping().await?;
     // Never create the bucket here: an empty new one would make every row look dangling.
     let storage = crate::startup::open_storage_without_creating(&config)?;
-    storage
-        .check()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the object store (is the bucket there?): {e}"))?;
+    if let Err(e) = storage.check().await {
+        let detail = e.to_string();
+        anyhow::bail!(if detail.contains("NoSuchBucket") {
+            "the bucket does not exist: check S3_BUCKET_NAME and S3_ENDPOINT_URL (`serve` and \
+             `migrate-to-s3` create it; reconcile never does)"
+                .to_string()
+        } else {
+            format!("cannot read the object store (is the bucket there?): {detail}")
+        });
+    }
     let report = reconcile::scan(&db, &storage, grace).await?;
     let (summary, deleted) = if let Some(force) = repair {
         let summary = reconcile::repair(&db, &storage, &report, force).await?;

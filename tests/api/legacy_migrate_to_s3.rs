@@ -58,6 +58,21 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
     }
     untouched(&legacy, &mut conn).await;
 
+    // Reconcile before the bucket exists: an error that says so; it does not create the bucket.
+    let output = run(&env, &["reconcile", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("does not exist"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
+            .await
+            .unwrap(),
+        "reconcile created the bucket"
+    );
+
     // Rows still naming legacy files are neither dangling nor repaired by reconcile.
     let report: Value = serde_json::from_str(&assert_success(&run(
         &env,

@@ -351,7 +351,7 @@ async fn repair_refuses_a_store_that_holds_nothing_the_database_names() {
     let run = reconcile_in(&app, &other, &["--repair", "--grace", "0"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{stderr}");
-    assert!(stderr.contains("is the bucket there?"), "{stderr}");
+    assert!(stderr.contains("the bucket does not exist"), "{stderr}");
     let mut other_config = s3.clone();
     other_config.bucket = other.clone();
     assert!(
