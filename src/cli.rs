@@ -58,7 +58,7 @@ pub enum Command {
     /// and each model's current version. Changes nothing unless --repair is given.
     Reconcile {
         /// Delete orphans, mark dumps without their object ERROR, remove non-current firmware
-        /// versions missing objects.
+        /// versions missing objects (unless they still hold their image or ELF).
         #[arg(long)]
         repair: bool,
         /// Repair even a scan that looks like one of the wrong store (nothing stored that the
@@ -424,8 +424,8 @@ async fn reconcile(
         }
         if let (Some(s), Some(d)) = (&summary, &deleted) {
             println!(
-                "repaired: moved {} misplaced object(s), queued {} orphan(s) for deletion ({} claimed by a row since the scan), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload",
-                s.misplaced_moved, s.orphans_queued, s.orphans_claimed_since, s.coredumps_marked_error, s.firmware_versions_removed, s.current_versions_left
+                "repaired: moved {} misplaced object(s), queued {} orphan(s) for deletion ({} claimed by a row since the scan), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload and {} incomplete version(s) that still hold their image or ELF",
+                s.misplaced_moved, s.orphans_queued, s.orphans_claimed_since, s.coredumps_marked_error, s.firmware_versions_removed, s.current_versions_left, s.incomplete_versions_left
             );
             println!(
                 "deleted {} object(s) from the store ({} failed, left queued for retry)",

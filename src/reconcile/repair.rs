@@ -29,6 +29,9 @@ pub struct RepairSummary {
     pub coredumps_marked_error: usize,
     pub firmware_versions_removed: usize,
     pub current_versions_left: usize,
+    /// Non-current versions missing some objects but still holding their image or ELF (e.g. an
+    /// adopted build the Python service stored without its map): kept, reported.
+    pub incomplete_versions_left: usize,
     /// Whether the rotation counters were recounted (the scan found them off).
     pub rotation_counts_recounted: bool,
 }
@@ -243,8 +246,8 @@ async fn mark_dangling_dumps(
     Ok(())
 }
 
-/// Removes non-current versions that still miss an object, under the model's lock; what is left
-/// of their objects goes through the outbox.
+/// Removes non-current versions that still miss an object and hold neither their image nor their
+/// ELF, under the model's lock; what is left of their objects goes through the outbox.
 async fn remove_dangling_versions(
     db: &Db,
     storage: &Storage,
@@ -268,6 +271,7 @@ async fn remove_dangling_versions(
             keys.extend(layout::firmware_keys(&f.model_code, &encoded)?);
         }
         let mut complete = true;
+        let mut of_value = false;
         for artifact in Artifact::ALL {
             let mut found = false;
             for key in keys
@@ -277,9 +281,16 @@ async fn remove_dangling_versions(
                 found |= is_present(storage, key).await?;
             }
             complete &= found;
+            of_value |= found && matches!(artifact, Artifact::Bin | Artifact::Elf);
         }
         if complete {
             continue; // whole again (re-uploaded since the scan)
+        }
+        if of_value {
+            // Its image can still be served, or its ELF still parses its dumps: removing the row
+            // would delete them with it.
+            summary.incomplete_versions_left += 1;
+            continue;
         }
         if queries::delete_version_unless_current(&mut tx, &f.model_code, &f.version).await? {
             outbox::schedule_deletion(&mut tx, &keys).await?;

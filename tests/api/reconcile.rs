@@ -114,11 +114,17 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
         .unwrap();
     let key = device["key"].as_str().unwrap().to_string();
 
-    // sensor: 1.0.0 complete and current, 0.9.0 missing its ELF; lamp: current 2.0.0 with no objects.
-    for version in ["1.0.0", "0.9.0"] {
+    // sensor: 1.0.0 complete and current, 0.9.0 missing its image and ELF, 0.8.0 missing its map
+    // only (as the Python service stored builds without one); lamp: current 2.0.0 with no objects.
+    for version in ["1.0.0", "0.9.0", "0.8.0"] {
         exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, $1, $2 FROM device_models WHERE code = 'sensor'", &[version]).await;
         for artifact in Artifact::ALL.map(Artifact::file_name) {
-            if !(version == "0.9.0" && artifact == "firmware.elf") {
+            let missing = match version {
+                "0.9.0" => ["firmware.bin", "firmware.elf"].contains(&artifact),
+                "0.8.0" => artifact == "firmware.map",
+                _ => false,
+            };
+            if !missing {
                 put(&app, &format!("firmware/sensor/{version}/{artifact}")).await;
             }
         }
@@ -156,7 +162,11 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
         "{text}"
     );
     assert!(
-        text.contains("dangling firmware sensor/0.9.0: missing firmware.elf"),
+        text.contains("dangling firmware sensor/0.9.0: missing firmware.bin, firmware.elf"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dangling firmware sensor/0.8.0: missing firmware.map"),
         "{text}"
     );
     assert!(
@@ -169,7 +179,7 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     );
     assert!(text.contains("current  sensor -> 1.0.0 [ok]"), "{text}");
     assert!(
-        text.contains("2 orphan(s), 2 dangling firmware version(s), 1 dangling core dump(s)"),
+        text.contains("2 orphan(s), 3 dangling firmware version(s), 1 dangling core dump(s)"),
         "{text}"
     );
     assert!(
@@ -187,11 +197,16 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     let report: Value =
         serde_json::from_str(&reconcile(&app, &["--repair", "--grace", "0", "--json"])).unwrap();
     assert_eq!(report["repair"]["orphans_queued"], 2, "{report}");
-    // The two orphans and the five keys of the removed version (one of them already missing).
+    // The two orphans and the five keys of the removed version (two of them already missing).
     assert_eq!(report["objects_deleted"], 7, "{report}");
     assert_eq!(report["repair"]["coredumps_marked_error"], 1);
     assert_eq!(report["repair"]["firmware_versions_removed"], 1);
     assert_eq!(report["repair"]["current_versions_left"], 1);
+    // Still holding its image and ELF: kept, with them.
+    assert_eq!(report["repair"]["incomplete_versions_left"], 1, "{report}");
+    for artifact in ["firmware.bin", "firmware.elf"] {
+        assert!(exists(&app, &format!("firmware/sensor/0.8.0/{artifact}")).await);
+    }
     assert!(!exists(&app, "firmware/ghost/1/firmware.bin").await);
     assert!(!exists(&app, "coredumps/zzzz2222/99.dmp").await);
     assert!(
@@ -214,8 +229,8 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     .unwrap();
     assert_eq!(
         versions,
-        ["1.0.0", "2.0.0"],
-        "the dangling current version stays for an operator"
+        ["0.8.0", "1.0.0", "2.0.0"],
+        "the dangling current version stays for an operator, the incomplete one as it is"
     );
     assert!(
         !exists(&app, "firmware/sensor/0.9.0/firmware.bin").await,
@@ -227,10 +242,11 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
         .is_empty());
 
     // What repair queued is not reported as orphaned. Left: the current version for an operator,
-    // and the dump (now ERROR, still without its object) until someone deletes it.
+    // the incomplete one, and the dump (now ERROR, still without its object) until someone
+    // deletes it.
     let text = reconcile(&app, &["--grace", "0"]);
     assert!(
-        text.contains("0 orphan(s), 1 dangling firmware version(s), 1 dangling core dump(s)"),
+        text.contains("0 orphan(s), 2 dangling firmware version(s), 1 dangling core dump(s)"),
         "{text}"
     );
     app.stop().await;
