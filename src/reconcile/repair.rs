@@ -178,8 +178,10 @@ async fn queue_orphans(
         let mut tx = db.begin().await?;
         if queries::lock_model_by_code(&mut tx, &code).await?.is_none() {
             // No model to lock: hold off model creation for this short transaction instead, so
-            // no upload of these keys can start before the deletions are visible to it.
+            // no upload of these keys can start before the deletions are visible to it; and lock
+            // a model created just before that (its upload could otherwise run meanwhile).
             queries::lock_model_creation(&mut tx).await?;
+            queries::lock_model_by_code(&mut tx, &code).await?;
         }
         let mut doomed = Vec::new();
         for key in keys {
