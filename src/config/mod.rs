@@ -206,6 +206,11 @@ pub const DEFAULT_FIRMWARE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// 10 + this many).
 pub const DEFAULT_JOB_CONCURRENCY: usize = 32;
 
+/// The most `JOB_CONCURRENCY` on PostgreSQL: a parse job may hold a connection while it waits for
+/// its crash group, and a process's pool has at most 64 (`db::MAX_POSTGRES_CONNECTIONS`), ten of
+/// them kept for requests.
+pub const MAX_POSTGRES_JOB_CONCURRENCY: usize = 54;
+
 /// The default of `JOB_CONCURRENCY` on SQLite, whose writers are serialised and whose pool has 4
 /// connections: more jobs would only queue for them, ahead of requests.
 pub const DEFAULT_SQLITE_JOB_CONCURRENCY: usize = 4;
@@ -242,6 +247,17 @@ impl Config {
             DatabaseKind::Postgres => DEFAULT_JOB_CONCURRENCY,
             DatabaseKind::Sqlite => DEFAULT_SQLITE_JOB_CONCURRENCY,
         };
+        let job_concurrency = env.positive("JOB_CONCURRENCY", default_job_concurrency)?;
+        if database_kind == DatabaseKind::Postgres && job_concurrency > MAX_POSTGRES_JOB_CONCURRENCY
+        {
+            return Err(invalid(
+                "JOB_CONCURRENCY",
+                format!(
+                    "must be at most {MAX_POSTGRES_JOB_CONCURRENCY} on PostgreSQL (each job may \
+                     hold one of the process's at most 64 connections, and 10 stay for requests)"
+                ),
+            ));
+        }
 
         let storage = match env.get("S3_ENDPOINT_URL") {
             None => StorageConfig::Local {
@@ -371,7 +387,7 @@ impl Config {
             log_format,
             job_lease: env.seconds("JOB_LEASE_SECONDS", 60.0)?,
             worker_poll_interval: env.seconds("WORKER_POLL_SECONDS", 1.0)?,
-            job_concurrency: env.positive("JOB_CONCURRENCY", default_job_concurrency)?,
+            job_concurrency,
             reconcile_interval: match env.get("RECONCILE_INTERVAL_SECONDS") {
                 None => None,
                 Some(_) => Some(env.seconds("RECONCILE_INTERVAL_SECONDS", 0.0)?),

@@ -84,6 +84,27 @@ fn job_concurrency_defaults_to_32_on_postgresql_and_4_on_sqlite() {
 }
 
 #[test]
+fn job_concurrency_on_postgresql_leaves_ten_connections_for_requests() {
+    let with = |n: &str| {
+        config(&[
+            ("DATABASE_URL", "postgres://app:pw@127.0.0.1/db"),
+            ("JOB_CONCURRENCY", n),
+        ])
+    };
+    assert_eq!(with("54").unwrap().job_concurrency, 54);
+    let refused = with("55").unwrap_err().to_string();
+    assert!(refused.contains("JOB_CONCURRENCY"), "{refused}");
+    assert!(refused.contains("at most 54"), "{refused}");
+    // SQLite's pool is not sized by it.
+    assert_eq!(
+        config(&[("JOB_CONCURRENCY", "100")])
+            .unwrap()
+            .job_concurrency,
+        100
+    );
+}
+
+#[test]
 fn secrets_never_appear_in_debug_output() {
     let c = config(&[
         ("ADMIN_TOKEN", "super-secret-admin-token"),
