@@ -74,6 +74,24 @@ async fn exists(app: &TestApp, key: &str) -> bool {
         .is_ok()
 }
 
+/// `POST path` with `body` as the admin; the created resource.
+async fn create(app: &TestApp, path: &str, body: Value) -> Value {
+    let response = app.client.post(app.url(path)).json(&body).send().await;
+    response.unwrap().json().await.unwrap()
+}
+
+/// The model `sensor` and one device of it.
+async fn sensor_with_device(app: &TestApp) -> Value {
+    let model = create(
+        app,
+        "/api/device-models",
+        json!({"code": "sensor", "name": "S"}),
+    )
+    .await;
+    let device = json!({"device_model_id": model["id"], "config": "{}"});
+    create(app, "/api/devices", device).await
+}
+
 #[tokio::test]
 async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     let Some(app) = spawn_app_with(
@@ -86,32 +104,13 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     else {
         return;
     };
-    let model: Value = app
-        .client
-        .post(app.url("/api/device-models"))
-        .json(&json!({"code": "sensor", "name": "S"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    app.client
-        .post(app.url("/api/device-models"))
-        .json(&json!({"code": "lamp", "name": "L"}))
-        .send()
-        .await
-        .unwrap();
-    let device: Value = app
-        .client
-        .post(app.url("/api/devices"))
-        .json(&json!({"device_model_id": model["id"], "config": "{}"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device = sensor_with_device(&app).await;
+    create(
+        &app,
+        "/api/device-models",
+        json!({"code": "lamp", "name": "L"}),
+    )
+    .await;
     let key = device["key"].as_str().unwrap().to_string();
 
     // sensor: 1.0.0 complete and current, 0.9.0 missing its image and ELF, 0.8.0 missing its map
@@ -315,26 +314,11 @@ async fn repair_refuses_a_store_that_holds_nothing_the_database_names() {
         panic!("S3 expected")
     };
     // A version and a dump, stored in the app's bucket.
-    app.client
-        .post(app.url("/api/device-models"))
-        .json(&json!({"code": "sensor", "name": "S"}))
-        .send()
-        .await
-        .unwrap();
+    let device = sensor_with_device(&app).await;
     exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, '1.0.0', $1 FROM device_models WHERE code = 'sensor'", &[]).await;
     for artifact in Artifact::ALL.map(Artifact::file_name) {
         put(&app, &format!("firmware/sensor/1.0.0/{artifact}")).await;
     }
-    let device: Value = app
-        .client
-        .post(app.url("/api/devices"))
-        .json(&json!({"device_model_id": 1, "config": "{}"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     exec(&app, "INSERT INTO coredumps (device_id, chip, firmware_version, size, uploaded_at) SELECT id, 'esp32', '1.0.0', 1, $1 FROM devices", &[]).await;
     let dump: i64 =
         iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar("SELECT id FROM coredumps")
