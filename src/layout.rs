@@ -111,6 +111,15 @@ pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, Inv
     ObjectKey::from_segments(&[COREDUMP_PREFIX, device_key, &format!("{coredump_id}.dmp")])
 }
 
+/// `coredump_key(device_key, id)` as the text around the id: `prefix + id + suffix`, for a
+/// statement that builds the key of an id the database hands out.
+pub fn coredump_key_around_id(device_key: &str) -> Result<(String, &'static str), InvalidKey> {
+    const SUFFIX: &str = ".dmp";
+    let key = coredump_key(device_key, 0)?;
+    let prefix = key.as_str().strip_suffix("0.dmp").unwrap_or(key.as_str());
+    Ok((prefix.to_string(), SUFFIX))
+}
+
 /// What a listed key is, read back through the layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MappedKey {
@@ -238,6 +247,15 @@ fn decode_legacy_version(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_coredump_key_is_its_text_around_the_id() {
+        let (prefix, suffix) = coredump_key_around_id("abcd1234").unwrap();
+        for id in [1, 42, 9_000_000_000] {
+            let built = format!("{prefix}{id}{suffix}");
+            assert_eq!(built, coredump_key("abcd1234", id).unwrap().as_str());
+        }
+    }
 
     #[test]
     fn keys_hold_their_components_verbatim_and_map_back() {

@@ -141,7 +141,7 @@ async fn store_with_reserved_id(
 ) -> Result<i64, IngestError> {
     let size = content.len() as i64;
     let mut steps = Steps::start();
-    let id = coredumps::reserve_id(db).await?;
+    let id = coredumps::reserve_id(db, device.device_key).await?;
     let key = coredump_key(device.device_key, id)?;
     steps.lap("insert");
     if let Err(e) = storage.put(&key, content).await {

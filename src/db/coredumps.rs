@@ -98,15 +98,30 @@ pub struct NewCoredump<'a> {
 }
 
 /// PostgreSQL: the next id of `coredumps` from its sequence, without a transaction (a sequence
-/// never hands out a value twice, committed or not). An error on SQLite, which has no sequences:
-/// its ids come from the insert.
-pub async fn reserve_id(db: &Db) -> Result<i64, DbError> {
+/// never hands out a value twice, committed or not), and in the same statement any deletion of
+/// that id's key for `device_key` still queued in the outbox withdrawn, before the object is
+/// written (the outbox invariant: a sequence turned back by a database restore hands out ids
+/// whose keys a repair may have queued; a worker deleting one right now finishes first, as the
+/// withdrawal waits for its lock). An error on SQLite, which has no sequences: its ids come from
+/// the insert, and its upload withdraws such deletions in its transaction.
+pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
     match db {
-        Db::Postgres(pool) => Ok(sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('coredumps', 'id'))",
-        )
-        .fetch_one(pool)
-        .await?),
+        Db::Postgres(pool) => {
+            let (prefix, suffix) = crate::layout::coredump_key_around_id(device_key)
+                .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?;
+            Ok(sqlx::query_scalar(
+                "WITH reserved AS (SELECT nextval(pg_get_serial_sequence('coredumps', 'id')) AS id),
+                 cancelled AS (
+                     DELETE FROM object_deletions
+                     WHERE object_key = $1 || (SELECT id FROM reserved) || $2
+                 )
+                 SELECT id FROM reserved",
+            )
+            .bind(prefix)
+            .bind(suffix)
+            .fetch_one(pool)
+            .await?)
+        }
         Db::Sqlite(_) => Err(DbError::Other(sqlx::Error::Protocol(
             "SQLite has no sequences to reserve a core-dump id from".into(),
         ))),

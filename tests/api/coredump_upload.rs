@@ -467,3 +467,59 @@ async fn a_device_deleted_while_a_dump_is_recorded_leaves_no_object_behind() {
         objects(app, "coredumps/").await
     );
 }
+
+/// A deletion of the key an upload is handed still queued in the outbox (a database restored
+/// with its id sequence turned back, after a repair had queued the newer ids' objects as
+/// orphans): the upload withdraws it before it writes, so the outbox never deletes the new dump.
+#[tokio::test]
+async fn a_queued_deletion_of_the_key_an_upload_gets_never_deletes_its_dump() {
+    for_each_stack("coredump_queued_deletion_withdrawn", &[], async |app| {
+        let device = crate::fleet::model_with_device(app, "sensor").await;
+        // Deletions queued for the keys of the next ids, due later.
+        let later = iotsupport::db::now() + chrono::Duration::hours(1);
+        for id in 1..=5 {
+            let key = coredump_key(&device.key, id).unwrap().to_string();
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                "INSERT INTO object_deletions (object_key, next_attempt_at, created_at)
+                 VALUES ($1, $2, $2)"
+            )
+            .bind(&key)
+            .bind(later)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let id = upload_ok(app, &device, "1.0", b"\x7fELF a dump").await;
+        assert!((1..=5).contains(&id), "{id} on {:?}", app.stack);
+        let object = coredump_key(&device.key, id).unwrap().to_string();
+
+        // The others fall due and run; the dump's object stays.
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE object_deletions SET next_attempt_at = $1"
+        )
+        .bind(iotsupport::db::now())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                iotsupport::outbox::pending(app.db())
+                    .await
+                    .unwrap()
+                    .is_empty()
+            })
+            .await,
+            "the outbox did not run on {:?}",
+            app.stack
+        );
+        assert_eq!(
+            objects(app, "coredumps/").await,
+            [object],
+            "on {:?}",
+            app.stack
+        );
+    })
+    .await;
+}
