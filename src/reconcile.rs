@@ -342,14 +342,19 @@ pub async fn run_periodic(
             () = tokio::time::sleep(interval) => {}
         }
         match scan(&db, &storage, grace).await {
-            Ok(report) => tracing::info!(
-                orphans = report.orphans.len(),
-                misplaced = report.misplaced.len(),
-                dangling_firmware = report.dangling_firmware.len(),
-                dangling_coredumps = report.dangling_coredumps.len(),
-                unrecognised = report.unrecognised.len(),
-                "reconcile_scan"
-            ),
+            Ok(report) => {
+                tracing::info!(
+                    orphans = report.orphans.len(),
+                    misplaced = report.misplaced.len(),
+                    dangling_firmware = report.dangling_firmware.len(),
+                    dangling_coredumps = report.dangling_coredumps.len(),
+                    unrecognised = report.unrecognised.len(),
+                    "reconcile_scan"
+                );
+                if let Some(reason) = report.wrong_store() {
+                    tracing::warn!(reason = %reason, "reconcile_scan_wrong_store");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "reconcile_scan_failed"),
         }
     }
