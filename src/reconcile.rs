@@ -132,9 +132,9 @@ pub struct ReconcileReport {
 const WRONG_STORE_MIN_DANGLING: usize = 10;
 
 impl ReconcileReport {
-    /// Why this scan looks like one of the wrong store (a mistyped bucket or endpoint, a restore
-    /// of the database without the bucket): the store holds nothing the database names, or most
-    /// of it is missing. Repairing it would remove the versions and fail the dumps, and a later
+    /// Why this scan looks like one of the wrong store (a mistyped bucket or endpoint, another
+    /// deployment's bucket, a restore of the database without the bucket): the store holds
+    /// nothing the database names, or most of it is missing. Repairing it would remove the versions and fail the dumps, and a later
     /// run against the right store would then find every real object an orphan. `None` when it
     /// looks like the right one.
     pub fn wrong_store(&self) -> Option<String> {
@@ -146,6 +146,15 @@ impl ReconcileReport {
             return Some(format!(
                 "the object store holds nothing under firmware/ or coredumps/, yet the database \
                  names objects for {dangling} row(s): is this the right bucket and endpoint?"
+            ));
+        }
+        if dangling == self.rows_checked {
+            // Objects, but none of this database's: another deployment's bucket, whose objects
+            // would all be queued as orphans.
+            return Some(format!(
+                "none of the {dangling} row(s) checked has its objects in this store, which \
+                 holds {} other object(s): is this the right bucket and endpoint?",
+                self.objects_scanned
             ));
         }
         if dangling >= WRONG_STORE_MIN_DANGLING && dangling * 2 > self.rows_checked {

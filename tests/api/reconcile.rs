@@ -383,6 +383,28 @@ async fn repair_refuses_a_store_that_holds_nothing_the_database_names() {
         .unwrap()
         .is_empty());
 
+    // Another deployment's bucket: objects, none of them this database's. Refused as well, and
+    // its objects (orphans to this database) are left alone.
+    let theirs = iotsupport::storage::backend::ObjectStoreBackend::s3(&other_config).unwrap();
+    let their_key = ObjectKey::parse("firmware/lamp/9.9.9/firmware.bin").unwrap();
+    iotsupport::storage::ObjectStorage::put(&theirs, &their_key, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let run = reconcile_in(&app, &other, &["--repair", "--grace", "0"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(stderr.contains("none of the 2 row(s) checked"), "{stderr}");
+    assert!(
+        iotsupport::storage::ObjectStorage::head(&theirs, &their_key)
+            .await
+            .is_ok()
+    );
+    assert!(iotsupport::outbox::pending(app.db())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(rows().await, (1, "PENDING".to_string()));
+
     // Against the right bucket all is well; with --force the empty one is repaired.
     assert!(reconcile(&app, &["--grace", "0"]).contains("0 orphan(s), 0 dangling"));
     let run = reconcile_in(
