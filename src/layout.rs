@@ -106,6 +106,22 @@ pub fn firmware_keys(model_code: &str, version: &str) -> Result<Vec<ObjectKey>, 
         .collect()
 }
 
+/// The keys a stored version's objects may be at, to delete with its row: its five keys, and
+/// the five under the percent-encoding an earlier release stored it with (copies the rekey job
+/// has not moved yet). A version that is not a key component today (e.g. a `%` an earlier
+/// release allowed) only ever had the encoded ones: its verbatim keys may be another version's
+/// encoded copies (`2.1%7Erc1/…` is how `2.1~rc1` was stored), so they are never included.
+pub fn deletable_keys(model_code: &str, version: &str) -> Result<Vec<ObjectKey>, InvalidKey> {
+    let mut keys = Vec::new();
+    if crate::fleet::FirmwareVersion::parse(version).is_ok() {
+        keys = firmware_keys(model_code, version)?;
+    }
+    if let Some(encoded) = legacy_encoded_version(version) {
+        keys.extend(firmware_keys(model_code, &encoded)?);
+    }
+    Ok(keys)
+}
+
 /// `coredumps/{device_key}/{coredump_id}.dmp`.
 pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, InvalidKey> {
     ObjectKey::from_segments(&[COREDUMP_PREFIX, device_key, &format!("{coredump_id}.dmp")])
@@ -247,6 +263,32 @@ fn decode_legacy_version(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deleting_a_version_never_takes_another_versions_encoded_copies() {
+        let keys = |version| -> Vec<String> {
+            deletable_keys("m", version)
+                .unwrap()
+                .iter()
+                .map(|k| k.to_string())
+                .collect()
+        };
+        // `2.1~rc1`: its own keys and the copies an earlier release stored percent-encoded.
+        let tilde = keys("2.1~rc1");
+        assert!(tilde.contains(&"firmware/m/2.1~rc1/firmware.bin".to_string()));
+        assert!(tilde.contains(&"firmware/m/2.1%7Erc1/firmware.bin".to_string()));
+        assert_eq!(tilde.len(), 10);
+        // The literal version `2.1%7Erc1` an earlier release allowed: only its own encoded keys,
+        // never `2.1%7Erc1/…`, which hold `2.1~rc1`.
+        let literal = keys("2.1%7Erc1");
+        assert!(literal.contains(&"firmware/m/2.1%257Erc1/firmware.bin".to_string()));
+        assert!(literal
+            .iter()
+            .all(|k| !k.starts_with("firmware/m/2.1%7Erc1/")));
+        assert_eq!(literal.len(), 5);
+        // An ordinary version: its five keys.
+        assert_eq!(keys("1.0.0").len(), 5);
+    }
 
     #[test]
     fn a_coredump_key_is_its_text_around_the_id() {

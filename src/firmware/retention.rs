@@ -9,8 +9,6 @@ use crate::db::{firmware_versions as fw, DbError, Tx};
 use crate::outbox;
 use crate::storage::{InvalidKey, ObjectKey};
 
-use crate::layout::firmware_keys;
-
 /// What one retention pass did (or will have done once the transaction commits).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -53,8 +51,8 @@ pub async fn enforce(
             continue;
         }
         fw::delete(tx, model_id, &version).await?;
-        // A legacy version string that is not a safe key component never had objects we wrote.
-        match firmware_keys(model_code, &version) {
+        // A legacy version whose keys cannot even be written: nothing to delete.
+        match crate::layout::deletable_keys(model_code, &version) {
             Ok(version_keys) => keys.extend(version_keys),
             Err(e) => {
                 tracing::warn!(model_code, version = %version, error = %e, "firmware_retention_unsafe_key")

@@ -386,9 +386,9 @@ async fn delete_version_locked(db: &Db, model_id: i64, version: &str) -> Result<
     if !fw::delete(&mut tx, model_id, version).await? {
         return Err(version_not_found(&model.code, version));
     }
-    match firmware_keys(&model.code, version) {
+    match crate::layout::deletable_keys(&model.code, version) {
         Ok(keys) => outbox::schedule_deletion(&mut tx, &keys).await?,
-        // A legacy version that is not a safe key component never had objects we wrote.
+        // A legacy version whose keys cannot even be written: nothing to delete.
         Err(e) => {
             tracing::warn!(model_code = %model.code, version, error = %e, "firmware_delete_unsafe_key")
         }

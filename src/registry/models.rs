@@ -141,7 +141,7 @@ pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), R
     })?;
     let mut keys = Vec::new();
     for version in &versions {
-        keys.extend(layout::firmware_keys(&model.code, version)?);
+        keys.extend(layout::deletable_keys(&model.code, version)?);
     }
     outbox::schedule_deletion(&mut tx, &keys).await?;
     events::record(
