@@ -134,9 +134,9 @@ const WRONG_STORE_MIN_DANGLING: usize = 10;
 impl ReconcileReport {
     /// Why this scan looks like one of the wrong store (a mistyped bucket or endpoint, another
     /// deployment's bucket, a restore of the database without the bucket): the store holds
-    /// nothing the database names, or most of it is missing. Repairing it would remove the versions and fail the dumps, and a later
-    /// run against the right store would then find every real object an orphan. `None` when it
-    /// looks like the right one.
+    /// nothing the database names, or most of it is missing. Repairing it would remove the
+    /// versions and fail the dumps, and a later run against the right store would then find
+    /// every real object an orphan. `None` when it looks like the right one.
     pub fn wrong_store(&self) -> Option<String> {
         let dangling = self.dangling_firmware.len() + self.dangling_coredumps.len();
         if dangling == 0 {

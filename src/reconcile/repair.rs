@@ -268,10 +268,9 @@ async fn remove_dangling_versions(
         {
             continue;
         }
-        let mut keys = layout::firmware_keys(&f.model_code, &f.version)?;
-        if let Some(encoded) = layout::legacy_encoded_version(&f.version) {
-            keys.extend(layout::firmware_keys(&f.model_code, &encoded)?);
-        }
+        // Its keys and an earlier release's encoded copies (the scan reports only versions that
+        // are key components today).
+        let keys = layout::deletable_keys(&f.model_code, &f.version)?;
         let mut complete = true;
         let mut of_value = false;
         for artifact in Artifact::ALL {
