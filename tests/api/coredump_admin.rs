@@ -255,15 +255,7 @@ async fn admins_delete_one_dump_or_all_and_the_objects_follow_through_the_outbox
             );
             app.faults.heal();
             // Outbox retries back off (5 s first); make them due now.
-            let now = iotsupport::db::now();
-            iotsupport::on_pool!(app.db(), |p| sqlx::query(
-                "UPDATE object_deletions SET next_attempt_at = $1"
-            )
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-            .unwrap();
+            make_deletions_due(app).await;
             assert!(
                 eventually(Duration::from_secs(10), || async {
                     objects(app, "coredumps").await.is_empty()

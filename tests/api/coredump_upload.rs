@@ -495,14 +495,7 @@ async fn a_queued_deletion_of_the_key_an_upload_gets_never_deletes_its_dump() {
         let object = coredump_key(&device.key, id).unwrap().to_string();
 
         // The others fall due and run; the dump's object stays.
-        iotsupport::on_pool!(app.db(), |p| sqlx::query(
-            "UPDATE object_deletions SET next_attempt_at = $1"
-        )
-        .bind(iotsupport::db::now())
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))
-        .unwrap();
+        make_deletions_due(app).await;
         assert!(
             eventually(Duration::from_secs(20), || async {
                 iotsupport::outbox::pending(app.db())

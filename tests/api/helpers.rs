@@ -420,3 +420,16 @@ pub async fn waiting_for_a_lock(app: &TestApp) -> i64 {
         iotsupport::db::Db::Sqlite(_) => 0,
     }
 }
+
+/// Makes every pending deletion due now (instead of waiting out the outbox's backoff).
+pub async fn make_deletions_due(app: &TestApp) {
+    let now = iotsupport::db::now();
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "UPDATE object_deletions SET next_attempt_at = $1"
+    )
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+}

@@ -14,19 +14,6 @@ fn key(s: &str) -> ObjectKey {
     ObjectKey::parse(s).unwrap()
 }
 
-/// Makes every pending deletion due now (instead of waiting out the backoff).
-async fn make_due(app: &TestApp) {
-    let now = iotsupport::db::now();
-    iotsupport::on_pool!(app.db(), |p| sqlx::query(
-        "UPDATE object_deletions SET next_attempt_at = $1"
-    )
-    .bind(now)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))
-    .unwrap();
-}
-
 #[tokio::test]
 async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_time() {
     for_each_stack("outbox_retries", &[], async |app| {
@@ -74,7 +61,7 @@ async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_ti
 
         // S3 comes back; once the backoff has passed the worker finishes the job.
         app.faults.heal();
-        make_due(app).await;
+        make_deletions_due(app).await;
         let done = eventually(Duration::from_secs(10), || async {
             outbox::pending(app.db()).await.unwrap().is_empty()
         })
