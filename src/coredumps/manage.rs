@@ -1,7 +1,7 @@
 //! What admins do with stored dumps: delete one, delete all of a device's, parse one again. Rows go
 //! in one transaction with their outbox entries (golden rule 2) and their event; a reparse clears
 //! the result and queues the job in the same transaction. Deletions take the device's dump lock
-//! first (`db::coredumps::lock_device_for_retention`), as uploads do.
+//! first (`db::coredumps::lock_device_dumps`), as uploads do.
 
 use crate::db::coredumps::{self, CoredumpRow};
 use crate::db::{Db, DbError, Tx};
@@ -61,7 +61,7 @@ async fn deleted(tx: &mut Tx, device_id: i64, key: &str, ids: &[i64]) -> Result<
 /// Deletes one dump; its object goes through the outbox.
 pub async fn delete(db: &Db, device_id: i64, id: i64) -> Result<(), ManageError> {
     let mut tx = db.begin().await?;
-    coredumps::lock_device_for_retention(&mut tx, device_id).await?;
+    coredumps::lock_device_dumps(&mut tx, device_id).await?;
     let key = device_key(&mut tx, device_id).await?;
     if !coredumps::delete(&mut tx, device_id, id).await? {
         return Err(ManageError::CoredumpNotFound(id));
@@ -75,7 +75,7 @@ pub async fn delete(db: &Db, device_id: i64, id: i64) -> Result<(), ManageError>
 /// Deletes every dump of a device; returns how many.
 pub async fn delete_all(db: &Db, device_id: i64) -> Result<usize, ManageError> {
     let mut tx = db.begin().await?;
-    coredumps::lock_device_for_retention(&mut tx, device_id).await?;
+    coredumps::lock_device_dumps(&mut tx, device_id).await?;
     let key = device_key(&mut tx, device_id).await?;
     let ids = coredumps::delete_all(&mut tx, device_id).await?;
     deleted(&mut tx, device_id, &key, &ids).await?;

@@ -35,7 +35,7 @@ pub async fn enforce(
 }
 
 /// The first half of [`enforce`]: locks the device's retention (see
-/// [`coredumps::lock_device_for_retention`]) and deletes the rows beyond the newest
+/// [`coredumps::lock_device_dumps`]) and deletes the rows beyond the newest
 /// `max_coredumps`. The caller must schedule the returned keys for deletion and withdraw the
 /// parse jobs of the returned ids in the same transaction (the upload does both in one statement
 /// on PostgreSQL, `crate::coredumps::ingest`).
@@ -45,7 +45,7 @@ pub async fn prune_rows(
     device_key: &str,
     max_coredumps: u32,
 ) -> Result<Pruned, DbError> {
-    coredumps::lock_device_for_retention(tx, device_id).await?;
+    coredumps::lock_device_dumps(tx, device_id).await?;
     prune_locked_rows(tx, device_id, device_key, max_coredumps).await
 }
 

@@ -65,7 +65,7 @@ pub async fn insert(tx: &mut Tx, new: &NewCoredump<'_>) -> Result<i64, DbError> 
     .await)?)
 }
 
-/// PostgreSQL: [`lock_device_for_retention`] and the insert of a dump under its reserved `id`,
+/// PostgreSQL: [`lock_device_dumps`] and the insert of a dump under its reserved `id`,
 /// in one statement (the lock first: the row's foreign-key check then finds the device already
 /// locked by this transaction). `None` when the device no longer exists.
 pub async fn lock_device_and_insert(
@@ -135,7 +135,7 @@ pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
 /// without one still being committed, whose row the cascade then removes with no outbox entry
 /// for its object. `FOR NO KEY UPDATE` does not conflict with the key-share lock the coredumps
 /// foreign key already took, so it cannot deadlock with it. SQLite serialises writers anyway.
-pub async fn lock_device_for_retention(tx: &mut Tx, device_id: i64) -> Result<(), DbError> {
+pub async fn lock_device_dumps(tx: &mut Tx, device_id: i64) -> Result<(), DbError> {
     if let Tx::Postgres(t) = tx {
         sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")
             .bind(device_id)

@@ -125,7 +125,7 @@ pub async fn update(
 pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), RegistryError> {
     let mut tx = db.begin().await?;
     // After the uploads in flight: their dumps are listed below, with the others.
-    crate::db::coredumps::lock_device_for_retention(&mut tx, id).await?;
+    crate::db::coredumps::lock_device_dumps(&mut tx, id).await?;
     let (row, _) = load(&mut tx, id).await?;
     let dumps = devices::coredump_ids(&mut tx, id).await?;
     devices::delete(&mut tx, id).await?;
