@@ -155,6 +155,7 @@ listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
 persistence false
 log_dest stderr
+log_timestamp_format %H:%M:%S
 CONF
 # Run as root, mosquitto drops to its own user after reading the configuration.
 chmod 755 "$WORK/mosquitto"; chmod 644 "$WORK/mosquitto/mosquitto.conf"
@@ -190,4 +191,15 @@ export IOTSUPPORT_NVS_GEN_PYTHON="$NVS_GEN_PYTHON"
 
 # Tests fail (instead of skipping) when a service they need is missing.
 export IOTSUPPORT_TEST_REQUIRE_SERVICES=1
-cargo test --workspace --all-targets "$@"
+status=0
+cargo test --workspace --all-targets "$@" || status=$?
+if [ "$status" != 0 ]; then
+    # The shared broker's own account of dropped connections, which the tests' output lacks.
+    log "Mosquitto's log of connections it closed (last 40):"
+    grep -Ei "disconnect|exceeded|timeout|error|closing|protocol" "$WORK/mosquitto/log" | tail -n 40 >&2 || true
+fi
+# IOTSUPPORT_TEST_KEEP_LOGS=DIR keeps the shared services' logs there, pass or fail.
+if [ -n "${IOTSUPPORT_TEST_KEEP_LOGS:-}" ]; then
+    mkdir -p "$IOTSUPPORT_TEST_KEEP_LOGS" && cp "$WORK/mosquitto/log" "$IOTSUPPORT_TEST_KEEP_LOGS/mosquitto.log"
+fi
+exit "$status"

@@ -203,6 +203,11 @@ fn hint(error: &ConnectionError) -> Option<&'static str> {
             reason_code: DisconnectReasonCode::SessionTakenOver,
             ..
         }) => Some("another client connected with the same client id (MQTT_CLIENT_ID)"),
+        // Mosquitto takes a client id over from its older connection without a DISCONNECT.
+        ConnectionError::MqttState(StateError::ConnectionAborted) => Some(
+            "the broker closed the connection: if this repeats, another client may use the same \
+             client id (MQTT_CLIENT_ID); the broker's log says why",
+        ),
         ConnectionError::ConnectionRefused(_) => Some(
             "the broker refused the connection: check MQTT_USERNAME, MQTT_PASSWORD and MQTT_CLIENT_ID",
         ),

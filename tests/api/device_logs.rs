@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::events::SseReader;
 use crate::fleet::create_model;
 use crate::helpers::*;
-use crate::mqtt_notifications::{as_pairs, mqtt_env};
+use crate::mqtt_notifications::{as_pairs, assert_own_client_ids, mqtt_env};
 use crate::mqtt_support as broker;
 
 const LOGSINK: &str = "iotsupport/logsink";
@@ -407,6 +407,7 @@ async fn two_processes_store_each_line_once_and_either_streams_it() {
         else {
             continue;
         };
+        assert_own_client_ids(&first, &second);
         let model_id = create_model(&first, "twins", None).await;
         let ea = entity("twin");
         let a = device_with_entity(&first, model_id, Some(&ea)).await;

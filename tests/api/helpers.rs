@@ -180,6 +180,13 @@ pub async fn spawn_twins(
     let TestConfig { config, dir } = test_config(stack, test, overrides).await?;
     let first = start_app(stack, config.clone(), dir, BuildOptions::default()).await;
     let second_dir = TempDir::new().expect("temp dir");
+    // A process of its own draws its own MQTT client id: with the first's, the broker would
+    // hand the id back and forth between the two, dropping each connection in turn.
+    let mut config = config;
+    if let Some(mqtt) = &mut config.mqtt {
+        mqtt.client_id =
+            iotsupport::config::unique_client_id(iotsupport::config::DEFAULT_MQTT_CLIENT_ID);
+    }
     let second = start_app(stack, config, second_dir, BuildOptions::default()).await;
     Some((first, second))
 }

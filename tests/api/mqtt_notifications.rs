@@ -27,6 +27,20 @@ pub fn mqtt_env(url: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// Checks that two processes of a test connect with client ids of their own, as separate
+/// processes do: sharing one, the broker would drop each connection in turn for the other.
+pub fn assert_own_client_ids(a: &TestApp, b: &TestApp) {
+    let id = |app: &TestApp| {
+        app.state
+            .mqtt
+            .as_ref()
+            .expect("MQTT configured")
+            .client_id()
+            .to_string()
+    };
+    assert_ne!(id(a), id(b), "two processes share one MQTT client id");
+}
+
 pub fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -259,6 +273,7 @@ async fn two_processes_publish_each_message_once() {
         let Some((a, b)) = spawn_twins(stack, "notifications_twins", &as_pairs(&env)).await else {
             continue;
         };
+        assert_own_client_ids(&a, &b);
         let (_client, mut sub) = listener(&url).await;
         let devices = model_with_devices(&a, "twins", 40).await;
         let ours = ids("twins", &devices);
