@@ -105,10 +105,10 @@ pub(super) fn rotation(env: &Env) -> Result<RotationSettings, ConfigError> {
         crate::config::parse_cron(pattern).map_err(|e| invalid("ROTATION_CRON", e))?;
     }
     let days: i64 = env.parse("ROTATION_CRITICAL_THRESHOLD_DAYS", 7)?;
-    if days < 0 {
+    if !(0..=super::env::MAX_DAYS as i64).contains(&days) {
         return Err(invalid(
             "ROTATION_CRITICAL_THRESHOLD_DAYS",
-            "must not be negative",
+            format!("must be from 0 to {} days", super::env::MAX_DAYS),
         ));
     }
     Ok(RotationSettings {

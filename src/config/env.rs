@@ -20,6 +20,14 @@ pub(crate) fn invalid(variable: &'static str, reason: impl Into<String>) -> Conf
     }
 }
 
+/// The longest duration a setting may have: 100 years. Durations are added to and subtracted
+/// from timestamps, which a value near `Duration::MAX` would overflow (a panic, or a fallback to
+/// zero that turns "keep for ever" into "keep nothing").
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600 + 25 * 24 * 3600);
+
+/// The most days a setting in days may have ([`MAX_DURATION`]).
+pub const MAX_DAYS: f64 = 36_525.0;
+
 /// A view of the environment, so tests can read a configuration without touching the process env.
 pub struct Env(HashMap<String, String>);
 
@@ -79,8 +87,27 @@ impl Env {
         T::Err: fmt::Display,
     {
         let value = self.parse(name, default)?;
-        if value <= T::default() {
+        // Written so that NaN, which compares false with everything, is refused too.
+        if !(value > T::default()) {
             return Err(invalid(name, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+
+    /// A number greater than zero and at most `max` (which keeps out infinity, and values that
+    /// would overflow the time arithmetic they feed).
+    pub(crate) fn positive_at_most(
+        &self,
+        name: &'static str,
+        default: f64,
+        max: f64,
+    ) -> Result<f64, ConfigError> {
+        let value: f64 = self.parse(name, default)?;
+        if !(value > 0.0 && value <= max) {
+            return Err(invalid(
+                name,
+                format!("must be greater than zero and at most {max}"),
+            ));
         }
         Ok(value)
     }
@@ -93,8 +120,16 @@ impl Env {
         let secs: f64 = self.parse(name, default)?;
         Duration::try_from_secs_f64(secs)
             .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| invalid(name, "must be a positive number of seconds"))
+            .filter(|d| !d.is_zero() && *d <= MAX_DURATION)
+            .ok_or_else(|| {
+                invalid(
+                    name,
+                    format!(
+                        "must be a positive number of seconds, at most {} (100 years)",
+                        MAX_DURATION.as_secs()
+                    ),
+                )
+            })
     }
 
     /// A duration in seconds from 0 (off) to `max`.

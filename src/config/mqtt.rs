@@ -224,8 +224,9 @@ pub(super) fn mqtt_settings(env: &Env) -> Result<Option<MqttSettings>, ConfigErr
     settings.credentials = credentials;
     settings.client_id = client_id;
     settings.publish_timeout = env.seconds("MQTT_PUBLISH_TIMEOUT_SECONDS", 10.0)?;
-    settings.notifications_per_second = env.positive("MQTT_NOTIFICATIONS_PER_SECOND", 100.0)?;
-    let days: f64 = env.positive("DEVICE_LOG_RETENTION_DAYS", 7.0)?;
+    settings.notifications_per_second =
+        env.positive_at_most("MQTT_NOTIFICATIONS_PER_SECOND", 100.0, 100_000.0)?;
+    let days: f64 = env.positive_at_most("DEVICE_LOG_RETENTION_DAYS", 7.0, super::env::MAX_DAYS)?;
     settings.log_retention = Duration::from_secs_f64(days * 24.0 * 3600.0);
     settings.log_max_lines_per_device = env.positive("DEVICE_LOG_MAX_LINES", 10_000)?;
     if let Some(group) = env.get("MQTT_LOG_GROUP") {

@@ -167,3 +167,37 @@ fn plain_http_s3_needs_ssl_off_unless_loopback() {
     .is_ok());
     assert!(config(&[("S3_ENDPOINT_URL", "http://127.0.0.1:5055")]).is_ok());
 }
+
+#[test]
+fn values_that_would_overflow_time_arithmetic_are_refused() {
+    let mqtt = ("MQTT_URL", "mqtt://127.0.0.1:1883");
+    for (var, value) in [
+        ("ROTATION_TIMEOUT_SECONDS", "999999999999"),
+        ("ROTATION_TIMEOUT_SECONDS", "inf"),
+        ("JOB_LEASE_SECONDS", "NaN"),
+        ("ROTATION_CRITICAL_THRESHOLD_DAYS", "100000000"),
+        ("MQTT_NOTIFICATIONS_PER_SECOND", "inf"),
+        ("MQTT_NOTIFICATIONS_PER_SECOND", "NaN"),
+        ("MQTT_NOTIFICATIONS_PER_SECOND", "1e12"),
+        ("DEVICE_LOG_RETENTION_DAYS", "200000000000"),
+        ("DEVICE_LOG_RETENTION_DAYS", "inf"),
+        ("DEVICE_LOG_RETENTION_DAYS", "NaN"),
+    ] {
+        let err = config(&[mqtt, (var, value)]).unwrap_err();
+        assert_eq!(err.variable, var, "{value}: {err}");
+    }
+    // The largest values allowed still work.
+    let c = config(&[
+        mqtt,
+        ("ROTATION_TIMEOUT_SECONDS", "3155760000"),
+        ("ROTATION_CRITICAL_THRESHOLD_DAYS", "36525"),
+        ("DEVICE_LOG_RETENTION_DAYS", "36525"),
+        ("MQTT_NOTIFICATIONS_PER_SECOND", "100000"),
+    ])
+    .unwrap();
+    assert_eq!(c.rotation.timeout, env::MAX_DURATION);
+    let now = crate::db::now();
+    let _ = now - chrono::Duration::from_std(c.rotation.timeout).unwrap();
+    let retention = c.mqtt.unwrap().log_retention;
+    let _ = now - chrono::Duration::from_std(retention).unwrap();
+}

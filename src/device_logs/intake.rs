@@ -43,6 +43,11 @@ pub fn parse_payload(payload: &[u8]) -> (Vec<LogDocument>, usize) {
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let parsed: Option<LogDocument> = serde_json::from_str::<Value>(line).ok().and_then(|v| {
             let entity_id = v.get("entity_id")?.as_str()?.to_string();
+            // No device has one (a config holding NUL is refused), and PostgreSQL refuses text
+            // holding NUL: as a parameter it would fail every store of the batch it is in.
+            if entity_id.contains('\0') {
+                return None;
+            }
             let message = match v.get("message")? {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -164,26 +169,41 @@ pub async fn run(
     let mut failures: u32 = 0;
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once the client has stopped for good (its event loop ended): store what is left, end.
+    let mut closed = false;
+    let mut take = |pending: &mut Vec<Arrived>, payload: &[u8]| {
+        let (docs, malformed) = parse_payload(payload);
+        metrics::counter!(DEVICE_LOG_LINES, "outcome" => "malformed").increment(malformed as u64);
+        let arrived_ms = db::now().timestamp_millis();
+        pending.extend(
+            docs.into_iter()
+                .map(|d| (stamper.stamp(&d.entity_id, arrived_ms), d)),
+        );
+    };
     loop {
         hub.set_intake_subscribed(subscription.is_active());
         let flush = tokio::select! {
             () = shutdown.cancelled() => true,
             message = subscription.recv() => match message {
                 Some(message) => {
-                    let (docs, malformed) = parse_payload(&message.payload);
-                    metrics::counter!(DEVICE_LOG_LINES, "outcome" => "malformed")
-                        .increment(malformed as u64);
-                    let arrived_ms = db::now().timestamp_millis();
-                    pending.extend(
-                        docs.into_iter()
-                            .map(|d| (stamper.stamp(&d.entity_id, arrived_ms), d)),
-                    );
+                    take(&mut pending, &message.payload);
                     pending.len() >= FLUSH_LINES
                 }
-                None => true,
+                None => {
+                    closed = true;
+                    true
+                }
             },
             _ = ticker.tick() => !pending.is_empty(),
         };
+        let stopping = shutdown.is_cancelled() || closed;
+        if stopping {
+            // Messages already received (the broker has their acknowledgement) are stored with
+            // the rest rather than dropped with the channel.
+            while let Some(message) = subscription.try_recv() {
+                take(&mut pending, &message.payload);
+            }
+        }
         if pending.len() > MAX_PENDING_LINES {
             let excess = pending.len() - MAX_PENDING_LINES;
             pending.drain(..excess);
@@ -193,7 +213,6 @@ pub async fn run(
                 "device_logs_dropped: the database has refused lines for too long"
             );
         }
-        let stopping = shutdown.is_cancelled();
         if flush && !pending.is_empty() && (stopping || tokio::time::Instant::now() >= retry_at) {
             match store(&db, &pending, &touched).await {
                 Ok(_) => {
@@ -253,10 +272,11 @@ mod tests {
         let payload = b"{\"entity_id\":\"sensor.a\",\"message\":\"\\u001b[0;32mI boot\\u001b[0m\",\"relative_time\":5}\n\
                         not json\n\
                         {\"message\":\"no entity\"}\n\
+                        {\"entity_id\":\"sensor.\\u0000a\",\"message\":\"NUL in the entity id\"}\n\
                         \n\
                         {\"entity_id\":\"sensor.b\",\"message\":\"second\"}";
         let (docs, malformed) = parse_payload(payload);
-        assert_eq!(malformed, 2);
+        assert_eq!(malformed, 3);
         assert_eq!(
             docs,
             [

@@ -638,3 +638,58 @@ async fn lines_the_database_refuses_for_a_while_are_stored_when_it_accepts_them_
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_document_whose_entity_id_holds_a_nul_does_not_hold_up_the_others() {
+    let Some(url) = broker::shared_broker("device_logs_nul") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let env = mqtt_env(&url.to_string());
+        let Some(app) = spawn_app_with(
+            stack,
+            "device_logs_nul",
+            &as_pairs(&env),
+            Default::default(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let model_id = create_model(&app, "nul", None).await;
+        let ea = entity("nul");
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        assert!(app.mqtt_connected().await);
+        // PostgreSQL refuses a text parameter holding NUL: such an entity id used to fail the
+        // store of its whole batch, again on every retry.
+        let poisoned = format!("{ea}\u{0}");
+        publisher
+            .publish(LOGSINK, ndjson(&[(&poisoned, "poison"), (&ea, "hello")]))
+            .await
+            .unwrap();
+        until_stored(&app, a, 1).await;
+        publisher
+            .publish(LOGSINK, ndjson(&[(&ea, "later")]))
+            .await
+            .unwrap();
+        until_stored(&app, a, 2).await;
+        assert_eq!(
+            all_stored_of(&app, a).await,
+            ["hello", "later"],
+            "{stack:?}"
+        );
+        app.stop().await;
+    }
+}
+
+/// The messages stored for `device_id`, oldest first.
+async fn all_stored_of(app: &TestApp, device_id: i64) -> Vec<String> {
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT message FROM device_logs WHERE device_id = $1 ORDER BY id"
+    )
+    .bind(device_id)
+    .fetch_all(p)
+    .await)
+    .unwrap()
+}
