@@ -102,8 +102,9 @@ pub async fn claim(
     Ok(rows)
 }
 
-/// Removes notifications the broker acknowledged.
-pub async fn delete(db: &Db, ids: &[i64]) -> Result<(), DbError> {
+/// Removes notifications the broker acknowledged (or refused for good), where they are still
+/// held with `lease_until`: a row another process took since is its to settle.
+pub async fn delete(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -111,26 +112,52 @@ pub async fn delete(db: &Db, ids: &[i64]) -> Result<(), DbError> {
     for id in ids {
         crate::execute!(
             &mut tx,
-            sqlx::query("DELETE FROM notifications WHERE id = $1").bind(id)
+            sqlx::query("DELETE FROM notifications WHERE id = $1 AND lease_until = $2")
+                .bind(id)
+                .bind(lease_until)
         )?;
     }
     tx.commit().await
 }
 
-/// Puts a notification back for another attempt at `next_attempt_at`.
+/// Gives back rows taken with `lease_until` whose publish never started, as they were before
+/// (due, the attempt not counted).
+pub async fn release(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for id in ids {
+        crate::execute!(
+            &mut tx,
+            sqlx::query(
+                "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
+                 WHERE id = $1 AND lease_until = $2"
+            )
+            .bind(id)
+            .bind(lease_until)
+        )?;
+    }
+    tx.commit().await
+}
+
+/// Puts a notification taken with `lease_until` back for another attempt at
+/// `next_attempt_at` (nothing if another process has taken it since).
 pub async fn retry(
     db: &Db,
     id: i64,
+    lease_until: DateTime<Utc>,
     next_attempt_at: DateTime<Utc>,
     error: &str,
 ) -> Result<(), DbError> {
     on_pool!(db, |p| sqlx::query(
         "UPDATE notifications SET lease_until = NULL, next_attempt_at = $1, last_error = $2
-         WHERE id = $3"
+         WHERE id = $3 AND lease_until = $4"
     )
     .bind(next_attempt_at)
     .bind(error)
     .bind(id)
+    .bind(lease_until)
     .execute(p)
     .await
     .map(|r| r.rows_affected()))?;

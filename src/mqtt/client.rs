@@ -334,6 +334,11 @@ impl MqttClient {
         let _ = state.wait_for(|s| *s == ConnectionState::Stopped).await;
     }
 
+    /// How long [`publish`](Self::publish) waits at most (`MQTT_PUBLISH_TIMEOUT_SECONDS`).
+    pub fn publish_timeout(&self) -> Duration {
+        self.shared.publish_timeout
+    }
+
     /// The MQTT client identifier this process uses.
     pub fn client_id(&self) -> &str {
         &self.shared.client_id

@@ -134,9 +134,10 @@ impl PublishError {
     pub fn is_transient(&self) -> bool {
         match self {
             PublishError::TooLarge { .. } | PublishError::InvalidTopic { .. } => false,
-            PublishError::Rejected { reason } => {
-                !matches!(*reason, "topic_name_invalid" | "payload_format_invalid")
-            }
+            PublishError::Rejected { reason } => !matches!(
+                *reason,
+                "not_authorized" | "topic_name_invalid" | "payload_format_invalid"
+            ),
             _ => true,
         }
     }

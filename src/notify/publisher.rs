@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::SubsecRound;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -22,12 +23,31 @@ use crate::db::{self, Db};
 use crate::mqtt::{MqttClient, PublishError};
 use crate::telemetry;
 
-/// Rows taken at once.
-const BATCH: i64 = 200;
-/// How long a process may hold a taken row before another process may take it.
-const LEASE: Duration = Duration::from_secs(60);
+/// Rows taken at once, at most.
+const BATCH: usize = 200;
+/// How long after taking a batch its publishes may start: rows not started by then are put back
+/// for whoever comes next. A batch is sized to be paced out in half of it.
+const START_WINDOW: Duration = Duration::from_secs(30);
+/// Time left after the last publish's own timeout to settle the batch in the database.
+const SETTLE_MARGIN: Duration = Duration::from_secs(10);
 /// Publishes awaiting their acknowledgement at once.
 const IN_FLIGHT: usize = 16;
+
+/// How long a process holds the rows it took: every publish it starts ends (acknowledged or
+/// timed out after `publish_timeout`) and is settled before another process may take the row.
+pub fn lease(publish_timeout: Duration) -> Duration {
+    START_WINDOW + publish_timeout + SETTLE_MARGIN
+}
+
+/// Rows taken at once at `per_second`: what pacing sends in half of [`START_WINDOW`].
+pub fn batch_size(per_second: f64) -> usize {
+    let paced = per_second * START_WINDOW.as_secs_f64() / 2.0;
+    if paced.is_finite() {
+        (paced.floor() as usize).clamp(1, BATCH)
+    } else {
+        BATCH
+    }
+}
 
 /// The delay before attempt `attempts + 1` of a message that failed: 1 s, 2 s, 4 s … 5 min.
 pub fn retry_delay(attempts: i32) -> Duration {
@@ -60,14 +80,19 @@ impl PublisherStats {
 /// Spaces publishes `1 / rate` apart (no burst beyond one).
 pub struct Pacer {
     interval: tokio::time::Interval,
+    per_second: f64,
 }
 
 impl Pacer {
     pub fn new(per_second: f64) -> Self {
-        let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
+        let period =
+            Duration::from_secs_f64(1.0 / per_second.max(0.001)).max(Duration::from_micros(1));
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Pacer { interval }
+        Pacer {
+            interval,
+            per_second,
+        }
     }
 
     async fn wait(&mut self) {
@@ -110,35 +135,60 @@ pub async fn run_worker(
 }
 
 /// One batch: returns how many rows were taken.
+///
+/// Rows are taken with a lease ([`lease`]) and publishes start only within [`START_WINDOW`] of
+/// taking them, so each one has ended and been settled before the lease runs out; the rows not
+/// started by then are put back. Every write after the claim names the lease it was taken with,
+/// so a process whose lease did run out (it was paused, say) never settles or frees a row another
+/// process has taken since.
 pub async fn publish_due(
     db: &Db,
     client: &MqttClient,
     pacer: &mut Pacer,
     stats: &PublisherStats,
 ) -> Result<usize, crate::db::DbError> {
+    let taken_at = tokio::time::Instant::now();
     let now = db::now();
-    let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
-    let rows = queries::claim(db, now, lease_until, BATCH).await?;
+    let lease = chrono::Duration::from_std(lease(client.publish_timeout())).unwrap_or_default();
+    // Whole milliseconds: the lease is compared for equality later, and PostgreSQL keeps
+    // microseconds only.
+    let lease_until = (now + lease).trunc_subsecs(3);
+    let rows = queries::claim(db, now, lease_until, batch_size(pacer.per_second) as i64).await?;
     if rows.is_empty() {
         return Ok(0);
     }
     let taken = rows.len();
-    // Paced in id order; up to IN_FLIGHT wait for their acknowledgement at once.
+    let start_by = taken_at + START_WINDOW;
+    // Paced in id order; up to IN_FLIGHT wait for their acknowledgement at once. Publishes in
+    // flight are polled while the pacer waits, so each one leaves on its own tick.
     let mut outcomes = Vec::with_capacity(taken);
+    let mut waiting = rows.into_iter().peekable();
+    let mut not_started = Vec::new();
     {
         let mut in_flight = futures::stream::FuturesUnordered::new();
-        for row in rows {
-            pacer.wait().await;
-            in_flight.push(publish_one(client, row));
-            while in_flight.len() >= IN_FLIGHT {
-                if let Some(outcome) = in_flight.next().await {
-                    outcomes.push(outcome);
+        loop {
+            if waiting.peek().is_some() && tokio::time::Instant::now() >= start_by {
+                not_started.extend(waiting.by_ref().map(|row| row.id));
+            }
+            if waiting.peek().is_none() && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(outcome) = in_flight.next(), if !in_flight.is_empty() => outcomes.push(outcome),
+                () = pacer.wait(), if waiting.peek().is_some() && in_flight.len() < IN_FLIGHT => {
+                    if let Some(row) = waiting.next() {
+                        in_flight.push(publish_one(client, row));
+                    }
                 }
+                // A slow pacer (a low rate) must not start a publish past the window either.
+                () = tokio::time::sleep_until(start_by), if waiting.peek().is_some() => {}
             }
         }
-        while let Some(outcome) = in_flight.next().await {
-            outcomes.push(outcome);
-        }
+    }
+    if !not_started.is_empty() {
+        tracing::debug!(rows = not_started.len(), "notifications_put_back_unstarted");
+        queries::release(db, &not_started, lease_until).await?;
     }
     let mut delivered = Vec::new();
     for (row, result) in outcomes {
@@ -168,11 +218,11 @@ pub async fn publish_due(
                     "notification_publish_failed: retrying"
                 );
                 let next = db::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                queries::retry(db, row.id, next, &e.to_string()).await?;
+                queries::retry(db, row.id, lease_until, next, &e.to_string()).await?;
             }
         }
     }
-    queries::delete(db, &delivered).await?;
+    queries::delete(db, &delivered, lease_until).await?;
     Ok(taken)
 }
 
@@ -214,8 +264,17 @@ pub async fn publish_queue_metrics(db: &Db) {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay;
+    use super::{batch_size, lease, retry_delay};
     use std::time::Duration;
+
+    #[test]
+    fn a_batch_is_paced_out_in_half_the_start_window_and_settled_within_its_lease() {
+        assert_eq!(batch_size(100.0), 200);
+        assert_eq!(batch_size(2.0), 30);
+        assert_eq!(batch_size(0.01), 1);
+        assert_eq!(batch_size(f64::INFINITY), 200);
+        assert_eq!(lease(Duration::from_secs(10)), Duration::from_secs(50));
+    }
 
     #[test]
     fn retries_back_off_to_five_minutes() {

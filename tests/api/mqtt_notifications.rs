@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SubsecRound, Utc};
 use iotsupport::mqtt::{ReceivedMessage, SubscribeOptions, Subscription};
 use iotsupport::storage::faulty::Fault;
 use iotsupport::storage::Operation;
@@ -356,13 +357,29 @@ async fn firmware_messages_to_a_big_model_are_paced() {
             .0,
         200
     );
-    let mut received = 0;
-    while received < 40 && started.elapsed() < Duration::from_secs(30) {
-        received += arrived(&mut sub, &ours, Duration::from_millis(500))
-            .await
-            .len();
+    // When each of our messages arrived.
+    let mut times = Vec::new();
+    while times.len() < 40 && started.elapsed() < Duration::from_secs(30) {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await
+        else {
+            continue;
+        };
+        let payload: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+        if payload["client_id"]
+            .as_str()
+            .is_some_and(|id| ours.iter().any(|o| o == id))
+        {
+            times.push(Instant::now());
+        }
     }
-    assert_eq!(received, 40);
+    assert_eq!(times.len(), 40);
+    // Each message leaves on its own tick, although up to 16 may await their PUBACK at once: the
+    // first 16 are 15 ticks (750 ms) apart when sent. Half of that, as a lower bound.
+    assert!(
+        times[15] - times[0] >= Duration::from_millis(375),
+        "the first 16 messages arrived within {:?}: sent in a burst",
+        times[15] - times[0]
+    );
     // 40 messages at 20 per second cannot all arrive in under (40 − 1) / 20 s. (A lower bound
     // only: a slow machine makes it longer, never shorter.)
     assert!(
@@ -467,4 +484,61 @@ async fn a_commit_that_fails_publishes_nothing() {
     }
     assert_eq!(got.len(), 3, "{got:?}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
+    use iotsupport::db::notifications as queue;
+    for_each_stack("notify_lease", &[], async |app| {
+        let db = app.db();
+        let now = iotsupport::db::now().trunc_subsecs(3);
+        for client in ["iotdevice-m-1", "iotdevice-m-2", "iotdevice-m-3"] {
+            iotsupport::on_pool!(db, |p| sqlx::query(
+                "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
+                 VALUES ('config', $1, $2, $2)"
+            )
+            .bind(client)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let rows = async || -> Vec<(Option<DateTime<Utc>>, i32, Option<String>)> {
+            iotsupport::on_pool!(db, |p| sqlx::query_as(
+                "SELECT lease_until, attempts, last_error FROM notifications ORDER BY id"
+            )
+            .fetch_all(p)
+            .await)
+            .unwrap()
+        };
+        // Process A takes the three rows; its lease has run out when process B takes them.
+        let lease_a = now + chrono::Duration::milliseconds(1);
+        let a = queue::claim(db, now, lease_a, 10).await.unwrap();
+        assert_eq!(a.len(), 3);
+        let later = now + chrono::Duration::seconds(1);
+        let lease_b = later + chrono::Duration::seconds(60);
+        let b = queue::claim(db, later, lease_b, 10).await.unwrap();
+        assert_eq!(b.len(), 3);
+
+        // A, late, settles with its own lease: none of B's rows changes.
+        queue::delete(db, &[a[0].id], lease_a).await.unwrap();
+        queue::retry(db, a[1].id, lease_a, later, "late")
+            .await
+            .unwrap();
+        queue::release(db, &[a[2].id], lease_a).await.unwrap();
+        assert_eq!(rows().await, vec![(Some(lease_b), 2, None); 3]);
+
+        // B's own settlements take effect.
+        queue::delete(db, &[b[0].id], lease_b).await.unwrap();
+        queue::retry(db, b[1].id, lease_b, later, "timeout")
+            .await
+            .unwrap();
+        queue::release(db, &[b[2].id], lease_b).await.unwrap();
+        assert_eq!(
+            rows().await,
+            vec![(None, 2, Some("timeout".to_string())), (None, 1, None)]
+        );
+    })
+    .await;
 }

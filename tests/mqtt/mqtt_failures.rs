@@ -159,6 +159,11 @@ async fn messages_the_broker_refuses_fail_without_dropping_the_connection() {
             reason: "not_authorized"
         })
     );
+    // Not authorised stays not authorised: a queue drops such a message rather than retrying it.
+    assert!(!PublishError::Rejected {
+        reason: "not_authorized"
+    }
+    .is_transient());
     assert!(client.is_connected());
     client
         .publish("allowed/x", Bytes::from_static(b"yes"))
