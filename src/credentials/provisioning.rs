@@ -51,6 +51,11 @@ impl std::fmt::Debug for Package {
 }
 
 impl Package {
+    /// The device's key (the package's first value).
+    pub fn device_key(&self) -> &str {
+        &self.values[0]
+    }
+
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
         KEYS.into_iter().zip(self.values.iter().map(String::as_str))
     }

@@ -5,7 +5,9 @@
 //! 2 s, 4 s … at most [`MAX_BLOCK`]); while closed, requests for it are answered 429 without the
 //! secret being checked, so guessing gets no faster with more requests. A success resets it; a
 //! quiet quarter of an hour forgets it. State is per process and bounded ([`CAPACITY`] client
-//! ids, the stalest forgotten first), so requests for made-up client ids cannot grow it.
+//! ids, the stalest open one forgotten first; a closed one is never forgotten early), so requests
+//! for made-up client ids cannot grow it or reopen a closed one. Callers record well-formed client
+//! ids only.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,12 +46,19 @@ impl FailureThrottle {
         if !entries.contains_key(client_id) && entries.len() >= CAPACITY {
             entries.retain(|_, e| now.duration_since(e.last_failure) < FORGET_AFTER);
             if entries.len() >= CAPACITY {
-                if let Some(stalest) = entries
+                // The stalest entry that is not closed: evicting a closed one would reopen it
+                // to whoever sends failures for enough other ids.
+                let stalest = entries
                     .iter()
+                    .filter(|(_, e)| e.blocked_until.is_none_or(|until| until <= now))
                     .min_by_key(|(_, e)| e.last_failure)
-                    .map(|(k, _)| k.clone())
-                {
-                    entries.remove(&stalest);
+                    .map(|(k, _)| k.clone());
+                match stalest {
+                    Some(stalest) => {
+                        entries.remove(&stalest);
+                    }
+                    // Every entry is closed: this id goes unrecorded until one opens.
+                    None => return,
                 }
             }
         }
@@ -117,6 +126,21 @@ mod tests {
         for i in 0..(CAPACITY + 50) {
             t.failed(&format!("c{i}"));
         }
+        assert!(t.entries.lock().unwrap().len() <= CAPACITY);
+    }
+
+    #[test]
+    fn a_flood_of_other_ids_does_not_reopen_a_closed_one() {
+        let t = FailureThrottle::default();
+        for _ in 0..=FREE_FAILURES {
+            t.failed("target");
+        }
+        assert!(t.check("target").is_err());
+        // "target" is the stalest entry once these arrive; it is closed, so it stays.
+        for i in 0..(CAPACITY + 50) {
+            t.failed(&format!("c{i}"));
+        }
+        assert!(t.check("target").is_err(), "the closed id was forgotten");
         assert!(t.entries.lock().unwrap().len() <= CAPACITY);
     }
 }

@@ -335,7 +335,9 @@ pub async fn prove(
 }
 
 /// Accepts a proved secret: using the pending one promotes it (completing a rotation) before the
-/// request goes on. Either way the request is authenticated.
+/// request goes on. A pending secret that this call did not promote is accepted only if another
+/// request promoted it meanwhile (it is the current secret now); one replaced since (a newer
+/// package was minted) is refused, although a stale cached credential still named it.
 pub async fn accept(
     state: &AppState,
     credential: DeviceCredential,
@@ -346,7 +348,16 @@ pub async fn accept(
             rotation::complete(&state.db, &state.config.rotation, credential.id, hash).await;
         // Whatever happened, the cached credential may be stale now.
         state.caches.device_changed(&credential.key);
-        promoted?;
+        if !promoted? {
+            let now_current = cached_credential(state, &credential.key, None)
+                .await?
+                .is_some_and(|fresh| {
+                    fresh.id == credential.id && fresh.secret_hash.as_deref() == Some(hash)
+                });
+            if !now_current {
+                return Err(invalid_device_credentials());
+            }
+        }
     }
     Ok(DeviceCaller {
         id: credential.id,

@@ -64,10 +64,13 @@ pub async fn nvs_package(
     };
     esp_nvs_image::provisioning_image(provisioning::NAMESPACE, &[], size)
         .map_err(|e| ApiError::validation(e.to_string()))?;
-    let (_, image) = provisioning::mint(&state.db, &state.config.credentials, id, |package| {
-        package.nvs_image(size)
-    })
-    .await?;
+    let (package, image) =
+        provisioning::mint(&state.db, &state.config.credentials, id, |package| {
+            package.nvs_image(size)
+        })
+        .await?;
+    // The pending secret it replaced is refused at once by this process.
+    state.caches.device_changed(package.device_key());
     Ok(no_store(
         Json(NvsPackage {
             size: image.len(),

@@ -244,6 +244,24 @@ async fn repeated_failures_for_one_client_id_are_slowed_down_without_touching_ot
     })
     .await;
     assert!(opened, "the client id stayed closed");
+
+    // A malformed client id can never succeed: it is refused without being recorded, so it is
+    // never closed either (the throttle keeps well-formed ids only; long made-up ones cannot grow
+    // it).
+    let junk = format!("x{}", "a".repeat(20_000));
+    for _ in 0..8 {
+        let (status, body, _) = raw_token_request(
+            &app,
+            "grant_type=client_credentials",
+            FORM,
+            Some((&junk, "s")),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client"))
+        );
+    }
     app.stop().await;
 }
 

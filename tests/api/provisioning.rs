@@ -225,3 +225,50 @@ async fn bad_sizes_and_missing_settings_are_400s_that_mint_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_replaced_pending_secret_is_refused_by_a_process_whose_cache_still_names_it() {
+    let mut overrides: Vec<(&str, &str)> = PROVISIONING.to_vec();
+    overrides.push(("DEVICE_LOOKUP_CACHE_SECONDS", "30"));
+    for stack in ALL_STACKS {
+        let Some((a, b)) = spawn_twins(stack, "replaced_pending", &overrides).await else {
+            continue;
+        };
+        let devices = model_with_devices(&a, "thermo", 2).await;
+        // One device tries its replaced secret at the token endpoint, the other on a device
+        // call: each is the first use, while process B's cache still names that secret.
+        for (device, at_token_endpoint) in [(&devices[0], true), (&devices[1], false)] {
+            let (status, package) = iot_get(&a, "/api/iot/provisioning", &device.credential).await;
+            assert_eq!(status, 200, "{package}");
+            let replaced = package["client_secret"].as_str().unwrap().to_string();
+            // B reads the credential now (current secret, pending `replaced`) and keeps it.
+            assert_eq!(
+                iot_get(&b, "/api/iot/config", &device.credential).await.0,
+                200
+            );
+            // An admin downloads an NVS package through A: its secret replaces the pending one.
+            let (status, body) = nvs_package(&a, device.id, "?partition_size=12288").await;
+            assert_eq!(status, 200, "{body}");
+
+            if at_token_endpoint {
+                let (status, body, _) = token(&b, &client_id("thermo", device), &replaced).await;
+                assert_eq!(
+                    (status, body["error"].as_str()),
+                    (401, Some("invalid_client")),
+                    "{stack:?}: a token for a replaced secret: {body}"
+                );
+            } else {
+                let with_replaced = format!("{}.{replaced}", device.key);
+                let (status, body) = iot_get(&b, "/api/iot/config", &with_replaced).await;
+                assert_eq!(status, 401, "{stack:?}: a replaced secret accepted: {body}");
+            }
+            // The current secret still works, and nothing was promoted.
+            assert_eq!(
+                iot_get(&b, "/api/iot/config", &device.credential).await.0,
+                200
+            );
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+}

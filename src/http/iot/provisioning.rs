@@ -58,6 +58,8 @@ pub async fn package(
 ) -> Result<Response, ApiError> {
     let (package, ()) =
         provisioning::mint(&state.db, &state.config.credentials, device.id, |_| Ok(())).await?;
+    // The pending secret it replaced is refused at once by this process.
+    state.caches.device_changed(&device.key);
     let [device_key, client_id, client_secret, token_url, base_url, mqtt_url, wifi_ssid, wifi_password] =
         package.values;
     Ok(no_store(

@@ -241,6 +241,14 @@ async fn exchange(
         (None, (Some(_), None)) => return Err(Refusal::request("client_secret is missing").into()),
     };
 
+    // A malformed client id can never succeed, so it is refused before the throttle, which keeps
+    // only well-formed (short) ids: made-up long ones cannot grow it.
+    let Some(client) = ClientId::parse(&client_id) else {
+        metrics::counter!(crate::telemetry::DEVICE_TOKENS_REFUSED).increment(1);
+        let shown: String = client_id.chars().take(100).collect();
+        tracing::warn!(client_id = %shown, reason = "malformed client id", "device_token_refused");
+        return Err(TokenFailure::from(Refusal::client(used_basic)));
+    };
     if let Err(wait) = state.token_failures.check(&client_id) {
         return Err(Refusal {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -258,9 +266,6 @@ async fn exchange(
         tracing::warn!(client_id = %client_id, reason, "device_token_refused");
         TokenFailure::from(Refusal::client(used_basic))
     };
-    let Some(client) = ClientId::parse(&client_id) else {
-        return Err(refuse("malformed client id"));
-    };
     let Some((credential, proved)) = prove(state, client.device_key.as_str(), None, |c| {
         (c.model_code == client.model_code.as_str())
             .then(|| credentials::match_secret(c, &secret))
@@ -277,7 +282,14 @@ async fn exchange(
         .unwrap_or_default();
     let pending = matches!(proved, SecretMatch::Pending(_));
     // Minting with the pending secret counts as using it: promote it first.
-    accept(state, credential, proved).await?;
+    match accept(state, credential, proved).await {
+        Ok(_) => {}
+        // The pending secret was replaced a moment ago: no token for it.
+        Err(ApiError::AuthenticationRequired(_)) => {
+            return Err(refuse("pending secret replaced"));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let issued = token_issuer(state)
         .await?
         .mint(&client_id, &secret_hash)
