@@ -137,6 +137,14 @@ impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
         if inner.generation != ticket.generation {
             return;
         }
+        // A lookup that started before the one whose answer is held has nothing newer to say.
+        if inner
+            .entries
+            .get(&key)
+            .is_some_and(|held| held.looked_up_at >= ticket.started)
+        {
+            return;
+        }
         if inner.entries.len() >= self.capacity && !inner.entries.contains_key(&key) {
             let ttl = self.ttl;
             inner.entries.retain(|_, e| e.looked_up_at.elapsed() < ttl);
@@ -163,6 +171,32 @@ impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
         let found = load().await?;
         if let Some(value) = &found {
             self.insert(key, value.clone(), ticket);
+        }
+        Ok(found)
+    }
+
+    /// Asks the database again for `key` although an entry may be held (the caller doubts it: a
+    /// secret it did not prove), and holds the answer; "not found" drops the entry. Unlike
+    /// [`Self::invalidate`], lookups of other keys still in flight keep storing their answers: a
+    /// stream of failed requests must not turn the cache off for everyone.
+    pub async fn reload<E, Fut>(&self, key: K, load: impl FnOnce() -> Fut) -> Result<Option<V>, E>
+    where
+        Fut: std::future::Future<Output = Result<Option<V>, E>>,
+    {
+        let ticket = self.ticket();
+        let found = load().await?;
+        match &found {
+            Some(value) => self.insert(key, value.clone(), ticket),
+            None => {
+                let mut inner = self.lock();
+                if inner
+                    .entries
+                    .get(&key)
+                    .is_some_and(|held| held.looked_up_at <= ticket.started)
+                {
+                    inner.entries.remove(&key);
+                }
+            }
         }
         Ok(found)
     }
@@ -212,6 +246,26 @@ mod tests {
         assert_eq!(c.get(&1), None);
         c.insert(1, "new row", c.ticket());
         assert_eq!(c.get(&1), Some("new row"));
+    }
+
+    #[test]
+    fn a_reload_keeps_other_lookups_in_flight_and_is_not_undone_by_an_older_one() {
+        let c = cache(4);
+        let other_in_flight = c.ticket();
+        let older_of_same_key = c.ticket();
+        let reloaded =
+            futures::executor::block_on(c.reload(1, || async { Ok::<_, ()>(Some("fresh")) }));
+        assert_eq!(reloaded, Ok(Some("fresh")));
+        // Another key's lookup that was in flight still stores its answer.
+        c.insert(2, "two", other_in_flight);
+        assert_eq!(c.get(&2), Some("two"));
+        // A lookup of the same key that started before the reload does not put an older answer back.
+        c.insert(1, "older", older_of_same_key);
+        assert_eq!(c.get(&1), Some("fresh"));
+        // A reload that finds nothing drops the entry.
+        let gone = futures::executor::block_on(c.reload(1, || async { Ok::<_, ()>(None) }));
+        assert_eq!(gone, Ok(None));
+        assert_eq!(c.get(&1), None);
     }
 
     #[test]

@@ -328,10 +328,13 @@ pub async fn prove(
     if let Some(proved) = proves(&credential) {
         return Ok(Some((credential, proved)));
     }
-    state.caches.device_changed(key);
-    Ok(cached_credential(state, key, image)
-        .await?
-        .and_then(|fresh| proves(&fresh).map(|proved| (fresh, proved))))
+    let key = key.to_string();
+    let fresh = state
+        .caches
+        .device_credentials
+        .reload(key.clone(), || find_credential(state, &key, image))
+        .await?;
+    Ok(fresh.and_then(|fresh| proves(&fresh).map(|proved| (fresh, proved))))
 }
 
 /// Accepts a proved secret: using the pending one promotes it (completing a rotation) before the
