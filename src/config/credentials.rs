@@ -92,8 +92,8 @@ pub(super) fn credentials(env: &Env) -> Result<CredentialSettings, ConfigError> 
             .get("DEVICE_MQTT_URL")
             .or_else(|| env.get("MQTT_URL"))
             .map(str::to_string),
-        wifi_ssid: env.get("WIFI_SSID").map(str::to_string),
-        wifi_password: env.get("WIFI_PASSWORD").map(Secret::new),
+        wifi_ssid: env.get_verbatim("WIFI_SSID").map(str::to_string),
+        wifi_password: env.get_verbatim("WIFI_PASSWORD").map(Secret::new),
         token_ttl: Duration::from_secs_f64(ttl),
         signing_key_pem,
     })

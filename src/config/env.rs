@@ -53,6 +53,15 @@ impl Env {
         self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 
+    /// The value exactly as set, surrounding spaces included (a Wi-Fi SSID or passphrase may
+    /// begin or end with one); an empty value counts as unset.
+    pub(crate) fn get_verbatim(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
     pub(crate) fn parse<T: std::str::FromStr>(
         &self,
         name: &'static str,

@@ -201,3 +201,23 @@ fn values_that_would_overflow_time_arithmetic_are_refused() {
     let retention = c.mqtt.unwrap().log_retention;
     let _ = now - chrono::Duration::from_std(retention).unwrap();
 }
+
+#[test]
+fn wifi_credentials_keep_their_spaces() {
+    let c = config(&[
+        ("WIFI_SSID", " Home net "),
+        ("WIFI_PASSWORD", "  pass word "),
+    ])
+    .unwrap();
+    assert_eq!(c.credentials.wifi_ssid.as_deref(), Some(" Home net "));
+    assert_eq!(
+        c.credentials.wifi_password.as_ref().map(|p| p.expose()),
+        Some("  pass word ")
+    );
+    // Set but empty still counts as unset.
+    assert!(config(&[("WIFI_PASSWORD", "")])
+        .unwrap()
+        .credentials
+        .wifi_password
+        .is_none());
+}
