@@ -37,6 +37,14 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Withdraws what is queued for `client_id` (its device is being deleted).
+pub async fn withdraw(tx: &mut Tx, client_id: &str) -> Result<u64, DbError> {
+    Ok(crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM notifications WHERE client_id = $1").bind(client_id)
+    )?)
+}
+
 /// Queues one `kind` notification for every device of model `model_id` in one statement;
 /// returns how many.
 pub async fn enqueue_for_model(

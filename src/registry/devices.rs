@@ -134,6 +134,9 @@ pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), R
         .map(|dump| layout::coredump_key(&row.key, *dump))
         .collect::<Result<Vec<_>, _>>()?;
     outbox::schedule_deletion(&mut tx, &keys).await?;
+    // Messages still queued for it would go to a device that no longer exists.
+    crate::db::notifications::withdraw(&mut tx, &ClientId::format(&row.model_code, &row.key))
+        .await?;
     events::record(&mut tx, "device_deleted", &event_payload(&row)).await?;
     let committed = tx.commit().await;
     // Even after a failed commit: it may have happened, and forgetting costs one query.

@@ -542,3 +542,34 @@ async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_device_withdraws_the_messages_still_queued_for_it() {
+    // A broker that is never reachable: messages stay queued.
+    let url = format!("mqtt://127.0.0.1:{}", broker::free_port());
+    for_each_stack("notify_deleted", &[("MQTT_URL", &url)], async |app| {
+        let devices = model_with_devices(app, "gone", 2).await;
+        for device in &devices {
+            app.update_device(device.id, json!({"config": "{}", "active": true}))
+                .await;
+        }
+        assert_eq!(queued(app).await, 2);
+        let (status, body) = call(
+            app,
+            http::Method::DELETE,
+            &format!("/api/devices/{}", devices[0].id),
+            None,
+        )
+        .await;
+        assert_eq!(status, 204, "{body}");
+        // The other device's message stays.
+        let left: Vec<String> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT client_id FROM notifications"
+        )
+        .fetch_all(p)
+        .await)
+        .unwrap();
+        assert_eq!(left, [client_id("gone", &devices[1])]);
+    })
+    .await;
+}
