@@ -17,7 +17,12 @@ use crate::credentials::provisioning;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/devices/{id}/provisioning", get(nvs_package))
+    Router::new()
+        .route("/api/devices/{id}/provisioning", get(nvs_package))
+        // It mints a pending secret: a cookie caller passes the CSRF check of a write.
+        .route_layer(axum::middleware::from_fn(
+            super::session::mark_state_changing_get,
+        ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

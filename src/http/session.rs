@@ -115,8 +115,15 @@ fn authority_of(url: &str) -> Option<String> {
     (!authority.is_empty()).then(|| authority.to_ascii_lowercase())
 }
 
-/// Whether the request comes from a page of this host: `Origin`, else `Referer`, names it.
+/// Whether the request comes from a page of this host: the browser says so
+/// (`Sec-Fetch-Site: same-origin`), or `Origin`, else `Referer`, names it.
 pub fn same_origin(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-site").map(HeaderValue::as_bytes) {
+        Some(b"same-origin") => return true,
+        // The browser says it is not: no Origin or Referer overrides that.
+        Some(b"cross-site" | b"same-site") => return false,
+        _ => {}
+    }
     let Some(host) = request_host(headers) else {
         return false;
     };
@@ -128,10 +135,28 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     claimed.is_some_and(|a| a == host)
 }
 
-/// Whether a cookie-authenticated request may go on: reads always; writes with the session's
-/// CSRF token in [`CSRF_HEADER`] or from a page of this host (see the module docs).
+/// Marks a GET route that changes state (it mints a secret): for a cookie caller it gets the
+/// CSRF check of a write, since `SameSite=Lax` sends the cookie on a top-level navigation from
+/// another site. Put on such routes with [`mark_state_changing_get`].
+#[derive(Clone, Copy, Debug)]
+pub struct StateChangingGet;
+
+/// Middleware (`route_layer`) that marks its routes' requests [`StateChangingGet`].
+pub async fn mark_state_changing_get(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    request.extensions_mut().insert(StateChangingGet);
+    next.run(request).await
+}
+
+/// Whether a cookie-authenticated request may go on: reads always (except on routes marked
+/// [`StateChangingGet`]); writes with the session's CSRF token in [`CSRF_HEADER`] or from a page
+/// of this host (see the module docs).
 pub fn csrf_ok(parts: &Parts, csrf_token: &str) -> bool {
-    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && parts.extensions.get::<StateChangingGet>().is_none()
+    {
         return true;
     }
     if let Some(sent) = parts.headers.get(CSRF_HEADER) {

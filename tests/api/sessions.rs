@@ -458,3 +458,62 @@ async fn a_sign_in_with_the_wrong_verifier_nonce_or_a_refusal_creates_no_session
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_link_from_another_site_cannot_mint_a_provisioning_package() {
+    let mut overrides: Vec<(&str, &str)> = crate::credentials_support::PROVISIONING.to_vec();
+    overrides.push(("ADMIN_TOKEN", TOKEN));
+    for_each_stack("session_mint_csrf", &overrides, async |app| {
+        let device = &crate::credentials_support::model_with_devices(app, "thermo", 1).await[0];
+        let signed = sign_in_with_token(app, TOKEN, "/devices").await;
+        let cookie = cookie_pair(&set_cookie(signed.headers()).expect("a session cookie"));
+        let (_, me) = get_with(app, &cookie, "/api/auth/self").await;
+        let csrf = me["csrf_token"].as_str().expect("a CSRF token").to_string();
+        let path = format!(
+            "/api/devices/{}/provisioning?partition_size=12288",
+            device.id
+        );
+        let pending = async || -> Option<String> {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+                "SELECT pending_secret_hash FROM devices WHERE id = $1"
+            )
+            .bind(device.id)
+            .fetch_one(p)
+            .await)
+            .unwrap()
+        };
+        let host = app.address.trim_start_matches("http://").to_string();
+        let get = async |headers: &[(&str, String)]| -> u16 {
+            let mut request = browser().get(app.url(&path)).header("cookie", &cookie);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            request.send().await.unwrap().status().as_u16()
+        };
+
+        // A top-level navigation from another site carries the Lax cookie: refused, nothing minted.
+        let before = pending().await;
+        for headers in [
+            vec![
+                ("sec-fetch-site", "cross-site".to_string()),
+                ("sec-fetch-mode", "navigate".to_string()),
+            ],
+            vec![("referer", "http://evil.example/page".to_string())],
+            vec![],
+        ] {
+            assert_eq!(get(&headers).await, 403, "{headers:?}");
+            assert_eq!(pending().await, before, "{headers:?}");
+        }
+        // From a page of this host (the Python UI's fetch) or with the session's CSRF token (ours).
+        for headers in [
+            vec![("sec-fetch-site", "same-origin".to_string())],
+            vec![("referer", format!("http://{host}/devices/{}", device.id))],
+            vec![("x-csrf-token", csrf.clone())],
+        ] {
+            let before = pending().await;
+            assert_eq!(get(&headers).await, 200, "{headers:?}");
+            assert_ne!(pending().await, before, "{headers:?}: nothing minted");
+        }
+    })
+    .await;
+}
