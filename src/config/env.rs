@@ -97,7 +97,7 @@ impl Env {
     {
         let value = self.parse(name, default)?;
         // Written so that NaN, which compares false with everything, is refused too.
-        if !(value > T::default()) {
+        if value.partial_cmp(&T::default()) != Some(std::cmp::Ordering::Greater) {
             return Err(invalid(name, "must be greater than zero"));
         }
         Ok(value)
