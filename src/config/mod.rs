@@ -168,6 +168,10 @@ pub struct HttpLimits {
     /// A request whose client sends no body bytes, or reads no response bytes, for this long is
     /// ended (`HTTP_IDLE_TIMEOUT_SECONDS`, default 30).
     pub idle_timeout: Duration,
+    /// A request body must arrive whole within this (`HTTP_BODY_TIMEOUT_SECONDS`, default 30),
+    /// except on the upload routes, which have their own deadlines: a client trickling a small
+    /// body cannot hold its connection for ever.
+    pub body_timeout: Duration,
     /// Open connections at most (`HTTP_MAX_CONNECTIONS`, default 1024; lowered to fit the open
     /// file limit).
     pub max_connections: usize,
@@ -413,6 +417,7 @@ impl Config {
             http: HttpLimits {
                 header_read_timeout: env.seconds("HTTP_HEADER_READ_TIMEOUT_SECONDS", 10.0)?,
                 idle_timeout: env.seconds("HTTP_IDLE_TIMEOUT_SECONDS", 30.0)?,
+                body_timeout: env.seconds("HTTP_BODY_TIMEOUT_SECONDS", 30.0)?,
                 max_connections: env.positive("HTTP_MAX_CONNECTIONS", 1024)?,
                 shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
             },

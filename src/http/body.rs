@@ -146,11 +146,14 @@ impl Stream for LimitedBody {
 
 use std::future::Future;
 
-/// Whether a body error is the idle timeout of `crate::http::server` (tower-http's `TimeoutBody`).
+/// Whether a body error is the idle timeout of `crate::http::server` (tower-http's `TimeoutBody`)
+/// or its whole-body deadline ([`DeadlineBody`]).
 fn is_timeout(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if e.is::<tower_http::timeout::TimeoutError>() {
+        if e.is::<tower_http::timeout::TimeoutError>()
+            || e.downcast_ref::<BodyError>() == Some(&BodyError::TimedOut)
+        {
             return true;
         }
         source = e.source();
@@ -244,4 +247,68 @@ mod tests {
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
+}
+
+/// The whole-body deadline every request body gets from `crate::http::server`
+/// (`HTTP_BODY_TIMEOUT_SECONDS`), unless its route lifts it ([`lift_body_deadline`]): the upload
+/// routes, which read their bodies with deadlines of their own ([`LimitedBody`]).
+pub struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    lifted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// In a request's extensions: lifts its [`DeadlineBody`]'s deadline.
+#[derive(Clone)]
+pub struct BodyDeadline(Arc<std::sync::atomic::AtomicBool>);
+
+impl DeadlineBody {
+    /// `body` with a deadline of `within` from now, and the handle that lifts it.
+    pub fn new(body: Body, within: Duration) -> (Self, BodyDeadline) {
+        let lifted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(within)),
+            lifted: lifted.clone(),
+        };
+        (body, BodyDeadline(lifted))
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if !self.lifted.load(std::sync::atomic::Ordering::Relaxed)
+            && self.deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyError::TimedOut))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware (`route_layer`) for the upload routes: lifts the server's whole-body deadline,
+/// since they read their bodies against their own (`FIRMWARE_UPLOAD_TIMEOUT_SECONDS`,
+/// `COREDUMP_UPLOAD_TIMEOUT_SECONDS`).
+pub async fn lift_body_deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(BodyDeadline(lifted)) = request.extensions().get::<BodyDeadline>() {
+        lifted.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    next.run(request).await
 }

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::body::DeadlineBody;
 use crate::config::HttpLimits;
 use crate::telemetry;
 
@@ -130,9 +131,14 @@ pub async fn serve(
         let active = conn.active.clone();
         let router = router.clone();
         let idle = limits.idle_timeout;
+        let body_timeout = limits.body_timeout;
         let service = tower::service_fn(move |req: http::Request<Incoming>| {
             let guard = ActiveGuard::enter(active.clone());
-            let req = req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
+            let (mut parts, body) = req.into_parts();
+            let idle_bounded = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
+            let (bounded, deadline) = DeadlineBody::new(idle_bounded, body_timeout);
+            parts.extensions.insert(deadline);
+            let req = http::Request::from_parts(parts, Body::new(bounded));
             let response = router.clone().oneshot(req);
             async move {
                 // The request stays "in progress" until its response body is done or dropped.

@@ -98,6 +98,41 @@ fn parse_response(raw: &[u8]) -> Option<(u16, Value)> {
     ))
 }
 
+/// Sends `head` and then a body of `length` bytes (`7`s) one byte every `every`, while waiting
+/// (at most 15 s) for the answer; `None` if none came.
+async fn trickled(addr: &str, head: &str, length: usize, every: Duration) -> Option<(u16, Value)> {
+    let stream = raw_request(addr, head, &[7; 1]).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let dripping = tokio::spawn(async move {
+        for _ in 1..length {
+            tokio::time::sleep(every).await;
+            if writer.write_all(&[7]).await.is_err() {
+                break;
+            }
+        }
+        // Kept open: an answer must not wait for the client to close its side.
+        std::future::pending::<()>().await;
+    });
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return parse_response(&raw),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+            if let Some(parsed) = parse_response(&raw) {
+                return Some(parsed);
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    dripping.abort();
+    answer
+}
+
 fn coredump_head(addr: &str, device: &TestDevice, length: usize) -> String {
     format!(
         "POST /api/iot/coredump?chip=esp32&firmware_version=1.0 HTTP/1.1\r\nHost: {addr}\r\n\
@@ -249,34 +284,10 @@ async fn a_stalled_upload_body_is_408_and_nothing_is_stored() {
 
             // A byte every 300 ms never trips the idle timeout, but the whole-body deadline ends
             // it.
-            let trickle = raw_request(&addr, &coredump_head(&addr, &device, 1000), &[7; 1]).await;
-            let (mut reader, mut writer) = trickle.into_split();
-            let dripping = tokio::spawn(async move {
-                for _ in 0..100 {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if writer.write_all(&[7]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 4096];
-            let answer = tokio::time::timeout(Duration::from_secs(15), async {
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => return parse_response(&raw),
-                        Ok(n) => raw.extend_from_slice(&buf[..n]),
-                    }
-                    if let Some(parsed) = parse_response(&raw) {
-                        return Some(parsed);
-                    }
-                }
-            })
-            .await
-            .ok()
-            .flatten();
-            dripping.abort();
-            let (status, body) = answer.expect("an answer to a trickled upload");
+            let head = coredump_head(&addr, &device, 1000);
+            let (status, body) = trickled(&addr, &head, 1000, Duration::from_millis(300))
+                .await
+                .expect("an answer to a trickled upload");
             assert_eq!(status, 408, "{body}");
 
             assert_eq!(count(app, "coredumps").await, 0);
@@ -422,4 +433,32 @@ async fn a_client_that_stops_reading_a_download_is_dropped_after_the_idle_timeou
         "the whole {size}-byte body arrived ({received} bytes): the server never gave up"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickled_small_body_ends_at_the_body_deadline_and_uploads_keep_their_own() {
+    TestApp::builder("body_deadline")
+        .env("HTTP_BODY_TIMEOUT_SECONDS", "2")
+        .for_each_stack(async |app| {
+            let addr = host_port(app);
+            // No credential needed: a token request whose body never finishes (a byte every
+            // 250 ms never trips the idle timeout) is answered once the body deadline passes.
+            let head = format!(
+                "POST /api/iot/token HTTP/1.1\r\nHost: {addr}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+            );
+            let answer = trickled(&addr, &head, 1000, Duration::from_millis(250)).await;
+            let (status, _) = answer.expect("the trickled token request was never answered");
+            assert!((400..500).contains(&status), "{status}");
+
+            // A core-dump upload trickled past that deadline, within its own 30 s, is stored.
+            let device = model_with_device(app, "slow").await;
+            let head = coredump_head(&addr, &device, 24);
+            let (status, body) = trickled(&addr, &head, 24, Duration::from_millis(150))
+                .await
+                .expect("an answer to the slow upload");
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(count(app, "coredumps").await, 1);
+        })
+        .await;
 }

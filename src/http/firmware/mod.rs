@@ -39,11 +39,22 @@ pub use versions::{list_versions, pipeline_version, remove_version, set_current}
 use versions::{remove_version_named_current, remove_version_named_versions};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
+    // Uploads read their bodies against FIRMWARE_UPLOAD_TIMEOUT_SECONDS instead of the server's
+    // whole-body deadline.
+    let uploads = Router::new()
         .route(
             "/api/device-models/{id}/firmware",
             get(download_current).post(upload),
         )
+        .route(
+            "/api/pipeline/models/{code}/firmware",
+            post(pipeline_upload),
+        )
+        .route_layer(axum::middleware::from_fn(
+            crate::http::body::lift_body_deadline,
+        ));
+    Router::new()
+        .merge(uploads)
         .route(
             "/api/device-models/{id}/firmware/versions",
             get(list_versions).delete(remove_version_named_versions),
@@ -59,10 +70,6 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/device-models/{id}/firmware/{version}/{artifact}",
             get(download_artifact),
-        )
-        .route(
-            "/api/pipeline/models/{code}/firmware",
-            post(pipeline_upload),
         )
         .route(
             "/api/pipeline/models/{code}/firmware-version",

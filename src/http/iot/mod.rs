@@ -19,14 +19,21 @@ use crate::state::AppState;
 use axum::routing::post;
 
 pub fn router() -> Router<AppState> {
+    // The upload reads its body against COREDUMP_UPLOAD_TIMEOUT_SECONDS instead of the server's
+    // whole-body deadline.
+    let upload = Router::new()
+        .route("/api/iot/coredump", post(coredump::upload))
+        .route_layer(axum::middleware::from_fn(
+            crate::http::body::lift_body_deadline,
+        ));
     Router::new()
+        .merge(upload)
         .route("/api/iot/config", get(config))
         .route("/api/iot/firmware", get(firmware::device_firmware))
         .route(
             "/api/iot/firmware-version",
             get(firmware::device_firmware_version),
         )
-        .route("/api/iot/coredump", post(coredump::upload))
         .route("/api/iot/provisioning", get(provisioning::package))
         .route("/api/iot/token", post(token::token))
         .route("/api/iot/jwks.json", get(token::jwks))
