@@ -100,6 +100,26 @@ pub async fn purge(
     Ok(sessions + flows)
 }
 
+/// Forgets sign-ins started before `before`; how many.
+pub async fn purge_flows(db: &Db, before: DateTime<Utc>) -> Result<u64, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query(
+        "DELETE FROM login_flows WHERE created_at < $1"
+    )
+    .bind(before)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?)
+}
+
+/// Sign-ins waiting for their callback (expired ones included until purged).
+pub async fn count_flows(db: &Db) -> Result<i64, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM login_flows"
+    )
+    .fetch_one(p)
+    .await)?)
+}
+
 /// An OIDC sign-in waiting for its callback.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LoginFlowRow {

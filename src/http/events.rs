@@ -57,6 +57,35 @@ struct Subscriber {
     shutdown: tokio_util::sync::CancellationToken,
     /// Live device log lines for the devices this stream's `request_id` subscribed to.
     logs: LogFeed,
+    /// The credentials the stream was opened with, checked again every [`RECHECK_AUTH`].
+    auth: StreamAuth,
+}
+
+/// How often an open stream checks that its credentials still hold (a session signed out or
+/// expired, an OIDC token expired): the stream ends when they do not.
+const RECHECK_AUTH: Duration = Duration::from_secs(10);
+
+struct StreamAuth {
+    state: AppState,
+    /// The request's method and headers (cookie, `Authorization`).
+    parts: http::request::Parts,
+    checked: std::time::Instant,
+}
+
+impl StreamAuth {
+    /// Whether the stream may go on: its credentials still authenticate an admin reader. A
+    /// database or provider that cannot answer right now does not end it.
+    async fn still_valid(&mut self) -> bool {
+        if self.checked.elapsed() < RECHECK_AUTH {
+            return true;
+        }
+        self.checked = std::time::Instant::now();
+        match super::auth::authenticate_admin(&self.parts, &self.state).await {
+            Ok(_) => true,
+            Err(ApiError::AuthenticationRequired(_) | ApiError::AuthorizationFailed(_)) => false,
+            Err(_) => true,
+        }
+    }
 }
 
 struct LogFeed {
@@ -149,7 +178,15 @@ pub async fn stream(
         last: device_logs::newest_id(&state.db).await?,
         renewed: std::time::Instant::now(),
     };
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.headers = headers.clone();
+    let auth = StreamAuth {
+        state: state.clone(),
+        parts,
+        checked: std::time::Instant::now(),
+    };
     let subscriber = Subscriber {
+        auth,
         db: state.db.clone(),
         newest: state.events.subscribe(),
         events: cursor,
@@ -185,6 +222,10 @@ pub async fn stream(
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "sse_log_read_failed"),
+            }
+            if !s.auth.still_valid().await {
+                tracing::info!("sse_ended: its credentials no longer hold");
+                return None;
             }
             tokio::select! {
                 () = s.shutdown.cancelled() => return None,

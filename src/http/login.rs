@@ -43,6 +43,10 @@ pub struct LoginQuery {
     pub error: Option<String>,
 }
 
+/// The longest sign-in callback URL (built from `Host`/`X-Forwarded-*` without
+/// `OIDC_REDIRECT_URL`).
+const MAX_REDIRECT_URI: usize = 2048;
+
 /// Starts signing in (see the module docs for what each configuration does).
 #[utoipa::path(get, path = "/api/auth/login", tag = "auth", params(LoginQuery),
     responses((status = 302, description = "To the identity provider, the configured login URL, or back"),
@@ -72,7 +76,18 @@ pub async fn login(
                 ))?
             ),
         };
-        let flow = sessions::start_flow(&state.db, &redirect_uri, &return_to).await?;
+        // The callback URL is built from request headers when OIDC_REDIRECT_URL is unset.
+        if redirect_uri.len() > MAX_REDIRECT_URI {
+            return Err(ApiError::validation(
+                "The sign-in callback URL built from this request is too long (set OIDC_REDIRECT_URL)",
+            ));
+        }
+        let Some(flow) = sessions::start_flow(&state.db, &redirect_uri, &return_to).await? else {
+            return Err(ApiError::Unavailable {
+                message: "Too many sign-ins are in progress; try again in a few minutes".into(),
+                details: None,
+            });
+        };
         let url = oidc
             .authorization_url(
                 &oidc.settings().client,

@@ -185,12 +185,21 @@ pub struct LoginFlow {
     pub return_to: String,
 }
 
-/// Starts a sign-in: fresh state, PKCE verifier and nonce, stored until the callback.
+/// Sign-ins in progress at most (each waits up to [`FLOW_LIFETIME`] for its callback): anyone may
+/// start one, so their rows must not grow without bound.
+pub const MAX_FLOWS_IN_PROGRESS: i64 = 10_000;
+
+/// Starts a sign-in: fresh state, PKCE verifier and nonce, stored until the callback. `None` when
+/// [`MAX_FLOWS_IN_PROGRESS`] sign-ins are in progress already. Expired ones are forgotten first.
 pub async fn start_flow(
     db: &Db,
     redirect_uri: &str,
     return_to: &str,
-) -> Result<LoginFlow, DbError> {
+) -> Result<Option<LoginFlow>, DbError> {
+    queries::purge_flows(db, db::now() - FLOW_LIFETIME).await?;
+    if queries::count_flows(db).await? >= MAX_FLOWS_IN_PROGRESS {
+        return Ok(None);
+    }
     let flow = LoginFlow {
         state: random_token(24),
         pkce_verifier: random_token(48),
@@ -210,7 +219,7 @@ pub async fn start_flow(
         },
     )
     .await?;
-    Ok(flow)
+    Ok(Some(flow))
 }
 
 /// Takes the sign-in named by `state` if it is still fresh (a state works once).

@@ -183,7 +183,7 @@ async fn signing_in_with_the_admin_token_gives_a_session_for_reads_writes_and_th
             .await
             .unwrap();
         assert_eq!(stream.status(), 200);
-        drop(stream);
+        let mut stream = stream.bytes_stream();
 
         // Signing out ends it everywhere and clears the cookie.
         let out = browser()
@@ -197,6 +197,13 @@ async fn signing_in_with_the_admin_token_gives_a_session_for_reads_writes_and_th
         assert!(set_cookie(out.headers()).unwrap().contains("Max-Age=0"));
         assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
         assert!(session_rows(app).await.is_empty());
+        // The open stream ends too (its credentials are checked again every 10 s).
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(40), async {
+            use futures::StreamExt;
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream outlived its session");
     })
     .await;
 }
@@ -516,4 +523,60 @@ async fn a_link_from_another_site_cannot_mint_a_provisioning_package() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn sign_ins_in_progress_are_bounded_and_expired_ones_forgotten() {
+    let issuer = issuer_with_login().await;
+    for stack in ALL_STACKS {
+        let Some(app) = oidc_app(stack, "session_flows_bounded", &issuer).await else {
+            continue;
+        };
+        let flows = async || -> i64 {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+                "SELECT COUNT(*) FROM login_flows"
+            )
+            .fetch_one(p)
+            .await)
+            .unwrap()
+        };
+        let insert = async |n: i64, created_at: chrono::DateTime<chrono::Utc>| {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+                 INSERT INTO login_flows (state_hash, pkce_verifier, nonce, redirect_uri,
+                     return_to, created_at)
+                 SELECT 'filler-' || $2 || '-' || i, 'v', 'n', 'http://x/cb', '/', $3 FROM n"
+            )
+            .bind(n)
+            .bind(created_at.timestamp_micros().to_string())
+            .bind(created_at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        };
+        let now = iotsupport::db::now();
+        // Anyone may start sign-ins, which nobody finishes: once the cap is reached, no more rows.
+        insert(iotsupport::sessions::MAX_FLOWS_IN_PROGRESS, now).await;
+        let refused = browser()
+            .get(app.url("/api/auth/login?redirect=/devices"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 503, "{stack:?}");
+        assert_eq!(flows().await, iotsupport::sessions::MAX_FLOWS_IN_PROGRESS);
+        // Sign-ins older than their lifetime are forgotten by the next start, which then works.
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE login_flows SET created_at = $1"
+        )
+        .bind(now - chrono::Duration::minutes(11))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        let callback = to_callback(&app, "/devices").await;
+        assert!(callback.contains("state="), "{callback}");
+        assert_eq!(flows().await, 1, "{stack:?}: expired sign-ins kept");
+        app.stop().await;
+    }
 }
