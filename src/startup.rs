@@ -138,7 +138,8 @@ impl Application {
             )),
             tokens,
             token_failures: Arc::default(),
-            notifier: crate::notify::Notifier::new(config.mqtt.is_some()),
+            notifier: crate::notify::Notifier::new(config.mqtt.is_some())
+                .with_firmware_delay(config.device_lookup_cache_ttl),
             notify_stats: Arc::default(),
             log_hub: crate::device_logs::LogHub::start(
                 db.clone(),

@@ -45,20 +45,21 @@ pub async fn withdraw(tx: &mut Tx, client_id: &str) -> Result<u64, DbError> {
     )?)
 }
 
-/// Queues one `kind` notification for every device of model `model_id` in one statement;
-/// returns how many.
+/// Queues one `kind` notification for every device of model `model_id` in one statement, to be
+/// published from `due` on; returns how many.
 pub async fn enqueue_for_model(
     tx: &mut Tx,
     kind: &str,
     model_id: i64,
     firmware_version: Option<&str>,
     now: DateTime<Utc>,
+    due: DateTime<Utc>,
 ) -> Result<u64, DbError> {
     Ok(crate::execute!(
         tx,
         sqlx::query(
             "INSERT INTO notifications (kind, client_id, firmware_version, created_at, next_attempt_at)
-             SELECT $1, 'iotdevice-' || m.code || '-' || d.key, $2, $3, $3
+             SELECT $1, 'iotdevice-' || m.code || '-' || d.key, $2, $3, $5
              FROM devices d JOIN device_models m ON m.id = d.device_model_id
              WHERE d.device_model_id = $4 ORDER BY d.id"
         )
@@ -66,6 +67,7 @@ pub async fn enqueue_for_model(
         .bind(firmware_version)
         .bind(now)
         .bind(model_id)
+        .bind(due)
     )?)
 }
 

@@ -64,17 +64,32 @@ pub fn payload(client_id: &str, firmware_version: Option<&str>) -> Bytes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Notifier {
     enabled: bool,
+    /// How long a firmware message waits before it may be published.
+    firmware_delay: std::time::Duration,
 }
 
 impl Notifier {
     /// `enabled`: `MQTT_URL` is set.
     pub fn new(enabled: bool) -> Self {
-        Notifier { enabled }
+        Notifier {
+            enabled,
+            firmware_delay: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Firmware messages wait `delay` before they may be published: the
+    /// `DEVICE_LOOKUP_CACHE_SECONDS` for which other processes may still serve the model's
+    /// previous image. A device reacting at once would otherwise be told "no update" there.
+    pub fn with_firmware_delay(self, delay: std::time::Duration) -> Self {
+        Notifier {
+            firmware_delay: delay,
+            ..self
+        }
     }
 
     /// Queues nothing (no `MQTT_URL`, or a command that must not notify).
     pub fn disabled() -> Self {
-        Notifier { enabled: false }
+        Notifier::new(false)
     }
 
     pub fn is_enabled(self) -> bool {
@@ -92,12 +107,15 @@ impl Notifier {
         if !self.enabled {
             return Ok(0);
         }
+        let now = db::now();
+        let due = now + chrono::Duration::from_std(self.firmware_delay).unwrap_or_default();
         queries::enqueue_for_model(
             tx,
             Kind::Firmware.as_str(),
             model_id,
             Some(version),
-            db::now(),
+            now,
+            due,
         )
         .await
     }

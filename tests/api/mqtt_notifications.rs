@@ -21,6 +21,10 @@ use crate::mqtt_support::{self as broker, Broker};
 pub fn mqtt_env(url: &str) -> Vec<(String, String)> {
     vec![
         ("MQTT_URL".into(), url.to_string()),
+        // Firmware messages wait for the lookup cache's TTL (see
+        // `firmware_messages_wait_until_other_processes_serve_the_new_image`); these tests look
+        // at what arrives, at once.
+        ("DEVICE_LOOKUP_CACHE_SECONDS".into(), "0".into()),
         (
             "MQTT_LOG_GROUP".into(),
             format!("t{}", uuid::Uuid::new_v4().simple()),
@@ -570,6 +574,42 @@ async fn deleting_a_device_withdraws_the_messages_still_queued_for_it() {
         .await)
         .unwrap();
         assert_eq!(left, [client_id("gone", &devices[1])]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn firmware_messages_wait_until_other_processes_serve_the_new_image() {
+    // A broker that is never reachable: messages stay queued to be looked at.
+    let url = format!("mqtt://127.0.0.1:{}", broker::free_port());
+    let overrides = [
+        ("MQTT_URL", url.as_str()),
+        ("DEVICE_LOOKUP_CACHE_SECONDS", "5"),
+    ];
+    for_each_stack("notify_firmware_delay", &overrides, async |app| {
+        let devices = model_with_devices(app, "later", 2).await;
+        assert_eq!(
+            app.upload_firmware(devices[0].model_id, Build::new("1.0.0", "a").zip("later"))
+                .await
+                .0,
+            200
+        );
+        app.update_device(devices[0].id, json!({"config": "{}", "active": true}))
+            .await;
+        let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> =
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_as(
+                "SELECT kind, created_at, next_attempt_at FROM notifications ORDER BY id"
+            )
+            .fetch_all(p)
+            .await)
+            .unwrap();
+        let waits: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|(kind, created, due)| (kind.as_str(), (*due - *created).num_seconds()))
+            .collect();
+        // Another process may serve the previous image for the lookup cache's 5 s; a config
+        // message has nothing cached to wait for.
+        assert_eq!(waits, [("firmware", 5), ("firmware", 5), ("config", 0)]);
     })
     .await;
 }
