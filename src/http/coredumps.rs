@@ -211,8 +211,19 @@ pub async fn download(
     let mut tx = state.db.begin().await?;
     let (key, row) = manage::load(&mut tx, id, cid).await?;
     tx.commit().await?;
+    let object = coredump_key(&key, row.id)?;
+    // A row without its object is a known state, not a server fault: a dump adopted from the
+    // Python service whose file `migrate-to-s3` has not moved yet, or an object lost since.
+    if let Err(crate::storage::StorageError::NotFound { .. }) = state.storage.head(&object).await {
+        tracing::warn!(coredump_id = row.id, key = %object, "coredump_object_missing");
+        return Err(ApiError::NotFound(format!(
+            "Core dump {cid} has no file in the object store: if this database was adopted from \
+             the Python service, run `iotsupport migrate-to-s3`; otherwise `iotsupport reconcile` \
+             reports the missing object"
+        )));
+    }
     let download = Download {
-        key: coredump_key(&key, row.id)?,
+        key: object,
         etag: None,
         content_type: "application/octet-stream",
         filename: format!("coredump_{}.dmp", row.id),

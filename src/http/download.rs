@@ -145,7 +145,9 @@ fn asks_for_any_representation(headers: &HeaderMap) -> bool {
 
 /// The single range to serve: `Range` if present, parseable, and allowed by `If-Range`.
 fn requested_range(download: &Download, headers: &HeaderMap) -> Option<ByteRange> {
-    let range_allowed = match (header(headers, IF_RANGE), &download.etag) {
+    // Present but not text (obs-text bytes): it cannot match our ETag, so no range either.
+    let if_range = headers.get(IF_RANGE).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let range_allowed = match (if_range, &download.etag) {
         (None, _) => true,
         (Some(value), Some(etag)) => value.trim() == quoted(etag),
         // No validator to compare with: a conditional range cannot be honoured safely.

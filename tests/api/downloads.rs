@@ -182,6 +182,20 @@ async fn etags_answer_304_and_guard_resumed_ranges() {
         .unwrap();
     assert_eq!(response.status(), 200, "changed content: send it all");
     assert_eq!(response.bytes().await.unwrap(), data);
+    // A validator with bytes that are not text (RFC 9110 obs-text) cannot match: all of it.
+    let response = app
+        .client
+        .get(app.url("/test/download/image"))
+        .header("range", "bytes=0-9")
+        .header(
+            "if-range",
+            reqwest::header::HeaderValue::from_bytes(b"\"\xe9\"").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a validator that is not text");
+    assert_eq!(response.bytes().await.unwrap(), data);
     app.stop().await;
 }
 
