@@ -196,7 +196,7 @@ fn values_that_would_overflow_time_arithmetic_are_refused() {
     ])
     .unwrap();
     assert_eq!(c.rotation.timeout, env::MAX_DURATION);
-    let now = crate::db::now();
+    let now = chrono::Utc::now();
     let _ = now - chrono::Duration::from_std(c.rotation.timeout).unwrap();
     let retention = c.mqtt.unwrap().log_retention;
     let _ = now - chrono::Duration::from_std(retention).unwrap();
