@@ -133,6 +133,9 @@ impl Application {
         );
         let state = AppState {
             caches: Arc::new(crate::state::Caches::new(&config)),
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(
+                (config.http.max_connections / 2).max(1),
+            )),
             coredump_uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_coredump_uploads,
             )),

@@ -23,6 +23,9 @@ pub struct AppState {
     /// Fires when the process stops; long-lived responses (the event stream) end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub caches: Arc<Caches>,
+    /// Permits for live event streams open at once (half of `HTTP_MAX_CONNECTIONS`): streams never
+    /// end on their own, so without a bound readers could hold every connection.
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Permits for core-dump uploads in progress (`MAX_CONCURRENT_COREDUMP_UPLOADS`).
     pub coredump_uploads: Arc<tokio::sync::Semaphore>,
     /// Mints and verifies the device tokens iotsupport issues.

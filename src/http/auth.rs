@@ -202,7 +202,7 @@ async fn session_identity(parts: &Parts, state: &AppState) -> Result<AdminIdenti
         ));
     };
     let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
-    let session = crate::sessions::find(&state.db, &cookie, admin_token)
+    let session = crate::sessions::find(&state.db, &cookie, admin_token, state.oidc.is_some())
         .await?
         .ok_or_else(|| {
             ApiError::AuthenticationRequired("Your session has ended; sign in again".into())

@@ -59,6 +59,9 @@ struct Subscriber {
     logs: LogFeed,
     /// The credentials the stream was opened with, checked again every [`RECHECK_AUTH`].
     auth: StreamAuth,
+    /// Its place among the streams open at once (`AppState::stream_slots`), given back when the
+    /// stream ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// How often an open stream checks that its credentials still hold (a session signed out or
@@ -146,13 +149,21 @@ impl LogFeed {
 /// Live stream of committed changes: core dumps, firmware versions, models, devices.
 #[utoipa::path(get, path = "/api/sse/stream", tag = "auth", security(("admin" = [])), params(StreamQuery),
     responses((status = 200, description = "text/event-stream of {type, payload} messages", content_type = "text/event-stream"),
-        (status = 401, body = super::error::ErrorBody)))]
+        (status = 401, body = super::error::ErrorBody),
+        (status = 503, description = "Too many streams are open (half of HTTP_MAX_CONNECTIONS)", body = super::error::ErrorBody)))]
 pub async fn stream(
     _: AdminReader,
     State(state): State<AppState>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state
+        .stream_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable("Too many live streams are open; try again in a moment")
+        })?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -186,6 +197,7 @@ pub async fn stream(
         checked: std::time::Instant::now(),
     };
     let subscriber = Subscriber {
+        _slot: slot,
         auth,
         db: state.db.clone(),
         newest: state.events.subscribe(),

@@ -127,11 +127,14 @@ pub async fn create(
 }
 
 /// The live session named by `cookie`. `admin_token` is the configured `ADMIN_TOKEN`: a session
-/// made with another token (or when none is configured any more) is ended.
+/// made with another token (or when none is configured any more) is ended. `oidc_enabled`: OIDC
+/// is configured; a session made through it while it is not (turned off after an incident, say)
+/// is ended too.
 pub async fn find(
     db: &Db,
     cookie: &str,
     admin_token: Option<&str>,
+    oidc_enabled: bool,
 ) -> Result<Option<Session>, DbError> {
     if cookie.is_empty() || cookie.len() > 128 {
         return Ok(None);
@@ -140,12 +143,15 @@ pub async fn find(
     let Some(row) = queries::find_session(db, &id_hash, db::now()).await? else {
         return Ok(None);
     };
-    if row.method == SessionMethod::AdminToken.as_str() {
+    let still_allowed = if row.method == SessionMethod::AdminToken.as_str() {
         let current = admin_token.map(sha256_hex);
-        if current.is_none() || current != row.credential_hash {
-            queries::delete_session(db, &id_hash).await?;
-            return Ok(None);
-        }
+        current.is_some() && current == row.credential_hash
+    } else {
+        oidc_enabled
+    };
+    if !still_allowed {
+        queries::delete_session(db, &id_hash).await?;
+        return Ok(None);
     }
     Ok(to_session(row))
 }

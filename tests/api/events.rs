@@ -355,3 +355,33 @@ async fn record_model_event(tx: &mut iotsupport::db::Tx, code: &str) {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn live_streams_take_at_most_half_the_connections() {
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "stream_slots",
+        &[("HTTP_MAX_CONNECTIONS", "8")],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    // Streams never end on their own: four of the eight connections, then 503.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(SseReader::open(&app).await);
+    }
+    let refused = app.get("/api/sse/stream?request_id=fifth").await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(app.get("/health/healthz").await.status(), 200);
+    // A stream's place is given back when it ends.
+    drop(open);
+    let reopened = eventually(Duration::from_secs(40), || async {
+        app.get("/api/sse/stream?request_id=again").await.status() == 200
+    })
+    .await;
+    assert!(reopened, "the closed streams kept their places");
+    app.stop().await;
+}

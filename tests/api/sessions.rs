@@ -235,7 +235,7 @@ async fn a_changed_admin_token_ends_its_sessions_and_guessing_is_throttled() {
             let cookie = cookie_pair(&set_cookie(signed.headers()).expect("cookie"));
             let value = cookie.trim_start_matches("iotsupport_session=");
             // What a process started with another ADMIN_TOKEN sees.
-            let found = iotsupport::sessions::find(app.db(), value, Some("another-token"))
+            let found = iotsupport::sessions::find(app.db(), value, Some("another-token"), false)
                 .await
                 .unwrap();
             assert!(found.is_none());
@@ -387,6 +387,27 @@ async fn the_oidc_code_flow_with_pkce_signs_a_person_in_once() {
         let replay = browser().get(&callback).send().await.unwrap();
         assert_eq!(replay.status(), 400);
         assert!(set_cookie(replay.headers()).is_none());
+
+        // A process configured with OIDC still accepts it; one where OIDC was turned off (after
+        // an incident at the provider, say) ends it rather than honour its stored roles.
+        let value = cookie.trim_start_matches("iotsupport_session=");
+        let kept = iotsupport::sessions::find(app.db(), value, None, true)
+            .await
+            .unwrap();
+        assert!(kept.is_some(), "{stack:?}");
+        let ended = iotsupport::sessions::find(app.db(), value, None, false)
+            .await
+            .unwrap();
+        assert!(ended.is_none(), "{stack:?}: an OIDC session outlived OIDC");
+        assert!(session_rows(&app).await.is_empty());
+        let (status, me) = get_with(&app, &cookie, "/api/auth/self").await;
+        assert_eq!(status, 401, "{me}");
+        let signed_again = browser()
+            .get(&to_callback(&app, "/").await)
+            .send()
+            .await
+            .unwrap();
+        let cookie = cookie_pair(&set_cookie(signed_again.headers()).expect("a session cookie"));
 
         // Signing out ends the session here and continues at the provider.
         let out = browser()
