@@ -98,7 +98,13 @@ pub async fn login(
             )
             .await
             .map_err(oidc_error)?;
-        return Ok(found(&url));
+        let mut response = found(&url);
+        let secure = session::cookie_secure(&state.config.sessions, &headers);
+        response.headers_mut().append(
+            http::header::SET_COOKIE,
+            session::set_flow_cookie(&flow.state, secure),
+        );
+        return Ok(response);
     }
     if state.config.admin_token.is_some() {
         let message = match query.error.as_deref() {
@@ -196,8 +202,18 @@ pub async fn callback(
     let Some(oidc) = &state.oidc else {
         return Err(ApiError::NotFound("OIDC is not configured".into()));
     };
+    // Only the browser that started the sign-in may finish it; the flow stays for it otherwise.
     let flow = match &query.state {
-        Some(s) => sessions::take_flow(&state.db, s).await?,
+        Some(s) if session::flow_is_this_browsers(&headers, s) => {
+            sessions::take_flow(&state.db, s).await?
+        }
+        Some(_) => {
+            return Ok(message_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in was started in another browser",
+                "Sign in again from this browser.",
+            ));
+        }
         None => None,
     };
     let Some(flow) = flow else {
@@ -256,7 +272,12 @@ pub async fn callback(
         admin_token: None,
         id_token: Some(signed.id_token),
     };
-    start_session(&state, &headers, who, &flow.return_to).await
+    let mut response = start_session(&state, &headers, who, &flow.return_to).await?;
+    let secure = session::cookie_secure(&state.config.sessions, &headers);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session::clear_flow_cookie(secure));
+    Ok(response)
 }
 
 /// Ends the browser's session (GET too: the Python UI navigates here) and, for an OIDC session

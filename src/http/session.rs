@@ -23,14 +23,54 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The session cookie's value, if the request has one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE_NAME)
+}
+
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE_NAME)
+        .find(|c| c.name() == name)
         .map(|c| c.value().to_string())
+}
+
+/// The cookie that ties an OIDC sign-in to the browser that started it: its `state`, sent back
+/// only to the callback. A callback whose `state` is not this browser's is refused, so nobody can
+/// finish their own sign-in in someone else's browser (login CSRF).
+pub const FLOW_COOKIE_NAME: &str = "iotsupport_sign_in";
+const CALLBACK_PATH: &str = "/api/auth/callback";
+
+/// `Set-Cookie` for a sign-in just started with `state`, for its ten minutes.
+pub fn set_flow_cookie(state: &str, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((FLOW_COOKIE_NAME, state))
+        .path(CALLBACK_PATH)
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .secure(secure)
+        .max_age(cookie::time::Duration::minutes(10))
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `Set-Cookie` that removes the sign-in cookie (the callback used it).
+pub fn clear_flow_cookie(secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((FLOW_COOKIE_NAME, ""))
+        .path(CALLBACK_PATH)
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .secure(secure)
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether the callback's `state` is the one this browser's sign-in cookie holds.
+pub fn flow_is_this_browsers(headers: &HeaderMap, state: &str) -> bool {
+    cookie_named(headers, FLOW_COOKIE_NAME)
+        .is_some_and(|held| bool::from(held.as_bytes().ct_eq(state.as_bytes())))
 }
 
 /// The first value of a proxy header, trimmed (`X-Forwarded-Proto: https, http` → `https`).

@@ -8,7 +8,8 @@
 //! - A session made with `ADMIN_TOKEN` remembers the token's SHA-256 and ends when the configured
 //!   token changes. Roles of an OIDC session are those granted at sign-in, until it expires.
 //! - An OIDC sign-in in progress (state, PKCE verifier, nonce, where to return) is stored until its
-//!   callback, which any process may receive, for at most [`FLOW_LIFETIME`]; a state works once.
+//!   callback, which any process may receive, for at most [`FLOW_LIFETIME`]; a state works once,
+//!   and only in the browser that holds it in its sign-in cookie (`crate::http::session`).
 
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;

@@ -306,18 +306,60 @@ async fn issuer_with_login() -> TestIssuer {
     issuer
 }
 
+/// A sign-in at its last step: the callback URL the provider sent the browser back to, and the
+/// sign-in cookie that browser holds (`name=value`).
+struct SignIn {
+    url: String,
+    cookie: String,
+}
+
+impl SignIn {
+    /// The browser that started it follows the callback.
+    async fn finish(&self) -> reqwest::Response {
+        browser()
+            .get(&self.url)
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The sign-in cookie `/api/auth/login` sets (`name=value`).
+fn flow_cookie(headers: &HeaderMap) -> String {
+    let set = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("iotsupport_sign_in="))
+        .expect("a sign-in cookie");
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/api/auth/callback",
+        "Max-Age=600",
+    ] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    cookie_pair(set)
+}
+
 /// Follows a sign-in from `/api/auth/login` to the callback URL the provider sends back.
-async fn to_callback(app: &TestApp, redirect: &str) -> String {
+async fn to_callback(app: &TestApp, redirect: &str) -> SignIn {
     let start = browser()
         .get(app.url(&format!("/api/auth/login?redirect={redirect}")))
         .send()
         .await
         .unwrap();
     assert_eq!(start.status(), 302);
+    let cookie = flow_cookie(start.headers());
     let authorize = location(start.headers());
     let at_provider = browser().get(&authorize).send().await.unwrap();
     assert_eq!(at_provider.status(), 302, "the issuer refused {authorize}");
-    location(at_provider.headers())
+    SignIn {
+        url: location(at_provider.headers()),
+        cookie,
+    }
 }
 
 fn query_param(url: &str, name: &str) -> String {
@@ -352,9 +394,28 @@ async fn the_oidc_code_flow_with_pkce_signs_a_person_in_once() {
             app.url("/api/auth/callback")
         );
         assert!(!query_param(&authorize, "nonce").is_empty());
+        let sign_in_cookie = flow_cookie(start.headers());
 
         let callback = location(browser().get(&authorize).send().await.unwrap().headers());
-        let done = browser().get(&callback).send().await.unwrap();
+        // Another browser (no sign-in cookie, or another sign-in's) cannot finish it: that would
+        // sign its person in as this one (login CSRF). The sign-in stays for its own browser.
+        let other = to_callback(&app, "/").await;
+        for cookie in ["", other.cookie.as_str()] {
+            let elsewhere = browser()
+                .get(&callback)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(elsewhere.status(), 400, "{stack:?} {cookie:?}");
+            assert!(set_cookie(elsewhere.headers()).is_none());
+        }
+        let done = browser()
+            .get(&callback)
+            .header("cookie", &sign_in_cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(
             done.status(),
             303,
@@ -384,7 +445,12 @@ async fn the_oidc_code_flow_with_pkce_signs_a_person_in_once() {
         );
 
         // The callback works once: a replay finds no sign-in.
-        let replay = browser().get(&callback).send().await.unwrap();
+        let replay = browser()
+            .get(&callback)
+            .header("cookie", &sign_in_cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(replay.status(), 400);
         assert!(set_cookie(replay.headers()).is_none());
 
@@ -402,11 +468,7 @@ async fn the_oidc_code_flow_with_pkce_signs_a_person_in_once() {
         assert!(session_rows(&app).await.is_empty());
         let (status, me) = get_with(&app, &cookie, "/api/auth/self").await;
         assert_eq!(status, 401, "{me}");
-        let signed_again = browser()
-            .get(&to_callback(&app, "/").await)
-            .send()
-            .await
-            .unwrap();
+        let signed_again = to_callback(&app, "/").await.finish().await;
         let cookie = cookie_pair(&set_cookie(signed_again.headers()).expect("a session cookie"));
 
         // Signing out ends the session here and continues at the provider.
@@ -446,10 +508,15 @@ async fn a_sign_in_with_the_wrong_verifier_nonce_or_a_refusal_creates_no_session
         let crossed = format!(
             "{}?code={}&state={}",
             app.url("/api/auth/callback"),
-            query_param(&a, "code"),
-            query_param(&b, "state")
+            query_param(&a.url, "code"),
+            query_param(&b.url, "state")
         );
-        let response = browser().get(&crossed).send().await.unwrap();
+        let response = browser()
+            .get(&crossed)
+            .header("cookie", &b.cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 401);
         assert!(set_cookie(response.headers()).is_none());
         assert_eq!(
@@ -459,22 +526,14 @@ async fn a_sign_in_with_the_wrong_verifier_nonce_or_a_refusal_creates_no_session
 
         // An ID token with another nonce.
         issuer.with_login(|l| l.wrong_nonce = true);
-        let response = browser()
-            .get(&to_callback(&app, "/").await)
-            .send()
-            .await
-            .unwrap();
+        let response = to_callback(&app, "/").await.finish().await;
         assert_eq!(response.status(), 401);
         assert!(response.text().await.unwrap().contains("nonce"));
         issuer.with_login(|l| l.wrong_nonce = false);
 
         // The provider says no.
         issuer.with_login(|l| l.refuse = Some("access_denied".into()));
-        let response = browser()
-            .get(&to_callback(&app, "/").await)
-            .send()
-            .await
-            .unwrap();
+        let response = to_callback(&app, "/").await.finish().await;
         assert_eq!(response.status(), 401);
         assert!(response.text().await.unwrap().contains("access_denied"));
         issuer.with_login(|l| l.refuse = None);
@@ -596,7 +655,7 @@ async fn sign_ins_in_progress_are_bounded_and_expired_ones_forgotten() {
         .map(|r| r.rows_affected()))
         .unwrap();
         let callback = to_callback(&app, "/devices").await;
-        assert!(callback.contains("state="), "{callback}");
+        assert!(callback.url.contains("state="), "{}", callback.url);
         assert_eq!(flows().await, 1, "{stack:?}: expired sign-ins kept");
         app.stop().await;
     }
