@@ -276,12 +276,29 @@ async fn flow(
         .click()
         .await
         .expect("open the form");
+    let typed = r#"{"deviceName": "Hall", "deviceEntityId": "sensor.hall"}"#;
     fill(
         c,
         "form[data-api-url='/api/devices'] textarea[name=config]",
-        r#"{"deviceName": "Hall", "deviceEntityId": "sensor.hall"}"#,
+        typed,
     )
     .await;
+    // What is being typed survives a live refresh of the page (a device created elsewhere).
+    until_live(c).await;
+    let (status, elsewhere) = app.create_device(model_id, "{}").await;
+    assert_eq!(status, 201, "{elsewhere}");
+    until_text(c, "main", elsewhere["key"].as_str().expect("a key")).await;
+    let kept = js(
+        c,
+        "return document.querySelector(\"form[data-api-url='/api/devices'] textarea[name=config]\").value;",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        kept.as_str(),
+        Some(typed),
+        "the refresh wiped the new-device form"
+    );
     click(c, "form[data-api-url='/api/devices'] button[type=submit]").await;
     until(
         c,

@@ -242,7 +242,7 @@ fn logs(device: &DeviceRow, mqtt: bool) -> Markup {
             } @else {
                 div #logs data-preserve data-logs-device=(device.id)
                     data-logs-entity=[device.device_entity_id.as_deref()] {
-                    p.hint { "The last hour, newest at the bottom; new lines appear as they arrive." }
+                    p.hint { "The newest 1,000 lines, newest at the bottom; new lines appear as they arrive." }
                     ol.log-lines aria-live="polite" {}
                     p.form-status data-status role="alert" {}
                 }

@@ -164,7 +164,8 @@ fn new_device_form(model: &DeviceModelRow) -> Markup {
     html! {
         details.panel {
             summary { "New device" }
-            form.stack data-api-method="POST" data-api-url="/api/devices" data-done="device-secret" {
+            // An id, so a live refresh keeps what is being typed (ui.js `swap`).
+            form.stack #new-device-form data-api-method="POST" data-api-url="/api/devices" data-done="device-secret" {
                 input type="hidden" name="device_model_id" value=(model.id) data-type="int";
                 label { "Config " span.hint { "(JSON; deviceName, deviceEntityId and enableOTA are read from it"
                     @if model.config_schema.is_some() { "; it must satisfy the model's schema" } ")" }

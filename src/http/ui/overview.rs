@@ -216,7 +216,8 @@ fn new_model_form(open: bool) -> Markup {
         section aria-labelledby="new-model-heading" {
             details.panel open[open] {
                 summary #new-model-heading { "New device model" }
-                form.stack data-api-method="POST" data-api-url="/api/device-models" data-done="go:/models/{id}" {
+                // An id, so a live refresh keeps what is being typed (ui.js `swap`).
+                form.stack #new-model-form data-api-method="POST" data-api-url="/api/device-models" data-done="go:/models/{id}" {
                     label { "Code " span.hint { "(lowercase letters, digits and _; cannot change later)" }
                         input name="code" required pattern="[a-z0-9_]{1,50}" maxlength="50" autocomplete="off";
                     }

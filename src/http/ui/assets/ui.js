@@ -345,15 +345,33 @@
   }
 
   var subscribedLogs = null;
+  var source = null;
+  var retryTimer = null;
+  var retryDelay = 2000;
 
+  // A browser keeps at most six connections per host over HTTP/1.1, and a stream holds one for
+  // good: only visible tabs keep theirs (a hidden tab closes it and catches up when shown again).
+  // A stream the browser gave up on (the server refused it: signed out, too many streams, a proxy
+  // restarting) is opened again with back-off, unless the session has ended.
   function connect() {
     var main = document.querySelector('main');
     // Pages about nothing live (sign-in, error pages) open no stream.
     if (!main || !main.getAttribute('data-live') || !window.EventSource) { return; }
-    var source = new EventSource('/api/sse/stream?request_id=' + streamId);
+    if (source || document.hidden) { return; }
+    source = new EventSource('/api/sse/stream?request_id=' + streamId);
     setLive('connecting', 'connecting');
-    source.addEventListener('open', function () { setLive('live', 'live'); });
-    source.addEventListener('error', function () { setLive('connecting', 'reconnecting'); });
+    source.addEventListener('open', function () { retryDelay = 2000; setLive('live', 'live'); });
+    source.addEventListener('error', function () {
+      if (!source || source.readyState !== EventSource.CLOSED) {
+        setLive('connecting', 'reconnecting');
+        return;
+      }
+      disconnect();
+      fetch('/api/auth/self', { credentials: 'same-origin' }).then(function (response) {
+        if (response.status === 401) { setLive('down', 'signed out: reload the page'); return; }
+        retryLater();
+      }, retryLater);
+    });
     source.addEventListener('message', function (event) {
       var message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
@@ -362,6 +380,29 @@
       if (concerns(document.querySelector('main'), message.type, message.payload)) { refresh(); }
     });
   }
+
+  function disconnect() {
+    if (source) { source.close(); source = null; }
+    subscribedLogs = null;
+  }
+
+  function retryLater() {
+    setLive('connecting', 'reconnecting');
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(function () { connect(); refresh(); }, retryDelay);
+    retryDelay = Math.min(retryDelay * 2, 60000);
+  }
+
+  document.addEventListener('visibilitychange', function () {
+    if (document.hidden) {
+      clearTimeout(retryTimer);
+      disconnect();
+      setLive('connecting', 'paused');
+    } else if (!source) {
+      connect();
+      refresh();
+    }
+  });
 
   // --- Device logs ----------------------------------------------------------------------------
   function logLine(time, text) {
@@ -388,10 +429,12 @@
     var device = box.getAttribute('data-logs-device');
     if (!box.hasAttribute('data-loaded')) {
       box.setAttribute('data-loaded', '');
-      api('GET', '/api/devices/' + device + '/logs').then(function (page) {
+      // The newest lines (backwards from a day ahead, as the Python UI asks), oldest first.
+      var end = new Date(Date.now() + 24 * 3600 * 1000).toISOString();
+      api('GET', '/api/devices/' + device + '/logs?end=' + encodeURIComponent(end)).then(function (page) {
         var list = box.querySelector('.log-lines');
         var lines = (page && page.logs) || [];
-        if (lines.length === 0) { setStatus(box, 'No log lines in the last hour.', false); }
+        if (lines.length === 0) { setStatus(box, 'No log lines yet.', false); }
         lines.forEach(function (line) { list.appendChild(logLine(line.timestamp, line.message)); });
         list.scrollTop = list.scrollHeight;
       }, function (error) { setStatus(box, error.message, true); });
