@@ -220,6 +220,14 @@ pub async fn import_bundle(
     let (imported, cleanup) = match import_plan(existing.as_ref(), &bundle) {
         ImportPlan::Unchanged => return Ok(Imported::Unchanged),
         ImportPlan::FillLegacyRow(id) => {
+            // The Python service may have stored a newer build under this version in the bucket
+            // since this ZIP was written (it overwrote objects on re-upload): never replace it
+            // with the older one.
+            if let Some(conflict) =
+                stored_build_differs(storage, &model.code, &version, &bundle).await?
+            {
+                return Err(StoreError::Conflict(conflict));
+            }
             fw::record_facts(&mut tx, id, &bundle.row()).await?;
             // The keys held the legacy objects before: never delete them on failure.
             (Imported::FilledLegacyRow, Cleanup::KeepWritten)
@@ -248,6 +256,41 @@ pub async fn import_bundle(
     .await?;
     tx.commit().await?;
     Ok(imported)
+}
+
+/// Why a legacy bundle must not be written over what the store holds for its version: the
+/// store's image (if any) is another build. `None`: no image stored, or the same one.
+async fn stored_build_differs(
+    storage: &Storage,
+    model_code: &str,
+    version: &str,
+    bundle: &Bundle,
+) -> Result<Option<String>, StoreError> {
+    use futures::StreamExt;
+    use sha2::{Digest, Sha256};
+    let key = crate::layout::firmware_key(model_code, version, crate::layout::Artifact::Bin)?;
+    let mut read = match storage.get(&key, None).await {
+        Ok(read) => read,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = read.body.next().await {
+        hasher.update(&chunk?);
+    }
+    let stored = hex::encode(hasher.finalize());
+    let ours = bundle
+        .facts()
+        .artifacts
+        .iter()
+        .find(|a| a.artifact == crate::layout::Artifact::Bin)
+        .map(|a| a.sha256.clone());
+    Ok((ours.as_deref() != Some(stored.as_str())).then(|| {
+        format!(
+            "Firmware version {version} of DeviceModel {model_code}: the bucket holds another \
+             build (firmware.bin SHA-256 {stored}) than this ZIP; the bucket's was kept"
+        )
+    }))
 }
 
 /// What [`upload_all`] does with the artifacts it wrote when another one failed.

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::firmware_support::{sha256_hex, Build};
 use crate::helpers::*;
 use crate::legacy::*;
+use iotsupport::storage::{ObjectKey, ObjectStorage};
 
 #[tokio::test]
 async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
@@ -386,4 +387,59 @@ async fn migrate_to_s3_on_revision_008_fills_in_versions_the_python_service_alre
         again.contains("Firmware ZIPs already migrated: 3"),
         "{again}"
     );
+}
+
+#[tokio::test]
+async fn migrate_to_s3_keeps_a_newer_build_the_python_service_stored_under_the_same_version() {
+    let Some(legacy) = legacy_database("migrate_to_s3_newer", "008").await else {
+        return;
+    };
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    // The ZIP on disk is 0.9.0 as first uploaded; the Python service has since stored another
+    // build under 0.9.0 in the bucket (a re-upload overwrote the objects, not the ZIP).
+    let tree = legacy_tree();
+    let old = Build::new("0.9.0", "o");
+    write(
+        &tree.assets.join("sensor/firmware-0.9.0.zip"),
+        &old.zip("sensor"),
+    );
+    let newer = Build::new("0.9.0", "n");
+    iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
+        .await
+        .unwrap();
+    let store = legacy.storage();
+    for (name, content) in newer.artifacts() {
+        let key = ObjectKey::parse(format!("firmware/sensor/0.9.0/{name}")).unwrap();
+        store
+            .put(&key, bytes::Bytes::copy_from_slice(content))
+            .await
+            .unwrap();
+    }
+
+    let out = run(&tree_env(&legacy, &tree), &["migrate-to-s3"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("sensor/0.9.0") && printed.contains("the stored build was kept"),
+        "{printed}"
+    );
+    let objects = legacy.objects().await;
+    for (name, content) in newer.artifacts() {
+        assert_eq!(
+            objects[&format!("firmware/sensor/0.9.0/{name}")].0,
+            content,
+            "{name} was replaced by the older ZIP's"
+        );
+    }
+    let mut conn = legacy.conn().await;
+    let sha: Option<String> = sqlx::query_scalar(
+        "SELECT firmware_bin_sha256 FROM firmware_versions WHERE version = '0.9.0'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(sha, None, "the older ZIP's facts were recorded");
 }
