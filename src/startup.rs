@@ -104,7 +104,12 @@ impl Application {
     pub async fn build_with(config: Config, options: BuildOptions) -> Result<Self, StartupError> {
         let db = Db::connect(&config).await?;
         if config.migrate_on_start {
-            migrate::run(&db).await?;
+            let outcome = migrate::run(&db).await?;
+            if outcome.adopted.is_some() {
+                let queued =
+                    crate::coredumps::job::queue_adopted(&db, outcome.legacy_filenames).await?;
+                tracing::info!(queued, "adopted_coredumps_queued_for_parsing");
+            }
         }
         let storage = match options.storage {
             Some(storage) => storage,

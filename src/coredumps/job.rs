@@ -57,6 +57,49 @@ pub async fn enqueue(tx: &mut Tx, coredump_id: i64) -> Result<i64, DbError> {
     .await
 }
 
+/// Queues a parse for each `PENDING` dump of a database just adopted from the Python service
+/// whose object is in the store already (no legacy `filename` left for `migrate-to-s3` to move,
+/// which queues those itself): nothing else ever would, and a `PENDING` dump also keeps its
+/// firmware version from retention. Dumps with a parse queued or running are left alone, so a
+/// second call queues nothing. Returns how many were queued.
+pub async fn queue_adopted(
+    db: &Db,
+    legacy_filenames: crate::db::adopt::LegacyFilenames,
+) -> Result<u64, DbError> {
+    let Db::Postgres(pool) = db else {
+        return Ok(0); // adoption is PostgreSQL only
+    };
+    let pending: Vec<i64> = match legacy_filenames {
+        crate::db::adopt::LegacyFilenames::Remaining(_) => sqlx::query_scalar(
+            "SELECT id FROM coredumps WHERE parse_status = 'PENDING' AND filename IS NULL
+             ORDER BY id",
+        ),
+        _ => sqlx::query_scalar(
+            "SELECT id FROM coredumps WHERE parse_status = 'PENDING' ORDER BY id",
+        ),
+    }
+    .fetch_all(pool)
+    .await?;
+    let live: std::collections::HashSet<String> = sqlx::query_scalar(
+        "SELECT payload FROM jobs WHERE kind = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(PARSE_JOB)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let mut tx = db.begin().await?;
+    let mut queued = 0;
+    for coredump_id in pending {
+        if !live.contains(&jobs::payload_text(&ParsePayload { coredump_id })?) {
+            enqueue(&mut tx, coredump_id).await?;
+            queued += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(queued)
+}
+
 /// Withdraws the queued parses of dumps being deleted in the caller's transaction (retention),
 /// so a backlog never spends work on dumps that are gone.
 pub async fn cancel(tx: &mut Tx, coredump_ids: &[i64]) -> Result<u64, DbError> {

@@ -207,3 +207,53 @@ async fn migrate_refuses_unknown_revisions_and_lying_stamps_without_changing_any
         assert_eq!(id_type, "integer", "the legacy schema was left alone");
     }
 }
+
+#[tokio::test]
+async fn adopted_pending_dumps_already_in_the_bucket_are_queued_for_parsing_once() {
+    // 008: the Python service's dumps are in the bucket (no `filename`); dump 2 is PENDING.
+    let Some(legacy) = legacy_database("adopt_pending_008", "008").await else {
+        return;
+    };
+    let out = assert_success(&run(&legacy.env(), &["migrate"]));
+    assert!(
+        out.contains("queued 1 parse(s) of adopted core dumps still PENDING"),
+        "{out}"
+    );
+    let mut conn = legacy.conn().await;
+    let payloads: Vec<String> = sqlx::query_scalar(
+        "SELECT payload FROM jobs WHERE kind = 'parse_coredump' AND status = 'queued'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(payloads, [r#"{"coredump_id":2}"#]);
+    // Nothing is adopted twice, so nothing is queued twice.
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) FROM jobs WHERE kind = 'parse_coredump'"
+        )
+        .await,
+        1
+    );
+
+    // 006: the PENDING dump is still a file; `migrate-to-s3` queues it when it moves it.
+    let Some(legacy) = legacy_database("adopt_pending_006", "006").await else {
+        return;
+    };
+    let out = assert_success(&run(&legacy.env(), &["migrate"]));
+    assert!(
+        out.contains("queued 0 parse(s) of adopted core dumps still PENDING"),
+        "{out}"
+    );
+    let mut conn = legacy.conn().await;
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) FROM jobs WHERE kind = 'parse_coredump'"
+        )
+        .await,
+        0
+    );
+}
