@@ -279,6 +279,18 @@ async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> any
     db.close().await;
     let summary = result?;
     print!("{}", summary.render(dry_run));
+    // Where the objects went, so a run against the wrong store is noticed at once.
+    match &config.storage {
+        crate::config::StorageConfig::S3(s3) => {
+            println!(
+                "  Object store: bucket {} at {}",
+                s3.bucket, s3.endpoint_url
+            )
+        }
+        crate::config::StorageConfig::Local { dir } => {
+            println!("  Object store: the local directory {}", dir.display())
+        }
+    }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         firmware_migrated = summary.firmware_migrated,

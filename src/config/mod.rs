@@ -264,9 +264,26 @@ impl Config {
         }
 
         let storage = match env.get("S3_ENDPOINT_URL") {
-            None => StorageConfig::Local {
-                dir: PathBuf::from(env.get("STORAGE_DIR").unwrap_or("./data/objects")),
-            },
+            // S3 settings without an endpoint are a mistake, not a choice of the local directory:
+            // objects would quietly go to ./data/objects (and `migrate-to-s3` would record them as
+            // moved).
+            None => {
+                if let Some(set) = ["S3_BUCKET_NAME", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]
+                    .into_iter()
+                    .find(|name| env.get(name).is_some())
+                {
+                    return Err(invalid(
+                        "S3_ENDPOINT_URL",
+                        format!(
+                            "is required when {set} is set (e.g. https://s3.<region>.amazonaws.com); \
+                             without S3 settings objects go to STORAGE_DIR"
+                        ),
+                    ));
+                }
+                StorageConfig::Local {
+                    dir: PathBuf::from(env.get("STORAGE_DIR").unwrap_or("./data/objects")),
+                }
+            }
             Some(endpoint) => {
                 let use_ssl = env.flag("S3_USE_SSL", true)?;
                 if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {

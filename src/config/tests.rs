@@ -221,3 +221,16 @@ fn wifi_credentials_keep_their_spaces() {
         .wifi_password
         .is_none());
 }
+
+#[test]
+fn s3_settings_without_an_endpoint_are_refused_not_taken_for_the_local_directory() {
+    for var in ["S3_BUCKET_NAME", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] {
+        let err = config(&[(var, "x-value")]).unwrap_err();
+        assert_eq!(err.variable, "S3_ENDPOINT_URL", "{var}: {err}");
+        assert!(err.to_string().contains(var), "{err}");
+    }
+    assert!(matches!(
+        config(&[]).unwrap().storage,
+        StorageConfig::Local { .. }
+    ));
+}

@@ -57,6 +57,10 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
+    assert!(
+        out.contains(&format!("Object store: bucket {} at", legacy.bucket)),
+        "{out}"
+    );
     untouched(&legacy, &mut conn).await;
 
     // Reconcile before the bucket exists: an error that says so; it does not create the bucket.
