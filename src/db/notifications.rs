@@ -115,38 +115,41 @@ pub async fn claim(
 /// Removes notifications the broker acknowledged (or refused for good), where they are still
 /// held with `lease_until`: a row another process took since is its to settle.
 pub async fn delete(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<(), DbError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    for id in ids {
-        crate::execute!(
-            &mut tx,
-            sqlx::query("DELETE FROM notifications WHERE id = $1 AND lease_until = $2")
-                .bind(id)
-                .bind(lease_until)
-        )?;
-    }
-    tx.commit().await
+    each_held(
+        db,
+        ids,
+        lease_until,
+        "DELETE FROM notifications WHERE id = $1 AND lease_until = $2",
+    )
+    .await
 }
 
 /// Gives back rows taken with `lease_until` whose publish never started, as they were before
 /// (due, the attempt not counted).
 pub async fn release(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<(), DbError> {
+    each_held(
+        db,
+        ids,
+        lease_until,
+        "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
+         WHERE id = $1 AND lease_until = $2",
+    )
+    .await
+}
+
+/// Runs `statement` (`$1` the id, `$2` the lease) for each of `ids` in one transaction.
+async fn each_held(
+    db: &Db,
+    ids: &[i64],
+    lease_until: DateTime<Utc>,
+    statement: &'static str,
+) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
     let mut tx = db.begin().await?;
     for id in ids {
-        crate::execute!(
-            &mut tx,
-            sqlx::query(
-                "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
-                 WHERE id = $1 AND lease_until = $2"
-            )
-            .bind(id)
-            .bind(lease_until)
-        )?;
+        crate::execute!(&mut tx, sqlx::query(statement).bind(id).bind(lease_until))?;
     }
     tx.commit().await
 }

@@ -45,26 +45,12 @@ const CALLBACK_PATH: &str = "/api/auth/callback";
 
 /// `Set-Cookie` for a sign-in just started with `state`, for its ten minutes.
 pub fn set_flow_cookie(state: &str, secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((FLOW_COOKIE_NAME, state))
-        .path(CALLBACK_PATH)
-        .http_only(true)
-        .same_site(cookie::SameSite::Lax)
-        .secure(secure)
-        .max_age(cookie::time::Duration::minutes(10))
-        .build();
-    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    cookie_header(FLOW_COOKIE_NAME, state, CALLBACK_PATH, 600, secure)
 }
 
 /// `Set-Cookie` that removes the sign-in cookie (the callback used it).
 pub fn clear_flow_cookie(secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((FLOW_COOKIE_NAME, ""))
-        .path(CALLBACK_PATH)
-        .http_only(true)
-        .same_site(cookie::SameSite::Lax)
-        .secure(secure)
-        .max_age(cookie::time::Duration::ZERO)
-        .build();
-    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    cookie_header(FLOW_COOKIE_NAME, "", CALLBACK_PATH, 0, secure)
 }
 
 /// Whether the callback's `state` is the one this browser's sign-in cookie holds.
@@ -124,26 +110,23 @@ pub fn cookie_secure(settings: &SessionSettings, headers: &HeaderMap) -> bool {
 
 /// `Set-Cookie` for a new session.
 pub fn set_cookie(value: &str, max_age: std::time::Duration, secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((COOKIE_NAME, value))
-        .path("/")
-        .http_only(true)
-        .same_site(cookie::SameSite::Lax)
-        .secure(secure)
-        .max_age(cookie::time::Duration::seconds(
-            i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
-        ))
-        .build();
-    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    cookie_header(COOKIE_NAME, value, "/", seconds, secure)
 }
 
 /// `Set-Cookie` that removes the session cookie.
 pub fn clear_cookie(secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((COOKIE_NAME, ""))
-        .path("/")
+    cookie_header(COOKIE_NAME, "", "/", 0, secure)
+}
+
+/// An `HttpOnly`, `SameSite=Lax` cookie for `path`, kept `max_age` seconds (0 removes it).
+fn cookie_header(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((name, value))
+        .path(path)
         .http_only(true)
         .same_site(cookie::SameSite::Lax)
         .secure(secure)
-        .max_age(cookie::time::Duration::ZERO)
+        .max_age(cookie::time::Duration::seconds(max_age))
         .build();
     HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

@@ -18,6 +18,16 @@ use crate::mqtt_support as broker;
 
 const LOGSINK: &str = "iotsupport/logsink";
 
+/// An app on `stack` connected to the broker at `url`, with a log group of its own.
+async fn logging_app(
+    stack: Stack,
+    test: &str,
+    url: &iotsupport::config::MqttUrl,
+) -> Option<TestApp> {
+    let env = mqtt_env(&url.to_string());
+    spawn_app_with(stack, test, &as_pairs(&env), Default::default()).await
+}
+
 /// A device of a fresh model with `deviceEntityId` = `entity` (none when `None`); its id.
 async fn device_with_entity(app: &TestApp, model_id: i64, entity: Option<&str>) -> i64 {
     let config = match entity {
@@ -101,10 +111,7 @@ async fn published_lines_are_stored_per_device_and_served_like_the_original() {
     };
     let publisher = broker::start(broker::settings(&url));
     for stack in ALL_STACKS {
-        let env = mqtt_env(&url.to_string());
-        let Some(app) =
-            spawn_app_with(stack, "device_logs", &as_pairs(&env), Default::default()).await
-        else {
+        let Some(app) = logging_app(stack, "device_logs", &url).await else {
             continue;
         };
         let model_id = create_model(&app, "logs", None).await;
@@ -203,15 +210,7 @@ async fn paging_through_a_burst_in_either_direction_loses_no_line() {
     };
     let publisher = broker::start(broker::settings(&url));
     for stack in ALL_STACKS {
-        let env = mqtt_env(&url.to_string());
-        let Some(app) = spawn_app_with(
-            stack,
-            "device_logs_paging",
-            &as_pairs(&env),
-            Default::default(),
-        )
-        .await
-        else {
+        let Some(app) = logging_app(stack, "device_logs_paging", &url).await else {
             continue;
         };
         let model_id = create_model(&app, "paging", None).await;
@@ -280,15 +279,7 @@ async fn live_lines_reach_the_streams_subscribed_to_them() {
     };
     let publisher = broker::start(broker::settings(&url));
     for stack in ALL_STACKS {
-        let env = mqtt_env(&url.to_string());
-        let Some(app) = spawn_app_with(
-            stack,
-            "device_logs_live",
-            &as_pairs(&env),
-            Default::default(),
-        )
-        .await
-        else {
+        let Some(app) = logging_app(stack, "device_logs_live", &url).await else {
             continue;
         };
         let model_id = create_model(&app, "live", None).await;
@@ -498,15 +489,7 @@ async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
     };
     let publisher = broker::start(broker::settings(&url));
     for stack in ALL_STACKS {
-        let env = mqtt_env(&url.to_string());
-        let Some(app) = spawn_app_with(
-            stack,
-            "device_logs_retention",
-            &as_pairs(&env),
-            Default::default(),
-        )
-        .await
-        else {
+        let Some(app) = logging_app(stack, "device_logs_retention", &url).await else {
             continue;
         };
         let model_id = create_model(&app, "retention", None).await;
@@ -577,15 +560,7 @@ async fn lines_the_database_refuses_for_a_while_are_stored_when_it_accepts_them_
     };
     let publisher = broker::start(broker::settings(&url));
     for stack in ALL_STACKS {
-        let env = mqtt_env(&url.to_string());
-        let Some(app) = spawn_app_with(
-            stack,
-            "device_logs_refused",
-            &as_pairs(&env),
-            Default::default(),
-        )
-        .await
-        else {
+        let Some(app) = logging_app(stack, "device_logs_refused", &url).await else {
             continue;
         };
         let model_id = create_model(&app, "refused", None).await;
@@ -646,15 +621,7 @@ async fn a_document_whose_entity_id_holds_a_nul_does_not_hold_up_the_others() {
     };
     let publisher = broker::start(broker::settings(&url));
     for stack in ALL_STACKS {
-        let env = mqtt_env(&url.to_string());
-        let Some(app) = spawn_app_with(
-            stack,
-            "device_logs_nul",
-            &as_pairs(&env),
-            Default::default(),
-        )
-        .await
-        else {
+        let Some(app) = logging_app(stack, "device_logs_nul", &url).await else {
             continue;
         };
         let model_id = create_model(&app, "nul", None).await;
