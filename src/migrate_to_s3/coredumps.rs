@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 
 use super::report::{Kind, Outcome, Reporter};
-use super::{sorted_entries, MigrateToS3Error, Options};
+use super::{sorted_entries, subdirectory_entries, MigrateToS3Error, Options};
 use crate::coredumps::job as parse_job;
 use crate::db::coredumps::{self as dumps, STATUS_PARSED};
 use crate::db::{adopt, legacy, Db};
@@ -72,8 +72,7 @@ pub(super) async fn migrate(
         if !path.is_dir() {
             continue;
         }
-        let dmp_files: Vec<_> = sorted_entries(&path)?
-            .unwrap_or_default()
+        let dmp_files: Vec<_> = subdirectory_entries(&path, reporter)
             .into_iter()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".dmp") && e.path().is_file())
             .collect();

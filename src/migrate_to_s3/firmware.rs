@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::report::{Kind, Outcome, Reporter};
-use super::{sorted_entries, MigrateToS3Error, Options};
+use super::{sorted_entries, subdirectory_entries, MigrateToS3Error, Options};
 use crate::db::firmware_versions as fw;
 use crate::db::Db;
 use crate::firmware::bundle::{self, BundleError};
@@ -65,7 +65,7 @@ pub(super) async fn migrate(
             );
             continue;
         };
-        for zip in sorted_entries(&path)?.unwrap_or_default() {
+        for zip in subdirectory_entries(&path, reporter) {
             let file_name = zip.file_name().to_string_lossy().into_owned();
             let Some(version) = file_name
                 .strip_prefix("firmware-")

@@ -130,6 +130,23 @@ async fn finish_legacy_column(db: &Db, reporter: &Reporter) -> Result<(), Migrat
 }
 
 /// The entries of a directory, sorted by name; `None` when it does not exist.
+/// The entries of a model's or device's directory, or none with a warning when it cannot be
+/// read (`lost+found` on a mounted volume, say): one such directory must not stop the phase on
+/// every run.
+fn subdirectory_entries(dir: &std::path::Path, reporter: &Reporter) -> Vec<std::fs::DirEntry> {
+    match sorted_entries(dir) {
+        Ok(entries) => entries.unwrap_or_default(),
+        Err(MigrateToS3Error::Io { path, source }) => {
+            reporter.warn(format!("cannot read {}: {source}; skipped", path.display()));
+            Vec::new()
+        }
+        Err(e) => {
+            reporter.warn(format!("{e}; skipped"));
+            Vec::new()
+        }
+    }
+}
+
 fn sorted_entries(
     dir: &std::path::Path,
 ) -> Result<Option<Vec<std::fs::DirEntry>>, MigrateToS3Error> {
@@ -151,4 +168,33 @@ fn sorted_entries(
             })?;
     entries.sort_by_key(|e| e.file_name());
     Ok(Some(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subdirectory_that_cannot_be_read_is_a_warning_not_the_end_of_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        // read_dir fails on a file as it does on `lost+found` for a user without access (the
+        // tests run as root, for whom permissions never fail).
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let reporter = Reporter::new(false);
+        assert!(subdirectory_entries(&file, &reporter).is_empty());
+        let summary = reporter.finish();
+        assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+        assert!(
+            summary.warnings[0].contains("not-a-directory")
+                && summary.warnings[0].ends_with("skipped"),
+            "{:?}",
+            summary.warnings
+        );
+        // A directory that is there is listed as before.
+        std::fs::create_dir(dir.path().join("device")).unwrap();
+        let reporter = Reporter::new(false);
+        assert_eq!(subdirectory_entries(dir.path(), &reporter).len(), 2);
+        assert!(reporter.finish().warnings.is_empty());
+    }
 }
