@@ -224,7 +224,14 @@ pub async fn download(
     }
     let download = Download {
         key: object,
-        etag: None,
+        // A dump never changes under its id; the id, size and upload time name its content even
+        // if a database restored with its sequence turned back hands an id out again.
+        etag: Some(format!(
+            "coredump-{}-{}-{}",
+            row.id,
+            row.size,
+            row.uploaded_at.timestamp_micros()
+        )),
         content_type: "application/octet-stream",
         filename: format!("coredump_{}.dmp", row.id),
     };

@@ -208,6 +208,21 @@ async fn admins_download_dumps_whole_or_by_range() {
             let response = app.client.head(app.url(&path)).send().await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["content-length"], "5000");
+            // An ETag, so a download broken off resumes with If-Range and a copy is revalidated.
+            let etag = response.headers()["etag"].to_str().unwrap().to_string();
+            let resumed = app
+                .download_coredump(
+                    device.id,
+                    id,
+                    &[("range", "bytes=10-19"), ("if-range", &etag)],
+                )
+                .await;
+            assert_eq!(resumed.status(), 206);
+            assert_eq!(resumed.bytes().await.unwrap().as_ref(), &content[10..20]);
+            let unchanged = app
+                .download_coredump(device.id, id, &[("if-none-match", &etag)])
+                .await;
+            assert_eq!(unchanged.status(), 304);
 
             // The object store being down is a 503, not a 404.
             app.faults.inject(Fault::always(Operation::Get));
