@@ -302,6 +302,8 @@
     fetch(location.href, { credentials: 'same-origin' }).then(function (response) {
       // Sent elsewhere (the session ended: to the sign-in): load the page properly.
       if (response.redirected) { location.reload(); return null; }
+      // What the page shows was deleted (elsewhere): say so rather than keep showing it.
+      if (response.status === 404) { setLive('down', 'deleted: this page is gone'); return null; }
       var type = response.headers.get('content-type') || '';
       if (!response.ok || type.indexOf('text/html') < 0) { return null; }
       return response.text();
@@ -408,7 +410,8 @@
   function logLine(time, text) {
     var li = document.createElement('li');
     var t = document.createElement('time');
-    t.textContent = (time || '').replace('T', ' ').slice(0, 23);
+    // Log times are UTC, as every other time on the pages says.
+    t.textContent = (time || '').replace('T', ' ').slice(0, 23) + (time ? ' UTC' : '');
     li.append(t, ' ', text);
     return li;
   }
