@@ -207,12 +207,71 @@ async fn every_change_publishes_its_message_after_commit_and_failures_publish_no
     }
 }
 
+/// A TCP relay to a broker that the test can cut (relayed connections closed, new ones refused)
+/// and restore: for the app behind it, a broker that goes down and comes back, while the test's
+/// own subscriber, connected to the broker directly, is subscribed before the app can publish.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relayed: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: (String, u16)) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let relayed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_open, tasks) = (open.clone(), relayed.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !is_open.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        Relay {
+            port,
+            open,
+            relayed,
+            accepting,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.relayed.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accepting.abort();
+    }
+}
+
 #[tokio::test]
 async fn a_broker_that_is_down_delays_notifications_and_loses_none() {
-    let Some(mut own) = Broker::start("notifications_down").await else {
+    let Some(own) = Broker::start("notifications_down").await else {
         return;
     };
-    let env = mqtt_env(&own.url().to_string());
+    let relay = Relay::start((own.url().host, own.url().port)).await;
+    let env = mqtt_env(&format!("mqtt://127.0.0.1:{}", relay.port));
     let Some(app) = spawn_app_with(
         Stack::Embedded,
         "notifications_down",
@@ -223,7 +282,9 @@ async fn a_broker_that_is_down_delays_notifications_and_loses_none() {
     else {
         return;
     };
-    own.kill();
+    assert!(app.mqtt_connected().await);
+    // The broker goes away for the app: its connection is cut, new ones are refused.
+    relay.cut();
     let devices = model_with_devices(&app, "down", 3).await;
     let ours = ids("down", &devices);
     assert_eq!(
@@ -244,8 +305,10 @@ async fn a_broker_that_is_down_delays_notifications_and_loses_none() {
         "messages are kept while the broker is down"
     );
 
-    own.restart().await;
+    // Subscribed before the broker is back for the app (a message published before a subscriber
+    // exists is gone for it, whatever the app did right).
     let (_client, mut sub) = listener(&own.url()).await;
+    relay.restore();
     let mut got: HashMap<(String, String), usize> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.values().sum::<usize>() < 6 && Instant::now() < deadline {
