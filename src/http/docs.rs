@@ -89,11 +89,32 @@ pub fn router() -> Router<AppState> {
         .route("/api/docs", get(page))
 }
 
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The description is public; `*` lets the sandboxed docs page (an opaque origin) read it.
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    (
+        [(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        Json(ApiDoc::openapi()),
+    )
 }
 
-async fn page() -> Html<&'static str> {
+/// Swagger UI comes from a CDN, so the page is sandboxed (no `allow-same-origin`): its scripts
+/// run in an opaque origin, with no access to the service's cookies or to its API as the signed-in
+/// admin, whatever a release of the CDN's files holds. "Try it out" is therefore not available
+/// with a browser session; use a bearer token with curl.
+async fn page() -> impl axum::response::IntoResponse {
+    let headers = [
+        (
+            http::header::CONTENT_SECURITY_POLICY,
+            "sandbox allow-scripts allow-popups; frame-ancestors 'none'",
+        ),
+        (http::header::X_FRAME_OPTIONS, "DENY"),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+    ];
+    (headers, page_html())
+}
+
+fn page_html() -> Html<&'static str> {
     Html(
         r##"<!doctype html>
 <html lang="en">

@@ -196,6 +196,15 @@ async fn the_openapi_document_and_its_page_are_served() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     let page = app.get("/api/docs").await;
     assert_eq!(page.status(), 200);
+    // Swagger UI comes from a CDN: its scripts run sandboxed, never as this origin.
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        policy.contains("sandbox") && !policy.contains("allow-same-origin"),
+        "{policy}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let description = app.get("/api/docs/openapi.json").await;
+    assert_eq!(description.headers()["access-control-allow-origin"], "*");
     assert!(page
         .text()
         .await
