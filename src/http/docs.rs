@@ -99,8 +99,8 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 
 /// Swagger UI comes from a CDN, so the page is sandboxed (no `allow-same-origin`): its scripts
 /// run in an opaque origin, with no access to the service's cookies or to its API as the signed-in
-/// admin, whatever a release of the CDN's files holds. "Try it out" is therefore not available
-/// with a browser session; use a bearer token with curl.
+/// admin, whatever a release of the CDN's files holds. Its "Try it out" therefore cannot call the
+/// API (cross-origin, and the API sends no CORS headers); curl with a bearer token can.
 async fn page() -> impl axum::response::IntoResponse {
     let headers = [
         (
