@@ -102,13 +102,25 @@ pub(super) async fn migrate(
         }));
     }
     reporter.phase(Kind::Coredump, files.len());
+    // After a failure (S3 or the database gone), no further file is started: the uploads in
+    // flight finish, then the run stops. Trying every remaining file would wait out the S3
+    // timeout for each of them first (hours for thousands of dumps).
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let mut results = futures::stream::iter(files)
-        .map(|file| migrate_one(db, storage, file, legacy_column, reporter))
+        .map(|file| {
+            let failed = &failed;
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                migrate_one(db, storage, file, legacy_column, reporter).await
+            }
+        })
         .buffer_unordered(options.concurrency.max(1));
     let mut first_error = None;
     while let Some(result) = results.next().await {
         if let Err(e) = result {
-            // Let the uploads in flight finish, then stop.
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
             first_error.get_or_insert(e);
         }
     }

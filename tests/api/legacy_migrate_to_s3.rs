@@ -447,3 +447,47 @@ async fn migrate_to_s3_keeps_a_newer_build_the_python_service_stored_under_the_s
     .unwrap();
     assert_eq!(sha, None, "the older ZIP's facts were recorded");
 }
+
+#[tokio::test]
+async fn migrate_to_s3_starts_no_further_dump_once_s3_has_failed() {
+    use iotsupport::db::Db;
+    use iotsupport::migrate_to_s3::{self, Options};
+    use iotsupport::storage::faulty::{Fault, FaultyStorage};
+    use iotsupport::storage::Operation;
+
+    let Some(legacy) = legacy_database("migrate_to_s3_stop_early", "005").await else {
+        return;
+    };
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
+        .await
+        .unwrap();
+    let tree = legacy_tree();
+    let faulty = FaultyStorage::new(std::sync::Arc::new(legacy.storage()));
+    let storage: iotsupport::storage::Storage = std::sync::Arc::new(faulty.clone());
+    let db = Db::Postgres(sqlx::PgPool::connect(&legacy.db_url).await.unwrap());
+    // One dump at a time: the first one's upload fails; the second is never started (it used to
+    // be, and every further one, each waiting out the S3 timeout when S3 is gone).
+    let options = Options {
+        assets_dir: Some(tree.assets.clone()),
+        coredumps_dir: Some(tree.coredumps.clone()),
+        dry_run: false,
+        max_entry_bytes: 10 * 1024 * 1024,
+        concurrency: 1,
+    };
+    faulty.inject(Fault::always(Operation::Put).for_keys_containing("abcdefgh/1.dmp"));
+    migrate_to_s3::run(&db, &storage, &options)
+        .await
+        .unwrap_err();
+    let mut conn = legacy.conn().await;
+    let pending: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM coredumps WHERE filename IS NOT NULL ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(pending, [1, 2, 3], "a dump was started after the failure");
+    assert!(!legacy
+        .objects()
+        .await
+        .contains_key("coredumps/abcdefgh/2.dmp"));
+}
