@@ -135,10 +135,17 @@ pub async fn serve(
         let service = tower::service_fn(move |req: http::Request<Incoming>| {
             let guard = ActiveGuard::enter(active.clone());
             let (mut parts, body) = req.into_parts();
+            // A request without a body (most: every GET of a device) needs no deadline, and
+            // gets no timer.
+            let empty = http_body::Body::is_end_stream(&body);
             let idle_bounded = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
-            let (bounded, deadline) = DeadlineBody::new(idle_bounded, body_timeout);
-            parts.extensions.insert(deadline);
-            let req = http::Request::from_parts(parts, Body::new(bounded));
+            let req = if empty {
+                http::Request::from_parts(parts, idle_bounded)
+            } else {
+                let (bounded, deadline) = DeadlineBody::new(idle_bounded, body_timeout);
+                parts.extensions.insert(deadline);
+                http::Request::from_parts(parts, Body::new(bounded))
+            };
             let response = router.clone().oneshot(req);
             async move {
                 // The request stays "in progress" until its response body is done or dropped.
