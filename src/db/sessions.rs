@@ -90,14 +90,7 @@ pub async fn purge(
     .execute(p)
     .await
     .map(|r| r.rows_affected()))?;
-    let flows = on_pool!(db, |p| sqlx::query(
-        "DELETE FROM login_flows WHERE created_at < $1"
-    )
-    .bind(flows_before)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))?;
-    Ok(sessions + flows)
+    Ok(sessions + purge_flows(db, flows_before).await?)
 }
 
 /// Forgets sign-ins started before `before`; how many.
