@@ -173,21 +173,16 @@ async fn migrate_up(config: Config) -> anyhow::Result<()> {
     };
     let outcome = migrate::run(&db).await;
     let queued = match &outcome {
-        Ok(done) if done.adopted.is_some() => {
-            Some(crate::coredumps::job::queue_adopted(&db, done.legacy_filenames).await)
-        }
-        _ => None,
+        Ok(done) => crate::coredumps::job::queue_adopted(&db, done).await,
+        Err(_) => Ok(None),
     };
     db.close().await;
     let outcome = outcome?;
     if let Some(revision) = &outcome.adopted {
         println!("adopted the Python service's database at Alembic revision {revision}");
     }
-    if let Some(queued) = queued {
-        println!(
-            "queued {} parse(s) of adopted core dumps still PENDING",
-            queued?
-        );
+    if let Some(queued) = queued? {
+        println!("queued {queued} parse(s) of adopted core dumps still PENDING");
     }
     println!("applied {before} migration(s); database is up to date");
     match outcome.legacy_filenames {

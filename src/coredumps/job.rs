@@ -57,19 +57,20 @@ pub async fn enqueue(tx: &mut Tx, coredump_id: i64) -> Result<i64, DbError> {
     .await
 }
 
-/// Queues a parse for each `PENDING` dump of a database just adopted from the Python service
-/// whose object is in the store already (no legacy `filename` left for `migrate-to-s3` to move,
-/// which queues those itself): nothing else ever would, and a `PENDING` dump also keeps its
-/// firmware version from retention. Dumps with a parse queued or running are left alone, so a
-/// second call queues nothing. Returns how many were queued.
+/// After a migration run that adopted a database from the Python service (`None` otherwise):
+/// queues a parse for each `PENDING` dump whose object is in the store already (no legacy
+/// `filename` left for `migrate-to-s3` to move, which queues those itself): nothing else ever
+/// would, and a `PENDING` dump also keeps its firmware version from retention. Dumps with a parse
+/// queued or running are left alone, so a second call queues nothing. Returns how many were
+/// queued.
 pub async fn queue_adopted(
     db: &Db,
-    legacy_filenames: crate::db::adopt::LegacyFilenames,
-) -> Result<u64, DbError> {
-    let Db::Postgres(pool) = db else {
-        return Ok(0); // adoption is PostgreSQL only
+    migration: &crate::db::migrate::MigrationOutcome,
+) -> Result<Option<u64>, DbError> {
+    let (Db::Postgres(pool), Some(_)) = (db, &migration.adopted) else {
+        return Ok(None); // nothing adopted (adoption is PostgreSQL only)
     };
-    let pending: Vec<i64> = match legacy_filenames {
+    let pending: Vec<i64> = match migration.legacy_filenames {
         crate::db::adopt::LegacyFilenames::Remaining(_) => sqlx::query_scalar(
             "SELECT id FROM coredumps WHERE parse_status = 'PENDING' AND filename IS NULL
              ORDER BY id",
@@ -97,7 +98,7 @@ pub async fn queue_adopted(
         }
     }
     tx.commit().await?;
-    Ok(queued)
+    Ok(Some(queued))
 }
 
 /// Withdraws the queued parses of dumps being deleted in the caller's transaction (retention),
