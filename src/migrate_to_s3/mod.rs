@@ -129,7 +129,6 @@ async fn finish_legacy_column(db: &Db, reporter: &Reporter) -> Result<(), Migrat
     Ok(())
 }
 
-/// The entries of a directory, sorted by name; `None` when it does not exist.
 /// The entries of a model's or device's directory, or none with a warning when it cannot be
 /// read (`lost+found` on a mounted volume, say): one such directory must not stop the phase on
 /// every run.
@@ -147,6 +146,7 @@ fn subdirectory_entries(dir: &std::path::Path, reporter: &Reporter) -> Vec<std::
     }
 }
 
+/// The entries of a directory, sorted by name; `None` when it does not exist.
 fn sorted_entries(
     dir: &std::path::Path,
 ) -> Result<Option<Vec<std::fs::DirEntry>>, MigrateToS3Error> {

@@ -253,30 +253,63 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
     app.stop().await;
 }
 
+/// A legacy database at `revision`, adopted, its bucket created, and what it takes to run
+/// `migrate-to-s3` in-process over the legacy tree through a fault-injecting store.
+struct InProcessMigration {
+    legacy: Legacy,
+    _tree: LegacyTree,
+    faulty: iotsupport::storage::faulty::FaultyStorage,
+    storage: iotsupport::storage::Storage,
+    db: iotsupport::db::Db,
+    options: iotsupport::migrate_to_s3::Options,
+}
+
+impl InProcessMigration {
+    async fn start(test: &str, revision: &str, concurrency: usize) -> Option<Self> {
+        let legacy = legacy_database(test, revision).await?;
+        assert_success(&run(&legacy.env(), &["migrate"]));
+        iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
+            .await
+            .unwrap();
+        let tree = legacy_tree();
+        let faulty =
+            iotsupport::storage::faulty::FaultyStorage::new(std::sync::Arc::new(legacy.storage()));
+        let storage: iotsupport::storage::Storage = std::sync::Arc::new(faulty.clone());
+        let db = iotsupport::db::Db::Postgres(sqlx::PgPool::connect(&legacy.db_url).await.unwrap());
+        let options = iotsupport::migrate_to_s3::Options {
+            assets_dir: Some(tree.assets.clone()),
+            coredumps_dir: Some(tree.coredumps.clone()),
+            dry_run: false,
+            max_entry_bytes: 10 * 1024 * 1024,
+            concurrency,
+        };
+        Some(InProcessMigration {
+            legacy,
+            _tree: tree,
+            faulty,
+            storage,
+            db,
+            options,
+        })
+    }
+}
+
 #[tokio::test]
 async fn migrate_to_s3_stopped_by_s3_half_way_leaves_nothing_half_written_and_a_rerun_finishes() {
-    use iotsupport::db::Db;
-    use iotsupport::migrate_to_s3::{self, Options};
-    use iotsupport::storage::faulty::{Fault, FaultyStorage};
+    use iotsupport::migrate_to_s3;
+    use iotsupport::storage::faulty::Fault;
     use iotsupport::storage::Operation;
 
-    let Some(legacy) = legacy_database("migrate_to_s3_faults", "005").await else {
+    let Some(InProcessMigration {
+        legacy,
+        _tree,
+        faulty,
+        storage,
+        db,
+        options,
+    }) = InProcessMigration::start("migrate_to_s3_faults", "005", 4).await
+    else {
         return;
-    };
-    assert_success(&run(&legacy.env(), &["migrate"]));
-    iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
-        .await
-        .unwrap();
-    let tree = legacy_tree();
-    let faulty = FaultyStorage::new(std::sync::Arc::new(legacy.storage()));
-    let storage: iotsupport::storage::Storage = std::sync::Arc::new(faulty.clone());
-    let db = Db::Postgres(sqlx::PgPool::connect(&legacy.db_url).await.unwrap());
-    let options = Options {
-        assets_dir: Some(tree.assets.clone()),
-        coredumps_dir: Some(tree.coredumps.clone()),
-        dry_run: false,
-        max_entry_bytes: 10 * 1024 * 1024,
-        concurrency: 4,
     };
     let mut conn = legacy.conn().await;
 
@@ -450,30 +483,22 @@ async fn migrate_to_s3_keeps_a_newer_build_the_python_service_stored_under_the_s
 
 #[tokio::test]
 async fn migrate_to_s3_starts_no_further_dump_once_s3_has_failed() {
-    use iotsupport::db::Db;
-    use iotsupport::migrate_to_s3::{self, Options};
-    use iotsupport::storage::faulty::{Fault, FaultyStorage};
+    use iotsupport::migrate_to_s3;
+    use iotsupport::storage::faulty::Fault;
     use iotsupport::storage::Operation;
 
-    let Some(legacy) = legacy_database("migrate_to_s3_stop_early", "005").await else {
-        return;
-    };
-    assert_success(&run(&legacy.env(), &["migrate"]));
-    iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
-        .await
-        .unwrap();
-    let tree = legacy_tree();
-    let faulty = FaultyStorage::new(std::sync::Arc::new(legacy.storage()));
-    let storage: iotsupport::storage::Storage = std::sync::Arc::new(faulty.clone());
-    let db = Db::Postgres(sqlx::PgPool::connect(&legacy.db_url).await.unwrap());
     // One dump at a time: the first one's upload fails; the second is never started (it used to
     // be, and every further one, each waiting out the S3 timeout when S3 is gone).
-    let options = Options {
-        assets_dir: Some(tree.assets.clone()),
-        coredumps_dir: Some(tree.coredumps.clone()),
-        dry_run: false,
-        max_entry_bytes: 10 * 1024 * 1024,
-        concurrency: 1,
+    let Some(InProcessMigration {
+        legacy,
+        _tree,
+        faulty,
+        storage,
+        db,
+        options,
+    }) = InProcessMigration::start("migrate_to_s3_stop_early", "005", 1).await
+    else {
+        return;
     };
     faulty.inject(Fault::always(Operation::Put).for_keys_containing("abcdefgh/1.dmp"));
     migrate_to_s3::run(&db, &storage, &options)
