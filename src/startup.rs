@@ -144,6 +144,7 @@ impl Application {
             )),
             tokens,
             token_failures: Arc::default(),
+            admin_failures: Arc::default(),
             notifier: crate::notify::Notifier::new(config.mqtt.is_some())
                 .with_firmware_delay(config.device_lookup_cache_ttl),
             notify_stats: Arc::default(),

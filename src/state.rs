@@ -30,8 +30,10 @@ pub struct AppState {
     pub coredump_uploads: Arc<tokio::sync::Semaphore>,
     /// Mints and verifies the device tokens iotsupport issues.
     pub tokens: Arc<crate::credentials::tokens::Tokens>,
-    /// Slows down repeated token-endpoint failures per client id.
+    /// Slows down repeated token-endpoint failures per client id and client address.
     pub token_failures: Arc<crate::credentials::throttle::FailureThrottle>,
+    /// Slows down wrong admin tokens (sign-in form, `Authorization: Bearer`) per client address.
+    pub admin_failures: Arc<crate::credentials::throttle::FailureThrottle>,
     /// Queues device notifications when MQTT is configured.
     pub notifier: crate::notify::Notifier,
     /// What this process's notification publisher did.

@@ -148,6 +148,9 @@ pub struct Config {
     pub config_validation_timeout: Duration,
     /// Connection deadlines and limits of the HTTP server.
     pub http: HttpLimits,
+    /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`, default loopback);
+    /// see `crate::http::client_addr`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Device tokens and provisioning packages.
     pub credentials: CredentialSettings,
     /// Admin browser sessions.
@@ -192,6 +195,29 @@ pub struct LocalAdmin {
 /// A longer reuse of device lookups would make a replaced secret or a rollback take effect too
 /// late on the other processes of a deployment.
 pub const MAX_DEVICE_LOOKUP_CACHE_SECONDS: f64 = 30.0;
+
+/// A proxy on the same host (the usual nginx or Caddy in front): only it can connect from
+/// loopback, and whatever else runs there could reach the service without a proxy anyway.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8, ::1";
+
+/// `TRUSTED_PROXIES`: addresses or networks, comma-separated (`10.0.0.5, 172.16.0.0/12`); `none`
+/// trusts none (an empty value counts as unset, as everywhere).
+pub fn parse_trusted_proxies(value: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    if value.trim().eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| format!("{item:?} is neither an address nor a network (a.b.c.d/n)"))
+        })
+        .collect()
+}
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/iotsupport.db";
 
@@ -438,6 +464,11 @@ impl Config {
                 max_connections: env.positive("HTTP_MAX_CONNECTIONS", 1024)?,
                 shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
             },
+            trusted_proxies: parse_trusted_proxies(
+                env.get("TRUSTED_PROXIES")
+                    .unwrap_or(DEFAULT_TRUSTED_PROXIES),
+            )
+            .map_err(|reason| invalid("TRUSTED_PROXIES", reason))?,
             mqtt,
         })
     }

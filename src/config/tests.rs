@@ -169,6 +169,29 @@ fn plain_http_s3_needs_ssl_off_unless_loopback() {
 }
 
 #[test]
+fn trusted_proxies_are_loopback_by_default_and_take_addresses_or_networks() {
+    let c = config(&[]).unwrap();
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(c.trusted_proxies.iter().any(|n| n.contains(&loopback)));
+    assert!(config(&[("TRUSTED_PROXIES", "none")])
+        .unwrap()
+        .trusted_proxies
+        .is_empty());
+    let nets = config(&[("TRUSTED_PROXIES", " 10.0.0.5 , 172.16.0.0/12, ::1")])
+        .unwrap()
+        .trusted_proxies;
+    assert_eq!(nets.len(), 3);
+    let inside: std::net::IpAddr = "172.20.1.1".parse().unwrap();
+    let beside: std::net::IpAddr = "10.0.0.6".parse().unwrap();
+    assert!(nets.iter().any(|n| n.contains(&inside)));
+    assert!(!nets.iter().any(|n| n.contains(&beside)));
+    for bad in ["10.0.0.0/40", "proxy.local"] {
+        let err = config(&[("TRUSTED_PROXIES", bad)]).unwrap_err();
+        assert_eq!(err.variable, "TRUSTED_PROXIES");
+    }
+}
+
+#[test]
 fn values_that_would_overflow_time_arithmetic_are_refused() {
     let mqtt = ("MQTT_URL", "mqtt://127.0.0.1:1883");
     for (var, value) in [

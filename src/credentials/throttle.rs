@@ -1,4 +1,6 @@
-//! Slowing down repeated failures for one client id at the token endpoint.
+//! Slowing down repeated failures for one key: at the token endpoint a client id at one client
+//! address, for the admin token a client address (`crate::http::client_addr`). Below, "client id"
+//! is whatever the key names.
 //!
 //! The first [`FREE_FAILURES`] failures cost nothing (a device with a stale secret retries a few
 //! times). After that each failure closes the client id for an exponentially growing time (1 s,

@@ -168,12 +168,29 @@ pub async fn authenticate_admin(
     let Some(token) = bearer(parts)? else {
         return session_identity(parts, state).await;
     };
+    let jwt = state.oidc.is_some() && looks_like_jwt(token);
+    let mut refused = None;
     if let Some(expected) = &state.config.admin_token {
-        if secrets_equal(token, expected.expose()) {
-            return Ok(local_admin(state, AdminAuthMethod::AdminToken));
+        // Wrong admin tokens slow down the address that sends them (the sign-in form's
+        // throttle); while it is closed no token of it is compared.
+        let client = super::client_addr::ClientScope::of(parts, state).0;
+        match state.admin_failures.check(&client) {
+            Ok(()) if secrets_equal(token, expected.expose()) => {
+                state.admin_failures.succeeded(&client);
+                return Ok(local_admin(state, AdminAuthMethod::AdminToken));
+            }
+            Ok(()) => refused = Some(client),
+            Err(wait) if !jwt => {
+                return Err(ApiError::TooManyRequests {
+                    message: "Too many wrong admin tokens from this address; retry later".into(),
+                    retry_after: wait.as_secs().max(1),
+                })
+            }
+            // An OIDC token is still verified: the throttle is the admin token's.
+            Err(_) => {}
         }
     }
-    if let (Some(oidc), true) = (&state.oidc, looks_like_jwt(token)) {
+    if let (Some(oidc), true) = (&state.oidc, jwt) {
         let verified = oidc.verify(token).await.map_err(oidc_failure)?;
         if verified.device().is_some() {
             return Err(ApiError::AuthorizationFailed(
@@ -188,6 +205,10 @@ pub async fn authenticate_admin(
             method: AdminAuthMethod::Oidc,
             csrf_token: None,
         });
+    }
+    if let Some(client) = refused {
+        state.admin_failures.failed(&client);
+        tracing::warn!(client = %client, "admin_token_refused");
     }
     Err(ApiError::AuthenticationRequired(
         "Invalid credentials".into(),

@@ -42,6 +42,9 @@ pub enum ApiError {
     RangeNotSatisfiable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A failure throttle is closed for this caller (429 with `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("{message}")]
     Unavailable {
         message: String,
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -110,6 +114,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
             ApiError::RangeNotSatisfiable(_) => "RANGE_NOT_SATISFIABLE",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::TooManyRequests { .. } => "TOO_MANY_REQUESTS",
             ApiError::Unavailable { .. } => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
@@ -123,7 +128,7 @@ pub struct ErrorBody {
     pub error: String,
     /// A stable code: VALIDATION_FAILED, AUTHENTICATION_REQUIRED, AUTHORIZATION_FAILED,
     /// RECORD_NOT_FOUND, RECORD_EXISTS, CONFLICT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT,
-    /// SERVICE_UNAVAILABLE, INTERNAL.
+    /// TOO_MANY_REQUESTS, SERVICE_UNAVAILABLE, INTERNAL.
     pub code: String,
     #[schema(value_type = Object)]
     pub details: Value,
@@ -155,6 +160,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(*retry_after),
             );
         }
         response

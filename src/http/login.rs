@@ -19,14 +19,12 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::client_addr::ClientScope;
 use super::error::ApiError;
 use super::extract::{Form, Query};
 use super::session;
 use crate::sessions::{self, SessionMethod, SignedIn};
 use crate::state::AppState;
-
-/// The throttle key of failed token sign-ins (device client ids start with `iotdevice-`).
-const THROTTLE_KEY: &str = "admin-sign-in";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -135,6 +133,7 @@ pub struct TokenSignIn {
         (status = 404, description = "No ADMIN_TOKEN configured", body = super::error::ErrorBody)))]
 pub async fn login_with_token(
     State(state): State<AppState>,
+    ClientScope(client): ClientScope,
     headers: HeaderMap,
     Form(form): Form<TokenSignIn>,
 ) -> Result<Response, ApiError> {
@@ -158,15 +157,16 @@ pub async fn login_with_token(
             encode(&return_to)
         ))
     };
-    if state.token_failures.check(THROTTLE_KEY).is_err() {
+    // Wrong tokens slow down the address that sends them, not everyone's sign-in.
+    if state.admin_failures.check(&client).is_err() {
         return Ok(back("throttled"));
     }
     if !super::auth::secrets_equal(form.token.trim(), expected.expose()) {
-        state.token_failures.failed(THROTTLE_KEY);
-        tracing::warn!("admin_sign_in_refused");
+        state.admin_failures.failed(&client);
+        tracing::warn!(client = %client, "admin_sign_in_refused");
         return Ok(back("invalid"));
     }
-    state.token_failures.succeeded(THROTTLE_KEY);
+    state.admin_failures.succeeded(&client);
     let local = &state.config.local_admin;
     let who = SignedIn {
         subject: local.subject.clone(),

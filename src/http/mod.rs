@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client_addr;
 pub mod coredumps;
 pub mod crash_groups;
 pub mod device_logs;

@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::body::DeadlineBody;
+use super::client_addr::PeerAddr;
 use crate::config::HttpLimits;
 use crate::telemetry;
 
@@ -107,10 +108,10 @@ pub async fn serve(
         .max_buf_size(MAX_BUF_SIZE);
 
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning; connections
                     // closing (or being evicted) free descriptors again.
@@ -135,6 +136,7 @@ pub async fn serve(
         let service = tower::service_fn(move |req: http::Request<Incoming>| {
             let guard = ActiveGuard::enter(active.clone());
             let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(PeerAddr(peer));
             // A request without a body (most: every GET of a device) needs no deadline, and
             // gets no timer.
             let empty = http_body::Body::is_end_stream(&body);

@@ -49,19 +49,31 @@ pub async fn token(
     client_id: &str,
     secret: &str,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
+    token_from(app, client_id, secret, None).await
+}
+
+/// [`token`] as a client behind the local proxy, which names it in `X-Forwarded-For` (loopback
+/// is a trusted proxy by default).
+pub async fn token_from(
+    app: &TestApp,
+    client_id: &str,
+    secret: &str,
+    forwarded_for: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let form = format!(
         "grant_type=client_credentials&client_id={}&client_secret={}",
         urlencode(client_id),
         urlencode(secret)
     );
-    let response = app
+    let mut request = app
         .client
         .post(app.url("/api/iot/token"))
         .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
+        .body(form);
+    if let Some(client) = forwarded_for {
+        request = request.header("X-Forwarded-For", client);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     (

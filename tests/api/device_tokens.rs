@@ -215,7 +215,8 @@ async fn token_errors_follow_rfc_6749() {
 }
 
 #[tokio::test]
-async fn repeated_failures_for_one_client_id_are_slowed_down_without_touching_others() {
+async fn repeated_failures_for_one_client_id_from_one_address_are_slowed_down_without_touching_others(
+) {
     let Some(app) = spawn_app(Stack::Embedded, "token_throttle").await else {
         return;
     };
@@ -238,6 +239,23 @@ async fn repeated_failures_for_one_client_id_are_slowed_down_without_touching_ot
     // Another device is not affected.
     let other_secret = other.credential.split_once('.').unwrap().1;
     token_ok(&app, &client_id("thermo", other), other_secret).await;
+    // Nor is the same device at another address (behind the local proxy): guessing its id from
+    // somewhere else does not lock it out.
+    let (status, body, _) = token_from(&app, &id, secret, Some("203.0.113.20")).await;
+    assert_eq!(status, 200, "{body}");
+    // Guesses from that other address have their own count, and close only it.
+    for _ in 0..6 {
+        let (status, _, _) = token_from(&app, &id, "guess", Some("203.0.113.21")).await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        token_from(&app, &id, secret, Some("203.0.113.21")).await.0,
+        429
+    );
+    assert_eq!(
+        token_from(&app, &id, secret, Some("203.0.113.22")).await.0,
+        200
+    );
     // After the block the right secret works and resets the count.
     let opened = eventually(std::time::Duration::from_secs(5), || async {
         token(&app, &id, secret).await.0 == 200

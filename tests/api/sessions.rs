@@ -43,10 +43,33 @@ fn location(headers: &HeaderMap) -> String {
 }
 
 async fn sign_in_with_token(app: &TestApp, token: &str, redirect: &str) -> reqwest::Response {
-    browser()
+    sign_in_from(app, token, redirect, None).await
+}
+
+/// [`sign_in_with_token`] from a browser behind the local proxy, which names it in
+/// `X-Forwarded-For` (loopback is a trusted proxy by default).
+async fn sign_in_from(
+    app: &TestApp,
+    token: &str,
+    redirect: &str,
+    forwarded_for: Option<&str>,
+) -> reqwest::Response {
+    let mut request = browser()
         .post(app.url("/api/auth/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("token", token), ("redirect", redirect)]))
+        .body(form(&[("token", token), ("redirect", redirect)]));
+    if let Some(client) = forwarded_for {
+        request = request.header("x-forwarded-for", client);
+    }
+    request.send().await.unwrap()
+}
+
+/// `GET /api/auth/self` with `Authorization: Bearer token`, from `forwarded_for`.
+async fn bearer_from(app: &TestApp, token: &str, forwarded_for: &str) -> reqwest::Response {
+    browser()
+        .get(app.url("/api/auth/self"))
+        .bearer_auth(token)
+        .header("x-forwarded-for", forwarded_for)
         .send()
         .await
         .unwrap()
@@ -272,9 +295,98 @@ async fn a_changed_admin_token_ends_its_sessions_and_guessing_is_throttled() {
                 "/api/auth/login?error=throttled&redirect=%2F"
             );
             assert!(set_cookie(refused.headers()).is_none());
+            // Only for the address that guessed: the admin signing in from elsewhere (here behind
+            // the local proxy) is not locked out.
+            let elsewhere = sign_in_from(app, TOKEN, "/", Some("203.0.113.30")).await;
+            assert_eq!(location(elsewhere.headers()), "/");
+            assert!(set_cookie(elsewhere.headers()).is_some());
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn wrong_admin_tokens_in_bearer_and_form_close_only_the_address_that_sent_them() {
+    let Some(app) = TestApp::builder("admin_token_throttle")
+        .overrides(&[("ADMIN_TOKEN", TOKEN)])
+        .spawn(Stack::Embedded)
+        .await
+    else {
+        return;
+    };
+    let guesser = "198.51.100.7";
+    // Bearer guesses and form guesses count together.
+    for _ in 0..3 {
+        assert_eq!(
+            bearer_from(&app, "guess-guess-guess", guesser)
+                .await
+                .status(),
+            401
+        );
+        sign_in_from(&app, "guess", "/", Some(guesser)).await;
+    }
+    let refused = bearer_from(&app, TOKEN, guesser).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the right token is not compared while closed"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "TOO_MANY_REQUESTS");
+    let form = sign_in_from(&app, TOKEN, "/", Some(guesser)).await;
+    assert_eq!(
+        location(form.headers()),
+        "/api/auth/login?error=throttled&redirect=%2F"
+    );
+    // Another client behind the proxy, and the proxy itself, are not affected.
+    assert_eq!(bearer_from(&app, TOKEN, "198.51.100.8").await.status(), 200);
+    let direct = browser()
+        .get(app.url("/api/auth/self"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    // One IPv6 host is one /64: moving within it does not reopen the count.
+    for i in 0..6 {
+        let from = format!("2001:db8:5:6::{i:x}");
+        assert_eq!(
+            bearer_from(&app, "guess-guess-guess", &from).await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        bearer_from(&app, TOKEN, "2001:db8:5:6::ff").await.status(),
+        429
+    );
+    assert_eq!(
+        bearer_from(&app, TOKEN, "2001:db8:5:7::1").await.status(),
+        200
+    );
+    app.stop().await;
+
+    // Without trusted proxies the header is the client's own word: it is ignored, so guessing
+    // cannot escape the throttle by naming a new address each time.
+    let Some(app) = TestApp::builder("admin_token_throttle_no_proxy")
+        .overrides(&[("ADMIN_TOKEN", TOKEN), ("TRUSTED_PROXIES", "none")])
+        .spawn(Stack::Embedded)
+        .await
+    else {
+        return;
+    };
+    for i in 0..6 {
+        let from = format!("198.51.100.{}", 10 + i);
+        assert_eq!(
+            bearer_from(&app, "guess-guess-guess", &from).await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        bearer_from(&app, TOKEN, "198.51.100.99").await.status(),
+        429
+    );
+    app.stop().await;
 }
 
 #[tokio::test]

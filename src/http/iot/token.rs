@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use crate::credentials::{self, SecretMatch};
 use crate::fleet::ClientId;
 use crate::http::auth::{accept, prove, token_issuer};
+use crate::http::client_addr::ClientScope;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::state::AppState;
@@ -166,10 +167,11 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Re
         (status = 429, description = "slow_down: too many failures for this client id", body = OAuthError)))]
 pub async fn token(
     State(state): State<AppState>,
+    ClientScope(client): ClientScope,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match exchange(&state, &headers, &body).await {
+    match exchange(&state, &client, &headers, &body).await {
         Ok(response) => response,
         Err(TokenFailure::Refused(refusal)) => refusal.into_response(),
         Err(TokenFailure::Api(e)) => e.into_response(),
@@ -195,6 +197,7 @@ impl From<ApiError> for TokenFailure {
 
 async fn exchange(
     state: &AppState,
+    client_scope: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, TokenFailure> {
@@ -249,7 +252,11 @@ async fn exchange(
         tracing::warn!(client_id = %shown, reason = "malformed client id", "device_token_refused");
         return Err(TokenFailure::from(Refusal::client(used_basic)));
     };
-    if let Err(wait) = state.token_failures.check(&client_id) {
+    // Per client id and address: guesses from one place slow down, while the device itself (at
+    // another address) keeps getting tokens; a throttle per client id alone would let anyone who
+    // knows a device's id lock it out.
+    let throttle_key = format!("{client_id} {client_scope}");
+    if let Err(wait) = state.token_failures.check(&throttle_key) {
         return Err(Refusal {
             status: StatusCode::TOO_MANY_REQUESTS,
             error: "slow_down",
@@ -260,7 +267,7 @@ async fn exchange(
         .into());
     }
     let refuse = |reason: &'static str| {
-        state.token_failures.failed(&client_id);
+        state.token_failures.failed(&throttle_key);
         metrics::counter!(crate::telemetry::DEVICE_TOKENS_REFUSED).increment(1);
         // The client id is not secret; nothing about the secret is logged.
         tracing::warn!(client_id = %client_id, reason, "device_token_refused");
@@ -275,7 +282,7 @@ async fn exchange(
     else {
         return Err(refuse("unknown client or wrong secret"));
     };
-    state.token_failures.succeeded(&client_id);
+    state.token_failures.succeeded(&throttle_key);
     let secret_hash = proved
         .hash(&credential)
         .map(str::to_string)
