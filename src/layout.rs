@@ -155,6 +155,9 @@ pub enum MappedKey {
         model_code: String,
         version: String,
         artifact: Artifact,
+        /// The key's version segment as written (`2.1%7Erc1`): the Python service stored such a
+        /// version literally, so an adopted row may hold exactly this.
+        encoded: String,
     },
     /// Anything else: never acted upon.
     Unknown,
@@ -183,6 +186,7 @@ pub fn map_key(key: &str) -> MappedKey {
                     model_code: code.to_string(),
                     version: decoded,
                     artifact,
+                    encoded: version.to_string(),
                 },
                 None => MappedKey::Unknown,
             }
@@ -348,7 +352,8 @@ mod tests {
             MappedKey::LegacyEncoded {
                 model_code: "m".into(),
                 version: "2.1~rc1".into(),
-                artifact: Artifact::Elf
+                artifact: Artifact::Elf,
+                encoded: "2.1%7Erc1".into(),
             }
         );
         // What no release wrote is not guessed at.

@@ -104,6 +104,8 @@ pub struct UnsupportedVersion {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReconcileReport {
     pub objects_scanned: usize,
+    /// Objects in the layout that a row names.
+    pub objects_claimed: usize,
     /// Firmware versions and core dumps whose objects were looked for (legacy dumps and
     /// unsupported versions aside).
     pub rows_checked: usize,
@@ -128,7 +130,8 @@ pub struct ReconcileReport {
 }
 
 /// At least this many dangling rows, more than half of those checked, make a scan look like one
-/// of the wrong store (see [`ReconcileReport::wrong_store`]).
+/// of the wrong store (see [`ReconcileReport::wrong_store`]); as many orphans, more than the
+/// objects rows name, one of the wrong database.
 const WRONG_STORE_MIN_DANGLING: usize = 10;
 
 impl ReconcileReport {
@@ -140,7 +143,7 @@ impl ReconcileReport {
     pub fn wrong_store(&self) -> Option<String> {
         let dangling = self.dangling_firmware.len() + self.dangling_coredumps.len();
         if dangling == 0 {
-            return None;
+            return self.wrong_database();
         }
         if self.objects_scanned == 0 {
             return Some(format!(
@@ -161,6 +164,29 @@ impl ReconcileReport {
             return Some(format!(
                 "{dangling} of {} rows miss their objects: is this the right bucket and endpoint?",
                 self.rows_checked
+            ));
+        }
+        self.wrong_database()
+    }
+
+    /// The mirror image: a database that names little or nothing of what the store holds (an
+    /// empty or freshly migrated one, a restore not yet loaded, a stray embedded database, the
+    /// Python service's bucket before its database was adopted). Every object would be an orphan
+    /// and deleted.
+    fn wrong_database(&self) -> Option<String> {
+        let orphans = self.orphans.len();
+        if orphans == 0 {
+            return None;
+        }
+        if self.rows_checked == 0 {
+            return Some(format!(
+                "the database names no firmware or core dumps, yet the object store holds {orphans}                  object(s) without a row: is this the right database (DATABASE_URL), and was the                  Python service's database adopted (`iotsupport migrate`)?"
+            ));
+        }
+        if orphans >= WRONG_STORE_MIN_DANGLING && orphans > self.objects_claimed {
+            return Some(format!(
+                "{orphans} object(s) have no row, more than the {} the database names: is this                  the right database (DATABASE_URL) for this bucket?",
+                self.objects_claimed
             ));
         }
         None
@@ -209,7 +235,14 @@ pub async fn scan(
                 model_code,
                 version,
                 artifact,
+                encoded,
             } => {
+                // A version the Python service stored literally (`2.1%7Erc1`, adopted) owns
+                // this key as written: it is neither misplaced nor an orphan.
+                if versions.contains(&(model_code.as_str(), encoded.as_str())) {
+                    report.objects_claimed += 1;
+                    continue;
+                }
                 let claimed = versions.contains(&(model_code.as_str(), version.as_str()));
                 if claimed {
                     report.misplaced.push(MisplacedObject {
@@ -228,6 +261,7 @@ pub async fn scan(
             }
         };
         if claimed {
+            report.objects_claimed += 1;
             continue;
         }
         if queued.contains(&object.key) {

@@ -47,7 +47,7 @@ pub async fn repair(
     if let Some(reason) = report.wrong_store() {
         if !force {
             return Err(ReconcileError::Refused(format!(
-                "{reason} (if the objects really are gone, repair with --force)"
+                "{reason} (if this is the right bucket and database, repair with --force)"
             )));
         }
         tracing::warn!(reason = %reason, "reconcile_repair_forced");
@@ -189,8 +189,14 @@ async fn queue_orphans(
                 MappedKey::Firmware { version, .. } => {
                     queries::firmware_version_exists(&mut tx, &code, &version).await?
                 }
-                // A misplaced copy with no row left: nothing will ever read it.
-                MappedKey::LegacyEncoded { .. } => false,
+                // A misplaced copy with no row left: nothing will ever read it; unless a row
+                // holds the version as the key writes it (adopted from the Python service).
+                MappedKey::LegacyEncoded {
+                    version, encoded, ..
+                } => {
+                    queries::firmware_version_exists(&mut tx, &code, &version).await?
+                        || queries::firmware_version_exists(&mut tx, &code, &encoded).await?
+                }
                 _ => true,
             };
             if claimed {

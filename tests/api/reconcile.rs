@@ -422,3 +422,146 @@ async fn repair_refuses_a_store_that_holds_nothing_the_database_names() {
     assert_eq!(report["repair"]["firmware_versions_removed"], 1, "{report}");
     app.stop().await;
 }
+
+/// The mirror image of the wrong store: a database that names nothing (or little) of what the
+/// bucket holds (an empty or freshly migrated one, a restore not yet loaded, the Python service's
+/// bucket before its database was adopted). Every object would be an orphan, and a repair would
+/// delete the fleet's firmware and dumps; it is refused, and nothing is queued or deleted.
+#[tokio::test]
+async fn repair_refuses_a_database_that_names_nothing_the_store_holds() {
+    let Some(app) = spawn_app_with(
+        Stack::Production,
+        "reconcile_wrong_database",
+        &[("WORKER_POLL_SECONDS", "3600")],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let firmware: Vec<String> = Artifact::ALL
+        .map(|a| format!("firmware/sensor/1.0.0/{}", a.file_name()))
+        .to_vec();
+    for key in &firmware {
+        put(&app, key).await;
+    }
+    put(&app, "coredumps/abcd2345/7.dmp").await;
+    let nothing_queued = || async {
+        iotsupport::outbox::pending(app.db())
+            .await
+            .unwrap()
+            .is_empty()
+    };
+
+    // The database is empty: refused, everything stays.
+    let run = reconcile_in(&app, &bucket_of(&app), &["--repair", "--grace", "0"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the database names no firmware or core dumps"),
+        "{stderr}"
+    );
+    for key in firmware
+        .iter()
+        .map(String::as_str)
+        .chain(["coredumps/abcd2345/7.dmp"])
+    {
+        assert!(exists(&app, key).await, "{key} was deleted");
+    }
+    assert!(nothing_queued().await);
+
+    // A database that names one version (five objects) of a bucket holding thirteen more.
+    sensor_with_device(&app).await;
+    exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, '1.0.0', $1 FROM device_models WHERE code = 'sensor'", &[]).await;
+    let others: Vec<String> = (100..112)
+        .map(|id| format!("coredumps/abcd2345/{id}.dmp"))
+        .collect();
+    for key in &others {
+        put(&app, key).await;
+    }
+    let run = reconcile_in(&app, &bucket_of(&app), &["--repair", "--grace", "0"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("13 object(s) have no row, more than the 5 the database names"),
+        "{stderr}"
+    );
+    assert!(exists(&app, "coredumps/abcd2345/100.dmp").await);
+    assert!(nothing_queued().await);
+    // A plain scan says why, and --force repairs all the same.
+    let text = reconcile(&app, &["--grace", "0"]);
+    assert!(text.contains("13 object(s) have no row"), "{text}");
+    let run = reconcile_in(
+        &app,
+        &bucket_of(&app),
+        &["--repair", "--force", "--grace", "0"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for key in &others {
+        assert!(!exists(&app, key).await, "{key} was kept");
+    }
+    for key in &firmware {
+        assert!(exists(&app, key).await, "{key} was deleted");
+    }
+    app.stop().await;
+}
+
+/// The Python service stored versions literally, `%` included: an adopted `2.1%7Erc1` owns
+/// `firmware/sensor/2.1%7Erc1/…`, which an earlier release of ours would have written for
+/// `2.1~rc1`. Such a version is reported as unsupported and its objects are left alone, not
+/// taken for orphans of `2.1~rc1`.
+#[tokio::test]
+async fn a_version_the_python_service_stored_with_a_percent_keeps_its_objects() {
+    let Some(app) = spawn_app_with(
+        Stack::Production,
+        "reconcile_percent_version",
+        &[("WORKER_POLL_SECONDS", "3600")],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    sensor_with_device(&app).await;
+    let mut keys = Vec::new();
+    for version in ["1.0.0", "2.1%7Erc1"] {
+        exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, $1, $2 FROM device_models WHERE code = 'sensor'", &[version]).await;
+        for artifact in Artifact::ALL {
+            let key = format!("firmware/sensor/{version}/{}", artifact.file_name());
+            put(&app, &key).await;
+            keys.push(key);
+        }
+    }
+    let run = reconcile_in(
+        &app,
+        &bucket_of(&app),
+        &["--repair", "--grace", "0", "--json"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(out["report"]["orphans"], json!([]), "{out}");
+    assert_eq!(out["report"]["misplaced"], json!([]), "{out}");
+    assert_eq!(
+        out["report"]["unsupported_versions"][0]["version"], "2.1%7Erc1",
+        "{out}"
+    );
+    for key in &keys {
+        assert!(exists(&app, key).await, "{key} was deleted");
+    }
+    app.stop().await;
+}
+
+fn bucket_of(app: &TestApp) -> String {
+    let StorageConfig::S3(s3) = &app.state.config.storage else {
+        panic!("S3 expected")
+    };
+    s3.bucket.clone()
+}

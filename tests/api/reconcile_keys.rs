@@ -245,6 +245,9 @@ async fn keys_that_do_not_map_back_are_reported_and_never_touched() {
 async fn a_repair_from_a_stale_scan_never_deletes_what_a_row_claims_since() {
     for_each_stack("stale_scan", &[], async |app| {
         let model_id = create_model(app, "stale", None).await;
+        // A version the database names, so that the store does not look like another
+        // database's (repair would refuse: `ReconcileReport::wrong_store`).
+        upload_ok(app, model_id, "stale", &Build::new("2.0", "earlier")).await;
         // Objects of 3.0 with no row: orphans at the time of the scan.
         let build = Build::new("3.0", "late");
         for (artifact, (_, bytes)) in Artifact::ALL.into_iter().zip(build.artifacts()) {
