@@ -429,7 +429,7 @@ pub async fn list(
     status: Option<&str>,
     order: GroupOrder,
 ) -> Result<Vec<GroupView>, GroupError> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_read().await?;
     if !crate::db::device_models::exists(&mut tx, device_model_id).await? {
         return Err(GroupError::ModelNotFound(device_model_id));
     }
@@ -451,7 +451,7 @@ pub async fn list(
 /// One group with its per-version counters, the devices running each version and its newest
 /// stored dumps.
 pub async fn detail(db: &Db, id: i64) -> Result<GroupDetail, GroupError> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_read().await?;
     let group = db_groups::get(&mut tx, id)
         .await?
         .ok_or(GroupError::NotFound(id))?;

@@ -163,7 +163,7 @@ pub async fn list(
 ) -> Result<Json<CoredumpList>, ApiError> {
     let page = query.page::<AfterDump>()?;
     let after = page.after.as_ref().map(|a| (a.0, a.1));
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     manage::device_key(&mut tx, id).await?;
     let rows = coredumps::list(&mut tx, id, after, page.limit.map(|n| n + 1)).await?;
     tx.commit().await?;
@@ -186,7 +186,7 @@ pub async fn fetch(
     State(state): State<AppState>,
     Path((id, cid)): Path<(i64, i64)>,
 ) -> Result<Json<CoredumpDetail>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let (_, row) = manage::load(&mut tx, id, cid).await?;
     tx.commit().await?;
     Ok(Json(detail(row)))
@@ -208,7 +208,7 @@ pub async fn download(
     method: http::Method,
     headers: http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let (key, row) = manage::load(&mut tx, id, cid).await?;
     tx.commit().await?;
     let object = coredump_key(&key, row.id)?;

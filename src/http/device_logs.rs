@@ -90,7 +90,7 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 
 /// The device and its entity id, or 404.
 async fn device_entity(state: &AppState, id: i64) -> Result<Option<String>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let row = crate::db::devices::get(&mut tx, id)
         .await?
         .ok_or_else(|| super::devices::not_found(id))?;

@@ -140,7 +140,7 @@ pub async fn list(
     _: AdminReader,
     State(state): State<AppState>,
 ) -> Result<Json<DeviceModelList>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let rows = models::list(&mut tx).await?;
     tx.commit().await?;
     let device_models: Vec<_> = rows.into_iter().map(summary).collect();
@@ -185,7 +185,7 @@ pub async fn fetch(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<DeviceModelResponse>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let row = models::get(&mut tx, id)
         .await?
         .ok_or_else(|| not_found(id))?;

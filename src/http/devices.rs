@@ -260,7 +260,7 @@ pub async fn list(
     }
     .page::<AfterKey>()?;
     let after = page.after.as_ref().map(|a| a.0.as_str());
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let rows = devices::list(
         &mut tx,
         query.model_id,
@@ -311,7 +311,7 @@ pub async fn fetch(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<DeviceResponse>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let (row, model) = devices_ops::load(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(full(row, model, None)))

@@ -90,7 +90,7 @@ pub async fn status(
     _: AdminReader,
     State(state): State<AppState>,
 ) -> Result<Json<RotationStatus>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let counts = queries::status(&mut tx).await?;
     tx.commit().await?;
     let mut counts_by_state: BTreeMap<String, i64> =
@@ -163,7 +163,7 @@ pub async fn dashboard_view(
     };
     let threshold = state.config.rotation.critical_threshold_days;
     let now = crate::db::now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let (grouped, counts) = match limit {
         Some(limit) => {
             let (grouped, [healthy, warning, critical, inactive]) =

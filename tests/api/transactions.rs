@@ -144,3 +144,40 @@ async fn an_object_store_outage_during_a_create_is_503_and_commits_nothing() {
         })
         .await;
 }
+
+/// Pages and reads take no write lock: on SQLite a writer holding on (an upload's transaction, a
+/// slow S3 call in one) must not make the admin's lists, the dashboards or a device's config poll
+/// wait for the busy timeout and fail with 503.
+#[tokio::test]
+async fn reads_answer_while_a_writer_holds_the_sqlite_database() {
+    let Some(app) = spawn_app(Stack::Embedded, "reads_beside_a_writer").await else {
+        return;
+    };
+    let device = crate::fleet::model_with_device(&app, "reader").await;
+    let (model, id) = (device.model_id, device.id);
+    let held = app.db().begin().await.unwrap();
+    let paths = [
+        "/api/device-models".to_string(),
+        format!("/api/device-models/{model}"),
+        "/api/devices".to_string(),
+        format!("/api/devices/{id}"),
+        format!("/api/devices/{id}/coredumps"),
+        format!("/api/device-models/{model}/crash-groups"),
+        "/api/rotation/status".to_string(),
+        "/api/rotation/dashboard".to_string(),
+    ];
+    for path in &paths {
+        let response = app.get(path).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{path}: {:?}",
+            response.text().await
+        );
+    }
+    let (status, body) =
+        crate::credentials_support::iot_get(&app, "/api/iot/config", &device.credential).await;
+    assert_eq!(status, 200, "{body}");
+    held.rollback().await.unwrap();
+    app.stop().await;
+}

@@ -48,7 +48,7 @@ pub async fn config(
     device: DeviceCaller,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin_read().await?;
     let text = devices::config_text(&mut tx, device.id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Device {} was not found", device.key)))?;
