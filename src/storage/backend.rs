@@ -143,6 +143,29 @@ fn info(meta: &object_store::ObjectMeta) -> ObjectInfo {
     }
 }
 
+/// A multipart upload that is aborted unless finished: explicitly on an error, from a spawned
+/// task when dropped unfinished (a cancelled request, a runtime shutting down).
+struct AbortOnDrop(Option<WriteMultipart>);
+
+impl AbortOnDrop {
+    async fn abort(&mut self) {
+        if let Some(writer) = self.0.take() {
+            let _ = writer.abort().await;
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let (Some(writer), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = writer.abort().await;
+            });
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStorage for ObjectStoreBackend {
     async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StorageError> {
@@ -160,23 +183,33 @@ impl ObjectStorage for ObjectStoreBackend {
     ) -> Result<u64, StorageError> {
         let err = |e| map_err(Operation::Put, key.as_str(), e);
         let upload = self.store.put_multipart(&path(key)).await.map_err(err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        // Whatever ends this early (a failed body or part, the caller giving up) aborts the
+        // upload: its parts would otherwise stay in the bucket, invisible to LIST and reconcile.
+        let mut upload = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)));
         let mut written = 0u64;
         loop {
             let chunk = match body.next().await {
                 None => break,
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    // Abort so no partial object (or dangling multipart upload) is left behind.
-                    let _ = writer.abort().await;
+                    upload.abort().await;
                     return Err(unavailable(Operation::Put, key.as_str(), e));
                 }
             };
             written += chunk.len() as u64;
-            writer.wait_for_capacity(4).await.map_err(err)?;
+            let Some(writer) = upload.0.as_mut() else {
+                break;
+            };
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                upload.abort().await;
+                return Err(err(e));
+            }
             writer.put(chunk);
         }
-        writer.finish().await.map_err(err)?;
+        // `finish` aborts by itself when it fails.
+        if let Some(writer) = upload.0.take() {
+            writer.finish().await.map_err(err)?;
+        }
         Ok(written)
     }
 
