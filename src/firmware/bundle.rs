@@ -325,6 +325,8 @@ fn validate_reader<R: Read + Seek>(
     spool.seek(SeekFrom::Start(0))?;
 
     // 3. unreadable ZIP, and archives we refuse to open further.
+    refuse_huge_directory(&mut spool, len)?;
+    spool.seek(SeekFrom::Start(0))?;
     let mut archive = zip::ZipArchive::new(spool).map_err(invalid_zip)?;
     if archive.has_duplicate_names() {
         return Err(invalid_zip("duplicate entry names"));
@@ -517,6 +519,82 @@ fn parse_version_json(bytes: &[u8]) -> Result<Value, BundleError> {
 }
 
 /// Reads until `buf` is full or `reader` ends; how many bytes it read.
+/// The most entries a bundle's central directory may declare (a bundle has five; more are
+/// named in the "unexpected files" error up to this).
+const MAX_ENTRIES: u64 = 1000;
+/// The largest central directory a bundle may declare (five entries take a few hundred bytes).
+const MAX_DIRECTORY_BYTES: u64 = 1024 * 1024;
+
+/// Refuses an archive whose end-of-central-directory record declares more than [`MAX_ENTRIES`]
+/// entries or a central directory over [`MAX_DIRECTORY_BYTES`], before the zip crate reads the
+/// directory into memory: a 64 MiB body can declare over a million tiny entries, a few hundred
+/// bytes of memory each. Every candidate record in the archive's tail is checked (the zip crate
+/// settles on one of them), with its ZIP64 record where it points to one. Hand-written: the zip
+/// crate has no such limit.
+fn refuse_huge_directory<R: Read + Seek>(spool: &mut R, len: u64) -> Result<(), BundleError> {
+    const EOCD: [u8; 4] = *b"PK\x05\x06";
+    const EOCD_LEN: u64 = 22;
+    // The record is at most a 64 KiB comment away from the end.
+    let tail_len = len.min(EOCD_LEN + u64::from(u16::MAX));
+    let tail_start = len - tail_len;
+    spool.seek(SeekFrom::Start(tail_start))?;
+    let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
+    let got = read_up_to(spool, &mut tail)?;
+    tail.truncate(got);
+    let too_big = |entries: u64, bytes: u64| {
+        if entries > MAX_ENTRIES {
+            Err(invalid_zip(format!(
+                "the archive declares {entries} entries; a bundle has five"
+            )))
+        } else if bytes > MAX_DIRECTORY_BYTES {
+            Err(invalid_zip(format!(
+                "the archive's central directory is {bytes} bytes; a bundle's takes a few hundred"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let le16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let le32 = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let le64 = |b: &[u8], at: usize| {
+        b.get(at..at + 8).map(|x| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(x);
+            u64::from_le_bytes(a)
+        })
+    };
+    for at in (0..tail.len().saturating_sub(EOCD_LEN as usize - 1)).rev() {
+        if tail[at..].starts_with(&EOCD) {
+            let (Some(entries), Some(bytes)) = (le16(&tail, at + 10), le32(&tail, at + 12)) else {
+                continue;
+            };
+            // ZIP64: a locator right before the record points to the real counts.
+            let mut zip64 = None;
+            if entries == u16::MAX || bytes == u32::MAX {
+                let located = at
+                    .checked_sub(20)
+                    .filter(|l| tail[*l..].starts_with(b"PK\x06\x07"))
+                    .and_then(|l| le64(&tail, l + 8));
+                if let Some(offset) = located.filter(|o| o.saturating_add(56) <= len) {
+                    let mut record = [0u8; 56];
+                    spool.seek(SeekFrom::Start(offset))?;
+                    if read_up_to(spool, &mut record)? == 56 && record.starts_with(b"PK\x06\x06") {
+                        zip64 = le64(&record, 32).zip(le64(&record, 40));
+                    }
+                }
+            }
+            match zip64 {
+                Some((entries, bytes)) => too_big(entries, bytes)?,
+                None => too_big(u64::from(entries), u64::from(bytes))?,
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

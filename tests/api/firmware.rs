@@ -66,6 +66,24 @@ fn refused_bundles() -> Vec<(&'static str, Vec<u8>, String)> {
             "Invalid firmware ZIP: unexpected files: README.md, extra.txt".into(),
         ),
         (
+            "more entries than a bundle could need",
+            {
+                let mut entries = good.entries(CODE);
+                entries.extend((0..996).map(|i| (format!("n{i}"), Vec::new())));
+                zip_of(&entries)
+            },
+            "Invalid firmware ZIP: the archive declares 1001 entries; a bundle has five".into(),
+        ),
+        (
+            "a ZIP64 directory of 70,000 entries",
+            {
+                let mut entries = good.entries(CODE);
+                entries.extend((0..69_995).map(|i| (format!("n{i}"), Vec::new())));
+                zip_of(&entries)
+            },
+            "Invalid firmware ZIP: the archive declares 70000 entries; a bundle has five".into(),
+        ),
+        (
             "version.json not JSON",
             zip_of(&with_entry(&good, "version.json", b"{not json".to_vec())),
             "Invalid firmware ZIP: version.json is not valid JSON: …".into(),
