@@ -74,6 +74,11 @@ impl Position for AfterDump {
     fn decode(text: &str) -> Option<Self> {
         let (micros, id) = text.split_once(':')?;
         let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        // Years PostgreSQL can hold (it refuses, with a 500, what chrono still can): no upload
+        // time is outside them, so neither is a cursor this list made.
+        if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
+            return None;
+        }
         Some(AfterDump(at, id.parse().ok()?))
     }
 }

@@ -147,8 +147,23 @@ async fn bad_limits_and_cursors_are_refused() {
             .as_str()
             .expect("a second page")
             .to_string();
+        // A dump-list cursor naming a time no database holds (years -200,000 and 201,600).
+        use base64::Engine;
+        let far = |micros: i64| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("coredump:{micros}:1"))
+        };
         for path in [
             "/api/devices?limit=1&cursor=%25%25".to_string(),
+            format!(
+                "/api/devices/{}/coredumps?limit=1&cursor={}",
+                device.id,
+                far(-6_373_000_000_000_000_000)
+            ),
+            format!(
+                "/api/devices/{}/coredumps?limit=1&cursor={}",
+                device.id,
+                far(6_300_000_000_000_000_000)
+            ),
             format!(
                 "/api/devices/{}/coredumps?limit=1&cursor={device_cursor}",
                 device.id
