@@ -65,8 +65,10 @@ pub enum Command {
         /// database names, or most of it missing), which --repair alone refuses.
         #[arg(long, requires = "repair")]
         force: bool,
-        /// Objects younger than this many seconds are never treated as orphans (uploads in flight).
-        #[arg(long, default_value_t = 3600)]
+        /// Objects younger than this many seconds are never treated as orphans (uploads in flight;
+        /// at most 100 years).
+        #[arg(long, default_value_t = 3600,
+              value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_DURATION.as_secs()))]
         grace: u64,
         /// Print the report as JSON.
         #[arg(long)]
@@ -456,5 +458,13 @@ async fn reconcile(
         }
     }
     db.close().await;
+    // A script must be able to tell that the cleanup did not happen.
+    if let Some(d) = deleted.filter(|d| d.failed > 0) {
+        anyhow::bail!(
+            "{} object deletion(s) failed and stay queued in the outbox (serve's outbox worker \
+             retries them, and so does the next reconcile --repair)",
+            d.failed
+        );
+    }
     Ok(())
 }

@@ -12,7 +12,7 @@ mod tests;
 
 pub use credentials::{CredentialSettings, RotationSettings};
 use env::invalid;
-pub use env::{ConfigError, Env};
+pub use env::{ConfigError, Env, MAX_DURATION};
 pub use sessions::{CookieSecure, SessionSettings};
 
 use std::fmt;

@@ -453,6 +453,10 @@ async fn repair_refuses_a_database_that_names_nothing_the_store_holds() {
             .is_empty()
     };
 
+    // A grace period beyond 100 years is a usage error (it overflowed the time arithmetic).
+    let run = reconcile_in(&app, &bucket_of(&app), &["--grace", "9999999999999"]);
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+
     // The database is empty: refused, everything stays.
     let run = reconcile_in(&app, &bucket_of(&app), &["--repair", "--grace", "0"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
