@@ -175,8 +175,10 @@ async fn migrate_up(config: Config) -> anyhow::Result<()> {
     };
     let outcome = migrate::run(&db).await;
     let queued = match &outcome {
-        Ok(done) => crate::coredumps::job::queue_adopted(&db, done).await,
-        Err(_) => Ok(None),
+        Ok(done) if done.adopted.is_some() => {
+            crate::coredumps::job::queued_parses(&db).await.map(Some)
+        }
+        _ => Ok(None),
     };
     db.close().await;
     let outcome = outcome?;

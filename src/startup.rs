@@ -105,7 +105,8 @@ impl Application {
         let db = Db::connect(&config).await?;
         if config.migrate_on_start {
             let outcome = migrate::run(&db).await?;
-            if let Some(queued) = crate::coredumps::job::queue_adopted(&db, &outcome).await? {
+            if outcome.adopted.is_some() {
+                let queued = crate::coredumps::job::queued_parses(&db).await?;
                 tracing::info!(queued, "adopted_coredumps_queued_for_parsing");
             }
         }

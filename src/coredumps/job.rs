@@ -57,48 +57,15 @@ pub async fn enqueue(tx: &mut Tx, coredump_id: i64) -> Result<i64, DbError> {
     .await
 }
 
-/// After a migration run that adopted a database from the Python service (`None` otherwise):
-/// queues a parse for each `PENDING` dump whose object is in the store already (no legacy
-/// `filename` left for `migrate-to-s3` to move, which queues those itself): nothing else ever
-/// would, and a `PENDING` dump also keeps its firmware version from retention. Dumps with a parse
-/// queued or running are left alone, so a second call queues nothing. Returns how many were
-/// queued.
-pub async fn queue_adopted(
-    db: &Db,
-    migration: &crate::db::migrate::MigrationOutcome,
-) -> Result<Option<u64>, DbError> {
-    let (Db::Postgres(pool), Some(_)) = (db, &migration.adopted) else {
-        return Ok(None); // nothing adopted (adoption is PostgreSQL only)
-    };
-    let pending: Vec<i64> = match migration.legacy_filenames {
-        crate::db::adopt::LegacyFilenames::Remaining(_) => sqlx::query_scalar(
-            "SELECT id FROM coredumps WHERE parse_status = 'PENDING' AND filename IS NULL
-             ORDER BY id",
-        ),
-        _ => sqlx::query_scalar(
-            "SELECT id FROM coredumps WHERE parse_status = 'PENDING' ORDER BY id",
-        ),
-    }
-    .fetch_all(pool)
-    .await?;
-    let live: std::collections::HashSet<String> = sqlx::query_scalar(
-        "SELECT payload FROM jobs WHERE kind = $1 AND status IN ('queued', 'running')",
+/// How many parses are queued: after an adoption, those migration 17 queued for the Python
+/// service's dumps still `PENDING` (an adopted database had no jobs before).
+pub async fn queued_parses(db: &Db) -> Result<i64, DbError> {
+    Ok(crate::on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE kind = $1 AND status = 'queued'"
     )
     .bind(PARSE_JOB)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
-    let mut tx = db.begin().await?;
-    let mut queued = 0;
-    for coredump_id in pending {
-        if !live.contains(&jobs::payload_text(&ParsePayload { coredump_id })?) {
-            enqueue(&mut tx, coredump_id).await?;
-            queued += 1;
-        }
-    }
-    tx.commit().await?;
-    Ok(Some(queued))
+    .fetch_one(p)
+    .await)?)
 }
 
 /// Withdraws the queued parses of dumps being deleted in the caller's transaction (retention),

@@ -238,6 +238,25 @@ async fn adopted_pending_dumps_already_in_the_bucket_are_queued_for_parsing_once
         1
     );
 
+    // A database adopted by a release whose queuing step was lost after adoption (a failure
+    // or a crash between the two): the migration that queues them runs on the next `migrate`.
+    sqlx::query("DELETE FROM jobs")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261207000017")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_success(&run(&legacy.env(), &["migrate"]));
+    let payloads: Vec<String> = sqlx::query_scalar(
+        "SELECT payload FROM jobs WHERE kind = 'parse_coredump' AND status = 'queued'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(payloads, [r#"{"coredump_id":2}"#]);
+
     // 006: the PENDING dump is still a file; `migrate-to-s3` queues it when it moves it.
     let Some(legacy) = legacy_database("adopt_pending_006", "006").await else {
         return;
