@@ -24,6 +24,13 @@ pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
     /// S3 with credentials: [`ObjectStorage::put_sized`] streams a single presigned PUT.
     sized_puts: Option<SizedPuts>,
+    /// S3: the same bucket through a client that deletes with one `DELETE` per key. object_store
+    /// deletes (even a single key) with S3's batch `DeleteObjects`, which some S3-compatible
+    /// servers lack; there every deletion failed, and the outbox retried them for ever.
+    one_by_one: Option<Arc<dyn ObjectStore>>,
+    /// Set once a batch delete failed where a single `DELETE` worked: deletions use
+    /// [`Self::one_by_one`] from then on.
+    single_deletes: std::sync::atomic::AtomicBool,
 }
 
 /// What a streamed single PUT needs: a URL signed by object_store, and a client whose request
@@ -51,6 +58,8 @@ impl ObjectStoreBackend {
         Ok(ObjectStoreBackend {
             store: Arc::new(store),
             sized_puts: None,
+            one_by_one: None,
+            single_deletes: Default::default(),
         })
     }
 
@@ -83,6 +92,13 @@ impl ObjectStoreBackend {
                 .with_secret_access_key(secret.expose()),
             _ => builder.with_skip_signature(true),
         };
+        let one_by_one: Arc<dyn ObjectStore> = Arc::new(
+            builder
+                .clone()
+                .with_disable_bulk_delete(true)
+                .build()
+                .map_err(|e| unavailable(Operation::Check, "", e))?,
+        );
         let store = Arc::new(
             builder
                 .build()
@@ -100,8 +116,84 @@ impl ObjectStoreBackend {
         } else {
             None
         };
-        Ok(ObjectStoreBackend { store, sized_puts })
+        Ok(ObjectStoreBackend {
+            store,
+            sized_puts,
+            one_by_one: Some(one_by_one),
+            single_deletes: Default::default(),
+        })
     }
+}
+
+impl ObjectStoreBackend {
+    /// The store deletions go to: the one-by-one client once the bucket showed it needs it.
+    fn deleter(&self) -> &Arc<dyn ObjectStore> {
+        use std::sync::atomic::Ordering;
+        match &self.one_by_one {
+            Some(single) if self.single_deletes.load(Ordering::Relaxed) => single,
+            _ => &self.store,
+        }
+    }
+
+    /// After a failed batch delete: whether a single `DELETE` of `key` works (then deletions go
+    /// one by one from now on).
+    async fn try_one_by_one(&self, key: &ObjectKey) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(single) = &self.one_by_one else {
+            return false;
+        };
+        if self.single_deletes.load(Ordering::Relaxed) || delete_from(single, key).await.is_err() {
+            return false;
+        }
+        if !self.single_deletes.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "object_store_batch_delete_unsupported: the store refused a batch delete and took \
+                 a single DELETE; deleting objects one by one from now on"
+            );
+        }
+        true
+    }
+}
+
+async fn delete_from(store: &Arc<dyn ObjectStore>, key: &ObjectKey) -> Result<(), StorageError> {
+    match store.delete(&path(key)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(map_err(Operation::Delete, key.as_str(), e)),
+    }
+}
+
+/// `keys` deleted through `store`'s `delete_stream`: S3's `DeleteObjects`, 1,000 keys a request,
+/// or single `DELETE`s, 20 at a time, on the one-by-one client.
+async fn delete_batch(
+    store: &Arc<dyn ObjectStore>,
+    keys: &[ObjectKey],
+) -> Vec<Result<(), StorageError>> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let paths: Vec<object_store::Result<Path>> = keys.iter().map(|k| Ok(path(k))).collect();
+    let results: Vec<object_store::Result<Path>> = store
+        .delete_stream(futures::stream::iter(paths).boxed())
+        .collect()
+        .await;
+    // delete_stream yields one result per input in order; be defensive if a store yields fewer.
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| match results.get(i) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Some(Err(e)) => Err(unavailable(
+                Operation::Delete,
+                key.as_str(),
+                super::display_chain(e),
+            )),
+            None => Err(unavailable(
+                Operation::Delete,
+                key.as_str(),
+                "no result for this key from batch delete",
+            )),
+        })
+        .collect()
 }
 
 pub(crate) fn client_options(config: &S3Config) -> ClientOptions {
@@ -310,37 +402,29 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        match self.store.delete(&path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_err(Operation::Delete, key.as_str(), e)),
+        let Err(e) = delete_from(self.deleter(), key).await else {
+            return Ok(());
+        };
+        // Perhaps a store without batch delete: a single DELETE tells.
+        if self.try_one_by_one(key).await {
+            return Ok(());
         }
+        Err(e)
     }
 
     async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<Result<(), StorageError>> {
-        let paths: Vec<object_store::Result<Path>> = keys.iter().map(|k| Ok(path(k))).collect();
-        let results: Vec<object_store::Result<Path>> = self
-            .store
-            .delete_stream(futures::stream::iter(paths).boxed())
-            .collect()
-            .await;
-        // delete_stream yields one result per input in order; be defensive if a store yields fewer.
-        keys.iter()
-            .enumerate()
-            .map(|(i, key)| match results.get(i) {
-                Some(Ok(_)) => Ok(()),
-                Some(Err(object_store::Error::NotFound { .. })) => Ok(()),
-                Some(Err(e)) => Err(unavailable(
-                    Operation::Delete,
-                    key.as_str(),
-                    super::display_chain(e),
-                )),
-                None => Err(unavailable(
-                    Operation::Delete,
-                    key.as_str(),
-                    "no result for this key from batch delete",
-                )),
-            })
-            .collect()
+        let results = delete_batch(self.deleter(), keys).await;
+        // Every key failed: an outage, or a store without batch delete. One single DELETE tells
+        // them apart without waiting out a timeout per key when the store is down.
+        let all_failed = !results.is_empty() && results.iter().all(Result::is_err);
+        if let (true, Some(first)) = (all_failed, keys.first()) {
+            if self.try_one_by_one(first).await {
+                let mut rest = delete_batch(self.deleter(), &keys[1..]).await;
+                rest.insert(0, Ok(()));
+                return rest;
+            }
+        }
+        results
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
@@ -367,4 +451,231 @@ impl ObjectStorage for ObjectStoreBackend {
 
 fn range_is_unsatisfiable(range: Option<ByteRange>, size: u64) -> bool {
     range.is_some_and(|range| range.resolve(size).is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult, UploadPart,
+    };
+
+    use super::*;
+
+    /// An in-memory bucket with the quirks of real servers on demand: no batch delete (every
+    /// `delete_stream` fails, as a server without `DeleteObjects` answers), and multipart parts
+    /// that fail after the first.
+    #[derive(Debug)]
+    struct Quirky {
+        bucket: Arc<InMemory>,
+        no_batch_delete: bool,
+        failing_parts: bool,
+        aborted: Arc<AtomicBool>,
+        batch_calls: AtomicUsize,
+    }
+
+    impl Quirky {
+        fn over(bucket: &Arc<InMemory>) -> Self {
+            Quirky {
+                bucket: bucket.clone(),
+                no_batch_delete: false,
+                failing_parts: false,
+                aborted: Arc::default(),
+                batch_calls: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl std::fmt::Display for Quirky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Quirky")
+        }
+    }
+
+    #[derive(Debug)]
+    struct FailingParts {
+        inner: Box<dyn MultipartUpload>,
+        parts: usize,
+        aborted: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl MultipartUpload for FailingParts {
+        fn put_part(&mut self, data: PutPayload) -> UploadPart {
+            self.parts += 1;
+            if self.parts > 1 {
+                return Box::pin(async {
+                    Err(object_store::Error::Generic {
+                        store: "Quirky",
+                        source: "503 SlowDown".into(),
+                    })
+                });
+            }
+            self.inner.put_part(data)
+        }
+        async fn complete(&mut self) -> object_store::Result<PutResult> {
+            self.inner.complete().await
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.aborted.store(true, Ordering::SeqCst);
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Quirky {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.bucket.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            let inner = self.bucket.put_multipart_opts(location, opts).await?;
+            if !self.failing_parts {
+                return Ok(inner);
+            }
+            Ok(Box::new(FailingParts {
+                inner,
+                parts: 0,
+                aborted: self.aborted.clone(),
+            }))
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.bucket.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            if !self.no_batch_delete {
+                return self.bucket.delete_stream(locations);
+            }
+            self.batch_calls.fetch_add(1, Ordering::SeqCst);
+            locations
+                .map(|_| {
+                    Err(object_store::Error::Generic {
+                        store: "Quirky",
+                        source: "501 NotImplemented: POST ?delete".into(),
+                    })
+                })
+                .boxed()
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.bucket.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.bucket.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.bucket.copy_opts(from, to, options).await
+        }
+    }
+
+    fn backend(store: Arc<Quirky>, one_by_one: Option<Arc<Quirky>>) -> ObjectStoreBackend {
+        ObjectStoreBackend {
+            store,
+            sized_puts: None,
+            one_by_one: one_by_one.map(|s| s as Arc<dyn ObjectStore>),
+            single_deletes: Default::default(),
+        }
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::parse(format!("coredumps/abcd/{name}.dmp")).unwrap()
+    }
+
+    async fn stored(backend: &ObjectStoreBackend, name: &str) -> bool {
+        backend.head(&key(name)).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_store_without_batch_delete_is_deleted_from_one_key_at_a_time() {
+        let bucket = Arc::new(InMemory::new());
+        let batchless = Arc::new(Quirky {
+            no_batch_delete: true,
+            ..Quirky::over(&bucket)
+        });
+        let b = backend(batchless.clone(), Some(Arc::new(Quirky::over(&bucket))));
+        for name in ["1", "2", "3", "4"] {
+            b.put(&key(name), Bytes::from_static(b"x")).await.unwrap();
+        }
+        let results = b.delete_many(&[key("1"), key("2"), key("3")]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for name in ["1", "2", "3"] {
+            assert!(!stored(&b, name).await, "{name} is still stored");
+        }
+        // Learnt once: later deletions go one by one without trying the batch again.
+        let batches = batchless.batch_calls.load(Ordering::SeqCst);
+        b.delete(&key("4")).await.unwrap();
+        assert!(!stored(&b, "4").await);
+        assert_eq!(batchless.batch_calls.load(Ordering::SeqCst), batches);
+    }
+
+    #[tokio::test]
+    async fn when_single_deletes_fail_too_the_batch_errors_stand() {
+        // A store that is down refuses both: nothing is switched, every key reports its failure.
+        let bucket = Arc::new(InMemory::new());
+        let down = || {
+            Arc::new(Quirky {
+                no_batch_delete: true,
+                ..Quirky::over(&bucket)
+            })
+        };
+        let b = backend(down(), Some(down()));
+        let results = b.delete_many(&[key("1"), key("2")]).await;
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        assert!(!b.single_deletes.load(Ordering::SeqCst));
+        // Without a one-by-one client (a local directory) there is nothing to fall back to.
+        let b = backend(down(), None);
+        assert!(b.delete(&key("1")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_put_whose_part_fails_is_aborted() {
+        let bucket = Arc::new(InMemory::new());
+        let quirky = Arc::new(Quirky {
+            failing_parts: true,
+            ..Quirky::over(&bucket)
+        });
+        let b = backend(quirky.clone(), None);
+        // Three parts' worth: the second part fails.
+        let chunks: Vec<std::io::Result<Bytes>> = (0..3)
+            .map(|_| Ok(Bytes::from(vec![7u8; PART_SIZE])))
+            .collect();
+        let result = b
+            .put_stream(&key("big"), futures::stream::iter(chunks).boxed())
+            .await;
+        assert!(result.is_err());
+        assert!(
+            quirky.aborted.load(Ordering::SeqCst),
+            "the upload was left open"
+        );
+        assert!(!stored(&b, "big").await);
+    }
 }
