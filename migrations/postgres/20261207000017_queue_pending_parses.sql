@@ -7,7 +7,7 @@
 -- that fails after adopting (or a process that dies there) cannot leave them unqueued, and it
 -- runs once. On a database that was never adopted it queues only dumps that lost their parse
 -- some other way, which is what they need. The payload is `jobs::payload_text` of the parse
--- (`{"coredump_id":N}`), 8 attempts as `PARSE_MAX_ATTEMPTS`.
+-- (`{"coredump_id":N}`), 16 attempts as `PARSE_MAX_ATTEMPTS`.
 DO $$
 DECLARE
     legacy BOOLEAN := EXISTS (
@@ -18,7 +18,7 @@ BEGIN
     EXECUTE format(
         $sql$
         INSERT INTO jobs (kind, payload, max_attempts, run_at, created_at, updated_at)
-        SELECT 'parse_coredump', '{"coredump_id":' || c.id || '}', 8, now(), now(), now()
+        SELECT 'parse_coredump', '{"coredump_id":' || c.id || '}', 16, now(), now(), now()
         FROM coredumps c
         WHERE c.parse_status = 'PENDING' %s
           AND NOT EXISTS (

@@ -433,7 +433,7 @@ pub async fn list(
     if !crate::db::device_models::exists(&mut tx, device_model_id).await? {
         return Err(GroupError::ModelNotFound(device_model_id));
     }
-    let groups = db_groups::list(&mut tx, device_model_id, status, order).await?;
+    let groups = db_groups::list(&mut tx, device_model_id, status, order, None).await?;
     let mut versions: HashMap<i64, Vec<VersionRow>> = HashMap::new();
     for v in db_groups::versions(&mut tx, db_groups::VersionsOf::Model(device_model_id)).await? {
         versions.entry(v.crash_group_id).or_default().push(v);

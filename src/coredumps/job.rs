@@ -38,8 +38,11 @@ use crate::storage::{ObjectKey, Storage, StorageError};
 use crate::telemetry::COREDUMP_PARSE_STEP_DURATION;
 
 pub const PARSE_JOB: &str = "parse_coredump";
-/// Attempts before transient failures turn into `ERROR` (with the default backoff: about 8 min).
-pub const PARSE_MAX_ATTEMPTS: i32 = 8;
+/// Attempts before transient failures turn into `ERROR`: with [`jobs::backoff`] about 45 minutes,
+/// so that an S3 or sidecar outage of that long (a restart, a brownout, a failover) leaves every
+/// dump parsed once it is over. Eight attempts gave up after about four minutes, and each dump
+/// then needed a reparse of its own.
+pub const PARSE_MAX_ATTEMPTS: i32 = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ParsePayload {
@@ -398,5 +401,24 @@ impl JobHandler for ParseCoredumpHandler {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_retried_for_about_three_quarters_of_an_hour() {
+        // The waits between the attempts: an outage shorter than this turns no dump ERROR.
+        let patience: std::time::Duration = (1..PARSE_MAX_ATTEMPTS).map(jobs::backoff).sum();
+        assert!(
+            patience >= std::time::Duration::from_secs(40 * 60),
+            "{patience:?}"
+        );
+        assert!(
+            patience <= std::time::Duration::from_secs(60 * 60),
+            "{patience:?}"
+        );
     }
 }

@@ -281,7 +281,7 @@ async fn an_unreachable_sidecar_is_retried_and_finally_an_error() {
     assert_eq!(body["parse_status"], "ERROR", "{body}");
     let message = body["parsed_output"].as_str().unwrap();
     assert!(
-        message.starts_with("Gave up after 8 attempts") && message.contains("unreachable"),
+        message.starts_with("Gave up after 16 attempts") && message.contains("unreachable"),
         "{message}"
     );
     app.stop().await;

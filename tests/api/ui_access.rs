@@ -20,6 +20,9 @@ async fn ui_pages_send_a_browser_without_credentials_to_the_sign_in_route() {
         return;
     };
     let client = no_redirects();
+    // Each wrong token from an address of its own (behind the local proxy): from one address
+    // the sixth would find the admin-token throttle closed (below).
+    let mut guesser = 0;
     for (path, redirect) in [
         ("/", "%2F"),
         ("/models/1", "%2Fmodels%2F1"),
@@ -32,9 +35,13 @@ async fn ui_pages_send_a_browser_without_credentials_to_the_sign_in_route() {
         ("/crash-groups/4", "%2Fcrash-groups%2F4"),
         ("/rotation", "%2Frotation"),
     ] {
+        guesser += 1;
         for request in [
             client.get(app.url(path)),
-            client.get(app.url(path)).bearer_auth("wrong-token"),
+            client
+                .get(app.url(path))
+                .bearer_auth("wrong-token")
+                .header("x-forwarded-for", format!("198.51.100.{guesser}")),
         ] {
             let fetched = fetch(request).await;
             assert_eq!(fetched.status, 303, "GET {path}: {}", fetched.body);
@@ -45,6 +52,23 @@ async fn ui_pages_send_a_browser_without_credentials_to_the_sign_in_route() {
             );
         }
     }
+    // Guessing on from one address closes it: a page that says so, not a server error.
+    let guess = || {
+        client
+            .get(app.url("/"))
+            .bearer_auth("wrong-token")
+            .header("x-forwarded-for", "203.0.113.99")
+    };
+    for _ in 0..6 {
+        fetch(guess()).await;
+    }
+    let closed = fetch(guess()).await;
+    assert_eq!(closed.status, 429, "{}", closed.body);
+    assert_shows(
+        "the closed throttle",
+        &closed.body,
+        &["Too many wrong tokens"],
+    );
     // With the token the page is there; the stylesheet needs no credentials.
     let body = page(&app, "/").await;
     let css = body

@@ -288,3 +288,44 @@ async fn ui_rotation_page_groups_devices_as_the_dashboard_api_does() {
     })
     .await;
 }
+
+/// The model page shows the newest few open crash groups and how many there are, without loading
+/// them all (a model can gather thousands).
+#[tokio::test]
+async fn the_model_page_shows_the_newest_open_groups_and_how_many() {
+    for_each_stack("ui_model_groups", &[], async |app| {
+        let model_id = create_model(app, "grouped", None).await;
+        let now = iotsupport::db::now();
+        for i in 0..7i64 {
+            let seen = now - chrono::Duration::minutes(i);
+            let hash = format!("{i:064x}");
+            let title = format!("crash number {i}");
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                "INSERT INTO crash_groups (device_model_id, signature_hash, signature, title,
+                     first_seen_at, last_seen_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5, $5, $5)"
+            )
+            .bind(model_id)
+            .bind(&hash)
+            .bind(&title)
+            .bind(&title)
+            .bind(seen)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let body = page(app, &format!("/models/{model_id}")).await;
+        assert_shows(
+            "the model page",
+            &body,
+            &[
+                "All 7 open crash groups",
+                "crash number 0",
+                "crash number 4",
+            ],
+        );
+        assert!(!body.contains("crash number 5"), "an older group is shown");
+    })
+    .await;
+}

@@ -12,7 +12,7 @@ use crate::on_conn;
 
 mod views;
 pub use views::{
-    devices_running, list, newest_dumps, open_count, stored_dumps, versions, GroupDumpRow,
+    count, devices_running, list, newest_dumps, open_count, stored_dumps, versions, GroupDumpRow,
     GroupOrder, VersionsOf,
 };
 

@@ -21,6 +21,7 @@ pub async fn list(
     device_model_id: i64,
     status: Option<&str>,
     order: GroupOrder,
+    limit: Option<i64>,
 ) -> Result<Vec<CrashGroupRow>, DbError> {
     let order = match order {
         GroupOrder::LastSeen => "last_seen_at DESC, id DESC",
@@ -28,14 +29,27 @@ pub async fn list(
         GroupOrder::DeviceCount => "device_count DESC, last_seen_at DESC, id DESC",
     };
     let sql = format!(
-        "{SELECT} WHERE device_model_id = $1 AND ($2 IS NULL OR status = $2) ORDER BY {order}"
+        "{SELECT} WHERE device_model_id = $1 AND ($2 IS NULL OR status = $2) ORDER BY {order} \
+         LIMIT $3"
     );
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, CrashGroupRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(device_model_id)
     .bind(status)
+    .bind(limit.unwrap_or(i64::MAX))
     .fetch_all(c)
+    .await)?)
+}
+
+/// How many of a model's groups have `status`.
+pub async fn count(tx: &mut Tx, device_model_id: i64, status: &str) -> Result<i64, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM crash_groups WHERE device_model_id = $1 AND status = $2"
+    )
+    .bind(device_model_id)
+    .bind(status)
+    .fetch_one(c)
     .await)?)
 }
 

@@ -34,7 +34,17 @@ pub async fn page(
         .await?
         .ok_or_else(|| UiError::not_found(format!("DeviceModel {id} was not found")))?;
     let devices = devices::list(&mut tx, Some(id), None, None, None).await?;
-    let open = groups_db::list(&mut tx, id, Some(STATUS_OPEN), GroupOrder::LastSeen).await?;
+    // The newest few and how many there are: a model may have thousands of groups.
+    let shown = OPEN_GROUPS_SHOWN as i64;
+    let open = groups_db::list(
+        &mut tx,
+        id,
+        Some(STATUS_OPEN),
+        GroupOrder::LastSeen,
+        Some(shown),
+    )
+    .await?;
+    let open_count = groups_db::count(&mut tx, id, STATUS_OPEN).await?;
     tx.commit().await?;
     let versions = fw::list(&state.db, id).await?;
     let now = crate::db::now();
@@ -52,7 +62,7 @@ pub async fn page(
             }
         }
         (firmware_section(&model, &versions, edit, now))
-        (crash_groups(&model, &open))
+        (crash_groups(&model, &open, open_count))
         (devices_section(&model, &devices, edit, now))
         @if edit {
             (schema_form(&model))
@@ -79,7 +89,7 @@ pub async fn page(
         .ok(content))
 }
 
-fn crash_groups(model: &DeviceModelRow, open: &[CrashGroupRow]) -> Markup {
+fn crash_groups(model: &DeviceModelRow, open: &[CrashGroupRow], open_count: i64) -> Markup {
     let all = format!("/models/{}/crash-groups", model.id);
     html! {
         section aria-labelledby="groups-heading" {
@@ -99,7 +109,7 @@ fn crash_groups(model: &DeviceModelRow, open: &[CrashGroupRow]) -> Markup {
                     }
                 }
                 p { a href={ (all) "?status=open" } {
-                    @if open.len() > OPEN_GROUPS_SHOWN { "All " (open.len()) " open crash groups" }
+                    @if open_count > open.len() as i64 { "All " (open_count) " open crash groups" }
                     @else { "Crash groups of this model" }
                 } }
             }

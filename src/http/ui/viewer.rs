@@ -124,6 +124,9 @@ impl From<ApiError> for UiError {
             ),
             ApiError::Validation { message, .. } => ("That did not work", message.clone()),
             ApiError::AuthenticationRequired(m) => ("Sign in required", m.clone()),
+            ApiError::TooManyRequests { message, .. } => {
+                ("Too many wrong tokens", format!("{message}."))
+            }
             _ => (
                 "Something went wrong",
                 format!(
