@@ -664,10 +664,10 @@ mod tests {
             ..Quirky::over(&bucket)
         });
         let b = backend(quirky.clone(), None);
-        // Three parts' worth: the second part fails.
-        let chunks: Vec<std::io::Result<Bytes>> = (0..3)
-            .map(|_| Ok(Bytes::from(vec![7u8; PART_SIZE])))
-            .collect();
+        // Eight parts' worth: the second part fails, and the failure shows while the later
+        // parts wait for room (before `finish`, which would abort by itself).
+        let part = Bytes::from(vec![7u8; PART_SIZE]);
+        let chunks: Vec<std::io::Result<Bytes>> = (0..8).map(|_| Ok(part.clone())).collect();
         let result = b
             .put_stream(&key("big"), futures::stream::iter(chunks).boxed())
             .await;
@@ -677,5 +677,33 @@ mod tests {
             "the upload was left open"
         );
         assert!(!stored(&b, "big").await);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_put_given_up_by_its_caller_is_aborted() {
+        let bucket = Arc::new(InMemory::new());
+        let quirky = Arc::new(Quirky {
+            failing_parts: true,
+            ..Quirky::over(&bucket)
+        });
+        let b = backend(quirky.clone(), None);
+        // A body that sends a little and then nothing: the request is dropped meanwhile.
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"some"))])
+            .chain(futures::stream::pending())
+            .boxed();
+        let stalled = key("stalled");
+        let put = b.put_stream(&stalled, body);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), put)
+                .await
+                .is_err()
+        );
+        for _ in 0..100 {
+            if quirky.aborted.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the dropped upload was not aborted");
     }
 }
