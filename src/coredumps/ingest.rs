@@ -299,8 +299,8 @@ async fn finish(
 ) -> Result<(), IngestError> {
     let (device_id, key) = (device.device_id, device.device_key);
     let pruned = match lock {
-        Retention::Locked => retention::prune_locked_rows(tx, device_id, key, keep).await?,
-        Retention::Unlocked => retention::prune_rows(tx, device_id, key, keep).await?,
+        Retention::Locked => retention::prune_locked_rows(tx, device_id, key, keep, id).await?,
+        Retention::Unlocked => retention::prune_rows(tx, device_id, key, keep, id).await?,
     };
     let event = serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key});
     let withdrawn = match tx {

@@ -24,7 +24,7 @@ pub async fn enforce(
     device_key: &str,
     max_coredumps: u32,
 ) -> Result<usize, DbError> {
-    let pruned = prune_rows(tx, device_id, device_key, max_coredumps).await?;
+    let pruned = prune_rows(tx, device_id, device_key, max_coredumps, 0).await?;
     if pruned.ids.is_empty() {
         return Ok(0);
     }
@@ -36,7 +36,7 @@ pub async fn enforce(
 
 /// The first half of [`enforce`]: locks the device's retention (see
 /// [`coredumps::lock_device_dumps`]) and deletes the rows beyond the newest
-/// `max_coredumps`. The caller must schedule the returned keys for deletion and withdraw the
+/// `max_coredumps`, never dump `spared` (the upload's own; 0 for none). The caller must schedule the returned keys for deletion and withdraw the
 /// parse jobs of the returned ids in the same transaction (the upload does both in one statement
 /// on PostgreSQL, `crate::coredumps::ingest`).
 pub async fn prune_rows(
@@ -44,9 +44,10 @@ pub async fn prune_rows(
     device_id: i64,
     device_key: &str,
     max_coredumps: u32,
+    spared: i64,
 ) -> Result<Pruned, DbError> {
     coredumps::lock_device_dumps(tx, device_id).await?;
-    prune_locked_rows(tx, device_id, device_key, max_coredumps).await
+    prune_locked_rows(tx, device_id, device_key, max_coredumps, spared).await
 }
 
 /// [`prune_rows`] for a transaction that already holds the device's retention lock (the upload
@@ -56,8 +57,9 @@ pub async fn prune_locked_rows(
     device_id: i64,
     device_key: &str,
     max_coredumps: u32,
+    spared: i64,
 ) -> Result<Pruned, DbError> {
-    let ids = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps)).await?;
+    let ids = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps), spared).await?;
     // Device keys are validated when devices are created, so these keys are always valid; skip
     // (and report) anything else rather than failing the upload over a cleanup.
     let keys = ids

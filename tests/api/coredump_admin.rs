@@ -14,6 +14,42 @@ use crate::client::status_and_json;
 use crate::coredumps::*;
 use crate::helpers::*;
 
+/// Another process whose clock is ahead stamped the device's dumps later than this one's clock
+/// says it is now: the upload's own dump still counts as the newest, and the oldest goes.
+#[tokio::test]
+async fn retention_never_prunes_the_dump_it_was_just_given() {
+    TestApp::builder("coredump_retention_clock")
+        .env("MAX_COREDUMPS", "2")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let a = model_with_device(app, "sensor").await;
+            let first = upload_ok(app, &a, "1.0", b"one").await;
+            let second = upload_ok(app, &a, "1.0", b"two").await;
+            // Both an hour ahead, the first still the older.
+            for (id, minutes) in [(first, 60), (second, 61)] {
+                let at = iotsupport::db::now() + chrono::Duration::minutes(minutes);
+                iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                    "UPDATE coredumps SET uploaded_at = $1 WHERE id = $2"
+                )
+                .bind(at)
+                .bind(id)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+                .unwrap();
+            }
+            let third = upload_ok(app, &a, "1.0", b"three").await;
+            assert_eq!(
+                app.get_coredump(a.id, third).await.0,
+                200,
+                "the new dump is gone"
+            );
+            assert_eq!(app.get_coredump(a.id, second).await.0, 200);
+            assert_eq!(app.get_coredump(a.id, first).await.0, 404);
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn retention_keeps_the_newest_dumps_of_each_device_and_deletes_the_rest_via_the_outbox() {
     TestApp::builder("coredump_retention")
