@@ -180,7 +180,9 @@ impl Position for AfterKey {
         self.0.clone()
     }
     fn decode(text: &str) -> Option<Self> {
-        Some(AfterKey(text.to_string()))
+        // What a key column can hold (PostgreSQL refuses a NUL with a 500).
+        let fits = !text.is_empty() && text.chars().count() <= 8 && !text.contains('\0');
+        fits.then(|| AfterKey(text.to_string()))
     }
 }
 

@@ -17,30 +17,58 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
+/// How long a scrape waits for the gauges it reads from the database.
+const DATABASE_GAUGES_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Job kinds this process has reported a queue for: a kind whose queue emptied has no row in
+/// [`crate::jobs::queue_stats`], and its gauges must go back to zero rather than keep their last
+/// value for good.
+static JOB_KINDS_SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+async fn database_gauges(state: &AppState) {
+    if state.config.mqtt.is_some() {
+        crate::notify::publisher::publish_queue_metrics(&state.db).await;
+    }
+    crate::coredumps::groups::publish_open_gauge(&state.db).await;
+    let stats = match crate::jobs::queue_stats(&state.db).await {
+        Ok(stats) => stats,
+        Err(e) => {
+            tracing::warn!(error = %e, "queue_stats_failed");
+            return;
+        }
+    };
+    let now = crate::db::now();
+    let mut seen = JOB_KINDS_SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut empty = seen.clone();
+    for s in stats {
+        let age = s
+            .oldest_run_at
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        empty.remove(&s.kind);
+        seen.insert(s.kind.clone());
+        metrics::gauge!(crate::telemetry::JOBS_QUEUED, "kind" => s.kind.clone())
+            .set(s.queued as f64);
+        metrics::gauge!(crate::telemetry::JOBS_OLDEST_AGE, "kind" => s.kind).set(age);
+    }
+    for kind in empty {
+        metrics::gauge!(crate::telemetry::JOBS_QUEUED, "kind" => kind.clone()).set(0.0);
+        metrics::gauge!(crate::telemetry::JOBS_OLDEST_AGE, "kind" => kind).set(0.0);
+    }
+}
+
 /// Prometheus text exposition of the service's metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // Queue and crash-group gauges are measured now, so every process reports the shared
-    // database consistently.
-    if state.config.mqtt.is_some() {
-        crate::notify::publisher::publish_queue_metrics(&state.db).await;
-    }
-    crate::coredumps::groups::publish_open_gauge(&state.db).await;
-    match crate::jobs::queue_stats(&state.db).await {
-        Ok(stats) => {
-            let now = crate::db::now();
-            for s in stats {
-                let age = s
-                    .oldest_run_at
-                    .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
-                    .unwrap_or(0.0);
-                metrics::gauge!(crate::telemetry::JOBS_QUEUED, "kind" => s.kind.clone())
-                    .set(s.queued as f64);
-                metrics::gauge!(crate::telemetry::JOBS_OLDEST_AGE, "kind" => s.kind).set(age);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "queue_stats_failed"),
+    // database consistently; within a bound, so that a database that is down or a pool that is
+    // exhausted cannot hold the scrape past Prometheus's timeout and lose every other metric
+    // (the gauges then keep their last values, and the log says why).
+    let measured = tokio::time::timeout(DATABASE_GAUGES_BUDGET, database_gauges(&state)).await;
+    if measured.is_err() {
+        tracing::warn!("metrics_database_gauges_timed_out");
     }
     match &state.metrics {
         Some(handle) => (

@@ -422,5 +422,22 @@ async fn queue_depth_and_the_oldest_jobs_age_are_exported() {
         .parse()
         .unwrap();
     assert!((1.0..120.0).contains(&age), "{age}");
+    // The queue empties: the gauges go back to zero, not stay at their last value.
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "DELETE FROM jobs WHERE kind = 'metrics_probe'"
+    )
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let text = app.metrics().await;
+    assert!(
+        text.contains("jobs_queued{kind=\"metrics_probe\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jobs_oldest_queued_age_seconds{kind=\"metrics_probe\"} 0"),
+        "{text}"
+    );
     app.stop().await;
 }

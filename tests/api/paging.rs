@@ -152,8 +152,14 @@ async fn bad_limits_and_cursors_are_refused() {
         let far = |micros: i64| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("coredump:{micros}:1"))
         };
+        let device_at = |text: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("device:{text}"))
+        };
         for path in [
             "/api/devices?limit=1&cursor=%25%25".to_string(),
+            // A NUL, which PostgreSQL refuses with a 500, and more than a key can hold.
+            format!("/api/devices?limit=1&cursor={}", device_at("\0")),
+            format!("/api/devices?limit=1&cursor={}", device_at("abcdefghij")),
             format!(
                 "/api/devices/{}/coredumps?limit=1&cursor={}",
                 device.id,
