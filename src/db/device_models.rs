@@ -44,6 +44,33 @@ pub async fn get(tx: &mut Tx, id: i64) -> Result<Option<DeviceModelRow>, DbError
     .await)?)
 }
 
+/// The advisory-lock class of [`lock_schema`] (PostgreSQL's two-key advisory locks: class, id).
+const SCHEMA_LOCK_CLASS: i32 = 0x5343; // "SC"
+
+/// The lock between a model's config schema and the device configs validated against it: a
+/// schema change takes it exclusively, a device write that stores a validated config shared, so
+/// neither commits in the middle of the other (the device write re-reads the schema after taking
+/// it; under READ COMMITTED a plain re-read could miss a change committing a moment later). Not
+/// the model row's lock, which firmware uploads hold for the whole upload. PostgreSQL only:
+/// SQLite serialises writers.
+pub async fn lock_schema(tx: &mut Tx, model_id: i64, exclusive: bool) -> Result<(), DbError> {
+    if let Tx::Postgres(t) = tx {
+        let sql = if exclusive {
+            "SELECT pg_advisory_xact_lock($1, $2)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1, $2)"
+        };
+        // Ids beyond 2^31 share a lock with another model: more waiting, never less safety.
+        let key = (model_id & 0x7fff_ffff) as i32;
+        sqlx::query(sql)
+            .bind(SCHEMA_LOCK_CLASS)
+            .bind(key)
+            .execute(&mut **t)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Whether the model exists (without counting its devices, as [`get`] does).
 pub async fn exists(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
     let found: Option<i64> = on_conn!(tx, |c| sqlx::query_scalar(

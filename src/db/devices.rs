@@ -127,25 +127,40 @@ pub async fn insert(
     .await)?)
 }
 
+/// Replaces what is given of a device's config and active flag; what is not given stays as it is
+/// in the row (not as a caller read it: two partial updates at once must not undo each other).
 pub async fn update(
     tx: &mut Tx,
     id: i64,
-    config: &DeviceConfig,
-    active: bool,
+    config: Option<&DeviceConfig>,
+    active: Option<bool>,
 ) -> Result<(), DbError> {
     let now = now();
-    crate::execute!(tx, sqlx::query(
-        "UPDATE devices SET config = $1, device_name = $2, device_entity_id = $3, enable_ota = $4,
-                            active = $5, updated_at = $6
-         WHERE id = $7"
-    )
-    .bind(&config.text)
-    .bind(&config.device_name)
-    .bind(&config.device_entity_id)
-    .bind(config.enable_ota)
-    .bind(active)
-    .bind(now)
-    .bind(id))?;
+    match config {
+        Some(config) => crate::execute!(
+            tx,
+            sqlx::query(
+                "UPDATE devices SET config = $1, device_name = $2, device_entity_id = $3,
+                                enable_ota = $4, active = COALESCE($5, active), updated_at = $6
+             WHERE id = $7"
+            )
+            .bind(&config.text)
+            .bind(&config.device_name)
+            .bind(&config.device_entity_id)
+            .bind(config.enable_ota)
+            .bind(active)
+            .bind(now)
+            .bind(id)
+        )?,
+        None => {
+            crate::execute!(tx, sqlx::query(
+            "UPDATE devices SET active = COALESCE($1, active), updated_at = $2 WHERE id = $3"
+        )
+        .bind(active)
+        .bind(now)
+        .bind(id))?
+        }
+    };
     Ok(())
 }
 

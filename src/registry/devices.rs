@@ -7,7 +7,7 @@ use super::RegistryError;
 use crate::db::device_models::{self as models, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow, KEY_UNIQUE};
 use crate::db::{Db, Tx};
-use crate::fleet::{ClientId, DeviceConfig, DeviceKey, DeviceSecret};
+use crate::fleet::{ClientId, DeviceKey, DeviceSecret};
 use crate::lookup_cache::Invalidation;
 use crate::notify::Notifier;
 use crate::{events, layout, outbox};
@@ -51,6 +51,8 @@ pub async fn create(
     let config = validator.check(config_text, &validated_against).await?;
     for _ in 0..KEY_ATTEMPTS {
         let mut tx = db.begin().await?;
+        // A schema change waits for this transaction, and this one sees any that committed.
+        models::lock_schema(&mut tx, model_id, false).await?;
         let model = models::get(&mut tx, model_id)
             .await?
             .ok_or(RegistryError::ModelNotFound(model_id))?;
@@ -102,15 +104,19 @@ pub async fn update(
         None => None,
     };
     let mut tx = db.begin().await?;
-    let (row, model) = load(&mut tx, id).await?;
-    let config = match validated {
-        Some((config, validated_against)) => {
-            ensure_schema_unchanged(&validated_against, &model)?;
-            config
-        }
-        None => DeviceConfig::parse(&row.config).map_err(|e| RegistryError::Broken(e.0))?,
-    };
-    devices::update(&mut tx, id, &config, active.unwrap_or(row.active)).await?;
+    let (row, _) = load(&mut tx, id).await?;
+    if let Some((_, validated_against)) = &validated {
+        // A schema change waits for this transaction, and this one sees any that committed.
+        models::lock_schema(&mut tx, row.device_model_id, false).await?;
+        let model = models::get(&mut tx, row.device_model_id)
+            .await?
+            .ok_or(RegistryError::ModelNotFound(row.device_model_id))?;
+        ensure_schema_unchanged(validated_against, &model)?;
+    }
+    // Without a new config the stored text is left alone, not parsed again: an adopted one the
+    // Python service accepted (`NaN`) must not stop the active flag from changing.
+    let config = validated.as_ref().map(|(config, _)| config);
+    devices::update(&mut tx, id, config, active).await?;
     let (row, model) = load(&mut tx, id).await?;
     events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
     // As the original: after every successful update, whatever changed.

@@ -84,6 +84,8 @@ pub async fn update(
         SchemaChange::Keep | SchemaChange::Remove => None,
     };
     let mut tx = db.begin().await?;
+    // After the device writes validated against the schema in force (see `lock_schema`).
+    models::lock_schema(&mut tx, id, true).await?;
     let current = models::get(&mut tx, id)
         .await?
         .ok_or(RegistryError::ModelNotFound(id))?;

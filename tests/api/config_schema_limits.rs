@@ -313,3 +313,84 @@ async fn the_write_probe_fails_on_a_read_only_postgresql_database() {
         .expect_err("a read-only database cannot take writes");
     assert!(error.contains("read-only"), "{error}");
 }
+
+/// On PostgreSQL a schema change that commits between the device write's re-read of the schema
+/// and its commit went unseen (READ COMMITTED): the write stored a config validated against the
+/// old schema. A change in progress now holds the device write until it commits, and the write
+/// then sees it (409). Here the change is held open by hand while the device is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_write_waits_for_a_schema_change_in_progress_and_then_sees_it() {
+    let Some(app) = spawn_app(Stack::Production, "schema_change_in_progress").await else {
+        return;
+    };
+    let model = create_model(&app, "held", Some("{\"type\": \"object\"}")).await;
+    let mut change = app.db().begin().await.unwrap();
+    iotsupport::db::device_models::lock_schema(&mut change, model, true)
+        .await
+        .unwrap();
+    let create = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/api/devices");
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({"device_model_id": model, "config": "{\"a\": 1}"}))
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    });
+    // The create has validated against the old schema and waits for the change.
+    let waiting = eventually(Duration::from_secs(10), || async {
+        let waiting: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    assert!(
+        waiting,
+        "the device write did not wait for the schema change"
+    );
+    iotsupport::on_conn!(&mut change, |c| sqlx::query(
+        "UPDATE device_models SET config_schema = '{\"required\": [\"b\"]}' WHERE id = $1"
+    )
+    .bind(model)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    change.commit().await.unwrap();
+    assert_eq!(create.await.unwrap(), 409);
+    assert_eq!(count(&app, "devices").await, 0);
+    app.stop().await;
+}
+
+/// `PUT {"active": false}` leaves the stored config alone: a config the Python service accepted
+/// and strict JSON does not (`NaN`) must not stop the flag from changing.
+#[tokio::test]
+async fn an_active_only_update_keeps_a_legacy_config_it_cannot_parse() {
+    for_each_stack("active_only_update", &[], async |app| {
+        let model = create_model(app, "legacy", None).await;
+        let device = device_of(app, model).await;
+        let legacy = "{\"threshold\": NaN}";
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE devices SET config = $1 WHERE id = $2"
+        )
+        .bind(legacy)
+        .bind(device.id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        let (status, body) = app.update_device(device.id, json!({"active": false})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["active"], false);
+        assert_eq!(body["config"], legacy);
+    })
+    .await;
+}
