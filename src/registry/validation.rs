@@ -10,7 +10,8 @@
 //!
 //! A thread cannot be stopped, so a validation that overruns its budget is answered (400) and
 //! left to finish; at most [`CONCURRENT_VALIDATIONS`] run at once, and a validation that cannot
-//! get a slot within its budget is 503. The stored schema is checked against the same bounds
+//! get a slot within its budget is 503; one that gets a slot then has the whole budget to run
+//! (waiting for others is not its fault). The stored schema is checked against the same bounds
 //! before anything else, so a schema that would run for hours is refused in microseconds.
 
 use std::sync::Arc;
@@ -65,6 +66,9 @@ impl ConfigValidator {
                 ));
             }
         };
+        // The budget is the validation's own: time spent waiting for a slot (other requests'
+        // validations) must not turn a quick one into a 400 that blames the schema.
+        let deadline = Instant::now() + self.budget;
         let (text, code, id) = (text.to_string(), model.code.clone(), model.id);
         let task = tokio::task::spawn_blocking(move || {
             // Held until the validation ends, even after its request was answered.
