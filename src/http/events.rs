@@ -179,7 +179,12 @@ pub async fn stream(
         events::missing_below(&state.db, last).await?,
         std::time::Instant::now(),
     );
-    tracing::info!(request_id = ?query.request_id, from_event = last, "sse_subscribed");
+    // Logged as far as it is kept (below): a client cannot write lines of any length.
+    let shown: Option<String> = query
+        .request_id
+        .as_deref()
+        .map(|r| r.chars().take(128).collect());
+    tracing::info!(request_id = ?shown, from_event = last, "sse_subscribed");
     let version = json!({"type": "version", "payload": {"version": env!("CARGO_PKG_VERSION")}});
     let mut buffer = VecDeque::new();
     buffer.push_back(Event::default().data(version.to_string()));
