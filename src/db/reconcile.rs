@@ -88,11 +88,16 @@ pub async fn firmware_version_exists(
 }
 
 /// Whether core dump `id` exists.
-pub async fn coredump_exists(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
+/// Whether dump `id` exists and belongs to the device with key `device_key`: only then does it
+/// claim `coredumps/{device_key}/{id}.dmp` (SQLite may hand a rolled-back id out again, to
+/// another device).
+pub async fn coredump_exists(tx: &mut Tx, id: i64, device_key: &str) -> Result<bool, DbError> {
     Ok(on_conn!(tx, |c| sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM coredumps WHERE id = $1)"
+        "SELECT EXISTS (SELECT 1 FROM coredumps c JOIN devices d ON d.id = c.device_id
+                        WHERE c.id = $1 AND d.key = $2)"
     )
     .bind(id)
+    .bind(device_key)
     .fetch_one(c)
     .await)?)
 }

@@ -210,14 +210,21 @@ async fn queue_orphans(
         summary.orphans_queued += doomed.len();
     }
     // Dump ids are never handed out again on PostgreSQL (a sequence), and SQLite serialises
-    // writers, so the re-check in the transaction is enough.
+    // writers, so the re-check in the transaction is enough; it names the device too, as the
+    // scan does: SQLite hands a rolled-back id out again, possibly to another device, whose row
+    // must not keep this device's orphan alive. Keep the grace period above the longest upload:
+    // on PostgreSQL a dump's object is stored before its row commits.
     let mut tx = db.begin().await?;
     let mut doomed = Vec::new();
     for key in coredumps {
-        let MappedKey::Coredump { coredump_id, .. } = layout::map_key(key.as_str()) else {
+        let MappedKey::Coredump {
+            coredump_id,
+            device_key,
+        } = layout::map_key(key.as_str())
+        else {
             continue;
         };
-        if queries::coredump_exists(&mut tx, coredump_id).await? {
+        if queries::coredump_exists(&mut tx, coredump_id, &device_key).await? {
             summary.orphans_claimed_since += 1;
         } else {
             doomed.push(key);

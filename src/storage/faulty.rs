@@ -69,6 +69,8 @@ struct State {
     late: Vec<(String, Bytes)>,
     /// Bytes handed to the store by sized PUTs without a fault, per key.
     streamed: HashMap<String, u64>,
+    /// How long a successful `put` waits before it answers (the object is stored already).
+    slow_put_answers: Option<std::time::Duration>,
 }
 
 /// The wrapper. Cheap to clone; clones share faults and counters.
@@ -93,6 +95,12 @@ impl FaultyStorage {
 
     pub fn inject(&self, fault: Fault) {
         self.state().faults.push(fault);
+    }
+
+    /// From now on a successful `put` answers only `after` it stored the object: a store slow to
+    /// answer, during which the caller may give up.
+    pub fn slow_put_answers(&self, after: std::time::Duration) {
+        self.state().slow_put_answers = Some(after);
     }
 
     /// Removes every injected fault: the store works again.
@@ -215,6 +223,10 @@ impl ObjectStorage for FaultyStorage {
     async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StorageError> {
         self.guard(Operation::Put, key.as_str())?;
         let result = self.inner.put(key, body).await;
+        let slow = self.state().slow_put_answers;
+        if let (Ok(()), Some(after)) = (&result, slow) {
+            tokio::time::sleep(after).await;
+        }
         self.commit_late(key, result).await
     }
 

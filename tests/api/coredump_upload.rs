@@ -516,3 +516,38 @@ async fn a_queued_deletion_of_the_key_an_upload_gets_never_deletes_its_dump() {
     })
     .await;
 }
+
+/// A device that stops waiting once its body went out (ESP-IDF's HTTP client gives up after 5 s)
+/// must not cut the store off between the PUT and the commit: that left an object no row names
+/// (and on SQLite an id that is handed out again). The store runs to its end on its own.
+#[tokio::test]
+async fn a_device_that_stops_waiting_leaves_its_dump_stored_whole() {
+    TestApp::builder("coredump_client_gone")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "gone").await;
+            app.faults.slow_put_answers(Duration::from_millis(1500));
+            let sent = app
+                .client
+                .post(app.url("/api/iot/coredump?chip=esp32&firmware_version=1.0"))
+                .bearer_auth(&device.credential)
+                .body(b"a dump".to_vec())
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await;
+            assert!(sent.is_err(), "the client was to give up first: {sent:?}");
+            let stored = eventually(Duration::from_secs(10), || async {
+                count(app, "coredumps").await == 1
+            })
+            .await;
+            assert!(stored, "the dump's row was never committed");
+            let id: i64 =
+                iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar("SELECT id FROM coredumps")
+                    .fetch_one(p)
+                    .await)
+                .unwrap();
+            let key = coredump_key(&device.key, id).unwrap();
+            assert!(app.state.storage.head(&key).await.is_ok());
+        })
+        .await;
+}

@@ -325,3 +325,34 @@ async fn reconcile_reports_rotation_counters_that_drifted_and_repair_recounts_th
     })
     .await;
 }
+
+/// An orphan `coredumps/A/N.dmp` while dump N belongs to device B (SQLite hands a rolled-back id
+/// out again): the scan calls it an orphan, and repair deletes it instead of counting it
+/// "claimed" on every run for good; B's own object stays.
+#[tokio::test]
+async fn a_dump_object_under_another_devices_key_is_an_orphan_repair_deletes() {
+    for_each_stack("orphan_of_a_reused_id", &[], async |app| {
+        let model_id = create_model(app, "reused", None).await;
+        let a = crate::fleet::device_of(app, model_id).await;
+        let b = crate::fleet::device_of(app, model_id).await;
+        let id = crate::coredumps::upload_ok(app, &b, "1.0", b"b's dump").await;
+        let stray = layout::coredump_key(&a.key, id).unwrap();
+        app.state
+            .storage
+            .put(&stray, bytes::Bytes::from_static(b"a's lost dump"))
+            .await
+            .unwrap();
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
+        assert_eq!(report.orphans.len(), 1, "{report:#?}");
+        assert_eq!(summary.orphans_queued, 1, "{summary:?}");
+        assert!(app
+            .state
+            .storage
+            .head(&stray)
+            .await
+            .is_err_and(|e| e.is_not_found()));
+        let own = layout::coredump_key(&b.key, id).unwrap();
+        assert!(app.state.storage.head(&own).await.is_ok());
+    })
+    .await;
+}

@@ -89,18 +89,34 @@ pub async fn upload(
     if content.is_empty() {
         return Err(IngestError::Invalid("No coredump content provided".into()).into());
     }
-    let id = ingest::store(
-        &state.db,
-        &state.storage,
-        state.config.max_coredumps,
-        Uploader {
-            device_id: device.id,
-            device_key: &device.key,
-        },
-        &meta,
-        content,
-    )
-    .await?;
+    // Once the body is in, storing it runs to its end (committed, or its object deleted again)
+    // in its own task, holding both upload slots: a device that gives up waiting (ESP-IDF's HTTP
+    // client after 5 s) would otherwise cut it off between the PUT and the commit and leave an
+    // object no row names, and on SQLite an id that is handed out again.
+    let task_state = state.clone();
+    let (device_id, device_key) = (device.id, device.key.clone());
+    let task_meta = meta.clone();
+    let id = tokio::spawn(async move {
+        let (_device_permit, _permit) = (_device_permit, _permit);
+        let state = task_state;
+        ingest::store(
+            &state.db,
+            &state.storage,
+            state.config.max_coredumps,
+            Uploader {
+                device_id,
+                device_key: &device_key,
+            },
+            &task_meta,
+            content,
+        )
+        .await
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "coredump_upload_task_failed");
+        ApiError::Internal("Internal error".into())
+    })??;
     // The version a device uploads a dump with is the version it runs (SPEC §15).
     state
         .presence
