@@ -128,7 +128,9 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteDeadlineIo::new(stream, limits.idle_timeout));
+        let io = TokioIo::new(
+            WriteDeadlineIo::new(stream, limits.idle_timeout).reporting_to(conn.writing.clone()),
+        );
         let active = conn.active.clone();
         let router = router.clone();
         let idle = limits.idle_timeout;
@@ -228,7 +230,17 @@ struct ConnState {
     id: u64,
     /// Requests in progress (from the head being read to the response body being done).
     active: Arc<AtomicUsize>,
+    /// Whether the connection's last write could not proceed (the client has not read what was
+    /// sent yet): hyper may still hold a response whose body it has already dropped (an image
+    /// from memory is one frame), so the connection is not idle until its writes go through.
+    writing: Arc<std::sync::atomic::AtomicBool>,
     evict: CancellationToken,
+}
+
+impl ConnState {
+    fn idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && !self.writing.load(Ordering::Acquire)
+    }
 }
 
 impl Registry {
@@ -247,11 +259,7 @@ impl Registry {
     fn admit(&self) -> Option<Arc<ConnState>> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.open.len() >= self.max {
-            let idle = inner
-                .open
-                .values()
-                .find(|c| c.active.load(Ordering::Acquire) == 0)
-                .map(|c| c.id)?;
+            let idle = inner.open.values().find(|c| c.idle()).map(|c| c.id)?;
             if let Some(evicted) = inner.open.remove(&idle) {
                 evicted.evict.cancel();
             }
@@ -261,6 +269,7 @@ impl Registry {
         let conn = Arc::new(ConnState {
             id,
             active: Arc::new(AtomicUsize::new(0)),
+            writing: Arc::default(),
             evict: CancellationToken::new(),
         });
         inner.open.insert(id, conn.clone());
@@ -332,6 +341,8 @@ pub struct WriteDeadlineIo {
     stream: TcpStream,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set while a write waits for the client to read (see `ConnState::writing`).
+    writing: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl WriteDeadlineIo {
@@ -340,6 +351,19 @@ impl WriteDeadlineIo {
             stream,
             timeout,
             stalled: None,
+            writing: None,
+        }
+    }
+
+    /// Reports into `writing` whether a write is waiting for the client.
+    fn reporting_to(mut self, writing: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.writing = Some(writing);
+        self
+    }
+
+    fn set_writing(&self, waiting: bool) {
+        if let Some(writing) = &self.writing {
+            writing.store(waiting, Ordering::Release);
         }
     }
 
@@ -357,6 +381,7 @@ impl WriteDeadlineIo {
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
+        self.set_writing(polled.is_pending());
         match polled {
             Poll::Pending => {
                 if self.deadline_passed(cx) {
@@ -436,6 +461,22 @@ mod tests {
         registry.release(second.id); // its task ends later: releasing twice is harmless
         assert_eq!(registry.len(), 2);
         drop(third);
+    }
+
+    #[test]
+    fn a_connection_still_sending_a_finished_response_is_not_idle() {
+        let registry = Registry::new(1);
+        let sending = registry.admit().unwrap();
+        // The response body is done (handed to hyper whole), but the client has not read it.
+        sending.writing.store(true, Ordering::Release);
+        assert!(
+            registry.admit().is_none(),
+            "a connection mid-response was evicted"
+        );
+        assert!(!sending.evict.is_cancelled());
+        sending.writing.store(false, Ordering::Release);
+        assert!(registry.admit().is_some());
+        assert!(sending.evict.is_cancelled());
     }
 
     #[test]
