@@ -40,7 +40,14 @@ impl ConfigSchema {
             ));
         }
         super::schema_limits::check(text, &value)?;
-        let validator = jsonschema::validator_for(&value)
+        use super::schema_limits::{PATTERN_BACKTRACKS, PATTERN_SIZE_LIMIT};
+        let patterns = jsonschema::PatternOptions::fancy_regex()
+            .backtrack_limit(PATTERN_BACKTRACKS)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(PATTERN_SIZE_LIMIT);
+        let validator = jsonschema::options()
+            .with_pattern_options(patterns)
+            .build(&value)
             .map_err(|e| InvalidConfig(format!("config_schema is not a valid JSON Schema: {e}")))?;
         Ok(ConfigSchema {
             text: text.to_string(),
@@ -203,5 +210,50 @@ mod tests {
     fn config_text_is_kept_verbatim() {
         let text = "{ \"b\": 1,\n  \"a\": 2 }";
         assert_eq!(DeviceConfig::parse(text).unwrap().text, text);
+    }
+
+    #[test]
+    fn regular_expressions_are_bounded_in_number_and_compiled_size() {
+        let with = |pattern: &str| {
+            serde_json::json!({"properties": {"name": {"type": "string", "pattern": pattern}}})
+                .to_string()
+        };
+        // Ordinary patterns compile and work.
+        let schema = ConfigSchema::parse(&with("^[a-z0-9-]{1,63}$")).unwrap();
+        assert!(schema
+            .check(&serde_json::json!({"name": "kitchen-1"}))
+            .is_ok());
+        assert!(schema
+            .check(&serde_json::json!({"name": "Kitchen 1"}))
+            .is_err());
+        assert!(
+            ConfigSchema::parse(&with("^\\w+(?=\\d)")).is_ok(),
+            "look-ahead (fancy-regex)"
+        );
+        // Ones that compile to megabytes (the regex crate's own limit is 10 MiB) are refused.
+        for huge in [".{1000}", "\\p{L}{100}"] {
+            let refused = ConfigSchema::parse(&with(huge)).unwrap_err();
+            assert!(
+                refused.0.contains("is not a \"regex\""),
+                "{huge}: {}",
+                refused.0
+            );
+        }
+        // More than 100 of them are refused before anything is compiled.
+        let many: serde_json::Map<String, serde_json::Value> = (0..101)
+            .map(|i| (format!("p{i}"), serde_json::json!({"pattern": "^a$"})))
+            .collect();
+        let text = serde_json::json!({"properties": many}).to_string();
+        let refused = ConfigSchema::parse(&text).unwrap_err();
+        assert!(
+            refused.0.contains("more than 100 regular expressions"),
+            "{}",
+            refused.0
+        );
+        let names: serde_json::Map<String, serde_json::Value> = (0..101)
+            .map(|i| (format!("^p{i}$"), serde_json::json!({})))
+            .collect();
+        let text = serde_json::json!({"patternProperties": names}).to_string();
+        assert!(ConfigSchema::parse(&text).is_err());
     }
 }

@@ -11,6 +11,11 @@
 //! - at most [`MAX_SCHEMA_EXPANSION`] subschemas in the expanded schema (counted without building
 //!   it: each subschema's expanded size is computed once);
 //! - no `$ref` cycle (a recursive schema's expansion grows with the config it validates);
+//! - at most [`MAX_SCHEMA_PATTERNS`] regular expressions (`pattern`, `patternProperties`), each
+//!   compiled within [`PATTERN_SIZE_LIMIT`] bytes and run with at most [`PATTERN_BACKTRACKS`]
+//!   backtracking steps (`super::config` builds the validator with those): 64 KiB of
+//!   `(\w|-){400}` patterns compiled to gigabytes, and one pattern with catastrophic
+//!   backtracking ran for seconds per string;
 //! - references only within the schema (`#`, `#/json/pointer`, `#anchor`) and `$id` only at the
 //!   top, so that every reference resolves here exactly as the validator resolves it.
 //!
@@ -30,6 +35,12 @@ pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 pub const MAX_SCHEMA_DEPTH: usize = 32;
 /// Most subschemas in the schema with every `$ref` replaced by its target.
 pub const MAX_SCHEMA_EXPANSION: u64 = 10_000;
+/// Most regular expressions in a schema (`pattern` values and `patternProperties` names).
+pub const MAX_SCHEMA_PATTERNS: usize = 100;
+/// The compiled size one pattern may take (and its lazy DFA's cache), in bytes.
+pub const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
+/// Backtracking steps one pattern may take on one string before the match fails.
+pub const PATTERN_BACKTRACKS: usize = 100_000;
 
 /// Keywords whose value is a subschema, or an array of subschemas (`items` is either).
 const SUBSCHEMA_KEYWORDS: &[&str] = &[
@@ -72,6 +83,12 @@ fn refused(reason: impl std::fmt::Display) -> InvalidConfig {
 /// Checks `value`, the parsed `text` of a schema, against the limits above.
 pub fn check(text: &str, value: &Value) -> Result<(), InvalidConfig> {
     check_size(text)?;
+    let patterns = count_patterns(value);
+    if patterns > MAX_SCHEMA_PATTERNS {
+        return Err(refused(format_args!(
+            "more than {MAX_SCHEMA_PATTERNS} regular expressions ({patterns})"
+        )));
+    }
     let mut anchors = HashMap::new();
     collect_anchors(value, true, &mut anchors)?;
     let mut walk = Walk {
@@ -80,6 +97,26 @@ pub fn check(text: &str, value: &Value) -> Result<(), InvalidConfig> {
         visits: HashMap::new(),
     };
     walk.expand(value, "#".to_string(), 1).map(|_| ())
+}
+
+/// `pattern` string values and `patternProperties` names anywhere in `value` (a count that may
+/// include look-alikes inside `enum` or `const`: only ever too high).
+fn count_patterns(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, v)| {
+                let own = match (key.as_str(), v) {
+                    ("pattern", Value::String(_)) => 1,
+                    ("patternProperties", Value::Object(names)) => names.len(),
+                    _ => 0,
+                };
+                own + count_patterns(v)
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(count_patterns).sum(),
+        _ => 0,
+    }
 }
 
 /// The size limit alone, checked before the text is parsed at all.
