@@ -2,8 +2,9 @@
 //!
 //! The first message is `{"type": "version", "payload": {"version": …}}`; then every event
 //! recorded after the subscriber connected, as unnamed `data:` messages
-//! `{"type": …, "payload": …}` with the event id as the SSE `id` (a reconnecting `EventSource`
-//! sends it back as `Last-Event-ID` and resumes after it). Keep-alive comments every 15 s; the
+//! `{"type": …, "payload": …}` with the highest event id sent so far (and the lower ones still
+//! awaited, see [`to_sse`]) as the SSE `id`: a reconnecting `EventSource` sends it back as
+//! `Last-Event-ID` and resumes there. Keep-alive comments every 15 s; the
 //! stream ends when the server shuts down.
 
 use std::collections::VecDeque;
@@ -37,15 +38,49 @@ pub struct StreamQuery {
     pub request_id: Option<String>,
 }
 
-/// The message of `event`; its SSE `id` is `resume_from`, the highest event id sent so far
-/// including this one. An event that committed late has a lower id than some already sent, and a
-/// client that reconnects sends back the last `id` it got: the event's own would make it receive
-/// those again.
-fn to_sse(event: &StoredEvent, resume_from: i64) -> Event {
+/// The message of `event`; its SSE `id` says where a reconnecting client resumes (it sends the
+/// last one back as `Last-Event-ID`): `resume_from`, the highest event id sent so far including
+/// this one, then `;` and the ids below it still awaited (`gaps`, the [`MAX_GAPS_IN_ID`] highest),
+/// comma-separated: `42;39,40`. An event that committed late has a lower id than some already
+/// sent, so the event's own id would make the client receive those again; and without the gaps a
+/// late event that commits while the client is away (its row then exists, so nothing marks it as
+/// missing) was never sent.
+fn to_sse(event: &StoredEvent, resume_from: i64, gaps: &[i64]) -> Event {
     let data = json!({ "type": event.kind, "payload": events::payload_json(event) });
     Event::default()
-        .id(resume_from.to_string())
+        .id(resume_id(resume_from, gaps))
         .data(data.to_string())
+}
+
+/// The most awaited ids an SSE id carries (the highest): a few transactions in flight at once.
+const MAX_GAPS_IN_ID: usize = 32;
+
+fn resume_id(last: i64, gaps: &[i64]) -> String {
+    let shown = &gaps[gaps.len().saturating_sub(MAX_GAPS_IN_ID)..];
+    if shown.is_empty() {
+        return last.to_string();
+    }
+    let listed: Vec<String> = shown.iter().map(i64::to_string).collect();
+    format!("{last};{}", listed.join(","))
+}
+
+/// `Last-Event-ID` as [`resume_id`] writes it: the id to resume after and the awaited ids below
+/// it (at most [`MAX_GAPS_IN_ID`] of them, within [`events::cursor::MAX_GAPS`] below it; others
+/// are ignored). `None` if it is not one.
+fn parse_resume_id(text: &str) -> Option<(i64, Vec<i64>)> {
+    let (last, gaps) = match text.trim().split_once(';') {
+        Some((last, gaps)) => (last, gaps),
+        None => (text.trim(), ""),
+    };
+    let last: i64 = last.parse().ok()?;
+    let floor = last.saturating_sub(events::cursor::MAX_GAPS as i64);
+    let gaps = gaps
+        .split(',')
+        .filter_map(|g| g.trim().parse::<i64>().ok())
+        .filter(|g| *g > 0 && *g < last && *g > floor)
+        .take(MAX_GAPS_IN_ID)
+        .collect();
+    Some((last, gaps))
 }
 
 struct Subscriber {
@@ -167,18 +202,17 @@ pub async fn stream(
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    let last = match resume {
-        Some(id) => id,
-        None => events::newest_id(&state.db).await?,
+        .and_then(parse_resume_id);
+    let (last, awaited) = match resume {
+        Some(resume) => resume,
+        None => (events::newest_id(&state.db).await?, Vec::new()),
     };
     // Ids below `last` that may still appear (transactions in flight when the stream starts, or
-    // skipped before a reconnect).
-    let cursor = events::Cursor::resume(
-        last,
-        events::missing_below(&state.db, last).await?,
-        std::time::Instant::now(),
-    );
+    // skipped before a reconnect), and those the client was still awaiting: one may have
+    // committed while it was away.
+    let mut missing = events::missing_below(&state.db, last).await?;
+    missing.extend(awaited);
+    let cursor = events::Cursor::resume(last, missing, std::time::Instant::now());
     // Logged as far as it is kept (below): a client cannot write lines of any length.
     let shown: Option<String> = query
         .request_id
@@ -218,15 +252,14 @@ pub async fn stream(
             }
             match events::after(&s.db, &mut s.events, 100).await {
                 Ok(rows) if !rows.is_empty() => {
-                    let mut resume_from = s.events.last();
+                    // One at a time (as `saw` takes them anyway), so each message's id names
+                    // what is awaited once it is delivered.
+                    let now = std::time::Instant::now();
                     for row in &rows {
-                        resume_from = resume_from.max(row.id);
-                        s.buffer.push_back(to_sse(row, resume_from));
+                        s.events.saw([(row.id, events::taken_recently(row))], now);
+                        let gaps = s.events.gaps(now);
+                        s.buffer.push_back(to_sse(row, s.events.last(), &gaps));
                     }
-                    s.events.saw(
-                        rows.iter().map(|r| (r.id, events::taken_recently(r))),
-                        std::time::Instant::now(),
-                    );
                     continue;
                 }
                 Ok(_) => {}
@@ -255,4 +288,31 @@ pub async fn stream(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_ids_carry_the_awaited_ids_and_read_back() {
+        assert_eq!(resume_id(42, &[]), "42");
+        assert_eq!(resume_id(42, &[39, 40]), "42;39,40");
+        assert_eq!(parse_resume_id("42"), Some((42, vec![])));
+        assert_eq!(parse_resume_id(" 42;39,40 "), Some((42, vec![39, 40])));
+        // Only the highest few are carried, and only sensible ones are taken back.
+        let many: Vec<i64> = (1..=100).collect();
+        let id = resume_id(200, &many);
+        assert_eq!(
+            parse_resume_id(&id).unwrap().1,
+            (69..=100).collect::<Vec<_>>()
+        );
+        assert_eq!(parse_resume_id("42;41,99,x,-5"), Some((42, vec![41])));
+        assert_eq!(parse_resume_id("abc"), None);
+        assert_eq!(
+            parse_resume_id("5000;1"),
+            Some((5000, vec![])),
+            "too far below"
+        );
+    }
 }

@@ -285,8 +285,40 @@ async fn an_event_committed_after_a_later_one_still_reaches_the_stream() {
         .expect("the event committed last, with the smaller id");
     assert_eq!(event["payload"]["code"], "slow", "{event}");
     // The id a reconnecting client sends back never goes back: resuming from it must not send
-    // the quick event again.
-    assert_eq!(slow_id, quick_id);
+    // the quick event again. The quick event's id also named the slow one as awaited
+    // (`quick;slow`); the slow event's names nothing more.
+    let (slow_id, quick_id) = (slow_id.expect("an id"), quick_id.expect("an id"));
+    let (resume_at, awaited) = quick_id.split_once(';').expect("the slow id awaited");
+    assert_eq!(slow_id, resume_at);
+    assert!(awaited.parse::<i64>().unwrap() < resume_at.parse::<i64>().unwrap());
+    app.stop().await;
+}
+
+/// The event in flight commits while the client is away: resuming with the last id it got
+/// (which names the event it still awaited) delivers it. With only the highest id, the event's
+/// row existed by then, nothing marked it as missing, and it was never sent.
+#[tokio::test]
+async fn an_event_that_committed_while_the_client_was_away_reaches_it_on_resume() {
+    let Some(app) = spawn_app(Stack::Production, "events_while_away").await else {
+        return;
+    };
+    let OutOfOrder {
+        stream,
+        slow,
+        quick_id,
+    } = out_of_order(&app).await;
+    drop(stream);
+    slow.commit().await.unwrap();
+    let mut resumed = SseReader::resume(&app, &quick_id.expect("an id")).await;
+    assert_eq!(
+        resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    let event = resumed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the event that committed while the client was away");
+    assert_eq!(event["payload"]["code"], "slow", "{event}");
     app.stop().await;
 }
 
