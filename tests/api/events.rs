@@ -299,27 +299,7 @@ async fn an_event_committed_after_a_later_one_still_reaches_the_stream() {
 /// row existed by then, nothing marked it as missing, and it was never sent.
 #[tokio::test]
 async fn an_event_that_committed_while_the_client_was_away_reaches_it_on_resume() {
-    let Some(app) = spawn_app(Stack::Production, "events_while_away").await else {
-        return;
-    };
-    let OutOfOrder {
-        stream,
-        slow,
-        quick_id,
-    } = out_of_order(&app).await;
-    drop(stream);
-    slow.commit().await.unwrap();
-    let mut resumed = SseReader::resume(&app, &quick_id.expect("an id")).await;
-    assert_eq!(
-        resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
-        "version"
-    );
-    let event = resumed
-        .next(Duration::from_secs(10))
-        .await
-        .expect("the event that committed while the client was away");
-    assert_eq!(event["payload"]["code"], "slow", "{event}");
-    app.stop().await;
+    resume_around_a_late_commit("events_while_away", CommitLate::WhileAway).await;
 }
 
 /// The same across a reconnect: the stream dropped after the later event arrived, and the
@@ -327,7 +307,19 @@ async fn an_event_that_committed_while_the_client_was_away_reaches_it_on_resume(
 /// the new stream when it commits.
 #[tokio::test]
 async fn an_event_in_flight_across_a_reconnect_still_reaches_the_stream() {
-    let Some(app) = spawn_app(Stack::Production, "events_across_reconnect").await else {
+    resume_around_a_late_commit("events_across_reconnect", CommitLate::AfterResuming).await;
+}
+
+/// When the slow transaction of [`out_of_order`] commits, relative to the reconnect.
+#[derive(PartialEq)]
+enum CommitLate {
+    WhileAway,
+    AfterResuming,
+}
+
+/// Drops the stream after the quick event, resumes with its id, and expects the slow event.
+async fn resume_around_a_late_commit(test: &str, when: CommitLate) {
+    let Some(app) = spawn_app(Stack::Production, test).await else {
         return;
     };
     let OutOfOrder {
@@ -336,16 +328,22 @@ async fn an_event_in_flight_across_a_reconnect_still_reaches_the_stream() {
         quick_id,
     } = out_of_order(&app).await;
     drop(stream);
+    let mut slow = Some(slow);
+    if when == CommitLate::WhileAway {
+        slow.take().unwrap().commit().await.unwrap();
+    }
     let mut resumed = SseReader::resume(&app, &quick_id.expect("an id")).await;
     assert_eq!(
         resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
         "version"
     );
-    slow.commit().await.unwrap();
+    if let Some(slow) = slow {
+        slow.commit().await.unwrap();
+    }
     let event = resumed
         .next(Duration::from_secs(10))
         .await
-        .expect("the event committed after the reconnect, with the smaller id");
+        .expect("the event committed late, with the smaller id");
     assert_eq!(event["payload"]["code"], "slow", "{event}");
     app.stop().await;
 }

@@ -208,6 +208,16 @@ async fn migrate_refuses_unknown_revisions_and_lying_stamps_without_changing_any
     }
 }
 
+/// The payloads of the queued parse jobs.
+async fn queued_parses(conn: &mut sqlx::PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT payload FROM jobs WHERE kind = 'parse_coredump' AND status = 'queued'",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn adopted_pending_dumps_already_in_the_bucket_are_queued_for_parsing_once() {
     // 008: the Python service's dumps are in the bucket (no `filename`); dump 2 is PENDING.
@@ -220,13 +230,7 @@ async fn adopted_pending_dumps_already_in_the_bucket_are_queued_for_parsing_once
         "{out}"
     );
     let mut conn = legacy.conn().await;
-    let payloads: Vec<String> = sqlx::query_scalar(
-        "SELECT payload FROM jobs WHERE kind = 'parse_coredump' AND status = 'queued'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(payloads, [r#"{"coredump_id":2}"#]);
+    assert_eq!(queued_parses(&mut conn).await, [r#"{"coredump_id":2}"#]);
     // Nothing is adopted twice, so nothing is queued twice.
     assert_success(&run(&legacy.env(), &["migrate"]));
     assert_eq!(
@@ -249,13 +253,7 @@ async fn adopted_pending_dumps_already_in_the_bucket_are_queued_for_parsing_once
         .await
         .unwrap();
     assert_success(&run(&legacy.env(), &["migrate"]));
-    let payloads: Vec<String> = sqlx::query_scalar(
-        "SELECT payload FROM jobs WHERE kind = 'parse_coredump' AND status = 'queued'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(payloads, [r#"{"coredump_id":2}"#]);
+    assert_eq!(queued_parses(&mut conn).await, [r#"{"coredump_id":2}"#]);
 
     // 006: the PENDING dump is still a file; `migrate-to-s3` queues it when it moves it.
     let Some(legacy) = legacy_database("adopt_pending_006", "006").await else {
