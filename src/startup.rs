@@ -309,6 +309,8 @@ impl Application {
         {
             tracing::warn!("workers did not stop within 30 s");
         }
+        // What the requests drained after shutdown began saw (the worker flushed when it began).
+        state.presence.flush(&state.db).await;
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())
