@@ -153,6 +153,8 @@ bench_wait_ready() {
 bench_start_service() {
     SERVICE_PORT=$(free_port)
     SERVICE_URL="http://127.0.0.1:$SERVICE_PORT"
+    # The load generator downloads with one device's credential, hundreds at once.
+    MAX_DOWNLOADS_PER_DEVICE=${MAX_DOWNLOADS_PER_DEVICE:-100000} \
     DATABASE_URL=$DATABASE_URL MIGRATE_ON_START=true ADMIN_TOKEN=$ADMIN_TOKEN \
         HOST=127.0.0.1 PORT=$SERVICE_PORT LOG_FORMAT=text RUST_LOG=${BENCH_RUST_LOG:-warn} \
         S3_ENDPOINT_URL=$S3_ENDPOINT S3_ACCESS_KEY_ID=$S3_ACCESS_KEY \

@@ -158,6 +158,9 @@ impl Application {
             coredump_uploads_by_device: crate::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
+            downloads_by_device: crate::admission::KeyedLimiter::new(
+                config.max_downloads_per_device,
+            ),
             config_validator: Arc::new(crate::registry::validation::ConfigValidator::new(
                 config.config_validation_timeout,
             )),

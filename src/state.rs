@@ -44,6 +44,9 @@ pub struct AppState {
     pub mqtt: Option<crate::mqtt::MqttClient>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
     pub coredump_uploads_by_device: Arc<crate::admission::KeyedLimiter>,
+    /// Firmware downloads in progress per device (`MAX_DOWNLOADS_PER_DEVICE`), held until the
+    /// response body is sent or dropped.
+    pub downloads_by_device: Arc<crate::admission::KeyedLimiter>,
     /// Validates device configs against their model's schema off the async workers, within
     /// `CONFIG_VALIDATION_TIMEOUT_SECONDS`.
     pub config_validator: Arc<crate::registry::validation::ConfigValidator>,

@@ -19,6 +19,7 @@ pub const OUTBOX_DELETED: &str = "outbox_objects_deleted_total";
 pub const OUTBOX_FAILED: &str = "outbox_delete_failures_total";
 pub const COREDUMP_PARSE_DURATION: &str = "coredump_parse_duration_seconds";
 pub const COREDUMP_UPLOADS_REFUSED: &str = "coredump_uploads_refused_total";
+pub const FIRMWARE_DOWNLOADS_REFUSED: &str = "firmware_downloads_refused_total";
 pub const COREDUMP_GROUPING_DURATION: &str = "coredump_grouping_duration_seconds";
 pub const COREDUMP_INGEST_STEP_DURATION: &str = "coredump_ingest_step_duration_seconds";
 pub const FIRMWARE_UPLOAD_STEP_DURATION: &str = "firmware_upload_step_duration_seconds";
@@ -269,6 +270,11 @@ fn describe() {
     describe_counter!(
         COREDUMP_UPLOADS_REFUSED,
         "Core-dump uploads refused with 503 because MAX_CONCURRENT_COREDUMP_UPLOADS were in progress"
+    );
+    describe_counter!(
+        FIRMWARE_DOWNLOADS_REFUSED,
+        "Device firmware downloads refused with 429 because the device had \
+         MAX_DOWNLOADS_PER_DEVICE in progress"
     );
     describe_counter!(
         CONFIG_VALIDATIONS_REFUSED,

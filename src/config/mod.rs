@@ -135,6 +135,11 @@ pub struct Config {
     /// Core-dump uploads one device may have in progress at once in this process
     /// (`MAX_COREDUMP_UPLOADS_PER_DEVICE`, default 2), so one device cannot take every slot.
     pub max_coredump_uploads_per_device: usize,
+    /// Firmware downloads one device may have in progress at once per process
+    /// (`MAX_DOWNLOADS_PER_DEVICE`, default 4): a device reads its image over one connection
+    /// (ESP-IDF's OTA client), so more are a loop or a leaked credential holding connections
+    /// with slow reads.
+    pub max_downloads_per_device: usize,
     /// The whole body of a core-dump upload must arrive within this (`COREDUMP_UPLOAD_TIMEOUT_SECONDS`).
     pub coredump_upload_timeout: Duration,
     /// The whole body of a firmware upload must arrive within this (`FIRMWARE_UPLOAD_TIMEOUT_SECONDS`).
@@ -450,6 +455,7 @@ impl Config {
             parse_cache_bytes: env.parse("PARSE_CACHE_BYTES", DEFAULT_PARSE_CACHE_BYTES)?,
             max_concurrent_coredump_uploads: env.positive("MAX_CONCURRENT_COREDUMP_UPLOADS", 64)?,
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
+            max_downloads_per_device: env.positive("MAX_DOWNLOADS_PER_DEVICE", 4)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
             firmware_upload_timeout: env.seconds("FIRMWARE_UPLOAD_TIMEOUT_SECONDS", 600.0)?,
             firmware_stream_image_put: env.flag("FIRMWARE_STREAM_IMAGE_PUT", true)?,

@@ -249,6 +249,40 @@ mod tests {
     }
 }
 
+/// A response body that holds `held` (a permit) until it is done or dropped: a limit on
+/// responses in progress must last as long as their bodies are being sent, not only as long as
+/// the handler runs.
+pub struct HeldBody<H> {
+    body: axum::body::Body,
+    _held: H,
+}
+
+impl<H: Send + Unpin + 'static> HeldBody<H> {
+    pub fn wrap(response: axum::response::Response, held: H) -> axum::response::Response {
+        response.map(|body| axum::body::Body::new(HeldBody { body, _held: held }))
+    }
+}
+
+impl<H: Unpin> http_body::Body for HeldBody<H> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The whole-body deadline every request body gets from `crate::http::server`
 /// (`HTTP_BODY_TIMEOUT_SECONDS`), unless its route lifts it ([`lift_body_deadline`]): the upload
 /// routes, which read their bodies with deadlines of their own ([`LimitedBody`]).

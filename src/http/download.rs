@@ -305,7 +305,49 @@ fn from_memory(
         (Ok(start), Ok(end)) => bytes.slice(start..end),
         _ => Bytes::new(),
     };
-    body_response(Body::from(body), &download, range.is_some(), served, total)
+    body_response(
+        Body::new(Framed { rest: body }),
+        &download,
+        range.is_some(),
+        served,
+        total,
+    )
+}
+
+/// The most bytes of an in-memory body handed to hyper at once.
+const MEMORY_FRAME: usize = 64 * 1024;
+
+/// In-memory bytes as a body of [`MEMORY_FRAME`]-sized frames (slices, no copies). As one frame
+/// hyper took the whole image at once and dropped the body while the bytes still waited for the
+/// client: the response counted as done, so its connection could be evicted as idle and its
+/// device's download slot was free again, with most of the image unsent.
+struct Framed {
+    rest: Bytes,
+}
+
+impl http_body::Body for Framed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.rest.len().min(MEMORY_FRAME);
+        let frame = self.rest.split_to(take);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 #[cfg(test)]

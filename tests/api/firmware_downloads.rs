@@ -162,3 +162,69 @@ async fn devices_get_their_own_models_current_firmware() {
     })
     .await;
 }
+
+/// One device has at most `MAX_DOWNLOADS_PER_DEVICE` image downloads in progress: a loop or a
+/// leaked credential reading slowly cannot hold every connection. A download counts until its
+/// body is sent (here: clients that stop reading a 16 MiB image, more than the socket buffers
+/// hold); other devices are not affected, and a slot comes back when a download ends.
+#[tokio::test]
+async fn a_device_has_a_bounded_number_of_downloads_in_progress() {
+    let Some(app) = TestApp::builder("downloads_per_device")
+        .env("MAX_DOWNLOADS_PER_DEVICE", "2")
+        .spawn(Stack::Embedded)
+        .await
+    else {
+        return;
+    };
+    let model = create_model(&app, CODE, None).await;
+    let small = Build::new("1.0.0", "big");
+    let desc = desc_of(&small);
+    let big = Build {
+        bin: crate::esp_image_synth::esp32_image(&desc, &vec![0u8; 16 << 20], 7),
+        ..small
+    };
+    upload_ok(&app, model, CODE, &big).await;
+    let device = device_of(&app, model).await;
+    let other = device_of(&app, model).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let response = app.iot_firmware(&device.credential, &[]).await;
+        assert_eq!(response.status(), 200);
+        stalled.push(response); // its body is never read
+    }
+    let refused = app.iot_firmware(&device.credential, &[]).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let head = app
+        .device_request(Method::HEAD, "/api/iot/firmware", &other.credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200, "another device was refused");
+    // A download that ends (here: its client goes away) gives its slot back.
+    stalled.pop();
+    let back = eventually(std::time::Duration::from_secs(10), || async {
+        app.device_request(Method::HEAD, "/api/iot/firmware", &device.credential)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    assert!(back, "the slot of the ended download did not come back");
+    drop(stalled);
+    app.stop().await;
+}
+
+/// The descriptor `Build::new` put into `build`'s image (version and ELF hash), for a bigger
+/// image of the same build.
+fn desc_of(build: &Build) -> Desc {
+    Desc {
+        magic: 0xABCD_5432,
+        version: build.version.as_bytes().to_vec(),
+        project: b"sensor_node",
+        idf: b"v5.2.2",
+        elf_sha256: sha256(&build.elf),
+    }
+}

@@ -7,6 +7,7 @@ use http::{HeaderMap, Method};
 
 use crate::db::firmware_versions::CurrentImage;
 use crate::http::auth::OtaCaller;
+use crate::http::body::HeldBody;
 use crate::http::download::{self, Source};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -32,17 +33,41 @@ pub async fn device_firmware(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Held until the response body is sent: one device (or one leaked credential) cannot hold
+    // every connection with slow reads.
+    let Some(permit) = state.downloads_by_device.try_acquire(&caller.device.key) else {
+        metrics::counter!(crate::telemetry::FIRMWARE_DOWNLOADS_REFUSED, "reason" => "device_busy")
+            .increment(1);
+        tracing::warn!(device_key = %caller.device.key, "firmware_download_refused_device_busy");
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "This device already has {} firmware downloads in progress; retry later",
+                state.config.max_downloads_per_device
+            ),
+            retry_after: 5,
+        });
+    };
+    let response = device_image(caller, &state, &method, &headers).await?;
+    Ok(HeldBody::wrap(response, permit))
+}
+
+async fn device_image(
+    caller: OtaCaller,
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let model_id = caller.device.device_model_id;
-    let (image, cached) = image_of(caller, &state).await?;
+    let (image, cached) = image_of(caller, state).await?;
     if !cached {
-        return serve_image(&state, &image, &method, &headers).await;
+        return serve_image(state, &image, method, headers).await;
     }
     // A cached answer (at most DEVICE_LOOKUP_CACHE_SECONDS old) is used only when it needs no
     // store read: a 304, or the image in memory, whose bytes are by construction the ones its
     // SHA-256 (the ETag) names. Otherwise the database is asked again before reading the store, so
     // streamed bytes and ETag always belong to the same row.
     let download = image_download(&image)?;
-    if let Some(response) = download::not_modified(&download, &headers) {
+    if let Some(response) = download::not_modified(&download, headers) {
         return Ok(response);
     }
     if let Some(bytes) = image
@@ -51,10 +76,10 @@ pub async fn device_firmware(
         .and_then(|sha256| state.caches.firmware.get_if_present(sha256))
     {
         let source = Source::Memory(bytes);
-        return download::respond_from(&state.storage, source, download, &method, &headers).await;
+        return download::respond_from(&state.storage, source, download, method, headers).await;
     }
-    let image = fresh_current_image(&state, model_id).await?;
-    serve_image(&state, &image, &method, &headers).await
+    let image = fresh_current_image(state, model_id).await?;
+    serve_image(state, &image, method, headers).await
 }
 
 /// The version the calling device should run (cheap: devices poll it).
