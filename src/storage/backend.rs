@@ -27,10 +27,32 @@ pub struct ObjectStoreBackend {
     /// S3: the same bucket through a client that deletes with one `DELETE` per key. object_store
     /// deletes (even a single key) with S3's batch `DeleteObjects`, which some S3-compatible
     /// servers lack; there every deletion failed, and the outbox retried them for ever.
-    one_by_one: Option<Arc<dyn ObjectStore>>,
+    /// Made when first needed: each client holds its own connection pool and TLS settings.
+    one_by_one: Option<OneByOne>,
     /// Set once a batch delete failed where a single `DELETE` worked: deletions use
     /// [`Self::one_by_one`] from then on.
     single_deletes: std::sync::atomic::AtomicBool,
+}
+
+type MakeStore = Box<dyn Fn() -> Option<Arc<dyn ObjectStore>> + Send + Sync>;
+
+/// A client made on first use (`None` if it cannot be made).
+struct OneByOne {
+    make: MakeStore,
+    made: std::sync::OnceLock<Option<Arc<dyn ObjectStore>>>,
+}
+
+impl OneByOne {
+    fn new(make: MakeStore) -> Self {
+        OneByOne {
+            make,
+            made: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&Arc<dyn ObjectStore>> {
+        self.made.get_or_init(|| (self.make)()).as_ref()
+    }
 }
 
 /// What a streamed single PUT needs: a URL signed by object_store, and a client whose request
@@ -92,13 +114,11 @@ impl ObjectStoreBackend {
                 .with_secret_access_key(secret.expose()),
             _ => builder.with_skip_signature(true),
         };
-        let one_by_one: Arc<dyn ObjectStore> = Arc::new(
-            builder
-                .clone()
-                .with_disable_bulk_delete(true)
-                .build()
-                .map_err(|e| unavailable(Operation::Check, "", e))?,
-        );
+        let single = builder.clone().with_disable_bulk_delete(true);
+        let one_by_one = OneByOne::new(Box::new(move || {
+            let store: Arc<dyn ObjectStore> = Arc::new(single.clone().build().ok()?);
+            Some(store)
+        }));
         let store = Arc::new(
             builder
                 .build()
@@ -129,17 +149,20 @@ impl ObjectStoreBackend {
     /// The store deletions go to: the one-by-one client once the bucket showed it needs it.
     fn deleter(&self) -> &Arc<dyn ObjectStore> {
         use std::sync::atomic::Ordering;
-        match &self.one_by_one {
-            Some(single) if self.single_deletes.load(Ordering::Relaxed) => single,
-            _ => &self.store,
+        if !self.single_deletes.load(Ordering::Relaxed) {
+            return &self.store;
         }
+        self.one_by_one
+            .as_ref()
+            .and_then(OneByOne::get)
+            .unwrap_or(&self.store)
     }
 
     /// After a failed batch delete: whether a single `DELETE` of `key` works (then deletions go
     /// one by one from now on).
     async fn try_one_by_one(&self, key: &ObjectKey) -> bool {
         use std::sync::atomic::Ordering;
-        let Some(single) = &self.one_by_one else {
+        let Some(single) = self.one_by_one.as_ref().and_then(OneByOne::get) else {
             return false;
         };
         if self.single_deletes.load(Ordering::Relaxed) || delete_from(single, key).await.is_err() {
@@ -601,7 +624,10 @@ mod tests {
         ObjectStoreBackend {
             store,
             sized_puts: None,
-            one_by_one: one_by_one.map(|s| s as Arc<dyn ObjectStore>),
+            one_by_one: one_by_one.map(|s| {
+                let store: Arc<dyn ObjectStore> = s;
+                OneByOne::new(Box::new(move || Some(store.clone())))
+            }),
             single_deletes: Default::default(),
         }
     }
