@@ -180,12 +180,15 @@ impl ReconcileReport {
         }
         if self.rows_checked == 0 {
             return Some(format!(
-                "the database names no firmware or core dumps, yet the object store holds {orphans}                  object(s) without a row: is this the right database (DATABASE_URL), and was the                  Python service's database adopted (`iotsupport migrate`)?"
+                "the database names no firmware or core dumps, yet the object store holds {orphans} \
+                 object(s) without a row: is this the right database (DATABASE_URL), and was the \
+                 Python service's database adopted (`iotsupport migrate`)?"
             ));
         }
         if orphans >= WRONG_STORE_MIN_DANGLING && orphans > self.objects_claimed {
             return Some(format!(
-                "{orphans} object(s) have no row, more than the {} the database names: is this                  the right database (DATABASE_URL) for this bucket?",
+                "{orphans} object(s) have no row, more than the {} the database names: is this \
+                 the right database (DATABASE_URL) for this bucket?",
                 self.objects_claimed
             ));
         }

@@ -533,9 +533,10 @@ const MAX_DIRECTORY_BYTES: u64 = 1024 * 1024;
 /// crate has no such limit.
 fn refuse_huge_directory<R: Read + Seek>(spool: &mut R, len: u64) -> Result<(), BundleError> {
     const EOCD: [u8; 4] = *b"PK\x05\x06";
-    const EOCD_LEN: u64 = 22;
-    // The record is at most a 64 KiB comment away from the end.
-    let tail_len = len.min(EOCD_LEN + u64::from(u16::MAX));
+    const EOCD_LEN: usize = 22;
+    // The record is at most a 64 KiB comment away from the end; the zip crate looks a little
+    // further (it tolerates bytes after the comment), so this looks further still.
+    let tail_len = len.min(66 * 1024);
     let tail_start = len - tail_len;
     spool.seek(SeekFrom::Start(tail_start))?;
     let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
@@ -566,31 +567,68 @@ fn refuse_huge_directory<R: Read + Seek>(spool: &mut R, len: u64) -> Result<(), 
             u64::from_le_bytes(a)
         })
     };
-    for at in (0..tail.len().saturating_sub(EOCD_LEN as usize - 1)).rev() {
-        if tail[at..].starts_with(&EOCD) {
-            let (Some(entries), Some(bytes)) = (le16(&tail, at + 10), le32(&tail, at + 12)) else {
-                continue;
+    let mut found = false;
+    for at in (0..tail.len().saturating_sub(EOCD_LEN - 1)).rev() {
+        if !tail[at..].starts_with(&EOCD) {
+            continue;
+        }
+        let field16 = |offset| le16(&tail, at + offset);
+        let (Some(disk), Some(cd_disk), Some(on_disk), Some(entries), Some(bytes)) = (
+            field16(4),
+            field16(6),
+            field16(8),
+            field16(10),
+            le32(&tail, at + 12),
+        ) else {
+            continue;
+        };
+        let (Some(offset), Some(comment)) = (le32(&tail, at + 16), field16(20)) else {
+            continue;
+        };
+        // Only a record that could be one (one disk, its comment within the file): the same
+        // four bytes inside an entry's data near the end are not a reason to refuse.
+        let single_disk = matches!((disk, cd_disk), (0, 0) | (u16::MAX, u16::MAX));
+        let fits = usize::from(comment) <= tail.len() - at - EOCD_LEN;
+        if !single_disk || on_disk != entries || !fits {
+            continue;
+        }
+        found = true;
+        // ZIP64 when any field is saturated (as the zip crate decides): the counts are in a
+        // ZIP64 record a locator right before this one points to, which must be consistent.
+        if entries == u16::MAX || bytes == u32::MAX || offset == u32::MAX {
+            let locator = at
+                .checked_sub(20)
+                .filter(|l| tail[*l..].starts_with(b"PK\x06\x07"));
+            let record_at = locator.and_then(|l| le64(&tail, l + 8));
+            let (Some(l), Some(record_at)) = (locator, record_at) else {
+                return Err(invalid_zip("the archive's ZIP64 end record is missing"));
             };
-            // ZIP64: a locator right before the record points to the real counts.
-            let mut zip64 = None;
-            if entries == u16::MAX || bytes == u32::MAX {
-                let located = at
-                    .checked_sub(20)
-                    .filter(|l| tail[*l..].starts_with(b"PK\x06\x07"))
-                    .and_then(|l| le64(&tail, l + 8));
-                if let Some(offset) = located.filter(|o| o.saturating_add(56) <= len) {
-                    let mut record = [0u8; 56];
-                    spool.seek(SeekFrom::Start(offset))?;
-                    if read_up_to(spool, &mut record)? == 56 && record.starts_with(b"PK\x06\x06") {
-                        zip64 = le64(&record, 32).zip(le64(&record, 40));
-                    }
+            let locator_at = tail_start + l as u64;
+            let mut record = [0u8; 56];
+            let readable = record_at.saturating_add(56) <= locator_at;
+            if readable {
+                spool.seek(SeekFrom::Start(record_at))?;
+            }
+            let consistent = readable
+                && read_up_to(spool, &mut record)? == 56
+                && record.starts_with(b"PK\x06\x06")
+                && le64(&record, 4).and_then(|size| size.checked_add(12))
+                    == Some(locator_at - record_at);
+            let counts = le64(&record, 32).zip(le64(&record, 40));
+            match counts {
+                Some((entries, bytes)) if consistent => too_big(entries, bytes)?,
+                _ => {
+                    return Err(invalid_zip(
+                        "the archive's ZIP64 end record is inconsistent",
+                    ))
                 }
             }
-            match zip64 {
-                Some((entries, bytes)) => too_big(entries, bytes)?,
-                None => too_big(u64::from(entries), u64::from(bytes))?,
-            }
+        } else {
+            too_big(u64::from(entries), u64::from(bytes))?;
         }
+    }
+    if !found {
+        return Err(invalid_zip("no end-of-central-directory record"));
     }
     Ok(())
 }
@@ -738,6 +776,58 @@ mod tests {
         }
         assert!(message(validate(spool(b"PK\x03\x04junk"), "m", 1024))
             .starts_with("Invalid firmware ZIP: "));
+    }
+
+    /// An end-of-central-directory record: `entries` on this disk and in all, the directory's
+    /// size and offset, and a comment of `comment` bytes.
+    fn eocd(disk: u16, entries: u16, size: u32, offset: u32, comment: u16) -> Vec<u8> {
+        let mut r = b"PK\x05\x06".to_vec();
+        for v in [disk, disk, entries, entries] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        r.extend_from_slice(&size.to_le_bytes());
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&comment.to_le_bytes());
+        r.extend(std::iter::repeat_n(b' ', usize::from(comment)));
+        r
+    }
+
+    fn guard(bytes: &[u8]) -> Result<(), String> {
+        refuse_huge_directory(&mut std::io::Cursor::new(bytes), bytes.len() as u64)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_directory_guard_reads_the_end_records_the_zip_crate_would() {
+        let five = eocd(0, 5, 300, 1000, 0);
+        assert_eq!(guard(&[vec![0u8; 64], five.clone()].concat()), Ok(()));
+        // The same four bytes inside data, not a record one disk could hold: not a reason.
+        let noise = [b"PK\x05\x06".as_slice(), &[1, 0, 2, 0, 9, 9, 7, 7]].concat();
+        assert_eq!(guard(&[noise.clone(), five.clone()].concat()), Ok(()));
+        assert!(guard(&noise)
+            .unwrap_err()
+            .contains("no end-of-central-directory record"));
+        // Many entries, with a full-length comment and bytes after it (the zip crate accepts
+        // those too).
+        let many = [eocd(0, 2000, 300, 1000, u16::MAX), vec![0u8; 3]].concat();
+        assert!(guard(&many).unwrap_err().contains("declares 2000 entries"));
+        // A saturated offset means ZIP64 even with few entries; without a consistent ZIP64
+        // record the archive is refused rather than read as the zip crate would search it.
+        let saturated = eocd(0, 5, 300, u32::MAX, 0);
+        assert!(guard(&saturated)
+            .unwrap_err()
+            .contains("ZIP64 end record is missing"));
+        let locator = [
+            b"PK\x06\x07".as_slice(),
+            &[0; 4],
+            &0u64.to_le_bytes(),
+            &[1, 0, 0, 0],
+        ]
+        .concat();
+        let decoy = [vec![0u8; 100], locator, saturated].concat();
+        assert!(guard(&decoy)
+            .unwrap_err()
+            .contains("ZIP64 end record is inconsistent"));
     }
 
     #[test]

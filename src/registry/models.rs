@@ -84,8 +84,15 @@ pub async fn update(
         SchemaChange::Keep | SchemaChange::Remove => None,
     };
     let mut tx = db.begin().await?;
-    // After the device writes validated against the schema in force (see `lock_schema`).
-    models::lock_schema(&mut tx, id, true).await?;
+    if !matches!(schema, SchemaChange::Keep) {
+        // The model's row first (as firmware uploads hold it, for their whole upload), then the
+        // schema lock, after the device writes validated against the schema in force (see
+        // `lock_schema`). The other way round, a schema change waiting behind an upload would
+        // hold every device write of the model with it. Device writes never wait for the row
+        // in a mode this conflicts with, so the order cannot deadlock.
+        crate::db::firmware_versions::lock_model(&mut tx, id).await?;
+        models::lock_schema(&mut tx, id, true).await?;
+    }
     let current = models::get(&mut tx, id)
         .await?
         .ok_or(RegistryError::ModelNotFound(id))?;
