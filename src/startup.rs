@@ -158,6 +158,7 @@ impl Application {
             coredump_uploads_by_device: crate::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
             ),
+            detached: tokio_util::task::TaskTracker::new(),
             downloads_by_device: crate::admission::KeyedLimiter::new(
                 config.max_downloads_per_device,
             ),
@@ -311,6 +312,17 @@ impl Application {
         .is_err()
         {
             tracing::warn!("workers did not stop within 30 s");
+        }
+        // Uploads whose clients left before the server stopped still finish (or clean up).
+        state.detached.close();
+        if tokio::time::timeout(Duration::from_secs(60), state.detached.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = state.detached.len(),
+                "uploads still storing after 60 s"
+            );
         }
         // What the requests drained after shutdown began saw (the worker flushed when it began).
         state.presence.flush(&state.db).await;

@@ -44,6 +44,9 @@ pub struct AppState {
     pub mqtt: Option<crate::mqtt::MqttClient>,
     /// Core-dump uploads in progress per device (`MAX_COREDUMP_UPLOADS_PER_DEVICE`).
     pub coredump_uploads_by_device: Arc<crate::admission::KeyedLimiter>,
+    /// Uploads that run to their end after their request is gone (stored or cleaned up, never
+    /// half-way): shutdown waits for them before closing the database.
+    pub detached: tokio_util::task::TaskTracker,
     /// Firmware downloads in progress per device (`MAX_DOWNLOADS_PER_DEVICE`), held until the
     /// response body is sent or dropped.
     pub downloads_by_device: Arc<crate::admission::KeyedLimiter>,

@@ -19,6 +19,9 @@ pub const FREE_FAILURES: u32 = 5;
 pub const MAX_BLOCK: Duration = Duration::from_secs(60);
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 const CAPACITY: usize = 10_000;
+/// Where failures of keys that find the map full of closed entries are counted, together: an
+/// attacker who closed [`CAPACITY`] keys must not get unthrottled guesses for every new one.
+const OVERFLOW: &str = "\0overflow";
 
 struct Entry {
     failures: u32,
@@ -36,7 +39,13 @@ impl FailureThrottle {
     pub fn check(&self, client_id: &str) -> Result<(), Duration> {
         let now = Instant::now();
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(client_id).and_then(|e| e.blocked_until) {
+        let entry = match entries.get(client_id) {
+            Some(entry) => Some(entry),
+            // Not recorded: perhaps because the map is full, then the shared count stands for it.
+            None if entries.len() >= CAPACITY => entries.get(OVERFLOW),
+            None => None,
+        };
+        match entry.and_then(|e| e.blocked_until) {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
         }
@@ -52,33 +61,29 @@ impl FailureThrottle {
                 // to whoever sends failures for enough other ids.
                 let stalest = entries
                     .iter()
-                    .filter(|(_, e)| e.blocked_until.is_none_or(|until| until <= now))
+                    .filter(|(k, e)| {
+                        k.as_str() != OVERFLOW && e.blocked_until.is_none_or(|until| until <= now)
+                    })
                     .min_by_key(|(_, e)| e.last_failure)
                     .map(|(k, _)| k.clone());
                 match stalest {
                     Some(stalest) => {
                         entries.remove(&stalest);
                     }
-                    // Every entry is closed: this id goes unrecorded until one opens.
-                    None => return,
+                    // Every entry is closed: counted with the others that found it so.
+                    None => {
+                        record(&mut entries, OVERFLOW, now);
+                        return;
+                    }
                 }
             }
         }
-        let entry = entries.entry(client_id.to_string()).or_insert(Entry {
-            failures: 0,
-            blocked_until: None,
-            last_failure: now,
-        });
-        if now.duration_since(entry.last_failure) >= FORGET_AFTER {
-            entry.failures = 0;
-        }
-        entry.failures += 1;
-        entry.last_failure = now;
-        if entry.failures > FREE_FAILURES {
-            let exponent = (entry.failures - FREE_FAILURES - 1).min(16);
-            let block = Duration::from_secs(1u64 << exponent).min(MAX_BLOCK);
-            entry.blocked_until = Some(now + block);
-        }
+        record(&mut entries, client_id, now);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap().len()
     }
 
     pub fn succeeded(&self, client_id: &str) {
@@ -86,6 +91,25 @@ impl FailureThrottle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(client_id);
+    }
+}
+
+/// One more failure of `key`, closing it past [`FREE_FAILURES`].
+fn record(entries: &mut HashMap<String, Entry>, key: &str, now: Instant) {
+    let entry = entries.entry(key.to_string()).or_insert(Entry {
+        failures: 0,
+        blocked_until: None,
+        last_failure: now,
+    });
+    if now.duration_since(entry.last_failure) >= FORGET_AFTER {
+        entry.failures = 0;
+    }
+    entry.failures += 1;
+    entry.last_failure = now;
+    if entry.failures > FREE_FAILURES {
+        let exponent = (entry.failures - FREE_FAILURES - 1).min(16);
+        let block = Duration::from_secs(1u64 << exponent).min(MAX_BLOCK);
+        entry.blocked_until = Some(now + block);
     }
 }
 
@@ -144,5 +168,22 @@ mod tests {
         }
         assert!(t.check("target").is_err(), "the closed id was forgotten");
         assert!(t.entries.lock().unwrap().len() <= CAPACITY);
+    }
+
+    #[test]
+    fn once_every_entry_is_closed_new_keys_are_counted_together() {
+        let t = FailureThrottle::default();
+        for i in 0..CAPACITY {
+            for _ in 0..=FREE_FAILURES {
+                t.failed(&format!("c{i}"));
+            }
+        }
+        assert!(t.check("fresh-0").is_ok());
+        // Failures of keys that find no room close them all together, not none of them.
+        for i in 0..=FREE_FAILURES {
+            t.failed(&format!("fresh-{i}"));
+        }
+        assert!(t.check("fresh-99").is_err(), "guessing went on unthrottled");
+        assert!(t.len() <= CAPACITY + 1);
     }
 }

@@ -99,9 +99,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5678`, `[::1]:80`).
+/// One `X-Forwarded-For` entry: an address, possibly with a port or in brackets (`1.2.3.4:5678`,
+/// `[::1]:80`, `[::1]`).
 fn parse_hop(hop: &str) -> Option<IpAddr> {
-    hop.parse::<IpAddr>()
+    let bracketed = hop.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    bracketed
+        .unwrap_or(hop)
+        .parse::<IpAddr>()
         .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
         .ok()
         .map(canonical)
@@ -162,6 +166,16 @@ mod tests {
             ip("203.0.113.7")
         );
         assert_eq!(client_ip(None, &h, &trusted), None);
+        let h = headers(&["[2001:db8::7]", "[2001:db8::8]:443"]);
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &trusted),
+            ip("2001:db8::8")
+        );
+        let h = headers(&["[2001:db8::7]"]);
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &trusted),
+            ip("2001:db8::7")
+        );
     }
 
     #[test]

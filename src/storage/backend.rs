@@ -29,10 +29,14 @@ pub struct ObjectStoreBackend {
     /// servers lack; there every deletion failed, and the outbox retried them for ever.
     /// Made when first needed: each client holds its own connection pool and TLS settings.
     one_by_one: Option<OneByOne>,
-    /// Set once a batch delete failed where a single `DELETE` worked: deletions use
-    /// [`Self::one_by_one`] from then on.
-    single_deletes: std::sync::atomic::AtomicBool,
+    /// Until when deletions use [`Self::one_by_one`]: set for [`SINGLE_DELETES_FOR`] when a batch
+    /// delete failed where a single `DELETE` worked (a store without batch delete, or a batch that
+    /// failed for a passing reason: the batch is tried again after that time).
+    single_deletes: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long deletions go one by one after a batch delete failed where a single one worked.
+const SINGLE_DELETES_FOR: Duration = Duration::from_secs(3600);
 
 type MakeStore = Box<dyn Fn() -> Option<Arc<dyn ObjectStore>> + Send + Sync>;
 
@@ -81,7 +85,7 @@ impl ObjectStoreBackend {
             store: Arc::new(store),
             sized_puts: None,
             one_by_one: None,
-            single_deletes: Default::default(),
+            single_deletes: std::sync::Mutex::new(None),
         })
     }
 
@@ -140,7 +144,7 @@ impl ObjectStoreBackend {
             store,
             sized_puts,
             one_by_one: Some(one_by_one),
-            single_deletes: Default::default(),
+            single_deletes: std::sync::Mutex::new(None),
         })
     }
 }
@@ -148,8 +152,7 @@ impl ObjectStoreBackend {
 impl ObjectStoreBackend {
     /// The store deletions go to: the one-by-one client once the bucket showed it needs it.
     fn deleter(&self) -> &Arc<dyn ObjectStore> {
-        use std::sync::atomic::Ordering;
-        if !self.single_deletes.load(Ordering::Relaxed) {
+        if !self.deleting_one_by_one() {
             return &self.store;
         }
         self.one_by_one
@@ -161,20 +164,31 @@ impl ObjectStoreBackend {
     /// After a failed batch delete: whether a single `DELETE` of `key` works (then deletions go
     /// one by one from now on).
     async fn try_one_by_one(&self, key: &ObjectKey) -> bool {
-        use std::sync::atomic::Ordering;
         let Some(single) = self.one_by_one.as_ref().and_then(OneByOne::get) else {
             return false;
         };
-        if self.single_deletes.load(Ordering::Relaxed) || delete_from(single, key).await.is_err() {
+        if self.deleting_one_by_one() || delete_from(single, key).await.is_err() {
             return false;
         }
-        if !self.single_deletes.swap(true, Ordering::Relaxed) {
+        let mut until = self
+            .single_deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if until.is_none_or(|t| t <= std::time::Instant::now()) {
             tracing::warn!(
-                "object_store_batch_delete_unsupported: the store refused a batch delete and took \
-                 a single DELETE; deleting objects one by one from now on"
+                "object_store_batch_delete_refused: the store refused a batch delete and took a \
+                 single DELETE; deleting objects one by one for the next hour"
             );
         }
+        *until = Some(std::time::Instant::now() + SINGLE_DELETES_FOR);
         true
+    }
+
+    fn deleting_one_by_one(&self) -> bool {
+        self.single_deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| until > std::time::Instant::now())
     }
 }
 
@@ -628,7 +642,7 @@ mod tests {
                 let store: Arc<dyn ObjectStore> = s;
                 OneByOne::new(Box::new(move || Some(store.clone())))
             }),
-            single_deletes: Default::default(),
+            single_deletes: std::sync::Mutex::new(None),
         }
     }
 
@@ -676,7 +690,7 @@ mod tests {
         let b = backend(down(), Some(down()));
         let results = b.delete_many(&[key("1"), key("2")]).await;
         assert!(results.iter().all(Result::is_err), "{results:?}");
-        assert!(!b.single_deletes.load(Ordering::SeqCst));
+        assert!(!b.deleting_one_by_one());
         // Without a one-by-one client (a local directory) there is nothing to fall back to.
         let b = backend(down(), None);
         assert!(b.delete(&key("1")).await.is_err());

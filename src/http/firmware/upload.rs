@@ -120,25 +120,27 @@ async fn receive_and_store(
     // holding the upload slot: a client that disconnects now cannot cut it off half-way (PUTs
     // detached from the transaction that owns their keys).
     let task_state = state.clone();
-    let stored = tokio::spawn(async move {
-        let _slot = slot;
-        let state = task_state;
-        upload::upload_bundle(
-            &state.db,
-            &state.storage,
-            state.effects(),
-            model.id,
-            &model.code,
-            upload::Received { spool, early },
-            limits,
-        )
+    let stored = state
+        .detached
+        .spawn(async move {
+            let _slot = slot;
+            let state = task_state;
+            upload::upload_bundle(
+                &state.db,
+                &state.storage,
+                state.effects(),
+                model.id,
+                &model.code,
+                upload::Received { spool, early },
+                limits,
+            )
+            .await
+        })
         .await
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "firmware_upload_task_failed");
-        ApiError::Internal("Internal error".into())
-    })??;
+        .map_err(|e| {
+            tracing::error!(error = %e, "firmware_upload_task_failed");
+            ApiError::Internal("Internal error".into())
+        })??;
     Ok(Json(FirmwareUploadResponse {
         id: stored.model_id,
         code: stored.model_code,

@@ -96,27 +96,29 @@ pub async fn upload(
     let task_state = state.clone();
     let (device_id, device_key) = (device.id, device.key.clone());
     let task_meta = meta.clone();
-    let id = tokio::spawn(async move {
-        let (_device_permit, _permit) = (_device_permit, _permit);
-        let state = task_state;
-        ingest::store(
-            &state.db,
-            &state.storage,
-            state.config.max_coredumps,
-            Uploader {
-                device_id,
-                device_key: &device_key,
-            },
-            &task_meta,
-            content,
-        )
+    let id = state
+        .detached
+        .spawn(async move {
+            let (_device_permit, _permit) = (_device_permit, _permit);
+            let state = task_state;
+            ingest::store(
+                &state.db,
+                &state.storage,
+                state.config.max_coredumps,
+                Uploader {
+                    device_id,
+                    device_key: &device_key,
+                },
+                &task_meta,
+                content,
+            )
+            .await
+        })
         .await
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "coredump_upload_task_failed");
-        ApiError::Internal("Internal error".into())
-    })??;
+        .map_err(|e| {
+            tracing::error!(error = %e, "coredump_upload_task_failed");
+            ApiError::Internal("Internal error".into())
+        })??;
     // The version a device uploads a dump with is the version it runs (SPEC §15).
     state
         .presence
