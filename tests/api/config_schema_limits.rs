@@ -394,3 +394,48 @@ async fn an_active_only_update_keeps_a_legacy_config_it_cannot_parse() {
     })
     .await;
 }
+
+/// A schema change that waits behind a firmware upload (which holds the model's row for the whole
+/// upload) must not hold the model's device writes with it: it takes the row before the schema
+/// lock. Here the upload's hold on the row is taken by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_waiting_behind_an_upload_does_not_hold_device_writes() {
+    let Some(app) = spawn_app(Stack::Production, "schema_change_behind_upload").await else {
+        return;
+    };
+    let model = create_model(&app, "busy", Some("{\"type\": \"object\"}")).await;
+    let mut upload = app.db().begin().await.unwrap();
+    iotsupport::db::firmware_versions::lock_model(&mut upload, model)
+        .await
+        .unwrap()
+        .expect("the model");
+    let change = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/device-models/{model}"));
+        async move {
+            let body = json!({"config_schema": "{\"type\": \"object\", \"required\": []}"});
+            client.put(url).json(&body).send().await.unwrap().status().as_u16()
+        }
+    });
+    let waiting = eventually(Duration::from_secs(10), || async {
+        let waiting: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE NOT granted"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    assert!(waiting, "the schema change did not wait for the upload");
+    let create = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.create_device(model, "{\"a\": 1}"),
+    )
+    .await;
+    let (status, body) = create.expect("a device write waited for the schema change's upload");
+    assert_eq!(status, 201, "{body}");
+    upload.rollback().await.unwrap();
+    assert_eq!(change.await.unwrap(), 200);
+    app.stop().await;
+}
