@@ -89,6 +89,18 @@ pub enum MigrateAction {
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
+/// Commands that need no configuration, run before it is read: `parse-coredump` touches no
+/// database, object store or network, so a setting in the environment meant for `serve` (even a
+/// wrong one) must not stop it. `None` for every other command.
+pub fn run_without_config(cli: &Cli) -> Option<ExitCode> {
+    match &cli.command {
+        Command::ParseCoredump { dump, elf, json } => {
+            Some(exit_code(parse_coredump(dump, elf, *json)))
+        }
+        _ => None,
+    }
+}
+
 pub async fn run(cli: Cli, config: Config) -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config).await,
@@ -112,6 +124,10 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
         }
         Command::RotationJob => rotation_job(config).await,
     };
+    exit_code(result)
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

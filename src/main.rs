@@ -9,6 +9,9 @@ use iotsupport::config::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(done) = cli::run_without_config(&cli) {
+        return done;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -414,7 +414,14 @@ async fn a_schema_change_waiting_behind_an_upload_does_not_hold_device_writes() 
         let url = app.url(&format!("/api/device-models/{model}"));
         async move {
             let body = json!({"config_schema": "{\"type\": \"object\", \"required\": []}"});
-            client.put(url).json(&body).send().await.unwrap().status().as_u16()
+            client
+                .put(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }
     });
     let waiting = eventually(Duration::from_secs(10), || async {

@@ -13,7 +13,8 @@ use crate::coredumps::testdata_dir;
 const BIN: &str = env!("CARGO_BIN_EXE_iotsupport");
 
 /// Runs the binary in `dir` with a configuration that would fail loudly if anything connected:
-/// a PostgreSQL URL and an S3 endpoint on a port where nothing listens.
+/// a PostgreSQL URL and an S3 endpoint on a port where nothing listens; and with a setting only
+/// `serve` reads that is not valid, which must not matter here.
 fn run(dir: &Path, args: &[&str]) -> Output {
     let dead = format!("127.0.0.1:{}", crate::helpers::free_port());
     Command::new(BIN)
@@ -24,6 +25,7 @@ fn run(dir: &Path, args: &[&str]) -> Output {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", format!("postgres://u:p@{dead}/db"))
         .env("S3_ENDPOINT_URL", format!("http://{dead}"))
+        .env("HTTP_MAX_CONNECTIONS", "none")
         .output()
         .expect("run iotsupport")
 }
