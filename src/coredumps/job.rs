@@ -179,16 +179,16 @@ impl ParseCoredumpHandler {
             })
             .await?;
         let step = Instant::now();
-        let recorded = self
-            .record_outcome(
-                job,
-                target,
-                STATUS_PARSED,
-                &parsed.text,
-                parsed.report_json.as_deref(),
-                parsed.signature.as_ref(),
-            )
-            .await?;
+        let recorded = record_outcome(
+            &self.db,
+            &self.gate,
+            target,
+            STATUS_PARSED,
+            &parsed.text,
+            parsed.report_json.as_deref(),
+            parsed.signature.as_ref(),
+        )
+        .await?;
         record_step("record", step);
         if !recorded {
             return Err(Failure::Gone);
@@ -203,81 +203,17 @@ impl ParseCoredumpHandler {
         Ok(())
     }
 
-    /// Records a finished parse on the dump's row and, if the row is still there and `PENDING`, the
-    /// `coredump_parsed` event and the dump's crash group (with the group's event, see
-    /// [`groups::assign`]), in one transaction. Returns false when the row is gone or has its result
-    /// already (see [`coredumps::record_result`]).
-    ///
-    /// The `assign` metric covers grouping's share: placing the dump and counting it in, but not the
-    /// `coredump_parsed` event recorded between the two.
-    async fn record_outcome(
-        &self,
-        job: &Job,
-        target: &ParseTarget,
-        status: &str,
-        output: &str,
-        report: Option<&str>,
-        signature: Option<&CrashSignature>,
-    ) -> Result<bool, DbError> {
-        let id = target.id;
-        let (db, gate) = (&self.db, &self.gate);
-        let mut tx = db.begin().await?;
-        // The update locks the dump's row: grouping below never races another parse of this dump.
-        let from = coredumps::ParseJob {
-            id: job.id,
-            payload: &job.payload,
-        };
-        let recorded = coredumps::record_result(&mut tx, id, status, output, report, from).await?;
-        let mut changes = Vec::new();
-        let mut turn = None;
-        if recorded {
-            let started = Instant::now();
-            let placement = match signature {
-                Some(signature) => {
-                    Some(groups::place(&mut tx, &member_facts(target), signature).await?)
-                }
-                None => None,
-            };
-            let placing = started.elapsed();
-            let group = match placement {
-                Some(placement) => Some(placement.group_id),
-                // No signature (an error, the sidecar): the dump stays where it was, if anywhere.
-                None => crate::db::crash_groups::membership(&mut tx, id).await?,
-            };
-            // Before the group's lock (taken by `count_in`), which every dump of the group waits for.
-            events::record(
-                &mut tx,
-                "coredump_parsed",
-                &serde_json::json!({"id": id, "parse_status": status, "crash_group_id": group}),
-            )
-            .await?;
-            if let Some(placement) = placement {
-                let started = Instant::now();
-                // Held until the commit below: this process's other parses of the group wait here,
-                // not in the database (see `group_gate`). Not on SQLite: its writers are serialised
-                // by the database, and a transaction waiting here would hold the write lock the
-                // turn's holder needs.
-                if db.kind() == DatabaseKind::Postgres {
-                    turn = Some(gate.turn(placement.group_id).await);
-                }
-                changes = groups::count_in(&mut tx, &member_facts(target), placement)
-                    .await?
-                    .changes;
-                metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
-                    "step" => "assign")
-                .record((placing + started.elapsed()).as_secs_f64());
-            }
-        }
-        tx.commit().await?;
-        drop(turn);
-        groups::count_committed(&changes);
-        Ok(recorded)
-    }
-
-    async fn record_error(&self, job: &Job, target: &ParseTarget, message: &str) -> JobOutcome {
-        match self
-            .record_outcome(job, target, STATUS_ERROR, message, None, None)
-            .await
+    async fn record_error(&self, target: &ParseTarget, message: &str) -> JobOutcome {
+        match record_outcome(
+            &self.db,
+            &self.gate,
+            target,
+            STATUS_ERROR,
+            message,
+            None,
+            None,
+        )
+        .await
         {
             Ok(_) => JobOutcome::Completed,
             Err(e) => JobOutcome::Retry {
@@ -286,6 +222,72 @@ impl ParseCoredumpHandler {
             },
         }
     }
+}
+
+/// Records a finished parse on the dump's row and, if the row is still there and `PENDING`, the
+/// `coredump_parsed` event and the dump's crash group (with the group's event, see
+/// [`groups::assign`]), in one transaction. Returns false when the row is gone or has its result
+/// already (see [`coredumps::record_result`]).
+///
+/// The `assign` metric covers grouping's share: placing the dump and counting it in, but not the
+/// `coredump_parsed` event recorded between the two.
+async fn record_outcome(
+    db: &Db,
+    gate: &GroupGate,
+    target: &ParseTarget,
+    status: &str,
+    output: &str,
+    report: Option<&str>,
+    signature: Option<&CrashSignature>,
+) -> Result<bool, DbError> {
+    let id = target.id;
+    let mut tx = db.begin().await?;
+    // The update locks the dump's row: grouping below never races another parse of this dump.
+    let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
+    let mut changes = Vec::new();
+    let mut turn = None;
+    if recorded {
+        let started = Instant::now();
+        let placement = match signature {
+            Some(signature) => {
+                Some(groups::place(&mut tx, &member_facts(target), signature).await?)
+            }
+            None => None,
+        };
+        let placing = started.elapsed();
+        let group = match placement {
+            Some(placement) => Some(placement.group_id),
+            // No signature (an error, the sidecar): the dump stays where it was, if anywhere.
+            None => crate::db::crash_groups::membership(&mut tx, id).await?,
+        };
+        // Before the group's lock (taken by `count_in`), which every dump of the group waits for.
+        events::record(
+            &mut tx,
+            "coredump_parsed",
+            &serde_json::json!({"id": id, "parse_status": status, "crash_group_id": group}),
+        )
+        .await?;
+        if let Some(placement) = placement {
+            let started = Instant::now();
+            // Held until the commit below: this process's other parses of the group wait here,
+            // not in the database (see `group_gate`). Not on SQLite: its writers are serialised
+            // by the database, and a transaction waiting here would hold the write lock the
+            // turn's holder needs.
+            if db.kind() == DatabaseKind::Postgres {
+                turn = Some(gate.turn(placement.group_id).await);
+            }
+            changes = groups::count_in(&mut tx, &member_facts(target), placement)
+                .await?
+                .changes;
+            metrics::histogram!(crate::telemetry::COREDUMP_GROUPING_DURATION,
+                "step" => "assign")
+            .record((placing + started.elapsed()).as_secs_f64());
+        }
+    }
+    tx.commit().await?;
+    drop(turn);
+    groups::count_committed(&changes);
+    Ok(recorded)
 }
 
 fn record_step(step: &'static str, started: Instant) {
@@ -355,7 +357,7 @@ impl JobHandler for ParseCoredumpHandler {
             Err(Failure::Permanent(message)) => {
                 tracing::warn!(coredump_id = id, device_key = %target.device_key,
                     parser = self.parser.name(), error = %message, "coredump_parse_failed");
-                self.record_error(job, &target, &message).await
+                self.record_error(&target, &message).await
             }
             Err(Failure::Transient(message)) if job.attempts >= job.max_attempts => {
                 let message = format!(
@@ -364,7 +366,7 @@ impl JobHandler for ParseCoredumpHandler {
                 );
                 tracing::warn!(coredump_id = id, device_key = %target.device_key,
                     parser = self.parser.name(), error = %message, "coredump_parse_failed");
-                self.record_error(job, &target, &message).await
+                self.record_error(&target, &message).await
             }
             Err(Failure::Transient(message)) => JobOutcome::Retry {
                 after: jobs::backoff(job.attempts),
@@ -387,10 +389,18 @@ impl JobHandler for ParseCoredumpHandler {
         let message = format!("Parsing gave up: {error}");
         tracing::warn!(coredump_id = target.id, device_key = %target.device_key,
             error = %message, "coredump_parse_failed");
-        self.record_outcome(job, &target, STATUS_ERROR, &message, None, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        record_outcome(
+            &self.db,
+            &self.gate,
+            &target,
+            STATUS_ERROR,
+            &message,
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -330,48 +330,30 @@ pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbErr
     .await)?)
 }
 
-/// The parse job a result comes from: its id and payload.
-#[derive(Debug, Clone, Copy)]
-pub struct ParseJob<'a> {
-    pub id: i64,
-    pub payload: &'a str,
-}
-
 /// Records a finished parse: `PARSED` (with the text and, from the built-in parser, the
 /// structured report) or `ERROR` (with the reason in `parsed_output`), on a dump still `PENDING`.
 /// Returns false when the row is gone (deleted while the job ran) or has its result already: a
 /// parse that finishes late (its job was run again after a reparse, or retried after its result
-/// was committed) never overwrites a newer one. Nor does it take the place of a newer parse of
-/// the same dump, queued or running (a reparse asked for while `job` ran): the dump waits for
-/// that one's result.
+/// was committed) never overwrites a newer one.
 pub async fn record_result(
     tx: &mut Tx,
     id: i64,
     status: &str,
     output: &str,
     report: Option<&str>,
-    job: ParseJob<'_>,
 ) -> Result<bool, DbError> {
     let now = now();
     let rows = on_conn!(tx, |c| {
-        // Two lookups, each served by an index (queued jobs by kind and payload, the others by
-        // status).
         sqlx::query(
             "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
                                   updated_at = $4
-             WHERE id = $5 AND parse_status = 'PENDING'
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'queued'
-                                  AND j.kind = 'parse_coredump' AND j.payload = $6 AND j.id > $7)
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'running'
-                                  AND j.kind = 'parse_coredump' AND j.payload = $6 AND j.id > $7)",
+             WHERE id = $5 AND parse_status = 'PENDING'",
         )
         .bind(status)
         .bind(output)
         .bind(report)
         .bind(now)
         .bind(id)
-        .bind(job.payload)
-        .bind(job.id)
         .execute(c)
         .await
         .map(|r| r.rows_affected())

@@ -412,28 +412,3 @@ async fn a_parse_finishing_late_does_not_overwrite_a_newer_result() {
     assert_eq!(body["parsed_output"], "the newer result", "{body}");
     app.stop().await;
 }
-
-/// A reparse asked for while an older parse of the dump is still queued (or running) leaves the
-/// result to the newer one: the older parse does not record its result on the reset dump (it
-/// may have read the firmware the reparse was asked for because of), and the newer one then
-/// still finds the dump `PENDING`.
-#[tokio::test]
-async fn an_older_parse_leaves_the_result_to_a_reparse_asked_for_meanwhile() {
-    TestApp::builder("coredump_reparse_meanwhile")
-        .without_default_job_handlers()
-        .for_each_stack(async |app| {
-            let device = model_with_device(app, "sensor").await;
-            let id = upload_ok(app, &device, "1.0", b"not a dump").await;
-            let (status, _) = app.reparse_coredump(device.id, id).await;
-            assert_eq!(status, 202);
-            assert_eq!(count(app, "jobs").await, 2);
-            // The older parse runs first: its result is not recorded.
-            assert_eq!(run_one_job(app).await, Some(JobOutcome::Completed));
-            assert_eq!(dump(app, &device, id).await["parse_status"], "PENDING");
-            // The reparse's is.
-            assert_eq!(run_one_job(app).await, Some(JobOutcome::Completed));
-            assert_eq!(dump(app, &device, id).await["parse_status"], "ERROR");
-            assert_eq!(count(app, "jobs").await, 0);
-        })
-        .await;
-}
