@@ -376,20 +376,28 @@ async fn migrate_to_s3_stopped_by_s3_half_way_leaves_nothing_half_written_and_a_
     assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
 }
 
-#[tokio::test]
-async fn migrate_to_s3_on_revision_008_fills_in_versions_the_python_service_already_moved() {
-    let Some(legacy) = legacy_database("migrate_to_s3_008", "008").await else {
-        return;
-    };
+/// A revision-008 database adopted by `migrate`, and a legacy tree whose ASSETS_DIR holds the
+/// bundle of 0.9.0 (returned), which the Python service had already moved to the bucket itself.
+async fn adopted_008_with_its_0_9_0_zip(test: &str) -> Option<(Legacy, LegacyTree, Build)> {
+    let legacy = legacy_database(test, "008").await?;
     assert_success(&run(&legacy.env(), &["migrate"]));
-    // The Python service's own migrate-to-s3 uploaded 0.9.0 (no hashes in its row); its bundle
-    // is still in ASSETS_DIR, next to a newer one.
     let tree = legacy_tree();
     let old = Build::new("0.9.0", "o");
     write(
         &tree.assets.join("sensor/firmware-0.9.0.zip"),
         &old.zip("sensor"),
     );
+    Some((legacy, tree, old))
+}
+
+#[tokio::test]
+async fn migrate_to_s3_on_revision_008_fills_in_versions_the_python_service_already_moved() {
+    // The Python service's own migrate-to-s3 uploaded 0.9.0 (no hashes in its row); its bundle
+    // is still in ASSETS_DIR, next to a newer one.
+    let Some((legacy, tree, old)) = adopted_008_with_its_0_9_0_zip("migrate_to_s3_008").await
+    else {
+        return;
+    };
     let out = assert_success(&run(&tree_env(&legacy, &tree), &["migrate-to-s3"]));
     assert!(out.contains("Firmware ZIPs migrated: 3"), "{out}");
     assert!(
@@ -428,18 +436,12 @@ async fn migrate_to_s3_on_revision_008_fills_in_versions_the_python_service_alre
 
 #[tokio::test]
 async fn migrate_to_s3_keeps_a_newer_build_the_python_service_stored_under_the_same_version() {
-    let Some(legacy) = legacy_database("migrate_to_s3_newer", "008").await else {
-        return;
-    };
-    assert_success(&run(&legacy.env(), &["migrate"]));
     // The ZIP on disk is 0.9.0 as first uploaded; the Python service has since stored another
     // build under 0.9.0 in the bucket (a re-upload overwrote the objects, not the ZIP).
-    let tree = legacy_tree();
-    let old = Build::new("0.9.0", "o");
-    write(
-        &tree.assets.join("sensor/firmware-0.9.0.zip"),
-        &old.zip("sensor"),
-    );
+    let Some((legacy, tree, _)) = adopted_008_with_its_0_9_0_zip("migrate_to_s3_newer").await
+    else {
+        return;
+    };
     let newer = Build::new("0.9.0", "n");
     iotsupport::storage::bucket::ensure_bucket(&legacy.s3_config())
         .await
