@@ -64,6 +64,14 @@ async fn sign_in_from(
     request.send().await.unwrap()
 }
 
+/// One wrong Bearer token from each of `addresses` (behind the local proxy), each refused 401.
+async fn guess_from_each(app: &TestApp, addresses: impl Iterator<Item = String>) {
+    for from in addresses {
+        let response = bearer_from(app, "guess-guess-guess", &from).await;
+        assert_eq!(response.status(), 401, "{from}");
+    }
+}
+
 /// `GET /api/auth/self` with `Authorization: Bearer token`, from `forwarded_for`.
 async fn bearer_from(app: &TestApp, token: &str, forwarded_for: &str) -> reqwest::Response {
     browser()
@@ -349,13 +357,7 @@ async fn wrong_admin_tokens_in_bearer_and_form_close_only_the_address_that_sent_
         .unwrap();
     assert_eq!(direct.status(), 200);
     // One IPv6 host is one /64: moving within it does not reopen the count.
-    for i in 0..6 {
-        let from = format!("2001:db8:5:6::{i:x}");
-        assert_eq!(
-            bearer_from(&app, "guess-guess-guess", &from).await.status(),
-            401
-        );
-    }
+    guess_from_each(&app, (0..6).map(|i| format!("2001:db8:5:6::{i:x}"))).await;
     assert_eq!(
         bearer_from(&app, TOKEN, "2001:db8:5:6::ff").await.status(),
         429
@@ -375,13 +377,7 @@ async fn wrong_admin_tokens_in_bearer_and_form_close_only_the_address_that_sent_
     else {
         return;
     };
-    for i in 0..6 {
-        let from = format!("198.51.100.{}", 10 + i);
-        assert_eq!(
-            bearer_from(&app, "guess-guess-guess", &from).await.status(),
-            401
-        );
-    }
+    guess_from_each(&app, (0..6).map(|i| format!("198.51.100.{}", 10 + i))).await;
     assert_eq!(
         bearer_from(&app, TOKEN, "198.51.100.99").await.status(),
         429
