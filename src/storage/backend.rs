@@ -646,6 +646,15 @@ mod tests {
         }
     }
 
+    /// A backend over an in-memory bucket whose multipart parts after the first fail.
+    fn with_failing_parts() -> (Arc<Quirky>, ObjectStoreBackend) {
+        let quirky = Arc::new(Quirky {
+            failing_parts: true,
+            ..Quirky::over(&Arc::new(InMemory::new()))
+        });
+        (quirky.clone(), backend(quirky, None))
+    }
+
     fn key(name: &str) -> ObjectKey {
         ObjectKey::parse(format!("coredumps/abcd/{name}.dmp")).unwrap()
     }
@@ -698,12 +707,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_streamed_put_whose_part_fails_is_aborted() {
-        let bucket = Arc::new(InMemory::new());
-        let quirky = Arc::new(Quirky {
-            failing_parts: true,
-            ..Quirky::over(&bucket)
-        });
-        let b = backend(quirky.clone(), None);
+        let (quirky, b) = with_failing_parts();
         // Eight parts' worth: the second part fails, and the failure shows while the later
         // parts wait for room (before `finish`, which would abort by itself).
         let part = Bytes::from(vec![7u8; PART_SIZE]);
@@ -721,12 +725,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_streamed_put_given_up_by_its_caller_is_aborted() {
-        let bucket = Arc::new(InMemory::new());
-        let quirky = Arc::new(Quirky {
-            failing_parts: true,
-            ..Quirky::over(&bucket)
-        });
-        let b = backend(quirky.clone(), None);
+        let (quirky, b) = with_failing_parts();
         // A body that sends a little and then nothing: the request is dropped meanwhile.
         let body = futures::stream::iter([Ok(Bytes::from_static(b"some"))])
             .chain(futures::stream::pending())
