@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::body::DeadlineBody;
+use super::body::{DeadlineBody, HeldBody};
 use super::client_addr::PeerAddr;
 use crate::config::HttpLimits;
 use crate::telemetry;
@@ -153,14 +153,7 @@ pub async fn serve(
             let response = router.clone().oneshot(req);
             async move {
                 // The request stays "in progress" until its response body is done or dropped.
-                response.await.map(|r| {
-                    r.map(|body| {
-                        Body::new(GuardedBody {
-                            body,
-                            _guard: guard,
-                        })
-                    })
-                })
+                response.await.map(|r| HeldBody::wrap(r, guard))
             }
         });
         let serving = http.serve_connection(io, TowerToHyperService::new(service));
@@ -305,32 +298,6 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its request counted as in progress until it is done or dropped.
-struct GuardedBody {
-    body: Body,
-    _guard: ActiveGuard,
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 
