@@ -308,14 +308,14 @@ async fn finish(
             let withdrawn: Vec<String> = pruned
                 .ids
                 .iter()
-                .map(|&coredump_id| jobs::payload_text(&ParsePayload { coredump_id }))
+                .map(|&coredump_id| jobs::payload_text(&ParsePayload::first(coredump_id)))
                 .collect::<Result<_, _>>()?;
             let record = coredumps::UploadRecord {
                 now: crate::db::now(),
                 deletions: &pruned.keys,
                 job_kind: PARSE_JOB,
                 withdrawn_job_payloads: &withdrawn,
-                job_payload: &jobs::payload_text(&ParsePayload { coredump_id: id })?,
+                job_payload: &jobs::payload_text(&ParsePayload::first(id))?,
                 job_max_attempts: PARSE_MAX_ATTEMPTS,
                 event_kind: STORED_EVENT,
                 event_payload: &event.to_string(),

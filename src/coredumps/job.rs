@@ -47,17 +47,62 @@ pub const PARSE_MAX_ATTEMPTS: i32 = 16;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ParsePayload {
     pub coredump_id: i64,
+    /// The dump's parse generation the job was queued for (see [`requeue`]). 0, the first parse,
+    /// is left out of the text, so the upload's job reads `{"coredump_id":N}` as it always did
+    /// (retention withdraws queued parses by that text, and migration 17 wrote it).
+    #[serde(default, skip_serializing_if = "is_first_generation")]
+    pub generation: i64,
 }
 
-/// Queues a parse of `coredump_id` in the caller's transaction.
+fn is_first_generation(generation: &i64) -> bool {
+    *generation == 0
+}
+
+impl ParsePayload {
+    /// The payload of a dump's first parse, queued with its upload.
+    pub fn first(coredump_id: i64) -> Self {
+        ParsePayload {
+            coredump_id,
+            generation: 0,
+        }
+    }
+}
+
+/// Queues the first parse of `coredump_id` (just stored) in the caller's transaction.
 pub async fn enqueue(tx: &mut Tx, coredump_id: i64) -> Result<i64, DbError> {
     jobs::enqueue(
         tx,
         PARSE_JOB,
-        &ParsePayload { coredump_id },
+        &ParsePayload::first(coredump_id),
         PARSE_MAX_ATTEMPTS,
     )
     .await
+}
+
+/// Parses a dump again, in the caller's transaction: the row goes back to `PENDING` in its next
+/// parse generation, a still queued parse of the previous generation is withdrawn, and a job for
+/// the new one is queued. A parse of an older generation still running finds itself superseded
+/// and records nothing (see [`coredumps::record_result`]). False if there is no such dump.
+pub async fn requeue(tx: &mut Tx, device_id: i64, coredump_id: i64) -> Result<bool, DbError> {
+    let Some(generation) = coredumps::reset_to_pending(tx, device_id, coredump_id).await? else {
+        return Ok(false);
+    };
+    let previous = ParsePayload {
+        coredump_id,
+        generation: generation - 1,
+    };
+    jobs::cancel_queued(tx, PARSE_JOB, &[previous]).await?;
+    jobs::enqueue(
+        tx,
+        PARSE_JOB,
+        &ParsePayload {
+            coredump_id,
+            generation,
+        },
+        PARSE_MAX_ATTEMPTS,
+    )
+    .await?;
+    Ok(true)
 }
 
 /// How many parses are queued: after an adoption, those migration 17 queued for the Python
@@ -76,7 +121,7 @@ pub async fn queued_parses(db: &Db) -> Result<i64, DbError> {
 pub async fn cancel(tx: &mut Tx, coredump_ids: &[i64]) -> Result<u64, DbError> {
     let payloads: Vec<ParsePayload> = coredump_ids
         .iter()
-        .map(|&coredump_id| ParsePayload { coredump_id })
+        .map(|&coredump_id| ParsePayload::first(coredump_id))
         .collect();
     jobs::cancel_queued(tx, PARSE_JOB, &payloads).await
 }
@@ -243,7 +288,9 @@ async fn record_outcome(
     let id = target.id;
     let mut tx = db.begin().await?;
     // The update locks the dump's row: grouping below never races another parse of this dump.
-    let recorded = coredumps::record_result(&mut tx, id, status, output, report).await?;
+    let recorded =
+        coredumps::record_result(&mut tx, id, target.parse_generation, status, output, report)
+            .await?;
     let mut changes = Vec::new();
     let mut turn = None;
     if recorded {
@@ -337,6 +384,11 @@ impl JobHandler for ParseCoredumpHandler {
                 }
             }
         };
+        if target.parse_generation != payload.generation {
+            // A reparse since this job was queued has a job of its own.
+            tracing::info!(coredump_id = id, "coredump_parse_superseded");
+            return JobOutcome::Completed;
+        }
         let started = Instant::now();
         let attempt = self.attempt(job, &target).await;
         let outcome = match &attempt {
@@ -382,8 +434,9 @@ impl JobHandler for ParseCoredumpHandler {
             return Ok(());
         };
         let target = match coredumps::parse_target(&self.db, payload.coredump_id).await {
-            Ok(Some(target)) => target,
-            Ok(None) => return Ok(()),
+            // Gone, or reparsed since: the newer parse's job answers for it.
+            Ok(Some(target)) if target.parse_generation == payload.generation => target,
+            Ok(_) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
         let message = format!("Parsing gave up: {error}");

@@ -88,10 +88,9 @@ pub async fn delete_all(db: &Db, device_id: i64) -> Result<usize, ManageError> {
 pub async fn reparse(db: &Db, device_id: i64, id: i64) -> Result<CoredumpRow, ManageError> {
     let mut tx = db.begin().await?;
     let key = device_key(&mut tx, device_id).await?;
-    if !coredumps::reset_to_pending(&mut tx, device_id, id).await? {
+    if !super::job::requeue(&mut tx, device_id, id).await? {
         return Err(ManageError::CoredumpNotFound(id));
     }
-    super::job::enqueue(&mut tx, id).await?;
     let (_, row) = load(&mut tx, device_id, id).await?;
     tx.commit().await?;
     tracing::info!(device_key = %key, coredump_id = id, "coredump_reparse_queued");

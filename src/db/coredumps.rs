@@ -281,19 +281,27 @@ pub async fn delete_all(tx: &mut Tx, device_id: i64) -> Result<Vec<i64>, DbError
     .await)?)
 }
 
-/// Puts a dump back to `PENDING` (for a reparse), clearing the previous result.
-pub async fn reset_to_pending(tx: &mut Tx, device_id: i64, id: i64) -> Result<bool, DbError> {
+/// Puts a dump back to `PENDING` (for a reparse), clearing the previous result, and starts its
+/// next parse generation. Returns that generation (`None` if there is no such dump): only a parse
+/// job carrying it may record the next result (see [`record_result`]).
+pub async fn reset_to_pending(
+    tx: &mut Tx,
+    device_id: i64,
+    id: i64,
+) -> Result<Option<i64>, DbError> {
     let now = now();
-    let rows =
-        crate::execute!(tx, sqlx::query(
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
         "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, report = NULL,
-                              parsed_at = NULL, updated_at = $1
-         WHERE id = $2 AND device_id = $3"
+                              parsed_at = NULL, updated_at = $1,
+                              parse_generation = parse_generation + 1
+         WHERE id = $2 AND device_id = $3
+         RETURNING parse_generation"
     )
     .bind(now)
     .bind(id)
-    .bind(device_id))?;
-    Ok(rows == 1)
+    .bind(device_id)
+    .fetch_optional(c)
+    .await)?)
 }
 
 /// What a parse job needs to know about its dump.
@@ -310,6 +318,8 @@ pub struct ParseTarget {
     /// The SHA-256 of the firmware ELF of the dump's model and version, as its `firmware_versions`
     /// row records it (`None` without such a row, or for legacy rows).
     pub elf_sha256: Option<String>,
+    /// The dump's parse generation: a job that carries an older one was superseded by a reparse.
+    pub parse_generation: i64,
 }
 
 /// The dump a parse job works on, with its device's key and model code and the recorded hash of
@@ -317,7 +327,8 @@ pub struct ParseTarget {
 pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, ParseTarget>(
         "SELECT c.id, c.chip, c.firmware_version, d.key AS device_key, m.code AS model_code,
-                c.device_id, d.device_model_id, c.uploaded_at, f.firmware_elf_sha256 AS elf_sha256
+                c.device_id, d.device_model_id, c.uploaded_at, f.firmware_elf_sha256 AS elf_sha256,
+                c.parse_generation
          FROM coredumps c
          JOIN devices d ON d.id = c.device_id
          JOIN device_models m ON m.id = d.device_model_id
@@ -331,13 +342,15 @@ pub async fn parse_target(db: &Db, id: i64) -> Result<Option<ParseTarget>, DbErr
 }
 
 /// Records a finished parse: `PARSED` (with the text and, from the built-in parser, the
-/// structured report) or `ERROR` (with the reason in `parsed_output`), on a dump still `PENDING`.
-/// Returns false when the row is gone (deleted while the job ran) or has its result already: a
-/// parse that finishes late (its job was run again after a reparse, or retried after its result
-/// was committed) never overwrites a newer one.
+/// structured report) or `ERROR` (with the reason in `parsed_output`), on a dump still `PENDING`
+/// in the parse `generation` the job started with. Returns false when the row is gone (deleted
+/// while the job ran), has its result already, or was reparsed since: a parse that finishes late
+/// (its job was run again after its result was committed, or it was in flight when a reparse was
+/// asked for) never overwrites a newer result nor takes the place of the reparse.
 pub async fn record_result(
     tx: &mut Tx,
     id: i64,
+    generation: i64,
     status: &str,
     output: &str,
     report: Option<&str>,
@@ -347,13 +360,14 @@ pub async fn record_result(
         sqlx::query(
             "UPDATE coredumps SET parse_status = $1, parsed_output = $2, report = $3, parsed_at = $4,
                                   updated_at = $4
-             WHERE id = $5 AND parse_status = 'PENDING'",
+             WHERE id = $5 AND parse_status = 'PENDING' AND parse_generation = $6",
         )
         .bind(status)
         .bind(output)
         .bind(report)
         .bind(now)
         .bind(id)
+        .bind(generation)
         .execute(c)
         .await
         .map(|r| r.rows_affected())

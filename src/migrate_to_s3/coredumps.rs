@@ -14,7 +14,7 @@ use futures::StreamExt;
 use super::report::{Kind, Outcome, Reporter};
 use super::{sorted_entries, subdirectory_entries, MigrateToS3Error, Options};
 use crate::coredumps::job as parse_job;
-use crate::db::coredumps::{self as dumps, STATUS_PARSED};
+use crate::db::coredumps::STATUS_PARSED;
 use crate::db::{adopt, legacy, Db};
 use crate::layout::coredump_key;
 use crate::storage::{file_stream, Storage};
@@ -209,8 +209,7 @@ async fn migrate_one(
         return Ok(());
     }
     if row.parse_status != STATUS_PARSED {
-        dumps::reset_to_pending(&mut tx, file.device_id, row.id).await?;
-        parse_job::enqueue(&mut tx, row.id).await?;
+        parse_job::requeue(&mut tx, file.device_id, row.id).await?;
     }
     tx.commit().await?;
     if row.size != size {

@@ -412,3 +412,118 @@ async fn a_parse_finishing_late_does_not_overwrite_a_newer_result() {
     assert_eq!(body["parsed_output"], "the newer result", "{body}");
     app.stop().await;
 }
+
+/// A parser whose first call waits until the test lets it answer: a parse held in flight.
+struct HeldParser {
+    answers: std::sync::Mutex<Vec<&'static str>>,
+    started: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl iotsupport::coredumps::parser::CoredumpParser for HeldParser {
+    fn name(&self) -> &'static str {
+        "held"
+    }
+
+    async fn parse(
+        &self,
+        _request: iotsupport::coredumps::parser::ParseRequest,
+    ) -> Result<
+        iotsupport::coredumps::parser::ParsedDump,
+        iotsupport::coredumps::parser::ParseFailure,
+    > {
+        let text = self.answers.lock().unwrap().remove(0);
+        self.started.notify_one();
+        self.release.acquire().await.unwrap().forget();
+        Ok(iotsupport::coredumps::parser::ParsedDump {
+            text: text.to_string(),
+            report_json: None,
+            signature: None,
+        })
+    }
+}
+
+/// A reparse asked for while an older parse of the dump is still running (e.g. right after its
+/// missing ELF was uploaded) gets its own result: the parse in flight, which finishes first with
+/// the old answer, records nothing, and the dump ends with the reparse's result.
+#[tokio::test]
+async fn a_reparse_asked_for_while_a_parse_is_in_flight_is_not_consumed_by_it() {
+    for stack in [Stack::Production, Stack::Embedded] {
+        let Some(app) = spawn_app_without_parsing(stack, "coredump_reparse_in_flight", &[]).await
+        else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        let id = upload_ok(&app, &device, "1.0", b"a dump").await;
+        let parser = std::sync::Arc::new(HeldParser {
+            answers: std::sync::Mutex::new(vec!["the old answer", "the reparse's answer"]),
+            started: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        });
+        let handler = iotsupport::coredumps::job::ParseCoredumpHandler::new(
+            app.db().clone(),
+            app.state.storage.clone(),
+            parser.clone(),
+        );
+        let runner = std::sync::Arc::new(iotsupport::jobs::worker::JobRunner::new(
+            app.db().clone(),
+            vec![std::sync::Arc::new(handler)],
+            Duration::from_secs(60),
+        ));
+        let first = tokio::spawn({
+            let runner = runner.clone();
+            async move { runner.run_one().await.unwrap().map(|(_, outcome)| outcome) }
+        });
+        parser.started.notified().await;
+
+        let (status, body) = app.reparse_coredump(device.id, id).await;
+        assert_eq!(status, 202, "{body}");
+        parser.release.add_permits(1);
+        assert_eq!(first.await.unwrap(), Some(JobOutcome::Completed));
+        let body = dump(&app, &device, id).await;
+        assert_eq!(body["parse_status"], "PENDING", "{stack:?}: {body}");
+
+        parser.release.add_permits(1);
+        assert_eq!(
+            runner.run_one().await.unwrap().map(|(_, o)| o),
+            Some(JobOutcome::Completed)
+        );
+        let body = dump(&app, &device, id).await;
+        assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");
+        assert_eq!(
+            body["parsed_output"], "the reparse's answer",
+            "{stack:?}: {body}"
+        );
+        assert_eq!(count(&app, "jobs").await, 0, "{stack:?}");
+        app.stop().await;
+    }
+}
+
+/// A reparse withdraws its dump's parse still waiting in the queue: two reparses in a row leave
+/// one job, and the dump is parsed once.
+#[tokio::test]
+async fn a_reparse_withdraws_the_queued_parse_it_replaces() {
+    let Some(app) =
+        spawn_app_without_parsing(Stack::Production, "coredump_reparse_withdraws", &[]).await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "sensor").await;
+    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
+    assert_eq!(count(&app, "jobs").await, 1);
+    for _ in 0..2 {
+        let (status, body) = app.reparse_coredump(device.id, id).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(count(&app, "jobs").await, 1);
+    }
+    let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+    assert_eq!(
+        jobs[0].payload,
+        format!(r#"{{"coredump_id":{id},"generation":2}}"#)
+    );
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    assert_eq!(dump(&app, &device, id).await["parse_status"], "ERROR");
+    assert_eq!(run_one_job(&app).await, None);
+    app.stop().await;
+}
