@@ -113,6 +113,29 @@ pub async fn count_flows(db: &Db) -> Result<i64, DbError> {
     .await)?)
 }
 
+/// Sign-ins waiting for their callback that `client_scope` started (expired ones included until
+/// purged).
+pub async fn count_flows_from(db: &Db, client_scope: &str) -> Result<i64, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM login_flows WHERE client_scope = $1"
+    )
+    .bind(client_scope)
+    .fetch_one(p)
+    .await)?)
+}
+
+/// Forgets the `count` oldest sign-ins in progress; how many.
+pub async fn drop_oldest_flows(db: &Db, count: i64) -> Result<u64, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query(
+        "DELETE FROM login_flows WHERE state_hash IN
+             (SELECT state_hash FROM login_flows ORDER BY created_at, state_hash LIMIT $1)"
+    )
+    .bind(count)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?)
+}
+
 /// An OIDC sign-in waiting for its callback.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LoginFlowRow {
@@ -122,13 +145,15 @@ pub struct LoginFlowRow {
     pub redirect_uri: String,
     pub return_to: String,
     pub created_at: DateTime<Utc>,
+    /// Who started it (`crate::http::client_addr::ClientScope`).
+    pub client_scope: String,
 }
 
 pub async fn insert_flow(db: &Db, row: &LoginFlowRow) -> Result<(), DbError> {
     on_pool!(db, |p| sqlx::query(
         "INSERT INTO login_flows (state_hash, pkce_verifier, nonce, redirect_uri, return_to,
-             created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)"
+             created_at, client_scope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
     )
     .bind(&row.state_hash)
     .bind(&row.pkce_verifier)
@@ -136,6 +161,7 @@ pub async fn insert_flow(db: &Db, row: &LoginFlowRow) -> Result<(), DbError> {
     .bind(&row.redirect_uri)
     .bind(&row.return_to)
     .bind(row.created_at)
+    .bind(&row.client_scope)
     .execute(p)
     .await
     .map(|r| r.rows_affected()))?;
@@ -146,7 +172,8 @@ pub async fn insert_flow(db: &Db, row: &LoginFlowRow) -> Result<(), DbError> {
 pub async fn take_flow(db: &Db, state_hash: &str) -> Result<Option<LoginFlowRow>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, LoginFlowRow>(
         "DELETE FROM login_flows WHERE state_hash = $1
-         RETURNING state_hash, pkce_verifier, nonce, redirect_uri, return_to, created_at"
+         RETURNING state_hash, pkce_verifier, nonce, redirect_uri, return_to, created_at,
+                   client_scope"
     )
     .bind(state_hash)
     .fetch_optional(p)

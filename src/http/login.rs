@@ -51,14 +51,17 @@ const MAX_REDIRECT_URI: usize = 2048;
         (status = 200, description = "The ADMIN_TOKEN sign-in form (text/html)")))]
 pub async fn login(
     State(state): State<AppState>,
+    client: ClientScope,
     headers: HeaderMap,
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, ApiError> {
     let return_to = sessions::safe_return_path(query.redirect.as_deref());
     if let Some(base) = &state.config.auth_login_url {
         let separator = if base.contains('?') { '&' } else { '?' };
+        // The cleaned path, as everywhere else: the login page behind this URL may send the
+        // browser wherever it is told.
         let target = match &query.redirect {
-            Some(redirect) => format!("{base}{separator}redirect={}", encode(redirect)),
+            Some(_) => format!("{base}{separator}redirect={}", encode(&return_to)),
             None => base.clone(),
         };
         return Ok(found(&target));
@@ -80,12 +83,18 @@ pub async fn login(
                 "The sign-in callback URL built from this request is too long (set OIDC_REDIRECT_URL)",
             ));
         }
-        let Some(flow) = sessions::start_flow(&state.db, &redirect_uri, &return_to).await? else {
-            return Err(ApiError::Unavailable {
-                message: "Too many sign-ins are in progress; try again in a few minutes".into(),
-                details: None,
-            });
-        };
+        let flow =
+            match sessions::start_flow(&state.db, &client.0, &redirect_uri, &return_to).await? {
+                sessions::FlowStart::Started(flow) => flow,
+                sessions::FlowStart::TooManyFromClient => {
+                    return Err(ApiError::TooManyRequests {
+                        message: "Too many sign-ins were started from this address and not \
+                              finished; try again in a few minutes"
+                            .into(),
+                        retry_after: 60,
+                    })
+                }
+            };
         let url = oidc
             .authorization_url(
                 &oidc.settings().client,

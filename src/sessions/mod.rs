@@ -193,19 +193,40 @@ pub struct LoginFlow {
 }
 
 /// Sign-ins in progress at most (each waits up to [`FLOW_LIFETIME`] for its callback): anyone may
-/// start one, so their rows must not grow without bound.
+/// start one, so their rows must not grow without bound. At the bound the oldest make room: a
+/// full table never refuses a sign-in, it shortens the wait of the ones nobody finished.
 pub const MAX_FLOWS_IN_PROGRESS: i64 = 10_000;
 
-/// Starts a sign-in: fresh state, PKCE verifier and nonce, stored until the callback. `None` when
-/// [`MAX_FLOWS_IN_PROGRESS`] sign-ins are in progress already. Expired ones are forgotten first.
+/// Sign-ins in progress one client address may have: a browser has one or two, an office behind
+/// one address a few. Beyond that, starting another is refused (429) until one finishes or
+/// expires, so one address cannot push everybody else's sign-ins out of the table.
+pub const MAX_FLOWS_PER_CLIENT: i64 = 30;
+
+/// What starting a sign-in came to.
+#[derive(Debug)]
+pub enum FlowStart {
+    Started(LoginFlow),
+    /// The client address has [`MAX_FLOWS_PER_CLIENT`] sign-ins in progress already.
+    TooManyFromClient,
+}
+
+/// Starts a sign-in for the client `client_scope`: fresh state, PKCE verifier and nonce, stored
+/// until the callback. Expired sign-ins are forgotten first, and at [`MAX_FLOWS_IN_PROGRESS`] the
+/// oldest in progress too.
 pub async fn start_flow(
     db: &Db,
+    client_scope: &str,
     redirect_uri: &str,
     return_to: &str,
-) -> Result<Option<LoginFlow>, DbError> {
+) -> Result<FlowStart, DbError> {
     queries::purge_flows(db, db::now() - FLOW_LIFETIME).await?;
-    if queries::count_flows(db).await? >= MAX_FLOWS_IN_PROGRESS {
-        return Ok(None);
+    if queries::count_flows_from(db, client_scope).await? >= MAX_FLOWS_PER_CLIENT {
+        return Ok(FlowStart::TooManyFromClient);
+    }
+    let excess = queries::count_flows(db).await? - MAX_FLOWS_IN_PROGRESS + 1;
+    if excess > 0 {
+        let dropped = queries::drop_oldest_flows(db, excess).await?;
+        tracing::warn!(dropped, "sign_ins_in_progress_dropped");
     }
     let flow = LoginFlow {
         state: random_token(24),
@@ -223,10 +244,11 @@ pub async fn start_flow(
             redirect_uri: flow.redirect_uri.clone(),
             return_to: flow.return_to.clone(),
             created_at: db::now(),
+            client_scope: client_scope.to_string(),
         },
     )
     .await?;
-    Ok(Some(flow))
+    Ok(FlowStart::Started(flow))
 }
 
 /// Takes the sign-in named by `state` if it is still fresh (a state works once).

@@ -301,5 +301,19 @@ async fn login_goes_to_the_login_url_when_one_is_configured_and_straight_back_in
         response.headers()["location"],
         "https://sso.example/login?redirect=%2Fmodels"
     );
+    // Somewhere else is not passed on: the page behind the URL may follow it.
+    for elsewhere in ["https%3A%2F%2Fevil.example%2F", "%2F%2Fevil.example%2F"] {
+        let response = no_redirects
+            .get(app.url(&format!("/api/auth/login?redirect={elsewhere}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302);
+        assert_eq!(
+            response.headers()["location"],
+            "https://sso.example/login?redirect=%2F",
+            "{elsewhere}"
+        );
+    }
     app.stop().await;
 }

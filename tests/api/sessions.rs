@@ -761,15 +761,19 @@ async fn sign_ins_in_progress_are_bounded_and_expired_ones_forgotten() {
             .unwrap();
         };
         let now = iotsupport::db::now();
-        // Anyone may start sign-ins, which nobody finishes: once the cap is reached, no more rows.
+        // Anyone may start sign-ins, which nobody finishes: once the cap is reached, the oldest
+        // make room, so the table stays bounded and a sign-in still starts.
         insert(iotsupport::sessions::MAX_FLOWS_IN_PROGRESS, now).await;
-        let refused = browser()
-            .get(app.url("/api/auth/login?redirect=/devices"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(refused.status(), 503, "{stack:?}");
+        let started = to_callback(&app, "/devices").await;
+        assert!(started.url.contains("state="), "{stack:?}: {}", started.url);
         assert_eq!(flows().await, iotsupport::sessions::MAX_FLOWS_IN_PROGRESS);
+        let mine = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM login_flows WHERE state_hash NOT LIKE 'filler-%'"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        assert_eq!(mine, 1, "{stack:?}: the new sign-in was not kept");
         // Sign-ins older than their lifetime are forgotten by the next start, which then works.
         iotsupport::on_pool!(app.db(), |p| sqlx::query(
             "UPDATE login_flows SET created_at = $1"
@@ -782,6 +786,46 @@ async fn sign_ins_in_progress_are_bounded_and_expired_ones_forgotten() {
         let callback = to_callback(&app, "/devices").await;
         assert!(callback.url.contains("state="), "{}", callback.url);
         assert_eq!(flows().await, 1, "{stack:?}: expired sign-ins kept");
+        app.stop().await;
+    }
+}
+
+/// One address may have only a few sign-ins in progress: the next is answered 429 (and stores
+/// nothing), while another address still starts its own.
+#[tokio::test]
+async fn one_address_cannot_start_sign_ins_without_bound() {
+    let issuer = issuer_with_login().await;
+    for stack in ALL_STACKS {
+        let Some(app) = oidc_app(stack, "session_flows_per_address", &issuer).await else {
+            continue;
+        };
+        let start = async |from: &str| {
+            browser()
+                .get(app.url("/api/auth/login?redirect=/devices"))
+                .header("x-forwarded-for", from)
+                .send()
+                .await
+                .unwrap()
+        };
+        let flows_from = async |scope: &str| -> i64 {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+                "SELECT COUNT(*) FROM login_flows WHERE client_scope = $1"
+            )
+            .bind(scope)
+            .fetch_one(p)
+            .await)
+            .unwrap()
+        };
+        let max = iotsupport::sessions::MAX_FLOWS_PER_CLIENT;
+        for _ in 0..max {
+            assert_eq!(start("203.0.113.7").await.status(), 302, "{stack:?}");
+        }
+        let refused = start("203.0.113.7").await;
+        assert_eq!(refused.status(), 429, "{stack:?}");
+        assert!(refused.headers().contains_key("retry-after"));
+        assert_eq!(flows_from("203.0.113.7").await, max, "{stack:?}");
+        assert_eq!(start("203.0.113.8").await.status(), 302, "{stack:?}");
+        assert_eq!(flows_from("203.0.113.8").await, 1, "{stack:?}");
         app.stop().await;
     }
 }
