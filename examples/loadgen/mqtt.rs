@@ -81,6 +81,7 @@ pub async fn notify_latency(
         SubscribeOptions {
             shared_group: None,
             buffer: devices * 2 + 16,
+            ..SubscribeOptions::default()
         },
     )?;
     anyhow::ensure!(

@@ -214,9 +214,11 @@ impl Db {
         match config.database_kind {
             DatabaseKind::Postgres => {
                 let options = PgConnectOptions::from_str(url)?;
-                // Ten for requests, plus one per job slot: a parse job holds a connection while
-                // it waits for its crash group's row lock, and must not starve the requests.
-                let connections = 10 + u32::try_from(config.job_concurrency).unwrap_or(u32::MAX);
+                // Ten for requests, plus the two listeners that hold one each for good (the
+                // event hub's and the device-log watch's `PgListener::connect_with`), plus one per
+                // job slot: a parse job holds a connection while it waits for its crash group's
+                // row lock, and must not starve the requests.
+                let connections = 12 + u32::try_from(config.job_concurrency).unwrap_or(u32::MAX);
                 let pool = PgPoolOptions::new()
                     .max_connections(connections.min(MAX_POSTGRES_CONNECTIONS))
                     .acquire_timeout(Duration::from_secs(5))

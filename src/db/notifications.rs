@@ -74,16 +74,20 @@ pub async fn enqueue_for_model(
 const CLAIM_POSTGRES: &str = "UPDATE notifications SET lease_until = $2, attempts = attempts + 1
      WHERE id IN (SELECT id FROM notifications
                   WHERE next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)
-                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                  ORDER BY kind = 'firmware', id LIMIT $3 FOR UPDATE SKIP LOCKED)
      RETURNING id, kind, client_id, firmware_version, attempts";
 const CLAIM_SQLITE: &str = "UPDATE notifications SET lease_until = $2, attempts = attempts + 1
      WHERE id IN (SELECT id FROM notifications
                   WHERE next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)
-                  ORDER BY id LIMIT $3)
+                  ORDER BY kind = 'firmware', id LIMIT $3)
      RETURNING id, kind, client_id, firmware_version, attempts";
 
-/// Takes up to `limit` due notifications until `lease_until` (oldest first). Another process
-/// takes a row only after its lease ran out (its publisher died).
+/// Takes up to `limit` due notifications until `lease_until`: a device's own (config,
+/// provisioning) first, then a model's firmware fan-out, each oldest first. A rotation's
+/// provisioning message must not wait behind the firmware messages of a model with tens of
+/// thousands of devices (sent at `MQTT_NOTIFICATIONS_PER_SECOND`, 100 a second by default) until the rotation has timed
+/// out. The due rows are sorted for the claim either way, so the order costs nothing more.
+/// Another process takes a row only after its lease ran out (its publisher died).
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
@@ -108,7 +112,7 @@ pub async fn claim(
                 .await?
         }
     };
-    rows.sort_by_key(|r| r.id);
+    rows.sort_by_key(|r| (r.kind == "firmware", r.id));
     Ok(rows)
 }
 

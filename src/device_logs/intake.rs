@@ -22,9 +22,17 @@ use crate::telemetry::DEVICE_LOG_LINES;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const FLUSH_LINES: usize = 500;
-/// Lines kept while the database refuses them (retried with back-off); beyond this the oldest
-/// are dropped and counted, so an outage costs bounded memory.
+/// Lines kept while the database refuses them (retried with back-off); beyond this many, or
+/// [`MAX_PENDING_BYTES`] of them, the oldest are dropped and counted, so an outage costs bounded
+/// memory.
 const MAX_PENDING_LINES: usize = 50_000;
+const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Received messages waiting for the intake, in payload bytes (the channel also holds at most
+/// 4,096 of them): a message may be 1 MiB.
+const MAX_WAITING_BYTES: usize = 64 << 20;
+/// The longest entity id: as long as the column that stores a device's (`devices.device_entity_id`),
+/// so a longer one names no device and is only memory.
+const MAX_ENTITY_ID_CHARS: usize = 255;
 /// The longest message kept (longer ones are cut): one line of a device log.
 const MAX_MESSAGE_CHARS: usize = 8192;
 
@@ -45,7 +53,7 @@ pub fn parse_payload(payload: &[u8]) -> (Vec<LogDocument>, usize) {
             let entity_id = v.get("entity_id")?.as_str()?.to_string();
             // No device has one (a config holding NUL is refused), and PostgreSQL refuses text
             // holding NUL: as a parameter it would fail every store of the batch it is in.
-            if entity_id.contains('\0') {
+            if entity_id.contains('\0') || entity_id.chars().count() > MAX_ENTITY_ID_CHARS {
                 return None;
             }
             let message = match v.get("message")? {
@@ -105,6 +113,55 @@ impl Stamper {
     }
 }
 
+/// Lines received and not stored yet, oldest first, with their size.
+#[derive(Debug, Default)]
+pub struct Pending {
+    lines: Vec<Arrived>,
+    bytes: usize,
+}
+
+fn size_of(arrived: &Arrived) -> usize {
+    arrived.1.entity_id.len() + arrived.1.message.len()
+}
+
+impl Pending {
+    pub fn push(&mut self, arrived: Arrived) {
+        self.bytes += size_of(&arrived);
+        self.lines.push(arrived);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn lines(&self) -> &[Arrived] {
+        &self.lines
+    }
+
+    pub fn clear(&mut self) {
+        self.lines.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the oldest lines until at most `max_lines` of at most `max_bytes` are left; how many
+    /// were dropped.
+    pub fn drop_oldest_beyond(&mut self, max_lines: usize, max_bytes: usize) -> usize {
+        let mut excess = self.lines.len().saturating_sub(max_lines);
+        let mut bytes: usize = self.lines[..excess].iter().map(size_of).sum();
+        while self.bytes - bytes > max_bytes && excess < self.lines.len() {
+            bytes += size_of(&self.lines[excess]);
+            excess += 1;
+        }
+        self.lines.drain(..excess);
+        self.bytes -= bytes;
+        excess
+    }
+}
+
 /// Stores `documents`; returns how many lines were stored.
 pub async fn store(
     db: &Db,
@@ -154,6 +211,7 @@ pub async fn run(
     let options = SubscribeOptions {
         shared_group: Some(group),
         buffer: 4096,
+        max_bytes: MAX_WAITING_BYTES,
     };
     let mut subscription = match client.subscribe(LOGSINK_TOPIC, options) {
         Ok(s) => s,
@@ -162,7 +220,7 @@ pub async fn run(
             return;
         }
     };
-    let mut pending: Vec<Arrived> = Vec::new();
+    let mut pending = Pending::default();
     let mut stamper = Stamper::default();
     // After a failed store: no flush before this, and the failures in a row (for the back-off).
     let mut retry_at = tokio::time::Instant::now();
@@ -171,14 +229,13 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set once the client has stopped for good (its event loop ended): store what is left, end.
     let mut closed = false;
-    let mut take = |pending: &mut Vec<Arrived>, payload: &[u8]| {
+    let mut take = |pending: &mut Pending, payload: &[u8]| {
         let (docs, malformed) = parse_payload(payload);
         metrics::counter!(DEVICE_LOG_LINES, "outcome" => "malformed").increment(malformed as u64);
         let arrived_ms = db::now().timestamp_millis();
-        pending.extend(
-            docs.into_iter()
-                .map(|d| (stamper.stamp(&d.entity_id, arrived_ms), d)),
-        );
+        for d in docs {
+            pending.push((stamper.stamp(&d.entity_id, arrived_ms), d));
+        }
     };
     loop {
         hub.set_intake_subscribed(subscription.is_active());
@@ -204,9 +261,8 @@ pub async fn run(
                 take(&mut pending, &message.payload);
             }
         }
-        if pending.len() > MAX_PENDING_LINES {
-            let excess = pending.len() - MAX_PENDING_LINES;
-            pending.drain(..excess);
+        let excess = pending.drop_oldest_beyond(MAX_PENDING_LINES, MAX_PENDING_BYTES);
+        if excess > 0 {
             metrics::counter!(DEVICE_LOG_LINES, "outcome" => "dropped").increment(excess as u64);
             tracing::warn!(
                 lines = excess,
@@ -214,7 +270,7 @@ pub async fn run(
             );
         }
         if flush && !pending.is_empty() && (stopping || tokio::time::Instant::now() >= retry_at) {
-            match store(&db, &pending, &touched).await {
+            match store(&db, pending.lines(), &touched).await {
                 Ok(_) => {
                     pending.clear();
                     failures = 0;
@@ -268,15 +324,44 @@ mod tests {
     }
 
     #[test]
+    fn lines_kept_for_a_refusing_database_are_bounded_by_count_and_by_bytes() {
+        let line = |message: &str| {
+            (
+                DateTime::<Utc>::default(),
+                LogDocument {
+                    entity_id: "e".into(),
+                    message: message.into(),
+                },
+            )
+        };
+        let mut pending = Pending::default();
+        for m in ["a", "bb", "ccc", "dddd"] {
+            pending.push(line(m));
+        }
+        // 14 bytes in all (entity id and message). Within both bounds nothing goes.
+        assert_eq!(pending.drop_oldest_beyond(4, 14), 0);
+        // Too many lines: the oldest go first.
+        assert_eq!(pending.drop_oldest_beyond(3, 100), 1);
+        assert_eq!(pending.lines()[0].1.message, "bb");
+        // Too many bytes (3 + 4 + 5 = 12): the oldest go until the rest fit.
+        assert_eq!(pending.drop_oldest_beyond(100, 9), 1);
+        assert_eq!(pending.lines()[0].1.message, "ccc");
+        assert_eq!(pending.drop_oldest_beyond(100, 4), 2);
+        assert!(pending.is_empty());
+        assert_eq!(pending.bytes, 0);
+    }
+
+    #[test]
     fn ndjson_lines_become_documents_and_bad_lines_are_counted() {
         let payload = b"{\"entity_id\":\"sensor.a\",\"message\":\"\\u001b[0;32mI boot\\u001b[0m\",\"relative_time\":5}\n\
                         not json\n\
                         {\"message\":\"no entity\"}\n\
                         {\"entity_id\":\"sensor.\\u0000a\",\"message\":\"NUL in the entity id\"}\n\
+                        {\"entity_id\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",\"message\":\"an entity id longer than any device's\"}\n\
                         \n\
                         {\"entity_id\":\"sensor.b\",\"message\":\"second\"}";
         let (docs, malformed) = parse_payload(payload);
-        assert_eq!(malformed, 3);
+        assert_eq!(malformed, 4);
         assert_eq!(
             docs,
             [

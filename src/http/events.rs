@@ -138,6 +138,9 @@ struct LogFeed {
 /// How often an open stream renews its log subscriptions.
 const RENEW_SUBSCRIPTIONS: Duration = Duration::from_secs(600);
 
+/// Lines read per wake of a live log feed at most; the rest follow on the next.
+const LOG_FEED_BATCH: i64 = 500;
+
 impl LogFeed {
     /// New lines of the subscribed devices as `device-logs` messages
     /// (`{"device_entity_id", "logs": [{"@timestamp", "message", "entity_id"}]}`, one per device).
@@ -157,7 +160,7 @@ impl LogFeed {
             self.renewed = std::time::Instant::now();
         }
         let ids: Vec<i64> = subscribed.iter().map(|(id, _)| *id).collect();
-        let lines = device_logs::after(db, &ids, self.last, 500).await?;
+        let lines = device_logs::after(db, &ids, self.last, LOG_FEED_BATCH).await?;
         let mut events = Vec::new();
         for (device, entity) in &subscribed {
             let logs: Vec<serde_json::Value> = lines
@@ -176,6 +179,12 @@ impl LogFeed {
         }
         if let Some(last) = lines.last() {
             self.last = last.id;
+        }
+        if lines.len() < LOG_FEED_BATCH as usize {
+            // Every line of these devices up to `newest` (read before the query, and ids become
+            // visible in order) has been sent: a quiet device's feed starts the next read there,
+            // not at its own last line with the whole fleet's lines since in between.
+            self.last = self.last.max(newest);
         }
         Ok(events)
     }

@@ -1,6 +1,7 @@
 //! [`MqttClient`] (start, publish, subscribe) and [`Subscription`]: what callers use. The state
 //! they share with the event loop is in `shared.rs`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,10 @@ pub struct SubscribeOptions {
     /// `mqtt_received_dropped_total`) rather than stalling the connection, whose keep-alive and
     /// acknowledgements run on the same task.
     pub buffer: usize,
+    /// The payload bytes those waiting messages may hold together; beyond it messages are dropped
+    /// the same way. A message may be as large as `MAX_INCOMING_PACKET_BYTES`, so the count alone
+    /// would let a full buffer hold gigabytes.
+    pub max_bytes: usize,
 }
 
 impl Default for SubscribeOptions {
@@ -62,6 +67,7 @@ impl Default for SubscribeOptions {
         SubscribeOptions {
             shared_group: None,
             buffer: 1024,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -259,6 +265,7 @@ impl MqttClient {
         }
         let subscribe_filter = topic::subscription_filter(filter, options.shared_group.as_deref());
         let (sender, messages) = mpsc::channel(options.buffer.max(1));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let (active_tx, active) = watch::channel(false);
 
         let mut inner = self.shared.lock();
@@ -284,6 +291,8 @@ impl MqttClient {
                 filter: filter.to_string(),
                 subscribe_filter: subscribe_filter.clone(),
                 sender,
+                queued_bytes: queued_bytes.clone(),
+                max_bytes: options.max_bytes,
                 active: active_tx,
                 overflowing: false,
             },
@@ -296,6 +305,7 @@ impl MqttClient {
             id,
             filter: subscribe_filter,
             messages,
+            queued_bytes,
             active,
             shared: self.shared.clone(),
         })
@@ -350,6 +360,9 @@ pub struct Subscription {
     id: u32,
     filter: String,
     messages: mpsc::Receiver<ReceivedMessage>,
+    /// The payload bytes of the messages waiting in `messages` (see
+    /// [`SubscribeOptions::max_bytes`]).
+    queued_bytes: Arc<AtomicUsize>,
     active: watch::Receiver<bool>,
     shared: Arc<Shared>,
 }
@@ -366,12 +379,23 @@ impl std::fmt::Debug for Subscription {
 impl Subscription {
     /// The next message; `None` once the client has stopped.
     pub async fn recv(&mut self) -> Option<ReceivedMessage> {
-        self.messages.recv().await
+        let message = self.messages.recv().await;
+        self.taken(message)
     }
 
     /// A message if one is waiting.
     pub fn try_recv(&mut self) -> Option<ReceivedMessage> {
-        self.messages.try_recv().ok()
+        let message = self.messages.try_recv().ok();
+        self.taken(message)
+    }
+
+    fn taken(&self, message: Option<ReceivedMessage>) -> Option<ReceivedMessage> {
+        if let Some(message) = &message {
+            // Counted in before it was sent (`Shared::deliver`), so this never goes below zero.
+            self.queued_bytes
+                .fetch_sub(message.payload.len(), Ordering::Relaxed);
+        }
+        message
     }
 
     /// The filter as subscribed (with its `$share/<group>/` prefix, if any).

@@ -6,6 +6,7 @@
 //! them (`Outgoing::Publish(pkid)`). See the module documentation of `crate::mqtt`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -75,6 +76,10 @@ pub(super) struct SubscriptionEntry {
     /// The filter as sent in SUBSCRIBE.
     pub(super) subscribe_filter: String,
     pub(super) sender: mpsc::Sender<ReceivedMessage>,
+    /// The payload bytes waiting in `sender`'s channel, shared with the `Subscription`.
+    pub(super) queued_bytes: Arc<AtomicUsize>,
+    /// `SubscribeOptions::max_bytes`.
+    pub(super) max_bytes: usize,
     pub(super) active: watch::Sender<bool>,
     /// Messages are being dropped because the buffer is full (warned once per episode).
     pub(super) overflowing: bool,
@@ -310,7 +315,23 @@ impl Shared {
             let Some(entry) = inner.subscriptions.get_mut(&id) else {
                 continue;
             };
-            match entry.sender.try_send(message.clone()) {
+            let len = message.payload.len();
+            let room = entry
+                .queued_bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(len)
+                <= entry.max_bytes;
+            let sent = if room {
+                entry.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                let sent = entry.sender.try_send(message.clone());
+                if sent.is_err() {
+                    entry.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                }
+                sent
+            } else {
+                Err(mpsc::error::TrySendError::Full(message.clone()))
+            };
+            match sent {
                 Ok(()) => entry.overflowing = false,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     metrics::counter!(telemetry::MQTT_RECEIVED_DROPPED).increment(1);
@@ -406,6 +427,35 @@ mod tests {
             tokio::task::yield_now().await;
         }
         task
+    }
+
+    #[tokio::test]
+    async fn messages_waiting_for_a_subscriber_are_bounded_by_their_bytes() {
+        let (client, _eventloop) = client_driven_by_hand();
+        let options = crate::mqtt::SubscribeOptions {
+            buffer: 1000,
+            max_bytes: 10 * 1024,
+            ..Default::default()
+        };
+        let mut subscription = client.subscribe("logs", options).unwrap();
+        let arrive = |payload: Vec<u8>| {
+            client
+                .shared
+                .on_message(Publish::new("logs", QoS::AtLeastOnce, payload, None));
+        };
+        // Twenty 1 KiB messages nobody reads: ten fit, the rest are dropped although the
+        // channel has room for a thousand.
+        for i in 0..20u8 {
+            arrive(vec![i; 1024]);
+        }
+        let mut waiting = Vec::new();
+        while let Some(message) = subscription.try_recv() {
+            waiting.push(message.payload[0]);
+        }
+        assert_eq!(waiting, (0..10).collect::<Vec<u8>>());
+        // Read messages make room again.
+        arrive(vec![20; 1024]);
+        assert_eq!(subscription.try_recv().map(|m| m.payload[0]), Some(20));
     }
 
     #[tokio::test]

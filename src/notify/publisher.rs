@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{payload, Kind};
 use crate::db::notifications::{self as queries, QueuedNotification};
 use crate::db::{self, Db};
-use crate::mqtt::{MqttClient, PublishError};
+use crate::mqtt::{ConnectionState, MqttClient, PublishError};
 use crate::telemetry;
 
 /// Rows taken at once, at most.
@@ -119,6 +119,14 @@ pub async fn run_worker(
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = client.wait_connected(poll.max(Duration::from_millis(100))) => {}
+            }
+            if client.state() == ConnectionState::Stopped {
+                // The client ended on its own (its event loop panicked): it answers at once from
+                // now on, so wait here instead of spinning until the process stops.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(poll.max(Duration::from_millis(100))) => {}
+                }
             }
             continue;
         }

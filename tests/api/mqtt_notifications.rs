@@ -610,6 +610,51 @@ async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
     .await;
 }
 
+/// A rotation's provisioning message (or a config change's) queued behind a model's firmware
+/// fan-out is published first: at the publish rate a large fleet's firmware messages would
+/// outlast the rotation's timeout.
+#[tokio::test]
+async fn a_devices_own_message_is_claimed_before_a_firmware_fan_out_queued_earlier() {
+    use iotsupport::db::notifications as queue;
+    for_each_stack("notify_claim_order", &[], async |app| {
+        let db = app.db();
+        let now = iotsupport::db::now().trunc_subsecs(3);
+        let mut queued = vec![("firmware", "iotdevice-m-0".to_string())];
+        queued.extend((1..50).map(|i| ("firmware", format!("iotdevice-m-{i}"))));
+        queued.push(("provisioning", "iotdevice-m-7".into()));
+        queued.push(("config", "iotdevice-m-8".into()));
+        for (kind, client) in &queued {
+            iotsupport::on_pool!(db, |p| sqlx::query(
+                "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
+                 VALUES ($1, $2, $3, $3)"
+            )
+            .bind(kind)
+            .bind(client)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let lease = now + chrono::Duration::seconds(60);
+        let claimed = queue::claim(db, now, lease, 4).await.unwrap();
+        let got: Vec<(&str, &str)> = claimed
+            .iter()
+            .map(|n| (n.kind.as_str(), n.client_id.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("provisioning", "iotdevice-m-7"),
+                ("config", "iotdevice-m-8"),
+                ("firmware", "iotdevice-m-0"),
+                ("firmware", "iotdevice-m-1"),
+            ]
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_a_device_withdraws_the_messages_still_queued_for_it() {
     // A broker that is never reachable: messages stay queued.
