@@ -271,6 +271,18 @@ pub async fn callback(
         }
     };
     let identity = signed.identity;
+    if !sessions::subject_fits(&identity.subject) {
+        tracing::warn!("oidc_sign_in_refused: the subject does not fit a session");
+        return Ok(message_page(
+            StatusCode::UNAUTHORIZED,
+            "The sign-in could not be completed",
+            &format!(
+                "The identity provider names you with a subject (`sub`) that is empty, holds a \
+                 NUL or is longer than {} characters.",
+                sessions::MAX_IDENTITY_CHARS
+            ),
+        ));
+    }
     tracing::info!(subject = %identity.subject, "oidc_signed_in");
     let who = SignedIn {
         subject: identity.subject,
@@ -291,12 +303,20 @@ pub async fn callback(
 
 /// Ends the browser's session (GET too: the Python UI navigates here) and, for an OIDC session
 /// when the provider offers it, continues to the provider's logout.
+///
+/// A GET that the browser says came from another site (`Sec-Fetch-Site`, else `Origin` or
+/// `Referer`) ends nothing: it gets a page that asks, whose button posts here.
 #[utoipa::path(method(get, post), path = "/api/auth/logout", tag = "auth",
-    responses((status = 303, description = "Signed out: to the provider's logout or to /")))]
+    responses((status = 303, description = "Signed out: to the provider's logout or to /"),
+        (status = 200, description = "A GET from another site: a page asking to confirm (text/html)")))]
 pub async fn logout(
     State(state): State<AppState>,
+    method: http::Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if method == http::Method::GET && from_another_site(&headers) {
+        return Ok(no_store(super::ui::sign_in::confirm_sign_out()));
+    }
     let ended = match session::session_cookie(&headers) {
         Some(cookie) => sessions::end(&state.db, &cookie).await?,
         None => None,
@@ -386,6 +406,20 @@ pub fn encode(value: &str) -> String {
 }
 
 /// A page for the person whose sign-in did not work (in the web UI's shell).
+/// Whether the browser says the request came from another site. A navigation typed or
+/// bookmarked (`Sec-Fetch-Site: none`), one from this host's pages, and a client that sends none
+/// of these headers (curl) are not.
+fn from_another_site(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        Some(b"same-origin" | b"none") => false,
+        Some(_) => true,
+        None => {
+            (headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER))
+                && !session::same_origin(headers)
+        }
+    }
+}
+
 fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
     no_store(super::ui::sign_in::message(status, title, message))
 }

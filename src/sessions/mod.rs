@@ -102,8 +102,8 @@ pub async fn create(
     let expires_at = now + Duration::from_std(lifetime).unwrap_or(Duration::hours(12));
     let session = Session {
         subject: who.subject,
-        name: who.name,
-        email: who.email,
+        name: who.name.and_then(fit_column),
+        email: who.email.and_then(fit_column),
         roles: who.roles,
         method: who.method,
         csrf_token: random_token(32),
@@ -125,6 +125,27 @@ pub async fn create(
     };
     queries::insert_session(db, &row).await?;
     Ok((cookie, session))
+}
+
+/// The longest subject, name and email a session stores (their columns' size).
+pub const MAX_IDENTITY_CHARS: usize = 255;
+
+/// A name or email as its column can hold it: NUL removed (PostgreSQL text cannot hold it), cut
+/// to [`MAX_IDENTITY_CHARS`]; `None` if nothing is left. An identity provider decides these, and
+/// a long display name must not make signing in fail.
+fn fit_column(value: String) -> Option<String> {
+    let value: String = value
+        .chars()
+        .filter(|&c| c != '\0')
+        .take(MAX_IDENTITY_CHARS)
+        .collect();
+    (!value.is_empty()).then_some(value)
+}
+
+/// Whether a subject can name a session: it cannot be cut like a name, since it is who the
+/// person is.
+pub fn subject_fits(subject: &str) -> bool {
+    !subject.is_empty() && !subject.contains('\0') && subject.chars().count() <= MAX_IDENTITY_CHARS
 }
 
 /// The live session named by `cookie`. `admin_token` is the configured `ADMIN_TOKEN`: a session

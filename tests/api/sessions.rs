@@ -407,6 +407,68 @@ async fn a_sign_in_form_posted_from_another_site_is_refused() {
     .await;
 }
 
+/// A link or script on another site cannot sign an admin out: its GET gets a page that asks, and
+/// the session lives on; the page's button (a post from this host) and a navigation of this
+/// host's own do sign out.
+#[tokio::test]
+async fn another_site_cannot_sign_an_admin_out() {
+    for_each_stack(
+        "session_logout_csrf",
+        &[("ADMIN_TOKEN", TOKEN)],
+        async |app| {
+            let signed_in = sign_in_with_token(app, TOKEN, "/").await;
+            let cookie = cookie_pair(&set_cookie(signed_in.headers()).expect("a session cookie"));
+            let logout = async |method: reqwest::Method, headers: &[(&str, &str)]| {
+                let mut request = browser()
+                    .request(method, app.url("/api/auth/logout"))
+                    .header("cookie", &cookie);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                request.send().await.unwrap()
+            };
+            for headers in [
+                vec![("sec-fetch-site", "cross-site")],
+                vec![("sec-fetch-site", "same-site")],
+                vec![("referer", "http://evil.example/page")],
+            ] {
+                let asked = logout(reqwest::Method::GET, &headers).await;
+                assert_eq!(asked.status(), 200, "{headers:?}");
+                assert!(set_cookie(asked.headers()).is_none(), "{headers:?}");
+                let page = asked.text().await.unwrap();
+                assert!(
+                    page.contains(r#"method="post" action="/api/auth/logout""#),
+                    "{page}"
+                );
+                assert_eq!(
+                    get_with(app, &cookie, "/api/auth/self").await.0,
+                    200,
+                    "{headers:?}"
+                );
+            }
+            // The page's button.
+            let origin = format!("http://{}", app.address.trim_start_matches("http://"));
+            let out = logout(reqwest::Method::POST, &[("origin", &origin)]).await;
+            assert_eq!(out.status(), 303);
+            assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
+
+            // The Python UI's navigation from a page of this host.
+            let signed_in = sign_in_with_token(app, TOKEN, "/").await;
+            let cookie = cookie_pair(&set_cookie(signed_in.headers()).expect("a session cookie"));
+            let out = browser()
+                .get(app.url("/api/auth/logout"))
+                .header("cookie", &cookie)
+                .header("sec-fetch-site", "same-origin")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.status(), 303);
+            assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
+        },
+    )
+    .await;
+}
+
 /// An app whose admins sign in at `issuer` as client `iotsupport-web`.
 async fn oidc_app(stack: Stack, test: &str, issuer: &TestIssuer) -> Option<TestApp> {
     spawn_app_with(
@@ -827,5 +889,51 @@ async fn one_address_cannot_start_sign_ins_without_bound() {
         assert_eq!(start("203.0.113.8").await.status(), 302, "{stack:?}");
         assert_eq!(flows_from("203.0.113.8").await, 1, "{stack:?}");
         app.stop().await;
+    }
+}
+
+/// An identity provider's long display name or email (or one holding NUL) is cut to fit the
+/// session, on PostgreSQL as on SQLite; a subject that does not fit is refused with a page that
+/// says why, never a 500.
+#[tokio::test]
+async fn an_identity_too_long_for_its_columns_signs_in_cut_or_is_refused_with_a_reason() {
+    let long_name = format!("Ada\u{0}{}", "é".repeat(300));
+    for (subject, signs_in) in [("3f1c6a52".to_string(), true), ("s".repeat(256), false)] {
+        let key = EcKey::generate("login-key");
+        let issuer = TestIssuer::start(vec![key.jwk()]).await;
+        let mut user = issuer.claims();
+        user["sub"] = subject.clone().into();
+        user["name"] = long_name.clone().into();
+        user["email"] = format!("{}@example.com", "a".repeat(300)).into();
+        issuer.enable_login(LoginSetup::new(key, "iotsupport-web", user));
+        for stack in ALL_STACKS {
+            let Some(app) = oidc_app(stack, "session_long_identity", &issuer).await else {
+                continue;
+            };
+            let done = to_callback(&app, "/models").await.finish().await;
+            let cookie = set_cookie(done.headers());
+            if !signs_in {
+                assert_eq!(done.status(), 401, "{stack:?}");
+                assert!(cookie.is_none(), "{stack:?}");
+                let page = done.text().await.unwrap();
+                assert!(page.contains("longer than 255 characters"), "{page}");
+                app.stop().await;
+                continue;
+            }
+            assert_eq!(
+                done.status(),
+                303,
+                "{stack:?}: {}",
+                done.text().await.unwrap()
+            );
+            let cookie = cookie_pair(&cookie.expect("a session cookie"));
+            let (status, me) = get_with(&app, &cookie, "/api/auth/self").await;
+            assert_eq!(status, 200, "{me}");
+            let name = me["name"].as_str().unwrap();
+            assert_eq!(name.chars().count(), 255, "{stack:?}");
+            assert!(name.starts_with("Adaé"), "{stack:?}: {name}");
+            assert_eq!(me["email"].as_str().unwrap().chars().count(), 255);
+            app.stop().await;
+        }
     }
 }

@@ -54,6 +54,23 @@ pub fn token_form(return_to: &str, error: Option<&str>) -> Response {
     Page::new("Sign in", None).ok(content)
 }
 
+/// Asks before signing out: `GET /api/auth/logout` reached from another site (a link or a
+/// script there) must not end the session, so the page posts the sign-out instead. A post from
+/// another site carries no `SameSite=Lax` cookie, so it signs nobody out.
+pub fn confirm_sign_out() -> Response {
+    let content = html! {
+        section.login {
+            h1 { "Sign out?" }
+            p { "Another site sent you here to sign out of iotsupport." }
+            form.stack method="post" action="/api/auth/logout" {
+                button type="submit" { "Sign out" }
+            }
+            p { a href="/" { "Stay signed in" } }
+        }
+    };
+    Page::new("Sign out", None).ok(content)
+}
+
 /// A page saying why signing in did not work, with a link to try again.
 pub fn message(status: StatusCode, title: &str, text: &str) -> Response {
     let content = html! {

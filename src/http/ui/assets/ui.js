@@ -407,6 +407,8 @@
   });
 
   // --- Device logs ----------------------------------------------------------------------------
+  var MAX_LOG_LINES = 1000;
+
   function logLine(time, text) {
     var li = document.createElement('li');
     var t = document.createElement('time');
@@ -423,6 +425,9 @@
     (payload.logs || []).forEach(function (line) {
       list.appendChild(logLine(line['@timestamp'], line.message));
     });
+    // The newest lines only, as the page promises: a tab left open on a chatty device must
+    // not grow without bound.
+    while (list.children.length > MAX_LOG_LINES) { list.removeChild(list.firstElementChild); }
     list.scrollTop = list.scrollHeight;
   }
 
