@@ -37,8 +37,8 @@ use esp_coredump::CrashSignature;
 use serde_json::json;
 
 use crate::db::crash_groups::{
-    self as db_groups, CrashGroupRow, GroupDumpRow, GroupOrder, GroupUpdate, MemberFacts, NewGroup,
-    VersionRow, STATUS_OPEN, STATUS_RESOLVED,
+    self as db_groups, CrashGroupRow, GroupAfter, GroupDumpRow, GroupOrder, GroupUpdate,
+    MemberFacts, NewGroup, VersionRow, STATUS_OPEN, STATUS_RESOLVED,
 };
 use crate::db::{self, Db, DbError, Tx};
 use crate::{events, telemetry};
@@ -428,14 +428,24 @@ pub async fn list(
     device_model_id: i64,
     status: Option<&str>,
     order: GroupOrder,
+    after: Option<GroupAfter>,
+    limit: Option<i64>,
 ) -> Result<Vec<GroupView>, GroupError> {
     let mut tx = db.begin_read().await?;
     if !crate::db::device_models::exists(&mut tx, device_model_id).await? {
         return Err(GroupError::ModelNotFound(device_model_id));
     }
-    let groups = db_groups::list(&mut tx, device_model_id, status, order, None).await?;
+    let groups = db_groups::list(&mut tx, device_model_id, status, order, after, limit).await?;
+    // A page reads the versions of its own groups; the whole list those of the model at once.
+    let ids: Vec<i64>;
+    let of = if limit.is_some() {
+        ids = groups.iter().map(|g| g.id).collect();
+        db_groups::VersionsOf::Groups(&ids)
+    } else {
+        db_groups::VersionsOf::Model(device_model_id)
+    };
     let mut versions: HashMap<i64, Vec<VersionRow>> = HashMap::new();
-    for v in db_groups::versions(&mut tx, db_groups::VersionsOf::Model(device_model_id)).await? {
+    for v in db_groups::versions(&mut tx, of).await? {
         versions.entry(v.crash_group_id).or_default().push(v);
     }
     tx.commit().await?;

@@ -14,8 +14,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AdminEditor, AdminReader};
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
+use super::paging::{self, PageQuery, Position};
 use crate::coredumps::groups::{self, GroupDetail, GroupError, GroupView};
-use crate::db::crash_groups::{CrashGroupRow, GroupDumpRow, GroupOrder, VersionRow, STATUSES};
+use crate::db::crash_groups::{
+    CrashGroupRow, GroupAfter, GroupDumpRow, GroupOrder, VersionRow, STATUSES,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -59,7 +62,10 @@ pub struct CrashGroupSummary {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CrashGroupList {
     pub crash_groups: Vec<CrashGroupSummary>,
+    /// The number of groups in this response.
     pub count: usize,
+    /// With `limit`: the `cursor` of the next page, null on the last one.
+    pub next_cursor: Option<String>,
 }
 
 /// A group's counts for one firmware version.
@@ -113,6 +119,54 @@ pub struct CrashGroupQuery {
     /// `last_seen` (default, most recently seen first), `coredump_count` or `device_count`
     /// (most first; `dump_count` is accepted for `coredump_count`).
     pub sort: Option<String>,
+    /// At most this many groups (1–1000); without it, every group.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (of the same `sort`).
+    pub cursor: Option<String>,
+}
+
+/// A place in a model's group list: the sort it was made for and the last group of a page.
+struct AfterGroup(GroupOrder, GroupAfter);
+
+fn sort_name(order: GroupOrder) -> &'static str {
+    match order {
+        GroupOrder::LastSeen => "last_seen",
+        GroupOrder::CoredumpCount => "coredump_count",
+        GroupOrder::DeviceCount => "device_count",
+    }
+}
+
+impl Position for AfterGroup {
+    const KIND: &'static str = "crash_group";
+    fn encode(&self) -> String {
+        let AfterGroup(order, after) = self;
+        format!(
+            "{}:{}:{}:{}",
+            sort_name(*order),
+            after.count,
+            after.last_seen_at.timestamp_micros(),
+            after.id
+        )
+    }
+    fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let order = order_of(Some(parts.next()?)).ok()?;
+        let count = parts.next()?.parse().ok()?;
+        let last_seen_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
+        let id = parts.next()?.parse().ok()?;
+        // Years PostgreSQL can hold (no upload time is outside them); nothing after the id.
+        if !(1..=9999).contains(&chrono::Datelike::year(&last_seen_at)) || parts.next().is_some() {
+            return None;
+        }
+        Some(AfterGroup(
+            order,
+            GroupAfter {
+                count,
+                last_seen_at,
+                id,
+            },
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -220,12 +274,13 @@ fn detail(d: GroupDetail) -> CrashGroupDetail {
     }
 }
 
-/// A model's crash groups, most recently seen first (or by `sort`), optionally of one status.
+/// A model's crash groups, most recently seen first (or by `sort`), optionally of one status,
+/// optionally paged (`limit`, `cursor`: see `GET /api/devices`).
 #[utoipa::path(get, path = "/api/device-models/{id}/crash-groups", tag = "crash groups",
     security(("admin" = [])),
     params(("id" = i64, Path, description = "Device model id"), CrashGroupQuery),
     responses((status = 200, body = CrashGroupList),
-        (status = 400, description = "Unknown status or sort", body = super::error::ErrorBody),
+        (status = 400, description = "Unknown status or sort, a bad limit, or a cursor not of this list and sort", body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)))]
 pub async fn list(
     _: AdminReader,
@@ -238,7 +293,11 @@ pub async fn list(
         None => None,
     };
     let order = order_of(query.sort.as_deref())?;
-    let views = groups::list(&state.db, id, status, order).await?;
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor.clone(),
+    };
+    let (views, next_cursor) = list_page(&state.db, id, status, order, &page).await?;
     let crash_groups: Vec<_> = views
         .into_iter()
         .map(|GroupView { group, versions }| summary(group, &versions))
@@ -246,6 +305,33 @@ pub async fn list(
     Ok(Json(CrashGroupList {
         count: crash_groups.len(),
         crash_groups,
+        next_cursor,
+    }))
+}
+
+/// One page of a model's groups (all of them without a limit) and the cursor of the next; the
+/// API's list and the UI's share it.
+pub(crate) async fn list_page(
+    db: &crate::db::Db,
+    model_id: i64,
+    status: Option<&str>,
+    order: GroupOrder,
+    page: &PageQuery,
+) -> Result<(Vec<GroupView>, Option<String>), ApiError> {
+    let page = page.page::<AfterGroup>()?;
+    let after = match page.after {
+        Some(AfterGroup(made_for, after)) if made_for == order => Some(after),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "cursor is a next_cursor of another sort order",
+            ))
+        }
+        None => None,
+    };
+    let limit = page.limit.map(|n| i64::from(n) + 1);
+    let views = groups::list(db, model_id, status, order, after, limit).await?;
+    Ok(paging::finish(views, page.limit, |v| {
+        AfterGroup(order, GroupAfter::of(&v.group, order))
     }))
 }
 

@@ -375,3 +375,52 @@ async fn changing_a_groups_status_requires_an_admin_token() {
         })
         .await;
 }
+
+/// `limit`/`cursor` page through a model's groups in every sort order: the pages together are
+/// the whole list in the same order, ties included (equal counts, equal times), and a cursor
+/// works only with the list and sort it was made for.
+#[tokio::test]
+async fn a_models_groups_come_in_pages_in_every_sort_order() {
+    for_each_stack("crash_groups_paged", &[], async |app| {
+        let model_id = crate::fleet::create_model(app, "paged", None).await;
+        let now = iotsupport::db::now();
+        for n in 0..23i64 {
+            // Ties in every key: counts repeat, and groups 0–2 share one time.
+            let seen = now - chrono::Duration::minutes((n - 2).max(0));
+            insert_group(app, model_id, n, seen, n % 4, n % 3).await;
+        }
+        for sort in ["last_seen", "coredump_count", "device_count"] {
+            let whole = ids(&groups(app, model_id, &format!("sort={sort}")).await);
+            assert_eq!(whole.len(), 23);
+            let mut paged = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let query = format!("sort={sort}&limit=5&cursor={cursor}");
+                let (status, body) = app.list_crash_groups(model_id, &query).await;
+                assert_eq!(status, 200, "{body}");
+                let page = body["crash_groups"].as_array().unwrap();
+                assert!(page.len() <= 5);
+                paged.extend(ids(page));
+                match body["next_cursor"].as_str() {
+                    Some(next) => cursor = next.to_string(),
+                    None => break,
+                }
+            }
+            assert_eq!(paged, whole, "{sort}");
+        }
+        // Without a limit, no cursor; a cursor of another sort, or of another list, is refused.
+        let (_, all) = app.list_crash_groups(model_id, "").await;
+        assert_eq!(all["next_cursor"], Value::Null);
+        let (_, first) = app.list_crash_groups(model_id, "limit=2").await;
+        let cursor = first["next_cursor"].as_str().unwrap().to_string();
+        let (status, body) = app
+            .list_crash_groups(model_id, &format!("sort=device_count&cursor={cursor}"))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        for bad in ["limit=0", "limit=1001", "cursor=bm90LWEtY3Vyc29y"] {
+            let (status, body) = app.list_crash_groups(model_id, bad).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+    })
+    .await;
+}

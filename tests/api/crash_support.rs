@@ -206,3 +206,30 @@ pub async fn assert_counts_match_ledger(app: &TestApp) {
         .unwrap();
     assert_eq!(versions, ledger_versions, "version counters vs ledger");
 }
+
+/// A crash group of `model_id` written straight into the table (no dumps behind it): for lists
+/// and pages that only read groups. `n` makes its signature, hash and title (`crash number n`).
+pub async fn insert_group(
+    app: &TestApp,
+    model_id: i64,
+    n: i64,
+    last_seen_at: DateTime<Utc>,
+    coredump_count: i64,
+    device_count: i64,
+) -> i64 {
+    let title = format!("crash number {n}");
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "INSERT INTO crash_groups (device_model_id, signature_hash, signature, title,
+             first_seen_at, last_seen_at, coredump_count, device_count, created_at, updated_at)
+         VALUES ($1, $2, $3, $3, $4, $4, $5, $6, $4, $4) RETURNING id"
+    )
+    .bind(model_id)
+    .bind(format!("{n:064x}"))
+    .bind(&title)
+    .bind(last_seen_at)
+    .bind(coredump_count)
+    .bind(device_count)
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::client::status_and_json;
 use crate::coredumps::{put_elf, upload_ok};
-use crate::crash_support::{crash_and_parse, crashes};
+use crate::crash_support::{crash_and_parse, crashes, insert_group};
 use crate::firmware_support::{sha256_hex, Build};
 use crate::fleet::{create_model, device_of};
 use crate::helpers::*;
@@ -297,23 +297,7 @@ async fn the_model_page_shows_the_newest_open_groups_and_how_many() {
         let model_id = create_model(app, "grouped", None).await;
         let now = iotsupport::db::now();
         for i in 0..7i64 {
-            let seen = now - chrono::Duration::minutes(i);
-            let hash = format!("{i:064x}");
-            let title = format!("crash number {i}");
-            iotsupport::on_pool!(app.db(), |p| sqlx::query(
-                "INSERT INTO crash_groups (device_model_id, signature_hash, signature, title,
-                     first_seen_at, last_seen_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $5, $5, $5)"
-            )
-            .bind(model_id)
-            .bind(&hash)
-            .bind(&title)
-            .bind(&title)
-            .bind(seen)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-            .unwrap();
+            insert_group(app, model_id, i, now - chrono::Duration::minutes(i), 0, 0).await;
         }
         let body = page(app, &format!("/models/{model_id}")).await;
         assert_shows(
@@ -326,6 +310,65 @@ async fn the_model_page_shows_the_newest_open_groups_and_how_many() {
             ],
         );
         assert!(!body.contains("crash number 5"), "an older group is shown");
+    })
+    .await;
+}
+
+/// The lists of a large model come in pages: the model page's devices, the rotation page's
+/// groups and the crash-group page, each with a link to the next page that shows the rest.
+#[tokio::test]
+async fn the_lists_of_a_large_model_come_in_pages() {
+    for_each_stack("ui_pages_paged", &[], async |app| {
+        let model_id = create_model(app, "big", None).await;
+        let mut keys = Vec::new();
+        for _ in 0..101 {
+            keys.push(device_of(app, model_id).await.key);
+        }
+        keys.sort();
+        let now = iotsupport::db::now();
+        for i in 0..101i64 {
+            insert_group(app, model_id, i, now - chrono::Duration::minutes(i), 1, 1).await;
+        }
+        let next_link = |body: &str| -> String {
+            let at = body.find(r#"rel="next" href=""#).expect("a next-page link") + 17;
+            body[at..at + body[at..].find('"').unwrap()].replace("&amp;", "&")
+        };
+
+        // A device listed: its key as the link to its page.
+        let listed = |body: &str, key: &str| body.contains(&format!("<code>{key}</code></a>"));
+        let first = page(app, &format!("/models/{model_id}")).await;
+        assert!(
+            listed(&first, &keys[99]) && !listed(&first, &keys[100]),
+            "{first}"
+        );
+        let second = page(app, &next_link(&first)).await;
+        assert!(
+            listed(&second, &keys[100]) && !listed(&second, &keys[99]),
+            "{second}"
+        );
+        assert!(!second.contains(r#"rel="next""#));
+        assert_shows(
+            "the second page",
+            &second,
+            &["First page", &format!("after <code>{}</code>", keys[99])],
+        );
+
+        let rotation = page(app, "/rotation").await;
+        assert_shows(
+            "the rotation page",
+            &rotation,
+            &["Healthy (101)", "The first 100, in key order."],
+        );
+        assert!(listed(&rotation, &keys[99]) && !listed(&rotation, &keys[100]));
+
+        let groups = page(app, &format!("/models/{model_id}/crash-groups?status=open")).await;
+        assert!(groups.contains("crash number 99<") && !groups.contains("crash number 100<"));
+        let rest = page(app, &next_link(&groups)).await;
+        assert!(
+            rest.contains("crash number 100<") && !rest.contains("crash number 99<"),
+            "{rest}"
+        );
+        assert!(!rest.contains(r#"rel="next""#));
     })
     .await;
 }

@@ -12,8 +12,8 @@ use crate::on_conn;
 
 mod views;
 pub use views::{
-    count, devices_running, list, newest_dumps, open_count, stored_dumps, versions, GroupDumpRow,
-    GroupOrder, VersionsOf,
+    count, devices_running, list, newest_dumps, open_count, stored_dumps, versions, GroupAfter,
+    GroupDumpRow, GroupOrder, VersionsOf,
 };
 
 pub const STATUS_OPEN: &str = "open";

@@ -15,31 +15,74 @@ pub enum GroupOrder {
     DeviceCount,
 }
 
-/// A model's groups, optionally of one status.
+/// A place in a model's group list: the last group of a page, by what the list is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupAfter {
+    /// The group's `coredump_count` or `device_count` when the list is ordered by it (ignored
+    /// for [`GroupOrder::LastSeen`]).
+    pub count: i64,
+    pub last_seen_at: DateTime<Utc>,
+    pub id: i64,
+}
+
+impl GroupAfter {
+    /// Where `group` stands in a list ordered by `order`.
+    pub fn of(group: &CrashGroupRow, order: GroupOrder) -> Self {
+        let count = match order {
+            GroupOrder::LastSeen => 0,
+            GroupOrder::CoredumpCount => group.coredump_count,
+            GroupOrder::DeviceCount => group.device_count,
+        };
+        GroupAfter {
+            count,
+            last_seen_at: group.last_seen_at,
+            id: group.id,
+        }
+    }
+}
+
+/// A model's groups, optionally of one status; with `after`, only those that come after it in
+/// `order` (key-set paging: a page costs the same at any depth).
 pub async fn list(
     tx: &mut Tx,
     device_model_id: i64,
     status: Option<&str>,
     order: GroupOrder,
+    after: Option<GroupAfter>,
     limit: Option<i64>,
 ) -> Result<Vec<CrashGroupRow>, DbError> {
-    let order = match order {
-        GroupOrder::LastSeen => "last_seen_at DESC, id DESC",
-        GroupOrder::CoredumpCount => "coredump_count DESC, last_seen_at DESC, id DESC",
-        GroupOrder::DeviceCount => "device_count DESC, last_seen_at DESC, id DESC",
+    // Every order ends in (last_seen_at, id), descending; the counts come first when ordered by.
+    let seen_after = "(last_seen_at < $5 OR (last_seen_at = $5 AND id < $6))";
+    let (order_by, position) = match order {
+        GroupOrder::LastSeen => ("last_seen_at DESC, id DESC", seen_after.to_string()),
+        GroupOrder::CoredumpCount => (
+            "coredump_count DESC, last_seen_at DESC, id DESC",
+            format!("(coredump_count < $4 OR (coredump_count = $4 AND {seen_after}))"),
+        ),
+        GroupOrder::DeviceCount => (
+            "device_count DESC, last_seen_at DESC, id DESC",
+            format!("(device_count < $4 OR (device_count = $4 AND {seen_after}))"),
+        ),
+    };
+    let position = match after {
+        Some(_) => format!(" AND {position}"),
+        None => String::new(),
     };
     let sql = format!(
-        "{SELECT} WHERE device_model_id = $1 AND ($2 IS NULL OR status = $2) ORDER BY {order} \
-         LIMIT $3"
+        "{SELECT} WHERE device_model_id = $1 AND ($2 IS NULL OR status = $2){position} \
+         ORDER BY {order_by} LIMIT $3"
     );
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, CrashGroupRow>(
-        sqlx::AssertSqlSafe(sql.clone())
-    )
-    .bind(device_model_id)
-    .bind(status)
-    .bind(limit.unwrap_or(i64::MAX))
-    .fetch_all(c)
-    .await)?)
+    Ok(on_conn!(tx, |c| {
+        let query = sqlx::query_as::<_, CrashGroupRow>(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(device_model_id)
+            .bind(status)
+            .bind(limit.unwrap_or(i64::MAX));
+        let query = match after {
+            Some(a) => query.bind(a.count).bind(a.last_seen_at).bind(a.id),
+            None => query,
+        };
+        query.fetch_all(c).await
+    })?)
 }
 
 /// How many of a model's groups have `status`.
@@ -66,19 +109,27 @@ pub async fn open_count(db: &Db) -> Result<i64, DbError> {
 
 /// Whose per-version counters [`versions`] reads.
 #[derive(Debug, Clone, Copy)]
-pub enum VersionsOf {
+pub enum VersionsOf<'a> {
     /// Every group of this device model.
     Model(i64),
     /// This group.
     Group(i64),
+    /// These groups (a page of a model's list).
+    Groups(&'a [i64]),
 }
 
 /// The per-version counters of every group of a model (or of one group), in the order each
 /// version was first seen.
-pub async fn versions(tx: &mut Tx, of: VersionsOf) -> Result<Vec<VersionRow>, DbError> {
+pub async fn versions(tx: &mut Tx, of: VersionsOf<'_>) -> Result<Vec<VersionRow>, DbError> {
     let (condition, id) = match of {
-        VersionsOf::Model(id) => ("g.device_model_id = $1", id),
-        VersionsOf::Group(id) => ("g.id = $1", id),
+        VersionsOf::Model(id) => ("g.device_model_id = $1".to_string(), Some(id)),
+        VersionsOf::Group(id) => ("g.id = $1".to_string(), Some(id)),
+        VersionsOf::Groups([]) => return Ok(Vec::new()),
+        VersionsOf::Groups(ids) => {
+            // Ids the list just read (numbers, so written into the statement), at most a page.
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            (format!("g.id IN ({})", ids.join(", ")), None)
+        }
     };
     let sql = format!(
         "SELECT v.crash_group_id, v.firmware_version, v.coredump_count, v.device_count,
@@ -87,12 +138,14 @@ pub async fn versions(tx: &mut Tx, of: VersionsOf) -> Result<Vec<VersionRow>, Db
          WHERE {condition}
          ORDER BY v.crash_group_id, v.first_seen_at, v.firmware_version"
     );
-    Ok(on_conn!(tx, |c| sqlx::query_as::<_, VersionRow>(
-        sqlx::AssertSqlSafe(sql.clone())
-    )
-    .bind(id)
-    .fetch_all(c)
-    .await)?)
+    Ok(on_conn!(tx, |c| {
+        let query = sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(sql.clone()));
+        let query = match id {
+            Some(id) => query.bind(id),
+            None => query,
+        };
+        query.fetch_all(c).await
+    })?)
 }
 
 /// How many of a model's devices last reported running each version.

@@ -24,7 +24,12 @@ const LIVE: &str = "crash_group_created crash_group_updated crash_group_regresse
 pub struct ListQuery {
     pub status: Option<String>,
     pub sort: Option<String>,
+    /// The next page's place (the API's `next_cursor`).
+    pub cursor: Option<String>,
 }
+
+/// Groups per page: a model may have thousands.
+const PAGE: u32 = 100;
 
 const SORTS: [(&str, &str, GroupOrder); 3] = [
     ("last_seen", "Most recently seen", GroupOrder::LastSeen),
@@ -63,9 +68,22 @@ pub async fn list(
         .await?
         .ok_or_else(|| UiError::not_found(format!("DeviceModel {id} was not found")))?;
     tx.commit().await?;
-    let views = groups::list(&state.db, id, status, order)
-        .await
-        .map_err(ApiError::from)?;
+    let page = crate::http::paging::PageQuery {
+        limit: Some(PAGE),
+        cursor: query.cursor.clone(),
+    };
+    let (views, next) =
+        crate::http::crash_groups::list_page(&state.db, id, status, order, &page).await?;
+    let next_href = next.map(|cursor| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = status {
+            query.append_pair("status", s);
+        }
+        query
+            .append_pair("sort", sort)
+            .append_pair("cursor", &cursor);
+        format!("/models/{}/crash-groups?{}", model.id, query.finish())
+    });
     let content = html! {
         h1 { "Crash groups of " (model.name) }
         form.filters method="get" {
@@ -104,6 +122,9 @@ pub async fn list(
                     }
                 } }
             } }
+            @if let Some(href) = &next_href {
+                p.pager { a rel="next" href=(href) { "Next " (PAGE) " groups" } }
+            }
         }
     };
     Ok(Page::new(

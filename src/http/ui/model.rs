@@ -14,7 +14,8 @@ use crate::db::crash_groups::{self as groups_db, CrashGroupRow, GroupOrder, STAT
 use crate::db::device_models::{self, DeviceModelRow};
 use crate::db::devices::{self, DeviceRow};
 use crate::db::firmware_versions as fw;
-use crate::http::extract::Path;
+use crate::http::error::ApiError;
+use crate::http::extract::{Path, Query};
 use crate::state::AppState;
 
 const LIVE: &str = "device_model_updated device_model_deleted device_created device_updated \
@@ -24,16 +25,39 @@ const LIVE: &str = "device_model_updated device_model_deleted device_created dev
 /// How many open crash groups the model page lists (the crash-group page has them all).
 const OPEN_GROUPS_SHOWN: usize = 5;
 
+/// Devices per page of the model page, in key order: a model may have tens of thousands.
+const DEVICES_SHOWN: u32 = 100;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ModelQuery {
+    /// The devices after this key (the next page's link).
+    pub after: Option<String>,
+}
+
 pub async fn page(
     viewer: Viewer,
     State(state): State<AppState>,
     Ui(Path(id)): Ui<Path<i64>>,
+    Ui(Query(query)): Ui<Query<ModelQuery>>,
 ) -> Result<Response, UiError> {
+    let after = query.after.as_deref().filter(|a| !a.is_empty());
+    if after.is_some_and(|a| a.chars().count() > 8 || a.contains('\0')) {
+        return Err(ApiError::validation("after is not a device key").into());
+    }
     let mut tx = state.db.begin_read().await?;
     let model = device_models::get(&mut tx, id)
         .await?
         .ok_or_else(|| UiError::not_found(format!("DeviceModel {id} was not found")))?;
-    let devices = devices::list(&mut tx, Some(id), None, None, None).await?;
+    let mut devices =
+        devices::list(&mut tx, Some(id), None, after, Some(DEVICES_SHOWN + 1)).await?;
+    let more = devices.len() > DEVICES_SHOWN as usize;
+    devices.truncate(DEVICES_SHOWN as usize);
+    let pages = DevicePages {
+        after: after.map(str::to_string),
+        next: more
+            .then(|| devices.last().map(|d| d.key.clone()))
+            .flatten(),
+    };
     // The newest few and how many there are: a model may have thousands of groups.
     let shown = OPEN_GROUPS_SHOWN as i64;
     let open = groups_db::list(
@@ -41,6 +65,7 @@ pub async fn page(
         id,
         Some(STATUS_OPEN),
         GroupOrder::LastSeen,
+        None,
         Some(shown),
     )
     .await?;
@@ -63,7 +88,7 @@ pub async fn page(
         }
         (firmware_section(&model, &versions, edit, now))
         (crash_groups(&model, &open, open_count))
-        (devices_section(&model, &devices, edit, now))
+        (devices_section(&model, &devices, &pages, edit, now))
         @if edit {
             (schema_form(&model))
             @if model.device_count == 0 {
@@ -117,15 +142,34 @@ fn crash_groups(model: &DeviceModelRow, open: &[CrashGroupRow], open_count: i64)
     }
 }
 
+/// Where the shown devices are in the model's list.
+struct DevicePages {
+    /// The page starts after this key (`None`: the first page).
+    after: Option<String>,
+    /// The key the next page starts after, if there are more devices.
+    next: Option<String>,
+}
+
 fn devices_section(
     model: &DeviceModelRow,
     devices: &[DeviceRow],
+    pages: &DevicePages,
     edit: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Markup {
+    let link = |after: &str| {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("after", after)
+            .finish();
+        format!("/models/{}?{query}#devices-heading", model.id)
+    };
     html! {
         section aria-labelledby="devices-heading" {
             h2 #devices-heading { "Devices" }
+            @if pages.after.is_some() || pages.next.is_some() {
+                p.hint { "In key order, " (DEVICES_SHOWN) " at a time"
+                    @if let Some(after) = &pages.after { ", after " code { (after) } } "." }
+            }
             @if devices.is_empty() {
                 p.empty { "No devices of this model yet." @if edit { " Create one below; it gets a key and a secret to authenticate with." } }
             } @else {
@@ -153,6 +197,12 @@ fn devices_section(
                         }
                     } }
                 } }
+            }
+            @if pages.after.is_some() || pages.next.is_some() {
+                p.pager {
+                    @if pages.after.is_some() { a href={ "/models/" (model.id) "#devices-heading" } { "First page" } }
+                    @if let Some(next) = &pages.next { " " a rel="next" href=(link(next)) { "Next " (DEVICES_SHOWN) " devices" } }
+                }
             }
             @if edit { (new_device_form(model)) }
         }
