@@ -7,7 +7,9 @@
 # (nothing to do). PostgreSQL and s3s-fs run on free 127.0.0.1 ports and are stopped at the end.
 #   bench/migrate_to_s3.sh
 # Tuning: BENCH_DUMPS (1000), BENCH_DUMP_SIZE (65536), BENCH_DEVICES (10, at most 26), BENCH_BUNDLES (10),
-# BENCH_CONCURRENCY (8, the command's --concurrency).
+# BENCH_CONCURRENCY (8, the command's --concurrency), BENCH_REPORT_SIZE (the legacy rows' report,
+# 13 bytes), BENCH_ADOPT_ONLY=1 (time the adoption alone: no files, no migrate-to-s3; for large
+# BENCH_DUMPS). The adoption's time and the WAL it wrote are printed either way.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -16,6 +18,8 @@ DUMP_SIZE=${BENCH_DUMP_SIZE:-65536}
 DEVICES=${BENCH_DEVICES:-10}
 BUNDLES=${BENCH_BUNDLES:-10}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
+REPORT_SIZE=${BENCH_REPORT_SIZE:-13}
+ADOPT_ONLY=${BENCH_ADOPT_ONLY:-0}
 
 ulimit -n 65536 2>/dev/null || true
 bench_build
@@ -35,8 +39,27 @@ psql_query "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMA
     INSERT INTO coredumps (device_id, filename, chip, firmware_version, size, parse_status,
                            parsed_output, uploaded_at)
         SELECT 1 + (i % $DEVICES), 'coredump_' || lpad(i::text, 8, '0') || '.dmp', 'esp32', '1.0.0',
-               $DUMP_SIZE, 'PARSED', 'legacy report', now()
+               $DUMP_SIZE, 'PARSED', rpad('legacy report', $REPORT_SIZE, ' report'), now()
         FROM generate_series(1, $DUMPS) AS i;" >/dev/null
+
+ENV=(DATABASE_URL="$DATABASE_URL" S3_ENDPOINT_URL="$S3_ENDPOINT" S3_ACCESS_KEY_ID="$S3_ACCESS_KEY"
+     S3_SECRET_ACCESS_KEY="$S3_SECRET_KEY" S3_BUCKET_NAME="$S3_BUCKET" S3_REGION=us-east-1
+     ASSETS_DIR="$WORK/legacy/assets" COREDUMPS_DIR="$WORK/legacy/coredumps"
+     LOG_FORMAT=text RUST_LOG=warn)
+psql_query "CHECKPOINT" >/dev/null
+WAL_BEFORE=$(psql_query "SELECT pg_current_wal_lsn()")
+START=$(date +%s.%N)
+env "${ENV[@]}" "$SERVICE_BIN" migrate >/dev/null 2>&1
+END=$(date +%s.%N)
+WAL=$(psql_query "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$WAL_BEFORE')")
+TABLE=$(psql_query "SELECT pg_total_relation_size('coredumps')")
+printf '\nadoption (migrate) of %d core-dump rows (coredumps %s MiB after): %s s, %s MiB of WAL\n' \
+    "$DUMPS" "$(awk -v b="$TABLE" 'BEGIN { printf "%.1f", b / 1048576 }')" \
+    "$(awk -v a="$START" -v b="$END" 'BEGIN { printf "%.2f", b - a }')" \
+    "$(awk -v b="$WAL" 'BEGIN { printf "%.1f", b / 1048576 }')"
+if [ "$ADOPT_ONLY" = 1 ]; then
+    exit 0
+fi
 
 blog "legacy files: $DUMPS x $DUMP_SIZE bytes, $BUNDLES bundles"
 python3 - "$WORK/legacy" "$DUMPS" "$DUMP_SIZE" "$DEVICES" <<'PY'
@@ -55,12 +78,6 @@ for i in $(seq 1 "$BUNDLES"); do
     "$LOADGEN" make-bundle --code bench --version "1.0.$i" --image-size 1048576 \
         --out "$WORK/legacy/assets/bench/firmware-1.0.$i.zip" >/dev/null 2>&1
 done
-
-ENV=(DATABASE_URL="$DATABASE_URL" S3_ENDPOINT_URL="$S3_ENDPOINT" S3_ACCESS_KEY_ID="$S3_ACCESS_KEY"
-     S3_SECRET_ACCESS_KEY="$S3_SECRET_KEY" S3_BUCKET_NAME="$S3_BUCKET" S3_REGION=us-east-1
-     ASSETS_DIR="$WORK/legacy/assets" COREDUMPS_DIR="$WORK/legacy/coredumps"
-     LOG_FORMAT=text RUST_LOG=warn)
-env "${ENV[@]}" "$SERVICE_BIN" migrate >/dev/null 2>&1
 
 timed() {  # timed LABEL ARGS...: runs migrate-to-s3, prints its summary and wall time
     local label=$1; shift

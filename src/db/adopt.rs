@@ -220,12 +220,35 @@ fn adoption_sql(revision: &str) -> Vec<String> {
             .to_string(),
     );
     sql.push(
-        // INTEGER ids and references to BIGINT, sequences too (created where a table has none).
+        // INTEGER ids and references to BIGINT, naive timestamps (UTC) to TIMESTAMPTZ, each table
+        // in one ALTER TABLE: every changed column rewrites the table, and PostgreSQL rewrites it
+        // once for all of one statement's changes. Column by column, `coredumps` (the big one,
+        // reports and all) was rewritten seven times in this one transaction, needing seven
+        // times its size in free disk and WAL until the commit. Sequences follow, BIGINT too
+        // (created where a table has none).
         "DO $$
-        DECLARE t text; c text; seq text;
+        DECLARE t text; seq text; r record; changes text[];
         BEGIN
             FOREACH t IN ARRAY ARRAY['device_models', 'devices', 'firmware_versions', 'coredumps'] LOOP
-                EXECUTE format('ALTER TABLE %I ALTER COLUMN id TYPE BIGINT', t);
+                changes := ARRAY[]::text[];
+                FOR r IN SELECT column_name, data_type FROM information_schema.columns
+                         WHERE table_schema = current_schema() AND table_name = t
+                         ORDER BY ordinal_position
+                LOOP
+                    IF r.data_type IN ('smallint', 'integer') AND (r.column_name = 'id'
+                        OR (t IN ('devices', 'firmware_versions') AND r.column_name = 'device_model_id')
+                        OR (t = 'coredumps' AND r.column_name IN ('device_id', 'size'))) THEN
+                        changes := changes || format('ALTER COLUMN %I TYPE BIGINT', r.column_name);
+                    ELSIF r.data_type = 'timestamp without time zone' THEN
+                        -- Legacy timestamps are naive UTC.
+                        changes := changes || format(
+                            'ALTER COLUMN %I TYPE TIMESTAMPTZ USING %I AT TIME ZONE ''UTC''',
+                            r.column_name, r.column_name);
+                    END IF;
+                END LOOP;
+                IF cardinality(changes) > 0 THEN
+                    EXECUTE format('ALTER TABLE %I %s', t, array_to_string(changes, ', '));
+                END IF;
                 seq := pg_get_serial_sequence(t, 'id');
                 IF seq IS NULL THEN
                     seq := t || '_id_seq';
@@ -235,18 +258,6 @@ fn adoption_sql(revision: &str) -> Vec<String> {
                 ELSE
                     EXECUTE format('ALTER SEQUENCE %s AS BIGINT', seq);
                 END IF;
-            END LOOP;
-            ALTER TABLE devices ALTER COLUMN device_model_id TYPE BIGINT;
-            ALTER TABLE firmware_versions ALTER COLUMN device_model_id TYPE BIGINT;
-            ALTER TABLE coredumps ALTER COLUMN device_id TYPE BIGINT;
-            ALTER TABLE coredumps ALTER COLUMN size TYPE BIGINT;
-            -- Legacy timestamps are naive UTC.
-            FOR t, c IN SELECT table_name, column_name FROM information_schema.columns
-                        WHERE table_schema = current_schema()
-                          AND table_name IN ('device_models', 'devices', 'firmware_versions', 'coredumps')
-                          AND data_type = 'timestamp without time zone'
-            LOOP
-                EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE TIMESTAMPTZ USING %I AT TIME ZONE ''UTC''', t, c, c);
             END LOOP;
         END $$;"
             .to_string(),

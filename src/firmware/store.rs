@@ -176,6 +176,9 @@ pub enum Imported {
     FilledLegacyRow,
     /// The version was already stored with identical content: nothing written.
     Unchanged,
+    /// The version's row was complete with identical content, but the store lacked some of its
+    /// objects (an earlier run wrote them to another store, say): they were written again.
+    Restored,
 }
 
 /// What [`import_bundle`] will do with a bundle, given the stored row of its version (if any).
@@ -218,7 +221,12 @@ pub async fn import_bundle(
     let keys = firmware_keys(&model.code, &version)?;
     let existing = fw::get(&mut tx, model_id, &version).await?;
     let (imported, cleanup) = match import_plan(existing.as_ref(), &bundle) {
-        ImportPlan::Unchanged => return Ok(Imported::Unchanged),
+        // Recorded already; but the store may not hold the objects the row names (a first run
+        // that went to the wrong bucket or the local default), and nothing else would write them.
+        ImportPlan::Unchanged if all_stored(storage, &keys).await? => {
+            return Ok(Imported::Unchanged)
+        }
+        ImportPlan::Unchanged => (Imported::Restored, Cleanup::KeepWritten),
         ImportPlan::FillLegacyRow(id) => {
             // The Python service may have stored a newer build under this version in the bucket
             // since this ZIP was written (it overwrote objects on re-upload): never replace it
@@ -256,6 +264,21 @@ pub async fn import_bundle(
     .await?;
     tx.commit().await?;
     Ok(imported)
+}
+
+/// Whether the store holds every one of `keys`.
+pub async fn all_stored(
+    storage: &Storage,
+    keys: &[ObjectKey],
+) -> Result<bool, crate::storage::StorageError> {
+    for key in keys {
+        match storage.head(key).await {
+            Ok(_) => {}
+            Err(crate::storage::StorageError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Why a legacy bundle must not be written over what the store holds for its version: the

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use super::report::{Kind, Outcome, Reporter};
 use super::{sorted_entries, subdirectory_entries, MigrateToS3Error, Options};
 use crate::coredumps::job as parse_job;
-use crate::db::coredumps::STATUS_PARSED;
+use crate::db::coredumps::{self as dumps, STATUS_PARSED};
 use crate::db::{adopt, legacy, Db};
 use crate::layout::coredump_key;
 use crate::storage::{file_stream, Storage};
@@ -127,6 +127,110 @@ pub(super) async fn migrate(
     first_error.map_or(Ok(()), Err)
 }
 
+/// Uploads `file` to `key`; its length, or `None` when the file cannot be opened (reported as
+/// skipped).
+async fn upload(
+    storage: &Storage,
+    file: &DumpFile,
+    key: &crate::storage::ObjectKey,
+    reporter: &Reporter,
+) -> Result<Option<u64>, MigrateToS3Error> {
+    let source = std::fs::File::open(&file.path).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (len, source) = match source {
+        Ok(opened) => opened,
+        Err(e) => {
+            let reason = format!("Cannot read coredump file {}: {e}", file.item());
+            reporter.item(
+                Kind::Coredump,
+                &file.item(),
+                Outcome::Skipped,
+                Some(&reason),
+                true,
+            );
+            return Ok(None);
+        }
+    };
+    let stream = file_stream(source).map_err(|source| MigrateToS3Error::Io {
+        path: file.path.clone(),
+        source,
+    })?;
+    let sent = storage.put_stream(key, stream).await?;
+    if sent != len {
+        // The file changed while it was read (still being written, truncated): the object is
+        // what was read, and the row will say so.
+        reporter.warn(format!(
+            "Coredump {}: the file was {len} bytes when opened and {sent} bytes were uploaded",
+            file.item()
+        ));
+    }
+    Ok(Some(sent))
+}
+
+/// A file an earlier run moved (its dump `coredump_id`): unchanged if the store holds the object
+/// or the dump is gone since (deleted, pruned); otherwise it is uploaded again. An earlier run
+/// may have written to another store (no S3 settings, so the local default; a mistyped bucket),
+/// and nothing else would ever write the object its row names.
+async fn restore_if_missing(
+    db: &Db,
+    storage: &Storage,
+    file: &DumpFile,
+    coredump_id: i64,
+    reporter: &Reporter,
+) -> Result<(), MigrateToS3Error> {
+    let item = file.item();
+    let unchanged = || reporter.item(Kind::Coredump, &item, Outcome::Unchanged, None, false);
+    let key = match coredump_key(&file.device_key, coredump_id) {
+        Ok(key) => key,
+        Err(_) => {
+            unchanged();
+            return Ok(());
+        }
+    };
+    match storage.head(&key).await {
+        Ok(_) => {
+            unchanged();
+            return Ok(());
+        }
+        Err(crate::storage::StorageError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let still_there = async || -> Result<bool, MigrateToS3Error> {
+        let mut tx = db.begin_read().await?;
+        let row = dumps::get(&mut tx, file.device_id, coredump_id).await?;
+        tx.commit().await?;
+        Ok(row.is_some())
+    };
+    if !still_there().await? {
+        unchanged();
+        return Ok(());
+    }
+    if reporter.dry_run() {
+        reporter.warn(format!(
+            "Coredump {item} is recorded as migrated but missing from the object store: it \
+             would be uploaded again to {key}"
+        ));
+        reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
+        return Ok(());
+    }
+    if upload(storage, file, &key, reporter).await?.is_none() {
+        return Ok(());
+    }
+    if !still_there().await? {
+        // Deleted while it was uploaded: the object belongs to nobody.
+        if let Err(e) = storage.delete(&key).await {
+            tracing::warn!(object_key = %key, error = %e, "migrate_to_s3_cleanup_failed");
+        }
+        unchanged();
+        return Ok(());
+    }
+    reporter.warn(format!(
+        "Coredump {item} was recorded as migrated but missing from the object store: uploaded \
+         again to {key}"
+    ));
+    reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
+    Ok(())
+}
+
 async fn migrate_one(
     db: &Db,
     storage: &Storage,
@@ -142,14 +246,15 @@ async fn migrate_one(
         None
     };
     let Some(row) = row else {
-        if legacy::migrated_file(&mut tx, file.device_id, &file.filename)
-            .await?
-            .is_some()
-        {
-            reporter.item(Kind::Coredump, &item, Outcome::Unchanged, None, false);
-        } else {
-            let reason = format!("Orphaned coredump file {item}: no matching DB record");
-            reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
+        match legacy::migrated_file(&mut tx, file.device_id, &file.filename).await? {
+            Some(coredump_id) => {
+                drop(tx);
+                return restore_if_missing(db, storage, &file, coredump_id, reporter).await;
+            }
+            None => {
+                let reason = format!("Orphaned coredump file {item}: no matching DB record");
+                reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
+            }
         }
         return Ok(());
     };
@@ -172,20 +277,9 @@ async fn migrate_one(
         );
         return Ok(());
     }
-    let source = std::fs::File::open(&file.path).and_then(|f| Ok((f.metadata()?.len(), f)));
-    let (len, source) = match source {
-        Ok(opened) => opened,
-        Err(e) => {
-            let reason = format!("Cannot read coredump file {item}: {e}");
-            reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
-            return Ok(());
-        }
+    let Some(len) = upload(storage, &file, &key, reporter).await? else {
+        return Ok(());
     };
-    let stream = file_stream(source).map_err(|source| MigrateToS3Error::Io {
-        path: file.path.clone(),
-        source,
-    })?;
-    storage.put_stream(&key, stream).await?;
 
     let size = i64::try_from(len).unwrap_or(i64::MAX);
     let mut tx = db.begin().await?;

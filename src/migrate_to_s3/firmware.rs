@@ -128,7 +128,19 @@ async fn migrate_one(
         let existing = fw::find(db, file.model_id, &file.version).await?;
         let outcome = match store::import_plan(existing.as_ref(), &bundle) {
             ImportPlan::Create | ImportPlan::FillLegacyRow(_) => Outcome::Migrated,
-            ImportPlan::Unchanged => Outcome::Unchanged,
+            ImportPlan::Unchanged => {
+                let keys = crate::layout::firmware_keys(&file.code, &file.version)
+                    .map_err(crate::storage::StorageError::from)?;
+                if store::all_stored(storage, &keys).await? {
+                    Outcome::Unchanged
+                } else {
+                    reporter.warn(format!(
+                        "Firmware {item} is recorded as migrated but missing from the object \
+                         store: it would be written again"
+                    ));
+                    Outcome::Migrated
+                }
+            }
             ImportPlan::Conflict => {
                 skip(conflict(&item));
                 return Ok(());
@@ -143,6 +155,13 @@ async fn migrate_one(
         }
         Ok(Imported::Unchanged) => {
             reporter.item(Kind::Firmware, &item, Outcome::Unchanged, None, false)
+        }
+        Ok(Imported::Restored) => {
+            reporter.warn(format!(
+                "Firmware {item} was recorded as migrated but missing from the object store: \
+                 written again"
+            ));
+            reporter.item(Kind::Firmware, &item, Outcome::Migrated, None, false)
         }
         Err(StoreError::Conflict(_)) => skip(conflict(&item)),
         Err(StoreError::ModelNotFound(_)) => skip("its model was deleted meanwhile".to_string()),

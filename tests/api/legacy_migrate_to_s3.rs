@@ -212,6 +212,49 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
     assert_eq!(legacy.objects().await, objects, "no object rewritten");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
 
+    // Objects the rows say were moved but the store lacks (the first run went to another store:
+    // a mistyped bucket, the local default) are written again from the source; the dry run says
+    // it would.
+    use iotsupport::storage::ObjectStorage;
+    let store = legacy.storage();
+    let lost = [
+        "coredumps/abcdefgh/2.dmp",
+        "firmware/sensor/1.1.0/firmware.elf",
+    ];
+    for key in lost {
+        let key = iotsupport::storage::ObjectKey::parse(key).unwrap();
+        store.delete(&key).await.unwrap();
+    }
+    let out = assert_success(&run(&env, &["migrate-to-s3", "--dry-run"]));
+    for expected in [
+        "Coredump abcdefgh/coredump_20250103T030405_000002Z.dmp is recorded as migrated but missing from the object store: it would be uploaded again to coredumps/abcdefgh/2.dmp",
+        "Firmware sensor/1.1.0 is recorded as migrated but missing from the object store: it would be written again",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert_eq!(
+        legacy.objects().await.len(),
+        objects.len() - 2,
+        "the dry run wrote"
+    );
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
+    for expected in [
+        "Firmware ZIPs migrated: 1",
+        "Coredumps migrated:     1",
+        "missing from the object store: uploaded again to coredumps/abcdefgh/2.dmp",
+        "Firmware sensor/1.1.0 was recorded as migrated but missing from the object store: written again",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let restored: BTreeMap<String, Vec<u8>> = legacy
+        .objects()
+        .await
+        .into_iter()
+        .map(|(k, (v, _))| (k, v))
+        .collect();
+    assert_eq!(restored, stored, "the store holds everything again");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
+
     // The missing file turns up: it is moved, its ERROR dump queued for a parse, and with no
     // legacy row left the filename column goes.
     write(
