@@ -207,6 +207,9 @@ async fn migrate_up(config: Config) -> anyhow::Result<()> {
     println!("applied {before} migration(s); database is up to date");
     match outcome.legacy_filenames {
         LegacyFilenames::Absent => {}
+        LegacyFilenames::Busy => println!(
+            "kept coredumps.filename: no legacy core dump needs it, but the table was busy; the next `migrate` drops it"
+        ),
         LegacyFilenames::Dropped => {
             println!("dropped coredumps.filename: no legacy core dump needs it any more")
         }

@@ -329,6 +329,8 @@ pub enum LegacyFilenames {
     Dropped,
     /// This many rows still name a legacy file that `migrate-to-s3` has not moved.
     Remaining(i64),
+    /// No row uses it, but `coredumps` was too busy to lock: kept for the next run.
+    Busy,
 }
 
 /// Whether `table.column` exists in the current schema.
@@ -356,21 +358,43 @@ pub async fn has_filename_column(db: &Db) -> Result<bool, sqlx::Error> {
     }
 }
 
-/// Drops `coredumps.filename` once no row has a legacy file name left. The count and the drop
-/// run in one transaction under an exclusive lock on `coredumps`, so no row can gain a file name
-/// in between (only `migrate-to-s3` ever clears them; nothing sets them).
+/// Drops `coredumps.filename` once no row has a legacy file name left. The rows are counted
+/// first without a lock (while legacy rows remain, as they do on every run but the last, nothing
+/// is locked); only when none is left are the count and the drop repeated in one transaction
+/// under an exclusive lock on `coredumps`, so no row can gain a file name in between (only
+/// `migrate-to-s3` ever clears them; nothing sets them). That lock waits at most
+/// [`DROP_LOCK_TIMEOUT`] behind open transactions (uploads, parses, page reads, which would queue
+/// behind it meanwhile) and otherwise leaves the column to the next run. Safe to run
+/// concurrently: a run that finds the column gone under the lock says `Absent`.
 pub async fn drop_filename_if_unused(pool: &PgPool) -> Result<LegacyFilenames, sqlx::Error> {
     if !column_exists(pool, "coredumps", "filename").await? {
         return Ok(LegacyFilenames::Absent);
     }
+    let remaining = legacy_filenames(pool).await?;
+    if remaining > 0 {
+        return Ok(LegacyFilenames::Remaining(remaining));
+    }
     let mut tx = pool.begin().await?;
-    sqlx::query("LOCK TABLE coredumps IN ACCESS EXCLUSIVE MODE")
+    // DROP_LOCK_TIMEOUT.
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
         .execute(&mut *tx)
         .await?;
-    let remaining: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM coredumps WHERE filename IS NOT NULL")
-            .fetch_one(&mut *tx)
-            .await?;
+    let locked = sqlx::query("LOCK TABLE coredumps IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await;
+    match locked {
+        Ok(_) => {}
+        // lock_not_available: busy; the next run (migrate, migrate-to-s3) drops it.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            tracing::info!("legacy_filename_column_kept: coredumps is busy");
+            return Ok(LegacyFilenames::Busy);
+        }
+        Err(e) => return Err(e),
+    }
+    if !column_exists(&mut *tx, "coredumps", "filename").await? {
+        return Ok(LegacyFilenames::Absent);
+    }
+    let remaining = legacy_filenames(&mut *tx).await?;
     if remaining > 0 {
         return Ok(LegacyFilenames::Remaining(remaining));
     }
@@ -380,6 +404,15 @@ pub async fn drop_filename_if_unused(pool: &PgPool) -> Result<LegacyFilenames, s
     tx.commit().await?;
     tracing::info!("legacy_filename_column_dropped");
     Ok(LegacyFilenames::Dropped)
+}
+
+/// How long dropping `coredumps.filename` waits for its lock (`SET LOCAL lock_timeout` above).
+pub const DROP_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn legacy_filenames<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM coredumps WHERE filename IS NOT NULL")
+        .fetch_one(executor)
+        .await
 }
 
 #[cfg(test)]

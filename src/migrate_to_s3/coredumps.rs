@@ -154,7 +154,22 @@ async fn upload(
         path: file.path.clone(),
         source,
     })?;
-    let sent = storage.put_stream(key, stream).await?;
+    let sent = match put_source(storage, key, stream).await? {
+        Ok(sent) => sent,
+        Err(read_error) => {
+            // This file, not the store: the run goes on with the others (sorted, so stopping
+            // here would stop every rerun at the same file).
+            let reason = format!("Cannot read coredump file {}: {read_error}", file.item());
+            reporter.item(
+                Kind::Coredump,
+                &file.item(),
+                Outcome::Skipped,
+                Some(&reason),
+                true,
+            );
+            return Ok(None);
+        }
+    };
     if sent != len {
         // The file changed while it was read (still being written, truncated): the object is
         // what was read, and the row will say so.
@@ -164,6 +179,32 @@ async fn upload(
         ));
     }
     Ok(Some(sent))
+}
+
+/// Puts `body` (a file's bytes) at `key`: the bytes written, or, when reading the file failed
+/// (the store sees that only as a failed body), why. A store failure is an error.
+async fn put_source(
+    storage: &Storage,
+    key: &crate::storage::ObjectKey,
+    body: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+) -> Result<Result<u64, String>, crate::storage::StorageError> {
+    use futures::TryStreamExt;
+    let read_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = read_error.clone();
+    let body = body
+        .inspect_err(move |e| {
+            if let Ok(mut seen) = seen.lock() {
+                *seen = Some(e.to_string());
+            }
+        })
+        .boxed();
+    let put = storage.put_stream(key, body).await;
+    let read_error = read_error.lock().ok().and_then(|mut e| e.take());
+    match (put, read_error) {
+        (Ok(sent), _) => Ok(Ok(sent)),
+        (Err(_), Some(read_error)) => Ok(Err(read_error)),
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// A file an earlier run moved (its dump `coredump_id`): unchanged if the store holds the object
@@ -314,4 +355,41 @@ async fn migrate_one(
     }
     reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_that_fails_while_read_is_its_own_failure_not_the_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Storage = std::sync::Arc::new(
+            crate::storage::backend::ObjectStoreBackend::local(dir.path()).unwrap(),
+        );
+        let key = crate::storage::ObjectKey::parse("coredumps/abcdefgh/1.dmp").unwrap();
+        let failing = futures::stream::iter(vec![
+            Ok(bytes::Bytes::from_static(b"first bytes")),
+            Err(std::io::Error::other("Input/output error")),
+        ])
+        .boxed();
+        let outcome = put_source(&storage, &key, failing).await.unwrap();
+        assert_eq!(outcome, Err("Input/output error".to_string()));
+        assert!(
+            storage.head(&key).await.unwrap_err().is_not_found(),
+            "half a file stored"
+        );
+
+        let whole = futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"a dump"))]).boxed();
+        assert_eq!(put_source(&storage, &key, whole).await.unwrap(), Ok(6));
+
+        // The store failing is the run's failure.
+        let faulty = crate::storage::faulty::FaultyStorage::new(storage.clone());
+        faulty.inject(crate::storage::faulty::Fault::always(
+            crate::storage::Operation::Put,
+        ));
+        let faulty: Storage = std::sync::Arc::new(faulty);
+        let whole = futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"a dump"))]).boxed();
+        assert!(put_source(&faulty, &key, whole).await.is_err());
+    }
 }

@@ -110,6 +110,11 @@ async fn finish_legacy_column(db: &Db, reporter: &Reporter) -> Result<(), Migrat
     }
     match adopt::drop_filename_if_unused(pool).await? {
         LegacyFilenames::Absent => {}
+        LegacyFilenames::Busy => reporter.note(
+            "Every legacy core dump is in the bucket; coredumps.filename is dropped by the next \
+             run (the table was busy)"
+                .to_string(),
+        ),
         LegacyFilenames::Dropped => reporter.note(
             "Every legacy core dump is in the bucket: dropped the coredumps.filename column"
                 .to_string(),

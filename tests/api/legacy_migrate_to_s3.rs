@@ -261,8 +261,17 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
         &tree.coredumps.join("bcdefghi").join(DUMP_MISSING.0),
         DUMP_MISSING.1,
     );
+    // While another transaction reads coredumps (a page, a parse), the drop does not wait for
+    // it (and hold up everything behind it): the column stays for the next run.
+    let mut reader = legacy.conn().await;
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    count(&mut reader, "SELECT count(*) FROM coredumps").await;
     let out = assert_success(&run(&env, &["migrate-to-s3"]));
     assert!(out.contains("Coredumps migrated:     1"), "{out}");
+    assert!(out.contains("(the table was busy)"), "{out}");
+    assert!(has_column(&mut conn, "coredumps", "filename").await);
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
     assert!(
         out.contains("dropped the coredumps.filename column"),
         "{out}"
