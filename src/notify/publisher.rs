@@ -130,7 +130,7 @@ pub async fn run_worker(
             }
             continue;
         }
-        match publish_due(&db, &client, &mut pacer, &stats).await {
+        match publish_due(&db, &client, &mut pacer, &stats, &shutdown).await {
             Ok(0) => {}
             Ok(_) => continue,
             Err(e) => tracing::warn!(error = %e, "notifications_publish_failed"),
@@ -154,6 +154,7 @@ pub async fn publish_due(
     client: &MqttClient,
     pacer: &mut Pacer,
     stats: &PublisherStats,
+    shutdown: &CancellationToken,
 ) -> Result<usize, crate::db::DbError> {
     let taken_at = tokio::time::Instant::now();
     let now = db::now();
@@ -175,7 +176,11 @@ pub async fn publish_due(
     {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            if waiting.peek().is_some() && tokio::time::Instant::now() >= start_by {
+            // Past the window, or shutting down: the rest go back untouched, for this process's
+            // next batch or another process (each would only wait for its tick to fail).
+            if waiting.peek().is_some()
+                && (tokio::time::Instant::now() >= start_by || shutdown.is_cancelled())
+            {
                 not_started.extend(waiting.by_ref().map(|row| row.id));
             }
             if waiting.peek().is_none() && in_flight.is_empty() {
@@ -191,28 +196,34 @@ pub async fn publish_due(
                 }
                 // A slow pacer (a low rate) must not start a publish past the window either.
                 () = tokio::time::sleep_until(start_by), if waiting.peek().is_some() => {}
+                () = shutdown.cancelled(), if waiting.peek().is_some() => {}
             }
         }
     }
+    // What the broker acknowledged is settled first: if putting the rest back fails, those rows
+    // must not be sent again when the lease runs out.
+    let delivered: Vec<i64> = outcomes
+        .iter()
+        .filter(|(_, result)| settles(result))
+        .map(|(row, _)| row.id)
+        .collect();
+    queries::delete(db, &delivered, lease_until).await?;
     if !not_started.is_empty() {
         tracing::debug!(rows = not_started.len(), "notifications_put_back_unstarted");
         queries::release(db, &not_started, lease_until).await?;
     }
-    let mut delivered = Vec::new();
     for (row, result) in outcomes {
         match result {
             Ok(()) => {
                 metrics::counter!(telemetry::NOTIFICATIONS_PUBLISHED, "kind" => kind_label(&row))
                     .increment(1);
                 stats.published.fetch_add(1, Ordering::Relaxed);
-                delivered.push(row.id);
             }
             Err(e) if !e.is_transient() => {
                 // It would fail the same way forever: log it and let it go.
                 metrics::counter!(telemetry::NOTIFICATIONS_DROPPED).increment(1);
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(client_id = %row.client_id, error = %e, "notification_dropped");
-                delivered.push(row.id);
             }
             Err(e) => {
                 let delay = retry_delay(row.attempts);
@@ -230,8 +241,15 @@ pub async fn publish_due(
             }
         }
     }
-    queries::delete(db, &delivered, lease_until).await?;
     Ok(taken)
+}
+
+/// Whether a publish's outcome ends its row: sent, or refused for good.
+fn settles(result: &Result<(), PublishError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => !e.is_transient(),
+    }
 }
 
 fn kind_label(row: &QueuedNotification) -> &'static str {

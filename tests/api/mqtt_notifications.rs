@@ -655,6 +655,57 @@ async fn a_devices_own_message_is_claimed_before_a_firmware_fan_out_queued_earli
     .await;
 }
 
+/// A batch taken just as the process stops is put back as it was (due, no attempt counted) for
+/// another process, rather than each row waiting for its tick only to fail and be retried later.
+#[tokio::test]
+async fn a_batch_taken_as_the_process_stops_is_put_back_untouched() {
+    use iotsupport::notify::publisher::{publish_due, Pacer, PublisherStats};
+    // A broker that is never reachable: nothing could be published anyway.
+    let url = format!("mqtt://127.0.0.1:{}", broker::free_port());
+    for_each_stack(
+        "notify_stop_mid_batch",
+        &[("MQTT_URL", &url)],
+        async |app| {
+            let db = app.db();
+            let now = iotsupport::db::now().trunc_subsecs(3);
+            for client in ["iotdevice-m-1", "iotdevice-m-2", "iotdevice-m-3"] {
+                iotsupport::on_pool!(db, |p| sqlx::query(
+                    "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
+                 VALUES ('config', $1, $2, $2)"
+                )
+                .bind(client)
+                .bind(now)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+                .unwrap();
+            }
+            let client = app.state.mqtt.clone().expect("an MQTT client");
+            let stopping = tokio_util::sync::CancellationToken::new();
+            stopping.cancel();
+            let taken = publish_due(
+                db,
+                &client,
+                &mut Pacer::new(100.0),
+                &PublisherStats::default(),
+                &stopping,
+            )
+            .await
+            .unwrap();
+            assert_eq!(taken, 3);
+            let rows: Vec<(Option<DateTime<Utc>>, i32, DateTime<Utc>)> =
+                iotsupport::on_pool!(db, |p| sqlx::query_as(
+                    "SELECT lease_until, attempts, next_attempt_at FROM notifications ORDER BY id"
+                )
+                .fetch_all(p)
+                .await)
+                .unwrap();
+            assert_eq!(rows, vec![(None, 0, now); 3]);
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_a_device_withdraws_the_messages_still_queued_for_it() {
     // A broker that is never reachable: messages stay queued.
