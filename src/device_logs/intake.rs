@@ -33,6 +33,10 @@ const MAX_WAITING_BYTES: usize = 64 << 20;
 /// The longest entity id: as long as the column that stores a device's (`devices.device_entity_id`),
 /// so a longer one names no device and is only memory.
 const MAX_ENTITY_ID_CHARS: usize = 255;
+/// How long the intake goes on reading after shutdown began, for the messages the MQTT client
+/// still receives (and acknowledges) until it has disconnected: its default shutdown grace (5 s)
+/// and the DISCONNECT (1 s), with room to spare.
+const DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(10);
 /// The longest message kept (longer ones are cut): one line of a device log.
 const MAX_MESSAGE_CHARS: usize = 8192;
 
@@ -237,10 +241,23 @@ pub async fn run(
             pending.push((stamper.stamp(&d.entity_id, arrived_ms), d));
         }
     };
+    // Set when shutdown begins. The client goes on receiving until it has disconnected (its
+    // publishes get their grace to be acknowledged), and acknowledges every log message it
+    // hands over meanwhile: those are read and stored too, until the client has stopped (the
+    // subscription ends) or this deadline.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let drain_deadline = async |until: Option<tokio::time::Instant>| match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    };
     loop {
         hub.set_intake_subscribed(subscription.is_active());
         let flush = tokio::select! {
-            () = shutdown.cancelled() => true,
+            () = shutdown.cancelled(), if drain_until.is_none() => {
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_AT_SHUTDOWN);
+                false
+            }
+            () = drain_deadline(drain_until) => true,
             message = subscription.recv() => match message {
                 Some(message) => {
                     take(&mut pending, &message.payload);
@@ -253,7 +270,8 @@ pub async fn run(
             },
             _ = ticker.tick() => !pending.is_empty(),
         };
-        let stopping = shutdown.is_cancelled() || closed;
+        let stopping =
+            closed || drain_until.is_some_and(|until| tokio::time::Instant::now() >= until);
         if stopping {
             // Messages already received (the broker has their acknowledgement) are stored with
             // the rest rather than dropped with the channel.
