@@ -295,9 +295,10 @@ pub async fn callback(
     };
     let mut response = start_session(&state, &headers, who, &flow.return_to).await?;
     let secure = session::cookie_secure(&state.config.sessions, &headers);
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, session::clear_flow_cookie(secure));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        session::clear_flow_cookie(&flow.state, secure),
+    );
     Ok(response)
 }
 

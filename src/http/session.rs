@@ -37,26 +37,38 @@ fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_string())
 }
 
-/// The cookie that ties an OIDC sign-in to the browser that started it: its `state`, sent back
+/// The cookies that tie an OIDC sign-in to the browser that started it: its `state`, sent back
 /// only to the callback. A callback whose `state` is not this browser's is refused, so nobody can
-/// finish their own sign-in in someone else's browser (login CSRF).
+/// finish their own sign-in in someone else's browser (login CSRF). Each sign-in has a cookie of
+/// its own, named after its state (`iotsupport_sign_in_<12 hex digits>`): several tabs signing in
+/// at once (a browser restoring them, each sent back by the provider's single sign-on) must not
+/// overwrite each other's, which left all but the last "started in another browser".
 pub const FLOW_COOKIE_NAME: &str = "iotsupport_sign_in";
 const CALLBACK_PATH: &str = "/api/auth/callback";
 
+fn flow_cookie_name(state: &str) -> String {
+    let hash = crate::sessions::sha256_hex(state);
+    format!("{FLOW_COOKIE_NAME}_{}", &hash[..12])
+}
+
 /// `Set-Cookie` for a sign-in just started with `state`, for its ten minutes.
 pub fn set_flow_cookie(state: &str, secure: bool) -> HeaderValue {
-    cookie_header(FLOW_COOKIE_NAME, state, CALLBACK_PATH, 600, secure)
+    cookie_header(&flow_cookie_name(state), state, CALLBACK_PATH, 600, secure)
 }
 
-/// `Set-Cookie` that removes the sign-in cookie (the callback used it).
-pub fn clear_flow_cookie(secure: bool) -> HeaderValue {
-    cookie_header(FLOW_COOKIE_NAME, "", CALLBACK_PATH, 0, secure)
+/// `Set-Cookie` that removes the sign-in `state`'s cookie (the callback used it).
+pub fn clear_flow_cookie(state: &str, secure: bool) -> HeaderValue {
+    cookie_header(&flow_cookie_name(state), "", CALLBACK_PATH, 0, secure)
 }
 
-/// Whether the callback's `state` is the one this browser's sign-in cookie holds.
+/// Whether the callback's `state` is one this browser's sign-in cookies hold (its own cookie, or
+/// the single cookie of releases before per-sign-in cookies, for sign-ins started before an
+/// upgrade).
 pub fn flow_is_this_browsers(headers: &HeaderMap, state: &str) -> bool {
-    cookie_named(headers, FLOW_COOKIE_NAME)
-        .is_some_and(|held| bool::from(held.as_bytes().ct_eq(state.as_bytes())))
+    [flow_cookie_name(state).as_str(), FLOW_COOKIE_NAME]
+        .into_iter()
+        .filter_map(|name| cookie_named(headers, name))
+        .any(|held| bool::from(held.as_bytes().ct_eq(state.as_bytes())))
 }
 
 /// The first value of a proxy header, trimmed (`X-Forwarded-Proto: https, http` → `https`).

@@ -407,6 +407,48 @@ async fn a_sign_in_form_posted_from_another_site_is_refused() {
     .await;
 }
 
+/// Several sign-ins started in one browser at once (tabs restored together, each sent back by the
+/// provider's single sign-on) each finish: every sign-in has a cookie of its own.
+#[tokio::test]
+async fn sign_ins_started_together_in_one_browser_all_finish() {
+    let issuer = issuer_with_login().await;
+    for stack in ALL_STACKS {
+        let Some(app) = oidc_app(stack, "session_flows_together", &issuer).await else {
+            continue;
+        };
+        let first = to_callback(&app, "/models").await;
+        let second = to_callback(&app, "/rotation").await;
+        assert_ne!(first.cookie, second.cookie);
+        // The browser sends every cookie it holds for the callback.
+        let jar = format!("{}; {}", first.cookie, second.cookie);
+        for (sign_in, back_to) in [(&second, "/rotation"), (&first, "/models")] {
+            let done = browser()
+                .get(&sign_in.url)
+                .header("cookie", &jar)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                done.status(),
+                303,
+                "{stack:?}: {}",
+                done.text().await.unwrap()
+            );
+            assert_eq!(location(done.headers()), back_to);
+            let cleared = done
+                .headers()
+                .get_all(SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|v| v.starts_with("iotsupport_sign_in_"))
+                .expect("its sign-in cookie cleared");
+            assert!(cleared.starts_with(sign_in.cookie.split('=').next().unwrap()));
+            assert!(cleared.contains("Max-Age=0"), "{cleared}");
+        }
+        app.stop().await;
+    }
+}
+
 /// A link or script on another site cannot sign an admin out: its GET gets a page that asks, and
 /// the session lives on; the page's button (a post from this host) and a navigation of this
 /// host's own do sign out.
@@ -518,7 +560,7 @@ fn flow_cookie(headers: &HeaderMap) -> String {
         .get_all(SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("iotsupport_sign_in="))
+        .find(|v| v.starts_with("iotsupport_sign_in_"))
         .expect("a sign-in cookie");
     for attribute in [
         "HttpOnly",

@@ -299,9 +299,12 @@
   function reload() {
     if (refreshing) { refreshAgain = true; return; }
     refreshing = true;
-    fetch(location.href, { credentials: 'same-origin' }).then(function (response) {
+    // Redirects are not followed: a refresh must not start a sign-in of its own in the
+    // background (each would be a sign-in in progress, and replace this browser's sign-in
+    // cookie for it).
+    fetch(location.href, { credentials: 'same-origin', redirect: 'manual' }).then(function (response) {
       // Sent elsewhere (the session ended: to the sign-in): load the page properly.
-      if (response.redirected) { location.reload(); return null; }
+      if (response.type === 'opaqueredirect' || response.redirected) { location.reload(); return null; }
       // What the page shows was deleted (elsewhere): say so rather than keep showing it.
       if (response.status === 404) { setLive('down', 'deleted: this page is gone'); return null; }
       var type = response.headers.get('content-type') || '';
