@@ -46,6 +46,27 @@ pub async fn migrated_file(
     .await)?)
 }
 
+/// A moved dump whose object was written again (see `crate::migrate_to_s3`): its `size` set to
+/// what was uploaded. Its parse status, or `None` if the row is gone.
+pub async fn restored(
+    tx: &mut Tx,
+    device_id: i64,
+    coredump_id: i64,
+    size: i64,
+) -> Result<Option<String>, DbError> {
+    let now = now();
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "UPDATE coredumps SET size = $1, updated_at = $2 WHERE id = $3 AND device_id = $4
+         RETURNING parse_status"
+    )
+    .bind(size)
+    .bind(now)
+    .bind(coredump_id)
+    .bind(device_id)
+    .fetch_optional(c)
+    .await)?)
+}
+
 /// Marks a legacy dump as moved: clears its `filename` (only if it still has this one), corrects
 /// `size` to the file's length, and records the file. False when the row changed meanwhile
 /// (deleted, or moved by a concurrent run): nothing is written then.

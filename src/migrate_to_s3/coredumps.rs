@@ -253,17 +253,28 @@ async fn restore_if_missing(
         reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
         return Ok(());
     }
-    if upload(storage, file, &key, reporter).await?.is_none() {
+    let Some(size) = upload(storage, file, &key, reporter).await? else {
         return Ok(());
-    }
-    if !still_there().await? {
+    };
+    // The row as the object is now: its size what was uploaded, and a parse queued unless it has
+    // the Python service's report. A parse that ran while the object was missing ended `ERROR`
+    // ("missing from the object store") and must not stay so.
+    let mut tx = db.begin().await?;
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    let status = legacy::restored(&mut tx, file.device_id, coredump_id, size).await?;
+    let Some(status) = status else {
+        drop(tx);
         // Deleted while it was uploaded: the object belongs to nobody.
         if let Err(e) = storage.delete(&key).await {
             tracing::warn!(object_key = %key, error = %e, "migrate_to_s3_cleanup_failed");
         }
         unchanged();
         return Ok(());
+    };
+    if status != STATUS_PARSED {
+        parse_job::requeue(&mut tx, file.device_id, coredump_id).await?;
     }
+    tx.commit().await?;
     reporter.warn(format!(
         "Coredump {item} was recorded as migrated but missing from the object store: uploaded \
          again to {key}"

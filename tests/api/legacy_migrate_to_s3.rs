@@ -225,6 +225,18 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
         let key = iotsupport::storage::ObjectKey::parse(key).unwrap();
         store.delete(&key).await.unwrap();
     }
+    // A service on the right store meanwhile parsed dump 2 and found its object missing.
+    sqlx::query(
+        "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = 'The core dump object is \
+         missing from the object store' WHERE id = 2",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM jobs")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let out = assert_success(&run(&env, &["migrate-to-s3", "--dry-run"]));
     for expected in [
         "Coredump abcdefgh/coredump_20250103T030405_000002Z.dmp is recorded as migrated but missing from the object store: it would be uploaded again to coredumps/abcdefgh/2.dmp",
@@ -253,7 +265,18 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
         .map(|(k, (v, _))| (k, v))
         .collect();
     assert_eq!(restored, stored, "the store holds everything again");
-    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
+    // And the dump is parsed again.
+    let status: String = sqlx::query_scalar("SELECT parse_status FROM coredumps WHERE id = 2")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status, "PENDING");
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM jobs")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    // Its third parse: the first run queued the second (a legacy PENDING dump is parsed again).
+    assert_eq!(payloads, [r#"{"coredump_id":2,"generation":2}"#]);
 
     // The missing file turns up: it is moved, its ERROR dump queued for a parse, and with no
     // legacy row left the filename column goes.
