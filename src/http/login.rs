@@ -305,17 +305,18 @@ pub async fn callback(
 /// Ends the browser's session (GET too: the Python UI navigates here) and, for an OIDC session
 /// when the provider offers it, continues to the provider's logout.
 ///
-/// A GET that the browser says came from another site (`Sec-Fetch-Site`, else `Origin` or
-/// `Referer`) ends nothing: it gets a page that asks, whose button posts here.
+/// A request the browser says came from another site (`Sec-Fetch-Site`, else `Origin` or
+/// `Referer`) ends nothing: it gets a page that asks, whose button links here.
 #[utoipa::path(method(get, post), path = "/api/auth/logout", tag = "auth",
     responses((status = 303, description = "Signed out: to the provider's logout or to /"),
-        (status = 200, description = "A GET from another site: a page asking to confirm (text/html)")))]
+        (status = 200, description = "From another site: a page asking to confirm (text/html)")))]
 pub async fn logout(
     State(state): State<AppState>,
-    method: http::Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if method == http::Method::GET && from_another_site(&headers) {
+    // A POST too: even without the session cookie (SameSite=Lax), the answer's Set-Cookie
+    // would clear it in the browser.
+    if from_another_site(&headers) {
         return Ok(no_store(super::ui::sign_in::confirm_sign_out()));
     }
     let ended = match session::session_cookie(&headers) {

@@ -449,9 +449,9 @@ async fn sign_ins_started_together_in_one_browser_all_finish() {
     }
 }
 
-/// A link or script on another site cannot sign an admin out: its GET gets a page that asks, and
-/// the session lives on; the page's button (a post from this host) and a navigation of this
-/// host's own do sign out.
+/// A link, form or script on another site cannot sign an admin out: its GET or POST gets a page
+/// that asks (whose button is a link back here), the session lives on and the browser keeps its
+/// cookie; a navigation from this host's pages (the page's button, the Python UI) signs out.
 #[tokio::test]
 async fn another_site_cannot_sign_an_admin_out() {
     for_each_stack(
@@ -469,38 +469,42 @@ async fn another_site_cannot_sign_an_admin_out() {
                 }
                 request.send().await.unwrap()
             };
-            for headers in [
-                vec![("sec-fetch-site", "cross-site")],
-                vec![("sec-fetch-site", "same-site")],
-                vec![("referer", "http://evil.example/page")],
-            ] {
-                let asked = logout(reqwest::Method::GET, &headers).await;
-                assert_eq!(asked.status(), 200, "{headers:?}");
-                assert!(set_cookie(asked.headers()).is_none(), "{headers:?}");
-                let page = asked.text().await.unwrap();
-                assert!(
-                    page.contains(r#"method="post" action="/api/auth/logout""#),
-                    "{page}"
-                );
-                assert_eq!(
-                    get_with(app, &cookie, "/api/auth/self").await.0,
-                    200,
-                    "{headers:?}"
-                );
+            for method in [reqwest::Method::GET, reqwest::Method::POST] {
+                for headers in [
+                    vec![("sec-fetch-site", "cross-site")],
+                    vec![("sec-fetch-site", "same-site")],
+                    vec![("origin", "http://evil.example")],
+                    vec![("referer", "http://evil.example/page")],
+                ] {
+                    let asked = logout(method.clone(), &headers).await;
+                    assert_eq!(asked.status(), 200, "{method} {headers:?}");
+                    assert!(
+                        set_cookie(asked.headers()).is_none(),
+                        "{method} {headers:?}"
+                    );
+                    let page = asked.text().await.unwrap();
+                    assert!(page.contains(r#"href="/api/auth/logout""#), "{page}");
+                    assert_eq!(
+                        get_with(app, &cookie, "/api/auth/self").await.0,
+                        200,
+                        "{method} {headers:?}"
+                    );
+                }
             }
-            // The page's button.
-            let origin = format!("http://{}", app.address.trim_start_matches("http://"));
-            let out = logout(reqwest::Method::POST, &[("origin", &origin)]).await;
+            // The page's button: a link followed from this host.
+            let out = logout(reqwest::Method::GET, &[("sec-fetch-site", "same-origin")]).await;
             assert_eq!(out.status(), 303);
+            assert!(set_cookie(out.headers()).unwrap().contains("Max-Age=0"));
             assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
 
-            // The Python UI's navigation from a page of this host.
+            // A form or fetch of this host's pages.
             let signed_in = sign_in_with_token(app, TOKEN, "/").await;
             let cookie = cookie_pair(&set_cookie(signed_in.headers()).expect("a session cookie"));
+            let origin = format!("http://{}", app.address.trim_start_matches("http://"));
             let out = browser()
-                .get(app.url("/api/auth/logout"))
+                .post(app.url("/api/auth/logout"))
                 .header("cookie", &cookie)
-                .header("sec-fetch-site", "same-origin")
+                .header("origin", &origin)
                 .send()
                 .await
                 .unwrap();

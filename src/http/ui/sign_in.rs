@@ -54,18 +54,16 @@ pub fn token_form(return_to: &str, error: Option<&str>) -> Response {
     Page::new("Sign in", None).ok(content)
 }
 
-/// Asks before signing out: `GET /api/auth/logout` reached from another site (a link or a
-/// script there) must not end the session, so the page posts the sign-out instead. A post from
-/// another site carries no `SameSite=Lax` cookie, so it signs nobody out.
+/// Asks before signing out: `/api/auth/logout` reached from another site (a link, a form or a
+/// script there) must not end the session. The button is a link: followed from this page, the
+/// request comes from this site. (Not a form: the page's `form-action 'self'` would block the
+/// redirect to an identity provider's logout that signing out of an OIDC session answers with.)
 pub fn confirm_sign_out() -> Response {
     let content = html! {
         section.login {
             h1 { "Sign out?" }
             p { "Another site sent you here to sign out of iotsupport." }
-            form.stack method="post" action="/api/auth/logout" {
-                button type="submit" { "Sign out" }
-            }
-            p { a href="/" { "Stay signed in" } }
+            p { a.button href="/api/auth/logout" { "Sign out" } " " a href="/" { "Stay signed in" } }
         }
     };
     Page::new("Sign out", None).ok(content)
