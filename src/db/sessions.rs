@@ -136,6 +136,24 @@ pub async fn drop_oldest_flows(db: &Db, count: i64) -> Result<u64, DbError> {
     .map(|r| r.rows_affected()))?)
 }
 
+/// Forgets the `count` oldest sign-ins in progress that `client_scope` started; how many.
+pub async fn drop_oldest_flows_from(
+    db: &Db,
+    client_scope: &str,
+    count: i64,
+) -> Result<u64, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query(
+        "DELETE FROM login_flows WHERE state_hash IN
+             (SELECT state_hash FROM login_flows WHERE client_scope = $1
+              ORDER BY created_at, state_hash LIMIT $2)"
+    )
+    .bind(client_scope)
+    .bind(count)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?)
+}
+
 /// An OIDC sign-in waiting for its callback.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LoginFlowRow {

@@ -52,6 +52,9 @@ impl FromRequestParts<AppState> for ClientScope {
 pub fn client_ip(peer: Option<PeerAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let mut client = canonical(peer?.0.ip());
     if !is_trusted(client, trusted) {
+        if headers.contains_key("x-forwarded-for") {
+            warn_untrusted_proxy_once(client);
+        }
         return Some(client);
     }
     // Every X-Forwarded-For header, in order: a proxy may add its own line instead of appending.
@@ -72,6 +75,21 @@ pub fn client_ip(peer: Option<PeerAddr>, headers: &HeaderMap, trusted: &[IpNet])
         }
     }
     Some(client)
+}
+
+/// Says once per process that a peer sent `X-Forwarded-For` without being a trusted proxy: if it
+/// is the deployment's reverse proxy (on another host, or a container network), every client has
+/// its address to the throttles and sign-in limits, and one client's failures slow down all.
+fn warn_untrusted_proxy_once(peer: IpAddr) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            peer = %peer,
+            "x_forwarded_for_from_untrusted_peer: if this is your reverse proxy, add its address \
+             to TRUSTED_PROXIES, or every client counts as the proxy for the sign-in and token \
+             throttles"
+        );
+    }
 }
 
 /// The throttle's name for a client: its address, an IPv6 one cut to its /64; `unknown` without

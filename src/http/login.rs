@@ -83,18 +83,7 @@ pub async fn login(
                 "The sign-in callback URL built from this request is too long (set OIDC_REDIRECT_URL)",
             ));
         }
-        let flow =
-            match sessions::start_flow(&state.db, &client.0, &redirect_uri, &return_to).await? {
-                sessions::FlowStart::Started(flow) => flow,
-                sessions::FlowStart::TooManyFromClient => {
-                    return Err(ApiError::TooManyRequests {
-                        message: "Too many sign-ins were started from this address and not \
-                              finished; try again in a few minutes"
-                            .into(),
-                        retry_after: 60,
-                    })
-                }
-            };
+        let flow = sessions::start_flow(&state.db, &client.0, &redirect_uri, &return_to).await?;
         let url = oidc
             .authorization_url(
                 &oidc.settings().client,

@@ -219,30 +219,31 @@ pub struct LoginFlow {
 pub const MAX_FLOWS_IN_PROGRESS: i64 = 10_000;
 
 /// Sign-ins in progress one client address may have: a browser has one or two, an office behind
-/// one address a few. Beyond that, starting another is refused (429) until one finishes or
-/// expires, so one address cannot push everybody else's sign-ins out of the table.
+/// one address a few. Starting another drops that address's oldest, so one address can neither
+/// fill the table nor push out anybody else's sign-ins; nor is anybody ever refused (behind a
+/// proxy that is not in `TRUSTED_PROXIES`, every browser has the proxy's address, and a refusal
+/// would lock them all out).
 pub const MAX_FLOWS_PER_CLIENT: i64 = 30;
 
-/// What starting a sign-in came to.
-#[derive(Debug)]
-pub enum FlowStart {
-    Started(LoginFlow),
-    /// The client address has [`MAX_FLOWS_PER_CLIENT`] sign-ins in progress already.
-    TooManyFromClient,
-}
-
 /// Starts a sign-in for the client `client_scope`: fresh state, PKCE verifier and nonce, stored
-/// until the callback. Expired sign-ins are forgotten first, and at [`MAX_FLOWS_IN_PROGRESS`] the
-/// oldest in progress too.
+/// until the callback. Expired sign-ins are forgotten first; then the client's oldest beyond
+/// [`MAX_FLOWS_PER_CLIENT`], and at [`MAX_FLOWS_IN_PROGRESS`] the oldest of all.
 pub async fn start_flow(
     db: &Db,
     client_scope: &str,
     redirect_uri: &str,
     return_to: &str,
-) -> Result<FlowStart, DbError> {
+) -> Result<LoginFlow, DbError> {
     queries::purge_flows(db, db::now() - FLOW_LIFETIME).await?;
-    if queries::count_flows_from(db, client_scope).await? >= MAX_FLOWS_PER_CLIENT {
-        return Ok(FlowStart::TooManyFromClient);
+    let from_client = queries::count_flows_from(db, client_scope).await?;
+    if from_client >= MAX_FLOWS_PER_CLIENT {
+        let dropped = queries::drop_oldest_flows_from(
+            db,
+            client_scope,
+            from_client - MAX_FLOWS_PER_CLIENT + 1,
+        )
+        .await?;
+        tracing::info!(client = %client_scope, dropped, "sign_ins_in_progress_of_a_client_dropped");
     }
     let excess = queries::count_flows(db).await? - MAX_FLOWS_IN_PROGRESS + 1;
     if excess > 0 {
@@ -269,7 +270,7 @@ pub async fn start_flow(
         },
     )
     .await?;
-    Ok(FlowStart::Started(flow))
+    Ok(flow)
 }
 
 /// Takes the sign-in named by `state` if it is still fresh (a state works once).
