@@ -248,6 +248,22 @@ impl ParseCoredumpHandler {
         Ok(())
     }
 
+    /// Whether a parse of `coredump_id`'s `generation` is queued or running.
+    async fn has_job_of(&self, coredump_id: i64, generation: i64) -> Result<bool, DbError> {
+        let payload = jobs::payload_text(&ParsePayload {
+            coredump_id,
+            generation,
+        })?;
+        Ok(crate::on_pool!(&self.db, |p| sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = $1 AND payload = $2
+                                AND status IN ('queued', 'running'))"
+        )
+        .bind(PARSE_JOB)
+        .bind(&payload)
+        .fetch_one(p)
+        .await)?)
+    }
+
     async fn record_error(&self, target: &ParseTarget, message: &str) -> JobOutcome {
         match record_outcome(
             &self.db,
@@ -385,9 +401,23 @@ impl JobHandler for ParseCoredumpHandler {
             }
         };
         if target.parse_generation != payload.generation {
-            // A reparse since this job was queued has a job of its own.
-            tracing::info!(coredump_id = id, "coredump_parse_superseded");
-            return JobOutcome::Completed;
+            // A reparse since this job was queued has a job of its own, unless the reparse came
+            // from a release before parse generations (a rolling upgrade: it queued a job of
+            // generation 0 without moving the row on). Then this job is the dump's only one and
+            // parses it for the row's generation.
+            match self.has_job_of(target.id, target.parse_generation).await {
+                Ok(true) => {
+                    tracing::info!(coredump_id = id, "coredump_parse_superseded");
+                    return JobOutcome::Completed;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    return JobOutcome::Retry {
+                        after: jobs::backoff(job.attempts),
+                        error: format!("database: {e}"),
+                    }
+                }
+            }
         }
         let started = Instant::now();
         let attempt = self.attempt(job, &target).await;

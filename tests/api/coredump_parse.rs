@@ -527,3 +527,44 @@ async fn a_reparse_withdraws_the_queued_parse_it_replaces() {
     assert_eq!(run_one_job(&app).await, None);
     app.stop().await;
 }
+
+/// During a rolling upgrade a process of a release before parse generations may reparse a dump:
+/// it makes the row `PENDING` without moving its generation on and queues a job of generation 0.
+/// That job, the dump's only one, parses it (it is not taken for one a reparse superseded).
+#[tokio::test]
+async fn a_reparse_by_a_release_before_parse_generations_still_parses_the_dump() {
+    let Some(app) =
+        spawn_app_without_parsing(Stack::Production, "coredump_reparse_old_release", &[]).await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "sensor").await;
+    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    let (status, _) = app.reparse_coredump(device.id, id).await;
+    assert_eq!(status, 202);
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    assert_eq!(dump(&app, &device, id).await["parse_status"], "ERROR");
+
+    // The old release's reparse.
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, parsed_at = NULL
+         WHERE id = $1"
+    )
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let mut tx = app.db().begin().await.unwrap();
+    iotsupport::coredumps::job::enqueue(&mut tx, id)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    let body = dump(&app, &device, id).await;
+    assert_eq!(body["parse_status"], "ERROR", "{body}");
+    assert!(body["parsed_at"].is_string(), "{body}");
+    app.stop().await;
+}
