@@ -257,6 +257,13 @@ async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> any
             }
         }
     }
+    // Connecting would create it, empty: nothing to migrate into, and a dry run writes nothing.
+    if let Some(file) = Db::missing_sqlite_file(&config) {
+        anyhow::bail!(
+            "the database {} does not exist: check DATABASE_URL, or run `iotsupport migrate` first",
+            file.display()
+        );
+    }
     let db = Db::connect(&config)
         .await
         .context("Cannot connect to database")?;

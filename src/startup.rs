@@ -67,6 +67,8 @@ pub fn open_storage_without_creating(
     config: &Config,
 ) -> Result<Storage, crate::storage::StorageError> {
     Ok(match &config.storage {
+        // Nothing is stored there yet, and opening it would create it.
+        StorageConfig::Local { dir } if !dir.exists() => Arc::new(ObjectStoreBackend::empty()),
         StorageConfig::Local { dir } => Arc::new(ObjectStoreBackend::local(dir)?),
         StorageConfig::S3(s3) => Arc::new(ObjectStoreBackend::s3(s3)?),
     })

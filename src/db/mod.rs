@@ -257,6 +257,18 @@ impl Db {
         }
     }
 
+    /// The configured SQLite database file when it does not exist ([`Db::connect`] would create
+    /// it); `None` for PostgreSQL, an in-memory SQLite database, or a file that exists.
+    pub fn missing_sqlite_file(config: &Config) -> Option<std::path::PathBuf> {
+        if config.database_kind != DatabaseKind::Sqlite {
+            return None;
+        }
+        let options = SqliteConnectOptions::from_str(config.database_url.expose()).ok()?;
+        let file = options.get_filename();
+        let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
+        (!in_memory && !file.exists()).then(|| file.to_path_buf())
+    }
+
     pub fn kind(&self) -> DatabaseKind {
         match self {
             Db::Postgres(_) => DatabaseKind::Postgres,

@@ -89,6 +89,17 @@ impl ObjectStoreBackend {
         })
     }
 
+    /// An empty store in memory: what a dry run reads where the configured local directory does
+    /// not exist yet (opening it would create it).
+    pub fn empty() -> Self {
+        ObjectStoreBackend {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            sized_puts: None,
+            one_by_one: None,
+            single_deletes: std::sync::Mutex::new(None),
+        }
+    }
+
     /// A store over an S3 bucket. Requests time out and are retried only briefly, so an outage
     /// surfaces as [`StorageError::Unavailable`] within seconds instead of hanging requests.
     pub fn s3(config: &S3Config) -> Result<Self, StorageError> {

@@ -62,6 +62,31 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
         "{out}"
     );
     untouched(&legacy, &mut conn).await;
+    // Nor a local store or an SQLite database that do not exist yet: neither is created.
+    let scratch = tempfile::tempdir().unwrap();
+    let local_dir = scratch.path().join("objects");
+    let local: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("S3_"))
+        .cloned()
+        .chain([("STORAGE_DIR".to_string(), local_dir.display().to_string())])
+        .collect();
+    let out = assert_success(&run(&local, &["migrate-to-s3", "--dry-run"]));
+    assert!(out.contains("Coredumps migrated:     2"), "{out}");
+    assert!(!local_dir.exists(), "the dry run created STORAGE_DIR");
+    let sqlite_file = scratch.path().join("typo.db");
+    let sqlite_url = format!("sqlite://{}", sqlite_file.display());
+    let output = run(
+        &with(&local, "DATABASE_URL", &sqlite_url),
+        &["migrate-to-s3", "--dry-run"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("does not exist"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!sqlite_file.exists(), "the run created the SQLite database");
 
     // Reconcile before the bucket exists: an error that says so; it does not create the bucket.
     let output = run(&env, &["reconcile", "--json"]);
