@@ -105,6 +105,21 @@ impl Env {
 
     /// A number greater than zero and at most `max` (which keeps out infinity, and values that
     /// would overflow the time arithmetic they feed).
+    /// A count between 1 and `max`: limits that size semaphores and tables, where a value past
+    /// what the process could ever hold panicked at start instead of being refused.
+    pub(crate) fn count_at_most(
+        &self,
+        name: &'static str,
+        default: usize,
+        max: usize,
+    ) -> Result<usize, ConfigError> {
+        let value: usize = self.parse(name, default)?;
+        if !(1..=max).contains(&value) {
+            return Err(invalid(name, format!("must be between 1 and {max}")));
+        }
+        Ok(value)
+    }
+
     pub(crate) fn positive_at_most(
         &self,
         name: &'static str,

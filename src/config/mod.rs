@@ -243,8 +243,12 @@ pub const DEFAULT_JOB_CONCURRENCY: usize = 32;
 
 /// The most `JOB_CONCURRENCY` on PostgreSQL: a parse job may hold a connection while it waits for
 /// its crash group, and a process's pool has at most 64 (`db::MAX_POSTGRES_CONNECTIONS`), ten of
-/// them kept for requests.
-pub const MAX_POSTGRES_JOB_CONCURRENCY: usize = 54;
+/// them kept for requests and two held by the listeners (events, device logs).
+pub const MAX_POSTGRES_JOB_CONCURRENCY: usize = 52;
+
+/// The most a connection or upload limit may be set to: far beyond what a process could serve,
+/// and well within what a semaphore can hold.
+pub const MAX_COUNT: usize = 1_000_000;
 
 /// The default of `JOB_CONCURRENCY` on SQLite, whose writers are serialised and whose pool has 4
 /// connections: more jobs would only queue for them, ahead of requests.
@@ -289,7 +293,8 @@ impl Config {
                 "JOB_CONCURRENCY",
                 format!(
                     "must be at most {MAX_POSTGRES_JOB_CONCURRENCY} on PostgreSQL (each job may \
-                     hold one of the process's at most 64 connections, and 10 stay for requests)"
+                     hold one of the process's at most 64 connections, 10 stay for requests and 2 for \
+                     the listeners)"
                 ),
             ));
         }
@@ -359,8 +364,12 @@ impl Config {
                 .get("OIDC_AUDIENCE")
                 .ok_or_else(|| invalid("OIDC_AUDIENCE", "is required when OIDC_ENABLED=true"))?;
             let mut settings = crate::oidc::OidcSettings::new(issuer_url, audience);
-            let skew: u64 = env.parse("OIDC_CLOCK_SKEW_SECONDS", settings.clock_skew.as_secs())?;
-            settings.clock_skew = Duration::from_secs(skew);
+            // At most a day: the token check subtracts it from the current time in whole seconds.
+            settings.clock_skew = env.seconds_or_zero(
+                "OIDC_CLOCK_SKEW_SECONDS",
+                settings.clock_skew.as_secs_f64(),
+                86_400.0,
+            )?;
             if let Some(client_id) = env.get("OIDC_CLIENT_ID").filter(|v| !v.trim().is_empty()) {
                 settings.client.client_id = client_id.to_string();
             }
@@ -437,7 +446,14 @@ impl Config {
             assets_dir: env.get("ASSETS_DIR").map(PathBuf::from),
             coredumps_dir: env.get("COREDUMPS_DIR").map(PathBuf::from),
             log_format,
-            job_lease: env.seconds("JOB_LEASE_SECONDS", 60.0)?,
+            job_lease: {
+                let lease = env.seconds("JOB_LEASE_SECONDS", 60.0)?;
+                // Heartbeats come every third of it, in whole timer ticks.
+                if lease < Duration::from_secs(1) {
+                    return Err(invalid("JOB_LEASE_SECONDS", "must be at least 1"));
+                }
+                lease
+            },
             worker_poll_interval: env.seconds("WORKER_POLL_SECONDS", 1.0)?,
             job_concurrency,
             reconcile_interval: match env.get("RECONCILE_INTERVAL_SECONDS") {
@@ -453,7 +469,11 @@ impl Config {
             firmware_cache_bytes: env
                 .parse("FIRMWARE_CACHE_BYTES", DEFAULT_FIRMWARE_CACHE_BYTES)?,
             parse_cache_bytes: env.parse("PARSE_CACHE_BYTES", DEFAULT_PARSE_CACHE_BYTES)?,
-            max_concurrent_coredump_uploads: env.positive("MAX_CONCURRENT_COREDUMP_UPLOADS", 64)?,
+            max_concurrent_coredump_uploads: env.count_at_most(
+                "MAX_CONCURRENT_COREDUMP_UPLOADS",
+                64,
+                MAX_COUNT,
+            )?,
             max_coredump_uploads_per_device: env.positive("MAX_COREDUMP_UPLOADS_PER_DEVICE", 2)?,
             max_downloads_per_device: env.positive("MAX_DOWNLOADS_PER_DEVICE", 4)?,
             coredump_upload_timeout: env.seconds("COREDUMP_UPLOAD_TIMEOUT_SECONDS", 30.0)?,
@@ -467,7 +487,7 @@ impl Config {
                 header_read_timeout: env.seconds("HTTP_HEADER_READ_TIMEOUT_SECONDS", 10.0)?,
                 idle_timeout: env.seconds("HTTP_IDLE_TIMEOUT_SECONDS", 30.0)?,
                 body_timeout: env.seconds("HTTP_BODY_TIMEOUT_SECONDS", 30.0)?,
-                max_connections: env.positive("HTTP_MAX_CONNECTIONS", 1024)?,
+                max_connections: env.count_at_most("HTTP_MAX_CONNECTIONS", 1024, MAX_COUNT)?,
                 shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
             },
             trusted_proxies: parse_trusted_proxies(

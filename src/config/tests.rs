@@ -84,17 +84,17 @@ fn job_concurrency_defaults_to_32_on_postgresql_and_4_on_sqlite() {
 }
 
 #[test]
-fn job_concurrency_on_postgresql_leaves_ten_connections_for_requests() {
+fn job_concurrency_on_postgresql_leaves_ten_connections_for_requests_and_two_for_listeners() {
     let with = |n: &str| {
         config(&[
             ("DATABASE_URL", "postgres://app:pw@127.0.0.1/db"),
             ("JOB_CONCURRENCY", n),
         ])
     };
-    assert_eq!(with("54").unwrap().job_concurrency, 54);
-    let refused = with("55").unwrap_err().to_string();
+    assert_eq!(with("52").unwrap().job_concurrency, 52);
+    let refused = with("53").unwrap_err().to_string();
     assert!(refused.contains("JOB_CONCURRENCY"), "{refused}");
-    assert!(refused.contains("at most 54"), "{refused}");
+    assert!(refused.contains("at most 52"), "{refused}");
     // SQLite's pool is not sized by it.
     assert_eq!(
         config(&[("JOB_CONCURRENCY", "100")])
@@ -223,6 +223,43 @@ fn values_that_would_overflow_time_arithmetic_are_refused() {
     let _ = now - chrono::Duration::from_std(c.rotation.timeout).unwrap();
     let retention = c.mqtt.unwrap().log_retention;
     let _ = now - chrono::Duration::from_std(retention).unwrap();
+}
+
+#[test]
+fn values_that_would_panic_later_are_refused_at_start() {
+    let oidc = [
+        ("OIDC_ENABLED", "true"),
+        ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+        ("OIDC_AUDIENCE", "iotsupport"),
+    ];
+    for (var, value) in [
+        // Subtracted from the time in whole seconds by the token check: it wrapped around.
+        ("OIDC_CLOCK_SKEW_SECONDS", "2000000000"),
+        ("OIDC_CLOCK_SKEW_SECONDS", "-1"),
+        // Heartbeats every third of it: a zero interval panicked in every job.
+        ("JOB_LEASE_SECONDS", "0.000000001"),
+        ("JOB_LEASE_SECONDS", "0.5"),
+        // Semaphores of this size panicked at start.
+        ("HTTP_MAX_CONNECTIONS", "4611686018427387904"),
+        ("MAX_CONCURRENT_COREDUMP_UPLOADS", "4611686018427387904"),
+        ("HTTP_MAX_CONNECTIONS", "0"),
+    ] {
+        let mut vars = oidc.to_vec();
+        vars.push((var, value));
+        let err = config(&vars).unwrap_err();
+        assert_eq!(err.variable, var, "{value}: {err}");
+    }
+    let c = config(&[
+        oidc[0],
+        oidc[1],
+        oidc[2],
+        ("OIDC_CLOCK_SKEW_SECONDS", "0"),
+        ("JOB_LEASE_SECONDS", "1"),
+        ("HTTP_MAX_CONNECTIONS", "1000000"),
+    ])
+    .unwrap();
+    assert_eq!(c.oidc.unwrap().clock_skew, Duration::ZERO);
+    assert_eq!(c.job_lease, Duration::from_secs(1));
 }
 
 #[test]

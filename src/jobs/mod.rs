@@ -207,32 +207,41 @@ pub async fn claim_many(
 
 /// Tells other workers the job is still being worked on. Returns false when the claim was lost
 /// (another worker took the job over), in which case the caller should stop.
-pub async fn heartbeat(db: &Db, job_id: i64, worker: &str) -> Result<bool, DbError> {
+///
+/// A claim is named by the worker and the attempt it started (`attempts`, which every claim
+/// increments): a worker whose heartbeats failed for longer than the lease (the database was
+/// away) may claim its own job again as stale, and the first run must then find its claim lost
+/// rather than run on beside the second, both settling the row.
+pub async fn heartbeat(db: &Db, job: &Job, worker: &str) -> Result<bool, DbError> {
     let now = db::now();
     let rows = crate::on_pool!(db, |p| {
         sqlx::query(
-        "UPDATE jobs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running' AND claimed_by = $3"
-    )
-    .bind(now)
-    .bind(job_id)
-    .bind(worker)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected())
+            "UPDATE jobs SET heartbeat_at = $1
+             WHERE id = $2 AND status = 'running' AND claimed_by = $3 AND attempts = $4",
+        )
+        .bind(now)
+        .bind(job.id)
+        .bind(worker)
+        .bind(job.attempts)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected())
     })?;
     Ok(rows == 1)
 }
 
-/// Records the outcome of a run. Only the worker that holds the claim can finish the job.
+/// Records the outcome of a run. Only the claim's holder can finish the job (the worker, in the
+/// attempt it claimed: see [`heartbeat`]).
 pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> Result<(), DbError> {
     let now = db::now();
     match outcome {
         JobOutcome::Completed => {
             crate::on_pool!(db, |p| sqlx::query(
-                "DELETE FROM jobs WHERE id = $1 AND claimed_by = $2"
+                "DELETE FROM jobs WHERE id = $1 AND claimed_by = $2 AND attempts = $3"
             )
             .bind(job.id)
             .bind(worker)
+            .bind(job.attempts)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))?;
@@ -243,13 +252,14 @@ pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> R
                 sqlx::query(
                 "UPDATE jobs SET status = 'queued', run_at = $1, last_error = $2, claimed_by = NULL,
                         heartbeat_at = NULL, updated_at = $3
-                 WHERE id = $4 AND claimed_by = $5"
+                 WHERE id = $4 AND claimed_by = $5 AND attempts = $6"
             )
             .bind(run_at)
             .bind(error)
             .bind(now)
             .bind(job.id)
             .bind(worker)
+            .bind(job.attempts)
             .execute(p)
             .await
             .map(|r| r.rows_affected())
@@ -259,12 +269,13 @@ pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> R
             crate::on_pool!(db, |p| sqlx::query(
                 "UPDATE jobs SET status = 'failed', last_error = $1, claimed_by = NULL,
                         heartbeat_at = NULL, updated_at = $2
-                 WHERE id = $3 AND claimed_by = $4"
+                 WHERE id = $3 AND claimed_by = $4 AND attempts = $5"
             )
             .bind(error)
             .bind(now)
             .bind(job.id)
             .bind(worker)
+            .bind(job.attempts)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))?;

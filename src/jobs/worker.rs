@@ -186,7 +186,7 @@ impl JobRunner {
             interval.tick().await;
             loop {
                 interval.tick().await;
-                match heartbeat(&self.db, job.id, &self.worker_id).await {
+                match heartbeat(&self.db, job, &self.worker_id).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(job_id = job.id, "job_claim_lost");
@@ -299,9 +299,12 @@ fn outcome_label(outcome: &JobOutcome) -> &'static str {
     }
 }
 
+/// The host's name, cut to 40 characters: with the pid and a UUID it names a claim in
+/// `jobs.claimed_by` (`VARCHAR(100)` on PostgreSQL), and a longer one (a 63-character pod name or
+/// FQDN) made every claim fail there.
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
+        .map(|h| h.trim().chars().take(40).collect::<String>())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_string())

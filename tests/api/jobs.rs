@@ -170,6 +170,48 @@ async fn a_job_claimed_by_a_worker_that_died_is_picked_up_again() {
     .await;
 }
 
+/// A worker whose heartbeats failed for longer than the lease (the database was away) may claim
+/// its own job again as stale: the first run's claim is then lost. Its heartbeat says so, and its
+/// outcome settles nothing, so the two runs never both settle the row.
+#[tokio::test]
+async fn a_worker_that_claims_its_own_job_again_loses_the_first_claim() {
+    for_each_stack("job_own_reclaim", &[], async |app| {
+        let db = app.db().clone();
+        let lease = Duration::from_secs(30);
+        enqueue_committed(&db, "probe", 1).await;
+        let first = jobs::claim(&db, "worker", &["probe"], lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(jobs::heartbeat(&db, &first, "worker").await.unwrap());
+        age_heartbeats(&db, lease + Duration::from_secs(1)).await;
+        let second = jobs::claim(&db, "worker", &["probe"], lease)
+            .await
+            .unwrap()
+            .expect("its own stale claim taken again");
+        assert_eq!(second.attempts, first.attempts + 1);
+        assert!(
+            !jobs::heartbeat(&db, &first, "worker").await.unwrap(),
+            "the first claim lives on"
+        );
+        // The first run's outcome (a retry after the outage, say) does not touch the second's row.
+        let retry = JobOutcome::Retry {
+            after: Duration::from_secs(60),
+            error: "database away".into(),
+        };
+        jobs::finish(&db, &first, "worker", &retry).await.unwrap();
+        let rows = jobs::list(&db).await.unwrap();
+        assert_eq!(rows[0].status, "running");
+        assert_eq!(rows[0].attempts, second.attempts);
+        assert!(jobs::heartbeat(&db, &second, "worker").await.unwrap());
+        jobs::finish(&db, &second, "worker", &JobOutcome::Completed)
+            .await
+            .unwrap();
+        assert!(jobs::list(&db).await.unwrap().is_empty());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_live_workers_heartbeat_keeps_its_claim() {
     for_each_stack("job_heartbeat", &[], async |app| {
