@@ -34,6 +34,10 @@ pub enum ProvisioningError {
     Invalid(String),
     #[error("Device {0} was not found")]
     DeviceNotFound(i64),
+    /// The secret the device's request proved was replaced meanwhile (a credential from another
+    /// process's cache, say): nothing is minted for it.
+    #[error("Invalid credentials: the secret this request proved was replaced")]
+    SecretReplaced,
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -95,11 +99,14 @@ pub fn check_settings(settings: &CredentialSettings) -> Result<(), ProvisioningE
 }
 
 /// Mints a pending secret for device `id` and returns its package, checked by `check` (e.g. that
-/// its NVS image can be built) before the secret is stored.
+/// its NVS image can be built) before the secret is stored. `proved`: the secret hash a device's
+/// own request proved, which must still be its current or pending one (a revoked secret, still
+/// in a lookup cache for a moment, must not turn into a fresh one); `None` for an admin.
 pub async fn mint<T>(
     db: &Db,
     settings: &CredentialSettings,
     id: i64,
+    proved: Option<&str>,
     check: impl FnOnce(&Package) -> Result<T, ProvisioningError>,
 ) -> Result<(Package, T), ProvisioningError> {
     let mut tx = db.begin().await?;
@@ -126,7 +133,12 @@ pub async fn mint<T>(
         ],
     };
     let checked = check(&package)?;
-    queries::set_pending_secret(&mut tx, id, &secret.hash()).await?;
+    if !queries::set_pending_secret_if(&mut tx, id, &secret.hash(), proved).await? {
+        return Err(match proved {
+            Some(_) => ProvisioningError::SecretReplaced,
+            None => ProvisioningError::DeviceNotFound(id),
+        });
+    }
     tx.commit().await?;
     tracing::info!(device_key = %device.key, "provisioning_package_minted");
     Ok((package, checked))

@@ -61,17 +61,31 @@ struct CredentialWithImage {
 
 /// Stores a new pending secret (replacing any earlier one); the current one stays valid.
 pub async fn set_pending_secret(tx: &mut Tx, id: i64, hash: &str) -> Result<bool, DbError> {
+    set_pending_secret_if(tx, id, hash, None).await
+}
+
+/// As [`set_pending_secret`], and with `proved` only while that secret hash is still the
+/// device's current or pending one. False when there is no such device, or it was replaced.
+pub async fn set_pending_secret_if(
+    tx: &mut Tx,
+    id: i64,
+    hash: &str,
+    proved: Option<&str>,
+) -> Result<bool, DbError> {
     let now = now();
     let rows = on_conn!(tx, |c| {
         sqlx::query(
-        "UPDATE devices SET pending_secret_hash = $1, pending_secret_created_at = $2 WHERE id = $3"
-    )
-    .bind(hash)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
+            "UPDATE devices SET pending_secret_hash = $1, pending_secret_created_at = $2
+             WHERE id = $3
+               AND ($4 IS NULL OR secret_hash = $4 OR pending_secret_hash = $4)",
+        )
+        .bind(hash)
+        .bind(now)
+        .bind(id)
+        .bind(proved)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
     })?;
     Ok(rows == 1)
 }

@@ -96,6 +96,11 @@ pub struct DeviceCaller {
     pub id: i64,
     pub key: String,
     pub device_model_id: i64,
+    /// The hash of the secret the request proved (directly, or through a token minted with it);
+    /// `None` when no secret of ours was proved (an OIDC device token, the development key mode).
+    /// The credential may have been read from the lookup cache: a write that must not outlive
+    /// the secret (minting a new one) checks that it is still the device's.
+    pub proved_secret: Option<String>,
 }
 
 fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
@@ -383,10 +388,15 @@ pub async fn accept(
             }
         }
     }
+    let proved_secret = match proved {
+        SecretMatch::Current => credential.secret_hash,
+        SecretMatch::Pending(hash) => Some(hash),
+    };
     Ok(DeviceCaller {
         id: credential.id,
         key: credential.key,
         device_model_id: credential.device_model_id,
+        proved_secret,
     })
 }
 
@@ -431,6 +441,7 @@ async fn device_from_oidc(
         id: credential.id,
         key: credential.key,
         device_model_id: credential.device_model_id,
+        proved_secret: None,
     })
 }
 
@@ -532,6 +543,7 @@ async fn authenticate_device(
                     id: device.id,
                     key: device.key,
                     device_model_id: device.device_model_id,
+                    proved_secret: None,
                 });
             }
         }

@@ -70,7 +70,7 @@ pub async fn nvs_package(
     esp_nvs_image::provisioning_image(provisioning::NAMESPACE, &[], size)
         .map_err(|e| ApiError::validation(e.to_string()))?;
     let (package, image) =
-        provisioning::mint(&state.db, &state.config.credentials, id, |package| {
+        provisioning::mint(&state.db, &state.config.credentials, id, None, |package| {
             package.nvs_image(size)
         })
         .await?;

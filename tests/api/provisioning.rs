@@ -272,3 +272,40 @@ async fn a_replaced_pending_secret_is_refused_by_a_process_whose_cache_still_nam
         b.stop().await;
     }
 }
+
+/// A secret an admin replaced (a leak) cannot be turned into a fresh one through a process whose
+/// lookup cache still names it: the device's package request proves the old secret, and the
+/// mint checks that it is still the device's. Without the check the holder of the leaked secret
+/// got a pending secret that its first use made current, locking the real device out.
+#[tokio::test]
+async fn a_replaced_secret_cannot_mint_a_package_through_a_process_that_still_caches_it() {
+    let mut overrides: Vec<(&str, &str)> = PROVISIONING.to_vec();
+    overrides.push(("DEVICE_LOOKUP_CACHE_SECONDS", "30"));
+    for stack in ALL_STACKS {
+        let Some((a, b)) = spawn_twins(stack, "replaced_mints_nothing", &overrides).await else {
+            continue;
+        };
+        let device = &model_with_devices(&a, "thermo", 1).await[0];
+        // B reads the credential now and keeps it.
+        assert_eq!(
+            iot_get(&b, "/api/iot/config", &device.credential).await.0,
+            200
+        );
+        // The admin replaces the leaked secret through A.
+        let (status, body) = a.replace_device_secret(device.id).await;
+        assert_eq!(status, 200, "{body}");
+        let replacement = format!("{}.{}", device.key, body["device_secret"].as_str().unwrap());
+
+        let (status, body) = iot_get(&b, "/api/iot/provisioning", &device.credential).await;
+        assert_eq!(
+            status, 401,
+            "{stack:?}: a replaced secret minted a package: {body}"
+        );
+        assert_eq!(pending_hash(&a, device.id).await, None, "{stack:?}");
+        // The replacement still mints one.
+        let (status, body) = iot_get(&b, "/api/iot/provisioning", &replacement).await;
+        assert_eq!(status, 200, "{stack:?}: {body}");
+        a.stop().await;
+        b.stop().await;
+    }
+}

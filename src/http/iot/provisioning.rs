@@ -32,6 +32,9 @@ impl From<ProvisioningError> for ApiError {
         match e {
             ProvisioningError::Invalid(message) => ApiError::validation(message),
             e @ ProvisioningError::DeviceNotFound(_) => ApiError::NotFound(e.to_string()),
+            e @ ProvisioningError::SecretReplaced => {
+                ApiError::AuthenticationRequired(e.to_string())
+            }
             ProvisioningError::Db(e) => e.into(),
         }
     }
@@ -56,8 +59,20 @@ pub async fn package(
     device: DeviceCaller,
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
-    let (package, ()) =
-        provisioning::mint(&state.db, &state.config.credentials, device.id, |_| Ok(())).await?;
+    let (package, ()) = provisioning::mint(
+        &state.db,
+        &state.config.credentials,
+        device.id,
+        device.proved_secret.as_deref(),
+        |_| Ok(()),
+    )
+    .await
+    .inspect_err(|e| {
+        if matches!(e, ProvisioningError::SecretReplaced) {
+            // What this process has cached for the device is stale.
+            state.caches.device_changed(&device.key);
+        }
+    })?;
     // The pending secret it replaced is refused at once by this process.
     state.caches.device_changed(&device.key);
     let [device_key, client_id, client_secret, token_url, base_url, mqtt_url, wifi_ssid, wifi_password] =
