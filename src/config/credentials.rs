@@ -70,12 +70,21 @@ pub(super) fn credentials(env: &Env) -> Result<CredentialSettings, ConfigError> 
     }
     let signing_key_pem = match env.get("DEVICE_TOKEN_SIGNING_KEY_FILE") {
         None => None,
-        Some(path) => Some(Secret::new(std::fs::read_to_string(path).map_err(|e| {
-            invalid(
-                "DEVICE_TOKEN_SIGNING_KEY_FILE",
-                format!("cannot read {path}: {e}"),
-            )
-        })?)),
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "DEVICE_TOKEN_SIGNING_KEY_FILE",
+                    format!("cannot read {path}: {e}"),
+                )
+            })?;
+            crate::credentials::tokens::check_signing_key(&pem).map_err(|e| {
+                invalid(
+                    "DEVICE_TOKEN_SIGNING_KEY_FILE",
+                    format!("{path} is not a usable signing key: {e}"),
+                )
+            })?;
+            Some(Secret::new(pem))
+        }
     };
     Ok(CredentialSettings {
         token_issuer: env

@@ -294,3 +294,31 @@ fn s3_settings_without_an_endpoint_are_refused_not_taken_for_the_local_directory
         StorageConfig::Local { .. }
     ));
 }
+
+#[test]
+fn a_token_signing_key_file_that_cannot_sign_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let der = crate::credentials::tokens::generate_pkcs8().unwrap();
+    let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der);
+    let good = write(
+        "good.pem",
+        &format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"),
+    );
+    assert!(config(&[("DEVICE_TOKEN_SIGNING_KEY_FILE", &good)]).is_ok());
+    for (name, text) in [
+        // SEC1, not PKCS#8.
+        ("sec1.pem", "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n"),
+        // Not a key at all.
+        ("junk.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+        ("truncated.pem", &format!("-----BEGIN PRIVATE KEY-----\n{}\n", &body[..20])),
+    ] {
+        let path = write(name, text);
+        let err = config(&[("DEVICE_TOKEN_SIGNING_KEY_FILE", &path)]).unwrap_err();
+        assert_eq!(err.variable, "DEVICE_TOKEN_SIGNING_KEY_FILE", "{name}: {err}");
+    }
+}

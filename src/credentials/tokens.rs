@@ -143,7 +143,7 @@ fn public_jwk(pkcs8: &[u8]) -> Result<Jwk, TokenError> {
 }
 
 /// A new EC P-256 key as PKCS#8 DER.
-fn generate_pkcs8() -> Result<Vec<u8>, TokenError> {
+pub(crate) fn generate_pkcs8() -> Result<Vec<u8>, TokenError> {
     use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
         .map_err(|_| TokenError::Key("cannot generate a key".into()))?;
@@ -151,6 +151,12 @@ fn generate_pkcs8() -> Result<Vec<u8>, TokenError> {
         .to_pkcs8v1()
         .map_err(|_| TokenError::Key("cannot encode the key".into()))?;
     Ok(doc.as_ref().to_vec())
+}
+
+/// Whether `pem` is a key tokens can be signed with (a PKCS#8 P-256 key): checked when the
+/// configuration is read, so that a wrong file stops the start instead of failing every token.
+pub fn check_signing_key(pem: &str) -> Result<(), TokenError> {
+    public_jwk(&pem_to_der(pem)?).map(|_| ())
 }
 
 /// The DER inside a PEM `PRIVATE KEY` block.
