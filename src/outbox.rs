@@ -144,6 +144,9 @@ pub async fn process_due(db: &Db, storage: &Storage) -> Result<OutboxPass, DbErr
         }
     }
     let results = storage.delete_many(&keys).await;
+    // The retry delays count from now: a store that did not answer took its timeouts, and with
+    // the time from before the call the entries were due again at once.
+    let now = db::now();
     for (entry, result) in entries.iter().zip(results) {
         match result {
             Ok(()) => {
