@@ -103,7 +103,13 @@ impl Application {
         Self::build_with(config, BuildOptions::default()).await
     }
 
-    pub async fn build_with(config: Config, options: BuildOptions) -> Result<Self, StartupError> {
+    pub async fn build_with(
+        mut config: Config,
+        options: BuildOptions,
+    ) -> Result<Self, StartupError> {
+        // The connection cap as the open-file limit allows, once for everything sized by it (the
+        // server's registry, the live streams' half).
+        config.http = crate::http::server::fitted_to_fd_limit(config.http);
         let db = Db::connect(&config).await?;
         if config.migrate_on_start {
             let outcome = migrate::run(&db).await?;

@@ -47,7 +47,9 @@ use crate::telemetry;
 
 /// `limits.max_connections` lowered so that open connections can never use up the file
 /// descriptors the process needs for its database pool, the object store and temporary files.
-fn fitted_to_fd_limit(mut limits: HttpLimits) -> HttpLimits {
+/// `crate::startup` applies it to the configuration, so the live streams' limit (half the
+/// connections) follows too; [`serve`] applies it again for callers that did not.
+pub fn fitted_to_fd_limit(mut limits: HttpLimits) -> HttpLimits {
     if let Some(fds) = open_file_limit() {
         let usable = fds.saturating_sub(RESERVED_FDS).max(MIN_CONNECTIONS) as usize;
         if usable < limits.max_connections {
