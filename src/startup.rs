@@ -230,6 +230,8 @@ impl Application {
         } = self;
         let config = state.config.clone();
         let mut workers = tokio::task::JoinSet::new();
+        // The job runner's claims, to give back any job still running when shutdown gives up.
+        let mut job_worker = None;
         workers.spawn(outbox::run_worker(
             state.db.clone(),
             state.storage.clone(),
@@ -250,6 +252,7 @@ impl Application {
                     }),
                     limit: JOBS_WHILE_UPLOADS_BUSY,
                 });
+            job_worker = Some(runner.worker_id().to_string());
             workers.spawn(runner.run(
                 config.job_concurrency,
                 config.worker_poll_interval,
@@ -319,7 +322,16 @@ impl Application {
         .await
         .is_err()
         {
-            tracing::warn!("workers did not stop within 30 s");
+            // A long job (a backfill, a rekey) is cut off here; its row is given back as it was
+            // before this attempt, for the next process at once, rather than left `running` until
+            // its lease runs out with an attempt spent.
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+            let released = match &job_worker {
+                Some(worker) => crate::jobs::release_claims(&state.db, worker).await,
+                None => Ok(0),
+            };
+            tracing::warn!(released = ?released, "workers did not stop within 30 s");
         }
         // Uploads whose clients left before the server stopped still finish (or clean up).
         state.detached.close();

@@ -312,13 +312,25 @@ fn a_token_signing_key_file_that_cannot_sign_stops_the_start() {
     assert!(config(&[("DEVICE_TOKEN_SIGNING_KEY_FILE", &good)]).is_ok());
     for (name, text) in [
         // SEC1, not PKCS#8.
-        ("sec1.pem", "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n"),
+        (
+            "sec1.pem",
+            "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n",
+        ),
         // Not a key at all.
-        ("junk.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
-        ("truncated.pem", &format!("-----BEGIN PRIVATE KEY-----\n{}\n", &body[..20])),
+        (
+            "junk.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ),
+        (
+            "truncated.pem",
+            &format!("-----BEGIN PRIVATE KEY-----\n{}\n", &body[..20]),
+        ),
     ] {
         let path = write(name, text);
         let err = config(&[("DEVICE_TOKEN_SIGNING_KEY_FILE", &path)]).unwrap_err();
-        assert_eq!(err.variable, "DEVICE_TOKEN_SIGNING_KEY_FILE", "{name}: {err}");
+        assert_eq!(
+            err.variable, "DEVICE_TOKEN_SIGNING_KEY_FILE",
+            "{name}: {err}"
+        );
     }
 }

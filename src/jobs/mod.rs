@@ -230,6 +230,22 @@ pub async fn heartbeat(db: &Db, job: &Job, worker: &str) -> Result<bool, DbError
     Ok(rows == 1)
 }
 
+/// Gives back every job `worker` still holds (its process is stopping and cut them off): queued
+/// again, due now, the cut attempt not counted. How many.
+pub async fn release_claims(db: &Db, worker: &str) -> Result<u64, DbError> {
+    let now = db::now();
+    Ok(crate::on_pool!(db, |p| sqlx::query(
+        "UPDATE jobs SET status = 'queued', claimed_by = NULL, heartbeat_at = NULL,
+                         attempts = attempts - 1, run_at = $1, updated_at = $1
+         WHERE status = 'running' AND claimed_by = $2"
+    )
+    .bind(now)
+    .bind(worker)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?)
+}
+
 /// Records the outcome of a run. Only the claim's holder can finish the job (the worker, in the
 /// attempt it claimed: see [`heartbeat`]).
 pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> Result<(), DbError> {

@@ -212,6 +212,40 @@ async fn a_worker_that_claims_its_own_job_again_loses_the_first_claim() {
     .await;
 }
 
+/// A process that stops while a job still runs past its wait gives the job back as it was before
+/// that attempt (queued, due, the attempt not counted); another worker's jobs stay its own.
+#[tokio::test]
+async fn a_stopping_worker_gives_back_the_jobs_it_cut_off() {
+    for_each_stack("job_release", &[], async |app| {
+        let db = app.db().clone();
+        let lease = Duration::from_secs(30);
+        enqueue_committed(&db, "probe", 2).await;
+        let mine = jobs::claim(&db, "stopping", &["probe"], lease)
+            .await
+            .unwrap()
+            .unwrap();
+        let theirs = jobs::claim(&db, "other", &["probe"], lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(jobs::release_claims(&db, "stopping").await.unwrap(), 1);
+        let rows = jobs::list(&db).await.unwrap();
+        let row = |id| rows.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(row(mine.id).status, "queued");
+        assert_eq!(row(mine.id).attempts, 0);
+        assert_eq!(row(mine.id).claimed_by, None);
+        assert_eq!(row(theirs.id).status, "running");
+        assert_eq!(row(theirs.id).claimed_by.as_deref(), Some("other"));
+        // Claimable again at once.
+        let again = jobs::claim(&db, "next", &["probe"], lease)
+            .await
+            .unwrap()
+            .expect("the released job");
+        assert_eq!((again.id, again.attempts), (mine.id, 1));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_live_workers_heartbeat_keeps_its_claim() {
     for_each_stack("job_heartbeat", &[], async |app| {
