@@ -143,6 +143,16 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     config.check_safe_to_serve()?;
+    // A key that cannot sign failed every device token (ours and, before the fallback, the
+    // identity provider's) with a 500 after a warning at start.
+    if let Some(pem) = &config.credentials.signing_key_pem {
+        crate::credentials::tokens::check_signing_key(pem.expose()).map_err(|e| {
+            crate::config::ConfigError {
+                variable: "DEVICE_TOKEN_SIGNING_KEY_FILE",
+                reason: format!("is not a usable signing key: {e}"),
+            }
+        })?;
+    }
     if !config.admin_auth_enabled() {
         tracing::warn!("admin API is open: no ADMIN_TOKEN or OIDC configured");
     }
@@ -320,7 +330,7 @@ async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> any
         seconds = started.elapsed().as_secs_f64(),
         firmware_migrated = summary.firmware_migrated,
         coredumps_migrated = summary.coredumps_migrated,
-        warnings = summary.warnings.len(),
+        warnings = summary.warning_count(),
         dry_run,
         "migrate_to_s3_finished"
     );

@@ -70,21 +70,13 @@ pub(super) fn credentials(env: &Env) -> Result<CredentialSettings, ConfigError> 
     }
     let signing_key_pem = match env.get("DEVICE_TOKEN_SIGNING_KEY_FILE") {
         None => None,
-        Some(path) => {
-            let pem = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "DEVICE_TOKEN_SIGNING_KEY_FILE",
-                    format!("cannot read {path}: {e}"),
-                )
-            })?;
-            crate::credentials::tokens::check_signing_key(&pem).map_err(|e| {
-                invalid(
-                    "DEVICE_TOKEN_SIGNING_KEY_FILE",
-                    format!("{path} is not a usable signing key: {e}"),
-                )
-            })?;
-            Some(Secret::new(pem))
-        }
+        // Whether it can sign is checked by `serve` before it starts (`crate::cli`).
+        Some(path) => Some(Secret::new(std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "DEVICE_TOKEN_SIGNING_KEY_FILE",
+                format!("cannot read {path}: {e}"),
+            )
+        })?)),
     };
     Ok(CredentialSettings {
         token_issuer: env

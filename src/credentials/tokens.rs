@@ -143,7 +143,7 @@ fn public_jwk(pkcs8: &[u8]) -> Result<Jwk, TokenError> {
 }
 
 /// A new EC P-256 key as PKCS#8 DER.
-pub(crate) fn generate_pkcs8() -> Result<Vec<u8>, TokenError> {
+fn generate_pkcs8() -> Result<Vec<u8>, TokenError> {
     use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
         .map_err(|_| TokenError::Key("cannot generate a key".into()))?;

@@ -91,6 +91,39 @@ fn invalid_configuration_exits_2_naming_the_variable() {
     );
 }
 
+/// A token signing key file that cannot sign (SEC1 instead of PKCS#8, junk, cut short) stops
+/// `serve` with exit 2 naming the variable, before anything is created; it used to start, warn,
+/// and fail every device token with a 500.
+#[test]
+fn a_signing_key_file_that_cannot_sign_stops_serve() {
+    let dir = tempfile::TempDir::new().unwrap();
+    for (name, text) in [
+        (
+            "sec1.pem",
+            "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n",
+        ),
+        (
+            "junk.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = run(
+            dir.path(),
+            &["serve"],
+            &[("DEVICE_TOKEN_SIGNING_KEY_FILE", path.to_str().unwrap())],
+        );
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("DEVICE_TOKEN_SIGNING_KEY_FILE"),
+            "{name}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("data").exists(), "nothing created");
+}
+
 #[test]
 fn secrets_do_not_appear_in_error_output() {
     let dir = tempfile::TempDir::new().unwrap();
