@@ -54,12 +54,32 @@ pub struct Summary {
     pub coredumps_migrated: usize,
     pub coredumps_skipped: usize,
     pub coredumps_unchanged: usize,
+    /// The first [`MAX_KEPT_WARNINGS`] warnings (every one is logged as it happens).
     pub warnings: Vec<String>,
+    /// Warnings beyond those: a tree with a hundred thousand orphaned files must not keep (and
+    /// print) a line for each.
+    pub warnings_not_kept: usize,
     /// Notes that are not problems (e.g. the legacy column dropped).
     pub notes: Vec<String>,
 }
 
+/// How many warnings a run keeps for its summary.
+pub const MAX_KEPT_WARNINGS: usize = 200;
+
 impl Summary {
+    fn warn(&mut self, warning: String) {
+        if self.warnings.len() < MAX_KEPT_WARNINGS {
+            self.warnings.push(warning);
+        } else {
+            self.warnings_not_kept += 1;
+        }
+    }
+
+    /// Every warning of the run, kept or not.
+    pub fn warning_count(&self) -> usize {
+        self.warnings.len() + self.warnings_not_kept
+    }
+
     fn count(&mut self, kind: Kind, outcome: Outcome) {
         let slot = match (kind, outcome) {
             (Kind::Firmware, Outcome::Migrated) => &mut self.firmware_migrated,
@@ -98,9 +118,16 @@ impl Summary {
             let _ = writeln!(out, "  {note}");
         }
         if !self.warnings.is_empty() {
-            let _ = writeln!(out, "\n  Warnings ({}):", self.warnings.len());
+            let _ = writeln!(out, "\n  Warnings ({}):", self.warning_count());
             for w in &self.warnings {
                 let _ = writeln!(out, "    - {w}");
+            }
+            if self.warnings_not_kept > 0 {
+                let _ = writeln!(
+                    out,
+                    "    … and {} more (each is in the log as migrate_to_s3_warning or a skipped item)",
+                    self.warnings_not_kept
+                );
             }
         }
         out
@@ -178,7 +205,7 @@ impl Reporter {
             summary.count(kind, outcome);
             if warn {
                 if let Some(reason) = reason {
-                    summary.warnings.push(reason.to_string());
+                    summary.warn(reason.to_string());
                 }
             }
         }
@@ -192,7 +219,7 @@ impl Reporter {
     pub fn warn(&self, warning: String) {
         tracing::warn!(warning = %warning, "migrate_to_s3_warning");
         if let Ok(mut summary) = self.summary.lock() {
-            summary.warnings.push(warning);
+            summary.warn(warning);
         }
     }
 
@@ -217,5 +244,31 @@ impl Reporter {
             crate::telemetry::set_progress_bar(None);
         }
         self.summary.into_inner().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_keeps_a_bounded_number_of_warnings_and_says_how_many_more() {
+        let reporter = Reporter::new(false);
+        for i in 0..MAX_KEPT_WARNINGS + 5 {
+            reporter.warn(format!("orphan {i}"));
+        }
+        let summary = reporter.finish();
+        assert_eq!(summary.warnings.len(), MAX_KEPT_WARNINGS);
+        assert_eq!(summary.warning_count(), MAX_KEPT_WARNINGS + 5);
+        let text = summary.render(false);
+        assert!(
+            text.contains(&format!("Warnings ({}):", MAX_KEPT_WARNINGS + 5)),
+            "{text}"
+        );
+        assert!(text.contains("… and 5 more"), "{text}");
+        assert!(
+            !text.contains(&format!("orphan {}", MAX_KEPT_WARNINGS)),
+            "{text}"
+        );
     }
 }
