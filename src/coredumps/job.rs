@@ -464,11 +464,20 @@ impl JobHandler for ParseCoredumpHandler {
             return Ok(());
         };
         let target = match coredumps::parse_target(&self.db, payload.coredump_id).await {
-            // Gone, or reparsed since: the newer parse's job answers for it.
-            Ok(Some(target)) if target.parse_generation == payload.generation => target,
-            Ok(_) => return Ok(()),
+            Ok(Some(target)) => target,
+            // Gone.
+            Ok(None) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
+        // Reparsed since: the newer parse's job answers for it, if there is one (see `run`).
+        if target.parse_generation != payload.generation
+            && self
+                .has_job_of(target.id, target.parse_generation)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
         let message = format!("Parsing gave up: {error}");
         tracing::warn!(coredump_id = target.id, device_key = %target.device_key,
             error = %message, "coredump_parse_failed");

@@ -326,13 +326,17 @@ async fn find_credential(
 
 /// The process's token issuer (loaded on first use).
 pub async fn token_issuer(state: &AppState) -> Result<std::sync::Arc<TokenIssuer>, ApiError> {
-    state.tokens.issuer().await.map_err(|e| match e {
+    state.tokens.issuer().await.map_err(issuer_error)
+}
+
+fn issuer_error(e: TokenError) -> ApiError {
+    match e {
         TokenError::Db(e) => ApiError::from(e),
         TokenError::Key(message) => {
             tracing::error!(error = %message, "device_token_key_unusable");
             ApiError::Internal("Internal error: the token signing key is unusable".into())
         }
-    })
+    }
 }
 
 fn invalid_device_credentials() -> ApiError {
@@ -504,11 +508,15 @@ async fn authenticate_device(
 ) -> Result<DeviceCaller, ApiError> {
     if let Some(token) = bearer(parts)? {
         if looks_like_jwt(token) {
-            let issuer = match (token_issuer(state).await, &state.oidc) {
+            let issuer = match (state.tokens.issuer().await, &state.oidc) {
                 (Ok(issuer), _) => issuer,
-                // Our tokens cannot be checked now; the identity provider's still can.
-                (Err(_), Some(oidc)) => return device_from_oidc(state, oidc, token, image).await,
-                (Err(e), None) => return Err(e),
+                // Our key is unusable (a stored one that cannot be read): our tokens cannot be
+                // checked, the identity provider's still can. A database that is away is a 503
+                // for every token, as the device should retry, not drop its token.
+                (Err(TokenError::Key(_)), Some(oidc)) => {
+                    return device_from_oidc(state, oidc, token, image).await
+                }
+                (Err(e), _) => return Err(issuer_error(e)),
             };
             match issuer.check(token) {
                 TokenCheck::Valid(claims) => {

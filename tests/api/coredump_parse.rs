@@ -546,25 +546,54 @@ async fn a_reparse_by_a_release_before_parse_generations_still_parses_the_dump()
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     assert_eq!(dump(&app, &device, id).await["parse_status"], "ERROR");
 
-    // The old release's reparse.
-    iotsupport::on_pool!(app.db(), |p| sqlx::query(
-        "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, parsed_at = NULL
-         WHERE id = $1"
-    )
-    .bind(id)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))
-    .unwrap();
-    let mut tx = app.db().begin().await.unwrap();
-    iotsupport::coredumps::job::enqueue(&mut tx, id)
+    // The old release's reparse: PENDING, the generation left as it was, a job of generation 0.
+    let old_release_reparse = async || {
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, parsed_at = NULL
+             WHERE id = $1"
+        )
+        .bind(id)
+        .execute(p)
         .await
+        .map(|r| r.rows_affected()))
         .unwrap();
-    tx.commit().await.unwrap();
+        let mut tx = app.db().begin().await.unwrap();
+        iotsupport::coredumps::job::enqueue(&mut tx, id)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    old_release_reparse().await;
 
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     let body = dump(&app, &device, id).await;
     assert_eq!(body["parse_status"], "ERROR", "{body}");
     assert!(body["parsed_at"].is_string(), "{body}");
+
+    // The same, with that job's every attempt claimed by a worker that died: it gives up, and
+    // the dump ends ERROR rather than PENDING with no job left.
+    old_release_reparse().await;
+    let past = iotsupport::db::now() - chrono::Duration::hours(1);
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "UPDATE jobs SET status = 'running', claimed_by = 'dead-worker', heartbeat_at = $1,
+                         attempts = max_attempts"
+    )
+    .bind(past)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    assert!(matches!(
+        run_one_job(&app).await,
+        Some(JobOutcome::Abort { .. })
+    ));
+    let body = dump(&app, &device, id).await;
+    assert_eq!(body["parse_status"], "ERROR", "{body}");
+    assert!(
+        body["parsed_output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("Parsing gave up")),
+        "{body}"
+    );
     app.stop().await;
 }
