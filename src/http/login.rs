@@ -296,17 +296,38 @@ pub async fn callback(
 ///
 /// A request the browser says came from another site (`Sec-Fetch-Site`, else `Origin` or
 /// `Referer`) ends nothing: it gets a page that asks, whose button links here.
-#[utoipa::path(method(get, post), path = "/api/auth/logout", tag = "auth",
+#[utoipa::path(method(get, post), path = "/api/auth/logout", tag = "auth", params(LogoutQuery),
     responses((status = 303, description = "Signed out: to the provider's logout or to /"),
         (status = 200, description = "From another site: a page asking to confirm (text/html)")))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(query): Query<LogoutQuery>,
 ) -> Result<Response, ApiError> {
     // A POST too: even without the session cookie (SameSite=Lax), the answer's Set-Cookie
     // would clear it in the browser.
     if from_another_site(&headers) {
-        return Ok(no_store(super::ui::sign_in::confirm_sign_out()));
+        // The confirmation page's link carries the session's CSRF token, which another site
+        // cannot know: a browser that sends no Sec-Fetch-Site, behind a proxy that rewrites Host,
+        // looks cross-site on that link too, and would otherwise get the page again for ever.
+        let csrf = match session::session_cookie(&headers) {
+            Some(cookie) => {
+                let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
+                sessions::find(&state.db, &cookie, admin_token, state.oidc.is_some())
+                    .await?
+                    .map(|s| s.csrf_token)
+            }
+            None => None,
+        };
+        let confirmed = match (&csrf, &query.confirm) {
+            (Some(expected), Some(sent)) => super::auth::secrets_equal(sent, expected),
+            _ => false,
+        };
+        if !confirmed {
+            return Ok(no_store(super::ui::sign_in::confirm_sign_out(
+                csrf.as_deref(),
+            )));
+        }
     }
     let ended = match session::session_cookie(&headers) {
         Some(cookie) => sessions::end(&state.db, &cookie).await?,
@@ -397,6 +418,12 @@ pub fn encode(value: &str) -> String {
 }
 
 /// A page for the person whose sign-in did not work (in the web UI's shell).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LogoutQuery {
+    /// The confirmation page's proof that the request comes from it (the session's CSRF token).
+    pub confirm: Option<String>,
+}
+
 /// Whether the browser says the request came from another site. A navigation typed or
 /// bookmarked (`Sec-Fetch-Site: none`), one from this host's pages, and a client that sends none
 /// of these headers (curl) are not.

@@ -483,7 +483,10 @@ async fn another_site_cannot_sign_an_admin_out() {
                         "{method} {headers:?}"
                     );
                     let page = asked.text().await.unwrap();
-                    assert!(page.contains(r#"href="/api/auth/logout""#), "{page}");
+                    assert!(
+                        page.contains(r#"href="/api/auth/logout?confirm="#),
+                        "{page}"
+                    );
                     assert_eq!(
                         get_with(app, &cookie, "/api/auth/self").await.0,
                         200,
@@ -491,8 +494,31 @@ async fn another_site_cannot_sign_an_admin_out() {
                     );
                 }
             }
-            // The page's button: a link followed from this host.
-            let out = logout(reqwest::Method::GET, &[("sec-fetch-site", "same-origin")]).await;
+            // The page's button: a link carrying the session's CSRF token, which works even
+            // from a browser whose request looks cross-site (no Sec-Fetch-Site, and a proxy that
+            // rewrote Host so the Referer does not match).
+            let page = logout(reqwest::Method::GET, &[("sec-fetch-site", "cross-site")])
+                .await
+                .text()
+                .await
+                .unwrap();
+            let at = page.find("href=\"/api/auth/logout?confirm=").unwrap() + 6;
+            let link = page[at..at + page[at..].find('"').unwrap()].replace("&amp;", "&");
+            let forged = browser()
+                .get(app.url("/api/auth/logout?confirm=forged"))
+                .header("cookie", &cookie)
+                .header("referer", "http://evil.example/page")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(forged.status(), 200, "a wrong token signed out");
+            let out = browser()
+                .get(app.url(&link))
+                .header("cookie", &cookie)
+                .header("referer", "http://rewritten-by-a-proxy.example/page")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(out.status(), 303);
             assert!(set_cookie(out.headers()).unwrap().contains("Max-Age=0"));
             assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);

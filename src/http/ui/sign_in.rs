@@ -58,12 +58,23 @@ pub fn token_form(return_to: &str, error: Option<&str>) -> Response {
 /// script there) must not end the session. The button is a link: followed from this page, the
 /// request comes from this site. (Not a form: the page's `form-action 'self'` would block the
 /// redirect to an identity provider's logout that signing out of an OIDC session answers with.)
-pub fn confirm_sign_out() -> Response {
+///
+/// `csrf`: the session's CSRF token, which the link carries (`?confirm=`) so that it works even
+/// where the browser's request looks cross-site (see `http::login::logout`); `None` without a
+/// session, when there is nothing to sign out of.
+pub fn confirm_sign_out(csrf: Option<&str>) -> Response {
+    let href = match csrf {
+        Some(token) => format!(
+            "/api/auth/logout?confirm={}",
+            super::super::login::encode(token)
+        ),
+        None => "/api/auth/logout".to_string(),
+    };
     let content = html! {
         section.login {
             h1 { "Sign out?" }
             p { "Another site sent you here to sign out of iotsupport." }
-            p { a.button href="/api/auth/logout" { "Sign out" } " " a href="/" { "Stay signed in" } }
+            p { a.button href=(href) { "Sign out" } " " a href="/" { "Stay signed in" } }
         }
     };
     Page::new("Sign out", None).ok(content)
