@@ -135,18 +135,21 @@ async fn upload(
     key: &crate::storage::ObjectKey,
     reporter: &Reporter,
 ) -> Result<Option<u64>, MigrateToS3Error> {
+    let unreadable = |error: &dyn std::fmt::Display| {
+        let reason = format!("Cannot read coredump file {}: {error}", file.item());
+        reporter.item(
+            Kind::Coredump,
+            &file.item(),
+            Outcome::Skipped,
+            Some(&reason),
+            true,
+        );
+    };
     let source = std::fs::File::open(&file.path).and_then(|f| Ok((f.metadata()?.len(), f)));
     let (len, source) = match source {
         Ok(opened) => opened,
         Err(e) => {
-            let reason = format!("Cannot read coredump file {}: {e}", file.item());
-            reporter.item(
-                Kind::Coredump,
-                &file.item(),
-                Outcome::Skipped,
-                Some(&reason),
-                true,
-            );
+            unreadable(&e);
             return Ok(None);
         }
     };
@@ -159,14 +162,7 @@ async fn upload(
         Err(read_error) => {
             // This file, not the store: the run goes on with the others (sorted, so stopping
             // here would stop every rerun at the same file).
-            let reason = format!("Cannot read coredump file {}: {read_error}", file.item());
-            reporter.item(
-                Kind::Coredump,
-                &file.item(),
-                Outcome::Skipped,
-                Some(&reason),
-                true,
-            );
+            unreadable(&read_error);
             return Ok(None);
         }
     };

@@ -20,6 +20,15 @@ fn esp32_case() -> Option<(Vec<u8>, Vec<u8>)> {
     testdata_case(CASE, "coredump.bin", "esp32.elf")
 }
 
+/// An app whose workers do not parse (on the production stack), with one device and one dump
+/// that is not a dump (so each parse ends `ERROR` at once): the dump's id.
+async fn app_with_one_dump(test: &str) -> Option<(TestApp, TestDevice, i64)> {
+    let app = spawn_app_without_parsing(Stack::Production, test, &[]).await?;
+    let device = model_with_device(&app, "sensor").await;
+    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
+    Some((app, device, id))
+}
+
 #[tokio::test]
 async fn an_uploaded_dump_is_parsed_with_the_models_elf_into_a_text_and_a_structured_report() {
     let Some((dump_bytes, elf)) = esp32_case() else {
@@ -114,12 +123,9 @@ async fn a_missing_elf_is_an_error_naming_the_model_and_version_until_a_reparse_
 
 #[tokio::test]
 async fn reparse_resets_the_dump_to_pending_and_queues_a_job() {
-    let Some(app) = spawn_app_without_parsing(Stack::Production, "coredump_reparse", &[]).await
-    else {
+    let Some((app, device, id)) = app_with_one_dump("coredump_reparse").await else {
         return;
     };
-    let device = model_with_device(&app, "sensor").await;
-    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     let body = dump(&app, &device, id).await;
     assert_eq!(body["parse_status"], "ERROR");
@@ -384,12 +390,9 @@ async fn a_dump_whose_parses_kept_killing_their_workers_ends_as_error() {
 /// ran again after its result was committed) does not overwrite it.
 #[tokio::test]
 async fn a_parse_finishing_late_does_not_overwrite_a_newer_result() {
-    let Some(app) = spawn_app_without_parsing(Stack::Production, "coredump_parse_late", &[]).await
-    else {
+    let Some((app, device, id)) = app_with_one_dump("coredump_parse_late").await else {
         return;
     };
-    let device = model_with_device(&app, "sensor").await;
-    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     // The newer result, and a job of the same dump still to run (the late one).
     iotsupport::on_pool!(app.db(), |p| sqlx::query(
@@ -504,13 +507,9 @@ async fn a_reparse_asked_for_while_a_parse_is_in_flight_is_not_consumed_by_it() 
 /// one job, and the dump is parsed once.
 #[tokio::test]
 async fn a_reparse_withdraws_the_queued_parse_it_replaces() {
-    let Some(app) =
-        spawn_app_without_parsing(Stack::Production, "coredump_reparse_withdraws", &[]).await
-    else {
+    let Some((app, device, id)) = app_with_one_dump("coredump_reparse_withdraws").await else {
         return;
     };
-    let device = model_with_device(&app, "sensor").await;
-    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
     assert_eq!(count(&app, "jobs").await, 1);
     for _ in 0..2 {
         let (status, body) = app.reparse_coredump(device.id, id).await;
@@ -533,13 +532,9 @@ async fn a_reparse_withdraws_the_queued_parse_it_replaces() {
 /// That job, the dump's only one, parses it (it is not taken for one a reparse superseded).
 #[tokio::test]
 async fn a_reparse_by_a_release_before_parse_generations_still_parses_the_dump() {
-    let Some(app) =
-        spawn_app_without_parsing(Stack::Production, "coredump_reparse_old_release", &[]).await
-    else {
+    let Some((app, device, id)) = app_with_one_dump("coredump_reparse_old_release").await else {
         return;
     };
-    let device = model_with_device(&app, "sensor").await;
-    let id = upload_ok(&app, &device, "1.0", b"not a dump").await;
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     let (status, _) = app.reparse_coredump(device.id, id).await;
     assert_eq!(status, 202);

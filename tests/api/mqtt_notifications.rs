@@ -553,6 +553,26 @@ async fn a_commit_that_fails_publishes_nothing() {
     app.stop().await;
 }
 
+/// A notification of `kind` for `client_id`, due at `now`, written straight into the queue.
+async fn queue_notification(
+    db: &iotsupport::db::Db,
+    kind: &str,
+    client_id: &str,
+    now: DateTime<Utc>,
+) {
+    iotsupport::on_pool!(db, |p| sqlx::query(
+        "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
+         VALUES ($1, $2, $3, $3)"
+    )
+    .bind(kind)
+    .bind(client_id)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
     use iotsupport::db::notifications as queue;
@@ -560,16 +580,7 @@ async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
         let db = app.db();
         let now = iotsupport::db::now().trunc_subsecs(3);
         for client in ["iotdevice-m-1", "iotdevice-m-2", "iotdevice-m-3"] {
-            iotsupport::on_pool!(db, |p| sqlx::query(
-                "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
-                 VALUES ('config', $1, $2, $2)"
-            )
-            .bind(client)
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-            .unwrap();
+            queue_notification(db, "config", client, now).await;
         }
         let rows = async || -> Vec<(Option<DateTime<Utc>>, i32, Option<String>)> {
             iotsupport::on_pool!(db, |p| sqlx::query_as(
@@ -624,17 +635,7 @@ async fn a_devices_own_message_is_claimed_before_a_firmware_fan_out_queued_earli
         queued.push(("provisioning", "iotdevice-m-7".into()));
         queued.push(("config", "iotdevice-m-8".into()));
         for (kind, client) in &queued {
-            iotsupport::on_pool!(db, |p| sqlx::query(
-                "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
-                 VALUES ($1, $2, $3, $3)"
-            )
-            .bind(kind)
-            .bind(client)
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-            .unwrap();
+            queue_notification(db, kind, client, now).await;
         }
         let lease = now + chrono::Duration::seconds(60);
         let claimed = queue::claim(db, now, lease, 4).await.unwrap();
@@ -669,16 +670,7 @@ async fn a_batch_taken_as_the_process_stops_is_put_back_untouched() {
             let db = app.db();
             let now = iotsupport::db::now().trunc_subsecs(3);
             for client in ["iotdevice-m-1", "iotdevice-m-2", "iotdevice-m-3"] {
-                iotsupport::on_pool!(db, |p| sqlx::query(
-                    "INSERT INTO notifications (kind, client_id, created_at, next_attempt_at)
-                 VALUES ('config', $1, $2, $2)"
-                )
-                .bind(client)
-                .bind(now)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()))
-                .unwrap();
+                queue_notification(db, "config", client, now).await;
             }
             let client = app.state.mqtt.clone().expect("an MQTT client");
             let stopping = tokio_util::sync::CancellationToken::new();

@@ -46,6 +46,12 @@ async fn sign_in_with_token(app: &TestApp, token: &str, redirect: &str) -> reqwe
     sign_in_from(app, token, redirect, None).await
 }
 
+/// A session of the admin token (`ADMIN_TOKEN` = [`TOKEN`]): its cookie (`name=value`).
+async fn session_of(app: &TestApp) -> String {
+    let signed_in = sign_in_with_token(app, TOKEN, "/").await;
+    cookie_pair(&set_cookie(signed_in.headers()).expect("a session cookie"))
+}
+
 /// [`sign_in_with_token`] from a browser behind the local proxy, which names it in
 /// `X-Forwarded-For` (loopback is a trusted proxy by default).
 async fn sign_in_from(
@@ -279,8 +285,7 @@ async fn a_changed_admin_token_ends_its_sessions_and_guessing_is_throttled() {
         "session_token_change",
         &[("ADMIN_TOKEN", TOKEN)],
         async |app| {
-            let signed = sign_in_with_token(app, TOKEN, "/").await;
-            let cookie = cookie_pair(&set_cookie(signed.headers()).expect("cookie"));
+            let cookie = session_of(app).await;
             let value = cookie.trim_start_matches("iotsupport_session=");
             // What a process started with another ADMIN_TOKEN sees.
             let found = iotsupport::sessions::find(app.db(), value, Some("another-token"), false)
@@ -458,8 +463,7 @@ async fn another_site_cannot_sign_an_admin_out() {
         "session_logout_csrf",
         &[("ADMIN_TOKEN", TOKEN)],
         async |app| {
-            let signed_in = sign_in_with_token(app, TOKEN, "/").await;
-            let cookie = cookie_pair(&set_cookie(signed_in.headers()).expect("a session cookie"));
+            let cookie = session_of(app).await;
             let logout = async |method: reqwest::Method, headers: &[(&str, &str)]| {
                 let mut request = browser()
                     .request(method, app.url("/api/auth/logout"))
@@ -524,8 +528,7 @@ async fn another_site_cannot_sign_an_admin_out() {
             assert_eq!(get_with(app, &cookie, "/api/auth/self").await.0, 401);
 
             // A form or fetch of this host's pages.
-            let signed_in = sign_in_with_token(app, TOKEN, "/").await;
-            let cookie = cookie_pair(&set_cookie(signed_in.headers()).expect("a session cookie"));
+            let cookie = session_of(app).await;
             let origin = format!("http://{}", app.address.trim_start_matches("http://"));
             let out = browser()
                 .post(app.url("/api/auth/logout"))
