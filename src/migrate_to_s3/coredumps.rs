@@ -203,6 +203,28 @@ async fn put_source(
     }
 }
 
+/// Queues a parse of dump `coredump_id` if its last parse ended `ERROR` before `object` was
+/// written; whether it did.
+async fn parse_again_if_older(
+    db: &Db,
+    file: &DumpFile,
+    coredump_id: i64,
+    object: &crate::storage::ObjectInfo,
+) -> Result<bool, MigrateToS3Error> {
+    let mut tx = db.begin().await?;
+    let stale = dumps::get(&mut tx, file.device_id, coredump_id)
+        .await?
+        .is_some_and(|row| {
+            row.parse_status == dumps::STATUS_ERROR
+                && row.parsed_at.is_some_and(|at| at < object.last_modified)
+        });
+    if stale {
+        parse_job::requeue(&mut tx, file.device_id, coredump_id).await?;
+    }
+    tx.commit().await?;
+    Ok(stale)
+}
+
 /// A file an earlier run moved (its dump `coredump_id`): unchanged if the store holds the object
 /// or the dump is gone since (deleted, pruned); otherwise it is uploaded again. An earlier run
 /// may have written to another store (no S3 settings, so the local default; a mistyped bucket),
@@ -224,8 +246,17 @@ async fn restore_if_missing(
         }
     };
     match storage.head(&key).await {
-        Ok(_) => {
-            unchanged();
+        Ok(object) => {
+            // Stored, but the dump's parse failed before the object was last written: an
+            // earlier run wrote it again and did not get to commit the new parse.
+            if !reporter.dry_run() && parse_again_if_older(db, file, coredump_id, &object).await? {
+                reporter.warn(format!(
+                    "Coredump {item} failed to parse before its object was stored: parsing it again"
+                ));
+                reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
+            } else {
+                unchanged();
+            }
             return Ok(());
         }
         Err(crate::storage::StorageError::NotFound { .. }) => {}

@@ -303,6 +303,35 @@ async fn migrate_to_s3_moves_the_legacy_tree_once_and_never_touches_it() {
     // Its third parse: the first run queued the second (a legacy PENDING dump is parsed again).
     assert_eq!(payloads, [r#"{"coredump_id":2,"generation":2}"#]);
 
+    // Had that run stopped between writing the object and committing the parse, the dump would
+    // still be ERROR from a parse older than its object: the next run parses it again. An error
+    // newer than the object stands.
+    let fail_parse_at = async |conn: &mut sqlx::PgConnection, at: DateTime<Utc>| {
+        sqlx::query(
+            "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = 'failed', parsed_at = $1
+             WHERE id = 2",
+        )
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM jobs")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    };
+    fail_parse_at(&mut conn, Utc::now() + chrono::Duration::hours(1)).await;
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
+    assert!(out.contains("Coredumps migrated:     0"), "{out}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 0);
+    fail_parse_at(&mut conn, Utc::now() - chrono::Duration::hours(1)).await;
+    let out = assert_success(&run(&env, &["migrate-to-s3"]));
+    assert!(
+        out.contains("failed to parse before its object was stored: parsing it again"),
+        "{out}"
+    );
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM jobs").await, 1);
+
     // The missing file turns up: it is moved, its ERROR dump queued for a parse, and with no
     // legacy row left the filename column goes.
     write(
