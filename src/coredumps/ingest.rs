@@ -306,9 +306,9 @@ async fn finish(
     let withdrawn = match tx {
         Tx::Postgres(t) => {
             let withdrawn: Vec<String> = pruned
-                .ids
+                .parses
                 .iter()
-                .map(|&coredump_id| jobs::payload_text(&ParsePayload::first(coredump_id)))
+                .map(jobs::payload_text)
                 .collect::<Result<_, _>>()?;
             let record = coredumps::UploadRecord {
                 now: crate::db::now(),
@@ -326,7 +326,7 @@ async fn finish(
         }
         Tx::Sqlite(_) => {
             outbox::schedule_deletion(tx, &pruned.keys).await?;
-            let withdrawn = super::job::cancel(tx, &pruned.ids).await?;
+            let withdrawn = super::job::cancel(tx, &pruned.parses).await?;
             super::job::enqueue(tx, id).await?;
             events::record(tx, STORED_EVENT, &event).await?;
             withdrawn

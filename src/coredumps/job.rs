@@ -118,12 +118,8 @@ pub async fn queued_parses(db: &Db) -> Result<i64, DbError> {
 
 /// Withdraws the queued parses of dumps being deleted in the caller's transaction (retention),
 /// so a backlog never spends work on dumps that are gone.
-pub async fn cancel(tx: &mut Tx, coredump_ids: &[i64]) -> Result<u64, DbError> {
-    let payloads: Vec<ParsePayload> = coredump_ids
-        .iter()
-        .map(|&coredump_id| ParsePayload::first(coredump_id))
-        .collect();
-    jobs::cancel_queued(tx, PARSE_JOB, &payloads).await
+pub async fn cancel(tx: &mut Tx, parses: &[ParsePayload]) -> Result<u64, DbError> {
+    jobs::cancel_queued(tx, PARSE_JOB, parses).await
 }
 
 /// The key of a model's firmware ELF for one version.

@@ -9,10 +9,13 @@ use crate::layout::coredump_key;
 use crate::outbox;
 use crate::storage::ObjectKey;
 
-/// The dumps [`prune_rows`] deleted: their ids and the keys of their objects.
+/// The dumps [`prune_rows`] deleted: their ids, the parses that may still be queued for them
+/// (one per dump, of its current generation: a reparse withdraws the one it replaces), and the
+/// keys of their objects.
 #[derive(Debug, Default)]
 pub struct Pruned {
     pub ids: Vec<i64>,
+    pub parses: Vec<super::job::ParsePayload>,
     pub keys: Vec<ObjectKey>,
 }
 
@@ -29,7 +32,7 @@ pub async fn enforce(
         return Ok(0);
     }
     outbox::schedule_deletion(tx, &pruned.keys).await?;
-    let cancelled_parses = super::job::cancel(tx, &pruned.ids).await?;
+    let cancelled_parses = super::job::cancel(tx, &pruned.parses).await?;
     log_pruned(device_key, &pruned, cancelled_parses);
     Ok(pruned.ids.len())
 }
@@ -59,7 +62,15 @@ pub async fn prune_locked_rows(
     max_coredumps: u32,
     spared: i64,
 ) -> Result<Pruned, DbError> {
-    let ids = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps), spared).await?;
+    let deleted = coredumps::delete_beyond(tx, device_id, i64::from(max_coredumps), spared).await?;
+    let ids: Vec<i64> = deleted.iter().map(|&(id, _)| id).collect();
+    let parses = deleted
+        .iter()
+        .map(|&(coredump_id, generation)| super::job::ParsePayload {
+            coredump_id,
+            generation,
+        })
+        .collect();
     // Device keys are validated when devices are created, so these keys are always valid; skip
     // (and report) anything else rather than failing the upload over a cleanup.
     let keys = ids
@@ -72,7 +83,7 @@ pub async fn prune_locked_rows(
             }
         })
         .collect();
-    Ok(Pruned { ids, keys })
+    Ok(Pruned { ids, parses, keys })
 }
 
 /// The log line of a prune that happened.

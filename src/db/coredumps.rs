@@ -146,7 +146,8 @@ pub async fn lock_device_dumps(tx: &mut Tx, device_id: i64) -> Result<(), DbErro
 }
 
 /// Deletes the device's dumps beyond the newest `keep` (by `uploaded_at`, then id) and returns
-/// the ids deleted, whose objects the caller schedules for deletion. Dump `spared` (the upload's
+/// the ids deleted, with their parse generations (whose queued parse the caller withdraws), whose
+/// objects the caller schedules for deletion. Dump `spared` (the upload's
 /// own) counts as the newest whatever its time: a process whose clock is behind the others' must
 /// not prune the dump it was just given and answer 201 with an id that is gone.
 pub async fn delete_beyond(
@@ -154,12 +155,12 @@ pub async fn delete_beyond(
     device_id: i64,
     keep: i64,
     spared: i64,
-) -> Result<Vec<i64>, DbError> {
-    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+) -> Result<Vec<(i64, i64)>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as(
         "DELETE FROM coredumps WHERE device_id = $1 AND id NOT IN (
              SELECT id FROM coredumps WHERE device_id = $1
              ORDER BY (id = $3) DESC, uploaded_at DESC, id DESC LIMIT $2)
-         RETURNING id"
+         RETURNING id, parse_generation"
     )
     .bind(device_id)
     .bind(keep)

@@ -592,3 +592,33 @@ async fn a_reparse_by_a_release_before_parse_generations_still_parses_the_dump()
     );
     app.stop().await;
 }
+
+/// Retention withdraws a pruned dump's queued parse of whatever generation (a reparse's too), on
+/// both stacks: the upload's one-statement path on PostgreSQL and the step by step one on SQLite.
+#[tokio::test]
+async fn retention_withdraws_a_pruned_dumps_queued_reparse() {
+    for stack in [Stack::Production, Stack::Embedded] {
+        let Some(app) = spawn_app_without_parsing(
+            stack,
+            "coredump_retention_reparse",
+            &[("MAX_COREDUMPS", "1")],
+        )
+        .await
+        else {
+            continue;
+        };
+        let device = model_with_device(&app, "sensor").await;
+        let first = upload_ok(&app, &device, "1.0", b"not a dump").await;
+        let (status, body) = app.reparse_coredump(device.id, first).await;
+        assert_eq!(status, 202, "{body}");
+        let second = upload_ok(&app, &device, "1.0", b"not a dump either").await;
+        let jobs = iotsupport::jobs::list(app.db()).await.unwrap();
+        let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
+        assert_eq!(
+            payloads,
+            [format!(r#"{{"coredump_id":{second}}}"#)],
+            "{stack:?}: the pruned dump's reparse is still queued"
+        );
+        app.stop().await;
+    }
+}
