@@ -197,6 +197,42 @@ impl ReconcileReport {
 }
 
 /// Compares the bucket with the database. `grace`: objects younger than this are never orphans.
+/// Dangling rows this many at most are read again before they are reported; more is the
+/// wrong-store case, which the report refuses to repair anyway.
+const RECHECK_DANGLING: usize = 1000;
+
+/// Drops from the report the dangling rows that are gone since the rows were read: a dump pruned
+/// (or a version deleted) between reading the rows and listing the objects has no object any
+/// more, and no row either. They are not dangling, and counting them could make a busy fleet's
+/// scan look like the wrong store.
+async fn still_there(db: &Db, report: &mut ReconcileReport) -> Result<(), ReconcileError> {
+    let dangling = report.dangling_firmware.len() + report.dangling_coredumps.len();
+    if dangling == 0 || dangling > RECHECK_DANGLING {
+        return Ok(());
+    }
+    let mut tx = db.begin_read().await?;
+    let mut firmware = Vec::new();
+    for row in std::mem::take(&mut report.dangling_firmware) {
+        if queries::firmware_version_exists(&mut tx, &row.model_code, &row.version).await? {
+            firmware.push(row);
+        } else {
+            report.rows_checked -= 1;
+        }
+    }
+    let mut dumps = Vec::new();
+    for row in std::mem::take(&mut report.dangling_coredumps) {
+        if queries::coredump_exists(&mut tx, row.coredump_id, &row.device_key).await? {
+            dumps.push(row);
+        } else {
+            report.rows_checked -= 1;
+        }
+    }
+    tx.commit().await?;
+    report.dangling_firmware = firmware;
+    report.dangling_coredumps = dumps;
+    Ok(())
+}
+
 pub async fn scan(
     db: &Db,
     storage: &Storage,
@@ -322,6 +358,7 @@ pub async fn scan(
             });
         }
     }
+    still_there(db, &mut report).await?;
     report.orphans.sort_by(|a, b| a.key.cmp(&b.key));
     report.unrecognised.sort();
     report.misplaced.sort_by(|a, b| a.key.cmp(&b.key));

@@ -87,7 +87,6 @@ pub async fn firmware_version_exists(
     .await)?)
 }
 
-/// Whether core dump `id` exists.
 /// Whether dump `id` exists and belongs to the device with key `device_key`: only then does it
 /// claim `coredumps/{device_key}/{id}.dmp` (SQLite may hand a rolled-back id out again, to
 /// another device).

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use iotsupport::layout::{self, Artifact};
 use iotsupport::reconcile::{self, RepairSummary};
-use iotsupport::storage::ObjectKey;
+use iotsupport::storage::{ObjectInfo, ObjectKey, StorageError};
 
 use crate::firmware_support::*;
 use crate::fleet::create_model;
@@ -353,6 +354,104 @@ async fn a_dump_object_under_another_devices_key_is_an_orphan_repair_deletes() {
             .is_err_and(|e| e.is_not_found()));
         let own = layout::coredump_key(&b.key, id).unwrap();
         assert!(app.state.storage.head(&own).await.is_ok());
+    })
+    .await;
+}
+
+/// A store whose listing first deletes dump `id` (row and object), as retention and the outbox
+/// do: a dump pruned between the scan's reading of the rows and its listing of the objects.
+struct PrunedWhileListing {
+    inner: iotsupport::storage::Storage,
+    db: iotsupport::db::Db,
+    id: i64,
+    key: ObjectKey,
+}
+
+#[async_trait::async_trait]
+impl iotsupport::storage::ObjectStorage for PrunedWhileListing {
+    async fn put(&self, key: &ObjectKey, body: bytes::Bytes) -> Result<(), StorageError> {
+        self.inner.put(key, body).await
+    }
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        body: BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    ) -> Result<u64, StorageError> {
+        self.inner.put_stream(key, body).await
+    }
+    async fn put_sized(
+        &self,
+        key: &ObjectKey,
+        len: u64,
+        body: BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    ) -> Result<(), StorageError> {
+        self.inner.put_sized(key, len, body).await
+    }
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<iotsupport::storage::ByteRange>,
+    ) -> Result<iotsupport::storage::ObjectRead, StorageError> {
+        self.inner.get(key, range).await
+    }
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<(), StorageError> {
+        self.inner.copy(from, to).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<Result<(), StorageError>> {
+        self.inner.delete_many(keys).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        if prefix == layout::COREDUMP_PREFIX {
+            iotsupport::on_pool!(&self.db, |p| sqlx::query(
+                "DELETE FROM coredumps WHERE id = $1"
+            )
+            .bind(self.id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+            self.inner.delete(&self.key).await?;
+        }
+        self.inner.list(prefix).await
+    }
+    async fn check(&self) -> Result<(), StorageError> {
+        self.inner.check().await
+    }
+}
+
+/// A dump pruned while the scan runs (its row read, then row and object gone before the listing)
+/// is not reported dangling: the scan reads such rows again before it reports them.
+#[tokio::test]
+async fn a_dump_pruned_while_the_scan_runs_is_not_reported_dangling() {
+    for_each_stack("pruned_while_scanning", &[], async |app| {
+        let device = crate::coredumps::model_with_device(app, "pruned").await;
+        let id = crate::coredumps::upload_ok(app, &device, "1.0", b"a dump").await;
+        let kept = crate::coredumps::upload_ok(app, &device, "1.0", b"another").await;
+        let storage: iotsupport::storage::Storage = std::sync::Arc::new(PrunedWhileListing {
+            inner: app.state.storage.clone(),
+            db: app.db().clone(),
+            id,
+            key: layout::coredump_key(&device.key, id).unwrap(),
+        });
+        // The other dump's object is really missing: that one is reported.
+        let missing = layout::coredump_key(&device.key, kept).unwrap();
+        app.state.storage.delete(&missing).await.unwrap();
+        let report = reconcile::scan(app.db(), &storage, Duration::ZERO)
+            .await
+            .unwrap();
+        let dangling: Vec<i64> = report
+            .dangling_coredumps
+            .iter()
+            .map(|d| d.coredump_id)
+            .collect();
+        assert_eq!(dangling, [kept], "{report:#?}");
+        assert_eq!(report.rows_checked, 1, "{report:#?}");
     })
     .await;
 }
