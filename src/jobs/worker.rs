@@ -67,12 +67,7 @@ pub struct JobRunner {
 
 impl JobRunner {
     pub fn new(db: Db, handlers: Vec<Arc<dyn JobHandler>>, lease: Duration) -> Self {
-        let worker_id = format!(
-            "{}-{}-{}",
-            hostname(),
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let worker_id = worker_id(&hostname(), std::process::id());
         JobRunner {
             db,
             handlers: Arc::new(handlers.into_iter().map(|h| (h.kind(), h)).collect()),
@@ -299,13 +294,39 @@ fn outcome_label(outcome: &JobOutcome) -> &'static str {
     }
 }
 
-/// The host's name, cut to 40 characters: with the pid and a UUID it names a claim in
-/// `jobs.claimed_by` (`VARCHAR(100)` on PostgreSQL), and a longer one (a 63-character pod name or
+/// What names this runner's claims in `jobs.claimed_by` (`VARCHAR(100)` on PostgreSQL): the host's
+/// name cut to 40 characters, the pid and a UUID. A longer host name (a 63-character pod name or
 /// FQDN) made every claim fail there.
+fn worker_id(host: &str, pid: u32) -> String {
+    let host: String = host.chars().take(40).collect();
+    format!("{host}-{pid}-{}", uuid::Uuid::new_v4().simple())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().chars().take(40).collect::<String>())
+        .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_id_fits_the_claim_column_whatever_the_host_name() {
+        let longest = worker_id(&"h".repeat(253), u32::MAX);
+        assert!(
+            longest.len() <= 100,
+            "{} characters: {longest}",
+            longest.len()
+        );
+        assert!(longest.starts_with(&format!("{}-{}-", "h".repeat(40), u32::MAX)));
+        assert_ne!(
+            worker_id("host", 1),
+            worker_id("host", 1),
+            "two runners, one process"
+        );
+    }
 }
