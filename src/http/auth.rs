@@ -220,6 +220,16 @@ pub async fn authenticate_admin(
     ))
 }
 
+/// The live session the cookie value `cookie` names, under this process's `ADMIN_TOKEN` and
+/// OIDC settings (see `crate::sessions::find`).
+pub async fn browser_session(
+    state: &AppState,
+    cookie: &str,
+) -> Result<Option<crate::sessions::Session>, crate::db::DbError> {
+    let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
+    crate::sessions::find(&state.db, cookie, admin_token, state.oidc.is_some()).await
+}
+
 /// The admin a browser session names (no `Authorization` header); see `super::session`.
 async fn session_identity(parts: &Parts, state: &AppState) -> Result<AdminIdentity, ApiError> {
     let Some(cookie) = super::session::session_cookie(&parts.headers) else {
@@ -227,12 +237,9 @@ async fn session_identity(parts: &Parts, state: &AppState) -> Result<AdminIdenti
             "Authentication required".into(),
         ));
     };
-    let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
-    let session = crate::sessions::find(&state.db, &cookie, admin_token, state.oidc.is_some())
-        .await?
-        .ok_or_else(|| {
-            ApiError::AuthenticationRequired("Your session has ended; sign in again".into())
-        })?;
+    let session = browser_session(state, &cookie).await?.ok_or_else(|| {
+        ApiError::AuthenticationRequired("Your session has ended; sign in again".into())
+    })?;
     if !super::session::csrf_ok(parts, &session.csrf_token) {
         return Err(ApiError::AuthorizationFailed(
             "This write did not come from an iotsupport page (CSRF check failed)".into(),

@@ -311,12 +311,9 @@ pub async fn logout(
         // cannot know: a browser that sends no Sec-Fetch-Site, behind a proxy that rewrites Host,
         // looks cross-site on that link too, and would otherwise get the page again for ever.
         let csrf = match session::session_cookie(&headers) {
-            Some(cookie) => {
-                let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
-                sessions::find(&state.db, &cookie, admin_token, state.oidc.is_some())
-                    .await?
-                    .map(|s| s.csrf_token)
-            }
+            Some(cookie) => super::auth::browser_session(&state, &cookie)
+                .await?
+                .map(|s| s.csrf_token),
             None => None,
         };
         let confirmed = match (&csrf, &query.confirm) {

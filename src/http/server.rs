@@ -47,8 +47,8 @@ use crate::telemetry;
 
 /// `limits.max_connections` lowered so that open connections can never use up the file
 /// descriptors the process needs for its database pool, the object store and temporary files.
-/// `crate::startup` applies it to the configuration, so the live streams' limit (half the
-/// connections) follows too; [`serve`] applies it again for callers that did not.
+/// `crate::startup` applies it to the configuration once, before anything is sized by it (the
+/// live streams' half, and [`serve`]'s registry).
 pub fn fitted_to_fd_limit(mut limits: HttpLimits) -> HttpLimits {
     if let Some(fds) = open_file_limit() {
         let usable = fds.saturating_sub(RESERVED_FDS).max(MIN_CONNECTIONS) as usize;
@@ -99,7 +99,6 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let limits = fitted_to_fd_limit(limits);
     let registry = Registry::new(limits.max_connections);
     let tracker = TaskTracker::new();
     // Fires when the grace period after `shutdown` is over: every connection left is dropped.
