@@ -49,13 +49,18 @@ impl CoredumpParser for BuiltinParser {
             Err(LoadError::Fetch(failure)) => return Err(failure),
             Err(LoadError::Firmware(reason)) => {
                 // A malformed dump is the first thing to say, as when the ELF was loaded after
-                // the dump was decoded.
-                if let Err(e) = esp_coredump::parse_dump(&dump) {
-                    return Err(ParseFailure::Permanent(format!("Malformed core dump: {e}")));
-                }
-                return Err(ParseFailure::Permanent(format!(
-                    "The firmware ELF of {build} cannot be used: {reason}"
-                )));
+                // the dump was decoded. Decoding is CPU work: off the async workers.
+                let decoded = tokio::task::spawn_blocking(move || {
+                    esp_coredump::parse_dump(&dump).err().map(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| {
+                    ParseFailure::Permanent(format!("The core dump parser failed: {e}"))
+                })?;
+                return Err(ParseFailure::Permanent(match decoded {
+                    Some(e) => format!("Malformed core dump: {e}"),
+                    None => format!("The firmware ELF of {build} cannot be used: {reason}"),
+                }));
             }
         };
         let started = Instant::now();

@@ -77,6 +77,10 @@ pub(crate) fn parse_elf_core(buf: &[u8]) -> Result<ElfCore, DumpError> {
     }
     let mut loads = Vec::new();
     let mut notes = Vec::new();
+    // What the segments copied out of the file add up to. A core file's segments do not overlap,
+    // so this stays within the file's length; headers that point many segments at the same
+    // bytes would otherwise make a small upload allocate without bound.
+    let mut copied = 0usize;
     for i in 0..phnum {
         let ph = phoff
             .checked_add(i.saturating_mul(phentsize))
@@ -91,6 +95,15 @@ pub(crate) fn parse_elf_core(buf: &[u8]) -> Result<ElfCore, DumpError> {
                 "segment {i} ({filesz} bytes at file offset {offset}) beyond end of ELF"
             ))
         })?;
+        if matches!(p_type, PT_LOAD | PT_NOTE) {
+            copied = copied.saturating_add(data.len());
+            if copied > buf.len() {
+                return Err(DumpError::malformed(format!(
+                    "segment {i} overlaps others: the segments add up to more than the ELF's {} bytes",
+                    buf.len()
+                )));
+            }
+        }
         match p_type {
             PT_LOAD if !data.is_empty() => loads.push(MemorySegment {
                 addr: vaddr,

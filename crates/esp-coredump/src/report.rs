@@ -13,7 +13,7 @@ use crate::input::InputFormat;
 use crate::riscv::{find_exception_frame, mcause_name};
 use crate::symbols::{Firmware, SymbolInfo};
 use crate::tcb::TcbLayout;
-use crate::unwind::{unwind_task, FrameOrigin};
+use crate::unwind::{unwind_task, FrameOrigin, ScanBudget};
 use crate::xtensa::exccause_name;
 
 /// Result of comparing the dump's app ELF SHA-256 prefix with the firmware ELF.
@@ -160,8 +160,14 @@ pub struct CrashReport {
     pub warnings: Vec<String>,
 }
 
-fn task_report(dump: &CoreDump, task: &Task, fw: &Firmware, layout: &TcbLayout) -> TaskReport {
-    let (raw, note) = unwind_task(dump, task, fw);
+fn task_report(
+    dump: &CoreDump,
+    task: &Task,
+    fw: &Firmware,
+    layout: &TcbLayout,
+    budget: &mut ScanBudget,
+) -> TaskReport {
+    let (raw, note) = unwind_task(dump, task, fw, budget);
     let backtrace = raw
         .iter()
         .enumerate()
@@ -287,14 +293,16 @@ pub(crate) fn build(dump: &CoreDump, fw: &Firmware) -> Result<CrashReport, DumpE
         _ => "unknown crash reason".to_string(),
     };
     let mut tasks: Vec<TaskReport> = Vec::new();
+    // The crashed task first: it gets the scan trials before the others.
+    let mut budget = ScanBudget::new(ScanBudget::PER_REPORT);
     if let Some(t) = crashed {
-        tasks.push(task_report(dump, t, fw, layout));
+        tasks.push(task_report(dump, t, fw, layout, &mut budget));
     }
     for t in &dump.tasks {
         if Some(t.tcb_addr) == crashed.map(|c| c.tcb_addr) {
             continue;
         }
-        tasks.push(task_report(dump, t, fw, layout));
+        tasks.push(task_report(dump, t, fw, layout, &mut budget));
     }
     Ok(CrashReport {
         chip: dump.chip.name(),

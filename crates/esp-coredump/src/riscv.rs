@@ -210,43 +210,99 @@ const MAX_ROM_FRAME: u32 = 256;
 /// whose caller chain unwinds plausibly; the caller's stack pointer is
 /// searched above the slot (ROM frames save ra at varying offsets).
 /// Returns the return address and the stack pointer of that caller frame.
+/// Each caller candidate tried spends one of `budget`'s trials; none are
+/// tried once it is spent.
 fn scan_for_return(
     dump: &CoreDump,
     task: &Task,
     fw: &Firmware,
     ctx: &mut UnwindContext<usize>,
     x: &[u32; 32],
+    budget: &mut ScanBudget,
 ) -> Option<(u32, u32)> {
     let sp = x[2];
-    let limit = if task.stack_end > sp {
-        task.stack_end.min(sp.saturating_add(2048))
-    } else {
-        sp.saturating_add(1024)
-    };
     // Best candidate: longest valid chain, then the highest slot.
     let mut best: Option<(usize, u32, u32, u32)> = None;
-    let mut a = sp;
-    while a < limit {
-        let Some(w) = dump.read_u32(a) else { break };
-        a = a.wrapping_add(4);
+    for slot in scan_slots(sp, task.stack_end) {
+        let Some(w) = dump.read_u32(slot) else { break };
         if w & 1 != 0 || !fw.is_code(w) || !preceded_by_call(fw, w) {
             continue;
         }
-        let mut s = a;
-        while s <= a.saturating_add(MAX_ROM_FRAME) && (task.stack_end <= sp || s <= task.stack_end)
-        {
+        for s in caller_sps(slot, sp, task.stack_end) {
+            if !budget.spend() {
+                return best.map(|(_, _, w, s)| (w, s));
+            }
             let mut trial = *x;
             trial[2] = s;
             if let Some(n) = chain_len(fw, ctx, dump, task, w, &trial) {
                 if best.is_none_or(|b| n >= b.0) {
-                    best = Some((n, a, w, s));
+                    best = Some((n, slot, w, s));
                 }
                 break;
             }
-            s = s.wrapping_add(4);
         }
     }
     best.map(|(_, _, w, s)| (w, s))
+}
+
+/// The stack slots the scan reads, 4 bytes apart: from `sp` up to the stack
+/// end and at most 2 KiB (1 KiB when the stack end is not above `sp`), never
+/// past the top of the address space.
+fn scan_slots(sp: u32, stack_end: u32) -> impl Iterator<Item = u32> {
+    let (sp, end) = (u64::from(sp), u64::from(stack_end));
+    let limit = if end > sp {
+        end.min(sp + 2048)
+    } else {
+        sp + 1024
+    };
+    (sp..limit).step_by(4).map_while(|a| u32::try_from(a).ok())
+}
+
+/// The caller stack pointers tried for a return address found in `slot`:
+/// from just above the slot up to [`MAX_ROM_FRAME`] further, not past the
+/// stack end when it is above `sp`, and never past the top of the address
+/// space.
+fn caller_sps(slot: u32, sp: u32, stack_end: u32) -> impl Iterator<Item = u32> {
+    let first = u64::from(slot) + 4;
+    let mut last = first + u64::from(MAX_ROM_FRAME);
+    if stack_end > sp {
+        last = last.min(u64::from(stack_end));
+    }
+    (first..=last)
+        .step_by(4)
+        .map_while(|s| u32::try_from(s).ok())
+}
+
+/// How many caller candidates the stack scan may still try while one report
+/// is built (each is an unwind of up to [`MAX_FRAMES`] CFI steps). Shared by
+/// all tasks of the report: a crafted dump could otherwise have every task
+/// scan the same hostile stack.
+#[derive(Debug)]
+pub struct ScanBudget(usize);
+
+impl ScanBudget {
+    /// Trials for one report: a real scan tries a few hundred.
+    pub const PER_REPORT: usize = 16_384;
+
+    pub fn new(trials: usize) -> Self {
+        ScanBudget(trials)
+    }
+
+    /// Takes one trial; false when none is left.
+    fn spend(&mut self) -> bool {
+        match self.0.checked_sub(1) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether every trial was taken.
+    pub fn spent(&self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// Unwind a RISC-V task from its saved registers.
@@ -255,6 +311,7 @@ pub fn unwind(
     task: &Task,
     regs: &RiscvRegisters,
     fw: &Firmware,
+    budget: &mut ScanBudget,
 ) -> (Vec<RawFrame>, Option<String>) {
     let mut x = regs.x;
     let mut pc = regs.pc;
@@ -276,19 +333,27 @@ pub fn unwind(
                 nx[1] = 0;
                 (x[1], nx, FrameOrigin::ReturnAddress)
             }
-            None if !fw.is_code(pc) => match scan_for_return(dump, task, fw, &mut ctx, &x) {
-                Some((ret, new_sp)) => {
-                    let mut nx = x;
-                    nx[2] = new_sp;
-                    (ret, nx, FrameOrigin::StackScan)
-                }
-                None => {
-                    note = Some(
-                        "no unwind information for ROM code; stack scan found no caller".into(),
+            None if !fw.is_code(pc) => {
+                match scan_for_return(dump, task, fw, &mut ctx, &x, budget) {
+                    Some((ret, new_sp)) => {
+                        let mut nx = x;
+                        nx[2] = new_sp;
+                        (ret, nx, FrameOrigin::StackScan)
+                    }
+                    None if budget.spent() => {
+                        note = Some(
+                        "no unwind information for ROM code; the stack scans of this dump tried as many callers as they may".into(),
                     );
-                    break;
+                        break;
+                    }
+                    None => {
+                        note = Some(
+                            "no unwind information for ROM code; stack scan found no caller".into(),
+                        );
+                        break;
+                    }
                 }
-            },
+            }
             None => {
                 note = Some(format!("no unwind information for 0x{lookup:08x}"));
                 break;
@@ -315,4 +380,49 @@ pub fn unwind(
         });
     }
     (frames, note)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stack_scan_stops_at_the_top_of_the_address_space() {
+        // A stack pointer near the top, with no stack end above it: 64 slots, then the end.
+        assert_eq!(scan_slots(0xFFFF_FF00, 0).take(10_000).count(), 64);
+        assert_eq!(
+            scan_slots(0xFFFF_FF00, 0xFFFF_FFFF).take(10_000).count(),
+            64
+        );
+        let last = caller_sps(0xFFFF_FFF0, 0xFFFF_FF00, 0);
+        assert_eq!(
+            last.take(10_000).collect::<Vec<_>>(),
+            [0xFFFF_FFF4, 0xFFFF_FFF8, 0xFFFF_FFFC]
+        );
+        assert_eq!(
+            caller_sps(0xFFFF_FFFC, 0xFFFF_FF00, 0).take(10_000).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_stack_scan_stays_below_the_stack_end_and_its_windows() {
+        let slots: Vec<u32> = scan_slots(0x3FC8_0000, 0x3FC8_0010).collect();
+        assert_eq!(slots, [0x3FC8_0000, 0x3FC8_0004, 0x3FC8_0008, 0x3FC8_000C]);
+        // At most 2 KiB above sp below a far stack end, 1 KiB with none above sp.
+        assert_eq!(scan_slots(0x3FC8_0000, 0x3FC9_0000).count(), 512);
+        assert_eq!(scan_slots(0x3FC8_0000, 0).count(), 256);
+        let sps: Vec<u32> = caller_sps(0x3FC8_0000, 0x3FC8_0000, 0x3FC8_0010).collect();
+        assert_eq!(sps, [0x3FC8_0004, 0x3FC8_0008, 0x3FC8_000C, 0x3FC8_0010]);
+        assert_eq!(caller_sps(0x3FC8_0000, 0x3FC8_0000, 0).count(), 65);
+    }
+
+    #[test]
+    fn a_scan_budget_gives_as_many_trials_as_it_holds() {
+        let mut budget = ScanBudget::new(2);
+        assert!(!budget.spent());
+        assert!(budget.spend() && budget.spend());
+        assert!(budget.spent());
+        assert!(!budget.spend());
+    }
 }

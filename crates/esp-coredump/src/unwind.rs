@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dump::{CoreDump, Registers, Task};
+pub use crate::riscv::ScanBudget;
 use crate::symbols::Firmware;
 
 /// How a frame was recovered.
@@ -36,10 +37,16 @@ pub struct RawFrame {
 /// Maximum frames unwound per task.
 pub const MAX_FRAMES: usize = 64;
 
-/// Unwind one task. Returns the frames and an optional note on why the walk stopped.
-pub fn unwind_task(dump: &CoreDump, task: &Task, fw: &Firmware) -> (Vec<RawFrame>, Option<String>) {
+/// Unwind one task. Returns the frames and an optional note on why the walk stopped. RISC-V
+/// stack scans spend `budget` (see [`ScanBudget`]).
+pub fn unwind_task(
+    dump: &CoreDump,
+    task: &Task,
+    fw: &Firmware,
+    budget: &mut ScanBudget,
+) -> (Vec<RawFrame>, Option<String>) {
     match &task.registers {
         Registers::Xtensa(r) => (crate::xtensa::unwind(dump, r), None),
-        Registers::RiscV(r) => crate::riscv::unwind(dump, task, r, fw),
+        Registers::RiscV(r) => crate::riscv::unwind(dump, task, r, fw, budget),
     }
 }

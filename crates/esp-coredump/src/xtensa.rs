@@ -52,9 +52,12 @@ pub fn exccause_name(cause: u32) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// Convert a windowed return address to a pc using the top bits of `pc`.
-pub fn ra_to_pc(ra: u32, pc: u32) -> u32 {
-    (ra & 0x3FFF_FFFF) | (pc & 0xC000_0000)
+/// Convert a windowed return address to a pc. Its top two bits hold the call's window size;
+/// every ESP Xtensa chip runs code from 0x4000_0000..0x8000_0000, so they become `01` (as
+/// ESP-IDF's own backtrace does). gdb takes them from the current pc instead, which after a call
+/// through a bad pointer (pc 0 or a data address) puts every caller outside code.
+pub fn ra_to_pc(ra: u32) -> u32 {
+    (ra & 0x3FFF_FFFF) | 0x4000_0000
 }
 
 /// Walk the windowed-ABI call chain using the spilled base save areas.
@@ -64,7 +67,6 @@ pub fn unwind(dump: &CoreDump, regs: &XtensaRegisters) -> Vec<RawFrame> {
         sp: regs.a[1],
         origin: FrameOrigin::Registers,
     }];
-    let mut pc = regs.pc;
     let mut sp = regs.a[1];
     let mut ra = regs.a[0];
     while frames.len() < MAX_FRAMES {
@@ -72,7 +74,7 @@ pub fn unwind(dump: &CoreDump, regs: &XtensaRegisters) -> Vec<RawFrame> {
             // 0: end of chain; top bits 00: not a windowed call.
             break;
         }
-        let caller_pc = ra_to_pc(ra, pc);
+        let caller_pc = ra_to_pc(ra);
         let (Some(next_ra), Some(next_sp)) = (
             dump.read_u32(sp.wrapping_sub(16)),
             dump.read_u32(sp.wrapping_sub(12)),
@@ -93,9 +95,61 @@ pub fn unwind(dump: &CoreDump, regs: &XtensaRegisters) -> Vec<RawFrame> {
         if next_sp <= sp || dump.segment_at(next_sp).is_none() && next_ra != 0 {
             break;
         }
-        pc = caller_pc;
         sp = next_sp;
         ra = next_ra;
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chip::{Arch, Chip};
+    use crate::dump::MemorySegment;
+    use crate::header::DataFormat;
+    use crate::input::InputFormat;
+
+    fn dump_of(segments: Vec<MemorySegment>) -> CoreDump {
+        CoreDump {
+            input_format: InputFormat::ElfCore,
+            data_format: DataFormat::Elf,
+            header: None,
+            version: None,
+            checksum: None,
+            chip: Chip::Esp32,
+            arch: Arch::Xtensa,
+            chip_rev: None,
+            tasks: Vec::new(),
+            crashed_tcb: None,
+            isr_context: None,
+            app_elf_sha256_prefix: None,
+            panic_details: None,
+            xtensa_exception: None,
+            segments,
+        }
+    }
+
+    #[test]
+    fn the_callers_of_a_call_through_a_bad_pointer_are_in_code() {
+        // A call through a NULL function pointer: pc 0, the caller's return address in a0
+        // (window size 2 in its top bits), the caller's save area on the stack.
+        let sp: u32 = 0x3ffb_0100;
+        let mut stack = vec![0u8; 0x200];
+        // Base save area below sp: the caller's a0 (its own return address) and a1.
+        let area = (sp - 16 - 0x3ffb_0000) as usize;
+        stack[area..area + 4].copy_from_slice(&0x800d_5678u32.to_le_bytes());
+        stack[area + 4..area + 8].copy_from_slice(&(sp + 0x40).to_le_bytes());
+        let dump = dump_of(vec![MemorySegment {
+            addr: 0x3ffb_0000,
+            data: stack,
+        }]);
+        let mut regs = XtensaRegisters {
+            pc: 0,
+            ..Default::default()
+        };
+        regs.a[0] = 0x800d_1234;
+        regs.a[1] = sp;
+        let pcs: Vec<u32> = unwind(&dump, &regs).iter().map(|f| f.pc).collect();
+        assert_eq!(pcs[..3], [0, 0x400d_1234, 0x400d_5678], "{pcs:x?}");
+    }
 }

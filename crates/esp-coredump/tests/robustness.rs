@@ -198,3 +198,33 @@ fn no_panic_on_truncations_and_flips() {
         }
     }
 }
+
+/// An ELF core whose program headers all name the same bytes: 200 headers over a file of under
+/// 7 KiB would copy 1.3 MiB (and 65,535 of them over a 1 MiB upload, 64 GiB).
+#[test]
+fn segments_that_overlap_are_refused_not_copied_again() {
+    let phnum: u16 = 200;
+    let len = 52 + 32 * usize::from(phnum);
+    let mut elf = vec![0u8; len];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 1;
+    elf[5] = 1;
+    elf[6] = 1;
+    elf[16] = 4; // ET_CORE
+    elf[18] = 0x5E; // EM_XTENSA
+    elf[28] = 52; // e_phoff
+    elf[42] = 32; // e_phentsize
+    elf[44..46].copy_from_slice(&phnum.to_le_bytes());
+    for i in 0..usize::from(phnum) {
+        let ph = 52 + 32 * i;
+        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf[ph + 8..ph + 12].copy_from_slice(&0x3ffb_0000u32.to_le_bytes()); // p_vaddr
+        elf[ph + 16..ph + 20].copy_from_slice(&(len as u32).to_le_bytes()); // p_filesz
+    }
+    let e = parse_dump(&elf).unwrap_err();
+    assert!(e.is_malformed(), "{e}");
+    assert!(e.to_string().contains("overlaps"), "{e}");
+    // One such segment is a dump (of no task).
+    elf[44..46].copy_from_slice(&1u16.to_le_bytes());
+    assert!(parse_dump(&elf).is_ok());
+}
