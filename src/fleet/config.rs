@@ -59,9 +59,11 @@ impl ConfigSchema {
         &self.text
     }
 
-    /// The first violation of `config`, if any, as the API reports it.
+    /// The first violation of `config`, if any, as the API reports it. Validation stops at it:
+    /// collecting every violation (`iter_errors`) would allocate one error per failing check per
+    /// element, gigabytes for a long array against a fanned-out schema.
     pub fn check(&self, config: &Value) -> Result<(), InvalidConfig> {
-        let Some(error) = self.validator.iter_errors(config).next() else {
+        let Err(error) = self.validator.validate(config) else {
             return Ok(());
         };
         let reason = match error.kind() {

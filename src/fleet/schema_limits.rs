@@ -182,8 +182,14 @@ fn collect_anchors<'a>(
     let Value::Object(map) = schema else {
         return Ok(());
     };
-    if !top && map.contains_key("$id") {
-        return Err(refused("$id is only supported at the top level"));
+    // Draft 4 spells `$id` as `id`, and a `$schema` below the top can switch a subschema to it.
+    if !top && (map.contains_key("$id") || map.get("id").is_some_and(Value::is_string)) {
+        return Err(refused(
+            "$id (draft 4: id) is only supported at the top level",
+        ));
+    }
+    if !top && map.contains_key("$schema") {
+        return Err(refused("$schema is only supported at the top level"));
     }
     for keyword in ["$anchor", "$dynamicAnchor"] {
         if let Some(Value::String(name)) = map.get(keyword) {
@@ -437,9 +443,36 @@ mod tests {
         assert!(err.contains("must be a string"), "{err}");
         let err = checked(json!({"properties": {"a": {"$id": "https://e.com/a"}}})).unwrap_err();
         assert!(
-            err.contains("$id is only supported at the top level"),
+            err.contains("$id (draft 4: id) is only supported at the top level"),
             "{err}"
         );
+        // Draft 4's `id` starts a resource too: the validator would resolve the inner `$ref`s
+        // against the inner definitions (a cycle) while a walk from the root sees the decoy.
+        let inner = json!({
+            "id": "http://example.com/inner",
+            "definitions": {"n": {"items": {"allOf": [{"$ref": "#/definitions/n"}, {"$ref": "#/definitions/n"}]}}},
+            "items": {"$ref": "#/definitions/n"}
+        });
+        let draft4 = json!({
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "definitions": {"n": {}},
+            "allOf": [inner]
+        });
+        let err = checked(draft4).unwrap_err();
+        assert!(
+            err.contains("(draft 4: id) is only supported at the top level"),
+            "{err}"
+        );
+        let err =
+            checked(json!({"allOf": [{"$schema": "http://json-schema.org/draft-04/schema#"}]}))
+                .unwrap_err();
+        assert!(
+            err.contains("$schema is only supported at the top level"),
+            "{err}"
+        );
+        // At the top, both are what they always were.
+        let top = json!({"$schema": "http://json-schema.org/draft-04/schema#", "id": "http://e.com/s", "type": "object"});
+        assert_eq!(checked(top), Ok(()));
     }
 
     #[test]
