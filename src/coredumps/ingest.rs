@@ -303,6 +303,10 @@ async fn finish(
         Retention::Unlocked => retention::prune_rows(tx, device_id, key, keep, id).await?,
     };
     let event = serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key});
+    // The dumps retention pruned are deleted as an admin's delete is, and said so the same way
+    // (`manage::deleted`): a page open on one of them learns it is gone.
+    let pruned_event = (!pruned.ids.is_empty())
+        .then(|| serde_json::json!({"ids": pruned.ids, "device_id": device.device_id}));
     let withdrawn = match tx {
         Tx::Postgres(t) => {
             let withdrawn: Vec<String> = pruned
@@ -310,6 +314,7 @@ async fn finish(
                 .iter()
                 .map(jobs::payload_text)
                 .collect::<Result<_, _>>()?;
+            let pruned_event = pruned_event.map(|event| event.to_string());
             let record = coredumps::UploadRecord {
                 now: crate::db::now(),
                 deletions: &pruned.keys,
@@ -319,6 +324,7 @@ async fn finish(
                 job_max_attempts: PARSE_MAX_ATTEMPTS,
                 event_kind: STORED_EVENT,
                 event_payload: &event.to_string(),
+                pruned_event: pruned_event.as_deref().map(|p| (DELETED_EVENT, p)),
                 notify_channel: events::CHANNEL,
             };
             let withdrawn = coredumps::record_upload_postgres(t, &record).await?;
@@ -329,6 +335,9 @@ async fn finish(
             let withdrawn = super::job::cancel(tx, &pruned.parses).await?;
             super::job::enqueue(tx, id).await?;
             events::record(tx, STORED_EVENT, &event).await?;
+            if let Some(deleted) = &pruned_event {
+                events::record(tx, DELETED_EVENT, deleted).await?;
+            }
             withdrawn
         }
     };
@@ -337,6 +346,7 @@ async fn finish(
 }
 
 const STORED_EVENT: &str = "coredump_stored";
+const DELETED_EVENT: &str = "coredump_deleted";
 
 /// Best-effort removal of an object whose row will not be committed.
 async fn cleanup(storage: &Storage, key: &ObjectKey) {

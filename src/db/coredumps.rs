@@ -97,7 +97,10 @@ pub struct NewCoredump<'a> {
     pub size: i64,
 }
 
-/// PostgreSQL: the next id of `coredumps` from its sequence, without a transaction (a sequence
+/// How many ids one reservation draws at most while it skips ids in use (see [`reserve_id`]).
+const ID_CANDIDATES: i32 = 1000;
+
+/// PostgreSQL: the next free id of `coredumps` from its sequence, without a transaction (a sequence
 /// never hands out a value twice, committed or not), and in the same statement any deletion of
 /// that id's key for `device_key` still queued in the outbox withdrawn, before the object is
 /// written (the outbox invariant: a sequence turned back by a database restore hands out ids
@@ -109,8 +112,19 @@ pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
         Db::Postgres(pool) => {
             let (prefix, suffix) = crate::layout::coredump_key_around_id(device_key)
                 .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?;
-            Ok(sqlx::query_scalar(
-                "WITH reserved AS (SELECT nextval(pg_get_serial_sequence('coredumps', 'id')) AS id),
+            // An id a row already has is skipped: the sequence can be behind the table (a
+            // data-only restore that did not carry it, a promoted logical replica), and the
+            // upload writes its object under the id before it inserts the row. Candidates are
+            // drawn one at a time until one is free, at most `ID_CANDIDATES` (each a gap).
+            let reserved: Option<i64> = sqlx::query_scalar(
+                "WITH reserved AS (
+                     SELECT id FROM (
+                         SELECT nextval(pg_get_serial_sequence('coredumps', 'id')) AS id
+                         FROM generate_series(1, $3)
+                     ) AS candidates
+                     WHERE NOT EXISTS (SELECT 1 FROM coredumps c WHERE c.id = candidates.id)
+                     LIMIT 1
+                 ),
                  cancelled AS (
                      DELETE FROM object_deletions
                      WHERE object_key = $1 || (SELECT id FROM reserved) || $2
@@ -119,8 +133,15 @@ pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
             )
             .bind(prefix)
             .bind(suffix)
-            .fetch_one(pool)
-            .await?)
+            .bind(ID_CANDIDATES)
+            .fetch_optional(pool)
+            .await?;
+            reserved.ok_or_else(|| {
+                DbError::Other(sqlx::Error::Protocol(format!(
+                    "the core-dump id sequence is behind the table: {ID_CANDIDATES} ids in a row \
+                     are in use (each upload moves it on; or set it past MAX(coredumps.id))"
+                )))
+            })
         }
         Db::Sqlite(_) => Err(DbError::Other(sqlx::Error::Protocol(
             "SQLite has no sequences to reserve a core-dump id from".into(),
@@ -171,7 +192,7 @@ pub async fn delete_beyond(
 
 /// What an upload writes besides its row once the object is stored: the outbox entries of the
 /// dumps retention pruned, the withdrawal of their queued parse jobs, the new dump's parse job and
-/// its event. Each text is made by the module that owns its table (outbox keys,
+/// its events. Each text is made by the module that owns its table (outbox keys,
 /// `jobs::payload_text`, `events`).
 pub struct UploadRecord<'a> {
     pub now: chrono::DateTime<chrono::Utc>,
@@ -182,6 +203,8 @@ pub struct UploadRecord<'a> {
     pub job_max_attempts: i32,
     pub event_kind: &'a str,
     pub event_payload: &'a str,
+    /// A second event (the dumps retention pruned), when there is one.
+    pub pruned_event: Option<(&'a str, &'a str)>,
     pub notify_channel: &'a str,
 }
 
@@ -207,9 +230,13 @@ pub async fn record_upload_postgres(
              VALUES ($3, $5, $6, $1, $1, $1)
          ), event AS (
              INSERT INTO events (type, payload, created_at) VALUES ($7, $8, $1) RETURNING id
+         ), pruned_event AS (
+             INSERT INTO events (type, payload, created_at)
+             SELECT $10, $11, $1 WHERE $10::text IS NOT NULL RETURNING id
          )
          SELECT (SELECT COUNT(*) FROM withdrawn)
-         FROM (SELECT pg_notify($9, (SELECT id::text FROM event))) AS notified",
+         FROM (SELECT pg_notify($9, (SELECT MAX(id)::text FROM (
+             SELECT id FROM event UNION ALL SELECT id FROM pruned_event) AS ids))) AS notified",
     )
     .bind(record.now)
     .bind(&deletions)
@@ -220,6 +247,8 @@ pub async fn record_upload_postgres(
     .bind(record.event_kind)
     .bind(record.event_payload)
     .bind(record.notify_channel)
+    .bind(record.pruned_event.map(|(kind, _)| kind))
+    .bind(record.pruned_event.map(|(_, payload)| payload))
     .fetch_one(conn)
     .await?)
 }

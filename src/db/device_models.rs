@@ -26,7 +26,13 @@ const SELECT: &str = "SELECT m.id, m.code, m.name, m.firmware_version, m.config_
 pub const CODE_UNIQUE: (&str, &str) = ("device_models_code_key", "device_models.code");
 
 pub async fn list(tx: &mut Tx) -> Result<Vec<DeviceModelRow>, DbError> {
-    let sql = format!("{SELECT} ORDER BY m.code");
+    // By bytes on both databases: PostgreSQL's default collation follows the server's locale,
+    // which orders `_` against digits differently from SQLite (and from one glibc to the next).
+    let order = match tx {
+        Tx::Postgres(_) => "m.code COLLATE \"C\"",
+        Tx::Sqlite(_) => "m.code",
+    };
+    let sql = format!("{SELECT} ORDER BY {order}");
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, DeviceModelRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
@@ -112,23 +118,38 @@ pub async fn insert(
     .await)?)
 }
 
+/// Changes what is given: the name when `name` is `Some`, the schema when `config_schema` is
+/// `Some` (`Some(None)` removes it). What is not given is left as the row has it when the update
+/// runs, not as it was read earlier: a rename must not undo a schema change committed meanwhile.
 pub async fn update(
     tx: &mut Tx,
     id: i64,
-    name: &str,
-    config_schema: Option<&str>,
+    name: Option<&str>,
+    config_schema: Option<Option<&str>>,
 ) -> Result<(), DbError> {
     let now = now();
-    crate::execute!(
-        tx,
-        sqlx::query(
-            "UPDATE device_models SET name = $1, config_schema = $2, updated_at = $3 WHERE id = $4"
-        )
-        .bind(name)
-        .bind(config_schema)
-        .bind(now)
-        .bind(id)
-    )?;
+    match config_schema {
+        Some(schema) => crate::execute!(
+            tx,
+            sqlx::query(
+                "UPDATE device_models SET name = COALESCE($1, name), config_schema = $2,
+                        updated_at = $3 WHERE id = $4"
+            )
+            .bind(name)
+            .bind(schema)
+            .bind(now)
+            .bind(id)
+        )?,
+        None => crate::execute!(
+            tx,
+            sqlx::query(
+                "UPDATE device_models SET name = COALESCE($1, name), updated_at = $2 WHERE id = $3"
+            )
+            .bind(name)
+            .bind(now)
+            .bind(id)
+        )?,
+    };
     Ok(())
 }
 

@@ -247,8 +247,11 @@ impl FirmwareCache {
     }
 
     /// Makes room for `size` more bytes, evicting least recently used entries; `false` when fills
-    /// in flight hold too much of the budget.
+    /// in flight hold too much of the budget (then nothing is evicted for nothing).
     fn reserve(&self, inner: &mut Inner, size: u64) -> bool {
+        if inner.reserved.saturating_add(size) > self.budget {
+            return false;
+        }
         while inner.stored + inner.reserved + size > self.budget {
             let oldest = inner
                 .entries
@@ -405,6 +408,19 @@ mod tests {
             "over budget while a is in flight"
         );
         assert!(reserve(&cache, "c", 40));
+    }
+
+    #[test]
+    fn a_fill_that_cannot_fit_beside_those_in_flight_evicts_nothing() {
+        let cache = FirmwareCache::new(100);
+        entry(&cache, "hot", 30);
+        assert!(reserve(&cache, "a", 60));
+        // 60 in flight + 50 is over the budget whatever is evicted: "hot" stays.
+        assert!(!reserve(&cache, "b", 50));
+        assert!(cache.contains("hot"));
+        // 60 + 40 fits once "hot" goes.
+        assert!(reserve(&cache, "c", 40));
+        assert!(!cache.contains("hot"));
     }
 
     #[test]

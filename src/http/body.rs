@@ -51,6 +51,15 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// Refuses a body whose declared length (`Content-Length`) is over `limit`. Upload routes call it
+/// before they wait for an upload slot: such a body is a 413 however busy the service is.
+pub fn refuse_declared_over(headers: &HeaderMap, limit: u64) -> Result<(), BodyError> {
+    match declared_length(headers) {
+        Some(n) if n > limit => Err(BodyError::TooLarge(limit)),
+        _ => Ok(()),
+    }
+}
+
 /// A body stream that ends with an error past `limit` bytes or past `deadline`. The first error
 /// is also kept in [`LimitedBody::failure`], for callers whose parser wraps stream errors in its
 /// own type (multipart).
@@ -71,9 +80,7 @@ impl LimitedBody {
         limit: u64,
         deadline: Duration,
     ) -> Result<Self, BodyError> {
-        if declared_length(headers).is_some_and(|n| n > limit) {
-            return Err(BodyError::TooLarge(limit));
-        }
+        refuse_declared_over(headers, limit)?;
         Ok(LimitedBody {
             inner: body.into_data_stream(),
             limit,

@@ -40,9 +40,14 @@ pub struct Download {
     pub filename: String,
 }
 
-/// Parses a single-range `Range` header. `None` means "send the whole object".
+/// Parses a single-range `Range` header. `None` means "send the whole object". The unit is
+/// case-insensitive (RFC 9110 §14.1); a last position past any size means "to the end".
 pub fn parse_range(value: &str) -> Option<ByteRange> {
-    let spec = value.trim().strip_prefix("bytes=")?.trim();
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let spec = spec.trim();
     if spec.contains(',') {
         return None;
     }
@@ -59,7 +64,7 @@ pub fn parse_range(value: &str) -> Option<ByteRange> {
             let (start, last): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
             (start <= last).then_some(ByteRange::Bounded {
                 start,
-                end: last.checked_add(1)?,
+                end: last.saturating_add(1),
             })
         }
         (true, true) => None,
@@ -372,6 +377,17 @@ mod tests {
             parse_range(" bytes= 5 - 9 "),
             Some(ByteRange::Bounded { start: 5, end: 10 })
         );
+        assert_eq!(
+            parse_range("Bytes=0-99"),
+            Some(ByteRange::Bounded { start: 0, end: 100 })
+        );
+        assert_eq!(
+            parse_range("bytes=7-18446744073709551615"),
+            Some(ByteRange::Bounded {
+                start: 7,
+                end: u64::MAX
+            })
+        );
     }
 
     #[test]
@@ -382,7 +398,8 @@ mod tests {
             "bytes=9-5",
             "bytes=-",
             "bytes=a-b",
-            "bytes=0-18446744073709551615",
+            "bytes0-1",
+            "bytes=0-18446744073709551616",
         ] {
             assert_eq!(parse_range(value), None, "{value}");
         }

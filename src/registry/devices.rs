@@ -97,9 +97,16 @@ pub async fn update(
     let validated = match config_text {
         Some(text) => {
             let mut tx = db.begin().await?;
-            let (_, model) = load(&mut tx, id).await?;
+            let (row, model) = load(&mut tx, id).await?;
             tx.commit().await?;
-            Some((validator.check(text, &model).await?, model))
+            // The text the device already has is no change: it is not parsed or validated again.
+            // The Python UI sends the config with every change of the active flag, and an adopted
+            // config the Python service accepted (`NaN`) must not stop the flag from changing.
+            if row.config == text {
+                None
+            } else {
+                Some((validator.check(text, &model).await?, model))
+            }
         }
         None => None,
     };

@@ -93,16 +93,14 @@ pub async fn update(
         crate::db::firmware_versions::lock_model(&mut tx, id).await?;
         models::lock_schema(&mut tx, id, true).await?;
     }
-    let current = models::get(&mut tx, id)
-        .await?
-        .ok_or(RegistryError::ModelNotFound(id))?;
-    let name = name.unwrap_or(&current.name).to_string();
-    let schema: Option<String> = match (schema, new_schema) {
-        (SchemaChange::Keep, _) => current.config_schema.clone(),
-        (_, Some(parsed)) => Some(parsed.text().to_string()),
-        (_, None) => None,
+    // Only what was given is written: a rename that keeps the schema must not write back the
+    // schema it read, over a change committed meanwhile (a `Keep` takes no lock).
+    let schema: Option<Option<&str>> = match (schema, &new_schema) {
+        (SchemaChange::Keep, _) => None,
+        (_, Some(parsed)) => Some(Some(parsed.text())),
+        (_, None) => Some(None),
     };
-    models::update(&mut tx, id, &name, schema.as_deref()).await?;
+    models::update(&mut tx, id, name, schema).await?;
     let row = models::get(&mut tx, id)
         .await?
         .ok_or(RegistryError::ModelNotFound(id))?;

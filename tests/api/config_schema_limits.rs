@@ -361,8 +361,9 @@ async fn a_device_write_waits_for_a_schema_change_in_progress_and_then_sees_it()
     app.stop().await;
 }
 
-/// `PUT {"active": false}` leaves the stored config alone: a config the Python service accepted
-/// and strict JSON does not (`NaN`) must not stop the flag from changing.
+/// `PUT {"active": false}`, or the same config text with the flag, leaves the stored config alone:
+/// a config the Python service accepted and strict JSON does not (`NaN`) must not stop the flag
+/// from changing.
 #[tokio::test]
 async fn an_active_only_update_keeps_a_legacy_config_it_cannot_parse() {
     for_each_stack("active_only_update", &[], async |app| {
@@ -382,6 +383,22 @@ async fn an_active_only_update_keeps_a_legacy_config_it_cannot_parse() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["active"], false);
         assert_eq!(body["config"], legacy);
+        // The Python UI sends the config along with every change of the flag: the same text is
+        // no change, and is not parsed again.
+        let (status, body) = app
+            .update_device(device.id, json!({"config": legacy, "active": true}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["active"], true);
+        assert_eq!(body["config"], legacy);
+        // Another text is parsed, and refused.
+        let (status, body) = app
+            .update_device(
+                device.id,
+                json!({"config": "{\"threshold\": NaN }", "active": true}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
     })
     .await;
 }

@@ -364,6 +364,12 @@ async fn one_device_cannot_take_every_coredump_upload_slot() {
             .contains("This device already has"),
         "{body}"
     );
+    // A body declared too large is refused for its size, busy or not.
+    let mut oversized = raw_request(&addr, &coredump_head(&addr, &hog, 2 * 1024 * 1024), &[]).await;
+    let (status, body) = read_response(&mut oversized, Duration::from_secs(30))
+        .await
+        .expect("an answer to the oversized upload");
+    assert_eq!(status, 413, "{body}");
     let (status, body) = upload(
         &app,
         &other,

@@ -517,6 +517,43 @@ async fn a_queued_deletion_of_the_key_an_upload_gets_never_deletes_its_dump() {
     .await;
 }
 
+/// An id sequence behind the table (a data-only restore that did not carry it, a promoted
+/// logical replica): an upload skips the ids rows already have. Before, it wrote its object over
+/// the key of the same device's dump with that id, failed the insert with a 500, and its cleanup
+/// deleted that dump's object.
+#[tokio::test]
+async fn an_id_sequence_behind_the_table_skips_the_ids_in_use() {
+    let Some(app) = spawn_app(Stack::Production, "coredump_sequence_behind").await else {
+        return;
+    };
+    let device = crate::fleet::model_with_device(&app, "sensor").await;
+    let first = upload_ok(&app, &device, "1.0", b"\x7fELF first").await;
+    let second = upload_ok(&app, &device, "1.0", b"\x7fELF second").await;
+    // Turned back: the next id handed out is the first dump's.
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "SELECT setval(pg_get_serial_sequence('coredumps', 'id'), $1, false)"
+    )
+    .bind(first)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let third = upload_ok(&app, &device, "1.0", b"\x7fELF third").await;
+    assert!(third > second, "{third} after {first}, {second}");
+    let key = |id| coredump_key(&device.key, id).unwrap().to_string();
+    let mut expected = vec![key(first), key(second), key(third)];
+    expected.sort();
+    assert_eq!(objects(&app, "coredumps/").await, expected);
+    for (id, bytes) in [
+        (first, &b"\x7fELF first"[..]),
+        (third, &b"\x7fELF third"[..]),
+    ] {
+        let stored = crate::firmware_support::object(&app, &key(id)).await;
+        assert_eq!(stored, bytes, "dump {id}");
+    }
+    app.stop().await;
+}
+
 /// A device that stops waiting once its body went out (ESP-IDF's HTTP client gives up after 5 s)
 /// must not cut the store off between the PUT and the commit: that left an object no row names
 /// (and on SQLite an id that is handed out again). The store runs to its end on its own.

@@ -264,6 +264,40 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
     app.stop().await;
 }
 
+/// The dumps retention prunes reach the stream as an admin's deletions do: a page open on one of
+/// them (the report, the crash group's list) learns it is gone.
+#[tokio::test]
+async fn dumps_pruned_by_retention_reach_the_stream_as_deleted() {
+    for_each_stack("sse_pruned", &[("MAX_COREDUMPS", "1")], async |app| {
+        let device = model_with_device(app, "m").await;
+        let mut stream = SseReader::open(app).await;
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (status, body) = app
+                .iot_upload_coredump(
+                    &device.credential,
+                    "chip=esp32&firmware_version=1.0.0",
+                    "not a core dump",
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            ids.push(body["coredump_id"].as_i64().expect("the dump's id"));
+        }
+        let mut seen = Vec::new();
+        let deleted = loop {
+            let event = stream.next(Duration::from_secs(20)).await;
+            let event = event.unwrap_or_else(|| panic!("no coredump_deleted among {seen:?}"));
+            if event["type"] == "coredump_deleted" {
+                break event;
+            }
+            seen.push(event["type"].clone());
+        };
+        assert_eq!(deleted["payload"]["ids"], json!([ids[0]]), "{deleted}");
+        assert_eq!(deleted["payload"]["device_id"], device.id, "{deleted}");
+    })
+    .await;
+}
+
 /// Event ids come from a sequence when the row is inserted, not when its transaction commits: a
 /// change whose transaction took its id first but committed after a later one's still reaches the
 /// stream (a subscriber reading "after the last id it sent" would skip it for good). Production

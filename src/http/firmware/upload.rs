@@ -92,6 +92,8 @@ async fn receive_and_store(
 ) -> Result<Json<FirmwareUploadResponse>, ApiError> {
     let limit = state.config.max_firmware_bytes;
     let busy = || ApiError::unavailable("Too many firmware uploads are in progress; retry later");
+    // Before the slot: a body declared too large is a 413 however busy the uploads are.
+    crate::http::body::refuse_declared_over(headers, limit)?;
     let slot = tokio::time::timeout(UPLOAD_SLOT_WAIT, UPLOAD_SLOTS.acquire())
         .await
         .map_err(|_| busy())?

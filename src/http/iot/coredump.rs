@@ -49,6 +49,13 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<CoredumpUploadResponse>), ApiError> {
     let meta = DumpMeta::parse(query.chip.as_deref(), query.firmware_version.as_deref())?;
+    let too_large = |e| match e {
+        crate::http::body::BodyError::TooLarge(limit) => IngestError::TooLarge(limit).into(),
+        e => ApiError::from(e),
+    };
+    // Before the slots: a body declared too large is a 413 however busy the uploads are.
+    crate::http::body::refuse_declared_over(&headers, state.config.max_coredump_bytes)
+        .map_err(too_large)?;
     // Held until the dump is stored or refused: one device cannot take every upload slot.
     let _device_permit = state
         .coredump_uploads_by_device
@@ -80,10 +87,7 @@ pub async fn upload(
         state.config.coredump_upload_timeout,
     )
     .await
-    .map_err(|e| match e {
-        crate::http::body::BodyError::TooLarge(limit) => IngestError::TooLarge(limit).into(),
-        e => ApiError::from(e),
-    })?;
+    .map_err(too_large)?;
     metrics::histogram!(crate::telemetry::COREDUMP_INGEST_STEP_DURATION, "step" => "receive")
         .record(receiving.elapsed().as_secs_f64());
     if content.is_empty() {
