@@ -45,8 +45,15 @@ pub use crate::config::DEFAULT_FIRMWARE_CACHE_BYTES as DEFAULT_BUDGET_BYTES;
 
 pub struct FirmwareCache {
     budget: u64,
+    /// How long after a failed fill of an image no other is started (see [`FILL_RETRY_AFTER`]).
+    retry_after: std::time::Duration,
     inner: Mutex<Inner>,
 }
+
+/// How long after a fill of an image failed (the store failed, or its object does not match its
+/// row) no other fill of it starts. Without it, every ranged request of a fleet updating from a
+/// failing store started another read of the whole image.
+pub const FILL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 struct Inner {
@@ -59,6 +66,8 @@ struct Inner {
     reserved: u64,
     /// A logical clock for least-recently-used eviction.
     clock: u64,
+    /// When each image's last fill failed, for those that failed within `retry_after`.
+    failed: HashMap<String, std::time::Instant>,
 }
 
 struct Entry {
@@ -95,8 +104,13 @@ fn cache_key(sha256: &str) -> String {
 
 impl FirmwareCache {
     pub fn new(budget: u64) -> Arc<Self> {
+        Self::with_retry_after(budget, FILL_RETRY_AFTER)
+    }
+
+    fn with_retry_after(budget: u64, retry_after: std::time::Duration) -> Arc<Self> {
         Arc::new(FirmwareCache {
             budget,
+            retry_after,
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -222,6 +236,9 @@ impl FirmwareCache {
             if let Some(fill) = inner.filling.get(&hash) {
                 return Begin::Filling(fill.done.clone());
             }
+            if self.failed_recently(&mut inner, &hash) {
+                return Begin::Refused;
+            }
             if !self.reserve(&mut inner, size) {
                 return Begin::Refused;
             }
@@ -244,6 +261,17 @@ impl FirmwareCache {
             drop(finished);
         });
         Begin::Filling(done)
+    }
+
+    /// Whether the last fill of `hash` failed within `retry_after`; forgets the failures older
+    /// than that (so the map holds only images that failed in the last `retry_after`).
+    fn failed_recently(&self, inner: &mut Inner, hash: &str) -> bool {
+        let now = std::time::Instant::now();
+        let retry_after = self.retry_after;
+        inner
+            .failed
+            .retain(|_, at| now.duration_since(*at) < retry_after);
+        inner.failed.contains_key(hash)
     }
 
     /// Makes room for `size` more bytes, evicting least recently used entries; `false` when fills
@@ -274,6 +302,11 @@ impl FirmwareCache {
         let mut inner = self.lock();
         if let Some(fill) = inner.filling.remove(hash) {
             inner.reserved -= fill.reserved;
+        }
+        if outcome.is_err() {
+            inner
+                .failed
+                .insert(hash.to_string(), std::time::Instant::now());
         }
         let label = match outcome {
             Ok(bytes) => {
@@ -408,6 +441,56 @@ mod tests {
             "over budget while a is in flight"
         );
         assert!(reserve(&cache, "c", 40));
+    }
+
+    #[tokio::test]
+    async fn an_image_whose_fill_failed_is_not_read_again_for_a_while() {
+        use crate::storage::faulty::FaultyStorage;
+        use crate::storage::Operation;
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::storage::backend::ObjectStoreBackend::local(dir.path()).unwrap();
+        let store = Arc::new(FaultyStorage::new(Arc::new(local)));
+        let storage: Storage = store.clone();
+        let key = ObjectKey::parse("firmware/m/1/firmware.bin").expect("key");
+        let image = Bytes::from_static(b"an image");
+        storage.put(&key, image.clone()).await.unwrap();
+        let sha256 = hex::encode(Sha256::digest(&image));
+        let size = image.len() as u64;
+
+        // The object does not match its row (another hash): not cached, and not read again.
+        let cache = FirmwareCache::new(100);
+        let wrong = "00".repeat(32);
+        let fill = async |cache: &Arc<FirmwareCache>, sha: &str| {
+            cache
+                .fill_and_wait(storage.clone(), key.clone(), sha, size)
+                .await
+        };
+        assert_eq!(fill(&cache, &wrong).await, None);
+        assert_eq!(store.calls(Operation::Get), 1);
+        assert_eq!(fill(&cache, &wrong).await, None);
+        assert_eq!(
+            store.calls(Operation::Get),
+            1,
+            "read again right after a mismatch"
+        );
+        // The store failing: the same.
+        store.inject(crate::storage::faulty::Fault::always(Operation::Get));
+        assert_eq!(fill(&cache, &sha256).await, None);
+        let failed = store.calls(Operation::Get);
+        assert_eq!(fill(&cache, &sha256).await, None);
+        assert_eq!(
+            store.calls(Operation::Get),
+            failed,
+            "read again right after a failure"
+        );
+        assert_eq!(cache.lock().reserved, 0);
+
+        // Once the wait is over, it is read again, and a good read is kept.
+        store.heal();
+        let cache = FirmwareCache::with_retry_after(100, std::time::Duration::ZERO);
+        assert_eq!(fill(&cache, &wrong).await, None);
+        assert_eq!(fill(&cache, &sha256).await, Some(image));
+        assert!(cache.lock().failed.is_empty(), "old failures are forgotten");
     }
 
     #[test]
