@@ -1,8 +1,11 @@
 //! Per-key admission: at most N requests in progress per key (a device), so one client cannot take
-//! every slot of a shared limit.
+//! every slot of a shared limit. And [`SingleFlight`]: one run of a check at a time, shared by
+//! everyone who asks while it runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 /// Counts requests in progress per key; a key's entry disappears when its count drops to zero, so
 /// the map never holds more keys than requests in progress.
@@ -56,6 +59,39 @@ impl Drop for KeyedPermit {
     }
 }
 
+/// One run of a computation at a time: whoever asks while a run is in progress gets that run's
+/// result, and whoever asks after it ended starts the next. For checks anyone may ask for as
+/// often as they like (`/health/readyz`): the work done stays one run at a time, however many ask.
+pub struct SingleFlight<T: Clone> {
+    running: Mutex<Option<Shared<BoxFuture<'static, T>>>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Default for SingleFlight<T> {
+    fn default() -> Self {
+        SingleFlight {
+            running: Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    /// The result of the run in progress, or of a new run of `start` when none is.
+    pub async fn run(&self, start: impl FnOnce() -> BoxFuture<'static, T>) -> T {
+        let run = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            match running.as_ref() {
+                Some(run) if run.peek().is_none() => run.clone(),
+                _ => {
+                    let run = start().shared();
+                    *running = Some(run.clone());
+                    run
+                }
+            }
+        };
+        run.await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +112,49 @@ mod tests {
         let limiter = KeyedLimiter::new(1);
         drop(limiter.try_acquire("gone"));
         assert!(limiter.counts.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_single_flight_shares_the_run_in_progress_and_starts_the_next_after_it() {
+        let flight = Arc::new(SingleFlight::<usize>::default());
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = released.shared();
+        let start = |runs: Arc<std::sync::atomic::AtomicUsize>, gate: Option<_>| {
+            move || -> BoxFuture<'static, usize> {
+                let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Box::pin(async move {
+                    if let Some(gate) = gate {
+                        let _ = gate.await;
+                    }
+                    n
+                })
+            }
+        };
+        let first = tokio::spawn({
+            let (flight, runs, gate) = (flight.clone(), runs.clone(), released.clone());
+            async move { flight.run(start(runs, Some(gate))).await }
+        });
+        // The first run is in progress (held at its gate): others share it.
+        while runs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let second = tokio::spawn({
+            let (flight, runs, gate) = (flight.clone(), runs.clone(), released.clone());
+            async move { flight.run(start(runs, Some(gate))).await }
+        });
+        // Until the second holds the run too (the stored one, the first's and its own).
+        let holders = || {
+            let running = flight.running.lock().unwrap();
+            running.as_ref().and_then(|run| run.strong_count())
+        };
+        while holders() < Some(3) {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        assert_eq!((first.await.unwrap(), second.await.unwrap()), (1, 1));
+        // After it ended, the next caller starts a run of its own.
+        assert_eq!(flight.run(start(runs.clone(), None)).await, 2);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -174,6 +174,7 @@ impl Application {
                 config.config_validation_timeout,
             )),
             presence: Arc::default(),
+            readiness: Arc::default(),
             oidc,
             events,
             shutdown: shutdown.clone(),

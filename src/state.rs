@@ -55,6 +55,9 @@ pub struct AppState {
     pub config_validator: Arc<crate::registry::validation::ConfigValidator>,
     /// What devices said they run and when they were heard from, until it is written.
     pub presence: Arc<crate::presence::Presence>,
+    /// The `/health/readyz` check in progress (database, object store), shared by whoever asks
+    /// while it runs.
+    pub readiness: Arc<crate::admission::SingleFlight<(String, String)>>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

@@ -308,23 +308,21 @@ impl Db {
     /// the write lock (`BEGIN IMMEDIATE`) is free within [`WRITE_PROBE_WAIT`], on a connection of
     /// its own: every write request queues for that lock, so a writer that holds it longer (a
     /// stuck request) makes them all fail while plain reads still work. On PostgreSQL, whether a
-    /// transaction may write at all (a read-only database or standby answers reads only). The
-    /// error says what is wrong.
-    pub async fn write_probe(&self) -> Result<(), String> {
+    /// transaction may write at all (a read-only database or standby answers reads only).
+    pub async fn write_probe(&self) -> Result<(), WriteProbeError> {
         match self {
             Db::Sqlite(pool) => {
                 let options = (*pool.connect_options())
                     .clone()
                     .busy_timeout(WRITE_PROBE_WAIT);
-                let stuck = || {
-                    format!(
-                        "writers are stuck: the write lock was not free within {} s",
-                        WRITE_PROBE_WAIT.as_secs_f64()
-                    )
-                };
                 let describe = |e: sqlx::Error| match &e {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("5") => stuck(),
-                    _ => e.to_string(),
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("5") => {
+                        WriteProbeError::Refused(format!(
+                            "writers are stuck: the write lock was not free within {} s",
+                            WRITE_PROBE_WAIT.as_secs_f64()
+                        ))
+                    }
+                    _ => WriteProbeError::Failed(e.to_string()),
                 };
                 // Dropped (or closed) with its transaction open, the connection rolls it back.
                 let mut conn = sqlx::ConnectOptions::connect(&options)
@@ -343,9 +341,11 @@ impl Db {
                     sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
                         .fetch_one(pool)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| WriteProbeError::Failed(e.to_string()))?;
                 if read_only == "on" {
-                    return Err("the database is read-only (a standby?): writes would fail".into());
+                    return Err(WriteProbeError::Refused(
+                        "the database is read-only (a standby?): writes would fail".into(),
+                    ));
                 }
                 Ok(())
             }
@@ -382,4 +382,14 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now();
     now.duration_trunc(TimeDelta::microseconds(1))
         .unwrap_or(now)
+}
+
+/// Why [`Db::write_probe`] found that no writer can start.
+#[derive(Debug)]
+pub enum WriteProbeError {
+    /// The database answered and refuses writers now (the write lock is stuck, a read-only
+    /// standby): said in words of our own, fit for anyone to read.
+    Refused(String),
+    /// The check itself failed: the driver's error, for the log.
+    Failed(String),
 }

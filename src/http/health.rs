@@ -6,6 +6,11 @@
 //! otherwise 503 with the error envelope whose `details` say which check failed. Each check has
 //! its own timeout, so a hanging dependency makes the probe fail rather than hang. Nothing is
 //! written.
+//!
+//! Anyone may ask, as often as they like: one check runs at a time, and whoever asks while it runs
+//! gets its answer (`AppState::readiness`). The `details` name what failed in words of our own
+//! ("unavailable", "timed out", pending migrations, a stuck write lock); the dependency's own
+//! error, which may carry an endpoint, a bucket, a role or a signed request, goes to the log.
 
 use std::time::Duration;
 
@@ -51,8 +56,35 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
         (status = 503, description = "A dependency is not ready; `details` says which",
             body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
+    let checked = state.clone();
+    let (database, storage) = state.readiness.run(move || Box::pin(check(checked))).await;
+    if database == "ok" && storage == "ok" {
+        return Ok(Json(HealthStatus {
+            status: "ready".into(),
+        }));
+    }
+    Err(
+        ApiError::unavailable("Service is not ready").with_details(json!({
+            "database": database,
+            "object_store": storage,
+        })),
+    )
+}
+
+/// One readiness check: what to say of the database and of the object store ("ok" when ready).
+async fn check(state: AppState) -> (String, String) {
+    let unavailable = |dependency: &'static str| {
+        move |e: String| {
+            tracing::warn!(dependency, error = %e, "readiness_check_failed");
+            "unavailable".to_string()
+        }
+    };
     let database = async {
-        state.db.ping().await.map_err(|e| e.to_string())?;
+        state
+            .db
+            .ping()
+            .await
+            .map_err(|e| unavailable("database")(e.to_string()))?;
         match migrate::pending_count(&state.db).await {
             Ok(0) => {}
             Ok(n) => {
@@ -60,11 +92,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
                     "{n} pending migration(s); run `iotsupport migrate`"
                 ))
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(unavailable("database")(e.to_string())),
         }
-        state.db.write_probe().await
+        state.db.write_probe().await.map_err(|e| match e {
+            crate::db::WriteProbeError::Refused(reason) => reason,
+            crate::db::WriteProbeError::Failed(e) => unavailable("database")(e),
+        })
     };
-    let storage = async { state.storage.check().await.map_err(|e| e.to_string()) };
+    let storage = async {
+        state
+            .storage
+            .check()
+            .await
+            .map_err(|e| unavailable("object_store")(e.to_string()))
+    };
     let (database, storage) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, database),
         tokio::time::timeout(CHECK_TIMEOUT, storage)
@@ -74,18 +115,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
         Ok(Err(e)) => e,
         Err(_) => "timed out".to_string(),
     };
-    let database = describe(database);
-    let storage = describe(storage);
-    if database == "ok" && storage == "ok" {
-        return Ok(Json(HealthStatus {
-            status: "ready".into(),
-        }));
+    let (database, storage) = (describe(database), describe(storage));
+    if database != "ok" || storage != "ok" {
+        tracing::warn!(database = %database, object_store = %storage, "not_ready");
     }
-    tracing::warn!(database = %database, object_store = %storage, "not_ready");
-    Err(
-        ApiError::unavailable("Service is not ready").with_details(json!({
-            "database": database,
-            "object_store": storage,
-        })),
-    )
+    (database, storage)
 }

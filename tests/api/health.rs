@@ -104,7 +104,9 @@ async fn readyz_turns_503_when_the_s3_server_stops_and_200_when_it_returns() {
     let (status, body) = app.readyz().await;
     assert_eq!(status, 503);
     assert_eq!(body["details"]["database"], "ok", "{body}");
-    assert_ne!(body["details"]["object_store"], "ok", "{body}");
+    // In words of our own: the store's error (its endpoint, its answer) goes to the log only.
+    let store = body["details"]["object_store"].as_str().unwrap_or_default();
+    assert!(["unavailable", "timed out"].contains(&store), "{body}");
 
     // The S3 server comes back (moto keeps no data across restarts, so the bucket is restored
     // as a real server would still have it); the same service becomes ready without a restart.
