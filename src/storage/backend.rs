@@ -33,6 +33,10 @@ pub struct ObjectStoreBackend {
     /// delete failed where a single `DELETE` worked (a store without batch delete, or a batch that
     /// failed for a passing reason: the batch is tried again after that time).
     single_deletes: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether a `NotFound` answer to a delete means the object is gone (a local directory). S3
+    /// answers a delete of a missing key with 204: a 404 there is a missing bucket, or a proxy's
+    /// page in front of a store that is away, and the object may well still be there.
+    missing_is_deleted: bool,
 }
 
 /// How long deletions go one by one after a batch delete failed where a single one worked.
@@ -86,6 +90,7 @@ impl ObjectStoreBackend {
             sized_puts: None,
             one_by_one: None,
             single_deletes: std::sync::Mutex::new(None),
+            missing_is_deleted: true,
         })
     }
 
@@ -97,6 +102,7 @@ impl ObjectStoreBackend {
             sized_puts: None,
             one_by_one: None,
             single_deletes: std::sync::Mutex::new(None),
+            missing_is_deleted: true,
         }
     }
 
@@ -156,6 +162,7 @@ impl ObjectStoreBackend {
             sized_puts,
             one_by_one: Some(one_by_one),
             single_deletes: std::sync::Mutex::new(None),
+            missing_is_deleted: false,
         })
     }
 }
@@ -178,7 +185,11 @@ impl ObjectStoreBackend {
         let Some(single) = self.one_by_one.as_ref().and_then(OneByOne::get) else {
             return false;
         };
-        if self.deleting_one_by_one() || delete_from(single, key).await.is_err() {
+        if self.deleting_one_by_one()
+            || delete_from(single, key, self.missing_is_deleted)
+                .await
+                .is_err()
+        {
             return false;
         }
         let mut until = self
@@ -203,18 +214,37 @@ impl ObjectStoreBackend {
     }
 }
 
-async fn delete_from(store: &Arc<dyn ObjectStore>, key: &ObjectKey) -> Result<(), StorageError> {
+async fn delete_from(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectKey,
+    missing_is_deleted: bool,
+) -> Result<(), StorageError> {
     match store.delete(&path(key)).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(object_store::Error::NotFound { .. }) if missing_is_deleted => Ok(()),
+        Err(object_store::Error::NotFound { .. }) => Err(not_found_on_delete(key)),
         Err(e) => Err(map_err(Operation::Delete, key.as_str(), e)),
     }
 }
 
+/// A 404 answer to an S3 delete (see `ObjectStoreBackend::missing_is_deleted`).
+fn not_found_on_delete(key: &ObjectKey) -> StorageError {
+    unavailable(
+        Operation::Delete,
+        key.as_str(),
+        "the store answered a delete with 404 (S3 answers 204 for a missing key): a missing \
+         bucket, or not the S3 endpoint",
+    )
+}
+
 /// `keys` deleted through `store`'s `delete_stream`: S3's `DeleteObjects`, 1,000 keys a request,
-/// or single `DELETE`s, 20 at a time, on the one-by-one client.
+/// or single `DELETE`s, 20 at a time, on the one-by-one client. A key counts as deleted only by
+/// its own answer, matched by its path: a request for a whole batch that failed yields one error
+/// for all its keys, which no key can be credited with.
 async fn delete_batch(
     store: &Arc<dyn ObjectStore>,
     keys: &[ObjectKey],
+    missing_is_deleted: bool,
 ) -> Vec<Result<(), StorageError>> {
     if keys.is_empty() {
         return Vec::new();
@@ -224,22 +254,38 @@ async fn delete_batch(
         .delete_stream(futures::stream::iter(paths).boxed())
         .collect()
         .await;
-    // delete_stream yields one result per input in order; be defensive if a store yields fewer.
+    // A missing object's error names a file system path, not the key; the stores where missing
+    // means deleted (a local directory) answer one result per key, in order.
+    let one_per_key = results.len() == keys.len();
+    let mut deleted = std::collections::HashSet::new();
+    let mut missing = std::collections::HashSet::new();
+    let mut failure = None;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(path) => {
+                deleted.insert(path.as_ref().to_string());
+            }
+            Err(object_store::Error::NotFound { .. }) if missing_is_deleted && one_per_key => {
+                missing.insert(i);
+            }
+            Err(e) => {
+                failure.get_or_insert_with(|| super::display_chain(e));
+            }
+        }
+    }
     keys.iter()
         .enumerate()
-        .map(|(i, key)| match results.get(i) {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(object_store::Error::NotFound { .. })) => Ok(()),
-            Some(Err(e)) => Err(unavailable(
+        .map(|(i, key)| {
+            if deleted.contains(path(key).as_ref()) || missing.contains(&i) {
+                return Ok(());
+            }
+            Err(unavailable(
                 Operation::Delete,
                 key.as_str(),
-                super::display_chain(e),
-            )),
-            None => Err(unavailable(
-                Operation::Delete,
-                key.as_str(),
-                "no result for this key from batch delete",
-            )),
+                failure
+                    .as_deref()
+                    .unwrap_or("no result for this key from batch delete"),
+            ))
         })
         .collect()
 }
@@ -450,7 +496,7 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        let Err(e) = delete_from(self.deleter(), key).await else {
+        let Err(e) = delete_from(self.deleter(), key, self.missing_is_deleted).await else {
             return Ok(());
         };
         // Perhaps a store without batch delete: a single DELETE tells.
@@ -461,13 +507,14 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<Result<(), StorageError>> {
-        let results = delete_batch(self.deleter(), keys).await;
+        let results = delete_batch(self.deleter(), keys, self.missing_is_deleted).await;
         // Every key failed: an outage, or a store without batch delete. One single DELETE tells
         // them apart without waiting out a timeout per key when the store is down.
         let all_failed = !results.is_empty() && results.iter().all(Result::is_err);
         if let (true, Some(first)) = (all_failed, keys.first()) {
             if self.try_one_by_one(first).await {
-                let mut rest = delete_batch(self.deleter(), &keys[1..]).await;
+                let mut rest =
+                    delete_batch(self.deleter(), &keys[1..], self.missing_is_deleted).await;
                 rest.insert(0, Ok(()));
                 return rest;
             }
@@ -524,6 +571,12 @@ mod tests {
         failing_parts: bool,
         aborted: Arc<AtomicBool>,
         batch_calls: AtomicUsize,
+        /// Deletes answer as object_store reports a request for a whole chunk of keys that
+        /// failed: one error for the chunk, `NotFound` for a 404 (a missing bucket, a proxy's
+        /// page). With `first_chunk_only`, only the first of two chunks fails (the first half
+        /// of the keys); the second is deleted and answered key by key.
+        whole_chunk_404: bool,
+        first_chunk_only: bool,
     }
 
     impl Quirky {
@@ -531,6 +584,8 @@ mod tests {
             Quirky {
                 bucket: bucket.clone(),
                 no_batch_delete: false,
+                whole_chunk_404: false,
+                first_chunk_only: false,
                 failing_parts: false,
                 aborted: Arc::default(),
                 batch_calls: AtomicUsize::new(0),
@@ -610,6 +665,27 @@ mod tests {
             &self,
             locations: BoxStream<'static, object_store::Result<Path>>,
         ) -> BoxStream<'static, object_store::Result<Path>> {
+            if self.whole_chunk_404 {
+                let (bucket, first_only) = (self.bucket.clone(), self.first_chunk_only);
+                return futures::stream::once(async move {
+                    let mut paths: Vec<Path> = locations.try_collect().await?;
+                    let half = if first_only {
+                        paths.len() / 2
+                    } else {
+                        paths.len()
+                    };
+                    let failed = object_store::Error::NotFound {
+                        path: "a whole chunk".into(),
+                        source: "404 page not found".into(),
+                    };
+                    let rest = futures::stream::iter(paths.split_off(half).into_iter().map(Ok));
+                    let rest: Vec<_> = bucket.delete_stream(rest.boxed()).collect().await;
+                    Ok::<_, object_store::Error>(std::iter::once(Err(failed)).chain(rest))
+                })
+                .map_ok(futures::stream::iter)
+                .try_flatten()
+                .boxed();
+            }
             if !self.no_batch_delete {
                 return self.bucket.delete_stream(locations);
             }
@@ -654,6 +730,7 @@ mod tests {
                 OneByOne::new(Box::new(move || Some(store.clone())))
             }),
             single_deletes: std::sync::Mutex::new(None),
+            missing_is_deleted: false,
         }
     }
 
@@ -695,6 +772,55 @@ mod tests {
         b.delete(&key("4")).await.unwrap();
         assert!(!stored(&b, "4").await);
         assert_eq!(batchless.batch_calls.load(Ordering::SeqCst), batches);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_request_deletes_none_of_its_keys() {
+        // The bucket is missing, or a proxy answers 404 for a store that is away: one error for
+        // the whole request, and single deletes answered 404 too. No key is gone.
+        let bucket = Arc::new(InMemory::new());
+        let away = || {
+            Arc::new(Quirky {
+                whole_chunk_404: true,
+                ..Quirky::over(&bucket)
+            })
+        };
+        let b = backend(away(), Some(away()));
+        for name in ["1", "2", "3"] {
+            b.put(&key(name), Bytes::from_static(b"x")).await.unwrap();
+        }
+        let results = b.delete_many(&[key("1"), key("2"), key("3")]).await;
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        let error = b.delete(&key("1")).await.unwrap_err();
+        assert!(error.is_transient() && !error.is_not_found(), "{error:?}");
+        // Of two chunks, the first failed: its keys failed, the second's were deleted, each
+        // credited by its own answer (not by its place among the answers).
+        let b = backend(
+            Arc::new(Quirky {
+                whole_chunk_404: true,
+                first_chunk_only: true,
+                ..Quirky::over(&bucket)
+            }),
+            None,
+        );
+        b.put(&key("4"), Bytes::from_static(b"x")).await.unwrap();
+        let results = b
+            .delete_many(&[key("1"), key("2"), key("3"), key("4")])
+            .await;
+        let deleted: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(deleted, [false, false, true, true], "{results:?}");
+        assert!(stored(&b, "1").await && stored(&b, "2").await);
+        assert!(!stored(&b, "3").await && !stored(&b, "4").await);
+        // Where missing means deleted (a local directory), a missing key is deleted.
+        let dir = tempfile::tempdir().unwrap();
+        let local = ObjectStoreBackend::local(dir.path()).unwrap();
+        local
+            .put(&key("5"), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let results = local.delete_many(&[key("6"), key("5")]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        local.delete(&key("6")).await.unwrap();
     }
 
     #[tokio::test]
