@@ -199,11 +199,18 @@ pub fn retry_delay(attempts: i32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(2u64.saturating_pow(exp))).min(Duration::from_secs(600))
 }
 
+/// Whether the worker goes on with the next batch at once: after a full batch (more may be due),
+/// unless all of it failed (the store is away): the next batch would wait out the same timeouts,
+/// on SQLite holding the write lock all along.
+fn another_batch_now(pass: &OutboxPass) -> bool {
+    pass.deleted > 0 && pass.deleted + pass.failed >= BATCH as usize
+}
+
 /// Processes due deletions until `shutdown` fires.
 pub async fn run_worker(db: Db, storage: Storage, poll: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let more = match process_due(&db, &storage).await {
-            Ok(pass) => pass.deleted + pass.failed >= BATCH as usize,
+            Ok(pass) => another_batch_now(&pass),
             Err(e) => {
                 tracing::warn!(error = %e, "outbox_pass_failed");
                 false
@@ -216,5 +223,19 @@ pub async fn run_worker(db: Db, storage: Storage, poll: Duration, shutdown: Canc
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(poll) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_batch_comes_at_once_after_a_full_one_unless_all_of_it_failed() {
+        let pass = |deleted, failed| OutboxPass { deleted, failed };
+        assert!(another_batch_now(&pass(100, 0)));
+        assert!(another_batch_now(&pass(1, 99)));
+        assert!(!another_batch_now(&pass(0, 100)), "the store is away");
+        assert!(!another_batch_now(&pass(40, 0)), "nothing more is due");
     }
 }

@@ -181,7 +181,11 @@ impl ParseCoredumpHandler {
     }
 
     async fn fetch(&self, key: &ObjectKey) -> Result<bytes::Bytes, StorageError> {
-        self.storage.get(key, None).await?.bytes().await
+        let read = async { self.storage.get(key, None).await?.bytes().await };
+        match read.await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(crate::storage::confirm_missing(&self.storage, e).await),
+        }
     }
 
     async fn attempt(&self, job: &Job, target: &ParseTarget) -> Result<(), Failure> {

@@ -41,7 +41,11 @@ impl ElfSource {
     /// is transient.
     pub async fn fetch(&self) -> Result<Bytes, ParseFailure> {
         let read = async { self.storage.get(&self.key, None).await?.bytes().await };
-        read.await.map_err(|e| match e {
+        let read = match read.await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(crate::storage::confirm_missing(&self.storage, e).await),
+        };
+        read.map_err(|e| match e {
             StorageError::NotFound { .. } => ParseFailure::Permanent(format!(
                 "No firmware ELF for model {} version {}: {} does not exist",
                 self.model_code, self.firmware_version, self.key

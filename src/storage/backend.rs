@@ -82,9 +82,12 @@ impl ObjectStoreBackend {
     /// A store over a local directory, created if missing.
     pub fn local(dir: &std::path::Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| unavailable(Operation::Check, "", e))?;
+        // Each object is on disk before the row naming it commits: without `fsync`, a power cut
+        // (the embedded default on a small board) could keep the row and lose the file's data.
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| unavailable(Operation::Check, "", e))?
-            .with_automatic_cleanup(true);
+            .with_automatic_cleanup(true)
+            .with_fsync(true);
         Ok(ObjectStoreBackend {
             store: Arc::new(store),
             sized_puts: None,

@@ -189,6 +189,20 @@ pub trait ObjectStorage: Send + Sync + 'static {
     async fn check(&self) -> Result<(), StorageError>;
 }
 
+/// `e`, unless it says an object is missing while the store itself does not answer: then the
+/// store's failure. A missing bucket, or a proxy answering 404 for a store that is away, says
+/// "not found" of every object; acting on that for good (a parse recorded as failed for a missing
+/// object) waits for the store to answer first.
+pub async fn confirm_missing(storage: &Storage, e: StorageError) -> StorageError {
+    if !e.is_not_found() {
+        return e;
+    }
+    match storage.check().await {
+        Ok(()) => e,
+        Err(away) => away,
+    }
+}
+
 /// The whole of `body`, which must be exactly `len` bytes (see [`ObjectStorage::put_sized`]).
 pub async fn collect_sized(
     key: &ObjectKey,

@@ -169,6 +169,20 @@ async fn a_malformed_dump_and_a_missing_dump_object_are_errors_that_say_so() {
             let vanished = upload_ok(app, &device, "1.0", b"whatever").await;
             let key = coredump_key(&device.key, vanished).unwrap();
             app.state.storage.delete(&key).await.unwrap();
+            // While the store does not answer (a missing bucket, a proxy's 404 for a store that
+            // is away, say "not found" of everything), missing is not taken for good.
+            app.faults.inject(Fault::always(Operation::Check));
+            let outcome = run_one_job(app).await;
+            assert!(
+                matches!(outcome, Some(JobOutcome::Retry { .. })),
+                "{outcome:?}"
+            );
+            assert_eq!(
+                dump(app, &device, vanished).await["parse_status"],
+                "PENDING"
+            );
+            app.faults.heal();
+            make_jobs_due(app).await;
             assert_eq!(run_one_job(app).await, Some(JobOutcome::Completed));
             let body = dump(app, &device, vanished).await;
             assert_eq!(body["parse_status"], "ERROR", "{body}");
