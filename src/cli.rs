@@ -66,10 +66,10 @@ pub enum Command {
         #[arg(long, requires = "repair")]
         force: bool,
         /// Objects younger than this many seconds are never treated as orphans (uploads in flight;
-        /// at most 100 years).
-        #[arg(long, default_value_t = 3600,
+        /// at most 100 years). Default: RECONCILE_GRACE_SECONDS (3600), as the periodic check.
+        #[arg(long,
               value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_DURATION.as_secs()))]
-        grace: u64,
+        grace: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -119,7 +119,7 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
             grace,
             json,
         } => {
-            let grace = std::time::Duration::from_secs(grace);
+            let grace = grace.map_or(config.reconcile_grace, std::time::Duration::from_secs);
             reconcile(config, repair.then_some(force), grace, json).await
         }
         Command::RotationJob => rotation_job(config).await,
@@ -169,8 +169,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// The Python service's `rotation-job`, with its output lines.
+/// Connects to the configured database, refusing a SQLite file that does not exist: connecting
+/// would create it, empty, wherever the command happened to run (the commands that read an
+/// existing database: `migrate-to-s3`, `reconcile`, `rotation-job`).
+async fn connect_existing(config: &Config) -> anyhow::Result<Db> {
+    if let Some(file) = Db::missing_sqlite_file(config) {
+        anyhow::bail!(
+            "the database {} does not exist: check DATABASE_URL, or run `iotsupport migrate` first",
+            file.display()
+        );
+    }
+    Ok(Db::connect(config).await?)
+}
+
 async fn rotation_job(config: Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config).await?;
+    let db = connect_existing(&config).await?;
     if db.ping().await.is_err() {
         anyhow::bail!("Cannot connect to database");
     }
@@ -231,20 +244,34 @@ async fn migrate_up(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate_status(config: Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config).await?;
-    if let Some(revision) = migrate::legacy_revision(&db).await? {
-        println!(
-            "legacy   the Python service's database at Alembic revision {revision:?}; `iotsupport migrate` adopts it"
-        );
-    }
-    let status = migrate::status(&db).await?;
+    // A SQLite file that does not exist is all pending, and stays not existing ("changes
+    // nothing"): connecting would create it.
+    let status = match Db::missing_sqlite_file(&config) {
+        Some(file) => {
+            println!(
+                "new      {} does not exist yet: `iotsupport migrate` creates it",
+                file.display()
+            );
+            migrate::status_of_a_new_sqlite_database()
+        }
+        None => {
+            let db = Db::connect(&config).await?;
+            if let Some(revision) = migrate::legacy_revision(&db).await? {
+                println!(
+                    "legacy   the Python service's database at Alembic revision {revision:?}; `iotsupport migrate` adopts it"
+                );
+            }
+            let status = migrate::status(&db).await;
+            db.close().await;
+            status?
+        }
+    };
     for m in &status {
         let state = if m.applied { "applied" } else { "pending" };
         println!("{state:<8} {} {}", m.version, m.description);
     }
     let pending = status.iter().filter(|m| !m.applied).count();
     println!("{} applied, {pending} pending", status.len() - pending);
-    db.close().await;
     Ok(())
 }
 
@@ -268,13 +295,7 @@ async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> any
         }
     }
     // Connecting would create it, empty: nothing to migrate into, and a dry run writes nothing.
-    if let Some(file) = Db::missing_sqlite_file(&config) {
-        anyhow::bail!(
-            "the database {} does not exist: check DATABASE_URL, or run `iotsupport migrate` first",
-            file.display()
-        );
-    }
-    let db = Db::connect(&config)
+    let db = connect_existing(&config)
         .await
         .context("Cannot connect to database")?;
     db.ping().await.context("Cannot connect to database")?;
@@ -368,7 +389,7 @@ async fn reconcile(
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::reconcile;
-    let db = Db::connect(&config).await?;
+    let db = connect_existing(&config).await?;
     db.ping().await?;
     // Never create the bucket here: an empty new one would make every row look dangling.
     let storage = crate::startup::open_storage_without_creating(&config)?;

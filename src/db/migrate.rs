@@ -101,6 +101,19 @@ pub async fn status(db: &Db) -> Result<Vec<MigrationState>, sqlx::Error> {
         .collect())
 }
 
+/// What [`status`] says of a SQLite database that does not exist yet: every migration pending.
+pub fn status_of_a_new_sqlite_database() -> Vec<MigrationState> {
+    SQLITE
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| MigrationState {
+            version: m.version,
+            description: m.description.to_string(),
+            applied: false,
+        })
+        .collect()
+}
+
 async fn applied_versions(db: &Db) -> Result<Vec<i64>, sqlx::Error> {
     let exists: bool = match db {
         Db::Postgres(p) => {

@@ -58,17 +58,20 @@ pub fn client_ip(peer: Option<PeerAddr>, headers: &HeaderMap, trusted: &[IpNet])
         return Some(client);
     }
     // Every X-Forwarded-For header, in order: a proxy may add its own line instead of appending.
-    let hops: Vec<&str> = headers
+    // Split as bytes: a line whose client-written part is not ASCII still ends with the hops
+    // the proxies appended (a line dropped whole made the client look like the proxy).
+    let hops: Vec<Option<&str>> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|hop| std::str::from_utf8(hop).ok().map(str::trim))
         .collect();
     for hop in hops.iter().rev() {
         // A hop that is not an address ends the chain: the trusted proxy right of it is the
         // nearest thing to the client that can be named.
-        let Some(ip) = parse_hop(hop) else { break };
+        let Some(ip) = hop.and_then(parse_hop) else {
+            break;
+        };
         client = ip;
         if !is_trusted(ip, trusted) {
             break;
@@ -194,6 +197,24 @@ mod tests {
             client_ip(peer("127.0.0.1"), &h, &trusted),
             ip("2001:db8::7")
         );
+    }
+
+    #[test]
+    fn a_line_the_client_began_with_other_bytes_still_names_the_hops_appended_to_it() {
+        let trusted = parse_trusted("127.0.0.1").unwrap();
+        let mut h = HeaderMap::new();
+        let line = http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").unwrap();
+        h.append("x-forwarded-for", line);
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &trusted),
+            ip("203.0.113.7")
+        );
+        // A hop that is not an address still ends the chain, at the trusted hop right of it.
+        let trusted = parse_trusted("127.0.0.0/8").unwrap();
+        let mut h = HeaderMap::new();
+        let line = http::HeaderValue::from_bytes(b"203.0.113.7, \xff, 127.0.0.2").unwrap();
+        h.append("x-forwarded-for", line);
+        assert_eq!(client_ip(peer("127.0.0.1"), &h, &trusted), ip("127.0.0.2"));
     }
 
     #[test]

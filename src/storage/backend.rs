@@ -37,6 +37,9 @@ pub struct ObjectStoreBackend {
     /// answers a delete of a missing key with 204: a 404 there is a missing bucket, or a proxy's
     /// page in front of a store that is away, and the object may well still be there.
     missing_is_deleted: bool,
+    /// The directory of a local store: [`ObjectStorage::check`] fails when it is gone (the
+    /// local store lists a missing directory as empty).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// How long deletions go one by one after a batch delete failed where a single one worked.
@@ -94,6 +97,7 @@ impl ObjectStoreBackend {
             one_by_one: None,
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: true,
+            local_root: Some(dir.to_path_buf()),
         })
     }
 
@@ -106,6 +110,7 @@ impl ObjectStoreBackend {
             one_by_one: None,
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: true,
+            local_root: None,
         }
     }
 
@@ -166,6 +171,7 @@ impl ObjectStoreBackend {
             one_by_one: Some(one_by_one),
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: false,
+            local_root: None,
         })
     }
 }
@@ -537,6 +543,15 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            if !tokio::fs::metadata(root).await.is_ok_and(|m| m.is_dir()) {
+                return Err(unavailable(
+                    Operation::Check,
+                    "",
+                    format!("the storage directory {} is missing", root.display()),
+                ));
+            }
+        }
         // Listing a prefix that holds nothing is cheap and fails when the bucket is missing.
         let probe = Path::from(".readyz-probe");
         let mut listing = self.store.list(Some(&probe));
@@ -734,6 +749,7 @@ mod tests {
             }),
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: false,
+            local_root: None,
         }
     }
 
@@ -824,6 +840,17 @@ mod tests {
         let results = local.delete_many(&[key("6"), key("5")]).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         local.delete(&key("6")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_local_store_whose_directory_is_gone_does_not_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        let local = ObjectStoreBackend::local(&root).unwrap();
+        local.check().await.unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        let error = local.check().await.unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
     }
 
     #[tokio::test]

@@ -217,6 +217,37 @@ async fn migrate_and_migrate_status_on_sqlite() {
     migrate_cycle(&url, dir.path()).await;
 }
 
+/// Run where the SQLite file is not (the wrong directory, a mistyped DATABASE_URL), the commands
+/// that read a database create none: `migrate status` says all is pending, the others fail.
+#[test]
+fn commands_that_read_a_database_do_not_create_a_missing_sqlite_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("missing.db");
+    let url = format!("sqlite://{}", file.display());
+    let env = [("DATABASE_URL", url.as_str())];
+    let status = run(dir.path(), &["migrate", "status"], &env);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(text.contains("does not exist yet"), "{text}");
+    let n = migration_count();
+    assert!(
+        text.trim_end()
+            .ends_with(&format!("0 applied, {n} pending")),
+        "{text}"
+    );
+    for command in [&["reconcile"][..], &["rotation-job"][..]] {
+        let output = run(dir.path(), command, &env);
+        assert_eq!(output.status.code(), Some(1), "{command:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(stderr.contains("does not exist"), "{command:?}: {stderr}");
+    }
+    assert!(!file.exists(), "a command created the database file");
+}
+
 #[tokio::test]
 async fn migrate_and_migrate_status_on_postgres() {
     let Some((admin, _)) = production_services("migrate_postgres") else {
