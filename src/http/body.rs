@@ -156,6 +156,12 @@ use std::future::Future;
 /// Whether a body error is the idle timeout of `crate::http::server` (tower-http's `TimeoutBody`)
 /// or its whole-body deadline ([`DeadlineBody`]).
 fn is_timeout(error: &axum::Error) -> bool {
+    is_timeout_source(error)
+}
+
+/// Whether `error`, or an error it was caused by, is a body timeout (see `is_timeout`): what an
+/// extractor's rejection wraps when the body stopped in time.
+pub fn is_timeout_source(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.is::<tower_http::timeout::TimeoutError>()

@@ -225,10 +225,23 @@ pub fn bounded(text: &str) -> Cow<'_, str> {
 
 // The rejections of axum's extractors, as `crate::http::extract` reports them.
 
+/// A body that stopped arriving in time (the server's idle timeout or whole-body deadline), as
+/// an extractor's rejection wraps it: 408, as for the upload routes, not 400.
+fn body_timed_out(rejection: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    super::body::is_timeout_source(rejection).then(|| {
+        ApiError::RequestTimeout(
+            "The request body did not arrive in time; the request was abandoned".into(),
+        )
+    })
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::PayloadTooLarge("Request body is too large".into());
+        }
+        if let Some(timed_out) = body_timed_out(&rejection) {
+            return timed_out;
         }
         ApiError::validation(format!(
             "Invalid JSON body: {}",
@@ -259,6 +272,9 @@ impl From<axum::extract::rejection::FormRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::FormRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::PayloadTooLarge("Request body is too large".into());
+        }
+        if let Some(timed_out) = body_timed_out(&rejection) {
+            return timed_out;
         }
         ApiError::validation(format!("Invalid form: {}", bounded(&rejection.body_text())))
     }

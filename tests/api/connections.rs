@@ -264,6 +264,51 @@ async fn a_thousand_half_open_connections_leave_health_answering_and_sigterm_sto
     drop(stalled);
 }
 
+/// A JSON body that stops arriving is a 408 like an upload's, not a 400 "invalid JSON"; the token
+/// endpoint answers its refusals (too slow, too large) as RFC 6749 errors, not axum's plain text.
+#[tokio::test]
+async fn stalled_and_oversized_small_bodies_get_the_right_answers() {
+    TestApp::builder("stalled_small_bodies")
+        .env("HTTP_IDLE_TIMEOUT_SECONDS", "1")
+        .for_each_stack(async |app| {
+            let addr = host_port(app);
+            let auth = match &app.state.config.admin_token {
+                Some(token) => format!("Authorization: Bearer {}\r\n", token.expose()),
+                None => String::new(),
+            };
+            let head = |path: &str, content_type: &str, length: usize| {
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\n\
+                     Content-Length: {length}\r\n\r\n"
+                )
+            };
+            let json = head("/api/device-models", "application/json", 1000);
+            let mut quiet = raw_request(&addr, &json, b"{\"code\": ").await;
+            let (status, body) = read_response(&mut quiet, Duration::from_secs(10))
+                .await
+                .expect("an answer to a stalled JSON body");
+            assert_eq!(status, 408, "{body}");
+            assert_eq!(body["code"], "REQUEST_TIMEOUT", "{body}");
+
+            let form = "application/x-www-form-urlencoded";
+            let mut quiet = raw_request(&addr, &head("/api/iot/token", form, 1000), b"grant").await;
+            let (status, body) = read_response(&mut quiet, Duration::from_secs(10))
+                .await
+                .expect("an answer to a stalled token request");
+            assert_eq!(status, 408, "{body}");
+            assert_eq!(body["error"], "invalid_request", "{body}");
+
+            let mut large = raw_request(&addr, &head("/api/iot/token", form, 100_000), b"").await;
+            let (status, body) = read_response(&mut large, Duration::from_secs(10))
+                .await
+                .expect("an answer to an oversized token request");
+            assert_eq!(status, 413, "{body}");
+            assert_eq!(body["error"], "invalid_request", "{body}");
+            assert_eq!(count(app, "device_models").await, 0);
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn a_stalled_upload_body_is_408_and_nothing_is_stored() {
     TestApp::builder("stalled_body")

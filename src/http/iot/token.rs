@@ -169,8 +169,34 @@ pub async fn token(
     State(state): State<AppState>,
     ClientScope(client): ClientScope,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // Read here, not by axum's extractor: its refusals (too large, too slow) are plain text, and
+    // a token client reads RFC 6749 errors.
+    let limit = MAX_FORM_BYTES as u64;
+    let body = match crate::http::body::read_to_bytes(
+        &headers,
+        body,
+        limit,
+        state.config.http.body_timeout,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(e) => {
+            use crate::http::body::BodyError;
+            let status = match e {
+                BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            };
+            let refusal = Refusal {
+                status,
+                ..Refusal::request(e.to_string())
+            };
+            return refusal.into_response();
+        }
+    };
     match exchange(&state, &client, &headers, &body).await {
         Ok(response) => response,
         Err(TokenFailure::Refused(refusal)) => refusal.into_response(),
