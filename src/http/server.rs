@@ -13,7 +13,11 @@
 //! - a **cap on open connections** (`HTTP_MAX_CONNECTIONS`, lowered to what the process's file
 //!   descriptor limit allows): when it is reached, the oldest connection that has no request in
 //!   progress is closed to make room, so stalled clients can never lock out a health check or a
-//!   device; only when every connection is busy is the new one turned away;
+//!   device. When every connection is busy, the address holding the most of them (an IPv6 one
+//!   counted by its /64) gives up its oldest, as long as it holds at least two more than the
+//!   newcomer's address: a client that keeps all of them busy (reading each response a few bytes
+//!   at a time, trickling bodies) cannot lock other addresses out. Only when no address holds
+//!   more than its share is the new connection turned away;
 //! - a **shutdown grace period** (`SHUTDOWN_GRACE_SECONDS`): on shutdown idle connections close at
 //!   once, requests in progress get the grace period, then whatever is left is dropped.
 //!
@@ -123,7 +127,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(conn) = registry.admit() else {
+        let Some(conn) = registry.admit(peer_group(peer.ip())) else {
             metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED).increment(1);
             drop(stream);
             continue;
@@ -218,10 +222,26 @@ struct Registry {
 struct RegistryInner {
     next_id: u64,
     open: BTreeMap<u64, Arc<ConnState>>,
+    /// Open connections per address group (see [`peer_group`]).
+    per_group: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// The address a connection counts against: its peer's, an IPv6 one cut to its /64 (what one
+/// client has to itself), an IPv4-mapped one as the IPv4 address.
+fn peer_group(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+        v4 => v4,
+    }
 }
 
 struct ConnState {
     id: u64,
+    group: std::net::IpAddr,
     /// Requests in progress (from the head being read to the response body being done).
     active: Arc<AtomicUsize>,
     /// Whether the connection's last write could not proceed (the client has not read what was
@@ -243,37 +263,43 @@ impl Registry {
             inner: Arc::new(Mutex::new(RegistryInner {
                 next_id: 0,
                 open: BTreeMap::new(),
+                per_group: std::collections::HashMap::new(),
             })),
             max: max.max(1),
         }
     }
 
-    /// Registers a new connection, first closing the oldest idle one if the cap is reached.
-    /// `None`: every open connection is busy, so the new one is turned away.
-    fn admit(&self) -> Option<Arc<ConnState>> {
+    /// Registers a new connection from address group `group`. At the cap, it first closes the
+    /// oldest idle connection, or else the oldest of the group holding the most connections if
+    /// that group holds at least two more than `group` (see the module docs). `None`: every
+    /// connection is busy and no group holds more than its share, so the new one is turned away.
+    fn admit(&self, group: std::net::IpAddr) -> Option<Arc<ConnState>> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.open.len() >= self.max {
-            let idle = inner.open.values().find(|c| c.idle()).map(|c| c.id)?;
-            if let Some(evicted) = inner.open.remove(&idle) {
-                evicted.evict.cancel();
-            }
+            let victim = match inner.open.values().find(|c| c.idle()) {
+                Some(idle) => idle.id,
+                None => inner.oldest_of_the_largest_group_above(group)?,
+            };
+            inner.remove(victim);
         }
         let id = inner.next_id;
         inner.next_id += 1;
         let conn = Arc::new(ConnState {
             id,
+            group,
             active: Arc::new(AtomicUsize::new(0)),
             writing: Arc::default(),
             evict: CancellationToken::new(),
         });
         inner.open.insert(id, conn.clone());
+        *inner.per_group.entry(group).or_default() += 1;
         metrics::gauge!(telemetry::HTTP_CONNECTIONS_OPEN).set(inner.open.len() as f64);
         Some(conn)
     }
 
     fn release(&self, id: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.open.remove(&id);
+        inner.remove(id);
         metrics::gauge!(telemetry::HTTP_CONNECTIONS_OPEN).set(inner.open.len() as f64);
     }
 
@@ -283,6 +309,36 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .open
             .len()
+    }
+}
+
+impl RegistryInner {
+    /// Forgets connection `id` (if still open) and tells its task to close it.
+    fn remove(&mut self, id: u64) {
+        let Some(conn) = self.open.remove(&id) else {
+            return;
+        };
+        conn.evict.cancel();
+        if let Some(count) = self.per_group.get_mut(&conn.group) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_group.remove(&conn.group);
+            }
+        }
+    }
+
+    /// The oldest connection of the group holding the most, if it holds at least two more than
+    /// `newcomer`'s group (taking one away then still leaves it more than the newcomer's).
+    fn oldest_of_the_largest_group_above(&self, newcomer: std::net::IpAddr) -> Option<u64> {
+        let (&largest, &count) = self.per_group.iter().max_by_key(|(_, count)| **count)?;
+        let newcomers = self.per_group.get(&newcomer).copied().unwrap_or(0);
+        if count < newcomers + 2 {
+            return None;
+        }
+        self.open
+            .values()
+            .find(|c| c.group == largest)
+            .map(|c| c.id)
     }
 }
 
@@ -416,13 +472,56 @@ impl AsyncWrite for WriteDeadlineIo {
 mod tests {
     use super::*;
 
+    const A: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const B: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    /// A connection admitted from `group` with a request in progress for as long as the guard
+    /// lives.
+    fn busy(registry: &Registry, group: std::net::IpAddr) -> (Arc<ConnState>, ActiveGuard) {
+        let conn = registry.admit(group).expect("admitted");
+        let guard = ActiveGuard::enter(conn.active.clone());
+        (conn, guard)
+    }
+
+    #[test]
+    fn one_address_keeping_every_connection_busy_gives_way_to_another() {
+        let registry = Registry::new(4);
+        let hog: Vec<_> = (0..4).map(|_| busy(&registry, A)).collect();
+        // Full, all busy: the address with the most gives up its oldest.
+        let (b1, _b1) = busy(&registry, B);
+        assert!(hog[0].0.evict.is_cancelled(), "the hog's oldest stayed");
+        assert!(!hog[1].0.evict.is_cancelled());
+        // The hog itself gets no more than it has (3 against 1).
+        assert!(registry.admit(A).is_none());
+        // The other address does, until the two hold the same.
+        let (_b2, _b2_guard) = busy(&registry, B);
+        assert!(hog[1].0.evict.is_cancelled());
+        assert!(registry.admit(B).is_none(), "2 against 2 is a fair share");
+        assert!(registry.admit(A).is_none());
+        assert!(!b1.evict.is_cancelled());
+        assert_eq!(registry.len(), 4);
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_64() {
+        let one: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(peer_group(one), peer_group(other));
+        assert_ne!(
+            peer_group(one),
+            peer_group("2001:db8:1:3::1".parse().unwrap())
+        );
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(peer_group(mapped), A);
+    }
+
     #[test]
     fn the_oldest_idle_connection_makes_room() {
         let registry = Registry::new(2);
-        let first = registry.admit().unwrap();
-        let second = registry.admit().unwrap();
+        let first = registry.admit(A).unwrap();
+        let second = registry.admit(A).unwrap();
         let _busy = ActiveGuard::enter(first.active.clone());
-        let third = registry.admit().unwrap();
+        let third = registry.admit(A).unwrap();
         assert!(!first.evict.is_cancelled(), "a busy connection was evicted");
         assert!(second.evict.is_cancelled(), "the idle connection stayed");
         assert_eq!(registry.len(), 2);
@@ -434,27 +533,27 @@ mod tests {
     #[test]
     fn a_connection_still_sending_a_finished_response_is_not_idle() {
         let registry = Registry::new(1);
-        let sending = registry.admit().unwrap();
+        let sending = registry.admit(A).unwrap();
         // The response body is done (handed to hyper whole), but the client has not read it.
         sending.writing.store(true, Ordering::Release);
         assert!(
-            registry.admit().is_none(),
+            registry.admit(A).is_none(),
             "a connection mid-response was evicted"
         );
         assert!(!sending.evict.is_cancelled());
         sending.writing.store(false, Ordering::Release);
-        assert!(registry.admit().is_some());
+        assert!(registry.admit(A).is_some());
         assert!(sending.evict.is_cancelled());
     }
 
     #[test]
     fn a_new_connection_is_turned_away_only_when_all_are_busy() {
         let registry = Registry::new(1);
-        let only = registry.admit().unwrap();
+        let only = registry.admit(A).unwrap();
         let _busy = ActiveGuard::enter(only.active.clone());
-        assert!(registry.admit().is_none());
+        assert!(registry.admit(A).is_none());
         drop(_busy);
-        assert!(registry.admit().is_some());
+        assert!(registry.admit(A).is_some());
         assert!(only.evict.is_cancelled());
     }
 }

@@ -342,6 +342,80 @@ async fn a_stalled_upload_body_is_408_and_nothing_is_stored() {
         .await;
 }
 
+/// A GET of the health check from `source` (another loopback address stands for another client):
+/// its answer, `None` when the connection was closed without one.
+async fn health_from(source: &str, addr: &str) -> Option<(u16, Value)> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("a source address"))
+        .expect("bind to the source address");
+    let mut stream = socket
+        .connect(addr.parse().expect("the app address"))
+        .await
+        .ok()?;
+    let head = format!("GET /health/healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    read_response(&mut stream, Duration::from_secs(2)).await
+}
+
+/// One client keeping every connection busy (stalled uploads here; slow reads of responses work
+/// the same) must not lock another address out: the busiest address gives up its oldest.
+#[tokio::test]
+async fn one_address_keeping_every_connection_busy_does_not_lock_others_out() {
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "connection_fairness",
+        &[
+            ("HTTP_MAX_CONNECTIONS", "4"),
+            ("MAX_COREDUMP_UPLOADS_PER_DEVICE", "8"),
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "120"),
+            ("COREDUMP_UPLOAD_TIMEOUT_SECONDS", "120"),
+        ],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let device = model_with_device(&app, "hog").await;
+    let addr = host_port(&app);
+    let head = coredump_head(&addr, &device, 1000);
+    let stalled = || raw_request(&addr, &head, &[1; 10]);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(stalled().await);
+    }
+    // Until all four hold a request in progress: then the same address is turned away (a
+    // stalled one whose head was not read yet was idle, and made room for the probe: open it
+    // again).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled uploads never all got busy"
+        );
+        for stream in held.iter_mut() {
+            if read_response(stream, Duration::from_millis(50))
+                .await
+                .is_some()
+            {
+                *stream = stalled().await;
+            }
+        }
+        if health_from("127.0.0.1", &addr).await.is_none() {
+            break;
+        }
+    }
+    let answer = health_from("127.0.0.2", &addr).await;
+    assert_eq!(
+        answer.map(|(status, _)| status),
+        Some(200),
+        "another address was locked out"
+    );
+    drop(held);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn one_device_cannot_take_every_coredump_upload_slot() {
     let Some(app) = spawn_app_with(
