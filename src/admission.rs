@@ -62,9 +62,17 @@ impl Drop for KeyedPermit {
 /// One run of a computation at a time: whoever asks while a run is in progress gets that run's
 /// result, and whoever asks after it ended starts the next. For checks anyone may ask for as
 /// often as they like (`/health/readyz`): the work done stays one run at a time, however many ask.
+///
+/// A run is a task of its own, so it finishes even when everyone who asked has gone (a probe
+/// that timed out and closed its connection must not leave a check parked half-way, holding what
+/// it took). A run older than the `max_age` given to [`Self::run`] is not shared: its answer would
+/// be stale (nobody may have collected it since it ended).
 pub struct SingleFlight<T: Clone> {
-    running: Mutex<Option<Shared<BoxFuture<'static, T>>>>,
+    running: Mutex<Option<(std::time::Instant, Run<T>)>>,
 }
+
+/// A run as its callers share it: its answer, `None` if it panicked.
+type Run<T> = Shared<BoxFuture<'static, Option<T>>>;
 
 impl<T: Clone + Send + Sync + 'static> Default for SingleFlight<T> {
     fn default() -> Self {
@@ -75,15 +83,23 @@ impl<T: Clone + Send + Sync + 'static> Default for SingleFlight<T> {
 }
 
 impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
-    /// The result of the run in progress, or of a new run of `start` when none is.
-    pub async fn run(&self, start: impl FnOnce() -> BoxFuture<'static, T>) -> T {
+    /// The result of the run in progress (started within `max_age`), or of a new run of `start`;
+    /// `None` when the run panicked.
+    pub async fn run(
+        &self,
+        max_age: std::time::Duration,
+        start: impl FnOnce() -> BoxFuture<'static, T>,
+    ) -> Option<T> {
         let run = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             match running.as_ref() {
-                Some(run) if run.peek().is_none() => run.clone(),
+                Some((started, run)) if run.peek().is_none() && started.elapsed() < max_age => {
+                    run.clone()
+                }
                 _ => {
-                    let run = start().shared();
-                    *running = Some(run.clone());
+                    let task = tokio::spawn(start());
+                    let run = async move { task.await.ok() }.boxed().shared();
+                    *running = Some((std::time::Instant::now(), run.clone()));
                     run
                 }
             }
@@ -133,7 +149,7 @@ mod tests {
         };
         let first = tokio::spawn({
             let (flight, runs, gate) = (flight.clone(), runs.clone(), released.clone());
-            async move { flight.run(start(runs, Some(gate))).await }
+            async move { flight.run(AGE, start(runs, Some(gate))).await }
         });
         // The first run is in progress (held at its gate): others share it.
         while runs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
@@ -141,20 +157,70 @@ mod tests {
         }
         let second = tokio::spawn({
             let (flight, runs, gate) = (flight.clone(), runs.clone(), released.clone());
-            async move { flight.run(start(runs, Some(gate))).await }
+            async move { flight.run(AGE, start(runs, Some(gate))).await }
         });
         // Until the second holds the run too (the stored one, the first's and its own).
         let holders = || {
             let running = flight.running.lock().unwrap();
-            running.as_ref().and_then(|run| run.strong_count())
+            running.as_ref().and_then(|(_, run)| run.strong_count())
         };
         while holders() < Some(3) {
             tokio::task::yield_now().await;
         }
         release.send(()).unwrap();
-        assert_eq!((first.await.unwrap(), second.await.unwrap()), (1, 1));
+        assert_eq!(
+            (first.await.unwrap(), second.await.unwrap()),
+            (Some(1), Some(1))
+        );
         // After it ended, the next caller starts a run of its own.
-        assert_eq!(flight.run(start(runs.clone(), None)).await, 2);
+        assert_eq!(flight.run(AGE, start(runs.clone(), None)).await, Some(2));
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    const AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn a_run_everyone_gave_up_on_still_finishes() {
+        let flight = SingleFlight::<()>::default();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let asked = flight.run(AGE, move || {
+            Box::pin(async move {
+                let _ = released.await;
+                let _ = finished.send(());
+            })
+        });
+        // The only caller goes away before the run ends.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), asked)
+                .await
+                .is_err()
+        );
+        release.send(()).unwrap();
+        done.await.expect("the abandoned run finished");
+    }
+
+    #[tokio::test]
+    async fn a_run_older_than_the_age_asked_for_is_not_shared() {
+        let flight = SingleFlight::<usize>::default();
+        let (_hold, held) = tokio::sync::oneshot::channel::<()>();
+        let stuck = flight.run(AGE, move || {
+            Box::pin(async move {
+                let _ = held.await;
+                1
+            })
+        });
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), stuck)
+                .await
+                .is_err()
+        );
+        // A run still in progress but older than asked for: a new one.
+        let fresh = flight.run(std::time::Duration::ZERO, || Box::pin(async { 2 }));
+        assert_eq!(fresh.await, Some(2));
+        // A run that panicked answers None, and the next caller starts another.
+        let panicked = flight.run(AGE, || Box::pin(async { panic!("a check failed") }));
+        assert_eq!(panicked.await, None);
+        assert_eq!(flight.run(AGE, || Box::pin(async { 3 })).await, Some(3));
     }
 }

@@ -314,7 +314,8 @@ impl Application {
 
         let addr = listener.local_addr()?;
         tracing::info!(%addr, database = ?state.db.kind(), "listening");
-        crate::http::server::serve(listener, router, config.http, shutdown.clone()).await;
+        let trusted = config.trusted_proxies.clone();
+        crate::http::server::serve(listener, router, config.http, trusted, shutdown.clone()).await;
         // The server has stopped (or failed): make sure the workers stop too, then wait for them.
         shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(30), async {

@@ -114,16 +114,21 @@ pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
                 .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?;
             // An id a row already has is skipped: the sequence can be behind the table (a
             // data-only restore that did not carry it, a promoted logical replica), and the
-            // upload writes its object under the id before it inserts the row. Candidates are
-            // drawn one at a time until one is free, at most `ID_CANDIDATES` (each a gap).
+            // upload writes its object under the id before it inserts the row. The recursive
+            // query draws the next candidate only while the last one is taken (at most
+            // `ID_CANDIDATES`, each a gap): one `nextval` when the sequence is right, whatever
+            // plan the server picks.
             let reserved: Option<i64> = sqlx::query_scalar(
-                "WITH reserved AS (
-                     SELECT id FROM (
-                         SELECT nextval(pg_get_serial_sequence('coredumps', 'id')) AS id
-                         FROM generate_series(1, $3)
-                     ) AS candidates
+                "WITH RECURSIVE candidates (id, n) AS (
+                     SELECT nextval(pg_get_serial_sequence('coredumps', 'id')), 1
+                     UNION ALL
+                     SELECT nextval(pg_get_serial_sequence('coredumps', 'id')), n + 1
+                     FROM candidates
+                     WHERE n < $3 AND EXISTS (SELECT 1 FROM coredumps c WHERE c.id = candidates.id)
+                 ),
+                 reserved AS (
+                     SELECT id FROM candidates
                      WHERE NOT EXISTS (SELECT 1 FROM coredumps c WHERE c.id = candidates.id)
-                     LIMIT 1
                  ),
                  cancelled AS (
                      DELETE FROM object_deletions

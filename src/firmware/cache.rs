@@ -81,6 +81,15 @@ struct Fill {
     done: watch::Receiver<()>,
 }
 
+/// Whether a fill waits out [`FILL_RETRY_AFTER`] after a failed one: a ranged request's
+/// background fill does (each of a fleet's ranged requests would start another whole read); a
+/// whole-image request does not (its devices share the one read it starts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backoff {
+    Respect,
+    Ignore,
+}
+
 enum Begin {
     Ready(Bytes),
     Filling(watch::Receiver<()>),
@@ -192,7 +201,7 @@ impl FirmwareCache {
     /// being filled, too large, or the budget is taken by fills in flight. For a ranged GET that
     /// missed: the request itself goes on with its ranged read.
     pub fn start_fill(self: &Arc<Self>, storage: Storage, key: ObjectKey, sha256: &str, size: u64) {
-        let _ = self.begin_fill(storage, key, sha256, size);
+        let _ = self.begin_fill(storage, key, sha256, size, Backoff::Respect);
     }
 
     /// For a whole-image GET that missed: waits for the image's fill (starting it if none is in
@@ -206,7 +215,9 @@ impl FirmwareCache {
         sha256: &str,
         size: u64,
     ) -> Option<Bytes> {
-        match self.begin_fill(storage, key, sha256, size) {
+        // Not held back by a recent failure: the devices asking for the whole image now share
+        // this one read, where streaming each from the store would be one read per device.
+        match self.begin_fill(storage, key, sha256, size, Backoff::Ignore) {
             Begin::Ready(bytes) => Some(bytes),
             Begin::Refused => None,
             Begin::Filling(mut done) => {
@@ -223,6 +234,7 @@ impl FirmwareCache {
         key: ObjectKey,
         sha256: &str,
         size: u64,
+        backoff: Backoff,
     ) -> Begin {
         if !self.accepts(size) {
             return Begin::Refused;
@@ -236,7 +248,7 @@ impl FirmwareCache {
             if let Some(fill) = inner.filling.get(&hash) {
                 return Begin::Filling(fill.done.clone());
             }
-            if self.failed_recently(&mut inner, &hash) {
+            if backoff == Backoff::Respect && self.failed_recently(&mut inner, &hash) {
                 return Begin::Refused;
             }
             if !self.reserve(&mut inner, size) {
@@ -444,7 +456,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_image_whose_fill_failed_is_not_read_again_for_a_while() {
+    async fn an_image_whose_fill_failed_is_not_read_again_for_a_while_by_ranged_requests() {
         use crate::storage::faulty::FaultyStorage;
         use crate::storage::Operation;
         let dir = tempfile::tempdir().unwrap();
@@ -456,40 +468,40 @@ mod tests {
         storage.put(&key, image.clone()).await.unwrap();
         let sha256 = hex::encode(Sha256::digest(&image));
         let size = image.len() as u64;
+        let wrong = "00".repeat(32);
+        // A ranged request's fill in the background, waited for.
+        let ranged = async |cache: &Arc<FirmwareCache>, sha: &str| {
+            cache.start_fill(storage.clone(), key.clone(), sha, size);
+            let filling = cache.lock().filling.get(sha).map(|f| f.done.clone());
+            if let Some(mut done) = filling {
+                let _ = done.changed().await;
+            }
+        };
 
         // The object does not match its row (another hash): not cached, and not read again.
         let cache = FirmwareCache::new(100);
-        let wrong = "00".repeat(32);
-        let fill = async |cache: &Arc<FirmwareCache>, sha: &str| {
-            cache
-                .fill_and_wait(storage.clone(), key.clone(), sha, size)
-                .await
-        };
-        assert_eq!(fill(&cache, &wrong).await, None);
+        ranged(&cache, &wrong).await;
         assert_eq!(store.calls(Operation::Get), 1);
-        assert_eq!(fill(&cache, &wrong).await, None);
-        assert_eq!(
-            store.calls(Operation::Get),
-            1,
-            "read again right after a mismatch"
-        );
+        ranged(&cache, &wrong).await;
+        assert_eq!(store.calls(Operation::Get), 1, "read again right after a mismatch");
         // The store failing: the same.
         store.inject(crate::storage::faulty::Fault::always(Operation::Get));
-        assert_eq!(fill(&cache, &sha256).await, None);
+        ranged(&cache, &sha256).await;
         let failed = store.calls(Operation::Get);
-        assert_eq!(fill(&cache, &sha256).await, None);
-        assert_eq!(
-            store.calls(Operation::Get),
-            failed,
-            "read again right after a failure"
-        );
+        ranged(&cache, &sha256).await;
+        assert_eq!(store.calls(Operation::Get), failed, "read again right after a failure");
         assert_eq!(cache.lock().reserved, 0);
-
-        // Once the wait is over, it is read again, and a good read is kept.
+        // A whole-image request still reads it, once for all who ask at the same time.
         store.heal();
+        let whole = cache.fill_and_wait(storage.clone(), key.clone(), &sha256, size);
+        assert_eq!(whole.await, Some(image.clone()));
+        assert_eq!(store.calls(Operation::Get), failed + 1);
+
+        // Once the wait is over, a ranged request reads it again.
         let cache = FirmwareCache::with_retry_after(100, std::time::Duration::ZERO);
-        assert_eq!(fill(&cache, &wrong).await, None);
-        assert_eq!(fill(&cache, &sha256).await, Some(image));
+        ranged(&cache, &wrong).await;
+        ranged(&cache, &sha256).await;
+        assert!(cache.contains(&sha256));
         assert!(cache.lock().failed.is_empty(), "old failures are forgotten");
     }
 

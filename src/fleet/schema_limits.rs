@@ -90,7 +90,8 @@ pub fn check(text: &str, value: &Value) -> Result<(), InvalidConfig> {
         )));
     }
     let mut anchors = HashMap::new();
-    collect_anchors(value, true, &mut anchors)?;
+    let dialect = Dialect::of(value);
+    collect_anchors(value, &dialect, true, &mut anchors)?;
     let mut walk = Walk {
         root: value,
         anchors,
@@ -172,24 +173,79 @@ fn all_subschemas(schema: &Map<String, Value>) -> Vec<&Value> {
     found
 }
 
-/// Records `$anchor` and `$dynamicAnchor` names; refuses `$id` below the top, which would start a
-/// resource of its own whose references resolve against it rather than against the root.
+/// The draft a schema declares at its top (`$schema`), as far as resolving references goes.
+struct Dialect<'a> {
+    top: Option<&'a str>,
+    /// Draft 4 (or 3): a subschema's `id` starts a resource of its own, against which the
+    /// references below it resolve.
+    legacy_ids: bool,
+}
+
+impl<'a> Dialect<'a> {
+    fn of(root: &'a Value) -> Self {
+        let top = root.get("$schema").and_then(Value::as_str);
+        Dialect {
+            top,
+            legacy_ids: top.is_some_and(names_draft_4),
+        }
+    }
+}
+
+/// Whether a `$schema` value names draft 4 (or 3), whose identifier keyword is `id`.
+fn names_draft_4(uri: &str) -> bool {
+    let uri = uri.trim_end_matches('#');
+    let uri = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+        .unwrap_or(uri);
+    matches!(
+        uri,
+        "json-schema.org/draft-04/schema" | "json-schema.org/draft-03/schema"
+    )
+}
+
+/// Whether `schema` or a subschema under it holds a reference.
+fn has_reference(schema: &Value) -> bool {
+    let Value::Object(map) = schema else {
+        return false;
+    };
+    ["$ref", "$dynamicRef", "$recursiveRef"]
+        .iter()
+        .any(|k| map.contains_key(*k))
+        || all_subschemas(map).into_iter().any(has_reference)
+}
+
+/// Records `$anchor` and `$dynamicAnchor` names; refuses what below the top would start a
+/// resource of its own, whose references resolve against it rather than against the root: a
+/// `$id`; under draft 4, an `id` with references below it (an `id` the references do not depend
+/// on, as tools of that time put on every object, is harmless); and a `$schema` naming another
+/// draft than the top's (it could make a subschema draft 4).
 fn collect_anchors<'a>(
     schema: &'a Value,
+    dialect: &Dialect<'_>,
     top: bool,
     anchors: &mut HashMap<&'a str, &'a Value>,
 ) -> Result<(), InvalidConfig> {
     let Value::Object(map) = schema else {
         return Ok(());
     };
-    // Draft 4 spells `$id` as `id`, and a `$schema` below the top can switch a subschema to it.
-    if !top && (map.contains_key("$id") || map.get("id").is_some_and(Value::is_string)) {
-        return Err(refused(
-            "$id (draft 4: id) is only supported at the top level",
-        ));
-    }
-    if !top && map.contains_key("$schema") {
-        return Err(refused("$schema is only supported at the top level"));
+    if !top {
+        if map.contains_key("$id") {
+            return Err(refused("$id is only supported at the top level"));
+        }
+        let legacy_id = map.get("id").is_some_and(Value::is_string);
+        if dialect.legacy_ids && legacy_id && has_reference(schema) {
+            return Err(refused(
+                "a draft 4 id with references below it is only supported at the top level",
+            ));
+        }
+        if let Some(declared) = map.get("$schema") {
+            if declared.as_str() != dialect.top {
+                return Err(refused(
+                    "a $schema below the top level must name the same draft as the top",
+                ));
+            }
+        }
     }
     for keyword in ["$anchor", "$dynamicAnchor"] {
         if let Some(Value::String(name)) = map.get(keyword) {
@@ -197,7 +253,7 @@ fn collect_anchors<'a>(
         }
     }
     for child in all_subschemas(map) {
-        collect_anchors(child, false, anchors)?;
+        collect_anchors(child, dialect, false, anchors)?;
     }
     Ok(())
 }
@@ -443,7 +499,7 @@ mod tests {
         assert!(err.contains("must be a string"), "{err}");
         let err = checked(json!({"properties": {"a": {"$id": "https://e.com/a"}}})).unwrap_err();
         assert!(
-            err.contains("$id (draft 4: id) is only supported at the top level"),
+            err.contains("$id is only supported at the top level"),
             "{err}"
         );
         // Draft 4's `id` starts a resource too: the validator would resolve the inner `$ref`s
@@ -456,20 +512,38 @@ mod tests {
         let draft4 = json!({
             "$schema": "http://json-schema.org/draft-04/schema#",
             "definitions": {"n": {}},
-            "allOf": [inner]
+            "allOf": [inner.clone()]
         });
         let err = checked(draft4).unwrap_err();
         assert!(
-            err.contains("(draft 4: id) is only supported at the top level"),
+            err.contains("a draft 4 id with references below it"),
             "{err}"
         );
-        let err =
-            checked(json!({"allOf": [{"$schema": "http://json-schema.org/draft-04/schema#"}]}))
-                .unwrap_err();
-        assert!(
-            err.contains("$schema is only supported at the top level"),
-            "{err}"
-        );
+        // A subschema cannot switch itself to draft 4 either.
+        let switched = json!({"allOf": [{"$schema": "http://json-schema.org/draft-04/schema#"}]});
+        let err = checked(switched).unwrap_err();
+        assert!(err.contains("must name the same draft as the top"), "{err}");
+        // Harmless: an id no reference depends on (tools of draft 4's time put one on every
+        // object), an `id` under a later draft (an annotation there), a property named `id`, and
+        // a nested `$schema` naming the top's draft.
+        let generated = json!({
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "id": "urn:jsonschema:com:example:Config",
+            "properties": {
+                "wifi": {"id": "urn:jsonschema:com:example:Wifi", "type": "object",
+                         "properties": {"id": {"type": "string"}}}
+            }
+        });
+        assert_eq!(checked(generated), Ok(()));
+        let later = json!({"allOf": [inner.clone()], "$defs": {}});
+        assert!(checked(later).is_err_and(|e| e.contains("does not resolve")));
+        let annotated = json!({"properties": {"a": {"id": "x", "type": "string"}}});
+        assert_eq!(checked(annotated), Ok(()));
+        let same = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$defs": {"a": {"$schema": "https://json-schema.org/draft/2020-12/schema"}}
+        });
+        assert_eq!(checked(same), Ok(()));
         // At the top, both are what they always were.
         let top = json!({"$schema": "http://json-schema.org/draft-04/schema#", "id": "http://e.com/s", "type": "object"});
         assert_eq!(checked(top), Ok(()));

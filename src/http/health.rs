@@ -57,7 +57,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
             body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
     let checked = state.clone();
-    let (database, storage) = state.readiness.run(move || Box::pin(check(checked))).await;
+    // A check older than its own timeout is not shared: see `SingleFlight`.
+    let (database, storage) = state
+        .readiness
+        .run(CHECK_TIMEOUT, move || Box::pin(check(checked)))
+        .await
+        .unwrap_or_else(|| ("the check failed".into(), "the check failed".into()));
     if database == "ok" && storage == "ok" {
         return Ok(Json(HealthStatus {
             status: "ready".into(),

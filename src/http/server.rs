@@ -16,8 +16,9 @@
 //!   device. When every connection is busy, the address holding the most of them (an IPv6 one
 //!   counted by its /64) gives up its oldest, as long as it holds at least two more than the
 //!   newcomer's address: a client that keeps all of them busy (reading each response a few bytes
-//!   at a time, trickling bodies) cannot lock other addresses out. Only when no address holds
-//!   more than its share is the new connection turned away;
+//!   at a time, trickling bodies) cannot lock other addresses out. A trusted proxy's connections
+//!   (`TRUSTED_PROXIES`) are never taken: they are many clients' requests. Only when no address
+//!   holds more than its share is the new connection turned away;
 //! - a **shutdown grace period** (`SHUTDOWN_GRACE_SECONDS`): on shutdown idle connections close at
 //!   once, requests in progress get the grace period, then whatever is left is dropped.
 //!
@@ -101,9 +102,10 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    trusted_proxies: Vec<ipnet::IpNet>,
     shutdown: CancellationToken,
 ) {
-    let registry = Registry::new(limits.max_connections);
+    let registry = Registry::new(limits.max_connections).sparing(trusted_proxies);
     let tracker = TaskTracker::new();
     // Fires when the grace period after `shutdown` is over: every connection left is dropped.
     let hard_stop = CancellationToken::new();
@@ -217,6 +219,9 @@ fn log_connection_end(result: Result<(), hyper::Error>) {
 struct Registry {
     inner: Arc<Mutex<RegistryInner>>,
     max: usize,
+    /// Addresses whose busy connections are never closed to make room: the trusted proxies,
+    /// whose connections are many clients' requests.
+    spared: Arc<Vec<ipnet::IpNet>>,
 }
 
 struct RegistryInner {
@@ -266,7 +271,13 @@ impl Registry {
                 per_group: std::collections::HashMap::new(),
             })),
             max: max.max(1),
+            spared: Arc::default(),
         }
+    }
+
+    fn sparing(mut self, spared: Vec<ipnet::IpNet>) -> Self {
+        self.spared = Arc::new(spared);
+        self
     }
 
     /// Registers a new connection from address group `group`. At the cap, it first closes the
@@ -278,7 +289,7 @@ impl Registry {
         if inner.open.len() >= self.max {
             let victim = match inner.open.values().find(|c| c.idle()) {
                 Some(idle) => idle.id,
-                None => inner.oldest_of_the_largest_group_above(group)?,
+                None => inner.oldest_of_the_largest_group_above(group, &self.spared)?,
             };
             inner.remove(victim);
         }
@@ -327,10 +338,19 @@ impl RegistryInner {
         }
     }
 
-    /// The oldest connection of the group holding the most, if it holds at least two more than
-    /// `newcomer`'s group (taking one away then still leaves it more than the newcomer's).
-    fn oldest_of_the_largest_group_above(&self, newcomer: std::net::IpAddr) -> Option<u64> {
-        let (&largest, &count) = self.per_group.iter().max_by_key(|(_, count)| **count)?;
+    /// The oldest connection of the group holding the most (not counting `spared` ones), if it
+    /// holds at least two more than `newcomer`'s group (taking one away then still leaves it
+    /// more than the newcomer's).
+    fn oldest_of_the_largest_group_above(
+        &self,
+        newcomer: std::net::IpAddr,
+        spared: &[ipnet::IpNet],
+    ) -> Option<u64> {
+        let (&largest, &count) = self
+            .per_group
+            .iter()
+            .filter(|(group, _)| !spared.iter().any(|net| net.contains(*group)))
+            .max_by_key(|(_, count)| **count)?;
         let newcomers = self.per_group.get(&newcomer).copied().unwrap_or(0);
         if count < newcomers + 2 {
             return None;
@@ -500,6 +520,14 @@ mod tests {
         assert!(registry.admit(A).is_none());
         assert!(!b1.evict.is_cancelled());
         assert_eq!(registry.len(), 4);
+    }
+
+    #[test]
+    fn a_trusted_proxys_busy_connections_are_spared() {
+        let registry = Registry::new(3).sparing(vec!["192.0.2.1/32".parse().unwrap()]);
+        let proxied: Vec<_> = (0..3).map(|_| busy(&registry, A)).collect();
+        assert!(registry.admit(B).is_none(), "a proxied request was cut off");
+        assert!(proxied.iter().all(|(c, _)| !c.evict.is_cancelled()));
     }
 
     #[test]

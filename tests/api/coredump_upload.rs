@@ -540,8 +540,12 @@ async fn an_id_sequence_behind_the_table_skips_the_ids_in_use() {
     .unwrap();
     let third = upload_ok(&app, &device, "1.0", b"\x7fELF third").await;
     assert!(third > second, "{third} after {first}, {second}");
+    // Only the ids in use were skipped: one id drawn per candidate, none more.
+    assert_eq!(third, second + 1, "after {first}, {second}");
+    let fourth = upload_ok(&app, &device, "1.0", b"\x7fELF fourth").await;
+    assert_eq!(fourth, third + 1);
     let key = |id| coredump_key(&device.key, id).unwrap().to_string();
-    let mut expected = vec![key(first), key(second), key(third)];
+    let mut expected = vec![key(first), key(second), key(third), key(fourth)];
     expected.sort();
     assert_eq!(objects(&app, "coredumps/").await, expected);
     for (id, bytes) in [

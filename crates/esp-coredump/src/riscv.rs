@@ -210,8 +210,8 @@ const MAX_ROM_FRAME: u32 = 256;
 /// whose caller chain unwinds plausibly; the caller's stack pointer is
 /// searched above the slot (ROM frames save ra at varying offsets).
 /// Returns the return address and the stack pointer of that caller frame.
-/// Each caller candidate tried spends one of `budget`'s trials; none are
-/// tried once it is spent.
+/// Each caller candidate tried spends one of `budget`'s trials; a scan that
+/// runs out of them finds nothing.
 fn scan_for_return(
     dump: &CoreDump,
     task: &Task,
@@ -229,8 +229,10 @@ fn scan_for_return(
             continue;
         }
         for s in caller_sps(slot, sp, task.stack_end) {
+            // Out of trials part-way: what was found so far may not be the best, so nothing
+            // is said rather than a guess (the note says why, see `unwind`).
             if !budget.spend() {
-                return best.map(|(_, _, w, s)| (w, s));
+                return None;
             }
             let mut trial = *x;
             trial[2] = s;
