@@ -483,13 +483,21 @@ mod tests {
         ranged(&cache, &wrong).await;
         assert_eq!(store.calls(Operation::Get), 1);
         ranged(&cache, &wrong).await;
-        assert_eq!(store.calls(Operation::Get), 1, "read again right after a mismatch");
+        assert_eq!(
+            store.calls(Operation::Get),
+            1,
+            "read again right after a mismatch"
+        );
         // The store failing: the same.
         store.inject(crate::storage::faulty::Fault::always(Operation::Get));
         ranged(&cache, &sha256).await;
         let failed = store.calls(Operation::Get);
         ranged(&cache, &sha256).await;
-        assert_eq!(store.calls(Operation::Get), failed, "read again right after a failure");
+        assert_eq!(
+            store.calls(Operation::Get),
+            failed,
+            "read again right after a failure"
+        );
         assert_eq!(cache.lock().reserved, 0);
         // A whole-image request still reads it, once for all who ask at the same time.
         store.heal();
