@@ -67,17 +67,29 @@ pub async fn insert(tx: &mut Tx, new: &NewCoredump<'_>) -> Result<i64, DbError> 
 
 /// PostgreSQL: [`lock_device_dumps`] and the insert of a dump under its reserved `id`,
 /// in one statement (the lock first: the row's foreign-key check then finds the device already
-/// locked by this transaction). `None` when the device no longer exists.
+/// locked by this transaction). The firmware version the dump reports, if its model has it, is
+/// held `FOR KEY SHARE` until the commit: firmware retention, which spares versions that pending
+/// dumps report, waits for the dump before it looks (`firmware_versions::lock_for_deletion`).
+/// `None` when the device no longer exists.
 pub async fn lock_device_and_insert(
     t: &mut sqlx::PgConnection,
     id: i64,
     new: &NewCoredump<'_>,
 ) -> Result<Option<i64>, DbError> {
     Ok(sqlx::query_scalar(
-        "WITH device AS (SELECT id FROM devices WHERE id = $2 FOR NO KEY UPDATE)
+        "WITH device AS (
+             SELECT id, device_model_id FROM devices WHERE id = $2 FOR NO KEY UPDATE
+         ),
+         version AS (
+             SELECT 1 FROM firmware_versions f, device
+             WHERE f.device_model_id = device.device_model_id AND f.version = $4
+             FOR KEY SHARE OF f
+         )
          INSERT INTO coredumps (id, device_id, chip, firmware_version, size, parse_status,
                                 uploaded_at, created_at, updated_at)
-         SELECT $1, device.id, $3, $4, $5, 'PENDING', $6, $6, $6 FROM device RETURNING id",
+         SELECT $1, device.id, $3, $4, $5, 'PENDING', $6, $6, $6
+         FROM device, (SELECT COUNT(*) FROM version) AS locked
+         RETURNING id",
     )
     .bind(id)
     .bind(new.device_id)

@@ -394,6 +394,28 @@ pub async fn versions_newest_first(tx: &mut Tx, model_id: i64) -> Result<Vec<Str
     .await)?)
 }
 
+/// PostgreSQL: locks the rows of `versions` of the model for deletion, waiting for the core-dump
+/// uploads in flight that reported one of them (they hold it `FOR KEY SHARE`, see
+/// `coredumps::lock_device_and_insert`): read after this, [`pending_coredump_versions`] sees their
+/// dumps. SQLite needs nothing: its one writer at a time is the firmware upload.
+pub async fn lock_for_deletion(
+    tx: &mut Tx,
+    model_id: i64,
+    versions: &[String],
+) -> Result<(), DbError> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query(
+            "SELECT 1 FROM firmware_versions
+             WHERE device_model_id = $1 AND version = ANY($2) FOR UPDATE",
+        )
+        .bind(model_id)
+        .bind(versions)
+        .fetch_all(&mut **t)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The firmware versions that `PENDING` core dumps of devices of this model report: their ELFs
 /// are still needed to parse those dumps.
 pub async fn pending_coredump_versions(tx: &mut Tx, model_id: i64) -> Result<Vec<String>, DbError> {

@@ -39,13 +39,17 @@ pub async fn enforce(
     if versions.len() <= keep {
         return Ok(Pruned::default());
     }
+    let candidates: Vec<String> = versions
+        .into_iter()
+        .skip(keep)
+        .filter(|version| version != current)
+        .collect();
+    // A dump uploaded right now for a candidate counts: the lock waits for it to commit.
+    fw::lock_for_deletion(tx, model_id, &candidates).await?;
     let pending = fw::pending_coredump_versions(tx, model_id).await?;
     let mut pruned = Pruned::default();
     let mut keys: Vec<ObjectKey> = Vec::new();
-    for version in versions.into_iter().skip(keep) {
-        if version == current {
-            continue;
-        }
+    for version in candidates {
         if pending.contains(&version) {
             pruned.skipped_pending += 1;
             continue;

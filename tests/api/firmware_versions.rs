@@ -157,6 +157,66 @@ async fn insert_coredump(app: &TestApp, device_id: i64, version: &str, status: &
     .unwrap()
 }
 
+/// A dump a device is uploading for a version while a firmware upload's retention would prune
+/// that version: retention waits for the dump and spares the version (on PostgreSQL the two run
+/// at once; SQLite's one writer serialises them). Here the dump's upload is held just before its
+/// commit by a lock on the jobs table, which its last statement writes.
+#[tokio::test]
+async fn retention_waits_for_a_dump_being_uploaded_for_the_version_it_would_prune() {
+    let Some(app) = TestApp::builder("firmware_retention_upload_race")
+        .env("MAX_FIRMWARES", "2")
+        .without_default_job_handlers()
+        .spawn(Stack::Production)
+        .await
+    else {
+        return;
+    };
+    let model = create_model(&app, CODE, None).await;
+    let device = device_of(&app, model).await;
+    for version in ["1.0.0", "2.0.0"] {
+        upload_ok(&app, model, CODE, &Build::new(version, "r")).await;
+    }
+    raced_with_a_dump_upload(&app, model, &device).await;
+    assert_eq!(
+        stored_versions(&app, model).await,
+        ["1.0.0", "2.0.0", "3.0.0"],
+        "1.0.0 was pruned although a pending dump reports it"
+    );
+    app.stop().await;
+}
+
+/// Uploads 3.0.0 while `device`'s dump for 1.0.0 is held just before its commit.
+async fn raced_with_a_dump_upload(
+    app: &TestApp,
+    model: i64,
+    device: &crate::coredumps::TestDevice,
+) {
+    let mut hold = app.db().begin().await.unwrap();
+    iotsupport::execute!(&mut hold, sqlx::query("LOCK TABLE jobs IN EXCLUSIVE MODE")).unwrap();
+    let query = "chip=esp32&firmware_version=1.0.0";
+    let mut dump = std::pin::pin!(app.iot_upload_coredump(&device.credential, query, "a dump"));
+    tokio::select! {
+        answer = &mut dump => panic!("the dump's upload did not wait for the jobs table: {answer:?}"),
+        () = until_a_lock_is_awaited(app, "l.relation = 'jobs'::regclass") => {}
+    }
+    // 3.0.0 makes 1.0.0 the one to prune; its dump is stored but not committed yet. The
+    // upload either finishes at once (not waiting for the dump) or waits to lock 1.0.0.
+    let mut firmware =
+        std::pin::pin!(app.upload_firmware(model, Build::new("3.0.0", "r").zip(CODE)));
+    let finished_at_once = tokio::select! {
+        answer = &mut firmware => Some(answer),
+        () = until_a_lock_is_awaited(app, "a.query LIKE '%firmware_versions%FOR UPDATE%'") => None,
+    };
+    hold.commit().await.unwrap();
+    let (status, body) = dump.await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = match finished_at_once {
+        Some(answer) => answer,
+        None => firmware.await,
+    };
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn retention_keeps_the_newest_and_what_pending_dumps_of_this_model_need() {
     TestApp::builder("firmware_retention")

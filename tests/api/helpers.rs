@@ -440,3 +440,23 @@ pub async fn make_deletions_due(app: &TestApp) {
     .map(|r| r.rows_affected()))
     .unwrap();
 }
+
+/// Returns once some session waits for a PostgreSQL lock matching `filter` (a condition on
+/// `pg_locks l` and the waiting session's `pg_stat_activity a`), or after 20 s (the caller's
+/// assertions then tell).
+pub async fn until_a_lock_is_awaited(app: &TestApp, filter: &str) {
+    let sql = format!(
+        "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE NOT l.granted AND {filter}"
+    );
+    eventually(Duration::from_secs(20), || async {
+        let waiting: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            sqlx::AssertSqlSafe(sql.clone())
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+}
