@@ -40,7 +40,13 @@ pub struct ObjectStoreBackend {
     /// The directory of a local store: [`ObjectStorage::check`] fails when it is gone (the
     /// local store lists a missing directory as empty).
     local_root: Option<std::path::PathBuf>,
+    /// When [`ObjectStorage::check`] last succeeded, for [`ObjectStorage::answers`].
+    answered: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a store that answered a check counts as answering for [`ObjectStorage::answers`]:
+/// short, as a store that stops answering within it has its missing objects taken for missing.
+const ANSWERED_FOR: Duration = Duration::from_secs(2);
 
 /// How long deletions go one by one after a batch delete failed where a single one worked.
 const SINGLE_DELETES_FOR: Duration = Duration::from_secs(3600);
@@ -98,6 +104,7 @@ impl ObjectStoreBackend {
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: true,
             local_root: Some(dir.to_path_buf()),
+            answered: std::sync::Mutex::new(None),
         })
     }
 
@@ -111,6 +118,7 @@ impl ObjectStoreBackend {
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: true,
             local_root: None,
+            answered: std::sync::Mutex::new(None),
         }
     }
 
@@ -172,6 +180,7 @@ impl ObjectStoreBackend {
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: false,
             local_root: None,
+            answered: std::sync::Mutex::new(None),
         })
     }
 }
@@ -543,6 +552,24 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
+        let checked = self.check_now().await;
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) =
+            checked.is_ok().then(std::time::Instant::now);
+        checked
+    }
+
+    async fn answers(&self) -> Result<(), StorageError> {
+        let answered = *self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        if answered.is_some_and(|at| at.elapsed() < ANSWERED_FOR) {
+            return Ok(());
+        }
+        self.check().await
+    }
+}
+
+impl ObjectStoreBackend {
+    /// What [`ObjectStorage::check`] asks.
+    async fn check_now(&self) -> Result<(), StorageError> {
         if let Some(root) = &self.local_root {
             if !tokio::fs::metadata(root).await.is_ok_and(|m| m.is_dir()) {
                 return Err(unavailable(
@@ -552,7 +579,8 @@ impl ObjectStorage for ObjectStoreBackend {
                 ));
             }
         }
-        // Listing a prefix that holds nothing is cheap and fails when the bucket is missing.
+        // Listing a prefix that holds nothing fails when the bucket is missing. On S3 it is an
+        // index lookup; some servers walk the bucket for it (s3s-fs), hence `answers`.
         let probe = Path::from(".readyz-probe");
         let mut listing = self.store.list(Some(&probe));
         match listing.next().await {
@@ -750,6 +778,7 @@ mod tests {
             single_deletes: std::sync::Mutex::new(None),
             missing_is_deleted: false,
             local_root: None,
+            answered: std::sync::Mutex::new(None),
         }
     }
 
@@ -851,6 +880,8 @@ mod tests {
         std::fs::remove_dir(&root).unwrap();
         let error = local.check().await.unwrap_err();
         assert!(error.is_transient(), "{error:?}");
+        // A failed check is not forgotten by a recent success.
+        assert!(local.answers().await.is_err());
     }
 
     #[tokio::test]

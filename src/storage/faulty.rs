@@ -350,4 +350,9 @@ impl ObjectStorage for FaultyStorage {
         self.guard(Operation::Check, "")?;
         self.inner.check().await
     }
+
+    async fn answers(&self) -> Result<(), StorageError> {
+        self.guard(Operation::Check, "")?;
+        self.inner.answers().await
+    }
 }

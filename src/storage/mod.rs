@@ -187,6 +187,13 @@ pub trait ObjectStorage: Send + Sync + 'static {
 
     /// Succeeds when the store (and its bucket) answers.
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// As [`Self::check`], for callers that ask on every missing object ([`confirm_missing`]):
+    /// a store may count as answering without asking again when it answered a moment ago (a
+    /// listing costs a request, and on some servers a walk of the bucket).
+    async fn answers(&self) -> Result<(), StorageError> {
+        self.check().await
+    }
 }
 
 /// `e`, unless it says an object is missing while the store itself does not answer: then the
@@ -197,7 +204,7 @@ pub async fn confirm_missing(storage: &Storage, e: StorageError) -> StorageError
     if !e.is_not_found() {
         return e;
     }
-    match storage.check().await {
+    match storage.answers().await {
         Ok(()) => e,
         Err(away) => away,
     }
