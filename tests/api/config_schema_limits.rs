@@ -345,7 +345,7 @@ async fn a_device_write_waits_for_a_schema_change_in_progress_and_then_sees_it()
         }
     });
     // The create has validated against the old schema and waits for the change.
-    let waiting = a_lock_is_awaited(&app, "locktype = 'advisory'").await;
+    let waiting = a_lock_is_awaited(&app, "l.locktype = 'advisory'").await;
     assert!(
         waiting,
         "the device write did not wait for the schema change"
@@ -447,20 +447,4 @@ async fn a_schema_change_waiting_behind_an_upload_does_not_hold_device_writes() 
     upload.rollback().await.unwrap();
     assert_eq!(change.await.unwrap(), 200);
     app.stop().await;
-}
-
-/// Whether, within 10 s, some transaction waits for a PostgreSQL lock matching `filter` (a
-/// condition on `pg_locks`).
-async fn a_lock_is_awaited(app: &TestApp, filter: &str) -> bool {
-    let sql = format!("SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND {filter}");
-    eventually(Duration::from_secs(10), || async {
-        let waiting: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
-            sqlx::AssertSqlSafe(sql.clone())
-        )
-        .fetch_one(p)
-        .await)
-        .unwrap();
-        waiting > 0
-    })
-    .await
 }

@@ -441,10 +441,9 @@ pub async fn make_deletions_due(app: &TestApp) {
     .unwrap();
 }
 
-/// Returns once some session waits for a PostgreSQL lock matching `filter` (a condition on
-/// `pg_locks l` and the waiting session's `pg_stat_activity a`), or after 20 s (the caller's
-/// assertions then tell).
-pub async fn until_a_lock_is_awaited(app: &TestApp, filter: &str) {
+/// Whether, within 20 s, some session waits for a PostgreSQL lock matching `filter` (a condition
+/// on `pg_locks l` and the waiting session's `pg_stat_activity a`).
+pub async fn a_lock_is_awaited(app: &TestApp, filter: &str) -> bool {
     let sql = format!(
         "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE NOT l.granted AND {filter}"
@@ -458,5 +457,5 @@ pub async fn until_a_lock_is_awaited(app: &TestApp, filter: &str) {
         .unwrap();
         waiting > 0
     })
-    .await;
+    .await
 }
