@@ -169,6 +169,62 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// The Python service's `rotation-job`, with its output lines.
+/// How `reconcile` shows its scan (SPEC §9): a spinner with the step and its counts on a
+/// terminal; otherwise a log line per step, and one per 100,000 objects listed.
+struct ScanProgress {
+    bar: Option<indicatif::ProgressBar>,
+    logged: std::sync::atomic::AtomicUsize,
+}
+
+impl ScanProgress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            crate::telemetry::set_progress_bar(Some(bar.clone()));
+            bar
+        });
+        ScanProgress {
+            bar,
+            logged: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn show(&self, step: crate::reconcile::ScanStep<'_>) {
+        use crate::reconcile::ScanStep;
+        let text = match step {
+            ScanStep::ReadingRows => "reading the database's rows".to_string(),
+            ScanStep::Listing { prefix, listed } => {
+                format!("listing {prefix}/ in the object store: {listed} objects")
+            }
+            ScanStep::Checking { objects, rows } => {
+                format!("checking {objects} objects against {rows} rows")
+            }
+        };
+        if let Some(bar) = &self.bar {
+            bar.set_message(text);
+            return;
+        }
+        // Without a terminal: each step once, and a listing every 100,000 objects.
+        let mark = match step {
+            ScanStep::Listing { listed, .. } => listed / 100_000 + 1,
+            _ => 0,
+        };
+        let last = self.logged.swap(mark, std::sync::atomic::Ordering::Relaxed);
+        if mark == 0 || mark != last {
+            tracing::info!(step = %text, "reconcile_progress");
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+            crate::telemetry::set_progress_bar(None);
+        }
+    }
+}
+
 /// Connects to the configured database, refusing a SQLite file that does not exist: connecting
 /// would create it, empty, wherever the command happened to run (the commands that read an
 /// existing database: `migrate-to-s3`, `reconcile`, `rotation-job`).
@@ -403,7 +459,12 @@ async fn reconcile(
             format!("cannot read the object store (is the bucket there?): {detail}")
         });
     }
-    let report = reconcile::scan(&db, &storage, grace).await?;
+    let report = {
+        let shown = ScanProgress::new();
+        let report = reconcile::scan_showing(&db, &storage, grace, &|step| shown.show(step)).await;
+        shown.finish();
+        report?
+    };
     let (summary, deleted) = if let Some(force) = repair {
         let summary = reconcile::repair(&db, &storage, &report, force).await?;
         // Carry out the deletions repair queued (and any others due) now, as the worker would.

@@ -233,19 +233,54 @@ async fn still_there(db: &Db, report: &mut ReconcileReport) -> Result<(), Reconc
     Ok(())
 }
 
+/// What a scan is doing, for a progress display (`iotsupport reconcile`).
+#[derive(Debug, Clone, Copy)]
+pub enum ScanStep<'a> {
+    /// Reading the firmware, dump and model rows.
+    ReadingRows,
+    /// Listing the objects under `prefix`: `listed` so far.
+    Listing { prefix: &'a str, listed: usize },
+    /// Matching `objects` against `rows` (firmware versions and dumps).
+    Checking { objects: usize, rows: usize },
+}
+
 pub async fn scan(
     db: &Db,
     storage: &Storage,
     grace: Duration,
 ) -> Result<ReconcileReport, ReconcileError> {
+    scan_showing(db, storage, grace, &|_| {}).await
+}
+
+/// [`scan`], telling `progress` what it is doing as it goes.
+pub async fn scan_showing(
+    db: &Db,
+    storage: &Storage,
+    grace: Duration,
+    progress: &(dyn Fn(ScanStep<'_>) + Send + Sync),
+) -> Result<ReconcileReport, ReconcileError> {
     // Rows first, then objects: an object uploaded and committed between the two reads is still
     // recent, and so protected by the grace period rather than reported as an orphan.
+    progress(ScanStep::ReadingRows);
     let rows = queries::scan_rows(db).await?;
     let (firmware, dumps, models) = (rows.firmware, rows.dumps, rows.models);
     let queued: HashSet<String> = rows.queued_deletions.into_iter().collect();
 
-    let mut objects = storage.list(layout::FIRMWARE_PREFIX).await?;
-    objects.extend(storage.list(layout::COREDUMP_PREFIX).await?);
+    let mut objects = Vec::new();
+    for prefix in [layout::FIRMWARE_PREFIX, layout::COREDUMP_PREFIX] {
+        let before = objects.len();
+        let step = |listed| {
+            progress(ScanStep::Listing {
+                prefix,
+                listed: before + listed,
+            })
+        };
+        objects.extend(storage.list_counted(prefix, &step).await?);
+    }
+    progress(ScanStep::Checking {
+        objects: objects.len(),
+        rows: firmware.len() + dumps.len(),
+    });
     let mut report = ReconcileReport {
         objects_scanned: objects.len(),
         ..Default::default()

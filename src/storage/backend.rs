@@ -541,14 +541,28 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.list_counted(prefix, &|_| {}).await
+    }
+
+    async fn list_counted(
+        &self,
+        prefix: &str,
+        listed: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<Vec<ObjectInfo>, StorageError> {
         let prefix_path =
             Path::parse(prefix).map_err(|e| map_err(Operation::List, prefix, e.into()))?;
-        self.store
-            .list(Some(&prefix_path))
-            .map_ok(|meta| info(&meta))
-            .map_err(|e| map_err(Operation::List, prefix, e))
-            .try_collect()
-            .await
+        let mut stream = self.store.list(Some(&prefix_path));
+        let mut objects = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| map_err(Operation::List, prefix, e))?;
+            objects.push(info(&meta));
+            // S3 lists 1,000 keys a page.
+            if objects.len() % 1000 == 0 {
+                listed(objects.len());
+            }
+        }
+        listed(objects.len());
+        Ok(objects)
     }
 
     async fn check(&self) -> Result<(), StorageError> {

@@ -346,6 +346,15 @@ impl ObjectStorage for FaultyStorage {
         self.inner.list(prefix).await
     }
 
+    async fn list_counted(
+        &self,
+        prefix: &str,
+        listed: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.guard(Operation::List, prefix)?;
+        self.inner.list_counted(prefix, listed).await
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         self.guard(Operation::Check, "")?;
         self.inner.check().await

@@ -185,6 +185,18 @@ pub trait ObjectStorage: Send + Sync + 'static {
     /// Every object whose key starts with `prefix` followed by `/` (path-segment semantics).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
 
+    /// As [`Self::list`], telling `listed` how many objects have come so far as the listing goes
+    /// (a bucket of millions takes minutes): at least at the end, and on S3 every page.
+    async fn list_counted(
+        &self,
+        prefix: &str,
+        listed: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<Vec<ObjectInfo>, StorageError> {
+        let objects = self.list(prefix).await?;
+        listed(objects.len());
+        Ok(objects)
+    }
+
     /// Succeeds when the store (and its bucket) answers.
     async fn check(&self) -> Result<(), StorageError>;
 

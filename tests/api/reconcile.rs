@@ -31,6 +31,11 @@ fn cli_env(app: &TestApp) -> Vec<(String, String)> {
 }
 
 fn reconcile(app: &TestApp, args: &[&str]) -> String {
+    reconcile_output(app, args).0
+}
+
+/// `iotsupport reconcile ARGS`: what it printed on stdout and on stderr.
+fn reconcile_output(app: &TestApp, args: &[&str]) -> (String, String) {
     let output = Command::new(BIN)
         .arg("reconcile")
         .args(args)
@@ -38,12 +43,9 @@ fn reconcile(app: &TestApp, args: &[&str]) -> String {
         .envs(cli_env(app))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{stderr}");
+    (String::from_utf8(output.stdout).unwrap(), stderr)
 }
 
 async fn exec(app: &TestApp, sql: &'static str, binds: &[&str]) {
@@ -90,6 +92,32 @@ async fn sensor_with_device(app: &TestApp) -> Value {
     .await;
     let device = json!({"device_model_id": model["id"], "config": "{}"});
     create(app, "/api/devices", device).await
+}
+
+/// SPEC §9: a long-running command shows its progress; without a terminal, as log lines.
+#[tokio::test]
+async fn reconcile_says_what_it_is_doing_as_log_lines_without_a_terminal() {
+    let Some(app) = spawn_app(Stack::Production, "reconcile_progress").await else {
+        return;
+    };
+    sensor_with_device(&app).await;
+    exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, $1, $2 FROM device_models WHERE code = 'sensor'", &["1.0.0"]).await;
+    for artifact in Artifact::ALL.map(Artifact::file_name) {
+        put(&app, &format!("firmware/sensor/1.0.0/{artifact}")).await;
+    }
+    let (_, stderr) = reconcile_output(&app, &[]);
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("reconcile_progress"))
+        .collect();
+    let said = |text: &str| steps.iter().any(|l| l.contains(text));
+    assert!(said("reading the database's rows"), "{stderr}");
+    assert!(
+        said("listing firmware/ in the object store: 5 objects"),
+        "{stderr}"
+    );
+    assert!(said("checking 5 objects against 1 rows"), "{stderr}");
+    app.stop().await;
 }
 
 #[tokio::test]
