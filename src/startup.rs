@@ -175,6 +175,7 @@ impl Application {
             )),
             presence: Arc::default(),
             readiness: Arc::default(),
+            gauges: Arc::default(),
             oidc,
             events,
             shutdown: shutdown.clone(),

@@ -58,6 +58,9 @@ pub struct AppState {
     /// The `/health/readyz` check in progress (database, object store), shared by whoever asks
     /// while it runs.
     pub readiness: Arc<crate::admission::SingleFlight<(String, String)>>,
+    /// The `/metrics` measurement of the database gauges in progress, shared by the scrapes
+    /// that come while it runs.
+    pub gauges: Arc<crate::admission::SingleFlight<()>>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

@@ -66,7 +66,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // database consistently; within a bound, so that a database that is down or a pool that is
     // exhausted cannot hold the scrape past Prometheus's timeout and lose every other metric
     // (the gauges then keep their last values, and the log says why).
-    let measured = tokio::time::timeout(DATABASE_GAUGES_BUDGET, database_gauges(&state)).await;
+    // One measurement at a time, shared by the scrapes that come while it runs: anyone may
+    // scrape, as often as they like.
+    let measuring = state.clone();
+    let measured = state.gauges.run(DATABASE_GAUGES_BUDGET, move || {
+        Box::pin(async move { database_gauges(&measuring).await })
+    });
+    let measured = tokio::time::timeout(DATABASE_GAUGES_BUDGET, measured).await;
     if measured.is_err() {
         tracing::warn!("metrics_database_gauges_timed_out");
     }
