@@ -68,7 +68,7 @@ for i in $(seq 1 "$UPLOADS"); do
 done
 metrics_snapshot "$WORK/metrics-after-uploads"
 UPLOAD_STEPS=$(step_means "$WORK/metrics-before-uploads" "$WORK/metrics-after-uploads" \
-    firmware_upload_step_duration_seconds receive early_lock lock validate hash put early_put rows commit pipeline)
+    firmware_upload_step_duration_seconds receive early_lock lock validate hash put early_put rows retention commit pipeline)
 UPLOAD_MS=$(printf '%s\n' "${UPLOAD_TIMES[@]}" | sort -g | awk '{ t[NR] = $1 } END { printf "%.1f", t[int((NR + 1) / 2)] * 1000 }')
 BIN_SIZE=$(python3 -c 'import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).getinfo(sys.argv[2]).file_size)' \
     "$WORK/upload-1.zip" "$CODE.bin")

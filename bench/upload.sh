@@ -15,7 +15,7 @@ source "$(dirname "$0")/lib.sh"
 UPLOADS=${BENCH_UPLOADS:-25}
 IMAGE_SIZE=${BENCH_IMAGE_SIZE:-1572864}
 CODE=bench
-STEPS="receive early_lock lock validate hash put early_put rows commit pipeline"
+STEPS="receive early_lock lock validate hash put early_put rows retention commit pipeline"
 
 bench_start_stack
 bench_model_and_device "$CODE"

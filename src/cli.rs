@@ -173,7 +173,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// terminal; otherwise a log line per step, and one per 100,000 objects listed.
 struct ScanProgress {
     bar: Option<indicatif::ProgressBar>,
-    logged: std::sync::atomic::AtomicUsize,
+    /// The listing last logged: its prefix and hundred thousands.
+    logged: std::sync::Mutex<Option<(String, usize)>>,
 }
 
 impl ScanProgress {
@@ -187,7 +188,7 @@ impl ScanProgress {
         });
         ScanProgress {
             bar,
-            logged: std::sync::atomic::AtomicUsize::new(0),
+            logged: std::sync::Mutex::new(None),
         }
     }
 
@@ -206,15 +207,17 @@ impl ScanProgress {
             bar.set_message(text);
             return;
         }
-        // Without a terminal: each step once, and a listing every 100,000 objects.
+        // Without a terminal: each step once, and a listing at its start and every 100,000
+        // objects.
         let mark = match step {
-            ScanStep::Listing { listed, .. } => listed / 100_000 + 1,
-            _ => 0,
+            ScanStep::Listing { prefix, listed } => Some((prefix.to_string(), listed / 100_000)),
+            _ => None,
         };
-        let last = self.logged.swap(mark, std::sync::atomic::Ordering::Relaxed);
-        if mark == 0 || mark != last {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if mark.is_none() || mark != *logged {
             tracing::info!(step = %text, "reconcile_progress");
         }
+        *logged = mark;
     }
 
     fn finish(self) {

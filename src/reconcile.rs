@@ -238,7 +238,7 @@ async fn still_there(db: &Db, report: &mut ReconcileReport) -> Result<(), Reconc
 pub enum ScanStep<'a> {
     /// Reading the firmware, dump and model rows.
     ReadingRows,
-    /// Listing the objects under `prefix`: `listed` so far.
+    /// Listing the objects under `prefix`: `listed` of them so far.
     Listing { prefix: &'a str, listed: usize },
     /// Matching `objects` against `rows` (firmware versions and dumps).
     Checking { objects: usize, rows: usize },
@@ -268,13 +268,8 @@ pub async fn scan_showing(
 
     let mut objects = Vec::new();
     for prefix in [layout::FIRMWARE_PREFIX, layout::COREDUMP_PREFIX] {
-        let before = objects.len();
-        let step = |listed| {
-            progress(ScanStep::Listing {
-                prefix,
-                listed: before + listed,
-            })
-        };
+        progress(ScanStep::Listing { prefix, listed: 0 });
+        let step = |listed| progress(ScanStep::Listing { prefix, listed });
         objects.extend(storage.list_counted(prefix, &step).await?);
     }
     progress(ScanStep::Checking {

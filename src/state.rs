@@ -60,7 +60,7 @@ pub struct AppState {
     pub readiness: Arc<crate::admission::SingleFlight<(String, String)>>,
     /// The `/metrics` measurement of the database gauges in progress, shared by the scrapes
     /// that come while it runs.
-    pub gauges: Arc<crate::admission::SingleFlight<()>>,
+    pub gauges: Arc<crate::admission::SingleFlight<bool>>,
 }
 
 /// The in-process caches of the device hot path (OTA downloads, version polls). Nothing in them

@@ -67,9 +67,9 @@ pub async fn insert(tx: &mut Tx, new: &NewCoredump<'_>) -> Result<i64, DbError> 
 
 /// PostgreSQL: [`lock_device_dumps`] and the insert of a dump under its reserved `id`,
 /// in one statement (the lock first: the row's foreign-key check then finds the device already
-/// locked by this transaction). The firmware version the dump reports, if its model has it, is
-/// held `FOR KEY SHARE` until the commit: firmware retention, which spares versions that pending
-/// dumps report, waits for the dump before it looks (`firmware_versions::lock_for_deletion`).
+/// locked by this transaction). The lock of the firmware version the dump reports is held shared
+/// until the commit: firmware retention, which spares versions that pending dumps report, waits
+/// for the dump before it looks (`firmware_versions::lock_for_deletion`).
 /// `None` when the device no longer exists.
 pub async fn lock_device_and_insert(
     t: &mut sqlx::PgConnection,
@@ -80,15 +80,14 @@ pub async fn lock_device_and_insert(
         "WITH device AS (
              SELECT id, device_model_id FROM devices WHERE id = $2 FOR NO KEY UPDATE
          ),
-         version AS (
-             SELECT 1 FROM firmware_versions f, device
-             WHERE f.device_model_id = device.device_model_id AND f.version = $4
-             FOR KEY SHARE OF f
+         version_lock AS (
+             SELECT pg_advisory_xact_lock_shared($7, hashtext(device_model_id::text || '/' || $4))
+             FROM device
          )
          INSERT INTO coredumps (id, device_id, chip, firmware_version, size, parse_status,
                                 uploaded_at, created_at, updated_at)
          SELECT $1, device.id, $3, $4, $5, 'PENDING', $6, $6, $6
-         FROM device, (SELECT COUNT(*) FROM version) AS locked
+         FROM device, (SELECT COUNT(*) FROM version_lock) AS locked
          RETURNING id",
     )
     .bind(id)
@@ -97,6 +96,7 @@ pub async fn lock_device_and_insert(
     .bind(new.firmware_version)
     .bind(new.size)
     .bind(now())
+    .bind(crate::db::firmware_versions::VERSION_LOCK_CLASS)
     .fetch_optional(t)
     .await?)
 }
@@ -337,6 +337,20 @@ pub async fn reset_to_pending(
     id: i64,
 ) -> Result<Option<i64>, DbError> {
     let now = now();
+    // Pending again: like an upload, it holds its version's lock shared until the commit, so a
+    // firmware retention in flight waits for it before it decides (see `lock_device_and_insert`).
+    if let Tx::Postgres(t) = tx {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext(d.device_model_id::text || '/' || c.firmware_version))
+             FROM coredumps c JOIN devices d ON d.id = c.device_id
+             WHERE c.id = $2 AND c.device_id = $3",
+        )
+        .bind(crate::db::firmware_versions::VERSION_LOCK_CLASS)
+        .bind(id)
+        .bind(device_id)
+        .fetch_all(&mut **t)
+        .await?;
+    }
     Ok(on_conn!(tx, |c| sqlx::query_scalar(
         "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, report = NULL,
                               parsed_at = NULL, updated_at = $1,

@@ -394,10 +394,17 @@ pub async fn versions_newest_first(tx: &mut Tx, model_id: i64) -> Result<Vec<Str
     .await)?)
 }
 
-/// PostgreSQL: locks the rows of `versions` of the model for deletion, waiting for the core-dump
-/// uploads in flight that reported one of them (they hold it `FOR KEY SHARE`, see
-/// `coredumps::lock_device_and_insert`): read after this, [`pending_coredump_versions`] sees their
-/// dumps. SQLite needs nothing: its one writer at a time is the firmware upload.
+/// The advisory-lock class of a firmware version's lock (PostgreSQL's two-key advisory locks:
+/// class, id). The id is `hashtext(model id || '/' || version)`: two versions that share one wait
+/// for each other, never less safety.
+pub const VERSION_LOCK_CLASS: i32 = 0x4657; // "FW"
+
+/// PostgreSQL: takes the version lock of each of `versions` of the model exclusively, waiting for
+/// the core-dump uploads and reparses in flight that reported one of them (they take it shared,
+/// see `coredumps::lock_device_and_insert`): read after this, [`pending_coredump_versions`] sees
+/// their dumps. An advisory lock rather than the version's row: a fleet uploading dumps of one
+/// version would otherwise share-lock one hot row, each dump a new MultiXact. SQLite needs
+/// nothing: its one writer at a time is the firmware upload.
 pub async fn lock_for_deletion(
     tx: &mut Tx,
     model_id: i64,
@@ -405,9 +412,10 @@ pub async fn lock_for_deletion(
 ) -> Result<(), DbError> {
     if let Tx::Postgres(t) = tx {
         sqlx::query(
-            "SELECT 1 FROM firmware_versions
-             WHERE device_model_id = $1 AND version = ANY($2) FOR UPDATE",
+            "SELECT pg_advisory_xact_lock($1, hashtext($2::bigint::text || '/' || v))
+             FROM (SELECT v FROM unnest($3::text[]) AS v ORDER BY v) AS candidates",
         )
+        .bind(VERSION_LOCK_CLASS)
         .bind(model_id)
         .bind(versions)
         .fetch_all(&mut **t)

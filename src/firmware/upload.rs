@@ -7,9 +7,10 @@
 //! `sdkconfig`. Meanwhile the transaction is opened and the model row locked. Once the image is
 //! known good and its version is not stored yet, pending deletions of the five keys are
 //! cancelled (the outbox invariant) and each artifact's PUT starts the moment it arrives, all in
-//! parallel. When validation has finished, the row, the current version, retention and the event
-//! are written in the transaction *while the PUTs are still running*; the commit comes after the
-//! last PUT.
+//! parallel. When validation has finished, the row and the current version are written in the
+//! transaction *while the PUTs are still running*; retention and the event come after the last
+//! PUT, just before the commit (retention locks the versions it prunes or spares, and core-dump
+//! uploads reporting them wait for those locks).
 //!
 //! Nothing is left half-written: if validation fails after PUTs started, or a PUT or a row write
 //! fails, the in-flight PUTs are awaited, whatever was written is deleted (best-effort, still under
@@ -244,8 +245,9 @@ async fn upload_locked(
     commit(tx, model, facts, false, pruned).await
 }
 
-/// Writes the rows (as [`store::record_version`]) while the PUTs finish; fails with the first
-/// error of either. The caller cleans up on failure.
+/// Writes the rows (as [`store::record_version`]) while the PUTs finish, then applies retention
+/// once they have (its locks on the versions it prunes or spares then last only until the
+/// commit); fails with the first error. The caller cleans up on failure.
 async fn write_rows_while_putting(
     tx: &mut Tx,
     notifier: Notifier,
@@ -254,13 +256,15 @@ async fn write_rows_while_putting(
     limits: UploadLimits,
     puts: &mut Puts,
 ) -> Result<super::retention::Pruned, StoreError> {
-    let rows = timed(
-        "rows",
-        store::record_version(tx, notifier, model, facts, None, limits.keep),
-    );
+    let rows = timed("rows", store::record_rows(tx, notifier, model, facts, None));
     let (rows, uploaded) = tokio::join!(rows, puts.wait());
     uploaded?;
-    rows
+    rows?;
+    timed(
+        "retention",
+        store::apply_retention(tx, model, facts, true, limits.keep),
+    )
+    .await
 }
 
 async fn commit(

@@ -68,12 +68,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // (the gauges then keep their last values, and the log says why).
     // One measurement at a time, shared by the scrapes that come while it runs: anyone may
     // scrape, as often as they like.
+    // The budget is kept by the measurement itself (a task of its own, see `SingleFlight`).
     let measuring = state.clone();
-    let measured = state.gauges.run(DATABASE_GAUGES_BUDGET, move || {
-        Box::pin(async move { database_gauges(&measuring).await })
-    });
-    let measured = tokio::time::timeout(DATABASE_GAUGES_BUDGET, measured).await;
-    if measured.is_err() {
+    let measured = state
+        .gauges
+        .run(DATABASE_GAUGES_BUDGET, move || {
+            Box::pin(async move {
+                tokio::time::timeout(DATABASE_GAUGES_BUDGET, database_gauges(&measuring))
+                    .await
+                    .is_ok()
+            })
+        })
+        .await;
+    if measured != Some(true) {
         tracing::warn!("metrics_database_gauges_timed_out");
     }
     match &state.metrics {

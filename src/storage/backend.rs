@@ -40,8 +40,9 @@ pub struct ObjectStoreBackend {
     /// The directory of a local store: [`ObjectStorage::check`] fails when it is gone (the
     /// local store lists a missing directory as empty).
     local_root: Option<std::path::PathBuf>,
-    /// When [`ObjectStorage::check`] last succeeded, for [`ObjectStorage::answers`].
-    answered: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the check that finished last started, and whether it succeeded, for
+    /// [`ObjectStorage::answers`].
+    answered: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 /// How long a store that answered a check counts as answering for [`ObjectStorage::answers`]:
@@ -566,15 +567,20 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let checked = self.check_now().await;
-        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) =
-            checked.is_ok().then(std::time::Instant::now);
+        // The newest check decides, by when it started: a slow success that began before a
+        // failure must not overwrite it.
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        if answered.is_none_or(|(at, _)| at <= started) {
+            *answered = Some((started, checked.is_ok()));
+        }
         checked
     }
 
     async fn answers(&self) -> Result<(), StorageError> {
         let answered = *self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        if answered.is_some_and(|at| at.elapsed() < ANSWERED_FOR) {
+        if answered.is_some_and(|(at, ok)| ok && at.elapsed() < ANSWERED_FOR) {
             return Ok(());
         }
         self.check().await

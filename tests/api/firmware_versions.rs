@@ -197,7 +197,9 @@ async fn raced_with_a_dump_upload(
     let mut dump = std::pin::pin!(app.iot_upload_coredump(&device.credential, query, "a dump"));
     tokio::select! {
         answer = &mut dump => panic!("the dump's upload did not wait for the jobs table: {answer:?}"),
-        _ = a_lock_is_awaited(app, "l.relation = 'jobs'::regclass") => {}
+        waiting = a_lock_is_awaited(app, "l.relation = 'jobs'::regclass") => {
+            assert!(waiting, "the dump's upload did not reach its last statement");
+        }
     }
     // 3.0.0 makes 1.0.0 the one to prune; its dump is stored but not committed yet. The
     // upload either finishes at once (not waiting for the dump) or waits to lock 1.0.0.
@@ -205,7 +207,10 @@ async fn raced_with_a_dump_upload(
         std::pin::pin!(app.upload_firmware(model, Build::new("3.0.0", "r").zip(CODE)));
     let finished_at_once = tokio::select! {
         answer = &mut firmware => Some(answer),
-        _ = a_lock_is_awaited(app, "a.query LIKE '%firmware_versions%FOR UPDATE%'") => None,
+        waiting = a_lock_is_awaited(app, "l.locktype = 'advisory'") => {
+            assert!(waiting, "the firmware upload neither finished nor waited for the dump");
+            None
+        }
     };
     hold.commit().await.unwrap();
     let (status, body) = dump.await;

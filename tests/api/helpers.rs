@@ -441,12 +441,12 @@ pub async fn make_deletions_due(app: &TestApp) {
     .unwrap();
 }
 
-/// Whether, within 20 s, some session waits for a PostgreSQL lock matching `filter` (a condition
-/// on `pg_locks l` and the waiting session's `pg_stat_activity a`).
+/// Whether, within 20 s, some session of the test's database waits for a PostgreSQL lock matching
+/// `filter` (a condition on `pg_locks l` and the waiting session's `pg_stat_activity a`).
 pub async fn a_lock_is_awaited(app: &TestApp, filter: &str) -> bool {
     let sql = format!(
         "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE NOT l.granted AND {filter}"
+         WHERE NOT l.granted AND a.datname = current_database() AND {filter}"
     );
     eventually(Duration::from_secs(20), || async {
         let waiting: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
