@@ -18,17 +18,25 @@ fn tiny_bin_dump() -> Vec<u8> {
     d
 }
 
-/// A minimal ELF V2.2 dump (esp32c6, SHA-256) with an empty ELF core.
-fn tiny_elf_sha_dump() -> Vec<u8> {
-    let mut elf = vec![0u8; 52];
+/// A 32-bit little-endian ELF core of `len` bytes for `machine`, its `phnum` program headers
+/// (zeroed) right after the 52-byte header.
+fn elf_core(machine: u8, phnum: u16, len: usize) -> Vec<u8> {
+    let mut elf = vec![0u8; len];
     elf[..4].copy_from_slice(b"\x7fELF");
     elf[4] = 1;
     elf[5] = 1;
     elf[6] = 1;
     elf[16] = 4; // ET_CORE
-    elf[18] = 0xF3; // EM_RISCV
+    elf[18] = machine;
     elf[28] = 52; // e_phoff
     elf[42] = 32; // e_phentsize
+    elf[44..46].copy_from_slice(&phnum.to_le_bytes());
+    elf
+}
+
+/// A minimal ELF V2.2 dump (esp32c6, SHA-256) with an empty ELF core.
+fn tiny_elf_sha_dump() -> Vec<u8> {
+    let elf = elf_core(0xF3, 0, 52); // EM_RISCV
     let tot = 12 + elf.len() + 32;
     let mut d = Vec::new();
     for w in [tot as u32, 0x000d_0104, 1] {
@@ -205,16 +213,7 @@ fn no_panic_on_truncations_and_flips() {
 fn segments_that_overlap_are_refused_not_copied_again() {
     let phnum: u16 = 200;
     let len = 52 + 32 * usize::from(phnum);
-    let mut elf = vec![0u8; len];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 1;
-    elf[5] = 1;
-    elf[6] = 1;
-    elf[16] = 4; // ET_CORE
-    elf[18] = 0x5E; // EM_XTENSA
-    elf[28] = 52; // e_phoff
-    elf[42] = 32; // e_phentsize
-    elf[44..46].copy_from_slice(&phnum.to_le_bytes());
+    let mut elf = elf_core(0x5E, phnum, len); // EM_XTENSA
     for i in 0..usize::from(phnum) {
         let ph = 52 + 32 * i;
         elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
