@@ -208,7 +208,7 @@ fn no_panic_on_truncations_and_flips() {
 }
 
 /// An ELF core whose program headers all name the same bytes: 200 headers over a file of under
-/// 7 KiB would copy 1.3 MiB (and 65,535 of them over a 1 MiB upload, 64 GiB).
+/// 7 KiB would copy 1.3 MiB (and 32,000 of them in a 1 MiB upload, each naming the whole file, 33 GB).
 #[test]
 fn segments_that_overlap_are_refused_not_copied_again() {
     let phnum: u16 = 200;
