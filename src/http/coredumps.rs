@@ -239,6 +239,8 @@ pub async fn download(
         )),
         content_type: "application/octet-stream",
         filename: format!("coredump_{}.dmp", row.id),
+        // Deleted (pruned) between the check above and the read: gone, as for a later request.
+        missing: Some(format!("Coredump {cid} was not found")),
     };
     download::respond(&state.storage, download, &method, &headers).await
 }

@@ -38,6 +38,17 @@ pub struct Download {
     pub content_type: &'static str,
     /// Offered as `Content-Disposition: attachment; filename=…`.
     pub filename: String,
+    /// What a missing object means to the client: a 404 with this message (a core dump deleted
+    /// while its download began), or `None`: a fault (500, the object a row names is gone).
+    pub missing: Option<String>,
+}
+
+/// The answer to a store failure while serving `download` (see [`Download::missing`]).
+fn store_failure(e: StorageError, download: &Download) -> ApiError {
+    match (&e, &download.missing) {
+        (StorageError::NotFound { .. }, Some(message)) => ApiError::NotFound(message.clone()),
+        _ => e.into(),
+    }
 }
 
 /// Parses a single-range `Range` header. `None` means "send the whole object". The unit is
@@ -221,7 +232,10 @@ pub async fn respond_from(
     // asked, unless the bytes are already in memory.
     if download.etag.is_none() && asks_for_any_representation(headers) {
         if !matches!(source, Source::Memory(_)) {
-            storage.head(&download.key).await?;
+            storage
+                .head(&download.key)
+                .await
+                .map_err(|e| store_failure(e, &download))?;
         }
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         describe(&mut response, &download);
@@ -257,7 +271,10 @@ pub async fn respond_from(
     }
 
     if method == Method::HEAD {
-        let info = storage.head(&download.key).await?;
+        let info = storage
+            .head(&download.key)
+            .await
+            .map_err(|e| store_failure(e, &download))?;
         let mut response = StatusCode::OK.into_response();
         describe(&mut response, &download);
         set_length(&mut response, info.size);
@@ -269,7 +286,7 @@ pub async fn respond_from(
         Err(StorageError::RangeNotSatisfiable { size, .. }) => {
             return Ok(range_not_satisfiable(size));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(store_failure(e, &download)),
     };
     let served = read.range.clone();
     let total = read.info.size;
@@ -402,6 +419,31 @@ mod tests {
             "bytes=0-18446744073709551616",
         ] {
             assert_eq!(parse_range(value), None, "{value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_object_is_a_404_where_the_download_says_so_and_a_fault_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::storage::backend::ObjectStoreBackend::local(dir.path()).unwrap();
+        let storage: Storage = std::sync::Arc::new(local);
+        let download = |missing: Option<&str>| Download {
+            key: ObjectKey::parse("coredumps/abcd2345/7.dmp").unwrap(),
+            etag: None,
+            content_type: "application/octet-stream",
+            filename: "coredump_7.dmp".into(),
+            missing: missing.map(str::to_string),
+        };
+        for method in [Method::GET, Method::HEAD] {
+            let gone = Some("Coredump 7 was not found");
+            let response = respond(&storage, download(gone), &method, &HeaderMap::new()).await;
+            let error = response.expect_err("an error");
+            assert!(matches!(&error, ApiError::NotFound(m) if m == "Coredump 7 was not found"));
+            let response = respond(&storage, download(None), &method, &HeaderMap::new()).await;
+            assert!(
+                matches!(response.err(), Some(ApiError::Internal(_))),
+                "{method}"
+            );
         }
     }
 

@@ -28,6 +28,7 @@ async fn serve(
         etag: Some(ETAG.to_string()),
         content_type: "application/octet-stream",
         filename: format!("{name}.bin"),
+        missing: None,
     };
     respond(&state.storage, download, &method, &headers).await
 }

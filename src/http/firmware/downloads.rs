@@ -67,6 +67,7 @@ pub(crate) fn image_download(image: &CurrentImage) -> Result<Download, ApiError>
         etag: image.image_sha256.clone(),
         content_type: Artifact::Bin.content_type(),
         filename: safe_filename(&format!("firmware-{}.bin", image.code)),
+        missing: None,
     })
 }
 
@@ -156,6 +157,7 @@ pub async fn download_artifact(
             version,
             artifact.file_name()
         )),
+        missing: None,
     };
     // Only the image devices fetch is cached: an ELF or map of tens of MiB, read now and then by
     // a person or the parser, would push the images out.
