@@ -88,8 +88,8 @@ type StreamedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::E
 /// Sends PUTs whose body is still being produced: object_store's `put` takes a whole payload, so
 /// a single PUT that starts before its content is complete (the firmware image while the bundle
 /// is still arriving, `crate::firmware::early`) goes to a presigned URL through this client.
-/// The `Content-Length` is declared up front: a body that ends short or long, or fails, aborts
-/// the request, and the store keeps no object (a PUT is all or nothing).
+/// The `Content-Length` is declared up front: a body that ends short or goes past it, or fails,
+/// aborts the request, and the store keeps no object (a PUT is all or nothing).
 #[derive(Debug, Clone)]
 pub struct StreamingPut {
     client: Client<Connector, StreamedBody>,
@@ -121,8 +121,19 @@ impl StreamingPut {
         }));
         let seen = progress.clone();
         let mut body = body;
+        let mut sent = 0u64;
         let body = futures::stream::poll_fn(move |cx| {
-            let next = body.poll_next_unpin(cx);
+            let mut next = body.poll_next_unpin(cx);
+            // hyper writes no more than the declared length and drops the rest: a body that goes
+            // past it fails here instead, so the store keeps no object cut short of its content.
+            if let Poll::Ready(Some(Ok(chunk))) = &next {
+                sent = sent.saturating_add(chunk.len() as u64);
+                if sent > len {
+                    next = Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        "the body is longer than its declared {len} bytes"
+                    )))));
+                }
+            }
             let mut progress = seen.lock().unwrap_or_else(|p| p.into_inner());
             progress.since = tokio::time::Instant::now();
             progress.waiting_for_body = next.is_pending();
@@ -381,6 +392,21 @@ mod tests {
             .put(&url, 8, body)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_declared_fails_the_put() {
+        // The store reads the declared 4 bytes and would answer 200 for them.
+        let url = server(|socket| read_and_answer(socket, 4, "200 OK")).await;
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"datamore"))]).boxed();
+        let error = client(Duration::from_secs(5))
+            .put(&url, 4, body)
+            .await
+            .unwrap_err();
+        assert!(
+            error.contains("longer than its declared 4 bytes"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
