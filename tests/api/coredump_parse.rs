@@ -402,6 +402,23 @@ async fn a_dump_whose_parses_kept_killing_their_workers_ends_as_error() {
 
 /// A parse that finishes after its dump got a newer result (a reparse ran meanwhile, or the job
 /// ran again after its result was committed) does not overwrite it.
+/// Sets `assignments` (SQL, `column = value, …`) on dump `id` and queues a parse job for it with
+/// the upload's payload (`{"coredump_id": id}`, no generation).
+async fn change_dump_and_queue_its_parse(app: &TestApp, id: i64, assignments: &str) {
+    let sql = format!("UPDATE coredumps SET {assignments} WHERE id = $1");
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+    .unwrap();
+    let mut tx = app.db().begin().await.unwrap();
+    iotsupport::coredumps::job::enqueue(&mut tx, id)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_parse_finishing_late_does_not_overwrite_a_newer_result() {
     let Some((app, device, id)) = app_with_one_dump("coredump_parse_late").await else {
@@ -409,19 +426,7 @@ async fn a_parse_finishing_late_does_not_overwrite_a_newer_result() {
     };
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     // The newer result, and a job of the same dump still to run (the late one).
-    iotsupport::on_pool!(app.db(), |p| sqlx::query(
-        "UPDATE coredumps SET parsed_output = 'the newer result' WHERE id = $1"
-    )
-    .bind(id)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))
-    .unwrap();
-    let mut tx = app.db().begin().await.unwrap();
-    iotsupport::coredumps::job::enqueue(&mut tx, id)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    change_dump_and_queue_its_parse(&app, id, "parsed_output = 'the newer result'").await;
 
     assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
     let body = dump(&app, &device, id).await;
@@ -557,20 +562,8 @@ async fn a_reparse_by_a_release_before_parse_generations_still_parses_the_dump()
 
     // The old release's reparse: PENDING, the generation left as it was, a job of generation 0.
     let old_release_reparse = async || {
-        iotsupport::on_pool!(app.db(), |p| sqlx::query(
-            "UPDATE coredumps SET parse_status = 'PENDING', parsed_output = NULL, parsed_at = NULL
-             WHERE id = $1"
-        )
-        .bind(id)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))
-        .unwrap();
-        let mut tx = app.db().begin().await.unwrap();
-        iotsupport::coredumps::job::enqueue(&mut tx, id)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        let pending = "parse_status = 'PENDING', parsed_output = NULL, parsed_at = NULL";
+        change_dump_and_queue_its_parse(&app, id, pending).await;
     };
     old_release_reparse().await;
 
