@@ -181,11 +181,7 @@ impl ParseCoredumpHandler {
     }
 
     async fn fetch(&self, key: &ObjectKey) -> Result<bytes::Bytes, StorageError> {
-        let read = async { self.storage.get(key, None).await?.bytes().await };
-        match read.await {
-            Ok(bytes) => Ok(bytes),
-            Err(e) => Err(crate::storage::confirm_missing(&self.storage, e).await),
-        }
+        crate::storage::read_confirmed(&self.storage, key).await
     }
 
     async fn attempt(&self, job: &Job, target: &ParseTarget) -> Result<(), Failure> {

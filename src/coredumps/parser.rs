@@ -40,11 +40,7 @@ impl ElfSource {
     /// The ELF's bytes. Missing is permanent (the admin sees the message); an unavailable store
     /// is transient.
     pub async fn fetch(&self) -> Result<Bytes, ParseFailure> {
-        let read = async { self.storage.get(&self.key, None).await?.bytes().await };
-        let read = match read.await {
-            Ok(bytes) => Ok(bytes),
-            Err(e) => Err(crate::storage::confirm_missing(&self.storage, e).await),
-        };
+        let read = crate::storage::read_confirmed(&self.storage, &self.key).await;
         read.map_err(|e| match e {
             StorageError::NotFound { .. } => ParseFailure::Permanent(format!(
                 "No firmware ELF for model {} version {}: {} does not exist",

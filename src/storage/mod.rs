@@ -200,7 +200,7 @@ pub trait ObjectStorage: Send + Sync + 'static {
     /// Succeeds when the store (and its bucket) answers.
     async fn check(&self) -> Result<(), StorageError>;
 
-    /// As [`Self::check`], for callers that ask on every missing object ([`confirm_missing`]):
+    /// As [`Self::check`], for callers that ask on every missing object ([`read_confirmed`]):
     /// a store may count as answering without asking again when it answered a moment ago (a
     /// listing costs a request, and on some servers a walk of the bucket).
     async fn answers(&self) -> Result<(), StorageError> {
@@ -208,17 +208,19 @@ pub trait ObjectStorage: Send + Sync + 'static {
     }
 }
 
-/// `e`, unless it says an object is missing while the store itself does not answer: then the
-/// store's failure. A missing bucket, or a proxy answering 404 for a store that is away, says
-/// "not found" of every object; acting on that for good (a parse recorded as failed for a missing
-/// object) waits for the store to answer first.
-pub async fn confirm_missing(storage: &Storage, e: StorageError) -> StorageError {
-    if !e.is_not_found() {
-        return e;
-    }
-    match storage.answers().await {
-        Ok(()) => e,
-        Err(away) => away,
+/// The whole object at `key`, for a caller that acts for good on its absence (a parse recorded as
+/// failed for a missing dump or ELF): "not found" only while the store itself answers. A missing
+/// bucket, or a proxy answering 404 for a store that is away, says "not found" of every object;
+/// then the store's failure instead.
+pub async fn read_confirmed(storage: &Storage, key: &ObjectKey) -> Result<Bytes, StorageError> {
+    let read = async { storage.get(key, None).await?.bytes().await };
+    match read.await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.is_not_found() => match storage.answers().await {
+            Ok(()) => Err(e),
+            Err(away) => Err(away),
+        },
+        Err(e) => Err(e),
     }
 }
 
