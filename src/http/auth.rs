@@ -163,16 +163,43 @@ fn oidc_failure(error: crate::oidc::OidcError) -> ApiError {
     }
 }
 
+/// Refuses a write (see [`super::session::changes_state`]) that a browser says came from a page
+/// of another site, whatever proves the caller. In open mode nothing else would stop a form on
+/// any site from posting to the API on loopback; a bearer token may be added on the browser's way
+/// by an authenticating proxy. Clients that are not browsers (curl, CI) send none of the headers
+/// this goes by, and our API answers no cross-origin request of a page anyway (no CORS).
+fn refuse_cross_site_write(parts: &Parts) -> Result<(), ApiError> {
+    if super::session::changes_state(parts) && super::session::from_another_site(&parts.headers) {
+        return Err(ApiError::AuthorizationFailed(
+            "This write came from a page of another site and was refused".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn authenticate_admin(
     parts: &Parts,
     state: &AppState,
 ) -> Result<AdminIdentity, ApiError> {
     if !state.config.admin_auth_enabled() {
+        // On loopback, a request must also name this machine: a page whose host name its owner
+        // points at 127.0.0.1 (DNS rebinding) is otherwise same-origin with the open API, reads
+        // included. Served beyond loopback (`ALLOW_UNAUTHENTICATED`), any name is accepted.
+        if !state.config.allow_unauthenticated && !super::session::addressed_locally(&parts.headers)
+        {
+            return Err(ApiError::AuthorizationFailed(
+                "Without admin authentication only requests addressed to localhost or an IP \
+                 address are answered; set ADMIN_TOKEN or OIDC to serve under a host name"
+                    .into(),
+            ));
+        }
+        refuse_cross_site_write(parts)?;
         return Ok(local_admin(state, AdminAuthMethod::Open));
     }
     let Some(token) = bearer(parts)? else {
         return session_identity(parts, state).await;
     };
+    refuse_cross_site_write(parts)?;
     let jwt = state.oidc.is_some() && looks_like_jwt(token);
     let mut refused = None;
     if let Some(expected) = &state.config.admin_token {

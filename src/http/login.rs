@@ -306,7 +306,7 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     // A POST too: even without the session cookie (SameSite=Lax), the answer's Set-Cookie
     // would clear it in the browser.
-    if from_another_site(&headers) {
+    if session::from_another_site(&headers) {
         // The confirmation page's link carries the session's CSRF token, which another site
         // cannot know: a browser that sends no Sec-Fetch-Site, behind a proxy that rewrites Host,
         // looks cross-site on that link too, and would otherwise get the page again for ever.
@@ -419,20 +419,6 @@ pub fn encode(value: &str) -> String {
 pub struct LogoutQuery {
     /// The confirmation page's proof that the request comes from it (the session's CSRF token).
     pub confirm: Option<String>,
-}
-
-/// Whether the browser says the request came from another site. A navigation typed or
-/// bookmarked (`Sec-Fetch-Site: none`), one from this host's pages, and a client that sends none
-/// of these headers (curl) are not.
-fn from_another_site(headers: &HeaderMap) -> bool {
-    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
-        Some(b"same-origin" | b"none") => false,
-        Some(_) => true,
-        None => {
-            (headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER))
-                && !session::same_origin(headers)
-        }
-    }
 }
 
 fn message_page(status: StatusCode, title: &str, message: &str) -> Response {

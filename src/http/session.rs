@@ -8,7 +8,10 @@
 //!   from our own pages: an `X-CSRF-Token` header equal to the session's token (our UI sends it),
 //!   or an `Origin` (else `Referer`) naming this host (what browsers send with every cross-origin
 //!   and same-origin write; the Python UI relies on it). A request with neither is refused.
-//!   Bearer-token requests are not affected: a browser never adds those by itself.
+//! - Whatever proves the caller (a bearer token an authenticating proxy adds, or nothing in open
+//!   mode), a write the browser says came from another site is refused
+//!   (`super::auth`, [`from_another_site`]); in open mode on loopback the request's `Host` must
+//!   also name this machine ([`addressed_locally`], against DNS rebinding).
 
 use cookie::Cookie;
 use http::request::Parts;
@@ -170,6 +173,53 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     claimed.is_some_and(|a| a == host)
 }
 
+/// Whether the browser says the request came from another site. A navigation typed or
+/// bookmarked (`Sec-Fetch-Site: none`), one from this host's pages, and a client that sends none
+/// of these headers (curl, CI) are not.
+pub fn from_another_site(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-site").map(HeaderValue::as_bytes) {
+        Some(b"same-origin" | b"none") => false,
+        Some(_) => true,
+        None => {
+            (headers.contains_key(http::header::ORIGIN)
+                || headers.contains_key(http::header::REFERER))
+                && !same_origin(headers)
+        }
+    }
+}
+
+/// Whether the request changes state: a write (any method but GET, HEAD, OPTIONS), or a GET on
+/// a route marked [`StateChangingGet`].
+pub fn changes_state(parts: &Parts) -> bool {
+    !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || parts.extensions.get::<StateChangingGet>().is_some()
+}
+
+/// Whether the request's own `Host` (not a proxy's `X-Forwarded-Host`, which a page may set on
+/// its own requests) names this machine: `localhost` (or a name under it) or an IP address. A
+/// name that resolves to 127.0.0.1 only because its owner made it so (DNS rebinding) does not.
+/// A request without `Host` comes from no browser.
+pub fn addressed_locally(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(http::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            return bracketed
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+}
+
 /// Marks a GET route that changes state (it mints a secret): for a cookie caller it gets the
 /// CSRF check of a write, since `SameSite=Lax` sends the cookie on a top-level navigation from
 /// another site. Put on such routes with [`mark_state_changing_get`].
@@ -189,9 +239,7 @@ pub async fn mark_state_changing_get(
 /// [`StateChangingGet`]); writes with the session's CSRF token in [`CSRF_HEADER`] or from a page
 /// of this host (see the module docs).
 pub fn csrf_ok(parts: &Parts, csrf_token: &str) -> bool {
-    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && parts.extensions.get::<StateChangingGet>().is_none()
-    {
+    if !changes_state(parts) {
         return true;
     }
     // A token from an older session (a page loaded before signing in again in another tab) does
@@ -272,5 +320,34 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("Secure"));
+    }
+
+    #[test]
+    fn only_hosts_that_name_this_machine_are_local() {
+        for host in [
+            "localhost",
+            "LOCALHOST:3101",
+            "localhost.",
+            "ui.localhost:8080",
+            "127.0.0.1",
+            "127.0.0.1:3101",
+            "192.168.1.20:3101",
+            "[::1]:3101",
+            "[::1]",
+        ] {
+            assert!(addressed_locally(&headers(&[("host", host)])), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:3101",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:3101",
+            "[not-an-ip]:3101",
+            "",
+        ] {
+            assert!(!addressed_locally(&headers(&[("host", host)])), "{host}");
+        }
+        // No Host at all: no browser sent it.
+        assert!(addressed_locally(&HeaderMap::new()));
     }
 }

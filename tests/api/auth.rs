@@ -174,3 +174,156 @@ async fn the_development_device_key_mode_works_only_when_enabled() {
     );
     app.stop().await;
 }
+
+/// POST /api/device-models with `auth` and `headers`; the status and the model codes stored after.
+async fn create_model(
+    app: &TestApp,
+    code: &str,
+    auth: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<String>) {
+    let mut request = app
+        .client
+        .post(app.url("/api/device-models"))
+        .json(&json!({"code": code, "name": code}));
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let status = request.send().await.unwrap().status().as_u16();
+    let codes = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT code FROM device_models ORDER BY code"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    (status, codes)
+}
+
+/// What a browser sends with a form or fetch of a page on another site.
+const FROM_ANOTHER_SITE: [&[(&str, &str)]; 4] = [
+    &[
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ],
+    &[("sec-fetch-site", "same-site")],
+    // Browsers without Fetch Metadata: the Origin (or Referer) names another host.
+    &[("origin", "http://evil.example")],
+    &[("origin", "null")],
+];
+
+#[tokio::test]
+async fn writes_from_another_sites_pages_are_refused_in_every_mode() {
+    let bearer = format!("Bearer {TOKEN}");
+    for (mode, overrides, auth) in [
+        ("open", vec![], None),
+        ("token", vec![("ADMIN_TOKEN", TOKEN)], Some(bearer.as_str())),
+    ] {
+        let Some(app) = spawn(Stack::Embedded, &format!("cross_site_{mode}"), &overrides).await
+        else {
+            return;
+        };
+        for headers in FROM_ANOTHER_SITE {
+            let (status, codes) = create_model(&app, "forged", auth, headers).await;
+            assert_eq!(status, 403, "{mode} {headers:?}");
+            assert!(codes.is_empty(), "{mode} {headers:?}: {codes:?}");
+        }
+        // Our own pages, a typed address, and clients that are not browsers (curl, CI).
+        let own: [&[(&str, &str)]; 3] = [
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "http://evil.example"),
+            ],
+            &[("origin", &app.url(""))],
+            &[],
+        ];
+        for (i, headers) in own.into_iter().enumerate() {
+            let code = format!("own{i}");
+            let (status, codes) = create_model(&app, &code, auth, headers).await;
+            assert_eq!(status, 201, "{mode} {headers:?}");
+            assert!(codes.contains(&code), "{mode} {headers:?}: {codes:?}");
+        }
+        // Reads from another site are answered as before (a browser keeps them from the page).
+        let read = app
+            .client
+            .get(app.url("/api/device-models"))
+            .header("sec-fetch-site", "cross-site")
+            .header("authorization", auth.unwrap_or(""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "{mode}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn open_mode_answers_only_requests_addressed_to_this_machine() {
+    let Some(app) = spawn(Stack::Embedded, "open_host", &[]).await else {
+        return;
+    };
+    let port = app
+        .url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let with_host = |host: String| {
+        app.client
+            .get(app.url("/test/read"))
+            .header("host", host)
+            .send()
+    };
+    // A name its owner pointed at 127.0.0.1 (DNS rebinding): the page would be same-origin.
+    let rebound = with_host(format!("evil.example:{port}")).await.unwrap();
+    assert_eq!(rebound.status(), 403);
+    let body: Value = rebound.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("ADMIN_TOKEN"),
+        "{body}"
+    );
+    let (status, codes) = create_model(
+        &app,
+        "rebound",
+        None,
+        &[("host", &format!("evil.example:{port}"))],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(codes.is_empty(), "{codes:?}");
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(
+            with_host(host.clone()).await.unwrap().status(),
+            200,
+            "{host}"
+        );
+    }
+    app.stop().await;
+
+    // Served beyond loopback on purpose, any name is answered.
+    let Some(app) = spawn(
+        Stack::Embedded,
+        "open_host_allowed",
+        &[("ALLOW_UNAUTHENTICATED", "true")],
+    )
+    .await
+    else {
+        return;
+    };
+    let answered = app
+        .client
+        .get(app.url("/test/read"))
+        .header("host", "iot.lan:3101")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    app.stop().await;
+}
