@@ -212,16 +212,19 @@ pub async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_resume_id);
+    let newest = events::newest_id(&state.db).await?;
     let (last, awaited) = match resume {
-        Some(resume) => resume,
-        None => (events::newest_id(&state.db).await?, Vec::new()),
+        // An id past the newest event names events that are gone (the table was restored to
+        // an earlier point): waiting for new ids to pass it would keep the stream silent.
+        Some((last, awaited)) if last <= newest => (last, awaited),
+        _ => (newest, Vec::new()),
     };
     // Ids below `last` that may still appear (transactions in flight when the stream starts, or
     // skipped before a reconnect), and those the client was still awaiting: one may have
     // committed while it was away.
     let mut missing = events::missing_below(&state.db, last).await?;
     missing.extend(awaited);
-    let cursor = events::Cursor::resume(last, missing, std::time::Instant::now());
+    let mut cursor = events::Cursor::resume(last, missing, std::time::Instant::now());
     // Logged as far as it is kept (below): a client cannot write lines of any length.
     let shown: Option<String> = query
         .request_id
@@ -230,7 +233,11 @@ pub async fn stream(
     tracing::info!(request_id = ?shown, from_event = last, "sse_subscribed");
     let version = json!({"type": "version", "payload": {"version": env!("CARGO_PKG_VERSION")}});
     let mut buffer = VecDeque::new();
-    buffer.push_back(Event::default().data(version.to_string()));
+    // The first message carries the starting point as its id: a client that reconnects before
+    // any event came (a deploy, a network drop on a quiet fleet) resumes from there instead of
+    // from whatever is newest by then, which would skip what committed in between.
+    let start = resume_id(cursor.last(), &cursor.gaps(std::time::Instant::now()));
+    buffer.push_back(Event::default().id(start).data(version.to_string()));
     let logs = LogFeed {
         request_id: query.request_id.clone().filter(|r| r.len() <= 128),
         newest: state.log_hub.subscribe(),

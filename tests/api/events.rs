@@ -344,6 +344,62 @@ async fn an_event_in_flight_across_a_reconnect_still_reaches_the_stream() {
     resume_around_a_late_commit("events_across_reconnect", CommitLate::AfterResuming).await;
 }
 
+/// A client that reconnects before any event reached it (a deploy, a dropped network on a quiet
+/// fleet) resumes as `EventSource` does, from the last id it got (the version message's), and
+/// gets what committed while it was away. The version message had no id, the client sent no
+/// `Last-Event-ID`, and the new stream started after the newest event: those were lost.
+#[tokio::test]
+async fn a_client_that_reconnects_before_any_event_gets_what_committed_meanwhile() {
+    TestApp::builder("sse_quiet_reconnect")
+        .for_each_stack(async |app| {
+            let mut stream = SseReader::open(app).await;
+            let (id, version) = stream.next_with_id(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(version["type"], "version");
+            drop(stream);
+            let (status, created) = app.create_model("while_away", "Away", None).await;
+            assert_eq!(status, 201, "{created}");
+            let mut resumed = match id.as_deref() {
+                Some(id) => SseReader::resume(app, id).await,
+                None => SseReader::open(app).await,
+            };
+            assert_eq!(
+                resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
+                "version"
+            );
+            let event = resumed
+                .next(Duration::from_secs(5))
+                .await
+                .expect("the event committed while the client was away");
+            assert_eq!(event["payload"]["code"], "while_away", "{event}");
+        })
+        .await;
+}
+
+/// An id past every event (the database was restored to an earlier point since the client got
+/// it) starts the stream at the newest event: new events reach it, though their ids are lower.
+#[tokio::test]
+async fn a_resume_id_past_every_event_starts_at_the_newest() {
+    TestApp::builder("sse_resume_past_newest")
+        .for_each_stack(async |app| {
+            let mut stream = SseReader::resume(app, "900000;899990").await;
+            let (id, version) = stream.next_with_id(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(version["type"], "version");
+            assert_eq!(
+                id.as_deref(),
+                Some("0"),
+                "the stream starts at the newest event"
+            );
+            let (status, created) = app.create_model("after_restore", "Restored", None).await;
+            assert_eq!(status, 201, "{created}");
+            let event = stream
+                .next(Duration::from_secs(5))
+                .await
+                .expect("a new event with a lower id");
+            assert_eq!(event["payload"]["code"], "after_restore", "{event}");
+        })
+        .await;
+}
+
 /// When the slow transaction of [`out_of_order`] commits, relative to the reconnect.
 #[derive(PartialEq)]
 enum CommitLate {
