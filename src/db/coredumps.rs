@@ -126,7 +126,9 @@ pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
                 .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?;
             // An id a row already has is skipped: the sequence can be behind the table (a
             // data-only restore that did not carry it, a promoted logical replica), and the
-            // upload writes its object under the id before it inserts the row. The recursive
+            // upload writes its object under the id before it inserts the row. So is an id the
+            // crash-group ledger still names (a deleted dump's: the ledger outlives dumps), which
+            // a new dump would otherwise inherit, group and counts included. The recursive
             // query draws the next candidate only while the last one is taken (at most
             // `ID_CANDIDATES`, each a gap): one `nextval` when the sequence is right, whatever
             // plan the server picks.
@@ -136,11 +138,16 @@ pub async fn reserve_id(db: &Db, device_key: &str) -> Result<i64, DbError> {
                      UNION ALL
                      SELECT nextval(pg_get_serial_sequence('coredumps', 'id')), n + 1
                      FROM candidates
-                     WHERE n < $3 AND EXISTS (SELECT 1 FROM coredumps c WHERE c.id = candidates.id)
+                     WHERE n < $3 AND (
+                         EXISTS (SELECT 1 FROM coredumps c WHERE c.id = candidates.id)
+                         OR EXISTS (SELECT 1 FROM crash_group_members m
+                                    WHERE m.coredump_id = candidates.id))
                  ),
                  reserved AS (
                      SELECT id FROM candidates
                      WHERE NOT EXISTS (SELECT 1 FROM coredumps c WHERE c.id = candidates.id)
+                       AND NOT EXISTS (SELECT 1 FROM crash_group_members m
+                                       WHERE m.coredump_id = candidates.id)
                  ),
                  cancelled AS (
                      DELETE FROM object_deletions

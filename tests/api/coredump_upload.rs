@@ -529,6 +529,25 @@ async fn an_id_sequence_behind_the_table_skips_the_ids_in_use() {
     let device = crate::fleet::model_with_device(&app, "sensor").await;
     let first = upload_ok(&app, &device, "1.0", b"\x7fELF first").await;
     let second = upload_ok(&app, &device, "1.0", b"\x7fELF second").await;
+    // The crash-group ledger names the id after them: a dump that had it was grouped and then
+    // deleted (the ledger outlives dumps).
+    let grouped_then_deleted = second + 1;
+    iotsupport::on_pool!(app.db(), |p| sqlx::query(
+        "WITH g AS (
+             INSERT INTO crash_groups (device_model_id, signature_hash, signature, title,
+                                       first_seen_at, last_seen_at, coredump_count, device_count)
+             SELECT device_model_id, 'h', 's', 't', now(), now(), 1, 1 FROM devices WHERE id = $1
+             RETURNING id)
+         INSERT INTO crash_group_members (coredump_id, crash_group_id, device_id,
+                                          firmware_version, uploaded_at)
+         SELECT $2, g.id, $1, '1.0', now() FROM g"
+    )
+    .bind(device.id)
+    .bind(grouped_then_deleted)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     // Turned back: the next id handed out is the first dump's.
     iotsupport::on_pool!(app.db(), |p| sqlx::query(
         "SELECT setval(pg_get_serial_sequence('coredumps', 'id'), $1, false)"
@@ -541,7 +560,7 @@ async fn an_id_sequence_behind_the_table_skips_the_ids_in_use() {
     let third = upload_ok(&app, &device, "1.0", b"\x7fELF third").await;
     assert!(third > second, "{third} after {first}, {second}");
     // Only the ids in use were skipped: one id drawn per candidate, none more.
-    assert_eq!(third, second + 1, "after {first}, {second}");
+    assert_eq!(third, grouped_then_deleted + 1, "after {first}, {second}");
     let fourth = upload_ok(&app, &device, "1.0", b"\x7fELF fourth").await;
     assert_eq!(fourth, third + 1);
     let key = |id| coredump_key(&device.key, id).unwrap().to_string();
