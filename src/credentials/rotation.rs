@@ -132,8 +132,10 @@ pub async fn trigger_device(
 }
 
 /// T4: the device authenticated with its pending secret `pending_hash`. Promotes it (if it still
-/// is the pending one); a device `PENDING` or `TIMEOUT` completes its rotation and the next one
-/// starts. Returns whether this call promoted the secret.
+/// is the pending one); a device `PENDING`, `TIMEOUT` or `QUEUED` completes its rotation and the
+/// next one starts. `QUEUED` too: a timed-out device queued again that reports back with the
+/// secret it was given has a new secret, which is what its rotation was for. Returns whether this
+/// call promoted the secret.
 pub async fn complete(
     db: &Db,
     settings: &RotationSettings,
@@ -145,7 +147,7 @@ pub async fn complete(
     let Some(state) = secrets::lock_rotation_state(&mut tx, device_id).await? else {
         return Ok(false);
     };
-    let completes = state == "PENDING" || state == "TIMEOUT";
+    let completes = matches!(state.as_str(), "PENDING" | "TIMEOUT" | "QUEUED");
     if !secrets::promote_pending(&mut tx, device_id, pending_hash, completes).await? {
         return Ok(false); // promoted already (another request), or replaced since
     }

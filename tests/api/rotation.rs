@@ -280,6 +280,83 @@ async fn a_timed_out_device_keeps_its_pending_secret_and_is_retried_after_queued
     }
 }
 
+/// A timed-out device that an admin queued again (while another device is pending) and that then
+/// reports back with the secret of the rotation that timed out has renewed its secret: the
+/// rotation is done (`OK`, completion time), not run again later with the dashboard showing the
+/// old completion time meanwhile.
+#[tokio::test]
+async fn a_queued_device_that_uses_its_pending_secret_completes_its_rotation() {
+    for stack in ALL_STACKS {
+        let Some(app) = app_with_provisioning(
+            stack,
+            "rotation_queued_completes",
+            &[
+                ("WORKER_POLL_SECONDS", "3600"),
+                ("ROTATION_TIMEOUT_SECONDS", "1"),
+            ],
+        )
+        .await
+        else {
+            continue;
+        };
+        let devices = model_with_devices(&app, "thermo", 2).await;
+        let (late, other) = (&devices[0], &devices[1]);
+        post(&app, &format!("/api/devices/{}/rotate", late.id)).await;
+        let (new_credential, _) = fetch_package(&app, late, &late.credential).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(rotation_step(&app).await.timeouts_processed, 1);
+        assert_eq!(rotation_state(&app, late.id).await, "TIMEOUT");
+        post(&app, &format!("/api/devices/{}/rotate", other.id)).await;
+        assert_eq!(rotation_state(&app, other.id).await, "PENDING");
+        post(&app, &format!("/api/devices/{}/rotate", late.id)).await;
+        assert_eq!(rotation_state(&app, late.id).await, "QUEUED");
+
+        assert_eq!(
+            iot_get(&app, "/api/iot/config", &new_credential).await.0,
+            200
+        );
+        let done = device_json(&app, late.id).await;
+        assert_eq!(done["rotation_state"], "OK", "{stack:?}: {done}");
+        assert!(done["last_rotation_completed_at"].is_string(), "{done}");
+        assert_eq!(rotation_state(&app, other.id).await, "PENDING");
+        app.stop().await;
+    }
+}
+
+/// A `PENDING` device with no attempt time (an adopted row the original never wrote that way, or
+/// one edited by hand) times out like any other instead of blocking every rotation for good.
+#[tokio::test]
+async fn a_pending_device_without_an_attempt_time_times_out() {
+    for stack in ALL_STACKS {
+        let Some(app) = app_with_provisioning(
+            stack,
+            "rotation_pending_no_attempt",
+            &[("WORKER_POLL_SECONDS", "3600")],
+        )
+        .await
+        else {
+            continue;
+        };
+        let devices = model_with_devices(&app, "thermo", 2).await;
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE devices SET rotation_state = 'PENDING', last_rotation_attempt_at = NULL
+             WHERE id = $1"
+        )
+        .bind(devices[0].id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        post(&app, &format!("/api/devices/{}/rotate", devices[1].id)).await;
+        assert_eq!(rotation_state(&app, devices[1].id).await, "QUEUED");
+        let report = rotation_step(&app).await;
+        assert_eq!(report.timeouts_processed, 1, "{stack:?}");
+        assert_eq!(rotation_state(&app, devices[0].id).await, "TIMEOUT");
+        assert_eq!(rotation_state(&app, devices[1].id).await, "PENDING");
+        app.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_timeout_is_retried_no_sooner_than_the_timeout_after_it() {
     let Some(app) = app_with_provisioning(
