@@ -26,4 +26,5 @@ pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod storage;
+pub mod supervisor;
 pub mod telemetry;

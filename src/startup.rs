@@ -88,6 +88,8 @@ pub struct BuildOptions {
     pub job_handlers: Vec<Arc<dyn JobHandler>>,
     /// Do not run the default job handlers (core dump parsing), e.g. to leave jobs queued.
     pub without_default_job_handlers: bool,
+    /// Extra background workers, run and watched like the built-in ones (`crate::supervisor`).
+    pub extra_workers: Vec<(&'static str, crate::supervisor::Worker)>,
 }
 
 pub struct Application {
@@ -96,6 +98,7 @@ pub struct Application {
     state: AppState,
     shutdown: CancellationToken,
     job_handlers: Vec<Arc<dyn JobHandler>>,
+    extra_workers: Vec<(&'static str, crate::supervisor::Worker)>,
 }
 
 impl Application {
@@ -206,6 +209,7 @@ impl Application {
             state,
             shutdown,
             job_handlers,
+            extra_workers: options.extra_workers,
         })
     }
 
@@ -229,17 +233,21 @@ impl Application {
             state,
             shutdown,
             job_handlers,
+            extra_workers,
         } = self;
         let config = state.config.clone();
-        let mut workers = tokio::task::JoinSet::new();
+        let mut workers = crate::supervisor::Workers::new(shutdown.clone());
         // The job runner's claims, to give back any job still running when shutdown gives up.
         let mut job_worker = None;
-        workers.spawn(outbox::run_worker(
-            state.db.clone(),
-            state.storage.clone(),
-            config.worker_poll_interval,
-            shutdown.clone(),
-        ));
+        workers.spawn(
+            "outbox",
+            outbox::run_worker(
+                state.db.clone(),
+                state.storage.clone(),
+                config.worker_poll_interval,
+                shutdown.clone(),
+            ),
+        );
         if !job_handlers.is_empty() {
             // Uploads first: while this process has many core-dump uploads in progress (it is
             // saturated with them), parses start only up to a few at a time; the backlog is
@@ -255,81 +263,113 @@ impl Application {
                     limit: JOBS_WHILE_UPLOADS_BUSY,
                 });
             job_worker = Some(runner.worker_id().to_string());
-            workers.spawn(runner.run(
-                config.job_concurrency,
-                config.worker_poll_interval,
-                shutdown.clone(),
-            ));
+            workers.spawn(
+                "jobs",
+                runner.run(
+                    config.job_concurrency,
+                    config.worker_poll_interval,
+                    shutdown.clone(),
+                ),
+            );
         }
 
         if let (Some(client), Some(mqtt)) = (&state.mqtt, &config.mqtt) {
-            workers.spawn(crate::notify::publisher::run_worker(
-                state.db.clone(),
-                client.clone(),
-                mqtt.notifications_per_second,
-                config.worker_poll_interval,
-                state.notify_stats.clone(),
-                shutdown.clone(),
-            ));
+            workers.spawn(
+                "mqtt_notifications",
+                crate::notify::publisher::run_worker(
+                    state.db.clone(),
+                    client.clone(),
+                    mqtt.notifications_per_second,
+                    config.worker_poll_interval,
+                    state.notify_stats.clone(),
+                    shutdown.clone(),
+                ),
+            );
             let touched = crate::device_logs::intake::Touched::default();
-            workers.spawn(crate::device_logs::intake::run(
-                state.db.clone(),
-                client.clone(),
-                mqtt.log_group.clone(),
-                state.log_hub.clone(),
-                touched.clone(),
-                shutdown.clone(),
-            ));
-            workers.spawn(crate::device_logs::retention::run(
-                state.db.clone(),
-                touched,
-                mqtt.log_retention,
-                mqtt.log_max_lines_per_device,
-                Duration::from_secs(60),
-                shutdown.clone(),
-            ));
+            workers.spawn(
+                "device_log_intake",
+                crate::device_logs::intake::run(
+                    state.db.clone(),
+                    client.clone(),
+                    mqtt.log_group.clone(),
+                    state.log_hub.clone(),
+                    touched.clone(),
+                    shutdown.clone(),
+                ),
+            );
+            workers.spawn(
+                "device_log_retention",
+                crate::device_logs::retention::run(
+                    state.db.clone(),
+                    touched,
+                    mqtt.log_retention,
+                    mqtt.log_max_lines_per_device,
+                    Duration::from_secs(60),
+                    shutdown.clone(),
+                ),
+            );
         }
-        workers.spawn(crate::presence::run_worker(
-            state.presence.clone(),
-            state.db.clone(),
-            crate::presence::flush_interval(config.worker_poll_interval),
-            shutdown.clone(),
-        ));
+        workers.spawn(
+            "presence",
+            crate::presence::run_worker(
+                state.presence.clone(),
+                state.db.clone(),
+                crate::presence::flush_interval(config.worker_poll_interval),
+                shutdown.clone(),
+            ),
+        );
 
-        workers.spawn(crate::credentials::rotation::run_worker(
-            state.db.clone(),
-            config.rotation.clone(),
-            rotation_poll(config.worker_poll_interval),
-            shutdown.clone(),
-        ));
+        workers.spawn(
+            "rotation",
+            crate::credentials::rotation::run_worker(
+                state.db.clone(),
+                config.rotation.clone(),
+                rotation_poll(config.worker_poll_interval),
+                shutdown.clone(),
+            ),
+        );
 
         if let Some(interval) = config.reconcile_interval {
-            workers.spawn(crate::reconcile::run_periodic(
-                state.db.clone(),
-                state.storage.clone(),
-                interval,
-                config.reconcile_grace,
-                shutdown.clone(),
-            ));
+            workers.spawn(
+                "reconcile",
+                crate::reconcile::run_periodic(
+                    state.db.clone(),
+                    state.storage.clone(),
+                    interval,
+                    config.reconcile_grace,
+                    shutdown.clone(),
+                ),
+            );
         }
 
         let addr = listener.local_addr()?;
         tracing::info!(%addr, database = ?state.db.kind(), "listening");
         let trusted = config.trusted_proxies.clone();
-        crate::http::server::serve(listener, router, config.http, trusted, shutdown.clone()).await;
+        for (name, worker) in extra_workers {
+            workers.spawn(name, worker(shutdown.clone()));
+        }
+        let serving =
+            crate::http::server::serve(listener, router, config.http, trusted, shutdown.clone());
+        tokio::pin!(serving);
+        // A worker that ends early stops the process (see `crate::supervisor`): it fires
+        // shutdown, and the server drains as at any other stop.
+        let mut ended_early = None;
+        loop {
+            tokio::select! {
+                () = &mut serving => break,
+                ended = workers.ended_early(), if ended_early.is_none() => ended_early = Some(ended),
+            }
+        }
         // The server has stopped (or failed): make sure the workers stop too, then wait for them.
         shutdown.cancel();
-        if tokio::time::timeout(Duration::from_secs(30), async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
+        if tokio::time::timeout(Duration::from_secs(30), workers.join_all())
+            .await
+            .is_err()
         {
             // A long job (a backfill, a rekey) is cut off here; its row is given back as it was
             // before this attempt, for the next process at once, rather than left `running` until
             // its lease runs out with an attempt spent.
-            workers.abort_all();
-            while workers.join_next().await.is_some() {}
+            workers.abort_all().await;
             let released = match &job_worker {
                 Some(worker) => crate::jobs::release_claims(&state.db, worker).await,
                 None => Ok(0),
@@ -351,7 +391,10 @@ impl Application {
         state.presence.flush(&state.db).await;
         state.db.close().await;
         tracing::info!("stopped");
-        Ok(())
+        match ended_early {
+            Some(ended) => Err(std::io::Error::other(ended.to_string())),
+            None => Ok(()),
+        }
     }
 }
 

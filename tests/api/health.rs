@@ -262,3 +262,51 @@ async fn pooled_connections_the_database_ended_while_idle_are_replaced() {
         assert_eq!(result.expect("a query after the backends were ended"), 1);
     }
 }
+
+/// A background worker that ends while the service runs (a panic, or one that gave up) stops
+/// the process with an error naming it, after the usual graceful stop, instead of leaving a
+/// process that answers and looks ready but no longer does that worker's job.
+#[tokio::test]
+async fn a_worker_that_ends_early_stops_the_process_with_an_error_naming_it() {
+    for (name, panics) in [("quits", false), ("panics", true)] {
+        let Some(app) = TestApp::builder(&format!("worker_ends_early_{name}"))
+            .options(move || BuildOptions {
+                extra_workers: vec![(
+                    name,
+                    Box::new(move |_shutdown| {
+                        Box::pin(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            assert!(!panics, "a deliberate panic");
+                        })
+                    }),
+                )],
+                ..Default::default()
+            })
+            .spawn(Stack::Embedded)
+            .await
+        else {
+            return;
+        };
+        assert_eq!(app.healthz().await.0, 200);
+        let (client, health) = (app.client.clone(), app.url("/health/healthz"));
+        let shutdown = app.shutdown.clone();
+        let stopped = tokio::time::timeout(Duration::from_secs(30), app.server)
+            .await
+            .expect("the process did not stop")
+            .unwrap();
+        let error = stopped.expect_err("a worker ended early, yet the process stopped cleanly");
+        let how = if panics { "panicked" } else { "stopped" };
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("the {name} worker {how}")),
+            "{error}"
+        );
+        assert!(
+            shutdown.is_cancelled(),
+            "the other workers were not told to stop"
+        );
+        let after = client.get(health).send().await;
+        assert!(after.is_err(), "still answering: {after:?}");
+    }
+}
