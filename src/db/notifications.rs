@@ -37,6 +37,49 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Withdraws `client_id`'s queued `kind` notifications that no publisher holds (no lease, or one
+/// that ran out by `now`): a newer message of the kind says all they said. Returns how many.
+pub async fn supersede(
+    tx: &mut Tx,
+    kind: &str,
+    client_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    Ok(crate::execute!(
+        tx,
+        sqlx::query(
+            "DELETE FROM notifications WHERE client_id = $1 AND kind = $2
+                 AND (lease_until IS NULL OR lease_until < $3)"
+        )
+        .bind(client_id)
+        .bind(kind)
+        .bind(now)
+    )?)
+}
+
+/// [`supersede`] for every device of model `model_id`.
+pub async fn supersede_for_model(
+    tx: &mut Tx,
+    kind: &str,
+    model_id: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    Ok(crate::execute!(
+        tx,
+        sqlx::query(
+            "DELETE FROM notifications WHERE kind = $1
+                 AND (lease_until IS NULL OR lease_until < $3)
+                 AND client_id IN (
+                     SELECT 'iotdevice-' || m.code || '-' || d.key
+                     FROM devices d JOIN device_models m ON m.id = d.device_model_id
+                     WHERE d.device_model_id = $2)"
+        )
+        .bind(kind)
+        .bind(model_id)
+        .bind(now)
+    )?)
+}
+
 /// Withdraws what is queued for `client_id` (its device is being deleted).
 pub async fn withdraw(tx: &mut Tx, client_id: &str) -> Result<u64, DbError> {
     Ok(crate::execute!(

@@ -97,7 +97,10 @@ impl Notifier {
     }
 
     /// A model's current version became `version`: one firmware message per device of the model.
-    /// Returns how many were queued.
+    /// Returns how many were queued. The model's firmware messages still queued (not being
+    /// published) are withdrawn first: after a quick rollback, a fan-out of the version rolled
+    /// back that had not gone out yet would make devices that never took it fetch the image
+    /// again, and a broker away for days would get them all at once.
     pub async fn firmware_changed(
         self,
         tx: &mut Tx,
@@ -109,6 +112,7 @@ impl Notifier {
         }
         let now = db::now();
         let due = now + chrono::Duration::from_std(self.firmware_delay).unwrap_or_default();
+        queries::supersede_for_model(tx, Kind::Firmware.as_str(), model_id, now).await?;
         queries::enqueue_for_model(
             tx,
             Kind::Firmware.as_str(),
@@ -130,11 +134,15 @@ impl Notifier {
         self.one(tx, Kind::Provisioning, client_id).await
     }
 
+    /// Queues one `kind` message for `client_id`, in place of one still queued: these messages
+    /// only say "look again", so one is as good as several.
     async fn one(self, tx: &mut Tx, kind: Kind, client_id: &str) -> Result<(), DbError> {
         if !self.enabled {
             return Ok(());
         }
-        queries::enqueue(tx, kind.as_str(), client_id, None, db::now()).await
+        let now = db::now();
+        queries::supersede(tx, kind.as_str(), client_id, now).await?;
+        queries::enqueue(tx, kind.as_str(), client_id, None, now).await
     }
 }
 

@@ -764,3 +764,76 @@ async fn firmware_messages_wait_until_other_processes_serve_the_new_image() {
     })
     .await;
 }
+
+/// A newer message replaces the same kind of message still queued for a device: the fan-out of
+/// a version that was replaced (a quick rollback) before it went out is withdrawn, and a second
+/// config write leaves one config message. A message a publisher holds (being published) stays.
+#[tokio::test]
+async fn a_newer_message_replaces_the_queued_one_of_its_kind() {
+    // A broker that is never reachable: messages stay queued to be looked at.
+    let url = format!("mqtt://127.0.0.1:{}", broker::free_port());
+    let overrides = [
+        ("MQTT_URL", url.as_str()),
+        ("DEVICE_LOOKUP_CACHE_SECONDS", "0"),
+    ];
+    for_each_stack("notify_superseded", &overrides, async |app| {
+        let devices = model_with_devices(app, "roll", 2).await;
+        let other = model_with_devices(app, "keep", 1).await;
+        for (model, version) in [(&devices, "1.0.0"), (&other, "1.0.0"), (&devices, "1.1.0")] {
+            let code = if model[0].model_id == devices[0].model_id {
+                "roll"
+            } else {
+                "keep"
+            };
+            let (status, body) = app
+                .upload_firmware(model[0].model_id, Build::new(version, "a").zip(code))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        // A publisher holds one of the first fan-out's messages (it is going out right now).
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE notifications SET lease_until = $1
+             WHERE id = (SELECT MIN(id) FROM notifications WHERE firmware_version = '1.1.0')"
+        )
+        .bind(Utc::now() + chrono::Duration::minutes(5))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        let (status, body) = app
+            .upload_firmware(devices[0].model_id, Build::new("1.0.1", "b").zip("roll"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for _ in 0..2 {
+            app.update_device(devices[1].id, json!({"config": "{}", "active": true}))
+                .await;
+        }
+        let rows: Vec<(String, String, Option<String>)> =
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_as(
+                "SELECT kind, client_id, firmware_version FROM notifications ORDER BY id"
+            )
+            .fetch_all(p)
+            .await)
+            .unwrap();
+        let roll = ids("roll", &devices);
+        let keep = ids("keep", &other);
+        let firmware =
+            |id: &String, v: &str| ("firmware".to_string(), id.clone(), Some(v.to_string()));
+        assert_eq!(
+            rows,
+            [
+                // Another model's fan-out is not touched.
+                firmware(&keep[0], "1.0.0"),
+                // Held by a publisher: stays, though replaced. 1.0.0's fan-out to this model
+                // was replaced by 1.1.0's, and the rest of that by 1.0.1's.
+                firmware(&roll[0], "1.1.0"),
+                firmware(&roll[0], "1.0.1"),
+                firmware(&roll[1], "1.0.1"),
+                ("config".to_string(), roll[1].clone(), None),
+            ],
+            "{:?}",
+            app.stack
+        );
+    })
+    .await;
+}
