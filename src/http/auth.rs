@@ -576,10 +576,27 @@ async fn authenticate_device(
         if key.len() != 8 {
             return Err(invalid_device_credentials());
         }
-        let (credential, proved) =
-            prove(state, key, image, |c| credentials::match_secret(c, secret))
-                .await?
-                .ok_or_else(invalid_device_credentials)?;
+        // Wrong secrets slow down this device key at this address, as at the token endpoint
+        // (`crate::credentials::throttle`): the key is no secret (it is in the device's MQTT
+        // client id), and its secret could otherwise be guessed here at any rate.
+        let throttle_key = format!(
+            "{key} {}",
+            super::client_addr::ClientScope::of(parts, state).0
+        );
+        if let Err(wait) = state.token_failures.check(&throttle_key) {
+            return Err(ApiError::TooManyRequests {
+                message: "Too many wrong secrets for this device from this address; retry later"
+                    .into(),
+                retry_after: wait.as_secs().max(1),
+            });
+        }
+        let Some((credential, proved)) =
+            prove(state, key, image, |c| credentials::match_secret(c, secret)).await?
+        else {
+            state.token_failures.failed(&throttle_key);
+            return Err(invalid_device_credentials());
+        };
+        state.token_failures.succeeded(&throttle_key);
         return accept(state, credential, proved).await;
     }
     if state.config.iot_device_key_auth {

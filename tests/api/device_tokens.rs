@@ -330,3 +330,52 @@ async fn two_processes_share_one_signing_key() {
         b.stop().await;
     }
 }
+
+/// `Authorization: Bearer <key>.<secret>` on the device API answers the same question as the
+/// token endpoint (is this the device's secret?), so guessing it there is slowed down the same
+/// way: per device key and address, a few free failures, then closed (429 with `Retry-After`,
+/// the right secret not checked either) for a growing time.
+#[tokio::test]
+async fn wrong_secrets_on_the_device_api_are_slowed_down_like_the_token_endpoints() {
+    let Some(app) = spawn_app(Stack::Embedded, "device_api_throttle").await else {
+        return;
+    };
+    let devices = model_with_devices(&app, "thermo", 2).await;
+    let (target, other) = (&devices[0], &devices[1]);
+    let key = target.credential.split_once('.').unwrap().0;
+    let get = |credential: String, forwarded_for: Option<&'static str>| {
+        let mut request = app
+            .client
+            .get(app.url("/api/iot/firmware-version"))
+            .bearer_auth(credential);
+        if let Some(client) = forwarded_for {
+            request = request.header("X-Forwarded-For", client);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    // What the device gets when it is not slowed down (no firmware yet: the endpoint's own answer).
+    let answered = get(target.credential.clone(), None).await.status();
+    assert_ne!(answered, 429);
+    let wrong = format!("{key}.{}", "0".repeat(43));
+    for _ in 0..6 {
+        assert_eq!(get(wrong.clone(), None).await.status(), 401);
+    }
+    let closed = get(target.credential.clone(), None).await;
+    assert_eq!(closed.status(), 429);
+    assert!(closed.headers().contains_key("retry-after"));
+    // Another device, and the same device at another address, are not affected.
+    assert_eq!(get(other.credential.clone(), None).await.status(), answered);
+    assert_eq!(
+        get(target.credential.clone(), Some("203.0.113.30"))
+            .await
+            .status(),
+        answered
+    );
+    // After the block the right secret works again.
+    let opened = eventually(std::time::Duration::from_secs(5), || async {
+        get(target.credential.clone(), None).await.status() == answered
+    })
+    .await;
+    assert!(opened, "the device key stayed closed");
+    app.stop().await;
+}
