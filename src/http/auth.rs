@@ -223,7 +223,17 @@ pub async fn authenticate_admin(
         }
     }
     if let (Some(oidc), true) = (&state.oidc, jwt) {
-        let verified = oidc.verify(token).await.map_err(oidc_failure)?;
+        let verified = match oidc.verify(token).await {
+            Ok(verified) => verified,
+            Err(e) => {
+                // Neither the admin token nor a token of the issuer: a guess shaped like a JWT
+                // counts against the address as any other wrong admin token.
+                if let Some(client) = refused {
+                    state.admin_failures.failed(&client);
+                }
+                return Err(oidc_failure(e));
+            }
+        };
         if verified.device().is_some() {
             return Err(ApiError::AuthorizationFailed(
                 "Device tokens cannot use the admin API".into(),

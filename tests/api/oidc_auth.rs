@@ -317,3 +317,31 @@ async fn login_goes_to_the_login_url_when_one_is_configured_and_straight_back_in
     }
     app.stop().await;
 }
+
+/// With OIDC beside `ADMIN_TOKEN`, a wrong token shaped like a JWT (`a.b.c`) is neither: it
+/// counts against the address like any other wrong admin token, and closes it after a few.
+#[tokio::test]
+async fn wrong_tokens_shaped_like_jwts_count_as_wrong_admin_tokens() {
+    let key = EcKey::generate("ec-1");
+    let issuer = TestIssuer::start(vec![key.jwk()]).await;
+    let Some(app) = spawn_with_issuer("oidc_jwt_shaped_guesses", &issuer).await else {
+        return;
+    };
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let guess = format!("guess.number.{i}");
+        statuses.push(
+            call(&app, "GET", "/api/device-models", &guess, None)
+                .await
+                .0,
+        );
+    }
+    assert_eq!(&statuses[..6], [401; 6], "{statuses:?}");
+    // Closed now: even the admin token is not compared until the block ends.
+    assert_eq!(
+        call(&app, "GET", "/api/device-models", TOKEN, None).await.0,
+        429,
+        "{statuses:?}"
+    );
+    app.stop().await;
+}
