@@ -100,12 +100,23 @@ pub const LINES_PER_MILLISECOND: u32 = 500;
 pub struct Stamper {
     /// Per entity id: the millisecond last given and how many lines got it.
     last: HashMap<String, (i64, u32)>,
+    /// The arrival millisecond the entries were last pruned for, and how often that happened.
+    pruned_for: i64,
+    prunes: u64,
 }
+
+/// Entity ids the stamper remembers before it forgets those whose millisecond is over.
+const STAMPER_KEEPS: usize = 10_000;
 
 impl Stamper {
     pub fn stamp(&mut self, entity_id: &str, arrived_ms: i64) -> DateTime<Utc> {
-        if self.last.len() > 10_000 {
+        // Pruned once per arrival millisecond at most: the lines of one message (up to tens of
+        // thousands, each of another entity id, all with one arrival time) would otherwise each
+        // walk the whole map and keep all of it.
+        if self.last.len() > STAMPER_KEEPS && arrived_ms > self.pruned_for {
             self.last.retain(|_, (ms, _)| *ms >= arrived_ms);
+            self.pruned_for = arrived_ms;
+            self.prunes += 1;
         }
         let slot = match self.last.get(entity_id) {
             Some(&(ms, n)) if ms >= arrived_ms && n < LINES_PER_MILLISECOND => (ms, n + 1),
@@ -339,6 +350,26 @@ mod tests {
         assert_eq!(ms(stamper.stamp("b", 1000)), 1000);
         assert_eq!(ms(stamper.stamp("a", 1001)), 1002);
         assert_eq!(ms(stamper.stamp("a", 5000)), 5000);
+    }
+
+    #[test]
+    fn the_stamper_forgets_finished_milliseconds_once_per_millisecond() {
+        let mut stamper = Stamper::default();
+        // One message of many devices: one arrival time for all of its lines.
+        for i in 0..(STAMPER_KEEPS + 5_000) {
+            stamper.stamp(&format!("sensor.{i}"), 1_000);
+        }
+        // Once when the map first grew past its size (nothing was over yet), not per line.
+        assert_eq!(
+            stamper.prunes, 1,
+            "pruned more than once in one millisecond"
+        );
+        assert_eq!(stamper.last.len(), STAMPER_KEEPS + 5_000);
+        // The next millisecond forgets the finished one, once.
+        stamper.stamp("sensor.new", 1_001);
+        stamper.stamp("sensor.newer", 1_001);
+        assert_eq!(stamper.prunes, 2);
+        assert_eq!(stamper.last.len(), 2);
     }
 
     #[test]
