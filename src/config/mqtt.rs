@@ -22,7 +22,8 @@ impl MqttUrl {
     /// else — another scheme, credentials in the URL, a path or query — is refused with the reason.
     pub fn parse(raw: &str) -> Result<MqttUrl, String> {
         let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
-            format!("{raw:?} is not a URL; expected mqtt://host[:port] or mqtts://host[:port]")
+            // Not echoed: a value without a scheme may still carry a password (`user:pw@host`).
+            "is not a URL; expected mqtt://host[:port] or mqtts://host[:port]".to_string()
         })?;
         let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
             "mqtt" => (false, 1883),
@@ -248,9 +249,9 @@ pub(super) fn mqtt_settings(env: &Env) -> Result<Option<MqttSettings>, ConfigErr
 
 /// `DEVICE_MQTT_URL` is handed to devices as it is; refuse what their MQTT client could not use.
 fn validate_device_mqtt_url(raw: &str) -> Result<(), String> {
-    let (scheme, rest) = raw
-        .split_once("://")
-        .ok_or_else(|| format!("{raw:?} is not a URL"))?;
+    let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
+        "is not a URL (the value is not shown: it may hold a password)".to_string()
+    })?;
     if !["mqtt", "mqtts", "ws", "wss"].contains(&scheme.to_ascii_lowercase().as_str()) {
         return Err(format!(
             "scheme {scheme:?} is not supported; use mqtt://, mqtts://, ws:// or wss://"

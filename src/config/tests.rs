@@ -294,3 +294,12 @@ fn s3_settings_without_an_endpoint_are_refused_not_taken_for_the_local_directory
         StorageConfig::Local { .. }
     ));
 }
+
+#[test]
+fn a_broker_url_that_is_refused_is_not_echoed() {
+    for var in ["MQTT_URL", "DEVICE_MQTT_URL"] {
+        let err = config(&[(var, "operator:hunter2@broker.lan:1883")]).unwrap_err();
+        assert_eq!(err.variable, var);
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
