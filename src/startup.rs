@@ -273,6 +273,8 @@ impl Application {
             );
         }
 
+        // Devices that got lines since the count retention last looked (the intake's, if any).
+        let touched = crate::device_logs::intake::Touched::default();
         if let (Some(client), Some(mqtt)) = (&state.mqtt, &config.mqtt) {
             workers.spawn(
                 "mqtt_notifications",
@@ -285,7 +287,6 @@ impl Application {
                     shutdown.clone(),
                 ),
             );
-            let touched = crate::device_logs::intake::Touched::default();
             workers.spawn(
                 "device_log_intake",
                 crate::device_logs::intake::run(
@@ -297,18 +298,19 @@ impl Application {
                     shutdown.clone(),
                 ),
             );
-            workers.spawn(
-                "device_log_retention",
-                crate::device_logs::retention::run(
-                    state.db.clone(),
-                    touched,
-                    mqtt.log_retention,
-                    mqtt.log_max_lines_per_device,
-                    Duration::from_secs(60),
-                    shutdown.clone(),
-                ),
-            );
         }
+        // With MQTT off too: lines stored while it was on still age out, and live-log
+        // subscriptions (which work without it) are still forgotten.
+        workers.spawn(
+            "device_log_retention",
+            crate::device_logs::retention::run(
+                state.db.clone(),
+                touched,
+                config.device_logs,
+                Duration::from_secs(60),
+                shutdown.clone(),
+            ),
+        );
         workers.spawn(
             "presence",
             crate::presence::run_worker(

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 mod mqtt;
 pub use mqtt::{
-    unique_client_id, MqttCredentials, MqttSettings, MqttUrl, DEFAULT_LOG_GROUP,
+    unique_client_id, DeviceLogSettings, MqttCredentials, MqttSettings, MqttUrl, DEFAULT_LOG_GROUP,
     DEFAULT_MQTT_CLIENT_ID,
 };
 
@@ -165,6 +165,8 @@ pub struct Config {
     /// The MQTT broker this process connects to; `None` without `MQTT_URL` (nothing is published,
     /// no device logs are received).
     pub mqtt: Option<MqttSettings>,
+    /// How long and how many device log lines are kept (with or without MQTT).
+    pub device_logs: DeviceLogSettings,
 }
 
 /// What the HTTP server enforces on every connection (see `crate::http::server`).
@@ -410,6 +412,7 @@ impl Config {
         }
 
         let mqtt = mqtt::mqtt_settings(env)?;
+        let device_logs = mqtt::device_log_settings(env)?;
         let mut rotation = credentials::rotation(env)?;
         rotation.notify = mqtt.is_some();
         Ok(Config {
@@ -496,6 +499,7 @@ impl Config {
             )
             .map_err(|reason| invalid("TRUSTED_PROXIES", reason))?,
             mqtt,
+            device_logs,
         })
     }
 

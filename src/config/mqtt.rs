@@ -149,14 +149,37 @@ pub struct MqttSettings {
     /// instead of in one burst, which a small broker and the OTA downloads that follow both take
     /// comfortably.
     pub notifications_per_second: f64,
-    /// Device log lines are kept this long (`DEVICE_LOG_RETENTION_DAYS`, default 7).
-    pub log_retention: Duration,
-    /// At most this many lines per device (`DEVICE_LOG_MAX_LINES`, default 10000).
-    pub log_max_lines_per_device: i64,
     /// The shared-subscription group of `iotsupport/logsink` (`MQTT_LOG_GROUP`, default
     /// `iotsupport`): the processes of one deployment split the lines between them; two
     /// deployments on one broker need different groups.
     pub log_group: String,
+}
+
+/// How long and how many device log lines are kept. Read whether MQTT is on or not: lines
+/// stored while it was on still age out after it is turned off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceLogSettings {
+    /// Lines are kept this long (`DEVICE_LOG_RETENTION_DAYS`, default 7).
+    pub retention: Duration,
+    /// At most this many lines per device (`DEVICE_LOG_MAX_LINES`, default 10000).
+    pub max_lines_per_device: i64,
+}
+
+impl Default for DeviceLogSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_lines_per_device: 10_000,
+        }
+    }
+}
+
+pub(super) fn device_log_settings(env: &Env) -> Result<DeviceLogSettings, ConfigError> {
+    let days: f64 = env.positive_at_most("DEVICE_LOG_RETENTION_DAYS", 7.0, super::env::MAX_DAYS)?;
+    Ok(DeviceLogSettings {
+        retention: Duration::from_secs_f64(days * 24.0 * 3600.0),
+        max_lines_per_device: env.positive("DEVICE_LOG_MAX_LINES", 10_000)?,
+    })
 }
 
 /// The default shared-subscription group of the device log intake (`MQTT_LOG_GROUP`).
@@ -180,8 +203,6 @@ impl MqttSettings {
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             notifications_per_second: 100.0,
-            log_retention: Duration::from_secs(7 * 24 * 3600),
-            log_max_lines_per_device: 10_000,
             log_group: DEFAULT_LOG_GROUP.to_string(),
         }
     }
@@ -227,9 +248,6 @@ pub(super) fn mqtt_settings(env: &Env) -> Result<Option<MqttSettings>, ConfigErr
     settings.publish_timeout = env.seconds("MQTT_PUBLISH_TIMEOUT_SECONDS", 10.0)?;
     settings.notifications_per_second =
         env.positive_at_most("MQTT_NOTIFICATIONS_PER_SECOND", 100.0, 100_000.0)?;
-    let days: f64 = env.positive_at_most("DEVICE_LOG_RETENTION_DAYS", 7.0, super::env::MAX_DAYS)?;
-    settings.log_retention = Duration::from_secs_f64(days * 24.0 * 3600.0);
-    settings.log_max_lines_per_device = env.positive("DEVICE_LOG_MAX_LINES", 10_000)?;
     if let Some(group) = env.get("MQTT_LOG_GROUP") {
         if group.is_empty()
             || group.len() > 64

@@ -208,6 +208,11 @@ fn values_that_would_overflow_time_arithmetic_are_refused() {
     ] {
         let err = config(&[mqtt, (var, value)]).unwrap_err();
         assert_eq!(err.variable, var, "{value}: {err}");
+        if var.starts_with("DEVICE_LOG") {
+            // Read without MQTT too.
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var, "{value}: {err}");
+        }
     }
     // The largest values allowed still work.
     let c = config(&[
@@ -221,7 +226,7 @@ fn values_that_would_overflow_time_arithmetic_are_refused() {
     assert_eq!(c.rotation.timeout, env::MAX_DURATION);
     let now = chrono::Utc::now();
     let _ = now - chrono::Duration::from_std(c.rotation.timeout).unwrap();
-    let retention = c.mqtt.unwrap().log_retention;
+    let retention = c.device_logs.retention;
     let _ = now - chrono::Duration::from_std(retention).unwrap();
 }
 

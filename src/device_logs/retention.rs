@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::intake::Touched;
+use crate::config::DeviceLogSettings;
 use crate::db::{self, device_logs as queries, Db, DbError};
 
 const BATCH: i64 = 5000;
@@ -45,20 +46,22 @@ pub async fn sweep(
 pub async fn run(
     db: Db,
     touched: Touched,
-    max_age: Duration,
-    max_lines: i64,
+    settings: DeviceLogSettings,
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let (max_age, max_lines) = (settings.retention, settings.max_lines_per_device);
+    // A sweep at start too: a process started after a while (or after MQTT was turned off)
+    // removes what aged out meanwhile at once.
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(every) => {}
-        }
         match sweep(&db, &touched, max_age, max_lines).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "device_logs_pruned"),
             Err(e) => tracing::warn!(error = %e, "device_logs_prune_failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -540,6 +540,71 @@ async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
     }
 }
 
+/// Turning MQTT off does not keep device logs for ever: lines stored while it was on still age
+/// out, and live-log subscriptions of streams that went away are still forgotten (the retention
+/// worker ran only with MQTT on). The next process sweeps at start.
+#[tokio::test]
+async fn without_mqtt_old_lines_and_stale_subscriptions_still_go() {
+    let Some(TestConfig { config, dir }) =
+        test_config(Stack::Production, "device_logs_off_retention", &[]).await
+    else {
+        return;
+    };
+    assert!(config.mqtt.is_none());
+    let first = start_app(Stack::Production, config.clone(), dir, Default::default()).await;
+    let model_id = create_model(&first, "offret", None).await;
+    let device = device_with_entity(&first, model_id, Some(&entity("offret"))).await;
+    // Lines from when MQTT was on: one 8 days old, one recent; a stream gone for two hours.
+    iotsupport::on_pool!(first.db(), |p| sqlx::query(
+        "INSERT INTO device_logs (device_id, logged_at, message)
+         VALUES ($1, $2, 'old'), ($1, $3, 'recent');
+         "
+    )
+    .bind(device)
+    .bind(Utc::now() - chrono::Duration::days(8))
+    .bind(Utc::now())
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    iotsupport::on_pool!(first.db(), |p| sqlx::query(
+        "INSERT INTO device_log_subscriptions (request_id, device_id, renewed_at)
+         VALUES ('gone', $1, $2)"
+    )
+    .bind(device)
+    .bind(Utc::now() - chrono::Duration::hours(2))
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    first.stop().await;
+
+    let second = start_app(
+        Stack::Production,
+        config,
+        tempfile::TempDir::new().unwrap(),
+        Default::default(),
+    )
+    .await;
+    let swept = eventually(Duration::from_secs(10), || async {
+        all_stored(&second).await == 1
+    })
+    .await;
+    assert!(swept, "{} lines left", all_stored(&second).await);
+    assert_eq!(
+        messages(&second.device_logs(device, "").await.1),
+        ["recent"]
+    );
+    let subscriptions: i64 = iotsupport::on_pool!(second.db(), |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM device_log_subscriptions"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(subscriptions, 0);
+    second.stop().await;
+}
+
 #[tokio::test]
 async fn without_mqtt_the_history_is_empty_and_nothing_subscribes() {
     for_each_stack("device_logs_off", &[], async |app| {

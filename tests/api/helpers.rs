@@ -204,7 +204,7 @@ fn capture_service_logs() {
     });
 }
 
-async fn start_app(
+pub async fn start_app(
     stack: Stack,
     config: Config,
     dir: TempDir,
