@@ -27,9 +27,11 @@ use crate::db::{self, Db};
 
 /// How long a device's unchanged report is not written again.
 pub const WRITE_INTERVAL: Duration = Duration::from_secs(60);
-/// Devices remembered per process; past this the memory of what was written is dropped (which
-/// costs one extra write per device, nothing else).
-const CAPACITY: usize = 65_536;
+/// Devices remembered per process (about 90 bytes each). It must hold every device that polls
+/// within [`WRITE_INTERVAL`]: a device forgotten before its next poll is written at every poll.
+/// Past it, writes older than the interval are forgotten first (they are due again anyway),
+/// and only if that frees nothing, all of them (which costs one extra write per device).
+const CAPACITY: usize = 262_144;
 /// The longest time between flushes.
 const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -62,7 +64,10 @@ impl Presence {
     /// Notes that device `device_id` was heard from now, running `version` if it said so (already
     /// validated). Cheap: no I/O.
     pub fn observe(&self, device_id: i64, version: Option<&str>) {
-        let now = Instant::now();
+        self.observe_at(device_id, version, Instant::now());
+    }
+
+    fn observe_at(&self, device_id: i64, version: Option<&str>, now: Instant) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let known = state.written.get(&device_id).map(|w| w.version.clone());
         if let Some(w) = state.written.get(&device_id) {
@@ -76,7 +81,12 @@ impl Presence {
             return;
         }
         if state.written.len() >= CAPACITY && known.is_none() {
-            state.written.clear();
+            state
+                .written
+                .retain(|_, w| now.saturating_duration_since(w.at) < WRITE_INTERVAL);
+            if state.written.len() >= CAPACITY {
+                state.written.clear();
+            }
         }
         let version = version.map(str::to_string);
         let earlier = state
@@ -181,6 +191,28 @@ mod tests {
             .collect();
         taken.sort();
         taken
+    }
+
+    #[test]
+    fn a_full_memory_forgets_the_writes_that_are_due_again_first() {
+        let p = Presence::default();
+        let t0 = Instant::now();
+        let half = (CAPACITY / 2) as i64;
+        for id in 0..half {
+            p.observe_at(id, None, t0);
+        }
+        for id in half..2 * half {
+            p.observe_at(id, None, t0 + Duration::from_secs(50));
+        }
+        p.take();
+        // A new device finds the memory full, 70 s in: the first half's writes are due anyway.
+        let later = t0 + Duration::from_secs(70);
+        p.observe_at(2 * half, None, later);
+        assert_eq!(pending(&p), [(2 * half, None)]);
+        // The second half was written 20 s ago: a poll of one of them is still not written.
+        p.observe_at(half, None, later);
+        p.observe_at(0, None, later);
+        assert_eq!(pending(&p), [(0, None)]);
     }
 
     #[test]
