@@ -22,9 +22,9 @@ fn main() -> ExitCode {
 
 /// glibc gives each thread that allocates an arena of its own (up to eight per core), and memory
 /// freed into one arena is not reused by the others. With 256 concurrent uncached downloads on
-/// two cores the service peaked at 61-62 MiB with the default and 53 MiB with one arena, at the
-/// same throughput, and core-dump ingest was as fast (bench/README.md, "Stop 29"). So one arena,
-/// unless `MALLOC_ARENA_MAX` says otherwise.
+/// two cores the service peaked at 60-64 MiB with the default and 53-55 MiB with one arena, at
+/// the same throughput; a backlog of parses drains about 5 % slower (bench/README.md, "Stop
+/// 29"). So one arena, unless `MALLOC_ARENA_MAX` says otherwise.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
