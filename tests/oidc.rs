@@ -506,3 +506,35 @@ fn device_azp_parsing() {
     );
     assert!(parsed(&format!("iotdevice-{}-abcd2345", "a".repeat(50))).is_some());
 }
+
+/// A sign-in while the issuer cannot be reached asks it for its discovery document at most once
+/// per refresh interval: sign-ins cannot hammer a failing provider, nor keep the fetch lock (which
+/// token checks with stale keys wait for) busy. Once the interval is over it is asked again.
+#[tokio::test]
+async fn sign_ins_ask_a_failing_provider_for_discovery_at_most_once_per_interval() {
+    let key = EcKey::generate("ec-1");
+    let issuer = TestIssuer::start(vec![key.jwk()]).await;
+    let verifier = issuer.verifier_with(|s| s.min_refresh_interval = Duration::from_millis(300));
+    let client = iotsupport::oidc::login::ClientSettings {
+        client_id: "iotsupport".into(),
+        client_secret: None,
+        scopes: "openid".into(),
+    };
+    let sign_in = || verifier.authorization_url(&client, "http://x/cb", "s", "n", "c");
+    issuer.state.down.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        assert!(sign_in().await.is_err());
+    }
+    assert_eq!(
+        issuer.discovery_hits(),
+        1,
+        "asked again within the interval"
+    );
+    issuer.state.down.store(false, Ordering::SeqCst);
+    assert!(sign_in().await.is_err(), "asked within the interval");
+    assert_eq!(issuer.discovery_hits(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let url = sign_in().await.expect("the provider answers again");
+    assert!(url.contains("code_challenge=c"), "{url}");
+    assert_eq!(issuer.discovery_hits(), 2);
+}

@@ -121,9 +121,27 @@ impl OidcVerifier {
         if let Some(d) = &fetch.discovered {
             return Ok((d.clone(), client));
         }
-        let discovered = self.discover(&client).await?;
-        fetch.discovered = Some(discovered.clone());
-        Ok((discovered, client))
+        if let Some((at, reason)) = &fetch.discovery_failed {
+            if at.elapsed() < self.inner.settings.min_refresh_interval {
+                return Err(OidcError::unavailable(format!(
+                    "the identity provider could not be reached a moment ago: {reason}"
+                )));
+            }
+        }
+        match self.discover(&client).await {
+            Ok(discovered) => {
+                fetch.discovered = Some(discovered.clone());
+                fetch.discovery_failed = None;
+                Ok((discovered, client))
+            }
+            Err(e) => {
+                let reason = match &e {
+                    OidcError::Invalid(r) | OidcError::Unavailable(r) => r.clone(),
+                };
+                fetch.discovery_failed = Some((Instant::now(), reason));
+                Err(e)
+            }
+        }
     }
 
     async fn fetch_keys(

@@ -218,6 +218,10 @@ struct FetchState {
     discovered: Option<Discovered>,
     last_attempt: Option<Instant>,
     last_error: Option<String>,
+    /// When discovery alone (for a sign-in) last failed, and why: asked again only after
+    /// [`OidcSettings::min_refresh_interval`], so sign-ins cannot hammer a failing issuer or keep
+    /// this lock (which token checks with stale keys wait for) busy.
+    discovery_failed: Option<(Instant, String)>,
 }
 
 #[derive(Clone)]
