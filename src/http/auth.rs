@@ -264,7 +264,8 @@ pub async fn browser_session(
     cookie: &str,
 ) -> Result<Option<crate::sessions::Session>, crate::db::DbError> {
     let admin_token = state.config.admin_token.as_ref().map(|t| t.expose());
-    crate::sessions::find(&state.db, cookie, admin_token, state.oidc.is_some()).await
+    let provider = state.oidc.as_ref().map(|o| o.settings().binding());
+    crate::sessions::find(&state.db, cookie, admin_token, provider.as_deref()).await
 }
 
 /// The admin a browser session names (no `Authorization` header); see `super::session`.

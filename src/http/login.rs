@@ -172,7 +172,7 @@ pub async fn login_with_token(
         email: local.email.clone(),
         roles: super::auth::local_roles(),
         method: SessionMethod::AdminToken,
-        admin_token: Some(expected.expose().to_string()),
+        credential: Some(expected.expose().to_string()),
         id_token: None,
     };
     start_session(&state, &headers, who, &return_to).await
@@ -279,7 +279,7 @@ pub async fn callback(
         email: identity.email,
         roles: identity.roles,
         method: SessionMethod::Oidc,
-        admin_token: None,
+        credential: Some(oidc.settings().binding()),
         id_token: Some(signed.id_token),
     };
     let mut response = start_session(&state, &headers, who, &flow.return_to).await?;

@@ -81,6 +81,17 @@ pub struct OidcSettings {
 }
 
 impl OidcSettings {
+    /// What a browser session made through this provider is bound to (`crate::sessions`): the
+    /// issuer, the client and the audience. Another value of any of them ends such sessions.
+    pub fn binding(&self) -> String {
+        format!(
+            "oidc\n{}\n{}\n{}",
+            self.issuer_url.trim_end_matches('/'),
+            self.client.client_id,
+            self.audience
+        )
+    }
+
     /// Settings with the default clock skew and refresh interval.
     /// Signs in as client `audience` (public, PKCE), scopes `openid profile email`.
     pub fn new(issuer_url: impl Into<String>, audience: impl Into<String>) -> Self {

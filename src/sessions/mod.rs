@@ -53,8 +53,9 @@ pub struct SignedIn {
     pub email: Option<String>,
     pub roles: Vec<String>,
     pub method: SessionMethod,
-    /// `AdminToken`: the token signed in with (its hash is stored).
-    pub admin_token: Option<String>,
+    /// What the session holds only as long as it is configured, its hash stored: `AdminToken`,
+    /// the token signed in with; `Oidc`, the provider (`crate::oidc::OidcSettings::binding`).
+    pub credential: Option<String>,
     /// `Oidc`: the ID token, for the provider's logout.
     pub id_token: Option<String>,
 }
@@ -117,7 +118,7 @@ pub async fn create(
         email: session.email.clone(),
         roles: serde_json::Value::from(session.roles.clone()).to_string(),
         method: session.method.as_str().to_string(),
-        credential_hash: who.admin_token.as_deref().map(sha256_hex),
+        credential_hash: who.credential.as_deref().map(sha256_hex),
         csrf_token: session.csrf_token.clone(),
         id_token: session.id_token.clone(),
         created_at: now,
@@ -149,14 +150,15 @@ pub fn subject_fits(subject: &str) -> bool {
 }
 
 /// The live session named by `cookie`. `admin_token` is the configured `ADMIN_TOKEN`: a session
-/// made with another token (or when none is configured any more) is ended. `oidc_enabled`: OIDC
-/// is configured; a session made through it while it is not (turned off after an incident, say)
-/// is ended too.
+/// made with another token (or when none is configured any more) is ended. `oidc` is the
+/// configured provider (`crate::oidc::OidcSettings::binding`): a session made through another
+/// provider, client or audience (switched after an incident, say), or while none is configured
+/// any more, is ended too. Sessions made before providers were recorded are kept while OIDC is on.
 pub async fn find(
     db: &Db,
     cookie: &str,
     admin_token: Option<&str>,
-    oidc_enabled: bool,
+    oidc: Option<&str>,
 ) -> Result<Option<Session>, DbError> {
     if cookie.is_empty() || cookie.len() > 128 {
         return Ok(None);
@@ -169,7 +171,11 @@ pub async fn find(
         let current = admin_token.map(sha256_hex);
         current.is_some() && current == row.credential_hash
     } else {
-        oidc_enabled
+        match (oidc, &row.credential_hash) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(provider), Some(made_with)) => sha256_hex(provider) == *made_with,
+        }
     };
     if !still_allowed {
         queries::delete_session(db, &id_hash).await?;

@@ -288,7 +288,7 @@ async fn a_changed_admin_token_ends_its_sessions_and_guessing_is_throttled() {
             let cookie = session_of(app).await;
             let value = cookie.trim_start_matches("iotsupport_session=");
             // What a process started with another ADMIN_TOKEN sees.
-            let found = iotsupport::sessions::find(app.db(), value, Some("another-token"), false)
+            let found = iotsupport::sessions::find(app.db(), value, Some("another-token"), None)
                 .await
                 .unwrap();
             assert!(found.is_none());
@@ -716,14 +716,31 @@ async fn the_oidc_code_flow_with_pkce_signs_a_person_in_once() {
         assert_eq!(replay.status(), 400);
         assert!(set_cookie(replay.headers()).is_none());
 
-        // A process configured with OIDC still accepts it; one where OIDC was turned off (after
-        // an incident at the provider, say) ends it rather than honour its stored roles.
+        // A process configured with the same provider still accepts it; one where OIDC was
+        // turned off, or switched to another issuer, client or audience (after an incident at
+        // the provider, say), ends it rather than honour its stored roles.
         let value = cookie.trim_start_matches("iotsupport_session=");
-        let kept = iotsupport::sessions::find(app.db(), value, None, true)
+        let provider = app.state.oidc.as_ref().unwrap().settings().clone();
+        let kept = iotsupport::sessions::find(app.db(), value, None, Some(&provider.binding()))
             .await
             .unwrap();
         assert!(kept.is_some(), "{stack:?}");
-        let ended = iotsupport::sessions::find(app.db(), value, None, false)
+        let mut switched = provider.clone();
+        switched.client.client_id = "another-client".into();
+        let other = iotsupport::sessions::find(app.db(), value, None, Some(&switched.binding()))
+            .await
+            .unwrap();
+        assert!(
+            other.is_none(),
+            "{stack:?}: a session outlived its provider's client"
+        );
+        assert!(session_rows(&app).await.is_empty());
+        let (status, me) = get_with(&app, &cookie, "/api/auth/self").await;
+        assert_eq!(status, 401, "{me}");
+        let signed_again = to_callback(&app, "/").await.finish().await;
+        let cookie = cookie_pair(&set_cookie(signed_again.headers()).expect("a session cookie"));
+        let value = cookie.trim_start_matches("iotsupport_session=");
+        let ended = iotsupport::sessions::find(app.db(), value, None, None)
             .await
             .unwrap();
         assert!(ended.is_none(), "{stack:?}: an OIDC session outlived OIDC");
