@@ -1,15 +1,15 @@
 //! Slowing down repeated failures for one key: at the token endpoint a client id at one client
-//! address, for the admin token a client address (`crate::http::client_addr`). Below, "client id"
-//! is whatever the key names.
+//! address, on the device API a device key at one client address, for the admin token a client
+//! address (`crate::http::client_addr`). Below, "client id" is whatever the key names.
 //!
 //! The first [`FREE_FAILURES`] failures cost nothing (a device with a stale secret retries a few
 //! times). After that each failure closes the client id for an exponentially growing time (1 s,
 //! 2 s, 4 s … at most [`MAX_BLOCK`]); while closed, requests for it are answered 429 without the
 //! secret being checked, so guessing gets no faster with more requests. A success resets it; a
 //! quiet quarter of an hour forgets it. State is per process and bounded ([`CAPACITY`] client
-//! ids, the stalest open one forgotten first; a closed one is never forgotten early), so requests
-//! for made-up client ids cannot grow it or reopen a closed one. Callers record well-formed client
-//! ids only.
+//! ids; the stalest one still within its free failures is forgotten first, one that was ever
+//! closed never early), so requests for made-up client ids cannot grow it, reopen a closed one or
+//! reset one's back-off. Callers record well-formed client ids only.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,20 +57,20 @@ impl FailureThrottle {
         if !entries.contains_key(client_id) && entries.len() >= CAPACITY {
             entries.retain(|_, e| now.duration_since(e.last_failure) < FORGET_AFTER);
             if entries.len() >= CAPACITY {
-                // The stalest entry that is not closed: evicting a closed one would reopen it
-                // to whoever sends failures for enough other ids.
+                // The stalest entry still within its free failures: evicting a closed one
+                // would reopen it to whoever sends failures for enough other ids, and evicting
+                // one whose block has ended would reset its back-off (the next block 1 s again,
+                // not the 60 s it had grown to).
                 let stalest = entries
                     .iter()
-                    .filter(|(k, e)| {
-                        k.as_str() != OVERFLOW && e.blocked_until.is_none_or(|until| until <= now)
-                    })
+                    .filter(|(k, e)| k.as_str() != OVERFLOW && e.failures <= FREE_FAILURES)
                     .min_by_key(|(_, e)| e.last_failure)
                     .map(|(k, _)| k.clone());
                 match stalest {
                     Some(stalest) => {
                         entries.remove(&stalest);
                     }
-                    // Every entry is closed: counted with the others that found it so.
+                    // Every entry has been closed: counted with the others that found it so.
                     None => {
                         record(&mut entries, OVERFLOW, now);
                         return;
@@ -131,6 +131,39 @@ mod tests {
         assert!(t.check("b").is_ok(), "other client ids are not affected");
         t.succeeded("a");
         assert!(t.check("a").is_ok());
+    }
+
+    #[test]
+    fn a_full_map_keeps_the_back_off_of_a_key_whose_block_has_ended() {
+        let t = FailureThrottle::default();
+        let now = Instant::now();
+        {
+            let mut entries = t.entries.lock().unwrap();
+            // Escalated to long blocks; the last one has ended, and it is the stalest entry.
+            entries.insert(
+                "attacker".into(),
+                Entry {
+                    failures: FREE_FAILURES + 10,
+                    blocked_until: Some(now - Duration::from_secs(1)),
+                    last_failure: now - Duration::from_secs(120),
+                },
+            );
+            for i in 1..CAPACITY {
+                entries.insert(
+                    format!("id{i}"),
+                    Entry {
+                        failures: 1,
+                        blocked_until: None,
+                        last_failure: now,
+                    },
+                );
+            }
+        }
+        t.failed("newcomer");
+        assert_eq!(t.len(), CAPACITY);
+        let entries = t.entries.lock().unwrap();
+        assert_eq!(entries["attacker"].failures, FREE_FAILURES + 10);
+        assert!(entries.contains_key("newcomer"));
     }
 
     #[test]
