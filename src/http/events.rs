@@ -140,6 +140,10 @@ const RENEW_SUBSCRIPTIONS: Duration = Duration::from_secs(600);
 
 /// Lines read per wake of a live log feed at most; the rest follow on the next.
 const LOG_FEED_BATCH: i64 = 500;
+/// Message bytes sent per wake of a live log feed at most (the line that passes it included):
+/// 500 lines of 8 KiB, their control characters escaped six-fold in JSON, would hold up to
+/// 24 MiB per stream until its client read them.
+const LOG_FEED_BYTES: usize = 64 * 1024;
 
 impl LogFeed {
     /// New lines of the subscribed devices as `device-logs` messages
@@ -160,7 +164,18 @@ impl LogFeed {
             self.renewed = std::time::Instant::now();
         }
         let ids: Vec<i64> = subscribed.iter().map(|(id, _)| *id).collect();
-        let lines = device_logs::after(db, &ids, self.last, LOG_FEED_BATCH).await?;
+        let mut lines = device_logs::after(db, &ids, self.last, LOG_FEED_BATCH).await?;
+        let read_all = lines.len() < LOG_FEED_BATCH as usize;
+        let mut bytes = 0;
+        let within = lines
+            .iter()
+            .position(|l| {
+                bytes += l.message.len();
+                bytes >= LOG_FEED_BYTES
+            })
+            .map_or(lines.len(), |at| at + 1);
+        let read_all = read_all && within == lines.len();
+        lines.truncate(within);
         let mut events = Vec::new();
         for (device, entity) in &subscribed {
             let logs: Vec<serde_json::Value> = lines
@@ -180,7 +195,7 @@ impl LogFeed {
         if let Some(last) = lines.last() {
             self.last = last.id;
         }
-        if lines.len() < LOG_FEED_BATCH as usize {
+        if read_all {
             // Every line of these devices up to `newest` (read before the query, and ids become
             // visible in order) has been sent: a quiet device's feed starts the next read there,
             // not at its own last line with the whole fleet's lines since in between.

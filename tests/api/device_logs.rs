@@ -725,3 +725,66 @@ async fn all_stored_of(app: &TestApp, device_id: i64) -> Vec<String> {
     .await)
     .unwrap()
 }
+
+/// A live log feed sends a burst of long lines in messages of at most about 64 KiB of text each
+/// (one stream holding 500 lines of 8 KiB at once, escaped, could take 24 MiB), every line once
+/// and in order. The lines are written straight to the table: the feed reads what is stored,
+/// whoever stored it (the subscription works without MQTT).
+#[tokio::test]
+async fn a_burst_of_long_lines_reaches_a_live_stream_in_bounded_messages() {
+    for_each_stack("device_logs_live_bounded", &[], async |app| {
+        let model_id = create_model(app, "burst", None).await;
+        let device = device_with_entity(app, model_id, Some(&entity("burst"))).await;
+        let mut stream = SseReader::open_as(app, "tab-burst").await;
+        assert_eq!(
+            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+            "version"
+        );
+        let (status, body) = app
+            .device_log_subscription(
+                "subscribe",
+                json!({"request_id": "tab-burst", "device_id": device}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let line = |i: usize| format!("{i:03} {}", "x".repeat(8000));
+        for i in 0..40 {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                "INSERT INTO device_logs (device_id, logged_at, message) VALUES ($1, $2, $3)"
+            )
+            .bind(device)
+            .bind(Utc::now())
+            .bind(line(i))
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let mut received = Vec::new();
+        let mut messages = 0;
+        while received.len() < 40 {
+            let event = stream
+                .next(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("{} of 40 lines came", received.len()));
+            assert_eq!(event["type"], "device-logs", "{event}");
+            let logs = event["payload"]["logs"].as_array().unwrap();
+            let text: usize = logs
+                .iter()
+                .map(|l| l["message"].as_str().unwrap().len())
+                .sum();
+            assert!(
+                text < 64 * 1024 + 8004,
+                "{text} bytes of lines in one message"
+            );
+            received.extend(
+                logs.iter()
+                    .map(|l| l["message"].as_str().unwrap().to_string()),
+            );
+            messages += 1;
+        }
+        assert_eq!(received, (0..40).map(line).collect::<Vec<_>>());
+        assert!(messages >= 5, "{messages} messages");
+    })
+    .await;
+}
