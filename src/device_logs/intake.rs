@@ -82,9 +82,9 @@ pub fn parse_payload(payload: &[u8]) -> (Vec<LogDocument>, usize) {
     (documents, malformed)
 }
 
-/// Devices that got lines since the count retention last looked (shared with
-/// `super::retention`).
-pub type Touched = Arc<Mutex<HashSet<i64>>>;
+/// Devices that got lines since the count retention last trimmed them, with how many (shared
+/// with `super::retention`).
+pub type Touched = Arc<Mutex<HashMap<i64, u64>>>;
 
 /// A document and its time.
 pub type Arrived = (DateTime<Utc>, LogDocument);
@@ -209,7 +209,9 @@ pub async fn store(
     metrics::counter!(DEVICE_LOG_LINES, "outcome" => "stored").increment(lines.len() as u64);
     metrics::counter!(DEVICE_LOG_LINES, "outcome" => "unknown_device").increment(unknown);
     if let Ok(mut t) = touched.lock() {
-        t.extend(lines.iter().map(|l| l.device_id));
+        for line in &lines {
+            *t.entry(line.device_id).or_default() += 1;
+        }
     }
     Ok(lines.len())
 }

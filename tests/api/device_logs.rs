@@ -519,7 +519,7 @@ async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
         .unwrap();
 
         let touched = iotsupport::device_logs::intake::Touched::default();
-        touched.lock().unwrap().insert(a);
+        touched.lock().unwrap().insert(a, 30);
         let deleted = iotsupport::device_logs::retention::sweep(
             app.db(),
             &touched,
