@@ -155,7 +155,9 @@ impl Application {
                 config.max_concurrent_coredump_uploads,
             )),
             tokens,
-            token_failures: Arc::default(),
+            token_failures: Arc::new(
+                crate::credentials::throttle::FailureThrottle::without_overflow(),
+            ),
             admin_failures: Arc::default(),
             notifier: crate::notify::Notifier::new(config.mqtt.is_some())
                 .with_firmware_delay(config.device_lookup_cache_ttl),

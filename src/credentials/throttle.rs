@@ -29,25 +29,59 @@ struct Entry {
     last_failure: Instant,
 }
 
-#[derive(Default)]
 pub struct FailureThrottle {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Whether keys that find the map full of closed entries share one count ([`OVERFLOW`]).
+    overflow: bool,
+    /// Until when a full map is not walked again for room (see `failed`).
+    no_room_until: Mutex<Option<Instant>>,
+}
+
+/// How long a full map that had no room is taken to still have none.
+const NO_ROOM_RECHECK: Duration = Duration::from_secs(1);
+
+impl Default for FailureThrottle {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            overflow: true,
+            no_room_until: Mutex::default(),
+        }
+    }
 }
 
 impl FailureThrottle {
+    /// A throttle whose keys that find the map full of closed entries are not throttled at all,
+    /// instead of sharing one count. For device secrets: 32 random bytes cannot be guessed
+    /// anyway, and with a shared count whoever closed [`CAPACITY`] made-up keys would have every
+    /// device of the fleet refused (the devices that succeed are not in the map).
+    pub fn without_overflow() -> Self {
+        Self {
+            entries: Mutex::default(),
+            overflow: false,
+            no_room_until: Mutex::default(),
+        }
+    }
+
     /// `Err(retry_after)` while `client_id` is closed.
     pub fn check(&self, client_id: &str) -> Result<(), Duration> {
+        self.check_known(client_id).map(|_| ())
+    }
+
+    /// [`Self::check`], and whether `client_id` has failures on record (a success need only be
+    /// reported, with [`Self::succeeded`], when it has: that spares the lock on the hot path).
+    pub fn check_known(&self, client_id: &str) -> Result<bool, Duration> {
         let now = Instant::now();
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = match entries.get(client_id) {
-            Some(entry) => Some(entry),
+        let (entry, known) = match entries.get(client_id) {
+            Some(entry) => (Some(entry), true),
             // Not recorded: perhaps because the map is full, then the shared count stands for it.
-            None if entries.len() >= CAPACITY => entries.get(OVERFLOW),
-            None => None,
+            None if self.overflow && entries.len() >= CAPACITY => (entries.get(OVERFLOW), false),
+            None => (None, false),
         };
         match entry.and_then(|e| e.blocked_until) {
             Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
+            _ => Ok(known),
         }
     }
 
@@ -55,6 +89,15 @@ impl FailureThrottle {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if !entries.contains_key(client_id) && entries.len() >= CAPACITY {
+            // A walk of the map found no room a moment ago: not again for every failure of a
+            // flood (each walk holds the lock every request's check waits for).
+            let mut no_room = self.no_room_until.lock().unwrap_or_else(|e| e.into_inner());
+            if no_room.is_some_and(|until| now < until) {
+                if self.overflow {
+                    record(&mut entries, OVERFLOW, now);
+                }
+                return;
+            }
             entries.retain(|_, e| now.duration_since(e.last_failure) < FORGET_AFTER);
             if entries.len() >= CAPACITY {
                 // The stalest entry still within its free failures: evicting a closed one
@@ -70,9 +113,13 @@ impl FailureThrottle {
                     Some(stalest) => {
                         entries.remove(&stalest);
                     }
-                    // Every entry has been closed: counted with the others that found it so.
+                    // Every entry has been closed: counted with the others that found it so,
+                    // or (without overflow) not counted.
                     None => {
-                        record(&mut entries, OVERFLOW, now);
+                        *no_room = Some(now + NO_ROOM_RECHECK);
+                        if self.overflow {
+                            record(&mut entries, OVERFLOW, now);
+                        }
                         return;
                     }
                 }
@@ -218,5 +265,32 @@ mod tests {
         }
         assert!(t.check("fresh-99").is_err(), "guessing went on unthrottled");
         assert!(t.len() <= CAPACITY + 1);
+    }
+
+    #[test]
+    fn without_overflow_keys_that_find_no_room_are_not_refused() {
+        let t = FailureThrottle::without_overflow();
+        for i in 0..CAPACITY {
+            for _ in 0..=FREE_FAILURES {
+                t.failed(&format!("c{i}"));
+            }
+        }
+        for i in 0..=FREE_FAILURES {
+            t.failed(&format!("fresh-{i}"));
+        }
+        // A device that never failed is not refused because others closed the whole map.
+        assert_eq!(t.check_known("healthy-device"), Ok(false));
+        assert!(t.check("c0").is_err(), "a closed key reopened");
+        assert_eq!(t.len(), CAPACITY);
+    }
+
+    #[test]
+    fn only_keys_with_failures_on_record_are_known() {
+        let t = FailureThrottle::default();
+        assert_eq!(t.check_known("a"), Ok(false));
+        t.failed("a");
+        assert_eq!(t.check_known("a"), Ok(true));
+        t.succeeded("a");
+        assert_eq!(t.check_known("a"), Ok(false));
     }
 }

@@ -594,20 +594,26 @@ async fn authenticate_device(
             "{key} {}",
             super::client_addr::ClientScope::of(parts, state).0
         );
-        if let Err(wait) = state.token_failures.check(&throttle_key) {
-            return Err(ApiError::TooManyRequests {
-                message: "Too many wrong secrets for this device from this address; retry later"
-                    .into(),
-                retry_after: wait.as_secs().max(1),
-            });
-        }
+        let known = match state.token_failures.check_known(&throttle_key) {
+            Ok(known) => known,
+            Err(wait) => {
+                return Err(ApiError::TooManyRequests {
+                    message:
+                        "Too many wrong secrets for this device from this address; retry later"
+                            .into(),
+                    retry_after: wait.as_secs().max(1),
+                })
+            }
+        };
         let Some((credential, proved)) =
             prove(state, key, image, |c| credentials::match_secret(c, secret)).await?
         else {
             state.token_failures.failed(&throttle_key);
             return Err(invalid_device_credentials());
         };
-        state.token_failures.succeeded(&throttle_key);
+        if known {
+            state.token_failures.succeeded(&throttle_key);
+        }
         return accept(state, credential, proved).await;
     }
     if state.config.iot_device_key_auth {
