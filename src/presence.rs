@@ -30,7 +30,7 @@ pub const WRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// Devices remembered per process (about 90 bytes each). It must hold every device that polls
 /// within [`WRITE_INTERVAL`]: a device forgotten before its next poll is written at every poll.
 /// Past it, writes older than the interval are forgotten first (they are due again anyway),
-/// and only if that frees nothing, all of them (which costs one extra write per device).
+/// and if that frees less than an eighth, all of them (which costs one extra write per device).
 const CAPACITY: usize = 262_144;
 /// The longest time between flushes.
 const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -84,7 +84,10 @@ impl Presence {
             state
                 .written
                 .retain(|_, w| now.saturating_duration_since(w.at) < WRITE_INTERVAL);
-            if state.written.len() >= CAPACITY {
+            // Too little freed (a fleet a bit larger than the map, every device polling within
+            // the interval) would walk the whole map again for almost every new device, under
+            // the lock every device request takes: start over instead.
+            if state.written.len() > CAPACITY / 8 * 7 {
                 state.written.clear();
             }
         }
@@ -213,6 +216,29 @@ mod tests {
         p.observe_at(half, None, later);
         p.observe_at(0, None, later);
         assert_eq!(pending(&p), [(0, None)]);
+    }
+
+    #[test]
+    fn a_full_memory_that_frees_too_little_starts_over() {
+        let p = Presence::default();
+        let t0 = Instant::now();
+        let sixteenth = (CAPACITY / 16) as i64;
+        for id in 0..CAPACITY as i64 {
+            let at = if id < sixteenth {
+                t0
+            } else {
+                t0 + Duration::from_secs(50)
+            };
+            p.observe_at(id, None, at);
+        }
+        p.take();
+        let later = t0 + Duration::from_secs(70);
+        p.observe_at(-1, None, later);
+        assert_eq!(
+            p.state.lock().unwrap().written.len(),
+            1,
+            "walked again next time"
+        );
     }
 
     #[test]
