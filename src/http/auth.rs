@@ -227,8 +227,10 @@ pub async fn authenticate_admin(
             Ok(verified) => verified,
             Err(e) => {
                 // Neither the admin token nor a token of the issuer: a guess shaped like a JWT
-                // counts against the address as any other wrong admin token.
-                if let Some(client) = refused {
+                // counts against the address as any other wrong admin token. Not while the
+                // issuer cannot be reached: its users' tokens would close the address to the
+                // admin token, the way in that is left.
+                if let (Some(client), false) = (refused, e.is_unavailable()) {
                     state.admin_failures.failed(&client);
                 }
                 return Err(oidc_failure(e));

@@ -254,7 +254,17 @@ async fn an_unreachable_issuer_is_503_not_401() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "SERVICE_UNAVAILABLE");
-    // The static token does not depend on the issuer.
+    // The static token does not depend on the issuer, and its users' tokens, refused while it
+    // is away, do not close the address to it.
+    for _ in 0..8 {
+        let token = key.sign(&issuer.claims());
+        assert_eq!(
+            call(&app, "GET", "/api/device-models", &token, None)
+                .await
+                .0,
+            503
+        );
+    }
     assert_eq!(
         call(&app, "GET", "/api/device-models", TOKEN, None).await.0,
         200
