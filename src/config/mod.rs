@@ -156,6 +156,10 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`, default loopback);
     /// see `crate::http::client_addr`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Host names the open admin API answers besides `localhost` and IP addresses
+    /// (`ALLOWED_HOSTS`, comma-separated, lowercased, without ports); see
+    /// `crate::http::auth`. Empty: none.
+    pub allowed_hosts: Vec<String>,
     /// Device tokens and provisioning packages.
     pub credentials: CredentialSettings,
     /// Admin browser sessions.
@@ -206,6 +210,32 @@ pub const MAX_DEVICE_LOOKUP_CACHE_SECONDS: f64 = 30.0;
 /// A proxy on the same host (the usual nginx or Caddy in front): only it can connect from
 /// loopback, and whatever else runs there could reach the service without a proxy anyway.
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8, ::1";
+
+/// `ALLOWED_HOSTS`: host names, comma-separated (`iot.example.com, iot.lan`), without ports.
+fn parse_allowed_hosts(raw: &str) -> Result<Vec<String>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let name = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+            let valid = name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if valid {
+                Ok(name)
+            } else {
+                Err(format!(
+                    "{h:?} is not a host name (names only, no ports or schemes)"
+                ))
+            }
+        })
+        .collect()
+}
 
 /// `TRUSTED_PROXIES`: addresses or networks, comma-separated (`10.0.0.5, 172.16.0.0/12`); `none`
 /// trusts none (an empty value counts as unset, as everywhere).
@@ -498,6 +528,8 @@ impl Config {
                     .unwrap_or(DEFAULT_TRUSTED_PROXIES),
             )
             .map_err(|reason| invalid("TRUSTED_PROXIES", reason))?,
+            allowed_hosts: parse_allowed_hosts(env.get("ALLOWED_HOSTS").unwrap_or(""))
+                .map_err(|reason| invalid("ALLOWED_HOSTS", reason))?,
             mqtt,
             device_logs,
         })

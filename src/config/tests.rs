@@ -308,3 +308,14 @@ fn a_broker_url_that_is_refused_is_not_echoed() {
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }
+
+#[test]
+fn allowed_hosts_are_names_without_ports() {
+    let c = config(&[("ALLOWED_HOSTS", " IOT.example.com , iot.lan. ,")]).unwrap();
+    assert_eq!(c.allowed_hosts, ["iot.example.com", "iot.lan"]);
+    assert!(config(&[]).unwrap().allowed_hosts.is_empty());
+    for bad in ["iot.lan:3101", "http://iot.lan", "bad_name.lan", "a..b"] {
+        let err = config(&[("ALLOWED_HOSTS", bad)]).unwrap_err();
+        assert_eq!(err.variable, "ALLOWED_HOSTS", "{bad}");
+    }
+}

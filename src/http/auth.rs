@@ -184,12 +184,15 @@ pub async fn authenticate_admin(
     if !state.config.admin_auth_enabled() {
         // On loopback, a request must also name this machine: a page whose host name its owner
         // points at 127.0.0.1 (DNS rebinding) is otherwise same-origin with the open API, reads
-        // included. Served beyond loopback (`ALLOW_UNAUTHENTICATED`), any name is accepted.
-        if !state.config.allow_unauthenticated && !super::session::addressed_locally(&parts.headers)
-        {
+        // included. Served beyond loopback (`ALLOW_UNAUTHENTICATED`), any name is accepted,
+        // unless `ALLOWED_HOSTS` lists the names.
+        let config = &state.config;
+        let checked = config.host.is_loopback() || !config.allowed_hosts.is_empty();
+        if checked && !super::session::addressed_locally(&parts.headers, &config.allowed_hosts) {
             return Err(ApiError::AuthorizationFailed(
-                "Without admin authentication only requests addressed to localhost or an IP \
-                 address are answered; set ADMIN_TOKEN or OIDC to serve under a host name"
+                "Without admin authentication only requests addressed to localhost, an IP \
+                 address or a name in ALLOWED_HOSTS are answered (a proxy in front that passes \
+                 its own Host on needs its name there); or set ADMIN_TOKEN or OIDC"
                     .into(),
             ));
         }

@@ -196,10 +196,10 @@ pub fn changes_state(parts: &Parts) -> bool {
 }
 
 /// Whether the request's own `Host` (not a proxy's `X-Forwarded-Host`, which a page may set on
-/// its own requests) names this machine: `localhost` (or a name under it) or an IP address. A
-/// name that resolves to 127.0.0.1 only because its owner made it so (DNS rebinding) does not.
-/// A request without `Host` comes from no browser.
-pub fn addressed_locally(headers: &HeaderMap) -> bool {
+/// its own requests) names this machine: `localhost` (or a name under it), an IP address, or
+/// one of the `allowed` names (`ALLOWED_HOSTS`). A name that resolves to 127.0.0.1 only because
+/// its owner made it so (DNS rebinding) does not. A request without `Host` comes from no browser.
+pub fn addressed_locally(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(host) = headers.get(http::header::HOST) else {
         return true;
     };
@@ -218,6 +218,7 @@ pub fn addressed_locally(headers: &HeaderMap) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
+        || allowed.contains(&name)
 }
 
 /// Marks a GET route that changes state (it mints a secret): for a cookie caller it gets the
@@ -335,7 +336,10 @@ mod tests {
             "[::1]:3101",
             "[::1]",
         ] {
-            assert!(addressed_locally(&headers(&[("host", host)])), "{host}");
+            assert!(
+                addressed_locally(&headers(&[("host", host)]), &[]),
+                "{host}"
+            );
         }
         for host in [
             "evil.example",
@@ -345,9 +349,22 @@ mod tests {
             "[not-an-ip]:3101",
             "",
         ] {
-            assert!(!addressed_locally(&headers(&[("host", host)])), "{host}");
+            assert!(
+                !addressed_locally(&headers(&[("host", host)]), &[]),
+                "{host}"
+            );
         }
         // No Host at all: no browser sent it.
-        assert!(addressed_locally(&HeaderMap::new()));
+        assert!(addressed_locally(&HeaderMap::new(), &[]));
+        // Names the operator allowed (a proxy in front that passes its own Host on).
+        let allowed = ["iot.example.com".to_string()];
+        assert!(addressed_locally(
+            &headers(&[("host", "IOT.example.com:443")]),
+            &allowed
+        ));
+        assert!(!addressed_locally(
+            &headers(&[("host", "evil.example")]),
+            &allowed
+        ));
     }
 }

@@ -307,23 +307,25 @@ async fn open_mode_answers_only_requests_addressed_to_this_machine() {
     }
     app.stop().await;
 
-    // Served beyond loopback on purpose, any name is answered.
+    // A proxy in front that passes its own Host on: its name is allowed. Others still are not,
+    // also with ALLOW_UNAUTHENTICATED (the server is still on loopback).
     let Some(app) = spawn(
         Stack::Embedded,
         "open_host_allowed",
-        &[("ALLOW_UNAUTHENTICATED", "true")],
+        &[
+            ("ALLOWED_HOSTS", "iot.lan, other.lan"),
+            ("ALLOW_UNAUTHENTICATED", "true"),
+        ],
     )
     .await
     else {
         return;
     };
-    let answered = app
-        .client
-        .get(app.url("/test/read"))
-        .header("host", "iot.lan:3101")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answered.status(), 200);
+    let status = |host: &'static str| {
+        let request = app.client.get(app.url("/test/read")).header("host", host);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("iot.lan:3101").await, 200);
+    assert_eq!(status("evil.example:3101").await, 403);
     app.stop().await;
 }
