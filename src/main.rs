@@ -24,10 +24,13 @@ fn main() -> ExitCode {
 /// freed into one arena is not reused by the others. With 256 concurrent uncached downloads on
 /// two cores the service peaked at 60-64 MiB with the default and 53-55 MiB with one arena, at
 /// the same throughput; a backlog of parses drains about 5 % slower (bench/README.md, "Stop
-/// 29"). So one arena, unless `MALLOC_ARENA_MAX` says otherwise.
+/// 29"). So one arena, unless `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES`' `glibc.malloc.arena_max`)
+/// says otherwise. Measured on two cores only: on many cores, more parses and downloads contend
+/// for the one arena's lock.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc.arena_max"));
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tuned {
         // SAFETY: called first thing in `main`, before any other thread exists; mallopt only
         // sets a parameter of the allocator.
         unsafe {

@@ -113,7 +113,8 @@ impl Stamper {
         // Pruned once per arrival millisecond at most: the lines of one message (up to tens of
         // thousands, each of another entity id, all with one arrival time) would otherwise each
         // walk the whole map and keep all of it.
-        if self.last.len() > STAMPER_KEEPS && arrived_ms > self.pruned_for {
+        // `!=`, not `>`: a clock stepped back must not stop the pruning until it catches up.
+        if self.last.len() > STAMPER_KEEPS && arrived_ms != self.pruned_for {
             self.last.retain(|_, (ms, _)| *ms >= arrived_ms);
             self.pruned_for = arrived_ms;
             self.prunes += 1;
