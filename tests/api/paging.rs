@@ -186,14 +186,19 @@ async fn bad_limits_and_cursors_are_refused() {
 /// Puts device `id` into a rotation state with its last completed rotation `days_ago` days ago.
 async fn set_rotation(app: &TestApp, id: i64, state: &str, days_ago: Option<i64>, active: bool) {
     let completed = days_ago.map(|d| iotsupport::db::now() - chrono::Duration::days(d));
+    // A pending device's attempt started just now: one without an attempt time would be timed
+    // out by the rotation worker while the test reads the dashboard.
+    let attempt = (state == "PENDING").then(iotsupport::db::now);
     iotsupport::on_pool!(app.db(), |p| sqlx::query(
-        "UPDATE devices SET rotation_state = $1, last_rotation_completed_at = $2, active = $3
+        "UPDATE devices SET rotation_state = $1, last_rotation_completed_at = $2, active = $3,
+                            last_rotation_attempt_at = $5
          WHERE id = $4"
     )
     .bind(state)
     .bind(completed)
     .bind(active)
     .bind(id)
+    .bind(attempt)
     .execute(p)
     .await
     .map(|done| done.rows_affected()))
