@@ -12,6 +12,7 @@
 //! reset one's back-off. Callers record well-formed client ids only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,11 @@ pub struct FailureThrottle {
     overflow: bool,
     /// Until when a full map is not walked again for room (see `failed`).
     no_room_until: Mutex<Option<Instant>>,
+    /// How many keys are on record, as of the last change.
+    len: AtomicUsize,
+    /// When the newest failure was recorded, in milliseconds after `base`.
+    newest_failure_ms: AtomicU64,
+    base: Instant,
 }
 
 /// How long a full map that had no room is taken to still have none.
@@ -46,6 +52,9 @@ impl Default for FailureThrottle {
             entries: Mutex::default(),
             overflow: true,
             no_room_until: Mutex::default(),
+            len: AtomicUsize::new(0),
+            newest_failure_ms: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 }
@@ -60,6 +69,9 @@ impl FailureThrottle {
             entries: Mutex::default(),
             overflow: false,
             no_room_until: Mutex::default(),
+            len: AtomicUsize::new(0),
+            newest_failure_ms: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 
@@ -87,6 +99,10 @@ impl FailureThrottle {
 
     pub fn failed(&self, client_id: &str) {
         let now = Instant::now();
+        self.newest_failure_ms.store(
+            now.saturating_duration_since(self.base).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if !entries.contains_key(client_id) && entries.len() >= CAPACITY {
             // A walk of the map found no room a moment ago: not again for every failure of a
@@ -95,6 +111,7 @@ impl FailureThrottle {
             if no_room.is_some_and(|until| now < until) {
                 if self.overflow {
                     record(&mut entries, OVERFLOW, now);
+                    self.len.store(entries.len(), Ordering::Relaxed);
                 }
                 return;
             }
@@ -120,12 +137,14 @@ impl FailureThrottle {
                         if self.overflow {
                             record(&mut entries, OVERFLOW, now);
                         }
+                        self.len.store(entries.len(), Ordering::Relaxed);
                         return;
                     }
                 }
             }
         }
         record(&mut entries, client_id, now);
+        self.len.store(entries.len(), Ordering::Relaxed);
     }
 
     #[cfg(test)]
@@ -134,10 +153,21 @@ impl FailureThrottle {
     }
 
     pub fn succeeded(&self, client_id: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(client_id);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(client_id);
+        self.len.store(entries.len(), Ordering::Relaxed);
+    }
+
+    /// Whether any failure that still counts is on record (one in the last [`FORGET_AFTER`]: an
+    /// older one is forgotten at the key's next failure anyway). Two atomic loads: the device API
+    /// skips its throttle (a key to build, a lock to take) on every request while nobody has
+    /// failed lately. A failure recorded at that very moment by another request may go unseen
+    /// by this one.
+    pub fn holds_failures(&self) -> bool {
+        let newest = self.newest_failure_ms.load(Ordering::Relaxed);
+        self.len.load(Ordering::Relaxed) > 0
+            && (self.base.elapsed().as_millis() as u64).saturating_sub(newest)
+                < FORGET_AFTER.as_millis() as u64
     }
 }
 
@@ -288,9 +318,12 @@ mod tests {
     fn only_keys_with_failures_on_record_are_known() {
         let t = FailureThrottle::default();
         assert_eq!(t.check_known("a"), Ok(false));
+        assert!(!t.holds_failures());
         t.failed("a");
         assert_eq!(t.check_known("a"), Ok(true));
+        assert!(t.holds_failures());
         t.succeeded("a");
         assert_eq!(t.check_known("a"), Ok(false));
+        assert!(!t.holds_failures());
     }
 }

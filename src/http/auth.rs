@@ -595,29 +595,36 @@ async fn authenticate_device(
         // Wrong secrets slow down this device key at this address, as at the token endpoint
         // (`crate::credentials::throttle`): the key is no secret (it is in the device's MQTT
         // client id), and its secret could otherwise be guessed here at any rate.
-        let throttle_key = format!(
-            "{key} {}",
-            super::client_addr::ClientScope::of(parts, state).0
-        );
-        let known = match state.token_failures.check_known(&throttle_key) {
-            Ok(known) => known,
-            Err(wait) => {
-                return Err(ApiError::TooManyRequests {
-                    message:
-                        "Too many wrong secrets for this device from this address; retry later"
-                            .into(),
-                    retry_after: wait.as_secs().max(1),
-                })
-            }
+        // While nobody has failed (the usual case) the key is not even built.
+        let throttle = &state.token_failures;
+        let throttle_key = || {
+            format!(
+                "{key} {}",
+                super::client_addr::ClientScope::of(parts, state).0
+            )
         };
+        let known =
+            if throttle.holds_failures() {
+                match throttle.check_known(&throttle_key()) {
+                    Ok(known) => known,
+                    Err(wait) => return Err(ApiError::TooManyRequests {
+                        message:
+                            "Too many wrong secrets for this device from this address; retry later"
+                                .into(),
+                        retry_after: wait.as_secs().max(1),
+                    }),
+                }
+            } else {
+                false
+            };
         let Some((credential, proved)) =
             prove(state, key, image, |c| credentials::match_secret(c, secret)).await?
         else {
-            state.token_failures.failed(&throttle_key);
+            throttle.failed(&throttle_key());
             return Err(invalid_device_credentials());
         };
         if known {
-            state.token_failures.succeeded(&throttle_key);
+            throttle.succeeded(&throttle_key());
         }
         return accept(state, credential, proved).await;
     }
