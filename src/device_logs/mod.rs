@@ -75,9 +75,6 @@ pub struct LogHub {
     newest: watch::Receiver<i64>,
     poke: std::sync::Arc<watch::Sender<i64>>,
     intake_subscribed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped when this process adds or ends a live-log subscription: streams re-read theirs
-    /// at once instead of after their usual while.
-    subscriptions: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogHub {
@@ -90,21 +87,7 @@ impl LogHub {
             newest,
             poke: sender,
             intake_subscribed: Default::default(),
-            subscriptions: Default::default(),
         }
-    }
-
-    /// This process added or ended a live-log subscription.
-    pub fn subscriptions_changed(&self) {
-        self.subscriptions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How many times [`Self::subscriptions_changed`] was called: a stream whose subscriptions
-    /// were read at another count reads them again.
-    pub fn subscriptions_version(&self) -> u64 {
-        self.subscriptions
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this process's intake holds its granted log-sink subscription right now.

@@ -173,7 +173,6 @@ pub async fn subscribe(
             ApiError::NotFound(format!("Device entity ID {} was not found", body.device_id))
         })?;
     queries::subscribe(&state.db, request_id, body.device_id).await?;
-    state.log_hub.subscriptions_changed();
     Ok(Json(SubscribeResponse {
         status: "subscribed",
         device_entity_id: entity,
@@ -191,9 +190,7 @@ pub async fn unsubscribe(
     Json(body): Json<LogSubscription>,
 ) -> Result<Json<UnsubscribeResponse>, ApiError> {
     let request_id = bounded_request_id(&body.request_id)?;
-    let ended = queries::unsubscribe(&state.db, request_id, body.device_id).await?;
-    state.log_hub.subscriptions_changed();
-    if !ended {
+    if !queries::unsubscribe(&state.db, request_id, body.device_id).await? {
         return Err(ApiError::NotFound(format!(
             "No log subscription of device {} for this stream",
             body.device_id

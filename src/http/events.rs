@@ -92,8 +92,6 @@ struct Subscriber {
     shutdown: tokio_util::sync::CancellationToken,
     /// Live device log lines for the devices this stream's `request_id` subscribed to.
     logs: LogFeed,
-    /// Whether the events table may hold something new for this stream.
-    events_due: bool,
     /// The credentials the stream was opened with, checked again every [`RECHECK_AUTH`].
     auth: StreamAuth,
     /// Its place among the streams open at once (`AppState::stream_slots`), given back when the
@@ -135,18 +133,7 @@ struct LogFeed {
     /// When this stream last renewed its subscriptions (forgotten an hour after the last renewal,
     /// see `crate::device_logs::retention`).
     renewed: std::time::Instant,
-    /// The devices this stream's `request_id` subscribed to (id, entity id), as read when, and
-    /// at which count of this process's subscription changes (`LogHub::subscriptions_version`).
-    subscribed: Vec<(i64, String)>,
-    subscribed_at: Option<(std::time::Instant, u64)>,
-    hub: crate::device_logs::LogHub,
 }
-
-/// How long a stream reuses the subscriptions it read: every process's log flush wakes every
-/// stream, and reading them on each wake cost each stream a query several times a second. A
-/// subscription added or ended through this process is seen at once; through another, within
-/// this time.
-const SUBSCRIPTIONS_FRESH: Duration = Duration::from_secs(2);
 
 /// How often an open stream renews its log subscriptions.
 const RENEW_SUBSCRIPTIONS: Duration = Duration::from_secs(600);
@@ -167,22 +154,9 @@ impl LogFeed {
             self.last = self.last.max(newest);
             return Ok(Vec::new());
         };
-        // Read again after a while. Only an answer read now can say that every line up to
-        // `newest` was seen: with one reused, a subscription made since would miss its device's
-        // lines of those seconds.
-        let version = self.hub.subscriptions_version();
-        let read_now = !self
-            .subscribed_at
-            .is_some_and(|(at, seen)| at.elapsed() < SUBSCRIPTIONS_FRESH && seen == version);
-        if read_now {
-            self.subscribed = device_logs::subscriptions(db, request_id).await?;
-            self.subscribed_at = Some((std::time::Instant::now(), version));
-        }
-        let subscribed = self.subscribed.clone();
+        let subscribed = device_logs::subscriptions(db, request_id).await?;
         if subscribed.is_empty() {
-            if read_now {
-                self.last = self.last.max(newest);
-            }
+            self.last = self.last.max(newest);
             return Ok(Vec::new());
         }
         if self.renewed.elapsed() >= RENEW_SUBSCRIPTIONS {
@@ -200,7 +174,7 @@ impl LogFeed {
                 bytes >= LOG_FEED_BYTES
             })
             .map_or(lines.len(), |at| at + 1);
-        let read_all = read_all && within == lines.len() && read_now;
+        let read_all = read_all && within == lines.len();
         lines.truncate(within);
         let mut events = Vec::new();
         for (device, entity) in &subscribed {
@@ -284,9 +258,6 @@ pub async fn stream(
         newest: state.log_hub.subscribe(),
         last: device_logs::newest_id(&state.db).await?,
         renewed: std::time::Instant::now(),
-        subscribed: Vec::new(),
-        subscribed_at: None,
-        hub: state.log_hub.clone(),
     };
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.headers = headers.clone();
@@ -304,22 +275,13 @@ pub async fn stream(
         buffer,
         shutdown: state.shutdown.clone(),
         logs,
-        events_due: true,
     };
     let stream = futures::stream::unfold(subscriber, |mut s| async move {
         loop {
             if let Some(event) = s.buffer.pop_front() {
                 return Some((Ok(event), s));
             }
-            // Events are read again after a new one, after a quiet while (a late commit below
-            // the newest, a failed read) and while they come; a wake for device-log lines alone
-            // does not query them.
-            let events_read = if s.events_due {
-                events::after(&s.db, &mut s.events, 100).await
-            } else {
-                Ok(Vec::new())
-            };
-            match events_read {
+            match events::after(&s.db, &mut s.events, 100).await {
                 Ok(rows) if !rows.is_empty() => {
                     // One at a time (as `saw` takes them anyway), so each message's id names
                     // what is awaited once it is delivered.
@@ -331,7 +293,7 @@ pub async fn stream(
                     }
                     continue;
                 }
-                Ok(_) => s.events_due = false,
+                Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "sse_read_failed"),
             }
             match s.logs.read(&s.db).await {
@@ -348,15 +310,11 @@ pub async fn stream(
             }
             tokio::select! {
                 () = s.shutdown.cancelled() => return None,
-                changed = s.newest.changed() => {
-                    if changed.is_err() { return None }
-                    s.events_due = true;
-                }
+                changed = s.newest.changed() => if changed.is_err() { return None },
                 _ = s.logs.newest.changed() => {}
-                // Also look again now and then: a read may have failed, an event may have
-                // committed below the newest, or a log subscription of this stream may have been
-                // made (through another process).
-                () = tokio::time::sleep(Duration::from_secs(2)) => s.events_due = true,
+                // Also look again now and then: a read may have failed, or a log subscription of
+                // this stream may have been made (through another process).
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         }
     });
