@@ -30,7 +30,7 @@ pub const WRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// Devices remembered per process (about 90 bytes each). It must hold every device that polls
 /// within [`WRITE_INTERVAL`]: a device forgotten before its next poll is written at every poll.
 /// Past it, writes older than the interval are forgotten first (they are due again anyway),
-/// and if that frees less than an eighth, all of them (which costs one extra write per device).
+/// and if that frees less than a 64th, all of them (which costs one extra write per device).
 const CAPACITY: usize = 262_144;
 /// The longest time between flushes.
 const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -86,8 +86,9 @@ impl Presence {
                 .retain(|_, w| now.saturating_duration_since(w.at) < WRITE_INTERVAL);
             // Too little freed (a fleet a bit larger than the map, every device polling within
             // the interval) would walk the whole map again for almost every new device, under
-            // the lock every device request takes: start over instead.
-            if state.written.len() > CAPACITY / 8 * 7 {
+            // the lock every device request takes: start over instead. With at least a 64th
+            // freed, a walk costs at most 64 entries per device noted until the next one.
+            if state.written.len() > CAPACITY - CAPACITY / 64 {
                 state.written.clear();
             }
         }
@@ -222,9 +223,9 @@ mod tests {
     fn a_full_memory_that_frees_too_little_starts_over() {
         let p = Presence::default();
         let t0 = Instant::now();
-        let sixteenth = (CAPACITY / 16) as i64;
+        let few = (CAPACITY / 128) as i64;
         for id in 0..CAPACITY as i64 {
-            let at = if id < sixteenth {
+            let at = if id < few {
                 t0
             } else {
                 t0 + Duration::from_secs(50)

@@ -233,8 +233,17 @@ pub async fn authenticate_admin(
                 // counts against the address as any other wrong admin token. Not while the
                 // issuer cannot be reached: its users' tokens would close the address to the
                 // admin token, the way in that is left.
-                if let (Some(client), false) = (refused, e.is_unavailable()) {
-                    state.admin_failures.failed(&client);
+                // (Unless the admin token is itself shaped like a JWT: such guesses could match
+                // it, and must count whatever the issuer does.)
+                let could_be_admin = state
+                    .config
+                    .admin_token
+                    .as_ref()
+                    .is_some_and(|t| looks_like_jwt(t.expose()));
+                if let Some(client) = refused {
+                    if !e.is_unavailable() || could_be_admin {
+                        state.admin_failures.failed(&client);
+                    }
                 }
                 return Err(oidc_failure(e));
             }
