@@ -185,7 +185,9 @@ pub async fn delete(tx: &mut Tx, id: i64) -> Result<bool, DbError> {
 
 /// Records that the device was heard from at `at`, running `version` if it said so (see
 /// `crate::presence`). The newest observation wins: an older one written late changes nothing,
-/// and an observation without a version keeps the version known.
+/// and an observation without a version keeps the version known. Versions are compared among
+/// version reports (`running_firmware_version_at`), so one flushed after another process wrote a
+/// newer `last_seen_at` from a request without a version still lands.
 pub async fn record_presence(
     db: &super::Db,
     id: i64,
@@ -195,8 +197,13 @@ pub async fn record_presence(
     crate::on_pool!(db, |p| sqlx::query(
         "UPDATE devices SET
              running_firmware_version = CASE
-                 WHEN $2 IS NOT NULL AND (last_seen_at IS NULL OR last_seen_at <= $3) THEN $2
-                 ELSE running_firmware_version END,
+                 WHEN $2 IS NOT NULL
+                      AND (running_firmware_version_at IS NULL OR running_firmware_version_at <= $3)
+                 THEN $2 ELSE running_firmware_version END,
+             running_firmware_version_at = CASE
+                 WHEN $2 IS NOT NULL
+                      AND (running_firmware_version_at IS NULL OR running_firmware_version_at <= $3)
+                 THEN $3 ELSE running_firmware_version_at END,
              last_seen_at = CASE
                  WHEN last_seen_at IS NULL OR last_seen_at < $3 THEN $3
                  ELSE last_seen_at END

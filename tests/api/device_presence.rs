@@ -135,3 +135,38 @@ async fn an_older_observation_written_late_never_replaces_a_newer_one() {
     })
     .await;
 }
+
+/// A version report flushed after another process wrote a newer `last_seen_at` from a request
+/// without a version still lands, if it is the newest version report: versions are compared
+/// with the time of the version known, not with the last time the device was seen. It was lost
+/// until the device's next report.
+#[tokio::test]
+async fn a_version_report_is_not_lost_behind_a_newer_report_without_one() {
+    for_each_stack("device_presence_version_order", &[], async |app| {
+        let device = model_with_device(app, "sensor").await;
+        let db = app.db();
+        let t0 = iotsupport::db::now();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        iotsupport::db::devices::record_presence(db, device.id, at(0), Some("1.0"))
+            .await
+            .unwrap();
+        // Process B: a poll without a version at 102, flushed first.
+        iotsupport::db::devices::record_presence(db, device.id, at(102), None)
+            .await
+            .unwrap();
+        // Process A: a core-dump upload that reported 1.1 at 100, flushed after.
+        iotsupport::db::devices::record_presence(db, device.id, at(100), Some("1.1"))
+            .await
+            .unwrap();
+        // An older version report flushed later still changes nothing.
+        iotsupport::db::devices::record_presence(db, device.id, at(50), Some("0.9"))
+            .await
+            .unwrap();
+        let (_, shown) = app.get_device(device.id).await;
+        assert_eq!(shown["running_firmware_version"], "1.1", "{shown}");
+        let seen: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(shown["last_seen_at"].clone()).unwrap();
+        assert_eq!(seen, at(102));
+    })
+    .await;
+}
