@@ -48,14 +48,7 @@ const NO_ROOM_RECHECK: Duration = Duration::from_secs(1);
 
 impl Default for FailureThrottle {
     fn default() -> Self {
-        Self {
-            entries: Mutex::default(),
-            overflow: true,
-            no_room_until: Mutex::default(),
-            len: AtomicUsize::new(0),
-            newest_failure_ms: AtomicU64::new(0),
-            base: Instant::now(),
-        }
+        Self::with_overflow(true)
     }
 }
 
@@ -65,9 +58,13 @@ impl FailureThrottle {
     /// anyway, and with a shared count whoever closed [`CAPACITY`] made-up keys would have every
     /// device of the fleet refused (the devices that succeed are not in the map).
     pub fn without_overflow() -> Self {
+        Self::with_overflow(false)
+    }
+
+    fn with_overflow(overflow: bool) -> Self {
         Self {
             entries: Mutex::default(),
-            overflow: false,
+            overflow,
             no_room_until: Mutex::default(),
             len: AtomicUsize::new(0),
             newest_failure_ms: AtomicU64::new(0),

@@ -33,9 +33,7 @@ pub async fn sweep(
             break;
         }
     }
-    let due = trim_after(max_lines);
-    let devices = take_due(touched, due);
-    let mut devices = devices.into_iter();
+    let mut devices = take_due(touched, trim_after(max_lines)).into_iter();
     while let Some((device, added)) = devices.next() {
         match queries::keep_newest(db, device, max_lines).await {
             Ok(n) => deleted += n,

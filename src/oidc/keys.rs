@@ -89,11 +89,8 @@ impl OidcVerifier {
             }
             Err(e) => {
                 fetch.discovered = None;
-                let reason = match &e {
-                    OidcError::Invalid(r) | OidcError::Unavailable(r) => r.clone(),
-                };
-                tracing::warn!(reason = %reason, "OIDC key fetch failed");
-                fetch.last_error = Some(reason);
+                tracing::warn!(reason = %e.reason(), "OIDC key fetch failed");
+                fetch.last_error = Some(e.reason().to_string());
                 Err(e)
             }
         }
@@ -135,10 +132,7 @@ impl OidcVerifier {
                 Ok((discovered, client))
             }
             Err(e) => {
-                let reason = match &e {
-                    OidcError::Invalid(r) | OidcError::Unavailable(r) => r.clone(),
-                };
-                fetch.discovery_failed = Some((Instant::now(), reason));
+                fetch.discovery_failed = Some((Instant::now(), e.reason().to_string()));
                 Err(e)
             }
         }

@@ -129,6 +129,13 @@ impl OidcError {
         matches!(self, OidcError::Unavailable(_))
     }
 
+    /// Why, without the kind.
+    fn reason(&self) -> &str {
+        match self {
+            OidcError::Invalid(r) | OidcError::Unavailable(r) => r,
+        }
+    }
+
     fn invalid(reason: impl Into<String>) -> Self {
         OidcError::Invalid(reason.into())
     }
