@@ -138,6 +138,23 @@ bench_start_s3() {
     blog "s3s-fs ($S3S_FS) on 127.0.0.1:$S3_PORT"
 }
 
+# bench_start_mosquitto: a Mosquitto of the benchmark's own on a free 127.0.0.1 port; sets MQTT_URL.
+bench_start_mosquitto() {
+    local mosquitto
+    mosquitto=$(command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null || true)
+    [ -n "$mosquitto" ] || { blog "Mosquitto not found: apt-get install mosquitto (or run scripts/test.sh once)"; exit 1; }
+    MQTT_PORT=$(free_port)
+    mkdir -p "$WORK/mosquitto"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n' \
+        "$MQTT_PORT" > "$WORK/mosquitto/mosquitto.conf"
+    chmod 755 "$WORK" "$WORK/mosquitto"; chmod 644 "$WORK/mosquitto/mosquitto.conf"
+    "$mosquitto" -c "$WORK/mosquitto/mosquitto.conf" > "$WORK/mosquitto/log" 2>&1 &
+    BENCH_PIDS+=($!)
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break; sleep 0.1; done
+    MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+    blog "Mosquitto $("$mosquitto" -h 2>/dev/null | awk 'NR==1 {print $3}') on 127.0.0.1:$MQTT_PORT"
+}
+
 # bench_wait_ready: waits up to 60 s for $SERVICE_PID to answer /health/readyz at $SERVICE_URL;
 # shows its log and exits if it dies or does not become ready.
 bench_wait_ready() {

@@ -22,22 +22,6 @@ LOG_DEVICES=${BENCH_LOG_DEVICES:-100}
 HISTORY_ROWS=${BENCH_HISTORY_ROWS:-2000000}
 # BENCH_PACES="" skips the notification part.
 
-bench_start_mosquitto() {
-    local mosquitto
-    mosquitto=$(command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null || true)
-    [ -n "$mosquitto" ] || { blog "Mosquitto not found: apt-get install mosquitto (or run scripts/test.sh once)"; exit 1; }
-    MQTT_PORT=$(free_port)
-    mkdir -p "$WORK/mosquitto"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n' \
-        "$MQTT_PORT" > "$WORK/mosquitto/mosquitto.conf"
-    chmod 755 "$WORK" "$WORK/mosquitto"; chmod 644 "$WORK/mosquitto/mosquitto.conf"
-    "$mosquitto" -c "$WORK/mosquitto/mosquitto.conf" > "$WORK/mosquitto/log" 2>&1 &
-    BENCH_PIDS+=($!)
-    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break; sleep 0.1; done
-    MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
-    blog "Mosquitto $("$mosquitto" -h 2>/dev/null | awk 'NR==1 {print $3}') on 127.0.0.1:$MQTT_PORT"
-}
-
 ulimit -n 65536 2>/dev/null || true
 bench_build
 bench_start_postgres

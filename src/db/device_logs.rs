@@ -144,21 +144,33 @@ pub async fn after(
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<LogLine>, DbError> {
+    between(db, device_ids, after_id, i64::MAX, limit).await
+}
+
+/// The first `limit` lines of `device_ids` with ids in `(after_id, up_to]`, by id.
+pub async fn between(
+    db: &Db,
+    device_ids: &[i64],
+    after_id: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<LogLine>, DbError> {
     if device_ids.is_empty() {
         return Ok(Vec::new());
     }
     let placeholders: Vec<String> = (0..device_ids.len())
-        .map(|i| format!("${}", i + 3))
+        .map(|i| format!("${}", i + 4))
         .collect();
     let sql = format!(
         "SELECT id, device_id, logged_at, message FROM device_logs
-         WHERE id > $1 AND device_id IN ({}) ORDER BY id LIMIT $2",
+         WHERE id > $1 AND id <= $3 AND device_id IN ({}) ORDER BY id LIMIT $2",
         placeholders.join(", ")
     );
     Ok(on_pool!(db, |p| {
         let mut q = sqlx::query_as::<_, LogLine>(sqlx::AssertSqlSafe(sql.clone()))
             .bind(after_id)
-            .bind(limit);
+            .bind(limit)
+            .bind(up_to);
         for id in device_ids {
             q = q.bind(id);
         }

@@ -75,6 +75,8 @@ pub struct LogHub {
     newest: watch::Receiver<i64>,
     poke: std::sync::Arc<watch::Sender<i64>>,
     intake_subscribed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped when a live-log subscription is made or ended through this process.
+    subscriptions: std::sync::Arc<watch::Sender<u64>>,
 }
 
 impl LogHub {
@@ -87,7 +89,19 @@ impl LogHub {
             newest,
             poke: sender,
             intake_subscribed: Default::default(),
+            subscriptions: std::sync::Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// A receiver that changes whenever a live-log subscription is made or ended through this
+    /// process (the streams read theirs again at once; other changes show within their recheck).
+    pub fn watch_subscriptions(&self) -> watch::Receiver<u64> {
+        self.subscriptions.subscribe()
+    }
+
+    /// A live-log subscription was made or ended through this process.
+    pub fn subscriptions_changed(&self) {
+        self.subscriptions.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Whether this process's intake holds its granted log-sink subscription right now.

@@ -173,6 +173,7 @@ pub async fn subscribe(
             ApiError::NotFound(format!("Device entity ID {} was not found", body.device_id))
         })?;
     queries::subscribe(&state.db, request_id, body.device_id).await?;
+    state.log_hub.subscriptions_changed();
     Ok(Json(SubscribeResponse {
         status: "subscribed",
         device_entity_id: entity,
@@ -196,6 +197,7 @@ pub async fn unsubscribe(
             body.device_id
         )));
     }
+    state.log_hub.subscriptions_changed();
     Ok(Json(UnsubscribeResponse {
         status: "unsubscribed",
     }))

@@ -92,6 +92,7 @@ struct Subscriber {
     shutdown: tokio_util::sync::CancellationToken,
     /// Live device log lines for the devices this stream's `request_id` subscribed to.
     logs: LogFeed,
+    due: Due,
     /// The credentials the stream was opened with, checked again every [`RECHECK_AUTH`].
     auth: StreamAuth,
     /// Its place among the streams open at once (`AppState::stream_slots`), given back when the
@@ -129,14 +130,37 @@ impl StreamAuth {
 struct LogFeed {
     request_id: Option<String>,
     newest: tokio::sync::watch::Receiver<i64>,
+    /// Changes when a log subscription is made or ended through this process.
+    subscriptions_changed: tokio::sync::watch::Receiver<u64>,
     last: i64,
+    /// The stream's subscriptions as last read, and the feed's position then (`last`): read
+    /// again when `refresh` is set (a change through this process, or every [`RECHECK`]), not on
+    /// every wake for new lines.
+    subscribed: Vec<(i64, String)>,
+    read_at: i64,
+    refresh: bool,
+    /// Devices subscribed since the read before the last one, whose lines the feed moved past
+    /// without them (made through another process, noticed up to [`RECHECK`] late): their lines
+    /// in `(from, to]` are sent before anything newer.
+    catch_up: Option<CatchUp>,
     /// When this stream last renewed its subscriptions (forgotten an hour after the last renewal,
     /// see `crate::device_logs::retention`).
     renewed: std::time::Instant,
 }
 
+struct CatchUp {
+    devices: Vec<(i64, String)>,
+    from: i64,
+    to: i64,
+}
+
 /// How often an open stream renews its log subscriptions.
 const RENEW_SUBSCRIPTIONS: Duration = Duration::from_secs(600);
+
+/// How often an open stream reads events and its log subscriptions without being told of a
+/// change: a read may have failed, a notification may have been lost, a subscription may have
+/// been made through another process. A wake for new log lines reads neither.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// Lines read per wake of a live log feed at most; the rest follow on the next.
 const LOG_FEED_BATCH: i64 = 500;
@@ -154,8 +178,45 @@ impl LogFeed {
             self.last = self.last.max(newest);
             return Ok(Vec::new());
         };
-        let subscribed = device_logs::subscriptions(db, request_id).await?;
-        if subscribed.is_empty() {
+        if let Some(catch_up) = &mut self.catch_up {
+            let ids: Vec<i64> = catch_up.devices.iter().map(|(id, _)| *id).collect();
+            let (lines, read_all) = within_bounds(
+                device_logs::between(db, &ids, catch_up.from, catch_up.to, LOG_FEED_BATCH).await?,
+            );
+            if let Some(last) = lines.last() {
+                catch_up.from = last.id;
+            }
+            let events = messages(&catch_up.devices, &lines);
+            if read_all {
+                self.catch_up = None;
+            }
+            if !events.is_empty() || self.catch_up.is_some() {
+                return Ok(events);
+            }
+        }
+        if self.refresh {
+            // A catch-up still running is finished first: it covers the devices added up to then.
+            let subscribed = device_logs::subscriptions(db, request_id).await?;
+            let added: Vec<(i64, String)> = subscribed
+                .iter()
+                .filter(|(id, _)| !self.subscribed.iter().any(|(known, _)| known == id))
+                .cloned()
+                .collect();
+            if !added.is_empty() && self.last > self.read_at {
+                self.catch_up = Some(CatchUp {
+                    devices: added,
+                    from: self.read_at,
+                    to: self.last,
+                });
+            }
+            self.subscribed = subscribed;
+            self.read_at = self.last;
+            self.refresh = false;
+            if self.catch_up.is_some() {
+                return Ok(Vec::new());
+            }
+        }
+        if self.subscribed.is_empty() {
             self.last = self.last.max(newest);
             return Ok(Vec::new());
         }
@@ -163,35 +224,10 @@ impl LogFeed {
             device_logs::renew_subscriptions(db, request_id, crate::db::now()).await?;
             self.renewed = std::time::Instant::now();
         }
-        let ids: Vec<i64> = subscribed.iter().map(|(id, _)| *id).collect();
-        let mut lines = device_logs::after(db, &ids, self.last, LOG_FEED_BATCH).await?;
-        let read_all = lines.len() < LOG_FEED_BATCH as usize;
-        let mut bytes = 0;
-        let within = lines
-            .iter()
-            .position(|l| {
-                bytes += l.message.len();
-                bytes >= LOG_FEED_BYTES
-            })
-            .map_or(lines.len(), |at| at + 1);
-        let read_all = read_all && within == lines.len();
-        lines.truncate(within);
-        let mut events = Vec::new();
-        for (device, entity) in &subscribed {
-            let logs: Vec<serde_json::Value> = lines
-                .iter()
-                .filter(|l| l.device_id == *device)
-                .map(|l| {
-                    json!({"@timestamp": crate::device_logs::wire_time(l.logged_at),
-                           "message": l.message, "entity_id": entity})
-                })
-                .collect();
-            if !logs.is_empty() {
-                let data = json!({"type": "device-logs",
-                                  "payload": {"device_entity_id": entity, "logs": logs}});
-                events.push(Event::default().data(data.to_string()));
-            }
-        }
+        let ids: Vec<i64> = self.subscribed.iter().map(|(id, _)| *id).collect();
+        let (lines, read_all) =
+            within_bounds(device_logs::after(db, &ids, self.last, LOG_FEED_BATCH).await?);
+        let events = messages(&self.subscribed, &lines);
         if let Some(last) = lines.last() {
             self.last = last.id;
         }
@@ -202,6 +238,100 @@ impl LogFeed {
             self.last = self.last.max(newest);
         }
         Ok(events)
+    }
+
+    /// Whether this feed has lines to send without being woken: a catch-up under way.
+    fn catching_up(&self) -> bool {
+        self.catch_up.is_some()
+    }
+}
+
+/// `lines` cut to [`LOG_FEED_BYTES`] of message text, and whether that is all there was to read
+/// (fewer than [`LOG_FEED_BATCH`] lines, none cut).
+fn within_bounds(mut lines: Vec<device_logs::LogLine>) -> (Vec<device_logs::LogLine>, bool) {
+    let read_all = lines.len() < LOG_FEED_BATCH as usize;
+    let mut bytes = 0;
+    let within = lines
+        .iter()
+        .position(|l| {
+            bytes += l.message.len();
+            bytes >= LOG_FEED_BYTES
+        })
+        .map_or(lines.len(), |at| at + 1);
+    let read_all = read_all && within == lines.len();
+    lines.truncate(within);
+    (lines, read_all)
+}
+
+/// One `device-logs` message per device of `devices` that has lines among `lines`.
+fn messages(devices: &[(i64, String)], lines: &[device_logs::LogLine]) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (device, entity) in devices {
+        let logs: Vec<serde_json::Value> = lines
+            .iter()
+            .filter(|l| l.device_id == *device)
+            .map(|l| {
+                json!({"@timestamp": crate::device_logs::wire_time(l.logged_at),
+                       "message": l.message, "entity_id": entity})
+            })
+            .collect();
+        if !logs.is_empty() {
+            let data = json!({"type": "device-logs",
+                              "payload": {"device_entity_id": entity, "logs": logs}});
+            events.push(Event::default().data(data.to_string()));
+        }
+    }
+    events
+}
+
+/// What an open stream reads when it wakes: events when the event hub says there are new ones,
+/// log lines when the log hub does, and both (with the log subscriptions) every [`RECHECK`].
+/// Every log flush wakes every open stream; before, each such wake cost each stream an events
+/// query and a subscriptions query.
+#[derive(Debug)]
+struct Due {
+    events: bool,
+    logs: bool,
+    subscriptions: bool,
+    recheck_at: tokio::time::Instant,
+}
+
+/// What woke a stream.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    Events,
+    Logs,
+    Subscriptions,
+    /// [`Due::recheck_at`] passed.
+    Recheck,
+}
+
+impl Due {
+    fn new(now: tokio::time::Instant) -> Self {
+        Due {
+            events: true,
+            logs: true,
+            subscriptions: true,
+            recheck_at: now + RECHECK,
+        }
+    }
+
+    fn woke(&mut self, wake: Wake, now: tokio::time::Instant) {
+        match wake {
+            Wake::Events => self.events = true,
+            Wake::Logs => self.logs = true,
+            Wake::Subscriptions => {
+                self.subscriptions = true;
+                self.logs = true;
+            }
+            Wake::Recheck => {}
+        }
+        if now >= self.recheck_at {
+            self.events = true;
+            self.logs = true;
+            self.subscriptions = true;
+            self.recheck_at = now + RECHECK;
+        }
     }
 }
 
@@ -253,10 +383,16 @@ pub async fn stream(
     // from whatever is newest by then, which would skip what committed in between.
     let start = resume_id(cursor.last(), &cursor.gaps(std::time::Instant::now()));
     buffer.push_back(Event::default().id(start).data(version.to_string()));
+    let last_line = device_logs::newest_id(&state.db).await?;
     let logs = LogFeed {
         request_id: query.request_id.clone().filter(|r| r.len() <= 128),
         newest: state.log_hub.subscribe(),
-        last: device_logs::newest_id(&state.db).await?,
+        subscriptions_changed: state.log_hub.watch_subscriptions(),
+        last: last_line,
+        subscribed: Vec::new(),
+        read_at: last_line,
+        refresh: true,
+        catch_up: None,
         renewed: std::time::Instant::now(),
     };
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -275,47 +411,66 @@ pub async fn stream(
         buffer,
         shutdown: state.shutdown.clone(),
         logs,
+        due: Due::new(tokio::time::Instant::now()),
     };
     let stream = futures::stream::unfold(subscriber, |mut s| async move {
         loop {
             if let Some(event) = s.buffer.pop_front() {
                 return Some((Ok(event), s));
             }
-            match events::after(&s.db, &mut s.events, 100).await {
-                Ok(rows) if !rows.is_empty() => {
-                    // One at a time (as `saw` takes them anyway), so each message's id names
-                    // what is awaited once it is delivered.
-                    let now = std::time::Instant::now();
-                    for row in &rows {
-                        s.events.saw([(row.id, events::taken_recently(row))], now);
-                        let gaps = s.events.gaps(now);
-                        s.buffer.push_back(to_sse(row, s.events.last(), &gaps));
+            if s.due.events {
+                match events::after(&s.db, &mut s.events, 100).await {
+                    Ok(rows) if !rows.is_empty() => {
+                        // One at a time (as `saw` takes them anyway), so each message's id names
+                        // what is awaited once it is delivered.
+                        let now = std::time::Instant::now();
+                        for row in &rows {
+                            s.events.saw([(row.id, events::taken_recently(row))], now);
+                            let gaps = s.events.gaps(now);
+                            s.buffer.push_back(to_sse(row, s.events.last(), &gaps));
+                        }
+                        continue;
                     }
-                    continue;
+                    Ok(_) => s.due.events = false,
+                    Err(e) => {
+                        // Read again at the next recheck.
+                        s.due.events = false;
+                        tracing::debug!(error = %e, "sse_read_failed");
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "sse_read_failed"),
             }
-            match s.logs.read(&s.db).await {
-                Ok(events) if !events.is_empty() => {
-                    s.buffer.extend(events);
-                    continue;
+            if s.due.logs {
+                if s.due.subscriptions {
+                    s.logs.refresh = true;
+                    s.due.subscriptions = false;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "sse_log_read_failed"),
+                match s.logs.read(&s.db).await {
+                    Ok(events) if !events.is_empty() || s.logs.catching_up() => {
+                        s.buffer.extend(events);
+                        continue;
+                    }
+                    Ok(_) => s.due.logs = false,
+                    Err(e) => {
+                        s.due.logs = false;
+                        tracing::debug!(error = %e, "sse_log_read_failed");
+                    }
+                }
             }
             if !s.auth.still_valid().await {
                 tracing::info!("sse_ended: its credentials no longer hold");
                 return None;
             }
-            tokio::select! {
+            let wake = tokio::select! {
                 () = s.shutdown.cancelled() => return None,
-                changed = s.newest.changed() => if changed.is_err() { return None },
-                _ = s.logs.newest.changed() => {}
-                // Also look again now and then: a read may have failed, or a log subscription of
-                // this stream may have been made (through another process).
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
+                changed = s.newest.changed() => match changed {
+                    Ok(()) => Wake::Events,
+                    Err(_) => return None,
+                },
+                _ = s.logs.newest.changed() => Wake::Logs,
+                _ = s.logs.subscriptions_changed.changed() => Wake::Subscriptions,
+                () = tokio::time::sleep_until(s.due.recheck_at) => Wake::Recheck,
+            };
+            s.due.woke(wake, tokio::time::Instant::now());
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -324,6 +479,43 @@ pub async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log flushes every 100 ms for 5 s: each wakes the stream for lines only; events and the
+    /// subscriptions are read at each recheck, which the wakes do not put off (a timer made anew
+    /// on every wake never fired on a fleet logging more often than the recheck).
+    #[test]
+    fn a_wake_for_log_lines_reads_neither_events_nor_subscriptions_until_the_recheck() {
+        let start = tokio::time::Instant::now();
+        let mut due = Due::new(start);
+        assert!(
+            due.events && due.logs && due.subscriptions,
+            "all read at first"
+        );
+        let read = |due: &mut Due| {
+            let was = (due.events, due.logs, due.subscriptions);
+            (due.events, due.logs, due.subscriptions) = (false, false, false);
+            was
+        };
+        read(&mut due);
+        let mut rechecks = Vec::new();
+        for i in 1..=50u64 {
+            let at = Duration::from_millis(100 * i);
+            due.woke(Wake::Logs, start + at);
+            match read(&mut due) {
+                (false, true, false) => {}
+                (true, true, true) => rechecks.push(at.as_millis()),
+                other => panic!("at {at:?}: {other:?}"),
+            }
+        }
+        assert_eq!(rechecks, [2000, 4000]);
+        let later = start + Duration::from_millis(4100);
+        due.woke(Wake::Events, later);
+        assert_eq!(read(&mut due), (true, false, false));
+        due.woke(Wake::Subscriptions, later);
+        assert_eq!(read(&mut due), (false, true, true));
+        due.woke(Wake::Recheck, start + Duration::from_millis(6000));
+        assert_eq!(read(&mut due), (true, true, true));
+    }
 
     #[test]
     fn resume_ids_carry_the_awaited_ids_and_read_back() {

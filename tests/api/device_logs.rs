@@ -482,14 +482,121 @@ async fn two_processes_store_each_line_once_and_either_streams_it() {
     }
 }
 
+/// A subscription made through another process shows in a stream up to its recheck late; the
+/// lines its device logged meanwhile still come (the feed catches that device up), once each, and
+/// events reach the stream while the fleet logs all the time (a wake for log lines
+/// alone no longer reads events, so they must not wait on those wakes).
+#[tokio::test]
+async fn a_subscription_made_through_another_process_gets_the_lines_logged_meanwhile() {
+    let Some(url) = broker::shared_broker("device_logs_late_sub") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    let env = mqtt_env(&url.to_string());
+    for stack in ALL_STACKS {
+        let Some((first, second)) =
+            spawn_twins(stack, "device_logs_late_sub", &as_pairs(&env)).await
+        else {
+            continue;
+        };
+        let model_id = create_model(&first, "latesub", None).await;
+        let (ea, eb) = (entity("late"), entity("busy"));
+        let a = device_with_entity(&first, model_id, Some(&ea)).await;
+        let b = device_with_entity(&first, model_id, Some(&eb)).await;
+        assert!(first.mqtt_connected().await && second.mqtt_connected().await);
+        let mut stream = SseReader::open_as(&second, "tab-late").await;
+        assert_eq!(
+            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+            "version"
+        );
+        // Device b logs every 50 ms from now on: every flush wakes the stream.
+        let busy = {
+            let client = publisher.client.clone();
+            let eb = eb.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let line = format!("busy {i}");
+                    let _ = client.publish(LOGSINK, ndjson(&[(&eb, &line)])).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        until_stored(&first, b, 5).await;
+
+        // Subscribed through the other process, then a's lines right away.
+        let (status, body) = first
+            .device_log_subscription(
+                "subscribe",
+                json!({"request_id": "tab-late", "device_id": a}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let sent: Vec<String> = (0..20).map(|i| format!("late {i:02}")).collect();
+        for message in &sent {
+            publisher
+                .publish(LOGSINK, ndjson(&[(&ea, message)]))
+                .await
+                .unwrap();
+        }
+        until_stored(&first, a, 20).await;
+        // An event while b keeps logging.
+        let other_model = create_model(&first, "latesub2", None).await;
+
+        let mut streamed = Vec::new();
+        let mut model_event = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while (streamed.len() < sent.len() || !model_event)
+            && tokio::time::Instant::now() < deadline
+        {
+            let Some(event) = stream.next(Duration::from_secs(5)).await else {
+                break;
+            };
+            match event["type"].as_str() {
+                Some("device-logs") => {
+                    assert_eq!(event["payload"]["device_entity_id"], ea.as_str(), "{event}");
+                    for line in event["payload"]["logs"].as_array().unwrap() {
+                        streamed.push(line["message"].as_str().unwrap().to_string());
+                    }
+                }
+                Some("device_model_created") => {
+                    model_event |= event["payload"]["id"] == other_model;
+                }
+                _ => {}
+            }
+        }
+        busy.abort();
+        // In the order they were stored, which is not the order they were published: the two
+        // processes share the log-sink subscription and each stores what the broker gives it.
+        streamed.sort();
+        assert_eq!(streamed, sent, "{stack:?}: every line of a, once");
+        assert!(
+            model_event,
+            "{stack:?}: the model's event came while b logged"
+        );
+        first.stop().await;
+        second.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
     let Some(url) = broker::shared_broker("device_logs_retention") else {
         return;
     };
     let publisher = broker::start(broker::settings(&url));
+    // The service's own sweeps (at start, then every minute) keep lines for ten years here: the
+    // sweep below, with a week, is the one whose count is checked.
+    let mut env = mqtt_env(&url.to_string());
+    env.push(("DEVICE_LOG_RETENTION_DAYS".into(), "3650".into()));
     for stack in ALL_STACKS {
-        let Some(app) = logging_app(stack, "device_logs_retention", &url).await else {
+        let Some(app) = spawn_app_with(
+            stack,
+            "device_logs_retention",
+            &as_pairs(&env),
+            Default::default(),
+        )
+        .await
+        else {
             continue;
         };
         let model_id = create_model(&app, "retention", None).await;
