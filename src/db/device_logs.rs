@@ -14,6 +14,15 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// A live-log subscription of a stream.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Subscription {
+    pub device_id: i64,
+    pub entity_id: String,
+    /// The newest line when the subscription was made (`None`: made by an earlier release).
+    pub from_line_id: Option<i64>,
+}
+
 /// A line to store.
 #[derive(Debug, Clone)]
 pub struct NewLine {
@@ -217,8 +226,8 @@ pub async fn keep_newest(db: &Db, device_id: i64, keep: i64) -> Result<u64, DbEr
 pub async fn subscribe(db: &Db, request_id: &str, device_id: i64) -> Result<(), DbError> {
     let now = super::now();
     on_pool!(db, |p| sqlx::query(
-        "INSERT INTO device_log_subscriptions (request_id, device_id, renewed_at)
-         VALUES ($1, $2, $3)
+        "INSERT INTO device_log_subscriptions (request_id, device_id, renewed_at, from_line_id)
+         VALUES ($1, $2, $3, (SELECT COALESCE(MAX(id), 0) FROM device_logs))
          ON CONFLICT (request_id, device_id) DO UPDATE SET renewed_at = excluded.renewed_at"
     )
     .bind(request_id)
@@ -244,9 +253,10 @@ pub async fn unsubscribe(db: &Db, request_id: &str, device_id: i64) -> Result<bo
 }
 
 /// The devices (with their entity ids) stream `request_id` is subscribed to.
-pub async fn subscriptions(db: &Db, request_id: &str) -> Result<Vec<(i64, String)>, DbError> {
-    Ok(on_pool!(db, |p| sqlx::query_as::<_, (i64, String)>(
-        "SELECT d.id, d.device_entity_id FROM device_log_subscriptions s
+pub async fn subscriptions(db: &Db, request_id: &str) -> Result<Vec<Subscription>, DbError> {
+    Ok(on_pool!(db, |p| sqlx::query_as::<_, Subscription>(
+        "SELECT d.id AS device_id, d.device_entity_id AS entity_id, s.from_line_id
+         FROM device_log_subscriptions s
          JOIN devices d ON d.id = s.device_id
          WHERE s.request_id = $1 AND d.device_entity_id IS NOT NULL"
     )

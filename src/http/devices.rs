@@ -343,6 +343,10 @@ pub async fn update(
         body.active,
     )
     .await?;
+    if text.is_some() {
+        // The entity id may have changed: live log streams label lines with it.
+        state.log_hub.subscriptions_changed();
+    }
     Ok(Json(full(row, model, None)))
 }
 
@@ -356,6 +360,7 @@ pub async fn remove(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     devices_ops::delete(&state.db, state.caches.as_ref(), id).await?;
+    state.log_hub.subscriptions_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -197,19 +197,37 @@ impl LogFeed {
         if self.refresh {
             // A catch-up still running is finished first: it covers the devices added up to then.
             let subscribed = device_logs::subscriptions(db, request_id).await?;
-            let added: Vec<(i64, String)> = subscribed
+            let added: Vec<&device_logs::Subscription> = subscribed
                 .iter()
-                .filter(|(id, _)| !self.subscribed.iter().any(|(known, _)| known == id))
-                .cloned()
+                .filter(|s| {
+                    !self
+                        .subscribed
+                        .iter()
+                        .any(|(known, _)| *known == s.device_id)
+                })
                 .collect();
-            if !added.is_empty() && self.last > self.read_at {
+            // From where the feed stood at its last read of the subscriptions (the device was not
+            // among them), or from when the subscription was made if that is later: lines from
+            // before it the UI's history request already showed.
+            let from = added
+                .iter()
+                .map(|s| s.from_line_id.unwrap_or(self.read_at).max(self.read_at))
+                .min()
+                .unwrap_or(self.read_at);
+            if !added.is_empty() && self.last > from {
                 self.catch_up = Some(CatchUp {
-                    devices: added,
-                    from: self.read_at,
+                    devices: added
+                        .iter()
+                        .map(|s| (s.device_id, s.entity_id.clone()))
+                        .collect(),
+                    from,
                     to: self.last,
                 });
             }
-            self.subscribed = subscribed;
+            self.subscribed = subscribed
+                .into_iter()
+                .map(|s| (s.device_id, s.entity_id))
+                .collect();
             self.read_at = self.last;
             self.refresh = false;
             if self.catch_up.is_some() {
@@ -302,7 +320,7 @@ enum Wake {
     Events,
     Logs,
     Subscriptions,
-    /// [`Due::recheck_at`] passed.
+    /// [`Due::recheck_at`] passed (or may have: a wake for it before then changes nothing).
     Recheck,
 }
 
@@ -418,6 +436,18 @@ pub async fn stream(
             if let Some(event) = s.buffer.pop_front() {
                 return Some((Ok(event), s));
             }
+            // A run of log reads (a burst, a catch-up) does not reach the wait below: take note
+            // here of what it would have seen, so that events and the recheck do not wait for it.
+            let now = tokio::time::Instant::now();
+            if s.newest.has_changed().unwrap_or(false) {
+                s.newest.mark_unchanged();
+                s.due.woke(Wake::Events, now);
+            }
+            if s.logs.subscriptions_changed.has_changed().unwrap_or(false) {
+                s.logs.subscriptions_changed.mark_unchanged();
+                s.due.woke(Wake::Subscriptions, now);
+            }
+            s.due.woke(Wake::Recheck, now);
             if s.due.events {
                 match events::after(&s.db, &mut s.events, 100).await {
                     Ok(rows) if !rows.is_empty() => {

@@ -523,7 +523,16 @@ async fn a_subscription_made_through_another_process_gets_the_lines_logged_meanw
         };
         until_stored(&first, b, 5).await;
 
-        // Subscribed through the other process, then a's lines right away.
+        // A line of a from before the subscription, which the stream must not send.
+        publisher
+            .publish(LOGSINK, ndjson(&[(&ea, "before")]))
+            .await
+            .unwrap();
+        until_stored(&first, a, 1).await;
+        // Subscribed through the other process, then a's lines. The subscription row is written
+        // as the subscribe endpoint writes it, but only once the lines are stored and the stream
+        // has read past them (b's lines wake it every flush): the stream notices it at its next
+        // recheck at the earliest, after its feed moved past a's lines.
         let (status, body) = first
             .device_log_subscription(
                 "subscribe",
@@ -531,6 +540,13 @@ async fn a_subscription_made_through_another_process_gets_the_lines_logged_meanw
             )
             .await;
         assert_eq!(status, 200, "{body}");
+        let row: (i64, Option<i64>) = iotsupport::on_pool!(first.db(), |p| sqlx::query_as(
+            "DELETE FROM device_log_subscriptions WHERE request_id = 'tab-late'
+             RETURNING device_id, from_line_id"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
         let sent: Vec<String> = (0..20).map(|i| format!("late {i:02}")).collect();
         for message in &sent {
             publisher
@@ -538,7 +554,19 @@ async fn a_subscription_made_through_another_process_gets_the_lines_logged_meanw
                 .await
                 .unwrap();
         }
-        until_stored(&first, a, 20).await;
+        until_stored(&first, a, 21).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        iotsupport::on_pool!(first.db(), |p| sqlx::query(
+            "INSERT INTO device_log_subscriptions (request_id, device_id, renewed_at, from_line_id)
+             VALUES ('tab-late', $1, $2, $3)"
+        )
+        .bind(row.0)
+        .bind(Utc::now())
+        .bind(row.1)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         // An event while b keeps logging.
         let other_model = create_model(&first, "latesub2", None).await;
 
