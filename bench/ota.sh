@@ -40,17 +40,19 @@ run_pair() {  # run_pair COUNT [--range-size N]: sets SVC_OUT and S3_OUT
     local load=(--concurrency "$CONCURRENCY" --count "$1" --max-seconds "$MAX_SECONDS")
     shift
     blog "service: download ${*:-(whole images)} x ${load[3]}"
+    cpu_mark
     SVC_OUT=$("$LOADGEN" download "${SVC[@]}" "${load[@]}" "$@") \
         || { echo "$SVC_OUT"; tail -n 20 "$WORK/service.log" >&2; exit 1; }
-    echo "$SVC_OUT"
+    SVC_CPU=$(cpu_since)
+    echo "$SVC_OUT $SVC_CPU"
     blog "direct: s3get ${*:-(whole images)} x ${load[3]}"
     S3_OUT=$("$LOADGEN" s3get "${S3[@]}" "${load[@]}" "$@")
     echo "$S3_OUT"
 }
 run_pair "$WHOLE_COUNT"
-WHOLE_SVC=$SVC_OUT WHOLE_S3=$S3_OUT
+WHOLE_SVC=$SVC_OUT WHOLE_S3=$S3_OUT WHOLE_CPU=$SVC_CPU
 run_pair "$RANGE_COUNT" --range-size "$RANGE_SIZE"
-RANGE_SVC=$SVC_OUT RANGE_S3=$S3_OUT
+RANGE_SVC=$SVC_OUT RANGE_S3=$S3_OUT RANGE_CPU=$SVC_CPU
 RSS=$(service_peak_rss_kib)
 
 # (b) Upload time of a bundle vs its largest single PUT, one request at a time.
@@ -90,6 +92,11 @@ line "service ${RANGE_SIZE} B ranges" "$RANGE_SVC"
 line "direct S3 ${RANGE_SIZE} B ranges" "$RANGE_S3"
 echo "service / direct, whole images (MiB/s): $(ratio "$(kv "$WHOLE_SVC" mib_per_s)" "$(kv "$WHOLE_S3" mib_per_s)")x"
 echo "service / direct, ranges (req/s):       $(ratio "$(kv "$RANGE_SVC" req_per_s)" "$(kv "$RANGE_S3" req_per_s)")x"
+per_request() {  # per_request CPU_SINCE RESULT: ms of CPU per request of the service, PostgreSQL, s3s-fs
+    awk -v s="$(kv "$1" service_cpu_s)" -v p="$(kv "$1" postgres_cpu_s)" -v o="$(kv "$1" s3_cpu_s)" \
+        -v n="$(kv "$2" requests)" 'BEGIN { if (n > 0) printf "service %.3f, PostgreSQL %.3f, s3s-fs %.3f", s * 1000 / n, p * 1000 / n, o * 1000 / n }'
+}
+echo "CPU per request through the service (ms), whole images: $(per_request "$WHOLE_CPU" "$WHOLE_SVC"); ranges: $(per_request "$RANGE_CPU" "$RANGE_SVC")"
 echo "non-2xx answers from the service: whole $(kv "$WHOLE_SVC" bad_status), ranges $(kv "$RANGE_SVC" bad_status)"
 echo "service peak RSS (VmHWM): $RSS KiB ($((RSS / 1024)) MiB)   goal: >= 0.9x direct, RSS < 64 MB (caches off)"
 echo "bundle upload through the service, median of $UPLOADS: $UPLOAD_MS ms; one direct PUT of its $BIN_SIZE byte image: p50 $(kv "$PUT_OUT" p50_ms) ms ($(ratio "$UPLOAD_MS" "$(kv "$PUT_OUT" p50_ms)")x)"

@@ -146,7 +146,7 @@ impl Application {
             config.worker_poll_interval,
             shutdown.clone(),
         );
-        let state = AppState {
+        let state = AppState::from(crate::state::Shared {
             caches: Arc::new(crate::state::Caches::new(&config)),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(
                 (config.http.max_connections / 2).max(1),
@@ -188,7 +188,7 @@ impl Application {
             db,
             storage,
             metrics: crate::telemetry::metrics_handle(),
-        };
+        });
         let router = crate::http::router(state.clone(), options.extra_routes);
         let mut job_handlers = if options.without_default_job_handlers {
             Vec::new()

@@ -12,8 +12,27 @@ use crate::firmware::cache::FirmwareCache;
 use crate::lookup_cache::{LookupCache, DEFAULT_CAPACITY};
 use crate::storage::Storage;
 
+/// One pointer: every handler's extractors and middleware clone the state, and a clone of the
+/// fields themselves (about twenty reference counts, a cancellation token's lock) showed as 3 % of
+/// the service's CPU on cached OTA ranges.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+/// What [`AppState`] points to.
+pub struct Shared {
     pub config: Arc<Config>,
     pub db: Db,
     pub storage: Storage,
