@@ -117,6 +117,12 @@ const STEP_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
+/// Whether [`metrics_handle`] has run: from then on a metric's handle stays valid for good (before,
+/// handles go to no recorder), so it may be kept.
+pub fn recorder_settled() -> bool {
+    PROMETHEUS.get().is_some()
+}
+
 /// Installs the process-wide metrics recorder once and returns the handle that renders it.
 /// `None` if another recorder was installed first (metrics then go there, not to `/metrics`).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
