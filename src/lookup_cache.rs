@@ -54,6 +54,9 @@ pub struct LookupCache<K, V> {
     ttl: Duration,
     capacity: usize,
     inner: Mutex<Inner<K, V>>,
+    /// The hit and miss counters, registered once the recorder is installed (registering them
+    /// on every lookup cost about 1 % of the service's CPU on cached OTA ranges).
+    counters: std::sync::OnceLock<(metrics::Counter, metrics::Counter)>,
 }
 
 struct Inner<K, V> {
@@ -85,7 +88,28 @@ impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
                 entries: HashMap::new(),
                 generation: 0,
             }),
+            counters: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts a hit or a miss.
+    fn count(&self, hit: bool) {
+        let register = || {
+            (
+                metrics::counter!(LOOKUP_CACHE_HITS, "cache" => self.name),
+                metrics::counter!(LOOKUP_CACHE_MISSES, "cache" => self.name),
+            )
+        };
+        let registered;
+        let (hits, misses) = match self.counters.get() {
+            Some(counters) => counters,
+            None if crate::telemetry::recorder_settled() => self.counters.get_or_init(register),
+            None => {
+                registered = register();
+                &registered
+            }
+        };
+        if hit { hits } else { misses }.increment(1);
     }
 
     pub fn enabled(&self) -> bool {
@@ -111,12 +135,7 @@ impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
                 .filter(|e| e.looked_up_at.elapsed() < self.ttl)
                 .map(|e| e.value.clone())
         };
-        let counter = if found.is_some() {
-            LOOKUP_CACHE_HITS
-        } else {
-            LOOKUP_CACHE_MISSES
-        };
-        metrics::counter!(counter, "cache" => self.name).increment(1);
+        self.count(found.is_some());
         found
     }
 
