@@ -165,11 +165,16 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// Starts watching; the task ends when `shutdown` fires.
-    pub fn start(db: Db, poll: Duration, shutdown: CancellationToken) -> EventHub {
+    /// The hub, and the watcher that feeds it: run it as a supervised worker (`crate::supervisor`);
+    /// it ends when `shutdown` fires. Without it the streams hear of new events only by polling.
+    pub fn new(
+        db: Db,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) -> (EventHub, futures::future::BoxFuture<'static, ()>) {
         let (sender, newest) = watch::channel(0);
-        tokio::spawn(watch_events(db, poll, sender, shutdown));
-        EventHub { newest }
+        let watcher = Box::pin(watch_events(db, poll, sender, shutdown));
+        (EventHub { newest }, watcher)
     }
 
     /// A receiver that changes whenever newer events may exist.

@@ -99,6 +99,8 @@ pub struct Application {
     shutdown: CancellationToken,
     job_handlers: Vec<Arc<dyn JobHandler>>,
     extra_workers: Vec<(&'static str, crate::supervisor::Worker)>,
+    /// The event and log hubs' watchers, run as workers once the application runs.
+    watchers: Vec<(&'static str, futures::future::BoxFuture<'static, ()>)>,
 }
 
 impl Application {
@@ -141,7 +143,9 @@ impl Application {
             Some(settings) => Some(crate::mqtt::MqttClient::start(settings, shutdown.clone())?),
             None => None,
         };
-        let events = crate::events::EventHub::start(
+        let (events, event_watcher) =
+            crate::events::EventHub::new(db.clone(), config.worker_poll_interval, shutdown.clone());
+        let (log_hub, log_watcher) = crate::device_logs::LogHub::new(
             db.clone(),
             config.worker_poll_interval,
             shutdown.clone(),
@@ -162,11 +166,7 @@ impl Application {
             notifier: crate::notify::Notifier::new(config.mqtt.is_some())
                 .with_firmware_delay(config.device_lookup_cache_ttl),
             notify_stats: Arc::default(),
-            log_hub: crate::device_logs::LogHub::start(
-                db.clone(),
-                config.worker_poll_interval,
-                shutdown.clone(),
-            ),
+            log_hub,
             mqtt,
             coredump_uploads_by_device: crate::admission::KeyedLimiter::new(
                 config.max_coredump_uploads_per_device,
@@ -212,6 +212,7 @@ impl Application {
             shutdown,
             job_handlers,
             extra_workers: options.extra_workers,
+            watchers: vec![("event_hub", event_watcher), ("log_hub", log_watcher)],
         })
     }
 
@@ -236,9 +237,13 @@ impl Application {
             shutdown,
             job_handlers,
             extra_workers,
+            watchers,
         } = self;
         let config = state.config.clone();
         let mut workers = crate::supervisor::Workers::new(shutdown.clone());
+        for (name, watcher) in watchers {
+            workers.spawn(name, watcher);
+        }
         // The job runner's claims, to give back any job still running when shutdown gives up.
         let mut job_worker = None;
         workers.spawn(

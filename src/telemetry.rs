@@ -117,8 +117,10 @@ const STEP_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
-/// Whether [`metrics_handle`] has run: from then on a metric's handle stays valid for good (before,
-/// handles go to no recorder), so it may be kept.
+/// Whether [`metrics_handle`] has run: from then on the process's recorder is the one it
+/// installed or one installed before it, a metric's handle stays valid for good (before, handles
+/// may go to no recorder), and handles may be kept. (Handles taken inside
+/// `metrics::with_local_recorder` go to that recorder; nothing that keeps handles runs inside one.)
 pub fn recorder_settled() -> bool {
     PROMETHEUS.get().is_some()
 }

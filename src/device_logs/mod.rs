@@ -80,17 +80,23 @@ pub struct LogHub {
 }
 
 impl LogHub {
-    /// Starts watching; the task ends when `shutdown` fires.
-    pub fn start(db: Db, poll: Duration, shutdown: CancellationToken) -> LogHub {
+    /// The hub, and the watcher that wakes it for lines other processes stored: run it as a
+    /// supervised worker (`crate::supervisor`); it ends when `shutdown` fires.
+    pub fn new(
+        db: Db,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) -> (LogHub, futures::future::BoxFuture<'static, ()>) {
         let (sender, newest) = watch::channel(0);
         let sender = std::sync::Arc::new(sender);
-        tokio::spawn(watch_lines(db, poll, sender.clone(), shutdown));
-        LogHub {
+        let watcher = Box::pin(watch_lines(db, poll, sender.clone(), shutdown));
+        let hub = LogHub {
             newest,
             poke: sender,
             intake_subscribed: Default::default(),
             subscriptions: std::sync::Arc::new(watch::channel(0).0),
-        }
+        };
+        (hub, watcher)
     }
 
     /// A receiver that changes whenever a live-log subscription is made or ended through this

@@ -127,6 +127,9 @@ fn request_metrics(method: &'static str, route: &str, status: u16) -> (Counter, 
             return handles.clone();
         }
     }
+    // Asked before the handles are taken: handles taken while the recorder is being installed
+    // may go nowhere, and must not be kept.
+    let keep = crate::telemetry::recorder_settled();
     let labels = [
         ("method", method.to_string()),
         ("route", route.to_string()),
@@ -136,7 +139,7 @@ fn request_metrics(method: &'static str, route: &str, status: u16) -> (Counter, 
         metrics::counter!(HTTP_REQUESTS, &labels),
         metrics::histogram!(HTTP_REQUEST_DURATION, &labels),
     );
-    if !crate::telemetry::recorder_settled() {
+    if !keep {
         return handles;
     }
     if let Ok(mut known) = REQUEST_METRICS.write() {
