@@ -3,7 +3,8 @@
 //! The first message is `{"type": "version", "payload": {"version": …}}`; then every event
 //! recorded after the subscriber connected, as unnamed `data:` messages
 //! `{"type": …, "payload": …}` with the highest event id sent so far (and the lower ones still
-//! awaited, see [`to_sse`]) as the SSE `id`: a reconnecting `EventSource` sends it back as
+//! awaited, see [`to_sse`]; and the log position of a stream with live-log subscriptions, see
+//! [`stream_id`]) as the SSE `id`: a reconnecting `EventSource` sends it back as
 //! `Last-Event-ID` and resumes there. Keep-alive comments every 15 s; the
 //! stream ends when the server shuts down.
 
@@ -45,12 +46,37 @@ pub struct StreamQuery {
 /// sent, so the event's own id would make the client receive those again; and without the gaps a
 /// late event that commits while the client is away (its row then exists, so nothing marks it as
 /// missing) was never sent.
-fn to_sse(event: &StoredEvent, resume_from: i64, gaps: &[i64]) -> Event {
+fn to_sse(event: &StoredEvent, resume_from: i64, gaps: &[i64], log: Option<i64>) -> Event {
     let data = json!({ "type": event.kind, "payload": events::payload_json(event) });
     Event::default()
-        .id(resume_id(resume_from, gaps))
+        .id(stream_id(resume_from, gaps, log))
         .data(data.to_string())
 }
+
+/// A message's SSE id: [`resume_id`], then, on a stream with log subscriptions, `|` and the last
+/// device-log line id up to which the stream's subscribed lines were sent (`42;39,40|1234`): a
+/// client that reconnects (an `EventSource` sends the last id back) also gets the lines logged
+/// while it was away.
+fn stream_id(last: i64, gaps: &[i64], log: Option<i64>) -> String {
+    let events = resume_id(last, gaps);
+    match log {
+        Some(position) => format!("{events}|{position}"),
+        None => events,
+    }
+}
+
+/// The log line position of a `Last-Event-ID` as [`stream_id`] writes it, and its events part.
+fn split_log_position(text: &str) -> (&str, Option<i64>) {
+    match text.split_once('|') {
+        Some((events, log)) => (events, log.trim().parse().ok().filter(|p: &i64| *p >= 0)),
+        None => (text, None),
+    }
+}
+
+/// How many log lines (of the whole fleet) a resumed stream may be behind and still be sent the
+/// lines of its devices since; further behind, it starts at the newest line (the UI's history
+/// request shows what came before).
+const MAX_LOG_RESUME: i64 = 100_000;
 
 /// The most awaited ids an SSE id carries (the highest): a few transactions in flight at once.
 const MAX_GAPS_IN_ID: usize = 32;
@@ -143,6 +169,10 @@ struct LogFeed {
     /// without them (made through another process, noticed up to [`RECHECK`] late): their lines
     /// in `(from, to]` are sent before anything newer.
     catch_up: Option<CatchUp>,
+    /// Whether the stream's ids carry its log position (see [`stream_id`]): once it had
+    /// subscriptions, or from the start when it resumed with one. Streams that never sent a
+    /// line keep the ids they had before positions existed.
+    positioned: bool,
     /// When this stream last renewed its subscriptions (forgotten an hour after the last renewal,
     /// see `crate::device_logs::retention`).
     renewed: std::time::Instant,
@@ -172,7 +202,7 @@ const LOG_FEED_BYTES: usize = 64 * 1024;
 impl LogFeed {
     /// New lines of the subscribed devices as `device-logs` messages
     /// (`{"device_entity_id", "logs": [{"@timestamp", "message", "entity_id"}]}`, one per device).
-    async fn read(&mut self, db: &Db) -> Result<Vec<Event>, crate::db::DbError> {
+    async fn read(&mut self, db: &Db) -> Result<Vec<(Event, i64)>, crate::db::DbError> {
         let newest = *self.newest.borrow();
         let Some(request_id) = &self.request_id else {
             self.last = self.last.max(newest);
@@ -228,6 +258,7 @@ impl LogFeed {
                 .into_iter()
                 .map(|s| (s.device_id, s.entity_id))
                 .collect();
+            self.positioned |= !self.subscribed.is_empty();
             self.read_at = self.last;
             self.refresh = false;
             if self.catch_up.is_some() {
@@ -262,6 +293,15 @@ impl LogFeed {
     fn catching_up(&self) -> bool {
         self.catch_up.is_some()
     }
+
+    /// Where a client that reconnects resumes the feed (`None` without a `request_id`): during a
+    /// catch-up, from its progress (the other devices' lines after it come again, rather than
+    /// the rest of the catch-up never).
+    fn resume_position(&self) -> Option<i64> {
+        self.request_id.as_ref()?;
+        let sends_lines = self.positioned || !self.subscribed.is_empty();
+        sends_lines.then(|| self.catch_up.as_ref().map_or(self.last, |c| c.from))
+    }
 }
 
 /// `lines` cut to [`LOG_FEED_BYTES`] of message text, and whether that is all there was to read
@@ -281,23 +321,27 @@ fn within_bounds(mut lines: Vec<device_logs::LogLine>) -> (Vec<device_logs::LogL
     (lines, read_all)
 }
 
-/// One `device-logs` message per device of `devices` that has lines among `lines`.
-fn messages(devices: &[(i64, String)], lines: &[device_logs::LogLine]) -> Vec<Event> {
+/// One `device-logs` message per run of one device's lines among `lines` (in id order), each
+/// with the id of its last line: the position a client that got it has every line up to.
+fn messages(devices: &[(i64, String)], lines: &[device_logs::LogLine]) -> Vec<(Event, i64)> {
     let mut events = Vec::new();
-    for (device, entity) in devices {
-        let logs: Vec<serde_json::Value> = lines
+    for run in lines.chunk_by(|a, b| a.device_id == b.device_id) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        let Some((_, entity)) = devices.iter().find(|(id, _)| *id == first.device_id) else {
+            continue;
+        };
+        let logs: Vec<serde_json::Value> = run
             .iter()
-            .filter(|l| l.device_id == *device)
             .map(|l| {
                 json!({"@timestamp": crate::device_logs::wire_time(l.logged_at),
                        "message": l.message, "entity_id": entity})
             })
             .collect();
-        if !logs.is_empty() {
-            let data = json!({"type": "device-logs",
-                              "payload": {"device_entity_id": entity, "logs": logs}});
-            events.push(Event::default().data(data.to_string()));
-        }
+        let data = json!({"type": "device-logs",
+                          "payload": {"device_entity_id": entity, "logs": logs}});
+        events.push((Event::default().data(data.to_string()), last.id));
     }
     events
 }
@@ -371,10 +415,12 @@ pub async fn stream(
         .map_err(|_| {
             ApiError::unavailable("Too many live streams are open; try again in a moment")
         })?;
-    let resume = headers
+    let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_resume_id);
+        .map(split_log_position);
+    let resume = last_event_id.and_then(|(events, _)| parse_resume_id(events));
+    let log_resume = last_event_id.and_then(|(_, log)| log);
     let newest = events::newest_id(&state.db).await?;
     let (last, awaited) = match resume {
         // An id past the newest event names events that are gone (the table was restored to
@@ -399,11 +445,21 @@ pub async fn stream(
     // The first message carries the starting point as its id: a client that reconnects before
     // any event came (a deploy, a network drop on a quiet fleet) resumes from there instead of
     // from whatever is newest by then, which would skip what committed in between.
-    let start = resume_id(cursor.last(), &cursor.gaps(std::time::Instant::now()));
+    let request_id = query.request_id.clone().filter(|r| r.len() <= 128);
+    let newest_line = device_logs::newest_id(&state.db).await?;
+    let resumed_line = log_resume
+        .filter(|p| *p <= newest_line && newest_line - *p <= MAX_LOG_RESUME)
+        .filter(|_| request_id.is_some());
+    // Lines that went past while the client was away come first (see `stream_id`).
+    let last_line = resumed_line.unwrap_or(newest_line);
+    let start = stream_id(
+        cursor.last(),
+        &cursor.gaps(std::time::Instant::now()),
+        resumed_line,
+    );
     buffer.push_back(Event::default().id(start).data(version.to_string()));
-    let last_line = device_logs::newest_id(&state.db).await?;
     let logs = LogFeed {
-        request_id: query.request_id.clone().filter(|r| r.len() <= 128),
+        request_id,
         newest: state.log_hub.subscribe(),
         subscriptions_changed: state.log_hub.watch_subscriptions(),
         last: last_line,
@@ -411,6 +467,7 @@ pub async fn stream(
         read_at: last_line,
         refresh: true,
         catch_up: None,
+        positioned: resumed_line.is_some(),
         renewed: std::time::Instant::now(),
     };
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -454,10 +511,11 @@ pub async fn stream(
                         // One at a time (as `saw` takes them anyway), so each message's id names
                         // what is awaited once it is delivered.
                         let now = std::time::Instant::now();
+                        let log = s.logs.resume_position();
                         for row in &rows {
                             s.events.saw([(row.id, events::taken_recently(row))], now);
                             let gaps = s.events.gaps(now);
-                            s.buffer.push_back(to_sse(row, s.events.last(), &gaps));
+                            s.buffer.push_back(to_sse(row, s.events.last(), &gaps, log));
                         }
                         continue;
                     }
@@ -475,8 +533,12 @@ pub async fn stream(
                     s.due.subscriptions = false;
                 }
                 match s.logs.read(&s.db).await {
-                    Ok(events) if !events.is_empty() || s.logs.catching_up() => {
-                        s.buffer.extend(events);
+                    Ok(messages) if !messages.is_empty() || s.logs.catching_up() => {
+                        let gaps = s.events.gaps(std::time::Instant::now());
+                        for (message, position) in messages {
+                            let id = stream_id(s.events.last(), &gaps, Some(position));
+                            s.buffer.push_back(message.id(id));
+                        }
                         continue;
                     }
                     Ok(_) => s.due.logs = false,
@@ -545,6 +607,18 @@ mod tests {
         assert_eq!(read(&mut due), (false, true, true));
         due.woke(Wake::Recheck, start + Duration::from_millis(6000));
         assert_eq!(read(&mut due), (true, true, true));
+    }
+
+    #[test]
+    fn stream_ids_carry_the_log_position_when_there_is_one() {
+        assert_eq!(stream_id(42, &[39], None), "42;39");
+        assert_eq!(stream_id(42, &[39], Some(1234)), "42;39|1234");
+        assert_eq!(split_log_position("42;39|1234"), ("42;39", Some(1234)));
+        assert_eq!(split_log_position("42"), ("42", None));
+        assert_eq!(split_log_position("42|-3"), ("42", None));
+        assert_eq!(split_log_position("42|x"), ("42", None));
+        let (events, _) = split_log_position("42;39|1234");
+        assert_eq!(parse_resume_id(events), Some((42, vec![39])));
     }
 
     #[test]

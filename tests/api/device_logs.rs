@@ -606,6 +606,79 @@ async fn a_subscription_made_through_another_process_gets_the_lines_logged_meanw
     }
 }
 
+/// A stream that reconnects with the last id it got (as an `EventSource` does after a dropped
+/// connection) is sent the lines its devices logged while it was away, once each; before, the
+/// new stream started at the newest line and the live view skipped them.
+#[tokio::test]
+async fn a_stream_that_reconnects_gets_the_lines_logged_while_it_was_away() {
+    let Some(url) = broker::shared_broker("device_logs_away") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let Some(app) = logging_app(stack, "device_logs_away", &url).await else {
+            continue;
+        };
+        let model_id = create_model(&app, "away", None).await;
+        let ea = entity("away");
+        let a = device_with_entity(&app, model_id, Some(&ea)).await;
+        assert!(app.mqtt_connected().await);
+        let mut stream = SseReader::open_as(&app, "tab-away").await;
+        assert_eq!(
+            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+            "version"
+        );
+        let (status, body) = app
+            .device_log_subscription(
+                "subscribe",
+                json!({"request_id": "tab-away", "device_id": a}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        publisher
+            .publish(LOGSINK, ndjson(&[(&ea, "seen")]))
+            .await
+            .unwrap();
+        let (id, event) = stream
+            .next_with_id(Duration::from_secs(10))
+            .await
+            .expect("the first line");
+        assert_eq!(event["payload"]["logs"][0]["message"], "seen", "{event}");
+        let id = id.expect("a device-logs message carries an id");
+        drop(stream);
+
+        let away: Vec<String> = (0..5).map(|i| format!("away {i}")).collect();
+        for message in &away {
+            publisher
+                .publish(LOGSINK, ndjson(&[(&ea, message)]))
+                .await
+                .unwrap();
+        }
+        until_stored(&app, a, 6).await;
+        let mut resumed = SseReader::resume_as(&app, "tab-away", &id).await;
+        assert_eq!(
+            resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
+            "version"
+        );
+        let mut streamed = Vec::new();
+        while streamed.len() < away.len() {
+            let Some(event) = resumed.next(Duration::from_secs(5)).await else {
+                break;
+            };
+            if event["type"] == "device-logs" {
+                for line in event["payload"]["logs"].as_array().unwrap() {
+                    streamed.push(line["message"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        assert_eq!(
+            streamed, away,
+            "{stack:?}: the lines logged while away, once each"
+        );
+        app.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
     let Some(url) = broker::shared_broker("device_logs_retention") else {

@@ -36,6 +36,11 @@ impl SseReader {
         Self::open_with(app, "01TEST", Some(last)).await
     }
 
+    /// A stream with this `request_id` resumed with `Last-Event-ID: last`.
+    pub async fn resume_as(app: &TestApp, request_id: &str, last: &str) -> SseReader {
+        Self::open_with(app, request_id, Some(last)).await
+    }
+
     async fn open_with(app: &TestApp, request_id: &str, last: Option<&str>) -> SseReader {
         let mut request = app
             .client
