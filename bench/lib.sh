@@ -155,6 +155,28 @@ bench_start_mosquitto() {
     blog "Mosquitto $("$mosquitto" -h 2>/dev/null | awk 'NR==1 {print $3}') on 127.0.0.1:$MQTT_PORT"
 }
 
+# bench_logging_devices CODE COUNT PREFIX: a model CODE with COUNT devices whose entity ids are
+# sensor.PREFIX_1 … sensor.PREFIX_COUNT (in ENTITIES, the first device's id in FIRST_DEVICE); then
+# waits until the service's log intake stores a line of the second (or only) device: until its
+# subscription is granted, lines go nowhere.
+bench_logging_devices() {
+    local model i probe
+    model=$(api POST /api/device-models "{\"code\": \"$1\", \"name\": \"Benchmark $1\"}" | json_field id)
+    ENTITIES=()
+    for i in $(seq 1 "$2"); do
+        api POST /api/devices "{\"device_model_id\": $model, \"config\": \"{\\\"deviceEntityId\\\": \\\"sensor.$3_$i\\\"}\"}" >/dev/null
+        ENTITIES+=("sensor.$3_$i")
+    done
+    FIRST_DEVICE=$(psql_query "SELECT MIN(id) FROM devices WHERE device_model_id = $model")
+    probe=${ENTITIES[1]:-${ENTITIES[0]}}
+    for _ in $(seq 1 100); do
+        "$LOADGEN" publish-logs --mqtt-url "$MQTT_URL" --entities "$probe" --messages 1 \
+            --lines-per-message 1 >/dev/null
+        sleep 0.2
+        [ "$(psql_query 'SELECT COUNT(*) FROM device_logs')" -gt 0 ] && break
+    done
+}
+
 # bench_wait_ready: waits up to 60 s for $SERVICE_PID to answer /health/readyz at $SERVICE_URL;
 # shows its log and exits if it dies or does not become ready.
 bench_wait_ready() {

@@ -49,20 +49,7 @@ unset MQTT_NOTIFICATIONS_PER_SECOND
 export DEVICE_LOG_MAX_LINES=1000000
 bench_start_service
 RSS_BEFORE=$(awk '/^VmRSS/ {print $2}' "/proc/$SERVICE_PID/status")
-MODEL_ID=$(api POST /api/device-models '{"code": "logs", "name": "Benchmark logs"}' | json_field id)
-ENTITIES=()
-for i in $(seq 1 "$LOG_DEVICES"); do
-    api POST /api/devices "{\"device_model_id\": $MODEL_ID, \"config\": \"{\\\"deviceEntityId\\\": \\\"sensor.bench_$i\\\"}\"}" >/dev/null
-    ENTITIES+=("sensor.bench_$i")
-done
-FIRST_DEVICE=$(psql_query "SELECT MIN(id) FROM devices WHERE device_model_id = $MODEL_ID")
-# Until the intake's subscription is granted, lines go nowhere: probe until one is stored.
-for _ in $(seq 1 100); do
-    "$LOADGEN" publish-logs --mqtt-url "$MQTT_URL" --entities sensor.bench_1 --messages 1 \
-        --lines-per-message 1 >/dev/null
-    sleep 0.2
-    [ "$(psql_query 'SELECT COUNT(*) FROM device_logs')" -gt 0 ] && break
-done
+bench_logging_devices logs "$LOG_DEVICES" bench
 # ingest_at LINES_PER_S: publishes BENCH_LOG_SECONDS of lines at that rate, waits until the
 # database stops growing; sets STORED, TOTAL, INGEST_S (first publish to last line stored).
 ingest_at() {

@@ -27,20 +27,8 @@ bench_start_mosquitto
 export MQTT_URL
 bench_start_service
 
-MODEL_ID=$(api POST /api/device-models '{"code": "streams", "name": "Benchmark streams"}' | json_field id)
-ENTITIES=()
-for i in $(seq 1 "$LOG_DEVICES"); do
-    api POST /api/devices "{\"device_model_id\": $MODEL_ID, \"config\": \"{\\\"deviceEntityId\\\": \\\"sensor.stream_$i\\\"}\"}" >/dev/null
-    ENTITIES+=("sensor.stream_$i")
-done
-WATCHED=$(psql_query "SELECT MIN(id) FROM devices WHERE device_model_id = $MODEL_ID")
-# Until the intake's subscription is granted, lines go nowhere: probe until one is stored.
-for _ in $(seq 1 100); do
-    "$LOADGEN" publish-logs --mqtt-url "$MQTT_URL" --entities sensor.stream_2 --messages 1 \
-        --lines-per-message 1 >/dev/null
-    sleep 0.2
-    [ "$(psql_query 'SELECT COUNT(*) FROM device_logs')" -gt 0 ] && break
-done
+bench_logging_devices streams "$LOG_DEVICES" stream
+WATCHED=$FIRST_DEVICE
 
 blog "opening $STREAMS streams, $SUBSCRIBED of them subscribed to device $WATCHED"
 STREAM_PIDS=()

@@ -104,6 +104,48 @@ fn enc(t: DateTime<Utc>) -> String {
     crate::credentials_support::urlencode(&t.to_rfc3339())
 }
 
+/// A live stream of `app` with `request_id`, past its `version` message, subscribed to the lines
+/// of `device`.
+async fn subscribed_stream(app: &TestApp, request_id: &str, device: i64) -> SseReader {
+    let mut stream = SseReader::open_as(app, request_id).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "version"
+    );
+    let (status, body) = app
+        .device_log_subscription(
+            "subscribe",
+            json!({"request_id": request_id, "device_id": device}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    stream
+}
+
+/// The messages of the `device-logs` lines `stream` sends until it has `n` of them, or nothing
+/// comes for `wait`; other messages are passed to `other`.
+async fn streamed_lines(
+    stream: &mut SseReader,
+    n: usize,
+    wait: Duration,
+    mut other: impl FnMut(&Value),
+) -> Vec<String> {
+    let mut streamed = Vec::new();
+    while streamed.len() < n {
+        let Some(event) = stream.next(wait).await else {
+            break;
+        };
+        if event["type"] != "device-logs" {
+            other(&event);
+            continue;
+        }
+        for line in event["payload"]["logs"].as_array().unwrap() {
+            streamed.push(line["message"].as_str().unwrap().to_string());
+        }
+    }
+    streamed
+}
+
 #[tokio::test]
 async fn published_lines_are_stored_per_device_and_served_like_the_original() {
     let Some(url) = broker::shared_broker("device_logs") else {
@@ -403,21 +445,7 @@ async fn two_processes_store_each_line_once_and_either_streams_it() {
         let ea = entity("twin");
         let a = device_with_entity(&first, model_id, Some(&ea)).await;
         assert!(first.mqtt_connected().await && second.mqtt_connected().await);
-        let mut stream = SseReader::open_as(&second, "tab-2").await;
-        assert_eq!(
-            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
-            "version"
-        );
-        assert_eq!(
-            second
-                .device_log_subscription(
-                    "subscribe",
-                    json!({"request_id": "tab-2", "device_id": a})
-                )
-                .await
-                .0,
-            200
-        );
+        let mut stream = subscribed_stream(&second, "tab-2", a).await;
 
         let sent: Vec<String> = (0..60).map(|i| format!("message {i:02}")).collect();
         for message in &sent {
@@ -464,17 +492,7 @@ async fn two_processes_store_each_line_once_and_either_streams_it() {
         assert_eq!(stored, sent.iter().cloned().collect::<HashSet<_>>());
 
         // Every line reached the second process's stream, whichever process took it.
-        let mut streamed = Vec::new();
-        while streamed.len() < 60 {
-            let Some(event) = stream.next(Duration::from_secs(10)).await else {
-                break;
-            };
-            if event["type"] == "device-logs" {
-                for line in event["payload"]["logs"].as_array().unwrap() {
-                    streamed.push(line["message"].as_str().unwrap().to_string());
-                }
-            }
-        }
+        let mut streamed = streamed_lines(&mut stream, 60, Duration::from_secs(10), |_| {}).await;
         streamed.sort();
         assert_eq!(streamed, sent, "{stack:?}");
         first.stop().await;
@@ -623,18 +641,7 @@ async fn a_stream_that_reconnects_gets_the_lines_logged_while_it_was_away() {
         let ea = entity("away");
         let a = device_with_entity(&app, model_id, Some(&ea)).await;
         assert!(app.mqtt_connected().await);
-        let mut stream = SseReader::open_as(&app, "tab-away").await;
-        assert_eq!(
-            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
-            "version"
-        );
-        let (status, body) = app
-            .device_log_subscription(
-                "subscribe",
-                json!({"request_id": "tab-away", "device_id": a}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        let mut stream = subscribed_stream(&app, "tab-away", a).await;
         publisher
             .publish(LOGSINK, ndjson(&[(&ea, "seen")]))
             .await
@@ -660,17 +667,8 @@ async fn a_stream_that_reconnects_gets_the_lines_logged_while_it_was_away() {
             resumed.next(Duration::from_secs(5)).await.unwrap()["type"],
             "version"
         );
-        let mut streamed = Vec::new();
-        while streamed.len() < away.len() {
-            let Some(event) = resumed.next(Duration::from_secs(5)).await else {
-                break;
-            };
-            if event["type"] == "device-logs" {
-                for line in event["payload"]["logs"].as_array().unwrap() {
-                    streamed.push(line["message"].as_str().unwrap().to_string());
-                }
-            }
-        }
+        let streamed =
+            streamed_lines(&mut resumed, away.len(), Duration::from_secs(5), |_| {}).await;
         assert_eq!(
             streamed, away,
             "{stack:?}: the lines logged while away, once each"
@@ -943,18 +941,7 @@ async fn a_burst_of_long_lines_reaches_a_live_stream_in_bounded_messages() {
     for_each_stack("device_logs_live_bounded", &[], async |app| {
         let model_id = create_model(app, "burst", None).await;
         let device = device_with_entity(app, model_id, Some(&entity("burst"))).await;
-        let mut stream = SseReader::open_as(app, "tab-burst").await;
-        assert_eq!(
-            stream.next(Duration::from_secs(5)).await.unwrap()["type"],
-            "version"
-        );
-        let (status, body) = app
-            .device_log_subscription(
-                "subscribe",
-                json!({"request_id": "tab-burst", "device_id": device}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        let mut stream = subscribed_stream(app, "tab-burst", device).await;
         let line = |i: usize| format!("{i:03} {}", "x".repeat(8000));
         for i in 0..40 {
             iotsupport::on_pool!(app.db(), |p| sqlx::query(
