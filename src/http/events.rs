@@ -37,6 +37,9 @@ pub fn router() -> Router<AppState> {
 pub struct StreamQuery {
     /// The client's id for this stream, logged with it.
     pub request_id: Option<String>,
+    /// Where to resume, as `Last-Event-ID` (which wins when both are given): for a client that
+    /// opens a new `EventSource` after its last one gave up, which sends no `Last-Event-ID`.
+    pub last_event_id: Option<String>,
 }
 
 /// The message of `event`; its SSE `id` says where a reconnecting client resumes (it sends the
@@ -119,6 +122,12 @@ struct Subscriber {
     /// Live device log lines for the devices this stream's `request_id` subscribed to.
     logs: LogFeed,
     due: Due,
+    /// The log position the client holds (the last id it was sent that carried one). A feed
+    /// moves on without a message when the fleet logs but its devices do not: the client is told
+    /// at a recheck with a message of an id alone (it updates the client's last id and fires no
+    /// event), so that a reconnect does not resume from far behind or, past `MAX_LOG_RESUME`,
+    /// from the newest line.
+    sent_position: Option<i64>,
     /// The credentials the stream was opened with, checked again every [`RECHECK_AUTH`].
     auth: StreamAuth,
     /// Its place among the streams open at once (`AppState::stream_slots`), given back when the
@@ -355,6 +364,9 @@ struct Due {
     events: bool,
     logs: bool,
     subscriptions: bool,
+    /// Whether to tell the client the feed's position if it moved without a message (see
+    /// [`Subscriber::sent_position`]).
+    position: bool,
     recheck_at: tokio::time::Instant,
 }
 
@@ -374,6 +386,7 @@ impl Due {
             events: true,
             logs: true,
             subscriptions: true,
+            position: false,
             recheck_at: now + RECHECK,
         }
     }
@@ -392,6 +405,7 @@ impl Due {
             self.events = true;
             self.logs = true;
             self.subscriptions = true;
+            self.position = true;
             self.recheck_at = now + RECHECK;
         }
     }
@@ -418,6 +432,7 @@ pub async fn stream(
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref())
         .map(split_log_position);
     let resume = last_event_id.and_then(|(events, _)| parse_resume_id(events));
     let log_resume = last_event_id.and_then(|(_, log)| log);
@@ -487,6 +502,7 @@ pub async fn stream(
         shutdown: state.shutdown.clone(),
         logs,
         due: Due::new(tokio::time::Instant::now()),
+        sent_position: resumed_line,
     };
     let stream = futures::stream::unfold(subscriber, |mut s| async move {
         loop {
@@ -517,6 +533,7 @@ pub async fn stream(
                             let gaps = s.events.gaps(now);
                             s.buffer.push_back(to_sse(row, s.events.last(), &gaps, log));
                         }
+                        s.sent_position = log.or(s.sent_position);
                         continue;
                     }
                     Ok(_) => s.due.events = false,
@@ -538,6 +555,7 @@ pub async fn stream(
                         for (message, position) in messages {
                             let id = stream_id(s.events.last(), &gaps, Some(position));
                             s.buffer.push_back(message.id(id));
+                            s.sent_position = Some(position);
                         }
                         continue;
                     }
@@ -546,6 +564,19 @@ pub async fn stream(
                         s.due.logs = false;
                         tracing::debug!(error = %e, "sse_log_read_failed");
                     }
+                }
+            }
+            if std::mem::take(&mut s.due.position) {
+                let position = s.logs.resume_position();
+                if position.is_some() && position != s.sent_position {
+                    let gaps = s.events.gaps(std::time::Instant::now());
+                    s.buffer.push_back(Event::default().id(stream_id(
+                        s.events.last(),
+                        &gaps,
+                        position,
+                    )));
+                    s.sent_position = position;
+                    continue;
                 }
             }
             if !s.auth.still_valid().await {

@@ -677,6 +677,67 @@ async fn a_stream_that_reconnects_gets_the_lines_logged_while_it_was_away() {
     }
 }
 
+/// A stream whose device is quiet while the fleet logs is told where its feed stands (at a
+/// recheck, by a message of an id alone), so a client that reconnects from the id it holds gets
+/// its device's lines logged meanwhile; before, its id named no position, and the new stream
+/// started at the newest line. Resumed here through `last_event_id` in the query, as our UI
+/// does when it opens a new `EventSource` after the last one gave up.
+#[tokio::test]
+async fn a_quiet_devices_stream_learns_where_its_feed_stands() {
+    let Some(url) = broker::shared_broker("device_logs_quiet") else {
+        return;
+    };
+    let publisher = broker::start(broker::settings(&url));
+    for stack in ALL_STACKS {
+        let Some(app) = logging_app(stack, "device_logs_quiet", &url).await else {
+            continue;
+        };
+        let model_id = create_model(&app, "quiet", None).await;
+        let (eq, eb) = (entity("quiet"), entity("busy"));
+        let quiet = device_with_entity(&app, model_id, Some(&eq)).await;
+        let busy = device_with_entity(&app, model_id, Some(&eb)).await;
+        assert!(app.mqtt_connected().await);
+        let mut stream = subscribed_stream(&app, "tab-quiet", quiet).await;
+        for i in 0..10 {
+            let line = format!("busy {i}");
+            publisher
+                .publish(LOGSINK, ndjson(&[(&eb, &line)]))
+                .await
+                .unwrap();
+        }
+        until_stored(&app, busy, 10).await;
+        let newest: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT MAX(id) FROM device_logs"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        // No line for this stream; its position comes within a recheck or two.
+        let position = |id: Option<&str>| -> Option<i64> { id?.split_once('|')?.1.parse().ok() };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while position(stream.last_id()).is_none_or(|p| p < newest) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stack:?}: no position past {newest} came; last id {:?}",
+                stream.last_id()
+            );
+            assert!(stream.next(Duration::from_millis(500)).await.is_none());
+        }
+        let held = stream.last_id().unwrap().to_string();
+        drop(stream);
+
+        publisher
+            .publish(LOGSINK, ndjson(&[(&eq, "while away")]))
+            .await
+            .unwrap();
+        until_stored(&app, quiet, 1).await;
+        let mut resumed = SseReader::resume_by_query(&app, "tab-quiet", &held).await;
+        let lines = streamed_lines(&mut resumed, 1, Duration::from_secs(5), |_| {}).await;
+        assert_eq!(lines, ["while away"], "{stack:?}");
+        app.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn retention_removes_old_lines_and_keeps_each_devices_newest() {
     let Some(url) = broker::shared_broker("device_logs_retention") else {

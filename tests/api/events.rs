@@ -19,6 +19,8 @@ use crate::helpers::*;
 pub struct SseReader {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
+    /// The last SSE id read, also of messages without data (as an `EventSource` keeps it).
+    last_id: Option<String>,
 }
 
 impl SseReader {
@@ -41,6 +43,21 @@ impl SseReader {
         Self::open_with(app, request_id, Some(last)).await
     }
 
+    /// A stream with this `request_id` resumed from `last` given as the `last_event_id` query
+    /// parameter (a new `EventSource` after the last one gave up).
+    pub async fn resume_by_query(app: &TestApp, request_id: &str, last: &str) -> SseReader {
+        let path = format!(
+            "{request_id}&last_event_id={}",
+            form_urlencoded::byte_serialize(last.as_bytes()).collect::<String>()
+        );
+        Self::open_with(app, &path, None).await
+    }
+
+    /// The last SSE id read so far, of any message.
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
     async fn open_with(app: &TestApp, request_id: &str, last: Option<&str>) -> SseReader {
         let mut request = app
             .client
@@ -57,6 +74,7 @@ impl SseReader {
         SseReader {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
+            last_id: None,
         }
     }
 
@@ -79,8 +97,11 @@ impl SseReader {
                         .collect()
                 };
                 let data = field("data:");
+                let id = field("id:").pop();
+                if id.is_some() {
+                    self.last_id = id.clone();
+                }
                 if !data.is_empty() {
-                    let id = field("id:").pop();
                     let data = serde_json::from_str(&data.join("\n")).expect("data is JSON");
                     return Some((id, data));
                 }

@@ -351,6 +351,9 @@
 
   var subscribedLogs = null;
   var source = null;
+  // The id of the last message that had one: a new stream (after the last one gave up, or the
+  // tab was hidden) resumes there, so the log view also gets the lines logged meanwhile.
+  var lastEventId = '';
   var retryTimer = null;
   var retryDelay = 2000;
 
@@ -363,7 +366,8 @@
     // Pages about nothing live (sign-in, error pages) open no stream.
     if (!main || !main.getAttribute('data-live') || !window.EventSource) { return; }
     if (source || document.hidden) { return; }
-    source = new EventSource('/api/sse/stream?request_id=' + streamId);
+    source = new EventSource('/api/sse/stream?request_id=' + streamId +
+      (lastEventId ? '&last_event_id=' + encodeURIComponent(lastEventId) : ''));
     setLive('connecting', 'connecting');
     source.addEventListener('open', function () { retryDelay = 2000; setLive('live', 'live'); });
     source.addEventListener('error', function () {
@@ -378,6 +382,7 @@
       }, retryLater);
     });
     source.addEventListener('message', function (event) {
+      if (event.lastEventId) { lastEventId = event.lastEventId; }
       var message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
       if (message.type === 'version') { setLive('live', 'live'); subscribedLogs = null; startLogs(); return; }
