@@ -9,7 +9,8 @@ use super::env::{invalid, ConfigError, Env};
 /// When the session cookie gets the `Secure` attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CookieSecure {
-    /// When the request came over TLS as far as we can tell: `X-Forwarded-Proto: https` from a
+    /// When the request came over TLS as far as we can tell: `X-Forwarded-Proto: https` (or
+    /// `Forwarded: proto=https`) from a
     /// proxy, or an `https` origin in `OIDC_REDIRECT_URL`.
     Auto,
     Always,

@@ -86,16 +86,39 @@ fn forwarded<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The host (and port) the browser addressed: `X-Forwarded-Host` from a proxy, else `Host`.
+/// A parameter of the first element of RFC 7239's `Forwarded` header, the standard form of the
+/// `X-Forwarded-*` headers that some proxies send instead (`Forwarded: for=…;proto=https;
+/// host=iot.example.com`): `proto` or `host`, unquoted.
+fn forwarded_param<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let first = headers
+        .get(http::header::FORWARDED)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?;
+    first
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+/// The host (and port) the browser addressed: `X-Forwarded-Host` (or `Forwarded`'s `host`) from
+/// a proxy, else `Host`.
 pub fn request_host(headers: &HeaderMap) -> Option<String> {
     forwarded(headers, "x-forwarded-host")
+        .or_else(|| forwarded_param(headers, "host"))
         .or_else(|| headers.get(http::header::HOST)?.to_str().ok())
         .map(|h| h.to_ascii_lowercase())
 }
 
-/// Whether the browser reached us over TLS, as far as a proxy tells.
+/// Whether the browser reached us over TLS, as far as a proxy tells (`X-Forwarded-Proto`, or
+/// `Forwarded`'s `proto`).
 pub fn request_is_https(headers: &HeaderMap) -> bool {
-    forwarded(headers, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    forwarded(headers, "x-forwarded-proto")
+        .or_else(|| forwarded_param(headers, "proto"))
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
 /// `scheme://host` the browser addressed, if known.
@@ -301,6 +324,32 @@ mod tests {
         ]);
         assert!(same_origin(&proxied));
         assert!(!same_origin(&headers(&[("host", "iot.local")])));
+    }
+
+    #[test]
+    fn rfc_7239_forwarded_names_the_scheme_and_host_when_no_x_forwarded_header_does() {
+        let standard = headers(&[
+            ("host", "127.0.0.1:3101"),
+            (
+                "forwarded",
+                "for=192.0.2.60;Proto=https;host=\"IoT.example.com\", for=198.51.100.17",
+            ),
+        ]);
+        assert!(request_is_https(&standard));
+        assert_eq!(
+            request_origin(&standard).as_deref(),
+            Some("https://iot.example.com")
+        );
+        // The X- headers win where both are sent; only the first element counts.
+        let both = headers(&[
+            ("host", "127.0.0.1:3101"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "proto=https"),
+        ]);
+        assert!(!request_is_https(&both));
+        let later = headers(&[("host", "iot.local"), ("forwarded", "for=a, proto=https")]);
+        assert!(!request_is_https(&later));
+        assert_eq!(request_host(&later).as_deref(), Some("iot.local"));
     }
 
     #[test]
