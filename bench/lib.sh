@@ -177,6 +177,17 @@ bench_logging_devices() {
     done
 }
 
+# bench_start_mqtt_stack: PostgreSQL, s3s-fs and Mosquitto (MQTT_URL exported for the service),
+# the service not yet.
+bench_start_mqtt_stack() {
+    ulimit -n 65536 2>/dev/null || true
+    bench_build
+    bench_start_postgres
+    bench_start_s3
+    bench_start_mosquitto
+    export MQTT_URL
+}
+
 # bench_wait_ready: waits up to 60 s for $SERVICE_PID to answer /health/readyz at $SERVICE_URL;
 # shows its log and exits if it dies or does not become ready.
 bench_wait_ready() {

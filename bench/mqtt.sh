@@ -22,12 +22,7 @@ LOG_DEVICES=${BENCH_LOG_DEVICES:-100}
 HISTORY_ROWS=${BENCH_HISTORY_ROWS:-2000000}
 # BENCH_PACES="" skips the notification part.
 
-ulimit -n 65536 2>/dev/null || true
-bench_build
-bench_start_postgres
-bench_start_s3
-bench_start_mosquitto
-export MQTT_URL
+bench_start_mqtt_stack
 
 declare -A NOTIFY
 PACES=${BENCH_PACES-100 100000}

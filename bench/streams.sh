@@ -19,12 +19,7 @@ LOG_DEVICES=${BENCH_LOG_DEVICES:-10}
 INTERVAL_MS=${BENCH_LOG_INTERVAL_MS:-100}
 DURATION=${BENCH_SECONDS:-10}
 
-ulimit -n 65536 2>/dev/null || true
-bench_build
-bench_start_postgres
-bench_start_s3
-bench_start_mosquitto
-export MQTT_URL
+bench_start_mqtt_stack
 bench_start_service
 
 bench_logging_devices streams "$LOG_DEVICES" stream
