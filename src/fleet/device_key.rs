@@ -46,10 +46,12 @@ impl fmt::Display for DeviceKey {
 /// so a fast hash is enough (there is nothing to brute-force).
 pub fn hash_device_secret(secret: &str) -> String {
     // Into a buffer rather than `hex::encode`'s char by char: this runs on every device request.
+    let digest = Sha256::digest(secret.as_bytes());
     let mut hex = [0u8; 64];
-    match hex::encode_to_slice(Sha256::digest(secret.as_bytes()), &mut hex) {
+    match hex::encode_to_slice(digest, &mut hex) {
         Ok(()) => String::from_utf8_lossy(&hex).into_owned(),
-        Err(_) => hex::encode(Sha256::digest(secret.as_bytes())),
+        // Not reached: a SHA-256 is 32 bytes, 64 in hex.
+        Err(_) => hex::encode(digest),
     }
 }
 

@@ -303,13 +303,14 @@ impl LogFeed {
         self.catch_up.is_some()
     }
 
-    /// Where a client that reconnects resumes the feed (`None` without a `request_id`): during a
-    /// catch-up, from its progress (the other devices' lines after it come again, rather than
-    /// the rest of the catch-up never).
+    /// Where a client that reconnects resumes the feed (`None` until it is [`positioned`],
+    /// which needs a `request_id`): during a catch-up, from its progress (the other devices'
+    /// lines after it come again, rather than the rest of the catch-up never).
+    ///
+    /// [`positioned`]: LogFeed::positioned
     fn resume_position(&self) -> Option<i64> {
-        self.request_id.as_ref()?;
-        let sends_lines = self.positioned || !self.subscribed.is_empty();
-        sends_lines.then(|| self.catch_up.as_ref().map_or(self.last, |c| c.from))
+        self.positioned
+            .then(|| self.catch_up.as_ref().map_or(self.last, |c| c.from))
     }
 }
 
