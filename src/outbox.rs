@@ -29,22 +29,33 @@ pub struct PendingDeletion {
 }
 
 /// Records that these objects must be deleted once the caller's transaction commits.
+/// One statement per [`SCHEDULE_CHUNK`] keys.
 pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), DbError> {
     let now = db::now();
-    for key in keys {
+    for chunk in keys.chunks(SCHEDULE_CHUNK) {
+        // `$1` is the time; the keys are `$2` onwards.
+        let rows: Vec<String> = (2..chunk.len() + 2)
+            .map(|i| format!("(${i}, $1, $1)"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO object_deletions (object_key, next_attempt_at, created_at) VALUES {}",
+            rows.join(", ")
+        );
+        // Only placeholders are formatted into the text; the keys are bound.
         on_conn!(tx, |c| {
-            sqlx::query(
-            "INSERT INTO object_deletions (object_key, next_attempt_at, created_at) VALUES ($1, $2, $2)"
-        )
-        .bind(key.as_str())
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(now);
+            for key in chunk {
+                query = query.bind(key.as_str());
+            }
+            query.execute(c).await.map(|r| r.rows_affected())
         })?;
     }
     Ok(())
 }
+
+/// Keys per `INSERT` of [`schedule_deletion`]: well within both databases' limits on bound
+/// parameters (SQLite's is 32,766, PostgreSQL's 65,535).
+const SCHEDULE_CHUNK: usize = 1000;
 
 /// Withdraws pending deletions of keys that the caller is about to write again.
 /// One statement for all of them.

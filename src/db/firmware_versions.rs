@@ -383,6 +383,27 @@ pub async fn delete(tx: &mut Tx, model_id: i64, version: &str) -> Result<bool, D
     Ok(rows == 1)
 }
 
+/// Deletes these versions of the model in one statement; how many rows went.
+pub async fn delete_many(tx: &mut Tx, model_id: i64, versions: &[String]) -> Result<u64, DbError> {
+    if versions.is_empty() {
+        return Ok(0);
+    }
+    // `$1` is the model; the versions are `$2` onwards (retention prunes a handful at a time).
+    let placeholders: Vec<String> = (2..versions.len() + 2).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version IN ({})",
+        placeholders.join(", ")
+    );
+    // Only placeholders are formatted into the text; the versions are bound.
+    Ok(crate::on_conn!(tx, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(model_id);
+        for version in versions {
+            query = query.bind(version.as_str());
+        }
+        query.execute(c).await.map(|r| r.rows_affected())
+    })?)
+}
+
 /// A model's versions, newest upload first (what retention ranks).
 pub async fn versions_newest_first(tx: &mut Tx, model_id: i64) -> Result<Vec<String>, DbError> {
     Ok(on_conn!(tx, |c| sqlx::query_scalar(

@@ -25,25 +25,35 @@ pub enum RetentionError {
     Key(#[from] InvalidKey),
 }
 
-/// Prunes the model's versions beyond the newest `keep`, sparing `current` and versions that
-/// pending core dumps report. The model row must be locked by the caller.
+/// The versions that retention would prune after an upload that made `current` the model's
+/// current version: those beyond the newest `keep`, except `current`. A read only: the model row
+/// must be locked by the caller, so nothing changes the list before [`enforce`].
+pub async fn candidates(
+    tx: &mut Tx,
+    model_id: i64,
+    current: &str,
+    keep: u32,
+) -> Result<Vec<String>, DbError> {
+    let versions = fw::versions_newest_first(tx, model_id).await?;
+    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+    Ok(versions
+        .into_iter()
+        .skip(keep)
+        .filter(|version| version != current)
+        .collect())
+}
+
+/// Prunes `candidates` (from [`candidates`], in the same transaction), sparing the versions that
+/// pending core dumps report. Four statements when there is anything to prune, none otherwise.
 pub async fn enforce(
     tx: &mut Tx,
     model_id: i64,
     model_code: &str,
-    current: &str,
-    keep: u32,
+    candidates: Vec<String>,
 ) -> Result<Pruned, RetentionError> {
-    let versions = fw::versions_newest_first(tx, model_id).await?;
-    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
-    if versions.len() <= keep {
+    if candidates.is_empty() {
         return Ok(Pruned::default());
     }
-    let candidates: Vec<String> = versions
-        .into_iter()
-        .skip(keep)
-        .filter(|version| version != current)
-        .collect();
     // A dump uploaded right now for a candidate counts: the lock waits for it to commit.
     fw::lock_for_deletion(tx, model_id, &candidates).await?;
     let pending = fw::pending_coredump_versions(tx, model_id).await?;
@@ -54,7 +64,6 @@ pub async fn enforce(
             pruned.skipped_pending += 1;
             continue;
         }
-        fw::delete(tx, model_id, &version).await?;
         // A legacy version whose keys cannot even be written: nothing to delete.
         match crate::layout::deletable_keys(model_code, &version) {
             Ok(version_keys) => keys.extend(version_keys),
@@ -64,6 +73,7 @@ pub async fn enforce(
         }
         pruned.versions.push(version);
     }
+    fw::delete_many(tx, model_id, &pruned.versions).await?;
     outbox::schedule_deletion(tx, &keys).await?;
     Ok(pruned)
 }

@@ -78,19 +78,21 @@ pub(super) async fn record_version(
     existing: Option<&fw::FirmwareVersionRow>,
     keep: u32,
 ) -> Result<Pruned, StoreError> {
-    record_rows(tx, notifier, model, facts, existing).await?;
-    apply_retention(tx, model, facts, existing.is_none(), keep).await
+    let candidates = record_rows(tx, notifier, model, facts, existing, keep).await?;
+    apply_retention(tx, model, facts, existing.is_none(), candidates).await
 }
 
 /// The first part of [`record_version`]: the version's row (new, or touched), the model's current
-/// version, and the devices' notification. An upload writes these while its PUTs run.
+/// version, and the devices' notification; returns the versions retention will consider (beyond
+/// the newest `keep`, read without locking them). An upload writes these while its PUTs run.
 pub(super) async fn record_rows(
     tx: &mut Tx,
     notifier: Notifier,
     model: &fw::ModelFirmware,
     facts: &BundleFacts,
     existing: Option<&fw::FirmwareVersionRow>,
-) -> Result<(), StoreError> {
+    keep: u32,
+) -> Result<Vec<String>, StoreError> {
     let version = facts.version.as_str();
     match existing {
         Some(row) => fw::touch(tx, row.id).await?,
@@ -104,21 +106,22 @@ pub(super) async fn record_rows(
     if model.firmware_version.as_deref() != Some(version) {
         notifier.firmware_changed(tx, model.id, version).await?;
     }
-    Ok(())
+    Ok(retention::candidates(tx, model.id, version, keep).await?)
 }
 
-/// The second part of [`record_version`]: retention and the event. An upload applies it after
-/// its PUTs, just before the commit: retention holds the versions it prunes or spares locked
-/// until then (see `retention::enforce`), and core-dump uploads reporting them wait for it.
+/// The second part of [`record_version`]: retention of the `candidates` that [`record_rows`]
+/// returned, and the event. An upload applies it after its PUTs, just before the commit:
+/// retention holds the versions it prunes or spares locked until then (see
+/// `retention::enforce`), and core-dump uploads reporting them wait for it.
 pub(super) async fn apply_retention(
     tx: &mut Tx,
     model: &fw::ModelFirmware,
     facts: &BundleFacts,
     created: bool,
-    keep: u32,
+    candidates: Vec<String>,
 ) -> Result<Pruned, StoreError> {
     let version = facts.version.as_str();
-    let pruned = retention::enforce(tx, model.id, &model.code, version, keep).await?;
+    let pruned = retention::enforce(tx, model.id, &model.code, candidates).await?;
     events::record(
         tx,
         "firmware_uploaded",

@@ -7,10 +7,12 @@
 //! `sdkconfig`. Meanwhile the transaction is opened and the model row locked. Once the image is
 //! known good and its version is not stored yet, pending deletions of the five keys are
 //! cancelled (the outbox invariant) and each artifact's PUT starts the moment it arrives, all in
-//! parallel. When validation has finished, the row and the current version are written in the
-//! transaction *while the PUTs are still running*; retention and the event come after the last
-//! PUT, just before the commit (retention locks the versions it prunes or spares, and core-dump
-//! uploads reporting them wait for those locks).
+//! parallel. When validation has finished, the row and the current version are written, and the
+//! versions retention may prune are read, in the transaction *while the PUTs are still running*;
+//! retention itself and the event come after the last PUT, just before the commit (retention
+//! locks the versions it prunes or spares, and core-dump uploads reporting them wait for those
+//! locks). Retention's reads cannot go stale meanwhile: every change to a model's versions
+//! holds the model lock.
 //!
 //! Nothing is left half-written: if validation fails after PUTs started, or a PUT or a row write
 //! fails, the in-flight PUTs are awaited, whatever was written is deleted (best-effort, still under
@@ -256,13 +258,16 @@ async fn write_rows_while_putting(
     limits: UploadLimits,
     puts: &mut Puts,
 ) -> Result<super::retention::Pruned, StoreError> {
-    let rows = timed("rows", store::record_rows(tx, notifier, model, facts, None));
-    let (rows, uploaded) = tokio::join!(rows, puts.wait());
+    let rows = timed(
+        "rows",
+        store::record_rows(tx, notifier, model, facts, None, limits.keep),
+    );
+    let (candidates, uploaded) = tokio::join!(rows, puts.wait());
     uploaded?;
-    rows?;
+    let candidates = candidates?;
     timed(
         "retention",
-        store::apply_retention(tx, model, facts, true, limits.keep),
+        store::apply_retention(tx, model, facts, true, candidates),
     )
     .await
 }

@@ -78,6 +78,33 @@ async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_ti
 }
 
 #[tokio::test]
+async fn a_deletion_of_more_keys_than_one_statement_takes_schedules_every_key_once() {
+    for_each_stack("outbox_many_keys", &[], async |app| {
+        // More than two of `schedule_deletion`'s statements' worth (1,000 keys each).
+        let keys: Vec<ObjectKey> = (0..2345)
+            .map(|i| key(&format!("coredumps/abcd2345/{i}.dmp")))
+            .collect();
+        // The store refuses deletions, so the entries stay for the count.
+        app.faults.inject(Fault::always(Operation::Delete));
+        let mut tx = app.db().begin().await.unwrap();
+        outbox::schedule_deletion(&mut tx, &keys).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut pending: Vec<String> = outbox::pending(app.db())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.object_key)
+            .collect();
+        pending.sort();
+        let mut expected: Vec<String> = keys.iter().map(|k| k.as_str().to_string()).collect();
+        expected.sort();
+        assert_eq!(pending, expected);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_batch_that_fails_half_way_retries_only_what_is_left() {
     let Some(app) = spawn_app(Stack::Production, "outbox_half_way").await else {
         return;
