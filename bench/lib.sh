@@ -83,7 +83,16 @@ bench_start_postgres() {
     local extra=""
     # BENCH_PG_STATEMENTS=1: load pg_stat_statements, for bench_pg_statements.
     [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] && extra="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
-    as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w -t 30 -o \
+    # BENCH_PG_SLOW_PLANS=MS: log the plan (EXPLAIN ANALYZE) of every statement slower than MS ms
+    # to BENCH_PG_LOG (auto_explain); with BENCH_PG_STATEMENTS=1 both libraries are loaded.
+    if [ -n "${BENCH_PG_SLOW_PLANS:-}" ]; then
+        local libs=auto_explain
+        [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] && libs=pg_stat_statements,auto_explain
+        extra="$extra -c shared_preload_libraries=$libs -c auto_explain.log_min_duration=$BENCH_PG_SLOW_PLANS -c auto_explain.log_analyze=on -c auto_explain.log_buffers=on -c auto_explain.log_nested_statements=on"
+    fi
+    local log=${BENCH_PG_LOG:-$WORK/pg/log}
+    [ "$log" = "$WORK/pg/log" ] || { touch "$log"; [ "$(id -u)" != 0 ] || chown postgres "$log"; }
+    as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$log" -w -t 30 -o \
         "-c listen_addresses=127.0.0.1 -p $PGPORT -k $WORK/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $extra" \
         start >/dev/null
     DATABASE_URL="postgres://app:benchpass@127.0.0.1:$PGPORT/postgres"

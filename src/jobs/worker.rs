@@ -9,6 +9,14 @@
 //! after 10 ms, doubling the pause up to `WORKER_POLL_SECONDS` while the queue stays empty: right
 //! after work (a stream of uploads) a new job waits milliseconds, an idle process (and one that
 //! has not found work since it started) asks once per poll interval.
+//!
+//! When a backlog is found, the loop refreshes the planner's statistics of the jobs table
+//! ([`super::refresh_statistics`]), at most once a minute per process. The table is nearly empty
+//! most of the time, and that is what its statistics say when a burst arrives (autovacuum
+//! analyses a table at most once a minute, often later): PostgreSQL then planned each claim as a
+//! read and sort of every queued job instead of a walk of the queue's index that stops after the
+//! claim's limit: 4.3 ms per claim with 5,000 queued (`bench/parse_backlog.sh`, stop 31 in
+//! bench/README.md), growing with the backlog.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +38,9 @@ const CLAIM_LOST: &str = "claim lost to another worker";
 
 /// How often a runner that yields to requests looks again whether it may start jobs.
 const YIELD_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often a backlog may make the loop refresh the jobs table's statistics, at most.
+const STATISTICS_REFRESH: Duration = Duration::from_secs(60);
 
 /// The code behind one kind of job.
 #[async_trait::async_trait]
@@ -200,6 +211,22 @@ impl JobRunner {
         }
     }
 
+    /// Refreshes the jobs table's statistics in a task of its own (see the module documentation);
+    /// a failure is logged and changes nothing else.
+    fn refresh_statistics(&self) {
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match super::refresh_statistics(&db).await {
+                Ok(()) => tracing::debug!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "jobs_statistics_refreshed"
+                ),
+                Err(e) => tracing::warn!(error = %e, "jobs_statistics_refresh_failed"),
+            }
+        });
+    }
+
     /// Runs jobs until `shutdown` fires, at most `concurrency` at a time (see the module
     /// documentation for when it looks for work). Jobs in progress at shutdown are finished before
     /// the worker returns.
@@ -213,6 +240,7 @@ impl JobRunner {
         // (2.5 ms per claim, see `refill_batch`).
         let batch = refill_batch(concurrency);
         let mut backlog = false;
+        let mut statistics_refreshed: Option<Instant> = None;
         loop {
             let wanted = if backlog { batch } else { 1 };
             let free = tokio::select! {
@@ -247,6 +275,12 @@ impl JobRunner {
                 Ok(jobs) if !jobs.is_empty() => {
                     pause = FIRST_IDLE_PAUSE.min(poll);
                     backlog = jobs.len() == asked;
+                    if backlog
+                        && statistics_refreshed.is_none_or(|at| at.elapsed() >= STATISTICS_REFRESH)
+                    {
+                        statistics_refreshed = Some(Instant::now());
+                        self.refresh_statistics();
+                    }
                     for job in jobs {
                         let Some(slot) = free.split(1) else { break };
                         let runner = self.clone();
@@ -281,7 +315,8 @@ impl JobRunner {
 /// (8 of the default 32), so a drain makes one claim per eight jobs instead of one per job, and
 /// at least three quarters of the slots stay busy. A claim's cost hardly depends on how many jobs
 /// it takes: it walks the queue's index past the entries of jobs claimed before (dead until
-/// vacuumed) and the ones other claims hold. With few slots, every free slot claims at once.
+/// vacuumed) and the ones other claims hold (with statistics that know of the backlog, see
+/// the module documentation). With few slots, every free slot claims at once.
 fn refill_batch(concurrency: usize) -> u32 {
     u32::try_from((concurrency / 4).max(1)).unwrap_or(1)
 }

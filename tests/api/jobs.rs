@@ -517,3 +517,58 @@ async fn queue_depth_and_the_oldest_jobs_age_are_exported() {
     );
     app.stop().await;
 }
+
+/// When the jobs table's statistics were last refreshed by hand (`ANALYZE`, not autovacuum).
+async fn last_analyzed(db: &Db) -> Option<chrono::DateTime<chrono::Utc>> {
+    let Db::Postgres(p) = db else {
+        unreachable!("PostgreSQL only")
+    };
+    sqlx::query_scalar("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'jobs'")
+        .fetch_one(p)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_backlog_gets_the_jobs_tables_statistics_refreshed_and_a_trickle_does_not() {
+    let Some(app) = spawn_app(Stack::Production, "job_statistics").await else {
+        return;
+    };
+    let db = app.db().clone();
+    let handler = Recorder::new("statistics_probe", |_| JobOutcome::Completed);
+    let runner = JobRunner::new(db.clone(), vec![handler.clone()], Duration::from_secs(30));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(runner.run(8, Duration::from_millis(20), shutdown.clone()));
+    let ran = |n: usize| {
+        let handler = handler.clone();
+        async move {
+            for _ in 0..1500 {
+                if handler.ran().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("only {} of {n} jobs ran", handler.ran().len());
+        }
+    };
+
+    // Fewer jobs than free slots, one commit at a time: no claim fills its slots.
+    for _ in 0..3 {
+        enqueue_committed(&db, "statistics_probe", 2).await;
+    }
+    ran(6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(last_analyzed(&db).await, None, "no backlog, no ANALYZE");
+
+    // A burst larger than the slots: the first claim fills all of them.
+    enqueue_committed(&db, "statistics_probe", 40).await;
+    ran(46).await;
+    let refreshed = eventually(Duration::from_secs(10), || async {
+        last_analyzed(&db).await.is_some()
+    })
+    .await;
+    assert!(refreshed, "the backlog's statistics were not refreshed");
+    shutdown.cancel();
+    worker.await.unwrap();
+    app.stop().await;
+}
