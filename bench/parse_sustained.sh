@@ -13,7 +13,8 @@
 #   bench/parse_sustained.sh
 # PostgreSQL, s3s-fs and the release service run on free 127.0.0.1 ports (bench/lib.sh).
 # Tuning: BENCH_RATE (500), BENCH_SECONDS (60), BENCH_DEVICES (32), BENCH_ROUNDS (1),
-# BENCH_CASE (esp32_elf_crc32_abort), BENCH_DRAIN_TIMEOUT (120).
+# BENCH_CASE (esp32_elf_crc32_abort), BENCH_DRAIN_TIMEOUT (120), BENCH_PG_STATEMENTS=1 (prints the
+# run's 15 costliest statements on stderr: pg_stat_statements).
 set -euo pipefail
 source "$(dirname "$0")/parse_lib.sh"
 
@@ -33,6 +34,7 @@ run() {
     fresh_database "$db"
     MAX_COREDUMPS=$KEEP start_service_for "$bin" "$db"
     model_with_build bench
+    bench_pg_statements_reset "$db"
     blog "$label: $RATE uploads/s for ${RUN_SECONDS}s from $DEVICES devices"
     load_before=$(load_average)
     cpu_mark
@@ -51,6 +53,7 @@ run() {
     load_after=$(load_average)
     end=$(sql "$db" "SELECT now()")
     bench_stop_service
+    bench_pg_statements "$db" 15 >&2
     local latency="EXTRACT(EPOCH FROM COALESCE(parsed_at, '$end'::timestamptz) - uploaded_at)"
     row=$(sql "$db" "SELECT count(*), count(*) FILTER (WHERE parse_status = 'PARSED'),
                             count(*) FILTER (WHERE parse_status = 'PENDING'),
