@@ -29,11 +29,30 @@ pub struct PendingDeletion {
 }
 
 /// Records that these objects must be deleted once the caller's transaction commits.
-/// One statement per [`SCHEDULE_CHUNK`] keys.
+/// One statement (on SQLite one per [`db::BIND_CHUNK`] keys).
 pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), DbError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     let now = db::now();
-    for chunk in keys.chunks(SCHEDULE_CHUNK) {
-        // `$1` is the time; the keys are `$2` onwards.
+    let t = match tx {
+        Tx::Postgres(t) => {
+            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO object_deletions (object_key, next_attempt_at, created_at)
+                 SELECT key, $1, $1 FROM UNNEST($2::text[]) AS key",
+            )
+            .bind(now)
+            .bind(&keys)
+            .execute(&mut **t)
+            .await?;
+            return Ok(());
+        }
+        Tx::Sqlite(t) => t,
+    };
+    for chunk in keys.chunks(db::BIND_CHUNK) {
+        // `$1` is the time; the keys are `$2` onwards. Only placeholders are formatted into the
+        // text; the keys are bound.
         let rows: Vec<String> = (2..chunk.len() + 2)
             .map(|i| format!("(${i}, $1, $1)"))
             .collect();
@@ -41,21 +60,14 @@ pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), Db
             "INSERT INTO object_deletions (object_key, next_attempt_at, created_at) VALUES {}",
             rows.join(", ")
         );
-        // Only placeholders are formatted into the text; the keys are bound.
-        on_conn!(tx, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(now);
-            for key in chunk {
-                query = query.bind(key.as_str());
-            }
-            query.execute(c).await.map(|r| r.rows_affected())
-        })?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for key in chunk {
+            query = query.bind(key.as_str());
+        }
+        query.execute(&mut **t).await?;
     }
     Ok(())
 }
-
-/// Keys per `INSERT` of [`schedule_deletion`]: well within both databases' limits on bound
-/// parameters (SQLite's is 32,766, PostgreSQL's 65,535).
-const SCHEDULE_CHUNK: usize = 1000;
 
 /// Withdraws pending deletions of keys that the caller is about to write again.
 /// One statement for all of them.

@@ -244,7 +244,8 @@ pub struct UploadRecord<'a> {
 /// were withdrawn. The withdrawal reads the jobs table only when there are jobs to withdraw: with
 /// the statistics of a nearly empty table PostgreSQL plans it as a scan of every job, and a
 /// burst of uploads queues thousands of them before the statistics catch up (41 ms per upload
-/// at 11,000 queued, see `jobs::worker`).
+/// at 11,000 queued). When there are (a device at `MAX_COREDUMPS`), its plan still depends on
+/// the statistics, which the job runner refreshes while a backlog lasts (`jobs::worker`).
 pub async fn record_upload_postgres(
     conn: &mut sqlx::PgConnection,
     record: &UploadRecord<'_>,

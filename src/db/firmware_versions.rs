@@ -383,25 +383,38 @@ pub async fn delete(tx: &mut Tx, model_id: i64, version: &str) -> Result<bool, D
     Ok(rows == 1)
 }
 
-/// Deletes these versions of the model in one statement; how many rows went.
+/// Deletes these versions of the model (on PostgreSQL in one statement, on SQLite in one per
+/// [`crate::db::BIND_CHUNK`] versions); how many rows went.
 pub async fn delete_many(tx: &mut Tx, model_id: i64, versions: &[String]) -> Result<u64, DbError> {
-    if versions.is_empty() {
-        return Ok(0);
-    }
-    // `$1` is the model; the versions are `$2` onwards (retention prunes a handful at a time).
-    let placeholders: Vec<String> = (2..versions.len() + 2).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version IN ({})",
-        placeholders.join(", ")
-    );
-    // Only placeholders are formatted into the text; the versions are bound.
-    Ok(crate::on_conn!(tx, |c| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(model_id);
-        for version in versions {
+    let t = match tx {
+        Tx::Postgres(t) => {
+            let rows = sqlx::query(
+                "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version = ANY($2)",
+            )
+            .bind(model_id)
+            .bind(versions)
+            .execute(&mut **t)
+            .await?;
+            return Ok(rows.rows_affected());
+        }
+        Tx::Sqlite(t) => t,
+    };
+    let mut deleted = 0;
+    for chunk in versions.chunks(crate::db::BIND_CHUNK) {
+        // `$1` is the model; the versions are `$2` onwards. Only placeholders are formatted into
+        // the text; the versions are bound.
+        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(model_id);
+        for version in chunk {
             query = query.bind(version.as_str());
         }
-        query.execute(c).await.map(|r| r.rows_affected())
-    })?)
+        deleted += query.execute(&mut **t).await?.rows_affected();
+    }
+    Ok(deleted)
 }
 
 /// A model's versions, newest upload first (what retention ranks).

@@ -73,6 +73,10 @@ macro_rules! on_conn {
     };
 }
 
+/// Values per statement where a list is bound one placeholder each (SQLite, which has no array
+/// parameters): well within its limit of 32,766 bound parameters.
+pub const BIND_CHUNK: usize = 1000;
+
 /// Runs a statement on whichever connection a [`Tx`] holds and returns how many rows it changed:
 /// `execute!(tx, sqlx::query("UPDATE …").bind(x))` (the query is built once per backend).
 #[macro_export]

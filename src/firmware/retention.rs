@@ -44,7 +44,8 @@ pub async fn candidates(
 }
 
 /// Prunes `candidates` (from [`candidates`], in the same transaction), sparing the versions that
-/// pending core dumps report. Four statements when there is anything to prune, none otherwise.
+/// pending core dumps report: the lock and the read of what pending dumps need when there are
+/// candidates (none otherwise), then the delete and the outbox entries when any is pruned.
 pub async fn enforce(
     tx: &mut Tx,
     model_id: i64,

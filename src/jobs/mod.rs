@@ -157,14 +157,42 @@ RETURNING id, kind, payload, attempts, max_attempts";
 /// Refreshes the query planner's statistics of the jobs table (PostgreSQL: `ANALYZE jobs`;
 /// SQLite plans the claim by its index without them). A table that its statistics still
 /// describe as empty gets its claims planned as a read of every queued job (see
-/// `worker`'s module documentation). A database user that does not own the table gets a warning
-/// from PostgreSQL, not an error, and the statistics stay as they were.
-pub async fn refresh_statistics(db: &Db) -> Result<(), DbError> {
-    if let Db::Postgres(p) = db {
-        sqlx::query("ANALYZE jobs").execute(p).await?;
+/// `worker`'s module documentation). Returns false when it did not run: another process is
+/// refreshing them (one at a time, by an advisory lock), or the table was locked for more than
+/// 100 ms (a `VACUUM`, a schema change: the refresh never queues behind them holding a pooled
+/// connection, nor makes PostgreSQL cancel an autovacuum it waits for). A database user that does
+/// not own the table gets a warning from PostgreSQL, not an error, and the statistics stay as
+/// they were.
+pub async fn refresh_statistics(db: &Db) -> Result<bool, DbError> {
+    let Db::Postgres(_) = db else {
+        return Ok(true);
+    };
+    let mut tx = db.begin().await?;
+    let crate::db::Tx::Postgres(t) = &mut tx else {
+        return Ok(false);
+    };
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(STATISTICS_LOCK)
+        .fetch_one(&mut **t)
+        .await?;
+    if !locked {
+        return Ok(false);
     }
-    Ok(())
+    sqlx::query("SET LOCAL lock_timeout = '100ms'")
+        .execute(&mut **t)
+        .await?;
+    match sqlx::query("ANALYZE jobs").execute(&mut **t).await {
+        Ok(_) => {}
+        // 55P03: lock_not_available, the lock timeout.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(true)
 }
+
+/// The advisory lock held while one process refreshes the jobs table's statistics ("iotjstat").
+const STATISTICS_LOCK: i64 = 0x696f_746a_7374_6174;
 
 /// Claims the next due job of one of `kinds` for `worker`, including jobs whose previous worker
 /// stopped heartbeating more than `lease` ago.

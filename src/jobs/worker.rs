@@ -11,7 +11,8 @@
 //! has not found work since it started) asks once per poll interval.
 //!
 //! While a backlog lasts, the loop refreshes the planner's statistics of the jobs table
-//! ([`super::refresh_statistics`]) every 10 s. The table is nearly empty most of the time, and
+//! ([`super::refresh_statistics`]) every 10 s (one refresh at a time, and none that would wait
+//! for a lock on the table). The table is nearly empty most of the time, and
 //! that is what its statistics say when a burst arrives (autovacuum analyses a table at most once
 //! a minute, often later), and a statement's cached plan keeps what they said until they change:
 //! PostgreSQL planned each claim as a read and sort of every queued job instead of a walk of the
@@ -214,19 +215,34 @@ impl JobRunner {
         }
     }
 
-    /// Refreshes the jobs table's statistics in a task of its own (see the module documentation);
-    /// a failure is logged and changes nothing else.
-    fn refresh_statistics(&self) {
-        let db = self.db.clone();
+    /// Refreshes the jobs table's statistics in a task of its own (see the module documentation),
+    /// unless the last refresh is still running (`refreshing`); a failure is logged and changes
+    /// nothing else.
+    fn refresh_statistics(
+        &self,
+        refreshing: &Arc<std::sync::atomic::AtomicBool>,
+        shutdown: &CancellationToken,
+    ) {
+        use std::sync::atomic::Ordering;
+        if refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (db, refreshing, shutdown) = (self.db.clone(), refreshing.clone(), shutdown.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             match super::refresh_statistics(&db).await {
-                Ok(()) => tracing::debug!(
+                Ok(ran) => tracing::debug!(
+                    ran,
                     took_ms = started.elapsed().as_millis() as u64,
                     "jobs_statistics_refreshed"
                 ),
+                // Stopping: the pool may be closing under it.
+                Err(e) if shutdown.is_cancelled() => {
+                    tracing::debug!(error = %e, "jobs_statistics_refresh_failed")
+                }
                 Err(e) => tracing::warn!(error = %e, "jobs_statistics_refresh_failed"),
             }
+            refreshing.store(false, Ordering::Release);
         });
     }
 
@@ -244,6 +260,7 @@ impl JobRunner {
         let batch = refill_batch(concurrency);
         let mut backlog = false;
         let mut statistics_refreshed: Option<Instant> = None;
+        let refreshing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let wanted = if backlog { batch } else { 1 };
             let free = tokio::select! {
@@ -278,11 +295,13 @@ impl JobRunner {
                 Ok(jobs) if !jobs.is_empty() => {
                     pause = FIRST_IDLE_PAUSE.min(poll);
                     backlog = jobs.len() == asked;
+                    // A claim of one job that found one is no sign of a backlog.
                     if backlog
+                        && asked >= 2
                         && statistics_refreshed.is_none_or(|at| at.elapsed() >= STATISTICS_REFRESH)
                     {
                         statistics_refreshed = Some(Instant::now());
-                        self.refresh_statistics();
+                        self.refresh_statistics(&refreshing, &shutdown);
                     }
                     for job in jobs {
                         let Some(slot) = free.split(1) else { break };

@@ -572,3 +572,33 @@ async fn a_backlog_gets_the_jobs_tables_statistics_refreshed_and_a_trickle_does_
     worker.await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_statistics_refresh_gives_way_to_a_lock_on_the_jobs_table() {
+    let Some(app) = spawn_app(Stack::Production, "job_statistics_lock").await else {
+        return;
+    };
+    let db = app.db().clone();
+    // What a VACUUM or another ANALYZE holds: the refresh must not queue behind it.
+    let mut holder = db.begin().await.unwrap();
+    iotsupport::execute!(
+        &mut holder,
+        sqlx::query("LOCK TABLE jobs IN SHARE UPDATE EXCLUSIVE MODE")
+    )
+    .unwrap();
+    assert!(!jobs::refresh_statistics(&db).await.unwrap());
+    holder.rollback().await.unwrap();
+    assert_eq!(
+        last_analyzed(&db).await,
+        None,
+        "nothing analysed while locked"
+    );
+
+    assert!(jobs::refresh_statistics(&db).await.unwrap());
+    let refreshed = eventually(Duration::from_secs(10), || async {
+        last_analyzed(&db).await.is_some()
+    })
+    .await;
+    assert!(refreshed);
+    app.stop().await;
+}

@@ -78,9 +78,9 @@ async fn objects_are_deleted_after_their_rows_even_when_s3_was_down_at_delete_ti
 }
 
 #[tokio::test]
-async fn a_deletion_of_more_keys_than_one_statement_takes_schedules_every_key_once() {
+async fn a_deletion_of_thousands_of_keys_schedules_every_key_once() {
     for_each_stack("outbox_many_keys", &[], async |app| {
-        // More than two of `schedule_deletion`'s statements' worth (1,000 keys each).
+        // On SQLite more than two statements' worth (`db::BIND_CHUNK` keys each).
         let keys: Vec<ObjectKey> = (0..2345)
             .map(|i| key(&format!("coredumps/abcd2345/{i}.dmp")))
             .collect();
