@@ -233,7 +233,7 @@ async fn completion_is_exact_by_secret_or_by_token_and_chains_to_the_next_device
 }
 
 #[tokio::test]
-async fn a_timed_out_device_keeps_its_pending_secret_and_is_retried_after_queued_devices() {
+async fn a_timed_out_device_keeps_its_pending_secret_while_another_rotates() {
     for stack in ALL_STACKS {
         let Some(app) = app_with_provisioning(
             stack,
@@ -262,7 +262,8 @@ async fn a_timed_out_device_keeps_its_pending_secret_and_is_retried_after_queued
         );
         assert_eq!(rotation_state(&app, late.id).await, "TIMEOUT");
 
-        // A queued device goes first; the timed-out one only after it and after the timeout.
+        // Another device rotates meanwhile (the order of retries is in
+        // `queued_devices_rotate_oldest_secret_first_and_a_due_retry_waits_for_all_of_them`).
         let more = model_with_devices(&app, "lamp", 1).await;
         post(&app, &format!("/api/devices/{}/rotate", more[0].id)).await;
         assert_eq!(rotation_state(&app, more[0].id).await, "PENDING");
@@ -276,6 +277,79 @@ async fn a_timed_out_device_keeps_its_pending_secret_and_is_retried_after_queued
         let done = device_json(&app, late.id).await;
         assert_eq!(done["rotation_state"], "OK", "{done}");
         assert!(done["last_rotation_completed_at"].is_string());
+        app.stop().await;
+    }
+}
+
+/// The order of rotations: `QUEUED` devices by the oldest `secret_created_at` first, and a
+/// `TIMEOUT` device, even one whose retry is due, only once no device is queued.
+#[tokio::test]
+async fn queued_devices_rotate_oldest_secret_first_and_a_due_retry_waits_for_all_of_them() {
+    for stack in ALL_STACKS {
+        let Some(app) = app_with_provisioning(
+            stack,
+            "rotation_order",
+            &[
+                ("WORKER_POLL_SECONDS", "3600"),
+                ("ROTATION_TIMEOUT_SECONDS", "1"),
+            ],
+        )
+        .await
+        else {
+            continue;
+        };
+        let devices = model_with_devices(&app, "thermo", 3).await;
+        let (late, newer, older) = (&devices[0], &devices[1], &devices[2]);
+        post(&app, &format!("/api/devices/{}/rotate", late.id)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(rotation_step(&app).await.timeouts_processed, 1);
+        assert_eq!(rotation_state(&app, late.id).await, "TIMEOUT");
+        // Its retry is long due, and two devices are queued, `older` with the older secret.
+        let hour_ago = iotsupport::db::now() - chrono::Duration::hours(1);
+        let day_ago = iotsupport::db::now() - chrono::Duration::days(1);
+        for (sql, id, at) in [
+            (
+                "UPDATE devices SET rotation_timed_out_at = $2 WHERE id = $1",
+                late.id,
+                hour_ago,
+            ),
+            (
+                "UPDATE devices SET rotation_state = 'QUEUED', secret_created_at = $2 WHERE id = $1",
+                newer.id,
+                hour_ago,
+            ),
+            (
+                "UPDATE devices SET rotation_state = 'QUEUED', secret_created_at = $2 WHERE id = $1",
+                older.id,
+                day_ago,
+            ),
+        ] {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(sql)
+                .bind(id)
+                .bind(at)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+
+        let report = rotation_step(&app).await;
+        assert_eq!(
+            report.device_rotated.as_deref(),
+            Some(older.key.as_str()),
+            "{stack:?}"
+        );
+        assert_eq!(
+            states(&app, &devices).await,
+            ["TIMEOUT", "QUEUED", "PENDING"]
+        );
+        // Each completion starts the next: the other queued device, then the retry.
+        let (credential, _) = fetch_package(&app, older, &older.credential).await;
+        assert_eq!(iot_get(&app, "/api/iot/config", &credential).await.0, 200);
+        assert_eq!(states(&app, &devices).await, ["TIMEOUT", "PENDING", "OK"]);
+        let (credential, _) = fetch_package(&app, newer, &newer.credential).await;
+        assert_eq!(iot_get(&app, "/api/iot/config", &credential).await.0, 200);
+        assert_eq!(states(&app, &devices).await, ["PENDING", "OK", "OK"]);
         app.stop().await;
     }
 }
