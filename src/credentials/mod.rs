@@ -45,9 +45,10 @@ pub fn match_secret(credential: &DeviceCredential, secret: &str) -> Option<Secre
     let given = hash_device_secret(secret);
     let current = same(credential.secret_hash.as_deref(), &given);
     let pending = same(credential.pending_secret_hash.as_deref(), &given);
+    let superseded = same(credential.superseded_secret_hash.as_deref(), &given);
     if current {
         Some(SecretMatch::Current)
-    } else if pending {
+    } else if pending || superseded {
         Some(SecretMatch::Pending(given))
     } else {
         None
@@ -59,11 +60,14 @@ pub fn match_sid(credential: &DeviceCredential, sid: &str) -> Option<SecretMatch
     if credential.secret_hash.as_deref().map(tokens::sid_of) == Some(sid) {
         Some(SecretMatch::Current)
     } else {
-        credential
-            .pending_secret_hash
-            .as_ref()
-            .filter(|p| tokens::sid_of(p) == sid)
-            .map(|p| SecretMatch::Pending(p.clone()))
+        [
+            &credential.pending_secret_hash,
+            &credential.superseded_secret_hash,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| tokens::sid_of(p) == sid)
+        .map(|p| SecretMatch::Pending(p.clone()))
     }
 }
 
@@ -79,6 +83,7 @@ mod tests {
             model_code: "m".into(),
             secret_hash: current.map(hash_device_secret),
             pending_secret_hash: pending.map(hash_device_secret),
+            superseded_secret_hash: None,
         }
     }
 

@@ -15,11 +15,14 @@ pub struct DeviceCredential {
     pub secret_hash: Option<String>,
     /// Hex SHA-256 of the pending secret, if a provisioning package minted one.
     pub pending_secret_hash: Option<String>,
+    /// Hex SHA-256 of the pending secret an admin's provisioning package replaced (see
+    /// [`set_pending_secret_if`]): still valid, as pending, until either pending secret is used.
+    pub superseded_secret_hash: Option<String>,
 }
 
 /// The columns of [`DeviceCredential`] from [`CREDENTIAL_FROM`].
 const CREDENTIAL_COLUMNS: &str = "d.id, d.key, d.device_model_id, m.code AS model_code,
-    d.secret_hash, d.pending_secret_hash";
+    d.secret_hash, d.pending_secret_hash, d.superseded_secret_hash";
 const CREDENTIAL_FROM: &str = "FROM devices d JOIN device_models m ON m.id = d.device_model_id";
 
 /// The credential of the device with this key, read from the pool.
@@ -66,6 +69,12 @@ pub async fn set_pending_secret(tx: &mut Tx, id: i64, hash: &str) -> Result<bool
 
 /// As [`set_pending_secret`], and with `proved` only while that secret hash is still the
 /// device's current or pending one. False when there is no such device, or it was replaced.
+///
+/// Without `proved` (an admin's package, or a caller that proved no secret of ours) the pending
+/// secret it replaces stays valid as the superseded one: a device in the middle of a rotation
+/// may have stored it already, and the package may never be flashed. With `proved`, the caller
+/// holds its current secret (a device that stored a pending one authenticates with that, which
+/// promotes it first), so no earlier pending secret is kept.
 pub async fn set_pending_secret_if(
     tx: &mut Tx,
     id: i64,
@@ -75,7 +84,9 @@ pub async fn set_pending_secret_if(
     let now = now();
     let rows = on_conn!(tx, |c| {
         sqlx::query(
-            "UPDATE devices SET pending_secret_hash = $1, pending_secret_created_at = $2
+            "UPDATE devices SET pending_secret_hash = $1, pending_secret_created_at = $2,
+                superseded_secret_hash = CASE WHEN $4 IS NULL
+                    THEN COALESCE(pending_secret_hash, superseded_secret_hash) END
              WHERE id = $3
                AND ($4 IS NULL OR secret_hash = $4 OR pending_secret_hash = $4)",
         )
@@ -108,7 +119,8 @@ pub async fn lock_rotation_state(tx: &mut Tx, id: i64) -> Result<Option<String>,
     })
 }
 
-/// Makes the pending secret `pending_hash` the current one, if it still is the pending one.
+/// Makes the pending secret `pending_hash` the current one, if it still is the pending (or the
+/// superseded pending) one; the other pending secret, if any, is dropped.
 /// `completes_rotation`: also end the rotation (`OK`, `last_rotation_completed_at`).
 pub async fn promote_pending(
     tx: &mut Tx,
@@ -120,14 +132,16 @@ pub async fn promote_pending(
     let rows = crate::execute!(
         tx,
         sqlx::query(
-            "UPDATE devices SET secret_hash = pending_secret_hash,
-                secret_created_at = COALESCE(pending_secret_created_at, $1),
+            "UPDATE devices SET secret_hash = $4,
+                secret_created_at = CASE WHEN pending_secret_hash = $4
+                    THEN COALESCE(pending_secret_created_at, $1) ELSE $1 END,
                 pending_secret_hash = NULL, pending_secret_created_at = NULL,
+                superseded_secret_hash = NULL,
                 rotation_state = CASE WHEN $2 THEN 'OK' ELSE rotation_state END,
                 last_rotation_completed_at =
                     CASE WHEN $2 THEN $1 ELSE last_rotation_completed_at END,
                 rotation_timed_out_at = CASE WHEN $2 THEN NULL ELSE rotation_timed_out_at END
-         WHERE id = $3 AND pending_secret_hash = $4"
+         WHERE id = $3 AND (pending_secret_hash = $4 OR superseded_secret_hash = $4)"
         )
         .bind(now)
         .bind(completes_rotation)
@@ -145,6 +159,7 @@ pub async fn replace_secret(tx: &mut Tx, id: i64, hash: &str) -> Result<bool, Db
         sqlx::query(
             "UPDATE devices SET secret_hash = $1, secret_created_at = $2,
                 pending_secret_hash = NULL, pending_secret_created_at = NULL,
+                superseded_secret_hash = NULL,
                 last_rotation_completed_at =
                     CASE WHEN rotation_state = 'OK' THEN last_rotation_completed_at ELSE $2 END,
                 rotation_state = 'OK', rotation_timed_out_at = NULL, updated_at = $2

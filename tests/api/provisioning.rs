@@ -246,8 +246,9 @@ async fn a_replaced_pending_secret_is_refused_by_a_process_whose_cache_still_nam
                 iot_get(&b, "/api/iot/config", &device.credential).await.0,
                 200
             );
-            // An admin downloads an NVS package through A: its secret replaces the pending one.
-            let (status, body) = nvs_package(&a, device.id, "?partition_size=12288").await;
+            // The device asks A again with its current secret: the new pending secret replaces
+            // the first (an admin's package would keep it valid, see `rotation.rs`).
+            let (status, body) = iot_get(&a, "/api/iot/provisioning", &device.credential).await;
             assert_eq!(status, 200, "{body}");
 
             if at_token_endpoint {

@@ -281,6 +281,54 @@ async fn a_timed_out_device_keeps_its_pending_secret_while_another_rotates() {
     }
 }
 
+/// An admin's provisioning package for a device in the middle of a rotation, which may have
+/// stored the rotation's pending secret already, keeps that secret valid: a package that is never
+/// flashed locks nobody out. Whichever pending secret is used first becomes current; the other
+/// goes with the old one.
+#[tokio::test]
+async fn an_admins_package_mid_rotation_leaves_the_device_the_pending_secret_it_stored() {
+    for stack in ALL_STACKS {
+        let Some(app) = app_with_provisioning(
+            stack,
+            "rotation_admin_package",
+            &[("WORKER_POLL_SECONDS", "3600")],
+        )
+        .await
+        else {
+            continue;
+        };
+        let devices = model_with_devices(&app, "thermo", 2).await;
+        for (device, stored_first) in [(&devices[0], true), (&devices[1], false)] {
+            post(&app, &format!("/api/devices/{}/rotate", device.id)).await;
+            assert_eq!(rotation_state(&app, device.id).await, "PENDING");
+            let (stored, _) = fetch_package(&app, device, &device.credential).await;
+            let (status, package) = nvs_package(&app, device.id, "?partition_size=12288").await;
+            assert_eq!(status, 200, "{package}");
+            let values = nvs_values(&package);
+            let flashed = format!("{}.{}", device.key, value_of(&values, "client_secret"));
+            let (used, other) = if stored_first {
+                (stored, flashed)
+            } else {
+                (flashed, stored)
+            };
+            assert_eq!(
+                iot_get(&app, "/api/iot/config", &used).await.0,
+                200,
+                "{stack:?}: locked out (stored first: {stored_first})"
+            );
+            assert_eq!(rotation_state(&app, device.id).await, "OK");
+            for gone in [&other, &device.credential] {
+                assert_eq!(
+                    iot_get(&app, "/api/iot/config", gone).await.0,
+                    401,
+                    "{stack:?}: a secret outlived the promotion (stored first: {stored_first})"
+                );
+            }
+        }
+        app.stop().await;
+    }
+}
+
 /// The order of rotations: `QUEUED` devices by the oldest `secret_created_at` first, and a
 /// `TIMEOUT` device, even one whose retry is due, only once no device is queued.
 #[tokio::test]
