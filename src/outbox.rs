@@ -51,14 +51,10 @@ pub async fn schedule_deletion(tx: &mut Tx, keys: &[ObjectKey]) -> Result<(), Db
         Tx::Sqlite(t) => t,
     };
     for chunk in keys.chunks(db::BIND_CHUNK) {
-        // `$1` is the time; the keys are `$2` onwards. Only placeholders are formatted into the
-        // text; the keys are bound.
-        let rows: Vec<String> = (2..chunk.len() + 2)
-            .map(|i| format!("(${i}, $1, $1)"))
-            .collect();
+        // `$1` is the time; the keys are `$2` onwards.
         let sql = format!(
             "INSERT INTO object_deletions (object_key, next_attempt_at, created_at) VALUES {}",
-            rows.join(", ")
+            db::placeholder_list(2, chunk.len(), |p| format!("({p}, $1, $1)"))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
         for key in chunk {
@@ -75,10 +71,9 @@ pub async fn cancel_deletions(tx: &mut Tx, keys: &[ObjectKey]) -> Result<u64, Db
     if keys.is_empty() {
         return Ok(0);
     }
-    let placeholders: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "DELETE FROM object_deletions WHERE object_key IN ({})",
-        placeholders.join(", ")
+        db::placeholder_list(1, keys.len(), |p| p)
     );
     // Only placeholders are formatted into the text; the keys are bound.
     Ok(crate::on_conn!(tx, |c| {

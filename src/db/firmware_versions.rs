@@ -401,12 +401,10 @@ pub async fn delete_many(tx: &mut Tx, model_id: i64, versions: &[String]) -> Res
     };
     let mut deleted = 0;
     for chunk in versions.chunks(crate::db::BIND_CHUNK) {
-        // `$1` is the model; the versions are `$2` onwards. Only placeholders are formatted into
-        // the text; the versions are bound.
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+        // `$1` is the model; the versions are `$2` onwards.
         let sql = format!(
             "DELETE FROM firmware_versions WHERE device_model_id = $1 AND version IN ({})",
-            placeholders.join(", ")
+            crate::db::placeholder_list(2, chunk.len(), |p| p)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(model_id);
         for version in chunk {

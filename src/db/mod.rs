@@ -73,6 +73,16 @@ macro_rules! on_conn {
     };
 }
 
+/// `count` numbered placeholders from `$first`, each written out by `each` (`|p| p` for an `IN`
+/// list, `|p| format!("({p}, $1)")` for rows), joined by commas. It is the only text a statement
+/// for a list of values is built from; the values themselves are bound.
+pub fn placeholder_list(first: usize, count: usize, each: impl Fn(String) -> String) -> String {
+    (first..first + count)
+        .map(|i| each(format!("${i}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Values per statement where a list is bound one placeholder each (SQLite, which has no array
 /// parameters): well within its limit of 32,766 bound parameters.
 pub const BIND_CHUNK: usize = 1000;
@@ -396,4 +406,19 @@ pub enum WriteProbeError {
     Refused(String),
     /// The check itself failed: the driver's error, for the log.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholder_list;
+
+    #[test]
+    fn placeholder_lists_number_from_the_first_and_write_each_out() {
+        assert_eq!(placeholder_list(2, 3, |p| p), "$2, $3, $4");
+        assert_eq!(
+            placeholder_list(2, 2, |p| format!("({p}, $1)")),
+            "($2, $1), ($3, $1)"
+        );
+        assert_eq!(placeholder_list(1, 0, |p| p), "");
+    }
 }
