@@ -386,6 +386,9 @@ pub async fn delete(tx: &mut Tx, model_id: i64, version: &str) -> Result<bool, D
 /// Deletes these versions of the model (on PostgreSQL in one statement, on SQLite in one per
 /// [`crate::db::BIND_CHUNK`] versions); how many rows went.
 pub async fn delete_many(tx: &mut Tx, model_id: i64, versions: &[String]) -> Result<u64, DbError> {
+    if versions.is_empty() {
+        return Ok(0);
+    }
     let t = match tx {
         Tx::Postgres(t) => {
             let rows = sqlx::query(

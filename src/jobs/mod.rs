@@ -157,7 +157,8 @@ RETURNING id, kind, payload, attempts, max_attempts";
 /// Refreshes the query planner's statistics of the jobs table (PostgreSQL: `ANALYZE jobs`;
 /// SQLite plans the claim by its index without them). A table that its statistics still
 /// describe as empty gets its claims planned as a read of every queued job (see
-/// `worker`'s module documentation). Returns false when it did not run: another process is
+/// `worker`'s module documentation). On SQLite there is nothing to do (true). Returns false when
+/// it did not run: another process is
 /// refreshing them (one at a time, by an advisory lock), or the table was locked for more than
 /// 100 ms (a `VACUUM`, a schema change: the refresh never queues behind them holding a pooled
 /// connection, nor makes PostgreSQL cancel an autovacuum it waits for). A database user that does
