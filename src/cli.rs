@@ -542,6 +542,12 @@ async fn reconcile(
                 d.active, d.rotation_state, d.completed_day, d.kept, d.counted
             );
         }
+        for d in &report.coredump_count_drift {
+            println!(
+                "dump count of device {}: {} kept, {} counted",
+                d.device_key, d.kept, d.counted
+            );
+        }
         for c in &report.current_versions {
             let state = if c.stored { "ok" } else { "NOT STORED" };
             println!(
@@ -577,6 +583,12 @@ async fn reconcile(
             );
             if s.rotation_counts_recounted {
                 println!("recounted the rotation counters");
+            }
+            if s.coredump_counts_recounted > 0 {
+                println!(
+                    "recounted the dump count of {} device(s)",
+                    s.coredump_counts_recounted
+                );
             }
         }
     }

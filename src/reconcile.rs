@@ -23,6 +23,9 @@
 //! - **Rotation counters**: `device_rotation_counts` (kept by triggers, migration 16) against a
 //!   count of the devices. They can only disagree if the triggers were bypassed (disabled by hand,
 //!   a partial restore); repair recounts them while no device can change.
+//! - **Dump counts**: each device's `coredump_count` (kept by triggers, migration 24; retention
+//!   goes by it) against a count of its dumps. The same: only bypassed triggers make them
+//!   disagree, and repair recounts each device that is off under its retention lock.
 //!
 //! Repair is idempotent: a second run finds nothing left to do. It refuses a scan that looks like
 //! one of the wrong store ([`ReconcileReport::wrong_store`]) unless forced, and the CLI never
@@ -127,6 +130,8 @@ pub struct ReconcileReport {
     pub legacy_coredumps: usize,
     /// Counters of `device_rotation_counts` that disagree with a count of the devices.
     pub rotation_count_drift: Vec<db::rotation::CountDrift>,
+    /// Devices whose `coredump_count` disagrees with a count of their dumps.
+    pub coredump_count_drift: Vec<db::coredumps::DumpCountDrift>,
 }
 
 /// At least this many dangling rows, more than half of those checked, make a scan look like one
@@ -404,6 +409,7 @@ pub async fn scan_showing(
         })
         .collect();
     report.rotation_count_drift = db::rotation::count_drift(db).await?;
+    report.coredump_count_drift = db::coredumps::count_drift(db).await?;
     publish_metrics(&report);
     Ok(report)
 }

@@ -34,6 +34,8 @@ pub struct RepairSummary {
     pub incomplete_versions_left: usize,
     /// Whether the rotation counters were recounted (the scan found them off).
     pub rotation_counts_recounted: bool,
+    /// Devices whose dump count was recounted (the scan found it off).
+    pub coredump_counts_recounted: usize,
 }
 
 /// Fixes what `report` found; refuses a report that looks like one of the wrong store
@@ -61,12 +63,18 @@ pub async fn repair(
         crate::db::rotation::recount(db).await?;
         summary.rotation_counts_recounted = true;
     }
+    for drift in &report.coredump_count_drift {
+        if crate::db::coredumps::recount(db, drift.device_id).await? {
+            summary.coredump_counts_recounted += 1;
+        }
+    }
     tracing::info!(
         misplaced_moved = summary.misplaced_moved,
         orphans_queued = summary.orphans_queued,
         coredumps_marked_error = summary.coredumps_marked_error,
         firmware_versions_removed = summary.firmware_versions_removed,
         rotation_counts_recounted = summary.rotation_counts_recounted,
+        coredump_counts_recounted = summary.coredump_counts_recounted,
         "reconcile_repaired"
     );
     Ok(summary)

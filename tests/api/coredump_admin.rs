@@ -107,6 +107,103 @@ async fn retention_keeps_the_newest_dumps_of_each_device_and_deletes_the_rest_vi
         .await;
 }
 
+/// Retention goes by each device's dump count, which triggers keep through every insert and
+/// delete (uploads, retention's own prunes, an admin's deletes, a device's cascade): a device
+/// brought back under its limit by a delete is pruned only once it is over it again, and then
+/// only its oldest dump.
+#[tokio::test]
+async fn retention_goes_by_a_dump_count_every_insert_and_delete_keeps() {
+    TestApp::builder("coredump_count")
+        .env("MAX_COREDUMPS", "3")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let a = model_with_device(app, "sensor").await;
+            let b = device_of(app, a.model_id).await;
+            upload_ok(app, &b, "1.0", b"b's dump").await;
+            let listed = async || -> Vec<i64> {
+                let (_, list) = app.list_coredumps(a.id).await;
+                list["coredumps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["id"].as_i64().unwrap())
+                    .collect()
+            };
+            let kept = async || -> i64 {
+                let counts = assert_dump_counts_kept(app).await;
+                counts.iter().find(|(id, _)| *id == a.id).unwrap().1
+            };
+            let mut ids = Vec::new();
+            for n in 0..3 {
+                ids.push(upload_ok(app, &a, "1.0", format!("dump {n}").as_bytes()).await);
+                assert_eq!(kept().await, n + 1);
+            }
+            assert_eq!(app.delete_coredump(a.id, ids[1]).await.0, 204);
+            assert_eq!(kept().await, 2);
+            // Back at the limit: nothing pruned.
+            ids.push(upload_ok(app, &a, "1.0", b"dump 3").await);
+            assert_eq!(listed().await, [ids[3], ids[2], ids[0]]);
+            assert_eq!(kept().await, 3);
+            // Over it: the oldest goes, and only it.
+            ids.push(upload_ok(app, &a, "1.0", b"dump 4").await);
+            assert_eq!(listed().await, [ids[4], ids[3], ids[2]]);
+            assert_eq!(kept().await, 3);
+            assert_eq!(app.delete_coredumps(a.id).await.0, 204);
+            assert_eq!(kept().await, 0);
+            // The other device's dump was never counted against this one, and goes with it.
+            assert_eq!(app.delete_device(b.id).await.0, 204);
+            assert_eq!(count(app, "coredumps").await, 0);
+            assert_dump_counts_kept(app).await;
+        })
+        .await;
+}
+
+/// The dump count finds what to prune but never decides it alone: a count that drifted high
+/// (triggers bypassed by hand) deletes nothing among the newest `MAX_COREDUMPS`, and one that
+/// drifted low only prunes less.
+#[tokio::test]
+async fn a_dump_count_that_drifted_never_makes_retention_delete_one_of_the_newest() {
+    TestApp::builder("coredump_count_drift")
+        .env("MAX_COREDUMPS", "3")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let a = model_with_device(app, "sensor").await;
+            let set_count = async |n: i64| {
+                iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                    "UPDATE devices SET coredump_count = $1 WHERE id = $2"
+                )
+                .bind(n)
+                .bind(a.id)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+                .unwrap();
+            };
+            let listed = async || -> Vec<i64> {
+                let (_, list) = app.list_coredumps(a.id).await;
+                list["coredumps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["id"].as_i64().unwrap())
+                    .collect()
+            };
+            let mut ids = Vec::new();
+            for n in 0..2 {
+                ids.push(upload_ok(app, &a, "1.0", format!("dump {n}").as_bytes()).await);
+            }
+            set_count(100).await;
+            ids.push(upload_ok(app, &a, "1.0", b"dump 2").await);
+            assert_eq!(listed().await, [ids[2], ids[1], ids[0]], "within the limit");
+            ids.push(upload_ok(app, &a, "1.0", b"dump 3").await);
+            assert_eq!(listed().await, [ids[3], ids[2], ids[1]], "only the oldest");
+            set_count(0).await;
+            ids.push(upload_ok(app, &a, "1.0", b"dump 4").await);
+            assert_eq!(listed().await, [ids[4], ids[3], ids[2], ids[1]]);
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn devices_act_only_as_themselves_and_admin_urls_are_scoped_to_their_device() {
     let token = "admin-token-for-tests-0123456789";

@@ -64,6 +64,23 @@ pub async fn count(app: &TestApp, table: &str) -> i64 {
     iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(sql).fetch_one(p).await).unwrap()
 }
 
+/// Each device's `coredump_count` (kept by triggers, migration 24) against its dumps, counted:
+/// `(device id, kept, counted)` for every device, by id, asserted equal. Returns the kept counts.
+pub async fn assert_dump_counts_kept(app: &TestApp) -> Vec<(i64, i64)> {
+    let rows: Vec<(i64, i64, i64)> = iotsupport::on_pool!(app.db(), |p| sqlx::query_as(
+        "SELECT d.id, d.coredump_count,
+                (SELECT COUNT(*) FROM coredumps c WHERE c.device_id = d.id)
+         FROM devices d ORDER BY d.id"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    for (device, kept, counted) in &rows {
+        assert_eq!(kept, counted, "device {device}: coredump_count is off");
+    }
+    rows.into_iter().map(|(id, kept, _)| (id, kept)).collect()
+}
+
 /// Keys of every object under `prefix`, sorted.
 pub async fn objects(app: &TestApp, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = app

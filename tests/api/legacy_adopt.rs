@@ -41,6 +41,22 @@ async fn migrate_adopts_every_known_revision_keeping_rows_ids_and_times() {
         );
         assert_eq!(count(&mut conn, "SELECT count(*) FROM devices").await, 2);
         assert_eq!(count(&mut conn, "SELECT count(*) FROM coredumps").await, 3);
+        // Each device's dump count (migration 24) counted the adopted dumps.
+        let counts: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT d.id, d.coredump_count,
+                    (SELECT COUNT(*) FROM coredumps c WHERE c.device_id = d.id)
+             FROM devices d ORDER BY d.id",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for (device, kept, counted) in &counts {
+            assert_eq!(
+                kept, counted,
+                "{revision}: device {device}'s coredump_count"
+            );
+        }
+        assert_eq!(counts.iter().map(|(_, kept, _)| kept).sum::<i64>(), 3);
         assert_eq!(
             count(&mut conn, "SELECT count(*) FROM firmware_versions").await,
             i64::from(revision >= "006")

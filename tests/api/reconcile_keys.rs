@@ -327,6 +327,54 @@ async fn reconcile_reports_rotation_counters_that_drifted_and_repair_recounts_th
     .await;
 }
 
+/// Each device's dump count (migration 24, what retention goes by) is derived from its dumps
+/// too: a scan reports every device whose count is off, either way, and repair recounts them.
+#[tokio::test]
+async fn reconcile_reports_dump_counts_that_drifted_and_repair_recounts_them() {
+    for_each_stack("reconcile_dump_counts", &[], async |app| {
+        let a = crate::fleet::model_with_device(app, "counted").await;
+        let b = crate::fleet::device_of(app, a.model_id).await;
+        for n in 0..2 {
+            crate::coredumps::upload_ok(app, &a, "1.0", format!("{n}").as_bytes()).await;
+        }
+        crate::coredumps::upload_ok(app, &b, "1.0", b"b").await;
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
+        assert!(report.coredump_count_drift.is_empty(), "{report:?}");
+        assert_eq!(summary.coredump_counts_recounted, 0);
+
+        for (device, sql) in [
+            (
+                a.id,
+                "UPDATE devices SET coredump_count = coredump_count + 5 WHERE id = $1",
+            ),
+            (b.id, "UPDATE devices SET coredump_count = 0 WHERE id = $1"),
+        ] {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(sql)
+                .bind(device)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let (report, summary) = repair_and_drain(app, Duration::ZERO).await;
+        let mut drift: Vec<_> = report
+            .coredump_count_drift
+            .iter()
+            .map(|d| (d.device_key.as_str(), d.kept, d.counted))
+            .collect();
+        drift.sort();
+        let mut expected = vec![(a.key.as_str(), 7, 2), (b.key.as_str(), 0, 1)];
+        expected.sort();
+        assert_eq!(drift, expected);
+        assert_eq!(summary.coredump_counts_recounted, 2);
+        crate::coredumps::assert_dump_counts_kept(app).await;
+        let (again, summary) = repair_and_drain(app, Duration::ZERO).await;
+        assert!(again.coredump_count_drift.is_empty(), "{again:?}");
+        assert_eq!(summary.coredump_counts_recounted, 0);
+    })
+    .await;
+}
+
 /// An orphan `coredumps/A/N.dmp` while dump N belongs to device B (SQLite hands a rolled-back id
 /// out again): the scan calls it an orphan, and repair deletes it instead of counting it
 /// "claimed" on every run for good; B's own object stays.
