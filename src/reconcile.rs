@@ -468,6 +468,8 @@ pub async fn run_periodic(
                     dangling_firmware = report.dangling_firmware.len(),
                     dangling_coredumps = report.dangling_coredumps.len(),
                     unrecognised = report.unrecognised.len(),
+                    rotation_count_drift = report.rotation_count_drift.len(),
+                    coredump_count_drift = report.coredump_count_drift.len(),
                     "reconcile_scan"
                 );
                 if let Some(reason) = report.wrong_store() {

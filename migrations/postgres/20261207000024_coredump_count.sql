@@ -3,8 +3,10 @@
 -- reads it to prune only when a device is over `MAX_COREDUMPS`, and then only the dumps it
 -- prunes, instead of reading every dump the device has on every upload.
 -- No dump is added or deleted between the count and the triggers' creation: a process that is
--- still serving waits for the migration.
-LOCK TABLE coredumps IN SHARE ROW EXCLUSIVE MODE;
+-- still serving waits for the migration. Both tables at once, in the order every writer of dumps
+-- locks them (the device, then its dumps), and in the mode the ALTER and the DROP INDEX need
+-- anyway: taking a weaker lock first and a stronger one later could deadlock with such a writer.
+LOCK TABLE devices, coredumps IN ACCESS EXCLUSIVE MODE;
 ALTER TABLE devices ADD COLUMN coredump_count BIGINT NOT NULL DEFAULT 0;
 UPDATE devices d SET coredump_count = c.n
 FROM (SELECT device_id, COUNT(*) AS n FROM coredumps GROUP BY device_id) c
@@ -38,6 +40,6 @@ CREATE TRIGGER coredumps_counted_delete AFTER DELETE ON coredumps
 
 -- One index for a device's dumps in retention's and the list's order (uploaded_at, then id): it
 -- replaces the two it covers, so an upload maintains one index fewer.
-DROP INDEX ix_coredumps_device_id;
-DROP INDEX ix_coredumps_device_id_uploaded_at;
+DROP INDEX IF EXISTS ix_coredumps_device_id;
+DROP INDEX IF EXISTS ix_coredumps_device_id_uploaded_at;
 CREATE INDEX ix_coredumps_device_id_uploaded_at_id ON coredumps (device_id, uploaded_at, id);

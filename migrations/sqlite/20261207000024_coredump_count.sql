@@ -18,6 +18,6 @@ END;
 
 -- One index for a device's dumps in retention's and the list's order (uploaded_at, then id): it
 -- replaces the two it covers, so an upload maintains one index fewer.
-DROP INDEX ix_coredumps_device_id;
-DROP INDEX ix_coredumps_device_id_uploaded_at;
+DROP INDEX IF EXISTS ix_coredumps_device_id;
+DROP INDEX IF EXISTS ix_coredumps_device_id_uploaded_at;
 CREATE INDEX ix_coredumps_device_id_uploaded_at_id ON coredumps (device_id, uploaded_at, id);
