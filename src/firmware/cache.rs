@@ -19,8 +19,16 @@
 //! Memory: stored entries plus fills in flight never exceed the byte budget
 //! (`FIRMWARE_CACHE_BYTES`): space is reserved before a fill starts, evicting the least recently
 //! used entries; an image larger than the budget is never cached (it is always streamed). An
-//! evicted entry's memory is released when the last response still sending it finishes. Budget 0
-//! turns the cache off.
+//! entry that a response is still sending is never evicted (its memory would stay allocated
+//! outside the budget until the response ends, minutes for a slow device): a fill that can only
+//! fit by evicting one is refused and its request streams from the store. Budget 0 turns the cache
+//! off.
+//!
+//! More images in use than the budget holds (many models updating at once): a ranged request's
+//! fill never evicts an image used within [`RANGED_FILL_SPARES`], so the cache does not cycle
+//! with every ranged miss reading a whole image from the store to evict another one still in
+//! use; those requests are served by ranged reads, as without the cache, until an image goes
+//! quiet. A whole-image request's fill evicts by recency alone (its read is needed anyway).
 //!
 //! Metrics: [`FIRMWARE_CACHE_HITS`], [`FIRMWARE_CACHE_MISSES`] (by reason), [`FIRMWARE_CACHE_FILLS`]
 //! (by outcome), [`FIRMWARE_CACHE_EVICTIONS`], and the gauges [`FIRMWARE_CACHE_BYTES`] and
@@ -47,8 +55,14 @@ pub struct FirmwareCache {
     budget: u64,
     /// How long after a failed fill of an image no other is started (see [`FILL_RETRY_AFTER`]).
     retry_after: std::time::Duration,
+    /// [`RANGED_FILL_SPARES`], shorter in tests.
+    ranged_spares: std::time::Duration,
     inner: Mutex<Inner>,
 }
+
+/// A ranged request's fill does not evict an image used more recently than this (see the module
+/// docs): an OTA client fetching an image in ranges asks again within a second or so.
+pub const RANGED_FILL_SPARES: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long after a fill of an image failed (the store failed, or its object does not match its
 /// row) no other fill of it starts. Without it, every ranged request of a fleet updating from a
@@ -73,6 +87,8 @@ struct Inner {
 struct Entry {
     bytes: Bytes,
     last_used: u64,
+    /// When it was last used, for [`RANGED_FILL_SPARES`].
+    used_at: std::time::Instant,
 }
 
 /// A fill in flight: the bytes it reserved, and a channel whose sender is dropped when it ends.
@@ -81,13 +97,14 @@ struct Fill {
     done: watch::Receiver<()>,
 }
 
-/// Whether a fill waits out [`FILL_RETRY_AFTER`] after a failed one: a ranged request's
-/// background fill does (each of a fleet's ranged requests would start another whole read); a
-/// whole-image request does not (its devices share the one read it starts).
+/// Who asks for a fill. A ranged request's background fill waits out [`FILL_RETRY_AFTER`] after a
+/// failed one (each of a fleet's ranged requests would start another whole read) and evicts no
+/// image used within [`RANGED_FILL_SPARES`]; a whole-image request's does neither (its devices
+/// share the one read it starts, which streaming would make anyway).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Backoff {
-    Respect,
-    Ignore,
+enum Asker {
+    Ranged,
+    Whole,
 }
 
 enum Begin {
@@ -117,9 +134,18 @@ impl FirmwareCache {
     }
 
     fn with_retry_after(budget: u64, retry_after: std::time::Duration) -> Arc<Self> {
+        Self::with_timings(budget, retry_after, RANGED_FILL_SPARES)
+    }
+
+    fn with_timings(
+        budget: u64,
+        retry_after: std::time::Duration,
+        ranged_spares: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(FirmwareCache {
             budget,
             retry_after,
+            ranged_spares,
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -182,6 +208,7 @@ impl FirmwareCache {
         let now = inner.clock;
         inner.entries.get_mut(key).map(|entry| {
             entry.last_used = now;
+            entry.used_at = std::time::Instant::now();
             entry.bytes.clone()
         })
     }
@@ -201,7 +228,7 @@ impl FirmwareCache {
     /// being filled, too large, or the budget is taken by fills in flight. For a ranged GET that
     /// missed: the request itself goes on with its ranged read.
     pub fn start_fill(self: &Arc<Self>, storage: Storage, key: ObjectKey, sha256: &str, size: u64) {
-        let _ = self.begin_fill(storage, key, sha256, size, Backoff::Respect);
+        let _ = self.begin_fill(storage, key, sha256, size, Asker::Ranged);
     }
 
     /// For a whole-image GET that missed: waits for the image's fill (starting it if none is in
@@ -217,7 +244,7 @@ impl FirmwareCache {
     ) -> Option<Bytes> {
         // Not held back by a recent failure: the devices asking for the whole image now share
         // this one read, where streaming each from the store would be one read per device.
-        match self.begin_fill(storage, key, sha256, size, Backoff::Ignore) {
+        match self.begin_fill(storage, key, sha256, size, Asker::Whole) {
             Begin::Ready(bytes) => Some(bytes),
             Begin::Refused => None,
             Begin::Filling(mut done) => {
@@ -234,7 +261,7 @@ impl FirmwareCache {
         key: ObjectKey,
         sha256: &str,
         size: u64,
-        backoff: Backoff,
+        asker: Asker,
     ) -> Begin {
         if !self.accepts(size) {
             return Begin::Refused;
@@ -248,10 +275,10 @@ impl FirmwareCache {
             if let Some(fill) = inner.filling.get(&hash) {
                 return Begin::Filling(fill.done.clone());
             }
-            if backoff == Backoff::Respect && self.failed_recently(&mut inner, &hash) {
+            if asker == Asker::Ranged && self.failed_recently(&mut inner, &hash) {
                 return Begin::Refused;
             }
-            if !self.reserve(&mut inner, size) {
+            if !self.reserve(&mut inner, size, asker) {
                 return Begin::Refused;
             }
             let (finished, done) = watch::channel(());
@@ -286,24 +313,45 @@ impl FirmwareCache {
         inner.failed.contains_key(hash)
     }
 
-    /// Makes room for `size` more bytes, evicting least recently used entries; `false` when fills
-    /// in flight hold too much of the budget (then nothing is evicted for nothing).
-    fn reserve(&self, inner: &mut Inner, size: u64) -> bool {
+    /// Makes room for `size` more bytes, evicting least recently used entries that no response is
+    /// sending (and, for a ranged request's fill, none used within [`RANGED_FILL_SPARES`]);
+    /// `false`, evicting nothing, when that cannot make room.
+    fn reserve(&self, inner: &mut Inner, size: u64, asker: Asker) -> bool {
         if inner.reserved.saturating_add(size) > self.budget {
             return false;
         }
-        while inner.stored + inner.reserved + size > self.budget {
-            let oldest = inner
+        let needed = (inner.stored + inner.reserved + size).saturating_sub(self.budget);
+        if needed > 0 {
+            let now = std::time::Instant::now();
+            let mut evictable: Vec<(u64, &String, u64)> = inner
                 .entries
                 .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone());
-            let Some(oldest) = oldest else {
+                .filter(|(_, e)| {
+                    // Our handle is the only one: no response holds the buffer.
+                    e.bytes.is_unique()
+                        && (asker == Asker::Whole
+                            || now.saturating_duration_since(e.used_at) >= self.ranged_spares)
+                })
+                .map(|(k, e)| (e.last_used, k, e.bytes.len() as u64))
+                .collect();
+            evictable.sort_unstable_by_key(|&(last_used, _, _)| last_used);
+            let mut freed = 0;
+            let mut victims = Vec::new();
+            for (_, key, len) in evictable {
+                if freed >= needed {
+                    break;
+                }
+                freed += len;
+                victims.push(key.clone());
+            }
+            if freed < needed {
                 return false;
-            };
-            if let Some(evicted) = inner.entries.remove(&oldest) {
-                inner.stored -= evicted.bytes.len() as u64;
-                metrics::counter!(FIRMWARE_CACHE_EVICTIONS).increment(1);
+            }
+            for victim in victims {
+                if let Some(evicted) = inner.entries.remove(&victim) {
+                    inner.stored -= evicted.bytes.len() as u64;
+                    metrics::counter!(FIRMWARE_CACHE_EVICTIONS).increment(1);
+                }
             }
         }
         inner.reserved += size;
@@ -325,9 +373,15 @@ impl FirmwareCache {
                 inner.clock += 1;
                 let last_used = inner.clock;
                 inner.stored += bytes.len() as u64;
-                inner
-                    .entries
-                    .insert(hash.to_string(), Entry { bytes, last_used });
+                let used_at = std::time::Instant::now();
+                inner.entries.insert(
+                    hash.to_string(),
+                    Entry {
+                        bytes,
+                        last_used,
+                        used_at,
+                    },
+                );
                 "stored"
             }
             Err(FillError::Store(e)) => {
@@ -402,7 +456,7 @@ mod tests {
         if inner.entries.contains_key(hash) || inner.filling.contains_key(hash) {
             return false;
         }
-        if !cache.reserve(&mut inner, len) {
+        if !cache.reserve(&mut inner, len, Asker::Whole) {
             return false;
         }
         let (_, done) = watch::channel(());
@@ -524,6 +578,54 @@ mod tests {
         // 60 + 40 fits once "hot" goes.
         assert!(reserve(&cache, "c", 40));
         assert!(!cache.contains("hot"));
+    }
+
+    #[test]
+    fn an_image_a_response_is_still_sending_is_never_evicted() {
+        let cache = FirmwareCache::new(100);
+        entry(&cache, "sent", 60);
+        let Lookup::Hit(sending) = cache.lookup(Some("sent"), Some(60)) else {
+            panic!("not cached");
+        };
+        // A slice of it, as a ranged response holds, pins it as much as the whole.
+        let range = sending.slice(10..20);
+        drop(sending);
+        assert!(!reserve(&cache, "new", 60), "evicted while being sent");
+        assert!(cache.contains("sent"));
+        assert_eq!(cache.lock().reserved, 0, "a refused fill reserves nothing");
+        drop(range);
+        assert!(reserve(&cache, "new", 60));
+        assert!(!cache.contains("sent"));
+    }
+
+    #[test]
+    fn a_ranged_fill_evicts_no_image_used_lately_and_a_whole_one_does() {
+        let reserve_for = |cache: &FirmwareCache, hash: &str, asker| {
+            let mut inner = cache.lock();
+            cache.reserve(&mut inner, 60, asker)
+                && inner
+                    .filling
+                    .insert(
+                        hash.to_string(),
+                        Fill {
+                            reserved: 60,
+                            done: watch::channel(()).1,
+                        },
+                    )
+                    .is_none()
+        };
+        let cache = FirmwareCache::with_timings(100, FILL_RETRY_AFTER, RANGED_FILL_SPARES);
+        entry(&cache, "in use", 60);
+        assert!(!reserve_for(&cache, "ranged", Asker::Ranged));
+        assert!(cache.contains("in use"));
+        assert!(reserve_for(&cache, "whole", Asker::Whole));
+        assert!(!cache.contains("in use"));
+
+        // Once the image has gone quiet (here: at once), a ranged fill may evict it.
+        let cache = FirmwareCache::with_timings(100, FILL_RETRY_AFTER, std::time::Duration::ZERO);
+        entry(&cache, "quiet", 60);
+        assert!(reserve_for(&cache, "ranged", Asker::Ranged));
+        assert!(!cache.contains("quiet"));
     }
 
     #[test]
