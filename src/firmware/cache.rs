@@ -14,7 +14,10 @@
 //! answered from the store exactly as without the cache (a ranged GET, never more) and only starts
 //! the fill; it never waits for it. A request for the *whole* image that misses waits for that one
 //! read instead of making its own, so a fleet starting to download a new image at once causes one
-//! read of it; if the image cannot be cached or the read fails, it is streamed from the store.
+//! read of it; if the image cannot be cached or the read fails, it is streamed from the store. It
+//! waits at most [`WHOLE_FILL_WAIT`]: a device gets no byte until the whole image has been read
+//! and checked, and an OTA client gives up on a silent server after a few seconds (ESP-IDF's
+//! default is 5 s), so from a store that slow it is streamed while the fill goes on.
 //!
 //! Memory: stored entries plus fills in flight never exceed the byte budget
 //! (`FIRMWARE_CACHE_BYTES`): space is reserved before a fill starts, evicting the least recently
@@ -57,8 +60,14 @@ pub struct FirmwareCache {
     retry_after: std::time::Duration,
     /// [`RANGED_FILL_SPARES`], shorter in tests.
     ranged_spares: std::time::Duration,
+    /// [`WHOLE_FILL_WAIT`], shorter in tests.
+    whole_wait: std::time::Duration,
     inner: Mutex<Inner>,
 }
+
+/// How long a whole-image request that missed waits for the image's fill before it streams the
+/// image from the store itself (see the module docs).
+pub const WHOLE_FILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A ranged request's fill does not evict an image used more recently than this (see the module
 /// docs): an OTA client fetching an image in ranges asks again within a second or so.
@@ -146,6 +155,7 @@ impl FirmwareCache {
             budget,
             retry_after,
             ranged_spares,
+            whole_wait: WHOLE_FILL_WAIT,
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -234,7 +244,8 @@ impl FirmwareCache {
     /// For a whole-image GET that missed: waits for the image's fill (starting it if none is in
     /// flight) and returns the image once stored, so any number of devices asking for a new image at
     /// once cause one read of it. `None` when it cannot be cached (too large, budget taken by other
-    /// fills) or the fill failed: the caller streams from the store as without the cache.
+    /// fills), the fill failed, or it has not ended within [`WHOLE_FILL_WAIT`] (it goes on): the
+    /// caller streams from the store as without the cache.
     pub async fn fill_and_wait(
         self: &Arc<Self>,
         storage: Storage,
@@ -249,7 +260,10 @@ impl FirmwareCache {
             Begin::Refused => None,
             Begin::Filling(mut done) => {
                 // The fill never sends; it drops its sender when it has finished either way.
-                let _ = done.changed().await;
+                tokio::time::timeout(self.whole_wait, done.changed())
+                    .await
+                    .ok()?
+                    .ok();
                 self.touch(&cache_key(sha256))
             }
         }
@@ -578,6 +592,30 @@ mod tests {
         // 60 + 40 fits once "hot" goes.
         assert!(reserve(&cache, "c", 40));
         assert!(!cache.contains("hot"));
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_waits_for_a_slow_fill_only_so_long_and_the_fill_goes_on() {
+        use crate::storage::faulty::FaultyStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::storage::backend::ObjectStoreBackend::local(dir.path()).unwrap();
+        let store = Arc::new(FaultyStorage::new(Arc::new(local)));
+        let storage: Storage = store.clone();
+        let key = ObjectKey::parse("firmware/m/1/firmware.bin").expect("key");
+        let image = Bytes::from_static(b"an image");
+        storage.put(&key, image.clone()).await.unwrap();
+        let sha256 = hex::encode(Sha256::digest(&image));
+        let size = image.len() as u64;
+        store.slow_whole_gets(std::time::Duration::from_secs(30), 1);
+        let mut cache = FirmwareCache::with_retry_after(100, FILL_RETRY_AFTER);
+        Arc::get_mut(&mut cache).expect("one handle").whole_wait =
+            std::time::Duration::from_millis(50);
+        let waited = cache.fill_and_wait(storage.clone(), key.clone(), &sha256, size);
+        assert_eq!(waited.await, None, "served by a fill still reading");
+        assert!(
+            cache.lock().filling.contains_key(&sha256),
+            "the fill stopped"
+        );
     }
 
     #[test]

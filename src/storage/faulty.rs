@@ -71,6 +71,8 @@ struct State {
     streamed: HashMap<String, u64>,
     /// How long a successful `put` waits before it answers (the object is stored already).
     slow_put_answers: Option<std::time::Duration>,
+    /// How long the next whole (unranged) `get`s wait before they answer, and how many of them.
+    slow_whole_gets: Option<(std::time::Duration, usize)>,
 }
 
 /// The wrapper. Cheap to clone; clones share faults and counters.
@@ -101,6 +103,12 @@ impl FaultyStorage {
     /// answer, during which the caller may give up.
     pub fn slow_put_answers(&self, after: std::time::Duration) {
         self.state().slow_put_answers = Some(after);
+    }
+
+    /// The next `times` whole (unranged) `get`s answer only `after`: a store slow to start
+    /// sending an object.
+    pub fn slow_whole_gets(&self, after: std::time::Duration, times: usize) {
+        self.state().slow_whole_gets = Some((after, times));
     }
 
     /// Removes every injected fault: the store works again.
@@ -286,7 +294,20 @@ impl ObjectStorage for FaultyStorage {
         key: &ObjectKey,
         range: Option<ByteRange>,
     ) -> Result<ObjectRead, StorageError> {
-        self.state().gets.push((key.to_string(), range));
+        let slow = {
+            let mut state = self.state();
+            state.gets.push((key.to_string(), range));
+            match &mut state.slow_whole_gets {
+                Some((after, times)) if range.is_none() && *times > 0 => {
+                    *times -= 1;
+                    Some(*after)
+                }
+                _ => None,
+            }
+        };
+        if let Some(after) = slow {
+            tokio::time::sleep(after).await;
+        }
         let fault = self.hit(Operation::Get, key.as_str());
         let limit = match fault {
             Some(Fault {

@@ -406,6 +406,32 @@ async fn a_ranged_miss_does_not_evict_an_image_in_use_and_a_whole_request_does()
         .await;
 }
 
+/// A store slow to start sending: a whole download that misses waits for the image's fill only
+/// `WHOLE_FILL_WAIT` (2 s), then streams the image itself, where it would otherwise have sent
+/// nothing until the whole image had been read (an OTA client gives up on a silent server).
+#[tokio::test]
+async fn a_whole_download_does_not_wait_long_for_a_slow_fill() {
+    for_each_stack("cache_slow_fill", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let build = Build::new("1.0.0", "slow");
+        upload_ok(app, model, CODE, &build).await;
+        let device = device_of(app, model).await;
+        let key = format!("firmware/{CODE}/1.0.0/firmware.bin");
+        // The fill's read answers after 20 s; the stream's read after it, at once.
+        app.faults.slow_whole_gets(Duration::from_secs(20), 1);
+        let r = app.iot_firmware(&device.credential, &[]).await;
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), build.bin.as_slice());
+        assert_eq!(
+            whole_reads(app, &key),
+            2,
+            "served by the fill, not by a stream of its own"
+        );
+        assert!(!app.state.caches.firmware.contains(&sha256_hex(&build.bin)));
+    })
+    .await;
+}
+
 /// Replaces the device's secret through `app`; returns the new credential.
 async fn replace_secret(app: &TestApp, device: &TestDevice) -> String {
     let (status, body) = app.replace_device_secret(device.id).await;
