@@ -523,17 +523,28 @@ mod tests {
         assert!(reserve(&cache, "c", 40));
     }
 
-    #[tokio::test]
-    async fn an_image_whose_fill_failed_is_not_read_again_for_a_while_by_ranged_requests() {
-        use crate::storage::faulty::FaultyStorage;
-        use crate::storage::Operation;
+    /// A store in a temporary directory, behind a fault injector, holding one small image.
+    async fn stored_image() -> (
+        tempfile::TempDir,
+        Arc<crate::storage::faulty::FaultyStorage>,
+        Storage,
+        ObjectKey,
+        Bytes,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let local = crate::storage::backend::ObjectStoreBackend::local(dir.path()).unwrap();
-        let store = Arc::new(FaultyStorage::new(Arc::new(local)));
+        let store = Arc::new(crate::storage::faulty::FaultyStorage::new(Arc::new(local)));
         let storage: Storage = store.clone();
         let key = ObjectKey::parse("firmware/m/1/firmware.bin").expect("key");
         let image = Bytes::from_static(b"an image");
         storage.put(&key, image.clone()).await.unwrap();
+        (dir, store, storage, key, image)
+    }
+
+    #[tokio::test]
+    async fn an_image_whose_fill_failed_is_not_read_again_for_a_while_by_ranged_requests() {
+        use crate::storage::Operation;
+        let (_dir, store, storage, key, image) = stored_image().await;
         let sha256 = hex::encode(Sha256::digest(&image));
         let size = image.len() as u64;
         let wrong = "00".repeat(32);
@@ -596,14 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_request_waits_for_a_slow_fill_only_so_long_and_the_fill_goes_on() {
-        use crate::storage::faulty::FaultyStorage;
-        let dir = tempfile::tempdir().unwrap();
-        let local = crate::storage::backend::ObjectStoreBackend::local(dir.path()).unwrap();
-        let store = Arc::new(FaultyStorage::new(Arc::new(local)));
-        let storage: Storage = store.clone();
-        let key = ObjectKey::parse("firmware/m/1/firmware.bin").expect("key");
-        let image = Bytes::from_static(b"an image");
-        storage.put(&key, image.clone()).await.unwrap();
+        let (_dir, store, storage, key, image) = stored_image().await;
         let sha256 = hex::encode(Sha256::digest(&image));
         let size = image.len() as u64;
         store.slow_whole_gets(std::time::Duration::from_secs(30), 1);

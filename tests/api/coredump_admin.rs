@@ -120,15 +120,7 @@ async fn retention_goes_by_a_dump_count_every_insert_and_delete_keeps() {
             let a = model_with_device(app, "sensor").await;
             let b = device_of(app, a.model_id).await;
             upload_ok(app, &b, "1.0", b"b's dump").await;
-            let listed = async || -> Vec<i64> {
-                let (_, list) = app.list_coredumps(a.id).await;
-                list["coredumps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d["id"].as_i64().unwrap())
-                    .collect()
-            };
+            let listed = async || listed_ids(app, a.id).await;
             let kept = async || -> i64 {
                 let counts = assert_dump_counts_kept(app).await;
                 counts.iter().find(|(id, _)| *id == a.id).unwrap().1
@@ -183,15 +175,7 @@ async fn a_dump_count_that_drifted_never_makes_retention_delete_one_of_the_newes
                 .map(|r| r.rows_affected()))
                 .unwrap();
             };
-            let listed = async || -> Vec<i64> {
-                let (_, list) = app.list_coredumps(a.id).await;
-                list["coredumps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d["id"].as_i64().unwrap())
-                    .collect()
-            };
+            let listed = async || listed_ids(app, a.id).await;
             let mut ids = Vec::new();
             for n in 0..2 {
                 ids.push(upload_ok(app, &a, "1.0", format!("dump {n}").as_bytes()).await);

@@ -81,6 +81,17 @@ pub async fn assert_dump_counts_kept(app: &TestApp) -> Vec<(i64, i64)> {
     rows.into_iter().map(|(id, kept, _)| (id, kept)).collect()
 }
 
+/// The ids of a device's dumps as the admin list shows them (newest first).
+pub async fn listed_ids(app: &TestApp, device_id: i64) -> Vec<i64> {
+    let (_, list) = app.list_coredumps(device_id).await;
+    list["coredumps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect()
+}
+
 /// Keys of every object under `prefix`, sorted.
 pub async fn objects(app: &TestApp, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = app
