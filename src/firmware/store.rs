@@ -78,16 +78,15 @@ pub(super) async fn record_version(
     existing: Option<&fw::FirmwareVersionRow>,
     keep: u32,
 ) -> Result<Pruned, StoreError> {
-    let candidates = record_rows(tx, notifier, model, facts, existing, keep).await?;
-    apply_retention(tx, model, facts, existing.is_none(), candidates).await
+    let candidates = record_rows(tx, model, facts, existing, keep).await?;
+    finish_version(tx, notifier, model, facts, existing.is_none(), candidates).await
 }
 
-/// The first part of [`record_version`]: the version's row (new, or touched), the model's current
-/// version, and the devices' notification; returns the versions retention will consider (beyond
-/// the newest `keep`, read without locking them). An upload writes these while its PUTs run.
+/// The first part of [`record_version`]: the version's row (new, or touched) and the model's
+/// current version; returns the versions retention will consider (beyond the newest `keep`, read
+/// without locking them). An upload writes these while its PUTs run.
 pub(super) async fn record_rows(
     tx: &mut Tx,
-    notifier: Notifier,
     model: &fw::ModelFirmware,
     facts: &BundleFacts,
     existing: Option<&fw::FirmwareVersionRow>,
@@ -103,24 +102,28 @@ pub(super) async fn record_rows(
         }
     }
     fw::set_current(tx, model.id, version).await?;
-    if model.firmware_version.as_deref() != Some(version) {
-        notifier.firmware_changed(tx, model.id, version).await?;
-    }
     Ok(retention::candidates(tx, model.id, version, keep).await?)
 }
 
 /// The second part of [`record_version`]: retention of the `candidates` that [`record_rows`]
-/// returned, and the event. An upload applies it after its PUTs, just before the commit:
-/// retention holds the versions it prunes or spares locked until then (see
-/// `retention::enforce`), and core-dump uploads reporting them wait for it.
-pub(super) async fn apply_retention(
+/// returned, the devices' notification when the current version changed, and the event. An
+/// upload applies it after its PUTs, just before the commit: retention holds the versions it
+/// prunes or spares locked until then (see `retention::enforce`), and core-dump uploads reporting
+/// them wait for it; and the notification's delay (`DEVICE_LOOKUP_CACHE_SECONDS`, for the other
+/// processes' caches to learn of the new version) counts from about the commit, not from before
+/// PUTs that may take seconds, which would send the message while they still serve the old image.
+pub(super) async fn finish_version(
     tx: &mut Tx,
+    notifier: Notifier,
     model: &fw::ModelFirmware,
     facts: &BundleFacts,
     created: bool,
     candidates: Vec<String>,
 ) -> Result<Pruned, StoreError> {
     let version = facts.version.as_str();
+    if model.firmware_version.as_deref() != Some(version) {
+        notifier.firmware_changed(tx, model.id, version).await?;
+    }
     let pruned = retention::enforce(tx, model.id, &model.code, candidates).await?;
     events::record(
         tx,

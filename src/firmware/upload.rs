@@ -9,9 +9,10 @@
 //! cancelled (the outbox invariant) and each artifact's PUT starts the moment it arrives, all in
 //! parallel. When validation has finished, the row and the current version are written, and the
 //! versions retention may prune are read, in the transaction *while the PUTs are still running*;
-//! retention itself and the event come after the last PUT, just before the commit (retention
-//! locks the versions it prunes or spares, and core-dump uploads reporting them wait for those
-//! locks). Retention's reads cannot go stale meanwhile: every change to a model's versions
+//! retention itself, the devices' notification and the event come after the last PUT, just before
+//! the commit (retention locks the versions it prunes or spares, and core-dump uploads reporting
+//! them wait for those locks; the notification's delay for the other processes' caches counts
+//! from about the commit). Retention's reads cannot go stale meanwhile: every change to a model's versions
 //! holds the model lock.
 //!
 //! Nothing is left half-written: if validation fails after PUTs started, or a PUT or a row write
@@ -248,8 +249,8 @@ async fn upload_locked(
 }
 
 /// Writes the rows (as [`store::record_version`]) while the PUTs finish, then applies retention
-/// once they have (its locks on the versions it prunes or spares then last only until the
-/// commit); fails with the first error. The caller cleans up on failure.
+/// and queues the notification once they have (retention's locks on the versions it prunes or
+/// spares then last only until the commit); fails with the first error. The caller cleans up on failure.
 async fn write_rows_while_putting(
     tx: &mut Tx,
     notifier: Notifier,
@@ -260,14 +261,14 @@ async fn write_rows_while_putting(
 ) -> Result<super::retention::Pruned, StoreError> {
     let rows = timed(
         "rows",
-        store::record_rows(tx, notifier, model, facts, None, limits.keep),
+        store::record_rows(tx, model, facts, None, limits.keep),
     );
     let (candidates, uploaded) = tokio::join!(rows, puts.wait());
     uploaded?;
     let candidates = candidates?;
     timed(
         "retention",
-        store::apply_retention(tx, model, facts, true, candidates),
+        store::finish_version(tx, notifier, model, facts, true, candidates),
     )
     .await
 }

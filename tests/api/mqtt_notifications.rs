@@ -765,6 +765,37 @@ async fn firmware_messages_wait_until_other_processes_serve_the_new_image() {
     .await;
 }
 
+/// The firmware message's wait for the other processes' caches counts from the commit: an upload
+/// whose PUTs take seconds must not queue messages already due when they become visible.
+#[tokio::test]
+async fn a_slow_uploads_firmware_messages_wait_from_its_commit() {
+    // A broker that is never reachable: messages stay queued to be looked at.
+    let url = format!("mqtt://127.0.0.1:{}", broker::free_port());
+    let overrides = [
+        ("MQTT_URL", url.as_str()),
+        ("DEVICE_LOOKUP_CACHE_SECONDS", "5"),
+    ];
+    for_each_stack("notify_firmware_slow_upload", &overrides, async |app| {
+        let devices = model_with_devices(app, "slow", 1).await;
+        app.faults
+            .slow_put_answers(std::time::Duration::from_secs(3));
+        let zip = Build::new("1.0.0", "a").zip("slow");
+        assert_eq!(app.upload_firmware(devices[0].model_id, zip).await.0, 200);
+        let answered = Utc::now();
+        let due: DateTime<Utc> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+            "SELECT next_attempt_at FROM notifications WHERE kind = 'firmware'"
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap();
+        // Queued before the PUTs, it would be due about 2 s after the answer; from the commit,
+        // about 5 s after it.
+        let wait = (due - answered).num_milliseconds();
+        assert!(wait > 4_000, "due {wait} ms after the upload's answer");
+    })
+    .await;
+}
+
 /// A newer message replaces the same kind of message still queued for a device: the fan-out of
 /// a version that was replaced (a quick rollback) before it went out is withdrawn, and a second
 /// config write leaves one config message. A message a publisher holds (being published) stays.
