@@ -15,6 +15,10 @@
 //!   `TIMEOUT`; its pending secret stays valid, so a device that stored it but reported late is
 //!   never locked out.
 //!
+//! A rotation that ends (T4, T5, or an admin's [`replace_secret`]) withdraws the device's
+//! provisioning message if it is still queued (a broker that was away), so that an outage does
+//! not end with every device that timed out meanwhile fetching a package at once.
+//!
 //! **Invariants:** at most one device is `PENDING` (a unique partial index, and T3 runs under one
 //! lock across processes); every change and its `rotation-updated` event commit together, so the
 //! event is seen only after the change is.
@@ -37,6 +41,21 @@ pub const STATES: [&str; 4] = ["OK", "QUEUED", "PENDING", "TIMEOUT"];
 
 async fn updated(tx: &mut Tx) -> Result<(), DbError> {
     events::record(tx, ROTATION_UPDATED, &json!({})).await
+}
+
+/// The device's rotation ended (completed, timed out, or its secret replaced): the provisioning
+/// message still queued for it (a broker that was away) is withdrawn. Sent later, it would make
+/// the device fetch a package it no longer needs, and after an outage every device that timed out
+/// meanwhile would fetch one at once, rotating side by side.
+async fn ended(tx: &mut Tx, device_id: i64) -> Result<(), DbError> {
+    crate::db::notifications::withdraw_kind_for_device(
+        tx,
+        crate::notify::Kind::Provisioning.as_str(),
+        device_id,
+        db::now(),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The seam of "a device entered `PENDING`", in the transaction that made it so: the event for
@@ -152,6 +171,7 @@ pub async fn complete(
         return Ok(false); // promoted already (another request), or replaced since
     }
     if completes {
+        ended(&mut tx, device_id).await?;
         start_next(&mut tx, settings).await?;
         updated(&mut tx).await?;
     }
@@ -174,9 +194,11 @@ pub async fn process_timeouts(
     let now = db::now();
     let cutoff = now - Duration::from_std(settings.timeout).unwrap_or_default();
     let timed_out = queries::time_out(&mut tx, cutoff, now).await?;
-    for key in &timed_out {
+    for (id, key) in &timed_out {
+        ended(&mut tx, *id).await?;
         tracing::warn!(device_key = %key, "rotation_device_timed_out");
     }
+    let timed_out: Vec<String> = timed_out.into_iter().map(|(_, key)| key).collect();
     let started = start_next(&mut tx, settings).await?;
     if !timed_out.is_empty() || started.is_some() {
         updated(&mut tx).await?;
@@ -284,6 +306,7 @@ async fn replace_secret_locked(
         return Ok(false);
     };
     secrets::replace_secret(&mut tx, id, secret_hash).await?;
+    ended(&mut tx, id).await?;
     if state != "OK" {
         start_next(&mut tx, settings).await?;
         updated(&mut tx).await?;

@@ -80,6 +80,32 @@ pub async fn supersede_for_model(
     )?)
 }
 
+/// [`supersede`] for the device `device_id`, whatever its model: its rotation ended
+/// (completed, timed out, or its secret replaced by an admin), so a provisioning message still
+/// queued for it would only send it for a package it no longer needs (and, after a broker outage,
+/// many such devices at once). Returns how many.
+pub async fn withdraw_kind_for_device(
+    tx: &mut Tx,
+    kind: &str,
+    device_id: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    Ok(crate::execute!(
+        tx,
+        sqlx::query(
+            "DELETE FROM notifications WHERE kind = $1
+                 AND (lease_until IS NULL OR lease_until < $3)
+                 AND client_id = (
+                     SELECT 'iotdevice-' || m.code || '-' || d.key
+                     FROM devices d JOIN device_models m ON m.id = d.device_model_id
+                     WHERE d.id = $2)"
+        )
+        .bind(kind)
+        .bind(device_id)
+        .bind(now)
+    )?)
+}
+
 /// Withdraws what is queued for `client_id` (its device is being deleted).
 pub async fn withdraw(tx: &mut Tx, client_id: &str) -> Result<u64, DbError> {
     Ok(crate::execute!(

@@ -105,19 +105,19 @@ pub async fn mark_pending(tx: &mut Tx, id: i64, now: DateTime<Utc>) -> Result<()
 }
 
 /// T5: every `PENDING` device whose attempt started before `cutoff` becomes `TIMEOUT`; returns
-/// their keys. One statement, so of several processes exactly one times a device out. A device
+/// their ids and keys. One statement, so of several processes exactly one times a device out. A device
 /// with no attempt time (an adopted or hand-edited row; we always write one) times out too: the
 /// original never timed it out, and it blocked every further rotation.
 pub async fn time_out(
     tx: &mut Tx,
     cutoff: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Vec<String>, DbError> {
-    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+) -> Result<Vec<(i64, String)>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as(
         "UPDATE devices SET rotation_state = 'TIMEOUT', rotation_timed_out_at = $2
          WHERE rotation_state = 'PENDING'
            AND (last_rotation_attempt_at < $1 OR last_rotation_attempt_at IS NULL)
-         RETURNING key"
+         RETURNING id, key"
     )
     .bind(cutoff)
     .bind(now)

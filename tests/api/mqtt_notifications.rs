@@ -796,6 +796,96 @@ async fn a_slow_uploads_firmware_messages_wait_from_its_commit() {
     .await;
 }
 
+/// A rotation that ended takes along its provisioning message still queued (the broker away): a
+/// device that timed out, had its secret replaced or completed is not sent for a package later,
+/// and after an outage the devices that timed out meanwhile do not all fetch one at once. Each
+/// step leaves the message of the device that started next.
+#[tokio::test]
+async fn a_rotation_that_ended_withdraws_its_queued_provisioning_message() {
+    // A broker that is never reachable: messages stay queued to be looked at; no rotation step
+    // but the test's own.
+    let url = format!("mqtt://127.0.0.1:{}", broker::free_port());
+    let overrides = [("MQTT_URL", url.as_str()), ("WORKER_POLL_SECONDS", "3600")];
+    for stack in ALL_STACKS {
+        let Some(app) = crate::credentials_support::app_with_provisioning(
+            stack,
+            "notify_rotation_ended",
+            &overrides,
+        )
+        .await
+        else {
+            continue;
+        };
+        let owned = app;
+        let app = &owned;
+        let devices = model_with_devices(app, "rot", 3).await;
+        let provisioning = async || -> Vec<String> {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+                "SELECT client_id FROM notifications WHERE kind = 'provisioning' ORDER BY id"
+            )
+            .fetch_all(p)
+            .await)
+            .unwrap()
+        };
+        let pending = async || -> TestDevice {
+            let id: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+                "SELECT id FROM devices WHERE rotation_state = 'PENDING'"
+            )
+            .fetch_one(p)
+            .await)
+            .unwrap();
+            devices.iter().find(|d| d.id == id).unwrap().clone()
+        };
+        let (status, body) = call(app, http::Method::POST, "/api/rotation/trigger", None).await;
+        assert_eq!(status, 200, "{body}");
+        let first = pending().await;
+        assert_eq!(provisioning().await, [client_id("rot", &first)]);
+
+        // It times out.
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE devices SET last_rotation_attempt_at = $1 WHERE id = $2"
+        )
+        .bind(Utc::now() - chrono::Duration::days(1))
+        .bind(first.id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        let report =
+            iotsupport::credentials::rotation::run_job(app.db(), &app.state.config.rotation)
+                .await
+                .unwrap();
+        assert_eq!(report.timeouts_processed, 1);
+        let second = pending().await;
+        assert_ne!(second.id, first.id);
+        assert_eq!(provisioning().await, [client_id("rot", &second)]);
+
+        // An admin replaces its secret.
+        assert_eq!(app.replace_device_secret(second.id).await.0, 200);
+        let third = pending().await;
+        assert!(third.id != first.id && third.id != second.id);
+        assert_eq!(provisioning().await, [client_id("rot", &third)]);
+
+        // It fetches its package on its own and completes with the new secret; the first
+        // device's retry is not due, so nothing starts.
+        let (status, package) =
+            crate::credentials_support::iot_get(app, "/api/iot/provisioning", &third.credential)
+                .await;
+        assert_eq!(status, 200, "{package}");
+        let secret = package["client_secret"].as_str().unwrap();
+        let rotated = format!("{}.{secret}", third.key);
+        let (status, body) =
+            crate::credentials_support::iot_get(app, "/api/iot/config", &rotated).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            crate::credentials_support::rotation_state(app, third.id).await,
+            "OK"
+        );
+        assert_eq!(provisioning().await, Vec::<String>::new());
+        owned.stop().await;
+    }
+}
+
 /// A newer message replaces the same kind of message still queued for a device: the fan-out of
 /// a version that was replaced (a quick rollback) before it went out is withdrawn, and a second
 /// config write leaves one config message. A message a publisher holds (being published) stays.
