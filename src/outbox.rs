@@ -224,6 +224,19 @@ fn another_batch_now(pass: &OutboxPass) -> bool {
     pass.deleted > 0 && pass.deleted + pass.failed >= BATCH as usize
 }
 
+/// On SQLite, how long the worker lets go of the database between two batches of a drain. A
+/// batch holds SQLite's single write lock across its store request (the outbox invariant), and
+/// writers waiting for it retry after sleeps of up to 100 ms (SQLite's busy handler): with the
+/// next batch taking the lock again at once, a drain of thousands of keys would keep them out
+/// until their busy timeout, failing uploads and job heartbeats. PostgreSQL locks rows, not the
+/// database, and needs no pause.
+const SQLITE_PAUSE_BETWEEN_BATCHES: Duration = Duration::from_millis(250);
+
+/// How long to wait before the next batch of a drain (see [`SQLITE_PAUSE_BETWEEN_BATCHES`]).
+fn pause_between_batches(db: &Db) -> Option<Duration> {
+    matches!(db, Db::Sqlite(_)).then_some(SQLITE_PAUSE_BETWEEN_BATCHES)
+}
+
 /// Processes due deletions until `shutdown` fires.
 pub async fn run_worker(db: Db, storage: Storage, poll: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
@@ -235,6 +248,12 @@ pub async fn run_worker(db: Db, storage: Storage, poll: Duration, shutdown: Canc
             }
         };
         if more {
+            if let Some(pause) = pause_between_batches(&db) {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
             continue;
         }
         tokio::select! {
@@ -255,5 +274,17 @@ mod tests {
         assert!(another_batch_now(&pass(1, 99)));
         assert!(!another_batch_now(&pass(0, 100)), "the store is away");
         assert!(!another_batch_now(&pass(40, 0)), "nothing more is due");
+    }
+
+    #[tokio::test]
+    async fn only_sqlite_lets_go_of_the_database_between_the_batches_of_a_drain() {
+        let sqlite = Db::Sqlite(sqlx::sqlite::SqlitePool::connect_lazy("sqlite::memory:").unwrap());
+        let postgres = Db::Postgres(
+            sqlx::postgres::PgPool::connect_lazy("postgres://app@127.0.0.1/none").unwrap(),
+        );
+        // Longer than the longest sleep of SQLite's busy handler (100 ms), so that a writer
+        // waiting for the lock gets it between two batches.
+        assert!(pause_between_batches(&sqlite).is_some_and(|p| p > Duration::from_millis(100)));
+        assert_eq!(pause_between_batches(&postgres), None);
     }
 }
