@@ -206,8 +206,19 @@ impl JobRunner {
                 }
             }
         };
+        // A handler that panics (a bug) ends its job at once, with the panic's message as the
+        // job's error: uncaught, the job would only come back after its lease, and be given up
+        // after `max_attempts` leases with nothing said.
+        let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler.run(job)));
         tokio::select! {
-            outcome = handler.run(job) => outcome,
+            outcome = run => outcome.unwrap_or_else(|panic| {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(job_id = job.id, kind = %job.kind, panic = %message,
+                    "job_handler_panicked");
+                JobOutcome::Abort {
+                    error: format!("the job's handler failed unexpectedly (a bug): {message}"),
+                }
+            }),
             () = beat => JobOutcome::Retry {
                 after: Duration::ZERO,
                 error: CLAIM_LOST.into(),
@@ -365,6 +376,15 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_string())
+}
+
+/// What a panic said (its payload is a `&str` or a `String` when it was given a message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]

@@ -337,6 +337,25 @@ async fn transient_failures_are_retried_later_and_permanent_ones_are_kept_as_fai
     .await;
 }
 
+/// A handler that panics (a bug) ends its job at once as failed, with the panic's message: not
+/// after its lease ran out `max_attempts` times with nothing said.
+#[tokio::test]
+async fn a_handler_that_panics_fails_its_job_at_once_saying_so() {
+    for_each_stack("job_panics", &[], async |app| {
+        let db = app.db().clone();
+        let buggy = Recorder::new("buggy", |_| panic!("index 7 out of range"));
+        let runner = JobRunner::new(db.clone(), vec![buggy.clone()], Duration::from_secs(30));
+        let id = enqueue_committed(&db, "buggy", 1).await[0];
+        while runner.run_one().await.unwrap().is_some() {}
+        assert_eq!(buggy.ran(), vec![(id, 1)]);
+        let rows = jobs::list(&db).await.unwrap();
+        assert_eq!(rows[0].status, "failed");
+        let error = rows[0].last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("index 7 out of range"), "{error}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn retries_stop_when_attempts_are_exhausted() {
     for_each_stack("job_exhausted", &[], async |app| {
