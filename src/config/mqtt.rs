@@ -189,6 +189,9 @@ pub const DEFAULT_LOG_GROUP: &str = "iotsupport";
 /// service's).
 pub const DEFAULT_MQTT_CLIENT_ID: &str = "iotsupport-backend";
 
+/// The shortest `MQTT_PUBLISH_TIMEOUT_SECONDS` accepted.
+const MIN_PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl MqttSettings {
     /// Settings for `url` with every other value at its default (client id
     /// `iotsupport-backend-<random>`); for tests and tools.
@@ -246,6 +249,18 @@ pub(super) fn mqtt_settings(env: &Env) -> Result<Option<MqttSettings>, ConfigErr
     settings.credentials = credentials;
     settings.client_id = client_id;
     settings.publish_timeout = env.seconds("MQTT_PUBLISH_TIMEOUT_SECONDS", 10.0)?;
+    // Shorter than a broker's round trip under load, every message would reach the broker and
+    // still count as failed, and be sent again every few minutes, for ever.
+    if settings.publish_timeout < MIN_PUBLISH_TIMEOUT {
+        return Err(invalid(
+            "MQTT_PUBLISH_TIMEOUT_SECONDS",
+            format!(
+                "must be at least {} s: a shorter wait counts messages the broker received as \
+                 failed, and sends them again",
+                MIN_PUBLISH_TIMEOUT.as_secs()
+            ),
+        ));
+    }
     settings.notifications_per_second =
         env.positive_at_most("MQTT_NOTIFICATIONS_PER_SECOND", 100.0, 100_000.0)?;
     if let Some(group) = env.get("MQTT_LOG_GROUP") {
@@ -444,12 +459,19 @@ mod tests {
     }
 
     #[test]
-    fn mqtt_publish_timeout_must_be_positive() {
-        let err = config(&[
+    fn mqtt_publish_timeout_must_be_a_second_or_more() {
+        for value in ["0", "0.2"] {
+            let err = config(&[
+                ("MQTT_URL", "mqtt://b"),
+                ("MQTT_PUBLISH_TIMEOUT_SECONDS", value),
+            ])
+            .unwrap_err();
+            assert_eq!(err.variable, "MQTT_PUBLISH_TIMEOUT_SECONDS", "{value}");
+        }
+        let ok = config(&[
             ("MQTT_URL", "mqtt://b"),
-            ("MQTT_PUBLISH_TIMEOUT_SECONDS", "0"),
-        ])
-        .unwrap_err();
-        assert_eq!(err.variable, "MQTT_PUBLISH_TIMEOUT_SECONDS");
+            ("MQTT_PUBLISH_TIMEOUT_SECONDS", "1"),
+        ]);
+        assert!(ok.is_ok());
     }
 }
