@@ -198,17 +198,38 @@ pub async fn delete(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<
 }
 
 /// Gives back rows taken with `lease_until` whose publish never started, as they were before
-/// (due, the attempt not counted).
+/// (due, the attempt not counted); one that a newer message of its kind for the same device
+/// replaced meanwhile goes instead (see [`DROP_SUPERSEDED`]).
 pub async fn release(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<(), DbError> {
-    each_held(
-        db,
-        ids,
-        lease_until,
-        "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
-         WHERE id = $1 AND lease_until = $2",
-    )
-    .await
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for id in ids {
+        crate::execute!(
+            &mut tx,
+            sqlx::query(DROP_SUPERSEDED).bind(id).bind(lease_until)
+        )?;
+        crate::execute!(
+            &mut tx,
+            sqlx::query(
+                "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
+                 WHERE id = $1 AND lease_until = $2"
+            )
+            .bind(id)
+            .bind(lease_until)
+        )?;
+    }
+    tx.commit().await
 }
+
+/// Deletes the row `$1` held with lease `$2` if a newer message of its kind for the same device
+/// was queued while it was held ([`supersede`] leaves held rows alone): put back, it would go out
+/// after the newer one, e.g. announce a version rolled back after the version that replaced it.
+const DROP_SUPERSEDED: &str = "DELETE FROM notifications WHERE id = $1 AND lease_until = $2
+     AND EXISTS (SELECT 1 FROM notifications newer
+                 WHERE newer.client_id = notifications.client_id
+                   AND newer.kind = notifications.kind AND newer.id > notifications.id)";
 
 /// Runs `statement` (`$1` the id, `$2` the lease) for each of `ids` in one transaction.
 async fn each_held(
@@ -228,7 +249,8 @@ async fn each_held(
 }
 
 /// Puts a notification taken with `lease_until` back for another attempt at
-/// `next_attempt_at` (nothing if another process has taken it since).
+/// `next_attempt_at` (nothing if another process has taken it since); one that a newer message of
+/// its kind for the same device replaced meanwhile goes instead (see [`DROP_SUPERSEDED`]).
 pub async fn retry(
     db: &Db,
     id: i64,
@@ -236,18 +258,23 @@ pub async fn retry(
     next_attempt_at: DateTime<Utc>,
     error: &str,
 ) -> Result<(), DbError> {
-    on_pool!(db, |p| sqlx::query(
-        "UPDATE notifications SET lease_until = NULL, next_attempt_at = $1, last_error = $2
-         WHERE id = $3 AND lease_until = $4"
-    )
-    .bind(next_attempt_at)
-    .bind(error)
-    .bind(id)
-    .bind(lease_until)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))?;
-    Ok(())
+    let mut tx = db.begin().await?;
+    crate::execute!(
+        &mut tx,
+        sqlx::query(DROP_SUPERSEDED).bind(id).bind(lease_until)
+    )?;
+    crate::execute!(
+        &mut tx,
+        sqlx::query(
+            "UPDATE notifications SET lease_until = NULL, next_attempt_at = $1, last_error = $2
+             WHERE id = $3 AND lease_until = $4"
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(id)
+        .bind(lease_until)
+    )?;
+    tx.commit().await
 }
 
 /// How many notifications wait, and when the oldest was queued.

@@ -621,6 +621,56 @@ async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
     .await;
 }
 
+/// A message being published when a newer one of its kind for the same device was queued (a
+/// rollback while the fan-out goes out) is dropped, not put back, if its publish fails or never
+/// started: put back, it would go out after the newer one, announcing the version rolled back.
+#[tokio::test]
+async fn a_held_message_that_was_replaced_meanwhile_is_dropped_not_put_back() {
+    use iotsupport::db::notifications as queue;
+    for_each_stack("notify_replaced_held", &[], async |app| {
+        let db = app.db();
+        let now = iotsupport::db::now().trunc_subsecs(3);
+        for client in ["iotdevice-m-1", "iotdevice-m-2", "iotdevice-m-3"] {
+            queue_notification(db, "firmware", client, now).await;
+        }
+        let lease = now + chrono::Duration::seconds(60);
+        let held = queue::claim(db, now, lease, 10).await.unwrap();
+        assert_eq!(held.len(), 3);
+        // Newer messages for devices 1 and 2 (a rollback), and a config one for device 3.
+        queue_notification(db, "firmware", "iotdevice-m-1", now).await;
+        queue_notification(db, "firmware", "iotdevice-m-2", now).await;
+        queue_notification(db, "config", "iotdevice-m-3", now).await;
+        let later = now + chrono::Duration::seconds(5);
+        queue::retry(db, held[0].id, lease, later, "timeout")
+            .await
+            .unwrap();
+        queue::release(db, &[held[1].id, held[2].id], lease)
+            .await
+            .unwrap();
+        let left: Vec<(i64, String, String)> = iotsupport::on_pool!(db, |p| sqlx::query_as(
+            "SELECT id, client_id, kind FROM notifications ORDER BY id"
+        )
+        .fetch_all(p)
+        .await)
+        .unwrap();
+        let left: Vec<(bool, &str, &str)> = left
+            .iter()
+            .map(|(id, client, kind)| (*id == held[2].id, client.as_str(), kind.as_str()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                // Another kind is no replacement: device 3's firmware message goes back.
+                (true, "iotdevice-m-3", "firmware"),
+                (false, "iotdevice-m-1", "firmware"),
+                (false, "iotdevice-m-2", "firmware"),
+                (false, "iotdevice-m-3", "config"),
+            ]
+        );
+    })
+    .await;
+}
+
 /// A rotation's provisioning message (or a config change's) queued behind a model's firmware
 /// fan-out is published first: at the publish rate a large fleet's firmware messages would
 /// outlast the rotation's timeout.
