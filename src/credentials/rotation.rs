@@ -52,7 +52,6 @@ async fn ended(tx: &mut Tx, device_id: i64) -> Result<(), DbError> {
         tx,
         crate::notify::Kind::Provisioning.as_str(),
         device_id,
-        db::now(),
     )
     .await
     .map(|_| ())

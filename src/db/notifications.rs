@@ -37,38 +37,26 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Withdraws `client_id`'s queued `kind` notifications that no publisher holds (no lease, or one
-/// that ran out by `now`): a newer message of the kind says all they said. Returns how many.
-pub async fn supersede(
-    tx: &mut Tx,
-    kind: &str,
-    client_id: &str,
-    now: DateTime<Utc>,
-) -> Result<u64, DbError> {
+/// Withdraws `client_id`'s `kind` notifications: a newer message of the kind says all they said.
+/// Also one a publisher holds: its publish, if under way, still goes out, but it is never put back
+/// or sent again (it would go out after the newer message, e.g. announce a version after the
+/// rollback that replaced it), and the publisher's settlement of a row that is gone changes
+/// nothing. Returns how many.
+pub async fn supersede(tx: &mut Tx, kind: &str, client_id: &str) -> Result<u64, DbError> {
     Ok(crate::execute!(
         tx,
-        sqlx::query(
-            "DELETE FROM notifications WHERE client_id = $1 AND kind = $2
-                 AND (lease_until IS NULL OR lease_until < $3)"
-        )
-        .bind(client_id)
-        .bind(kind)
-        .bind(now)
+        sqlx::query("DELETE FROM notifications WHERE client_id = $1 AND kind = $2")
+            .bind(client_id)
+            .bind(kind)
     )?)
 }
 
 /// [`supersede`] for every device of model `model_id`.
-pub async fn supersede_for_model(
-    tx: &mut Tx,
-    kind: &str,
-    model_id: i64,
-    now: DateTime<Utc>,
-) -> Result<u64, DbError> {
+pub async fn supersede_for_model(tx: &mut Tx, kind: &str, model_id: i64) -> Result<u64, DbError> {
     Ok(crate::execute!(
         tx,
         sqlx::query(
             "DELETE FROM notifications WHERE kind = $1
-                 AND (lease_until IS NULL OR lease_until < $3)
                  AND client_id IN (
                      SELECT 'iotdevice-' || m.code || '-' || d.key
                      FROM devices d JOIN device_models m ON m.id = d.device_model_id
@@ -76,25 +64,22 @@ pub async fn supersede_for_model(
         )
         .bind(kind)
         .bind(model_id)
-        .bind(now)
     )?)
 }
 
-/// [`supersede`] for the device `device_id`, whatever its model: its rotation ended
-/// (completed, timed out, or its secret replaced by an admin), so a provisioning message still
-/// queued for it would only send it for a package it no longer needs (and, after a broker outage,
-/// many such devices at once). Returns how many.
+/// [`supersede`] for the device `device_id`, whatever its model: its rotation ended (completed,
+/// timed out, or its secret replaced by an admin), so a provisioning message queued for it would
+/// only send it for a package it no longer needs (and, after a broker outage, many such devices
+/// at once). Returns how many.
 pub async fn withdraw_kind_for_device(
     tx: &mut Tx,
     kind: &str,
     device_id: i64,
-    now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
     Ok(crate::execute!(
         tx,
         sqlx::query(
             "DELETE FROM notifications WHERE kind = $1
-                 AND (lease_until IS NULL OR lease_until < $3)
                  AND client_id = (
                      SELECT 'iotdevice-' || m.code || '-' || d.key
                      FROM devices d JOIN device_models m ON m.id = d.device_model_id
@@ -102,7 +87,6 @@ pub async fn withdraw_kind_for_device(
         )
         .bind(kind)
         .bind(device_id)
-        .bind(now)
     )?)
 }
 
@@ -198,38 +182,17 @@ pub async fn delete(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<
 }
 
 /// Gives back rows taken with `lease_until` whose publish never started, as they were before
-/// (due, the attempt not counted); one that a newer message of its kind for the same device
-/// replaced meanwhile goes instead (see [`DROP_SUPERSEDED`]).
+/// (due, the attempt not counted).
 pub async fn release(db: &Db, ids: &[i64], lease_until: DateTime<Utc>) -> Result<(), DbError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    for id in ids {
-        crate::execute!(
-            &mut tx,
-            sqlx::query(DROP_SUPERSEDED).bind(id).bind(lease_until)
-        )?;
-        crate::execute!(
-            &mut tx,
-            sqlx::query(
-                "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
-                 WHERE id = $1 AND lease_until = $2"
-            )
-            .bind(id)
-            .bind(lease_until)
-        )?;
-    }
-    tx.commit().await
+    each_held(
+        db,
+        ids,
+        lease_until,
+        "UPDATE notifications SET lease_until = NULL, attempts = attempts - 1
+         WHERE id = $1 AND lease_until = $2",
+    )
+    .await
 }
-
-/// Deletes the row `$1` held with lease `$2` if a newer message of its kind for the same device
-/// was queued while it was held ([`supersede`] leaves held rows alone): put back, it would go out
-/// after the newer one, e.g. announce a version rolled back after the version that replaced it.
-const DROP_SUPERSEDED: &str = "DELETE FROM notifications WHERE id = $1 AND lease_until = $2
-     AND EXISTS (SELECT 1 FROM notifications newer
-                 WHERE newer.client_id = notifications.client_id
-                   AND newer.kind = notifications.kind AND newer.id > notifications.id)";
 
 /// Runs `statement` (`$1` the id, `$2` the lease) for each of `ids` in one transaction.
 async fn each_held(
@@ -249,8 +212,7 @@ async fn each_held(
 }
 
 /// Puts a notification taken with `lease_until` back for another attempt at
-/// `next_attempt_at` (nothing if another process has taken it since); one that a newer message of
-/// its kind for the same device replaced meanwhile goes instead (see [`DROP_SUPERSEDED`]).
+/// `next_attempt_at` (nothing if another process has taken it since).
 pub async fn retry(
     db: &Db,
     id: i64,
@@ -258,23 +220,18 @@ pub async fn retry(
     next_attempt_at: DateTime<Utc>,
     error: &str,
 ) -> Result<(), DbError> {
-    let mut tx = db.begin().await?;
-    crate::execute!(
-        &mut tx,
-        sqlx::query(DROP_SUPERSEDED).bind(id).bind(lease_until)
-    )?;
-    crate::execute!(
-        &mut tx,
-        sqlx::query(
-            "UPDATE notifications SET lease_until = NULL, next_attempt_at = $1, last_error = $2
-             WHERE id = $3 AND lease_until = $4"
-        )
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(id)
-        .bind(lease_until)
-    )?;
-    tx.commit().await
+    on_pool!(db, |p| sqlx::query(
+        "UPDATE notifications SET lease_until = NULL, next_attempt_at = $1, last_error = $2
+         WHERE id = $3 AND lease_until = $4"
+    )
+    .bind(next_attempt_at)
+    .bind(error)
+    .bind(id)
+    .bind(lease_until)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 /// How many notifications wait, and when the oldest was queued.

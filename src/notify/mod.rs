@@ -97,8 +97,8 @@ impl Notifier {
     }
 
     /// A model's current version became `version`: one firmware message per device of the model.
-    /// Returns how many were queued. The model's firmware messages still queued (not being
-    /// published) are withdrawn first: after a quick rollback, a fan-out of the version rolled
+    /// Returns how many were queued. The model's firmware messages still queued (also one being
+    /// published: it is not put back or sent again) are withdrawn first: after a quick rollback, a fan-out of the version rolled
     /// back that had not gone out yet would make devices that never took it fetch the image
     /// again, and a broker away for days would get them all at once.
     pub async fn firmware_changed(
@@ -112,7 +112,7 @@ impl Notifier {
         }
         let now = db::now();
         let due = now + chrono::Duration::from_std(self.firmware_delay).unwrap_or_default();
-        queries::supersede_for_model(tx, Kind::Firmware.as_str(), model_id, now).await?;
+        queries::supersede_for_model(tx, Kind::Firmware.as_str(), model_id).await?;
         queries::enqueue_for_model(
             tx,
             Kind::Firmware.as_str(),
@@ -141,7 +141,7 @@ impl Notifier {
             return Ok(());
         }
         let now = db::now();
-        queries::supersede(tx, kind.as_str(), client_id, now).await?;
+        queries::supersede(tx, kind.as_str(), client_id).await?;
         queries::enqueue(tx, kind.as_str(), client_id, None, now).await
     }
 }

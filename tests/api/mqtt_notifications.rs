@@ -621,9 +621,10 @@ async fn a_publisher_whose_lease_ran_out_settles_nothing_another_has_taken() {
     .await;
 }
 
-/// A message being published when a newer one of its kind for the same device was queued (a
-/// rollback while the fan-out goes out) is dropped, not put back, if its publish fails or never
-/// started: put back, it would go out after the newer one, announcing the version rolled back.
+/// A message being published when a newer one of its kind for the same device is queued (a
+/// rollback while the fan-out goes out) is withdrawn with the others: if its publish fails or
+/// never started, nothing is put back, also when another process has delivered the newer one
+/// already. Put back, it would go out after the newer one, announcing the version rolled back.
 #[tokio::test]
 async fn a_held_message_that_was_replaced_meanwhile_is_dropped_not_put_back() {
     use iotsupport::db::notifications as queue;
@@ -636,10 +637,24 @@ async fn a_held_message_that_was_replaced_meanwhile_is_dropped_not_put_back() {
         let lease = now + chrono::Duration::seconds(60);
         let held = queue::claim(db, now, lease, 10).await.unwrap();
         assert_eq!(held.len(), 3);
-        // Newer messages for devices 1 and 2 (a rollback), and a config one for device 3.
-        queue_notification(db, "firmware", "iotdevice-m-1", now).await;
-        queue_notification(db, "firmware", "iotdevice-m-2", now).await;
-        queue_notification(db, "config", "iotdevice-m-3", now).await;
+        // A newer message, queued as every change queues one.
+        let replace = async |kind: &str, client: &str| {
+            let mut tx = db.begin().await.unwrap();
+            queue::supersede(&mut tx, kind, client).await.unwrap();
+            tx.commit().await.unwrap();
+            queue_notification(db, kind, client, now).await;
+        };
+        replace("firmware", "iotdevice-m-1").await;
+        replace("firmware", "iotdevice-m-2").await;
+        replace("config", "iotdevice-m-3").await;
+        // Another process delivers device 1's newer message before this one's publish fails.
+        iotsupport::on_pool!(db, |p| sqlx::query(
+            "DELETE FROM notifications WHERE client_id = 'iotdevice-m-1'"
+        )
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         let later = now + chrono::Duration::seconds(5);
         queue::retry(db, held[0].id, lease, later, "timeout")
             .await
@@ -662,7 +677,6 @@ async fn a_held_message_that_was_replaced_meanwhile_is_dropped_not_put_back() {
             [
                 // Another kind is no replacement: device 3's firmware message goes back.
                 (true, "iotdevice-m-3", "firmware"),
-                (false, "iotdevice-m-1", "firmware"),
                 (false, "iotdevice-m-2", "firmware"),
                 (false, "iotdevice-m-3", "config"),
             ]
@@ -916,8 +930,17 @@ async fn a_rotation_that_ended_withdraws_its_queued_provisioning_message() {
         assert!(third.id != first.id && third.id != second.id);
         assert_eq!(provisioning().await, [client_id("rot", &third)]);
 
-        // It fetches its package on its own and completes with the new secret; the first
-        // device's retry is not due, so nothing starts.
+        // A publisher holds its message (about to send it); it fetches its package on its own
+        // and completes with the new secret: the held message goes too, not to be put back. The
+        // first device's retry is not due, so nothing starts.
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE notifications SET lease_until = $1 WHERE kind = 'provisioning'"
+        )
+        .bind(Utc::now() + chrono::Duration::minutes(5))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
         let (status, package) =
             crate::credentials_support::iot_get(app, "/api/iot/provisioning", &third.credential)
                 .await;
@@ -938,7 +961,7 @@ async fn a_rotation_that_ended_withdraws_its_queued_provisioning_message() {
 
 /// A newer message replaces the same kind of message still queued for a device: the fan-out of
 /// a version that was replaced (a quick rollback) before it went out is withdrawn, and a second
-/// config write leaves one config message. A message a publisher holds (being published) stays.
+/// config write leaves one config message. A message a publisher holds goes too (its publish, under way, is not put back).
 #[tokio::test]
 async fn a_newer_message_replaces_the_queued_one_of_its_kind() {
     // A broker that is never reachable: messages stay queued to be looked at.
@@ -995,9 +1018,8 @@ async fn a_newer_message_replaces_the_queued_one_of_its_kind() {
             [
                 // Another model's fan-out is not touched.
                 firmware(&keep[0], "1.0.0"),
-                // Held by a publisher: stays, though replaced. 1.0.0's fan-out to this model
-                // was replaced by 1.1.0's, and the rest of that by 1.0.1's.
-                firmware(&roll[0], "1.1.0"),
+                // 1.0.0's fan-out to this model was replaced by 1.1.0's, and that, the message
+                // a publisher holds included, by 1.0.1's.
                 firmware(&roll[0], "1.0.1"),
                 firmware(&roll[1], "1.0.1"),
                 ("config".to_string(), roll[1].clone(), None),
