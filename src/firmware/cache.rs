@@ -91,6 +91,9 @@ struct Inner {
     clock: u64,
     /// When each image's last fill failed, for those that failed within `retry_after`.
     failed: HashMap<String, std::time::Instant>,
+    /// When each image's last fill found its object not matching its row (size or SHA-256), for
+    /// those within `retry_after`: whole-image requests are refused meanwhile without a read.
+    mismatched: HashMap<String, std::time::Instant>,
 }
 
 struct Entry {
@@ -120,6 +123,19 @@ enum Begin {
     Ready(Bytes),
     Filling(watch::Receiver<()>),
     Refused,
+}
+
+/// What a whole-image request that missed gets from [`FirmwareCache::fill_and_wait`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum WholeImage {
+    /// Read, checked and cached.
+    Ready(Bytes),
+    /// Not cached (too large, the budget taken by other fills, the store failed, or the read
+    /// takes longer than [`WHOLE_FILL_WAIT`]): stream it from the store.
+    Stream,
+    /// The stored object does not match its row (its size or SHA-256): it must not be sent under
+    /// the row's ETag as if it were the image.
+    Mismatch,
 }
 
 /// What a download should do with an image, decided by [`FirmwareCache::lookup`].
@@ -243,30 +259,52 @@ impl FirmwareCache {
 
     /// For a whole-image GET that missed: waits for the image's fill (starting it if none is in
     /// flight) and returns the image once stored, so any number of devices asking for a new image at
-    /// once cause one read of it. `None` when it cannot be cached (too large, budget taken by other
-    /// fills), the fill failed, or it has not ended within [`WHOLE_FILL_WAIT`] (it goes on): the
-    /// caller streams from the store as without the cache.
+    /// once cause one read of it; see [`WholeImage`] for the other answers. A fill that waits
+    /// longer than [`WHOLE_FILL_WAIT`] goes on for later requests. An object found not matching its
+    /// row is not read again for `FILL_RETRY_AFTER`.
     pub async fn fill_and_wait(
         self: &Arc<Self>,
         storage: Storage,
         key: ObjectKey,
         sha256: &str,
         size: u64,
-    ) -> Option<Bytes> {
-        // Not held back by a recent failure: the devices asking for the whole image now share
-        // this one read, where streaming each from the store would be one read per device.
+    ) -> WholeImage {
+        let hash = cache_key(sha256);
+        if self.mismatched_recently(&hash) {
+            return WholeImage::Mismatch;
+        }
+        // Not held back by a recent failure of the store: the devices asking for the whole image
+        // now share this one read, where streaming each from the store would be one read each.
         match self.begin_fill(storage, key, sha256, size, Asker::Whole) {
-            Begin::Ready(bytes) => Some(bytes),
-            Begin::Refused => None,
+            Begin::Ready(bytes) => WholeImage::Ready(bytes),
+            Begin::Refused => WholeImage::Stream,
             Begin::Filling(mut done) => {
                 // The fill never sends; it drops its sender when it has finished either way.
-                tokio::time::timeout(self.whole_wait, done.changed())
+                if tokio::time::timeout(self.whole_wait, done.changed())
                     .await
-                    .ok()?
-                    .ok();
-                self.touch(&cache_key(sha256))
+                    .is_err()
+                {
+                    return WholeImage::Stream;
+                }
+                match self.touch(&hash) {
+                    Some(bytes) => WholeImage::Ready(bytes),
+                    None if self.mismatched_recently(&hash) => WholeImage::Mismatch,
+                    None => WholeImage::Stream,
+                }
             }
         }
+    }
+
+    /// Whether the last fill of `hash` found its object not matching its row within
+    /// `retry_after`; forgets older findings.
+    fn mismatched_recently(&self, hash: &str) -> bool {
+        let now = std::time::Instant::now();
+        let retry_after = self.retry_after;
+        let mut inner = self.lock();
+        inner
+            .mismatched
+            .retain(|_, at| now.duration_since(*at) < retry_after);
+        inner.mismatched.contains_key(hash)
     }
 
     fn begin_fill(
@@ -403,9 +441,13 @@ impl FirmwareCache {
                 "failed"
             }
             Err(FillError::Mismatch(what)) => {
-                // The object no longer matches its row (e.g. replaced since the row was read):
-                // never cache it; downloads keep streaming from the store.
+                // The object no longer matches its row (replaced or damaged in the bucket, or the
+                // version deleted and uploaded again since the row was read): never cache it;
+                // whole-image requests are refused for a while, ranged ones cannot be checked.
                 tracing::warn!(key = %key, mismatch = what, "firmware_cache_fill_mismatch");
+                inner
+                    .mismatched
+                    .insert(hash.to_string(), std::time::Instant::now());
                 "mismatch"
             }
         };
@@ -581,7 +623,7 @@ mod tests {
         // A whole-image request still reads it, once for all who ask at the same time.
         store.heal();
         let whole = cache.fill_and_wait(storage.clone(), key.clone(), &sha256, size);
-        assert_eq!(whole.await, Some(image.clone()));
+        assert_eq!(whole.await, WholeImage::Ready(image.clone()));
         assert_eq!(store.calls(Operation::Get), failed + 1);
 
         // Once the wait is over, a ranged request reads it again.
@@ -615,7 +657,11 @@ mod tests {
         Arc::get_mut(&mut cache).expect("one handle").whole_wait =
             std::time::Duration::from_millis(50);
         let waited = cache.fill_and_wait(storage.clone(), key.clone(), &sha256, size);
-        assert_eq!(waited.await, None, "served by a fill still reading");
+        assert_eq!(
+            waited.await,
+            WholeImage::Stream,
+            "served by a fill still reading"
+        );
         assert!(
             cache.lock().filling.contains_key(&sha256),
             "the fill stopped"

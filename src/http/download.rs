@@ -26,7 +26,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::error::ApiError;
-use crate::firmware::cache::{FirmwareCache, Lookup};
+use crate::firmware::cache::{FirmwareCache, Lookup, WholeImage};
 use crate::storage::{ByteRange, ObjectKey, Storage, StorageError};
 
 /// What to send and how to describe it.
@@ -258,9 +258,22 @@ pub async fn respond_from(
                     cache.start_fill(storage.clone(), key, sha256, size);
                     None
                 } else {
-                    cache
+                    match cache
                         .fill_and_wait(storage.clone(), key, sha256, size)
                         .await
+                    {
+                        WholeImage::Ready(bytes) => Some(bytes),
+                        WholeImage::Stream => None,
+                        // Streamed, the bytes would go out under the row's ETag as if they were
+                        // the image (a cache or proxy would keep them as such).
+                        WholeImage::Mismatch => {
+                            return Err(ApiError::Internal(format!(
+                                "Internal error: the stored {} does not match its record (size \
+                                 or SHA-256): the object was changed or damaged in the bucket",
+                                download.key
+                            )))
+                        }
+                    }
                 }
             }
             _ => None,

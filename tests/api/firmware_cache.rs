@@ -432,6 +432,46 @@ async fn a_whole_download_does_not_wait_long_for_a_slow_fill() {
     .await;
 }
 
+/// A stored image that no longer matches its row (changed or damaged in the bucket) is not sent
+/// whole under the row's ETag as if it were the image: the download is a 500 saying so, and for a
+/// while another one is refused without reading the object again.
+#[tokio::test]
+async fn a_stored_image_that_does_not_match_its_record_is_not_sent_whole() {
+    for_each_stack("cache_mismatch", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let build = Build::new("1.0.0", "intact");
+        upload_ok(app, model, CODE, &build).await;
+        let device = device_of(app, model).await;
+        let key = format!("firmware/{CODE}/1.0.0/firmware.bin");
+        let mut damaged = build.bin.clone();
+        damaged[100] ^= 0xff;
+        app.state
+            .storage
+            .put(
+                &iotsupport::storage::ObjectKey::parse(&key).unwrap(),
+                bytes::Bytes::from(damaged),
+            )
+            .await
+            .unwrap();
+        let before = whole_reads(app, &key);
+        let r = app.iot_firmware(&device.credential, &[]).await;
+        assert_eq!(r.status().as_u16(), 500);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("does not match its record")),
+            "{body}"
+        );
+        assert_eq!(whole_reads(app, &key), before + 1);
+        let r = app.iot_firmware(&device.credential, &[]).await;
+        assert_eq!(r.status().as_u16(), 500);
+        assert_eq!(whole_reads(app, &key), before + 1, "read again at once");
+        assert!(!app.state.caches.firmware.contains(&sha256_hex(&build.bin)));
+    })
+    .await;
+}
+
 /// Replaces the device's secret through `app`; returns the new credential.
 async fn replace_secret(app: &TestApp, device: &TestDevice) -> String {
     let (status, body) = app.replace_device_secret(device.id).await;
