@@ -89,11 +89,16 @@ struct Inner {
     reserved: u64,
     /// A logical clock for least-recently-used eviction.
     clock: u64,
-    /// When each image's last fill failed, for those that failed within `retry_after`.
-    failed: HashMap<String, std::time::Instant>,
-    /// When each image's last fill found its object not matching its row (size or SHA-256), for
-    /// those within `retry_after`: whole-image requests are refused meanwhile without a read.
-    mismatched: HashMap<String, std::time::Instant>,
+    /// How each image's last fill failed, for those that failed within `retry_after`.
+    failed: HashMap<String, Failure>,
+}
+
+/// A fill that failed: when, and whether the object did not match its row (size or SHA-256; then
+/// whole-image requests are refused without a read until `retry_after` has passed).
+#[derive(Clone, Copy)]
+struct Failure {
+    at: std::time::Instant,
+    mismatch: bool,
 }
 
 struct Entry {
@@ -296,15 +301,11 @@ impl FirmwareCache {
     }
 
     /// Whether the last fill of `hash` found its object not matching its row within
-    /// `retry_after`; forgets older findings.
+    /// `retry_after`.
     fn mismatched_recently(&self, hash: &str) -> bool {
-        let now = std::time::Instant::now();
-        let retry_after = self.retry_after;
         let mut inner = self.lock();
-        inner
-            .mismatched
-            .retain(|_, at| now.duration_since(*at) < retry_after);
-        inner.mismatched.contains_key(hash)
+        self.recent_failure(&mut inner, hash)
+            .is_some_and(|f| f.mismatch)
     }
 
     fn begin_fill(
@@ -327,7 +328,7 @@ impl FirmwareCache {
             if let Some(fill) = inner.filling.get(&hash) {
                 return Begin::Filling(fill.done.clone());
             }
-            if asker == Asker::Ranged && self.failed_recently(&mut inner, &hash) {
+            if asker == Asker::Ranged && self.recent_failure(&mut inner, &hash).is_some() {
                 return Begin::Refused;
             }
             if !self.reserve(&mut inner, size, asker) {
@@ -354,15 +355,15 @@ impl FirmwareCache {
         Begin::Filling(done)
     }
 
-    /// Whether the last fill of `hash` failed within `retry_after`; forgets the failures older
-    /// than that (so the map holds only images that failed in the last `retry_after`).
-    fn failed_recently(&self, inner: &mut Inner, hash: &str) -> bool {
+    /// How the last fill of `hash` failed, if it did within `retry_after`; forgets the failures
+    /// older than that (so the map holds only images that failed in the last `retry_after`).
+    fn recent_failure(&self, inner: &mut Inner, hash: &str) -> Option<Failure> {
         let now = std::time::Instant::now();
         let retry_after = self.retry_after;
         inner
             .failed
-            .retain(|_, at| now.duration_since(*at) < retry_after);
-        inner.failed.contains_key(hash)
+            .retain(|_, f| now.duration_since(f.at) < retry_after);
+        inner.failed.get(hash).copied()
     }
 
     /// Makes room for `size` more bytes, evicting least recently used entries that no response is
@@ -415,10 +416,12 @@ impl FirmwareCache {
         if let Some(fill) = inner.filling.remove(hash) {
             inner.reserved -= fill.reserved;
         }
-        if outcome.is_err() {
-            inner
-                .failed
-                .insert(hash.to_string(), std::time::Instant::now());
+        if let Err(e) = &outcome {
+            let failure = Failure {
+                at: std::time::Instant::now(),
+                mismatch: matches!(e, FillError::Mismatch(_)),
+            };
+            inner.failed.insert(hash.to_string(), failure);
         }
         let label = match outcome {
             Ok(bytes) => {
@@ -445,9 +448,6 @@ impl FirmwareCache {
                 // version deleted and uploaded again since the row was read): never cache it;
                 // whole-image requests are refused for a while, ranged ones cannot be checked.
                 tracing::warn!(key = %key, mismatch = what, "firmware_cache_fill_mismatch");
-                inner
-                    .mismatched
-                    .insert(hash.to_string(), std::time::Instant::now());
                 "mismatch"
             }
         };
