@@ -195,11 +195,12 @@ pub async fn lock_device_dumps(tx: &mut Tx, device_id: i64) -> Result<(), DbErro
     Ok(())
 }
 
-/// Deletes the device's dumps beyond the newest `keep` (at least 1: `MAX_COREDUMPS` is positive; by `uploaded_at`, then id) and returns
-/// the ids deleted, with their parse generations (whose queued parse the caller withdraws), whose
-/// objects the caller schedules for deletion. Dump `spared` (the upload's
-/// own) counts as the newest whatever its time: a process whose clock is behind the others' must
-/// not prune the dump it was just given and answer 201 with an id that is gone.
+/// Deletes the device's dumps beyond the newest `keep` (at least 1: `MAX_COREDUMPS` is positive;
+/// by `uploaded_at`, then id) and returns the ids deleted, with their parse generations (whose
+/// queued parse the caller withdraws), whose objects the caller schedules for deletion. Dump
+/// `spared` (the upload's own) counts as the newest whatever its time: a process whose clock is
+/// behind the others' must not prune the dump it was just given and answer 201 with an id that is
+/// gone.
 ///
 /// The device's `coredump_count` (kept by triggers, migration 24) says how many are beyond
 /// `keep`, and only that many of the oldest others are read, through

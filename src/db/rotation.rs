@@ -105,9 +105,9 @@ pub async fn mark_pending(tx: &mut Tx, id: i64, now: DateTime<Utc>) -> Result<()
 }
 
 /// T5: every `PENDING` device whose attempt started before `cutoff` becomes `TIMEOUT`; returns
-/// their ids and keys. One statement, so of several processes exactly one times a device out. A device
-/// with no attempt time (an adopted or hand-edited row; we always write one) times out too: the
-/// original never timed it out, and it blocked every further rotation.
+/// their ids and keys. One statement, so of several processes exactly one times a device out. A
+/// device with no attempt time (an adopted or hand-edited row; we always write one) times out
+/// too: the original never timed it out, and it blocked every further rotation.
 pub async fn time_out(
     tx: &mut Tx,
     cutoff: DateTime<Utc>,

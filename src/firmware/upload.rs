@@ -12,8 +12,8 @@
 //! retention itself, the devices' notification and the event come after the last PUT, just before
 //! the commit (retention locks the versions it prunes or spares, and core-dump uploads reporting
 //! them wait for those locks; the notification's delay for the other processes' caches counts
-//! from about the commit). Retention's reads cannot go stale meanwhile: every change to a model's versions
-//! holds the model lock.
+//! from about the commit). Retention's reads cannot go stale meanwhile: every change to a model's
+//! versions holds the model lock.
 //!
 //! Nothing is left half-written: if validation fails after PUTs started, or a PUT or a row write
 //! fails, the in-flight PUTs are awaited, whatever was written is deleted (best-effort, still under
@@ -250,7 +250,8 @@ async fn upload_locked(
 
 /// Writes the rows (as [`store::record_version`]) while the PUTs finish, then applies retention
 /// and queues the notification once they have (retention's locks on the versions it prunes or
-/// spares then last only until the commit); fails with the first error. The caller cleans up on failure.
+/// spares then last only until the commit); fails with the first error. The caller cleans up on
+/// failure.
 async fn write_rows_while_putting(
     tx: &mut Tx,
     notifier: Notifier,

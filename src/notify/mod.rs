@@ -98,9 +98,9 @@ impl Notifier {
 
     /// A model's current version became `version`: one firmware message per device of the model.
     /// Returns how many were queued. The model's firmware messages still queued (also one being
-    /// published: it is not put back or sent again) are withdrawn first: after a quick rollback, a fan-out of the version rolled
-    /// back that had not gone out yet would make devices that never took it fetch the image
-    /// again, and a broker away for days would get them all at once.
+    /// published: it is not put back or sent again) are withdrawn first: after a quick rollback,
+    /// a fan-out of the version rolled back that had not gone out yet would make devices that
+    /// never took it fetch the image again, and a broker away for days would get them all at once.
     pub async fn firmware_changed(
         self,
         tx: &mut Tx,
