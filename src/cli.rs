@@ -238,7 +238,9 @@ async fn connect_existing(config: &Config) -> anyhow::Result<Db> {
             file.display()
         );
     }
-    Ok(Db::connect(config).await?)
+    let db = Db::connect(config).await?;
+    crate::db::clock::sync_or_warn(&db).await;
+    Ok(db)
 }
 
 async fn rotation_job(config: Config) -> anyhow::Result<()> {
@@ -266,6 +268,7 @@ async fn rotation_job(config: Config) -> anyhow::Result<()> {
 async fn migrate_up(config: Config) -> anyhow::Result<()> {
     use crate::db::adopt::LegacyFilenames;
     let db = Db::connect(&config).await?;
+    crate::db::clock::sync_or_warn(&db).await;
     let before = match migrate::legacy_revision(&db).await? {
         // Adoption records the first migration as applied without running it.
         Some(_) => migrate::pending_count(&db).await?.saturating_sub(1),

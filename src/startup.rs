@@ -123,6 +123,9 @@ impl Application {
                 tracing::info!(queued, "adopted_coredumps_queued_for_parsing");
             }
         }
+        // Timestamps follow the database's clock (`crate::db::clock`); measured again every
+        // minute by a worker.
+        crate::db::clock::sync_or_warn(&db).await;
         let storage = match options.storage {
             Some(storage) => storage,
             None => open_storage(&config).await?,
@@ -246,6 +249,10 @@ impl Application {
         }
         // The job runner's claims, to give back any job still running when shutdown gives up.
         let mut job_worker = None;
+        workers.spawn(
+            "database_clock",
+            crate::db::clock::run_worker(state.db.clone(), shutdown.clone()),
+        );
         workers.spawn(
             "outbox",
             outbox::run_worker(

@@ -29,6 +29,7 @@ pub const PARSE_CACHE_LOOKUPS: &str = "parse_cache_lookups_total";
 pub const PARSE_CACHE_EVICTIONS: &str = "parse_cache_evictions_total";
 pub const PARSE_CACHE_BYTES: &str = "parse_cache_bytes";
 pub const PARSE_CACHE_ENTRIES: &str = "parse_cache_entries";
+pub const DATABASE_CLOCK_OFFSET: &str = "database_clock_offset_seconds";
 pub const CRASH_GROUPS_OPEN: &str = "crash_groups_open";
 pub const CRASH_GROUP_REGRESSIONS: &str = "crash_group_regressions_total";
 pub const CONFIG_VALIDATIONS_REFUSED: &str = "config_validations_refused_total";
@@ -261,6 +262,12 @@ fn describe() {
         PARSE_CACHE_BYTES,
         Unit::Bytes,
         "Bytes the parse cache's loaded firmware is charged (Firmware::approx_bytes)"
+    );
+    metrics::describe_gauge!(
+        DATABASE_CLOCK_OFFSET,
+        Unit::Seconds,
+        "The database's clock minus this process's, as applied to every timestamp it writes \
+         (0 when within 10 ms; measured every minute)"
     );
     metrics::describe_gauge!(
         PARSE_CACHE_ENTRIES,

@@ -267,7 +267,7 @@ pub async fn run_schedule(db: &Db, settings: &RotationSettings) -> Result<bool, 
 /// The next tick of `ROTATION_CRON` after now, as the original reports it (`…Z`).
 pub fn next_scheduled(settings: &RotationSettings) -> Option<String> {
     let cron = crate::config::parse_cron(settings.cron.as_deref()?).ok()?;
-    let next = cron.find_next_occurrence(&Utc::now(), false).ok()?;
+    let next = cron.find_next_occurrence(&crate::db::now(), false).ok()?;
     Some(next.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 

@@ -26,6 +26,9 @@ use crate::db::{credentials as queries, Db, DbError};
 /// Digits of the secret's hash a token names it by.
 const SID_LEN: usize = 16;
 
+/// How long after its `exp` a token is still accepted (clocks of the processes differ a little).
+const EXPIRY_LEEWAY_SECONDS: i64 = 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("the signing key is unusable: {0}")]
@@ -237,7 +240,7 @@ impl TokenIssuer {
 
     /// A token for `client_id`, minted with the secret whose hash is `secret_hash`.
     pub fn mint(&self, client_id: &str, secret_hash: &str) -> Result<IssuedToken, TokenError> {
-        let now = chrono::Utc::now().timestamp();
+        let now = crate::db::now().timestamp();
         let ttl = self.settings.token_ttl.as_secs();
         let claims = DeviceClaims {
             iss: self.settings.token_issuer.clone(),
@@ -296,7 +299,7 @@ impl TokenIssuer {
     fn remember(&self, digest: [u8; 32], claims: Arc<DeviceClaims>) {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= VERIFIED_CAPACITY {
-            let now = chrono::Utc::now().timestamp();
+            let now = crate::db::now().timestamp();
             verified.retain(|_, c| c.exp > now);
             if verified.len() >= VERIFIED_CAPACITY {
                 verified.clear();
@@ -310,7 +313,7 @@ impl TokenIssuer {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         verified
             .get(digest)
-            .filter(|c| c.exp > chrono::Utc::now().timestamp())
+            .filter(|c| c.exp > crate::db::now().timestamp())
             .cloned()
     }
 
@@ -326,10 +329,16 @@ impl TokenIssuer {
         validation.set_issuer(&[&self.settings.token_issuer]);
         validation.set_audience(&[&self.settings.token_audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
-        jsonwebtoken::decode::<DeviceClaims>(token, &key.key, &validation)
+        // The lifetime is checked on the database's clock, which minted it (`crate::db::clock`),
+        // not on this host's.
+        validation.validate_exp = false;
+        let claims = jsonwebtoken::decode::<DeviceClaims>(token, &key.key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| InvalidToken(format!("invalid token: {e}")))
+            .map_err(|e| InvalidToken(format!("invalid token: {e}")))?;
+        if claims.exp.saturating_add(EXPIRY_LEEWAY_SECONDS) < crate::db::now().timestamp() {
+            return Err(InvalidToken("invalid token: ExpiredSignature".into()));
+        }
+        Ok(claims)
     }
 
     /// The public keys, as served at `/api/iot/jwks.json`.
@@ -406,6 +415,32 @@ mod tests {
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(br#"{"iss":"https://iot.example","aud":"iotsupport-devices","sub":"x","azp":"x","iat":0,"exp":9999999999,"sid":"0"}"#);
         assert!(a.verify(&parts.join(".")).is_err());
+    }
+
+    #[test]
+    fn a_token_expires_after_its_leeway_on_the_database_clock() {
+        let issuer = issuer();
+        let signed = |exp: i64| {
+            let claims = DeviceClaims {
+                iss: issuer.settings.token_issuer.clone(),
+                aud: issuer.settings.token_audience.clone(),
+                sub: "x".into(),
+                azp: "x".into(),
+                iat: exp - 3600,
+                exp,
+                sid: "0".into(),
+            };
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(issuer.kid.clone());
+            jsonwebtoken::encode(&header, &claims, &issuer.signing).unwrap()
+        };
+        let now = crate::db::now().timestamp();
+        assert!(
+            issuer.verify(&signed(now - 10)).is_ok(),
+            "within the leeway"
+        );
+        let err = issuer.verify(&signed(now - 60)).unwrap_err();
+        assert!(err.0.contains("ExpiredSignature"), "{}", err.0);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! queue on the busy timeout instead of failing when one upgrades a read lock.
 
 pub mod adopt;
+pub mod clock;
 pub mod coredumps;
 pub mod crash_groups;
 pub mod credentials;
@@ -389,13 +390,10 @@ impl Tx {
     }
 }
 
-/// The current time at the precision both databases store (microseconds), so a value written and
-/// read back compares equal.
+/// The current time on the database's clock, at the precision both databases store
+/// (microseconds): see [`clock`].
 pub fn now() -> chrono::DateTime<chrono::Utc> {
-    use chrono::{DurationRound, TimeDelta};
-    let now = chrono::Utc::now();
-    now.duration_trunc(TimeDelta::microseconds(1))
-        .unwrap_or(now)
+    clock::now()
 }
 
 /// Why [`Db::write_probe`] found that no writer can start.

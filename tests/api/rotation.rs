@@ -794,3 +794,73 @@ async fn rotation_counts_follow_every_change_of_the_devices_also_concurrent_ones
         app.stop().await;
     }
 }
+
+/// Runs `rotation-job` as a process whose own clock is `skew_seconds` off, with a 30-minute
+/// timeout; returns its standard output.
+fn rotation_job_with_clock_skew(app: &TestApp, skew_seconds: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotsupport"))
+        .arg("rotation-job")
+        .env_clear()
+        .env("DATABASE_URL", app.state.config.database_url.expose())
+        .env("LOG_FORMAT", "text")
+        .env("ROTATION_TIMEOUT_SECONDS", "1800")
+        .env("IOTSUPPORT_TEST_CLOCK_SKEW_SECONDS", skew_seconds)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A process whose clock is an hour off (a board without a real-time clock before NTP, a VM
+/// resumed from a snapshot) times rotations out by the database's clock, and writes its
+/// timestamps on it: an hour ahead it does not time out a device pending for 10 minutes, an hour
+/// behind it does time out one pending for 40.
+#[tokio::test]
+async fn a_process_with_a_wrong_clock_times_rotations_out_by_the_databases_clock() {
+    for stack in ALL_STACKS {
+        let Some(app) = app_with_provisioning(stack, "rotation_clock_skew", &QUIET).await else {
+            continue;
+        };
+        let device = &model_with_devices(&app, "thermo", 1).await[0];
+        let pending_since = async |minutes: i64| {
+            let at = iotsupport::db::now() - chrono::Duration::minutes(minutes);
+            iotsupport::on_pool!(app.db(), |p| sqlx::query(
+                "UPDATE devices SET rotation_state = 'PENDING', last_rotation_attempt_at = $1
+                 WHERE id = $2"
+            )
+            .bind(at)
+            .bind(device.id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        };
+
+        pending_since(10).await;
+        let text = rotation_job_with_clock_skew(&app, "3600");
+        assert!(text.contains("Timeouts processed: 0"), "{stack:?}: {text}");
+        assert_eq!(rotation_state(&app, device.id).await, "PENDING");
+
+        pending_since(40).await;
+        let text = rotation_job_with_clock_skew(&app, "-3600");
+        assert!(text.contains("Timeouts processed: 1"), "{stack:?}: {text}");
+        assert_eq!(rotation_state(&app, device.id).await, "TIMEOUT");
+        let timed_out_at: chrono::DateTime<chrono::Utc> = iotsupport::on_pool!(app.db(), |p| {
+            sqlx::query_scalar("SELECT rotation_timed_out_at FROM devices WHERE id = $1")
+                .bind(device.id)
+                .fetch_one(p)
+                .await
+        })
+        .unwrap();
+        let off = (timed_out_at - chrono::Utc::now()).num_seconds().abs();
+        assert!(
+            off < 120,
+            "{stack:?}: written {off} s off the database's clock"
+        );
+        app.stop().await;
+    }
+}
