@@ -165,7 +165,9 @@ impl Application {
             token_failures: Arc::new(
                 crate::credentials::throttle::FailureThrottle::without_overflow(),
             ),
-            admin_failures: Arc::default(),
+            admin_failures: Arc::new(crate::credentials::throttle::FailureThrottle::grouped_by(
+                crate::http::client_addr::throttle_group,
+            )),
             notifier: crate::notify::Notifier::new(config.mqtt.is_some())
                 .with_firmware_delay(config.device_lookup_cache_ttl),
             notify_stats: Arc::default(),

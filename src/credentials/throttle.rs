@@ -10,6 +10,20 @@
 //! ids; the stalest one still within its free failures is forgotten first, one that was ever
 //! closed never early), so requests for made-up client ids cannot grow it, reopen a closed one or
 //! reset one's back-off. Callers record well-formed client ids only.
+//!
+//! Many addresses at once (an attacker with an IPv6 /48 has 65,536 /64s). A throttle made
+//! [`FailureThrottle::grouped_by`] a wider scope (the admin token's: an IPv4 /24, an IPv6 /48)
+//! counts, besides each key, its *group*, but only what the map could not keep per key:
+//! - a key forgotten to make room passes its failures on to its group, so cycling through more
+//!   keys than the map holds does not give each of them its free failures again and again;
+//! - a key that finds the map full of closed keys is counted in its group.
+//!
+//! A key with no entry of its own is refused while its group is closed. So an attacker who has
+//! filled the map closes their own groups, not everybody's: a client in another group (the admin,
+//! a CI job) is still compared. Groups are bounded too ([`GROUP_CAPACITY`]); past that many (a
+//! botnet spread over a thousand networks), the keys that find no room share one count, as every
+//! key did before groups. A throttle without groups ([`FailureThrottle::without_overflow`], for
+//! device secrets, which cannot be guessed) does not count what it cannot keep.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +34,9 @@ pub const FREE_FAILURES: u32 = 5;
 pub const MAX_BLOCK: Duration = Duration::from_secs(60);
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 const CAPACITY: usize = 10_000;
-/// Where failures of keys that find the map full of closed entries are counted, together: an
-/// attacker who closed [`CAPACITY`] keys must not get unthrottled guesses for every new one.
+/// Groups on record at most (see the module documentation).
+const GROUP_CAPACITY: usize = 1_000;
+/// The group of keys that find no room when [`GROUP_CAPACITY`] groups are on record.
 const OVERFLOW: &str = "\0overflow";
 
 struct Entry {
@@ -30,13 +45,27 @@ struct Entry {
     last_failure: Instant,
 }
 
+impl Entry {
+    fn closed_at(&self, now: Instant) -> Option<Duration> {
+        self.blocked_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+}
+
+#[derive(Default)]
+struct Records {
+    keys: HashMap<String, Entry>,
+    groups: HashMap<String, Entry>,
+}
+
 pub struct FailureThrottle {
-    entries: Mutex<HashMap<String, Entry>>,
-    /// Whether keys that find the map full of closed entries share one count ([`OVERFLOW`]).
-    overflow: bool,
+    records: Mutex<Records>,
+    /// The group of a key, or `None`: what the map cannot keep is not counted.
+    group_of: Option<fn(&str) -> String>,
     /// Until when a full map is not walked again for room (see `failed`).
     no_room_until: Mutex<Option<Instant>>,
-    /// How many keys are on record, as of the last change.
+    /// How many keys and groups are on record, as of the last change.
     len: AtomicUsize,
     /// When the newest failure was recorded, in milliseconds after `base`.
     newest_failure_ms: AtomicU64,
@@ -47,24 +76,31 @@ pub struct FailureThrottle {
 const NO_ROOM_RECHECK: Duration = Duration::from_secs(1);
 
 impl Default for FailureThrottle {
+    /// Every key in one group.
     fn default() -> Self {
-        Self::with_overflow(true)
+        Self::with_groups(Some(|_| String::new()))
     }
 }
 
 impl FailureThrottle {
     /// A throttle whose keys that find the map full of closed entries are not throttled at all,
-    /// instead of sharing one count. For device secrets: 32 random bytes cannot be guessed
+    /// instead of being counted in a group. For device secrets: 32 random bytes cannot be guessed
     /// anyway, and with a shared count whoever closed [`CAPACITY`] made-up keys would have every
     /// device of the fleet refused (the devices that succeed are not in the map).
     pub fn without_overflow() -> Self {
-        Self::with_overflow(false)
+        Self::with_groups(None)
     }
 
-    fn with_overflow(overflow: bool) -> Self {
+    /// A throttle that counts what its map cannot keep per key in the key's group (see the module
+    /// documentation).
+    pub fn grouped_by(group_of: fn(&str) -> String) -> Self {
+        Self::with_groups(Some(group_of))
+    }
+
+    fn with_groups(group_of: Option<fn(&str) -> String>) -> Self {
         Self {
-            entries: Mutex::default(),
-            overflow,
+            records: Mutex::default(),
+            group_of,
             no_room_until: Mutex::default(),
             len: AtomicUsize::new(0),
             newest_failure_ms: AtomicU64::new(0),
@@ -81,17 +117,22 @@ impl FailureThrottle {
     /// reported, with [`Self::succeeded`], when it has: that spares the lock on the hot path).
     pub fn check_known(&self, client_id: &str) -> Result<bool, Duration> {
         let now = Instant::now();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (entry, known) = match entries.get(client_id) {
-            Some(entry) => (Some(entry), true),
-            // Not recorded: perhaps because the map is full, then the shared count stands for it.
-            None if self.overflow && entries.len() >= CAPACITY => (entries.get(OVERFLOW), false),
-            None => (None, false),
-        };
-        match entry.and_then(|e| e.blocked_until) {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(known),
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = records.keys.get(client_id) {
+            return entry.closed_at(now).map_or(Ok(true), Err);
         }
+        // Not recorded: perhaps because the map had no room, then its group stands for it.
+        let group = match self.group_of {
+            Some(group_of) if !records.groups.is_empty() => {
+                records.groups.get(&group_of(client_id)).or_else(|| {
+                    (records.groups.len() >= GROUP_CAPACITY)
+                        .then(|| records.groups.get(OVERFLOW))
+                        .flatten()
+                })
+            }
+            _ => None,
+        };
+        group.and_then(|g| g.closed_at(now)).map_or(Ok(false), Err)
     }
 
     pub fn failed(&self, client_id: &str) {
@@ -100,59 +141,77 @@ impl FailureThrottle {
             now.saturating_duration_since(self.base).as_millis() as u64,
             Ordering::Relaxed,
         );
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if !entries.contains_key(client_id) && entries.len() >= CAPACITY {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let records = &mut *records;
+        if !records.keys.contains_key(client_id) && records.keys.len() >= CAPACITY {
             // A walk of the map found no room a moment ago: not again for every failure of a
             // flood (each walk holds the lock every request's check waits for).
             let mut no_room = self.no_room_until.lock().unwrap_or_else(|e| e.into_inner());
             if no_room.is_some_and(|until| now < until) {
-                if self.overflow {
-                    record(&mut entries, OVERFLOW, now);
-                    self.len.store(entries.len(), Ordering::Relaxed);
-                }
+                self.count_in_group(records, client_id, 1, now);
+                self.len.store(records.len(), Ordering::Relaxed);
                 return;
             }
-            entries.retain(|_, e| now.duration_since(e.last_failure) < FORGET_AFTER);
-            if entries.len() >= CAPACITY {
+            let fresh = |e: &Entry| now.duration_since(e.last_failure) < FORGET_AFTER;
+            records.keys.retain(|_, e| fresh(e));
+            records.groups.retain(|_, e| fresh(e));
+            if records.keys.len() >= CAPACITY {
                 // The stalest entry still within its free failures: evicting a closed one
                 // would reopen it to whoever sends failures for enough other ids, and evicting
                 // one whose block has ended would reset its back-off (the next block 1 s again,
-                // not the 60 s it had grown to).
-                let stalest = entries
+                // not the 60 s it had grown to). Its failures go on in its group.
+                let stalest = records
+                    .keys
                     .iter()
-                    .filter(|(k, e)| k.as_str() != OVERFLOW && e.failures <= FREE_FAILURES)
+                    .filter(|(_, e)| e.failures <= FREE_FAILURES)
                     .min_by_key(|(_, e)| e.last_failure)
                     .map(|(k, _)| k.clone());
                 match stalest {
                     Some(stalest) => {
-                        entries.remove(&stalest);
+                        if let Some(evicted) = records.keys.remove(&stalest) {
+                            self.count_in_group(records, &stalest, evicted.failures, now);
+                        }
                     }
-                    // Every entry has been closed: counted with the others that found it so,
-                    // or (without overflow) not counted.
+                    // Every entry has been closed: counted in its group, or (without groups)
+                    // not counted.
                     None => {
                         *no_room = Some(now + NO_ROOM_RECHECK);
-                        if self.overflow {
-                            record(&mut entries, OVERFLOW, now);
-                        }
-                        self.len.store(entries.len(), Ordering::Relaxed);
+                        self.count_in_group(records, client_id, 1, now);
+                        self.len.store(records.len(), Ordering::Relaxed);
                         return;
                     }
                 }
             }
         }
-        record(&mut entries, client_id, now);
-        self.len.store(entries.len(), Ordering::Relaxed);
+        record(&mut records.keys, client_id, 1, now);
+        self.len.store(records.len(), Ordering::Relaxed);
+    }
+
+    /// `failures` more of `key`'s group (nothing without groups); past [`GROUP_CAPACITY`] groups,
+    /// of the shared one.
+    fn count_in_group(&self, records: &mut Records, key: &str, failures: u32, now: Instant) {
+        let Some(group_of) = self.group_of else {
+            return;
+        };
+        let group = group_of(key);
+        let group = if records.groups.contains_key(&group) || records.groups.len() < GROUP_CAPACITY
+        {
+            group
+        } else {
+            OVERFLOW.to_string()
+        };
+        record(&mut records.groups, &group, failures, now);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.records.lock().unwrap().keys.len()
     }
 
     pub fn succeeded(&self, client_id: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(client_id);
-        self.len.store(entries.len(), Ordering::Relaxed);
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.keys.remove(client_id);
+        self.len.store(records.len(), Ordering::Relaxed);
     }
 
     /// Whether any failure that still counts is on record (one in the last [`FORGET_AFTER`]: an
@@ -168,8 +227,14 @@ impl FailureThrottle {
     }
 }
 
-/// One more failure of `key`, closing it past [`FREE_FAILURES`].
-fn record(entries: &mut HashMap<String, Entry>, key: &str, now: Instant) {
+impl Records {
+    fn len(&self) -> usize {
+        self.keys.len() + self.groups.len()
+    }
+}
+
+/// `failures` more of `key`, closing it past [`FREE_FAILURES`].
+fn record(entries: &mut HashMap<String, Entry>, key: &str, failures: u32, now: Instant) {
     let entry = entries.entry(key.to_string()).or_insert(Entry {
         failures: 0,
         blocked_until: None,
@@ -178,7 +243,7 @@ fn record(entries: &mut HashMap<String, Entry>, key: &str, now: Instant) {
     if now.duration_since(entry.last_failure) >= FORGET_AFTER {
         entry.failures = 0;
     }
-    entry.failures += 1;
+    entry.failures = entry.failures.saturating_add(failures);
     entry.last_failure = now;
     if entry.failures > FREE_FAILURES {
         let exponent = (entry.failures - FREE_FAILURES - 1).min(16);
@@ -212,7 +277,8 @@ mod tests {
         let t = FailureThrottle::default();
         let now = Instant::now();
         {
-            let mut entries = t.entries.lock().unwrap();
+            let mut records = t.records.lock().unwrap();
+            let entries = &mut records.keys;
             // Escalated to long blocks; the last one has ended, and it is the stalest entry.
             entries.insert(
                 "attacker".into(),
@@ -235,7 +301,8 @@ mod tests {
         }
         t.failed("newcomer");
         assert_eq!(t.len(), CAPACITY);
-        let entries = t.entries.lock().unwrap();
+        let records = t.records.lock().unwrap();
+        let entries = &records.keys;
         assert_eq!(entries["attacker"].failures, FREE_FAILURES + 10);
         assert!(entries.contains_key("newcomer"));
     }
@@ -259,7 +326,7 @@ mod tests {
         for i in 0..(CAPACITY + 50) {
             t.failed(&format!("c{i}"));
         }
-        assert!(t.entries.lock().unwrap().len() <= CAPACITY);
+        assert!(t.records.lock().unwrap().keys.len() <= CAPACITY);
     }
 
     #[test]
@@ -274,7 +341,7 @@ mod tests {
             t.failed(&format!("c{i}"));
         }
         assert!(t.check("target").is_err(), "the closed id was forgotten");
-        assert!(t.entries.lock().unwrap().len() <= CAPACITY);
+        assert!(t.records.lock().unwrap().keys.len() <= CAPACITY);
     }
 
     #[test]
@@ -292,6 +359,83 @@ mod tests {
         }
         assert!(t.check("fresh-99").is_err(), "guessing went on unthrottled");
         assert!(t.len() <= CAPACITY + 1);
+    }
+
+    /// Keys `group-…` are in group `group`.
+    fn by_prefix() -> FailureThrottle {
+        FailureThrottle::grouped_by(|k| k.split('-').next().unwrap_or(k).to_string())
+    }
+
+    #[test]
+    fn an_attacker_who_closed_the_whole_map_closes_their_own_group_only() {
+        let t = by_prefix();
+        for i in 0..CAPACITY {
+            for _ in 0..=FREE_FAILURES {
+                t.failed(&format!("att-{i}"));
+            }
+        }
+        for i in 0..=FREE_FAILURES {
+            t.failed(&format!("att-fresh{i}"));
+        }
+        assert!(
+            t.check("att-fresh99").is_err(),
+            "guessing went on unthrottled"
+        );
+        assert_eq!(
+            t.check_known("admin-1"),
+            Ok(false),
+            "another network was locked out"
+        );
+    }
+
+    #[test]
+    fn keys_forgotten_to_make_room_pass_their_failures_on_to_their_group() {
+        let t = by_prefix();
+        // Each key takes its free failures and no more, so none is ever closed.
+        for i in 0..CAPACITY {
+            for _ in 0..FREE_FAILURES {
+                t.failed(&format!("att-{i}"));
+            }
+        }
+        assert!(t.check("att-new").is_ok());
+        // Two newcomers make room by forgetting two of them: ten failures in the group.
+        t.failed("att-x");
+        t.failed("att-y");
+        assert_eq!(t.len(), CAPACITY);
+        assert!(
+            t.check("att-new").is_err(),
+            "cycling through keys gave free failures again"
+        );
+        assert!(
+            t.check("att-x").is_ok(),
+            "a key on record goes by its own count"
+        );
+        assert_eq!(t.check_known("admin-1"), Ok(false));
+    }
+
+    #[test]
+    fn past_the_group_capacity_keys_that_find_no_room_share_one_count() {
+        let t = by_prefix();
+        for i in 0..CAPACITY {
+            for _ in 0..=FREE_FAILURES {
+                t.failed(&format!("att-{i}"));
+            }
+        }
+        for g in 0..GROUP_CAPACITY {
+            t.failed(&format!("g{g}-1"));
+        }
+        for i in 0..=FREE_FAILURES {
+            t.failed(&format!("late{i}-1"));
+        }
+        assert!(
+            t.check("later-1").is_err(),
+            "a new group got a count of its own"
+        );
+        assert!(
+            t.check("g7-2").is_ok(),
+            "a group on record goes by its own count"
+        );
+        assert!(t.records.lock().unwrap().groups.len() <= GROUP_CAPACITY + 1);
     }
 
     #[test]

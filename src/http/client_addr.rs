@@ -108,6 +108,24 @@ pub fn throttle_scope(client: Option<IpAddr>) -> String {
     }
 }
 
+/// The group of a [`throttle_scope`] for the admin token's throttle
+/// (`crate::credentials::throttle`): an IPv4 address's /24, an IPv6 /64's /48, the block one site
+/// usually holds; anything else stands for itself.
+pub fn throttle_group(scope: &str) -> String {
+    let net = match scope.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match scope.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return scope.to_string(),
+        },
+    };
+    let wider = match net {
+        IpNet::V4(v4) => ipnet::Ipv4Net::new(v4.addr(), 24).map(|n| IpNet::V4(n.trunc())),
+        IpNet::V6(v6) => ipnet::Ipv6Net::new(v6.addr(), 48).map(|n| IpNet::V6(n.trunc())),
+    };
+    wider.map_or_else(|_| scope.to_string(), |n| n.to_string())
+}
+
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
@@ -151,6 +169,17 @@ mod tests {
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn throttle_groups_are_a_v4_24_and_a_v6_48() {
+        let scope = |a: &str| throttle_scope(ip(a));
+        assert_eq!(throttle_group(&scope("198.51.100.77")), "198.51.100.0/24");
+        assert_eq!(
+            throttle_group(&scope("2001:db8:1:2:3::9")),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(throttle_group("unknown"), "unknown");
     }
 
     #[test]
