@@ -135,6 +135,17 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let oidc = config.oidc.clone().map(crate::oidc::OidcVerifier::new);
+        if oidc.is_some()
+            && config.sessions.oidc_redirect_url.is_none()
+            && config.allowed_hosts.is_empty()
+            && !config.host.is_loopback()
+        {
+            tracing::warn!(
+                "oidc_callback_from_any_host: the sign-in callback is built from each request's \
+                 Host; set OIDC_REDIRECT_URL (or list your names in ALLOWED_HOSTS) so that it \
+                 can only name yours"
+            );
+        }
         let tokens =
             crate::credentials::tokens::Tokens::new(db.clone(), config.credentials.clone());
         if let Err(e) = tokens.issuer().await {

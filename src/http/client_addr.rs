@@ -47,6 +47,24 @@ impl FromRequestParts<AppState> for ClientScope {
     }
 }
 
+/// Whether the request came through a trusted proxy ([`from_trusted_proxy`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ViaTrustedProxy(pub bool);
+
+impl FromRequestParts<AppState> for ViaTrustedProxy {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ViaTrustedProxy(from_trusted_proxy(
+            parts,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
+
 /// The client's address as this request shows it (see the module docs); `None` without a peer
 /// (a request that did not come through `crate::http::server`).
 pub fn client_ip(peer: Option<PeerAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
@@ -78,6 +96,15 @@ pub fn client_ip(peer: Option<PeerAddr>, headers: &HeaderMap, trusted: &[IpNet])
         }
     }
     Some(client)
+}
+
+/// Whether the request's TCP peer is a trusted proxy (`TRUSTED_PROXIES`), whose forwarded headers
+/// are believed.
+pub fn from_trusted_proxy(parts: &Parts, trusted: &[IpNet]) -> bool {
+    parts
+        .extensions
+        .get::<PeerAddr>()
+        .is_some_and(|peer| is_trusted(canonical(peer.0.ip()), trusted))
 }
 
 /// Says once per process that a peer sent `X-Forwarded-For` without being a trusted proxy: if it

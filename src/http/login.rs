@@ -19,10 +19,10 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::client_addr::ClientScope;
+use super::client_addr::{ClientScope, ViaTrustedProxy};
 use super::error::ApiError;
 use super::extract::{Form, Query};
-use super::session;
+use super::session::{self, NoPublicOrigin};
 use crate::sessions::{self, SessionMethod, SignedIn};
 use crate::state::AppState;
 
@@ -52,6 +52,7 @@ const MAX_REDIRECT_URI: usize = 2048;
 pub async fn login(
     State(state): State<AppState>,
     client: ClientScope,
+    ViaTrustedProxy(via_proxy): ViaTrustedProxy,
     headers: HeaderMap,
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, ApiError> {
@@ -69,13 +70,22 @@ pub async fn login(
     if let Some(oidc) = &state.oidc {
         let redirect_uri = match &state.config.sessions.oidc_redirect_url {
             Some(url) => url.clone(),
-            None => format!(
-                "{}/api/auth/callback",
-                session::request_origin(&headers).ok_or_else(|| ApiError::validation(
-                    "The request has no Host header to build the sign-in callback from \
-                     (set OIDC_REDIRECT_URL)"
-                ))?
-            ),
+            None => {
+                let origin =
+                    session::public_origin(&headers, via_proxy, &state.config.allowed_hosts)
+                        .map_err(|e| match e {
+                            NoPublicOrigin::NoHost => ApiError::validation(
+                                "The request has no Host header to build the sign-in callback \
+                                 from (set OIDC_REDIRECT_URL)",
+                            ),
+                            NoPublicOrigin::NotAllowed(host) => ApiError::validation(format!(
+                                "The sign-in callback would name host {host:.200}, which is not \
+                                 in ALLOWED_HOSTS (set OIDC_REDIRECT_URL, or add the name to \
+                                 ALLOWED_HOSTS)"
+                            )),
+                        })?;
+                format!("{origin}/api/auth/callback")
+            }
         };
         // The callback URL is built from request headers when OIDC_REDIRECT_URL is unset.
         if redirect_uri.len() > MAX_REDIRECT_URI {
@@ -301,6 +311,7 @@ pub async fn callback(
         (status = 200, description = "From another site: a page asking to confirm (text/html)")))]
 pub async fn logout(
     State(state): State<AppState>,
+    ViaTrustedProxy(via_proxy): ViaTrustedProxy,
     headers: HeaderMap,
     Query(query): Query<LogoutQuery>,
 ) -> Result<Response, ApiError> {
@@ -333,10 +344,13 @@ pub async fn logout(
     let mut target = "/".to_string();
     if let (Some(oidc), Some(ended)) = (&state.oidc, &ended) {
         if ended.method == SessionMethod::Oidc {
-            let home = match session::request_origin(&headers) {
-                Some(origin) => format!("{origin}/"),
-                None => "/".into(),
-            };
+            // Where the provider sends the browser back: a host the client named only if it
+            // passes the sign-in callback's rule, else nowhere of the client's choosing.
+            let home =
+                match session::public_origin(&headers, via_proxy, &state.config.allowed_hosts) {
+                    Ok(origin) => format!("{origin}/"),
+                    Err(_) => "/".into(),
+                };
             if let Some(url) = oidc
                 .end_session_url(&oidc.settings().client, ended.id_token.as_deref(), &home)
                 .await

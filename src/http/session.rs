@@ -121,14 +121,42 @@ pub fn request_is_https(headers: &HeaderMap) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
-/// `scheme://host` the browser addressed, if known.
-pub fn request_origin(headers: &HeaderMap) -> Option<String> {
-    let scheme = if request_is_https(headers) {
-        "https"
+/// Why [`public_origin`] names no origin.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoPublicOrigin {
+    /// No `Host` (nor a trusted proxy's host) to build it from.
+    NoHost,
+    /// The host is not this machine's and not in `ALLOWED_HOSTS`.
+    NotAllowed(String),
+}
+
+/// `scheme://host` for a URL this service hands to others when `OIDC_REDIRECT_URL` is unset: the
+/// OIDC sign-in callback, where the provider sends the browser after signing out. A proxy's `X-Forwarded-Proto`/`X-Forwarded-Host`/`Forwarded` count only
+/// when the request came from a trusted proxy (`from_trusted_proxy`, `TRUSTED_PROXIES`), and with
+/// `ALLOWED_HOSTS` set the host must be local or one of them ([`addressed_locally`]'s rule): a
+/// client naming its own host would otherwise have the provider send a sign-in code there.
+pub fn public_origin(
+    headers: &HeaderMap,
+    from_trusted_proxy: bool,
+    allowed: &[String],
+) -> Result<String, NoPublicOrigin> {
+    let (host, https) = if from_trusted_proxy {
+        (request_host(headers), request_is_https(headers))
     } else {
-        "http"
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        (host, false)
     };
-    Some(format!("{scheme}://{}", request_host(headers)?))
+    let host = host
+        .filter(|h| !h.is_empty())
+        .ok_or(NoPublicOrigin::NoHost)?;
+    if !allowed.is_empty() && !host_is_local_or(&host, allowed) {
+        return Err(NoPublicOrigin::NotAllowed(host));
+    }
+    let scheme = if https { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}"))
 }
 
 /// Whether the cookie should be `Secure` for this request.
@@ -229,6 +257,12 @@ pub fn addressed_locally(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Ok(host) = host.to_str() else {
         return false;
     };
+    host_is_local_or(host, allowed)
+}
+
+/// Whether `host` (`name[:port]`, `[v6]:port`) is `localhost` (or a name under it), an IP
+/// address, or one of `allowed`.
+fn host_is_local_or(host: &str, allowed: &[String]) -> bool {
     let name = match host.strip_prefix('[') {
         Some(bracketed) => {
             return bracketed
@@ -337,8 +371,8 @@ mod tests {
         ]);
         assert!(request_is_https(&standard));
         assert_eq!(
-            request_origin(&standard).as_deref(),
-            Some("https://iot.example.com")
+            public_origin(&standard, true, &[]).as_deref(),
+            Ok("https://iot.example.com")
         );
         // The X- headers win where both are sent; only the first element counts.
         let both = headers(&[
@@ -350,6 +384,45 @@ mod tests {
         let later = headers(&[("host", "iot.local"), ("forwarded", "for=a, proto=https")]);
         assert!(!request_is_https(&later));
         assert_eq!(request_host(&later).as_deref(), Some("iot.local"));
+    }
+
+    #[test]
+    fn a_public_origin_believes_forwarded_headers_from_a_trusted_proxy_only() {
+        let h = headers(&[
+            ("host", "iot.lan:3101"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(
+            public_origin(&h, true, &[]).as_deref(),
+            Ok("https://evil.example")
+        );
+        assert_eq!(
+            public_origin(&h, false, &[]).as_deref(),
+            Ok("http://iot.lan:3101")
+        );
+        // With ALLOWED_HOSTS, only those names (and local ones) are handed out.
+        let allowed = ["iot.example.com".to_string()];
+        assert_eq!(
+            public_origin(&h, true, &allowed),
+            Err(NoPublicOrigin::NotAllowed("evil.example".into()))
+        );
+        let proxied = headers(&[
+            ("host", "127.0.0.1:3101"),
+            ("x-forwarded-host", "IoT.example.com"),
+        ]);
+        assert_eq!(
+            public_origin(&proxied, true, &allowed).as_deref(),
+            Ok("http://iot.example.com")
+        );
+        assert_eq!(
+            public_origin(&headers(&[("host", "127.0.0.1:3101")]), false, &allowed).as_deref(),
+            Ok("http://127.0.0.1:3101")
+        );
+        assert_eq!(
+            public_origin(&HeaderMap::new(), false, &[]),
+            Err(NoPublicOrigin::NoHost)
+        );
     }
 
     #[test]

@@ -1032,3 +1032,105 @@ async fn an_identity_too_long_for_its_columns_signs_in_cut_or_is_refused_with_a_
         }
     }
 }
+
+/// The `redirect_uri` `/api/auth/login` hands the provider for a request with `headers`, or the
+/// error status and body.
+async fn callback_named(app: &TestApp, headers: &[(&str, &str)]) -> Result<String, (u16, String)> {
+    let mut request = browser().get(app.url("/api/auth/login?redirect=%2F"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    match response.status().as_u16() {
+        302 => Ok(query_param(&location(response.headers()), "redirect_uri")),
+        status => Err((status, response.text().await.unwrap_or_default())),
+    }
+}
+
+/// Without `OIDC_REDIRECT_URL` the sign-in callback is built from the request: a proxy's
+/// `X-Forwarded-Host` counts only from a trusted proxy, and with `ALLOWED_HOSTS` only its names
+/// (else a client naming its own host would have a provider with a loose redirect allow-list
+/// send a victim's sign-in code there).
+#[tokio::test]
+async fn the_sign_in_callback_names_no_host_a_client_chose() {
+    let issuer = issuer_with_login().await;
+    let oidc = [
+        ("OIDC_ENABLED", "true"),
+        ("OIDC_ISSUER_URL", issuer.issuer.as_str()),
+        ("OIDC_AUDIENCE", AUDIENCE),
+        ("OIDC_CLIENT_ID", "iotsupport-web"),
+    ];
+    let forged = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+    ];
+
+    let mut untrusted = oidc.to_vec();
+    untrusted.push(("TRUSTED_PROXIES", "none"));
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "session_callback_untrusted",
+        &untrusted,
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        callback_named(&app, &forged).await,
+        Ok(app.url("/api/auth/callback")),
+        "a client's own X-Forwarded-Host was believed"
+    );
+    app.stop().await;
+
+    let mut allowed = oidc.to_vec();
+    allowed.push(("ALLOWED_HOSTS", "iot.example.com"));
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "session_callback_allowed",
+        &allowed,
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    // From the trusted local proxy: its host is believed, but only a listed one.
+    let (status, body) = callback_named(&app, &forged).await.unwrap_err();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("evil.example") && body.contains("ALLOWED_HOSTS"),
+        "{body}"
+    );
+    assert_eq!(
+        callback_named(
+            &app,
+            &[
+                ("x-forwarded-host", "iot.example.com"),
+                ("x-forwarded-proto", "https")
+            ]
+        )
+        .await,
+        Ok("https://iot.example.com/api/auth/callback".to_string())
+    );
+    assert_eq!(
+        callback_named(&app, &[]).await,
+        Ok(app.url("/api/auth/callback"))
+    );
+    assert_eq!(
+        login_flow_count(&app).await,
+        2,
+        "the refused sign-in stored a flow"
+    );
+    app.stop().await;
+}
+
+async fn login_flow_count(app: &TestApp) -> i64 {
+    iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM login_flows"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
