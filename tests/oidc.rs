@@ -161,6 +161,25 @@ async fn missing_subject_is_invalid() {
     assert_invalid(issuer.verifier().verify(&token).await, &token, "'sub'");
 }
 
+/// An ID token (Keycloak's `typ: ID`, or one with `at_hash`/`c_hash`) is no bearer token: it is
+/// sent in the sign-out URL and kept in session rows.
+#[tokio::test]
+async fn id_tokens_are_not_accepted_as_access_tokens() {
+    let key = EcKey::generate("ec-1");
+    let issuer = TestIssuer::start(vec![key.jwk()]).await;
+    let verifier = issuer.verifier();
+    for (claim, value) in [
+        ("typ", json!("ID")),
+        ("at_hash", json!("x5MZ3dDf0o2fzfhU1VAqeA")),
+        ("c_hash", json!("LDktKdoQak3Pk0cnXxCltA")),
+    ] {
+        let token = key.sign(&with(issuer.claims(), claim, value));
+        assert_invalid(verifier.verify(&token).await, &token, "ID token");
+    }
+    let access = key.sign(&with(issuer.claims(), "typ", json!("Bearer")));
+    verifier.verify(&access).await.expect("an access token");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Signatures and algorithms
 

@@ -286,6 +286,27 @@ struct Claims {
     resource_access: Option<serde_json::Value>,
     #[serde(default)]
     nonce: Option<String>,
+    /// Keycloak's token type: `ID` on ID tokens, `Bearer` on access tokens.
+    #[serde(default)]
+    typ: Option<String>,
+    /// Only ID tokens carry the hashes of the access token and code issued with them.
+    #[serde(default)]
+    at_hash: Option<String>,
+    #[serde(default)]
+    c_hash: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token says it is an ID token: it proves who signed in to a client, and ends up
+    /// in URLs (the sign-out's `id_token_hint`) and in our session rows, so it must not work as a
+    /// bearer token.
+    fn is_id_token(&self) -> bool {
+        self.typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("ID"))
+            || self.at_hash.is_some()
+            || self.c_hash.is_some()
+    }
 }
 
 /// What the key lookup concluded while holding the fetch lock.
@@ -361,12 +382,19 @@ impl OidcVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| OidcError::invalid(describe(e.kind())))?;
         let claims = data.claims;
-        if let Some(expected) = nonce {
-            if claims.nonce.as_deref() != Some(expected) {
+        match nonce {
+            Some(expected) if claims.nonce.as_deref() != Some(expected) => {
                 return Err(OidcError::invalid(
                     "ID token does not belong to this sign-in (nonce)",
                 ));
             }
+            Some(_) => {}
+            None if claims.is_id_token() => {
+                return Err(OidcError::invalid(
+                    "an ID token is not an access token (typ ID, at_hash or c_hash)",
+                ));
+            }
+            None => {}
         }
         let subject = claims
             .sub

@@ -1134,3 +1134,50 @@ async fn login_flow_count(app: &TestApp) -> i64 {
     .await)
     .unwrap()
 }
+
+/// With `OIDC_CLIENT_ID` unset (it defaults to `OIDC_AUDIENCE`) the ID token's audience is the
+/// one bearer tokens need; it is still refused as one (it travels in the sign-out URL and sits in
+/// the session row).
+#[tokio::test]
+async fn the_id_token_of_a_sign_in_is_no_bearer_token() {
+    let key = EcKey::generate("login-key");
+    let issuer = TestIssuer::start(vec![key.jwk()]).await;
+    issuer.enable_login(LoginSetup::new(key, AUDIENCE, issuer.claims()));
+    let Some(app) = spawn_app_with(
+        Stack::Embedded,
+        "session_id_token_bearer",
+        &[
+            ("OIDC_ENABLED", "true"),
+            ("OIDC_ISSUER_URL", &issuer.issuer),
+            ("OIDC_AUDIENCE", AUDIENCE),
+        ],
+        Default::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let done = to_callback(&app, "/").await.finish().await;
+    assert_eq!(done.status(), 303);
+    let id_token: String = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT id_token FROM admin_sessions"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    let response = browser()
+        .get(app.url("/api/auth/self"))
+        .bearer_auth(&id_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("an ID token is not an access token")),
+        "{body}"
+    );
+    app.stop().await;
+}

