@@ -395,10 +395,8 @@ async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> any
     let started = std::time::Instant::now();
     let result = migrate_to_s3::run(&db, &storage, &options).await;
     db.close().await;
-    let summary = result?;
-    print!("{}", summary.render(dry_run));
     // Where the objects went, so a run against the wrong store is noticed at once.
-    match &config.storage {
+    let print_store = || match &config.storage {
         crate::config::StorageConfig::S3(s3) => {
             println!(
                 "  Object store: bucket {} at {}",
@@ -408,7 +406,21 @@ async fn migrate_to_s3(config: Config, dry_run: bool, concurrency: usize) -> any
         crate::config::StorageConfig::Local { dir } => {
             println!("  Object store: the local directory {}", dir.display())
         }
-    }
+    };
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(stopped) => {
+            print!("{}", stopped.summary.render_stopped(dry_run));
+            print_store();
+            anyhow::bail!(
+                "{}\nWhat was migrated is kept: once the cause is fixed, run \
+                 `iotsupport migrate-to-s3` again and it carries on from there.",
+                stopped.error
+            );
+        }
+    };
+    print!("{}", summary.render(dry_run));
+    print_store();
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         firmware_migrated = summary.firmware_migrated,

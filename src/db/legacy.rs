@@ -1,5 +1,6 @@
 //! Queries `migrate-to-s3` needs on an adopted database (SPEC §10): legacy core-dump rows by file
-//! name, and the record of files already moved (`legacy_coredump_files`).
+//! name, the record of files already moved (`legacy_coredump_files`), and of firmware versions it
+//! must not create again (`legacy_firmware_bundles`, migration 25).
 //!
 //! `coredumps.filename` exists only on adopted PostgreSQL databases until every legacy dump is
 //! moved; callers check [`super::adopt::has_filename_column`] first.
@@ -68,7 +69,8 @@ pub async fn restored(
 }
 
 /// Marks a legacy dump as moved: clears its `filename` (only if it still has this one), corrects
-/// `size` to the file's length, and records the file. False when the row changed meanwhile
+/// `size` to the file's length, and records the file (the first row that named it, when several
+/// did: the Python service's table had no unique constraint on it). False when the row changed meanwhile
 /// (deleted, or moved by a concurrent run): nothing is written then.
 pub async fn mark_migrated(
     tx: &mut Tx,
@@ -97,7 +99,7 @@ pub async fn mark_migrated(
         tx,
         sqlx::query(
             "INSERT INTO legacy_coredump_files (device_id, filename, coredump_id, migrated_at)
-         VALUES ($1, $2, $3, $4)"
+         VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, filename) DO NOTHING"
         )
         .bind(device_id)
         .bind(filename)
@@ -159,4 +161,41 @@ pub async fn any_migrated_file(tx: &mut Tx) -> Result<bool, DbError> {
     )
     .fetch_one(c)
     .await)?)
+}
+
+/// Whether `version` of the model is recorded as stored by `migrate-to-s3` (or held by this
+/// database when the record began): a rerun that finds it without a row must not create it again.
+pub async fn firmware_bundle_recorded(
+    tx: &mut Tx,
+    model_id: i64,
+    version: &str,
+) -> Result<bool, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM legacy_firmware_bundles
+                        WHERE device_model_id = $1 AND version = $2)"
+    )
+    .bind(model_id)
+    .bind(version)
+    .fetch_one(c)
+    .await)?)
+}
+
+/// Records that `migrate-to-s3` stored `version` of the model (once).
+pub async fn record_firmware_bundle(
+    tx: &mut Tx,
+    model_id: i64,
+    version: &str,
+) -> Result<(), DbError> {
+    let now = now();
+    crate::execute!(
+        tx,
+        sqlx::query(
+            "INSERT INTO legacy_firmware_bundles (device_model_id, version, migrated_at)
+             VALUES ($1, $2, $3) ON CONFLICT (device_model_id, version) DO NOTHING"
+        )
+        .bind(model_id)
+        .bind(version)
+        .bind(now)
+    )?;
+    Ok(())
 }

@@ -128,10 +128,24 @@ pub enum Validated {
     Artifact(Entry),
 }
 
-/// How long [`validate_each`] spent hashing entries (SHA-256), part of its whole time.
-#[derive(Debug, Clone, Copy, Default)]
+/// How long [`validate_each`] spent hashing entries (SHA-256), part of its whole time, and what
+/// [`Coherence::Reported`] let through.
+#[derive(Debug, Clone, Default)]
 pub struct Validation {
     pub hashing: std::time::Duration,
+    /// The coherence checks that failed, when they only report (see [`Coherence`]).
+    pub notes: Vec<String>,
+}
+
+/// What the checks SPEC §7 adds beyond the Python service do: the `.elf` is the one the image
+/// was built from, `version.json` names the image's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coherence {
+    /// A mismatch refuses the bundle (uploads).
+    Required,
+    /// A mismatch is noted and the bundle kept (`migrate-to-s3`: the Python service stored such
+    /// bundles, and they are the only copy of those builds).
+    Reported,
 }
 
 /// What the image says about itself.
@@ -251,18 +265,20 @@ fn shown(name: &str) -> String {
 }
 
 /// Validates the bundle in `spool` (the whole request body) for the model `code`. Entries may
-/// be at most `max_entry_bytes` uncompressed.
+/// be at most `max_entry_bytes` uncompressed. Also returns the notes of [`Coherence::Reported`].
 pub fn validate(
     spool: std::fs::File,
     code: &str,
     max_entry_bytes: u64,
-) -> Result<Bundle, BundleError> {
+    coherence: Coherence,
+) -> Result<(Bundle, Vec<String>), BundleError> {
     let mut image = None;
     let mut others = Vec::new();
-    validate_each(
-        Spool::File(spool),
+    let validation = validate_reader(
+        BufReader::new(spool),
         code,
         max_entry_bytes,
+        coherence,
         &mut |validated| {
             match validated {
                 Validated::Image { version, app, bin } => image = Some((version, app, bin)),
@@ -277,11 +293,12 @@ pub fn validate(
     let mut artifacts = vec![bin];
     artifacts.extend(others);
     artifacts.sort_by_key(|e| Artifact::ALL.iter().position(|a| *a == e.artifact));
-    Ok(Bundle {
+    let bundle = Bundle {
         version,
         artifacts,
         app,
-    })
+    };
+    Ok((bundle, validation.notes))
 }
 
 /// Validates the bundle in `spool` for the model `code` (checks in SPEC order, as [`validate`])
@@ -296,10 +313,20 @@ pub fn validate_each(
     emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
 ) -> Result<Validation, BundleError> {
     match spool {
-        Spool::Memory(bytes) => {
-            validate_reader(std::io::Cursor::new(bytes), code, max_entry_bytes, emit)
-        }
-        Spool::File(file) => validate_reader(BufReader::new(file), code, max_entry_bytes, emit),
+        Spool::Memory(bytes) => validate_reader(
+            std::io::Cursor::new(bytes),
+            code,
+            max_entry_bytes,
+            Coherence::Required,
+            emit,
+        ),
+        Spool::File(file) => validate_reader(
+            BufReader::new(file),
+            code,
+            max_entry_bytes,
+            Coherence::Required,
+            emit,
+        ),
     }
 }
 
@@ -307,6 +334,7 @@ fn validate_reader<R: Read + Seek>(
     mut spool: R,
     code: &str,
     max_entry_bytes: u64,
+    coherence: Coherence,
     emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
 ) -> Result<Validation, BundleError> {
     let mut hashing = std::time::Duration::ZERO;
@@ -378,7 +406,7 @@ fn validate_reader<R: Read + Seek>(
     for (name, size) in &names {
         if *size > max_entry_bytes {
             return Err(BundleError::TooLarge(format!(
-                "Invalid firmware ZIP: {name} is {size} bytes uncompressed, more than the limit of {max_entry_bytes} bytes"
+                "Invalid firmware ZIP: {name} is {size} bytes uncompressed, more than the limit of {max_entry_bytes} bytes (MAX_FIRMWARE_BYTES)"
             )));
         }
     }
@@ -460,12 +488,20 @@ fn validate_reader<R: Read + Seek>(
     emit(Validated::Image { version, app, bin })?;
 
     // Coherence: the ELF is the one the image was made from, version.json describes this image.
+    let mut notes = Vec::new();
+    let mut incoherent = |reason: String| match coherence {
+        Coherence::Required => Err(invalid_zip(reason)),
+        Coherence::Reported => {
+            notes.push(reason);
+            Ok(())
+        }
+    };
     let elf = extract(&expected[1].0, Artifact::Elf, max_entry_bytes, true)?;
     if elf.sha256 != embedded {
-        return Err(invalid_zip(format!(
+        incoherent(format!(
             "{code}.elf does not belong to {code}.bin: its SHA-256 is {} but the image was built from an ELF with SHA-256 {embedded}",
             elf.sha256
-        )));
+        ))?;
     }
     emit(Validated::Artifact(elf))?;
     let declared = manifest
@@ -474,9 +510,9 @@ fn validate_reader<R: Read + Seek>(
         .map(str::to_owned)
         .unwrap_or_else(|| manifest["firmware_version"].to_string());
     if declared != image_version {
-        return Err(invalid_zip(format!(
+        incoherent(format!(
             "version.json firmware_version {declared:?} does not match the image version {image_version:?}"
-        )));
+        ))?;
     }
     emit(Validated::Artifact(version_json))?;
 
@@ -486,6 +522,7 @@ fn validate_reader<R: Read + Seek>(
     emit(Validated::Artifact(sdkconfig))?;
     Ok(Validation {
         hashing: hashing + image_hashing,
+        notes,
     })
 }
 
@@ -686,7 +723,7 @@ fn extract_entry<R: Read + Seek>(
     };
     if declared > limit {
         return Err(BundleError::TooLarge(format!(
-            "Invalid firmware ZIP: {entry_name} is {declared} bytes uncompressed, more than the limit of {limit} bytes"
+            "Invalid firmware ZIP: {entry_name} is {declared} bytes uncompressed, more than the limit of {limit} bytes (MAX_FIRMWARE_BYTES)"
         )));
     }
     let mut sink = if declared <= MEMORY_THRESHOLD {
@@ -755,7 +792,7 @@ mod tests {
         f
     }
 
-    fn message(result: Result<Bundle, BundleError>) -> String {
+    fn message(result: Result<(Bundle, Vec<String>), BundleError>) -> String {
         match result {
             Err(BundleError::Invalid(m)) => m,
             other => panic!("expected a 400, got {other:?}"),
@@ -765,17 +802,22 @@ mod tests {
     #[test]
     fn the_first_checks_need_no_zip_reader() {
         assert_eq!(
-            message(validate(spool(b""), "m", 1024)),
+            message(validate(spool(b""), "m", 1024, Coherence::Required)),
             "No firmware content provided"
         );
         for not_zip in [&b"\xE9\x03"[..], b"PK", b"{\"a\": 1}"] {
             assert_eq!(
-                message(validate(spool(not_zip), "m", 1024)),
+                message(validate(spool(not_zip), "m", 1024, Coherence::Required)),
                 "Firmware must be uploaded as a ZIP bundle"
             );
         }
-        assert!(message(validate(spool(b"PK\x03\x04junk"), "m", 1024))
-            .starts_with("Invalid firmware ZIP: "));
+        assert!(message(validate(
+            spool(b"PK\x03\x04junk"),
+            "m",
+            1024,
+            Coherence::Required
+        ))
+        .starts_with("Invalid firmware ZIP: "));
     }
 
     /// An end-of-central-directory record: `entries` on this disk and in all, the directory's

@@ -16,7 +16,7 @@
 use super::bundle::{ArtifactFacts, Bundle, BundleError, BundleFacts, Content, Entry};
 use super::retention::{self, Pruned, RetentionError};
 use crate::db::firmware_versions::{self as fw, MODEL_VERSION_UNIQUE};
-use crate::db::{Db, DbError, Tx};
+use crate::db::{legacy, Db, DbError, Tx};
 use crate::layout::firmware_keys;
 use crate::lookup_cache::Invalidation;
 use crate::notify::Notifier;
@@ -212,6 +212,8 @@ pub enum Imported {
     /// The version's row was complete with identical content, but the store lacked some of its
     /// objects (an earlier run wrote them to another store, say): they were written again.
     Restored,
+    /// An earlier run stored the version, and it was deleted or pruned since: not created again.
+    DeletedSince,
 }
 
 /// What [`import_bundle`] will do with a bundle, given the stored row of its version (if any).
@@ -226,11 +228,20 @@ pub enum ImportPlan {
     Unchanged,
     /// Stored with different content: refused.
     Conflict,
+    /// No row, but an earlier run stored it (`legacy_firmware_bundles`): deleted or pruned
+    /// since, and left so.
+    DeletedSince,
 }
 
 /// Decides an import; `migrate-to-s3 --dry-run` asks the same question without writing.
-pub fn import_plan(existing: Option<&fw::FirmwareVersionRow>, bundle: &Bundle) -> ImportPlan {
+/// `recorded`: whether an earlier run stored this version ([`crate::db::legacy::firmware_bundle_recorded`]).
+pub fn import_plan(
+    existing: Option<&fw::FirmwareVersionRow>,
+    recorded: bool,
+    bundle: &Bundle,
+) -> ImportPlan {
     match existing {
+        None if recorded => ImportPlan::DeletedSince,
         None => ImportPlan::Create,
         Some(row) if is_identical(row, bundle) => ImportPlan::Unchanged,
         Some(row) if row.firmware_bin_sha256.is_none() => ImportPlan::FillLegacyRow(row.id),
@@ -253,7 +264,12 @@ pub async fn import_bundle(
     let (mut tx, model) = begin_locked(db, model_id).await?;
     let keys = firmware_keys(&model.code, &version)?;
     let existing = fw::get(&mut tx, model_id, &version).await?;
-    let (imported, cleanup) = match import_plan(existing.as_ref(), &bundle) {
+    let recorded = match existing {
+        Some(_) => true,
+        None => legacy::firmware_bundle_recorded(&mut tx, model_id, &version).await?,
+    };
+    let (imported, cleanup) = match import_plan(existing.as_ref(), recorded, &bundle) {
+        ImportPlan::DeletedSince => return Ok(Imported::DeletedSince),
         // Recorded already; but the store may not hold the objects the row names (a first run
         // that went to the wrong bucket or the local default), and nothing else would write them.
         ImportPlan::Unchanged if all_stored(storage, &keys).await? => {
@@ -287,6 +303,7 @@ pub async fn import_bundle(
         }
     };
     outbox::cancel_deletions(&mut tx, &keys).await?;
+    legacy::record_firmware_bundle(&mut tx, model_id, &version).await?;
     upload_all(storage, &keys, bundle.artifacts, &mut tx, cleanup).await?;
     events::record(
         &mut tx,
@@ -316,7 +333,7 @@ pub async fn all_stored(
 
 /// Why a legacy bundle must not be written over what the store holds for its version: the
 /// store's image (if any) is another build. `None`: no image stored, or the same one.
-async fn stored_build_differs(
+pub async fn stored_build_differs(
     storage: &Storage,
     model_code: &str,
     version: &str,

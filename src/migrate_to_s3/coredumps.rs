@@ -310,6 +310,8 @@ async fn restore_if_missing(
     Ok(())
 }
 
+/// Moves `file` to the dump rows that name it: one, or (the Python service's table had no unique
+/// constraint on the name) each of several, every one to its own object.
 async fn migrate_one(
     db: &Db,
     storage: &Storage,
@@ -317,6 +319,43 @@ async fn migrate_one(
     legacy_column: bool,
     reporter: &Reporter,
 ) -> Result<(), MigrateToS3Error> {
+    let mut moved = 0;
+    while let Some(next) =
+        migrate_to_next_row(db, storage, &file, legacy_column, moved, reporter).await?
+    {
+        moved += 1;
+        if next == Next::Stop || reporter.dry_run() {
+            break;
+        }
+    }
+    if moved > 1 {
+        reporter.warn(format!(
+            "Coredump {}: {moved} rows of the Python service's database named this file; each \
+             got its own copy",
+            file.item()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether [`migrate_to_next_row`] moved the file to a row and another may name it too.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    More,
+    Stop,
+}
+
+/// Moves `file` to the first row still naming it. `None` when there was none to move it to (what
+/// was reported instead: already moved, orphaned, skipped; `moved` rows were moved before in this
+/// run), else whether another row may still name it.
+async fn migrate_to_next_row(
+    db: &Db,
+    storage: &Storage,
+    file: &DumpFile,
+    legacy_column: bool,
+    moved: usize,
+    reporter: &Reporter,
+) -> Result<Option<Next>, MigrateToS3Error> {
     let item = file.item();
     let mut tx = db.begin().await?;
     let row = if legacy_column {
@@ -325,17 +364,25 @@ async fn migrate_one(
         None
     };
     let Some(row) = row else {
+        if moved > 0 {
+            return Ok(None);
+        }
         match legacy::migrated_file(&mut tx, file.device_id, &file.filename).await? {
             Some(coredump_id) => {
                 drop(tx);
-                return restore_if_missing(db, storage, &file, coredump_id, reporter).await;
+                return restore_if_missing(db, storage, file, coredump_id, reporter)
+                    .await
+                    .map(|()| None);
             }
             None => {
-                let reason = format!("Orphaned coredump file {item}: no matching DB record");
+                let reason = format!(
+                    "Orphaned coredump file {item}: no matching DB record (no row names it: \
+                     the Python service moved it already, or its dump was deleted); left in place"
+                );
                 reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
             }
         }
-        return Ok(());
+        return Ok(None);
     };
     drop(tx);
     let key = match coredump_key(&file.device_key, row.id) {
@@ -343,7 +390,7 @@ async fn migrate_one(
         Err(e) => {
             let reason = format!("Cannot migrate coredump {item}: {e}");
             reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
-            return Ok(());
+            return Ok(None);
         }
     };
     if reporter.dry_run() {
@@ -354,10 +401,10 @@ async fn migrate_one(
             None,
             false,
         );
-        return Ok(());
+        return Ok(Some(Next::Stop));
     }
-    let Some(len) = upload(storage, &file, &key, reporter).await? else {
-        return Ok(());
+    let Some(len) = upload(storage, file, &key, reporter).await? else {
+        return Ok(None);
     };
 
     let size = i64::try_from(len).unwrap_or(i64::MAX);
@@ -369,7 +416,7 @@ async fn migrate_one(
         {
             // A concurrent run moved it first (to the same key): nothing left to do.
             reporter.item(Kind::Coredump, &item, Outcome::Unchanged, None, false);
-            return Ok(());
+            return Ok(None);
         }
         drop(tx);
         // The row went away (deleted, pruned) or another run moved it while we uploaded: the
@@ -379,7 +426,7 @@ async fn migrate_one(
         }
         let reason = format!("Coredump {item} changed while it was migrated; skipped");
         reporter.item(Kind::Coredump, &item, Outcome::Skipped, Some(&reason), true);
-        return Ok(());
+        return Ok(None);
     }
     if row.parse_status != STATUS_PARSED {
         parse_job::requeue(&mut tx, file.device_id, row.id).await?;
@@ -392,7 +439,7 @@ async fn migrate_one(
         ));
     }
     reporter.item(Kind::Coredump, &item, Outcome::Migrated, None, false);
-    Ok(())
+    Ok(Some(Next::More))
 }
 
 #[cfg(test)]

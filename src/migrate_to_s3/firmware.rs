@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::report::{Kind, Outcome, Reporter};
 use super::{sorted_entries, subdirectory_entries, MigrateToS3Error, Options};
 use crate::db::firmware_versions as fw;
-use crate::db::Db;
+use crate::db::{legacy, Db};
 use crate::firmware::bundle::{self, BundleError};
 use crate::firmware::store::{self, ImportPlan, Imported, StoreError};
 use crate::storage::Storage;
@@ -105,7 +105,7 @@ async fn migrate_one(
             true,
         )
     };
-    let (bundle, modified) = match validate(&file, options.max_entry_bytes).await {
+    let (bundle, notes, modified) = match validate(&file, options.max_entry_bytes).await {
         Ok(validated) => validated,
         Err(BundleError::Invalid(reason) | BundleError::TooLarge(reason)) => {
             skip(reason);
@@ -124,10 +124,52 @@ async fn migrate_one(
         ));
         return Ok(());
     }
+    for note in &notes {
+        reporter.warn(format!(
+            "Firmware {item}: {note}; {}",
+            if reporter.dry_run() {
+                "it would be migrated as the Python service kept it"
+            } else {
+                "migrated as the Python service kept it (an upload through the API would be \
+                 refused)"
+            }
+        ));
+    }
     if reporter.dry_run() {
         let existing = fw::find(db, file.model_id, &file.version).await?;
-        let outcome = match store::import_plan(existing.as_ref(), &bundle) {
-            ImportPlan::Create | ImportPlan::FillLegacyRow(_) => Outcome::Migrated,
+        let recorded = match existing {
+            Some(_) => true,
+            None => {
+                let mut tx = db.begin_read().await?;
+                let recorded =
+                    legacy::firmware_bundle_recorded(&mut tx, file.model_id, &file.version).await?;
+                tx.commit().await?;
+                recorded
+            }
+        };
+        let outcome = match store::import_plan(existing.as_ref(), recorded, &bundle) {
+            ImportPlan::Create => Outcome::Migrated,
+            ImportPlan::FillLegacyRow(_) => {
+                // As the real run decides: a newer build in the bucket under this version wins.
+                match store::stored_build_differs(storage, &file.code, &file.version, &bundle).await
+                {
+                    Ok(None) => Outcome::Migrated,
+                    Ok(Some(_)) => {
+                        skip(conflict(&item));
+                        return Ok(());
+                    }
+                    Err(StoreError::Storage(e)) => return Err(e.into()),
+                    Err(StoreError::Db(e)) => return Err(e.into()),
+                    Err(e) => {
+                        skip(e.to_string());
+                        return Ok(());
+                    }
+                }
+            }
+            ImportPlan::DeletedSince => {
+                deleted_since(reporter, &item);
+                return Ok(());
+            }
             ImportPlan::Unchanged => {
                 let keys = crate::layout::firmware_keys(&file.code, &file.version)
                     .map_err(crate::storage::StorageError::from)?;
@@ -156,6 +198,7 @@ async fn migrate_one(
         Ok(Imported::Unchanged) => {
             reporter.item(Kind::Firmware, &item, Outcome::Unchanged, None, false)
         }
+        Ok(Imported::DeletedSince) => deleted_since(reporter, &item),
         Ok(Imported::Restored) => {
             reporter.warn(format!(
                 "Firmware {item} was recorded as migrated but missing from the object store: \
@@ -176,16 +219,30 @@ async fn migrate_one(
     Ok(())
 }
 
+/// A version an earlier run stored and that was deleted or pruned since: left so.
+fn deleted_since(reporter: &Reporter, item: &str) {
+    reporter.item(
+        Kind::Firmware,
+        item,
+        Outcome::Unchanged,
+        Some(&format!(
+            "Firmware {item} was migrated before and deleted or pruned since; not brought back"
+        )),
+        true,
+    );
+}
+
 fn conflict(item: &str) -> String {
     format!("version {item} is already stored with different content; the stored build was kept")
 }
 
-/// Validates the bundle like an upload (on the blocking pool); also returns the file's
+/// Validates the bundle like an upload (on the blocking pool), except that the checks the Python
+/// service did not make only report (`Coherence::Reported`); also returns the file's
 /// modification time, which becomes the version's `uploaded_at`.
 async fn validate(
     file: &BundleFile,
     max_entry_bytes: u64,
-) -> Result<(bundle::Bundle, DateTime<Utc>), BundleError> {
+) -> Result<(bundle::Bundle, Vec<String>, DateTime<Utc>), BundleError> {
     let path = file.path.clone();
     let code = file.code.clone();
     tokio::task::spawn_blocking(move || {
@@ -195,8 +252,9 @@ async fn validate(
             .modified()
             .map(DateTime::<Utc>::from)
             .unwrap_or_else(|_| Utc::now());
-        let bundle = bundle::validate(zip, &code, max_entry_bytes)?;
-        Ok((bundle, modified))
+        let (bundle, notes) =
+            bundle::validate(zip, &code, max_entry_bytes, bundle::Coherence::Reported)?;
+        Ok((bundle, notes, modified))
     })
     .await
     .map_err(|e| BundleError::Io(std::io::Error::other(e)))?

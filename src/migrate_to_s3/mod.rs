@@ -54,16 +54,24 @@ impl From<sqlx::Error> for MigrateToS3Error {
     }
 }
 
+/// A run the database or the bucket stopped, with what it had done until then (kept: a rerun
+/// carries on).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RunStopped {
+    pub error: MigrateToS3Error,
+    pub summary: Summary,
+}
+
 /// Runs both phases and returns the summary (also when items were skipped).
-pub async fn run(
-    db: &Db,
-    storage: &Storage,
-    options: &Options,
-) -> Result<Summary, MigrateToS3Error> {
+pub async fn run(db: &Db, storage: &Storage, options: &Options) -> Result<Summary, RunStopped> {
     let reporter = Reporter::new(options.dry_run);
     let result = run_phases(db, storage, options, &reporter).await;
     let summary = reporter.finish();
-    result.map(|()| summary)
+    match result {
+        Ok(()) => Ok(summary),
+        Err(error) => Err(RunStopped { error, summary }),
+    }
 }
 
 async fn run_phases(

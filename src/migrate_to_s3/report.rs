@@ -95,8 +95,20 @@ impl Summary {
     /// The text printed at the end (the Python service's format, plus the unchanged counts).
     pub fn render(&self, dry_run: bool) -> String {
         let prefix = if dry_run { "[DRY RUN] " } else { "" };
+        self.render_under(&format!("{prefix}Migration complete."))
+    }
+
+    /// The summary of a run the database or the bucket stopped: what it did until then.
+    pub fn render_stopped(&self, dry_run: bool) -> String {
+        let prefix = if dry_run { "[DRY RUN] " } else { "" };
+        self.render_under(&format!(
+            "{prefix}Migration stopped before the end. Until then:"
+        ))
+    }
+
+    fn render_under(&self, heading: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "\n{prefix}Migration complete.");
+        let _ = writeln!(out, "\n{heading}");
         let _ = writeln!(out, "  Firmware ZIPs migrated: {}", self.firmware_migrated);
         let _ = writeln!(out, "  Firmware ZIPs skipped:  {}", self.firmware_skipped);
         let _ = writeln!(
@@ -112,7 +124,15 @@ impl Summary {
             self.coredumps_unchanged
         );
         if self.firmware_migrated + self.coredumps_migrated == 0 {
-            let _ = writeln!(out, "  Nothing to migrate: no changes were made.");
+            let skipped = self.firmware_skipped + self.coredumps_skipped;
+            if skipped == 0 {
+                let _ = writeln!(out, "  Nothing to migrate: no changes were made.");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  Nothing was migrated: {skipped} item(s) skipped (see the warnings)."
+                );
+            }
         }
         for note in &self.notes {
             let _ = writeln!(out, "  {note}");
