@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use iotsupport::firmware::bundle::{self, BundleError, Content};
+use iotsupport::firmware::bundle::{self, BundleError, Coherence, Content};
 use libfuzzer_sys::fuzz_target;
 
 /// The model code the bundles are for: entries `fuzz.bin`, `fuzz.elf`, `fuzz.map`.
@@ -97,8 +97,9 @@ fn fix_stored_crcs(zip: &mut [u8]) {
 fuzz_target!(|data: &[u8]| {
     let mut body = data.to_vec();
     fix_stored_crcs(&mut body);
-    match bundle::validate(spool(&body), CODE, LIMIT) {
-        Ok(bundle) => {
+    match bundle::validate(spool(&body), CODE, LIMIT, Coherence::Required) {
+        Ok((bundle, notes)) => {
+            assert!(notes.is_empty(), "the required checks only refuse");
             assert_eq!(bundle.artifacts.len(), 5);
             assert!(!bundle.version.as_str().is_empty());
             for entry in &bundle.artifacts {
