@@ -239,6 +239,8 @@ pub async fn run(
         }
     };
     let mut pending = Pending::default();
+    // Lines dropped while the channel was drained at shutdown, to count with the others.
+    let mut drained_excess = 0;
     let mut stamper = Stamper::default();
     // After a failed store: no flush before this, and the failures in a row (for the back-off).
     let mut retry_at = tokio::time::Instant::now();
@@ -291,9 +293,16 @@ pub async fn run(
             // the rest rather than dropped with the channel.
             while let Some(message) = subscription.try_recv() {
                 take(&mut pending, &message.payload);
+                // Bounded as it is read (a full channel of tiny lines parses into millions),
+                // now and then so that each trim moves many lines at once.
+                if pending.len() >= 2 * MAX_PENDING_LINES {
+                    drained_excess +=
+                        pending.drop_oldest_beyond(MAX_PENDING_LINES, MAX_PENDING_BYTES);
+                }
             }
         }
-        let excess = pending.drop_oldest_beyond(MAX_PENDING_LINES, MAX_PENDING_BYTES);
+        let excess = std::mem::take(&mut drained_excess)
+            + pending.drop_oldest_beyond(MAX_PENDING_LINES, MAX_PENDING_BYTES);
         if excess > 0 {
             metrics::counter!(DEVICE_LOG_LINES, "outcome" => "dropped").increment(excess as u64);
             tracing::warn!(

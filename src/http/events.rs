@@ -81,6 +81,11 @@ fn split_log_position(text: &str) -> (&str, Option<i64>) {
 /// request shows what came before).
 const MAX_LOG_RESUME: i64 = 100_000;
 
+/// The name of the message that tells a stream's client where its log feed stands (an id, and
+/// `{}` as data: browsers do not hand scripts a message without data). Unnamed messages are the
+/// events and log lines both UIs read; the Python service's UI listens for no such name.
+const LOG_POSITION_EVENT: &str = "log-position";
+
 /// The most awaited ids an SSE id carries (the highest): a few transactions in flight at once.
 const MAX_GAPS_IN_ID: usize = 32;
 
@@ -184,7 +189,7 @@ struct LogFeed {
     positioned: bool,
     /// When this stream last renewed its subscriptions (forgotten an hour after the last renewal,
     /// see `crate::device_logs::retention`).
-    renewed: std::time::Instant,
+    renewed: Option<std::time::Instant>,
 }
 
 struct CatchUp {
@@ -278,9 +283,12 @@ impl LogFeed {
             self.last = self.last.max(newest);
             return Ok(Vec::new());
         }
-        if self.renewed.elapsed() >= RENEW_SUBSCRIPTIONS {
+        if self
+            .renewed
+            .is_none_or(|at| at.elapsed() >= RENEW_SUBSCRIPTIONS)
+        {
             device_logs::renew_subscriptions(db, request_id, crate::db::now()).await?;
-            self.renewed = std::time::Instant::now();
+            self.renewed = Some(std::time::Instant::now());
         }
         let ids: Vec<i64> = self.subscribed.iter().map(|(id, _)| *id).collect();
         let (lines, read_all) =
@@ -484,7 +492,7 @@ pub async fn stream(
         refresh: true,
         catch_up: None,
         positioned: resumed_line.is_some(),
-        renewed: std::time::Instant::now(),
+        renewed: None,
     };
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.headers = headers.clone();
@@ -571,11 +579,12 @@ pub async fn stream(
                 let position = s.logs.resume_position();
                 if position.is_some() && position != s.sent_position {
                     let gaps = s.events.gaps(std::time::Instant::now());
-                    s.buffer.push_back(Event::default().id(stream_id(
-                        s.events.last(),
-                        &gaps,
-                        position,
-                    )));
+                    s.buffer.push_back(
+                        Event::default()
+                            .event(LOG_POSITION_EVENT)
+                            .data("{}")
+                            .id(stream_id(s.events.last(), &gaps, position)),
+                    );
                     s.sent_position = position;
                     continue;
                 }

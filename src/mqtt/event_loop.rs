@@ -81,6 +81,9 @@ async fn drive(
             }
             Ok(event) => dispatch(shared, event),
             Err(error) => {
+                // Messages read in the same batch as the failure (a broker's DISCONNECT right
+                // after a burst) are handed over before the old session's state goes.
+                deliver_received(shared, &mut eventloop);
                 shared.on_disconnected(PublishError::ConnectionLost);
                 start_over(&mut eventloop);
                 match connected_since.take() {
@@ -134,6 +137,16 @@ fn dispatch(shared: &Shared, event: Event) {
         Event::Incoming(Packet::SubAck(ack)) => shared.on_suback(&ack),
         Event::Incoming(Packet::Publish(publish)) => shared.on_message(publish),
         _ => {}
+    }
+}
+
+/// The messages rumqttc read from the broker but had not handed out when the connection failed
+/// (it reads several packets at once and queues their events).
+fn deliver_received(shared: &Shared, eventloop: &mut EventLoop) {
+    for event in std::mem::take(&mut eventloop.state.events) {
+        if let Event::Incoming(Packet::Publish(publish)) = event {
+            shared.on_message(publish);
+        }
     }
 }
 
@@ -215,5 +228,51 @@ fn hint(error: &ConnectionError) -> Option<&'static str> {
             Some("TLS failed: is the broker's certificate trusted by the system?")
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::MqttClient;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, MqttOptions};
+
+    /// Messages rumqttc read in the same batch as a failure are queued in its state, which
+    /// `start_over` replaces: they are handed out first, not dropped with it.
+    #[tokio::test]
+    async fn messages_read_with_a_failure_are_delivered_before_the_state_is_replaced() {
+        let (requests, mut eventloop) =
+            AsyncClient::new(MqttOptions::new("test", "127.0.0.1", 1), 64);
+        let shared = Arc::new(Shared::new(
+            requests,
+            Duration::from_secs(5),
+            "test".into(),
+            "mqtt://127.0.0.1:1".into(),
+        ));
+        let client = MqttClient {
+            shared: shared.clone(),
+        };
+        let mut subscription = client.subscribe("logs", Default::default()).unwrap();
+        for line in [&b"one"[..], b"two"] {
+            eventloop
+                .state
+                .events
+                .push_back(Event::Incoming(Packet::Publish(Publish::new(
+                    "logs",
+                    QoS::AtLeastOnce,
+                    line.to_vec(),
+                    None,
+                ))));
+        }
+        deliver_received(&shared, &mut eventloop);
+        start_over(&mut eventloop);
+        let mut got = Vec::new();
+        while let Some(message) = subscription.try_recv() {
+            got.push(message.payload.to_vec());
+        }
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+        assert!(eventloop.state.events.is_empty());
     }
 }

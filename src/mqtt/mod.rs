@@ -29,7 +29,10 @@
 //! [`MqttSettings::client_id`]), the sessions of processes that are gone would sit on the broker
 //! for an hour collecting log messages nobody reads. What a clean session loses — messages to
 //! `iotsupport/logsink` while this process is disconnected — other members of the shared
-//! subscription group receive.
+//! subscription group receive, if there are any still connected: with one process (the SQLite
+//! setup), or when the broker itself restarts and every member reconnects, the lines devices
+//! publish before this process has subscribed again (up to the reconnect back-off, 30 s at most)
+//! are not stored. Messages rumqttc had read when a connection failed are handed out first.
 //!
 //! # Choice of crate
 //!

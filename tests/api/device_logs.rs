@@ -712,18 +712,19 @@ async fn a_quiet_devices_stream_learns_where_its_feed_stands() {
         .fetch_one(p)
         .await)
         .unwrap();
-        // No line for this stream; its position comes within a recheck or two.
+        // No line for this stream; its position comes within a recheck or two, in a message
+        // a page's script sees (one with data: a browser hands scripts no other).
         let position = |id: Option<&str>| -> Option<i64> { id?.split_once('|')?.1.parse().ok() };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while position(stream.last_id()).is_none_or(|p| p < newest) {
+        while position(stream.script_id()).is_none_or(|p| p < newest) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{stack:?}: no position past {newest} came; last id {:?}",
-                stream.last_id()
+                "{stack:?}: no position past {newest} came; last id a script saw {:?}",
+                stream.script_id()
             );
             assert!(stream.next(Duration::from_millis(500)).await.is_none());
         }
-        let held = stream.last_id().unwrap().to_string();
+        let held = stream.script_id().unwrap().to_string();
         drop(stream);
 
         publisher
@@ -1051,4 +1052,46 @@ async fn a_burst_of_long_lines_reaches_a_live_stream_in_bounded_messages() {
         assert!(messages >= 5, "{messages} messages");
     })
     .await;
+}
+
+/// A stream renews its subscriptions as soon as it reads them, not only after it has been open
+/// for ten minutes: a client whose streams never last that long (a proxy cutting requests at five
+/// minutes; the Python UI subscribes once, not on each reconnect) kept them for an hour at most.
+#[tokio::test]
+async fn a_new_stream_renews_its_subscriptions_at_once() {
+    let Some(url) = broker::shared_broker("device_logs_renew") else {
+        return;
+    };
+    for stack in ALL_STACKS {
+        let Some(app) = logging_app(stack, "device_logs_renew", &url).await else {
+            continue;
+        };
+        let model_id = create_model(&app, "renew", None).await;
+        let device = device_with_entity(&app, model_id, Some(&entity("renew"))).await;
+        drop(subscribed_stream(&app, "tab-renew", device).await);
+        let renewed_at = async || -> chrono::DateTime<Utc> {
+            iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+                "SELECT renewed_at FROM device_log_subscriptions WHERE request_id = 'tab-renew'"
+            )
+            .fetch_one(p)
+            .await)
+            .unwrap()
+        };
+        // Fifty minutes without a renewal: ten more and the sweep forgets it.
+        iotsupport::on_pool!(app.db(), |p| sqlx::query(
+            "UPDATE device_log_subscriptions SET renewed_at = $1 WHERE request_id = 'tab-renew'"
+        )
+        .bind(iotsupport::db::now() - chrono::Duration::minutes(50))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+        let _stream = SseReader::open_as(&app, "tab-renew").await;
+        let renewed = eventually(Duration::from_secs(10), || async {
+            iotsupport::db::now() - renewed_at().await < chrono::Duration::minutes(1)
+        })
+        .await;
+        assert!(renewed, "{stack:?}: renewed at {}", renewed_at().await);
+        app.stop().await;
+    }
 }

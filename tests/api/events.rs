@@ -19,8 +19,9 @@ use crate::helpers::*;
 pub struct SseReader {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
-    /// The last SSE id read, also of messages without data (as an `EventSource` keeps it).
-    last_id: Option<String>,
+    /// The last id a page's script saw: browsers dispatch only messages with data (our UI
+    /// listens to unnamed ones and `log-position`).
+    script_id: Option<String>,
 }
 
 impl SseReader {
@@ -53,9 +54,9 @@ impl SseReader {
         Self::open_with(app, &path, None).await
     }
 
-    /// The last SSE id read so far, of any message.
-    pub fn last_id(&self) -> Option<&str> {
-        self.last_id.as_deref()
+    /// The id of the last message with data (what `event.lastEventId` showed a script).
+    pub fn script_id(&self) -> Option<&str> {
+        self.script_id.as_deref()
     }
 
     async fn open_with(app: &TestApp, request_id: &str, last: Option<&str>) -> SseReader {
@@ -74,7 +75,7 @@ impl SseReader {
         SseReader {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
-            last_id: None,
+            script_id: None,
         }
     }
 
@@ -98,13 +99,18 @@ impl SseReader {
                 };
                 let data = field("data:");
                 let id = field("id:").pop();
+                if data.is_empty() {
+                    continue;
+                }
                 if id.is_some() {
-                    self.last_id = id.clone();
+                    self.script_id = id.clone();
                 }
-                if !data.is_empty() {
-                    let data = serde_json::from_str(&data.join("\n")).expect("data is JSON");
-                    return Some((id, data));
+                // A named message goes to its own listener, not to `onmessage`.
+                if !field("event:").is_empty() {
+                    continue;
                 }
+                let data = serde_json::from_str(&data.join("\n")).expect("data is JSON");
+                return Some((id, data));
             }
             let chunk = tokio::time::timeout_at(deadline, self.body.next())
                 .await

@@ -381,6 +381,11 @@
         retryLater();
       }, retryLater);
     });
+    // Where a quiet device's log feed stands, as the stream moves on: a message of its own, as a
+    // browser hands scripts no message without data (their ids only reach its own reconnects).
+    source.addEventListener('log-position', function (event) {
+      if (event.lastEventId) { lastEventId = event.lastEventId; }
+    });
     source.addEventListener('message', function (event) {
       if (event.lastEventId) { lastEventId = event.lastEventId; }
       var message;
