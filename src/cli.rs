@@ -455,6 +455,9 @@ fn parse_coredump(dump: &std::path::Path, elf: &std::path::Path, json: bool) -> 
     }
 }
 
+/// A repair grace below this gets a warning (see [`reconcile`]).
+const SHORT_REPAIR_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// `repair`: `None` to report only, `Some(force)` to repair.
 async fn reconcile(
     config: Config,
@@ -463,6 +466,16 @@ async fn reconcile(
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::reconcile;
+    if repair.is_some() && grace < SHORT_REPAIR_GRACE {
+        // A core dump's object is written before its row commits: with a running service, an
+        // upload in that moment looks like an orphan to a scan that does not wait this long.
+        eprintln!(
+            "warning: --grace {} s: objects this recent are repaired as orphans if no row names \
+             them yet, which includes uploads still in progress while a service runs (keep the \
+             grace above the longest upload, the default is an hour)",
+            grace.as_secs()
+        );
+    }
     let db = connect_existing(&config).await?;
     db.ping().await?;
     // Never create the bucket here: an empty new one would make every row look dangling.
@@ -589,8 +602,8 @@ async fn reconcile(
         }
         if let (Some(s), Some(d)) = (&summary, &deleted) {
             println!(
-                "repaired: moved {} misplaced object(s), queued {} orphan(s) for deletion ({} claimed by a row since the scan), marked {} core dump(s) ERROR, removed {} firmware version(s), left {} current version(s) for re-upload and {} incomplete version(s) that still hold their image or ELF",
-                s.misplaced_moved, s.orphans_queued, s.orphans_claimed_since, s.coredumps_marked_error, s.firmware_versions_removed, s.current_versions_left, s.incomplete_versions_left
+                "repaired: moved {} misplaced object(s), queued {} orphan(s) for deletion ({} claimed by a row since the scan), marked {} core dump(s) ERROR (kept {} parsed one(s) with their report), removed {} firmware version(s), left {} current version(s) for re-upload and {} incomplete version(s) that still hold their image or ELF",
+                s.misplaced_moved, s.orphans_queued, s.orphans_claimed_since, s.coredumps_marked_error, s.parsed_coredumps_left, s.firmware_versions_removed, s.current_versions_left, s.incomplete_versions_left
             );
             println!(
                 "deleted {} object(s) from the store ({} failed, left queued for retry)",

@@ -195,7 +195,9 @@ pub fn map_key(key: &str) -> MappedKey {
             let id = file
                 .strip_suffix(".dmp")
                 .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|id| id.parse::<i64>().ok());
+                // Only the id as the key names it (`17`, not `017`): another spelling is not the
+                // dump's object, whatever number it reads as.
+                .and_then(|id| id.parse::<i64>().ok().filter(|n| n.to_string() == id));
             match id {
                 Some(coredump_id) if is_device_key(device_key) => MappedKey::Coredump {
                     device_key: device_key.to_string(),
@@ -365,6 +367,7 @@ mod tests {
             "firmware/Bad-Code/1.0/firmware.bin",
             "firmware/m/firmware.bin",
             "coredumps/abcd2345/x.dmp",
+            "coredumps/abcd2345/017.dmp", // not how dump 17's key is spelt
             "coredumps/ABCD/1.dmp",
             "coredumps/abcd2345/1.dmp/extra",
             "other/thing",

@@ -265,7 +265,9 @@ pub async fn scan_showing(
     progress: &(dyn Fn(ScanStep<'_>) + Send + Sync),
 ) -> Result<ReconcileReport, ReconcileError> {
     // Rows first, then objects: an object uploaded and committed between the two reads is still
-    // recent, and so protected by the grace period rather than reported as an orphan.
+    // recent, and so protected by the grace period rather than reported as an orphan. The cutoff
+    // is taken before both, however long the listing takes.
+    let cutoff: DateTime<Utc> = db::now() - chrono::Duration::from_std(grace).unwrap_or_default();
     progress(ScanStep::ReadingRows);
     let rows = queries::scan_rows(db).await?;
     let (firmware, dumps, models) = (rows.firmware, rows.dumps, rows.models);
@@ -292,7 +294,6 @@ pub async fn scan_showing(
         .collect();
     let dump_owners: HashMap<i64, &str> = dumps.iter().map(|d| (d.id, d.key.as_str())).collect();
     let present: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-    let cutoff: DateTime<Utc> = db::now() - chrono::Duration::from_std(grace).unwrap_or_default();
 
     for object in &objects {
         let claimed = match layout::map_key(&object.key) {

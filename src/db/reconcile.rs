@@ -101,21 +101,54 @@ pub async fn coredump_exists(tx: &mut Tx, id: i64, device_key: &str) -> Result<b
     .await)?)
 }
 
-/// Marks a dump whose object is gone `ERROR` with `message`; returns whether a row changed.
-pub async fn mark_coredump_missing(tx: &mut Tx, id: i64, message: &str) -> Result<bool, DbError> {
+/// What [`mark_coredump_missing`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkedMissing {
+    /// Now `ERROR`, saying the object is missing.
+    Marked,
+    /// Said so already, or the row is gone.
+    Unchanged,
+    /// `PARSED`: its report is all that is left of that crash (the dump cannot be parsed again),
+    /// so it is kept as it is.
+    ParsedKept,
+}
+
+/// Marks a dump whose object is gone `ERROR` with `message` (its structured report cleared, as
+/// after any failed parse), unless it is `PARSED`.
+pub async fn mark_coredump_missing(
+    tx: &mut Tx,
+    id: i64,
+    message: &str,
+) -> Result<MarkedMissing, DbError> {
+    let status: Option<String> = on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT parse_status FROM coredumps WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?;
+    // The update's own condition decides (a parse may finish in between); this only tells
+    // the two outcomes apart.
+    if status.as_deref() == Some("PARSED") {
+        return Ok(MarkedMissing::ParsedKept);
+    }
     let now = super::now();
     let changed = crate::execute!(
         tx,
         sqlx::query(
-            "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = $1, parsed_at = $2,
-             updated_at = $2
-         WHERE id = $3 AND NOT (parse_status = 'ERROR' AND parsed_output = $1)"
+            "UPDATE coredumps SET parse_status = 'ERROR', parsed_output = $1, report = NULL,
+             parsed_at = $2, updated_at = $2
+         WHERE id = $3 AND parse_status <> 'PARSED'
+           AND NOT (parse_status = 'ERROR' AND parsed_output = $1)"
         )
         .bind(message)
         .bind(now)
         .bind(id)
     )?;
-    Ok(changed == 1)
+    Ok(if changed == 1 {
+        MarkedMissing::Marked
+    } else {
+        MarkedMissing::Unchanged
+    })
 }
 
 /// Deletes the version row unless it is its model's current version; returns whether it did.

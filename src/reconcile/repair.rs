@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{orphans_by_model, ReconcileError, ReconcileReport};
-use crate::db::{reconcile as queries, Db, Tx};
+use crate::db::reconcile::{self as queries, MarkedMissing};
+use crate::db::{Db, Tx};
 use crate::layout::{self, Artifact, MappedKey};
 use crate::outbox;
 use crate::storage::{ObjectKey, Storage};
@@ -27,6 +28,8 @@ pub struct RepairSummary {
     /// Orphans a row claimed by the time of the repair (left alone).
     pub orphans_claimed_since: usize,
     pub coredumps_marked_error: usize,
+    /// `PARSED` dumps whose object is missing: kept with their report, reported.
+    pub parsed_coredumps_left: usize,
     pub firmware_versions_removed: usize,
     pub current_versions_left: usize,
     /// Non-current versions missing some objects but still holding their image or ELF (e.g. an
@@ -244,7 +247,8 @@ async fn queue_orphans(
     Ok(())
 }
 
-/// Marks dumps whose object is still missing `ERROR`.
+/// Marks dumps whose object is still missing `ERROR`, except parsed ones (their report is what
+/// is left of the crash).
 async fn mark_dangling_dumps(
     db: &Db,
     storage: &Storage,
@@ -261,8 +265,10 @@ async fn mark_dangling_dumps(
             dump.object_key
         );
         let mut tx = db.begin().await?;
-        if queries::mark_coredump_missing(&mut tx, dump.coredump_id, &message).await? {
-            summary.coredumps_marked_error += 1;
+        match queries::mark_coredump_missing(&mut tx, dump.coredump_id, &message).await? {
+            MarkedMissing::Marked => summary.coredumps_marked_error += 1,
+            MarkedMissing::ParsedKept => summary.parsed_coredumps_left += 1,
+            MarkedMissing::Unchanged => {}
         }
         tx.commit().await?;
     }

@@ -164,10 +164,17 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
         &[],
     )
     .await;
-    // Two dumps, the second without its object.
-    for _ in 0..2 {
+    // Three dumps, the second and the third without their objects; the third was parsed.
+    for _ in 0..3 {
         exec(&app, "INSERT INTO coredumps (device_id, chip, firmware_version, size, uploaded_at) SELECT id, 'esp32', '1.0.0', 1, $1 FROM devices", &[]).await;
     }
+    exec(
+        &app,
+        "UPDATE coredumps SET parse_status = 'PARSED', parsed_output = 'the crash report', \
+         parsed_at = $1 WHERE id = (SELECT MAX(id) FROM coredumps)",
+        &[],
+    )
+    .await;
     let ids: Vec<i64> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
         "SELECT id FROM coredumps ORDER BY id"
     )
@@ -206,7 +213,7 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     );
     assert!(text.contains("current  sensor -> 1.0.0 [ok]"), "{text}");
     assert!(
-        text.contains("2 orphan(s), 3 dangling firmware version(s), 1 dangling core dump(s)"),
+        text.contains("2 orphan(s), 3 dangling firmware version(s), 2 dangling core dump(s)"),
         "{text}"
     );
     assert!(
@@ -227,6 +234,8 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     // The two orphans and the five keys of the removed version (two of them already missing).
     assert_eq!(report["objects_deleted"], 7, "{report}");
     assert_eq!(report["repair"]["coredumps_marked_error"], 1);
+    // A parsed dump keeps its report: all that is left of that crash.
+    assert_eq!(report["repair"]["parsed_coredumps_left"], 1, "{report}");
     assert_eq!(report["repair"]["firmware_versions_removed"], 1);
     assert_eq!(report["repair"]["current_versions_left"], 1);
     // Still holding its image and ELF: kept, with them.
@@ -248,6 +257,14 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     .await)
     .unwrap();
     assert_eq!(status, "ERROR");
+    let parsed: (String, Option<String>) = iotsupport::on_pool!(app.db(), |p| sqlx::query_as(
+        "SELECT parse_status, parsed_output FROM coredumps WHERE id = $1"
+    )
+    .bind(ids[2])
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(parsed, ("PARSED".into(), Some("the crash report".into())));
     let versions: Vec<String> = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
         "SELECT version FROM firmware_versions ORDER BY version"
     )
@@ -273,7 +290,7 @@ async fn reconcile_reports_orphans_and_dangling_rows_and_repair_fixes_them() {
     // deletes it.
     let text = reconcile(&app, &["--grace", "0"]);
     assert!(
-        text.contains("0 orphan(s), 2 dangling firmware version(s), 1 dangling core dump(s)"),
+        text.contains("0 orphan(s), 2 dangling firmware version(s), 2 dangling core dump(s)"),
         "{text}"
     );
     app.stop().await;
