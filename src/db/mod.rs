@@ -302,10 +302,16 @@ impl Db {
     /// Starts a transaction that only reads: one consistent snapshot for a page that shows
     /// several queries' results, without taking SQLite's write lock (a deferred `BEGIN`; in WAL
     /// mode readers never wait for writers) — so pages refreshed by every browser watching the
-    /// fleet never queue behind uploads. On PostgreSQL a `READ ONLY` transaction.
+    /// fleet never queue behind uploads. On PostgreSQL a `REPEATABLE READ READ ONLY`
+    /// transaction: under its default `READ COMMITTED` each statement had a snapshot of its own,
+    /// so a page could count a dump in one query and miss it in the next ("stored 4 of 3"). A
+    /// read-only transaction at that level never fails to serialise.
     pub async fn begin_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
-            Db::Postgres(p) => Tx::Postgres(p.begin_with("BEGIN READ ONLY").await?),
+            Db::Postgres(p) => Tx::Postgres(
+                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
             Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN").await?),
         })
     }

@@ -112,6 +112,9 @@ pub const SIGNATURE_FRAMES: usize = 3;
 const MAX_TEXT_CHARS: usize = 160;
 
 /// A crash signature (see the module documentation for the rule).
+/// What a signature says of a report read against another build's ELF.
+pub const OTHER_BUILD: &str = "read against another build";
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CrashSignature {
     /// Lower-case hex SHA-256 of [`CrashSignature::text`].
@@ -124,6 +127,13 @@ pub struct CrashSignature {
 
 /// Compute the signature of a crash report. `None` only when the report has
 /// neither a crash reason nor any application frame of a crashed task.
+///
+/// A report read against another build's ELF than the one that crashed
+/// ([`BuildCheck::Mismatch`](crate::BuildCheck)) signs apart, with [`OTHER_BUILD`]
+/// after its frames and in its title: its function names may be that other
+/// build's (a version uploaded again with different code), and must not join, or
+/// reopen, the group of the crash those names stand for. (An ELF rebuilt from the
+/// same source also mismatches; its dumps still group together, among themselves.)
 pub fn crash_signature(report: &CrashReport) -> Option<CrashSignature> {
     let (frames, reporter) = match report.crashed_task() {
         Some(task) => scan_frames(task),
@@ -139,11 +149,16 @@ pub fn crash_signature(report: &CrashReport) -> Option<CrashSignature> {
     } else {
         frames.join(" > ")
     };
-    let text = format!("v{SIGNATURE_VERSION} | {reason} | {frames_text}");
-    let title = match frames.first() {
+    let other_build = report.build_check == crate::BuildCheck::Mismatch;
+    let mut text = format!("v{SIGNATURE_VERSION} | {reason} | {frames_text}");
+    let mut title = match frames.first() {
         Some(f) => format!("{reason} in {f}"),
         None => reason,
     };
+    if other_build {
+        text.push_str(&format!(" | {OTHER_BUILD}"));
+        title.push_str(&format!(" ({OTHER_BUILD})"));
+    }
     Some(CrashSignature {
         hash: hex(&Sha256::digest(text.as_bytes())),
         text,
@@ -556,6 +571,27 @@ mod tests {
 
     fn sig(r: &CrashReport) -> CrashSignature {
         crash_signature(r).expect("signature")
+    }
+
+    #[test]
+    fn a_report_read_against_another_build_signs_apart() {
+        let matched = sig(&abort_report(0x4008_1000, 14, 0));
+        let mut r = abort_report(0x4008_1000, 14, 0);
+        r.build_check = BuildCheck::Mismatch;
+        let other = sig(&r);
+        assert_ne!(other.hash, matched.hash);
+        assert_eq!(
+            other.text,
+            "v1 | abort() | fail_once > app_main | read against another build"
+        );
+        assert_eq!(
+            other.title,
+            "abort() in fail_once (read against another build)"
+        );
+        // Among themselves, such reports still group.
+        let mut again = abort_report(0x4010_0000, 36, 1);
+        again.build_check = BuildCheck::Mismatch;
+        assert_eq!(sig(&again), other);
     }
 
     #[test]
