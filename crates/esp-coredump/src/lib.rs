@@ -37,7 +37,9 @@ pub use error::DumpError;
 pub use header::{ChecksumKind, DataFormat, DumpHeader, DumpKind, DumpVersion};
 pub use input::InputFormat;
 pub use report::{BuildCheck, CrashReport, ExceptionInfo, Frame, RegisterValue, TaskReport};
-pub use signature::{crash_signature, CrashSignature, SIGNATURE_FRAMES, SIGNATURE_VERSION};
+pub use signature::{
+    crash_signature, CrashSignature, OTHER_BUILD, SIGNATURE_FRAMES, SIGNATURE_VERSION,
+};
 pub use symbols::{Firmware, SymbolInfo};
 
 /// Decode a core dump, auto-detecting raw bytes, base64 text or an ELF core.

@@ -18,7 +18,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use esp_coredump::{
-    analyse_with, crash_signature, parse_dump, Arch, CrashReport, CrashSignature, Firmware,
+    analyse_with, crash_signature, parse_dump, Arch, BuildCheck, CrashReport, CrashSignature,
+    Firmware, OTHER_BUILD,
 };
 
 /// Functions of the crashed tasks' backtraces in this data that are not
@@ -39,13 +40,18 @@ fn sign(input: &[u8], fw: &Firmware) -> (CrashReport, CrashSignature) {
     (report, sig)
 }
 
-/// `v1 | reason | f1 > f2 > f3` → (reason, frames).
-fn parts(text: &str) -> (String, Vec<String>) {
+/// `v1 | reason | f1 > f2 > f3` → (reason, frames, false); with a fourth field
+/// [`OTHER_BUILD`] (a dump read against another build's ELF), true.
+fn parts(text: &str) -> (String, Vec<String>, bool) {
     let fields: Vec<&str> = text.split(" | ").collect();
-    assert_eq!(fields.len(), 3, "three fields in {text:?}");
+    let other_build = match fields.as_slice() {
+        [_, _, _] => false,
+        [_, _, _, last] if *last == OTHER_BUILD => true,
+        _ => panic!("three fields, or four ending in {OTHER_BUILD:?}, in {text:?}"),
+    };
     assert_eq!(fields[0], "v1", "version field of {text:?}");
     let frames = fields[2].split(" > ").map(str::to_string).collect();
-    (fields[1].to_string(), frames)
+    (fields[1].to_string(), frames, other_build)
 }
 
 /// No addresses, numbers, file names or line numbers in the text.
@@ -115,14 +121,28 @@ fn signatures_of_all_real_dumps() {
             .chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_no_numbers(name, &sig.text);
-        let (reason, frames) = parts(&sig.text);
+        let (reason, frames, other_build) = parts(&sig.text);
         assert!(
             !frames.is_empty() && frames.len() <= 3,
             "{name}: frames {frames:?}"
         );
+        // The `*_v2_0_*` dumps record another ELF's SHA-256 than their case's
+        // (MANIFEST caveat 4): their signatures say so; no other does.
+        assert_eq!(
+            other_build,
+            name.contains("_v2_0_"),
+            "{name}: build check {:?}",
+            report.build_check
+        );
+        assert_eq!(other_build, report.build_check == BuildCheck::Mismatch);
+        let suffix = if other_build {
+            format!(" ({OTHER_BUILD})")
+        } else {
+            String::new()
+        };
         assert_eq!(
             sig.title,
-            format!("{reason} in {}", frames[0]),
+            format!("{reason} in {}{suffix}", frames[0]),
             "{name}: title"
         );
         for f in &frames {
@@ -194,7 +214,7 @@ fn signatures_of_all_real_dumps() {
             .or_default()
             .insert(s.sig.hash.clone());
         by_hash.entry(s.sig.hash.clone()).or_default().insert(class);
-        let (_, frames) = parts(&s.sig.text);
+        let (_, frames, _) = parts(&s.sig.text);
         let first = if s.name.ends_with("_abort") {
             "fail_once"
         } else {
