@@ -392,6 +392,18 @@ impl Config {
                     "must be an http:// or https:// URL",
                 ));
             }
+            // The signing keys come from there: over plain HTTP off this machine, whoever is on
+            // the path can serve their own and mint admin tokens (as S3_USE_SSL for S3).
+            if issuer_url.starts_with("http://")
+                && !is_loopback_url(issuer_url)
+                && !env.flag("OIDC_ALLOW_HTTP", false)?
+            {
+                return Err(invalid(
+                    "OIDC_ISSUER_URL",
+                    "is plain http:// on another machine: the provider's signing keys would come \
+                     unauthenticated; use https://, or set OIDC_ALLOW_HTTP=true to allow it",
+                ));
+            }
             let audience = env
                 .get("OIDC_AUDIENCE")
                 .ok_or_else(|| invalid("OIDC_AUDIENCE", "is required when OIDC_ENABLED=true"))?;

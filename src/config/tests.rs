@@ -157,6 +157,29 @@ fn oidc_needs_an_issuer_and_an_audience() {
 }
 
 #[test]
+fn a_plain_http_oidc_issuer_off_loopback_needs_an_explicit_setting() {
+    let oidc = |issuer: &'static str, more: &[(&'static str, &'static str)]| {
+        let mut vars = vec![
+            ("OIDC_ENABLED", "true"),
+            ("OIDC_ISSUER_URL", issuer),
+            ("OIDC_AUDIENCE", "iotsupport"),
+        ];
+        vars.extend_from_slice(more);
+        config(&vars)
+    };
+    let err = oidc("http://keycloak.lan:8080/realms/iot", &[]).unwrap_err();
+    assert_eq!(err.variable, "OIDC_ISSUER_URL");
+    assert!(err.to_string().contains("OIDC_ALLOW_HTTP"), "{err}");
+    assert!(oidc(
+        "http://keycloak.lan:8080/realms/iot",
+        &[("OIDC_ALLOW_HTTP", "true")]
+    )
+    .is_ok());
+    assert!(oidc("http://127.0.0.1:8080/realms/iot", &[]).is_ok());
+    assert!(oidc("https://sso.example/realms/iot", &[]).is_ok());
+}
+
+#[test]
 fn plain_http_s3_needs_ssl_off_unless_loopback() {
     let err = config(&[("S3_ENDPOINT_URL", "http://s3.example.net")]).unwrap_err();
     assert_eq!(err.variable, "S3_USE_SSL");

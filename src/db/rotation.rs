@@ -354,12 +354,15 @@ pub async fn count_drift(db: &super::Db) -> Result<Vec<CountDrift>, DbError> {
     .await)?)
 }
 
-/// Replaces the counters with a count of the devices, while no device can change (PostgreSQL:
-/// a lock that lets readers in; SQLite: its write transaction).
+/// Replaces the counters with a count of the devices, while no device can change and no other
+/// recount runs (PostgreSQL: a lock that lets readers in; SQLite: its write transaction).
 pub async fn recount(db: &super::Db) -> Result<(), DbError> {
     let mut tx = db.begin().await?;
     if let Tx::Postgres(t) = &mut tx {
-        sqlx::query("LOCK TABLE devices IN SHARE MODE")
+        // Excludes the devices' writers, as SHARE would, and also another recount (two SHARE
+        // locks are compatible: the second's DELETE skipped the first's new rows, and its
+        // INSERT then failed on their keys).
+        sqlx::query("LOCK TABLE devices IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut **t)
             .await?;
     }

@@ -186,6 +186,22 @@ impl OidcVerifier {
                 "discovery document has no usable jwks_uri",
             ));
         }
+        for (name, endpoint) in [
+            ("jwks_uri", Some(&doc.jwks_uri)),
+            (
+                "authorization_endpoint",
+                doc.authorization_endpoint.as_ref(),
+            ),
+            ("token_endpoint", doc.token_endpoint.as_ref()),
+            ("end_session_endpoint", doc.end_session_endpoint.as_ref()),
+        ] {
+            if let Some(endpoint) = endpoint.filter(|e| downgrades(configured, e)) {
+                return Err(OidcError::unavailable(format!(
+                    "discovery document of an https:// issuer names a plain http:// {name} \
+                     ({endpoint:.200})"
+                )));
+            }
+        }
         Ok(Discovered {
             issuer: doc.issuer,
             jwks_uri: doc.jwks_uri,
@@ -194,6 +210,12 @@ impl OidcVerifier {
             end_session_endpoint: doc.end_session_endpoint,
         })
     }
+}
+
+/// Whether `endpoint` is plain `http://` where the issuer is `https://`: keys, codes or the
+/// client secret would then travel unprotected although the provider is reached over TLS.
+fn downgrades(issuer: &str, endpoint: &str) -> bool {
+    issuer.starts_with("https://") && endpoint.starts_with("http://")
 }
 
 /// GETs `url` and returns its body (at most [`MAX_BODY_BYTES`]); every failure is Unavailable.
@@ -236,4 +258,21 @@ pub(super) fn is_allowed_algorithm(alg: Algorithm) -> bool {
         alg,
         RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downgrades;
+
+    #[test]
+    fn an_https_issuer_names_no_plain_http_endpoint() {
+        let issuer = "https://sso.example/realms/iot";
+        assert!(downgrades(issuer, "http://sso.example/realms/iot/certs"));
+        assert!(!downgrades(issuer, "https://sso.example/realms/iot/certs"));
+        // An http:// issuer (loopback, or allowed with OIDC_ALLOW_HTTP) may name http:// ones.
+        assert!(!downgrades(
+            "http://127.0.0.1:8080/realms/iot",
+            "http://127.0.0.1:8080/certs"
+        ));
+    }
 }

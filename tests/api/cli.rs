@@ -85,6 +85,23 @@ fn invalid_configuration_exits_2_naming_the_variable() {
         stderr.contains("HOST") && stderr.contains("ADMIN_TOKEN"),
         "{stderr}"
     );
+
+    // An OIDC provider reached over plain HTTP on another machine needs saying so.
+    let output = run(
+        dir.path(),
+        &["serve"],
+        &[
+            ("OIDC_ENABLED", "true"),
+            ("OIDC_ISSUER_URL", "http://keycloak.lan:8080/realms/iot"),
+            ("OIDC_AUDIENCE", "iotsupport"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("OIDC_ISSUER_URL") && stderr.contains("OIDC_ALLOW_HTTP"),
+        "{stderr}"
+    );
     assert!(
         !dir.path().join("data").exists(),
         "nothing created on a configuration error"

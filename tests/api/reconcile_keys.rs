@@ -503,3 +503,25 @@ async fn a_dump_pruned_while_the_scan_runs_is_not_reported_dangling() {
     })
     .await;
 }
+
+/// Two repairs recounting the rotation counters at once both finish (PostgreSQL: the recount's
+/// table lock excludes another recount, not only the devices' writers).
+#[tokio::test]
+async fn two_rotation_recounts_at_once_both_finish() {
+    for_each_stack("reconcile_two_recounts", &[], async |app| {
+        let model = create_model(app, "recounted", None).await;
+        for _ in 0..3 {
+            crate::fleet::device_of(app, model).await;
+        }
+        for round in 0..20 {
+            let (a, b) = tokio::join!(
+                iotsupport::db::rotation::recount(app.db()),
+                iotsupport::db::rotation::recount(app.db())
+            );
+            assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} {b:?}");
+        }
+        let (_, status) = call(app, http::Method::GET, "/api/rotation/status", None).await;
+        assert_eq!(status["counts_by_state"]["OK"], 3, "{status}");
+    })
+    .await;
+}
