@@ -496,21 +496,41 @@ async fn reconcile(
         shown.finish();
         report?
     };
-    let (summary, deleted) = if let Some(force) = repair {
-        let summary = reconcile::repair(&db, &storage, &report, force).await?;
-        // Carry out the deletions repair queued (and any others due) now, as the worker would.
-        let mut deleted = crate::outbox::OutboxPass::default();
-        loop {
-            let pass = crate::outbox::process_due(&db, &storage).await?;
-            deleted.deleted += pass.deleted;
-            deleted.failed += pass.failed;
-            if pass.deleted == 0 {
-                break;
+    // A repair that is refused or fails still prints the scan (and what it did, if anything)
+    // before its error: the operator sees what it found.
+    let mut failure: Option<anyhow::Error> = None;
+    let (summary, deleted) = match repair {
+        Some(force) => match reconcile::repair(&db, &storage, &report, force).await {
+            Err(e) => {
+                failure = Some(e.into());
+                (None, None)
             }
-        }
-        (Some(summary), Some(deleted))
-    } else {
-        (None, None)
+            Ok(summary) => {
+                // Carry out the deletions repair queued (and any others due) now, as the worker
+                // would.
+                let mut deleted = crate::outbox::OutboxPass::default();
+                loop {
+                    match crate::outbox::process_due(&db, &storage).await {
+                        Ok(pass) => {
+                            deleted.deleted += pass.deleted;
+                            deleted.failed += pass.failed;
+                            if pass.deleted == 0 {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            failure = Some(anyhow::Error::from(e).context(
+                                "repair committed, but carrying out its deletions failed (they \
+                                 stay queued in the outbox)",
+                            ));
+                            break;
+                        }
+                    }
+                }
+                (Some(summary), Some(deleted))
+            }
+        },
+        None => (None, None),
     };
     if json {
         println!(
@@ -519,6 +539,7 @@ async fn reconcile(
                 "report": report,
                 "wrong_store": report.wrong_store(),
                 "repair": summary,
+                "repair_error": failure.as_ref().map(|e| format!("{e:#}")),
                 "objects_deleted": deleted.as_ref().map(|d| d.deleted),
                 "object_deletions_failed": deleted.as_ref().map(|d| d.failed),
             })
@@ -621,6 +642,9 @@ async fn reconcile(
         }
     }
     db.close().await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
     // A script must be able to tell that the cleanup did not happen.
     if let Some(d) = deleted.filter(|d| d.failed > 0) {
         anyhow::bail!(

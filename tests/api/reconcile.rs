@@ -422,6 +422,24 @@ async fn repair_refuses_a_store_that_holds_nothing_the_database_names() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{stderr}");
     assert!(stderr.contains("refusing to repair"), "{stderr}");
+    // What the scan found is still shown, and in JSON with the refusal.
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(text.contains("dangling coredump"), "{text}");
+    let run = reconcile_in(&app, &other, &["--repair", "--grace", "0", "--json"]);
+    assert!(!run.status.success());
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(
+        report["repair_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("refusing to repair")),
+        "{report}"
+    );
+    assert_eq!(
+        report["report"]["dangling_coredumps"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     assert_eq!(rows().await, (1, "PENDING".to_string()));
     assert!(iotsupport::outbox::pending(app.db())
         .await
