@@ -111,12 +111,19 @@ pub fn firmware_keys(model_code: &str, version: &str) -> Result<Vec<ObjectKey>, 
 /// has not moved yet). A version that is not a key component today (e.g. a `%` an earlier
 /// release allowed) only ever had the encoded ones: its verbatim keys may be another version's
 /// encoded copies (`2.1%7Erc1/…` is how `2.1~rc1` was stored), so they are never included.
-pub fn deletable_keys(model_code: &str, version: &str) -> Result<Vec<ObjectKey>, InvalidKey> {
+/// And the other way round: `encoded_is_a_version` says that the model also has a version
+/// spelt like the encoding (the Python service stored `2.1%7Erc1` under its own name), whose
+/// objects those keys are: they are left to it.
+pub fn deletable_keys(
+    model_code: &str,
+    version: &str,
+    encoded_is_a_version: bool,
+) -> Result<Vec<ObjectKey>, InvalidKey> {
     let mut keys = Vec::new();
     if crate::fleet::FirmwareVersion::parse(version).is_ok() {
         keys = firmware_keys(model_code, version)?;
     }
-    if let Some(encoded) = legacy_encoded_version(version) {
+    if let Some(encoded) = legacy_encoded_version(version).filter(|_| !encoded_is_a_version) {
         keys.extend(firmware_keys(model_code, &encoded)?);
     }
     Ok(keys)
@@ -273,7 +280,7 @@ mod tests {
     #[test]
     fn deleting_a_version_never_takes_another_versions_encoded_copies() {
         let keys = |version| -> Vec<String> {
-            deletable_keys("m", version)
+            deletable_keys("m", version, false)
                 .unwrap()
                 .iter()
                 .map(|k| k.to_string())
@@ -294,6 +301,12 @@ mod tests {
         assert_eq!(literal.len(), 5);
         // An ordinary version: its five keys.
         assert_eq!(keys("1.0.0").len(), 5);
+        // With the literal version stored beside it, `2.1~rc1` leaves that one's keys alone.
+        let beside = deletable_keys("m", "2.1~rc1", true).unwrap();
+        assert_eq!(beside.len(), 5);
+        assert!(beside
+            .iter()
+            .all(|k| !k.as_str().starts_with("firmware/m/2.1%7Erc1/")));
     }
 
     #[test]

@@ -471,3 +471,17 @@ pub async fn pending_coredump_versions(tx: &mut Tx, model_id: i64) -> Result<Vec
     .fetch_all(c)
     .await)?)
 }
+
+/// Whether the model also has a version spelt like `version`'s legacy percent-encoding (the
+/// Python service stored `2.1%7Erc1` under its own name): then the encoded keys are that
+/// version's, not copies of `version`'s (see `crate::layout::deletable_keys`).
+pub async fn encoding_is_a_version(
+    tx: &mut Tx,
+    model_id: i64,
+    version: &str,
+) -> Result<bool, DbError> {
+    match crate::layout::legacy_encoded_version(version) {
+        Some(encoded) => Ok(get(tx, model_id, &encoded).await?.is_some()),
+        None => Ok(false),
+    }
+}

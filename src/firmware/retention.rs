@@ -59,22 +59,27 @@ pub async fn enforce(
     fw::lock_for_deletion(tx, model_id, &candidates).await?;
     let pending = fw::pending_coredump_versions(tx, model_id).await?;
     let mut pruned = Pruned::default();
-    let mut keys: Vec<ObjectKey> = Vec::new();
     for version in candidates {
         if pending.contains(&version) {
             pruned.skipped_pending += 1;
             continue;
         }
+        pruned.versions.push(version);
+    }
+    fw::delete_many(tx, model_id, &pruned.versions).await?;
+    // After the rows are gone: a literal `%` version pruned in the same pass leaves no owner to
+    // spare its keys for.
+    let mut keys: Vec<ObjectKey> = Vec::new();
+    for version in &pruned.versions {
+        let spare = fw::encoding_is_a_version(tx, model_id, version).await?;
         // A legacy version whose keys cannot even be written: nothing to delete.
-        match crate::layout::deletable_keys(model_code, &version) {
+        match crate::layout::deletable_keys(model_code, version, spare) {
             Ok(version_keys) => keys.extend(version_keys),
             Err(e) => {
                 tracing::warn!(model_code, version = %version, error = %e, "firmware_retention_unsafe_key")
             }
         }
-        pruned.versions.push(version);
     }
-    fw::delete_many(tx, model_id, &pruned.versions).await?;
     outbox::schedule_deletion(tx, &keys).await?;
     Ok(pruned)
 }

@@ -502,7 +502,8 @@ async fn delete_version_locked(db: &Db, model_id: i64, version: &str) -> Result<
     if !fw::delete(&mut tx, model_id, version).await? {
         return Err(version_not_found(&model.code, version));
     }
-    match crate::layout::deletable_keys(&model.code, version) {
+    let spare = fw::encoding_is_a_version(&mut tx, model_id, version).await?;
+    match crate::layout::deletable_keys(&model.code, version, spare) {
         Ok(keys) => outbox::schedule_deletion(&mut tx, &keys).await?,
         // A legacy version whose keys cannot even be written: nothing to delete.
         Err(e) => {

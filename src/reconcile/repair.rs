@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{orphans_by_model, ReconcileError, ReconcileReport};
 use crate::db::reconcile::{self as queries, MarkedMissing};
-use crate::db::{Db, Tx};
+use crate::db::{firmware_versions as fw, Db, Tx};
 use crate::layout::{self, Artifact, MappedKey};
 use crate::outbox;
 use crate::storage::{ObjectKey, Storage};
@@ -165,8 +165,13 @@ pub async fn rekey_legacy_encoded(db: &Db, storage: &Storage) -> Result<usize, R
             continue;
         }
         let mut tx = db.begin().await?;
-        if queries::lock_model_by_code(&mut tx, &code).await?.is_none()
-            || !queries::firmware_version_exists(&mut tx, &code, &version).await?
+        let Some(model_id) = queries::lock_model_by_code(&mut tx, &code).await? else {
+            continue;
+        };
+        if !queries::firmware_version_exists(&mut tx, &code, &version).await?
+            // The Python service stored a version spelt like the encoding under its own name:
+            // those objects are its own, not copies of this version's.
+            || fw::encoding_is_a_version(&mut tx, model_id, &version).await?
         {
             continue;
         }
@@ -289,15 +294,13 @@ async fn remove_dangling_versions(
             continue;
         }
         let mut tx = db.begin().await?;
-        if queries::lock_model_by_code(&mut tx, &f.model_code)
-            .await?
-            .is_none()
-        {
+        let Some(model_id) = queries::lock_model_by_code(&mut tx, &f.model_code).await? else {
             continue;
-        }
+        };
         // Its keys and an earlier release's encoded copies (the scan reports only versions that
-        // are key components today).
-        let keys = layout::deletable_keys(&f.model_code, &f.version)?;
+        // are key components today), unless those are a literal version's own.
+        let spare = fw::encoding_is_a_version(&mut tx, model_id, &f.version).await?;
+        let keys = layout::deletable_keys(&f.model_code, &f.version, spare)?;
         let mut complete = true;
         let mut of_value = false;
         for artifact in Artifact::ALL {

@@ -148,7 +148,8 @@ pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), R
     })?;
     let mut keys = Vec::new();
     for version in &versions {
-        keys.extend(layout::deletable_keys(&model.code, version)?);
+        // Every version of the model goes: nothing to leave to another.
+        keys.extend(layout::deletable_keys(&model.code, version, false)?);
     }
     outbox::schedule_deletion(&mut tx, &keys).await?;
     events::record(

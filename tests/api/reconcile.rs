@@ -595,7 +595,7 @@ async fn a_version_the_python_service_stored_with_a_percent_keeps_its_objects() 
     };
     sensor_with_device(&app).await;
     let mut keys = Vec::new();
-    for version in ["1.0.0", "2.1%7Erc1"] {
+    for version in ["1.0.0", "2.1%7Erc1", "2.1~rc1"] {
         exec(&app, "INSERT INTO firmware_versions (device_model_id, version, uploaded_at) SELECT id, $1, $2 FROM device_models WHERE code = 'sensor'", &[version]).await;
         for artifact in Artifact::ALL {
             let key = format!("firmware/sensor/{version}/{}", artifact.file_name());
@@ -622,6 +622,40 @@ async fn a_version_the_python_service_stored_with_a_percent_keeps_its_objects() 
     );
     for key in &keys {
         assert!(exists(&app, key).await, "{key} was deleted");
+    }
+
+    // `2.1%7Erc1/…` is also how an earlier release spelt `2.1~rc1`'s keys, but here they are the
+    // literal version's: the rekey job does not move them, and deleting `2.1~rc1` leaves them.
+    let storage = app.state.storage.clone();
+    assert_eq!(
+        iotsupport::reconcile::rekey_legacy_encoded(app.db(), &storage)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(iotsupport::outbox::pending(app.db())
+        .await
+        .unwrap()
+        .is_empty());
+    let model_id: i64 = iotsupport::on_pool!(app.db(), |p| sqlx::query_scalar(
+        "SELECT id FROM device_models WHERE code = 'sensor'"
+    )
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/device-models/{model_id}/firmware/2.1~rc1")))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    iotsupport::outbox::process_due(app.db(), &storage)
+        .await
+        .unwrap();
+    for key in &keys {
+        let gone = key.starts_with("firmware/sensor/2.1~rc1/");
+        assert_eq!(!exists(&app, key).await, gone, "{key}");
     }
     app.stop().await;
 }
