@@ -181,9 +181,12 @@ async fn store_with_reserved_id(
 }
 
 /// SQLite (one writer at a time, in process): the row first (flushed, so the id is final), the
-/// object, retention and the parse job, commit. A rolled-back SQLite id can be handed out again,
-/// so a failed upload's object is deleted while the transaction is still open, before another
-/// upload can take the id.
+/// object, retention and the parse job, commit. A rolled-back SQLite id can be handed out again
+/// (`sqlite_sequence` rolls back too), so a failed PUT does not roll back: its id is used up
+/// ([`retire`]). A cleanup DELETE, or the failed PUT itself, still under way at the store when
+/// the next upload took the same id could otherwise land on that dump's object after it was
+/// answered 201. A failure after the PUT deletes the object while the transaction is still open,
+/// before another upload can take the id, and rolls back.
 async fn store_in_one_transaction(
     db: &Db,
     storage: &Storage,
@@ -202,8 +205,7 @@ async fn store_in_one_transaction(
     outbox::cancel_deletions(&mut tx, std::slice::from_ref(&key)).await?;
     steps.lap("insert");
     if let Err(e) = storage.put(&key, content).await {
-        cleanup(storage, &key).await;
-        drop(tx);
+        retire(tx, storage, device.device_id, id, &key).await;
         return Err(e.into());
     }
     steps.lap("put");
@@ -214,6 +216,23 @@ async fn store_in_one_transaction(
     }
     steps.lap("record");
     commit(tx, &device, id, &key, size, &mut steps).await
+}
+
+/// SQLite, after a failed PUT (the transaction holds only the row and the withdrawn deletions of
+/// its key): deletes the row, queues the key's deletion in the outbox and commits, so the id is
+/// never handed out again and whatever of this upload reaches the store late is deleted. If even
+/// that fails, the object is deleted best-effort and the transaction rolled back.
+async fn retire(mut tx: Tx, storage: &Storage, device_id: i64, id: i64, key: &ObjectKey) {
+    let retired = async {
+        coredumps::delete(&mut tx, device_id, id).await?;
+        outbox::schedule_deletion(&mut tx, std::slice::from_ref(key)).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = retired {
+        tracing::warn!(coredump_id = id, s3_key = %key, error = %e, "coredump_id_not_retired");
+        cleanup(storage, key).await;
+    }
 }
 
 fn new_row<'a>(device: &Uploader<'_>, meta: &'a DumpMeta, size: i64) -> coredumps::NewCoredump<'a> {

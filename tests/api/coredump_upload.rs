@@ -353,6 +353,10 @@ async fn an_object_store_outage_during_upload_is_a_503_that_commits_nothing() {
 
             app.faults.heal();
             let id = upload_ok(app, &device, "1.0", b"dump").await;
+            // The failed upload's id (1) is used up, not handed out again: a PUT or cleanup of
+            // it still under way at the store must never land on this dump's object (SQLite
+            // rolls its id counter back with the transaction, so the failure commits instead).
+            assert_eq!(id, 2, "{:?}", app.stack);
             assert!(app
                 .state
                 .storage
