@@ -486,7 +486,7 @@ impl Config {
             max_firmwares: env.positive("MAX_FIRMWARES", 5)?,
             max_firmware_bytes: env.positive("MAX_FIRMWARE_BYTES", 64 * 1024 * 1024)?,
             max_coredump_bytes: env.positive("MAX_COREDUMP_BYTES", 1024 * 1024)?,
-            parse_sidecar_url: env.get("PARSE_SIDECAR_URL").map(str::to_string),
+            parse_sidecar_url: parse_sidecar_url(env)?,
             parse_sidecar_xfer_dir: env.get("PARSE_SIDECAR_XFER_DIR").map(PathBuf::from),
             assets_dir: env.get("ASSETS_DIR").map(PathBuf::from),
             coredumps_dir: env.get("COREDUMPS_DIR").map(PathBuf::from),
@@ -581,6 +581,36 @@ fn is_loopback_url(url: &str) -> bool {
         .trim_start_matches("https://");
     let host = rest.split(['/', ':']).next().unwrap_or("");
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `PARSE_SIDECAR_URL`: an http(s) URL, and only with `PARSE_SIDECAR_XFER_DIR` (the two name one
+/// parser; with one of them alone the built-in parser ran without a word, and a URL that is none
+/// failed every dump's parse for good).
+fn parse_sidecar_url(env: &Env) -> Result<Option<String>, ConfigError> {
+    let url = env.get("PARSE_SIDECAR_URL");
+    let dir = env.get("PARSE_SIDECAR_XFER_DIR");
+    match (url, dir) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            "PARSE_SIDECAR_XFER_DIR",
+            "is required with PARSE_SIDECAR_URL (the directory the sidecar reads the files from)",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "PARSE_SIDECAR_URL",
+            "is required with PARSE_SIDECAR_XFER_DIR (where the parser sidecar listens)",
+        )),
+        (Some(url), Some(_)) => {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| invalid("PARSE_SIDECAR_URL", format!("is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "PARSE_SIDECAR_URL",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            Ok(Some(url.trim_end_matches('/').to_string()))
+        }
+    }
 }
 
 fn validate_bucket_name(bucket: &str) -> Result<(), ConfigError> {

@@ -342,3 +342,23 @@ fn allowed_hosts_are_names_without_ports() {
         assert_eq!(err.variable, "ALLOWED_HOSTS", "{bad}");
     }
 }
+
+#[test]
+fn the_parser_sidecar_needs_both_settings_and_a_url() {
+    let url = ("PARSE_SIDECAR_URL", "http://127.0.0.1:8091");
+    let dir = ("PARSE_SIDECAR_XFER_DIR", "/tmp/xfer");
+    assert_eq!(
+        config(&[url]).unwrap_err().variable,
+        "PARSE_SIDECAR_XFER_DIR"
+    );
+    assert_eq!(config(&[dir]).unwrap_err().variable, "PARSE_SIDECAR_URL");
+    for bad in ["not a url", "ftp://127.0.0.1/x"] {
+        let err = config(&[("PARSE_SIDECAR_URL", bad), dir]).unwrap_err();
+        assert_eq!(err.variable, "PARSE_SIDECAR_URL", "{bad}");
+    }
+    let c = config(&[("PARSE_SIDECAR_URL", "http://127.0.0.1:8091/"), dir]).unwrap();
+    assert_eq!(
+        c.parse_sidecar_url.as_deref(),
+        Some("http://127.0.0.1:8091")
+    );
+}

@@ -86,6 +86,16 @@ fn invalid_configuration_exits_2_naming_the_variable() {
         "{stderr}"
     );
 
+    // The parser sidecar: both settings or neither.
+    let output = run(
+        dir.path(),
+        &["serve"],
+        &[("PARSE_SIDECAR_URL", "http://127.0.0.1:8091")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PARSE_SIDECAR_XFER_DIR"), "{stderr}");
+
     // An OIDC provider reached over plain HTTP on another machine needs saying so.
     let output = run(
         dir.path(),
