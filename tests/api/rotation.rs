@@ -670,20 +670,7 @@ async fn the_schedule_queues_the_fleet_once_per_tick_and_the_rotation_job_prints
     );
 
     // The CLI, as a CronJob runs it.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotsupport"))
-        .arg("rotation-job")
-        .env_clear()
-        .env("DATABASE_URL", app.state.config.database_url.expose())
-        .env("LOG_FORMAT", "text")
-        .env("ROTATION_CRON", "0 8 * * 6#1")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = rotation_job(&app, &[("ROTATION_CRON", "0 8 * * 6#1")]);
     assert!(text.starts_with("Rotation job completed\n  Timeouts processed: 0\n  Device rotated: none\n  Scheduled triggered: False"), "{text}");
     app.stop().await;
 }
@@ -795,16 +782,15 @@ async fn rotation_counts_follow_every_change_of_the_devices_also_concurrent_ones
     }
 }
 
-/// Runs `rotation-job` as a process whose own clock is `skew_seconds` off, with a 30-minute
-/// timeout; returns its standard output.
-fn rotation_job_with_clock_skew(app: &TestApp, skew_seconds: &str) -> String {
+/// Runs `rotation-job` against the app's database with `env` besides; it must succeed. Its
+/// standard output.
+fn rotation_job(app: &TestApp, env: &[(&str, &str)]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotsupport"))
         .arg("rotation-job")
         .env_clear()
         .env("DATABASE_URL", app.state.config.database_url.expose())
         .env("LOG_FORMAT", "text")
-        .env("ROTATION_TIMEOUT_SECONDS", "1800")
-        .env("IOTSUPPORT_TEST_CLOCK_SKEW_SECONDS", skew_seconds)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -813,6 +799,18 @@ fn rotation_job_with_clock_skew(app: &TestApp, skew_seconds: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `rotation-job` as a process whose own clock is `skew_seconds` off, with a 30-minute
+/// timeout; returns its standard output.
+fn rotation_job_with_clock_skew(app: &TestApp, skew_seconds: &str) -> String {
+    rotation_job(
+        app,
+        &[
+            ("ROTATION_TIMEOUT_SECONDS", "1800"),
+            ("IOTSUPPORT_TEST_CLOCK_SKEW_SECONDS", skew_seconds),
+        ],
+    )
 }
 
 /// A process whose clock is an hour off (a board without a real-time clock before NTP, a VM
