@@ -21,7 +21,9 @@
 //! parsed all of its DWARF; `cargo bench -p esp-coredump` prints it next to the measured heap).
 //! Room is made by evicting the least recently used entries; a firmware charged more than the
 //! whole budget is used once and dropped. Loads in flight are not charged until they finish (at
-//! most `JOB_CONCURRENCY` of them, one per distinct build). An evicted entry's memory is released
+//! most `JOB_CONCURRENCY` of them, one per distinct build). Loads that bypass the cache (budget 0,
+//! a version row without the ELF's SHA-256, an ELF that does not hash to it) are not shared:
+//! each such parse loads its own copy, up to `JOB_CONCURRENCY` copies of one build at once. An evicted entry's memory is released
 //! when the last parse still using it finishes. Budget 0 turns the cache off.
 //!
 //! Metrics: [`PARSE_CACHE_LOOKUPS`] by outcome (`hit`; `waited` for another parse's load;
