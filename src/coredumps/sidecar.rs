@@ -33,7 +33,10 @@ impl SidecarParser {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "parse_sidecar_client_without_connect_timeout");
+                reqwest::Client::default()
+            });
         SidecarParser {
             base_url: base_url.trim_end_matches('/').to_string(),
             xfer_dir,
@@ -47,9 +50,18 @@ impl SidecarParser {
             &[("core", core), ("elf", elf), ("chip", chip)],
         )
         .map_err(|e| ParseFailure::Permanent(format!("PARSE_SIDECAR_URL is not a URL: {e}")))?;
-        let response = self.client.get(url).send().await.map_err(|e| {
-            ParseFailure::Transient(format!("The parser sidecar is unreachable: {e}"))
-        })?;
+        // The whole call's deadline is also set here: a client that could not be built with
+        // its timeouts (the default one stands in) must not wait on a hung sidecar for ever,
+        // holding a job slot that its heartbeat keeps claimed.
+        let response = self
+            .client
+            .get(url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| {
+                ParseFailure::Transient(format!("The parser sidecar is unreachable: {e}"))
+            })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| {
             ParseFailure::Transient(format!("The parser sidecar's answer was cut off: {e}"))
