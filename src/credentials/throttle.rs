@@ -122,15 +122,11 @@ impl FailureThrottle {
             return entry.closed_at(now).map_or(Ok(true), Err);
         }
         // Not recorded: perhaps because the map had no room, then its group stands for it.
-        let group = match self.group_of {
-            Some(group_of) if !records.groups.is_empty() => {
-                records.groups.get(&group_of(client_id)).or_else(|| {
-                    (records.groups.len() >= GROUP_CAPACITY)
-                        .then(|| records.groups.get(OVERFLOW))
-                        .flatten()
-                })
-            }
-            _ => None,
+        let group = if records.groups.is_empty() {
+            None
+        } else {
+            self.group_name(&records, client_id)
+                .and_then(|group| records.groups.get(&group))
         };
         group.and_then(|g| g.closed_at(now)).map_or(Ok(false), Err)
     }
@@ -187,20 +183,19 @@ impl FailureThrottle {
         self.len.store(records.len(), Ordering::Relaxed);
     }
 
-    /// `failures` more of `key`'s group (nothing without groups); past [`GROUP_CAPACITY`] groups,
-    /// of the shared one.
+    /// The group `key` counts in: its own, or, once [`GROUP_CAPACITY`] others are on record, the
+    /// shared one. `None` without groups.
+    fn group_name(&self, records: &Records, key: &str) -> Option<String> {
+        let group = (self.group_of?)(key);
+        let own = records.groups.contains_key(&group) || records.groups.len() < GROUP_CAPACITY;
+        Some(if own { group } else { OVERFLOW.to_string() })
+    }
+
+    /// `failures` more of `key`'s group ([`Self::group_name`]; nothing without groups).
     fn count_in_group(&self, records: &mut Records, key: &str, failures: u32, now: Instant) {
-        let Some(group_of) = self.group_of else {
-            return;
-        };
-        let group = group_of(key);
-        let group = if records.groups.contains_key(&group) || records.groups.len() < GROUP_CAPACITY
-        {
-            group
-        } else {
-            OVERFLOW.to_string()
-        };
-        record(&mut records.groups, &group, failures, now);
+        if let Some(group) = self.group_name(records, key) {
+            record(&mut records.groups, &group, failures, now);
+        }
     }
 
     #[cfg(test)]

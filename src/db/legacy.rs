@@ -70,8 +70,8 @@ pub async fn restored(
 
 /// Marks a legacy dump as moved: clears its `filename` (only if it still has this one), corrects
 /// `size` to the file's length, and records the file (the first row that named it, when several
-/// did: the Python service's table had no unique constraint on it). False when the row changed meanwhile
-/// (deleted, or moved by a concurrent run): nothing is written then.
+/// did: the Python service's table had no unique constraint on it). False when the row changed
+/// meanwhile (deleted, or moved by a concurrent run): nothing is written then.
 pub async fn mark_migrated(
     tx: &mut Tx,
     device_id: i64,

@@ -128,7 +128,7 @@ pub async fn mark_coredump_missing(
     .await)?;
     // The update's own condition decides (a parse may finish in between); this only tells
     // the two outcomes apart.
-    if status.as_deref() == Some("PARSED") {
+    if status.as_deref() == Some(super::coredumps::STATUS_PARSED) {
         return Ok(MarkedMissing::ParsedKept);
     }
     let now = super::now();

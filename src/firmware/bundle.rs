@@ -274,8 +274,8 @@ pub fn validate(
 ) -> Result<(Bundle, Vec<String>), BundleError> {
     let mut image = None;
     let mut others = Vec::new();
-    let validation = validate_reader(
-        BufReader::new(spool),
+    let validation = validate_spool(
+        Spool::File(spool),
         code,
         max_entry_bytes,
         coherence,
@@ -312,21 +312,27 @@ pub fn validate_each(
     max_entry_bytes: u64,
     emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
 ) -> Result<Validation, BundleError> {
+    validate_spool(spool, code, max_entry_bytes, Coherence::Required, emit)
+}
+
+fn validate_spool(
+    spool: Spool,
+    code: &str,
+    max_entry_bytes: u64,
+    coherence: Coherence,
+    emit: &mut dyn FnMut(Validated) -> Result<(), BundleError>,
+) -> Result<Validation, BundleError> {
     match spool {
         Spool::Memory(bytes) => validate_reader(
             std::io::Cursor::new(bytes),
             code,
             max_entry_bytes,
-            Coherence::Required,
+            coherence,
             emit,
         ),
-        Spool::File(file) => validate_reader(
-            BufReader::new(file),
-            code,
-            max_entry_bytes,
-            Coherence::Required,
-            emit,
-        ),
+        Spool::File(file) => {
+            validate_reader(BufReader::new(file), code, max_entry_bytes, coherence, emit)
+        }
     }
 }
 

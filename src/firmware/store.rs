@@ -233,9 +233,25 @@ pub enum ImportPlan {
     DeletedSince,
 }
 
-/// Decides an import; `migrate-to-s3 --dry-run` asks the same question without writing.
-/// `recorded`: whether an earlier run stored this version ([`crate::db::legacy::firmware_bundle_recorded`]).
-pub fn import_plan(
+/// What [`import_bundle`] will do with `bundle`, read in `tx`; `migrate-to-s3 --dry-run` asks
+/// the same question without writing.
+pub async fn plan_import(
+    tx: &mut Tx,
+    model_id: i64,
+    bundle: &Bundle,
+) -> Result<ImportPlan, DbError> {
+    let version = bundle.version.as_str();
+    let existing = fw::get(tx, model_id, version).await?;
+    let recorded = match existing {
+        Some(_) => true,
+        None => legacy::firmware_bundle_recorded(tx, model_id, version).await?,
+    };
+    Ok(import_plan(existing.as_ref(), recorded, bundle))
+}
+
+/// Decides an import, given the version's row and whether an earlier run stored it
+/// ([`crate::db::legacy::firmware_bundle_recorded`]).
+fn import_plan(
     existing: Option<&fw::FirmwareVersionRow>,
     recorded: bool,
     bundle: &Bundle,
@@ -263,12 +279,7 @@ pub async fn import_bundle(
     let version = bundle.version.as_str().to_string();
     let (mut tx, model) = begin_locked(db, model_id).await?;
     let keys = firmware_keys(&model.code, &version)?;
-    let existing = fw::get(&mut tx, model_id, &version).await?;
-    let recorded = match existing {
-        Some(_) => true,
-        None => legacy::firmware_bundle_recorded(&mut tx, model_id, &version).await?,
-    };
-    let (imported, cleanup) = match import_plan(existing.as_ref(), recorded, &bundle) {
+    let (imported, cleanup) = match plan_import(&mut tx, model_id, &bundle).await? {
         ImportPlan::DeletedSince => return Ok(Imported::DeletedSince),
         // Recorded already; but the store may not hold the objects the row names (a first run
         // that went to the wrong bucket or the local default), and nothing else would write them.

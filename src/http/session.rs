@@ -131,10 +131,11 @@ pub enum NoPublicOrigin {
 }
 
 /// `scheme://host` for a URL this service hands to others when `OIDC_REDIRECT_URL` is unset: the
-/// OIDC sign-in callback, where the provider sends the browser after signing out. A proxy's `X-Forwarded-Proto`/`X-Forwarded-Host`/`Forwarded` count only
-/// when the request came from a trusted proxy (`from_trusted_proxy`, `TRUSTED_PROXIES`), and with
-/// `ALLOWED_HOSTS` set the host must be local or one of them ([`addressed_locally`]'s rule): a
-/// client naming its own host would otherwise have the provider send a sign-in code there.
+/// OIDC sign-in callback, where the provider sends the browser after signing out. A proxy's
+/// `X-Forwarded-Proto`/`X-Forwarded-Host`/`Forwarded` count only when the request came from a
+/// trusted proxy (`from_trusted_proxy`, `TRUSTED_PROXIES`), and with `ALLOWED_HOSTS` set the host
+/// must be local or one of them ([`addressed_locally`]'s rule): a client naming its own host
+/// would otherwise have the provider send a sign-in code there.
 pub fn public_origin(
     headers: &HeaderMap,
     from_trusted_proxy: bool,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::report::{Kind, Outcome, Reporter};
 use super::{sorted_entries, subdirectory_entries, MigrateToS3Error, Options};
 use crate::db::firmware_versions as fw;
-use crate::db::{legacy, Db};
+use crate::db::Db;
 use crate::firmware::bundle::{self, BundleError};
 use crate::firmware::store::{self, ImportPlan, Imported, StoreError};
 use crate::storage::Storage;
@@ -136,18 +136,10 @@ async fn migrate_one(
         ));
     }
     if reporter.dry_run() {
-        let existing = fw::find(db, file.model_id, &file.version).await?;
-        let recorded = match existing {
-            Some(_) => true,
-            None => {
-                let mut tx = db.begin_read().await?;
-                let recorded =
-                    legacy::firmware_bundle_recorded(&mut tx, file.model_id, &file.version).await?;
-                tx.commit().await?;
-                recorded
-            }
-        };
-        let outcome = match store::import_plan(existing.as_ref(), recorded, &bundle) {
+        let mut tx = db.begin_read().await?;
+        let plan = store::plan_import(&mut tx, file.model_id, &bundle).await?;
+        tx.commit().await?;
+        let outcome = match plan {
             ImportPlan::Create => Outcome::Migrated,
             ImportPlan::FillLegacyRow(_) => {
                 // As the real run decides: a newer build in the bucket under this version wins.

@@ -23,8 +23,8 @@
 //! whole budget is used once and dropped. Loads in flight are not charged until they finish (at
 //! most `JOB_CONCURRENCY` of them, one per distinct build). Loads that bypass the cache (budget 0,
 //! a version row without the ELF's SHA-256, an ELF that does not hash to it) are not shared:
-//! each such parse loads its own copy, up to `JOB_CONCURRENCY` copies of one build at once. An evicted entry's memory is released
-//! when the last parse still using it finishes. Budget 0 turns the cache off.
+//! each such parse loads its own copy, up to `JOB_CONCURRENCY` copies of one build at once. An
+//! evicted entry's memory is released when the last parse still using it finishes. Budget 0 turns the cache off.
 //!
 //! Metrics: [`PARSE_CACHE_LOOKUPS`] by outcome (`hit`; `waited` for another parse's load;
 //! `loaded`; `uncached`: cache off or no SHA-256 on the row; `too_large`; `mismatch`),
