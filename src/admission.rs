@@ -67,8 +67,13 @@ impl Drop for KeyedPermit {
 /// that timed out and closed its connection must not leave a check parked half-way, holding what
 /// it took). A run older than the `max_age` given to [`Self::run`] is not shared: its answer would
 /// be stale (nobody may have collected it since it ended).
+///
+/// Made with [`Self::reusing`], a run that has ended also answers whoever asks within that time
+/// of its start: one client asking again and again (the routes are unauthenticated) then costs
+/// one run per that time, not one per request.
 pub struct SingleFlight<T: Clone> {
     running: Mutex<Option<(std::time::Instant, Run<T>)>>,
+    reuse_finished_for: std::time::Duration,
 }
 
 /// A run as its callers share it: its answer, `None` if it panicked.
@@ -78,11 +83,20 @@ impl<T: Clone + Send + Sync + 'static> Default for SingleFlight<T> {
     fn default() -> Self {
         SingleFlight {
             running: Mutex::new(None),
+            reuse_finished_for: std::time::Duration::ZERO,
         }
     }
 }
 
 impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    /// A single flight whose ended runs answer for `fresh_for` from their start.
+    pub fn reusing(fresh_for: std::time::Duration) -> Self {
+        SingleFlight {
+            running: Mutex::new(None),
+            reuse_finished_for: fresh_for,
+        }
+    }
+
     /// The result of the run in progress (started within `max_age`), or of a new run of `start`;
     /// `None` when the run panicked.
     pub async fn run(
@@ -93,7 +107,11 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         let run = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             match running.as_ref() {
-                Some((started, run)) if run.peek().is_none() && started.elapsed() < max_age => {
+                Some((started, run))
+                    if started.elapsed() < max_age
+                        && (run.peek().is_none()
+                            || started.elapsed() < self.reuse_finished_for) =>
+                {
                     run.clone()
                 }
                 _ => {
@@ -178,6 +196,26 @@ mod tests {
     }
 
     const AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn an_ended_run_answers_for_its_reuse_time_then_the_next_starts() {
+        let flight = SingleFlight::<usize>::reusing(std::time::Duration::from_millis(300));
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ask = || {
+            let runs = runs.clone();
+            flight.run(AGE, move || {
+                let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Box::pin(async move { n })
+            })
+        };
+        assert_eq!(ask().await, Some(1));
+        // Asked again at once, in a loop: the ended run answers.
+        for _ in 0..50 {
+            assert_eq!(ask().await, Some(1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+        assert_eq!(ask().await, Some(2));
+    }
 
     #[tokio::test]
     async fn a_run_everyone_gave_up_on_still_finishes() {

@@ -129,6 +129,30 @@ pub fn deletable_keys(
     Ok(keys)
 }
 
+/// The keys to delete with a whole model: of every version, its keys as written and under the
+/// encoding an earlier release used, where those are keys at all. Unlike [`deletable_keys`],
+/// verbatim keys of versions that are not key components today are included (no other version
+/// of the model stays to own them), and a version none of whose spellings is a key (an adopted
+/// `a/b~`) is skipped and returned by name rather than stopping the delete.
+pub fn model_deletion_keys(model_code: &str, versions: &[String]) -> (Vec<ObjectKey>, Vec<String>) {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut keyless = Vec::new();
+    for version in versions {
+        let spellings = std::iter::once(version.clone()).chain(legacy_encoded_version(version));
+        let mut any = false;
+        for spelling in spellings {
+            if let Ok(found) = firmware_keys(model_code, &spelling) {
+                keys.extend(found);
+                any = true;
+            }
+        }
+        if !any {
+            keyless.push(version.clone());
+        }
+    }
+    (keys.into_iter().collect(), keyless)
+}
+
 /// `coredumps/{device_key}/{coredump_id}.dmp`.
 pub fn coredump_key(device_key: &str, coredump_id: i64) -> Result<ObjectKey, InvalidKey> {
     ObjectKey::from_segments(&[COREDUMP_PREFIX, device_key, &format!("{coredump_id}.dmp")])
@@ -276,6 +300,29 @@ fn decode_legacy_version(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_model_takes_every_spelling_and_skips_what_no_key_can_name() {
+        let versions = ["1.0.0", "2.1%7Erc1", "3.0~b", "a/b~"].map(String::from);
+        let (keys, keyless) = model_deletion_keys("m", &versions);
+        let dirs: std::collections::BTreeSet<&str> = keys
+            .iter()
+            .filter_map(|k| k.as_str().strip_suffix("/firmware.bin"))
+            .collect();
+        assert_eq!(
+            dirs.into_iter().collect::<Vec<_>>(),
+            [
+                "firmware/m/1.0.0",
+                // Not a version today, but the model's: its objects go too.
+                "firmware/m/2.1%257Erc1",
+                "firmware/m/2.1%7Erc1",
+                "firmware/m/3.0%7Eb",
+                "firmware/m/3.0~b",
+            ]
+        );
+        assert_eq!(keys.len(), 25);
+        assert_eq!(keyless, ["a/b~"]);
+    }
 
     #[test]
     fn deleting_a_version_never_takes_another_versions_encoded_copies() {

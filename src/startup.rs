@@ -195,8 +195,14 @@ impl Application {
                 config.config_validation_timeout,
             )),
             presence: Arc::default(),
-            readiness: Arc::default(),
-            gauges: Arc::default(),
+            // A second's reuse: a client polling in a loop costs a check (a write probe, a
+            // LIST) a second, not one per request.
+            readiness: Arc::new(crate::admission::SingleFlight::reusing(
+                std::time::Duration::from_secs(1),
+            )),
+            gauges: Arc::new(crate::admission::SingleFlight::reusing(
+                std::time::Duration::from_secs(1),
+            )),
             oidc,
             events,
             shutdown: shutdown.clone(),

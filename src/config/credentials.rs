@@ -49,16 +49,15 @@ pub struct RotationSettings {
 const TOKEN_TTL_RANGE: std::ops::RangeInclusive<f64> = 60.0..=86_400.0;
 
 pub(super) fn credentials(env: &Env) -> Result<CredentialSettings, ConfigError> {
-    let device_base_url = env
-        .get("DEVICE_BASEURL")
-        .or_else(|| env.get("BASEURL"))
-        .map(|url| url.trim_end_matches('/').to_string());
+    // The variable the value came from, for the message.
+    let (variable, device_base_url) = match env.get("DEVICE_BASEURL") {
+        Some(url) => ("DEVICE_BASEURL", Some(url)),
+        None => ("BASEURL", env.get("BASEURL")),
+    };
+    let device_base_url = device_base_url.map(|url| url.trim_end_matches('/').to_string());
     if let Some(url) = &device_base_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid(
-                "DEVICE_BASEURL",
-                "must be an http:// or https:// URL",
-            ));
+            return Err(invalid(variable, "must be an http:// or https:// URL"));
         }
     }
     let ttl: f64 = env.parse("DEVICE_TOKEN_TTL_SECONDS", 3600.0)?;

@@ -53,6 +53,11 @@ impl Env {
         self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 
+    /// Whether the variable is in the environment at all, even empty.
+    pub(crate) fn is_set(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
     /// The value exactly as set, surrounding spaces included (a Wi-Fi SSID or passphrase may
     /// begin or end with one); an empty value counts as unset.
     pub(crate) fn get_verbatim(&self, name: &str) -> Option<&str> {

@@ -95,6 +95,9 @@ pub struct Config {
     /// Where `GET /api/auth/login` sends the browser (`AUTH_LOGIN_URL`), if anywhere.
     pub auth_login_url: Option<String>,
     pub allow_unauthenticated: bool,
+    /// An OIDC setting given while `OIDC_ENABLED` is not true (`check_safe_to_serve` refuses it
+    /// when nothing else protects the admin API).
+    pub oidc_setting_unused: Option<&'static str>,
     pub iot_device_key_auth: bool,
     pub max_coredumps: u32,
     pub max_firmwares: u32,
@@ -318,7 +321,8 @@ impl Config {
             DatabaseKind::Postgres => DEFAULT_JOB_CONCURRENCY,
             DatabaseKind::Sqlite => DEFAULT_SQLITE_JOB_CONCURRENCY,
         };
-        let job_concurrency = env.positive("JOB_CONCURRENCY", default_job_concurrency)?;
+        let job_concurrency =
+            env.count_at_most("JOB_CONCURRENCY", default_job_concurrency, MAX_COUNT)?;
         if database_kind == DatabaseKind::Postgres && job_concurrency > MAX_POSTGRES_JOB_CONCURRENCY
         {
             return Err(invalid(
@@ -371,6 +375,23 @@ impl Config {
                     .unwrap_or("iot-support-attachments")
                     .to_string();
                 validate_bucket_name(&bucket)?;
+                // One half of the pair (a typo, a secret mount that failed) sent every request
+                // unsigned, and the store's AccessDenied named nothing.
+                match (env.get("S3_ACCESS_KEY_ID"), env.get("S3_SECRET_ACCESS_KEY")) {
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            "S3_SECRET_ACCESS_KEY",
+                            "is required when S3_ACCESS_KEY_ID is set",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            "S3_ACCESS_KEY_ID",
+                            "is required when S3_SECRET_ACCESS_KEY is set",
+                        ))
+                    }
+                    _ => {}
+                }
                 StorageConfig::S3(S3Config {
                     endpoint_url: endpoint.trim_end_matches('/').to_string(),
                     access_key_id: env.get("S3_ACCESS_KEY_ID").map(Secret::new),
@@ -382,7 +403,15 @@ impl Config {
             }
         };
 
-        let oidc = if env.flag("OIDC_ENABLED", false)? {
+        let oidc_enabled = env.flag("OIDC_ENABLED", false)?;
+        let oidc_setting_unused = if oidc_enabled {
+            None
+        } else {
+            OIDC_SETTINGS
+                .into_iter()
+                .find(|name| env.get(name).is_some())
+        };
+        let oidc = if oidc_enabled {
             let issuer_url = env
                 .get("OIDC_ISSUER_URL")
                 .ok_or_else(|| invalid("OIDC_ISSUER_URL", "is required when OIDC_ENABLED=true"))?;
@@ -420,7 +449,7 @@ impl Config {
             settings.client.client_secret = env
                 .get("OIDC_CLIENT_SECRET")
                 .filter(|v| !v.is_empty())
-                .map(str::to_string);
+                .map(Secret::new);
             if let Some(scopes) = env.get("OIDC_SCOPES").filter(|v| !v.trim().is_empty()) {
                 if !scopes.split_whitespace().any(|s| s == "openid") {
                     return Err(invalid("OIDC_SCOPES", "must include openid"));
@@ -473,14 +502,17 @@ impl Config {
                     .unwrap_or("admin")
                     .to_string(),
                 // A person's name for the UIs' top bar (the Python UI shows "Unknown User"
-                // for none); empty means none.
-                name: Some(env.get("LOCAL_ADMIN_NAME").unwrap_or("Administrator"))
-                    .filter(|n| !n.trim().is_empty())
-                    .map(str::to_string),
+                // for none); set and empty means none.
+                name: match env.get("LOCAL_ADMIN_NAME") {
+                    Some(name) => Some(name.to_string()),
+                    None if env.is_set("LOCAL_ADMIN_NAME") => None,
+                    None => Some("Administrator".to_string()),
+                },
                 email: env.get("LOCAL_ADMIN_EMAIL").map(str::to_string),
             },
             auth_login_url: env.get("AUTH_LOGIN_URL").map(str::to_string),
             allow_unauthenticated: env.flag("ALLOW_UNAUTHENTICATED", false)?,
+            oidc_setting_unused,
             iot_device_key_auth: env.flag("IOT_DEVICE_KEY_AUTH", false)?,
             max_coredumps: env.positive("MAX_COREDUMPS", 20)?,
             max_firmwares: env.positive("MAX_FIRMWARES", 5)?,
@@ -552,8 +584,25 @@ impl Config {
         self.admin_token.is_some() || self.oidc.is_some()
     }
 
-    /// `serve` refuses to expose an open admin API beyond loopback unless explicitly allowed.
+    /// `serve` refuses to expose an open admin API beyond loopback unless explicitly allowed, and
+    /// on loopback too when OIDC settings show that protection was meant (`OIDC_ENABLED`
+    /// forgotten: behind a proxy on this machine the open API would be public, and the operator
+    /// would believe OIDC guards it).
     pub fn check_safe_to_serve(&self) -> Result<(), ConfigError> {
+        if let (false, false, Some(setting)) = (
+            self.admin_auth_enabled(),
+            self.allow_unauthenticated,
+            self.oidc_setting_unused,
+        ) {
+            return Err(invalid(
+                "OIDC_ENABLED",
+                format!(
+                    "is not true, but {setting} is set and no ADMIN_TOKEN either: the admin API \
+                     would be open to anyone who reaches it; set OIDC_ENABLED=true (or \
+                     ALLOW_UNAUTHENTICATED=true to serve an open admin API)"
+                ),
+            ));
+        }
         if !self.host.is_loopback() && !self.admin_auth_enabled() && !self.allow_unauthenticated {
             return Err(invalid(
                 "HOST",
@@ -568,6 +617,14 @@ impl Config {
     }
 }
 
+/// The settings that only mean something with `OIDC_ENABLED=true`.
+const OIDC_SETTINGS: [&str; 4] = [
+    "OIDC_ISSUER_URL",
+    "OIDC_AUDIENCE",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+];
+
 /// A `ROTATION_CRON` pattern: five fields (minute to weekday), evaluated in UTC, with croniter's
 /// extensions the original used (`6#1`: the first Saturday; `L`: last).
 pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
@@ -576,11 +633,14 @@ pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
 }
 
 fn is_loopback_url(url: &str) -> bool {
-    let rest = url
-        .trim_start_matches("http://")
-        .trim_start_matches("https://");
-    let host = rest.split(['/', ':']).next().unwrap_or("");
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    // Parsed as a URL: `http://127.0.0.1:1@evil.example` names `evil.example`.
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = parsed.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `PARSE_SIDECAR_URL`: an http(s) URL, and only with `PARSE_SIDECAR_XFER_DIR` (the two name one

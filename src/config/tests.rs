@@ -110,11 +110,21 @@ fn secrets_never_appear_in_debug_output() {
         ("ADMIN_TOKEN", "super-secret-admin-token"),
         ("DATABASE_URL", "postgres://app:hunter2@127.0.0.1/db"),
         ("S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        ("S3_ACCESS_KEY_ID", "key-id"),
         ("S3_SECRET_ACCESS_KEY", "s3-secret-value"),
+        ("OIDC_ENABLED", "true"),
+        ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+        ("OIDC_AUDIENCE", "iotsupport"),
+        ("OIDC_CLIENT_SECRET", "oidc-client-secret"),
     ])
     .unwrap();
     let printed = format!("{c:?}");
-    for secret in ["super-secret-admin-token", "hunter2", "s3-secret-value"] {
+    for secret in [
+        "super-secret-admin-token",
+        "hunter2",
+        "s3-secret-value",
+        "oidc-client-secret",
+    ] {
         assert!(!printed.contains(secret), "{secret} leaked in {printed}");
     }
 }
@@ -127,6 +137,103 @@ fn an_open_admin_api_is_refused_beyond_loopback() {
     assert!(c.check_safe_to_serve().is_ok());
     let c = config(&[("HOST", "0.0.0.0"), ("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
     assert!(c.check_safe_to_serve().is_ok());
+}
+
+#[test]
+fn oidc_settings_without_oidc_enabled_leave_nothing_open_by_mistake() {
+    // On loopback too: behind a proxy on this machine the open API would be public.
+    let c = config(&[
+        ("OIDC_ISSUER_URL", "https://sso.example/realms/iot"),
+        ("OIDC_AUDIENCE", "iotsupport"),
+    ])
+    .unwrap();
+    let err = c.check_safe_to_serve().unwrap_err();
+    assert_eq!(err.variable, "OIDC_ENABLED");
+    assert!(err.to_string().contains("OIDC_ISSUER_URL"), "{err}");
+    // Another credential, or an explicit open API, is what the operator meant.
+    for more in [
+        ("ADMIN_TOKEN", "0123456789abcdef"),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+    ] {
+        let c = config(&[("OIDC_CLIENT_SECRET", "s"), more]).unwrap();
+        assert!(c.check_safe_to_serve().is_ok(), "{more:?}");
+    }
+    // An empty value is unset, as everywhere.
+    let c = config(&[("OIDC_ISSUER_URL", "")]).unwrap();
+    assert!(c.check_safe_to_serve().is_ok());
+}
+
+#[test]
+fn half_an_s3_key_pair_is_refused() {
+    let s3 = |more: (&'static str, &'static str)| {
+        config(&[("S3_ENDPOINT_URL", "http://127.0.0.1:5055"), more])
+    };
+    assert_eq!(
+        s3(("S3_ACCESS_KEY_ID", "k")).unwrap_err().variable,
+        "S3_SECRET_ACCESS_KEY"
+    );
+    assert_eq!(
+        s3(("S3_SECRET_ACCESS_KEY", "s")).unwrap_err().variable,
+        "S3_ACCESS_KEY_ID"
+    );
+}
+
+#[test]
+fn an_empty_local_admin_name_reports_no_name() {
+    assert_eq!(
+        config(&[]).unwrap().local_admin.name.as_deref(),
+        Some("Administrator")
+    );
+    assert_eq!(
+        config(&[("LOCAL_ADMIN_NAME", "")])
+            .unwrap()
+            .local_admin
+            .name,
+        None
+    );
+    assert_eq!(
+        config(&[("LOCAL_ADMIN_NAME", "Ops")])
+            .unwrap()
+            .local_admin
+            .name
+            .as_deref(),
+        Some("Ops")
+    );
+}
+
+#[test]
+fn job_concurrency_is_bounded_on_sqlite_too() {
+    let err = config(&[("JOB_CONCURRENCY", "4611686018427387904")]).unwrap_err();
+    assert_eq!(err.variable, "JOB_CONCURRENCY");
+    assert_eq!(
+        config(&[("JOB_CONCURRENCY", "8")]).unwrap().job_concurrency,
+        8
+    );
+}
+
+#[test]
+fn a_url_with_user_info_is_not_loopback() {
+    assert!(is_loopback_url("http://127.0.0.1:9000"));
+    assert!(is_loopback_url("http://localhost/x"));
+    assert!(is_loopback_url("http://[::1]:9000/"));
+    assert!(!is_loopback_url("http://127.0.0.1:1@evil.example/"));
+    assert!(!is_loopback_url("http://evil.example/127.0.0.1"));
+    let err = config(&[("S3_ENDPOINT_URL", "http://127.0.0.1:1@s3.example.net")]).unwrap_err();
+    assert_eq!(err.variable, "S3_USE_SSL");
+}
+
+#[test]
+fn an_invalid_baseurl_is_named_as_set() {
+    assert_eq!(
+        config(&[("BASEURL", "ftp://x")]).unwrap_err().variable,
+        "BASEURL"
+    );
+    assert_eq!(
+        config(&[("DEVICE_BASEURL", "ftp://x")])
+            .unwrap_err()
+            .variable,
+        "DEVICE_BASEURL"
+    );
 }
 
 #[test]

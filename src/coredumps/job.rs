@@ -323,7 +323,9 @@ async fn record_outcome(
         events::record(
             &mut tx,
             "coredump_parsed",
-            &serde_json::json!({"id": id, "parse_status": status, "crash_group_id": group}),
+            &serde_json::json!({"id": id, "parse_status": status, "crash_group_id": group,
+                                "device_id": target.device_id,
+                                "device_model_id": target.device_model_id}),
         )
         .await?;
         if let Some(placement) = placement {

@@ -16,12 +16,20 @@
 //! kept by NTP) reads exactly its own clock, and its timestamps never step back and forth by the
 //! measurement's noise.
 //!
+//! A step of this process's clock between two measurements (NTP setting it at last, a resumed
+//! VM) would otherwise be applied on top of the old offset until the next one, up to a minute
+//! of timestamps far off: a `last_seen_at` two days ahead that newer observations never
+//! replace, a rotation attempt that cannot time out. So each measurement also notes the
+//! process's clock against its monotonic clock; a [`now`] that finds the two apart by more than
+//! [`STEP_TOLERANCE`] reads the database's clock as last measured, moved on by the monotonic
+//! clock, and has the server measure again at once.
+//!
 //! Testing seam: `IOTSUPPORT_TEST_CLOCK_SKEW_SECONDS` (read once) moves this process's own clock by
 //! that many seconds, as a wrong system clock would, before the correction.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
@@ -40,13 +48,66 @@ const WARN_ABOVE: Duration = Duration::from_secs(1);
 /// Reads of the database's clock per measurement.
 const SAMPLES: usize = 3;
 
+/// How far this process's clock may move from its monotonic clock between two measurements
+/// before it counts as stepped (NTP slews by at most 0.5 ms a second: 30 ms a minute).
+pub const STEP_TOLERANCE: Duration = Duration::from_secs(1);
+
 /// The applied offset (database clock minus this process's clock), in microseconds.
 static OFFSET_MICROS: AtomicI64 = AtomicI64::new(0);
+
+/// This process's clock minus its monotonic clock (microseconds since [`monotonic_base`]), as
+/// of the last measurement; [`NO_ANCHOR`] before the first.
+static ANCHOR_MICROS: AtomicI64 = AtomicI64::new(NO_ANCHOR);
+const NO_ANCHOR: i64 = i64::MIN;
+
+/// Set when [`now`] has seen a step and told the worker; cleared by the next measurement.
+static STEP_SEEN: AtomicBool = AtomicBool::new(false);
+
+fn step_signal() -> &'static tokio::sync::Notify {
+    static SIGNAL: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    SIGNAL.get_or_init(tokio::sync::Notify::new)
+}
+
+fn monotonic_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn monotonic_micros() -> i64 {
+    i64::try_from(monotonic_base().elapsed().as_micros()).unwrap_or(i64::MAX)
+}
 
 /// The current time on the database's clock, at the precision both databases store
 /// (microseconds), so a value written and read back compares equal.
 pub fn now() -> DateTime<Utc> {
-    corrected(own_clock(), OFFSET_MICROS.load(Ordering::Relaxed))
+    let (now, stepped) = reading(
+        own_clock(),
+        monotonic_micros(),
+        ANCHOR_MICROS.load(Ordering::Relaxed),
+        OFFSET_MICROS.load(Ordering::Relaxed),
+    );
+    if stepped && !STEP_SEEN.swap(true, Ordering::Relaxed) {
+        tracing::warn!("process_clock_stepped: timestamps follow the monotonic clock until the database's clock is read again");
+        step_signal().notify_one();
+    }
+    now
+}
+
+/// The database's time for this process's clock `own` and monotonic clock `mono`, given the
+/// last measurement's `anchor` and `offset`; and whether `own` stepped since that measurement
+/// (then the time comes from the monotonic clock instead).
+fn reading(own: DateTime<Utc>, mono: i64, anchor: i64, offset: i64) -> (DateTime<Utc>, bool) {
+    if anchor != NO_ANCHOR {
+        let expected_micros = anchor.saturating_add(mono);
+        let own_micros = own.timestamp_micros();
+        let tolerance = i64::try_from(STEP_TOLERANCE.as_micros()).unwrap_or(i64::MAX);
+        if own_micros.abs_diff(expected_micros) > tolerance.unsigned_abs() {
+            if let Some(expected) = DateTime::from_timestamp_micros(expected_micros) {
+                return (corrected(expected, offset), true);
+            }
+        }
+    }
+    (corrected(own, offset), false)
 }
 
 fn corrected(own: DateTime<Utc>, offset_micros: i64) -> DateTime<Utc> {
@@ -120,6 +181,10 @@ pub async fn sync_or_warn(db: &Db) {
 fn apply(measured: &Offset) {
     let applied = measured.applied_micros();
     let before = OFFSET_MICROS.swap(applied, Ordering::Relaxed);
+    // The clocks as they are now: a step from here on is seen by `now`.
+    let own = own_clock().timestamp_micros();
+    ANCHOR_MICROS.store(own.saturating_sub(monotonic_micros()), Ordering::Relaxed);
+    STEP_SEEN.store(false, Ordering::Relaxed);
     metrics::gauge!(crate::telemetry::DATABASE_CLOCK_OFFSET).set(applied as f64 / 1e6);
     let large = measured.offset.abs().to_std().unwrap_or(Duration::MAX) > WARN_ABOVE;
     if large && before != applied {
@@ -164,13 +229,15 @@ async fn measure(db: &Db) -> Result<Offset, DbError> {
     best.ok_or_else(|| DbError::Other(sqlx::Error::RowNotFound))
 }
 
-/// Measures the offset again every [`SYNC_EVERY`] until `shutdown` (a failed read keeps the last
-/// offset: the database is away, and nothing is written meanwhile).
+/// Measures the offset again every [`SYNC_EVERY`], and at once when [`now`] saw this process's
+/// clock step, until `shutdown` (a failed read keeps the last offset: the database is away, and
+/// nothing is written meanwhile).
 pub async fn run_worker(db: Db, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(SYNC_EVERY) => {}
+            _ = step_signal().notified() => {}
         }
         if let Err(e) = sync(&db).await {
             tracing::debug!(error = %e, "database_clock_not_read");
@@ -206,6 +273,29 @@ mod tests {
         assert_eq!(o.applied_micros(), 0);
         let o = offset_of(at(0), at(10_000), at(0));
         assert_eq!(o.applied_micros(), 10_000);
+    }
+
+    #[test]
+    fn a_step_of_the_process_clock_after_a_measurement_is_not_applied() {
+        // Measured at own clock `at(0)`, monotonic 5 s, with the database an hour ahead.
+        let anchor = at(0).timestamp_micros() - 5_000_000;
+        let hour = 3_600_000_000;
+        // 30 s later on both clocks: the own clock, corrected.
+        let (t, stepped) = reading(at(30_000_000), 35_000_000, anchor, hour);
+        assert_eq!((t, stepped), (at(hour + 30_000_000), false));
+        // Slewed by NTP within the tolerance: still the own clock.
+        let (t, stepped) = reading(at(30_200_000), 35_000_000, anchor, hour);
+        assert_eq!((t, stepped), (at(hour + 30_200_000), false));
+        // The own clock stepped an hour forward (NTP fixing it) 30 s later: the database's
+        // clock as measured, moved on by the monotonic clock, not two hours ahead.
+        let (t, stepped) = reading(at(hour + 30_000_000), 35_000_000, anchor, hour);
+        assert_eq!((t, stepped), (at(hour + 30_000_000), true));
+        // Stepped back two days.
+        let (t, stepped) = reading(at(-172_800_000_000), 35_000_000, anchor, hour);
+        assert_eq!((t, stepped), (at(hour + 30_000_000), true));
+        // Before any measurement there is nothing to compare with.
+        let (t, stepped) = reading(at(7), 0, NO_ANCHOR, 0);
+        assert_eq!((t, stepped), (at(7), false));
     }
 
     #[test]

@@ -137,6 +137,17 @@ pub async fn model_by_id(db: &Db, id: i64) -> Result<Option<ModelFirmware>, DbEr
     .await)?)
 }
 
+/// [`model_by_id`] inside a transaction (a read that must agree with others of the same
+/// snapshot: which version is current, and the versions listed).
+pub async fn model_in(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, ModelFirmware>(
+        "SELECT id, code, firmware_version FROM device_models WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?)
+}
+
 /// The model by code, read from the pool.
 pub async fn model_by_code(db: &Db, code: &str) -> Result<Option<ModelFirmware>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, ModelFirmware>(
@@ -258,16 +269,16 @@ pub async fn find(
 }
 
 /// Every stored version of a model, newest upload first.
-pub async fn list(db: &Db, model_id: i64) -> Result<Vec<FirmwareVersionRow>, DbError> {
+pub async fn list(tx: &mut Tx, model_id: i64) -> Result<Vec<FirmwareVersionRow>, DbError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM firmware_versions WHERE device_model_id = $1
          ORDER BY uploaded_at DESC, id DESC"
     );
-    Ok(on_pool!(db, |p| sqlx::query_as::<_, FirmwareVersionRow>(
+    Ok(on_conn!(tx, |c| sqlx::query_as::<_, FirmwareVersionRow>(
         sqlx::AssertSqlSafe(sql.clone())
     )
     .bind(model_id)
-    .fetch_all(p)
+    .fetch_all(c)
     .await)?)
 }
 

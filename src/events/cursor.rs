@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How long a skipped id is looked for. The longest transactions that record an event are
-/// firmware uploads, which record it while their artifacts' PUTs run.
+/// How long a skipped id is looked for. Events are recorded at the end of their transactions
+/// (firmware uploads after their artifacts' PUTs, just before the commit), so gaps fill within
+/// a commit's time; the margin covers a commit held up by a database under pressure.
 pub const GAP_WAIT: Duration = Duration::from_secs(600);
 
 /// The most skipped ids one reader looks for; past it, those it noticed first are given up.

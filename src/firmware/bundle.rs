@@ -628,46 +628,71 @@ fn refuse_huge_directory<R: Read + Seek>(spool: &mut R, len: u64) -> Result<(), 
         let (Some(offset), Some(comment)) = (le32(&tail, at + 16), field16(20)) else {
             continue;
         };
-        // Only a record that could be one (one disk, its comment within the file): the same
-        // four bytes inside an entry's data near the end are not a reason to refuse.
-        let single_disk = matches!((disk, cd_disk), (0, 0) | (u16::MAX, u16::MAX));
-        let fits = usize::from(comment) <= tail.len() - at - EOCD_LEN;
-        if !single_disk || on_disk != entries || !fits {
+        // The comment within the file, as the zip crate requires (else it is not a record).
+        if usize::from(comment) > tail.len() - at - EOCD_LEN {
             continue;
         }
-        found = true;
-        // ZIP64 when any field is saturated (as the zip crate decides): the counts are in a
-        // ZIP64 record a locator right before this one points to, which must be consistent.
-        if entries == u16::MAX || bytes == u32::MAX || offset == u32::MAX {
-            let locator = at
-                .checked_sub(20)
-                .filter(|l| tail[*l..].starts_with(b"PK\x06\x07"));
-            let record_at = locator.and_then(|l| le64(&tail, l + 8));
-            let (Some(l), Some(record_at)) = (locator, record_at) else {
-                return Err(invalid_zip("the archive's ZIP64 end record is missing"));
-            };
-            let locator_at = tail_start + l as u64;
-            let mut record = [0u8; 56];
-            let readable = record_at.saturating_add(56) <= locator_at;
-            if readable {
-                spool.seek(SeekFrom::Start(record_at))?;
+        // ZIP64 when a count or offset is saturated and a locator sits right before the record,
+        // as the zip crate decides; it then reads the counts from the ZIP64 record and looks at
+        // none of this record's other fields, so neither may this check skip it for them.
+        let may_be_zip64 = entries == u16::MAX || bytes == u32::MAX || offset == u32::MAX;
+        let locator = at
+            .checked_sub(20)
+            .filter(|l| may_be_zip64 && tail[*l..].starts_with(b"PK\x06\x07"));
+        let Some(l) = locator else {
+            // Otherwise only a record the crate would take (one disk): the same four bytes
+            // inside an entry's data near the end are not a reason to refuse.
+            if disk != 0 || cd_disk != 0 || on_disk != entries {
+                continue;
             }
-            let consistent = readable
-                && read_up_to(spool, &mut record)? == 56
-                && record.starts_with(b"PK\x06\x06")
-                && le64(&record, 4).and_then(|size| size.checked_add(12))
-                    == Some(locator_at - record_at);
-            let counts = le64(&record, 32).zip(le64(&record, 40));
-            match counts {
-                Some((entries, bytes)) if consistent => too_big(entries, bytes)?,
-                _ => {
-                    return Err(invalid_zip(
-                        "the archive's ZIP64 end record is inconsistent",
-                    ))
-                }
-            }
-        } else {
+            found = true;
             too_big(u64::from(entries), u64::from(bytes))?;
+            continue;
+        };
+        found = true;
+        let locator_at = tail_start + l as u64;
+        let (Some(record_disk), Some(record_at)) = (le32(&tail, l + 4), le64(&tail, l + 8)) else {
+            return Err(invalid_zip("the archive's ZIP64 end record is missing"));
+        };
+        let mut record = [0u8; 56];
+        let readable = record_at.saturating_add(56) <= locator_at;
+        if readable {
+            spool.seek(SeekFrom::Start(record_at))?;
+        }
+        let complete = readable && read_up_to(spool, &mut record)? == 56;
+        let field32 = |offset| le32(&record, offset);
+        let field64 = |offset| le64(&record, offset);
+        // Every check the zip crate makes of the record the locator names. Were one of them to
+        // fail, the crate would look for another ZIP64 record between the two (one this check
+        // never saw), so a record it would not take is refused here.
+        let counts = match (
+            field32(16),
+            field32(20),
+            field64(24),
+            field64(32),
+            field64(40),
+            field64(48),
+        ) {
+            (Some(0), Some(cd_disk64), Some(on_disk64), Some(total), Some(size), Some(start))
+                if complete
+                    && record.starts_with(b"PK\x06\x06")
+                    && cd_disk64 == record_disk
+                    && on_disk64 == total
+                    && field64(4).and_then(|n| n.checked_add(12))
+                        == Some(locator_at - record_at)
+                    && total.saturating_mul(46).saturating_add(start) <= record_at =>
+            {
+                Some((total, size))
+            }
+            _ => None,
+        };
+        match counts {
+            Some((entries, bytes)) => too_big(entries, bytes)?,
+            None => {
+                return Err(invalid_zip(
+                    "the archive's ZIP64 end record is inconsistent",
+                ))
+            }
         }
     }
     if !found {
@@ -728,8 +753,13 @@ fn extract_entry<R: Read + Seek>(
         method: entry.compression(),
     };
     if declared > limit {
+        // version.json has a fixed limit of its own, which no setting raises.
+        let setting = match artifact {
+            Artifact::VersionJson => "for version.json",
+            _ => "(MAX_FIRMWARE_BYTES)",
+        };
         return Err(BundleError::TooLarge(format!(
-            "Invalid firmware ZIP: {entry_name} is {declared} bytes uncompressed, more than the limit of {limit} bytes (MAX_FIRMWARE_BYTES)"
+            "Invalid firmware ZIP: {entry_name} is {declared} bytes uncompressed, more than the limit of {limit} bytes {setting}"
         )));
     }
     let mut sink = if declared <= MEMORY_THRESHOLD {
@@ -859,21 +889,78 @@ mod tests {
         // those too).
         let many = [eocd(0, 2000, 300, 1000, u16::MAX), vec![0u8; 3]].concat();
         assert!(guard(&many).unwrap_err().contains("declares 2000 entries"));
-        // A saturated offset means ZIP64 even with few entries; without a consistent ZIP64
-        // record the archive is refused rather than read as the zip crate would search it.
-        let saturated = eocd(0, 5, 300, u32::MAX, 0);
+        // Saturated without a locator before it: the zip crate reads it as it is.
+        let saturated = eocd(0, u16::MAX, 300, u32::MAX, 0);
         assert!(guard(&saturated)
             .unwrap_err()
-            .contains("ZIP64 end record is missing"));
-        let locator = [
+            .contains("declares 65535 entries"));
+        // With a locator whose record is not there: refused rather than searched for.
+        let saturated = eocd(0, 5, 300, u32::MAX, 0);
+        let decoy = [vec![0u8; 100], locator(0), saturated].concat();
+        assert!(guard(&decoy)
+            .unwrap_err()
+            .contains("ZIP64 end record is inconsistent"));
+    }
+
+    /// A ZIP64 end-of-central-directory locator pointing to a record at `record_at`.
+    fn locator(record_at: u64) -> Vec<u8> {
+        [
             b"PK\x06\x07".as_slice(),
             &[0; 4],
-            &0u64.to_le_bytes(),
+            &record_at.to_le_bytes(),
             &[1, 0, 0, 0],
         ]
-        .concat();
-        let decoy = [vec![0u8; 100], locator, saturated].concat();
-        assert!(guard(&decoy)
+        .concat()
+    }
+
+    /// A ZIP64 end-of-central-directory record: on disk `disk`, `entries` in all, the directory
+    /// at offset 0.
+    fn zip64_record(disk: u32, entries: u64) -> Vec<u8> {
+        let mut r = b"PK\x06\x06".to_vec();
+        r.extend_from_slice(&44u64.to_le_bytes());
+        r.extend_from_slice(&[45, 0, 45, 0]);
+        r.extend_from_slice(&disk.to_le_bytes());
+        r.extend_from_slice(&0u32.to_le_bytes());
+        for v in [entries, entries, 46 * entries, 0] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        r
+    }
+
+    #[test]
+    fn a_zip64_directory_behind_a_record_the_guard_would_skip_is_refused() {
+        // The last record names no disk's count (0 of 65535 on this disk): the zip crate reads
+        // it as ZIP64 all the same, from the record its locator names, and an earlier record
+        // that declares five entries is not the one it uses.
+        let mut last = b"PK\x05\x06".to_vec();
+        for v in [0u16, 0, 0, u16::MAX] {
+            last.extend_from_slice(&v.to_le_bytes());
+        }
+        last.extend_from_slice(&u32::MAX.to_le_bytes());
+        last.extend_from_slice(&u32::MAX.to_le_bytes());
+        last.extend_from_slice(&0u16.to_le_bytes());
+        // The directory those entries would take lies before the record, as the crate checks.
+        let entries = 2000;
+        let pad = vec![0u8; 46 * 2000 + 10];
+        let decoy = eocd(0, 5, 300, 1000, 0);
+        let record_at = (pad.len() + decoy.len()) as u64;
+        let archive = |record: Vec<u8>| {
+            [
+                pad.clone(),
+                decoy.clone(),
+                record,
+                locator(record_at),
+                last.clone(),
+            ]
+            .concat()
+        };
+        assert!(guard(&archive(zip64_record(0, entries)))
+            .unwrap_err()
+            .contains("declares 2000 entries"));
+        assert_eq!(guard(&archive(zip64_record(0, 5))), Ok(()));
+        // A record the crate would not take (another disk) is refused: the crate would search
+        // for another one that this check never saw.
+        assert!(guard(&archive(zip64_record(1, 5)))
             .unwrap_err()
             .contains("ZIP64 end record is inconsistent"));
     }

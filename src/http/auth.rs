@@ -513,8 +513,9 @@ pub const FIRMWARE_VERSION_HEADER: &str = "x-firmware-version";
 
 /// The version in `X-Firmware-Version`, if the request has one that is a valid firmware version
 /// (`FirmwareVersion::parse`); anything else is ignored rather than failing the request.
-fn reported_version(parts: &Parts) -> Option<FirmwareVersion> {
-    let value = parts.headers.get(FIRMWARE_VERSION_HEADER)?.to_str().ok()?;
+/// The version a device request's `X-Firmware-Version` header reports, if it is a valid one.
+pub fn reported_version(headers: &http::HeaderMap) -> Option<FirmwareVersion> {
+    let value = headers.get(FIRMWARE_VERSION_HEADER)?.to_str().ok()?;
     FirmwareVersion::parse(value).ok()
 }
 
@@ -553,7 +554,7 @@ async fn device_heard_from(
     image: Option<&ImageSlot>,
 ) -> Result<DeviceCaller, ApiError> {
     let device = authenticate_device(parts, state, image).await?;
-    let version = reported_version(parts);
+    let version = reported_version(&parts.headers);
     state
         .presence
         .observe(device.id, version.as_ref().map(FirmwareVersion::as_str));

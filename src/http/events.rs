@@ -518,6 +518,16 @@ pub async fn stream(
             if let Some(event) = s.buffer.pop_front() {
                 return Some((Ok(event), s));
             }
+            // Before every read, not only when there is nothing to send: under steady traffic
+            // (a crash storm, a chatty device) the wait below is never reached, and a stream
+            // whose session ended, or a server shutting down, must not go on.
+            if s.shutdown.is_cancelled() {
+                return None;
+            }
+            if !s.auth.still_valid().await {
+                tracing::info!("sse_ended: its credentials no longer hold");
+                return None;
+            }
             // A run of log reads (a burst, a catch-up) does not reach the wait below: take note
             // here of what it would have seen, so that events and the recheck do not wait for it.
             let now = tokio::time::Instant::now();
@@ -588,10 +598,6 @@ pub async fn stream(
                     s.sent_position = position;
                     continue;
                 }
-            }
-            if !s.auth.still_valid().await {
-                tracing::info!("sse_ended: its credentials no longer hold");
-                return None;
             }
             let wake = tokio::select! {
                 () = s.shutdown.cancelled() => return None,

@@ -1,8 +1,11 @@
 //! `GET /api/auth/self`: who the admin caller is, what the web UI asks before it renders anything
 //! (SPEC §5). Signing in is `super::login`.
 
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use http::header::CACHE_CONTROL;
+use http::HeaderValue;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -29,12 +32,16 @@ pub struct UserInfo {
 /// `ADMIN_TOKEN` callers and in open mode.
 #[utoipa::path(get, path = "/api/auth/self", tag = "auth", security(("admin" = [])),
     responses((status = 200, body = UserInfo), (status = 401, body = super::error::ErrorBody)))]
-pub async fn whoami(AdminReader(who): AdminReader) -> Json<UserInfo> {
-    Json(UserInfo {
-        subject: who.subject,
-        email: who.email,
-        name: who.name,
-        roles: who.roles,
-        csrf_token: who.csrf_token,
-    })
+pub async fn whoami(AdminReader(who): AdminReader) -> impl IntoResponse {
+    // It carries the session's CSRF token: never kept by a cache on the way.
+    (
+        [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(UserInfo {
+            subject: who.subject,
+            email: who.email,
+            name: who.name,
+            roles: who.roles,
+            csrf_token: who.csrf_token,
+        }),
+    )
 }

@@ -25,7 +25,7 @@ pub struct ClientSettings {
     pub client_id: String,
     /// `OIDC_CLIENT_SECRET`, for a confidential client (sent with HTTP Basic); none for a public
     /// client, which PKCE protects.
-    pub client_secret: Option<String>,
+    pub client_secret: Option<crate::config::Secret>,
     /// `OIDC_SCOPES` (default `openid profile email`).
     pub scopes: String,
 }
@@ -105,7 +105,8 @@ impl OidcVerifier {
         match &client.client_secret {
             // RFC 6749 §2.3.1: both form-urlencoded before Basic encoding.
             Some(secret) => {
-                request = request.basic_auth(encode(&client.client_id), Some(encode(secret)));
+                request =
+                    request.basic_auth(encode(&client.client_id), Some(encode(secret.expose())));
             }
             None => form.push(("client_id", client.client_id.as_str())),
         }

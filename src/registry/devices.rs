@@ -94,45 +94,60 @@ pub async fn update(
     config_text: Option<&str>,
     active: Option<bool>,
 ) -> Result<(DeviceRow, DeviceModelRow), RegistryError> {
-    let validated = match config_text {
-        Some(text) => {
-            let mut tx = db.begin().await?;
-            let (row, model) = load(&mut tx, id).await?;
-            tx.commit().await?;
-            // The text the device already has is no change: it is not parsed or validated again.
-            // The Python UI sends the config with every change of the active flag, and an adopted
-            // config the Python service accepted (`NaN`) must not stop the flag from changing.
-            if row.config == text {
-                None
-            } else {
-                Some((validator.check(text, &model).await?, model))
+    // A config that was the stored one when read, and is not any more when written (another
+    // request changed it in between), is read and decided again: written as it is, the request
+    // would have left the other's config in place while saying it set its own.
+    for _ in 0..UPDATE_ATTEMPTS {
+        let validated = match config_text {
+            Some(text) => {
+                let mut tx = db.begin().await?;
+                let (row, model) = load(&mut tx, id).await?;
+                tx.commit().await?;
+                // The text the device already has is no change: it is not parsed or validated
+                // again. The Python UI sends the config with every change of the active flag,
+                // and an adopted config the Python service accepted (`NaN`) must not stop the
+                // flag from changing.
+                if row.config == text {
+                    None
+                } else {
+                    Some((validator.check(text, &model).await?, model))
+                }
             }
+            None => None,
+        };
+        let mut tx = db.begin().await?;
+        let (row, _) = load(&mut tx, id).await?;
+        if validated.is_none() && config_text.is_some_and(|text| row.config != text) {
+            continue;
         }
-        None => None,
-    };
-    let mut tx = db.begin().await?;
-    let (row, _) = load(&mut tx, id).await?;
-    if let Some((_, validated_against)) = &validated {
-        // A schema change waits for this transaction, and this one sees any that committed.
-        models::lock_schema(&mut tx, row.device_model_id, false).await?;
-        let model = models::get(&mut tx, row.device_model_id)
-            .await?
-            .ok_or(RegistryError::ModelNotFound(row.device_model_id))?;
-        ensure_schema_unchanged(validated_against, &model)?;
+        if let Some((_, validated_against)) = &validated {
+            // A schema change waits for this transaction, and this one sees any that committed.
+            models::lock_schema(&mut tx, row.device_model_id, false).await?;
+            let model = models::get(&mut tx, row.device_model_id)
+                .await?
+                .ok_or(RegistryError::ModelNotFound(row.device_model_id))?;
+            ensure_schema_unchanged(validated_against, &model)?;
+        }
+        // Without a new config the stored text is left alone, not parsed again: an adopted one
+        // the Python service accepted (`NaN`) must not stop the active flag from changing.
+        let config = validated.as_ref().map(|(config, _)| config);
+        devices::update(&mut tx, id, config, active).await?;
+        let (row, model) = load(&mut tx, id).await?;
+        events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
+        // As the original: after every successful update, whatever changed.
+        notifier
+            .config_changed(&mut tx, &ClientId::format(&row.model_code, &row.key))
+            .await?;
+        tx.commit().await?;
+        return Ok((row, model));
     }
-    // Without a new config the stored text is left alone, not parsed again: an adopted one the
-    // Python service accepted (`NaN`) must not stop the active flag from changing.
-    let config = validated.as_ref().map(|(config, _)| config);
-    devices::update(&mut tx, id, config, active).await?;
-    let (row, model) = load(&mut tx, id).await?;
-    events::record(&mut tx, "device_updated", &event_payload(&row)).await?;
-    // As the original: after every successful update, whatever changed.
-    notifier
-        .config_changed(&mut tx, &ClientId::format(&row.model_code, &row.key))
-        .await?;
-    tx.commit().await?;
-    Ok((row, model))
+    Err(RegistryError::Conflict(
+        "The device's config kept changing while this update was made; try again".into(),
+    ))
 }
+
+/// How often [`update`] decides again when the config changed under it.
+const UPDATE_ATTEMPTS: usize = 3;
 
 /// Deletes a device, its dump rows, and (through the outbox) their objects.
 pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), RegistryError> {

@@ -146,10 +146,11 @@ pub async fn delete(db: &Db, caches: &dyn Invalidation, id: i64) -> Result<(), R
             e.into()
         }
     })?;
-    let mut keys = Vec::new();
-    for version in &versions {
-        // Every version of the model goes: nothing to leave to another.
-        keys.extend(layout::deletable_keys(&model.code, version, false)?);
+    // Every version of the model goes: nothing to leave to another.
+    let (keys, keyless) = layout::model_deletion_keys(&model.code, &versions);
+    if !keyless.is_empty() {
+        tracing::warn!(model_code = %model.code, versions = ?keyless,
+            "device_model_versions_without_keys: no object key can name them; reconcile lists what is left");
     }
     outbox::schedule_deletion(&mut tx, &keys).await?;
     events::record(

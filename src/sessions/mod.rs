@@ -300,13 +300,16 @@ pub async fn take_flow(db: &Db, state: &str) -> Result<Option<LoginFlow>, DbErro
 }
 
 /// A local path to return to after signing in: `/…` but not `//…` (another host) or `/\…`, and
-/// no control characters; anything else is `/`.
+/// no control characters; anything else is `/`. Never the API (`/api…`): the redirect after a
+/// sign-in is a same-origin request, and a link that returned into an API `GET` that acts (the
+/// provisioning package mints a secret) would act with the new session. Pages only.
 pub fn safe_return_path(requested: Option<&str>) -> String {
     match requested {
         Some(path)
             if path.starts_with('/')
                 && !path.starts_with("//")
                 && !path.starts_with("/\\")
+                && !is_api_path(path)
                 && path.len() <= 2048
                 && !path.chars().any(char::is_control) =>
         {
@@ -314,6 +317,12 @@ pub fn safe_return_path(requested: Option<&str>) -> String {
         }
         _ => "/".to_string(),
     }
+}
+
+/// `/api`, `/api/…`, `/api?…`: the API's routes, not a page to return to.
+fn is_api_path(path: &str) -> bool {
+    path.strip_prefix("/api")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
 }
 
 #[cfg(test)]
@@ -342,10 +351,15 @@ mod tests {
             "",
             "devices",
             "/a\nb",
+            "/api/devices/7/provisioning?partition_size=24576",
+            "/api",
+            "/api?x=1",
         ] {
             assert_eq!(safe_return_path(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(safe_return_path(None), "/");
+        // A page whose name starts like the API's is a page.
+        assert_eq!(safe_return_path(Some("/apiary")), "/apiary");
     }
 
     #[test]

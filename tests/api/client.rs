@@ -416,6 +416,19 @@ impl TestApp {
         send_json(self.client.get(self.url("/health/readyz"))).await
     }
 
+    /// `GET /health/readyz` until it answers `status` (a check's answer is reused for a second,
+    /// so a change shows within about that), at most 10 s; the last answer.
+    pub async fn readyz_becomes(&self, status: u16) -> (u16, Value) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let answer = self.readyz().await;
+            if answer.0 == status || std::time::Instant::now() > deadline {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> String {
         self.get("/metrics")

@@ -280,7 +280,7 @@ async fn readyz_is_503_while_writers_cannot_get_the_database() {
             Stack::Production => assert_eq!(status, 200, "{body}"),
         }
         held.rollback().await.unwrap();
-        assert_eq!(app.readyz().await.0, 200);
+        assert_eq!(app.readyz_becomes(200).await.0, 200);
     })
     .await;
 }

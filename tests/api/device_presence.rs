@@ -89,6 +89,25 @@ async fn devices_report_what_they_run_with_the_header_on_any_request_and_with_up
         assert_eq!(status, 201, "{body}");
         device_shows(app, device.id, "running_firmware_version", &"4.0.0".into()).await;
 
+        // An upload from a build that names itself (a rolled-back device uploading the dump its
+        // newer build saved): the header says what it runs, not the dump.
+        let response = app
+            .device_request(
+                reqwest::Method::POST,
+                "/api/iot/coredump?chip=esp32&firmware_version=5.0.0",
+                &device.credential,
+            )
+            .header("x-firmware-version", "4.0.1")
+            .body(b"saved by 5.0.0".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        device_shows(app, device.id, "running_firmware_version", &"4.0.1".into()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, shown) = app.get_device(device.id).await;
+        assert_eq!(shown["running_firmware_version"], "4.0.1", "{shown}");
+
         // The list shows it too; a device that never called shows nothing.
         let (_, list) = app.list_devices().await;
         let listed = |id: i64| {
@@ -100,7 +119,7 @@ async fn devices_report_what_they_run_with_the_header_on_any_request_and_with_up
                 .unwrap()
                 .clone()
         };
-        assert_eq!(listed(device.id)["running_firmware_version"], "4.0.0");
+        assert_eq!(listed(device.id)["running_firmware_version"], "4.0.1");
         assert!(listed(device.id)["last_seen_at"].is_string());
         assert_eq!(listed(quiet.id)["running_firmware_version"], Value::Null);
         assert_eq!(listed(quiet.id)["last_seen_at"], Value::Null);

@@ -445,6 +445,28 @@ async fn bodies_and_entries_over_the_limit_are_413_without_reading_the_rest() {
 }
 
 #[tokio::test]
+async fn a_version_json_over_its_own_limit_names_that_limit() {
+    for_each_stack("firmware_version_json_limit", &[], async |app| {
+        let model = create_model(app, CODE, None).await;
+        let good = Build::new("1.0.0", "vj");
+        // Valid JSON, padded past the 1 MiB version.json may take (MAX_FIRMWARE_BYTES does not
+        // raise it, so the message does not name it).
+        let mut padded = good.version_json.clone();
+        padded.extend(std::iter::repeat_n(b' ', 1024 * 1024 + 1));
+        let bundle = zip_of(&with_entry(&good, "version.json", padded));
+        let (status, body) = upload(app, model, bundle).await;
+        assert_eq!(status, 413, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("version.json is") && error.ends_with("bytes for version.json"),
+            "{body}"
+        );
+        assert_nothing_stored(app, model, None, &[]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_multipart_upload_takes_the_file_part() {
     for_each_stack("firmware_multipart", &[], async |app| {
         let model = create_model(app, CODE, None).await;

@@ -40,6 +40,9 @@ async fn downloads_support_head_ranges_etags_and_conditional_requests() {
                 format!("attachment; filename=firmware-{CODE}.bin")
             );
             assert_eq!(h["etag"].to_str().unwrap(), etag);
+            // What CI uploaded is never run by a browser as script or page of this origin.
+            assert_eq!(h["x-content-type-options"], "nosniff");
+            assert_eq!(h["content-security-policy"], "sandbox; default-src 'none'");
             assert_eq!(r.bytes().await.unwrap().as_ref(), build.bin.as_slice());
 
             let path = format!("/api/device-models/{model}/firmware");

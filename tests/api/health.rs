@@ -38,7 +38,7 @@ async fn readyz_is_503_while_migrations_are_pending_and_200_after_migrate() {
             assert_eq!(body["details"]["object_store"], "ok");
 
             iotsupport::db::migrate::run(app.db()).await.unwrap();
-            assert_eq!(app.readyz().await.0, 200);
+            assert_eq!(app.readyz_becomes(200).await.0, 200);
         })
         .await;
 }
@@ -101,7 +101,7 @@ async fn readyz_turns_503_when_the_s3_server_stops_and_200_when_it_returns() {
     assert_eq!(app.readyz().await.0, 200);
 
     drop(server);
-    let (status, body) = app.readyz().await;
+    let (status, body) = app.readyz_becomes(503).await;
     assert_eq!(status, 503);
     assert_eq!(body["details"]["database"], "ok", "{body}");
     // In words of our own: the store's error (its endpoint, its answer) goes to the log only.
@@ -118,7 +118,7 @@ async fn readyz_turns_503_when_the_s3_server_stops_and_200_when_it_returns() {
     iotsupport::storage::bucket::ensure_bucket(s3)
         .await
         .unwrap();
-    assert_eq!(app.readyz().await.0, 200);
+    assert_eq!(app.readyz_becomes(200).await.0, 200);
     app.stop().await;
 }
 

@@ -174,9 +174,36 @@ async fn signing_in_with_the_admin_token_gives_a_session_for_reads_writes_and_th
         assert_ne!(rows[0], value);
         assert_eq!(rows[0], iotsupport::sessions::sha256_hex(value));
 
+        // A return into the API (a link that would mint a provisioning secret with the new
+        // session, the redirect being same-origin) goes to the overview instead.
+        let into_api = sign_in_with_token(
+            app,
+            TOKEN,
+            "/api/devices/7/provisioning?partition_size=24576",
+        )
+        .await;
+        assert_eq!(into_api.status(), 303);
+        assert_eq!(location(into_api.headers()), "/");
+        let other = cookie_pair(&set_cookie(into_api.headers()).expect("a session cookie"));
+        let out = browser()
+            .get(app.url("/api/auth/logout"))
+            .header("cookie", &other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), 303);
+
         let (status, me) = get_with(app, &cookie, "/api/auth/self").await;
         assert_eq!(status, 200, "{me}");
         assert_eq!(me["name"], "Administrator");
+        // It carries the CSRF token: no cache on the way may keep it.
+        let fresh = browser()
+            .get(app.url("/api/auth/self"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fresh.headers()["cache-control"], "no-store");
         let csrf = me["csrf_token"].as_str().expect("a CSRF token").to_string();
         assert_eq!(get_with(app, &cookie, "/api/device-models").await.0, 200);
 

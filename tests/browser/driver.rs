@@ -207,6 +207,21 @@ pub async fn until_live(c: &Client) {
     .await;
 }
 
+/// Marks the element `css` of the page's `<main>`; [`until_refreshed`] waits for a live refresh
+/// to replace it.
+pub async fn mark_main_content(c: &Client, css: &str) {
+    let script = format!(
+        "document.querySelector('{css}').setAttribute('data-before-refresh', ''); return true;"
+    );
+    js(c, &script, vec![]).await;
+}
+
+/// Waits until a live refresh has replaced what [`mark_main_content`] marked.
+pub async fn until_refreshed(c: &Client, css: &str) {
+    let check = format!("!!document.querySelector('{css}') && !document.querySelector('{css}[data-before-refresh]')");
+    until(c, "a live refresh", &check).await;
+}
+
 /// Marks the loaded document; [`assert_not_reloaded`] checks the mark is still there.
 pub async fn mark_document(c: &Client) {
     js(c, "window.__sameDocument = true; return true;", vec![]).await;

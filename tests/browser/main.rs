@@ -346,6 +346,25 @@ async fn flow(
     until(c, "the config error", "document.querySelector('#config-form [data-status]').textContent.length > 0 && document.querySelector('#config-form [data-status]').classList.contains('bad')").await;
     click(c, "#provisioning-form button[type=submit]").await;
     until_text(c, "#provisioning-form [data-status]", "Provisioning field").await;
+    // A partition size typed in, then left, survives a live refresh of the page (a package for
+    // the wrong size would overwrite the partition after it).
+    fill(c, "#provisioning-form input[name=partition_size]", "16384").await;
+    js(c, "document.activeElement.blur(); return true;", vec![]).await;
+    mark_main_content(c, "#dumps").await;
+    let (status, body) = app.update_device(device_id, json!({"active": true})).await;
+    assert_eq!(status, 200, "{body}");
+    until_refreshed(c, "#dumps").await;
+    let size = js(
+        c,
+        "return document.querySelector('#provisioning-form input[name=partition_size]').value;",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        size.as_str(),
+        Some("16384"),
+        "the refresh reset the typed size"
+    );
 
     // ---- The rest of a small fleet, through the API (see fleet.rs) ---------------------------
     populate(app, model_id, data, |code, version, elf| {
@@ -368,6 +387,32 @@ async fn flow(
     .await;
     until_text(c, "#report", "Registers").await;
     screenshot(c, shots, "report").await;
+    // Sections opened and closed stay so when the report refreshes (a reparse of this dump).
+    js(
+        c,
+        "document.getElementById('task-0').open = false; \
+         document.getElementById('text-report').open = true; return true;",
+        vec![],
+    )
+    .await;
+    mark_main_content(c, "#headline").await;
+    let (status, body) = app.reparse_coredump(device_id, dump_id).await;
+    assert!((200..300).contains(&status), "{status}: {body}");
+    until_refreshed(c, "#headline").await;
+    // The refresh that drew the parsed report again (a pending one may come first).
+    until(c, "the report again", "!!document.getElementById('task-0')").await;
+    let kept = js(
+        c,
+        "return [document.getElementById('task-0').open, \
+                 document.getElementById('text-report').open];",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        kept,
+        json!([false, true]),
+        "the refresh changed which sections are open"
+    );
 
     // ---- Its crash group: the chart, resolving --------------------------------------------------
     click(c, "main a[href^='/crash-groups/']").await;

@@ -25,8 +25,13 @@ pub async fn list_versions(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<FirmwareVersionList>, ApiError> {
-    let model = model(&state, id).await?;
-    let rows = fw::list(&state.db, id).await?;
+    // One snapshot: the version marked current is one of those listed.
+    let mut tx = state.db.begin_read().await?;
+    let model = fw::model_in(&mut tx, id)
+        .await?
+        .ok_or_else(|| super::model_not_found(id))?;
+    let rows = fw::list(&mut tx, id).await?;
+    tx.commit().await?;
     let current = model.firmware_version.as_deref();
     let versions: Vec<_> = rows
         .into_iter()

@@ -123,10 +123,14 @@ pub async fn upload(
             tracing::error!(error = %e, "coredump_upload_task_failed");
             ApiError::Internal("Internal error".into())
         })??;
-    // The version a device uploads a dump with is the version it runs (SPEC §15).
-    state
-        .presence
-        .observe(device.id, Some(&meta.firmware_version));
+    // The version a device uploads a dump with is the version it runs (SPEC §15), unless the
+    // request says otherwise: a dump saved by a build the bootloader then rolled back is
+    // uploaded by the older build, which names itself in `X-Firmware-Version` (already noted).
+    if crate::http::auth::reported_version(&headers).is_none() {
+        state
+            .presence
+            .observe(device.id, Some(&meta.firmware_version));
+    }
     Ok((
         StatusCode::CREATED,
         Json(CoredumpUploadResponse {

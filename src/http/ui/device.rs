@@ -21,7 +21,8 @@ use crate::state::AppState;
 
 const LIVE: &str = "device_updated device_deleted coredump_stored coredump_parsed \
     coredump_deleted crash_group_created crash_group_updated crash_group_regressed \
-    firmware_current_set rotation-updated device_rotation_pending";
+    firmware_current_set firmware_uploaded device_model_updated rotation-updated \
+    device_rotation_pending";
 
 /// The NVS partition size the provisioning form suggests: `0x6000`, ESP-IDF's default `nvs`.
 const DEFAULT_PARTITION_SIZE: u32 = 0x6000;

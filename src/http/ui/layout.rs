@@ -3,8 +3,8 @@
 //! live updates swap, and the response headers of an HTML page.
 //!
 //! `<main>` carries what the page shows as `data-live` (the event types that make it refresh) and
-//! `data-live-model` / `-device` / `-group` (only events about that model, device or group count;
-//! see `assets/ui.js`).
+//! `data-live-model` / `-device` / `-group` / `-coredump` (only events about that model, device,
+//! group or core dump count; see `assets/ui.js`).
 
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
@@ -29,6 +29,8 @@ pub struct Live {
     pub model: Option<i64>,
     pub device: Option<i64>,
     pub group: Option<i64>,
+    /// Only events about this core dump (`coredump_…` events naming another are ignored).
+    pub coredump: Option<i64>,
 }
 
 /// One page: its title, where it sits, who looks at it and what refreshes it.
@@ -97,7 +99,7 @@ impl<'a> Page<'a> {
                     (top_bar(self.section, self.viewer))
                     main #main tabindex="-1" data-live=(self.live.events)
                         data-live-model=[self.live.model] data-live-device=[self.live.device]
-                        data-live-group=[self.live.group] {
+                        data-live-group=[self.live.group] data-live-coredump=[self.live.coredump] {
                         @if !self.crumbs.is_empty() {
                             nav.crumbs aria-label="Breadcrumb" {
                                 ol {

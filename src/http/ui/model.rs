@@ -70,8 +70,9 @@ pub async fn page(
     )
     .await?;
     let open_count = groups_db::count(&mut tx, id, STATUS_OPEN).await?;
+    // In the same snapshot as the model: its current version is one of those listed.
+    let versions = fw::list(&mut tx, id).await?;
     tx.commit().await?;
-    let versions = fw::list(&state.db, id).await?;
     let now = crate::db::now();
     let edit = viewer.can_edit();
     let content = html! {

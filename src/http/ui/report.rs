@@ -60,6 +60,7 @@ pub async fn page(
             .live(Live {
                 events: LIVE,
                 device: Some(device.id),
+                coredump: Some(dump.id),
                 ..Live::default()
             })
             .ok(content),
@@ -79,7 +80,7 @@ fn body(dump: &CoredumpRow) -> Markup {
         {
             Some(Ok(report)) => html! {
                 (crash_report(&report))
-                details.panel { summary { "Text report" } pre.code { (text) } }
+                details.panel #text-report { summary { "Text report" } pre.code { (text) } }
             },
             _ => html! {
                 p.hint { "This dump has a text report only (parsed by the sidecar, or by another version)." }
@@ -173,7 +174,7 @@ fn build_check(report: &CrashReport) -> Markup {
 fn task_section(index: usize, task: &TaskReport) -> Markup {
     let name = task.name.as_deref().unwrap_or("(unnamed)");
     html! {
-        details.task open[task.crashed || index == 0] {
+        details.task id={ "task-" (index) } open[task.crashed || index == 0] {
             summary {
                 strong { (name) }
                 @if task.crashed { " " span.badge.bad { "crashed" } }

@@ -165,7 +165,11 @@
 
   document.addEventListener('input', function (event) {
     var form = event.target.form;
-    if (form && form.hasAttribute('data-api-method')) { form.setAttribute('data-dirty', ''); }
+    // Edited forms are kept as they are when the page refreshes: those that save through the API
+    // (until saved) and the provisioning form (whose partition size must not snap back).
+    if (form && form.id && (form.hasAttribute('data-api-method') || form.hasAttribute('data-provision'))) {
+      form.setAttribute('data-dirty', '');
+    }
   });
 
   document.addEventListener('click', function (event) {
@@ -284,6 +288,11 @@
     if (other(p.device_id, device)) { return false; }
     if (other(p.device_model_id, model)) { return false; }
     if (type.indexOf('crash_group_') === 0 && other(p.id, group)) { return false; }
+    var dump = main.getAttribute('data-live-coredump');
+    if (dump && type.indexOf('coredump_') === 0) {
+      if (Array.isArray(p.ids)) { return p.ids.map(String).indexOf(dump) >= 0; }
+      if (other(p.id, dump)) { return false; }
+    }
     return true;
   }
 
@@ -325,6 +334,10 @@
   // progress, open <details>, and elements marked data-preserve (the log view).
   function swap(main, fresh) {
     var active = document.activeElement;
+    // The log view is kept as it is, but what it filters on comes from the fresh page: the
+    // device's entity id can change.
+    var freshLogs = fresh.querySelector('#logs');
+    var freshEntity = freshLogs && freshLogs.getAttribute('data-logs-entity');
     main.querySelectorAll('[id]').forEach(function (el) {
       var keep = el.hasAttribute('data-preserve') || el.hasAttribute('data-dirty') ||
         el.hasAttribute('data-busy') || (el.tagName === 'FORM' && el.contains(active));
@@ -332,11 +345,22 @@
       var counterpart = fresh.querySelector('#' + CSS.escape(el.id));
       if (counterpart) { counterpart.replaceWith(el); }
     });
-    var open = {};
-    main.querySelectorAll('details[open]').forEach(function (d, i) { open[i] = true; });
+    // Sections the person opened or closed stay so: by id, or else by their place among all
+    // sections (a fresh page draws some open, and a closed one must not open its neighbour).
+    var opened = {};
+    function sectionKey(d, i) { return d.id ? '#' + d.id : String(i); }
+    main.querySelectorAll('details').forEach(function (d, i) { opened[sectionKey(d, i)] = d.open; });
     var activeId = active && active.id;
     main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes));
-    main.querySelectorAll('details').forEach(function (d, i) { if (open[i]) { d.open = true; } });
+    main.querySelectorAll('details').forEach(function (d, i) {
+      var key = sectionKey(d, i);
+      if (Object.prototype.hasOwnProperty.call(opened, key)) { d.open = opened[key]; }
+    });
+    var logs = document.getElementById('logs');
+    if (logs && freshLogs) {
+      if (freshEntity === null) { logs.removeAttribute('data-logs-entity'); }
+      else { logs.setAttribute('data-logs-entity', freshEntity); }
+    }
     if (activeId && !main.contains(active)) {
       var again = document.getElementById(activeId);
       if (again) { again.focus(); }
@@ -428,19 +452,45 @@
     // Log times are UTC, as every other time on the pages says.
     t.textContent = (time || '').replace('T', ' ').slice(0, 23) + (time ? ' UTC' : '');
     li.append(t, ' ', text);
+    li.setAttribute('data-line', (time || '') + ' ' + text);
     return li;
   }
+
+  function trimLogs(list) {
+    // The newest lines only, as the page promises: a tab left open on a chatty device must
+    // not grow without bound.
+    while (list.children.length > MAX_LOG_LINES) { list.removeChild(list.firstElementChild); }
+  }
+
+  // Follows new lines only while the view is scrolled to its end: someone reading older lines
+  // keeps their place.
+  function atEnd(list) { return list.scrollHeight - list.scrollTop - list.clientHeight < 24; }
 
   function appendLogs(payload) {
     var box = document.getElementById('logs');
     if (!box || !payload || payload.device_entity_id !== box.getAttribute('data-logs-entity')) { return; }
     var list = box.querySelector('.log-lines');
+    var follow = atEnd(list);
     (payload.logs || []).forEach(function (line) {
       list.appendChild(logLine(line['@timestamp'], line.message));
     });
-    // The newest lines only, as the page promises: a tab left open on a chatty device must
-    // not grow without bound.
-    while (list.children.length > MAX_LOG_LINES) { list.removeChild(list.firstElementChild); }
+    trimLogs(list);
+    if (follow) { list.scrollTop = list.scrollHeight; }
+  }
+
+  // The history goes before the live lines that arrived while it was read; a line that came
+  // both ways (logged between the subscription and the history's read) is shown once.
+  function showHistory(box, lines) {
+    var list = box.querySelector('.log-lines');
+    var live = {};
+    Array.prototype.forEach.call(list.children, function (li) { live[li.getAttribute('data-line')] = true; });
+    var first = list.firstElementChild;
+    lines.forEach(function (line) {
+      var li = logLine(line.timestamp, line.message);
+      if (!live[li.getAttribute('data-line')]) { list.insertBefore(li, first); }
+    });
+    if (list.children.length === 0) { setStatus(box, 'No log lines yet.', false); }
+    trimLogs(list);
     list.scrollTop = list.scrollHeight;
   }
 
@@ -448,22 +498,23 @@
     var box = document.getElementById('logs');
     if (!box) { return; }
     var device = box.getAttribute('data-logs-device');
-    if (!box.hasAttribute('data-loaded')) {
-      box.setAttribute('data-loaded', '');
-      // The newest lines (backwards from a day ahead, as the Python UI asks), oldest first.
-      var end = new Date(Date.now() + 24 * 3600 * 1000).toISOString();
-      api('GET', '/api/devices/' + device + '/logs?end=' + encodeURIComponent(end)).then(function (page) {
-        var list = box.querySelector('.log-lines');
-        var lines = (page && page.logs) || [];
-        if (lines.length === 0) { setStatus(box, 'No log lines yet.', false); }
-        lines.forEach(function (line) { list.appendChild(logLine(line.timestamp, line.message)); });
-        list.scrollTop = list.scrollHeight;
-      }, function (error) { setStatus(box, error.message, true); });
-    }
+    var subscribed = Promise.resolve();
     if (subscribedLogs !== device) {
       subscribedLogs = device;
-      api('POST', '/api/device-logs/subscribe', { request_id: streamId, device_id: Number(device) })
+      subscribed = api('POST', '/api/device-logs/subscribe', { request_id: streamId, device_id: Number(device) })
         .catch(function (error) { setStatus(box, error.message, true); });
+    }
+    if (!box.hasAttribute('data-loaded')) {
+      box.setAttribute('data-loaded', '');
+      // Subscribed first, then the history: a line logged in between comes live, in the
+      // history, or both, but is not lost. The newest lines (backwards from a day ahead, as the
+      // Python UI asks), oldest first.
+      subscribed.then(function () {
+        var end = new Date(Date.now() + 24 * 3600 * 1000).toISOString();
+        return api('GET', '/api/devices/' + device + '/logs?end=' + encodeURIComponent(end));
+      }).then(function (page) {
+        showHistory(box, (page && page.logs) || []);
+      }, function (error) { setStatus(box, error.message, true); });
     }
   }
 
