@@ -189,25 +189,11 @@ async fn watch_events(
     sender: watch::Sender<i64>,
     shutdown: CancellationToken,
 ) {
-    let mut listener = match &db {
-        Db::Postgres(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
-            Ok(mut l) => match l.listen(CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "events_listen_failed; polling instead");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "events_listen_failed; polling instead");
-                None
-            }
-        },
-        Db::Sqlite(_) => None,
-    };
+    let mut listen = crate::db::listen::Listen::start(&db, CHANNEL, "events").await;
     let mut last_cleanup = tokio::time::Instant::now();
     let mut heard = Heard::Nothing;
     loop {
+        listen.retry(&db).await;
         let newest = match heard {
             Heard::Ids(newest) => Ok(newest),
             Heard::Nothing | Heard::Unknown => newest_id(&db).await,
@@ -239,7 +225,7 @@ async fn watch_events(
             .map(|r| r.rows_affected()));
         }
         let wake = async {
-            match listener.as_mut() {
+            match listen.listener() {
                 // A notification (or a dropped connection, which PgListener re-establishes)
                 // means "look again"; the poll below bounds the wait either way.
                 Some(l) => match tokio::time::timeout(poll * 10, l.recv()).await {

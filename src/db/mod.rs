@@ -21,6 +21,7 @@ pub mod devices;
 pub mod firmware_versions;
 pub mod fleet_summary;
 pub mod legacy;
+pub mod listen;
 pub mod migrate;
 pub mod notifications;
 pub mod reconcile;

@@ -144,14 +144,10 @@ async fn watch_lines(
     sender: std::sync::Arc<watch::Sender<i64>>,
     shutdown: CancellationToken,
 ) {
-    let mut listener = match &db {
-        Db::Postgres(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
-            Ok(mut l) => l.listen(queries::LOGS_CHANNEL).await.ok().map(|()| l),
-            Err(_) => None,
-        },
-        Db::Sqlite(_) => None,
-    };
+    let mut listen =
+        crate::db::listen::Listen::start(&db, queries::LOGS_CHANNEL, "device_logs").await;
     loop {
+        listen.retry(&db).await;
         if let Ok(id) = queries::newest_id(&db).await {
             sender.send_if_modified(|current| {
                 let newer = id > *current;
@@ -162,7 +158,7 @@ async fn watch_lines(
             });
         }
         let wake = async {
-            match listener.as_mut() {
+            match listen.listener() {
                 Some(l) => {
                     if let Ok(Err(_)) = tokio::time::timeout(poll * 10, l.recv()).await {
                         tokio::time::sleep(poll).await;

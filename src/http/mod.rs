@@ -114,8 +114,19 @@ pub fn router(state: AppState, extra: Option<Router<AppState>>) -> Router {
         .with_state(state)
 }
 
-async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!("No route for {}", bounded(request.uri().path())))
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    // A browser on a mistyped page address gets a page that says so, not the API's JSON.
+    let wants_page = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_page && !path.starts_with("/api/") && path != "/api" {
+        return ui::UiError::not_found(format!("There is no page at {}", bounded(path)))
+            .into_response();
+    }
+    ApiError::NotFound(format!("No route for {}", bounded(path))).into_response()
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {

@@ -537,3 +537,64 @@ async fn live_streams_take_at_most_half_the_connections() {
     assert!(reopened, "the closed streams kept their places");
     app.stop().await;
 }
+
+/// Forwards every connection made to `port` on 127.0.0.1 to `target` (`host:port`), from now on.
+async fn forward(port: u16, target: String) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the forwarding port");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_listen_that_failed_at_start_is_made_once_the_database_answers() {
+    let Some((admin_url, _)) = production_services("listen_retried") else {
+        return;
+    };
+    // The database behind a port that nothing answers on yet (a process started before it).
+    let (prefix, rest) = admin_url.split_once('@').expect("a URL with credentials");
+    let (address, path) = rest.split_once('/').expect("a URL with a database");
+    let port = free_port();
+    let late_url = format!("{prefix}@127.0.0.1:{port}/{path}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&late_url)
+        .unwrap();
+    let db = iotsupport::db::Db::Postgres(pool);
+    let mut listen = iotsupport::db::listen::Listen::start(&db, "listen_test", "test").await;
+    assert!(listen.listener().is_none(), "nothing answers yet");
+
+    // The database comes up; the next try after the back-off makes the LISTEN.
+    let _forwarding = forward(port, address.to_string()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listen.listener().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listen.retry(&db).await;
+    }
+    // And it hears notifications.
+    let mut direct = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query("NOTIFY listen_test, 'hello'")
+        .execute(&mut direct)
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(
+        Duration::from_secs(10),
+        listen.listener().expect("listening").recv(),
+    )
+    .await
+    .expect("a notification within 10 s")
+    .unwrap();
+    assert_eq!(heard.payload(), "hello");
+}

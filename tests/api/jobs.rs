@@ -525,6 +525,8 @@ async fn queue_depth_and_the_oldest_jobs_age_are_exported() {
     .await
     .map(|r| r.rows_affected()))
     .unwrap();
+    // A measurement serves the scrapes of the second after it (`SingleFlight::reusing`).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let text = app.metrics().await;
     assert!(
         text.contains("jobs_queued{kind=\"metrics_probe\"} 0"),

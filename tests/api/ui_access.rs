@@ -301,3 +301,40 @@ async fn ui_pages_name_the_viewer_and_carry_no_csrf_token_without_a_session() {
     assert!(!body.contains("Sign out"), "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_mistyped_page_address_gets_a_page_and_the_api_keeps_its_envelope() {
+    let Some(app) = spawn_app(Stack::Embedded, "ui_unknown_page").await else {
+        return;
+    };
+    let html = "text/html,application/xhtml+xml";
+    let page = fetch(
+        no_redirects()
+            .get(app.url("/models"))
+            .header("accept", html),
+    )
+    .await;
+    assert_eq!(page.status, 404);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    assert!(
+        page.body.contains("There is no page at /models"),
+        "{}",
+        page.body
+    );
+    // The API answers its envelope whatever the client accepts, and so does a client that asks
+    // for no page.
+    for (path, accept) in [("/api/nothing", html), ("/models", "application/json")] {
+        let answer = fetch(no_redirects().get(app.url(path)).header("accept", accept)).await;
+        assert_eq!(answer.status, 404);
+        assert!(
+            answer.content_type.starts_with("application/json"),
+            "{path}"
+        );
+        assert!(answer.body.contains("No route for"), "{}", answer.body);
+    }
+    app.stop().await;
+}
