@@ -449,7 +449,7 @@ impl Config {
             settings.client.client_secret = env
                 .get("OIDC_CLIENT_SECRET")
                 .filter(|v| !v.is_empty())
-                .map(Secret::new);
+                .map(|v| crate::oidc::login::ClientSecret(v.to_string()));
             if let Some(scopes) = env.get("OIDC_SCOPES").filter(|v| !v.trim().is_empty()) {
                 if !scopes.split_whitespace().any(|s| s == "openid") {
                     return Err(invalid("OIDC_SCOPES", "must include openid"));

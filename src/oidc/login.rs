@@ -25,9 +25,20 @@ pub struct ClientSettings {
     pub client_id: String,
     /// `OIDC_CLIENT_SECRET`, for a confidential client (sent with HTTP Basic); none for a public
     /// client, which PKCE protects.
-    pub client_secret: Option<crate::config::Secret>,
+    pub client_secret: Option<ClientSecret>,
     /// `OIDC_SCOPES` (default `openid profile email`).
     pub scopes: String,
+}
+
+/// `OIDC_CLIENT_SECRET`: shown as `***` by `Debug`, so that settings printed in a log never
+/// carry it (as `config::Secret`, which this module cannot use: config refers to it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(pub String);
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Who signed in, from the tokens the provider returned.
@@ -105,8 +116,7 @@ impl OidcVerifier {
         match &client.client_secret {
             // RFC 6749 §2.3.1: both form-urlencoded before Basic encoding.
             Some(secret) => {
-                request =
-                    request.basic_auth(encode(&client.client_id), Some(encode(secret.expose())));
+                request = request.basic_auth(encode(&client.client_id), Some(encode(&secret.0)));
             }
             None => form.push(("client_id", client.client_id.as_str())),
         }
