@@ -8,9 +8,13 @@
 //! `HttpConnector` seam, so signing, retries and the rest of object_store stay as they are.
 //!
 //! Sockets are `TCP_NODELAY` (a request's head and body are never held back by Nagle's
-//! algorithm). Timeouts as before: `S3_TIMEOUT_SECONDS` for the answer's head, and a body that
-//! sends nothing for as long fails (reqwest's timeout bounded the whole request instead, which
-//! would cut a long download of a healthy store). `https://` endpoints use rustls with the
+//! algorithm). Timeouts: `S3_TIMEOUT_SECONDS` for each stage that waits on the store, never for
+//! the whole of a transfer that keeps moving: the request body fails when the store takes none of
+//! it for that long (it is handed to hyper in parts of [`SEND_PART`] bytes, so that taking them
+//! shows), the answer's head must come within that time of the body's end, and the response body
+//! fails when nothing of it arrives for as long. A timeout over the whole request (reqwest's, and
+//! until stop 34 one over the body's sending) cut a large PUT on a slow uplink however healthy
+//! the store: an 8 MiB part at 2 Mbit/s takes 34 s. `https://` endpoints use rustls with the
 //! system's roots.
 
 use std::future::Future;
@@ -59,6 +63,10 @@ impl object_store::client::HttpConnector for BoundedConnector {
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The most of a request body handed to hyper at a time (see the module documentation): hyper
+/// asks for the next part as it writes the earlier ones to the socket.
+const SEND_PART: usize = 64 * 1024;
 
 /// hyper's client with [`READ_BUFFER_MAX`], `TCP_NODELAY` and rustls, for request bodies of
 /// type `B`.
@@ -230,29 +238,110 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 
 #[derive(Debug)]
 struct BoundedClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, HttpRequestBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, SentInParts>,
     timeout: Duration,
 }
 
 #[async_trait::async_trait]
 impl HttpService for BoundedClient {
     async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() {
-                    HttpErrorKind::Connect
-                } else {
-                    HttpErrorKind::Request
-                };
-                return Err(HttpError::new(kind, e));
+        let progress = Arc::new(std::sync::Mutex::new(Progress {
+            since: tokio::time::Instant::now(),
+            waiting_for_body: false,
+            ended: false,
+        }));
+        let request = request.map(|body| SentInParts {
+            inner: body,
+            part: Bytes::new(),
+            progress: progress.clone(),
+        });
+        let answer = self.client.request(request);
+        let stalled = stalled(progress, self.timeout);
+        let response = tokio::select! {
+            answer = answer => match answer {
+                Ok(response) => response,
+                Err(e) => {
+                    let kind = if e.is_connect() {
+                        HttpErrorKind::Connect
+                    } else {
+                        HttpErrorKind::Request
+                    };
+                    return Err(HttpError::new(kind, e));
+                }
+            },
+            why = stalled => {
+                return Err(HttpError::new(
+                    HttpErrorKind::Timeout,
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, why),
+                ))
             }
-            Err(elapsed) => return Err(HttpError::new(HttpErrorKind::Timeout, elapsed)),
         };
         let (parts, body) = response.into_parts();
         let body = IdleTimeout::new(body, self.timeout);
         Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
+
+/// A request body handed to hyper [`SEND_PART`] bytes at a time, noting in `progress` when hyper
+/// last took a part (object_store's bodies are whole payloads, one frame each, which hyper would
+/// take at once however long writing it then takes).
+struct SentInParts {
+    inner: HttpRequestBody,
+    /// What is left of the frame taken from `inner`.
+    part: Bytes,
+    progress: Arc<std::sync::Mutex<Progress>>,
+}
+
+impl Body for SentInParts {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        let next = if this.part.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.part = data;
+                        None
+                    }
+                    Err(frame) => Some(Poll::Ready(Some(Ok(frame)))),
+                },
+                other => Some(other),
+            }
+        } else {
+            None
+        };
+        let next = next.unwrap_or_else(|| {
+            let len = this.part.len().min(SEND_PART);
+            Poll::Ready(Some(Ok(Frame::data(this.part.split_to(len)))))
+        });
+        // hyper asks for no end past a body of exactly the declared length: its last part
+        // ends it.
+        let ended = this.part.is_empty() && this.inner.is_end_stream();
+        let mut progress = this.progress.lock().unwrap_or_else(|p| p.into_inner());
+        progress.since = tokio::time::Instant::now();
+        progress.waiting_for_body = next.is_pending();
+        progress.ended |= ended || matches!(next, Poll::Ready(None | Some(Err(_))));
+        next
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.part.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let left = self.part.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(left));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(left));
+        }
+        hint
     }
 }
 
@@ -321,7 +410,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    use super::StreamingPut;
+    use super::{bounded_client, BoundedClient, StreamingPut};
+    use object_store::client::HttpService;
 
     /// A server on 127.0.0.1 that reads the request head and then does what `then` says.
     async fn server<F, Fut>(then: F) -> String
@@ -439,6 +529,115 @@ mod tests {
             .unwrap_err();
         assert!(error.contains("503"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(20), "it gave up");
+    }
+
+    /// A server on 127.0.0.1 with a small receive buffer (so that what it has not read stays
+    /// with the client), which reads the request head and then does what `then` says.
+    async fn small_buffer_server<F, Fut>(then: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4).unwrap();
+        let url = format!("http://{}/bucket/key", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            then(socket).await;
+        });
+        url
+    }
+
+    /// object_store's client as the S3 backend makes it, with `timeout`.
+    fn bounded(timeout: Duration) -> BoundedClient {
+        BoundedClient {
+            client: bounded_client(Duration::from_secs(1)).unwrap(),
+            timeout,
+        }
+    }
+
+    fn put_request(url: &str, len: usize) -> object_store::client::HttpRequest {
+        http::Request::put(url)
+            .body(object_store::client::HttpRequestBody::from(Bytes::from(
+                vec![7u8; len],
+            )))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_put_that_keeps_moving_may_take_longer_than_the_timeout() {
+        // 24 MiB, taken 2 MiB every 100 ms: about 1.2 s in all against a timeout of 700 ms.
+        // What the client's socket holds when hyper has handed it all over (at most 4 MiB here)
+        // is read within the timeout.
+        const LEN: usize = 24 * 1024 * 1024;
+        let url = small_buffer_server(|mut socket| async move {
+            let mut taken = 0;
+            let mut buf = vec![0u8; 2 * 1024 * 1024];
+            while taken < LEN {
+                let want = buf.len().min(LEN - taken);
+                socket.read_exact(&mut buf[..want]).await.unwrap();
+                taken += want;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let response = bounded(Duration::from_millis(700))
+            .call(put_request(&url, LEN))
+            .await
+            .expect("a transfer that keeps moving is not timed out");
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() > Duration::from_millis(700),
+            "the test's premise"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stops_taking_the_body_or_answering_fails_within_the_timeout() {
+        // Takes nothing of the body.
+        let url = small_buffer_server(|socket| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let error = bounded(Duration::from_millis(300))
+            .call(put_request(&url, 24 * 1024 * 1024))
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("stopped reading the body"),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "it gave up");
+        // Takes the body and never answers.
+        let url = small_buffer_server(|mut socket| async move {
+            let mut body = vec![0u8; 4];
+            socket.read_exact(&mut body).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+        .await;
+        let error = bounded(Duration::from_millis(300))
+            .call(put_request(&url, 4))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("did not answer"), "{error}");
     }
 
     #[tokio::test]
