@@ -92,6 +92,14 @@ pub(crate) fn core_from_binary(
         ))
     })?;
     let tcb_sz = header.tcb_size as usize;
+    // Refused before reading any: see `CoreDump::bounded`.
+    if header.task_num as usize > crate::dump::MAX_TASKS {
+        return Err(DumpError::malformed(format!(
+            "the dump holds {} tasks; at most {} are read",
+            header.task_num,
+            crate::dump::MAX_TASKS
+        )));
+    }
     let max_tasks = data.len() / 12;
     if header.task_num as usize > max_tasks {
         return Err(DumpError::malformed(format!(
@@ -164,7 +172,7 @@ pub(crate) fn core_from_binary(
     let chip_rev = header.chip_rev;
     let version = Some(header.version);
     let checksum = Some(header.kind.checksum());
-    let mut dump = CoreDump {
+    let dump = CoreDump {
         input_format,
         data_format: DataFormat::Binary,
         header: Some(header),
@@ -185,6 +193,5 @@ pub(crate) fn core_from_binary(
         },
         segments,
     };
-    dump.fill_task_names(dump.guess_tcb_name_offset());
-    Ok(dump)
+    dump.bounded()
 }

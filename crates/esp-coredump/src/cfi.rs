@@ -95,8 +95,9 @@ impl CfiIndex {
                 }
             }
         }
-        // Stable sort keeps .debug_frame entries before .eh_frame ones.
-        entries.sort_by_key(|e| e.start);
+        // Among entries with one start, .debug_frame's last: `rules` reads backwards from the
+        // last entry starting at or below the address, so it prefers them.
+        entries.sort_by_key(|e| (e.start, matches!(e.source, Source::Debug)));
         CfiIndex {
             debug_frame,
             eh_frame,

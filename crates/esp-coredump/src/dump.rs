@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bytes::{c_string, slice_at, u32_at};
 use crate::chip::{Arch, Chip};
+use crate::error::DumpError;
 use crate::header::{ChecksumKind, DataFormat, DumpHeader, DumpVersion};
 use crate::input::InputFormat;
 
@@ -189,7 +190,37 @@ pub struct CoreDump {
     pub segments: Vec<MemorySegment>,
 }
 
+/// The most tasks a dump may hold. ESP-IDF's `CONFIG_ESP_COREDUMP_MAX_TASKS_NUM` defaults to 64,
+/// and no ESP32 has the memory for hundreds of tasks.
+pub const MAX_TASKS: usize = 256;
+
+/// The most memory segments (empty ones not counted) a dump may hold: two per task, and the
+/// few memory regions a dump may add.
+pub const MAX_SEGMENTS: usize = 2048;
+
 impl CoreDump {
+    /// The dump as parsed, checked against [`MAX_TASKS`] and [`MAX_SEGMENTS`], empty segments
+    /// dropped, and its task names filled in. Every task is unwound, and every read of the
+    /// dumped memory searches its segments: a crafted dump of 1 MiB with thousands of both
+    /// would take minutes of CPU and a report of tens of megabytes.
+    pub(crate) fn bounded(mut self) -> Result<Self, DumpError> {
+        self.segments.retain(|s| !s.data.is_empty());
+        if self.tasks.len() > MAX_TASKS {
+            return Err(DumpError::malformed(format!(
+                "the dump holds {} tasks; at most {MAX_TASKS} are read",
+                self.tasks.len()
+            )));
+        }
+        if self.segments.len() > MAX_SEGMENTS {
+            return Err(DumpError::malformed(format!(
+                "the dump holds {} memory segments; at most {MAX_SEGMENTS} are read",
+                self.segments.len()
+            )));
+        }
+        self.fill_task_names(self.guess_tcb_name_offset());
+        Ok(self)
+    }
+
     /// Read `len` bytes at `addr` from the dumped memory (single segment).
     pub fn read(&self, addr: u32, len: usize) -> Option<&[u8]> {
         let seg = self.segments.iter().find(|s| s.contains(addr))?;

@@ -339,7 +339,7 @@ pub(crate) fn core_from_elf(
         None => DataFormat::Elf,
     };
     let checksum: Option<ChecksumKind> = header.as_ref().map(|h| h.kind.checksum());
-    let mut dump = CoreDump {
+    let dump = CoreDump {
         input_format,
         data_format,
         header,
@@ -356,6 +356,5 @@ pub(crate) fn core_from_elf(
         xtensa_exception,
         segments: core.loads,
     };
-    dump.fill_task_names(dump.guess_tcb_name_offset());
-    Ok(dump)
+    dump.bounded()
 }

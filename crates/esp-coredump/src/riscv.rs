@@ -173,12 +173,15 @@ fn chain_len(
     ctx: &mut UnwindContext<usize>,
     dump: &CoreDump,
     task: &Task,
-    pc: u32,
-    x: &[u32; 32],
+    (pc, x): (u32, &[u32; 32]),
+    budget: &mut ScanBudget,
 ) -> Option<usize> {
     let mut pc = pc;
     let mut x = *x;
     for n in 1..MAX_FRAMES {
+        if !budget.spend_step() {
+            return None;
+        }
         let step = cfi_step(fw, ctx, dump, pc.wrapping_sub(1), &x)?;
         if step.x[2] <= x[2] {
             return None;
@@ -231,12 +234,12 @@ fn scan_for_return(
         for s in caller_sps(slot, sp, task.stack_end) {
             // Out of trials part-way: what was found so far may not be the best, so nothing
             // is said rather than a guess (the note says why, see `unwind`).
-            if !budget.spend() {
+            if !budget.spend() || budget.steps == 0 {
                 return None;
             }
             let mut trial = *x;
             trial[2] = s;
-            if let Some(n) = chain_len(fw, ctx, dump, task, w, &trial) {
+            if let Some(n) = chain_len(fw, ctx, dump, task, (w, &trial), budget) {
                 if best.is_none_or(|b| n >= b.0) {
                     best = Some((n, slot, w, s));
                 }
@@ -276,34 +279,52 @@ fn caller_sps(slot: u32, sp: u32, stack_end: u32) -> impl Iterator<Item = u32> {
 }
 
 /// How many caller candidates the stack scan may still try while one report
-/// is built (each is an unwind of up to [`MAX_FRAMES`] CFI steps). Shared by
-/// all tasks of the report: a crafted dump could otherwise have every task
-/// scan the same hostile stack.
+/// is built, and how many CFI steps their unwinds may take in all (each is an
+/// unwind of up to [`MAX_FRAMES`] steps, and each step reads the dump). Shared
+/// by all tasks of the report: a crafted dump could otherwise have every task
+/// scan the same hostile stack, or every trial unwind a full chain.
 #[derive(Debug)]
-pub struct ScanBudget(usize);
+pub struct ScanBudget {
+    trials: usize,
+    steps: usize,
+}
 
 impl ScanBudget {
     /// Trials for one report: a real scan tries a few hundred.
     pub const PER_REPORT: usize = 16_384;
+    /// CFI steps for one report's scans: a real scan takes a few thousand.
+    pub const STEPS_PER_REPORT: usize = 65_536;
 
     pub fn new(trials: usize) -> Self {
-        ScanBudget(trials)
+        ScanBudget {
+            trials,
+            steps: Self::STEPS_PER_REPORT,
+        }
     }
 
     /// Takes one trial; false when none is left.
     fn spend(&mut self) -> bool {
-        match self.0.checked_sub(1) {
-            Some(left) => {
-                self.0 = left;
-                true
-            }
-            None => false,
-        }
+        take_one(&mut self.trials)
     }
 
-    /// Whether every trial was taken.
+    /// Takes one CFI step; false when none is left.
+    fn spend_step(&mut self) -> bool {
+        take_one(&mut self.steps)
+    }
+
+    /// Whether every trial, or every step, was taken.
     pub fn spent(&self) -> bool {
-        self.0 == 0
+        self.trials == 0 || self.steps == 0
+    }
+}
+
+fn take_one(left: &mut usize) -> bool {
+    match left.checked_sub(1) {
+        Some(rest) => {
+            *left = rest;
+            true
+        }
+        None => false,
     }
 }
 
@@ -426,5 +447,12 @@ mod tests {
         assert!(budget.spend() && budget.spend());
         assert!(budget.spent());
         assert!(!budget.spend());
+        // And as many CFI steps, over all its trials.
+        let mut budget = ScanBudget::new(2);
+        for _ in 0..ScanBudget::STEPS_PER_REPORT {
+            assert!(budget.spend_step());
+        }
+        assert!(!budget.spend_step());
+        assert!(budget.spent(), "out of steps with trials left");
     }
 }

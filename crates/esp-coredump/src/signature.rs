@@ -58,6 +58,11 @@
 //!    `__assert_func`, `__assert`, `_esp_error_check_failed`,
 //!    `vApplicationStackOverflowHook`, `__stack_chk_fail`, `esp_panic_handler`,
 //!    `panic_handler`, `_panic_handler`, `panicHandler`, `xt_unhandled_exception`,
+//!    the C++ and Rust runtime's way from a throw or a panic to `abort`
+//!    (`std::terminate`, `__cxa_throw`, `std::__throw_*`, `core::panicking::*`,
+//!    `rust_begin_unwind`, … see `is_language_runtime`; added without a new
+//!    version: only signatures that held those frames change, and those merged
+//!    every uncaught exception or panic of a model into one group),
 //!    `_xt_*` vector and context code) or a task entry trampoline
 //!    (`vPortTaskWrapper`, `prvTaskExitError`, `main_task`, which only ever sits
 //!    below `app_main`). Inlined functions count as frames of their own, in call
@@ -206,9 +211,60 @@ fn role(name: &str) -> Role {
         | "panicHandler"
         | "xt_unhandled_exception" => Role::Machinery(None),
         n if n.starts_with("_xt_") => Role::Machinery(None),
+        n if is_language_runtime(n) => Role::Machinery(None),
         "vPortTaskWrapper" | "prvTaskExitError" | "main_task" => Role::Trampoline,
         _ => Role::App,
     }
+}
+
+/// The C++ and Rust runtime's way from a throw or a panic to `abort`: the same frames for every
+/// uncaught exception and every Rust panic, which as application frames would fill the
+/// signature and put every such crash of a model in one group.
+fn is_language_runtime(name: &str) -> bool {
+    // Demangled C++ names carry their parameters; the function is what comes before them.
+    let base = name.split('(').next().unwrap_or(name).trim();
+    const CXX: [&str; 11] = [
+        "std::terminate",
+        "std::__terminate",
+        "__cxxabiv1::__terminate",
+        "__cxxabiv1::__unexpected",
+        "__gnu_cxx::__verbose_terminate_handler",
+        "__cxa_throw",
+        "__cxa_rethrow",
+        "__cxa_call_terminate",
+        "__cxa_call_unexpected",
+        "__cxa_pure_virtual",
+        "__cxa_bad_cast",
+    ];
+    const RUST_EXACT: [&str; 6] = [
+        "rust_begin_unwind",
+        "__rustc::rust_begin_unwind",
+        "__rust_start_panic",
+        "rust_panic",
+        "__rust_abort",
+        "std::process::abort",
+    ];
+    // Demangled Rust paths, and the legacy mangled forms a symboliser may leave.
+    const RUST_PREFIXES: [&str; 12] = [
+        "core::panicking::",
+        "std::panicking::",
+        "std::sys::backtrace::",
+        "core::result::",
+        "core::option::",
+        "std::rt::",
+        "_ZN4core9panicking",
+        "_ZN3std9panicking",
+        "_ZN4core6result",
+        "_ZN4core6option",
+        "_ZN3std7process5abort",
+        "_ZN3std3sys9backtrace",
+    ];
+    CXX.contains(&base)
+        || base.starts_with("std::__throw_")
+        || base.starts_with("__cxx_fatal_exception")
+        || RUST_EXACT.contains(&base)
+        || base.ends_with("::abort_internal")
+        || RUST_PREFIXES.iter().any(|p| base.starts_with(p))
 }
 
 /// The crashed task's application functions (at most [`SIGNATURE_FRAMES`],
@@ -592,6 +648,52 @@ mod tests {
         let mut again = abort_report(0x4010_0000, 36, 1);
         again.build_check = BuildCheck::Mismatch;
         assert_eq!(sig(&again), other);
+    }
+
+    /// An uncaught C++ exception (or a Rust panic) thrown in `app_fn`: the runtime's frames
+    /// between `abort` and the application.
+    fn runtime_report(runtime: &[&str], app_fn: &str) -> CrashReport {
+        let base = 0x400d_0000;
+        let mut frames = vec![
+            frame(base + 0x10, &["panic_abort"], 10),
+            frame(base + 0x20, &["esp_system_abort"], 20),
+            frame(base + 0x30, &["abort"], 30),
+        ];
+        for (i, name) in runtime.iter().enumerate() {
+            frames.push(frame(base + 0x100 + 0x10 * i as u32, &[name], 40));
+        }
+        frames.push(frame(base + 0x400, &[app_fn], 50));
+        frames.push(frame(base + 0x500, &["app_main"], 60));
+        report(
+            Some("abort() was called at PC 0x400d0039 on core 0"),
+            None,
+            frames,
+        )
+    }
+
+    #[test]
+    fn uncaught_exceptions_and_rust_panics_sign_by_where_they_came_from() {
+        let cxx = [
+            "__cxxabiv1::__terminate(void (*)())",
+            "std::terminate()",
+            "__cxa_throw",
+            "std::__throw_out_of_range(char const*)",
+        ];
+        let foo = sig(&runtime_report(&cxx, "Sensor::read()"));
+        let bar = sig(&runtime_report(&cxx, "Radio::send(int)"));
+        assert_eq!(foo.text, "v1 | abort() | Sensor::read() > app_main");
+        assert_ne!(foo, bar);
+        let rust = [
+            "std::process::abort",
+            "std::panicking::rust_panic_with_hook",
+            "rust_begin_unwind",
+            "core::panicking::panic_fmt",
+            "core::result::unwrap_failed",
+        ];
+        let r = sig(&runtime_report(&rust, "firmware::sensor::read"));
+        assert_eq!(r.text, "v1 | abort() | firmware::sensor::read > app_main");
+        // A name that merely mentions them is the application's.
+        assert!(matches!(role("my_std::terminate_all"), Role::App));
     }
 
     #[test]

@@ -227,3 +227,41 @@ fn segments_that_overlap_are_refused_not_copied_again() {
     elf[44..46].copy_from_slice(&1u16.to_le_bytes());
     assert!(parse_dump(&elf).is_ok());
 }
+
+/// More tasks than any device writes: refused before any is read (each would be unwound, and
+/// every read of the dump searches its segments).
+#[test]
+fn a_dump_with_more_tasks_than_a_device_has_is_refused() {
+    let mut d = Vec::new();
+    for w in [28u32, 0x0000_0003, 257, 0, 0, 0] {
+        d.extend_from_slice(&w.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&d);
+    d.extend_from_slice(&crc.to_le_bytes());
+    let e = parse_dump(&d).unwrap_err();
+    assert!(e.is_malformed(), "{e}");
+    assert!(e.to_string().contains("at most 256"), "{e}");
+}
+
+/// Thousands of one-byte segments (each search of the dumped memory walks them all): refused;
+/// empty ones do not count.
+#[test]
+fn a_dump_with_thousands_of_segments_is_refused_and_empty_ones_are_dropped() {
+    let elf_with = |segments: usize, size: u32| {
+        let data_at = 52 + 32 * segments;
+        let mut elf = elf_core(0x5E, segments as u16, data_at + segments);
+        for i in 0..segments {
+            let ph = 52 + 32 * i;
+            elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+            elf[ph + 4..ph + 8].copy_from_slice(&((data_at + i) as u32).to_le_bytes());
+            elf[ph + 8..ph + 12].copy_from_slice(&(0x3ffb_0000 + 16 * i as u32).to_le_bytes());
+            elf[ph + 16..ph + 20].copy_from_slice(&size.to_le_bytes()); // p_filesz
+        }
+        elf
+    };
+    let e = parse_dump(&elf_with(3000, 1)).unwrap_err();
+    assert!(e.is_malformed(), "{e}");
+    assert!(e.to_string().contains("3000 memory segments"), "{e}");
+    assert_eq!(parse_dump(&elf_with(2000, 1)).unwrap().segments.len(), 2000);
+    assert!(parse_dump(&elf_with(3000, 0)).unwrap().segments.is_empty());
+}

@@ -69,10 +69,13 @@ impl AppDesc {
 /// Parses an `esp_app_desc_t` from the start of `bytes` (at least 256 bytes;
 /// anything after them is ignored).
 ///
-/// Checks, in this order: length, magic word, then the string fields. The
-/// version must be non-empty; every string field must be UTF-8 (esptool's
-/// `image-info` rejects other bytes too). A field without a NUL is read to
-/// its end, because IDF cuts over-long strings to fill the field.
+/// Checks, in this order: length, magic word, then the version. The version
+/// must be non-empty UTF-8 (it names the build, and becomes part of object
+/// keys). The other string fields tolerate other bytes (esp-formats.md A.4),
+/// which are replaced by U+FFFD: IDF cuts an over-long string by bytes, so a
+/// long non-ASCII project name can end part-way through a character. A field
+/// without a NUL is read to its end, because IDF cuts over-long strings to
+/// fill the field.
 pub fn parse_app_desc(bytes: &[u8]) -> Result<AppDesc, ImageError> {
     let too_short = || ImageError::TooShort {
         actual: bytes.len(),
@@ -94,6 +97,11 @@ pub fn parse_app_desc(bytes: &[u8]) -> Result<AppDesc, ImageError> {
             .map_err(|_| ImageError::NonUtf8String { field })
     };
 
+    let lossy = |offset: usize, len: usize| {
+        let raw = slice_at(desc, offset, len).ok_or_else(too_short)?;
+        Ok::<_, ImageError>(String::from_utf8_lossy(c_string_field(raw)).into_owned())
+    };
+
     let version = string("version", 16, 32)?;
     if version.is_empty() {
         return Err(ImageError::EmptyVersion);
@@ -101,10 +109,10 @@ pub fn parse_app_desc(bytes: &[u8]) -> Result<AppDesc, ImageError> {
     Ok(AppDesc {
         secure_version: u32_at(desc, 4).ok_or_else(too_short)?,
         version,
-        project_name: string("project_name", 48, 32)?,
-        time: string("time", 80, 16)?,
-        date: string("date", 96, 16)?,
-        idf_ver: string("idf_ver", 112, 32)?,
+        project_name: lossy(48, 32)?,
+        time: lossy(80, 16)?,
+        date: lossy(96, 16)?,
+        idf_ver: lossy(112, 32)?,
         app_elf_sha256: array_at::<32>(desc, 144).ok_or_else(too_short)?,
         min_efuse_blk_rev_full: u16_at(desc, 176).ok_or_else(too_short)?,
         max_efuse_blk_rev_full: u16_at(desc, 178).ok_or_else(too_short)?,
