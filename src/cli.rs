@@ -458,6 +458,37 @@ fn parse_coredump(dump: &std::path::Path, elf: &std::path::Path, json: bool) -> 
 /// A repair grace below this gets a warning (see [`reconcile`]).
 const SHORT_REPAIR_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Carries out the deletions due in the outbox now, as the worker would (on SQLite with its
+/// pause between batches, so that a running `serve`'s writers get the database in between):
+/// what was deleted, and why it stopped early if it did.
+async fn drain_outbox(
+    db: &Db,
+    storage: &crate::storage::Storage,
+) -> (crate::outbox::OutboxPass, Option<anyhow::Error>) {
+    let mut deleted = crate::outbox::OutboxPass::default();
+    loop {
+        match crate::outbox::process_due(db, storage).await {
+            Ok(pass) => {
+                deleted.deleted += pass.deleted;
+                deleted.failed += pass.failed;
+                if pass.deleted == 0 {
+                    return (deleted, None);
+                }
+                if let Some(pause) = crate::outbox::pause_between_batches(db) {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            Err(e) => {
+                let e = anyhow::Error::from(e).context(
+                    "repair committed, but carrying out its deletions failed (they stay queued \
+                     in the outbox)",
+                );
+                return (deleted, Some(e));
+            }
+        }
+    }
+}
+
 /// `repair`: `None` to report only, `Some(force)` to repair.
 async fn reconcile(
     config: Config,
@@ -478,6 +509,17 @@ async fn reconcile(
     }
     let db = connect_existing(&config).await?;
     db.ping().await?;
+    // A directory that is not there (a mistyped STORAGE_DIR, a relative one from another working
+    // directory) is no store to scan: every row would look dangling, as with a missing bucket.
+    if let crate::config::StorageConfig::Local { dir } = &config.storage {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "the storage directory {} does not exist: check STORAGE_DIR (a relative path \
+                 is taken from the working directory; reconcile never creates it)",
+                dir.display()
+            );
+        }
+    }
     // Never create the bucket here: an empty new one would make every row look dangling.
     let storage = crate::startup::open_storage_without_creating(&config)?;
     if let Err(e) = storage.check().await {
@@ -500,36 +542,27 @@ async fn reconcile(
     // before its error: the operator sees what it found.
     let mut failure: Option<anyhow::Error> = None;
     let (summary, deleted) = match repair {
-        Some(force) => match reconcile::repair(&db, &storage, &report, force).await {
-            Err(e) => {
-                failure = Some(e.into());
-                (None, None)
-            }
-            Ok(summary) => {
-                // Carry out the deletions repair queued (and any others due) now, as the worker
-                // would.
-                let mut deleted = crate::outbox::OutboxPass::default();
-                loop {
-                    match crate::outbox::process_due(&db, &storage).await {
-                        Ok(pass) => {
-                            deleted.deleted += pass.deleted;
-                            deleted.failed += pass.failed;
-                            if pass.deleted == 0 {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            failure = Some(anyhow::Error::from(e).context(
-                                "repair committed, but carrying out its deletions failed (they \
-                                 stay queued in the outbox)",
-                            ));
-                            break;
-                        }
-                    }
+        Some(force) => {
+            // A repair that fails part-way has committed what `summary` counts: that is shown,
+            // and the deletions it queued are carried out all the same.
+            let mut summary = reconcile::RepairSummary::default();
+            match reconcile::repair_into(&db, &storage, &report, force, &mut summary).await {
+                Err(e @ reconcile::ReconcileError::Refused(_)) => {
+                    failure = Some(e.into());
+                    (None, None)
                 }
-                (Some(summary), Some(deleted))
+                repaired => {
+                    if let Err(e) = repaired {
+                        failure = Some(anyhow::Error::from(e).context(
+                            "repair stopped part-way; what it did is shown, and a rerun carries on",
+                        ));
+                    }
+                    let (deleted, outbox_failure) = drain_outbox(&db, &storage).await;
+                    failure = failure.or(outbox_failure);
+                    (Some(summary), Some(deleted))
+                }
             }
-        },
+        }
         None => (None, None),
     };
     if json {

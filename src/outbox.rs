@@ -233,7 +233,7 @@ fn another_batch_now(pass: &OutboxPass) -> bool {
 const SQLITE_PAUSE_BETWEEN_BATCHES: Duration = Duration::from_millis(250);
 
 /// How long to wait before the next batch of a drain (see [`SQLITE_PAUSE_BETWEEN_BATCHES`]).
-fn pause_between_batches(db: &Db) -> Option<Duration> {
+pub(crate) fn pause_between_batches(db: &Db) -> Option<Duration> {
     matches!(db, Db::Sqlite(_)).then_some(SQLITE_PAUSE_BETWEEN_BATCHES)
 }
 

@@ -46,7 +46,7 @@ mod rekey_job;
 mod repair;
 
 pub use rekey_job::{RekeyFirmwareObjects, REKEY_JOB};
-pub use repair::{rekey_legacy_encoded, repair, RepairSummary};
+pub use repair::{rekey_legacy_encoded, repair, repair_into, RepairSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {

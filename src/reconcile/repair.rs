@@ -49,6 +49,20 @@ pub async fn repair(
     report: &ReconcileReport,
     force: bool,
 ) -> Result<RepairSummary, ReconcileError> {
+    let mut summary = RepairSummary::default();
+    repair_into(db, storage, report, force, &mut summary).await?;
+    Ok(summary)
+}
+
+/// [`repair`], counting into `summary` as it goes: each step commits its own transactions, so a
+/// repair that fails part-way has done what `summary` says, which the caller can show.
+pub async fn repair_into(
+    db: &Db,
+    storage: &Storage,
+    report: &ReconcileReport,
+    force: bool,
+    summary: &mut RepairSummary,
+) -> Result<(), ReconcileError> {
     if let Some(reason) = report.wrong_store() {
         if !force {
             return Err(ReconcileError::Refused(format!(
@@ -57,11 +71,10 @@ pub async fn repair(
         }
         tracing::warn!(reason = %reason, "reconcile_repair_forced");
     }
-    let mut summary = RepairSummary::default();
-    move_misplaced(db, storage, report, &mut summary).await?;
-    queue_orphans(db, report, &mut summary).await?;
-    mark_dangling_dumps(db, storage, report, &mut summary).await?;
-    remove_dangling_versions(db, storage, report, &mut summary).await?;
+    move_misplaced(db, storage, report, summary).await?;
+    queue_orphans(db, report, summary).await?;
+    mark_dangling_dumps(db, storage, report, summary).await?;
+    remove_dangling_versions(db, storage, report, summary).await?;
     if !report.rotation_count_drift.is_empty() {
         crate::db::rotation::recount(db).await?;
         summary.rotation_counts_recounted = true;
@@ -80,7 +93,7 @@ pub async fn repair(
         coredump_counts_recounted = summary.coredump_counts_recounted,
         "reconcile_repaired"
     );
-    Ok(summary)
+    Ok(())
 }
 
 /// Copies each misplaced object of a still-stored version to its key (unless something is there

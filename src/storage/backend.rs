@@ -411,9 +411,15 @@ impl ObjectStorage for ObjectStoreBackend {
             }
             writer.put(chunk);
         }
-        // `finish` aborts by itself when it fails.
+        // `finish` aborts by itself when it fails. It runs as a task of its own: dropped
+        // half-way (the caller cancelled, a shutdown past its grace), it would neither complete
+        // nor abort, and the parts would stay in the bucket, billed and listed nowhere. Finished
+        // after its caller went, the object is at worst an orphan, which reconcile finds.
         if let Some(writer) = upload.0.take() {
-            writer.finish().await.map_err(err)?;
+            tokio::spawn(writer.finish())
+                .await
+                .map_err(|e| unavailable(Operation::Put, key.as_str(), e))?
+                .map_err(err)?;
         }
         Ok(written)
     }

@@ -19,16 +19,33 @@ fn unavailable(bucket: &str, message: impl Into<String>) -> StorageError {
     }
 }
 
+/// What a CreateBucket sends: nothing in `us-east-1`, else the region as its location
+/// constraint, without which AWS's other regions refuse it (`IllegalLocationConstraintException`).
+fn create_bucket_body(region: &str) -> HttpRequestBody {
+    if region == "us-east-1" {
+        return HttpRequestBody::empty();
+    }
+    format!(
+        "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+         <LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+    )
+    .into()
+}
+
 /// Sends one signed request for the bucket itself; returns its status and body text.
 async fn bucket_request(
     config: &S3Config,
     method: &str,
 ) -> Result<(http::StatusCode, String), StorageError> {
     let bucket = config.bucket.as_str();
+    let body = match method {
+        "PUT" => create_bucket_body(&config.region),
+        _ => HttpRequestBody::empty(),
+    };
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("{}/{}", config.endpoint_url, bucket))
-        .body(HttpRequestBody::empty())
+        .body(body)
         .map_err(|e| unavailable(bucket, format!("cannot build {method} request: {e}")))?;
     if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
         let credential = AwsCredential {
@@ -106,4 +123,20 @@ async fn usable(
             format!("bucket cannot be created ({status} {body}) and is not usable: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_outside_us_east_1_is_created_with_its_location_constraint() {
+        assert!(create_bucket_body("us-east-1").is_empty());
+        let body = create_bucket_body("eu-west-1");
+        let text = String::from_utf8(body.as_bytes().unwrap().to_vec()).unwrap();
+        assert!(
+            text.contains("<LocationConstraint>eu-west-1</LocationConstraint>"),
+            "{text}"
+        );
+    }
 }

@@ -285,6 +285,28 @@ async fn migrate_and_migrate_status_on_postgres() {
     migrate_cycle(&url, dir.path()).await;
 }
 
+/// `reconcile` against a local store directory that is not there scans nothing: it says so and
+/// exits 1 instead of reporting every row dangling (as it does for a missing bucket).
+#[tokio::test]
+async fn reconcile_refuses_a_storage_directory_that_is_not_there() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    let migrated = run(dir.path(), &["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(migrated.status.success());
+    let output = run(
+        dir.path(),
+        &["reconcile"],
+        &[("DATABASE_URL", &url), ("STORAGE_DIR", "./no-such-objects")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-such-objects does not exist") && stderr.contains("STORAGE_DIR"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("no-such-objects").exists());
+}
+
 #[test]
 fn an_unreachable_database_exits_1() {
     let dir = tempfile::TempDir::new().unwrap();
