@@ -123,7 +123,11 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Exists(message) => ApiError::RecordExists(message),
             RegistryError::Conflict(message) => ApiError::Conflict(message),
-            RegistryError::Broken(message) => ApiError::Internal(message),
+            // The detail (a panic's message) goes to the log, not to the client.
+            RegistryError::Broken(message) => {
+                tracing::error!(error = %message, "registry_operation_broke");
+                ApiError::Internal("Internal error".into())
+            }
             RegistryError::Busy(message) => ApiError::unavailable(message),
             RegistryError::Db(e) => e.into(),
             RegistryError::Key(e) => e.into(),

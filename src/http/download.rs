@@ -274,12 +274,14 @@ pub async fn respond_from(
                         WholeImage::Stream => None,
                         // Streamed, the bytes would go out under the row's ETag as if they were
                         // the image (a cache or proxy would keep them as such).
+                        // The fill logged which object (a device is not told our keys).
                         WholeImage::Mismatch => {
-                            return Err(ApiError::Internal(format!(
-                                "Internal error: the stored {} does not match its record (size \
-                                 or SHA-256): the object was changed or damaged in the bucket",
-                                download.key
-                            )))
+                            return Err(ApiError::Internal(
+                                "Internal error: the stored image does not match its record \
+                                 (size or SHA-256): the object was changed or damaged in the \
+                                 bucket"
+                                    .into(),
+                            ))
                         }
                     }
                 }

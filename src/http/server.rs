@@ -16,9 +16,12 @@
 //!   device. When every connection is busy, the address holding the most of them (an IPv6 one
 //!   counted by its /64) gives up its oldest, as long as it holds at least two more than the
 //!   newcomer's address: a client that keeps all of them busy (reading each response a few bytes
-//!   at a time, trickling bodies) cannot lock other addresses out. A trusted proxy's connections
-//!   (`TRUSTED_PROXIES`) are never taken: they are many clients' requests. Only when no address
-//!   holds more than its share is the new connection turned away;
+//!   at a time, trickling bodies) cannot lock other addresses out. When no address does, the
+//!   same is asked of networks (IPv4 /24, IPv6 /48, as the admin throttle counts them): one
+//!   client with a /48 has 65,536 /64s and could otherwise hold every connection one or two per
+//!   /64. A trusted proxy's connections (`TRUSTED_PROXIES`, matched by the connection's own
+//!   address) are never taken and count against nobody: they are many clients' requests. Only
+//!   when no address or network holds more than its share is the new connection turned away;
 //! - a **shutdown grace period** (`SHUTDOWN_GRACE_SECONDS`): on shutdown idle connections close at
 //!   once, requests in progress get the grace period, then whatever is left is dropped.
 //!
@@ -129,7 +132,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(conn) = registry.admit(peer_group(peer.ip())) else {
+        let Some(conn) = registry.admit(peer.ip()) else {
             metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED).increment(1);
             drop(stream);
             continue;
@@ -227,19 +230,41 @@ struct Registry {
 struct RegistryInner {
     next_id: u64,
     open: BTreeMap<u64, Arc<ConnState>>,
-    /// Open connections per address group (see [`peer_group`]).
+    /// Open connections per address group (see [`peer_group`]), a trusted proxy's not counted.
     per_group: std::collections::HashMap<std::net::IpAddr, usize>,
+    /// The same per network (see [`peer_network`]).
+    per_network: std::collections::HashMap<std::net::IpAddr, usize>,
 }
 
 /// The address a connection counts against: its peer's, an IPv6 one cut to its /64 (what one
 /// client has to itself), an IPv4-mapped one as the IPv4 address.
 fn peer_group(ip: std::net::IpAddr) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv6Addr};
+    cut(ip, 32, 64)
+}
+
+/// The network a connection counts against when no address holds more than its share: IPv4 by
+/// its /24, IPv6 by its /48 (a site's allocation), as `client_addr::throttle_group` counts.
+fn peer_network(ip: std::net::IpAddr) -> std::net::IpAddr {
+    cut(ip, 24, 48)
+}
+
+/// `ip` (an IPv4-mapped one as IPv4) cut to its first `v4` or `v6` bits.
+fn cut(ip: std::net::IpAddr, v4: u32, v6: u32) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match unmapped(ip) {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(a) & u32::MAX.checked_shl(32 - v4).unwrap_or(0),
+        )),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(a) & u128::MAX.checked_shl(128 - v6).unwrap_or(0),
+        )),
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,
     }
 }
@@ -247,6 +272,9 @@ fn peer_group(ip: std::net::IpAddr) -> std::net::IpAddr {
 struct ConnState {
     id: u64,
     group: std::net::IpAddr,
+    network: std::net::IpAddr,
+    /// A trusted proxy's: never taken, counted against nobody.
+    spared: bool,
     /// Requests in progress (from the head being read to the response body being done).
     active: Arc<AtomicUsize>,
     /// Whether the connection's last write could not proceed (the client has not read what was
@@ -269,6 +297,7 @@ impl Registry {
                 next_id: 0,
                 open: BTreeMap::new(),
                 per_group: std::collections::HashMap::new(),
+                per_network: std::collections::HashMap::new(),
             })),
             max: max.max(1),
             spared: Arc::default(),
@@ -280,16 +309,24 @@ impl Registry {
         self
     }
 
-    /// Registers a new connection from address group `group`. At the cap, it first closes the
-    /// oldest idle connection, or else the oldest of the group holding the most connections if
-    /// that group holds at least two more than `group` (see the module docs). `None`: every
-    /// connection is busy and no group holds more than its share, so the new one is turned away.
-    fn admit(&self, group: std::net::IpAddr) -> Option<Arc<ConnState>> {
+    /// Registers a new connection from `peer`. At the cap, it first closes the oldest idle
+    /// connection, or else the oldest of the address group holding the most connections if that
+    /// group holds at least two more than the newcomer's, or else the same by network (see the
+    /// module docs). `None`: every connection is busy and nobody holds more than their share, so
+    /// the new one is turned away.
+    fn admit(&self, peer: std::net::IpAddr) -> Option<Arc<ConnState>> {
+        let (group, network) = (peer_group(peer), peer_network(peer));
+        let spared = self.spared.iter().any(|net| net.contains(&unmapped(peer)));
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.open.len() >= self.max {
             let victim = match inner.open.values().find(|c| c.idle()) {
                 Some(idle) => idle.id,
-                None => inner.oldest_of_the_largest_group_above(group, &self.spared)?,
+                None => inner
+                    .oldest_of_the_largest_above(&inner.per_group, group, |c| c.group)
+                    .or_else(|| {
+                        inner
+                            .oldest_of_the_largest_above(&inner.per_network, network, |c| c.network)
+                    })?,
             };
             inner.remove(victim);
         }
@@ -298,12 +335,17 @@ impl Registry {
         let conn = Arc::new(ConnState {
             id,
             group,
+            network,
+            spared,
             active: Arc::new(AtomicUsize::new(0)),
             writing: Arc::default(),
             evict: CancellationToken::new(),
         });
         inner.open.insert(id, conn.clone());
-        *inner.per_group.entry(group).or_default() += 1;
+        if !spared {
+            *inner.per_group.entry(group).or_default() += 1;
+            *inner.per_network.entry(network).or_default() += 1;
+        }
         metrics::gauge!(telemetry::HTTP_CONNECTIONS_OPEN).set(inner.open.len() as f64);
         Some(conn)
     }
@@ -330,34 +372,39 @@ impl RegistryInner {
             return;
         };
         conn.evict.cancel();
-        if let Some(count) = self.per_group.get_mut(&conn.group) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_group.remove(&conn.group);
+        if conn.spared {
+            return;
+        }
+        for (counts, key) in [
+            (&mut self.per_group, conn.group),
+            (&mut self.per_network, conn.network),
+        ] {
+            if let Some(count) = counts.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&key);
+                }
             }
         }
     }
 
-    /// The oldest connection of the group holding the most (not counting `spared` ones), if it
-    /// holds at least two more than `newcomer`'s group (taking one away then still leaves it
-    /// more than the newcomer's).
-    fn oldest_of_the_largest_group_above(
+    /// The oldest connection (not a trusted proxy's) of the group in `counts` holding the most,
+    /// if it holds at least two more than `newcomer`'s (taking one away then still leaves it
+    /// more than the newcomer's); `key` says which group a connection is in.
+    fn oldest_of_the_largest_above(
         &self,
+        counts: &std::collections::HashMap<std::net::IpAddr, usize>,
         newcomer: std::net::IpAddr,
-        spared: &[ipnet::IpNet],
+        key: impl Fn(&ConnState) -> std::net::IpAddr,
     ) -> Option<u64> {
-        let (&largest, &count) = self
-            .per_group
-            .iter()
-            .filter(|(group, _)| !spared.iter().any(|net| net.contains(*group)))
-            .max_by_key(|(_, count)| **count)?;
-        let newcomers = self.per_group.get(&newcomer).copied().unwrap_or(0);
+        let (&largest, &count) = counts.iter().max_by_key(|(_, count)| **count)?;
+        let newcomers = counts.get(&newcomer).copied().unwrap_or(0);
         if count < newcomers + 2 {
             return None;
         }
         self.open
             .values()
-            .find(|c| c.group == largest)
+            .find(|c| !c.spared && key(c) == largest)
             .map(|c| c.id)
     }
 }
@@ -528,6 +575,60 @@ mod tests {
         let proxied: Vec<_> = (0..3).map(|_| busy(&registry, A)).collect();
         assert!(registry.admit(B).is_none(), "a proxied request was cut off");
         assert!(proxied.iter().all(|(c, _)| !c.evict.is_cancelled()));
+    }
+
+    #[test]
+    fn an_ipv6_proxy_is_spared_by_its_own_address() {
+        for (proxy, listed) in [
+            ("2001:db8:0:1::10", "2001:db8:0:1::10/128"),
+            ("::1", "::1/128"),
+        ] {
+            let proxy: std::net::IpAddr = proxy.parse().unwrap();
+            let registry = Registry::new(3).sparing(vec![listed.parse().unwrap()]);
+            let proxied: Vec<_> = (0..3).map(|_| busy(&registry, proxy)).collect();
+            assert!(
+                registry.admit(B).is_none(),
+                "{listed}: a proxied request was cut off"
+            );
+            assert!(
+                proxied.iter().all(|(c, _)| !c.evict.is_cancelled()),
+                "{listed}"
+            );
+        }
+        // A narrow entry that holds the /64's first address spares no other host of that /64.
+        let registry = Registry::new(2).sparing(vec!["2001:db8::/120".parse().unwrap()]);
+        let other: std::net::IpAddr = "2001:db8::1:0:0:5".parse().unwrap();
+        let hog: Vec<_> = (0..2).map(|_| busy(&registry, other)).collect();
+        assert!(registry.admit(B).is_some());
+        assert!(
+            hog[0].0.evict.is_cancelled(),
+            "a host outside the entry was spared"
+        );
+    }
+
+    #[test]
+    fn one_network_spread_over_many_64s_gives_way_to_another() {
+        // One or two busy connections in each of four /64s of one /48: no address holds two
+        // more than the newcomer's, its network does.
+        let registry = Registry::new(4);
+        let spread: Vec<_> = (1..=4)
+            .map(|n| busy(&registry, format!("2001:db8:7:{n}::1").parse().unwrap()))
+            .collect();
+        let (_b, _b_guard) = busy(&registry, B);
+        assert!(
+            spread[0].0.evict.is_cancelled(),
+            "the network's oldest stayed"
+        );
+        assert!(spread[1..].iter().all(|(c, _)| !c.evict.is_cancelled()));
+        assert_eq!(registry.len(), 4);
+        assert_eq!(
+            peer_network("2001:db8:7:4::1".parse().unwrap()),
+            "2001:db8:7::".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(
+            peer_network(A),
+            "192.0.2.0".parse::<std::net::IpAddr>().unwrap()
+        );
     }
 
     #[test]

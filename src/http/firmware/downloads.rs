@@ -138,13 +138,15 @@ pub async fn download_artifact(
     let Some(artifact) = Artifact::from_file_name(&artifact) else {
         return Err(ApiError::NotFound(format!(
             "Firmware artifact {} does not exist; artifacts are {}",
-            safe_filename(&artifact),
+            crate::http::error::bounded(&safe_filename(&artifact)),
             Artifact::file_names()
         )));
     };
     let row = fw::find(&state.db, id, &version)
         .await?
-        .ok_or_else(|| store::version_not_found(&model.code, &version))
+        .ok_or_else(|| {
+            store::version_not_found(&model.code, &crate::http::error::bounded(&version))
+        })
         .map_err(ApiError::from)?;
     let facts = row.artifact(artifact);
     let download = Download {

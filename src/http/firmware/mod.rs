@@ -196,7 +196,11 @@ pub(super) fn model_not_found(id: i64) -> ApiError {
 }
 
 pub(super) fn model_code_not_found(code: &str) -> ApiError {
-    ApiError::NotFound(format!("DeviceModel {code} was not found"))
+    // The code comes from the path: echoed within bounds.
+    ApiError::NotFound(format!(
+        "DeviceModel {} was not found",
+        crate::http::error::bounded(code)
+    ))
 }
 
 impl From<StoreError> for ApiError {
