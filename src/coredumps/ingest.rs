@@ -101,6 +101,8 @@ fn check_version(version: &str) -> Result<(), IngestError> {
 pub struct Uploader<'a> {
     pub device_id: i64,
     pub device_key: &'a str,
+    /// The device's model, for the `coredump_stored` event (a model's page listens for its own).
+    pub device_model_id: i64,
 }
 
 /// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`. Each
@@ -321,7 +323,9 @@ async fn finish(
         Retention::Locked => retention::prune_locked_rows(tx, device_id, key, keep, id).await?,
         Retention::Unlocked => retention::prune_rows(tx, device_id, key, keep, id).await?,
     };
-    let event = serde_json::json!({"id": id, "device_id": device.device_id, "device_key": device.device_key});
+    let event = serde_json::json!({"id": id, "device_id": device.device_id,
+                                   "device_key": device.device_key,
+                                   "device_model_id": device.device_model_id});
     // The dumps retention pruned are deleted as an admin's delete is, and said so the same way
     // (`manage::deleted`): a page open on one of them learns it is gone.
     let pruned_event = (!pruned.ids.is_empty())

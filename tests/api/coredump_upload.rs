@@ -379,6 +379,7 @@ async fn a_dump_of_a_device_deleted_meanwhile_leaves_nothing() {
         let gone = iotsupport::coredumps::ingest::Uploader {
             device_id: 999_999,
             device_key: "gone1234",
+            device_model_id: 999_999,
         };
         let stored = iotsupport::coredumps::ingest::store(
             app.db(),

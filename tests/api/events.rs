@@ -278,6 +278,14 @@ async fn core_dump_uploads_parses_and_deletes_reach_the_stream() {
     assert_eq!(parsed["type"], "coredump_parsed", "{parsed}");
     assert_eq!(parsed["payload"]["id"], id);
     assert_eq!(parsed["payload"]["parse_status"], "ERROR");
+    // Both say whose dump it is: a page of another device or model ignores them.
+    for event in [&stored, &parsed] {
+        assert_eq!(event["payload"]["device_id"], device.id, "{event}");
+        assert_eq!(
+            event["payload"]["device_model_id"], device.model_id,
+            "{event}"
+        );
+    }
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(

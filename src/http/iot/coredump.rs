@@ -98,7 +98,8 @@ pub async fn upload(
     // client after 5 s) would otherwise cut it off between the PUT and the commit and leave an
     // object no row names, and on SQLite an id that is handed out again.
     let task_state = state.clone();
-    let (device_id, device_key) = (device.id, device.key.clone());
+    let (device_id, device_key, device_model_id) =
+        (device.id, device.key.clone(), device.device_model_id);
     let task_meta = meta.clone();
     let id = state
         .detached
@@ -112,6 +113,7 @@ pub async fn upload(
                 Uploader {
                     device_id,
                     device_key: &device_key,
+                    device_model_id,
                 },
                 &task_meta,
                 content,

@@ -20,7 +20,8 @@ use crate::state::AppState;
 
 const LIVE: &str = "device_model_updated device_model_deleted device_created device_updated \
     device_deleted firmware_uploaded firmware_current_set firmware_version_deleted \
-    crash_group_created crash_group_updated crash_group_regressed rotation-updated";
+    crash_group_created crash_group_updated crash_group_regressed coredump_stored \
+    rotation-updated";
 
 /// How many open crash groups the model page lists (the crash-group page has them all).
 const OPEN_GROUPS_SHOWN: usize = 5;
