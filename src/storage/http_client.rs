@@ -419,7 +419,16 @@ mod tests {
         F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        serve_one(TcpListener::bind("127.0.0.1:0").await.unwrap(), then)
+    }
+
+    /// Accepts one connection on `listener`, reads its request head and then does what `then`
+    /// says; the URL to send the request to.
+    fn serve_one<F, Fut>(listener: TcpListener, then: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let url = format!("http://{}/bucket/key", listener.local_addr().unwrap());
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
@@ -541,21 +550,7 @@ mod tests {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(64 * 1024).unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(4).unwrap();
-        let url = format!("http://{}/bucket/key", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                head.push(byte[0]);
-            }
-            then(socket).await;
-        });
-        url
+        serve_one(socket.listen(4).unwrap(), then)
     }
 
     /// object_store's client as the S3 backend makes it, with `timeout`.
