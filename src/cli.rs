@@ -447,11 +447,16 @@ fn parse_coredump(dump: &std::path::Path, elf: &std::path::Path, json: bool) -> 
     } else {
         report.to_text()
     };
+    write_stdout(&output).context("cannot write the report")
+}
+
+/// Writes `text` to stdout; a reader that went away (`… | head`) is no failure, where `println!`
+/// would panic and exit 101 after the work was done.
+fn write_stdout(text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    match std::io::stdout().lock().write_all(output.as_bytes()) {
-        // `iotsupport parse-coredump … | head` is fine.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other.context("cannot write the report")?),
+        other => other,
     }
 }
 
@@ -565,8 +570,18 @@ async fn reconcile(
         }
         None => (None, None),
     };
+    // Written at once at the end, where a closed pipe (`reconcile | head`) is no failure.
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    macro_rules! say {
+        ($out:expr, $($arg:tt)*) => {{
+            use std::fmt::Write as _;
+            let _ = writeln!($out, $($arg)*);
+        }};
+    }
     if json {
-        println!(
+        say!(
+            out,
             "{}",
             serde_json::json!({
                 "report": report,
@@ -578,9 +593,10 @@ async fn reconcile(
             })
         );
     } else {
-        println!("scanned {} object(s)", report.objects_scanned);
+        say!(out, "scanned {} object(s)", report.objects_scanned);
         for o in &report.orphans {
-            println!(
+            say!(
+                out,
                 "orphan   {} ({} bytes, {})",
                 o.key,
                 o.size,
@@ -588,15 +604,21 @@ async fn reconcile(
             );
         }
         for m in &report.misplaced {
-            println!("misplaced {} (belongs at {})", m.key, m.belongs_at);
+            say!(out, "misplaced {} (belongs at {})", m.key, m.belongs_at);
         }
         for key in &report.unrecognised {
-            println!("unrecognised {key} (not in the key layout; left alone)");
+            say!(
+                out,
+                "unrecognised {key} (not in the key layout; left alone)"
+            );
         }
         for v in &report.unsupported_versions {
-            println!(
+            say!(
+                out,
                 "unsupported version {}/{:?}: {} (left alone)",
-                v.model_code, v.version, v.reason
+                v.model_code,
+                v.version,
+                v.reason
             );
         }
         for f in &report.dangling_firmware {
@@ -605,7 +627,8 @@ async fn reconcile(
             } else {
                 ""
             };
-            println!(
+            say!(
+                out,
                 "dangling firmware {}/{}{current}: missing {}",
                 f.model_code,
                 f.version,
@@ -613,32 +636,44 @@ async fn reconcile(
             );
         }
         for d in &report.dangling_coredumps {
-            println!(
+            say!(
+                out,
                 "dangling coredump {} (device {}): missing {}",
-                d.coredump_id, d.device_key, d.object_key
+                d.coredump_id,
+                d.device_key,
+                d.object_key
             );
         }
         for d in &report.rotation_count_drift {
-            println!(
+            say!(
+                out,
                 "rotation counter (active {}, {}, completed {:?}): {} kept, {} counted",
-                d.active, d.rotation_state, d.completed_day, d.kept, d.counted
+                d.active,
+                d.rotation_state,
+                d.completed_day,
+                d.kept,
+                d.counted
             );
         }
         for d in &report.coredump_count_drift {
-            println!(
+            say!(
+                out,
                 "dump count of device {}: {} kept, {} counted",
-                d.device_key, d.kept, d.counted
+                d.device_key,
+                d.kept,
+                d.counted
             );
         }
         for c in &report.current_versions {
             let state = if c.stored { "ok" } else { "NOT STORED" };
-            println!(
+            say!(
+                out,
                 "current  {} -> {} [{state}]",
                 c.model_code,
                 c.firmware_version.as_deref().unwrap_or("(none)")
             );
         }
-        println!(
+        say!(out,
             "{} orphan(s), {} dangling firmware version(s), {} dangling core dump(s), {} recent object(s) within the grace period",
             report.orphans.len(),
             report.dangling_firmware.len(),
@@ -646,34 +681,41 @@ async fn reconcile(
             report.recent_unclaimed
         );
         if report.legacy_coredumps > 0 {
-            println!(
+            say!(out,
                 "{} legacy core dump(s) still wait in COREDUMPS_DIR: run `iotsupport migrate-to-s3`",
                 report.legacy_coredumps
             );
         }
         if let Some(reason) = report.wrong_store() {
-            println!("warning: {reason} (--repair refuses this without --force)");
+            say!(
+                out,
+                "warning: {reason} (--repair refuses this without --force)"
+            );
         }
         if let (Some(s), Some(d)) = (&summary, &deleted) {
-            println!(
+            say!(out,
                 "repaired: moved {} misplaced object(s), queued {} orphan(s) for deletion ({} claimed by a row since the scan), marked {} core dump(s) ERROR (kept {} parsed one(s) with their report), removed {} firmware version(s), left {} current version(s) for re-upload and {} incomplete version(s) that still hold their image or ELF",
                 s.misplaced_moved, s.orphans_queued, s.orphans_claimed_since, s.coredumps_marked_error, s.parsed_coredumps_left, s.firmware_versions_removed, s.current_versions_left, s.incomplete_versions_left
             );
-            println!(
+            say!(
+                out,
                 "deleted {} object(s) from the store ({} failed, left queued for retry)",
-                d.deleted, d.failed
+                d.deleted,
+                d.failed
             );
             if s.rotation_counts_recounted {
-                println!("recounted the rotation counters");
+                say!(out, "recounted the rotation counters");
             }
             if s.coredump_counts_recounted > 0 {
-                println!(
+                say!(
+                    out,
                     "recounted the dump count of {} device(s)",
                     s.coredump_counts_recounted
                 );
             }
         }
     }
+    write_stdout(&out).map_err(|e| anyhow::anyhow!("cannot write the scan: {e}"))?;
     db.close().await;
     if let Some(e) = failure {
         return Err(e);

@@ -307,6 +307,35 @@ async fn reconcile_refuses_a_storage_directory_that_is_not_there() {
     assert!(!dir.path().join("no-such-objects").exists());
 }
 
+/// `reconcile … | head`: a reader that goes away before the scan is printed is no failure (the
+/// scan is done; `println!` panicked and exited 101).
+#[tokio::test]
+async fn reconcile_into_a_closed_pipe_exits_0() {
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir(dir.path().join("objects")).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    let env = [("DATABASE_URL", url.as_str()), ("STORAGE_DIR", "./objects")];
+    assert!(run(dir.path(), &["migrate"], &env).status.success());
+    let mut child = Command::new(BIN)
+        .arg("reconcile")
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before anything is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn an_unreachable_database_exits_1() {
     let dir = tempfile::TempDir::new().unwrap();
