@@ -201,6 +201,12 @@ impl From<StorageError> for ApiError {
             StorageError::RangeNotSatisfiable { .. } => {
                 ApiError::RangeNotSatisfiable("Requested range not satisfiable".into())
             }
+            StorageError::Unlistable { .. } => {
+                log_internal("object_store_unlistable", &e);
+                ApiError::Internal(
+                    "Internal error: the bucket holds a key that cannot be listed".into(),
+                )
+            }
             // A missing object behind an existing row breaks golden rule 3: not the caller's fault.
             StorageError::NotFound { .. } => {
                 log_internal("object_missing", &e);

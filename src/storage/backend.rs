@@ -561,7 +561,13 @@ impl ObjectStorage for ObjectStoreBackend {
         let mut stream = self.store.list(Some(&prefix_path));
         let mut objects = Vec::new();
         while let Some(meta) = stream.next().await {
-            let meta = meta.map_err(|e| map_err(Operation::List, prefix, e))?;
+            let meta = meta.map_err(|e| match e {
+                object_store::Error::InvalidPath { source } => StorageError::Unlistable {
+                    prefix: prefix.to_string(),
+                    message: source.to_string(),
+                },
+                e => map_err(Operation::List, prefix, e),
+            })?;
             objects.push(info(&meta));
             // S3 lists 1,000 keys a page.
             if objects.len() % 1000 == 0 {
@@ -649,6 +655,8 @@ mod tests {
         /// of the keys); the second is deleted and answered key by key.
         whole_chunk_404: bool,
         first_chunk_only: bool,
+        /// Listings meet a key the client cannot read (written by another tool).
+        unlistable_key: bool,
     }
 
     impl Quirky {
@@ -658,6 +666,7 @@ mod tests {
                 no_batch_delete: false,
                 whole_chunk_404: false,
                 first_chunk_only: false,
+                unlistable_key: false,
                 failing_parts: false,
                 aborted: Arc::default(),
                 batch_calls: AtomicUsize::new(0),
@@ -775,6 +784,10 @@ mod tests {
             &self,
             prefix: Option<&Path>,
         ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            if self.unlistable_key {
+                let bad = Path::parse("coredumps//x.dmp").unwrap_err();
+                return futures::stream::iter([Err(bad.into())]).boxed();
+            }
             self.bucket.list(prefix)
         }
         async fn list_with_delimiter(
@@ -819,6 +832,22 @@ mod tests {
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey::parse(format!("coredumps/abcd/{name}.dmp")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_the_client_cannot_read_fails_the_listing_naming_it_and_for_good() {
+        let quirky = Arc::new(Quirky {
+            unlistable_key: true,
+            ..Quirky::over(&Arc::new(InMemory::new()))
+        });
+        let e = backend(quirky, None).list("coredumps").await.unwrap_err();
+        assert!(matches!(e, StorageError::Unlistable { .. }), "{e}");
+        assert!(!e.is_transient(), "retrying does not help: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("coredumps//x.dmp") && text.contains("move or delete"),
+            "{text}"
+        );
     }
 
     async fn stored(backend: &ObjectStoreBackend, name: &str) -> bool {

@@ -113,6 +113,10 @@ pub enum StorageError {
         key: String,
         message: String,
     },
+    /// A listing met a key the object store client cannot read (`a//b`, `a/./b`: keys written
+    /// by another tool); the listing cannot go past it, and retrying will not help.
+    #[error("cannot list {prefix:?}: {message}; move or delete that object (no key of ours looks like it)")]
+    Unlistable { prefix: String, message: String },
     /// A ranged read asked for bytes the object does not have (HTTP 416).
     #[error("range not satisfiable for object {key}")]
     RangeNotSatisfiable { key: String, size: u64 },
