@@ -153,12 +153,12 @@ pub fn throttle_group(scope: &str) -> String {
     wider.map_or_else(|_| scope.to_string(), |n| n.to_string())
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+pub(crate) fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
 /// An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,

@@ -49,7 +49,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::body::{DeadlineBody, HeldBody};
-use super::client_addr::PeerAddr;
+use super::client_addr::{self, PeerAddr};
 use crate::config::HttpLimits;
 use crate::telemetry;
 
@@ -249,24 +249,10 @@ fn peer_network(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// `ip` (an IPv4-mapped one as IPv4) cut to its first `v4` or `v6` bits.
-fn cut(ip: std::net::IpAddr, v4: u32, v6: u32) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    match unmapped(ip) {
-        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
-            u32::from(a) & u32::MAX.checked_shl(32 - v4).unwrap_or(0),
-        )),
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(a) & u128::MAX.checked_shl(128 - v6).unwrap_or(0),
-        )),
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    }
+fn cut(ip: std::net::IpAddr, v4: u8, v6: u8) -> std::net::IpAddr {
+    let ip = client_addr::canonical(ip);
+    let bits = if ip.is_ipv4() { v4 } else { v6 };
+    ipnet::IpNet::new(ip, bits).map_or(ip, |net| net.trunc().addr())
 }
 
 struct ConnState {
@@ -316,7 +302,7 @@ impl Registry {
     /// the new one is turned away.
     fn admit(&self, peer: std::net::IpAddr) -> Option<Arc<ConnState>> {
         let (group, network) = (peer_group(peer), peer_network(peer));
-        let spared = self.spared.iter().any(|net| net.contains(&unmapped(peer)));
+        let spared = client_addr::is_trusted(client_addr::canonical(peer), &self.spared);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.open.len() >= self.max {
             let victim = match inner.open.values().find(|c| c.idle()) {

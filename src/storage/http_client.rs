@@ -122,11 +122,7 @@ impl StreamingPut {
         body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
     ) -> Result<(), String> {
         use futures::{StreamExt, TryStreamExt};
-        let progress = Arc::new(std::sync::Mutex::new(Progress {
-            since: tokio::time::Instant::now(),
-            waiting_for_body: false,
-            ended: false,
-        }));
+        let progress = Progress::shared();
         let seen = progress.clone();
         let mut body = body;
         let mut sent = 0u64;
@@ -142,10 +138,7 @@ impl StreamingPut {
                     )))));
                 }
             }
-            let mut progress = seen.lock().unwrap_or_else(|p| p.into_inner());
-            progress.since = tokio::time::Instant::now();
-            progress.waiting_for_body = next.is_pending();
-            progress.ended |= matches!(next, Poll::Ready(None | Some(Err(_))));
+            Progress::polled(&seen, &next, false);
             next
         });
         let body = http_body_util::StreamBody::new(body.map_ok(Frame::data));
@@ -178,6 +171,30 @@ struct Progress {
     since: tokio::time::Instant,
     waiting_for_body: bool,
     ended: bool,
+}
+
+impl Progress {
+    /// A request's, from now, shared between its body and [`stalled`].
+    fn shared() -> Arc<std::sync::Mutex<Progress>> {
+        Arc::new(std::sync::Mutex::new(Progress {
+            since: tokio::time::Instant::now(),
+            waiting_for_body: false,
+            ended: false,
+        }))
+    }
+
+    /// Notes that the body was just asked for a part and answered `next`; `ended`: the body
+    /// knows it has no more (hyper asks for no end past a body of its declared length).
+    fn polled<T, E>(
+        progress: &std::sync::Mutex<Progress>,
+        next: &Poll<Option<Result<T, E>>>,
+        ended: bool,
+    ) {
+        let mut progress = progress.lock().unwrap_or_else(|p| p.into_inner());
+        progress.since = tokio::time::Instant::now();
+        progress.waiting_for_body = next.is_pending();
+        progress.ended |= ended || matches!(next, Poll::Ready(None | Some(Err(_))));
+    }
 }
 
 /// Resolves, saying why, when the store has stopped reading the body (no part asked for in
@@ -245,11 +262,7 @@ struct BoundedClient {
 #[async_trait::async_trait]
 impl HttpService for BoundedClient {
     async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let progress = Arc::new(std::sync::Mutex::new(Progress {
-            since: tokio::time::Instant::now(),
-            waiting_for_body: false,
-            ended: false,
-        }));
+        let progress = Progress::shared();
         let request = request.map(|body| SentInParts {
             inner: body,
             part: Bytes::new(),
@@ -322,10 +335,7 @@ impl Body for SentInParts {
         // hyper asks for no end past a body of exactly the declared length: its last part
         // ends it.
         let ended = this.part.is_empty() && this.inner.is_end_stream();
-        let mut progress = this.progress.lock().unwrap_or_else(|p| p.into_inner());
-        progress.since = tokio::time::Instant::now();
-        progress.waiting_for_body = next.is_pending();
-        progress.ended |= ended || matches!(next, Poll::Ready(None | Some(Err(_))));
+        Progress::polled(&this.progress, &next, ended);
         next
     }
 
