@@ -82,7 +82,7 @@ bench_start_postgres() {
         --auth-host=scram-sha-256 --auth-local=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
     local extra=""
     # BENCH_PG_STATEMENTS=1: load pg_stat_statements, for bench_pg_statements.
-    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] && extra="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] && extra="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on"
     # BENCH_PG_SLOW_PLANS=MS: log the plan (EXPLAIN ANALYZE) of every statement slower than MS ms
     # to BENCH_PG_LOG (auto_explain); with BENCH_PG_STATEMENTS=1 both libraries are loaded.
     if [ -n "${BENCH_PG_SLOW_PLANS:-}" ]; then
@@ -100,23 +100,33 @@ bench_start_postgres() {
 }
 
 # bench_pg_statements_reset DB / bench_pg_statements DB N: with BENCH_PG_STATEMENTS=1, forget the
-# statement statistics of DB, and print its N statements that took the most execution time since
-# (calls, total and mean ms, rows, statement text shortened): where PostgreSQL's CPU goes. Both do
-# nothing otherwise.
+# statement statistics of DB, and print its N (BENCH_PG_STATEMENTS_TOP, if set) statements that took
+# the most execution time since (calls, total and mean ms, rows, statement text shortened), then the
+# totals: statements the clients sent (nested ones, such as triggers' and foreign-key checks', are
+# in the list but not in this count), their execution time, and the transactions committed: where
+# PostgreSQL's CPU goes, and how much of it is per statement rather than in one. Both do nothing
+# otherwise.
 bench_pg_statements_reset() {
     [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] || return 0
     PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAtq \
-        -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+        -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" \
+        -c "SELECT pg_stat_reset()" >/dev/null
 }
 bench_pg_statements() {
     [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] || return 0
-    echo "-- top $2 statements on $1 by total execution time (pg_stat_statements) --"
+    echo "-- top ${BENCH_PG_STATEMENTS_TOP:-$2} statements on $1 by total execution time (pg_stat_statements) --"
     PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAq -F $'\t' -c \
         "SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
                 round(mean_exec_time::numeric, 3) AS mean_ms, rows,
+                round(total_plan_time::numeric, 0) AS plan_ms, plans,
                 left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
-         WHERE d.datname = '$1' ORDER BY total_exec_time DESC LIMIT $2"
+         WHERE d.datname = '$1' ORDER BY total_exec_time DESC LIMIT ${BENCH_PG_STATEMENTS_TOP:-$2}"
+    PGPASSWORD=benchpass "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U app -d "$1" -XAtq -c \
+        "SELECT 'statements sent ' || sum(calls) || ', executing ' || round(sum(total_exec_time)::numeric)
+                || ' ms, planning ' || round(sum(total_plan_time)::numeric) || ' ms; transactions committed ' || (SELECT xact_commit FROM pg_stat_database WHERE datname = '$1')
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = '$1' AND s.toplevel"
 }
 
 # psql_query SQL: prints the result unaligned, tab-separated, without headers.

@@ -146,31 +146,32 @@ pub async fn place(
     signature: &CrashSignature,
 ) -> Result<Placement, DbError> {
     let now = db::now();
-    let current = db_groups::membership(tx, dump.coredump_id).await?;
     // Look before inserting: an insert that conflicts with a group being updated by another
     // transaction would wait for that transaction to end.
-    let (group_id, created) =
-        match db_groups::find(tx, dump.device_model_id, &signature.hash).await? {
-            Some(id) => (id, false),
-            None => {
-                let created = db_groups::insert_if_missing(
-                    tx,
-                    &NewGroup {
-                        device_model_id: dump.device_model_id,
-                        signature_hash: &signature.hash,
-                        signature: &signature.text,
-                        title: &signature.title,
-                        seen_at: dump.uploaded_at,
-                    },
-                    now,
-                )
-                .await?;
-                let id = db_groups::find(tx, dump.device_model_id, &signature.hash)
-                    .await?
-                    .ok_or_else(|| missing_group(dump.device_model_id))?;
-                (id, created)
-            }
-        };
+    let (current, found) =
+        db_groups::membership_and_find(tx, dump.coredump_id, dump.device_model_id, &signature.hash)
+            .await?;
+    let (group_id, created) = match found {
+        Some(id) => (id, false),
+        None => {
+            let created = db_groups::insert_if_missing(
+                tx,
+                &NewGroup {
+                    device_model_id: dump.device_model_id,
+                    signature_hash: &signature.hash,
+                    signature: &signature.text,
+                    title: &signature.title,
+                    seen_at: dump.uploaded_at,
+                },
+                now,
+            )
+            .await?;
+            let id = db_groups::find(tx, dump.device_model_id, &signature.hash)
+                .await?
+                .ok_or_else(|| missing_group(dump.device_model_id))?;
+            (id, created)
+        }
+    };
     if current.is_none() {
         db_groups::insert_member(tx, group_id, dump, now).await?;
     }

@@ -153,7 +153,7 @@ async fn store_with_reserved_id(
     steps.lap("put");
     let recorded = async {
         let mut tx = db.begin().await?;
-        let inserted = match &mut tx {
+        let dumps = match &mut tx {
             Tx::Postgres(t) => {
                 coredumps::lock_device_and_insert(t, id, &new_row(&device, meta, size)).await?
             }
@@ -164,10 +164,17 @@ async fn store_with_reserved_id(
                 .into())
             }
         };
-        if inserted.is_none() {
+        let Some(dumps) = dumps else {
             return Err(IngestError::DeviceGone(device.device_key.to_string()));
-        }
-        finish(keep, &mut tx, device.clone(), id, Retention::Locked).await?;
+        };
+        finish(
+            keep,
+            &mut tx,
+            device.clone(),
+            id,
+            Retention::Locked { dumps },
+        )
+        .await?;
         steps.lap("record");
         Ok::<_, IngestError>(tx)
     }
@@ -306,7 +313,11 @@ impl Steps {
 
 /// Whether the transaction already holds the device's retention lock.
 enum Retention {
-    Locked,
+    /// Held, and the device's `coredump_count` read under it, the new dump counted: within the
+    /// limit, retention has nothing to prune and costs no statement.
+    Locked {
+        dumps: i64,
+    },
     Unlocked,
 }
 
@@ -320,7 +331,10 @@ async fn finish(
 ) -> Result<(), IngestError> {
     let (device_id, key) = (device.device_id, device.device_key);
     let pruned = match lock {
-        Retention::Locked => retention::prune_locked_rows(tx, device_id, key, keep, id).await?,
+        Retention::Locked { dumps } if dumps <= i64::from(keep) => retention::Pruned::default(),
+        Retention::Locked { .. } => {
+            retention::prune_locked_rows(tx, device_id, key, keep, id).await?
+        }
         Retention::Unlocked => retention::prune_rows(tx, device_id, key, keep, id).await?,
     };
     let event = serde_json::json!({"id": id, "device_id": device.device_id,

@@ -224,10 +224,13 @@ impl ParseCoredumpHandler {
             &self.db,
             &self.gate,
             target,
-            STATUS_PARSED,
-            &parsed.text,
-            parsed.report_json.as_deref(),
-            parsed.signature.as_ref(),
+            Outcome {
+                status: STATUS_PARSED,
+                output: &parsed.text,
+                report: parsed.report_json.as_deref(),
+                signature: parsed.signature.as_ref(),
+                job: Some(job),
+            },
         )
         .await?;
         record_step("record", step);
@@ -261,17 +264,7 @@ impl ParseCoredumpHandler {
     }
 
     async fn record_error(&self, target: &ParseTarget, message: &str) -> JobOutcome {
-        match record_outcome(
-            &self.db,
-            &self.gate,
-            target,
-            STATUS_ERROR,
-            message,
-            None,
-            None,
-        )
-        .await
-        {
+        match record_outcome(&self.db, &self.gate, target, Outcome::error(message)).await {
             Ok(_) => JobOutcome::Completed,
             Err(e) => JobOutcome::Retry {
                 after: jobs::backoff(1),
@@ -281,10 +274,34 @@ impl ParseCoredumpHandler {
     }
 }
 
+/// What a parse ended with, for [`record_outcome`].
+struct Outcome<'a> {
+    status: &'a str,
+    /// The text report, or the reason of an error.
+    output: &'a str,
+    report: Option<&'a str>,
+    signature: Option<&'a CrashSignature>,
+    /// The job to end with the result (`jobs::complete_in`), if the caller ends it so.
+    job: Option<&'a Job>,
+}
+
+impl<'a> Outcome<'a> {
+    fn error(message: &'a str) -> Self {
+        Outcome {
+            status: STATUS_ERROR,
+            output: message,
+            report: None,
+            signature: None,
+            job: None,
+        }
+    }
+}
+
 /// Records a finished parse on the dump's row and, if the row is still there and `PENDING`, the
-/// `coredump_parsed` event and the dump's crash group (with the group's event, see
-/// [`groups::assign`]), in one transaction. Returns false when the row is gone or has its result
-/// already (see [`coredumps::record_result`]).
+/// `coredump_parsed` event, the dump's crash group (with the group's event, see
+/// [`groups::assign`]) and the end of the outcome's job, in one transaction. Returns false when
+/// the row is gone or has its result already (see [`coredumps::record_result`]); then the job is
+/// left to its runner.
 ///
 /// The `assign` metric covers grouping's share: placing the dump and counting it in, but not the
 /// `coredump_parsed` event recorded between the two.
@@ -292,11 +309,15 @@ async fn record_outcome(
     db: &Db,
     gate: &GroupGate,
     target: &ParseTarget,
-    status: &str,
-    output: &str,
-    report: Option<&str>,
-    signature: Option<&CrashSignature>,
+    outcome: Outcome<'_>,
 ) -> Result<bool, DbError> {
+    let Outcome {
+        status,
+        output,
+        report,
+        signature,
+        job,
+    } = outcome;
     let id = target.id;
     let mut tx = db.begin().await?;
     // The update locks the dump's row: grouping below never races another parse of this dump.
@@ -306,6 +327,10 @@ async fn record_outcome(
     let mut changes = Vec::new();
     let mut turn = None;
     if recorded {
+        // Before the group's turn below, which every dump of the group waits for.
+        if let Some(job) = job {
+            jobs::complete_in(&mut tx, job).await?;
+        }
         let started = Instant::now();
         let placement = match signature {
             Some(signature) => {
@@ -429,7 +454,7 @@ impl JobHandler for ParseCoredumpHandler {
             "parser" => self.parser.name(), "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
         match attempt {
-            Ok(()) => JobOutcome::Completed,
+            Ok(()) => JobOutcome::CompletedInTransaction,
             Err(Failure::Gone) => {
                 tracing::info!(coredump_id = id, "coredump_parse_skipped_deleted_or_done");
                 JobOutcome::Completed
@@ -479,18 +504,10 @@ impl JobHandler for ParseCoredumpHandler {
         let message = format!("Parsing gave up: {error}");
         tracing::warn!(coredump_id = target.id, device_key = %target.device_key,
             error = %message, "coredump_parse_failed");
-        record_outcome(
-            &self.db,
-            &self.gate,
-            &target,
-            STATUS_ERROR,
-            &message,
-            None,
-            None,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        record_outcome(&self.db, &self.gate, &target, Outcome::error(&message))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

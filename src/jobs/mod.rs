@@ -29,6 +29,8 @@ pub struct Job {
     /// Including the current attempt.
     pub attempts: i32,
     pub max_attempts: i32,
+    /// The runner whose claim this is (see [`complete_in`]).
+    pub claimed_by: String,
 }
 
 impl Job {
@@ -42,6 +44,10 @@ impl Job {
 pub enum JobOutcome {
     /// Done: the job row is deleted.
     Completed,
+    /// Done, and the job row was deleted already by the handler, with [`complete_in`] in the
+    /// transaction that recorded its work: one round trip and one transaction fewer per job, and
+    /// the work and the job's end commit together.
+    CompletedInTransaction,
     /// A transient failure: run again after the delay (until attempts are exhausted).
     Retry { after: Duration, error: String },
     /// A permanent failure: the job is marked failed and kept for inspection.
@@ -133,7 +139,7 @@ due AS (
 UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = $1,
                 heartbeat_at = $2, updated_at = $2
 WHERE id IN (SELECT id FROM (SELECT id FROM stale UNION ALL SELECT id FROM due) c LIMIT $5)
-RETURNING id, kind, payload, attempts, max_attempts";
+RETURNING id, kind, payload, attempts, max_attempts, claimed_by";
 
 // SQLite has no row locks; its single writer makes this UPDATE … WHERE id IN (SELECT …) atomic.
 const CLAIM_SQLITE: &str = "
@@ -152,7 +158,7 @@ WHERE id IN (
           AND kind IN (SELECT value FROM json_each($3))
         ORDER BY run_at, id LIMIT $5)
     LIMIT $5)
-RETURNING id, kind, payload, attempts, max_attempts";
+RETURNING id, kind, payload, attempts, max_attempts, claimed_by";
 
 /// Refreshes the query planner's statistics of the jobs table (PostgreSQL: `ANALYZE jobs`;
 /// SQLite plans the claim by its index without them). A table that its statistics still
@@ -287,11 +293,27 @@ pub async fn release_claims(db: &Db, worker: &str) -> Result<u64, DbError> {
     .map(|r| r.rows_affected()))?)
 }
 
+/// Ends a job that is done, in the caller's transaction: the handler's, which records the job's
+/// work (then it returns [`JobOutcome::CompletedInTransaction`]). As [`finish`], only the claim's
+/// holder in the attempt it claimed ends the job; a claim lost meanwhile (another runner took the
+/// job over) leaves the row to that runner.
+pub async fn complete_in(tx: &mut Tx, job: &Job) -> Result<(), DbError> {
+    crate::execute!(
+        tx,
+        sqlx::query("DELETE FROM jobs WHERE id = $1 AND claimed_by = $2 AND attempts = $3")
+            .bind(job.id)
+            .bind(&job.claimed_by)
+            .bind(job.attempts)
+    )?;
+    Ok(())
+}
+
 /// Records the outcome of a run. Only the claim's holder can finish the job (the worker, in the
 /// attempt it claimed: see [`heartbeat`]).
 pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> Result<(), DbError> {
     let now = db::now();
     match outcome {
+        JobOutcome::CompletedInTransaction => {}
         JobOutcome::Completed => {
             crate::on_pool!(db, |p| sqlx::query(
                 "DELETE FROM jobs WHERE id = $1 AND claimed_by = $2 AND attempts = $3"

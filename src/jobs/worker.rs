@@ -168,7 +168,7 @@ impl JobRunner {
             }
         }
         match &outcome {
-            JobOutcome::Completed => {
+            JobOutcome::Completed | JobOutcome::CompletedInTransaction => {
                 tracing::info!(job_id = job.id, kind = %job.kind, "job_completed")
             }
             JobOutcome::Retry { after, error } => tracing::warn!(
@@ -211,6 +211,10 @@ impl JobRunner {
         // after `max_attempts` leases with nothing said.
         let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler.run(job)));
         tokio::select! {
+            // A handler that has finished reports its outcome, even where the heartbeat found the
+            // job gone at the same moment: a handler that ended the job in its own transaction
+            // (`complete_in`) made the claim end with it.
+            biased;
             outcome = run => outcome.unwrap_or_else(|panic| {
                 let message = panic_message(panic.as_ref());
                 tracing::error!(job_id = job.id, kind = %job.kind, panic = %message,
@@ -356,7 +360,7 @@ fn refill_batch(concurrency: usize) -> u32 {
 
 fn outcome_label(outcome: &JobOutcome) -> &'static str {
     match outcome {
-        JobOutcome::Completed => "completed",
+        JobOutcome::Completed | JobOutcome::CompletedInTransaction => "completed",
         JobOutcome::Retry { .. } => "retry",
         JobOutcome::Abort { .. } => "failed",
     }

@@ -509,7 +509,7 @@ async fn a_reparse_asked_for_while_a_parse_is_in_flight_is_not_consumed_by_it() 
         parser.release.add_permits(1);
         assert_eq!(
             runner.run_one().await.unwrap().map(|(_, o)| o),
-            Some(JobOutcome::Completed)
+            Some(JobOutcome::CompletedInTransaction)
         );
         let body = dump(&app, &device, id).await;
         assert_eq!(body["parse_status"], "PARSED", "{stack:?}: {body}");

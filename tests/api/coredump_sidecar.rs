@@ -139,8 +139,9 @@ async fn two_parses_of_one_model_at_once_get_their_own_transfer_files_which_are_
             let second = upload_ok(app, &device, "1.0", b"second dump").await;
 
             let (a, b) = tokio::join!(run_one_job(app), run_one_job(app));
-            assert_eq!(a, Some(JobOutcome::Completed));
-            assert_eq!(b, Some(JobOutcome::Completed));
+            // Parsed: each job ended with its result, in one transaction.
+            assert_eq!(a, Some(JobOutcome::CompletedInTransaction));
+            assert_eq!(b, Some(JobOutcome::CompletedInTransaction));
             assert_eq!(fake.max_in_flight(), 2, "the parses overlapped");
 
             let calls = fake.calls();
@@ -220,8 +221,15 @@ async fn sidecar_5xx_is_retried_and_4xx_is_an_error_and_transfer_files_never_sta
     assert_eq!(jobs[0].status, "queued");
     assert!(jobs[0].run_at > iotsupport::db::now(), "backed off");
     make_jobs_due(&app).await;
-    assert_eq!(run_one_job(&app).await, Some(JobOutcome::Completed));
+    assert_eq!(
+        run_one_job(&app).await,
+        Some(JobOutcome::CompletedInTransaction)
+    );
     assert_eq!(dump(&app, &device, retried).await["parse_status"], "PARSED");
+    assert!(
+        iotsupport::jobs::list(app.db()).await.unwrap().is_empty(),
+        "the parse ended its job"
+    );
     assert_eq!(fake.calls().len(), 2);
 
     // 400: the sidecar refuses this dump; retrying cannot help.

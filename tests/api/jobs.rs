@@ -339,6 +339,102 @@ async fn transient_failures_are_retried_later_and_permanent_ones_are_kept_as_fai
 
 /// A handler that panics (a bug) ends its job at once as failed, with the panic's message: not
 /// after its lease ran out `max_attempts` times with nothing said.
+/// A handler that ends its job in a transaction of its own (`jobs::complete_in`): committed, or
+/// rolled back, or after another runner took the job over.
+struct EndsItsJob {
+    db: Db,
+    commit: bool,
+    taken_over_first: bool,
+}
+
+#[async_trait::async_trait]
+impl JobHandler for EndsItsJob {
+    fn kind(&self) -> &'static str {
+        "ends_itself"
+    }
+    async fn run(&self, job: &Job) -> JobOutcome {
+        if self.taken_over_first {
+            iotsupport::on_pool!(&self.db, |p| sqlx::query(
+                "UPDATE jobs SET claimed_by = 'another runner' WHERE id = $1"
+            )
+            .bind(job.id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+            .unwrap();
+        }
+        let mut tx = self.db.begin().await.unwrap();
+        jobs::complete_in(&mut tx, job).await.unwrap();
+        if self.commit {
+            tx.commit().await.unwrap();
+            JobOutcome::CompletedInTransaction
+        } else {
+            tx.rollback().await.unwrap();
+            JobOutcome::Retry {
+                after: Duration::ZERO,
+                error: "its work was rolled back".into(),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_ended_in_its_handlers_transaction_ends_only_if_that_commits() {
+    for_each_stack("job_ends_in_transaction", &[], async |app| {
+        let db = app.db().clone();
+        let run = |commit, taken_over_first| {
+            let handler = Arc::new(EndsItsJob {
+                db: db.clone(),
+                commit,
+                taken_over_first,
+            });
+            let runner = JobRunner::new(db.clone(), vec![handler], Duration::from_secs(30));
+            async move { runner.run_one().await.unwrap().map(|(_, outcome)| outcome) }
+        };
+
+        // Rolled back: the job is still there, queued for its next attempt.
+        let [id] = enqueue_committed(&db, "ends_itself", 1).await[..] else {
+            unreachable!()
+        };
+        assert!(matches!(
+            run(false, false).await,
+            Some(JobOutcome::Retry { .. })
+        ));
+        let jobs_now = jobs::list(&db).await.unwrap();
+        assert_eq!(jobs_now.len(), 1);
+        assert_eq!(
+            (jobs_now[0].id, jobs_now[0].status.as_str()),
+            (id, "queued")
+        );
+        assert_eq!(jobs_now[0].attempts, 1);
+
+        // Committed: gone with the handler's work, and the runner deletes nothing more.
+        iotsupport::on_pool!(&db, |p| sqlx::query("UPDATE jobs SET run_at = $1")
+            .bind(iotsupport::db::now())
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .unwrap();
+        assert_eq!(
+            run(true, false).await,
+            Some(JobOutcome::CompletedInTransaction)
+        );
+        assert!(jobs::list(&db).await.unwrap().is_empty(), "the job ended");
+
+        // Taken over by another runner meanwhile: that runner's job, left to it.
+        enqueue_committed(&db, "ends_itself", 1).await;
+        assert_eq!(
+            run(true, true).await,
+            Some(JobOutcome::CompletedInTransaction)
+        );
+        let jobs_now = jobs::list(&db).await.unwrap();
+        assert_eq!(jobs_now.len(), 1, "another runner's claim was ended");
+        assert_eq!(jobs_now[0].status, "running");
+        assert_eq!(jobs_now[0].claimed_by.as_deref(), Some("another runner"));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_handler_that_panics_fails_its_job_at_once_saying_so() {
     for_each_stack("job_panics", &[], async |app| {

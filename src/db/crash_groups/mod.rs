@@ -109,6 +109,25 @@ pub async fn membership(tx: &mut Tx, coredump_id: i64) -> Result<Option<i64>, Db
     .await)?)
 }
 
+/// [`membership`] of `coredump_id` and [`find`] of (model, signature) in one round trip: the
+/// group the dump is in now, and the group its signature names, if those exist.
+pub async fn membership_and_find(
+    tx: &mut Tx,
+    coredump_id: i64,
+    device_model_id: i64,
+    signature_hash: &str,
+) -> Result<(Option<i64>, Option<i64>), DbError> {
+    Ok(on_conn!(tx, |c| sqlx::query_as(
+        "SELECT (SELECT crash_group_id FROM crash_group_members WHERE coredump_id = $1),
+                (SELECT id FROM crash_groups WHERE device_model_id = $2 AND signature_hash = $3)"
+    )
+    .bind(coredump_id)
+    .bind(device_model_id)
+    .bind(signature_hash)
+    .fetch_one(c)
+    .await)?)
+}
+
 /// What a new group is made of.
 #[derive(Debug, Clone)]
 pub struct NewGroup<'a> {
