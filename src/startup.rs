@@ -195,6 +195,7 @@ impl Application {
                 config.config_validation_timeout,
             )),
             presence: Arc::default(),
+            dump_handoff: Arc::default(),
             // A second's reuse: a client polling in a loop costs a check (a write probe, a
             // LIST) a second, not one per request.
             readiness: Arc::new(crate::admission::SingleFlight::reusing(
@@ -215,8 +216,12 @@ impl Application {
         let mut job_handlers = if options.without_default_job_handlers {
             Vec::new()
         } else {
-            let mut handlers =
-                crate::coredumps::default_job_handlers(&state.db, &state.storage, &state.config);
+            let mut handlers = crate::coredumps::default_job_handlers(
+                &state.db,
+                &state.storage,
+                &state.config,
+                &state.dump_handoff,
+            );
             handlers.push(Arc::new(crate::reconcile::RekeyFirmwareObjects {
                 db: state.db.clone(),
                 storage: state.storage.clone(),

@@ -45,6 +45,8 @@ pub struct Shared {
     /// Permits for live event streams open at once (half of `HTTP_MAX_CONNECTIONS`): streams never
     /// end on their own, so without a bound readers could hold every connection.
     pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// The dumps this process stored lately, for their parse (`coredumps::handoff`).
+    pub dump_handoff: Arc<crate::coredumps::handoff::Handoff>,
     /// Permits for core-dump uploads in progress (`MAX_CONCURRENT_COREDUMP_UPLOADS`).
     pub coredump_uploads: Arc<tokio::sync::Semaphore>,
     /// Mints and verifies the device tokens iotsupport issues.

@@ -24,6 +24,7 @@ pub const COREDUMP_GROUPING_DURATION: &str = "coredump_grouping_duration_seconds
 pub const COREDUMP_INGEST_STEP_DURATION: &str = "coredump_ingest_step_duration_seconds";
 pub const FIRMWARE_UPLOAD_STEP_DURATION: &str = "firmware_upload_step_duration_seconds";
 pub const COREDUMP_PARSE_STEP_DURATION: &str = "coredump_parse_step_duration_seconds";
+pub const COREDUMP_PARSE_HANDOFFS: &str = "coredump_parse_dumps_handed_over_total";
 pub const JOBS_QUEUE_OP_DURATION: &str = "jobs_queue_operation_duration_seconds";
 pub const PARSE_CACHE_LOOKUPS: &str = "parse_cache_lookups_total";
 pub const PARSE_CACHE_EVICTIONS: &str = "parse_cache_evictions_total";
@@ -237,9 +238,14 @@ fn describe() {
         COREDUMP_PARSE_STEP_DURATION,
         Unit::Seconds,
         "Time the parse job spends per step, by step: target (reading the dump's row), dump \
-         (fetching the dump object), firmware (the loaded firmware ELF: from the parse cache, or \
+         (fetching the dump object, or taking it from this process's upload), firmware (the loaded firmware ELF: from the parse cache, or \
          fetched and loaded), analyse (decoding, unwinding, symbolising, the report and its \
          signature), record (the transaction that records the result, grouping included)"
+    );
+    describe_counter!(
+        COREDUMP_PARSE_HANDOFFS,
+        "Dumps a parse took from this process's upload of them instead of reading their object \
+         (the other parses read it)"
     );
     describe_histogram!(
         JOBS_QUEUE_OP_DURATION,

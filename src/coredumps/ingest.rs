@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::handoff::Handoff;
 use super::job::{ParsePayload, PARSE_JOB, PARSE_MAX_ATTEMPTS};
 use super::retention;
 use crate::db::{coredumps, Db, DbError, Tx};
@@ -106,19 +107,27 @@ pub struct Uploader<'a> {
 }
 
 /// Stores a validated dump (golden rule 1) and returns its id. `keep` is `MAX_COREDUMPS`. Each
-/// step's time goes to `coredump_ingest_step_duration_seconds`.
+/// step's time goes to `coredump_ingest_step_duration_seconds`. A stored dump is offered to
+/// `handoff`, for its parse in this process.
 pub async fn store(
     db: &Db,
     storage: &Storage,
+    handoff: &Handoff,
     keep: u32,
     device: Uploader<'_>,
     meta: &DumpMeta,
     content: Bytes,
 ) -> Result<i64, IngestError> {
-    match db {
+    let (device_key, dump) = (device.device_key, content.clone());
+    let id = match db {
         Db::Postgres(_) => store_with_reserved_id(db, storage, keep, device, meta, content).await,
         Db::Sqlite(_) => store_in_one_transaction(db, storage, keep, device, meta, content).await,
+    }?;
+    // The key was made and used by the store above.
+    if let Ok(key) = coredump_key(device_key, id) {
+        handoff.offer(key, dump);
     }
+    Ok(id)
 }
 
 /// PostgreSQL: the id is taken from the table's sequence first (one statement, no transaction),
@@ -130,9 +139,10 @@ pub async fn store(
 /// anything after the PUT fails, the object is deleted again (an orphan, if that fails too, is
 /// tolerated; a row without its object never exists).
 ///
-/// Round trips: the id, (the PUT), `BEGIN`, the device's retention lock with the row, the pruning
-/// `DELETE`, one statement for everything else (outbox entries, withdrawn parse jobs, the new
-/// parse job, the event and its `NOTIFY`), `COMMIT`.
+/// Round trips: the id, (the PUT), `BEGIN`, the device's retention lock with the row (which also
+/// reads the device's dump count), the pruning `DELETE` only when that count is over `keep`, one
+/// statement for everything else (outbox entries, withdrawn parse jobs, the new parse job, the
+/// event and its `NOTIFY`), `COMMIT`.
 async fn store_with_reserved_id(
     db: &Db,
     storage: &Storage,

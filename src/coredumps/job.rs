@@ -25,6 +25,7 @@ use esp_coredump::CrashSignature;
 
 use super::group_gate::GroupGate;
 use super::groups;
+use super::handoff::Handoff;
 use super::parser::{self, CoredumpParser, ElfSource, ParseFailure, ParseRequest};
 use crate::config::DatabaseKind;
 use crate::db::coredumps::{self, ParseTarget, STATUS_ERROR, STATUS_PARSED};
@@ -132,6 +133,8 @@ pub struct ParseCoredumpHandler {
     storage: Storage,
     parser: Arc<dyn CoredumpParser>,
     gate: GroupGate,
+    /// Dumps this process's uploads stored lately, read before the object store.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// Why an attempt did not produce a report.
@@ -172,6 +175,15 @@ impl ParseCoredumpHandler {
             storage,
             parser,
             gate: GroupGate::default(),
+            handoff: None,
+        }
+    }
+
+    /// The handler that takes the dumps `handoff` holds instead of reading their objects.
+    pub fn taking_from(self, handoff: Arc<Handoff>) -> Self {
+        ParseCoredumpHandler {
+            handoff: Some(handoff),
+            ..self
         }
     }
 
@@ -180,7 +192,12 @@ impl ParseCoredumpHandler {
         Self::new(db, storage, parser::from_config(config))
     }
 
+    /// The dump's bytes: handed over by this process's upload, or read from the object store.
     async fn fetch(&self, key: &ObjectKey) -> Result<bytes::Bytes, StorageError> {
+        if let Some(dump) = self.handoff.as_ref().and_then(|h| h.take(key)) {
+            metrics::counter!(crate::telemetry::COREDUMP_PARSE_HANDOFFS).increment(1);
+            return Ok(dump);
+        }
         crate::storage::read_confirmed(&self.storage, key).await
     }
 

@@ -7,6 +7,8 @@
 //! - [`job`]: the `parse_coredump` job handler: fetch the dump, run a [`parser`] with the model's
 //!   `firmware.elf` for the reported version (from the [`parse_cache`] when loaded before), record
 //!   `PARSED` or `ERROR`; retry transient failures.
+//! - [`handoff`]: the bytes of dumps this process has just stored, which their parse takes
+//!   instead of reading the object back.
 //! - [`parser`]: the [`parser::CoredumpParser`] trait and its two backends, [`builtin`] (the
 //!   `esp-coredump` crate, default) and [`sidecar`] (the Python service's HTTP parser).
 //! - [`parse_cache`]: the built-in parser's loaded firmware ELFs per SHA-256, under
@@ -23,6 +25,7 @@ pub mod backfill;
 pub mod builtin;
 pub mod group_gate;
 pub mod groups;
+pub mod handoff;
 pub mod ingest;
 pub mod job;
 pub mod manage;
@@ -38,15 +41,16 @@ use crate::db::Db;
 use crate::jobs::worker::JobHandler;
 use crate::storage::Storage;
 
-/// The job handlers of core dumps every `serve` process runs by default.
+/// The job handlers of core dumps every `serve` process runs by default; `handoff` is the one
+/// this process's uploads offer their dumps to.
 pub fn default_job_handlers(
     db: &Db,
     storage: &Storage,
     config: &Config,
+    handoff: &Arc<handoff::Handoff>,
 ) -> Vec<Arc<dyn JobHandler>> {
-    vec![Arc::new(job::ParseCoredumpHandler::configured(
-        db.clone(),
-        storage.clone(),
-        config,
-    ))]
+    vec![Arc::new(
+        job::ParseCoredumpHandler::configured(db.clone(), storage.clone(), config)
+            .taking_from(handoff.clone()),
+    )]
 }

@@ -169,6 +169,8 @@ async fn a_malformed_dump_and_a_missing_dump_object_are_errors_that_say_so() {
             let vanished = upload_ok(app, &device, "1.0", b"whatever").await;
             let key = coredump_key(&device.key, vanished).unwrap();
             app.state.storage.delete(&key).await.unwrap();
+            // As in a process that did not store it: the parse reads the object.
+            assert!(app.state.dump_handoff.take(&key).is_some());
             // While the store does not answer (a missing bucket, a proxy's 404 for a store that
             // is away, say "not found" of everything), missing is not taken for good.
             app.faults.inject(Fault::always(Operation::Check));
@@ -191,6 +193,52 @@ async fn a_malformed_dump_and_a_missing_dump_object_are_errors_that_say_so() {
                 message.contains(key.as_str()) && message.contains("missing"),
                 "{message}"
             );
+            assert_eq!(count(app, "jobs").await, 0);
+        })
+        .await;
+}
+
+/// The process that stored a dump parses it from the bytes it was given: its object is not read
+/// back (one S3 GET fewer per dump, issue 18). Another process's parse, or one after the bytes
+/// were given up, reads the object.
+#[tokio::test]
+async fn a_dump_is_parsed_from_the_upload_that_stored_it_without_reading_it_back() {
+    let Some((dump_bytes, elf)) = esp32_case() else {
+        return;
+    };
+    TestApp::builder("coredump_parse_handoff")
+        .without_default_job_handlers()
+        .for_each_stack(async |app| {
+            let device = model_with_device(app, "sensor").await;
+            put_elf(app, "sensor", "1.0", elf.clone()).await;
+            // Every read of a dump object fails, as if S3 were down for reads.
+            app.faults
+                .inject(Fault::always(Operation::Get).for_keys_containing(".dmp"));
+
+            let handed = upload_ok(app, &device, "1.0", &dump_bytes).await;
+            assert_eq!(
+                run_one_job(app).await,
+                Some(JobOutcome::CompletedInTransaction)
+            );
+            let body = dump(app, &device, handed).await;
+            assert_eq!(body["parse_status"], "PARSED", "{body}");
+
+            let read = upload_ok(app, &device, "1.0", &dump_bytes).await;
+            let key = coredump_key(&device.key, read).unwrap();
+            assert!(app.state.dump_handoff.take(&key).is_some());
+            let outcome = run_one_job(app).await;
+            assert!(
+                matches!(outcome, Some(JobOutcome::Retry { .. })),
+                "the object was read: {outcome:?}"
+            );
+            app.faults.heal();
+            make_jobs_due(app).await;
+            assert_eq!(
+                run_one_job(app).await,
+                Some(JobOutcome::CompletedInTransaction)
+            );
+            let body = dump(app, &device, read).await;
+            assert_eq!(body["parse_status"], "PARSED", "{body}");
             assert_eq!(count(app, "jobs").await, 0);
         })
         .await;

@@ -384,6 +384,7 @@ async fn a_dump_of_a_device_deleted_meanwhile_leaves_nothing() {
         let stored = iotsupport::coredumps::ingest::store(
             app.db(),
             &app.state.storage,
+            &app.state.dump_handoff,
             20,
             gone,
             &meta,

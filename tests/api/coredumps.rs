@@ -131,6 +131,7 @@ pub async fn run_one_job(app: &TestApp) -> Option<iotsupport::jobs::JobOutcome> 
         &app.state.db,
         &app.state.storage,
         &app.state.config,
+        &app.state.dump_handoff,
     );
     let runner = JobRunner::new(app.db().clone(), handlers, Duration::from_secs(60));
     runner.run_one().await.unwrap().map(|(_, outcome)| outcome)

@@ -109,6 +109,7 @@ pub async fn upload(
             ingest::store(
                 &state.db,
                 &state.storage,
+                &state.dump_handoff,
                 state.config.max_coredumps,
                 Uploader {
                     device_id,
