@@ -5,8 +5,11 @@
 //!
 //! The bytes are exactly those of the object: a dump's key carries its id, which no other dump
 //! ever gets, and a stored dump is never rewritten. The handoff is bounded by bytes
-//! ([`BUDGET_BYTES`]); the oldest offers go first, so a backlog that outgrows it falls back to
-//! the object store, as every parse did before.
+//! ([`BUDGET_BYTES`], each entry charged its bookkeeping too, so that tiny dumps cannot make it
+//! hold millions of entries); the oldest offers go first, so a backlog that outgrows it falls
+//! back to the object store, as every parse did before. So does a parse that claims its job
+//! before the upload has offered the bytes, and the next attempt of a parse that took them and
+//! then failed for a passing reason (the ELF's read, the sidecar): the bytes are taken once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,9 +18,14 @@ use bytes::Bytes;
 
 use crate::storage::ObjectKey;
 
-/// What the handoff holds at most: 128 dumps of 64 KiB, more than the parses a keeping-up process
-/// has queued (it claims them in batches of a quarter of `JOB_CONCURRENCY`).
+/// What the handoff holds at most: about 128 dumps of 64 KiB, more than the parses a keeping-up
+/// process has queued (it claims them in batches of a quarter of `JOB_CONCURRENCY`).
 pub const BUDGET_BYTES: usize = 8 * 1024 * 1024;
+
+/// What an entry is charged besides its bytes: its key twice (map and order), the map's and the
+/// order's slots, the bytes' header. An overestimate, so that the budget bounds memory whatever
+/// the dumps' sizes.
+const ENTRY_OVERHEAD: usize = 256;
 
 #[derive(Debug)]
 pub struct Handoff {
@@ -48,23 +56,27 @@ impl Handoff {
     }
 
     /// Keeps a just-committed dump's bytes for its parse, pushing out the oldest offers beyond the
-    /// budget. A dump larger than the whole budget is not kept.
-    pub fn offer(&self, key: ObjectKey, dump: Bytes) {
-        if dump.len() > self.budget {
+    /// budget. An empty dump, or one larger than the whole budget, is not kept. The bytes are
+    /// copied: a body read in pieces may sit in a buffer up to twice its length, which the
+    /// budget would not see.
+    pub fn offer(&self, key: ObjectKey, dump: &[u8]) {
+        let charge = dump.len() + ENTRY_OVERHEAD;
+        if dump.is_empty() || charge > self.budget {
             return;
         }
+        let dump = Bytes::copy_from_slice(dump);
         let mut held = self.lock();
-        while held.bytes + dump.len() > self.budget {
+        while held.bytes + charge > self.budget {
             let Some(oldest) = held.order.pop_front() else {
                 break;
             };
             if let Some(gone) = held.dumps.remove(&oldest) {
-                held.bytes -= gone.len();
+                held.bytes -= gone.len() + ENTRY_OVERHEAD;
             }
         }
-        held.bytes += dump.len();
+        held.bytes += charge;
         if let Some(replaced) = held.dumps.insert(key.clone(), dump) {
-            held.bytes -= replaced.len();
+            held.bytes -= replaced.len() + ENTRY_OVERHEAD;
         }
         held.order.push_back(key);
         // Keys taken leave their place in the order behind: drop those at its front, and all of
@@ -86,7 +98,7 @@ impl Handoff {
     pub fn take(&self, key: &ObjectKey) -> Option<Bytes> {
         let mut held = self.lock();
         let dump = held.dumps.remove(key)?;
-        held.bytes -= dump.len();
+        held.bytes -= dump.len() + ENTRY_OVERHEAD;
         Some(dump)
     }
 
@@ -109,10 +121,15 @@ mod tests {
         crate::layout::coredump_key("dev", id).unwrap()
     }
 
+    /// A budget for `n` entries of `len` bytes.
+    fn room_for(n: usize, len: usize) -> usize {
+        n * (len + ENTRY_OVERHEAD)
+    }
+
     #[test]
     fn a_dump_is_taken_once() {
-        let handoff = Handoff::with_budget(100);
-        handoff.offer(key(1), Bytes::from_static(b"dump one"));
+        let handoff = Handoff::with_budget(room_for(1, 8));
+        handoff.offer(key(1), b"dump one");
         assert_eq!(handoff.take(&key(1)).as_deref(), Some(&b"dump one"[..]));
         assert_eq!(handoff.take(&key(1)), None);
         assert_eq!(handoff.take(&key(2)), None);
@@ -121,12 +138,12 @@ mod tests {
 
     #[test]
     fn the_oldest_offers_go_first_and_the_budget_holds() {
-        let handoff = Handoff::with_budget(30);
+        let handoff = Handoff::with_budget(room_for(3, 10));
         for id in 1..=3 {
-            handoff.offer(key(id), Bytes::from(vec![id as u8; 10]));
+            handoff.offer(key(id), &[id as u8; 10]);
         }
-        assert_eq!(handoff.held_bytes(), 30);
-        handoff.offer(key(4), Bytes::from(vec![4; 15]));
+        assert_eq!(handoff.held_bytes(), room_for(3, 10));
+        handoff.offer(key(4), &[4; 15]);
         // 1 and 2 made room; 3 and 4 stay.
         assert_eq!(handoff.take(&key(1)), None);
         assert_eq!(handoff.take(&key(2)), None);
@@ -136,25 +153,38 @@ mod tests {
     }
 
     #[test]
-    fn a_taken_dump_leaves_no_room_taken_and_too_large_a_dump_is_not_kept() {
-        let handoff = Handoff::with_budget(20);
-        handoff.offer(key(1), Bytes::from(vec![1; 10]));
-        handoff.offer(key(2), Bytes::from(vec![2; 10]));
+    fn a_taken_dump_leaves_no_room_taken_and_empty_or_too_large_dumps_are_not_kept() {
+        let handoff = Handoff::with_budget(room_for(2, 10));
+        handoff.offer(key(1), &[1; 10]);
+        handoff.offer(key(2), &[2; 10]);
         assert!(handoff.take(&key(2)).is_some());
         // Room for 3 without pushing 1 out.
-        handoff.offer(key(3), Bytes::from(vec![3; 10]));
+        handoff.offer(key(3), &[3; 10]);
         assert!(handoff.take(&key(1)).is_some());
-        handoff.offer(key(4), Bytes::from(vec![4; 21]));
+        handoff.offer(key(4), &vec![4; room_for(2, 10)]);
         assert_eq!(handoff.take(&key(4)), None);
+        handoff.offer(key(5), b"");
+        assert_eq!(handoff.take(&key(5)), None);
         assert!(handoff.take(&key(3)).is_some());
     }
 
     #[test]
+    fn tiny_dumps_nobody_takes_are_bounded_in_number() {
+        let handoff = Handoff::with_budget(room_for(100, 1));
+        for id in 0..10_000 {
+            handoff.offer(key(id), b"x");
+        }
+        let held = handoff.lock();
+        assert_eq!(held.dumps.len(), 100);
+        assert!(held.order.len() <= 2 * held.dumps.len() + 17);
+    }
+
+    #[test]
     fn the_order_does_not_grow_with_dumps_taken_out_of_turn() {
-        let handoff = Handoff::with_budget(1000);
-        handoff.offer(key(0), Bytes::from_static(b"kept"));
+        let handoff = Handoff::with_budget(room_for(100, 4));
+        handoff.offer(key(0), b"kept");
         for id in 1..10_000 {
-            handoff.offer(key(id), Bytes::from_static(b"x"));
+            handoff.offer(key(id), b"x");
             handoff.take(&key(id));
         }
         let held = handoff.lock();
@@ -163,5 +193,6 @@ mod tests {
             "{}",
             held.order.len()
         );
+        assert!(held.dumps.contains_key(&key(0)));
     }
 }

@@ -125,7 +125,7 @@ pub async fn store(
     }?;
     // The key was made and used by the store above.
     if let Ok(key) = coredump_key(device_key, id) {
-        handoff.offer(key, dump);
+        handoff.offer(key, &dump);
     }
     Ok(id)
 }

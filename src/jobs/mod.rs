@@ -44,9 +44,10 @@ impl Job {
 pub enum JobOutcome {
     /// Done: the job row is deleted.
     Completed,
-    /// Done, and the job row was deleted already by the handler, with [`complete_in`] in the
-    /// transaction that recorded its work: one round trip and one transaction fewer per job, and
-    /// the work and the job's end commit together.
+    /// Done, and the handler ended the job itself with [`complete_in`] in the transaction that
+    /// recorded its work (which deleted the row, unless the claim was lost meanwhile): one round
+    /// trip and one transaction fewer per job, and the work and the job's end commit together.
+    /// The runner does nothing more.
     CompletedInTransaction,
     /// A transient failure: run again after the delay (until attempts are exhausted).
     Retry { after: Duration, error: String },

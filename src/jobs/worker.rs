@@ -182,11 +182,13 @@ impl JobRunner {
         metrics::counter!(JOBS_FINISHED, "kind" => job.kind.clone(),
             "outcome" => outcome_label(&outcome))
         .increment(1);
-        let started = Instant::now();
-        let finished = finish(&self.db, &job, &self.worker_id, &outcome).await;
-        metrics::histogram!(JOBS_QUEUE_OP_DURATION, "op" => "finish")
-            .record(started.elapsed().as_secs_f64());
-        finished?;
+        if outcome != JobOutcome::CompletedInTransaction {
+            let started = Instant::now();
+            let finished = finish(&self.db, &job, &self.worker_id, &outcome).await;
+            metrics::histogram!(JOBS_QUEUE_OP_DURATION, "op" => "finish")
+                .record(started.elapsed().as_secs_f64());
+            finished?;
+        }
         Ok((job, outcome))
     }
 
@@ -211,9 +213,11 @@ impl JobRunner {
         // after `max_attempts` leases with nothing said.
         let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler.run(job)));
         tokio::select! {
-            // A handler that has finished reports its outcome, even where the heartbeat found the
-            // job gone at the same moment: a handler that ended the job in its own transaction
-            // (`complete_in`) made the claim end with it.
+            // A handler whose answer is in reports it, rather than a heartbeat that found the job
+            // gone in the same poll: a handler that ended the job in its own transaction
+            // (`complete_in`) ended the claim with it. A heartbeat sent while that transaction
+            // is open waits for it and can still answer first; then the run counts as a claim
+            // lost (logged and counted as a retry; the job and the result are committed).
             biased;
             outcome = run => outcome.unwrap_or_else(|panic| {
                 let message = panic_message(panic.as_ref());

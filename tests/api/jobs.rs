@@ -337,8 +337,6 @@ async fn transient_failures_are_retried_later_and_permanent_ones_are_kept_as_fai
     .await;
 }
 
-/// A handler that panics (a bug) ends its job at once as failed, with the panic's message: not
-/// after its lease ran out `max_attempts` times with nothing said.
 /// A handler that ends its job in a transaction of its own (`jobs::complete_in`): committed, or
 /// rolled back, or after another runner took the job over.
 struct EndsItsJob {
@@ -435,6 +433,8 @@ async fn a_job_ended_in_its_handlers_transaction_ends_only_if_that_commits() {
     .await;
 }
 
+/// A handler that panics (a bug) ends its job at once as failed, with the panic's message: not
+/// after its lease ran out `max_attempts` times with nothing said.
 #[tokio::test]
 async fn a_handler_that_panics_fails_its_job_at_once_saying_so() {
     for_each_stack("job_panics", &[], async |app| {
