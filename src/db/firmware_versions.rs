@@ -130,7 +130,7 @@ pub async fn current_image(db: &Db, model_id: i64) -> Result<Option<CurrentImage
 /// The model by id, read from the pool.
 pub async fn model_by_id(db: &Db, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     Ok(on_pool!(db, |p| sqlx::query_as::<_, ModelFirmware>(
-        "SELECT id, code, firmware_version FROM device_models WHERE id = $1"
+        MODEL_BY_ID
     )
     .bind(id)
     .fetch_optional(p)
@@ -141,12 +141,15 @@ pub async fn model_by_id(db: &Db, id: i64) -> Result<Option<ModelFirmware>, DbEr
 /// snapshot: which version is current, and the versions listed).
 pub async fn model_in(tx: &mut Tx, id: i64) -> Result<Option<ModelFirmware>, DbError> {
     Ok(on_conn!(tx, |c| sqlx::query_as::<_, ModelFirmware>(
-        "SELECT id, code, firmware_version FROM device_models WHERE id = $1"
+        MODEL_BY_ID
     )
     .bind(id)
     .fetch_optional(c)
     .await)?)
 }
+
+/// [`model_by_id`] and [`model_in`]: one text, so the two cannot drift apart.
+const MODEL_BY_ID: &str = "SELECT id, code, firmware_version FROM device_models WHERE id = $1";
 
 /// The model by code, read from the pool.
 pub async fn model_by_code(db: &Db, code: &str) -> Result<Option<ModelFirmware>, DbError> {
