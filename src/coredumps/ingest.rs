@@ -118,15 +118,12 @@ pub async fn store(
     meta: &DumpMeta,
     content: Bytes,
 ) -> Result<i64, IngestError> {
-    let (device_key, dump) = (device.device_key, content.clone());
-    let id = match db {
+    let dump = content.clone();
+    let (id, key) = match db {
         Db::Postgres(_) => store_with_reserved_id(db, storage, keep, device, meta, content).await,
         Db::Sqlite(_) => store_in_one_transaction(db, storage, keep, device, meta, content).await,
     }?;
-    // The key was made and used by the store above.
-    if let Ok(key) = coredump_key(device_key, id) {
-        handoff.offer(key, &dump);
-    }
+    handoff.offer(key, &dump);
     Ok(id)
 }
 
@@ -150,7 +147,7 @@ async fn store_with_reserved_id(
     device: Uploader<'_>,
     meta: &DumpMeta,
     content: Bytes,
-) -> Result<i64, IngestError> {
+) -> Result<(i64, ObjectKey), IngestError> {
     let size = content.len() as i64;
     let mut steps = Steps::start();
     let id = coredumps::reserve_id(db, device.device_key).await?;
@@ -196,7 +193,8 @@ async fn store_with_reserved_id(
             return Err(e);
         }
     };
-    commit(tx, &device, id, &key, size, &mut steps).await
+    commit(tx, &device, id, &key, size, &mut steps).await?;
+    Ok((id, key))
 }
 
 /// SQLite (one writer at a time, in process): the row first (flushed, so the id is final), the
@@ -213,7 +211,7 @@ async fn store_in_one_transaction(
     device: Uploader<'_>,
     meta: &DumpMeta,
     content: Bytes,
-) -> Result<i64, IngestError> {
+) -> Result<(i64, ObjectKey), IngestError> {
     let size = content.len() as i64;
     let mut steps = Steps::start();
     let mut tx = db.begin().await?;
@@ -234,7 +232,8 @@ async fn store_in_one_transaction(
         return Err(e);
     }
     steps.lap("record");
-    commit(tx, &device, id, &key, size, &mut steps).await
+    commit(tx, &device, id, &key, size, &mut steps).await?;
+    Ok((id, key))
 }
 
 /// SQLite, after a failed PUT (the transaction holds only the row and the withdrawn deletions of

@@ -294,6 +294,10 @@ pub async fn release_claims(db: &Db, worker: &str) -> Result<u64, DbError> {
     .map(|r| r.rows_affected()))?)
 }
 
+/// Deletes a completed job, if it is still the claim's holder's in the attempt it claimed:
+/// [`finish`] from the pool, [`complete_in`] in the handler's transaction.
+const END_COMPLETED: &str = "DELETE FROM jobs WHERE id = $1 AND claimed_by = $2 AND attempts = $3";
+
 /// Ends a job that is done, in the caller's transaction: the handler's, which records the job's
 /// work (then it returns [`JobOutcome::CompletedInTransaction`]). As [`finish`], only the claim's
 /// holder in the attempt it claimed ends the job; a claim lost meanwhile (another runner took the
@@ -301,7 +305,7 @@ pub async fn release_claims(db: &Db, worker: &str) -> Result<u64, DbError> {
 pub async fn complete_in(tx: &mut Tx, job: &Job) -> Result<(), DbError> {
     crate::execute!(
         tx,
-        sqlx::query("DELETE FROM jobs WHERE id = $1 AND claimed_by = $2 AND attempts = $3")
+        sqlx::query(END_COMPLETED)
             .bind(job.id)
             .bind(&job.claimed_by)
             .bind(job.attempts)
@@ -316,15 +320,13 @@ pub async fn finish(db: &Db, job: &Job, worker: &str, outcome: &JobOutcome) -> R
     match outcome {
         JobOutcome::CompletedInTransaction => {}
         JobOutcome::Completed => {
-            crate::on_pool!(db, |p| sqlx::query(
-                "DELETE FROM jobs WHERE id = $1 AND claimed_by = $2 AND attempts = $3"
-            )
-            .bind(job.id)
-            .bind(worker)
-            .bind(job.attempts)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+            crate::on_pool!(db, |p| sqlx::query(END_COMPLETED)
+                .bind(job.id)
+                .bind(worker)
+                .bind(job.attempts)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))?;
         }
         JobOutcome::Retry { after, error } if job.attempts < job.max_attempts => {
             let run_at = now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX);
